@@ -1,0 +1,456 @@
+//! A development PKI: one chain CA, a hub certificate, and sample identities.
+//!
+//! Everything here is for development and tests only. Production deployments
+//! use PKIoverheid certificates (see `certs/README.md`). The generator writes
+//! the same kinds of certificates a production chain would contain, plus the
+//! deliberately bad ones the tests need: expired, from an untrusted CA,
+//! without identity attributes, and revoked.
+
+use std::fs;
+use std::path::Path;
+
+use rcgen::string::PrintableString;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+    DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+use wire::{AgencyKind, Role};
+
+/// A sample organisation of the development chain.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleOrg {
+    /// The organisation's (fictitious) OIN.
+    pub oin: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// Its kind of agency.
+    pub kind: AgencyKind,
+}
+
+/// Veilig Thuis Utrecht.
+pub const VT_UTRECHT: SampleOrg = SampleOrg {
+    oin: "00000001800000000001",
+    name: "Veilig Thuis Utrecht",
+    kind: AgencyKind::Vt,
+};
+/// The local team of Woerden (Woerden Wijzer).
+pub const LT_WOERDEN: SampleOrg = SampleOrg {
+    oin: "00000001800000000002",
+    name: "Lokaal team Woerden",
+    kind: AgencyKind::Lt,
+};
+/// The local team of Oudewater.
+pub const LT_OUDEWATER: SampleOrg = SampleOrg {
+    oin: "00000001800000000003",
+    name: "Lokaal team Oudewater",
+    kind: AgencyKind::Lt,
+};
+/// The Raad voor de Kinderbescherming.
+pub const RVDK: SampleOrg = SampleOrg {
+    oin: "00000001800000000004",
+    name: "Raad voor de Kinderbescherming",
+    kind: AgencyKind::Rvdk,
+};
+/// SAVE, a regional certified institution (GI).
+pub const GI_SAVE: SampleOrg = SampleOrg {
+    oin: "00000001800000000005",
+    name: "SAVE Utrecht",
+    kind: AgencyKind::Gi,
+};
+
+/// A sample identity: the file stem it is written under and its subject.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleIdentity {
+    /// The file stem: `SLUG.crt` and `SLUG.key`.
+    pub slug: &'static str,
+    /// The organisation.
+    pub org: SampleOrg,
+    /// The worker or system id (`CN`).
+    pub worker: &'static str,
+    /// The role (`title`).
+    pub role: Role,
+}
+
+/// The identities `certs dev` writes, one client certificate each.
+pub const SAMPLE_IDENTITIES: &[SampleIdentity] = &[
+    SampleIdentity {
+        slug: "vt-utrecht-caseworker",
+        org: VT_UTRECHT,
+        worker: "anna.devries",
+        role: Role::Caseworker,
+    },
+    SampleIdentity {
+        slug: "vt-utrecht-system",
+        org: VT_UTRECHT,
+        worker: "vt-casesystem",
+        role: Role::System,
+    },
+    SampleIdentity {
+        slug: "vt-utrecht-privacy",
+        org: VT_UTRECHT,
+        worker: "fenna.jansen",
+        role: Role::PrivacyOfficer,
+    },
+    SampleIdentity {
+        slug: "lt-woerden-caseworker",
+        org: LT_WOERDEN,
+        worker: "sanne.bakker",
+        role: Role::Caseworker,
+    },
+    SampleIdentity {
+        slug: "lt-oudewater-caseworker",
+        org: LT_OUDEWATER,
+        worker: "joris.smit",
+        role: Role::Caseworker,
+    },
+    SampleIdentity {
+        slug: "rvdk-caseworker",
+        org: RVDK,
+        worker: "mila.visser",
+        role: Role::Caseworker,
+    },
+    SampleIdentity {
+        slug: "gi-save-caseworker",
+        org: GI_SAVE,
+        worker: "daan.mulder",
+        role: Role::Caseworker,
+    },
+];
+
+/// Looks up a sample identity by slug.
+pub fn sample(slug: &str) -> Option<&'static SampleIdentity> {
+    SAMPLE_IDENTITIES.iter().find(|s| s.slug == slug)
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct PemPair {
+    /// The certificate chain's leaf, PEM.
+    pub cert: String,
+    /// The PKCS#8 private key, PEM.
+    pub key: String,
+}
+
+/// A whole development PKI held in memory; [`DevPki::write_to`] puts it on disk.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    /// The chain CA (`ca.crt`, `ca.key`).
+    pub ca: PemPair,
+    /// The hub's server certificate for localhost (`hub.crt`, `hub.key`).
+    pub hub: PemPair,
+    /// One client pair per entry of [`SAMPLE_IDENTITIES`], in the same order.
+    pub clients: Vec<(&'static str, PemPair)>,
+    /// Validly signed, but its validity ended yesterday.
+    pub expired: PemPair,
+    /// A complete identity issued by a CA the hub does not trust.
+    pub intruder: PemPair,
+    /// Signed by the chain CA but without the identity attributes.
+    pub noattrs: PemPair,
+    /// Signed by the chain CA and then revoked in `ca.crl`.
+    pub revoked: PemPair,
+    /// The chain CA's revocation list, PEM, listing `revoked`.
+    pub crl: String,
+}
+
+/// Failure to generate or write the PKI.
+#[derive(Debug, thiserror::Error)]
+pub enum DevPkiError {
+    /// rcgen refused the parameters (a bug here, not user input).
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing the files failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+type Issuer = CertifiedIssuer<'static, KeyPair>;
+
+fn ca(name: &str) -> Result<Issuer, DevPkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Ketenhub development");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+    params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
+fn identity_subject(
+    org: &SampleOrg,
+    worker: &str,
+    role: Role,
+) -> Result<DistinguishedName, DevPkiError> {
+    let mut dn = DistinguishedName::new();
+    let oin = PrintableString::try_from(org.oin).map_err(DevPkiError::Generate)?;
+    dn.push(
+        DnType::CustomDnType(vec![2, 5, 4, 5]),
+        DnValue::PrintableString(oin),
+    );
+    dn.push(DnType::OrganizationName, org.name);
+    dn.push(DnType::OrganizationalUnitName, org.kind.code());
+    dn.push(DnType::CommonName, worker);
+    dn.push(DnType::CustomDnType(vec![2, 5, 4, 12]), role.code());
+    Ok(dn)
+}
+
+struct Leaf {
+    subject: DistinguishedName,
+    server_names: Vec<String>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    serial: u64,
+}
+
+impl Leaf {
+    fn client(subject: DistinguishedName, serial: u64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            subject,
+            server_names: vec![],
+            not_before: now - Duration::days(1),
+            not_after: now + Duration::days(825),
+            serial,
+        }
+    }
+
+    fn issue(self, issuer: &Issuer) -> Result<PemPair, DevPkiError> {
+        let mut params = CertificateParams::new(self.server_names.clone())?;
+        params.distinguished_name = self.subject;
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+        params.serial_number = Some(SerialNumber::from(self.serial));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = if self.server_names.is_empty() {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        };
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, issuer)?;
+        Ok(PemPair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+impl DevPki {
+    /// Generates a fresh PKI with new keys.
+    pub fn generate() -> Result<Self, DevPkiError> {
+        let chain_ca = ca("Ketenhub Dev Chain CA")?;
+        let rogue_ca = ca("Rogue CA")?;
+        let now = OffsetDateTime::now_utc();
+
+        let mut hub_subject = DistinguishedName::new();
+        hub_subject.push(DnType::CommonName, "localhost");
+        hub_subject.push(DnType::OrganizationName, "Ketenhub");
+        let hub = Leaf {
+            subject: hub_subject,
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            not_before: now - Duration::days(1),
+            not_after: now + Duration::days(825),
+            serial: 1,
+        }
+        .issue(&chain_ca)?;
+
+        let mut clients = Vec::with_capacity(SAMPLE_IDENTITIES.len());
+        for (i, sample) in SAMPLE_IDENTITIES.iter().enumerate() {
+            let subject = identity_subject(&sample.org, sample.worker, sample.role)?;
+            clients.push((
+                sample.slug,
+                Leaf::client(subject, 100 + i as u64).issue(&chain_ca)?,
+            ));
+        }
+
+        let expired_subject = identity_subject(&VT_UTRECHT, "expired.worker", Role::Caseworker)?;
+        let expired = Leaf {
+            not_before: now - Duration::days(400),
+            not_after: now - Duration::days(1),
+            ..Leaf::client(expired_subject, 200)
+        }
+        .issue(&chain_ca)?;
+        let intruder = Leaf::client(
+            identity_subject(&VT_UTRECHT, "intruder", Role::Caseworker)?,
+            201,
+        )
+        .issue(&rogue_ca)?;
+        let mut bare = DistinguishedName::new();
+        bare.push(DnType::CommonName, "no-attributes");
+        let noattrs = Leaf::client(bare, 202).issue(&chain_ca)?;
+        let revoked_serial = 203;
+        let revoked = Leaf::client(
+            identity_subject(&LT_WOERDEN, "revoked.worker", Role::Caseworker)?,
+            revoked_serial,
+        )
+        .issue(&chain_ca)?;
+        let crl = CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(revoked_serial),
+                revocation_time: now - Duration::hours(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&chain_ca)?
+        .pem()?;
+
+        let ca = PemPair {
+            cert: chain_ca.pem(),
+            key: chain_ca.key().serialize_pem(),
+        };
+        Ok(Self {
+            ca,
+            hub,
+            clients,
+            expired,
+            intruder,
+            noattrs,
+            revoked,
+            crl,
+        })
+    }
+
+    /// The client pair of a sample identity, by slug.
+    pub fn client(&self, slug: &str) -> Option<&PemPair> {
+        self.clients
+            .iter()
+            .find(|(s, _)| *s == slug)
+            .map(|(_, pair)| pair)
+    }
+
+    /// Every file this PKI consists of, as (file name, PEM contents).
+    pub fn files(&self) -> Vec<(String, &str)> {
+        let named: Vec<(&str, &PemPair)> = [("ca", &self.ca), ("hub", &self.hub)]
+            .into_iter()
+            .chain(self.clients.iter().map(|(s, p)| (*s, p)))
+            .chain([
+                ("expired", &self.expired),
+                ("intruder", &self.intruder),
+                ("noattrs", &self.noattrs),
+                ("revoked", &self.revoked),
+            ])
+            .collect();
+        let mut files: Vec<(String, &str)> = named
+            .into_iter()
+            .flat_map(|(stem, p)| {
+                [
+                    (format!("{stem}.crt"), p.cert.as_str()),
+                    (format!("{stem}.key"), p.key.as_str()),
+                ]
+            })
+            .collect();
+        files.push(("ca.crl".into(), self.crl.as_str()));
+        files
+    }
+
+    /// Writes every file into `dir`, creating it; keys are readable by the owner only.
+    pub fn write_to(&self, dir: &Path) -> Result<(), DevPkiError> {
+        let io = |path: &Path, source| DevPkiError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        for (name, contents) in self.files() {
+            let path = dir.join(&name);
+            fs::write(&path, contents).map_err(|e| io(&path, e))?;
+            if name.ends_with(".key") {
+                restrict_to_owner(&path).map_err(|e| io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity_from_der;
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn sample_certificates_carry_their_identity() {
+        let pki = DevPki::generate().unwrap();
+        for (sample, (slug, pair)) in SAMPLE_IDENTITIES.iter().zip(&pki.clients) {
+            assert_eq!(sample.slug, *slug);
+            let id = identity_from_der(&der(&pair.cert)).unwrap();
+            assert_eq!(id.oin.as_str(), sample.org.oin);
+            assert_eq!(id.organisation, sample.org.name);
+            assert_eq!(id.kind, sample.org.kind);
+            assert_eq!(id.worker, sample.worker);
+            assert_eq!(id.role, sample.role);
+        }
+    }
+
+    #[test]
+    fn the_noattrs_certificate_has_no_identity() {
+        let pki = DevPki::generate().unwrap();
+        let err = identity_from_der(&der(&pki.noattrs.cert)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::CertIdentityError::Attribute(wire::IdentityError::Missing(_))
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn writes_every_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        DevPki::generate().unwrap().write_to(dir.path()).unwrap();
+        for name in [
+            "ca.crt",
+            "ca.key",
+            "hub.crt",
+            "hub.key",
+            "expired.crt",
+            "intruder.key",
+            "noattrs.crt",
+            "ca.crl",
+        ] {
+            assert!(dir.path().join(name).is_file(), "{name} missing");
+        }
+        for sample in SAMPLE_IDENTITIES {
+            assert!(dir.path().join(format!("{}.crt", sample.slug)).is_file());
+            assert!(dir.path().join(format!("{}.key", sample.slug)).is_file());
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Certificates for Ketenhub.
+//!
+//! Two jobs live here because both are about what a certificate says:
+//! [`identity`] reads the Ketenhub identity (OIN, organisation, agency kind,
+//! worker, role) out of a verified client certificate, for the hub and the SDK
+//! alike; [`dev`] generates a complete development PKI so that the demo, the
+//! tests and a newcomer's laptop never need a real PKIoverheid certificate.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod dev;
+pub mod identity;
+
+pub use identity::{fingerprint, identity_from_der, CertIdentityError};

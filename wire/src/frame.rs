@@ -1,0 +1,387 @@
+//! The frames exchanged over a connection.
+//!
+//! A client sends [`ClientFrame`]s; the hub sends [`HubFrame`]s. Requests carry
+//! a client-chosen [`RequestId`] that the matching [`HubFrame::Reply`] repeats,
+//! so a client may pipeline many requests. Thread entries arrive unasked as
+//! [`HubFrame::Event`], in per-thread sequence order, from the member's cursor.
+//! Every request is idempotent, so a client that lost its connection may send
+//! it again after reconnecting.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Identity, MemberId, WireError};
+
+/// A client-chosen number that pairs a reply with its request.
+pub type RequestId = u64;
+
+/// A case thread's id: random, assigned by the hub, carrying no personal data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ThreadId(pub Uuid);
+
+impl ThreadId {
+    /// A fresh random thread id.
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A message id: a UUIDv7 chosen by the sender, used to de-duplicate resends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    /// A fresh, time-ordered message id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A frame from a client to the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// A request that the hub answers with a [`HubFrame::Reply`] carrying the same id.
+    Request {
+        /// Pairs the reply with this request.
+        id: RequestId,
+        /// What is asked.
+        request: Request,
+    },
+    /// The client has processed every entry of `thread` up to and including
+    /// `seq`; the hub resumes delivery after it on the next connection. No reply.
+    Ack {
+        /// The thread the cursor belongs to.
+        thread: ThreadId,
+        /// The highest sequence number processed.
+        seq: u64,
+    },
+}
+
+/// What a client may ask of the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Creates a case thread with the caller as its first member. `client_ref`
+    /// makes the request idempotent: the same caller with the same reference
+    /// gets the same thread back.
+    CreateThread {
+        /// A random reference chosen by the client.
+        client_ref: Uuid,
+    },
+    /// Adds a member to a thread the caller is a member of.
+    AddMember {
+        /// The thread.
+        thread: ThreadId,
+        /// Who to add.
+        member: MemberId,
+    },
+    /// Appends a message to a thread. The reply comes only once it is durable.
+    Send {
+        /// The thread.
+        thread: ThreadId,
+        /// The sender's id for this message; a resend with the same id is not stored twice.
+        message: MessageId,
+        /// Opaque bytes (MLS ciphertext once end-to-end encryption is on).
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// Lists the threads the caller is a member of.
+    ListThreads,
+    /// Lists the members of a thread the caller is a member of.
+    ListMembers {
+        /// The thread.
+        thread: ThreadId,
+    },
+}
+
+/// A frame from the hub to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubFrame {
+    /// The first frame on every accepted connection.
+    Hello(Hello),
+    /// The answer to the request with the same id.
+    Reply {
+        /// The request's id.
+        id: RequestId,
+        /// What came of it.
+        result: Result<Reply, WireError>,
+    },
+    /// A thread entry, delivered in sequence order from the member's cursor.
+    Event {
+        /// The thread.
+        thread: ThreadId,
+        /// The entry.
+        entry: Entry,
+    },
+    /// An error not tied to a request, such as a malformed frame.
+    Error {
+        /// What went wrong.
+        error: WireError,
+    },
+}
+
+/// What the hub tells a client when it accepts the connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the hub speaks.
+    pub protocol: u16,
+    /// The identity the hub read from the client's certificate.
+    pub identity: Identity,
+    /// The limits that apply to this connection.
+    pub limits: SessionLimits,
+}
+
+/// The limits a client must stay within.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// The largest frame the hub accepts, in bytes.
+    pub max_frame_bytes: u64,
+    /// The sustained number of frames per second a connection may send.
+    pub frames_per_second: u32,
+    /// How long a silent connection stays open, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// The thread exists and the caller is its first member.
+    ThreadCreated {
+        /// The hub-assigned thread id.
+        thread: ThreadId,
+    },
+    /// The member is on the thread; `seq` is the entry that recorded it.
+    MemberAdded {
+        /// The sequence number of the membership entry.
+        seq: u64,
+    },
+    /// The message is durable at `seq`.
+    Sent {
+        /// The sequence number the hub assigned.
+        seq: u64,
+        /// True when this message id had been stored before; nothing new was stored.
+        duplicate: bool,
+    },
+    /// The caller's threads.
+    Threads {
+        /// One summary per thread.
+        threads: Vec<ThreadSummary>,
+    },
+    /// A thread's members.
+    Members {
+        /// The members, in no particular order.
+        members: Vec<MemberId>,
+    },
+}
+
+/// A thread as seen by one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSummary {
+    /// The thread.
+    pub thread: ThreadId,
+    /// The highest sequence number stored in it.
+    pub last_seq: u64,
+    /// The member's acknowledged cursor.
+    pub cursor: u64,
+}
+
+/// One entry of a thread's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The hub-assigned, gap-free sequence number within the thread, from 1.
+    pub seq: u64,
+    /// The id the sender chose (membership entries get one from the hub).
+    pub id: MessageId,
+    /// Who caused the entry.
+    pub sender: MemberId,
+    /// When the hub stored it, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub body: EntryBody,
+}
+
+/// The content of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EntryBody {
+    /// An application message: opaque bytes.
+    Message {
+        /// The payload as sent.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A member was added to the thread.
+    MemberAdded {
+        /// The new member.
+        member: MemberId,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode, AgencyKind, ErrorCode, Role};
+
+    fn member() -> MemberId {
+        MemberId::new("00000001234567890000", "anna.devries").unwrap()
+    }
+
+    #[test]
+    fn every_client_frame_round_trips() {
+        let thread = ThreadId::random();
+        let frames = vec![
+            ClientFrame::Request {
+                id: 1,
+                request: Request::CreateThread {
+                    client_ref: Uuid::new_v4(),
+                },
+            },
+            ClientFrame::Request {
+                id: 2,
+                request: Request::AddMember {
+                    thread,
+                    member: member(),
+                },
+            },
+            ClientFrame::Request {
+                id: 3,
+                request: Request::Send {
+                    thread,
+                    message: MessageId::new(),
+                    payload: vec![0, 1, 2, 255],
+                },
+            },
+            ClientFrame::Request {
+                id: 4,
+                request: Request::ListThreads,
+            },
+            ClientFrame::Request {
+                id: 5,
+                request: Request::ListMembers { thread },
+            },
+            ClientFrame::Ack { thread, seq: 9 },
+        ];
+        for frame in frames {
+            assert_eq!(decode::<ClientFrame>(&encode(&frame)).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn every_hub_frame_round_trips() {
+        let thread = ThreadId::random();
+        let identity = Identity {
+            oin: "00000001234567890000".parse().unwrap(),
+            organisation: "Veilig Thuis Utrecht".into(),
+            kind: AgencyKind::Vt,
+            worker: "anna.devries".into(),
+            role: Role::Caseworker,
+        };
+        let limits = SessionLimits {
+            max_frame_bytes: 1 << 20,
+            frames_per_second: 100,
+            idle_timeout_ms: 60_000,
+        };
+        let entry = Entry {
+            seq: 7,
+            id: MessageId::new(),
+            sender: member(),
+            at_ms: 1,
+            body: EntryBody::Message {
+                payload: vec![7; 1024],
+            },
+        };
+        let frames = vec![
+            HubFrame::Hello(Hello {
+                protocol: crate::PROTOCOL_VERSION,
+                identity,
+                limits,
+            }),
+            HubFrame::Reply {
+                id: 1,
+                result: Ok(Reply::Sent {
+                    seq: 3,
+                    duplicate: false,
+                }),
+            },
+            HubFrame::Reply {
+                id: 2,
+                result: Err(WireError::thread_not_found()),
+            },
+            HubFrame::Reply {
+                id: 3,
+                result: Ok(Reply::Members {
+                    members: vec![member()],
+                }),
+            },
+            HubFrame::Event { thread, entry },
+            HubFrame::Event {
+                thread,
+                entry: Entry {
+                    seq: 1,
+                    id: MessageId::new(),
+                    sender: member(),
+                    at_ms: 1,
+                    body: EntryBody::MemberAdded { member: member() },
+                },
+            },
+            HubFrame::Error {
+                error: WireError::new(ErrorCode::Malformed, "bad"),
+            },
+        ];
+        for frame in frames {
+            assert_eq!(decode::<HubFrame>(&encode(&frame)).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_typed_errors() {
+        assert!(decode::<ClientFrame>(&[0xff, 0x00, 0x13]).is_err());
+        assert!(decode::<ClientFrame>(&[]).is_err());
+        let mut bytes = encode(&ClientFrame::Ack {
+            thread: ThreadId::random(),
+            seq: 1,
+        });
+        bytes.push(0);
+        assert!(decode::<ClientFrame>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_bad_oin_inside_a_frame_is_refused() {
+        let frame = ClientFrame::Request {
+            id: 1,
+            request: Request::AddMember {
+                thread: ThreadId::random(),
+                member: member(),
+            },
+        };
+        let bytes = encode(&frame);
+        let tampered =
+            String::from_utf8_lossy(&bytes).replace("00000001234567890000", "0000000123456789000x");
+        assert!(decode::<ClientFrame>(tampered.as_bytes()).is_err());
+    }
+}

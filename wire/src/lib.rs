@@ -1,0 +1,22 @@
+//! The Ketenhub wire protocol, shared by the hub and the client SDK.
+//!
+//! Every WebSocket binary message is one CBOR-encoded frame: a [`ClientFrame`]
+//! from a client or a [`HubFrame`] from the hub. `PROTOCOL.md` at the root of
+//! the repository describes the same encoding in CDDL for implementers in other
+//! languages; this crate is the reference. Keeping both sides on one set of
+//! types means the hub and the SDK cannot drift apart.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod identity;
+
+pub use codec::{decode, encode, DecodeError};
+pub use error::{ErrorCode, WireError};
+pub use frame::*;
+pub use identity::{AgencyKind, Identity, IdentityError, MemberId, Oin, Role};
+
+/// The protocol version this crate speaks; the hub announces it in [`Hello`].
+pub const PROTOCOL_VERSION: u16 = 1;
