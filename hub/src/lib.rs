@@ -1,1 +1,27 @@
+//! The Ketenhub hub.
+//!
+//! The hub accepts mutually authenticated TLS 1.3 connections from the
+//! agencies of the youth-protection chain, carries CBOR frames over WebSocket,
+//! and keeps case threads as durable, ordered logs that it delivers to every
+//! member, online or not. It stores ciphertext and the metadata it needs to
+//! enforce membership; it never sees case content.
+//!
+//! The modules follow the path of a connection: [`tls`] checks who is calling,
+//! [`server`] accepts, [`connection`] reads and writes frames within the
+//! [`config::Limits`], [`session`] decides what a request does, [`store`] keeps
+//! it, [`durability`] makes it durable in batches, and [`delivery`] pushes it to
+//! the members.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod clock;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod durability;
+pub mod ratelimit;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod store;
+pub mod tls;

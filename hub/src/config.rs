@@ -1,0 +1,238 @@
+//! The hub's configuration: where it listens, where it keeps data, which
+//! certificates it uses, and every limit that protects it.
+//!
+//! The configuration comes from a TOML file (`deploy/hub.toml` is the
+//! annotated example) and command-line flags, the flags winning. Every limit has
+//! a default that suits a national hub on one machine, so an empty file is a
+//! valid configuration once the TLS files and data directory are named.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A required setting is absent from both the file and the flags.
+    #[error("missing setting: {0} (give it in the config file or as a flag)")]
+    Missing(&'static str),
+    /// A setting has a value outside its range.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The whole configuration of a hub.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address to listen on, for example `127.0.0.1:7443`.
+    pub listen: Option<SocketAddr>,
+    /// The data directory (the sled store lives in `DIR/store`).
+    pub data: Option<PathBuf>,
+    /// The TLS files.
+    #[serde(default)]
+    pub tls: TlsFiles,
+    /// The limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The certificate files the hub loads at start.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The chain CA(s) whose client certificates are trusted, PEM.
+    pub ca: Option<PathBuf>,
+    /// The hub's certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// The hub's private key, PEM.
+    pub key: Option<PathBuf>,
+    /// Certificate revocation lists, PEM; optional.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+}
+
+/// Every limit, with its default. Keys are the field names under `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket frame or message a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// Time allowed for the TCP, TLS and WebSocket handshakes together.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing, not even a pong, for this long is closed.
+    /// The hub pings at a third of it.
+    pub idle_timeout_ms: u64,
+    /// Open connections allowed per identity (OIN + worker).
+    pub max_connections_per_identity: usize,
+    /// Open connections allowed in total.
+    pub max_connections: usize,
+    /// Sustained frames per second a connection may send.
+    pub frames_per_second: u32,
+    /// Frames a connection may send in a burst above the sustained rate.
+    pub frames_burst: u32,
+    /// Requests a connection may have in progress (awaiting durability) at once.
+    pub max_inflight_per_connection: usize,
+    /// Frames queued for a connection before the hub stops producing for it.
+    pub outbound_queue_frames: usize,
+    /// A client that does not take a frame within this time is disconnected.
+    pub write_timeout_ms: u64,
+    /// Consecutive malformed frames after which a connection is closed.
+    pub max_protocol_errors: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1 << 20,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections_per_identity: 16,
+            max_connections: 20_000,
+            frames_per_second: 1_000,
+            frames_burst: 2_000,
+            max_inflight_per_connection: 256,
+            outbound_queue_frames: 256,
+            write_timeout_ms: 10_000,
+            max_protocol_errors: 16,
+        }
+    }
+}
+
+impl Limits {
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The write timeout as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.max_frame_bytes", self.max_frame_bytes as u64),
+            ("limits.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("limits.idle_timeout_ms", self.idle_timeout_ms),
+            ("limits.max_connections_per_identity", self.max_connections_per_identity as u64),
+            ("limits.max_connections", self.max_connections as u64),
+            ("limits.frames_per_second", self.frames_per_second as u64),
+            ("limits.max_inflight_per_connection", self.max_inflight_per_connection as u64),
+            ("limits.outbound_queue_frames", self.outbound_queue_frames as u64),
+            ("limits.write_timeout_ms", self.write_timeout_ms),
+            ("limits.max_protocol_errors", self.max_protocol_errors as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid { key: "limits.max_frame_bytes", message: "must be at least 1024".into() });
+        }
+        if self.frames_burst < self.frames_per_second {
+            return Err(ConfigError::Invalid {
+                key: "limits.frames_burst",
+                message: "must be at least limits.frames_per_second".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    }
+
+    /// Checks that everything needed to serve is present and in range.
+    pub fn validate(&self) -> Result<Resolved<'_>, ConfigError> {
+        self.limits.validate()?;
+        Ok(Resolved {
+            listen: self.listen.ok_or(ConfigError::Missing("listen"))?,
+            data: self.data.as_deref().ok_or(ConfigError::Missing("data"))?,
+            ca: self.tls.ca.as_deref().ok_or(ConfigError::Missing("tls.ca"))?,
+            cert: self.tls.cert.as_deref().ok_or(ConfigError::Missing("tls.cert"))?,
+            key: self.tls.key.as_deref().ok_or(ConfigError::Missing("tls.key"))?,
+        })
+    }
+}
+
+/// The required settings of a validated configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved<'a> {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data: &'a Path,
+    /// The trusted CA file.
+    pub ca: &'a Path,
+    /// The hub certificate file.
+    pub cert: &'a Path,
+    /// The hub key file.
+    pub key: &'a Path,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hub.toml");
+        let config = Config::from_file(&path).unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[limits]\nmax_frame_byts = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_frame_byts"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let mut config: Config = toml::from_str(
+            "listen = \"127.0.0.1:1\"\ndata = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nidle_timeout_ms = 0\n",
+        )
+        .unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.idle_timeout_ms", .. })));
+        config.limits.idle_timeout_ms = 1;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        assert!(matches!(Config::default().validate(), Err(ConfigError::Missing("listen"))));
+    }
+}

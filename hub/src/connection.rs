@@ -1,0 +1,297 @@
+//! One client connection: frames in, frames out, within the limits.
+//!
+//! A connection has three parts. The reader (this task) decodes frames,
+//! enforces the rate limit and the idle timeout, applies requests in order and
+//! waits for their durability concurrently. The writer task owns the socket's
+//! sending half: it sends replies and deliveries in batches, pings the client,
+//! and drops a client that stops reading. The delivery pump (see `delivery`)
+//! feeds the writer with thread entries. Nothing a peer sends can panic the hub
+//! or reach another connection: every bad frame becomes a typed error frame or
+//! a close with a reason.
+
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, SplitSink};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use wire::{ClientFrame, ErrorCode, Hello, HubFrame, SessionLimits, WireError, PROTOCOL_VERSION};
+
+use crate::delivery;
+use crate::ratelimit::TokenBucket;
+use crate::session::{Caller, Hub};
+
+/// A WebSocket over a server-side TLS stream.
+pub type WsStream = WebSocketStream<TlsStream<TcpStream>>;
+
+type Sink = SplitSink<WsStream, Message>;
+
+/// Frames the writer sends in one batch before flushing.
+const WRITE_BATCH: usize = 64;
+
+/// How a connection ends from the hub's side.
+struct Closing {
+    code: CloseCode,
+    reason: String,
+}
+
+impl Closing {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+
+    fn message(self) -> Message {
+        Message::Close(Some(CloseFrame { code: self.code, reason: self.reason.into() }))
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>) -> HubFrame {
+    HubFrame::Error { error: WireError::new(code, message) }
+}
+
+fn hello(hub: &Hub, caller: &Caller) -> HubFrame {
+    HubFrame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        identity: caller.identity.clone(),
+        limits: SessionLimits {
+            max_frame_bytes: hub.limits.max_frame_bytes as u64,
+            frames_per_second: hub.limits.frames_per_second,
+            idle_timeout_ms: hub.limits.idle_timeout_ms,
+        },
+    })
+}
+
+/// Serves an authenticated connection until it closes, the hub shuts down, or
+/// a limit ends it.
+pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: CancellationToken) {
+    let registration = match hub.registry.register(caller.member.clone()) {
+        Ok(registration) => registration,
+        Err(e) => {
+            warn!(peer = %caller.peer, identity = %caller.identity, "refused: {e}");
+            let frame = error_frame(ErrorCode::TooManyConnections, e.to_string());
+            let _ = timeout(hub.limits.write_timeout(), async {
+                ws.send(Message::Binary(wire::encode(&frame).into())).await?;
+                ws.send(Closing::new(CloseCode::Policy, "too many connections for this identity").message()).await
+            })
+            .await;
+            return;
+        }
+    };
+    let (sink, stream) = ws.split();
+    let (frames_tx, frames_rx) = mpsc::channel(hub.limits.outbound_queue_frames);
+    let (close_tx, close_rx) = mpsc::channel(1);
+    let broken = CancellationToken::new();
+    // The channel is empty here, so the Hello is always the first frame.
+    let _ = frames_tx.try_send(hello(&hub, &caller));
+    let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
+    let pump = tokio::spawn({
+        let pumping = delivery::pump(hub.store.clone(), caller.member.clone(), registration.mailbox(), frames_tx.clone());
+        let broken = broken.clone();
+        async move {
+            if let Err(delivery::PumpStopped::Store(e)) = pumping.await {
+                tracing::error!(error = %e, "delivery stopped; closing the connection");
+            }
+            broken.cancel();
+        }
+    });
+
+    let closing = Reader::new(&hub, &caller, frames_tx).run(stream, &shutdown, &broken).await;
+    pump.abort();
+    if let Some(closing) = closing {
+        debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
+        let _ = close_tx.send(closing.message()).await;
+    }
+    drop(close_tx);
+    let _ = writer.await;
+    drop(registration);
+}
+
+/// The reading half's state.
+struct Reader<'a> {
+    hub: &'a Arc<Hub>,
+    caller: &'a Caller,
+    out: mpsc::Sender<HubFrame>,
+    bucket: TokenBucket,
+    strikes: u32,
+}
+
+impl<'a> Reader<'a> {
+    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, out: mpsc::Sender<HubFrame>) -> Self {
+        let bucket = TokenBucket::new(hub.limits.frames_per_second, hub.limits.frames_burst);
+        Self { hub, caller, out, bucket, strikes: 0 }
+    }
+
+    /// Runs until the connection should end; returns the close to send, if any.
+    async fn run(
+        mut self,
+        mut stream: futures_util::stream::SplitStream<WsStream>,
+        shutdown: &CancellationToken,
+        broken: &CancellationToken,
+    ) -> Option<Closing> {
+        let limits = &self.hub.limits;
+        let mut inflight = FuturesUnordered::new();
+        let mut idle_deadline = Instant::now() + limits.idle_timeout();
+        let closing = loop {
+            tokio::select! {
+                biased;
+                _ = broken.cancelled() => break None,
+                _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
+                Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
+                    if self.out.send(HubFrame::Reply { id, result }).await.is_err() {
+                        break None;
+                    }
+                }
+                message = stream.next(), if inflight.len() < limits.max_inflight_per_connection => {
+                    idle_deadline = Instant::now() + limits.idle_timeout();
+                    match self.on_message(message).await {
+                        Ok(Some(request)) => {
+                            let hub = self.hub.clone();
+                            let (id, outcome) = request;
+                            inflight.push(async move { (id, hub.settle(outcome).await) });
+                        }
+                        Ok(None) => {}
+                        Err(closing) => break closing,
+                    }
+                }
+                _ = sleep_until(idle_deadline) => break Some(Closing::new(CloseCode::Away, "idle timeout")),
+            }
+        };
+        // Requests already applied still get their answer when the client is there to read it.
+        if closing.is_some() {
+            while let Some((id, result)) = inflight.next().await {
+                if self.out.send(HubFrame::Reply { id, result }).await.is_err() {
+                    break;
+                }
+            }
+        }
+        closing
+    }
+
+    /// Handles one message; `Ok(Some(..))` is a request waiting for durability.
+    async fn on_message(
+        &mut self,
+        message: Option<Result<Message, WsError>>,
+    ) -> Result<Option<(u64, crate::session::Outcome)>, Option<Closing>> {
+        let bytes = match message {
+            None | Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Text(_))) => return self.strike("text frames are not accepted; send binary CBOR").await.map(|_| None),
+            Some(Ok(_)) => return Ok(None),
+            Some(Err(WsError::Capacity(e))) => {
+                info!(peer = %self.caller.peer, "oversized frame: {e}");
+                let reason = format!("frame too large (limit {} bytes)", self.hub.limits.max_frame_bytes);
+                let _ = self.out.send(error_frame(ErrorCode::FrameTooLarge, reason.clone())).await;
+                return Err(Some(Closing::new(CloseCode::Size, reason)));
+            }
+            Some(Err(WsError::Protocol(e))) => {
+                info!(peer = %self.caller.peer, "WebSocket protocol error: {e}");
+                return Err(Some(Closing::new(CloseCode::Protocol, "WebSocket protocol error")));
+            }
+            Some(Err(e)) => {
+                debug!(peer = %self.caller.peer, "connection error: {e}");
+                return Err(None);
+            }
+        };
+        let frame = match wire::decode::<ClientFrame>(&bytes) {
+            Ok(frame) => frame,
+            Err(e) => return self.strike(&e.to_string()).await.map(|_| None),
+        };
+        self.strikes = 0;
+        if let Err(wait) = self.bucket.take() {
+            let mut error = WireError::new(ErrorCode::RateLimited, "too many frames per second");
+            error.retry_after_ms = Some(wait.as_millis() as u64 + 1);
+            let frame = match frame {
+                ClientFrame::Request { id, .. } => HubFrame::Reply { id, result: Err(error) },
+                ClientFrame::Ack { .. } => HubFrame::Error { error },
+            };
+            return self.send(frame).await.map(|_| None);
+        }
+        match frame {
+            ClientFrame::Request { id, request } => Ok(Some((id, self.hub.apply(self.caller, request)))),
+            ClientFrame::Ack { thread, seq } => match self.hub.ack(self.caller, thread, seq) {
+                Ok(()) => Ok(None),
+                Err(error) => self.send(HubFrame::Error { error }).await.map(|_| None),
+            },
+        }
+    }
+
+    async fn strike(&mut self, why: &str) -> Result<(), Option<Closing>> {
+        self.strikes += 1;
+        self.send(error_frame(ErrorCode::Malformed, why)).await?;
+        if self.strikes >= self.hub.limits.max_protocol_errors {
+            return Err(Some(Closing::new(CloseCode::Policy, "too many malformed frames")));
+        }
+        Ok(())
+    }
+
+    async fn send(&self, frame: HubFrame) -> Result<(), Option<Closing>> {
+        self.out.send(frame).await.map_err(|_| None)
+    }
+}
+
+/// Sends frames in batches, pings, and gives up on a client that stops reading.
+async fn write_loop(
+    mut sink: Sink,
+    mut frames: mpsc::Receiver<HubFrame>,
+    mut close: mpsc::Receiver<Message>,
+    hub: Arc<Hub>,
+    broken: CancellationToken,
+) {
+    let limits = &hub.limits;
+    let mut ping = interval(limits.idle_timeout() / 3);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut frames_open = true;
+    loop {
+        // Queued frames go before the close, so replies to applied requests are not cut off.
+        let first = tokio::select! {
+            biased;
+            frame = frames.recv(), if frames_open => match frame {
+                Some(frame) => Message::Binary(wire::encode(&frame).into()),
+                None => {
+                    frames_open = false;
+                    continue;
+                }
+            },
+            message = close.recv() => {
+                if let Some(message) = message {
+                    let _ = timeout(limits.write_timeout(), sink.send(message)).await;
+                }
+                break;
+            }
+            _ = ping.tick() => Message::Ping(Default::default()),
+        };
+        let sent = timeout(limits.write_timeout(), async {
+            sink.feed(first).await?;
+            for _ in 1..WRITE_BATCH {
+                match frames.try_recv() {
+                    Ok(frame) => sink.feed(Message::Binary(wire::encode(&frame).into())).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!("write failed: {e}");
+                break;
+            }
+            Err(_) => {
+                warn!("client did not read for {} ms; disconnecting", limits.write_timeout_ms);
+                break;
+            }
+        }
+    }
+    broken.cancel();
+    let _ = timeout(limits.write_timeout(), sink.close()).await;
+}

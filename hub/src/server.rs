@@ -1,0 +1,166 @@
+//! The listener: accepts TCP, completes TLS and WebSocket handshakes within
+//! the handshake timeout, and hands authenticated connections to `connection`.
+//!
+//! Every refused handshake is logged with the peer address and the reason
+//! (missing, unknown, expired, revoked or attribute-less certificate, timeout).
+//! The total number of connections is bounded; past it new connections are
+//! closed at once rather than queued.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, WsStream};
+use crate::session::{Caller, Hub};
+use crate::store::{SledStore, StoreError};
+use crate::tls::{self, TlsError};
+
+/// How long shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A hub that could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is incomplete or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened or flushed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A socket or directory operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Why a connection did not get past its handshakes.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("client certificate carries no identity")]
+    NoIdentity,
+    #[error("WebSocket handshake failed: {0}")]
+    WebSocket(tokio_tungstenite::tungstenite::Error),
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// A bound, ready hub.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    hub: Arc<Hub>,
+}
+
+impl Server {
+    /// Opens the store, loads the certificates and binds the listener.
+    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        let resolved = config.validate()?;
+        let tls = tls::server_config(resolved.ca, resolved.cert, resolved.key, &config.tls.crl)?;
+        std::fs::create_dir_all(resolved.data)
+            .map_err(|source| ServeError::Io { what: format!("create {}", resolved.data.display()), source })?;
+        let store = Arc::new(SledStore::open(&resolved.data.join("store"))?);
+        let listener = TcpListener::bind(resolved.listen)
+            .await
+            .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
+        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub: Hub::new(store, config.limits.clone()) })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The shared hub state.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then drains and flushes.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                warn!(%peer, "refused connection: the hub is at its connection limit");
+                continue;
+            };
+            tracker.spawn(handle(self.hub.clone(), self.acceptor.clone(), tcp, peer, shutdown.clone(), permit));
+        }
+        info!("no longer accepting connections");
+        tracker.close();
+        if timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            warn!("connections still open after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+        self.hub.store.flush()?;
+        info!("store flushed; shut down cleanly");
+        Ok(())
+    }
+}
+
+async fn handshake(
+    hub: &Hub,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(WsStream, Caller), Refusal> {
+    let _ = tcp.set_nodelay(true);
+    let steps = async {
+        let tls = acceptor.accept(tcp).await.map_err(Refusal::Tls)?;
+        let (identity, fingerprint) = tls::peer_identity(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(hub.limits.max_frame_bytes))
+            .max_frame_size(Some(hub.limits.max_frame_bytes));
+        let ws = tokio_tungstenite::accept_async_with_config(tls, Some(ws_config)).await.map_err(Refusal::WebSocket)?;
+        Ok((ws, Caller::new(identity, fingerprint, peer)))
+    };
+    timeout(hub.limits.handshake_timeout(), steps).await.unwrap_or(Err(Refusal::Timeout))
+}
+
+async fn handle(
+    hub: Arc<Hub>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    match handshake(&hub, acceptor, tcp, peer).await {
+        Err(refusal) => warn!(%peer, reason = %refusal, "refused connection"),
+        Ok((ws, caller)) => {
+            info!(%peer, identity = %caller.identity, fingerprint = %caller.fingerprint, "connected");
+            connection::serve(hub, ws, caller.clone(), shutdown).await;
+            info!(%peer, identity = %caller.identity, "disconnected");
+        }
+    }
+}

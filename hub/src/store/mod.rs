@@ -1,0 +1,102 @@
+//! Durable storage of case threads, behind one trait.
+//!
+//! The rest of the hub talks to a [`Store`]; [`sled_store::SledStore`] is the
+//! embedded default, and other backends (PostgreSQL for several hub instances)
+//! implement the same trait. A store owns three promises that callers rely on:
+//!
+//! - sequence numbers within a thread are assigned by the store, from 1, without
+//!   gaps, and a message id is stored at most once per thread;
+//! - a write is durable once a later [`Store::flush`] has returned;
+//! - reads of thread entries see only durable entries, so nothing is ever
+//!   delivered that a crash could take back.
+//!
+//! Methods are synchronous: sled answers from memory in microseconds, and the
+//! one slow call, `flush`, runs on a blocking thread (see `durability`).
+
+pub mod sled_store;
+
+use uuid::Uuid;
+use wire::{Entry, MemberId, MessageId, ThreadId};
+
+pub use sled_store::SledStore;
+
+/// A storage failure. The action that hit it did not take effect.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend reported an I/O or corruption error.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The thread does not exist.
+    #[error("no such thread")]
+    NoSuchThread,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// True when nothing new was stored because the entry was already there.
+    pub duplicate: bool,
+}
+
+/// The result of creating a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// The thread.
+    pub thread: ThreadId,
+    /// True when the creator's reference had already created this thread.
+    pub existing: bool,
+}
+
+/// Storage for threads, members, entries and cursors.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a thread whose first entry records `creator` as its first member.
+    /// The same creator with the same `client_ref` gets the same thread back.
+    fn create_thread(&self, creator: &MemberId, client_ref: Uuid, at_ms: u64) -> Result<Created, StoreError>;
+
+    /// Adds `member` to `thread`, recording a membership entry; the new
+    /// member's cursor starts just before that entry, so it receives no earlier
+    /// entries. Adding an existing member changes nothing and returns the seq of
+    /// the entry that added it, marked as a duplicate.
+    fn add_member(&self, thread: ThreadId, by: &MemberId, member: &MemberId, at_ms: u64)
+        -> Result<Appended, StoreError>;
+
+    /// Appends a message. A message id already stored in this thread is not
+    /// stored again; the original seq is returned, marked as a duplicate.
+    fn append_message(
+        &self,
+        thread: ThreadId,
+        sender: &MemberId,
+        id: MessageId,
+        payload: &[u8],
+        at_ms: u64,
+    ) -> Result<Appended, StoreError>;
+
+    /// Whether `member` is a member of `thread` (false for unknown threads).
+    fn is_member(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError>;
+
+    /// The members of a thread.
+    fn members(&self, thread: ThreadId) -> Result<Vec<MemberId>, StoreError>;
+
+    /// The threads a member belongs to.
+    fn threads_of(&self, member: &MemberId) -> Result<Vec<ThreadId>, StoreError>;
+
+    /// Up to `limit` durable entries of `thread` with seq greater than `after`, in order.
+    fn entries_after(&self, thread: ThreadId, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
+
+    /// The highest durable seq of a thread (0 when empty or unknown).
+    fn last_seq(&self, thread: ThreadId) -> Result<u64, StoreError>;
+
+    /// The member's acknowledged cursor in a thread (0 when none).
+    fn cursor(&self, member: &MemberId, thread: ThreadId) -> Result<u64, StoreError>;
+
+    /// Moves the member's cursor forward to `seq`; never moves it back.
+    fn advance_cursor(&self, member: &MemberId, thread: ThreadId, seq: u64) -> Result<(), StoreError>;
+
+    /// Makes every write made before this call durable, and visible to reads.
+    fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,464 @@
+//! The embedded [`Store`] backend, on sled.
+//!
+//! Everything lives in one sled tree so that every multi-key change (a new
+//! member with its entry, index and cursor; a message with its de-duplication
+//! key) is one atomic batch. Keys start with a one-byte tag:
+//!
+//! | tag | key after the tag | value |
+//! |---|---|---|
+//! | `T` | thread | thread record |
+//! | `M` | thread, member | membership record |
+//! | `E` | thread, seq (u64 BE) | entry |
+//! | `D` | thread, message id | seq |
+//! | `X` | member, thread | (empty): the member's threads |
+//! | `C` | member, thread | cursor seq |
+//! | `R` | member, client ref | thread: idempotent creation |
+//!
+//! A member is encoded as its 20 OIN digits, a length byte and the worker id,
+//! which keeps prefixes unambiguous. Values are CBOR.
+//!
+//! Sequence numbers are assigned under a per-thread lock. Each thread also has
+//! a durable watermark, advanced only after a flush that covered the entry, and
+//! reads never go past it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+use wire::{Entry, EntryBody, MemberId, MessageId, ThreadId};
+
+use super::{Appended, Created, Store, StoreError};
+
+const THREAD: u8 = b'T';
+const MEMBER: u8 = b'M';
+const ENTRY: u8 = b'E';
+const DEDUP: u8 = b'D';
+const MEMBER_THREAD: u8 = b'X';
+const CURSOR: u8 = b'C';
+const CREATE_REF: u8 = b'R';
+
+#[derive(Serialize, Deserialize)]
+struct ThreadRecord {
+    creator: MemberId,
+    created_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MembershipRecord {
+    added_by: MemberId,
+    added_seq: u64,
+    added_at_ms: u64,
+}
+
+/// Where a thread's log stands: the next seq to assign and the highest durable one.
+#[derive(Debug)]
+struct ThreadLog {
+    next_seq: u64,
+    durable_seq: u64,
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    logs: Mutex<HashMap<ThreadId, Arc<Mutex<ThreadLog>>>>,
+    dirty: Mutex<HashSet<ThreadId>>,
+    creating: Mutex<()>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the data half-updated
+    // (every update is a single assignment), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    wire::encode(value)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    wire::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn member_key(member: &MemberId) -> Vec<u8> {
+    let worker = member.worker.as_bytes();
+    let mut key = Vec::with_capacity(21 + worker.len());
+    key.extend_from_slice(member.oin.as_str().as_bytes());
+    key.push(worker.len() as u8);
+    key.extend_from_slice(worker);
+    key
+}
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    key.push(tag);
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt("seq is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
+    Uuid::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open().map_err(backend)?;
+        Ok(Self {
+            db,
+            logs: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            creating: Mutex::new(()),
+        })
+    }
+
+    fn entry_key(thread: ThreadId, seq: u64) -> Vec<u8> {
+        key(ENTRY, &[thread.0.as_bytes(), &seq.to_be_bytes()])
+    }
+
+    /// The in-memory log position of a thread, loaded from disk on first use.
+    fn log(&self, thread: ThreadId) -> Result<Arc<Mutex<ThreadLog>>, StoreError> {
+        if let Some(log) = lock(&self.logs).get(&thread) {
+            return Ok(log.clone());
+        }
+        if !self.db.contains_key(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? {
+            return Err(StoreError::NoSuchThread);
+        }
+        let last = match self.db.scan_prefix(key(ENTRY, &[thread.0.as_bytes()])).next_back() {
+            Some(item) => {
+                let (k, _) = item.map_err(backend)?;
+                seq_from(&k[17..])?
+            }
+            None => 0,
+        };
+        let mut logs = lock(&self.logs);
+        let log = logs.entry(thread).or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last })));
+        Ok(log.clone())
+    }
+
+    /// Appends one entry under the thread's lock. `prepare` sees the seq the
+    /// entry would get and either returns an earlier seq (a duplicate; nothing
+    /// is written) or adds its own keys to the batch that also writes the entry.
+    fn append(
+        &self,
+        thread: ThreadId,
+        prepare: impl FnOnce(u64, &mut sled::Batch) -> Result<Option<u64>, StoreError>,
+        entry: impl FnOnce(u64) -> Entry,
+    ) -> Result<Appended, StoreError> {
+        let log = self.log(thread)?;
+        let mut log = lock(&log);
+        let seq = log.next_seq;
+        let mut batch = sled::Batch::default();
+        if let Some(existing) = prepare(seq, &mut batch)? {
+            return Ok(Appended { seq: existing, duplicate: true });
+        }
+        batch.insert(Self::entry_key(thread, seq), encode(&entry(seq)));
+        self.db.apply_batch(batch).map_err(backend)?;
+        log.next_seq = seq + 1;
+        lock(&self.dirty).insert(thread);
+        Ok(Appended { seq, duplicate: false })
+    }
+
+    fn membership_writes(batch: &mut sled::Batch, thread: ThreadId, member: &MemberId, record: &MembershipRecord) {
+        let mk = member_key(member);
+        batch.insert(key(MEMBER, &[thread.0.as_bytes(), &mk]), encode(record));
+        batch.insert(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]), &[][..]);
+        batch.insert(key(CURSOR, &[&mk, thread.0.as_bytes()]), &(record.added_seq - 1).to_be_bytes()[..]);
+    }
+}
+
+impl Store for SledStore {
+    fn create_thread(&self, creator: &MemberId, client_ref: Uuid, at_ms: u64) -> Result<Created, StoreError> {
+        let _one_at_a_time = lock(&self.creating);
+        let ref_key = key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()]);
+        if let Some(existing) = self.db.get(&ref_key).map_err(backend)? {
+            return Ok(Created { thread: ThreadId(uuid_from(&existing)?), existing: true });
+        }
+        let thread = ThreadId::random();
+        let record = MembershipRecord { added_by: creator.clone(), added_seq: 1, added_at_ms: at_ms };
+        let entry = Entry {
+            seq: 1,
+            id: MessageId::new(),
+            sender: creator.clone(),
+            at_ms,
+            body: EntryBody::MemberAdded { member: creator.clone() },
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            key(THREAD, &[thread.0.as_bytes()]),
+            encode(&ThreadRecord { creator: creator.clone(), created_at_ms: at_ms }),
+        );
+        Self::membership_writes(&mut batch, thread, creator, &record);
+        batch.insert(Self::entry_key(thread, 1), encode(&entry));
+        batch.insert(ref_key, &thread.0.as_bytes()[..]);
+        self.db.apply_batch(batch).map_err(backend)?;
+        lock(&self.logs).insert(thread, Arc::new(Mutex::new(ThreadLog { next_seq: 2, durable_seq: 0 })));
+        lock(&self.dirty).insert(thread);
+        Ok(Created { thread, existing: false })
+    }
+
+    fn add_member(
+        &self,
+        thread: ThreadId,
+        by: &MemberId,
+        member: &MemberId,
+        at_ms: u64,
+    ) -> Result<Appended, StoreError> {
+        let member_record_key = key(MEMBER, &[thread.0.as_bytes(), &member_key(member)]);
+        self.append(
+            thread,
+            |seq, batch| {
+                if let Some(existing) = self.db.get(&member_record_key).map_err(backend)? {
+                    return Ok(Some(decode::<MembershipRecord>(&existing)?.added_seq));
+                }
+                let record = MembershipRecord { added_by: by.clone(), added_seq: seq, added_at_ms: at_ms };
+                Self::membership_writes(batch, thread, member, &record);
+                Ok(None)
+            },
+            |seq| Entry {
+                seq,
+                id: MessageId::new(),
+                sender: by.clone(),
+                at_ms,
+                body: EntryBody::MemberAdded { member: member.clone() },
+            },
+        )
+    }
+
+    fn append_message(
+        &self,
+        thread: ThreadId,
+        sender: &MemberId,
+        id: MessageId,
+        payload: &[u8],
+        at_ms: u64,
+    ) -> Result<Appended, StoreError> {
+        let dedup_key = key(DEDUP, &[thread.0.as_bytes(), id.0.as_bytes()]);
+        self.append(
+            thread,
+            |seq, batch| {
+                if let Some(existing) = self.db.get(&dedup_key).map_err(backend)? {
+                    return Ok(Some(seq_from(&existing)?));
+                }
+                batch.insert(dedup_key.clone(), &seq.to_be_bytes()[..]);
+                Ok(None)
+            },
+            |seq| Entry {
+                seq,
+                id,
+                sender: sender.clone(),
+                at_ms,
+                body: EntryBody::Message { payload: payload.to_vec() },
+            },
+        )
+    }
+
+    fn is_member(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
+        self.db.contains_key(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)
+    }
+
+    fn members(&self, thread: ThreadId) -> Result<Vec<MemberId>, StoreError> {
+        self.db
+            .scan_prefix(key(MEMBER, &[thread.0.as_bytes()]))
+            .map(|item| {
+                let (k, _) = item.map_err(backend)?;
+                let mk = &k[17..];
+                let (oin, rest) = mk.split_at(20.min(mk.len()));
+                let worker = rest.get(1..).ok_or_else(|| StoreError::Corrupt("member key too short".into()))?;
+                let oin = std::str::from_utf8(oin).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let worker = std::str::from_utf8(worker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                MemberId::new(oin, worker).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn threads_of(&self, member: &MemberId) -> Result<Vec<ThreadId>, StoreError> {
+        let prefix = key(MEMBER_THREAD, &[&member_key(member)]);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, _) = item.map_err(backend)?;
+                Ok(ThreadId(uuid_from(&k[prefix.len()..])?))
+            })
+            .collect()
+    }
+
+    fn entries_after(&self, thread: ThreadId, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let log = self.log(thread)?;
+        let durable = lock(&log).durable_seq;
+        if after >= durable || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.db
+            .range(Self::entry_key(thread, after + 1)..=Self::entry_key(thread, durable))
+            .take(limit)
+            .map(|item| decode(&item.map_err(backend)?.1))
+            .collect()
+    }
+
+    fn last_seq(&self, thread: ThreadId) -> Result<u64, StoreError> {
+        match self.log(thread) {
+            Ok(log) => Ok(lock(&log).durable_seq),
+            Err(StoreError::NoSuchThread) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn cursor(&self, member: &MemberId, thread: ThreadId) -> Result<u64, StoreError> {
+        match self.db.get(key(CURSOR, &[&member_key(member), thread.0.as_bytes()])).map_err(backend)? {
+            Some(v) => seq_from(&v),
+            None => Ok(0),
+        }
+    }
+
+    fn advance_cursor(&self, member: &MemberId, thread: ThreadId, seq: u64) -> Result<(), StoreError> {
+        self.db
+            .fetch_and_update(key(CURSOR, &[&member_key(member), thread.0.as_bytes()]), |old| {
+                let current = old.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                Some(current.max(seq).to_be_bytes().to_vec())
+            })
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let dirty: Vec<ThreadId> = lock(&self.dirty).drain().collect();
+        let marks: Vec<(ThreadId, Arc<Mutex<ThreadLog>>, u64)> = dirty
+            .into_iter()
+            .filter_map(|thread| Some((thread, lock(&self.logs).get(&thread)?.clone())))
+            .map(|(thread, log)| {
+                let written = lock(&log).next_seq - 1;
+                (thread, log, written)
+            })
+            .collect();
+        if let Err(e) = self.db.flush() {
+            // Nothing is known to be durable: the threads stay dirty for the next flush.
+            lock(&self.dirty).extend(marks.iter().map(|(thread, _, _)| *thread));
+            return Err(backend(e));
+        }
+        for (_, log, written) in marks {
+            let mut log = lock(&log);
+            log.durable_seq = log.durable_seq.max(written);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(worker: &str) -> MemberId {
+        MemberId::new("00000001800000000001", worker).unwrap()
+    }
+
+    #[test]
+    fn entries_become_visible_only_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let anna = member("anna");
+        let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+        store.append_message(thread, &anna, MessageId::new(), b"x", 2).unwrap();
+        assert!(store.entries_after(thread, 0, 10).unwrap().is_empty());
+        store.flush().unwrap();
+        let entries = store.entries_after(thread, 0, 10).unwrap();
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_message_id_is_stored_once_per_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let anna = member("anna");
+        let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+        let id = MessageId::new();
+        let first = store.append_message(thread, &anna, id, b"x", 2).unwrap();
+        let again = store.append_message(thread, &anna, id, b"x", 3).unwrap();
+        assert_eq!(first, Appended { seq: 2, duplicate: false });
+        assert_eq!(again, Appended { seq: 2, duplicate: true });
+    }
+
+    #[test]
+    fn creation_is_idempotent_per_creator_and_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let reference = Uuid::new_v4();
+        let first = store.create_thread(&member("anna"), reference, 1).unwrap();
+        let again = store.create_thread(&member("anna"), reference, 1).unwrap();
+        let other = store.create_thread(&member("piet"), reference, 1).unwrap();
+        assert!(!first.existing && again.existing && !other.existing);
+        assert_eq!(first.thread, again.thread);
+        assert_ne!(first.thread, other.thread);
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (anna, piet) = (member("anna"), member("piet"));
+        let thread = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+            store.add_member(thread, &anna, &piet, 2).unwrap();
+            store.append_message(thread, &anna, MessageId::new(), b"x", 3).unwrap();
+            store.advance_cursor(&piet, thread, 3).unwrap();
+            store.flush().unwrap();
+            thread
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.last_seq(thread).unwrap(), 3);
+        assert!(store.is_member(thread, &piet).unwrap());
+        assert_eq!(store.threads_of(&piet).unwrap(), vec![thread]);
+        let mut members = store.members(thread).unwrap();
+        members.sort();
+        assert_eq!(members, vec![anna.clone(), piet.clone()]);
+        assert_eq!(store.cursor(&piet, thread).unwrap(), 3);
+        let next = store.append_message(thread, &anna, MessageId::new(), b"y", 4).unwrap();
+        assert_eq!(next.seq, 4);
+    }
+
+    #[test]
+    fn a_new_member_starts_at_its_own_entry_and_cursors_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (anna, piet) = (member("anna"), member("piet"));
+        let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+        store.append_message(thread, &anna, MessageId::new(), b"before", 2).unwrap();
+        let added = store.add_member(thread, &anna, &piet, 3).unwrap();
+        assert_eq!(added.seq, 3);
+        assert_eq!(store.cursor(&piet, thread).unwrap(), 2);
+        assert_eq!(store.add_member(thread, &anna, &piet, 4).unwrap(), Appended { seq: 3, duplicate: true });
+        store.advance_cursor(&piet, thread, 3).unwrap();
+        store.advance_cursor(&piet, thread, 1).unwrap();
+        assert_eq!(store.cursor(&piet, thread).unwrap(), 3);
+    }
+
+    #[test]
+    fn unknown_threads_are_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let thread = ThreadId::random();
+        assert!(!store.is_member(thread, &member("anna")).unwrap());
+        assert!(matches!(
+            store.append_message(thread, &member("anna"), MessageId::new(), b"x", 1),
+            Err(StoreError::NoSuchThread)
+        ));
+    }
+}
