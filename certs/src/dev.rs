@@ -11,9 +11,8 @@ use std::path::Path;
 
 use rcgen::string::PrintableString;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
-    DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DistinguishedName, DnType,
+    DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use wire::{AgencyKind, Role};
@@ -30,35 +29,19 @@ pub struct SampleOrg {
 }
 
 /// Veilig Thuis Utrecht.
-pub const VT_UTRECHT: SampleOrg = SampleOrg {
-    oin: "00000001800000000001",
-    name: "Veilig Thuis Utrecht",
-    kind: AgencyKind::Vt,
-};
+pub const VT_UTRECHT: SampleOrg =
+    SampleOrg { oin: "00000001800000000001", name: "Veilig Thuis Utrecht", kind: AgencyKind::Vt };
 /// The local team of Woerden (Woerden Wijzer).
-pub const LT_WOERDEN: SampleOrg = SampleOrg {
-    oin: "00000001800000000002",
-    name: "Lokaal team Woerden",
-    kind: AgencyKind::Lt,
-};
+pub const LT_WOERDEN: SampleOrg =
+    SampleOrg { oin: "00000001800000000002", name: "Lokaal team Woerden", kind: AgencyKind::Lt };
 /// The local team of Oudewater.
-pub const LT_OUDEWATER: SampleOrg = SampleOrg {
-    oin: "00000001800000000003",
-    name: "Lokaal team Oudewater",
-    kind: AgencyKind::Lt,
-};
+pub const LT_OUDEWATER: SampleOrg =
+    SampleOrg { oin: "00000001800000000003", name: "Lokaal team Oudewater", kind: AgencyKind::Lt };
 /// The Raad voor de Kinderbescherming.
-pub const RVDK: SampleOrg = SampleOrg {
-    oin: "00000001800000000004",
-    name: "Raad voor de Kinderbescherming",
-    kind: AgencyKind::Rvdk,
-};
+pub const RVDK: SampleOrg =
+    SampleOrg { oin: "00000001800000000004", name: "Raad voor de Kinderbescherming", kind: AgencyKind::Rvdk };
 /// SAVE, a regional certified institution (GI).
-pub const GI_SAVE: SampleOrg = SampleOrg {
-    oin: "00000001800000000005",
-    name: "SAVE Utrecht",
-    kind: AgencyKind::Gi,
-};
+pub const GI_SAVE: SampleOrg = SampleOrg { oin: "00000001800000000005", name: "SAVE Utrecht", kind: AgencyKind::Gi };
 
 /// A sample identity: the file stem it is written under and its subject.
 #[derive(Debug, Clone, Copy)]
@@ -75,48 +58,13 @@ pub struct SampleIdentity {
 
 /// The identities `certs dev` writes, one client certificate each.
 pub const SAMPLE_IDENTITIES: &[SampleIdentity] = &[
-    SampleIdentity {
-        slug: "vt-utrecht-caseworker",
-        org: VT_UTRECHT,
-        worker: "anna.devries",
-        role: Role::Caseworker,
-    },
-    SampleIdentity {
-        slug: "vt-utrecht-system",
-        org: VT_UTRECHT,
-        worker: "vt-casesystem",
-        role: Role::System,
-    },
-    SampleIdentity {
-        slug: "vt-utrecht-privacy",
-        org: VT_UTRECHT,
-        worker: "fenna.jansen",
-        role: Role::PrivacyOfficer,
-    },
-    SampleIdentity {
-        slug: "lt-woerden-caseworker",
-        org: LT_WOERDEN,
-        worker: "sanne.bakker",
-        role: Role::Caseworker,
-    },
-    SampleIdentity {
-        slug: "lt-oudewater-caseworker",
-        org: LT_OUDEWATER,
-        worker: "joris.smit",
-        role: Role::Caseworker,
-    },
-    SampleIdentity {
-        slug: "rvdk-caseworker",
-        org: RVDK,
-        worker: "mila.visser",
-        role: Role::Caseworker,
-    },
-    SampleIdentity {
-        slug: "gi-save-caseworker",
-        org: GI_SAVE,
-        worker: "daan.mulder",
-        role: Role::Caseworker,
-    },
+    SampleIdentity { slug: "vt-utrecht-caseworker", org: VT_UTRECHT, worker: "anna.devries", role: Role::Caseworker },
+    SampleIdentity { slug: "vt-utrecht-system", org: VT_UTRECHT, worker: "vt-casesystem", role: Role::System },
+    SampleIdentity { slug: "vt-utrecht-privacy", org: VT_UTRECHT, worker: "fenna.jansen", role: Role::PrivacyOfficer },
+    SampleIdentity { slug: "lt-woerden-caseworker", org: LT_WOERDEN, worker: "sanne.bakker", role: Role::Caseworker },
+    SampleIdentity { slug: "lt-oudewater-caseworker", org: LT_OUDEWATER, worker: "joris.smit", role: Role::Caseworker },
+    SampleIdentity { slug: "rvdk-caseworker", org: RVDK, worker: "mila.visser", role: Role::Caseworker },
+    SampleIdentity { slug: "gi-save-caseworker", org: GI_SAVE, worker: "daan.mulder", role: Role::Caseworker },
 ];
 
 /// Looks up a sample identity by slug.
@@ -176,31 +124,18 @@ fn ca(name: &str) -> Result<Issuer, DevPkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Ketenhub development");
+    params.distinguished_name.push(DnType::OrganizationName, "Ketenhub development");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
     params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
     Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
 }
 
-fn identity_subject(
-    org: &SampleOrg,
-    worker: &str,
-    role: Role,
-) -> Result<DistinguishedName, DevPkiError> {
+fn identity_subject(org: &SampleOrg, worker: &str, role: Role) -> Result<DistinguishedName, DevPkiError> {
     let mut dn = DistinguishedName::new();
     let oin = PrintableString::try_from(org.oin).map_err(DevPkiError::Generate)?;
-    dn.push(
-        DnType::CustomDnType(vec![2, 5, 4, 5]),
-        DnValue::PrintableString(oin),
-    );
+    dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), DnValue::PrintableString(oin));
     dn.push(DnType::OrganizationName, org.name);
     dn.push(DnType::OrganizationalUnitName, org.kind.code());
     dn.push(DnType::CommonName, worker);
@@ -243,10 +178,7 @@ impl Leaf {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, issuer)?;
-        Ok(PemPair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        })
+        Ok(PemPair { cert: cert.pem(), key: key.serialize_pem() })
     }
 }
 
@@ -272,10 +204,7 @@ impl DevPki {
         let mut clients = Vec::with_capacity(SAMPLE_IDENTITIES.len());
         for (i, sample) in SAMPLE_IDENTITIES.iter().enumerate() {
             let subject = identity_subject(&sample.org, sample.worker, sample.role)?;
-            clients.push((
-                sample.slug,
-                Leaf::client(subject, 100 + i as u64).issue(&chain_ca)?,
-            ));
+            clients.push((sample.slug, Leaf::client(subject, 100 + i as u64).issue(&chain_ca)?));
         }
 
         let expired_subject = identity_subject(&VT_UTRECHT, "expired.worker", Role::Caseworker)?;
@@ -285,20 +214,14 @@ impl DevPki {
             ..Leaf::client(expired_subject, 200)
         }
         .issue(&chain_ca)?;
-        let intruder = Leaf::client(
-            identity_subject(&VT_UTRECHT, "intruder", Role::Caseworker)?,
-            201,
-        )
-        .issue(&rogue_ca)?;
+        let intruder =
+            Leaf::client(identity_subject(&VT_UTRECHT, "intruder", Role::Caseworker)?, 201).issue(&rogue_ca)?;
         let mut bare = DistinguishedName::new();
         bare.push(DnType::CommonName, "no-attributes");
         let noattrs = Leaf::client(bare, 202).issue(&chain_ca)?;
         let revoked_serial = 203;
-        let revoked = Leaf::client(
-            identity_subject(&LT_WOERDEN, "revoked.worker", Role::Caseworker)?,
-            revoked_serial,
-        )
-        .issue(&chain_ca)?;
+        let revoked = Leaf::client(identity_subject(&LT_WOERDEN, "revoked.worker", Role::Caseworker)?, revoked_serial)
+            .issue(&chain_ca)?;
         let crl = CertificateRevocationListParams {
             this_update: now - Duration::hours(1),
             next_update: now + Duration::days(30),
@@ -315,28 +238,13 @@ impl DevPki {
         .signed_by(&chain_ca)?
         .pem()?;
 
-        let ca = PemPair {
-            cert: chain_ca.pem(),
-            key: chain_ca.key().serialize_pem(),
-        };
-        Ok(Self {
-            ca,
-            hub,
-            clients,
-            expired,
-            intruder,
-            noattrs,
-            revoked,
-            crl,
-        })
+        let ca = PemPair { cert: chain_ca.pem(), key: chain_ca.key().serialize_pem() };
+        Ok(Self { ca, hub, clients, expired, intruder, noattrs, revoked, crl })
     }
 
     /// The client pair of a sample identity, by slug.
     pub fn client(&self, slug: &str) -> Option<&PemPair> {
-        self.clients
-            .iter()
-            .find(|(s, _)| *s == slug)
-            .map(|(_, pair)| pair)
+        self.clients.iter().find(|(s, _)| *s == slug).map(|(_, pair)| pair)
     }
 
     /// Every file this PKI consists of, as (file name, PEM contents).
@@ -353,12 +261,7 @@ impl DevPki {
             .collect();
         let mut files: Vec<(String, &str)> = named
             .into_iter()
-            .flat_map(|(stem, p)| {
-                [
-                    (format!("{stem}.crt"), p.cert.as_str()),
-                    (format!("{stem}.key"), p.key.as_str()),
-                ]
-            })
+            .flat_map(|(stem, p)| [(format!("{stem}.crt"), p.cert.as_str()), (format!("{stem}.key"), p.key.as_str())])
             .collect();
         files.push(("ca.crl".into(), self.crl.as_str()));
         files
@@ -366,10 +269,7 @@ impl DevPki {
 
     /// Writes every file into `dir`, creating it; keys are readable by the owner only.
     pub fn write_to(&self, dir: &Path) -> Result<(), DevPkiError> {
-        let io = |path: &Path, source| DevPkiError::Write {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |path: &Path, source| DevPkiError::Write { path: path.display().to_string(), source };
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         for (name, contents) in self.files() {
             let path = dir.join(&name);
@@ -400,9 +300,7 @@ mod tests {
     use rustls_pki_types::{pem::PemObject, CertificateDer};
 
     fn der(pem: &str) -> Vec<u8> {
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
     }
 
     #[test]
@@ -423,29 +321,14 @@ mod tests {
     fn the_noattrs_certificate_has_no_identity() {
         let pki = DevPki::generate().unwrap();
         let err = identity_from_der(&der(&pki.noattrs.cert)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                crate::CertIdentityError::Attribute(wire::IdentityError::Missing(_))
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, crate::CertIdentityError::Attribute(wire::IdentityError::Missing(_))), "{err}");
     }
 
     #[test]
     fn writes_every_named_file() {
         let dir = tempfile::tempdir().unwrap();
         DevPki::generate().unwrap().write_to(dir.path()).unwrap();
-        for name in [
-            "ca.crt",
-            "ca.key",
-            "hub.crt",
-            "hub.key",
-            "expired.crt",
-            "intruder.key",
-            "noattrs.crt",
-            "ca.crl",
-        ] {
+        for name in ["ca.crt", "ca.key", "hub.crt", "hub.key", "expired.crt", "intruder.key", "noattrs.crt", "ca.crl"] {
             assert!(dir.path().join(name).is_file(), "{name} missing");
         }
         for sample in SAMPLE_IDENTITIES {

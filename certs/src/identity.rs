@@ -9,8 +9,8 @@
 
 use wire::{Identity, IdentityError};
 use x509_parser::oid_registry::{
-    Oid, OID_X509_COMMON_NAME, OID_X509_ORGANIZATIONAL_UNIT, OID_X509_ORGANIZATION_NAME,
-    OID_X509_SERIALNUMBER, OID_X509_TITLE,
+    Oid, OID_X509_COMMON_NAME, OID_X509_ORGANIZATIONAL_UNIT, OID_X509_ORGANIZATION_NAME, OID_X509_SERIALNUMBER,
+    OID_X509_TITLE,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -30,8 +30,7 @@ pub enum CertIdentityError {
 
 /// Reads the identity from a DER-encoded certificate.
 pub fn identity_from_der(der: &[u8]) -> Result<Identity, CertIdentityError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| CertIdentityError::NotDer(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertIdentityError::NotDer(e.to_string()))?;
     let subject = cert.subject();
     let attribute = |oid: &Oid<'static>, name: &'static str| -> Result<String, CertIdentityError> {
         let mut values = subject.iter_attributes().filter(|a| a.attr_type() == oid);

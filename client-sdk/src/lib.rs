@@ -1,1 +1,43 @@
+//! The Ketenhub client SDK.
+//!
+//! An agency's case system or a caseworker's desk connects to the hub through
+//! this crate. It speaks the wire protocol over mutually authenticated TLS 1.3,
+//! keeps the connection alive (reconnecting and resuming from the cursor when it
+//! drops), retries requests that were in flight, and hands the application each
+//! thread entry exactly once, in order.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use ketenhub_sdk::{Client, Event};
+//!
+//! # async fn example() -> Result<(), ketenhub_sdk::Error> {
+//! let client = Client::builder()
+//!     .url("wss://localhost:7443")
+//!     .ca_file("pki/ca.crt")
+//!     .identity_files("pki/vt-utrecht-caseworker.crt", "pki/vt-utrecht-caseworker.key")
+//!     .connect()
+//!     .await?;
+//! let thread = client.create_thread().await?;
+//! client.send(thread, b"ciphertext".to_vec()).await?;
+//! let mut events = client.events().expect("events are taken once");
+//! while let Some(event) = events.next().await {
+//!     if let Event::Message(message) = event {
+//!         client.ack(message.thread, message.seq).await?;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+mod builder;
+mod client;
+mod dial;
+mod error;
+mod event;
+
+pub use builder::ClientBuilder;
+pub use client::{Client, Sent};
+pub use error::Error;
+pub use event::{Event, EventStream, Message};
+pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};

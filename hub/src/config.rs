@@ -155,7 +155,10 @@ impl Limits {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });
         }
         if self.max_frame_bytes < 1024 {
-            return Err(ConfigError::Invalid { key: "limits.max_frame_bytes", message: "must be at least 1024".into() });
+            return Err(ConfigError::Invalid {
+                key: "limits.max_frame_bytes",
+                message: "must be at least 1024".into(),
+            });
         }
         if self.frames_burst < self.frames_per_second {
             return Err(ConfigError::Invalid {

@@ -93,7 +93,8 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
     let _ = frames_tx.try_send(hello(&hub, &caller));
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
     let pump = tokio::spawn({
-        let pumping = delivery::pump(hub.store.clone(), caller.member.clone(), registration.mailbox(), frames_tx.clone());
+        let pumping =
+            delivery::pump(hub.store.clone(), caller.member.clone(), registration.mailbox(), frames_tx.clone());
         let broken = broken.clone();
         async move {
             if let Err(delivery::PumpStopped::Store(e)) = pumping.await {
@@ -183,7 +184,9 @@ impl<'a> Reader<'a> {
         let bytes = match message {
             None | Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(Message::Binary(bytes))) => bytes,
-            Some(Ok(Message::Text(_))) => return self.strike("text frames are not accepted; send binary CBOR").await.map(|_| None),
+            Some(Ok(Message::Text(_))) => {
+                return self.strike("text frames are not accepted; send binary CBOR").await.map(|_| None)
+            }
             Some(Ok(_)) => return Ok(None),
             Some(Err(WsError::Capacity(e))) => {
                 info!(peer = %self.caller.peer, "oversized frame: {e}");

@@ -14,10 +14,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod demo;
+pub mod devhub;
 pub mod durability;
 pub mod ratelimit;
 pub mod server;

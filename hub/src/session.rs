@@ -88,7 +88,8 @@ impl Hub {
     }
 
     fn try_apply(&self, caller: &Caller, request: Request) -> Result<Outcome, WireError> {
-        let after_commit = |reply, notify: bool, thread| Outcome::AfterCommit { reply, notify: notify.then_some(thread) };
+        let after_commit =
+            |reply, notify: bool, thread| Outcome::AfterCommit { reply, notify: notify.then_some(thread) };
         match request {
             Request::CreateThread { client_ref } => {
                 let created = self.store.create_thread(&caller.member, client_ref, now_ms()).map_err(internal)?;
@@ -103,10 +104,8 @@ impl Hub {
             }
             Request::Send { thread, message, payload } => {
                 self.require_member(caller, thread)?;
-                let appended = self
-                    .store
-                    .append_message(thread, &caller.member, message, &payload, now_ms())
-                    .map_err(internal)?;
+                let appended =
+                    self.store.append_message(thread, &caller.member, message, &payload, now_ms()).map_err(internal)?;
                 let reply = Reply::Sent { seq: appended.seq, duplicate: appended.duplicate };
                 Ok(after_commit(reply, !appended.duplicate, thread))
             }

@@ -23,10 +23,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut reader = bytes;
     let value = ciborium::from_reader(&mut reader).map_err(|e| DecodeError(e.to_string()))?;
     if !reader.is_empty() {
-        return Err(DecodeError(format!(
-            "{} trailing bytes after the frame",
-            reader.len()
-        )));
+        return Err(DecodeError(format!("{} trailing bytes after the frame", reader.len())));
     }
     Ok(value)
 }

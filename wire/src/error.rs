@@ -48,11 +48,7 @@ pub struct WireError {
 impl WireError {
     /// Builds an error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self { code, message: message.into(), retry_after_ms: None }
     }
 
     /// The uniform answer for a thread that does not exist or may not be seen.

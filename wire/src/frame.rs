@@ -255,35 +255,14 @@ mod tests {
     fn every_client_frame_round_trips() {
         let thread = ThreadId::random();
         let frames = vec![
-            ClientFrame::Request {
-                id: 1,
-                request: Request::CreateThread {
-                    client_ref: Uuid::new_v4(),
-                },
-            },
-            ClientFrame::Request {
-                id: 2,
-                request: Request::AddMember {
-                    thread,
-                    member: member(),
-                },
-            },
+            ClientFrame::Request { id: 1, request: Request::CreateThread { client_ref: Uuid::new_v4() } },
+            ClientFrame::Request { id: 2, request: Request::AddMember { thread, member: member() } },
             ClientFrame::Request {
                 id: 3,
-                request: Request::Send {
-                    thread,
-                    message: MessageId::new(),
-                    payload: vec![0, 1, 2, 255],
-                },
+                request: Request::Send { thread, message: MessageId::new(), payload: vec![0, 1, 2, 255] },
             },
-            ClientFrame::Request {
-                id: 4,
-                request: Request::ListThreads,
-            },
-            ClientFrame::Request {
-                id: 5,
-                request: Request::ListMembers { thread },
-            },
+            ClientFrame::Request { id: 4, request: Request::ListThreads },
+            ClientFrame::Request { id: 5, request: Request::ListMembers { thread } },
             ClientFrame::Ack { thread, seq: 9 },
         ];
         for frame in frames {
@@ -301,43 +280,19 @@ mod tests {
             worker: "anna.devries".into(),
             role: Role::Caseworker,
         };
-        let limits = SessionLimits {
-            max_frame_bytes: 1 << 20,
-            frames_per_second: 100,
-            idle_timeout_ms: 60_000,
-        };
+        let limits = SessionLimits { max_frame_bytes: 1 << 20, frames_per_second: 100, idle_timeout_ms: 60_000 };
         let entry = Entry {
             seq: 7,
             id: MessageId::new(),
             sender: member(),
             at_ms: 1,
-            body: EntryBody::Message {
-                payload: vec![7; 1024],
-            },
+            body: EntryBody::Message { payload: vec![7; 1024] },
         };
         let frames = vec![
-            HubFrame::Hello(Hello {
-                protocol: crate::PROTOCOL_VERSION,
-                identity,
-                limits,
-            }),
-            HubFrame::Reply {
-                id: 1,
-                result: Ok(Reply::Sent {
-                    seq: 3,
-                    duplicate: false,
-                }),
-            },
-            HubFrame::Reply {
-                id: 2,
-                result: Err(WireError::thread_not_found()),
-            },
-            HubFrame::Reply {
-                id: 3,
-                result: Ok(Reply::Members {
-                    members: vec![member()],
-                }),
-            },
+            HubFrame::Hello(Hello { protocol: crate::PROTOCOL_VERSION, identity, limits }),
+            HubFrame::Reply { id: 1, result: Ok(Reply::Sent { seq: 3, duplicate: false }) },
+            HubFrame::Reply { id: 2, result: Err(WireError::thread_not_found()) },
+            HubFrame::Reply { id: 3, result: Ok(Reply::Members { members: vec![member()] }) },
             HubFrame::Event { thread, entry },
             HubFrame::Event {
                 thread,
@@ -349,9 +304,7 @@ mod tests {
                     body: EntryBody::MemberAdded { member: member() },
                 },
             },
-            HubFrame::Error {
-                error: WireError::new(ErrorCode::Malformed, "bad"),
-            },
+            HubFrame::Error { error: WireError::new(ErrorCode::Malformed, "bad") },
         ];
         for frame in frames {
             assert_eq!(decode::<HubFrame>(&encode(&frame)).unwrap(), frame);
@@ -362,10 +315,7 @@ mod tests {
     fn garbage_and_trailing_bytes_are_typed_errors() {
         assert!(decode::<ClientFrame>(&[0xff, 0x00, 0x13]).is_err());
         assert!(decode::<ClientFrame>(&[]).is_err());
-        let mut bytes = encode(&ClientFrame::Ack {
-            thread: ThreadId::random(),
-            seq: 1,
-        });
+        let mut bytes = encode(&ClientFrame::Ack { thread: ThreadId::random(), seq: 1 });
         bytes.push(0);
         assert!(decode::<ClientFrame>(&bytes).is_err());
     }
@@ -374,14 +324,10 @@ mod tests {
     fn a_bad_oin_inside_a_frame_is_refused() {
         let frame = ClientFrame::Request {
             id: 1,
-            request: Request::AddMember {
-                thread: ThreadId::random(),
-                member: member(),
-            },
+            request: Request::AddMember { thread: ThreadId::random(), member: member() },
         };
         let bytes = encode(&frame);
-        let tampered =
-            String::from_utf8_lossy(&bytes).replace("00000001234567890000", "0000000123456789000x");
+        let tampered = String::from_utf8_lossy(&bytes).replace("00000001234567890000", "0000000123456789000x");
         assert!(decode::<ClientFrame>(tampered.as_bytes()).is_err());
     }
 }

@@ -176,9 +176,7 @@ impl fmt::Display for Role {
 /// Checks a worker id: short, and free of characters that could confuse logs or keys.
 pub fn validate_worker(worker: &str) -> Result<(), IdentityError> {
     let ok = (1..=64).contains(&worker.len())
-        && worker
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && worker.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -199,10 +197,7 @@ impl MemberId {
     /// Builds a member id, checking the OIN and the worker id.
     pub fn new(oin: &str, worker: &str) -> Result<Self, IdentityError> {
         validate_worker(worker)?;
-        Ok(Self {
-            oin: oin.parse()?,
-            worker: worker.to_owned(),
-        })
+        Ok(Self { oin: oin.parse()?, worker: worker.to_owned() })
     }
 }
 
@@ -230,23 +225,13 @@ pub struct Identity {
 impl Identity {
     /// The member id this identity is addressed by in threads.
     pub fn member_id(&self) -> MemberId {
-        MemberId {
-            oin: self.oin.clone(),
-            worker: self.worker.clone(),
-        }
+        MemberId { oin: self.oin.clone(), worker: self.worker.clone() }
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}, {} {})",
-            self.member_id(),
-            self.role,
-            self.kind,
-            self.organisation
-        )
+        write!(f, "{} ({}, {} {})", self.member_id(), self.role, self.kind, self.organisation)
     }
 }
 
@@ -271,21 +256,10 @@ mod tests {
 
     #[test]
     fn kinds_and_roles_round_trip_their_codes() {
-        for kind in [
-            AgencyKind::Vt,
-            AgencyKind::Lt,
-            AgencyKind::Rvdk,
-            AgencyKind::Gi,
-            AgencyKind::Other,
-        ] {
+        for kind in [AgencyKind::Vt, AgencyKind::Lt, AgencyKind::Rvdk, AgencyKind::Gi, AgencyKind::Other] {
             assert_eq!(kind.code().parse::<AgencyKind>().unwrap(), kind);
         }
-        for role in [
-            Role::Caseworker,
-            Role::System,
-            Role::PrivacyOfficer,
-            Role::Admin,
-        ] {
+        for role in [Role::Caseworker, Role::System, Role::PrivacyOfficer, Role::Admin] {
             assert_eq!(role.code().parse::<Role>().unwrap(), role);
         }
     }

@@ -62,8 +62,13 @@ pub trait Store: Send + Sync + 'static {
     /// member's cursor starts just before that entry, so it receives no earlier
     /// entries. Adding an existing member changes nothing and returns the seq of
     /// the entry that added it, marked as a duplicate.
-    fn add_member(&self, thread: ThreadId, by: &MemberId, member: &MemberId, at_ms: u64)
-        -> Result<Appended, StoreError>;
+    fn add_member(
+        &self,
+        thread: ThreadId,
+        by: &MemberId,
+        member: &MemberId,
+        at_ms: u64,
+    ) -> Result<Appended, StoreError>;
 
     /// Appends a message. A message id already stored in this thread is not
     /// stored again; the original seq is returned, marked as a duplicate.

@@ -122,12 +122,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open().map_err(backend)?;
-        Ok(Self {
-            db,
-            logs: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
-            creating: Mutex::new(()),
-        })
+        Ok(Self { db, logs: Mutex::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), creating: Mutex::new(()) })
     }
 
     fn entry_key(thread: ThreadId, seq: u64) -> Vec<u8> {
@@ -150,7 +145,9 @@ impl SledStore {
             None => 0,
         };
         let mut logs = lock(&self.logs);
-        let log = logs.entry(thread).or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last })));
+        let log = logs
+            .entry(thread)
+            .or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last })));
         Ok(log.clone())
     }
 

@@ -1,0 +1,230 @@
+//! Configuring a client: where the hub is, which certificates to use, and how
+//! patient to be.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::{Client, Error};
+
+#[derive(Debug, Clone)]
+enum Pem {
+    File(PathBuf),
+    Text(String),
+}
+
+impl Pem {
+    fn bytes(&self, what: &str) -> Result<Vec<u8>, Error> {
+        match self {
+            Self::Text(text) => Ok(text.clone().into_bytes()),
+            Self::File(path) => {
+                std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
+            }
+        }
+    }
+}
+
+/// Builds a [`Client`]; obtain one with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: Option<String>,
+    ca: Option<Pem>,
+    cert: Option<Pem>,
+    key: Option<Pem>,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    backoff: (Duration, Duration),
+    event_buffer: usize,
+    keep_events: bool,
+    resumption: bool,
+    max_frame_bytes: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            url: None,
+            ca: None,
+            cert: None,
+            key: None,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            backoff: (Duration::from_millis(50), Duration::from_secs(5)),
+            event_buffer: 1024,
+            keep_events: true,
+            resumption: true,
+            max_frame_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Everything the connection driver needs, resolved once.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<ClientConfig>,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff: (Duration, Duration),
+    pub event_buffer: usize,
+    pub keep_events: bool,
+    pub max_frame_bytes: usize,
+}
+
+impl ClientBuilder {
+    /// The hub's URL, `wss://host:port`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The chain CA that signed the hub's certificate, as a PEM file.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = Some(Pem::File(path.into()));
+        self
+    }
+
+    /// The chain CA as PEM text.
+    pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca = Some(Pem::Text(pem.into()));
+        self
+    }
+
+    /// This client's certificate and private key, as PEM files.
+    pub fn identity_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert = Some(Pem::File(cert.into()));
+        self.key = Some(Pem::File(key.into()));
+        self
+    }
+
+    /// This client's certificate and private key as PEM text.
+    pub fn identity_pem(mut self, cert: impl Into<String>, key: impl Into<String>) -> Self {
+        self.cert = Some(Pem::Text(cert.into()));
+        self.key = Some(Pem::Text(key.into()));
+        self
+    }
+
+    /// Connects without a client certificate. The hub refuses such
+    /// connections; this exists to test exactly that.
+    pub fn without_identity(mut self) -> Self {
+        self.cert = None;
+        self.key = None;
+        self
+    }
+
+    /// How long a request may wait for its answer, across reconnects (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The first and the largest pause between reconnection attempts (default 50 ms, 5 s).
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = (first, max.max(first));
+        self
+    }
+
+    /// How many events may wait for the application before the SDK stops
+    /// reading from the hub (default 1024).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(1);
+        self
+    }
+
+    /// Drops thread events instead of buffering them, for clients that only send.
+    /// The entries stay at the hub, unacknowledged.
+    pub fn discard_events(mut self) -> Self {
+        self.keep_events = false;
+        self
+    }
+
+    /// Whether TLS sessions may be resumed on reconnect (default true). Turn it
+    /// off to force a full handshake every time, as the benchmark does.
+    pub fn tls_resumption(mut self, enabled: bool) -> Self {
+        self.resumption = enabled;
+        self
+    }
+
+    /// The largest frame accepted from the hub (default 4 MiB).
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    pub(crate) fn settings(&self) -> Result<Settings, Error> {
+        let url = self.url.clone().ok_or_else(|| Error::Config("no hub URL given".into()))?;
+        let uri: Uri = url.parse().map_err(|e| Error::Config(format!("invalid URL {url}: {e}")))?;
+        if uri.scheme_str() != Some("wss") {
+            return Err(Error::Config(format!("URL must start with wss://, got {url}")));
+        }
+        let host = uri.host().ok_or_else(|| Error::Config(format!("URL has no host: {url}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| Error::Config(format!("invalid host name {host}: {e}")))?;
+        Ok(Settings {
+            port: uri.port_u16().unwrap_or(443),
+            host,
+            url,
+            server_name,
+            tls: self.tls_config()?,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            backoff: self.backoff,
+            event_buffer: self.event_buffer,
+            keep_events: self.keep_events,
+            max_frame_bytes: self.max_frame_bytes,
+        })
+    }
+
+    fn tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
+        let ca = self.ca.as_ref().ok_or_else(|| Error::Config("no CA given".into()))?.bytes("CA")?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            let cert = cert.map_err(|e| Error::Config(format!("invalid CA PEM: {e}")))?;
+            roots.add(cert).map_err(|e| Error::Config(format!("invalid CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Config("the CA PEM holds no certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Config(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_slice_iter(&cert.bytes("certificate")?)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Config(format!("invalid certificate PEM: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(&key.bytes("key")?)
+                    .map_err(|e| Error::Config(format!("invalid key PEM: {e}")))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| Error::Config(e.to_string()))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        if !self.resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        Ok(Arc::new(config))
+    }
+
+    /// Connects to the hub and waits for its greeting. Fails with
+    /// [`Error::Refused`] when the hub does not accept the certificate.
+    pub async fn connect(self) -> Result<Client, Error> {
+        Client::connect(self.settings()?).await
+    }
+}

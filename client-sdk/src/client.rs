@@ -1,0 +1,392 @@
+//! The client handle and the task that drives its connection.
+//!
+//! [`Client`] is a cheap, cloneable handle. Behind it one driver task owns the
+//! WebSocket: it writes requests, matches replies to them, turns thread entries
+//! into [`Event`]s, and when the connection drops it reconnects with backoff,
+//! sends again every request still waiting for an answer (all requests are
+//! idempotent), and lets the hub resume delivery from the cursor. Entries the
+//! application has already seen are dropped by sequence number, so each one
+//! reaches the application once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{debug, warn};
+use uuid::Uuid;
+use wire::{ClientFrame, EntryBody, HubFrame, Identity, MemberId, MessageId, Reply, Request, ThreadId, ThreadSummary};
+
+use crate::builder::Settings;
+use crate::dial::{dial, WsStream};
+use crate::event::{Event, EventStream, Message};
+use crate::{ClientBuilder, Error};
+
+/// The answer to a send: where the message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id (chosen by the SDK unless given).
+    pub id: MessageId,
+    /// The sequence number the hub assigned.
+    pub seq: u64,
+    /// True when the hub already had this message id (a resend).
+    pub duplicate: bool,
+}
+
+enum Command {
+    Request { request: Request, reply: oneshot::Sender<Result<Reply, Error>> },
+    Ack { thread: ThreadId, seq: u64 },
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    identity: Identity,
+    events: Mutex<Option<mpsc::Receiver<Event>>>,
+    request_timeout: Duration,
+}
+
+/// A connection to the hub, shared by cloning.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("identity", &self.inner.identity).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
+        let (ws, hello) = dial(&settings).await?;
+        let (commands, command_rx) = mpsc::channel(256);
+        let (event_tx, event_rx) = mpsc::channel(settings.event_buffer);
+        let request_timeout = settings.request_timeout;
+        tokio::spawn(Driver::new(settings, command_rx, event_tx).run(ws));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                commands,
+                identity: hello.identity,
+                events: Mutex::new(Some(event_rx)),
+                request_timeout,
+            }),
+        })
+    }
+
+    /// The identity the hub read from this client's certificate.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// This client's member id, as other members address it.
+    pub fn member_id(&self) -> MemberId {
+        self.inner.identity.member_id()
+    }
+
+    /// The stream of events. It can be taken once; later calls return `None`.
+    pub fn events(&self) -> Option<EventStream> {
+        let receiver = self.inner.events.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some(EventStream { receiver })
+    }
+
+    async fn request(&self, request: Request) -> Result<Reply, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.commands.send(Command::Request { request, reply }).await.map_err(|_| Error::Closed)?;
+        timeout(self.inner.request_timeout, answer).await.map_err(|_| Error::Timeout)?.map_err(|_| Error::Closed)?
+    }
+
+    /// Creates a case thread with this client as its first member.
+    pub async fn create_thread(&self) -> Result<ThreadId, Error> {
+        match self.request(Request::CreateThread { client_ref: Uuid::new_v4() }).await? {
+            Reply::ThreadCreated { thread } => Ok(thread),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds a member to a thread; returns the seq of the membership entry.
+    pub async fn add_member(&self, thread: ThreadId, member: MemberId) -> Result<u64, Error> {
+        match self.request(Request::AddMember { thread, member }).await? {
+            Reply::MemberAdded { seq } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a message; returns once the hub has stored it durably.
+    pub async fn send(&self, thread: ThreadId, payload: impl Into<Vec<u8>>) -> Result<Sent, Error> {
+        self.send_with_id(thread, MessageId::new(), payload).await
+    }
+
+    /// Sends a message under a given id. Sending the same id again stores nothing new.
+    pub async fn send_with_id(
+        &self,
+        thread: ThreadId,
+        id: MessageId,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<Sent, Error> {
+        match self.request(Request::Send { thread, message: id, payload: payload.into() }).await? {
+            Reply::Sent { seq, duplicate } => Ok(Sent { id, seq, duplicate }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The threads this client is a member of.
+    pub async fn threads(&self) -> Result<Vec<ThreadSummary>, Error> {
+        match self.request(Request::ListThreads).await? {
+            Reply::Threads { threads } => Ok(threads),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The members of a thread.
+    pub async fn members(&self, thread: ThreadId) -> Result<Vec<MemberId>, Error> {
+        match self.request(Request::ListMembers { thread }).await? {
+            Reply::Members { members } => Ok(members),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Acknowledges every entry of `thread` up to `seq`: after a reconnect the
+    /// hub resumes after it.
+    pub async fn ack(&self, thread: ThreadId, seq: u64) -> Result<(), Error> {
+        self.inner.commands.send(Command::Ack { thread, seq }).await.map_err(|_| Error::Closed)
+    }
+
+    /// Closes the connection politely; other clones of this client stop working.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.inner.commands.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Protocol(format!("unexpected reply {reply:?}"))
+}
+
+/// A request waiting for its answer, kept encoded so it can be sent again.
+struct Pending {
+    frame: Vec<u8>,
+    reply: oneshot::Sender<Result<Reply, Error>>,
+}
+
+/// How a session ended.
+enum Stop {
+    /// The application closed the client.
+    Closed(Option<oneshot::Sender<()>>),
+    /// The connection was lost.
+    Lost(String),
+}
+
+struct Driver {
+    settings: Settings,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    pending: BTreeMap<u64, Pending>,
+    next_id: u64,
+    delivered: HashMap<ThreadId, u64>,
+    acks: HashMap<ThreadId, u64>,
+}
+
+impl Driver {
+    fn new(settings: Settings, commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Self {
+        Self {
+            settings,
+            commands,
+            events,
+            pending: BTreeMap::new(),
+            next_id: 1,
+            delivered: HashMap::new(),
+            acks: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, first: WsStream) {
+        let mut connection = Some(first);
+        let mut backoff = self.settings.backoff.0;
+        loop {
+            match connection.take() {
+                Some(ws) => {
+                    backoff = self.settings.backoff.0;
+                    self.emit(Event::Connected).await;
+                    match self.session(ws).await {
+                        Stop::Closed(done) => {
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
+                            return;
+                        }
+                        Stop::Lost(reason) => {
+                            debug!(%reason, "connection lost; reconnecting");
+                            self.emit(Event::Disconnected { reason }).await;
+                        }
+                    }
+                }
+                None => match self.redial(backoff).await {
+                    Ok(ws) => connection = Some(ws),
+                    Err(Some(done)) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    Err(None) if self.commands.is_closed() => return,
+                    Err(None) => backoff = (backoff * 2).min(self.settings.backoff.1),
+                },
+            }
+        }
+    }
+
+    /// Waits `backoff`, then dials, while still taking commands. `Err(Some)` or
+    /// `Err(None)` with closed commands means stop; plain `Err(None)` retry.
+    async fn redial(&mut self, backoff: Duration) -> Result<WsStream, Option<oneshot::Sender<()>>> {
+        let settings = self.settings.clone();
+        let attempt = async move {
+            tokio::time::sleep(backoff).await;
+            dial(&settings).await
+        };
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                dialed = &mut attempt => return match dialed {
+                    Ok((ws, _hello)) => Ok(ws),
+                    Err(e) => {
+                        debug!("reconnect failed: {e}");
+                        Err(None)
+                    }
+                },
+                command = self.commands.recv() => match command {
+                    None => return Err(None),
+                    Some(Command::Shutdown { done }) => return Err(Some(done)),
+                    Some(command) => {
+                        self.queue(command);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Records a command; returns the frame to send for it.
+    fn queue(&mut self, command: Command) -> Option<Vec<u8>> {
+        match command {
+            Command::Request { request, reply } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let frame = wire::encode(&ClientFrame::Request { id, request });
+                self.pending.insert(id, Pending { frame: frame.clone(), reply });
+                Some(frame)
+            }
+            Command::Ack { thread, seq } => {
+                let acked = self.acks.entry(thread).or_default();
+                *acked = (*acked).max(seq);
+                Some(wire::encode(&ClientFrame::Ack { thread, seq }))
+            }
+            Command::Shutdown { .. } => None,
+        }
+    }
+
+    async fn session(&mut self, mut ws: WsStream) -> Stop {
+        // Callers that gave up no longer need an answer.
+        self.pending.retain(|_, p| !p.reply.is_closed());
+        let resend: Vec<Vec<u8>> = self
+            .acks
+            .iter()
+            .map(|(thread, seq)| wire::encode(&ClientFrame::Ack { thread: *thread, seq: *seq }))
+            .chain(self.pending.values().map(|p| p.frame.clone()))
+            .collect();
+        for frame in resend {
+            if let Err(e) = ws.feed(WsMessage::Binary(frame.into())).await {
+                return Stop::Lost(e.to_string());
+            }
+        }
+        if let Err(e) = ws.flush().await {
+            return Stop::Lost(e.to_string());
+        }
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => {
+                    let command = match command {
+                        None => {
+                            let _ = ws.close(None).await;
+                            return Stop::Closed(None);
+                        }
+                        Some(Command::Shutdown { done }) => {
+                            let _ = ws.close(None).await;
+                            return Stop::Closed(Some(done));
+                        }
+                        Some(command) => command,
+                    };
+                    if let Some(frame) = self.queue(command) {
+                        if let Err(e) = ws.send(WsMessage::Binary(frame.into())).await {
+                            return Stop::Lost(e.to_string());
+                        }
+                    }
+                }
+                message = ws.next() => match message {
+                    None => return Stop::Lost("connection closed".into()),
+                    Some(Err(e)) => return Stop::Lost(e.to_string()),
+                    Some(Ok(WsMessage::Binary(bytes))) => self.on_frame(&bytes).await,
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        return Stop::Lost(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed by the hub".into()))
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8]) {
+        let frame = match wire::decode::<HubFrame>(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                warn!("undecodable frame from the hub: {e}");
+                return;
+            }
+        };
+        match frame {
+            HubFrame::Reply { id, result } => {
+                if let Some(pending) = self.pending.remove(&id) {
+                    let _ = pending.reply.send(result.map_err(Error::Hub));
+                }
+            }
+            HubFrame::Event { thread, entry } => {
+                let seen = self.delivered.entry(thread).or_default();
+                if entry.seq <= *seen {
+                    return;
+                }
+                *seen = entry.seq;
+                let event = match entry.body {
+                    EntryBody::Message { payload } => Event::Message(Message {
+                        thread,
+                        seq: entry.seq,
+                        id: entry.id,
+                        sender: entry.sender,
+                        at_ms: entry.at_ms,
+                        payload,
+                    }),
+                    EntryBody::MemberAdded { member } => {
+                        Event::MemberAdded { thread, seq: entry.seq, member, by: entry.sender }
+                    }
+                };
+                self.emit(event).await;
+            }
+            HubFrame::Error { error } => warn!(code = ?error.code, "hub reported: {}", error.message),
+            HubFrame::Hello(_) => {}
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        if self.settings.keep_events {
+            // An application that dropped its stream no longer wants events.
+            let _ = self.events.send(event).await;
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The SDK's errors: one enum, each variant something a caller can act on.
+
+use wire::{ErrorCode, WireError};
+
+/// What went wrong in a call to the SDK.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The builder was given an incomplete or invalid configuration.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+    /// The hub could not be reached (TCP connect failed or timed out).
+    #[error("cannot reach the hub: {0}")]
+    Unreachable(String),
+    /// The hub refused the connection: certificate not accepted, or closed
+    /// during the handshake with a reason.
+    #[error("the hub refused the connection: {0}")]
+    Refused(String),
+    /// The hub answered the request with a typed error.
+    #[error("the hub refused the request: {0}")]
+    Hub(WireError),
+    /// No answer within the request timeout (the request may still take effect;
+    /// every request is idempotent, so it is safe to repeat).
+    #[error("no answer from the hub within the request timeout")]
+    Timeout,
+    /// The hub sent something this SDK does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The client has been closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl Error {
+    /// The hub's error code, when the hub refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Hub(e) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    /// True when the thread does not exist or the caller may not see it.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(ErrorCode::NotFound)
+    }
+}

@@ -1,0 +1,75 @@
+//! What the application receives: thread entries and connection changes.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use wire::{MemberId, MessageId, ThreadId};
+
+/// An application message in a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The thread.
+    pub thread: ThreadId,
+    /// Its sequence number in the thread; acknowledge it with [`crate::Client::ack`].
+    pub seq: u64,
+    /// The id the sender chose.
+    pub id: MessageId,
+    /// Who sent it (as authenticated by the hub).
+    pub sender: MemberId,
+    /// When the hub stored it, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The payload as sent.
+    pub payload: Vec<u8>,
+}
+
+/// Something that happened, delivered once and in order per thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message arrived.
+    Message(Message),
+    /// A member joined a thread (including this client, when it is added).
+    MemberAdded {
+        /// The thread.
+        thread: ThreadId,
+        /// The entry's sequence number.
+        seq: u64,
+        /// Who joined.
+        member: MemberId,
+        /// Who added them.
+        by: MemberId,
+    },
+    /// The connection was (re-)established; delivery resumes from the cursor.
+    Connected,
+    /// The connection dropped; the SDK is reconnecting.
+    Disconnected {
+        /// Why, as far as the SDK knows.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The thread and sequence number of a thread entry, for acknowledging it.
+    pub fn position(&self) -> Option<(ThreadId, u64)> {
+        match self {
+            Self::Message(m) => Some((m.thread, m.seq)),
+            Self::MemberAdded { thread, seq, .. } => Some((*thread, *seq)),
+            Self::Connected | Self::Disconnected { .. } => None,
+        }
+    }
+}
+
+/// An async stream of [`Event`]s; ends when the client is closed.
+#[derive(Debug)]
+pub struct EventStream {
+    pub(crate) receiver: mpsc::Receiver<Event>,
+}
+
+impl Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.receiver.poll_recv(cx)
+    }
+}

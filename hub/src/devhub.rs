@@ -1,0 +1,103 @@
+//! A complete development hub in one call: a fresh dev PKI on disk, a sled
+//! store, and a server on a loopback port, all inside one directory.
+//!
+//! The demo, the integration tests and the benchmark all start hubs this way,
+//! so there is one definition of "a hub for development" and it uses the same
+//! code paths as `hub serve`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use certs::dev::DevPki;
+use ketenhub_sdk::ClientBuilder;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Limits};
+use crate::server::{ServeError, Server};
+
+/// A running in-process hub with its PKI.
+pub struct DevHub {
+    addr: SocketAddr,
+    pki_dir: PathBuf,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// Writes a dev PKI into `dir/pki` and returns a hub configuration that uses it
+/// with `dir/data`, listening on an ephemeral loopback port.
+pub fn dev_config(dir: &Path, limits: Limits) -> anyhow::Result<Config> {
+    let pki_dir = dir.join("pki");
+    if !pki_dir.join("ca.crt").exists() {
+        DevPki::generate()?.write_to(&pki_dir)?;
+    }
+    let mut config =
+        Config { listen: Some("127.0.0.1:0".parse()?), data: Some(dir.join("data")), limits, ..Config::default() };
+    config.tls.ca = Some(pki_dir.join("ca.crt"));
+    config.tls.cert = Some(pki_dir.join("hub.crt"));
+    config.tls.key = Some(pki_dir.join("hub.key"));
+    config.tls.crl = vec![pki_dir.join("ca.crl")];
+    Ok(config)
+}
+
+impl DevHub {
+    /// Starts a hub in `dir` (PKI in `dir/pki`, data in `dir/data`), reusing a
+    /// PKI already there.
+    pub async fn start(dir: &Path, limits: Limits) -> anyhow::Result<Self> {
+        let config = dev_config(dir, limits)?;
+        let server = Server::bind(&config).await?;
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Ok(Self { addr, pki_dir: dir.join("pki"), data_dir: dir.join("data"), shutdown, task: Some(task) })
+    }
+
+    /// The hub's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The hub's URL.
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}", self.addr.port())
+    }
+
+    /// The directory holding the PKI files.
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki_dir
+    }
+
+    /// The hub's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A client builder for the certificate pair `SLUG.crt`/`SLUG.key` of the PKI.
+    pub fn client(&self, slug: &str) -> ClientBuilder {
+        client_for(&self.url(), &self.pki_dir, slug)
+    }
+
+    /// Stops the hub gracefully and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DevHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A client builder for `url` using the pair `SLUG.crt`/`SLUG.key` from `pki_dir`.
+pub fn client_for(url: &str, pki_dir: &Path, slug: &str) -> ClientBuilder {
+    ketenhub_sdk::Client::builder()
+        .url(url)
+        .ca_file(pki_dir.join("ca.crt"))
+        .identity_files(pki_dir.join(format!("{slug}.crt")), pki_dir.join(format!("{slug}.key")))
+}
