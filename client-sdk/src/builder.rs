@@ -10,6 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use crate::raw::RawConnection;
 use crate::{Client, Error};
 
 #[derive(Debug, Clone)]
@@ -226,5 +227,12 @@ impl ClientBuilder {
     /// [`Error::Refused`] when the hub does not accept the certificate.
     pub async fn connect(self) -> Result<Client, Error> {
         Client::connect(self.settings()?).await
+    }
+
+    /// Connects without the SDK's machinery: a [`RawConnection`] for protocol
+    /// conformance tests and debugging.
+    pub async fn connect_raw(self) -> Result<RawConnection, Error> {
+        let (ws, hello) = crate::dial::dial(&self.settings()?).await?;
+        Ok(RawConnection::new(ws, hello))
     }
 }

@@ -35,6 +35,7 @@ mod client;
 mod dial;
 mod error;
 mod event;
+pub mod raw;
 
 pub use builder::ClientBuilder;
 pub use client::{Client, Sent};

@@ -1,1 +1,166 @@
+//! Shared harness for Ketenhub's integration tests and benchmark.
+//!
+//! Tests run real hubs: either in-process through [`hub::devhub::DevHub`] or as
+//! a separate operating-system process through [`HubProcess`], which the fault
+//! tests kill with SIGKILL. Both use a real dev PKI, real TLS on loopback and a
+//! real sled store on disk.
+#![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use hub::config::Limits;
+use ketenhub_sdk::{ClientBuilder, Event, EventStream};
+
+pub use hub::devhub::{client_for, DevHub};
+
+/// Limits for tests: the defaults, which is what production runs with.
+pub fn limits() -> Limits {
+    Limits::default()
+}
+
+/// A hub running as a child process (the real `hub serve` code path).
+pub struct HubProcess {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl HubProcess {
+    /// Starts `hub serve` on `listen` with its PKI in `dir/pki` (written if
+    /// missing), data in `dir/data`, logs in `dir/hub.log`, and `extra_config`
+    /// as the TOML config file's contents.
+    pub fn start(binary: &Path, dir: &Path, listen: &str, extra_config: &str) -> anyhow::Result<Self> {
+        let config = hub::devhub::dev_config(dir, limits())?;
+        let config_file = dir.join("hub.toml");
+        std::fs::write(&config_file, extra_config)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hub.log"))?;
+        let tls = &config.tls;
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_file)
+            .args(["--listen", listen])
+            .arg("--data")
+            .arg(config.data.as_ref().context("data dir")?)
+            .arg("--ca")
+            .arg(tls.ca.as_ref().context("ca")?)
+            .arg("--cert")
+            .arg(tls.cert.as_ref().context("cert")?)
+            .arg("--key")
+            .arg(tls.key.as_ref().context("key")?)
+            .arg("--crl")
+            .arg(&tls.crl[0])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("spawn hub")?;
+        let stdout = child.stdout.take().context("hub stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse()?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("hub did not report listening; log:\n{}", std::fs::read_to_string(dir.join("hub.log"))?);
+            }
+        };
+        Ok(Self { child, addr, dir: dir.to_owned() })
+    }
+
+    /// The address the hub listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The hub's URL.
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}", self.addr.port())
+    }
+
+    /// A client builder for a PKI identity.
+    pub fn client(&self, slug: &str) -> ClientBuilder {
+        client_for(&self.url(), &self.dir.join("pki"), slug)
+    }
+
+    /// Everything the hub has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+    }
+
+    /// Kills the hub with SIGKILL: no shutdown code runs.
+    pub fn kill_9(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for the hub to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for the next event that satisfies `want`, up to `limit`.
+pub async fn next_event(
+    events: &mut EventStream,
+    limit: Duration,
+    mut want: impl FnMut(&Event) -> bool,
+) -> anyhow::Result<Event> {
+    let wait = async {
+        while let Some(event) = events.next().await {
+            if want(&event) {
+                return Ok(event);
+            }
+        }
+        bail!("event stream ended")
+    };
+    tokio::time::timeout(limit, wait).await.context("timed out waiting for an event")?
+}
+
+/// Collects `count` application messages (ignoring other events), up to `limit`.
+pub async fn messages(
+    events: &mut EventStream,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<ketenhub_sdk::Message>> {
+    let mut out = Vec::with_capacity(count);
+    let wait = async {
+        while out.len() < count {
+            match events.next().await {
+                Some(Event::Message(m)) => out.push(m),
+                Some(_) => {}
+                None => bail!("event stream ended"),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(result) => result.map(|_| out),
+        Err(_) => bail!("timed out after {} of {count} messages", out.len()),
+    }
+}

@@ -1,0 +1,133 @@
+//! Messages between organisations: both ways, in order, once, and to members
+//! that were offline.
+
+use std::time::Duration;
+
+use ketenhub_sdk::{Event, MessageId};
+use tests::{limits, messages, next_event, DevHub};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn two_organisations_exchange_messages_both_ways() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut vt_events = vt.events().unwrap();
+    let mut lt_events = lt.events().unwrap();
+
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id()).await?;
+    let joined = next_event(&mut lt_events, WAIT, |e| matches!(e, Event::MemberAdded { .. })).await?;
+    assert_eq!(joined, Event::MemberAdded { thread, seq: 2, member: lt.member_id(), by: vt.member_id() });
+
+    for i in 0..5 {
+        vt.send(thread, format!("vt {i}").into_bytes()).await?;
+        lt.send(thread, format!("lt {i}").into_bytes()).await?;
+    }
+    let at_lt = messages(&mut lt_events, 10, WAIT).await?;
+    let at_vt = messages(&mut vt_events, 10, WAIT).await?;
+    assert_eq!(at_lt, at_vt, "both members see the same log");
+    let seqs: Vec<u64> = at_lt.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (3..13).collect::<Vec<_>>(), "gap-free, in order");
+    for (i, pair) in at_lt.chunks(2).enumerate() {
+        assert_eq!(pair[0].payload, format!("vt {i}").into_bytes());
+        assert_eq!(pair[0].sender, vt.member_id());
+        assert_eq!(pair[1].payload, format!("lt {i}").into_bytes());
+        assert_eq!(pair[1].sender, lt.member_id());
+    }
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_resend_with_the_same_id_is_acknowledged_but_stored_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").connect().await?;
+    let mut events = vt.events().unwrap();
+    let thread = vt.create_thread().await?;
+    let id = MessageId::new();
+    let first = vt.send_with_id(thread, id, b"once".to_vec()).await?;
+    let again = vt.send_with_id(thread, id, b"once".to_vec()).await?;
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(first.seq, again.seq);
+    let after = vt.send(thread, b"next".to_vec()).await?;
+    assert_eq!(after.seq, first.seq + 1, "the resend took no sequence number");
+    let got = messages(&mut events, 2, WAIT).await?;
+    assert_eq!(got.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>(), vec![&b"once"[..], b"next"]);
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    vt.add_member(thread, lt.member_id()).await?;
+
+    // Online: take the first ten and acknowledge up to the seventh.
+    let mut events = lt.events().unwrap();
+    for i in 0..10 {
+        vt.send(thread, format!("m{i}").into_bytes()).await?;
+    }
+    let first = messages(&mut events, 10, WAIT).await?;
+    lt.ack(thread, first[6].seq).await?;
+    lt.close().await;
+
+    // Offline: forty more.
+    for i in 10..50 {
+        vt.send(thread, format!("m{i}").into_bytes()).await?;
+    }
+
+    // Back online with a fresh client (no SDK memory): resumes after the cursor.
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut events = lt.events().unwrap();
+    let resumed = messages(&mut events, 43, WAIT).await?;
+    let payloads: Vec<String> = resumed.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()).collect();
+    let expected: Vec<String> = (7..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected);
+    assert!(resumed.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_member_added_later_sees_no_earlier_entries() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    vt.send(thread, b"before".to_vec()).await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut events = lt.events().unwrap();
+    let added_at = vt.add_member(thread, lt.member_id()).await?;
+    vt.send(thread, b"after".to_vec()).await?;
+    let first = next_event(&mut events, WAIT, |e| e.position().is_some()).await?;
+    assert_eq!(first.position(), Some((thread, added_at)));
+    let got = messages(&mut events, 1, WAIT).await?;
+    assert_eq!(got[0].payload, b"after");
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn threads_and_members_are_listed_for_members() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id()).await?;
+    vt.send(thread, b"x".to_vec()).await?;
+    let mut members = lt.members(thread).await?;
+    members.sort();
+    let mut expected = vec![vt.member_id(), lt.member_id()];
+    expected.sort();
+    assert_eq!(members, expected);
+    let threads = lt.threads().await?;
+    assert_eq!(threads.len(), 1);
+    assert_eq!((threads[0].thread, threads[0].last_seq, threads[0].cursor), (thread, 3, 1));
+    hub.stop().await
+}
