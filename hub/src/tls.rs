@@ -112,6 +112,24 @@ pub fn peer_identity(conn: &ServerConnection) -> Option<(Identity, String)> {
     Some((identity, certs::fingerprint(leaf)))
 }
 
+/// A certificate without a usable identity. rustls prints wrapped errors with
+/// `Debug`, so `Debug` here gives the readable reason for the refusal log.
+struct NoIdentity(certs::CertIdentityError);
+
+impl std::fmt::Debug for NoIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no Ketenhub identity: {}", self.0)
+    }
+}
+
+impl std::fmt::Display for NoIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for NoIdentity {}
+
 /// Wraps the WebPKI verifier and also requires a complete Ketenhub identity.
 #[derive(Debug)]
 pub struct IdentityVerifier {
@@ -138,8 +156,9 @@ impl ClientCertVerifier for IdentityVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        certs::identity_from_der(end_entity)
-            .map_err(|e| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e)))))?;
+        certs::identity_from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NoIdentity(e)))))
+        })?;
         Ok(verified)
     }
 
