@@ -60,10 +60,16 @@ pub struct TooManyConnections {
     pub limit: usize,
 }
 
+/// Tells one connection's registration from another's.
+type ConnectionId = u64;
+
+/// One member's open connections.
+type Connections = Vec<(ConnectionId, Arc<Mailbox>)>;
+
 /// The online connections, by member.
 #[derive(Debug)]
 pub struct Registry {
-    online: Mutex<HashMap<MemberId, Vec<(u64, Arc<Mailbox>)>>>,
+    online: Mutex<HashMap<MemberId, Connections>>,
     next_id: AtomicU64,
     per_identity: usize,
 }
@@ -108,7 +114,7 @@ impl Registry {
 pub struct Registration {
     registry: Arc<Registry>,
     member: MemberId,
-    id: u64,
+    id: ConnectionId,
     mailbox: Arc<Mailbox>,
 }
 

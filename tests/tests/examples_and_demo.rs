@@ -1,0 +1,35 @@
+//! The SDK examples run against a real hub, and `hub demo` tells its story and
+//! exits 0: what the README promises a newcomer.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tests::DevHub;
+
+#[path = "../../client-sdk/examples/exchange.rs"]
+mod exchange;
+#[path = "../../client-sdk/examples/inbox.rs"]
+mod inbox;
+
+#[tokio::test]
+async fn the_sdk_examples_run_against_a_hub() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let received = exchange::run(&hub.url(), hub.pki_dir()).await?;
+    assert_eq!(received.len(), 2);
+    assert!(received[0].contains("warme overdracht"));
+    // VT's inbox replays the thread from VT's cursor, which VT never moved.
+    let seen = inbox::run(&hub.url(), hub.pki_dir(), "vt-utrecht-caseworker", Duration::from_millis(500)).await?;
+    assert_eq!(seen, 4, "VT never acknowledged: it sees its own creation, the new member and both messages");
+    hub.stop().await
+}
+
+#[test]
+fn the_demo_runs_and_exits_zero() -> anyhow::Result<()> {
+    let output = Command::new(env!("CARGO_BIN_EXE_ketenhub-hub")).arg("demo").output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("listening on"), "{stdout}");
+    assert!(stdout.contains("refused"), "the demo shows an outsider being refused:\n{stdout}");
+    Ok(())
+}
