@@ -72,6 +72,19 @@ pub fn sample(slug: &str) -> Option<&'static SampleIdentity> {
     SAMPLE_IDENTITIES.iter().find(|s| s.slug == slug)
 }
 
+/// A further client identity to issue, beyond the samples.
+#[derive(Debug, Clone)]
+pub struct ExtraClient {
+    /// The file stem.
+    pub slug: String,
+    /// The organisation.
+    pub org: SampleOrg,
+    /// The worker id (`CN`).
+    pub worker: String,
+    /// The role.
+    pub role: Role,
+}
+
 /// A certificate and its private key, both PEM.
 #[derive(Debug, Clone)]
 pub struct PemPair {
@@ -88,8 +101,9 @@ pub struct DevPki {
     pub ca: PemPair,
     /// The hub's server certificate for localhost (`hub.crt`, `hub.key`).
     pub hub: PemPair,
-    /// One client pair per entry of [`SAMPLE_IDENTITIES`], in the same order.
-    pub clients: Vec<(&'static str, PemPair)>,
+    /// One client pair per entry of [`SAMPLE_IDENTITIES`], in the same order,
+    /// then the extra clients.
+    pub clients: Vec<(String, PemPair)>,
     /// Validly signed, but its validity ended yesterday.
     pub expired: PemPair,
     /// A complete identity issued by a CA the hub does not trust.
@@ -185,6 +199,12 @@ impl Leaf {
 impl DevPki {
     /// Generates a fresh PKI with new keys.
     pub fn generate() -> Result<Self, DevPkiError> {
+        Self::generate_with(&[])
+    }
+
+    /// Generates a fresh PKI with, beside the samples, one client pair per
+    /// entry of `extra` (the benchmark uses this for many distinct workers).
+    pub fn generate_with(extra: &[ExtraClient]) -> Result<Self, DevPkiError> {
         let chain_ca = ca("Ketenhub Dev Chain CA")?;
         let rogue_ca = ca("Rogue CA")?;
         let now = OffsetDateTime::now_utc();
@@ -201,10 +221,14 @@ impl DevPki {
         }
         .issue(&chain_ca)?;
 
-        let mut clients = Vec::with_capacity(SAMPLE_IDENTITIES.len());
-        for (i, sample) in SAMPLE_IDENTITIES.iter().enumerate() {
-            let subject = identity_subject(&sample.org, sample.worker, sample.role)?;
-            clients.push((sample.slug, Leaf::client(subject, 100 + i as u64).issue(&chain_ca)?));
+        let specs = SAMPLE_IDENTITIES
+            .iter()
+            .map(|s| ExtraClient { slug: s.slug.to_owned(), org: s.org, worker: s.worker.to_owned(), role: s.role })
+            .chain(extra.iter().cloned());
+        let mut clients = Vec::with_capacity(SAMPLE_IDENTITIES.len() + extra.len());
+        for (i, spec) in specs.enumerate() {
+            let subject = identity_subject(&spec.org, &spec.worker, spec.role)?;
+            clients.push((spec.slug, Leaf::client(subject, 1000 + i as u64).issue(&chain_ca)?));
         }
 
         let expired_subject = identity_subject(&VT_UTRECHT, "expired.worker", Role::Caseworker)?;
@@ -251,7 +275,7 @@ impl DevPki {
     pub fn files(&self) -> Vec<(String, &str)> {
         let named: Vec<(&str, &PemPair)> = [("ca", &self.ca), ("hub", &self.hub)]
             .into_iter()
-            .chain(self.clients.iter().map(|(s, p)| (*s, p)))
+            .chain(self.clients.iter().map(|(s, p)| (s.as_str(), p)))
             .chain([
                 ("expired", &self.expired),
                 ("intruder", &self.intruder),
@@ -307,7 +331,7 @@ mod tests {
     fn sample_certificates_carry_their_identity() {
         let pki = DevPki::generate().unwrap();
         for (sample, (slug, pair)) in SAMPLE_IDENTITIES.iter().zip(&pki.clients) {
-            assert_eq!(sample.slug, *slug);
+            assert_eq!(sample.slug, slug);
             let id = identity_from_der(&der(&pair.cert)).unwrap();
             assert_eq!(id.oin.as_str(), sample.org.oin);
             assert_eq!(id.organisation, sample.org.name);

@@ -91,7 +91,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Parses the command line and runs it; the `hub` binary's `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    run(Cli::parse())
+}
+
+/// Runs the `hub` command line given as `args` (the first item is the program
+/// name), for programs that embed the hub, such as the benchmark.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => run(cli),
+        Err(e) => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -6,6 +6,9 @@
 //! real sled store on disk.
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod relay;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,12 +40,17 @@ impl HubProcess {
     /// missing), data in `dir/data`, logs in `dir/hub.log`, and `extra_config`
     /// as the TOML config file's contents.
     pub fn start(binary: &Path, dir: &Path, listen: &str, extra_config: &str) -> anyhow::Result<Self> {
+        Self::spawn(Command::new(binary), dir, listen, extra_config)
+    }
+
+    /// Like [`HubProcess::start`], with `command` as the program that takes
+    /// `serve` and its flags (the benchmark runs itself as the hub).
+    pub fn spawn(mut command: Command, dir: &Path, listen: &str, extra_config: &str) -> anyhow::Result<Self> {
         let config = hub::devhub::dev_config(dir, limits())?;
         let config_file = dir.join("hub.toml");
         std::fs::write(&config_file, extra_config)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hub.log"))?;
         let tls = &config.tls;
-        let mut child = Command::new(binary)
+        command
             .arg("serve")
             .arg("--config")
             .arg(&config_file)
@@ -57,28 +65,14 @@ impl HubProcess {
             .arg(tls.key.as_ref().context("key")?)
             .arg("--crl")
             .arg(&tls.crl[0])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("spawn hub")?;
-        let stdout = child.stdout.take().context("hub stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse()?,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("hub did not report listening; log:\n{}", std::fs::read_to_string(dir.join("hub.log"))?);
-            }
-        };
+            .env("RUST_LOG", "info");
+        let (child, addr) = spawn_listening(command, &dir.join("hub.log"))?;
         Ok(Self { child, addr, dir: dir.to_owned() })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The address the hub listens on.
@@ -122,6 +116,29 @@ impl Drop for HubProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` with stderr appended to `log` and waits until it prints
+/// `listening on ADDR` on stdout.
+pub fn spawn_listening(mut command: Command, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = command.stdout(Stdio::piped()).stderr(log_file).spawn().context("spawn")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => Ok((child, addr.parse()?)),
+        Err(_) => {
+            let _ = child.kill();
+            bail!("process did not report listening; log:\n{}", std::fs::read_to_string(log)?);
+        }
     }
 }
 

@@ -1,0 +1,512 @@
+//! The benchmark: the hub against the bare relay, in one run.
+//!
+//! On a shared, noisy machine only figures taken side by side compare, so
+//! every phase runs against the relay (the ceiling: TLS, WebSocket and CBOR,
+//! nothing else) and against the hub (durable storage and membership checks on)
+//! with the same SDK clients and the same workload, and reports the ratio. Both
+//! servers run as separate processes so that their memory and CPU time can be
+//! read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use certs::dev::{DevPki, ExtraClient, SampleOrg, GI_SAVE, LT_OUDEWATER, LT_WOERDEN, RVDK, VT_UTRECHT};
+use futures_util::StreamExt;
+use hub::store::{SledStore, Store};
+use ketenhub_sdk::{Client, ClientBuilder, Event, ThreadId};
+use serde::Serialize;
+use wire::{MemberId, MessageId, Role};
+
+use crate::{client_for, spawn_listening, HubProcess};
+
+/// Distinct bench identities, and the senders of the throughput workload.
+pub const SENDERS: usize = 64;
+/// Members per thread.
+pub const THREAD_SIZE: usize = 4;
+/// Payload size in bytes.
+pub const PAYLOAD: usize = 1024;
+/// Sends each sender keeps in flight in the throughput phase.
+const WINDOW: usize = 8;
+
+/// How long and how big a run is.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// Measurement window of the throughput and latency phases.
+    pub window: Duration,
+    /// Idle connections opened for the memory figure.
+    pub idle_connections: usize,
+    /// Duration of the handshake phase.
+    pub handshake_window: Duration,
+    /// Messages stored before the restart measurement.
+    pub restart_messages: usize,
+}
+
+impl Scale {
+    /// Finishes in under a minute.
+    pub fn quick() -> Self {
+        Self {
+            window: Duration::from_secs(3),
+            idle_connections: 2_000,
+            handshake_window: Duration::from_secs(2),
+            restart_messages: 100_000,
+        }
+    }
+
+    /// The figures the issue asks for; finishes in a few minutes.
+    pub fn full() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            idle_connections: 10_000,
+            handshake_window: Duration::from_secs(5),
+            restart_messages: 1_000_000,
+        }
+    }
+}
+
+/// Whether a larger figure is better.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// Larger is better (rates).
+    Higher,
+    /// Smaller is better (latency, memory, time).
+    Lower,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// What is measured.
+    pub name: String,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The hub's value.
+    pub hub: f64,
+    /// The relay's value, where the relay can be measured.
+    pub relay: Option<f64>,
+    /// hub / relay.
+    pub ratio: Option<f64>,
+    /// Which direction is better.
+    pub better: Better,
+}
+
+impl Figure {
+    fn new(name: impl Into<String>, unit: &'static str, hub: f64, relay: Option<f64>, better: Better) -> Self {
+        let ratio = relay.filter(|r| *r != 0.0).map(|r| hub / r);
+        Self { name: name.into(), unit, hub, relay, ratio, better }
+    }
+}
+
+/// The benchmark's start: payload timestamps count from here.
+fn epoch() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn payload() -> Vec<u8> {
+    let mut bytes = vec![0u8; PAYLOAD];
+    let nanos = epoch().elapsed().as_nanos() as u64;
+    bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+    bytes
+}
+
+fn sent_at(payload: &[u8]) -> Option<Duration> {
+    let nanos = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    Some(Duration::from_nanos(nanos))
+}
+
+const ORGS: [SampleOrg; 5] = [VT_UTRECHT, LT_WOERDEN, LT_OUDEWATER, RVDK, GI_SAVE];
+
+fn bench_slug(i: usize) -> String {
+    format!("bench-{i:02}")
+}
+
+fn bench_clients() -> Vec<ExtraClient> {
+    (0..SENDERS)
+        .map(|i| ExtraClient {
+            slug: bench_slug(i),
+            org: ORGS[i % ORGS.len()],
+            worker: format!("bench.{i:02}"),
+            role: Role::Caseworker,
+        })
+        .collect()
+}
+
+/// A server under test: the hub or the relay, as a child process.
+pub struct Target {
+    /// "hub" or "relay".
+    pub name: &'static str,
+    url: String,
+    pki: PathBuf,
+    pid: u32,
+    _process: Process,
+}
+
+/// Keeps the server process alive; dropping it stops the process.
+enum Process {
+    Hub(#[allow(dead_code)] HubProcess),
+    Relay(Child),
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Process::Relay(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Target {
+    fn client(&self, i: usize) -> ClientBuilder {
+        client_for(&self.url, &self.pki, &bench_slug(i % SENDERS)).request_timeout(Duration::from_secs(60))
+    }
+
+    /// Resident memory of the server process, in bytes.
+    fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("no VmRSS")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// CPU time (user + system) the server process has used.
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let after_name = stat.rsplit_once(')').context("stat format")?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        Ok(Duration::from_millis(ticks * 10))
+    }
+}
+
+/// The hub's configuration for the benchmark: durable storage and membership
+/// checks as always; the per-connection rate limit and connection caps raised
+/// so that they do not cap the load generator.
+const HUB_BENCH_CONFIG: &str = "[limits]\nframes_per_second = 1000000\nframes_burst = 1000000\n\
+max_connections_per_identity = 100000\nmax_connections = 100000\nidle_timeout_ms = 600000\n";
+
+fn start_hub(dir: &Path) -> anyhow::Result<Target> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("hub");
+    let hub = HubProcess::spawn(command, dir, "127.0.0.1:0", HUB_BENCH_CONFIG)?;
+    Ok(Target { name: "hub", url: hub.url(), pki: dir.join("pki"), pid: hub.pid(), _process: Process::Hub(hub) })
+}
+
+fn start_relay(dir: &Path) -> anyhow::Result<Target> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["relay", "--listen", "127.0.0.1:0", "--pki"]).arg(dir.join("pki"));
+    let (child, addr) = spawn_listening(command, &dir.join("relay.log"))?;
+    Ok(Target {
+        name: "relay",
+        url: format!("wss://localhost:{}", addr.port()),
+        pki: dir.join("pki"),
+        pid: child.id(),
+        _process: Process::Relay(child),
+    })
+}
+
+/// Counters shared by a swarm's event readers.
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    recording: AtomicBool,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+/// `SENDERS` connected clients in threads of `THREAD_SIZE`.
+struct Swarm {
+    clients: Vec<(Client, ThreadId)>,
+    tally: Arc<Tally>,
+}
+
+impl Swarm {
+    async fn connect(target: &Target) -> anyhow::Result<Self> {
+        let tally = Arc::new(Tally::default());
+        let mut clients = Vec::with_capacity(SENDERS);
+        for i in 0..SENDERS {
+            let client = target.client(i).event_buffer(4096).connect().await?;
+            let mut events = client.events().context("events")?;
+            let (me, tally) = (client.member_id(), tally.clone());
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    if let Event::Message(m) = event {
+                        tally.delivered.fetch_add(1, Ordering::Relaxed);
+                        if m.sender != me && tally.recording.load(Ordering::Relaxed) {
+                            if let Some(at) = sent_at(&m.payload) {
+                                let us = epoch().elapsed().saturating_sub(at).as_micros() as u32;
+                                tally.latencies_us.lock().unwrap().push(us);
+                            }
+                        }
+                    }
+                }
+            });
+            clients.push(client);
+        }
+        let mut members = Vec::with_capacity(SENDERS);
+        for group in clients.chunks(THREAD_SIZE) {
+            let thread = group[0].create_thread().await?;
+            for other in &group[1..] {
+                group[0].add_member(thread, other.member_id()).await?;
+            }
+            members.extend(group.iter().map(|c| (c.clone(), thread)));
+        }
+        Ok(Self { clients: members, tally })
+    }
+
+    async fn close(self) {
+        for (client, _) in self.clients {
+            client.close().await;
+        }
+    }
+}
+
+/// Durable routed messages per second with `WINDOW` sends in flight per sender.
+async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f64)> {
+    let swarm = Swarm::connect(target).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (client, thread) in &swarm.clients {
+        for _ in 0..WINDOW {
+            let (client, thread) = (client.clone(), *thread);
+            let (stop, measuring, acked) = (stop.clone(), measuring.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if client.send(thread, payload()).await.is_ok() && measuring.load(Ordering::Relaxed) {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delivered_before = swarm.tally.delivered.load(Ordering::Relaxed);
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let delivered = swarm.tally.delivered.load(Ordering::Relaxed) - delivered_before;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    swarm.close().await;
+    Ok((acked.load(Ordering::Relaxed) as f64 / elapsed, delivered as f64 / elapsed))
+}
+
+/// Delivery latency percentiles (ms) at `rate` messages per second in total.
+async fn latency(target: &Target, rate: f64, window: Duration) -> anyhow::Result<[f64; 3]> {
+    let swarm = Swarm::connect(target).await?;
+    let period = Duration::from_secs_f64(SENDERS as f64 / rate.max(1.0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (client, thread) in &swarm.clients {
+        let (client, thread, stop) = (client.clone(), *thread, stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let client = client.clone();
+                tokio::spawn(async move { client.send(thread, payload()).await });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    swarm.tally.recording.store(true, Ordering::Relaxed);
+    tokio::time::sleep(window).await;
+    swarm.tally.recording.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let mut samples = std::mem::take(&mut *swarm.tally.latencies_us.lock().unwrap());
+    swarm.close().await;
+    anyhow::ensure!(!samples.is_empty(), "no deliveries recorded");
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    Ok([at(0.50), at(0.99), at(0.999)])
+}
+
+/// Full handshakes (TCP, TLS 1.3 with client certificate, WebSocket, hello)
+/// per second, and per CPU-second the server spent.
+async fn handshakes(target: &Target, window: Duration) -> anyhow::Result<(f64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu_before = target.cpu()?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let builder = target.client(i).tls_resumption(false);
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if builder.clone().connect_raw().await.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (target.cpu()? - cpu_before).as_secs_f64();
+    let count = done.load(Ordering::Relaxed) as f64;
+    Ok((count / elapsed, if cpu > 0.0 { count / cpu } else { 0.0 }))
+}
+
+/// Resident bytes per idle, authenticated connection.
+async fn idle_memory(target: &Target, connections: usize) -> anyhow::Result<f64> {
+    let before = target.rss()?;
+    let mut open = Vec::with_capacity(connections);
+    for chunk in (0..connections).collect::<Vec<_>>().chunks(64) {
+        let dialing = chunk.iter().map(|&i| target.client(i).connect_raw());
+        for connection in futures_util::future::join_all(dialing).await {
+            open.push(connection?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = target.rss()?;
+    drop(open);
+    Ok(after.saturating_sub(before) as f64 / connections as f64)
+}
+
+/// Seconds from starting a hub on a store holding `messages` messages until a
+/// member receives the first delivery; and until it listens.
+async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f64, f64)> {
+    pki.write_to(&dir.join("pki"))?;
+    let member = MemberId::new(VT_UTRECHT.oin, "bench.00")?;
+    {
+        let store = SledStore::open(&dir.join("data").join("store"))?;
+        let threads = 100;
+        let body = vec![7u8; PAYLOAD];
+        for t in 0..threads {
+            let thread = store.create_thread(&member, uuid::Uuid::new_v4(), 0)?.thread;
+            for _ in 0..messages / threads {
+                store.append_message(thread, &member, MessageId::new(), &body, 0)?;
+            }
+            if t % 10 == 9 {
+                store.flush()?;
+            }
+        }
+        store.flush()?;
+    }
+    let start = Instant::now();
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("hub");
+    let hub = HubProcess::spawn(command, dir, "127.0.0.1:0", HUB_BENCH_CONFIG)?;
+    let listening = start.elapsed().as_secs_f64();
+    let client = hub.client("bench-00").connect().await?;
+    let mut events = client.events().context("events")?;
+    crate::next_event(&mut events, Duration::from_secs(60), |e| matches!(e, Event::Message(_))).await?;
+    let first = start.elapsed().as_secs_f64();
+    client.close().await;
+    Ok((first, listening))
+}
+
+/// Runs every phase and returns the report rows.
+pub async fn run(scale: Scale, progress: impl Fn(&str)) -> anyhow::Result<Vec<Figure>> {
+    epoch();
+    let _ = rlimit::increase_nofile_limit(200_000);
+    let dir = tempfile::tempdir()?;
+    let pki = DevPki::generate_with(&bench_clients())?;
+    let serve_dir = dir.path().join("serve");
+    pki.write_to(&serve_dir.join("pki"))?;
+    let relay = start_relay(&serve_dir)?;
+    let hub = start_hub(&serve_dir)?;
+    let mut figures = Vec::new();
+
+    progress("throughput");
+    let (relay_rate, relay_delivered) = throughput(&relay, scale.window).await?;
+    let (hub_rate, hub_delivered) = throughput(&hub, scale.window).await?;
+    figures.push(Figure::new(
+        format!("durable routed messages/s ({PAYLOAD} B, {THREAD_SIZE}-member threads, {SENDERS} senders)"),
+        "msg/s",
+        hub_rate,
+        Some(relay_rate),
+        Better::Higher,
+    ));
+    figures.push(Figure::new("deliveries/s (to every member)", "msg/s", hub_delivered, Some(relay_delivered), Better::Higher));
+
+    let offered = hub_rate / 2.0;
+    progress(&format!("latency at {offered:.0} msg/s"));
+    let relay_lat = latency(&relay, offered, scale.window).await?;
+    let hub_lat = latency(&hub, offered, scale.window).await?;
+    for (i, name) in ["p50", "p99", "p999"].iter().enumerate() {
+        figures.push(Figure::new(
+            format!("delivery latency {name} at {offered:.0} msg/s offered"),
+            "ms",
+            hub_lat[i],
+            Some(relay_lat[i]),
+            Better::Lower,
+        ));
+    }
+
+    progress("handshakes");
+    let (relay_hs, relay_hs_cpu) = handshakes(&relay, scale.handshake_window).await?;
+    let (hub_hs, hub_hs_cpu) = handshakes(&hub, scale.handshake_window).await?;
+    figures.push(Figure::new("full mTLS handshakes/s (2 cores, clients on the same machine)", "1/s", hub_hs, Some(relay_hs), Better::Higher));
+    figures.push(Figure::new("full mTLS handshakes per server CPU-second", "1/s", hub_hs_cpu, Some(relay_hs_cpu), Better::Higher));
+
+    progress(&format!("{} idle connections", scale.idle_connections));
+    let relay_mem = idle_memory(&relay, scale.idle_connections).await?;
+    let hub_mem = idle_memory(&hub, scale.idle_connections).await?;
+    figures.push(Figure::new(
+        format!("resident memory per idle mTLS connection ({} connections)", scale.idle_connections),
+        "KiB",
+        hub_mem / 1024.0,
+        Some(relay_mem / 1024.0),
+        Better::Lower,
+    ));
+    drop((relay, hub));
+
+    progress(&format!("restart with {} stored messages", scale.restart_messages));
+    let (first, listening) = restart(&dir.path().join("restart"), &pki, scale.restart_messages).await?;
+    figures.push(Figure::new(
+        format!("restart with {} stored messages: until listening", scale.restart_messages),
+        "s",
+        listening,
+        None,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        format!("restart with {} stored messages: until first delivery", scale.restart_messages),
+        "s",
+        first,
+        None,
+        Better::Lower,
+    ));
+    Ok(figures)
+}
+
+/// Formats the report as a table.
+pub fn table(figures: &[Figure]) -> String {
+    let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") };
+    let mut out = format!("{:<78} {:>12} {:>12} {:>10}\n", "figure", "hub", "relay", "hub/relay");
+    for f in figures {
+        out.push_str(&format!(
+            "{:<78} {:>12} {:>12} {:>10}\n",
+            format!("{} [{}]", f.name, f.unit),
+            fmt(f.hub),
+            f.relay.map(fmt).unwrap_or_else(|| "-".into()),
+            f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    out
+}

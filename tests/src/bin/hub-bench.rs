@@ -1,0 +1,82 @@
+//! `hub-bench`: the hub against the bare relay, in one run.
+//!
+//! ```text
+//! cargo run --release -p tests --bin hub-bench -- [--quick] [--json]
+//! ```
+//!
+//! The binary also serves as the two servers under test, so that each runs in
+//! a process of its own: `hub-bench hub serve ...` is the hub's CLI, and
+//! `hub-bench relay --listen ADDR --pki DIR` is the relay.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tests::bench::{self, Scale};
+
+#[derive(Parser)]
+#[command(name = "hub-bench", about = "Ketenhub benchmark: the hub against a bare TLS-WebSocket relay")]
+struct Cli {
+    /// A short run (under a minute) with smaller sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Also print the report as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Parser)]
+struct RelayArgs {
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    pki: PathBuf,
+}
+
+fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let pki = &args.pki;
+    let no_crls: [PathBuf; 0] = [];
+    let tls = hub::tls::server_config(&pki.join("ca.crt"), &pki.join("hub.crt"), &pki.join("hub.key"), &no_crls)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        println!("listening on {}", listener.local_addr()?);
+        tests::relay::serve(listener, tokio_rustls::TlsAcceptor::from(tls)).await;
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("hub") => return hub::cli::main_from(args[1..].iter().cloned()),
+        Some("relay") => {
+            return match relay(RelayArgs::parse_from(&args[1..])) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("relay: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {}
+    }
+    let cli = Cli::parse();
+    let scale = if cli.quick { Scale::quick() } else { Scale::full() };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let started = std::time::Instant::now();
+    match runtime.block_on(bench::run(scale, |phase| eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64()))) {
+        Ok(figures) => {
+            println!("{}", bench::table(&figures));
+            if cli.json {
+                let report = serde_json::json!({ "quick": cli.quick, "figures": figures });
+                println!("{report}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hub-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The ceiling for the benchmark: a bare relay.
+//!
+//! It does what the hub does on the wire and nothing else: the same TLS 1.3
+//! configuration with client certificates (built by `hub::tls`), WebSocket, and
+//! the same CBOR frames, so the same SDK clients can drive it. A `send` is
+//! encoded once as an event and copied to every member's connection, then
+//! answered at once. No storage, no durability, no policy, no cursors: the
+//! difference between it and the hub is the price of those.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use wire::{
+    ClientFrame, Entry, EntryBody, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId,
+};
+
+#[derive(Default)]
+struct State {
+    threads: Mutex<HashMap<ThreadId, Vec<MemberId>>>,
+    online: Mutex<HashMap<MemberId, Vec<mpsc::Sender<Bytes>>>>,
+    seq: AtomicU64,
+}
+
+/// Serves the relay protocol on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
+    let state = Arc::new(State::default());
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (state, acceptor) = (state.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let Some((identity, _)) = hub::tls::peer_identity(tls.get_ref().1) else { return };
+            let config = WebSocketConfig::default().max_message_size(Some(4 << 20));
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(tls, Some(config)).await else { return };
+            connection(state, ws, identity).await;
+        });
+    }
+}
+
+async fn connection<S>(state: Arc<State>, ws: tokio_tungstenite::WebSocketStream<S>, identity: wire::Identity)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let me = identity.member_id();
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    let hello = HubFrame::Hello(Hello {
+        protocol: wire::PROTOCOL_VERSION,
+        identity,
+        limits: SessionLimits { max_frame_bytes: 4 << 20, frames_per_second: u32::MAX, idle_timeout_ms: u64::MAX },
+    });
+    let _ = tx.send(wire::encode(&hello).into()).await;
+    state.online.lock().unwrap().entry(me.clone()).or_default().push(tx.clone());
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            if sink.feed(Message::Binary(first)).await.is_err() {
+                return;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if sink.feed(Message::Binary(more)).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Binary(bytes) = message else { continue };
+        let Ok(ClientFrame::Request { id, request }) = wire::decode::<ClientFrame>(&bytes) else { continue };
+        let reply = handle(&state, &me, request).await;
+        if tx.send(wire::encode(&HubFrame::Reply { id, result: Ok(reply) }).into()).await.is_err() {
+            break;
+        }
+    }
+    state.online.lock().unwrap().get_mut(&me).map(|senders| senders.retain(|s| !s.same_channel(&tx)));
+    writer.abort();
+}
+
+async fn handle(state: &State, me: &MemberId, request: Request) -> Reply {
+    match request {
+        Request::CreateThread { .. } => {
+            let thread = ThreadId::random();
+            state.threads.lock().unwrap().insert(thread, vec![me.clone()]);
+            Reply::ThreadCreated { thread }
+        }
+        Request::AddMember { thread, member } => {
+            state.threads.lock().unwrap().entry(thread).or_default().push(member);
+            Reply::MemberAdded { seq: 0 }
+        }
+        Request::Send { thread, message, payload } => {
+            let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let entry = Entry { seq, id: message, sender: me.clone(), at_ms: 0, body: EntryBody::Message { payload } };
+            let frame: Bytes = wire::encode(&HubFrame::Event { thread, entry }).into();
+            for target in recipients(state, thread) {
+                let _ = target.send(frame.clone()).await;
+            }
+            Reply::Sent { seq, duplicate: false }
+        }
+        Request::ListThreads => Reply::Threads { threads: Vec::new() },
+        Request::ListMembers { thread } => {
+            Reply::Members { members: state.threads.lock().unwrap().get(&thread).cloned().unwrap_or_default() }
+        }
+    }
+}
+
+fn recipients(state: &State, thread: ThreadId) -> Vec<mpsc::Sender<Bytes>> {
+    let members = state.threads.lock().unwrap().get(&thread).cloned().unwrap_or_default();
+    let online = state.online.lock().unwrap();
+    members.iter().filter_map(|m| online.get(m)).flatten().cloned().collect()
+}
+
