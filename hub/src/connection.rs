@@ -19,7 +19,7 @@ use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -90,7 +90,7 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
     let (close_tx, close_rx) = mpsc::channel(1);
     let broken = CancellationToken::new();
     // The channel is empty here, so the Hello is always the first frame.
-    let _ = frames_tx.try_send(hello(&hub, &caller));
+    let _ = frames_tx.try_send(wire::encode(&hello(&hub, &caller)).into());
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
     let pump = tokio::spawn({
         let pumping =
@@ -119,13 +119,13 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
 struct Reader<'a> {
     hub: &'a Arc<Hub>,
     caller: &'a Caller,
-    out: mpsc::Sender<HubFrame>,
+    out: mpsc::Sender<Bytes>,
     bucket: TokenBucket,
     strikes: u32,
 }
 
 impl<'a> Reader<'a> {
-    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, out: mpsc::Sender<HubFrame>) -> Self {
+    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, out: mpsc::Sender<Bytes>) -> Self {
         let bucket = TokenBucket::new(hub.limits.frames_per_second, hub.limits.frames_burst);
         Self { hub, caller, out, bucket, strikes: 0 }
     }
@@ -146,7 +146,7 @@ impl<'a> Reader<'a> {
                 _ = broken.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
                 Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
-                    if self.out.send(HubFrame::Reply { id, result }).await.is_err() {
+                    if self.send(HubFrame::Reply { id, result }).await.is_err() {
                         break None;
                     }
                 }
@@ -168,7 +168,7 @@ impl<'a> Reader<'a> {
         // Requests already applied still get their answer when the client is there to read it.
         if closing.is_some() {
             while let Some((id, result)) = inflight.next().await {
-                if self.out.send(HubFrame::Reply { id, result }).await.is_err() {
+                if self.send(HubFrame::Reply { id, result }).await.is_err() {
                     break;
                 }
             }
@@ -191,7 +191,7 @@ impl<'a> Reader<'a> {
             Some(Err(WsError::Capacity(e))) => {
                 info!(peer = %self.caller.peer, "oversized frame: {e}");
                 let reason = format!("frame too large (limit {} bytes)", self.hub.limits.max_frame_bytes);
-                let _ = self.out.send(error_frame(ErrorCode::FrameTooLarge, reason.clone())).await;
+                let _ = self.send(error_frame(ErrorCode::FrameTooLarge, reason.clone())).await;
                 return Err(Some(Closing::new(CloseCode::Size, reason)));
             }
             Some(Err(WsError::Protocol(e))) => {
@@ -236,14 +236,14 @@ impl<'a> Reader<'a> {
     }
 
     async fn send(&self, frame: HubFrame) -> Result<(), Option<Closing>> {
-        self.out.send(frame).await.map_err(|_| None)
+        self.out.send(wire::encode(&frame).into()).await.map_err(|_| None)
     }
 }
 
 /// Sends frames in batches, pings, and gives up on a client that stops reading.
 async fn write_loop(
     mut sink: Sink,
-    mut frames: mpsc::Receiver<HubFrame>,
+    mut frames: mpsc::Receiver<Bytes>,
     mut close: mpsc::Receiver<Message>,
     hub: Arc<Hub>,
     broken: CancellationToken,
@@ -258,7 +258,7 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             frame = frames.recv(), if frames_open => match frame {
-                Some(frame) => Message::Binary(wire::encode(&frame).into()),
+                Some(frame) => Message::Binary(frame),
                 None => {
                     frames_open = false;
                     continue;
@@ -276,7 +276,7 @@ async fn write_loop(
             sink.feed(first).await?;
             for _ in 1..WRITE_BATCH {
                 match frames.try_recv() {
-                    Ok(frame) => sink.feed(Message::Binary(wire::encode(&frame).into())).await?,
+                    Ok(frame) => sink.feed(Message::Binary(frame)).await?,
                     Err(_) => break,
                 }
             }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Bytes;
 use wire::{HubFrame, MemberId, ThreadId};
 
 use crate::store::{Store, StoreError};
@@ -148,14 +149,14 @@ pub enum PumpStopped {
     Store(#[from] StoreError),
 }
 
-/// Sends `member` every durable entry past its cursor, in order, for as long
-/// as the connection lives: first the backlog of all its threads, then news as
+/// Sends `member` every durable entry past its cursor, in order and encoded as
+/// event frames, for as long as the connection lives: first the backlog of all its threads, then news as
 /// the mailbox reports it.
 pub async fn pump(
     store: Arc<dyn Store>,
     member: MemberId,
     mailbox: Arc<Mailbox>,
-    out: mpsc::Sender<HubFrame>,
+    out: mpsc::Sender<Bytes>,
 ) -> Result<(), PumpStopped> {
     for thread in store.threads_of(&member)? {
         mailbox.mark(thread);
@@ -172,7 +173,8 @@ pub async fn pump(
                 let complete = entries.len() < BATCH;
                 for entry in entries {
                     *after = entry.seq;
-                    out.send(HubFrame::Event { thread, entry }).await.map_err(|_| PumpStopped::Closed)?;
+                    let frame = wire::encode(&HubFrame::Event { thread, entry });
+                    out.send(frame.into()).await.map_err(|_| PumpStopped::Closed)?;
                 }
                 if complete {
                     break;

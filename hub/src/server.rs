@@ -128,6 +128,20 @@ impl Server {
     }
 }
 
+/// Bytes read from the TLS stream at a time. tungstenite zero-fills its read
+/// buffer up to this size, so it is resident memory for every open connection;
+/// the 128 KiB default would cost more than the rest of a connection together.
+const WEBSOCKET_READ_BUFFER: usize = 8 * 1024;
+
+/// The WebSocket settings of every hub connection (the benchmark's relay uses
+/// them too, so that the two compare).
+pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WEBSOCKET_READ_BUFFER)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
 async fn handshake(
     hub: &Hub,
     acceptor: TlsAcceptor,
@@ -138,9 +152,7 @@ async fn handshake(
     let steps = async {
         let tls = acceptor.accept(tcp).await.map_err(Refusal::Tls)?;
         let (identity, fingerprint) = tls::peer_identity(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(hub.limits.max_frame_bytes))
-            .max_frame_size(Some(hub.limits.max_frame_bytes));
+        let ws_config = websocket_config(hub.limits.max_frame_bytes);
         let ws = tokio_tungstenite::accept_async_with_config(tls, Some(ws_config)).await.map_err(Refusal::WebSocket)?;
         Ok((ws, Caller::new(identity, fingerprint, peer)))
     };

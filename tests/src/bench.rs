@@ -125,14 +125,16 @@ fn bench_slug(i: usize) -> String {
     format!("bench-{i:02}")
 }
 
+/// Identities that are in no thread: connecting them costs only the connection.
+fn idle_slug(i: usize) -> String {
+    format!("idle-{i:02}")
+}
+
 fn bench_clients() -> Vec<ExtraClient> {
+    let client = |i: usize, slug: String, worker: String| ExtraClient { slug, org: ORGS[i % ORGS.len()], worker, role: Role::Caseworker };
     (0..SENDERS)
-        .map(|i| ExtraClient {
-            slug: bench_slug(i),
-            org: ORGS[i % ORGS.len()],
-            worker: format!("bench.{i:02}"),
-            role: Role::Caseworker,
-        })
+        .map(|i| client(i, bench_slug(i), format!("bench.{i:02}")))
+        .chain((0..SENDERS).map(|i| client(i, idle_slug(i), format!("idle.{i:02}"))))
         .collect()
 }
 
@@ -164,6 +166,10 @@ impl Drop for Process {
 impl Target {
     fn client(&self, i: usize) -> ClientBuilder {
         client_for(&self.url, &self.pki, &bench_slug(i % SENDERS)).request_timeout(Duration::from_secs(60))
+    }
+
+    fn idle_client(&self, i: usize) -> ClientBuilder {
+        client_for(&self.url, &self.pki, &idle_slug(i % SENDERS))
     }
 
     /// Resident memory of the server process, in bytes.
@@ -350,7 +356,7 @@ async fn handshakes(target: &Target, window: Duration) -> anyhow::Result<(f64, f
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let builder = target.client(i).tls_resumption(false);
+        let builder = target.idle_client(i).tls_resumption(false);
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -376,7 +382,7 @@ async fn idle_memory(target: &Target, connections: usize) -> anyhow::Result<f64>
     let before = target.rss()?;
     let mut open = Vec::with_capacity(connections);
     for chunk in (0..connections).collect::<Vec<_>>().chunks(64) {
-        let dialing = chunk.iter().map(|&i| target.client(i).connect_raw());
+        let dialing = chunk.iter().map(|&i| target.idle_client(i).connect_raw());
         for connection in futures_util::future::join_all(dialing).await {
             open.push(connection?);
         }
@@ -420,8 +426,30 @@ async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f
     Ok((first, listening))
 }
 
-/// Runs every phase and returns the report rows.
-pub async fn run(scale: Scale, progress: impl Fn(&str)) -> anyhow::Result<Vec<Figure>> {
+/// The phases of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Durable routed messages per second.
+    Throughput,
+    /// Delivery latency at half the hub's throughput.
+    Latency,
+    /// Full handshakes per second.
+    Handshakes,
+    /// Memory per idle connection.
+    Memory,
+    /// Restart time with stored messages.
+    Restart,
+}
+
+/// Runs the phases in `only` (all when empty) and returns the report rows.
+/// `offered` fixes the latency phase's load when the throughput phase is skipped.
+pub async fn run(
+    scale: Scale,
+    only: &[Phase],
+    offered: Option<f64>,
+    progress: impl Fn(&str),
+) -> anyhow::Result<Vec<Figure>> {
+    let wanted = |phase| only.is_empty() || only.contains(&phase);
     epoch();
     let _ = rlimit::increase_nofile_limit(200_000);
     let dir = tempfile::tempdir()?;
@@ -432,22 +460,96 @@ pub async fn run(scale: Scale, progress: impl Fn(&str)) -> anyhow::Result<Vec<Fi
     let hub = start_hub(&serve_dir)?;
     let mut figures = Vec::new();
 
-    progress("throughput");
-    let (relay_rate, relay_delivered) = throughput(&relay, scale.window).await?;
-    let (hub_rate, hub_delivered) = throughput(&hub, scale.window).await?;
-    figures.push(Figure::new(
-        format!("durable routed messages/s ({PAYLOAD} B, {THREAD_SIZE}-member threads, {SENDERS} senders)"),
-        "msg/s",
-        hub_rate,
-        Some(relay_rate),
-        Better::Higher,
-    ));
-    figures.push(Figure::new("deliveries/s (to every member)", "msg/s", hub_delivered, Some(relay_delivered), Better::Higher));
+    let mut hub_rate = None;
+    if wanted(Phase::Throughput) {
+        progress("throughput");
+        let (relay_rate, relay_delivered) = throughput(&relay, scale.window).await?;
+        let (rate, hub_delivered) = throughput(&hub, scale.window).await?;
+        hub_rate = Some(rate);
+        figures.push(Figure::new(
+            format!("durable routed messages/s ({PAYLOAD} B, {THREAD_SIZE}-member threads, {SENDERS} senders)"),
+            "msg/s",
+            rate,
+            Some(relay_rate),
+            Better::Higher,
+        ));
+        figures.push(Figure::new(
+            "deliveries/s (to every member)",
+            "msg/s",
+            hub_delivered,
+            Some(relay_delivered),
+            Better::Higher,
+        ));
+    }
 
-    let offered = hub_rate / 2.0;
+    if let Some(offered) = offered.or(hub_rate.map(|r| r / 2.0)).filter(|_| wanted(Phase::Latency)) {
+        latency_figures(&mut figures, &relay, &hub, offered, scale.window, &progress).await?;
+    }
+    if wanted(Phase::Handshakes) {
+        progress("handshakes");
+        let (relay_hs, relay_hs_cpu) = handshakes(&relay, scale.handshake_window).await?;
+        let (hub_hs, hub_hs_cpu) = handshakes(&hub, scale.handshake_window).await?;
+        figures.push(Figure::new(
+            "full mTLS handshakes/s (2 cores, clients on the same machine)",
+            "1/s",
+            hub_hs,
+            Some(relay_hs),
+            Better::Higher,
+        ));
+        figures.push(Figure::new(
+            "full mTLS handshakes per server CPU-second",
+            "1/s",
+            hub_hs_cpu,
+            Some(relay_hs_cpu),
+            Better::Higher,
+        ));
+    }
+    if wanted(Phase::Memory) {
+        progress(&format!("{} idle connections", scale.idle_connections));
+        let relay_mem = idle_memory(&relay, scale.idle_connections).await?;
+        let hub_mem = idle_memory(&hub, scale.idle_connections).await?;
+        figures.push(Figure::new(
+            format!("resident memory per idle mTLS connection ({} connections)", scale.idle_connections),
+            "KiB",
+            hub_mem / 1024.0,
+            Some(relay_mem / 1024.0),
+            Better::Lower,
+        ));
+    }
+    drop((relay, hub));
+
+    if wanted(Phase::Restart) {
+        progress(&format!("restart with {} stored messages", scale.restart_messages));
+        let (first, listening) = restart(&dir.path().join("restart"), &pki, scale.restart_messages).await?;
+        figures.push(Figure::new(
+            format!("restart with {} stored messages: until listening", scale.restart_messages),
+            "s",
+            listening,
+            None,
+            Better::Lower,
+        ));
+        figures.push(Figure::new(
+            format!("restart with {} stored messages: until first delivery", scale.restart_messages),
+            "s",
+            first,
+            None,
+            Better::Lower,
+        ));
+    }
+    Ok(figures)
+}
+
+async fn latency_figures(
+    figures: &mut Vec<Figure>,
+    relay: &Target,
+    hub: &Target,
+    offered: f64,
+    window: Duration,
+    progress: &impl Fn(&str),
+) -> anyhow::Result<()> {
     progress(&format!("latency at {offered:.0} msg/s"));
-    let relay_lat = latency(&relay, offered, scale.window).await?;
-    let hub_lat = latency(&hub, offered, scale.window).await?;
+    let relay_lat = latency(relay, offered, window).await?;
+    let hub_lat = latency(hub, offered, window).await?;
     for (i, name) in ["p50", "p99", "p999"].iter().enumerate() {
         figures.push(Figure::new(
             format!("delivery latency {name} at {offered:.0} msg/s offered"),
@@ -457,42 +559,7 @@ pub async fn run(scale: Scale, progress: impl Fn(&str)) -> anyhow::Result<Vec<Fi
             Better::Lower,
         ));
     }
-
-    progress("handshakes");
-    let (relay_hs, relay_hs_cpu) = handshakes(&relay, scale.handshake_window).await?;
-    let (hub_hs, hub_hs_cpu) = handshakes(&hub, scale.handshake_window).await?;
-    figures.push(Figure::new("full mTLS handshakes/s (2 cores, clients on the same machine)", "1/s", hub_hs, Some(relay_hs), Better::Higher));
-    figures.push(Figure::new("full mTLS handshakes per server CPU-second", "1/s", hub_hs_cpu, Some(relay_hs_cpu), Better::Higher));
-
-    progress(&format!("{} idle connections", scale.idle_connections));
-    let relay_mem = idle_memory(&relay, scale.idle_connections).await?;
-    let hub_mem = idle_memory(&hub, scale.idle_connections).await?;
-    figures.push(Figure::new(
-        format!("resident memory per idle mTLS connection ({} connections)", scale.idle_connections),
-        "KiB",
-        hub_mem / 1024.0,
-        Some(relay_mem / 1024.0),
-        Better::Lower,
-    ));
-    drop((relay, hub));
-
-    progress(&format!("restart with {} stored messages", scale.restart_messages));
-    let (first, listening) = restart(&dir.path().join("restart"), &pki, scale.restart_messages).await?;
-    figures.push(Figure::new(
-        format!("restart with {} stored messages: until listening", scale.restart_messages),
-        "s",
-        listening,
-        None,
-        Better::Lower,
-    ));
-    figures.push(Figure::new(
-        format!("restart with {} stored messages: until first delivery", scale.restart_messages),
-        "s",
-        first,
-        None,
-        Better::Lower,
-    ));
-    Ok(figures)
+    Ok(())
 }
 
 /// Formats the report as a table.

@@ -15,7 +15,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use wire::{
     ClientFrame, Entry, EntryBody, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId,
@@ -38,7 +37,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
             let _ = tcp.set_nodelay(true);
             let Ok(tls) = acceptor.accept(tcp).await else { return };
             let Some((identity, _)) = hub::tls::peer_identity(tls.get_ref().1) else { return };
-            let config = WebSocketConfig::default().max_message_size(Some(4 << 20));
+            let config = hub::server::websocket_config(4 << 20);
             let Ok(ws) = tokio_tungstenite::accept_async_with_config(tls, Some(config)).await else { return };
             connection(state, ws, identity).await;
         });

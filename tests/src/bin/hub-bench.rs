@@ -24,6 +24,13 @@ struct Cli {
     /// Also print the report as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Run only these phases (repeatable); all by default.
+    #[arg(long, value_enum)]
+    only: Vec<bench::Phase>,
+    /// The offered load of the latency phase, in messages per second
+    /// (default: half the hub's measured throughput).
+    #[arg(long)]
+    offered: Option<f64>,
 }
 
 #[derive(Parser)]
@@ -65,7 +72,7 @@ fn main() -> ExitCode {
     let scale = if cli.quick { Scale::quick() } else { Scale::full() };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let started = std::time::Instant::now();
-    match runtime.block_on(bench::run(scale, |phase| eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64()))) {
+    match runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64()))) {
         Ok(figures) => {
             println!("{}", bench::table(&figures));
             if cli.json {
