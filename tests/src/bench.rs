@@ -278,7 +278,7 @@ impl Swarm {
 }
 
 /// Durable routed messages per second with `WINDOW` sends in flight per sender.
-async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f64)> {
+async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f64, f64)> {
     let swarm = Swarm::connect(target).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -301,16 +301,18 @@ async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f
     let delivered_before = swarm.tally.delivered.load(Ordering::Relaxed);
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
+    let cpu_before = target.cpu()?;
     tokio::time::sleep(window).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    let cores = (target.cpu()? - cpu_before).as_secs_f64() / elapsed;
     let delivered = swarm.tally.delivered.load(Ordering::Relaxed) - delivered_before;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await?;
     }
     swarm.close().await;
-    Ok((acked.load(Ordering::Relaxed) as f64 / elapsed, delivered as f64 / elapsed))
+    Ok((acked.load(Ordering::Relaxed) as f64 / elapsed, delivered as f64 / elapsed, cores))
 }
 
 /// Delivery latency percentiles (ms) at `rate` messages per second in total.
@@ -463,8 +465,8 @@ pub async fn run(
     let mut hub_rate = None;
     if wanted(Phase::Throughput) {
         progress("throughput");
-        let (relay_rate, relay_delivered) = throughput(&relay, scale.window).await?;
-        let (rate, hub_delivered) = throughput(&hub, scale.window).await?;
+        let (relay_rate, relay_delivered, relay_cores) = throughput(&relay, scale.window).await?;
+        let (rate, hub_delivered, hub_cores) = throughput(&hub, scale.window).await?;
         hub_rate = Some(rate);
         figures.push(Figure::new(
             format!("durable routed messages/s ({PAYLOAD} B, {THREAD_SIZE}-member threads, {SENDERS} senders)"),
@@ -479,6 +481,13 @@ pub async fn run(
             hub_delivered,
             Some(relay_delivered),
             Better::Higher,
+        ));
+        figures.push(Figure::new(
+            "server CPU during the throughput window",
+            "cores",
+            hub_cores,
+            Some(relay_cores),
+            Better::Lower,
         ));
     }
 
