@@ -218,8 +218,8 @@ impl<'a> Reader<'a> {
             return self.send(frame).await.map(|_| None);
         }
         match frame {
-            ClientFrame::Request { id, request } => Ok(Some((id, self.hub.apply(self.caller, request)))),
-            ClientFrame::Ack { thread, seq } => match self.hub.ack(self.caller, thread, seq) {
+            ClientFrame::Request { id, request } => Ok(Some((id, self.hub.apply(self.caller, request).await))),
+            ClientFrame::Ack { thread, seq } => match self.hub.ack(self.caller, thread, seq).await {
                 Ok(()) => Ok(None),
                 Err(error) => self.send(HubFrame::Error { error }).await.map(|_| None),
             },

@@ -1,65 +1,168 @@
-//! Group commit: many writers, one flush.
+//! The write path: one thread applies every write and makes it durable in
+//! batches (group commit).
 //!
-//! The hub acknowledges a message only after it is on disk. Flushing once per
-//! message would cap throughput at the disk's fsync rate; instead every writer
-//! that needs durability asks the [`GroupCommit`] task, which gathers all
-//! requests that arrived while the previous flush ran and answers them with a
-//! single [`Store::flush`]. A request is answered only by a flush that started
-//! after the request was made, so the writes made before it are covered.
+//! The hub acknowledges a write only after it is on disk. Flushing once per
+//! write would cap throughput at the disk's sync rate, and letting the async
+//! workers write to sled themselves lets them block inside the storage engine
+//! while it writes its log. So every write goes, in the order a connection
+//! submitted it, to one dedicated thread. That thread applies all writes that
+//! are waiting, makes them durable with a single [`Store::flush`], and only then
+//! answers them. The storage engine sees a single writer, the async workers
+//! never block on storage I/O, and under load one flush covers hundreds of writes.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+use uuid::Uuid;
+use wire::{MemberId, MessageId, ThreadId};
 
-use crate::store::{Store, StoreError};
+use crate::clock::now_ms;
+use crate::store::{Appended, Created, Store, StoreError};
 
-/// Why durability could not be confirmed.
+/// Writes waiting for the writer thread before submitters wait for room.
+const QUEUE: usize = 8192;
+/// Writes applied under one flush at most.
+const MAX_BATCH: usize = 4096;
+
+/// A write to apply.
+#[derive(Debug)]
+pub enum Write {
+    /// Create a thread (see [`Store::create_thread`]).
+    CreateThread {
+        /// The creator and first member.
+        creator: MemberId,
+        /// The creator's idempotency reference.
+        client_ref: Uuid,
+    },
+    /// Add a member (see [`Store::add_member`]).
+    AddMember {
+        /// The thread.
+        thread: ThreadId,
+        /// Who adds.
+        by: MemberId,
+        /// Who is added.
+        member: MemberId,
+    },
+    /// Append a message (see [`Store::append_message`]).
+    Append {
+        /// The thread.
+        thread: ThreadId,
+        /// The sender.
+        sender: MemberId,
+        /// The sender's message id.
+        id: MessageId,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
+    Cursor {
+        /// Whose cursor.
+        member: MemberId,
+        /// The thread.
+        thread: ThreadId,
+        /// The new position.
+        seq: u64,
+    },
+}
+
+/// What a durable write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// A thread was created or found.
+    Created(Created),
+    /// An entry was appended or found.
+    Appended(Appended),
+    /// A cursor moved.
+    Cursor,
+}
+
+/// Why a write did not become durable.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CommitError {
-    /// The store's flush failed; the write may or may not survive a crash.
+pub enum WriteError {
+    /// The store refused the write or failed to flush it.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The commit task is gone (the hub is shutting down).
+    /// The writer thread is gone (the hub is shutting down).
     #[error("the hub is shutting down")]
     Closed,
 }
 
-const MAX_BATCH: usize = 8192;
+/// The answer to one write, delivered once it is durable.
+pub type Durable = oneshot::Receiver<Result<Written, WriteError>>;
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+struct Job {
+    write: Write,
+    reply: Option<oneshot::Sender<Result<Written, WriteError>>>,
+}
 
-/// A handle to the group-commit task; cheap to clone.
+/// A handle to the writer thread; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct GroupCommit {
-    requests: mpsc::Sender<Waiter>,
+pub struct WriteLog {
+    jobs: mpsc::Sender<Job>,
 }
 
-impl GroupCommit {
-    /// Starts the commit task for `store` on the current runtime.
-    pub fn start(store: Arc<dyn Store>) -> Self {
-        let (requests, receiver) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(run(store, receiver));
-        Self { requests }
+impl WriteLog {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Self> {
+        let (jobs, receiver) = mpsc::channel(QUEUE);
+        std::thread::Builder::new().name("ketenhub-writer".into()).spawn(move || run(store, receiver))?;
+        Ok(Self { jobs })
     }
 
-    /// Waits until every write made before this call is durable.
-    pub async fn commit(&self) -> Result<(), CommitError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests.send(tx).await.map_err(|_| CommitError::Closed)?;
-        Ok(rx.await.map_err(|_| CommitError::Closed)??)
+    /// Queues a write and returns where its durable result will arrive. Writes
+    /// submitted one after another are applied in that order.
+    pub async fn submit(&self, write: Write) -> Durable {
+        let (reply, durable) = oneshot::channel();
+        // If the writer is gone the reply sender is dropped and `durable` says so.
+        let _ = self.jobs.send(Job { write, reply: Some(reply) }).await;
+        durable
+    }
+
+    /// Queues a write whose result nobody waits for.
+    pub async fn submit_unanswered(&self, write: Write) {
+        let _ = self.jobs.send(Job { write, reply: None }).await;
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Waiter>) {
-    let mut batch = Vec::new();
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let flushing = store.clone();
-        let result = tokio::task::spawn_blocking(move || flushing.flush())
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(format!("flush task failed: {e}"))));
-        for waiter in batch.drain(..) {
-            // A writer that gave up waiting is not an error.
-            let _ = waiter.send(result.clone());
+fn apply(store: &dyn Store, write: Write) -> Result<Written, StoreError> {
+    let at = now_ms();
+    match write {
+        Write::CreateThread { creator, client_ref } => store.create_thread(&creator, client_ref, at).map(Written::Created),
+        Write::AddMember { thread, by, member } => store.add_member(thread, &by, &member, at).map(Written::Appended),
+        Write::Append { thread, sender, id, payload } => {
+            store.append_message(thread, &sender, id, &payload, at).map(Written::Appended)
+        }
+        Write::Cursor { member, thread, seq } => store.advance_cursor(&member, thread, seq).map(|()| Written::Cursor),
+    }
+}
+
+fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut results = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        for job in batch.drain(..) {
+            results.push((job.reply, apply(store.as_ref(), job.write)));
+        }
+        let flushed = store.flush();
+        if let Err(e) = &flushed {
+            error!(error = %e, "flush failed; the batch is not acknowledged");
+        }
+        for (reply, result) in results.drain(..) {
+            let Some(reply) = reply else { continue };
+            let answer = match (&flushed, result) {
+                (Err(e), _) => Err(WriteError::Store(e.clone())),
+                (Ok(()), result) => result.map_err(WriteError::Store),
+            };
+            // A submitter that stopped waiting is not an error.
+            let _ = reply.send(answer);
         }
     }
 }

@@ -81,7 +81,9 @@ impl Server {
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
-        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub: Hub::new(store, config.limits.clone()) })
+        let hub = Hub::new(store, config.limits.clone())
+            .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
+        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub })
     }
 
     /// The address actually bound (useful with port 0).

@@ -13,18 +13,17 @@ use std::sync::Arc;
 use tracing::error;
 use wire::{ErrorCode, Identity, MemberId, Reply, Request, ThreadId, ThreadSummary, WireError};
 
-use crate::clock::now_ms;
 use crate::config::Limits;
 use crate::delivery::Registry;
-use crate::durability::GroupCommit;
+use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
 use crate::store::{Store, StoreError};
 
 /// The state shared by every connection of a running hub.
 pub struct Hub {
-    /// The store.
+    /// The store, for reads; writes go through [`Hub::writes`].
     pub store: Arc<dyn Store>,
-    /// The group-commit task.
-    pub commit: GroupCommit,
+    /// The write path.
+    pub writes: WriteLog,
     /// The online connections.
     pub registry: Arc<Registry>,
     /// The limits in force.
@@ -52,18 +51,28 @@ impl Caller {
     }
 }
 
+/// Which request a pending write answers, to shape its reply.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteKind {
+    /// A thread creation.
+    CreateThread,
+    /// A member added to this thread.
+    AddMember(ThreadId),
+    /// A message sent to this thread.
+    Send(ThreadId),
+}
+
 /// What became of a request once applied.
 #[derive(Debug)]
 pub enum Outcome {
     /// Answered without a write.
     Ready(Result<Reply, WireError>),
-    /// Written; the reply may go out once the write is durable, after which
-    /// the members of `notify` (if any) learn of news in that thread.
-    AfterCommit {
-        /// The reply to send once durable.
-        reply: Reply,
-        /// The thread with a new entry, if any.
-        notify: Option<ThreadId>,
+    /// Queued on the write path; the reply goes out once it is durable.
+    Writing {
+        /// The request it answers.
+        kind: WriteKind,
+        /// Where the durable result arrives.
+        durable: Durable,
     },
 }
 
@@ -72,85 +81,95 @@ fn internal(e: StoreError) -> WireError {
     WireError::new(ErrorCode::Internal, "the hub could not complete the request; nothing was changed")
 }
 
+fn not_durable(e: WriteError) -> WireError {
+    match e {
+        WriteError::Store(StoreError::NoSuchThread) => WireError::thread_not_found(),
+        e => {
+            error!(error = %e, "write failed");
+            WireError::new(ErrorCode::Unavailable, "the hub could not make the change durable; retry")
+        }
+    }
+}
+
 impl Hub {
-    /// Builds the shared state around a store; starts the group-commit task.
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Arc<Self> {
+    /// Builds the shared state around a store; starts the writer thread.
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
-        Arc::new(Self { commit: GroupCommit::start(store.clone()), store, registry, limits })
+        Ok(Arc::new(Self { writes: WriteLog::start(store.clone())?, store, registry, limits }))
     }
 
-    /// Applies a request in arrival order.
-    pub fn apply(&self, caller: &Caller, request: Request) -> Outcome {
-        match self.try_apply(caller, request) {
+    /// Applies a request. Requests applied one after another are written in
+    /// that order; this waits only for room on the write path, not for disk.
+    pub async fn apply(&self, caller: &Caller, request: Request) -> Outcome {
+        match self.try_apply(caller, request).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Ready(Err(e)),
         }
     }
 
-    fn try_apply(&self, caller: &Caller, request: Request) -> Result<Outcome, WireError> {
-        let after_commit =
-            |reply, notify: bool, thread| Outcome::AfterCommit { reply, notify: notify.then_some(thread) };
-        match request {
+    async fn try_apply(&self, caller: &Caller, request: Request) -> Result<Outcome, WireError> {
+        let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
-                let created = self.store.create_thread(&caller.member, client_ref, now_ms()).map_err(internal)?;
-                Ok(after_commit(Reply::ThreadCreated { thread: created.thread }, !created.existing, created.thread))
+                (WriteKind::CreateThread, Write::CreateThread { creator: caller.member.clone(), client_ref })
             }
             Request::AddMember { thread, member } => {
                 self.require_member(caller, thread)?;
                 wire::identity::validate_worker(&member.worker)
                     .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
-                let added = self.store.add_member(thread, &caller.member, &member, now_ms()).map_err(internal)?;
-                Ok(after_commit(Reply::MemberAdded { seq: added.seq }, !added.duplicate, thread))
+                (WriteKind::AddMember(thread), Write::AddMember { thread, by: caller.member.clone(), member })
             }
             Request::Send { thread, message, payload } => {
                 self.require_member(caller, thread)?;
-                let appended =
-                    self.store.append_message(thread, &caller.member, message, &payload, now_ms()).map_err(internal)?;
-                let reply = Reply::Sent { seq: appended.seq, duplicate: appended.duplicate };
-                Ok(after_commit(reply, !appended.duplicate, thread))
+                (WriteKind::Send(thread), Write::Append { thread, sender: caller.member.clone(), id: message, payload })
             }
-            Request::ListThreads => {
-                let threads = self
-                    .store
-                    .threads_of(&caller.member)
-                    .and_then(|threads| {
-                        threads
-                            .into_iter()
-                            .map(|thread| {
-                                Ok(ThreadSummary {
-                                    thread,
-                                    last_seq: self.store.last_seq(thread)?,
-                                    cursor: self.store.cursor(&caller.member, thread)?,
-                                })
-                            })
-                            .collect()
-                    })
-                    .map_err(internal)?;
-                Ok(Outcome::Ready(Ok(Reply::Threads { threads })))
-            }
+            Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(caller))),
             Request::ListMembers { thread } => {
                 self.require_member(caller, thread)?;
                 let members = self.store.members(thread).map_err(internal)?;
-                Ok(Outcome::Ready(Ok(Reply::Members { members })))
+                return Ok(Outcome::Ready(Ok(Reply::Members { members })));
             }
-        }
+        };
+        Ok(Outcome::Writing { kind, durable: self.writes.submit(write).await })
+    }
+
+    fn list_threads(&self, caller: &Caller) -> Result<Reply, WireError> {
+        let summary = |thread| -> Result<ThreadSummary, StoreError> {
+            Ok(ThreadSummary {
+                thread,
+                last_seq: self.store.last_seq(thread)?,
+                cursor: self.store.cursor(&caller.member, thread)?,
+            })
+        };
+        let threads = self.store.threads_of(&caller.member).and_then(|t| t.into_iter().map(summary).collect());
+        Ok(Reply::Threads { threads: threads.map_err(internal)? })
     }
 
     /// Waits for durability where needed, then notifies members and yields the reply.
     pub async fn settle(&self, outcome: Outcome) -> Result<Reply, WireError> {
-        match outcome {
-            Outcome::Ready(result) => result,
-            Outcome::AfterCommit { reply, notify } => {
-                self.commit.commit().await.map_err(|e| {
-                    error!(error = %e, "commit failed");
-                    WireError::new(ErrorCode::Unavailable, "the hub could not make the change durable; retry")
-                })?;
-                if let Some(thread) = notify {
-                    self.notify_members(thread);
-                }
-                Ok(reply)
+        let (kind, durable) = match outcome {
+            Outcome::Ready(result) => return result,
+            Outcome::Writing { kind, durable } => (kind, durable),
+        };
+        let written = durable.await.unwrap_or(Err(WriteError::Closed)).map_err(not_durable)?;
+        let (reply, news) = match (kind, written) {
+            (WriteKind::CreateThread, Written::Created(c)) => {
+                (Reply::ThreadCreated { thread: c.thread }, (!c.existing).then_some(c.thread))
             }
+            (WriteKind::AddMember(thread), Written::Appended(a)) => {
+                (Reply::MemberAdded { seq: a.seq }, (!a.duplicate).then_some(thread))
+            }
+            (WriteKind::Send(thread), Written::Appended(a)) => {
+                (Reply::Sent { seq: a.seq, duplicate: a.duplicate }, (!a.duplicate).then_some(thread))
+            }
+            (kind, written) => {
+                error!(?kind, ?written, "a write was answered with the wrong kind of result");
+                return Err(WireError::new(ErrorCode::Internal, "internal error"));
+            }
+        };
+        if let Some(thread) = news {
+            self.notify_members(thread);
         }
+        Ok(reply)
     }
 
     fn notify_members(&self, thread: ThreadId) {
@@ -160,14 +179,17 @@ impl Hub {
         }
     }
 
-    /// Records that the caller processed `thread` up to `seq`.
-    pub fn ack(&self, caller: &Caller, thread: ThreadId, seq: u64) -> Result<(), WireError> {
+    /// Records that the caller processed `thread` up to `seq`. The cursor
+    /// becomes durable with the next flush; losing it in a crash only means
+    /// entries are delivered again.
+    pub async fn ack(&self, caller: &Caller, thread: ThreadId, seq: u64) -> Result<(), WireError> {
         self.require_member(caller, thread)?;
         let last = self.store.last_seq(thread).map_err(internal)?;
         if seq > last {
             return Err(WireError::new(ErrorCode::Invalid, format!("ack for seq {seq} beyond the last entry {last}")));
         }
-        self.store.advance_cursor(&caller.member, thread, seq).map_err(internal)
+        self.writes.submit_unanswered(Write::Cursor { member: caller.member.clone(), thread, seq }).await;
+        Ok(())
     }
 
     fn require_member(&self, caller: &Caller, thread: ThreadId) -> Result<(), WireError> {
