@@ -128,7 +128,9 @@ impl WriteLog {
 fn apply(store: &dyn Store, write: Write) -> Result<Written, StoreError> {
     let at = now_ms();
     match write {
-        Write::CreateThread { creator, client_ref } => store.create_thread(&creator, client_ref, at).map(Written::Created),
+        Write::CreateThread { creator, client_ref } => {
+            store.create_thread(&creator, client_ref, at).map(Written::Created)
+        }
         Write::AddMember { thread, by, member } => store.add_member(thread, &by, &member, at).map(Written::Appended),
         Write::Append { thread, sender, id, payload } => {
             store.append_message(thread, &sender, id, &payload, at).map(Written::Appended)

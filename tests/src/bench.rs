@@ -131,7 +131,12 @@ fn idle_slug(i: usize) -> String {
 }
 
 fn bench_clients() -> Vec<ExtraClient> {
-    let client = |i: usize, slug: String, worker: String| ExtraClient { slug, org: ORGS[i % ORGS.len()], worker, role: Role::Caseworker };
+    let client = |i: usize, slug: String, worker: String| ExtraClient {
+        slug,
+        org: ORGS[i % ORGS.len()],
+        worker,
+        role: Role::Caseworker,
+    };
     (0..SENDERS)
         .map(|i| client(i, bench_slug(i), format!("bench.{i:02}")))
         .chain((0..SENDERS).map(|i| client(i, idle_slug(i), format!("idle.{i:02}"))))

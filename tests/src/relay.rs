@@ -16,9 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use wire::{
-    ClientFrame, Entry, EntryBody, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId,
-};
+use wire::{ClientFrame, Entry, EntryBody, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId};
 
 #[derive(Default)]
 struct State {
@@ -117,4 +115,3 @@ fn recipients(state: &State, thread: ThreadId) -> Vec<mpsc::Sender<Bytes>> {
     let online = state.online.lock().unwrap();
     members.iter().filter_map(|m| online.get(m)).flatten().cloned().collect()
 }
-

@@ -1,8 +1,11 @@
 //! The embedded [`Store`] backend, on sled.
 //!
-//! Everything lives in one sled tree so that every multi-key change (a new
-//! member with its entry, index and cursor; a message with its de-duplication
-//! key) is one atomic batch. Keys start with a one-byte tag:
+//! Everything lives in one sled tree. A change of several keys (a new thread,
+//! a new member with its entry, index and cursor) is one atomic batch. A message
+//! is two plain inserts, because it is the hot path and sled batches cost several
+//! times more than inserts: its de-duplication key first, its entry second, so
+//! that a crash can lose the entry but never keep an entry without its key; a key
+//! whose entry is missing is ignored. Keys start with a one-byte tag:
 //!
 //! | tag | key after the tag | value |
 //! |---|---|---|
@@ -129,6 +132,14 @@ impl SledStore {
         key(ENTRY, &[thread.0.as_bytes(), &seq.to_be_bytes()])
     }
 
+    /// The message id stored at `seq`, if there is an entry there.
+    fn entry_id(&self, thread: ThreadId, seq: u64) -> Result<Option<MessageId>, StoreError> {
+        match self.db.get(Self::entry_key(thread, seq)).map_err(backend)? {
+            Some(bytes) => Ok(Some(decode::<Entry>(&bytes)?.id)),
+            None => Ok(None),
+        }
+    }
+
     /// The in-memory log position of a thread, loaded from disk on first use.
     fn log(&self, thread: ThreadId) -> Result<Arc<Mutex<ThreadLog>>, StoreError> {
         if let Some(log) = lock(&self.logs).get(&thread) {
@@ -248,24 +259,27 @@ impl Store for SledStore {
         payload: &[u8],
         at_ms: u64,
     ) -> Result<Appended, StoreError> {
+        let log = self.log(thread)?;
+        let mut log = lock(&log);
         let dedup_key = key(DEDUP, &[thread.0.as_bytes(), id.0.as_bytes()]);
-        self.append(
-            thread,
-            |seq, batch| {
-                if let Some(existing) = self.db.get(&dedup_key).map_err(backend)? {
-                    return Ok(Some(seq_from(&existing)?));
-                }
-                batch.insert(dedup_key.clone(), &seq.to_be_bytes()[..]);
-                Ok(None)
-            },
-            |seq| Entry {
-                seq,
-                id,
-                sender: sender.clone(),
-                at_ms,
-                body: EntryBody::Message { payload: payload.to_vec() },
-            },
-        )
+        if let Some(existing) = self.db.get(&dedup_key).map_err(backend)? {
+            let seq = seq_from(&existing)?;
+            if self.entry_id(thread, seq)? == Some(id) {
+                return Ok(Appended { seq, duplicate: true });
+            }
+            // The key outlived its entry (lost in a crash before a flush): the id is free.
+        }
+        let seq = log.next_seq;
+        let entry =
+            Entry { seq, id, sender: sender.clone(), at_ms, body: EntryBody::Message { payload: payload.to_vec() } };
+        // Two single inserts rather than one batch: sled batches cost several
+        // times more. The de-duplication key goes first, so a crash can leave a
+        // key without its entry (checked above) but never an entry without its key.
+        self.db.insert(dedup_key, &seq.to_be_bytes()[..]).map_err(backend)?;
+        self.db.insert(Self::entry_key(thread, seq), encode(&entry)).map_err(backend)?;
+        log.next_seq = seq + 1;
+        lock(&self.dirty).insert(thread);
+        Ok(Appended { seq, duplicate: false })
     }
 
     fn is_member(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
@@ -391,6 +405,26 @@ mod tests {
         let again = store.append_message(thread, &anna, id, b"x", 3).unwrap();
         assert_eq!(first, Appended { seq: 2, duplicate: false });
         assert_eq!(again, Appended { seq: 2, duplicate: true });
+    }
+
+    #[test]
+    fn a_dedup_key_whose_entry_was_lost_does_not_swallow_the_resend() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let anna = member("anna");
+        let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+        let id = MessageId::new();
+        // What a crash between the two inserts leaves: the key, pointing at seq 2, and no entry.
+        store.db.insert(key(DEDUP, &[thread.0.as_bytes(), id.0.as_bytes()]), &2u64.to_be_bytes()[..]).unwrap();
+        let resent = store.append_message(thread, &anna, id, b"x", 2).unwrap();
+        assert_eq!(resent, Appended { seq: 2, duplicate: false });
+        store.flush().unwrap();
+        assert_eq!(store.entries_after(thread, 1, 10).unwrap()[0].id, id);
+        // A key pointing at another message's entry is not a duplicate either.
+        let other = MessageId::new();
+        store.db.insert(key(DEDUP, &[thread.0.as_bytes(), other.0.as_bytes()]), &2u64.to_be_bytes()[..]).unwrap();
+        assert_eq!(store.append_message(thread, &anna, other, b"y", 3).unwrap(), Appended { seq: 3, duplicate: false });
+        assert_eq!(store.append_message(thread, &anna, other, b"y", 3).unwrap(), Appended { seq: 3, duplicate: true });
     }
 
     #[test]

@@ -72,7 +72,9 @@ fn main() -> ExitCode {
     let scale = if cli.quick { Scale::quick() } else { Scale::full() };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let started = std::time::Instant::now();
-    match runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64()))) {
+    match runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| {
+        eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64())
+    })) {
         Ok(figures) => {
             println!("{}", bench::table(&figures));
             if cli.json {
