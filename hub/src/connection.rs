@@ -93,8 +93,13 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
     let _ = frames_tx.try_send(wire::encode(&hello(&hub, &caller)).into());
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
     let pump = tokio::spawn({
-        let pumping =
-            delivery::pump(hub.store.clone(), caller.member.clone(), registration.mailbox(), frames_tx.clone());
+        let pumping = delivery::pump(
+            hub.store.clone(),
+            hub.registry.clone(),
+            caller.member.clone(),
+            registration.mailbox(),
+            frames_tx.clone(),
+        );
         let broken = broken.clone();
         async move {
             if let Err(delivery::PumpStopped::Store(e)) = pumping.await {

@@ -1,26 +1,33 @@
 //! Delivery of thread entries to the members that are online.
 //!
 //! Each open connection has a [`Mailbox`]: a set of threads with news and a
-//! wake-up. When an entry becomes durable the hub marks its thread in the
-//! mailbox of every online member ([`Registry::notify`]); the connection's
-//! [`pump`] then reads the new entries from the store, from where that
-//! connection stands, and queues them for sending. Because the pump always reads
-//! from the store, delivery is in order, resumes from the member's cursor after
-//! a reconnect, never shows an entry before it is durable, and uses memory
-//! bounded by the number of threads rather than the number of messages.
+//! wake-up. When an entry becomes durable the writer thread publishes it
+//! ([`Registry::publish`]): the entry is encoded once as an event frame, kept in
+//! a small per-thread cache of recent frames, and its thread is marked in the
+//! mailbox of every online member. The connection's [`pump`] then sends the
+//! frames after where that connection stands, from the cache when it covers
+//! them and from the store otherwise (a reconnect with a backlog, a thread
+//! evicted from the cache). Delivery is therefore in order, resumes from the
+//! member's cursor, never shows an entry before it is durable, and uses memory
+//! bounded by the cache budget and the number of threads, not the number of
+//! messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Bytes;
-use wire::{HubFrame, MemberId, ThreadId};
+use wire::{Entry, EntryBody, HubFrame, MemberId, ThreadId};
 
 use crate::store::{Store, StoreError};
 
 /// Entries read from the store per round, per thread.
 const BATCH: usize = 64;
+/// Recent frames kept per thread.
+const RECENT_PER_THREAD: usize = 64;
+/// Bytes of recent frames kept over all threads.
+const RECENT_BUDGET: usize = 32 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -67,10 +74,60 @@ type ConnectionId = u64;
 /// One member's open connections.
 type Connections = Vec<(ConnectionId, Arc<Mailbox>)>;
 
-/// The online connections, by member.
+/// A thread's members and its most recent durable entries, encoded.
+#[derive(Debug)]
+struct ThreadNews {
+    members: Arc<[MemberId]>,
+    recent: VecDeque<(u64, Bytes)>,
+}
+
+/// Recent news of the threads that were active lately, within a byte budget.
+#[derive(Debug, Default)]
+struct NewsCache {
+    threads: HashMap<ThreadId, ThreadNews>,
+    /// Threads in the order they were first cached; evicted from the front.
+    order: VecDeque<ThreadId>,
+    bytes: usize,
+}
+
+impl NewsCache {
+    fn push(&mut self, thread: ThreadId, members: Arc<[MemberId]>, seq: u64, frame: Bytes) {
+        self.bytes += frame.len();
+        let news = self.threads.entry(thread).or_insert_with(|| {
+            self.order.push_back(thread);
+            ThreadNews { members: members.clone(), recent: VecDeque::new() }
+        });
+        news.members = members;
+        news.recent.push_back((seq, frame));
+        if news.recent.len() > RECENT_PER_THREAD {
+            if let Some((_, old)) = news.recent.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+        while self.bytes > RECENT_BUDGET {
+            let Some(evicted) = self.order.pop_front() else { break };
+            if let Some(news) = self.threads.remove(&evicted) {
+                self.bytes -= news.recent.iter().map(|(_, f)| f.len()).sum::<usize>();
+            }
+        }
+    }
+
+    /// The frames after `after`, when the cache holds all of them.
+    fn after(&self, thread: ThreadId, after: u64) -> Option<Vec<(u64, Bytes)>> {
+        let recent = &self.threads.get(&thread)?.recent;
+        let first = recent.front()?.0;
+        if first > after + 1 {
+            return None;
+        }
+        Some(recent.iter().filter(|(seq, _)| *seq > after).cloned().collect())
+    }
+}
+
+/// The online connections, by member, and the news waiting for them.
 #[derive(Debug)]
 pub struct Registry {
     online: Mutex<HashMap<MemberId, Connections>>,
+    news: Mutex<NewsCache>,
     next_id: AtomicU64,
     per_identity: usize,
 }
@@ -78,7 +135,12 @@ pub struct Registry {
 impl Registry {
     /// An empty registry allowing `per_identity` connections per member.
     pub fn new(per_identity: usize) -> Arc<Self> {
-        Arc::new(Self { online: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), per_identity })
+        Arc::new(Self {
+            online: Mutex::new(HashMap::new()),
+            news: Mutex::new(NewsCache::default()),
+            next_id: AtomicU64::new(1),
+            per_identity,
+        })
     }
 
     /// Registers a connection of `member`; dropping the result unregisters it.
@@ -92,6 +154,36 @@ impl Registry {
         let mailbox = Arc::new(Mailbox::default());
         connections.push((id, mailbox.clone()));
         Ok(Registration { registry: self.clone(), member, id, mailbox })
+    }
+
+    /// Publishes a durable entry: encodes it once, caches it, and tells the
+    /// thread's online members. Entries of a thread must be published in order.
+    pub fn publish(&self, store: &dyn Store, thread: ThreadId, entry: Entry) {
+        let membership_changed = matches!(entry.body, EntryBody::MemberAdded { .. });
+        let cached = if membership_changed {
+            None
+        } else {
+            lock(&self.news).threads.get(&thread).map(|news| news.members.clone())
+        };
+        let members: Arc<[MemberId]> = match cached {
+            Some(members) => members,
+            None => match store.members(thread) {
+                Ok(members) => members.into(),
+                Err(e) => {
+                    tracing::error!(error = %e, %thread, "cannot read members; delivery waits for the next entry");
+                    return;
+                }
+            },
+        };
+        let seq = entry.seq;
+        let frame: Bytes = wire::encode(&HubFrame::Event { thread, entry }).into();
+        lock(&self.news).push(thread, members.clone(), seq, frame);
+        self.notify(thread, &members);
+    }
+
+    /// The encoded frames of `thread` after `after`, when the cache holds them all.
+    pub fn recent_after(&self, thread: ThreadId, after: u64) -> Option<Vec<(u64, Bytes)>> {
+        lock(&self.news).after(thread, after)
     }
 
     /// Tells every online connection of `members` that `thread` has news.
@@ -150,10 +242,11 @@ pub enum PumpStopped {
 }
 
 /// Sends `member` every durable entry past its cursor, in order and encoded as
-/// event frames, for as long as the connection lives: first the backlog of all its threads, then news as
-/// the mailbox reports it.
+/// event frames, for as long as the connection lives: first the backlog of all
+/// its threads, then news as the mailbox reports it.
 pub async fn pump(
     store: Arc<dyn Store>,
+    registry: Arc<Registry>,
     member: MemberId,
     mailbox: Arc<Mailbox>,
     out: mpsc::Sender<Bytes>,
@@ -169,17 +262,71 @@ pub async fn pump(
                 None => next_after.entry(thread).or_insert(store.cursor(&member, thread)?),
             };
             loop {
-                let entries = store.entries_after(thread, *after, BATCH)?;
-                let complete = entries.len() < BATCH;
-                for entry in entries {
-                    *after = entry.seq;
-                    let frame = wire::encode(&HubFrame::Event { thread, entry });
-                    out.send(frame.into()).await.map_err(|_| PumpStopped::Closed)?;
+                let (frames, complete) = match registry.recent_after(thread, *after) {
+                    Some(frames) => (frames, true),
+                    None => {
+                        let entries = store.entries_after(thread, *after, BATCH)?;
+                        let complete = entries.len() < BATCH;
+                        let frames = entries
+                            .into_iter()
+                            .map(|entry| (entry.seq, wire::encode(&HubFrame::Event { thread, entry }).into()))
+                            .collect();
+                        (frames, complete)
+                    }
+                };
+                for (seq, frame) in frames {
+                    *after = seq;
+                    out.send(frame).await.map_err(|_| PumpStopped::Closed)?;
                 }
                 if complete {
                     break;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64, size: usize) -> (u64, Bytes) {
+        (seq, Bytes::from(vec![seq as u8; size]))
+    }
+
+    #[test]
+    fn the_cache_answers_only_when_it_covers_the_gap() {
+        let mut cache = NewsCache::default();
+        let thread = ThreadId::random();
+        let members: Arc<[MemberId]> = Arc::from(Vec::new());
+        for seq in 5..=8 {
+            let (seq, f) = frame(seq, 10);
+            cache.push(thread, members.clone(), seq, f);
+        }
+        assert_eq!(cache.after(thread, 4).unwrap().len(), 4);
+        assert_eq!(cache.after(thread, 6).unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(cache.after(thread, 8).unwrap().len(), 0);
+        assert!(cache.after(thread, 3).is_none(), "seq 4 is not cached, so the store must answer");
+        assert!(cache.after(ThreadId::random(), 0).is_none());
+    }
+
+    #[test]
+    fn the_cache_keeps_a_bounded_window_and_budget() {
+        let mut cache = NewsCache::default();
+        let members: Arc<[MemberId]> = Arc::from(Vec::new());
+        let thread = ThreadId::random();
+        for seq in 1..=(RECENT_PER_THREAD as u64 + 10) {
+            let (seq, f) = frame(seq, 100);
+            cache.push(thread, members.clone(), seq, f);
+        }
+        assert_eq!(cache.threads[&thread].recent.len(), RECENT_PER_THREAD);
+        assert!(cache.after(thread, 1).is_none());
+        let big = RECENT_BUDGET / 4 + 1;
+        for _ in 0..8 {
+            let (seq, f) = frame(1, big);
+            cache.push(ThreadId::random(), members.clone(), seq, f);
+        }
+        assert!(cache.bytes <= RECENT_BUDGET);
+        assert!(!cache.threads.contains_key(&thread), "the oldest thread was evicted");
     }
 }

@@ -7,8 +7,10 @@
 //! while it writes its log. So every write goes, in the order a connection
 //! submitted it, to one dedicated thread. That thread applies all writes that
 //! are waiting, makes them durable with a single [`Store::flush`], and only then
-//! answers them. The storage engine sees a single writer, the async workers
-//! never block on storage I/O, and under load one flush covers hundreds of writes.
+//! answers them and publishes the new entries for delivery. The storage engine
+//! sees a single writer, the async workers never block on storage I/O, under
+//! load one flush covers hundreds of writes, and entries reach delivery in
+//! sequence order, each encoded once for all members.
 
 use std::sync::Arc;
 
@@ -18,7 +20,8 @@ use uuid::Uuid;
 use wire::{MemberId, MessageId, ThreadId};
 
 use crate::clock::now_ms;
-use crate::store::{Appended, Created, Store, StoreError};
+use crate::delivery::Registry;
+use crate::store::{Store, StoreError};
 
 /// Writes waiting for the writer thread before submitters wait for room.
 const QUEUE: usize = 8192;
@@ -69,10 +72,20 @@ pub enum Write {
 /// What a durable write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// A thread was created or found.
-    Created(Created),
-    /// An entry was appended or found.
-    Appended(Appended),
+    /// A thread was created, or found when `existing`.
+    Thread {
+        /// The thread.
+        thread: ThreadId,
+        /// True when the creator's reference had created it before.
+        existing: bool,
+    },
+    /// An entry was appended at `seq`, or found there when `duplicate`.
+    Entry {
+        /// Its sequence number.
+        seq: u64,
+        /// True when it was already stored.
+        duplicate: bool,
+    },
     /// A cursor moved.
     Cursor,
 }
@@ -103,10 +116,10 @@ pub struct WriteLog {
 }
 
 impl WriteLog {
-    /// Starts the writer thread for `store`.
-    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Self> {
+    /// Starts the writer thread for `store`, publishing new entries to `registry`.
+    pub fn start(store: Arc<dyn Store>, registry: Arc<Registry>) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(QUEUE);
-        std::thread::Builder::new().name("ketenhub-writer".into()).spawn(move || run(store, receiver))?;
+        std::thread::Builder::new().name("ketenhub-writer".into()).spawn(move || run(store, registry, receiver))?;
         Ok(Self { jobs })
     }
 
@@ -125,21 +138,31 @@ impl WriteLog {
     }
 }
 
-fn apply(store: &dyn Store, write: Write) -> Result<Written, StoreError> {
+/// A write's outcome and the entry it added, if any, for publishing.
+type Applied = (Written, Option<(ThreadId, wire::Entry)>);
+
+fn apply(store: &dyn Store, write: Write) -> Result<Applied, StoreError> {
     let at = now_ms();
-    match write {
+    let appended = |thread: ThreadId, a: crate::store::Appended| {
+        (Written::Entry { seq: a.seq, duplicate: a.duplicate() }, a.entry.map(|e| (thread, e)))
+    };
+    Ok(match write {
         Write::CreateThread { creator, client_ref } => {
-            store.create_thread(&creator, client_ref, at).map(Written::Created)
+            let c = store.create_thread(&creator, client_ref, at)?;
+            (Written::Thread { thread: c.thread, existing: c.entry.is_none() }, c.entry.map(|e| (c.thread, e)))
         }
-        Write::AddMember { thread, by, member } => store.add_member(thread, &by, &member, at).map(Written::Appended),
+        Write::AddMember { thread, by, member } => appended(thread, store.add_member(thread, &by, &member, at)?),
         Write::Append { thread, sender, id, payload } => {
-            store.append_message(thread, &sender, id, &payload, at).map(Written::Appended)
+            appended(thread, store.append_message(thread, &sender, id, &payload, at)?)
         }
-        Write::Cursor { member, thread, seq } => store.advance_cursor(&member, thread, seq).map(|()| Written::Cursor),
-    }
+        Write::Cursor { member, thread, seq } => {
+            store.advance_cursor(&member, thread, seq)?;
+            (Written::Cursor, None)
+        }
+    })
 }
 
-fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>) {
+fn run(store: Arc<dyn Store>, registry: Arc<Registry>, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut results = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
@@ -158,13 +181,20 @@ fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>) {
             error!(error = %e, "flush failed; the batch is not acknowledged");
         }
         for (reply, result) in results.drain(..) {
-            let Some(reply) = reply else { continue };
             let answer = match (&flushed, result) {
                 (Err(e), _) => Err(WriteError::Store(e.clone())),
-                (Ok(()), result) => result.map_err(WriteError::Store),
+                (Ok(()), Err(e)) => Err(WriteError::Store(e)),
+                (Ok(()), Ok((written, news))) => {
+                    if let Some((thread, entry)) = news {
+                        registry.publish(store.as_ref(), thread, entry);
+                    }
+                    Ok(written)
+                }
             };
-            // A submitter that stopped waiting is not an error.
-            let _ = reply.send(answer);
+            if let Some(reply) = reply {
+                // A submitter that stopped waiting is not an error.
+                let _ = reply.send(answer);
+            }
         }
     }
 }

@@ -56,10 +56,10 @@ impl Caller {
 pub enum WriteKind {
     /// A thread creation.
     CreateThread,
-    /// A member added to this thread.
-    AddMember(ThreadId),
-    /// A message sent to this thread.
-    Send(ThreadId),
+    /// A member added.
+    AddMember,
+    /// A message sent.
+    Send,
 }
 
 /// What became of a request once applied.
@@ -95,7 +95,7 @@ impl Hub {
     /// Builds the shared state around a store; starts the writer thread.
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
-        Ok(Arc::new(Self { writes: WriteLog::start(store.clone())?, store, registry, limits }))
+        Ok(Arc::new(Self { writes: WriteLog::start(store.clone(), registry.clone())?, store, registry, limits }))
     }
 
     /// Applies a request. Requests applied one after another are written in
@@ -116,11 +116,11 @@ impl Hub {
                 self.require_member(caller, thread)?;
                 wire::identity::validate_worker(&member.worker)
                     .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
-                (WriteKind::AddMember(thread), Write::AddMember { thread, by: caller.member.clone(), member })
+                (WriteKind::AddMember, Write::AddMember { thread, by: caller.member.clone(), member })
             }
             Request::Send { thread, message, payload } => {
                 self.require_member(caller, thread)?;
-                (WriteKind::Send(thread), Write::Append { thread, sender: caller.member.clone(), id: message, payload })
+                (WriteKind::Send, Write::Append { thread, sender: caller.member.clone(), id: message, payload })
             }
             Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(caller))),
             Request::ListMembers { thread } => {
@@ -144,38 +144,22 @@ impl Hub {
         Ok(Reply::Threads { threads: threads.map_err(internal)? })
     }
 
-    /// Waits for durability where needed, then notifies members and yields the reply.
+    /// Waits for durability where needed and yields the reply. (The writer
+    /// thread has published the new entry to the members by then.)
     pub async fn settle(&self, outcome: Outcome) -> Result<Reply, WireError> {
         let (kind, durable) = match outcome {
             Outcome::Ready(result) => return result,
             Outcome::Writing { kind, durable } => (kind, durable),
         };
         let written = durable.await.unwrap_or(Err(WriteError::Closed)).map_err(not_durable)?;
-        let (reply, news) = match (kind, written) {
-            (WriteKind::CreateThread, Written::Created(c)) => {
-                (Reply::ThreadCreated { thread: c.thread }, (!c.existing).then_some(c.thread))
-            }
-            (WriteKind::AddMember(thread), Written::Appended(a)) => {
-                (Reply::MemberAdded { seq: a.seq }, (!a.duplicate).then_some(thread))
-            }
-            (WriteKind::Send(thread), Written::Appended(a)) => {
-                (Reply::Sent { seq: a.seq, duplicate: a.duplicate }, (!a.duplicate).then_some(thread))
-            }
+        match (kind, written) {
+            (WriteKind::CreateThread, Written::Thread { thread, .. }) => Ok(Reply::ThreadCreated { thread }),
+            (WriteKind::AddMember, Written::Entry { seq, .. }) => Ok(Reply::MemberAdded { seq }),
+            (WriteKind::Send, Written::Entry { seq, duplicate }) => Ok(Reply::Sent { seq, duplicate }),
             (kind, written) => {
                 error!(?kind, ?written, "a write was answered with the wrong kind of result");
-                return Err(WireError::new(ErrorCode::Internal, "internal error"));
+                Err(WireError::new(ErrorCode::Internal, "internal error"))
             }
-        };
-        if let Some(thread) = news {
-            self.notify_members(thread);
-        }
-        Ok(reply)
-    }
-
-    fn notify_members(&self, thread: ThreadId) {
-        match self.store.members(thread) {
-            Ok(members) => self.registry.notify(thread, &members),
-            Err(e) => error!(error = %e, %thread, "cannot read members to notify"),
         }
     }
 

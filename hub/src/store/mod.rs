@@ -35,21 +35,29 @@ pub enum StoreError {
 }
 
 /// The result of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     /// The entry's sequence number.
     pub seq: u64,
-    /// True when nothing new was stored because the entry was already there.
-    pub duplicate: bool,
+    /// The entry written, or `None` when it was already there and nothing new was stored.
+    pub entry: Option<Entry>,
+}
+
+impl Appended {
+    /// True when nothing new was stored.
+    pub fn duplicate(&self) -> bool {
+        self.entry.is_none()
+    }
 }
 
 /// The result of creating a thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
     /// The thread.
     pub thread: ThreadId,
-    /// True when the creator's reference had already created this thread.
-    pub existing: bool,
+    /// The thread's first entry, or `None` when the creator's reference had
+    /// already created this thread.
+    pub entry: Option<Entry>,
 }
 
 /// Storage for threads, members, entries and cursors.

@@ -176,13 +176,14 @@ impl SledStore {
         let seq = log.next_seq;
         let mut batch = sled::Batch::default();
         if let Some(existing) = prepare(seq, &mut batch)? {
-            return Ok(Appended { seq: existing, duplicate: true });
+            return Ok(Appended { seq: existing, entry: None });
         }
-        batch.insert(Self::entry_key(thread, seq), encode(&entry(seq)));
+        let entry = entry(seq);
+        batch.insert(Self::entry_key(thread, seq), encode(&entry));
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq = seq + 1;
         lock(&self.dirty).insert(thread);
-        Ok(Appended { seq, duplicate: false })
+        Ok(Appended { seq, entry: Some(entry) })
     }
 
     fn membership_writes(batch: &mut sled::Batch, thread: ThreadId, member: &MemberId, record: &MembershipRecord) {
@@ -198,7 +199,7 @@ impl Store for SledStore {
         let _one_at_a_time = lock(&self.creating);
         let ref_key = key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()]);
         if let Some(existing) = self.db.get(&ref_key).map_err(backend)? {
-            return Ok(Created { thread: ThreadId(uuid_from(&existing)?), existing: true });
+            return Ok(Created { thread: ThreadId(uuid_from(&existing)?), entry: None });
         }
         let thread = ThreadId::random();
         let record = MembershipRecord { added_by: creator.clone(), added_seq: 1, added_at_ms: at_ms };
@@ -220,7 +221,7 @@ impl Store for SledStore {
         self.db.apply_batch(batch).map_err(backend)?;
         lock(&self.logs).insert(thread, Arc::new(Mutex::new(ThreadLog { next_seq: 2, durable_seq: 0 })));
         lock(&self.dirty).insert(thread);
-        Ok(Created { thread, existing: false })
+        Ok(Created { thread, entry: Some(entry) })
     }
 
     fn add_member(
@@ -265,7 +266,7 @@ impl Store for SledStore {
         if let Some(existing) = self.db.get(&dedup_key).map_err(backend)? {
             let seq = seq_from(&existing)?;
             if self.entry_id(thread, seq)? == Some(id) {
-                return Ok(Appended { seq, duplicate: true });
+                return Ok(Appended { seq, entry: None });
             }
             // The key outlived its entry (lost in a crash before a flush): the id is free.
         }
@@ -279,7 +280,7 @@ impl Store for SledStore {
         self.db.insert(Self::entry_key(thread, seq), encode(&entry)).map_err(backend)?;
         log.next_seq = seq + 1;
         lock(&self.dirty).insert(thread);
-        Ok(Appended { seq, duplicate: false })
+        Ok(Appended { seq, entry: Some(entry) })
     }
 
     fn is_member(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
@@ -403,8 +404,9 @@ mod tests {
         let id = MessageId::new();
         let first = store.append_message(thread, &anna, id, b"x", 2).unwrap();
         let again = store.append_message(thread, &anna, id, b"x", 3).unwrap();
-        assert_eq!(first, Appended { seq: 2, duplicate: false });
-        assert_eq!(again, Appended { seq: 2, duplicate: true });
+        assert_eq!((first.seq, first.duplicate()), (2, false));
+        assert_eq!(first.entry.unwrap().id, id);
+        assert_eq!(again, Appended { seq: 2, entry: None });
     }
 
     #[test]
@@ -417,14 +419,14 @@ mod tests {
         // What a crash between the two inserts leaves: the key, pointing at seq 2, and no entry.
         store.db.insert(key(DEDUP, &[thread.0.as_bytes(), id.0.as_bytes()]), &2u64.to_be_bytes()[..]).unwrap();
         let resent = store.append_message(thread, &anna, id, b"x", 2).unwrap();
-        assert_eq!(resent, Appended { seq: 2, duplicate: false });
+        assert_eq!((resent.seq, resent.duplicate()), (2, false));
         store.flush().unwrap();
         assert_eq!(store.entries_after(thread, 1, 10).unwrap()[0].id, id);
         // A key pointing at another message's entry is not a duplicate either.
         let other = MessageId::new();
         store.db.insert(key(DEDUP, &[thread.0.as_bytes(), other.0.as_bytes()]), &2u64.to_be_bytes()[..]).unwrap();
-        assert_eq!(store.append_message(thread, &anna, other, b"y", 3).unwrap(), Appended { seq: 3, duplicate: false });
-        assert_eq!(store.append_message(thread, &anna, other, b"y", 3).unwrap(), Appended { seq: 3, duplicate: true });
+        assert!(!store.append_message(thread, &anna, other, b"y", 3).unwrap().duplicate());
+        assert_eq!(store.append_message(thread, &anna, other, b"y", 3).unwrap(), Appended { seq: 3, entry: None });
     }
 
     #[test]
@@ -435,7 +437,7 @@ mod tests {
         let first = store.create_thread(&member("anna"), reference, 1).unwrap();
         let again = store.create_thread(&member("anna"), reference, 1).unwrap();
         let other = store.create_thread(&member("piet"), reference, 1).unwrap();
-        assert!(!first.existing && again.existing && !other.existing);
+        assert!(first.entry.is_some() && again.entry.is_none() && other.entry.is_some());
         assert_eq!(first.thread, again.thread);
         assert_ne!(first.thread, other.thread);
     }
@@ -475,7 +477,7 @@ mod tests {
         let added = store.add_member(thread, &anna, &piet, 3).unwrap();
         assert_eq!(added.seq, 3);
         assert_eq!(store.cursor(&piet, thread).unwrap(), 2);
-        assert_eq!(store.add_member(thread, &anna, &piet, 4).unwrap(), Appended { seq: 3, duplicate: true });
+        assert_eq!(store.add_member(thread, &anna, &piet, 4).unwrap(), Appended { seq: 3, entry: None });
         store.advance_cursor(&piet, thread, 3).unwrap();
         store.advance_cursor(&piet, thread, 1).unwrap();
         assert_eq!(store.cursor(&piet, thread).unwrap(), 3);
