@@ -177,10 +177,14 @@ impl Hub {
     }
 
     fn require_member(&self, caller: &Caller, thread: ThreadId) -> Result<(), WireError> {
-        match self.store.is_member(thread, &caller.member) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(WireError::thread_not_found()),
-            Err(e) => Err(internal(e)),
+        let member = match self.registry.cached_membership(thread, &caller.member) {
+            Some(member) => member,
+            None => self.store.is_member(thread, &caller.member).map_err(internal)?,
+        };
+        if member {
+            Ok(())
+        } else {
+            Err(WireError::thread_not_found())
         }
     }
 }
