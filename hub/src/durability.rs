@@ -6,8 +6,10 @@
 //! workers write to sled themselves lets them block inside the storage engine
 //! while it writes its log. So every write goes, in the order a connection
 //! submitted it, to one dedicated thread. That thread applies all writes that
-//! are waiting, makes them durable with a single [`Store::flush`], and only then
-//! answers them and publishes the new entries for delivery. The storage engine
+//! are waiting and passes the batch to a second thread, which makes it durable
+//! with a single [`Store::flush`] and only then answers the writes and publishes
+//! their new entries for delivery. While one batch is being flushed the next is
+//! already being applied, so the disk's latency does not add to every batch. The storage engine
 //! sees a single writer, the async workers never block on storage I/O, under
 //! load one flush covers hundreds of writes, and entries reach delivery in
 //! sequence order, each encoded once for all members.
@@ -109,17 +111,23 @@ struct Job {
     reply: Option<oneshot::Sender<Result<Written, WriteError>>>,
 }
 
-/// A handle to the writer thread; cheap to clone.
+/// A handle to the write path; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WriteLog {
     jobs: mpsc::Sender<Job>,
 }
 
 impl WriteLog {
-    /// Starts the writer thread for `store`, publishing new entries to `registry`.
+    /// Starts the writer and flusher threads for `store`, publishing new entries to `registry`.
     pub fn start(store: Arc<dyn Store>, registry: Arc<Registry>) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(QUEUE);
-        std::thread::Builder::new().name("ketenhub-writer".into()).spawn(move || run(store, registry, receiver))?;
+        // At most one batch waits while another is flushed: deeper would only add latency.
+        let (batches, flusher_input) = std::sync::mpsc::sync_channel(1);
+        let flusher_store = store.clone();
+        std::thread::Builder::new()
+            .name("ketenhub-flusher".into())
+            .spawn(move || flush_loop(flusher_store, registry, flusher_input))?;
+        std::thread::Builder::new().name("ketenhub-writer".into()).spawn(move || apply_loop(store, receiver, batches))?;
         Ok(Self { jobs })
     }
 
@@ -162,25 +170,32 @@ fn apply(store: &dyn Store, write: Write) -> Result<Applied, StoreError> {
     })
 }
 
-fn run(store: Arc<dyn Store>, registry: Arc<Registry>, mut jobs: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut results = Vec::with_capacity(MAX_BATCH);
+/// One applied batch: each write's reply channel and what applying it produced.
+type Batch = Vec<(Option<oneshot::Sender<Result<Written, WriteError>>>, Result<Applied, StoreError>)>;
+
+fn apply_loop(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>, batches: std::sync::mpsc::SyncSender<Batch>) {
     while let Some(first) = jobs.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut batch = Vec::with_capacity(64);
+        let mut job = Some(first);
+        while let Some(Job { write, reply }) = job.take() {
+            batch.push((reply, apply(store.as_ref(), write)));
+            if batch.len() < MAX_BATCH {
+                job = jobs.try_recv().ok();
             }
         }
-        for job in batch.drain(..) {
-            results.push((job.reply, apply(store.as_ref(), job.write)));
+        if batches.send(batch).is_err() {
+            return;
         }
+    }
+}
+
+fn flush_loop(store: Arc<dyn Store>, registry: Arc<Registry>, batches: std::sync::mpsc::Receiver<Batch>) {
+    for batch in batches {
         let flushed = store.flush();
         if let Err(e) = &flushed {
             error!(error = %e, "flush failed; the batch is not acknowledged");
         }
-        for (reply, result) in results.drain(..) {
+        for (reply, result) in batch {
             let answer = match (&flushed, result) {
                 (Err(e), _) => Err(WriteError::Store(e.clone())),
                 (Ok(()), Err(e)) => Err(WriteError::Store(e)),
