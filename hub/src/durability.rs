@@ -127,7 +127,9 @@ impl WriteLog {
         std::thread::Builder::new()
             .name("ketenhub-flusher".into())
             .spawn(move || flush_loop(flusher_store, registry, flusher_input))?;
-        std::thread::Builder::new().name("ketenhub-writer".into()).spawn(move || apply_loop(store, receiver, batches))?;
+        std::thread::Builder::new()
+            .name("ketenhub-writer".into())
+            .spawn(move || apply_loop(store, receiver, batches))?;
         Ok(Self { jobs })
     }
 

@@ -31,6 +31,8 @@ pub const THREAD_SIZE: usize = 4;
 pub const PAYLOAD: usize = 1024;
 /// Sends each sender keeps in flight in the throughput phase.
 const WINDOW: usize = 8;
+/// Messages a client receives between acknowledgements.
+const ACK_EVERY: u32 = 64;
 
 /// How long and how big a run is.
 #[derive(Debug, Clone, Copy)]
@@ -121,25 +123,45 @@ fn sent_at(payload: &[u8]) -> Option<Duration> {
 
 const ORGS: [SampleOrg; 5] = [VT_UTRECHT, LT_WOERDEN, LT_OUDEWATER, RVDK, GI_SAVE];
 
-fn bench_slug(i: usize) -> String {
-    format!("bench-{i:02}")
+/// The identity sets of the benchmark. Each phase has its own, so that no
+/// phase inherits another's backlog.
+#[derive(Debug, Clone, Copy)]
+enum Crew {
+    /// The senders of the throughput phase.
+    Throughput,
+    /// The senders of the latency phase.
+    Latency,
+    /// Identities in no thread, for the connection phases.
+    Idle,
 }
 
-/// Identities that are in no thread: connecting them costs only the connection.
-fn idle_slug(i: usize) -> String {
-    format!("idle-{i:02}")
+impl Crew {
+    const ALL: [Crew; 3] = [Crew::Throughput, Crew::Latency, Crew::Idle];
+
+    fn name(self) -> &'static str {
+        match self {
+            Crew::Throughput => "bench",
+            Crew::Latency => "lat",
+            Crew::Idle => "idle",
+        }
+    }
+
+    fn slug(self, i: usize) -> String {
+        format!("{}-{:02}", self.name(), i % SENDERS)
+    }
 }
 
 fn bench_clients() -> Vec<ExtraClient> {
-    let client = |i: usize, slug: String, worker: String| ExtraClient {
-        slug,
-        org: ORGS[i % ORGS.len()],
-        worker,
-        role: Role::Caseworker,
-    };
-    (0..SENDERS)
-        .map(|i| client(i, bench_slug(i), format!("bench.{i:02}")))
-        .chain((0..SENDERS).map(|i| client(i, idle_slug(i), format!("idle.{i:02}"))))
+    Crew::ALL
+        .iter()
+        .flat_map(|crew| {
+            (0..SENDERS).map(move |i| ExtraClient {
+                slug: crew.slug(i),
+                org: ORGS[i % ORGS.len()],
+                worker: format!("{}.{i:02}", crew.name()),
+                role: Role::Caseworker,
+            })
+        })
         .collect()
 }
 
@@ -169,12 +191,8 @@ impl Drop for Process {
 }
 
 impl Target {
-    fn client(&self, i: usize) -> ClientBuilder {
-        client_for(&self.url, &self.pki, &bench_slug(i % SENDERS)).request_timeout(Duration::from_secs(60))
-    }
-
-    fn idle_client(&self, i: usize) -> ClientBuilder {
-        client_for(&self.url, &self.pki, &idle_slug(i % SENDERS))
+    fn client(&self, crew: Crew, i: usize) -> ClientBuilder {
+        client_for(&self.url, &self.pki, &crew.slug(i)).request_timeout(Duration::from_secs(60))
     }
 
     /// Resident memory of the server process, in bytes.
@@ -242,17 +260,24 @@ struct Swarm {
 }
 
 impl Swarm {
-    async fn connect(target: &Target) -> anyhow::Result<Self> {
+    async fn connect(target: &Target, crew: Crew) -> anyhow::Result<Self> {
         let tally = Arc::new(Tally::default());
         let mut clients = Vec::with_capacity(SENDERS);
         for i in 0..SENDERS {
-            let client = target.client(i).event_buffer(4096).connect().await?;
+            let client = target.client(crew, i).event_buffer(4096).connect().await?;
             let mut events = client.events().context("events")?;
-            let (me, tally) = (client.member_id(), tally.clone());
+            let (me, tally, acker) = (client.member_id(), tally.clone(), client.clone());
             tokio::spawn(async move {
+                // Acknowledge as a real client does, every so many messages.
+                let mut unacked = 0u32;
                 while let Some(event) = events.next().await {
                     if let Event::Message(m) = event {
                         tally.delivered.fetch_add(1, Ordering::Relaxed);
+                        unacked += 1;
+                        if unacked == ACK_EVERY {
+                            unacked = 0;
+                            let _ = acker.ack(m.thread, m.seq).await;
+                        }
                         if m.sender != me && tally.recording.load(Ordering::Relaxed) {
                             if let Some(at) = sent_at(&m.payload) {
                                 let us = epoch().elapsed().saturating_sub(at).as_micros() as u32;
@@ -284,7 +309,7 @@ impl Swarm {
 
 /// Durable routed messages per second with `WINDOW` sends in flight per sender.
 async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f64, f64)> {
-    let swarm = Swarm::connect(target).await?;
+    let swarm = Swarm::connect(target, Crew::Throughput).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -322,7 +347,7 @@ async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f
 
 /// Delivery latency percentiles (ms) at `rate` messages per second in total.
 async fn latency(target: &Target, rate: f64, window: Duration) -> anyhow::Result<[f64; 3]> {
-    let swarm = Swarm::connect(target).await?;
+    let swarm = Swarm::connect(target, Crew::Latency).await?;
     let period = Duration::from_secs_f64(SENDERS as f64 / rate.max(1.0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -363,7 +388,7 @@ async fn handshakes(target: &Target, window: Duration) -> anyhow::Result<(f64, f
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let builder = target.idle_client(i).tls_resumption(false);
+        let builder = target.client(Crew::Idle, i).tls_resumption(false);
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -389,7 +414,7 @@ async fn idle_memory(target: &Target, connections: usize) -> anyhow::Result<f64>
     let before = target.rss()?;
     let mut open = Vec::with_capacity(connections);
     for chunk in (0..connections).collect::<Vec<_>>().chunks(64) {
-        let dialing = chunk.iter().map(|&i| target.idle_client(i).connect_raw());
+        let dialing = chunk.iter().map(|&i| target.client(Crew::Idle, i).connect_raw());
         for connection in futures_util::future::join_all(dialing).await {
             open.push(connection?);
         }
@@ -404,7 +429,7 @@ async fn idle_memory(target: &Target, connections: usize) -> anyhow::Result<f64>
 /// member receives the first delivery; and until it listens.
 async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f64, f64)> {
     pki.write_to(&dir.join("pki"))?;
-    let member = MemberId::new(VT_UTRECHT.oin, "bench.00")?;
+    let member = MemberId::new(ORGS[0].oin, "bench.00")?;
     {
         let store = SledStore::open(&dir.join("data").join("store"))?;
         let threads = 100;
@@ -425,7 +450,7 @@ async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f
     command.arg("hub");
     let hub = HubProcess::spawn(command, dir, "127.0.0.1:0", HUB_BENCH_CONFIG)?;
     let listening = start.elapsed().as_secs_f64();
-    let client = hub.client("bench-00").connect().await?;
+    let client = hub.client(&Crew::Throughput.slug(0)).connect().await?;
     let mut events = client.events().context("events")?;
     crate::next_event(&mut events, Duration::from_secs(60), |e| matches!(e, Event::Message(_))).await?;
     let first = start.elapsed().as_secs_f64();
@@ -518,7 +543,13 @@ pub async fn run(
             Better::Higher,
         ));
     }
+    drop((relay, hub));
     if wanted(Phase::Memory) {
+        // Fresh processes: memory freed by earlier phases would otherwise be
+        // reused by the new connections and hide part of their cost.
+        let fresh = dir.path().join("memory");
+        pki.write_to(&fresh.join("pki"))?;
+        let (relay, hub) = (start_relay(&fresh)?, start_hub(&fresh)?);
         progress(&format!("{} idle connections", scale.idle_connections));
         let relay_mem = idle_memory(&relay, scale.idle_connections).await?;
         let hub_mem = idle_memory(&hub, scale.idle_connections).await?;
@@ -530,7 +561,6 @@ pub async fn run(
             Better::Lower,
         ));
     }
-    drop((relay, hub));
 
     if wanted(Phase::Restart) {
         progress(&format!("restart with {} stored messages", scale.restart_messages));
