@@ -58,6 +58,16 @@ impl Scale {
         }
     }
 
+    /// A seconds-long run that proves every phase works; its figures mean nothing.
+    pub fn smoke() -> Self {
+        Self {
+            window: Duration::from_millis(300),
+            idle_connections: 50,
+            handshake_window: Duration::from_millis(300),
+            restart_messages: 1_000,
+        }
+    }
+
     /// The figures the issue asks for; finishes in a few minutes.
     pub fn full() -> Self {
         Self {

@@ -79,7 +79,9 @@ where
             break;
         }
     }
-    state.online.lock().unwrap().get_mut(&me).map(|senders| senders.retain(|s| !s.same_channel(&tx)));
+    if let Some(senders) = state.online.lock().unwrap().get_mut(&me) {
+        senders.retain(|s| !s.same_channel(&tx));
+    }
     writer.abort();
 }
 

@@ -21,6 +21,9 @@ struct Cli {
     /// A short run (under a minute) with smaller sizes.
     #[arg(long)]
     quick: bool,
+    /// A seconds-long run that checks every phase works (the test suite runs it); its figures mean nothing.
+    #[arg(long, conflicts_with = "quick")]
+    smoke: bool,
     /// Also print the report as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -69,7 +72,11 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse();
-    let scale = if cli.quick { Scale::quick() } else { Scale::full() };
+    let scale = match (cli.quick, cli.smoke) {
+        (true, _) => Scale::quick(),
+        (_, true) => Scale::smoke(),
+        _ => Scale::full(),
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let started = std::time::Instant::now();
     match runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| {
@@ -78,7 +85,7 @@ fn main() -> ExitCode {
         Ok(figures) => {
             println!("{}", bench::table(&figures));
             if cli.json {
-                let report = serde_json::json!({ "quick": cli.quick, "figures": figures });
+                let report = serde_json::json!({ "quick": cli.quick, "smoke": cli.smoke, "figures": figures });
                 println!("{report}");
             }
             ExitCode::SUCCESS

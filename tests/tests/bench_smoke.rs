@@ -1,0 +1,30 @@
+//! The benchmark keeps working: a seconds-long run of every phase produces
+//! every figure, for both servers where both apply.
+
+use std::process::Command;
+
+#[test]
+fn every_benchmark_phase_runs_and_reports() -> anyhow::Result<()> {
+    let output = Command::new(env!("CARGO_BIN_EXE_hub-bench")).args(["--smoke", "--json"]).output()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert!(output.status.success(), "hub-bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    let figures = report["figures"].as_array().expect("figures");
+    let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();
+    for wanted in
+        ["durable routed messages/s", "delivery latency p99", "handshakes", "memory per idle", "until first delivery"]
+    {
+        assert!(names.iter().any(|n| n.contains(wanted)), "no figure for {wanted}: {names:?}");
+    }
+    for figure in figures {
+        let hub = figure["hub"].as_f64().expect("a hub value");
+        assert!(hub.is_finite() && hub >= 0.0, "bad hub value: {figure}");
+        if figure["unit"].as_str().is_some_and(|u| u.ends_with("/s")) {
+            assert!(hub > 0.0, "a rate of zero: {figure}");
+        }
+        if figure["relay"].is_number() {
+            assert!(figure["ratio"].as_f64().is_some_and(|r| r > 0.0), "no ratio: {figure}");
+        }
+    }
+    Ok(())
+}
