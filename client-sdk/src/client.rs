@@ -8,7 +8,7 @@
 //! application has already seen are dropped by sequence number, so each one
 //! reaches the application once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -174,6 +174,25 @@ fn unexpected(reply: Reply) -> Error {
     Error::Protocol(format!("unexpected reply {reply:?}"))
 }
 
+/// Frames queued for the writer task before the driver holds them back.
+const OUTBOX: usize = 256;
+/// How long a polite close may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+type Sink = futures_util::stream::SplitSink<WsStream, WsMessage>;
+
+/// Writes queued frames, flushing after each burst; closes when the queue closes.
+async fn write_frames(mut sink: Sink, mut outbox: mpsc::Receiver<WsMessage>) -> Result<(), String> {
+    while let Some(first) = outbox.recv().await {
+        sink.feed(first).await.map_err(|e| e.to_string())?;
+        while let Ok(more) = outbox.try_recv() {
+            sink.feed(more).await.map_err(|e| e.to_string())?;
+        }
+        sink.flush().await.map_err(|e| e.to_string())?;
+    }
+    sink.close().await.map_err(|e| e.to_string())
+}
+
 /// A request waiting for its answer, kept encoded so it can be sent again.
 struct Pending {
     frame: Vec<u8>,
@@ -293,54 +312,57 @@ impl Driver {
         }
     }
 
-    async fn session(&mut self, mut ws: WsStream) -> Stop {
+    /// Runs one connection until it is lost or the client closes. Reading
+    /// never waits for writing: a separate task writes, and frames to send wait
+    /// in `backlog` while its queue is full, so that the hub and the SDK can never
+    /// both be blocked writing to each other.
+    async fn session(&mut self, ws: WsStream) -> Stop {
         // Callers that gave up no longer need an answer.
         self.pending.retain(|_, p| !p.reply.is_closed());
-        let resend: Vec<Vec<u8>> = self
+        let mut backlog: VecDeque<Vec<u8>> = self
             .acks
             .iter()
             .map(|(thread, seq)| wire::encode(&ClientFrame::Ack { thread: *thread, seq: *seq }))
             .chain(self.pending.values().map(|p| p.frame.clone()))
             .collect();
-        for frame in resend {
-            if let Err(e) = ws.feed(WsMessage::Binary(frame.into())).await {
-                return Stop::Lost(e.to_string());
-            }
-        }
-        if let Err(e) = ws.flush().await {
-            return Stop::Lost(e.to_string());
-        }
-        loop {
+        let (sink, mut stream) = ws.split();
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let mut writer = tokio::spawn(write_frames(sink, outbox_rx));
+        let stop = loop {
             tokio::select! {
-                command = self.commands.recv() => {
-                    let command = match command {
-                        None => {
-                            let _ = ws.close(None).await;
-                            return Stop::Closed(None);
-                        }
-                        Some(Command::Shutdown { done }) => {
-                            let _ = ws.close(None).await;
-                            return Stop::Closed(Some(done));
-                        }
-                        Some(command) => command,
-                    };
-                    if let Some(frame) = self.queue(command) {
-                        if let Err(e) = ws.send(WsMessage::Binary(frame.into())).await {
-                            return Stop::Lost(e.to_string());
-                        }
-                    }
-                }
-                message = ws.next() => match message {
-                    None => return Stop::Lost("connection closed".into()),
-                    Some(Err(e)) => return Stop::Lost(e.to_string()),
+                biased;
+                message = stream.next() => match message {
+                    None => break Stop::Lost("connection closed".into()),
+                    Some(Err(e)) => break Stop::Lost(e.to_string()),
                     Some(Ok(WsMessage::Binary(bytes))) => self.on_frame(&bytes).await,
                     Some(Ok(WsMessage::Close(frame))) => {
-                        return Stop::Lost(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed by the hub".into()))
+                        break Stop::Lost(frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed by the hub".into()))
                     }
                     Some(Ok(_)) => {}
                 },
+                written = &mut writer => {
+                    break Stop::Lost(written.map_or_else(|e| e.to_string(), |r| r.err().unwrap_or_default()));
+                }
+                permit = outbox.reserve(), if !backlog.is_empty() => match (permit, backlog.pop_front()) {
+                    (Ok(permit), Some(frame)) => permit.send(WsMessage::Binary(frame.into())),
+                    _ => break Stop::Lost("writer stopped".into()),
+                },
+                command = self.commands.recv(), if backlog.is_empty() => match command {
+                    None => break Stop::Closed(None),
+                    Some(Command::Shutdown { done }) => break Stop::Closed(Some(done)),
+                    Some(command) => backlog.extend(self.queue(command)),
+                },
             }
+        };
+        match stop {
+            Stop::Closed(_) => {
+                // Closing the queue makes the writer send a close frame and finish.
+                drop(outbox);
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+            }
+            Stop::Lost(_) => writer.abort(),
         }
+        stop
     }
 
     async fn on_frame(&mut self, bytes: &[u8]) {

@@ -196,3 +196,55 @@ async fn an_idle_connection_is_closed() -> anyhow::Result<()> {
     assert!(matches!(end, RawIncoming::Closed { code: 1001, .. } | RawIncoming::Ended), "{end:?}");
     hub.stop().await
 }
+
+#[tokio::test]
+async fn an_invalid_member_id_is_refused_with_a_typed_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let bad = ketenhub_sdk::MemberId { oin: "00000001800000000002".parse()?, worker: "sanne bakker; drop".into() };
+    let result = vt.add_member(thread, bad).await;
+    assert_eq!(result.err().and_then(|e| e.code()), Some(ErrorCode::Invalid));
+    assert_eq!(vt.members(thread).await?, vec![vt.member_id()]);
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_without_holding_up_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = hub::config::Limits {
+        write_timeout_ms: 500,
+        frames_per_second: 100_000,
+        frames_burst: 100_000,
+        max_frame_bytes: 128 * 1024,
+        ..tests::limits()
+    };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let sender = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = sender.create_thread().await?;
+    let mut stalled = hub.client("gi-save-caseworker").connect_raw().await?;
+    sender.add_member(thread, stalled.hello().identity.member_id()).await?;
+    let (watcher, watched, mut events) = bystander(&hub).await?;
+
+    // Far more than the socket buffers hold (Linux autotunes loopback receive
+    // buffers up to tcp_rmem's maximum, 32 MiB here), while the stalled client reads nothing.
+    let sends = (0..900).map(|_| sender.send(thread, vec![0u8; 64 * 1024]));
+    for result in futures_util::future::join_all(sends).await {
+        result?;
+    }
+    still_works(&watcher, watched, &mut events).await?;
+
+    // The hub gave up on the stalled client: its stream ends after what was buffered.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stalled.next().await {
+                Ok(RawIncoming::Frame(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await?;
+    assert!(matches!(ended, Ok(RawIncoming::Ended) | Ok(RawIncoming::Closed { .. })), "{ended:?}");
+    hub.stop().await
+}
