@@ -32,6 +32,7 @@
 
 mod builder;
 mod client;
+pub mod device;
 mod dial;
 mod error;
 mod event;

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Invalid,
     /// The request conflicts with stored state (for example a reused message id).
     Conflict,
+    /// The member has no KeyPackage left at the hub; it must come online and upload more.
+    NoKeyPackage,
     /// The identity already has the maximum number of open connections.
     TooManyConnections,
     /// The hub is shutting down or cannot make the action durable; retry later.

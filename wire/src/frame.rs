@@ -115,6 +115,22 @@ pub enum Request {
         /// The thread.
         thread: ThreadId,
     },
+    /// Stores MLS KeyPackages (TLS-encoded) for the caller. Each must be valid
+    /// and carry the caller's own credential; otherwise none is stored. An
+    /// empty list only asks how many the hub holds.
+    UploadKeyPackages {
+        /// The KeyPackages.
+        key_packages: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Takes one KeyPackage of `member`, who must be a member of `thread`, as
+    /// the caller is, to add it to the thread's MLS group. Each KeyPackage is
+    /// handed out once.
+    ClaimKeyPackage {
+        /// The thread the member will join.
+        thread: ThreadId,
+        /// Whose KeyPackage.
+        member: MemberId,
+    },
 }
 
 /// A frame from the hub to a client.
@@ -197,6 +213,16 @@ pub enum Reply {
         /// The members, in no particular order.
         members: Vec<MemberId>,
     },
+    /// How many KeyPackages of the caller the hub holds after an upload.
+    KeyPackagesStored {
+        /// The number held.
+        stock: u64,
+    },
+    /// A claimed KeyPackage (TLS-encoded).
+    KeyPackage {
+        /// The KeyPackage.
+        key_package: serde_bytes::ByteBuf,
+    },
 }
 
 /// A thread as seen by one member.
@@ -263,6 +289,11 @@ mod tests {
             },
             ClientFrame::Request { id: 4, request: Request::ListThreads },
             ClientFrame::Request { id: 5, request: Request::ListMembers { thread } },
+            ClientFrame::Request {
+                id: 6,
+                request: Request::UploadKeyPackages { key_packages: vec![serde_bytes::ByteBuf::from(vec![1, 2])] },
+            },
+            ClientFrame::Request { id: 7, request: Request::ClaimKeyPackage { thread, member: member() } },
             ClientFrame::Ack { thread, seq: 9 },
         ];
         for frame in frames {
@@ -293,6 +324,8 @@ mod tests {
             HubFrame::Reply { id: 1, result: Ok(Reply::Sent { seq: 3, duplicate: false }) },
             HubFrame::Reply { id: 2, result: Err(WireError::thread_not_found()) },
             HubFrame::Reply { id: 3, result: Ok(Reply::Members { members: vec![member()] }) },
+            HubFrame::Reply { id: 4, result: Ok(Reply::KeyPackagesStored { stock: 5 }) },
+            HubFrame::Reply { id: 5, result: Ok(Reply::KeyPackage { key_package: vec![9, 9].into() }) },
             HubFrame::Event { thread, entry },
             HubFrame::Event {
                 thread,

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod identity;
+pub mod mls;
 
 pub use codec::{decode, encode, DecodeError};
 pub use error::{ErrorCode, WireError};
