@@ -44,6 +44,8 @@ pub struct ClientBuilder {
     keep_events: bool,
     resumption: bool,
     max_frame_bytes: usize,
+    state_dir: Option<PathBuf>,
+    key_package_stock: u64,
 }
 
 impl Default for ClientBuilder {
@@ -60,6 +62,8 @@ impl Default for ClientBuilder {
             keep_events: true,
             resumption: true,
             max_frame_bytes: 4 << 20,
+            state_dir: None,
+            key_package_stock: 16,
         }
     }
 }
@@ -78,6 +82,8 @@ pub(crate) struct Settings {
     pub event_buffer: usize,
     pub keep_events: bool,
     pub max_frame_bytes: usize,
+    pub state_dir: Option<PathBuf>,
+    pub key_package_stock: u64,
 }
 
 impl ClientBuilder {
@@ -160,6 +166,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Where this device keeps its MLS keys and state across restarts. Without
+    /// it, the state lives in memory only and a restarted client cannot read its
+    /// threads' past messages.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// How many KeyPackages the SDK keeps at the hub so others can add this
+    /// device to threads while it is offline (default 16; 0 uploads none).
+    pub fn key_package_stock(mut self, count: u64) -> Self {
+        self.key_package_stock = count;
+        self
+    }
+
     /// The largest frame accepted from the hub (default 4 MiB).
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
         self.max_frame_bytes = bytes;
@@ -188,6 +209,8 @@ impl ClientBuilder {
             event_buffer: self.event_buffer,
             keep_events: self.keep_events,
             max_frame_bytes: self.max_frame_bytes,
+            state_dir: self.state_dir.clone(),
+            key_package_stock: self.key_package_stock,
         })
     }
 

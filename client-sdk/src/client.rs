@@ -21,6 +21,7 @@ use uuid::Uuid;
 use wire::{ClientFrame, EntryBody, HubFrame, Identity, MemberId, MessageId, Reply, Request, ThreadId, ThreadSummary};
 
 use crate::builder::Settings;
+use crate::device::Device;
 use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
 use crate::{ClientBuilder, Error};
@@ -45,6 +46,8 @@ enum Command {
 struct Inner {
     commands: mpsc::Sender<Command>,
     identity: Identity,
+    device: std::sync::Mutex<Device>,
+    key_package_stock: u64,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
     request_timeout: Duration,
 }
@@ -69,18 +72,67 @@ impl Client {
 
     pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
         let (ws, hello) = dial(&settings).await?;
+        let device =
+            Device::open(&hello.identity, settings.state_dir.as_deref()).map_err(|e| Error::Device(e.to_string()))?;
+        let key_package_stock = settings.key_package_stock;
         let (commands, command_rx) = mpsc::channel(256);
         let (event_tx, event_rx) = mpsc::channel(settings.event_buffer);
         let request_timeout = settings.request_timeout;
         tokio::spawn(Driver::new(settings, command_rx, event_tx).run(ws));
-        Ok(Self {
+        let client = Self {
             inner: Arc::new(Inner {
                 commands,
                 identity: hello.identity,
+                device: std::sync::Mutex::new(device),
+                key_package_stock,
                 events: Mutex::new(Some(event_rx)),
                 request_timeout,
             }),
-        })
+        };
+        // In the background: a backlog of events may fill the event buffer
+        // before the application has taken the stream, and replies queue behind events.
+        let topping_up = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = topping_up.top_up_key_packages().await {
+                warn!("could not top up KeyPackages at the hub: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Uploads fresh KeyPackages until the hub holds the configured stock; the
+    /// SDK starts this when it connects. Returns the stock.
+    pub async fn top_up_key_packages(&self) -> Result<u64, Error> {
+        let stock = self.upload_key_packages(Vec::new()).await?;
+        let missing = self.inner.key_package_stock.saturating_sub(stock) as usize;
+        if missing == 0 {
+            return Ok(stock);
+        }
+        let packages = self.device().key_packages(missing).map_err(|e| Error::Device(e.to_string()))?;
+        self.upload_key_packages(packages).await
+    }
+
+    fn device(&self) -> std::sync::MutexGuard<'_, Device> {
+        self.inner.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Uploads KeyPackages (TLS-encoded); returns how many the hub now holds
+    /// for this identity. An empty list only asks.
+    pub async fn upload_key_packages(&self, packages: Vec<Vec<u8>>) -> Result<u64, Error> {
+        let key_packages = packages.into_iter().map(serde_bytes::ByteBuf::from).collect();
+        match self.request(Request::UploadKeyPackages { key_packages }).await? {
+            Reply::KeyPackagesStored { stock } => Ok(stock),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Claims one KeyPackage of `member`, a member of `thread`, to add its
+    /// device to the thread's MLS group.
+    pub async fn claim_key_package(&self, thread: ThreadId, member: MemberId) -> Result<Vec<u8>, Error> {
+        match self.request(Request::ClaimKeyPackage { thread, member }).await? {
+            Reply::KeyPackage { key_package } => Ok(key_package.into_vec()),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The identity the hub read from this client's certificate.
@@ -94,6 +146,11 @@ impl Client {
     }
 
     /// The stream of events. It can be taken once; later calls return `None`.
+    ///
+    /// Events arrive on the same connection as replies, in order: while the
+    /// event buffer is full the SDK stops reading, and replies wait too. Take the
+    /// stream and keep consuming it, or build the client with
+    /// [`ClientBuilder::discard_events`].
     pub fn events(&self) -> Option<EventStream> {
         let receiver = self.inner.events.lock().unwrap_or_else(|p| p.into_inner()).take()?;
         Some(EventStream { receiver })

@@ -25,6 +25,9 @@ pub enum Error {
     /// The hub sent something this SDK does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The device's MLS state could not be read, written or used.
+    #[error("device state: {0}")]
+    Device(String),
     /// The client has been closed.
     #[error("the client is closed")]
     Closed,

@@ -60,6 +60,18 @@ pub enum Write {
         /// The payload.
         payload: Vec<u8>,
     },
+    /// Store verified KeyPackages (see [`Store::add_key_packages`]).
+    AddKeyPackages {
+        /// Whose.
+        member: MemberId,
+        /// The TLS-encoded KeyPackages.
+        packages: Vec<Vec<u8>>,
+    },
+    /// Hand out one KeyPackage (see [`Store::take_key_package`]).
+    TakeKeyPackage {
+        /// Whose.
+        member: MemberId,
+    },
     /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
     Cursor {
         /// Whose cursor.
@@ -72,7 +84,7 @@ pub enum Write {
 }
 
 /// What a durable write produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
     /// A thread was created, or found when `existing`.
     Thread {
@@ -88,6 +100,13 @@ pub enum Written {
         /// True when it was already stored.
         duplicate: bool,
     },
+    /// KeyPackages were stored; the member now holds `stock`.
+    KeyPackages {
+        /// How many the member holds.
+        stock: u64,
+    },
+    /// A KeyPackage was taken, or there was none.
+    KeyPackage(Option<Vec<u8>>),
     /// A cursor moved.
     Cursor,
 }
@@ -165,6 +184,10 @@ fn apply(store: &dyn Store, write: Write) -> Result<Applied, StoreError> {
         Write::Append { thread, sender, id, payload } => {
             appended(thread, store.append_message(thread, &sender, id, &payload, at)?)
         }
+        Write::AddKeyPackages { member, packages } => {
+            (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, None)
+        }
+        Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), None),
         Write::Cursor { member, thread, seq } => {
             store.advance_cursor(&member, thread, seq)?;
             (Written::Cursor, None)

@@ -18,6 +18,11 @@ use crate::delivery::Registry;
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
 use crate::store::{Store, StoreError};
 
+/// KeyPackages accepted in one upload.
+const MAX_KEY_PACKAGE_UPLOAD: usize = 100;
+/// KeyPackages held for one identity.
+const MAX_KEY_PACKAGE_STOCK: usize = 500;
+
 /// The state shared by every connection of a running hub.
 pub struct Hub {
     /// The store, for reads; writes go through [`Hub::writes`].
@@ -60,6 +65,10 @@ pub enum WriteKind {
     AddMember,
     /// A message sent.
     Send,
+    /// KeyPackages uploaded.
+    UploadKeyPackages,
+    /// A KeyPackage claimed.
+    ClaimKeyPackage,
 }
 
 /// What became of a request once applied.
@@ -122,6 +131,21 @@ impl Hub {
                 self.require_member(caller, thread)?;
                 (WriteKind::Send, Write::Append { thread, sender: caller.member.clone(), id: message, payload })
             }
+            Request::UploadKeyPackages { key_packages } => {
+                if key_packages.is_empty() {
+                    let stock = self.store.key_package_stock(&caller.member).map_err(internal)?;
+                    return Ok(Outcome::Ready(Ok(Reply::KeyPackagesStored { stock })));
+                }
+                let packages = self.verify_key_packages(caller, key_packages)?;
+                (WriteKind::UploadKeyPackages, Write::AddKeyPackages { member: caller.member.clone(), packages })
+            }
+            Request::ClaimKeyPackage { thread, member } => {
+                self.require_member(caller, thread)?;
+                if !self.store.is_member(thread, &member).map_err(internal)? {
+                    return Err(WireError::new(ErrorCode::Invalid, format!("{member} is not a member of the thread")));
+                }
+                (WriteKind::ClaimKeyPackage, Write::TakeKeyPackage { member })
+            }
             Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(caller))),
             Request::ListMembers { thread } => {
                 self.require_member(caller, thread)?;
@@ -130,6 +154,40 @@ impl Hub {
             }
         };
         Ok(Outcome::Writing { kind, durable: self.writes.submit(write).await })
+    }
+
+    /// Verifies uploaded KeyPackages: each must verify and carry the caller's
+    /// own identity, and the caller's stock must stay within bounds.
+    fn verify_key_packages(
+        &self,
+        caller: &Caller,
+        uploads: Vec<serde_bytes::ByteBuf>,
+    ) -> Result<Vec<Vec<u8>>, WireError> {
+        let stock = self.store.key_package_stock(&caller.member).map_err(internal)?;
+        if uploads.len() > MAX_KEY_PACKAGE_UPLOAD || stock as usize + uploads.len() > MAX_KEY_PACKAGE_STOCK {
+            return Err(WireError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "at most {MAX_KEY_PACKAGE_UPLOAD} per upload and {MAX_KEY_PACKAGE_STOCK} held; {stock} held now"
+                ),
+            ));
+        }
+        uploads
+            .into_iter()
+            .map(|bytes| {
+                let verified = wire::mls::verify_key_package(&bytes)
+                    .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
+                if verified.member != caller.member || verified.kind != caller.identity.kind {
+                    tracing::warn!(peer = %caller.peer, identity = %caller.identity, claimed = %verified.member,
+                        "refused a KeyPackage whose credential names another identity");
+                    return Err(WireError::new(
+                        ErrorCode::Forbidden,
+                        "the KeyPackage's credential does not name this connection's identity",
+                    ));
+                }
+                Ok(bytes.into_vec())
+            })
+            .collect()
     }
 
     fn list_threads(&self, caller: &Caller) -> Result<Reply, WireError> {
@@ -156,6 +214,14 @@ impl Hub {
             (WriteKind::CreateThread, Written::Thread { thread, .. }) => Ok(Reply::ThreadCreated { thread }),
             (WriteKind::AddMember, Written::Entry { seq, .. }) => Ok(Reply::MemberAdded { seq }),
             (WriteKind::Send, Written::Entry { seq, duplicate }) => Ok(Reply::Sent { seq, duplicate }),
+            (WriteKind::UploadKeyPackages, Written::KeyPackages { stock }) => Ok(Reply::KeyPackagesStored { stock }),
+            (WriteKind::ClaimKeyPackage, Written::KeyPackage(Some(package))) => {
+                Ok(Reply::KeyPackage { key_package: package.into() })
+            }
+            (WriteKind::ClaimKeyPackage, Written::KeyPackage(None)) => Err(WireError::new(
+                ErrorCode::NoKeyPackage,
+                "the member has no KeyPackage left at the hub; it uploads more when it connects",
+            )),
             (kind, written) => {
                 error!(?kind, ?written, "a write was answered with the wrong kind of result");
                 Err(WireError::new(ErrorCode::Internal, "internal error"))

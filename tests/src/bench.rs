@@ -202,7 +202,8 @@ impl Drop for Process {
 
 impl Target {
     fn client(&self, crew: Crew, i: usize) -> ClientBuilder {
-        client_for(&self.url, &self.pki, &crew.slug(i)).request_timeout(Duration::from_secs(60))
+        // No KeyPackage uploads: the benchmark measures messaging, and they would only slow its set-up.
+        client_for(&self.url, &self.pki, &crew.slug(i)).request_timeout(Duration::from_secs(60)).key_package_stock(0)
     }
 
     /// Resident memory of the server process, in bytes.

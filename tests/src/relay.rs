@@ -16,7 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use wire::{ClientFrame, Entry, EntryBody, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId};
+use wire::{
+    ClientFrame, Entry, EntryBody, ErrorCode, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId,
+    WireError,
+};
 
 #[derive(Default)]
 struct State {
@@ -74,8 +77,8 @@ where
     while let Some(Ok(message)) = stream.next().await {
         let Message::Binary(bytes) = message else { continue };
         let Ok(ClientFrame::Request { id, request }) = wire::decode::<ClientFrame>(&bytes) else { continue };
-        let reply = handle(&state, &me, request).await;
-        if tx.send(wire::encode(&HubFrame::Reply { id, result: Ok(reply) }).into()).await.is_err() {
+        let result = handle(&state, &me, request).await;
+        if tx.send(wire::encode(&HubFrame::Reply { id, result }).into()).await.is_err() {
             break;
         }
     }
@@ -85,8 +88,8 @@ where
     writer.abort();
 }
 
-async fn handle(state: &State, me: &MemberId, request: Request) -> Reply {
-    match request {
+async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply, WireError> {
+    Ok(match request {
         Request::CreateThread { .. } => {
             let thread = ThreadId::random();
             state.threads.lock().unwrap().insert(thread, vec![me.clone()]);
@@ -109,7 +112,12 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Reply {
         Request::ListMembers { thread } => {
             Reply::Members { members: state.threads.lock().unwrap().get(&thread).cloned().unwrap_or_default() }
         }
-    }
+        // KeyPackages are acknowledged and dropped: the relay stores nothing.
+        Request::UploadKeyPackages { key_packages } => Reply::KeyPackagesStored { stock: key_packages.len() as u64 },
+        Request::ClaimKeyPackage { .. } => {
+            return Err(WireError::new(ErrorCode::NoKeyPackage, "the relay stores no KeyPackages"))
+        }
+    })
 }
 
 fn recipients(state: &State, thread: ThreadId) -> Vec<mpsc::Sender<Bytes>> {

@@ -110,6 +110,15 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the member's cursor forward to `seq`; never moves it back.
     fn advance_cursor(&self, member: &MemberId, thread: ThreadId, seq: u64) -> Result<(), StoreError>;
 
+    /// Adds MLS KeyPackages (already verified) for `member`; returns how many it holds now.
+    fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError>;
+
+    /// Removes and returns the oldest KeyPackage of `member`, if any.
+    fn take_key_package(&self, member: &MemberId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// How many KeyPackages `member` holds.
+    fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError>;
+
     /// Makes every write made before this call durable, and visible to reads.
     fn flush(&self) -> Result<(), StoreError>;
 }

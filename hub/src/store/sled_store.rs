@@ -16,6 +16,7 @@
 //! | `X` | member, thread | (empty): the member's threads |
 //! | `C` | member, thread | cursor seq |
 //! | `R` | member, client ref | thread: idempotent creation |
+//! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //!
 //! A member is encoded as its 20 OIN digits, a length byte and the worker id,
 //! which keeps prefixes unambiguous. Values are CBOR.
@@ -41,6 +42,7 @@ const DEDUP: u8 = b'D';
 const MEMBER_THREAD: u8 = b'X';
 const CURSOR: u8 = b'C';
 const CREATE_REF: u8 = b'R';
+const KEY_PACKAGE: u8 = b'K';
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -351,6 +353,30 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError> {
+        let mk = member_key(member);
+        let mut batch = sled::Batch::default();
+        for package in packages {
+            let id = self.db.generate_id().map_err(backend)?;
+            batch.insert(key(KEY_PACKAGE, &[&mk, &id.to_be_bytes()]), package.as_slice());
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
+        self.key_package_stock(member)
+    }
+
+    fn take_key_package(&self, member: &MemberId) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(first) = self.db.scan_prefix(key(KEY_PACKAGE, &[&member_key(member)])).next() else {
+            return Ok(None);
+        };
+        let (k, package) = first.map_err(backend)?;
+        self.db.remove(k).map_err(backend)?;
+        Ok(Some(package.to_vec()))
+    }
+
+    fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError> {
+        Ok(self.db.scan_prefix(key(KEY_PACKAGE, &[&member_key(member)])).count() as u64)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let dirty: Vec<ThreadId> = lock(&self.dirty).drain().collect();
         let marks: Vec<(ThreadId, Arc<Mutex<ThreadLog>>, u64)> = dirty
@@ -481,6 +507,19 @@ mod tests {
         store.advance_cursor(&piet, thread, 3).unwrap();
         store.advance_cursor(&piet, thread, 1).unwrap();
         assert_eq!(store.cursor(&piet, thread).unwrap(), 3);
+    }
+
+    #[test]
+    fn key_packages_are_handed_out_once_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (anna, piet) = (member("anna"), member("piet"));
+        assert_eq!(store.add_key_packages(&anna, &[b"one".to_vec(), b"two".to_vec()]).unwrap(), 2);
+        assert_eq!(store.add_key_packages(&piet, &[b"piet".to_vec()]).unwrap(), 1);
+        assert_eq!(store.take_key_package(&anna).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.take_key_package(&anna).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(store.take_key_package(&anna).unwrap(), None);
+        assert_eq!(store.key_package_stock(&piet).unwrap(), 1);
     }
 
     #[test]
