@@ -123,7 +123,7 @@ pub enum DevPkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     /// Writing the files failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: String,

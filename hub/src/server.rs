@@ -41,7 +41,7 @@ pub enum ServeError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     /// A socket or directory operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
