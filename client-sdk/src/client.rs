@@ -18,10 +18,13 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, warn};
 use uuid::Uuid;
-use wire::{ClientFrame, EntryBody, HubFrame, Identity, MemberId, MessageId, Reply, Request, ThreadId, ThreadSummary};
+use wire::{
+    ClientFrame, EntryBody, ErrorCode, HubFrame, Identity, MemberId, MessageId, Reply, Request, ThreadId,
+    ThreadSummary, WireError,
+};
 
 use crate::builder::Settings;
-use crate::device::Device;
+use crate::device::{DecryptError, Device, Processed};
 use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
 use crate::{ClientBuilder, Error};
@@ -43,10 +46,36 @@ enum Command {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+/// The device, shared by the API (which creates commits and encrypts) and the
+/// driver (which processes incoming entries).
+type SharedDevice = Arc<std::sync::Mutex<Device>>;
+
+/// Plaintexts of this client's own recent messages, by id: MLS cannot decrypt
+/// one's own messages, so their echo is shown from here.
+type OwnMessages = Arc<std::sync::Mutex<HashMap<MessageId, Vec<u8>>>>;
+
+/// Own plaintexts kept for their echo, at most.
+const OWN_MESSAGES: usize = 4096;
+
+/// Attempts at claiming a KeyPackage of a member that has none at the hub yet.
+const CLAIM_ATTEMPTS: usize = 10;
+
+/// Attempts at a commit when others' commits keep winning the epoch.
+const COMMIT_ATTEMPTS: usize = 8;
+
+fn lock_device(device: &SharedDevice) -> std::sync::MutexGuard<'_, Device> {
+    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn device_error(e: impl std::fmt::Display) -> Error {
+    Error::Device(e.to_string())
+}
+
 struct Inner {
     commands: mpsc::Sender<Command>,
     identity: Identity,
-    device: std::sync::Mutex<Device>,
+    device: SharedDevice,
+    own: OwnMessages,
     key_package_stock: u64,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
     request_timeout: Duration,
@@ -75,15 +104,19 @@ impl Client {
         let device =
             Device::open(&hello.identity, settings.state_dir.as_deref()).map_err(|e| Error::Device(e.to_string()))?;
         let key_package_stock = settings.key_package_stock;
+        let device: SharedDevice = Arc::new(std::sync::Mutex::new(device));
+        let own: OwnMessages = Arc::default();
         let (commands, command_rx) = mpsc::channel(256);
         let (event_tx, event_rx) = mpsc::channel(settings.event_buffer);
         let request_timeout = settings.request_timeout;
-        tokio::spawn(Driver::new(settings, command_rx, event_tx).run(ws));
+        let member = hello.identity.member_id();
+        tokio::spawn(Driver::new(settings, command_rx, event_tx, device.clone(), own.clone(), member).run(ws));
         let client = Self {
             inner: Arc::new(Inner {
                 commands,
                 identity: hello.identity,
-                device: std::sync::Mutex::new(device),
+                device,
+                own,
                 key_package_stock,
                 events: Mutex::new(Some(event_rx)),
                 request_timeout,
@@ -113,7 +146,7 @@ impl Client {
     }
 
     fn device(&self) -> std::sync::MutexGuard<'_, Device> {
-        self.inner.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_device(&self.inner.device)
     }
 
     /// Uploads KeyPackages (TLS-encoded); returns how many the hub now holds
@@ -162,25 +195,126 @@ impl Client {
         timeout(self.inner.request_timeout, answer).await.map_err(|_| Error::Timeout)?.map_err(|_| Error::Closed)?
     }
 
-    /// Creates a case thread with this client as its first member.
+    /// Creates a case thread with this client as its first member, and the
+    /// thread's MLS group.
     pub async fn create_thread(&self) -> Result<ThreadId, Error> {
-        match self.request(Request::CreateThread { client_ref: Uuid::new_v4() }).await? {
-            Reply::ThreadCreated { thread } => Ok(thread),
-            other => Err(unexpected(other)),
+        let thread = match self.request(Request::CreateThread { client_ref: Uuid::new_v4() }).await? {
+            Reply::ThreadCreated { thread } => thread,
+            other => return Err(unexpected(other)),
+        };
+        let (group_info, ratchet_tree) = self.device().create_group(thread).map_err(device_error)?;
+        match self.request(Request::InitGroup { thread, group_info, ratchet_tree }).await {
+            Ok(Reply::GroupReady { .. }) => Ok(thread),
+            // A resend after a reconnect finds the group registered by the first attempt.
+            Err(Error::Hub(e)) if e.code == ErrorCode::Conflict => Ok(thread),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
         }
     }
 
-    /// Adds a member to a thread; returns the seq of the membership entry.
+    /// Adds a member to a thread: on the hub's membership table, then to the
+    /// thread's MLS group with one of its KeyPackages. Returns the seq of the
+    /// membership entry. From then on the member can read what is sent, and
+    /// nothing sent before.
     pub async fn add_member(&self, thread: ThreadId, member: MemberId) -> Result<u64, Error> {
-        match self.request(Request::AddMember { thread, member }).await? {
-            Reply::MemberAdded { seq } => Ok(seq),
-            other => Err(unexpected(other)),
+        let seq = match self.request(Request::AddMember { thread, member: member.clone() }).await? {
+            Reply::MemberAdded { seq } => seq,
+            other => return Err(unexpected(other)),
+        };
+        for _ in 0..COMMIT_ATTEMPTS {
+            if self.device().has_member(thread, &member) {
+                return Ok(seq);
+            }
+            let key_package = self.claim_key_package_patiently(thread, &member).await?;
+            let verified = wire::mls::verify_key_package(&key_package).map_err(|e| Error::Protocol(e.to_string()))?;
+            if verified.member != member {
+                return Err(Error::Protocol(format!(
+                    "the hub handed out a KeyPackage of {} for {member}",
+                    verified.member
+                )));
+            }
+            let (commit, welcome) = self.device().add(thread, verified.key_package).map_err(device_error)?;
+            if self.commit(thread, commit, Some(welcome)).await? {
+                return Ok(seq);
+            }
+        }
+        Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "other commits kept winning; try again")))
+    }
+
+    /// Removes a member from the thread's MLS group, and with it from the hub's
+    /// membership table. It can read nothing sent afterwards.
+    pub async fn remove_member(&self, thread: ThreadId, member: MemberId) -> Result<(), Error> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            if !self.device().has_member(thread, &member) {
+                return Ok(());
+            }
+            let commit = self.device().remove(thread, &member).map_err(device_error)?;
+            if self.commit(thread, commit, None).await? {
+                return Ok(());
+            }
+        }
+        Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "other commits kept winning; try again")))
+    }
+
+    /// Claims a KeyPackage, waiting a little when the member has none at the
+    /// hub yet: a device uploads its stock just after it connects.
+    async fn claim_key_package_patiently(&self, thread: ThreadId, member: &MemberId) -> Result<Vec<u8>, Error> {
+        let mut wait = Duration::from_millis(20);
+        for _ in 0..CLAIM_ATTEMPTS {
+            match self.claim_key_package(thread, member.clone()).await {
+                Err(e) if e.code() == Some(ErrorCode::NoKeyPackage) => tokio::time::sleep(wait).await,
+                other => return other,
+            }
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+        self.claim_key_package(thread, member.clone()).await
+    }
+
+    /// Sends a commit. `Ok(true)` when the hub accepted it; `Ok(false)` when
+    /// another commit took the epoch first: the pending commit is dropped once
+    /// this device has caught up with the group, and the caller may retry.
+    async fn commit(&self, thread: ThreadId, commit: Vec<u8>, welcome: Option<Vec<u8>>) -> Result<bool, Error> {
+        let welcome = welcome.map(serde_bytes::ByteBuf::from);
+        match self.request(Request::Commit { thread, commit, welcome }).await {
+            Ok(Reply::CommitAccepted { .. }) => {
+                self.device().commit_accepted(thread).map_err(device_error)?;
+                Ok(true)
+            }
+            Err(Error::Hub(e)) if e.code == ErrorCode::StaleEpoch => {
+                // The winning commit arrives as an event; a resend of our own,
+                // already accepted commit also ends here and merges on arrival.
+                self.wait_for_epoch(thread, e.epoch.unwrap_or(0)).await?;
+                self.device().commit_abandoned(thread).map_err(device_error)?;
+                Ok(false)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => {
+                self.device().commit_abandoned(thread).map_err(device_error)?;
+                Err(e)
+            }
         }
     }
 
-    /// Sends a message; returns once the hub has stored it durably.
-    pub async fn send(&self, thread: ThreadId, payload: impl Into<Vec<u8>>) -> Result<Sent, Error> {
-        self.send_with_id(thread, MessageId::new(), payload).await
+    async fn wait_for_epoch(&self, thread: ThreadId, epoch: u64) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        while self.device().epoch(thread).unwrap_or(0) < epoch {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Encrypts a message for the thread's members and sends it; returns once
+    /// the hub has stored the ciphertext durably.
+    pub async fn send(&self, thread: ThreadId, plaintext: impl Into<Vec<u8>>) -> Result<Sent, Error> {
+        self.send_with_id(thread, MessageId::new(), plaintext).await
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, thread: ThreadId, text: &str) -> Result<Sent, Error> {
+        self.send(thread, text.as_bytes().to_vec()).await
     }
 
     /// Sends a message under a given id. Sending the same id again stores nothing new.
@@ -188,12 +322,30 @@ impl Client {
         &self,
         thread: ThreadId,
         id: MessageId,
-        payload: impl Into<Vec<u8>>,
+        plaintext: impl Into<Vec<u8>>,
     ) -> Result<Sent, Error> {
-        match self.request(Request::Send { thread, message: id, payload: payload.into() }).await? {
-            Reply::Sent { seq, duplicate } => Ok(Sent { id, seq, duplicate }),
-            other => Err(unexpected(other)),
+        let plaintext = plaintext.into();
+        {
+            let mut own = self.inner.own.lock().unwrap_or_else(|p| p.into_inner());
+            if own.len() >= OWN_MESSAGES {
+                own.clear();
+            }
+            own.insert(id, plaintext.clone());
         }
+        for _ in 0..COMMIT_ATTEMPTS {
+            let payload = self.device().encrypt(thread, &plaintext).map_err(device_error)?;
+            match self.request(Request::Send { thread, message: id, payload }).await {
+                Ok(Reply::Sent { seq, duplicate }) => return Ok(Sent { id, seq, duplicate }),
+                // Encrypted for an epoch the group has left (a member was added or
+                // removed meanwhile): catch up and encrypt again for the current members.
+                Err(Error::Hub(e)) if e.code == ErrorCode::StaleEpoch => {
+                    self.wait_for_epoch(thread, e.epoch.unwrap_or(0)).await?;
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "the group kept changing; try again")))
     }
 
     /// The threads this client is a member of.
@@ -270,21 +422,22 @@ struct Driver {
     events: mpsc::Sender<Event>,
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
-    delivered: HashMap<ThreadId, u64>,
     acks: HashMap<ThreadId, u64>,
+    device: SharedDevice,
+    own: OwnMessages,
+    me: MemberId,
 }
 
 impl Driver {
-    fn new(settings: Settings, commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Self {
-        Self {
-            settings,
-            commands,
-            events,
-            pending: BTreeMap::new(),
-            next_id: 1,
-            delivered: HashMap::new(),
-            acks: HashMap::new(),
-        }
+    fn new(
+        settings: Settings,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        device: SharedDevice,
+        own: OwnMessages,
+        me: MemberId,
+    ) -> Self {
+        Self { settings, commands, events, pending: BTreeMap::new(), next_id: 1, acks: HashMap::new(), device, own, me }
     }
 
     async fn run(mut self, first: WsStream) {
@@ -437,28 +590,72 @@ impl Driver {
                 }
             }
             HubFrame::Event { thread, entry } => {
-                let seen = self.delivered.entry(thread).or_default();
-                if entry.seq <= *seen {
-                    return;
+                if let Some(event) = self.read_entry(thread, entry) {
+                    self.emit(event).await;
                 }
-                *seen = entry.seq;
-                let event = match entry.body {
-                    EntryBody::Message { payload } => Event::Message(Message {
-                        thread,
-                        seq: entry.seq,
-                        id: entry.id,
-                        sender: entry.sender,
-                        at_ms: entry.at_ms,
-                        payload,
-                    }),
-                    EntryBody::MemberAdded { member } => {
-                        Event::MemberAdded { thread, seq: entry.seq, member, by: entry.sender }
-                    }
-                };
-                self.emit(event).await;
             }
             HubFrame::Error { error } => warn!(code = ?error.code, "hub reported: {}", error.message),
             HubFrame::Hello(_) => {}
+        }
+    }
+
+    /// Turns a thread entry into what the application sees, through the
+    /// thread's MLS group; `None` for entries already seen or meant for MLS only.
+    fn read_entry(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
+        let mut device = lock_device(&self.device);
+        if entry.seq <= device.delivered(thread) {
+            return None;
+        }
+        device.mark_delivered(thread, entry.seq);
+        let seq = entry.seq;
+        match entry.body {
+            EntryBody::Message { .. } if entry.sender == self.me => {
+                let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.id)?;
+                Some(Event::Message(Message {
+                    thread,
+                    seq,
+                    id: entry.id,
+                    sender: entry.sender,
+                    at_ms: entry.at_ms,
+                    payload: own,
+                }))
+            }
+            EntryBody::Message { payload } => Some(match device.process(thread, &payload) {
+                Ok(Processed::Application { plaintext, sender }) if sender == entry.sender => Event::Message(Message {
+                    thread,
+                    seq,
+                    id: entry.id,
+                    sender,
+                    at_ms: entry.at_ms,
+                    payload: plaintext,
+                }),
+                Ok(Processed::Application { .. }) => Event::Unreadable {
+                    thread,
+                    seq,
+                    sender: entry.sender,
+                    error: DecryptError::CannotDecrypt("the MLS sender is not the connection that sent it".into()),
+                },
+                Ok(_) => return None,
+                Err(error) => Event::Unreadable { thread, seq, sender: entry.sender, error },
+            }),
+            EntryBody::MemberAdded { member } => Some(Event::MemberAdded { thread, seq, member, by: entry.sender }),
+            EntryBody::MemberRemoved { member } => Some(Event::MemberRemoved { thread, seq, member, by: entry.sender }),
+            EntryBody::Commit { commit, .. } => match device.process(thread, &commit) {
+                Ok(Processed::Commit { removed_self: true }) => Some(Event::Removed { thread }),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(%thread, seq, "cannot process a commit: {e}");
+                    None
+                }
+            },
+            EntryBody::Welcome { to, welcome } if to.contains(&self.me) => match device.join(thread, &welcome) {
+                Ok(()) => Some(Event::Joined { thread }),
+                Err(e) => {
+                    warn!(%thread, seq, "cannot join from a Welcome: {e}");
+                    None
+                }
+            },
+            EntryBody::Welcome { .. } => None,
         }
     }
 

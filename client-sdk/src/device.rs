@@ -11,16 +11,26 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use openmls::prelude::tls_codec::Serialize as _;
-use openmls::prelude::{BasicCredential, Credential, CredentialWithKey, KeyPackage};
+use std::collections::HashMap;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{
+    BasicCredential, Credential, CredentialWithKey, KeyPackage, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, StagedWelcome,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use wire::mls::{credential_identity, CIPHERSUITE};
-use wire::Identity;
+use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
+use wire::{Identity, MemberId, ThreadId};
+
+/// Past epochs whose keys a device keeps, so messages sent just before a
+/// commit can still be read after it.
+const MAX_PAST_EPOCHS: usize = 4;
 
 /// A failure of the device's MLS state.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +83,8 @@ struct StateFile {
     identity: ByteBuf,
     signature_public_key: ByteBuf,
     values: Vec<(ByteBuf, ByteBuf)>,
+    #[serde(default)]
+    delivered: Vec<(ThreadId, u64)>,
 }
 
 /// This device's MLS keys and state.
@@ -81,6 +93,11 @@ pub struct Device {
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
     state_file: Option<PathBuf>,
+    /// Groups in use, loaded from the storage on first use.
+    groups: HashMap<ThreadId, MlsGroup>,
+    /// Per thread, the last entry handed to the application, so that entries
+    /// delivered again after a restart are not processed twice.
+    delivered: HashMap<ThreadId, u64>,
 }
 
 impl std::fmt::Debug for Device {
@@ -117,7 +134,7 @@ impl Device {
     fn assemble(provider: Provider, signer: SignatureKeyPair, name: Vec<u8>, state_file: Option<PathBuf>) -> Self {
         let credential: Credential = BasicCredential::new(name).into();
         let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
-        Self { provider, signer, credential, state_file }
+        Self { provider, signer, credential, state_file, groups: HashMap::new(), delivered: HashMap::new() }
     }
 
     fn load(path: &Path, name: &[u8]) -> Result<Self, DeviceError> {
@@ -136,7 +153,9 @@ impl Device {
         let signer =
             SignatureKeyPair::read(provider.storage(), &state.signature_public_key, CIPHERSUITE.signature_algorithm())
                 .ok_or_else(|| state_error(path, "the signature key is missing from the state"))?;
-        Ok(Self::assemble(provider, signer, name.to_vec(), Some(path.to_owned())))
+        let mut device = Self::assemble(provider, signer, name.to_vec(), Some(path.to_owned()));
+        device.delivered = state.delivered.into_iter().collect();
+        Ok(device)
     }
 
     /// Writes the state to disk, atomically; a no-op without a state directory.
@@ -150,6 +169,7 @@ impl Device {
             identity: ByteBuf::from(self.credential_name()),
             signature_public_key: ByteBuf::from(self.signer.public().to_vec()),
             values,
+            delivered: self.delivered.iter().map(|(t, s)| (*t, *s)).collect(),
         };
         write_atomically(path, &wire::encode(&state)).map_err(|e| state_error(path, e))
     }
@@ -175,6 +195,246 @@ impl Device {
             .collect::<Result<Vec<_>, _>>()?;
         self.persist()?;
         Ok(packages)
+    }
+}
+
+/// Why an entry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecryptError {
+    /// This device is not in the thread's MLS group (never joined, or removed).
+    #[error("this device is not a member of the thread's group")]
+    NotMember,
+    /// The message is from an epoch this device has no keys for (for example,
+    /// sent before it joined).
+    #[error("cannot decrypt: {0}")]
+    CannotDecrypt(String),
+    /// The ciphertext or its signature does not verify: it was altered.
+    #[error("the message was tampered with")]
+    Tampered,
+    /// The bytes are not an MLS message.
+    #[error("not an MLS message: {0}")]
+    Malformed(String),
+}
+
+/// What processing a thread entry through the group produced.
+#[derive(Debug)]
+pub enum Processed {
+    /// An application message, decrypted, from the member its credential names.
+    Application {
+        /// The plaintext.
+        plaintext: Vec<u8>,
+        /// The sender, as the MLS credential names it.
+        sender: MemberId,
+    },
+    /// A commit was applied; `removed_self` when it removed this device.
+    Commit {
+        /// Whether this device was removed by it.
+        removed_self: bool,
+    },
+    /// Nothing to do (an echo of this device's own message, or an old commit).
+    Nothing,
+}
+
+/// Classifies openmls's processing errors. openmls does not export all of its
+/// error types, so this reads their names: AEAD and signature failures mean
+/// the bytes were altered; eviction means this device left the group.
+fn decrypt_error(error: impl std::fmt::Debug) -> DecryptError {
+    let text = format!("{error:?}");
+    if ["AeadError", "InvalidSignature", "InvalidMembershipTag", "MalformedContent"].iter().any(|t| text.contains(t)) {
+        DecryptError::Tampered
+    } else if text.contains("UseAfterEviction") {
+        DecryptError::NotMember
+    } else {
+        DecryptError::CannotDecrypt(text)
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<MlsMessageIn, DecryptError> {
+    MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| DecryptError::Malformed(e.to_string()))
+}
+
+impl Device {
+    fn create_config() -> MlsGroupCreateConfig {
+        MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .build()
+    }
+
+    fn join_config() -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .build()
+    }
+
+    fn group(&mut self, thread: ThreadId) -> Option<&mut MlsGroup> {
+        if !self.groups.contains_key(&thread) {
+            let group = MlsGroup::load(self.provider.storage(), &group_id(thread)).ok().flatten()?;
+            self.groups.insert(thread, group);
+        }
+        self.groups.get_mut(&thread)
+    }
+
+    fn group_or_err(&mut self, thread: ThreadId) -> Result<&mut MlsGroup, DeviceError> {
+        self.group(thread).ok_or_else(|| DeviceError::Mls("this device has no group for the thread".into()))
+    }
+
+    /// Creates the MLS group of a new thread; returns its GroupInfo and ratchet
+    /// tree for the hub.
+    pub fn create_group(&mut self, thread: ThreadId) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &Self::create_config(),
+            group_id(thread),
+            self.credential.clone(),
+        )
+        .map_err(mls_error)?;
+        let info = group.export_group_info(self.provider.crypto(), &self.signer, false).map_err(mls_error)?;
+        let info = info.tls_serialize_detached().map_err(mls_error)?;
+        let tree = group.export_ratchet_tree().tls_serialize_detached().map_err(mls_error)?;
+        self.groups.insert(thread, group);
+        self.persist()?;
+        Ok((info, tree))
+    }
+
+    /// The group's epoch, if this device is in the thread's group.
+    pub fn epoch(&mut self, thread: ThreadId) -> Option<u64> {
+        self.group(thread).map(|g| g.epoch().as_u64())
+    }
+
+    /// Whether `member` is in the thread's group, as this device sees it.
+    pub fn has_member(&mut self, thread: ThreadId, member: &MemberId) -> bool {
+        self.group(thread)
+            .is_some_and(|g| g.members().any(|m| member_of(&m.credential).is_some_and(|(x, _)| &x == member)))
+    }
+
+    /// Prepares a commit adding the device of `key_package`; returns the commit
+    /// and the Welcome. The commit stays pending until accepted or refused.
+    pub fn add(&mut self, thread: ThreadId, key_package: KeyPackage) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.groups.get_mut(&thread).ok_or_else(|| DeviceError::Mls("no group".into()))?;
+        let (commit, welcome, _) = group.add_members(provider, signer, &[key_package]).map_err(mls_error)?;
+        let out =
+            (commit.tls_serialize_detached().map_err(mls_error)?, welcome.tls_serialize_detached().map_err(mls_error)?);
+        self.persist()?;
+        Ok(out)
+    }
+
+    /// Prepares a commit removing `member`'s devices; the commit stays pending.
+    pub fn remove(&mut self, thread: ThreadId, member: &MemberId) -> Result<Vec<u8>, DeviceError> {
+        self.group_or_err(thread)?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.groups.get_mut(&thread).ok_or_else(|| DeviceError::Mls("no group".into()))?;
+        let leaves: Vec<LeafNodeIndex> = group
+            .members()
+            .filter(|m| member_of(&m.credential).is_some_and(|(x, _)| &x == member))
+            .map(|m| m.index)
+            .collect();
+        if leaves.is_empty() {
+            return Err(DeviceError::Mls(format!("{member} is not in the group")));
+        }
+        let (commit, _, _) = group.remove_members(provider, signer, &leaves).map_err(mls_error)?;
+        let commit = commit.tls_serialize_detached().map_err(mls_error)?;
+        self.persist()?;
+        Ok(commit)
+    }
+
+    /// The hub accepted this device's pending commit (a no-op when it was
+    /// already merged because the commit's own entry arrived first).
+    pub fn commit_accepted(&mut self, thread: ThreadId) -> Result<(), DeviceError> {
+        let provider = &self.provider;
+        if let Some(group) = self.groups.get_mut(&thread).filter(|g| g.pending_commit().is_some()) {
+            group.merge_pending_commit(provider).map_err(mls_error)?;
+        }
+        self.persist()
+    }
+
+    /// Drops a pending commit the hub will never accept.
+    pub fn commit_abandoned(&mut self, thread: ThreadId) -> Result<(), DeviceError> {
+        let storage = self.provider.storage();
+        if let Some(group) = self.groups.get_mut(&thread) {
+            group.clear_pending_commit(storage).map_err(mls_error)?;
+        }
+        self.persist()
+    }
+
+    /// Encrypts an application message for the thread.
+    pub fn encrypt(&mut self, thread: ThreadId, plaintext: &[u8]) -> Result<Vec<u8>, DeviceError> {
+        self.group_or_err(thread)?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.groups.get_mut(&thread).ok_or_else(|| DeviceError::Mls("no group".into()))?;
+        let message = group.create_message(provider, signer, plaintext).map_err(mls_error)?;
+        let bytes = message.tls_serialize_detached().map_err(mls_error)?;
+        self.persist()?;
+        Ok(bytes)
+    }
+
+    /// Processes an MLS message of the thread (an application message or a commit).
+    pub fn process(&mut self, thread: ThreadId, bytes: &[u8]) -> Result<Processed, DecryptError> {
+        let message =
+            parse(bytes)?.try_into_protocol_message().map_err(|e| DecryptError::Malformed(format!("{e:?}")))?;
+        self.group(thread).ok_or(DecryptError::NotMember)?;
+        let provider = &self.provider;
+        let group = self.groups.get_mut(&thread).ok_or(DecryptError::NotMember)?;
+        if message.epoch() < group.epoch() && message.is_handshake_message() {
+            return Ok(Processed::Nothing);
+        }
+        let processed = group.process_message(provider, message).map_err(decrypt_error)?;
+        let sender = member_of(processed.credential()).map(|(m, _)| m);
+        let result = match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(message) => Processed::Application {
+                plaintext: message.into_bytes(),
+                sender: sender
+                    .ok_or_else(|| DecryptError::CannotDecrypt("the sender has no Ketenhub credential".into()))?,
+            },
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed_self = staged.self_removed();
+                group
+                    .merge_staged_commit(provider, *staged)
+                    .map_err(|e| DecryptError::CannotDecrypt(format!("{e:?}")))?;
+                Processed::Commit { removed_self }
+            }
+            ProcessedMessageContent::OwnPendingCommit => {
+                group.merge_pending_commit(provider).map_err(|e| DecryptError::CannotDecrypt(format!("{e:?}")))?;
+                Processed::Commit { removed_self: false }
+            }
+            _ => Processed::Nothing,
+        };
+        let _ = self.persist();
+        Ok(result)
+    }
+
+    /// Joins a thread's group from a Welcome addressed to this device.
+    pub fn join(&mut self, thread: ThreadId, welcome: &[u8]) -> Result<(), DecryptError> {
+        let welcome = match parse(welcome)?.extract() {
+            MlsMessageBodyIn::Welcome(welcome) => welcome,
+            _ => return Err(DecryptError::Malformed("not a Welcome".into())),
+        };
+        let group = StagedWelcome::new_from_welcome(&self.provider, &Self::join_config(), welcome, None)
+            .and_then(|staged| staged.into_group(&self.provider))
+            .map_err(|e| DecryptError::CannotDecrypt(format!("{e:?}")))?;
+        if group.group_id() != &group_id(thread) {
+            return Err(DecryptError::Malformed("a Welcome for another thread".into()));
+        }
+        self.groups.insert(thread, group);
+        let _ = self.persist();
+        Ok(())
+    }
+
+    /// The last entry of `thread` handed to the application.
+    pub fn delivered(&self, thread: ThreadId) -> u64 {
+        self.delivered.get(&thread).copied().unwrap_or(0)
+    }
+
+    /// Records that the application has seen `thread` up to `seq`.
+    pub fn mark_delivered(&mut self, thread: ThreadId, seq: u64) {
+        let seen = self.delivered.entry(thread).or_default();
+        *seen = (*seen).max(seq);
     }
 }
 

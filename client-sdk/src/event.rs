@@ -40,6 +40,38 @@ pub enum Event {
         /// Who added them.
         by: MemberId,
     },
+    /// A member was removed from a thread.
+    MemberRemoved {
+        /// The thread.
+        thread: ThreadId,
+        /// The entry's sequence number.
+        seq: u64,
+        /// Who was removed.
+        member: MemberId,
+        /// Who removed them.
+        by: MemberId,
+    },
+    /// This device joined the thread's MLS group and reads it from now on.
+    Joined {
+        /// The thread.
+        thread: ThreadId,
+    },
+    /// This device was removed from the thread's MLS group.
+    Removed {
+        /// The thread.
+        thread: ThreadId,
+    },
+    /// A message that could not be read, and why; it is never shown as plaintext.
+    Unreadable {
+        /// The thread.
+        thread: ThreadId,
+        /// The entry's sequence number.
+        seq: u64,
+        /// Who sent it, as the hub authenticated them.
+        sender: MemberId,
+        /// Why it could not be read.
+        error: crate::device::DecryptError,
+    },
     /// The connection was (re-)established; delivery resumes from the cursor.
     Connected,
     /// The connection dropped; the SDK is reconnecting.
@@ -54,8 +86,10 @@ impl Event {
     pub fn position(&self) -> Option<(ThreadId, u64)> {
         match self {
             Self::Message(m) => Some((m.thread, m.seq)),
-            Self::MemberAdded { thread, seq, .. } => Some((*thread, *seq)),
-            Self::Connected | Self::Disconnected { .. } => None,
+            Self::MemberAdded { thread, seq, .. }
+            | Self::MemberRemoved { thread, seq, .. }
+            | Self::Unreadable { thread, seq, .. } => Some((*thread, *seq)),
+            Self::Joined { .. } | Self::Removed { .. } | Self::Connected | Self::Disconnected { .. } => None,
         }
     }
 }

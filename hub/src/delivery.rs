@@ -74,11 +74,41 @@ type ConnectionId = u64;
 /// One member's open connections.
 type Connections = Vec<(ConnectionId, Arc<Mailbox>)>;
 
+/// A recent entry: its seq, its encoded frame, and, for a Welcome, the only
+/// members who may receive it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    seq: u64,
+    bytes: Bytes,
+    to: Option<Arc<[MemberId]>>,
+    /// The member this entry removes from the thread, if it does.
+    removes: Option<MemberId>,
+}
+
+impl Frame {
+    fn of(thread: ThreadId, entry: Entry) -> Self {
+        let to = match &entry.body {
+            EntryBody::Welcome { to, .. } => Some(to.clone().into()),
+            _ => None,
+        };
+        let removes = match &entry.body {
+            EntryBody::MemberRemoved { member } => Some(member.clone()),
+            _ => None,
+        };
+        let seq = entry.seq;
+        Self { seq, bytes: wire::encode(&HubFrame::Event { thread, entry }).into(), to, removes }
+    }
+
+    fn is_for(&self, member: &MemberId) -> bool {
+        self.to.as_ref().is_none_or(|to| to.contains(member))
+    }
+}
+
 /// A thread's members and its most recent durable entries, encoded.
 #[derive(Debug)]
 struct ThreadNews {
     members: Arc<[MemberId]>,
-    recent: VecDeque<(u64, Bytes)>,
+    recent: VecDeque<Frame>,
 }
 
 /// Recent news of the threads that were active lately, within a byte budget.
@@ -91,35 +121,35 @@ struct NewsCache {
 }
 
 impl NewsCache {
-    fn push(&mut self, thread: ThreadId, members: Arc<[MemberId]>, seq: u64, frame: Bytes) {
-        self.bytes += frame.len();
+    fn push(&mut self, thread: ThreadId, members: Arc<[MemberId]>, frame: Frame) {
+        self.bytes += frame.bytes.len();
         let news = self.threads.entry(thread).or_insert_with(|| {
             self.order.push_back(thread);
             ThreadNews { members: members.clone(), recent: VecDeque::new() }
         });
         news.members = members;
-        news.recent.push_back((seq, frame));
+        news.recent.push_back(frame);
         if news.recent.len() > RECENT_PER_THREAD {
-            if let Some((_, old)) = news.recent.pop_front() {
-                self.bytes -= old.len();
+            if let Some(old) = news.recent.pop_front() {
+                self.bytes -= old.bytes.len();
             }
         }
         while self.bytes > RECENT_BUDGET {
             let Some(evicted) = self.order.pop_front() else { break };
             if let Some(news) = self.threads.remove(&evicted) {
-                self.bytes -= news.recent.iter().map(|(_, f)| f.len()).sum::<usize>();
+                self.bytes -= news.recent.iter().map(|f| f.bytes.len()).sum::<usize>();
             }
         }
     }
 
     /// The frames after `after`, when the cache holds all of them.
-    fn after(&self, thread: ThreadId, after: u64) -> Option<Vec<(u64, Bytes)>> {
+    fn after(&self, thread: ThreadId, after: u64) -> Option<Vec<Frame>> {
         let recent = &self.threads.get(&thread)?.recent;
-        let first = recent.front()?.0;
+        let first = recent.front()?.seq;
         if first > after + 1 {
             return None;
         }
-        Some(recent.iter().filter(|(seq, _)| *seq > after).cloned().collect())
+        Some(recent.iter().filter(|f| f.seq > after).cloned().collect())
     }
 }
 
@@ -159,13 +189,9 @@ impl Registry {
     /// Publishes a durable entry: encodes it once, caches it, and tells the
     /// thread's online members. Entries of a thread must be published in order.
     pub fn publish(&self, store: &dyn Store, thread: ThreadId, entry: Entry) {
-        let membership_changed = matches!(entry.body, EntryBody::MemberAdded { .. });
-        let cached = if membership_changed {
-            None
-        } else {
-            lock(&self.news).threads.get(&thread).map(|news| news.members.clone())
-        };
-        let members: Arc<[MemberId]> = match cached {
+        let membership_changed = matches!(entry.body, EntryBody::MemberAdded { .. } | EntryBody::MemberRemoved { .. });
+        let cached = lock(&self.news).threads.get(&thread).map(|news| news.members.clone());
+        let members: Arc<[MemberId]> = match cached.clone().filter(|_| !membership_changed) {
             Some(members) => members,
             None => match store.members(thread) {
                 Ok(members) => members.into(),
@@ -175,10 +201,14 @@ impl Registry {
                 }
             },
         };
-        let seq = entry.seq;
-        let frame: Bytes = wire::encode(&HubFrame::Event { thread, entry }).into();
-        lock(&self.news).push(thread, members.clone(), seq, frame);
-        self.notify(thread, &members);
+        let frame = Frame::of(thread, entry);
+        // A removed member still hears of its removal, and a Welcome goes only to its addressees.
+        let mut audience: Vec<MemberId> = members.iter().filter(|m| frame.is_for(m)).cloned().collect();
+        if let Some(removed) = &frame.removes {
+            audience.push(removed.clone());
+        }
+        lock(&self.news).push(thread, members, frame);
+        self.notify(thread, &audience);
     }
 
     /// Whether `member` belongs to `thread`, when the thread is cached. The cache
@@ -188,8 +218,8 @@ impl Registry {
         lock(&self.news).threads.get(&thread).map(|news| news.members.contains(member))
     }
 
-    /// The encoded frames of `thread` after `after`, when the cache holds them all.
-    pub fn recent_after(&self, thread: ThreadId, after: u64) -> Option<Vec<(u64, Bytes)>> {
+    /// The recent frames of `thread` after `after`, when the cache holds them all.
+    pub fn recent_after(&self, thread: ThreadId, after: u64) -> Option<Vec<Frame>> {
         lock(&self.news).after(thread, after)
     }
 
@@ -262,28 +292,35 @@ pub async fn pump(
         mailbox.mark(thread);
     }
     let mut next_after: HashMap<ThreadId, u64> = HashMap::new();
+    // Threads this member was removed from while connected: nothing more of them is sent.
+    let mut left: HashSet<ThreadId> = HashSet::new();
     loop {
         for thread in mailbox.take().await {
+            if left.contains(&thread) {
+                continue;
+            }
             let after = match next_after.get_mut(&thread) {
                 Some(after) => after,
                 None => next_after.entry(thread).or_insert(store.cursor(&member, thread)?),
             };
-            loop {
+            'thread: loop {
                 let (frames, complete) = match registry.recent_after(thread, *after) {
                     Some(frames) => (frames, true),
                     None => {
                         let entries = store.entries_after(thread, *after, BATCH)?;
                         let complete = entries.len() < BATCH;
-                        let frames = entries
-                            .into_iter()
-                            .map(|entry| (entry.seq, wire::encode(&HubFrame::Event { thread, entry }).into()))
-                            .collect();
-                        (frames, complete)
+                        (entries.into_iter().map(|entry| Frame::of(thread, entry)).collect(), complete)
                     }
                 };
-                for (seq, frame) in frames {
-                    *after = seq;
-                    out.send(frame).await.map_err(|_| PumpStopped::Closed)?;
+                for frame in frames {
+                    *after = frame.seq;
+                    if frame.is_for(&member) {
+                        out.send(frame.bytes).await.map_err(|_| PumpStopped::Closed)?;
+                    }
+                    if frame.removes.as_ref() == Some(&member) {
+                        left.insert(thread);
+                        break 'thread;
+                    }
                 }
                 if complete {
                     break;
@@ -297,8 +334,8 @@ pub async fn pump(
 mod tests {
     use super::*;
 
-    fn frame(seq: u64, size: usize) -> (u64, Bytes) {
-        (seq, Bytes::from(vec![seq as u8; size]))
+    fn frame(seq: u64, size: usize) -> Frame {
+        Frame { seq, bytes: Bytes::from(vec![seq as u8; size]), to: None, removes: None }
     }
 
     #[test]
@@ -307,11 +344,10 @@ mod tests {
         let thread = ThreadId::random();
         let members: Arc<[MemberId]> = Arc::from(Vec::new());
         for seq in 5..=8 {
-            let (seq, f) = frame(seq, 10);
-            cache.push(thread, members.clone(), seq, f);
+            cache.push(thread, members.clone(), frame(seq, 10));
         }
         assert_eq!(cache.after(thread, 4).unwrap().len(), 4);
-        assert_eq!(cache.after(thread, 6).unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(cache.after(thread, 6).unwrap().iter().map(|f| f.seq).collect::<Vec<_>>(), vec![7, 8]);
         assert_eq!(cache.after(thread, 8).unwrap().len(), 0);
         assert!(cache.after(thread, 3).is_none(), "seq 4 is not cached, so the store must answer");
         assert!(cache.after(ThreadId::random(), 0).is_none());
@@ -323,15 +359,13 @@ mod tests {
         let members: Arc<[MemberId]> = Arc::from(Vec::new());
         let thread = ThreadId::random();
         for seq in 1..=(RECENT_PER_THREAD as u64 + 10) {
-            let (seq, f) = frame(seq, 100);
-            cache.push(thread, members.clone(), seq, f);
+            cache.push(thread, members.clone(), frame(seq, 100));
         }
         assert_eq!(cache.threads[&thread].recent.len(), RECENT_PER_THREAD);
         assert!(cache.after(thread, 1).is_none());
         let big = RECENT_BUDGET / 4 + 1;
         for _ in 0..8 {
-            let (seq, f) = frame(1, big);
-            cache.push(ThreadId::random(), members.clone(), seq, f);
+            cache.push(ThreadId::random(), members.clone(), frame(1, big));
         }
         assert!(cache.bytes <= RECENT_BUDGET);
         assert!(!cache.threads.contains_key(&thread), "the oldest thread was evicted");

@@ -14,16 +14,17 @@
 //! load one flush covers hundreds of writes, and entries reach delivery in
 //! sequence order, each encoded once for all members.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 use uuid::Uuid;
-use wire::{MemberId, MessageId, ThreadId};
+use wire::{ErrorCode, MemberId, MessageId, ThreadId, WireError};
 
 use crate::clock::now_ms;
 use crate::delivery::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{AcceptedCommit, Store, StoreError};
 
 /// Writes waiting for the writer thread before submitters wait for room.
 const QUEUE: usize = 8192;
@@ -57,8 +58,32 @@ pub enum Write {
         sender: MemberId,
         /// The sender's message id.
         id: MessageId,
-        /// The payload.
+        /// The payload: an MLS private message.
         payload: Vec<u8>,
+        /// The epoch it was encrypted in, which must be the group's.
+        epoch: u64,
+    },
+    /// Register a thread's new MLS group (see [`crate::groups::init`]).
+    InitGroup {
+        /// The thread.
+        thread: ThreadId,
+        /// Who registers it: the thread's creator.
+        caller: MemberId,
+        /// The GroupInfo message.
+        group_info: Vec<u8>,
+        /// The ratchet tree.
+        ratchet_tree: Vec<u8>,
+    },
+    /// Apply an MLS commit to a thread's group (see [`crate::groups::check_commit`]).
+    Commit {
+        /// The thread.
+        thread: ThreadId,
+        /// Who commits.
+        caller: MemberId,
+        /// The commit message.
+        commit: Vec<u8>,
+        /// The Welcome for the members it adds.
+        welcome: Option<Vec<u8>>,
     },
     /// Store verified KeyPackages (see [`Store::add_key_packages`]).
     AddKeyPackages {
@@ -100,6 +125,18 @@ pub enum Written {
         /// True when it was already stored.
         duplicate: bool,
     },
+    /// The thread's MLS group was registered at `epoch`.
+    Group {
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// A commit was accepted: the group is at `epoch` and the commit is entry `seq`.
+    Commit {
+        /// The new epoch.
+        epoch: u64,
+        /// The commit's entry.
+        seq: u64,
+    },
     /// KeyPackages were stored; the member now holds `stock`.
     KeyPackages {
         /// How many the member holds.
@@ -117,6 +154,10 @@ pub enum WriteError {
     /// The store refused the write or failed to flush it.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The write's own checks refused it (a commit that does not fit the group
+    /// or the membership table); nothing was written.
+    #[error("{0}")]
+    Refused(WireError),
     /// The writer thread is gone (the hub is shutting down).
     #[error("the hub is shutting down")]
     Closed,
@@ -167,43 +208,133 @@ impl WriteLog {
     }
 }
 
-/// A write's outcome and the entry it added, if any, for publishing.
-type Applied = (Written, Option<(ThreadId, wire::Entry)>);
+/// A write's outcome and the entries it added, for publishing.
+type Applied = (Written, Vec<(ThreadId, wire::Entry)>);
 
-fn apply(store: &dyn Store, write: Write) -> Result<Applied, StoreError> {
+/// The writer's view of each thread's MLS epoch. Only the writer changes
+/// epochs, so checking a message against this, in write order, is exact: no
+/// message encrypted for an old epoch lands after the commit that ended it.
+#[derive(Default)]
+struct Epochs(HashMap<ThreadId, u64>);
+
+impl Epochs {
+    fn of(&mut self, store: &dyn Store, thread: ThreadId) -> Result<u64, WriteError> {
+        if let Some(epoch) = self.0.get(&thread) {
+            return Ok(*epoch);
+        }
+        let state =
+            store.group_state(thread)?.ok_or_else(|| refused(ErrorCode::Invalid, "the thread has no MLS group"))?;
+        let epoch = crate::groups::epoch(&state, thread).map_err(WriteError::Refused)?;
+        self.0.insert(thread, epoch);
+        Ok(epoch)
+    }
+}
+
+fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied, WriteError> {
     let at = now_ms();
     let appended = |thread: ThreadId, a: crate::store::Appended| {
-        (Written::Entry { seq: a.seq, duplicate: a.duplicate() }, a.entry.map(|e| (thread, e)))
+        (Written::Entry { seq: a.seq, duplicate: a.duplicate() }, a.entry.map(|e| (thread, e)).into_iter().collect())
     };
     Ok(match write {
         Write::CreateThread { creator, client_ref } => {
             let c = store.create_thread(&creator, client_ref, at)?;
-            (Written::Thread { thread: c.thread, existing: c.entry.is_none() }, c.entry.map(|e| (c.thread, e)))
+            let existing = c.entry.is_none();
+            (Written::Thread { thread: c.thread, existing }, c.entry.map(|e| (c.thread, e)).into_iter().collect())
+        }
+        Write::InitGroup { thread, caller, group_info, ratchet_tree } => {
+            if !store.is_member(thread, &caller)? {
+                return Err(WriteError::Refused(WireError::thread_not_found()));
+            }
+            if store.group_state(thread)?.is_some() {
+                return Err(refused(ErrorCode::Conflict, "the thread's group is already registered"));
+            }
+            let state =
+                crate::groups::init(thread, &caller, &group_info, &ratchet_tree).map_err(WriteError::Refused)?;
+            store.init_group(thread, &state)?;
+            epochs.0.insert(thread, 0);
+            (Written::Group { epoch: 0 }, Vec::new())
+        }
+        Write::Commit { thread, caller, commit, welcome } => {
+            let applied = apply_commit(store, thread, &caller, &commit, welcome, at)?;
+            if let Written::Commit { epoch, .. } = applied.0 {
+                epochs.0.insert(thread, epoch);
+            }
+            applied
         }
         Write::AddMember { thread, by, member } => appended(thread, store.add_member(thread, &by, &member, at)?),
-        Write::Append { thread, sender, id, payload } => {
+        Write::Append { thread, sender, id, payload, epoch } => {
+            let current = epochs.of(store, thread)?;
+            if epoch != current {
+                return Err(WriteError::Refused(crate::groups::stale(current)));
+            }
             appended(thread, store.append_message(thread, &sender, id, &payload, at)?)
         }
         Write::AddKeyPackages { member, packages } => {
-            (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, None)
+            (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, Vec::new())
         }
-        Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), None),
+        Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), Vec::new()),
         Write::Cursor { member, thread, seq } => {
             store.advance_cursor(&member, thread, seq)?;
-            (Written::Cursor, None)
+            (Written::Cursor, Vec::new())
         }
     })
 }
 
+fn refused(code: ErrorCode, message: &str) -> WriteError {
+    WriteError::Refused(WireError::new(code, message))
+}
+
+/// Checks a commit against the group and the membership table, then stores it.
+fn apply_commit(
+    store: &dyn Store,
+    thread: ThreadId,
+    caller: &MemberId,
+    commit: &[u8],
+    welcome: Option<Vec<u8>>,
+    at_ms: u64,
+) -> Result<Applied, WriteError> {
+    if !store.is_member(thread, caller)? {
+        return Err(WriteError::Refused(WireError::thread_not_found()));
+    }
+    let state = store.group_state(thread)?.ok_or_else(|| refused(ErrorCode::Invalid, "the thread has no MLS group"))?;
+    let checked = crate::groups::check_commit(&state, thread, caller, commit).map_err(WriteError::Refused)?;
+    for added in &checked.added {
+        if !store.is_member(thread, added)? {
+            return Err(WriteError::Refused(WireError::new(
+                ErrorCode::Forbidden,
+                format!("the commit adds {added}, who is not on the thread's membership"),
+            )));
+        }
+    }
+    if checked.added.is_empty() != welcome.is_none() {
+        return Err(refused(ErrorCode::Invalid, "a commit that adds members needs a Welcome, and only then"));
+    }
+    let accepted = AcceptedCommit {
+        thread,
+        by: caller,
+        state: &checked.state,
+        epoch: checked.epoch,
+        commit,
+        removed: &checked.removed,
+        welcome: welcome.as_deref().map(|w| (checked.added.as_slice(), w)),
+        at_ms,
+    };
+    let entries = store.apply_commit(&accepted)?;
+    let seq =
+        entries.iter().find(|e| matches!(e.body, wire::EntryBody::Commit { .. })).map(|e| e.seq).unwrap_or_default();
+    Ok((Written::Commit { epoch: checked.epoch, seq }, entries.into_iter().map(|e| (thread, e)).collect()))
+}
+
 /// One applied batch: each write's reply channel and what applying it produced.
-type Batch = Vec<(Option<oneshot::Sender<Result<Written, WriteError>>>, Result<Applied, StoreError>)>;
+type Batch = Vec<(Option<oneshot::Sender<Result<Written, WriteError>>>, Result<Applied, WriteError>)>;
 
 fn apply_loop(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>, batches: std::sync::mpsc::SyncSender<Batch>) {
+    let mut epochs = Epochs::default();
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = Vec::with_capacity(64);
         let mut job = Some(first);
         while let Some(Job { write, reply }) = job.take() {
-            batch.push((reply, apply(store.as_ref(), write)));
+            batch.push((reply, apply(store.as_ref(), &mut epochs, write)));
             if batch.len() < MAX_BATCH {
                 job = jobs.try_recv().ok();
             }
@@ -223,9 +354,9 @@ fn flush_loop(store: Arc<dyn Store>, registry: Arc<Registry>, batches: std::sync
         for (reply, result) in batch {
             let answer = match (&flushed, result) {
                 (Err(e), _) => Err(WriteError::Store(e.clone())),
-                (Ok(()), Err(e)) => Err(WriteError::Store(e)),
+                (Ok(()), Err(e)) => Err(e),
                 (Ok(()), Ok((written, news))) => {
-                    if let Some((thread, entry)) = news {
+                    for (thread, entry) in news {
                         registry.publish(store.as_ref(), thread, entry);
                     }
                     Ok(written)

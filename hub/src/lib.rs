@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod demo;
 pub mod devhub;
 pub mod durability;
+pub mod groups;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

@@ -65,6 +65,10 @@ pub enum WriteKind {
     AddMember,
     /// A message sent.
     Send,
+    /// A group registered.
+    Group,
+    /// A commit.
+    Commit,
     /// KeyPackages uploaded.
     UploadKeyPackages,
     /// A KeyPackage claimed.
@@ -92,6 +96,7 @@ fn internal(e: StoreError) -> WireError {
 
 fn not_durable(e: WriteError) -> WireError {
     match e {
+        WriteError::Refused(refusal) => refusal,
         WriteError::Store(StoreError::NoSuchThread) => WireError::thread_not_found(),
         e => {
             error!(error = %e, "write failed");
@@ -129,7 +134,18 @@ impl Hub {
             }
             Request::Send { thread, message, payload } => {
                 self.require_member(caller, thread)?;
-                (WriteKind::Send, Write::Append { thread, sender: caller.member.clone(), id: message, payload })
+                let epoch = wire::mls::check_private_message(&payload, thread)
+                    .map_err(|e| WireError::new(ErrorCode::Invalid, e))?;
+                (WriteKind::Send, Write::Append { thread, sender: caller.member.clone(), id: message, payload, epoch })
+            }
+            Request::InitGroup { thread, group_info, ratchet_tree } => {
+                self.require_member(caller, thread)?;
+                (WriteKind::Group, Write::InitGroup { thread, caller: caller.member.clone(), group_info, ratchet_tree })
+            }
+            Request::Commit { thread, commit, welcome } => {
+                self.require_member(caller, thread)?;
+                let welcome = welcome.map(serde_bytes::ByteBuf::into_vec);
+                (WriteKind::Commit, Write::Commit { thread, caller: caller.member.clone(), commit, welcome })
             }
             Request::UploadKeyPackages { key_packages } => {
                 if key_packages.is_empty() {
@@ -214,6 +230,8 @@ impl Hub {
             (WriteKind::CreateThread, Written::Thread { thread, .. }) => Ok(Reply::ThreadCreated { thread }),
             (WriteKind::AddMember, Written::Entry { seq, .. }) => Ok(Reply::MemberAdded { seq }),
             (WriteKind::Send, Written::Entry { seq, duplicate }) => Ok(Reply::Sent { seq, duplicate }),
+            (WriteKind::Group, Written::Group { epoch }) => Ok(Reply::GroupReady { epoch }),
+            (WriteKind::Commit, Written::Commit { epoch, seq }) => Ok(Reply::CommitAccepted { epoch, seq }),
             (WriteKind::UploadKeyPackages, Written::KeyPackages { stock }) => Ok(Reply::KeyPackagesStored { stock }),
             (WriteKind::ClaimKeyPackage, Written::KeyPackage(Some(package))) => {
                 Ok(Reply::KeyPackage { key_package: package.into() })

@@ -202,8 +202,8 @@ impl Drop for Process {
 
 impl Target {
     fn client(&self, crew: Crew, i: usize) -> ClientBuilder {
-        // No KeyPackage uploads: the benchmark measures messaging, and they would only slow its set-up.
-        client_for(&self.url, &self.pki, &crew.slug(i)).request_timeout(Duration::from_secs(60)).key_package_stock(0)
+        // A small KeyPackage stock: each identity is added to one thread.
+        client_for(&self.url, &self.pki, &crew.slug(i)).request_timeout(Duration::from_secs(60)).key_package_stock(2)
     }
 
     /// Resident memory of the server process, in bytes.
@@ -463,7 +463,7 @@ async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f
     let listening = start.elapsed().as_secs_f64();
     let client = hub.client(&Crew::Throughput.slug(0)).connect().await?;
     let mut events = client.events().context("events")?;
-    crate::next_event(&mut events, Duration::from_secs(60), |e| matches!(e, Event::Message(_))).await?;
+    crate::next_event(&mut events, Duration::from_secs(60), |e| e.position().is_some()).await?;
     let first = start.elapsed().as_secs_f64();
     client.close().await;
     Ok((first, listening))

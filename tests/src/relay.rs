@@ -17,13 +17,18 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use wire::{
-    ClientFrame, Entry, EntryBody, ErrorCode, Hello, HubFrame, MemberId, Reply, Request, SessionLimits, ThreadId,
-    WireError,
+    ClientFrame, Entry, EntryBody, ErrorCode, Hello, HubFrame, MemberId, MessageId, Reply, Request, SessionLimits,
+    ThreadId, WireError,
 };
 
 #[derive(Default)]
 struct State {
     threads: Mutex<HashMap<ThreadId, Vec<MemberId>>>,
+    /// Per thread: the MLS epoch and the members added since the last commit
+    /// (whom the next Welcome is for). The relay checks nothing.
+    groups: Mutex<HashMap<ThreadId, (u64, Vec<MemberId>)>>,
+    /// KeyPackages in memory, handed out once each, unverified.
+    key_packages: Mutex<HashMap<MemberId, std::collections::VecDeque<serde_bytes::ByteBuf>>>,
     online: Mutex<HashMap<MemberId, Vec<mpsc::Sender<Bytes>>>>,
     seq: AtomicU64,
 }
@@ -96,28 +101,58 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
             Reply::ThreadCreated { thread }
         }
         Request::AddMember { thread, member } => {
-            state.threads.lock().unwrap().entry(thread).or_default().push(member);
+            state.threads.lock().unwrap().entry(thread).or_default().push(member.clone());
+            state.groups.lock().unwrap().entry(thread).or_default().1.push(member);
             Reply::MemberAdded { seq: 0 }
         }
         Request::Send { thread, message, payload } => {
-            let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            let entry = Entry { seq, id: message, sender: me.clone(), at_ms: 0, body: EntryBody::Message { payload } };
-            let frame: Bytes = wire::encode(&HubFrame::Event { thread, entry }).into();
-            for target in recipients(state, thread) {
-                let _ = target.send(frame.clone()).await;
-            }
+            let seq = forward(state, me, thread, message, EntryBody::Message { payload }).await;
             Reply::Sent { seq, duplicate: false }
+        }
+        Request::InitGroup { .. } => Reply::GroupReady { epoch: 0 },
+        Request::Commit { thread, commit, welcome } => {
+            let (epoch, joiners) = {
+                let mut groups = state.groups.lock().unwrap();
+                let group = groups.entry(thread).or_default();
+                group.0 += 1;
+                (group.0, std::mem::take(&mut group.1))
+            };
+            let seq = forward(state, me, thread, MessageId::new(), EntryBody::Commit { epoch, commit }).await;
+            if let Some(welcome) = welcome {
+                let body = EntryBody::Welcome { to: joiners, welcome: welcome.into_vec() };
+                forward(state, me, thread, MessageId::new(), body).await;
+            }
+            Reply::CommitAccepted { epoch, seq }
         }
         Request::ListThreads => Reply::Threads { threads: Vec::new() },
         Request::ListMembers { thread } => {
             Reply::Members { members: state.threads.lock().unwrap().get(&thread).cloned().unwrap_or_default() }
         }
-        // KeyPackages are acknowledged and dropped: the relay stores nothing.
-        Request::UploadKeyPackages { key_packages } => Reply::KeyPackagesStored { stock: key_packages.len() as u64 },
-        Request::ClaimKeyPackage { .. } => {
-            return Err(WireError::new(ErrorCode::NoKeyPackage, "the relay stores no KeyPackages"))
+        Request::UploadKeyPackages { key_packages } => {
+            let mut all = state.key_packages.lock().unwrap();
+            let mine = all.entry(me.clone()).or_default();
+            mine.extend(key_packages);
+            Reply::KeyPackagesStored { stock: mine.len() as u64 }
+        }
+        Request::ClaimKeyPackage { member, .. } => {
+            let claimed = state.key_packages.lock().unwrap().get_mut(&member).and_then(|kps| kps.pop_front());
+            match claimed {
+                Some(key_package) => Reply::KeyPackage { key_package },
+                None => return Err(WireError::new(ErrorCode::NoKeyPackage, "no KeyPackage")),
+            }
         }
     })
+}
+
+/// Encodes an entry once and copies it to every online member of the thread.
+async fn forward(state: &State, me: &MemberId, thread: ThreadId, id: MessageId, body: EntryBody) -> u64 {
+    let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let entry = Entry { seq, id, sender: me.clone(), at_ms: 0, body };
+    let frame: Bytes = wire::encode(&HubFrame::Event { thread, entry }).into();
+    for target in recipients(state, thread) {
+        let _ = target.send(frame.clone()).await;
+    }
+    seq
 }
 
 fn recipients(state: &State, thread: ThreadId) -> Vec<mpsc::Sender<Bytes>> {

@@ -61,12 +61,17 @@ async fn kill_9_loses_no_acknowledged_message() -> anyhow::Result<()> {
 
     // The receiver records every message the SDK hands it, acknowledging as it goes.
     let received: Arc<Mutex<Vec<ketenhub_sdk::Message>>> = Arc::default();
+    let unreadable: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut events = receiver.events().unwrap();
     let collector = {
         let received = received.clone();
+        let unreadable = unreadable.clone();
         let receiver = receiver.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
+                if let Event::Unreadable { seq, error, .. } = &event {
+                    unreadable.lock().unwrap().push(format!("seq {seq}: {error}"));
+                }
                 if let Event::Message(message) = event {
                     let (thread, seq) = (message.thread, message.seq);
                     received.lock().unwrap().push(message);
@@ -124,6 +129,8 @@ async fn kill_9_loses_no_acknowledged_message() -> anyhow::Result<()> {
         acknowledged.len(),
         received.len()
     );
+    let unreadable = unreadable.lock().unwrap().clone();
+    assert!(unreadable.is_empty(), "unreadable messages: {unreadable:?}");
     assert_eq!(lost, 0, "acknowledged messages were lost");
     assert_eq!(unacknowledged, 0, "the SDK should have retried every send through the restarts");
     assert_eq!(seen.len(), received.len(), "a message reached the application twice");

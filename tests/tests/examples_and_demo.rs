@@ -18,9 +18,11 @@ async fn the_sdk_examples_run_against_a_hub() -> anyhow::Result<()> {
     let received = exchange::run(&hub.url(), hub.pki_dir()).await?;
     assert_eq!(received.len(), 2);
     assert!(received[0].contains("warme overdracht"));
-    // VT's inbox replays the thread from VT's cursor, which VT never moved.
+    // A fresh device of VT replays the thread from VT's cursor, which VT never
+    // moved: it sees both membership entries and LT's message, unreadable,
+    // because MLS gives a new device no history (its own message it skips).
     let seen = inbox::run(&hub.url(), hub.pki_dir(), "vt-utrecht-caseworker", Duration::from_millis(500)).await?;
-    assert_eq!(seen, 4, "VT never acknowledged: it sees its own creation, the new member and both messages");
+    assert_eq!(seen, 3);
     hub.stop().await
 }
 

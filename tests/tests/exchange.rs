@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use ketenhub_sdk::raw::RawIncoming;
 use ketenhub_sdk::{Event, MessageId};
 use tests::{limits, messages, next_event, DevHub};
+use wire::HubFrame;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -30,7 +32,8 @@ async fn two_organisations_exchange_messages_both_ways() -> anyhow::Result<()> {
     let at_vt = messages(&mut vt_events, 10, WAIT).await?;
     assert_eq!(at_lt, at_vt, "both members see the same log");
     let seqs: Vec<u64> = at_lt.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (3..13).collect::<Vec<_>>(), "gap-free, in order");
+    // Entries 1-4: two members on the table, the MLS commit adding LT and its Welcome.
+    assert_eq!(seqs, (5..15).collect::<Vec<_>>(), "gap-free, in order");
     for (i, pair) in at_lt.chunks(2).enumerate() {
         assert_eq!(pair[0].payload, format!("vt {i}").into_bytes());
         assert_eq!(pair[0].sender, vt.member_id());
@@ -63,10 +66,12 @@ async fn a_resend_with_the_same_id_is_acknowledged_but_stored_once() -> anyhow::
 #[tokio::test]
 async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let state = tempfile::tempdir()?;
     let hub = DevHub::start(dir.path(), limits()).await?;
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let thread = vt.create_thread().await?;
-    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let lt_device = || hub.client("lt-woerden-caseworker").state_dir(state.path());
+    let lt = lt_device().connect().await?;
     vt.add_member(thread, lt.member_id()).await?;
 
     // Online: take the first ten and acknowledge up to the seventh.
@@ -75,7 +80,8 @@ async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> any
         vt.send(thread, format!("m{i}").into_bytes()).await?;
     }
     let first = messages(&mut events, 10, WAIT).await?;
-    lt.ack(thread, first[6].seq).await?;
+    let acked = first[6].seq;
+    lt.ack(thread, acked).await?;
     lt.close().await;
 
     // Offline: forty more.
@@ -83,12 +89,26 @@ async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> any
         vt.send(thread, format!("m{i}").into_bytes()).await?;
     }
 
-    // Back online with a fresh client (no SDK memory): resumes after the cursor.
-    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    // What the hub sends on reconnecting: every entry after the cursor, in order.
+    let mut raw = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&(first[9].seq + 40)) {
+        match tokio::time::timeout(WAIT, raw.next()).await?? {
+            RawIncoming::Frame(HubFrame::Event { entry, .. }) => seqs.push(entry.seq),
+            RawIncoming::Frame(_) => {}
+            other => anyhow::bail!("connection ended: {other:?}"),
+        }
+    }
+    assert_eq!(seqs, (acked + 1..=first[9].seq + 40).collect::<Vec<_>>());
+    drop(raw);
+
+    // The same device back online: the SDK hands over only what it had not
+    // shown yet (its state directory remembers), decrypted and in order.
+    let lt = lt_device().connect().await?;
     let mut events = lt.events().unwrap();
-    let resumed = messages(&mut events, 43, WAIT).await?;
+    let resumed = messages(&mut events, 40, WAIT).await?;
     let payloads: Vec<String> = resumed.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()).collect();
-    let expected: Vec<String> = (7..50).map(|i| format!("m{i}")).collect();
+    let expected: Vec<String> = (10..50).map(|i| format!("m{i}")).collect();
     assert_eq!(payloads, expected);
     assert!(resumed.windows(2).all(|w| w[1].seq == w[0].seq + 1));
     hub.stop().await
@@ -128,6 +148,6 @@ async fn threads_and_members_are_listed_for_members() -> anyhow::Result<()> {
     assert_eq!(members, expected);
     let threads = lt.threads().await?;
     assert_eq!(threads.len(), 1);
-    assert_eq!((threads[0].thread, threads[0].last_seq, threads[0].cursor), (thread, 3, 1));
+    assert_eq!((threads[0].thread, threads[0].last_seq, threads[0].cursor), (thread, 5, 1));
     hub.stop().await
 }

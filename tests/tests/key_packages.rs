@@ -33,17 +33,19 @@ async fn members_claim_each_others_key_packages_once_each() -> anyhow::Result<()
         .client("lt-woerden-caseworker")
         .discard_events()
         .state_dir(state.path().join("lt"))
-        .key_package_stock(3)
+        .key_package_stock(4)
         .connect()
         .await?;
-    stocked(&lt, 3).await?;
+    stocked(&lt, 4).await?;
 
     let thread = vt.create_thread().await?;
     // Not a member of the thread yet: its KeyPackages cannot be claimed for it.
     let early = vt.claim_key_package(thread, lt.member_id()).await;
     assert_eq!(early.err().and_then(|e| e.code()), Some(ErrorCode::Invalid));
 
+    // Adding LT to the thread's MLS group takes one; three are left to claim.
     vt.add_member(thread, lt.member_id()).await?;
+    assert_eq!(stock(&lt).await?, 3);
     let mut claimed = Vec::new();
     for _ in 0..3 {
         let bytes = vt.claim_key_package(thread, lt.member_id()).await?;
@@ -58,7 +60,7 @@ async fn members_claim_each_others_key_packages_once_each() -> anyhow::Result<()
     assert_eq!(exhausted.err().and_then(|e| e.code()), Some(ErrorCode::NoKeyPackage));
 
     // Topping up again refills the stock.
-    assert_eq!(lt.top_up_key_packages().await?, 3);
+    assert_eq!(lt.top_up_key_packages().await?, 4);
     hub.stop().await
 }
 
@@ -67,11 +69,12 @@ async fn outsiders_cannot_claim_key_packages() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = DevHub::start(dir.path(), limits()).await?;
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
-    let lt = hub.client("lt-woerden-caseworker").discard_events().key_package_stock(2).connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").discard_events().key_package_stock(3).connect().await?;
     let outsider = hub.client("lt-oudewater-caseworker").discard_events().connect().await?;
-    stocked(&lt, 2).await?;
+    stocked(&lt, 3).await?;
     let thread = vt.create_thread().await?;
     vt.add_member(thread, lt.member_id()).await?;
+    assert_eq!(stock(&lt).await?, 2, "the add used one");
     let refused = outsider.claim_key_package(thread, lt.member_id()).await;
     assert_eq!(refused.err().and_then(|e| e.code()), Some(ErrorCode::NotFound));
     assert_eq!(stock(&lt).await?, 2, "nothing was taken");

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Invalid,
     /// The request conflicts with stored state (for example a reused message id).
     Conflict,
+    /// A commit for an epoch the group has left; process the newer commits and retry.
+    StaleEpoch,
     /// The member has no KeyPackage left at the hub; it must come online and upload more.
     NoKeyPackage,
     /// The identity already has the maximum number of open connections.
@@ -45,12 +47,15 @@ pub struct WireError {
     /// For [`ErrorCode::RateLimited`] and [`ErrorCode::Unavailable`]: when to retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For [`ErrorCode::StaleEpoch`]: the group's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl WireError {
     /// Builds an error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after_ms: None }
+        Self { code, message: message.into(), retry_after_ms: None, epoch: None }
     }
 
     /// The uniform answer for a thread that does not exist or may not be seen.

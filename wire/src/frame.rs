@@ -122,6 +122,30 @@ pub enum Request {
         /// The KeyPackages.
         key_packages: Vec<serde_bytes::ByteBuf>,
     },
+    /// Registers the MLS group of a thread the caller has just created: the
+    /// group's public state, from which the hub checks every later commit.
+    InitGroup {
+        /// The thread; also the MLS group id (its 16 bytes).
+        thread: ThreadId,
+        /// The group's GroupInfo (an MLS message, TLS-encoded).
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+        /// The group's ratchet tree (TLS-encoded).
+        #[serde(with = "serde_bytes")]
+        ratchet_tree: Vec<u8>,
+    },
+    /// An MLS commit (a public message) to the thread's group, with the
+    /// Welcome for the members it adds. The hub accepts one commit per epoch.
+    Commit {
+        /// The thread.
+        thread: ThreadId,
+        /// The commit (an MLS message, TLS-encoded).
+        #[serde(with = "serde_bytes")]
+        commit: Vec<u8>,
+        /// The Welcome for added members, if the commit adds any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        welcome: Option<serde_bytes::ByteBuf>,
+    },
     /// Takes one KeyPackage of `member`, who must be a member of `thread`, as
     /// the caller is, to add it to the thread's MLS group. Each KeyPackage is
     /// handed out once.
@@ -218,6 +242,19 @@ pub enum Reply {
         /// The number held.
         stock: u64,
     },
+    /// The thread's MLS group is registered at `epoch` (0).
+    GroupReady {
+        /// The group's epoch.
+        epoch: u64,
+    },
+    /// The commit was accepted: the group is now at `epoch`, and the commit is
+    /// the thread entry `seq`.
+    CommitAccepted {
+        /// The new epoch.
+        epoch: u64,
+        /// The commit's entry.
+        seq: u64,
+    },
     /// A claimed KeyPackage (TLS-encoded).
     KeyPackage {
         /// The KeyPackage.
@@ -266,6 +303,38 @@ pub enum EntryBody {
         /// The new member.
         member: MemberId,
     },
+    /// A member was removed from the thread (by an MLS commit).
+    MemberRemoved {
+        /// The removed member.
+        member: MemberId,
+    },
+    /// An MLS commit the hub accepted; the group is at `epoch` after it.
+    Commit {
+        /// The epoch the commit leads to.
+        epoch: u64,
+        /// The commit (an MLS message, TLS-encoded).
+        #[serde(with = "serde_bytes")]
+        commit: Vec<u8>,
+    },
+    /// An MLS Welcome, delivered only to the members it names.
+    Welcome {
+        /// Who may receive it.
+        to: Vec<MemberId>,
+        /// The Welcome (an MLS message, TLS-encoded).
+        #[serde(with = "serde_bytes")]
+        welcome: Vec<u8>,
+    },
+}
+
+impl EntryBody {
+    /// Whether `member` may receive this entry: everything but a Welcome goes
+    /// to every member; a Welcome only to those it names.
+    pub fn is_for(&self, member: &MemberId) -> bool {
+        match self {
+            Self::Welcome { to, .. } => to.contains(member),
+            _ => true,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,29 @@ mod checks {
         pub kind: AgencyKind,
     }
 
+    /// The member and agency kind a credential names, if it is a Ketenhub basic credential.
+    pub fn member_of(credential: &openmls::prelude::Credential) -> Option<(MemberId, AgencyKind)> {
+        let basic = BasicCredential::try_from(credential.clone()).ok()?;
+        super::credential_member(basic.identity())
+    }
+
+    /// The MLS group id of a thread: its 16 bytes.
+    pub fn group_id(thread: crate::ThreadId) -> openmls::prelude::GroupId {
+        openmls::prelude::GroupId::from_slice(thread.0.as_bytes())
+    }
+
+    /// Parses an MLS message that must be a private (encrypted) message of the
+    /// thread's group, as application messages are; returns its epoch.
+    pub fn check_private_message(bytes: &[u8], thread: crate::ThreadId) -> Result<u64, String> {
+        use openmls::prelude::{MlsMessageIn, ProtocolMessage};
+        let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| format!("not an MLS message: {e}"))?;
+        match message.try_into_protocol_message().map_err(|e| format!("not an MLS protocol message: {e:?}"))? {
+            ProtocolMessage::PrivateMessage(m) if m.group_id() == &group_id(thread) => Ok(m.epoch().as_u64()),
+            ProtocolMessage::PrivateMessage(_) => Err("an MLS message of another group".into()),
+            ProtocolMessage::PublicMessage(_) => Err("application messages must be MLS private messages".into()),
+        }
+    }
+
     /// Parses and verifies a TLS-encoded KeyPackage (signature, lifetime,
     /// ciphersuite) and reads the identity from its credential.
     pub fn verify_key_package(bytes: &[u8]) -> Result<VerifiedKeyPackage, KeyPackageError> {

@@ -60,6 +60,28 @@ pub struct Created {
     pub entry: Option<Entry>,
 }
 
+/// A commit the hub accepted, to store atomically: the group's new public
+/// state, the commit entry, the removals it makes, and the Welcome.
+#[derive(Debug)]
+pub struct AcceptedCommit<'a> {
+    /// The thread.
+    pub thread: ThreadId,
+    /// Who committed.
+    pub by: &'a MemberId,
+    /// The group's public state after the commit.
+    pub state: &'a [u8],
+    /// The epoch after the commit.
+    pub epoch: u64,
+    /// The commit message.
+    pub commit: &'a [u8],
+    /// The members the commit removes.
+    pub removed: &'a [MemberId],
+    /// The Welcome and the members it is for.
+    pub welcome: Option<(&'a [MemberId], &'a [u8])>,
+    /// The hub's time.
+    pub at_ms: u64,
+}
+
 /// Storage for threads, members, entries and cursors.
 pub trait Store: Send + Sync + 'static {
     /// Creates a thread whose first entry records `creator` as its first member.
@@ -109,6 +131,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves the member's cursor forward to `seq`; never moves it back.
     fn advance_cursor(&self, member: &MemberId, thread: ThreadId, seq: u64) -> Result<(), StoreError>;
+
+    /// The public state of the thread's MLS group, if registered.
+    fn group_state(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Registers the public state of the thread's new MLS group.
+    fn init_group(&self, thread: ThreadId, state: &[u8]) -> Result<(), StoreError>;
+
+    /// Stores an accepted commit in one atomic write: the new group state, the
+    /// commit entry, a `MemberRemoved` entry per removal (ending the membership
+    /// itself), and the Welcome entry. Returns the entries, in order.
+    fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError>;
 
     /// Adds MLS KeyPackages (already verified) for `member`; returns how many it holds now.
     fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError>;

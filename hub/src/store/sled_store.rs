@@ -17,6 +17,7 @@
 //! | `C` | member, thread | cursor seq |
 //! | `R` | member, client ref | thread: idempotent creation |
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
+//! | `G` | thread | the public state of the thread's MLS group |
 //!
 //! A member is encoded as its 20 OIN digits, a length byte and the worker id,
 //! which keeps prefixes unambiguous. Values are CBOR.
@@ -33,7 +34,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 use wire::{Entry, EntryBody, MemberId, MessageId, ThreadId};
 
-use super::{Appended, Created, Store, StoreError};
+use super::{AcceptedCommit, Appended, Created, Store, StoreError};
 
 const THREAD: u8 = b'T';
 const MEMBER: u8 = b'M';
@@ -43,6 +44,7 @@ const MEMBER_THREAD: u8 = b'X';
 const CURSOR: u8 = b'C';
 const CREATE_REF: u8 = b'R';
 const KEY_PACKAGE: u8 = b'K';
+const GROUP: u8 = b'G';
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -351,6 +353,54 @@ impl Store for SledStore {
             })
             .map_err(backend)?;
         Ok(())
+    }
+
+    fn group_state(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key(GROUP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn init_group(&self, thread: ThreadId, state: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(key(GROUP, &[thread.0.as_bytes()]), state).map_err(backend)?;
+        Ok(())
+    }
+
+    fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError> {
+        let thread = commit.thread;
+        let log = self.log(thread)?;
+        let mut log = lock(&log);
+        let mut batch = sled::Batch::default();
+        let mut entries = Vec::new();
+        let mut next = |body: EntryBody| {
+            let entry = Entry {
+                seq: log.next_seq + entries.len() as u64,
+                id: MessageId::new(),
+                sender: commit.by.clone(),
+                at_ms: commit.at_ms,
+                body,
+            };
+            batch.insert(Self::entry_key(thread, entry.seq), encode(&entry));
+            entries.push(entry);
+        };
+        // The commit first: a removed member's delivery stops at its removal entry,
+        // so it still receives the commit that removes it.
+        next(EntryBody::Commit { epoch: commit.epoch, commit: commit.commit.to_vec() });
+        for member in commit.removed {
+            next(EntryBody::MemberRemoved { member: member.clone() });
+        }
+        if let Some((to, welcome)) = commit.welcome {
+            next(EntryBody::Welcome { to: to.to_vec(), welcome: welcome.to_vec() });
+        }
+        for member in commit.removed {
+            let mk = member_key(member);
+            batch.remove(key(MEMBER, &[thread.0.as_bytes(), &mk]));
+            batch.remove(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]));
+            batch.remove(key(CURSOR, &[&mk, thread.0.as_bytes()]));
+        }
+        batch.insert(key(GROUP, &[thread.0.as_bytes()]), commit.state);
+        self.db.apply_batch(batch).map_err(backend)?;
+        log.next_seq += entries.len() as u64;
+        lock(&self.dirty).insert(thread);
+        Ok(entries)
     }
 
     fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError> {

@@ -1,0 +1,155 @@
+//! The public state of each thread's MLS group, and the checks on commits.
+//!
+//! The hub holds no MLS secret. For each thread it keeps the group's public
+//! state (openmls's `PublicGroup`: the ratchet tree and group context), from
+//! which it verifies every commit: that it is a public message for the group's
+//! current epoch (one commit per epoch; a stale one is refused with the current
+//! epoch), that its sender's credential is the caller's, and which members it
+//! adds and removes, so the write path can hold those against the hub's own
+//! membership table. Application messages stay encrypted and are never opened.
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProposalStore, ProtocolMessage, PublicGroup, RatchetTreeIn,
+};
+use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::RustCrypto;
+use serde_bytes::ByteBuf;
+use wire::mls::{group_id, member_of};
+use wire::{ErrorCode, MemberId, ThreadId, WireError};
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Invalid, message)
+}
+
+/// The refusal of a message or commit for another epoch than the group's.
+pub fn stale(epoch: u64) -> WireError {
+    let mut error =
+        WireError::new(ErrorCode::StaleEpoch, format!("the group is at epoch {epoch}; process the newer commits"));
+    error.epoch = Some(epoch);
+    error
+}
+
+fn load_storage(state: &[u8]) -> Result<MemoryStorage, WireError> {
+    let values: Vec<(ByteBuf, ByteBuf)> =
+        wire::decode(state).map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group state: {e}")))?;
+    let storage = MemoryStorage::default();
+    if let Ok(mut map) = storage.values.write() {
+        map.extend(values.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+    }
+    Ok(storage)
+}
+
+fn save_storage(storage: &MemoryStorage) -> Vec<u8> {
+    let values: Vec<(ByteBuf, ByteBuf)> = storage
+        .values
+        .read()
+        .map(|map| map.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect())
+        .unwrap_or_default();
+    wire::encode(&values)
+}
+
+fn members_of(group: &PublicGroup) -> Vec<MemberId> {
+    group.members().filter_map(|m| member_of(&m.credential).map(|(member, _)| member)).collect()
+}
+
+/// Builds the public state of a new group from its creator's GroupInfo and
+/// ratchet tree. The group must be this thread's, at epoch 0, with the caller
+/// as its only member. Returns the state to store.
+pub fn init(thread: ThreadId, caller: &MemberId, group_info: &[u8], ratchet_tree: &[u8]) -> Result<Vec<u8>, WireError> {
+    let info = match MlsMessageIn::tls_deserialize_exact(group_info)
+        .map_err(|e| invalid(format!("group info: {e}")))?
+        .extract()
+    {
+        MlsMessageBodyIn::GroupInfo(info) => info,
+        _ => return Err(invalid("group_info is not an MLS GroupInfo")),
+    };
+    let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(|e| invalid(format!("ratchet tree: {e}")))?;
+    let storage = MemoryStorage::default();
+    let (group, _) = PublicGroup::from_external(&RustCrypto::default(), &storage, tree, info, ProposalStore::new())
+        .map_err(|e| invalid(format!("group does not verify: {e:?}")))?;
+    if group.group_id() != &group_id(thread) {
+        return Err(invalid("the group id must be the thread id"));
+    }
+    if group.group_context().epoch().as_u64() != 0 || members_of(&group) != [caller.clone()] {
+        return Err(invalid("a new group must be at epoch 0 with its creator as the only member"));
+    }
+    Ok(save_storage(&storage))
+}
+
+fn credential_member(credential: &openmls::prelude::Credential) -> Result<MemberId, WireError> {
+    member_of(credential).map(|(member, _)| member).ok_or_else(|| invalid("a proposal names no Ketenhub identity"))
+}
+
+/// The epoch of a stored group state.
+pub fn epoch(state: &[u8], thread: ThreadId) -> Result<u64, WireError> {
+    let storage = load_storage(state)?;
+    let group = PublicGroup::load(&storage, &group_id(thread))
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group: {e:?}")))?
+        .ok_or_else(|| invalid("the thread has no MLS group"))?;
+    Ok(group.group_context().epoch().as_u64())
+}
+
+/// What an accepted commit does.
+#[derive(Debug)]
+pub struct CheckedCommit {
+    /// The group's public state after the commit.
+    pub state: Vec<u8>,
+    /// The epoch after the commit.
+    pub epoch: u64,
+    /// The members it adds.
+    pub added: Vec<MemberId>,
+    /// The members it removes.
+    pub removed: Vec<MemberId>,
+}
+
+/// Verifies a commit against the stored public state and applies it to that
+/// state; the caller stores the result only if its own checks pass too.
+pub fn check_commit(
+    state: &[u8],
+    thread: ThreadId,
+    caller: &MemberId,
+    commit: &[u8],
+) -> Result<CheckedCommit, WireError> {
+    let storage = load_storage(state)?;
+    let mut group = PublicGroup::load(&storage, &group_id(thread))
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group: {e:?}")))?
+        .ok_or_else(|| invalid("the thread has no MLS group"))?;
+    let epoch = group.group_context().epoch().as_u64();
+    let message = MlsMessageIn::tls_deserialize_exact(commit)
+        .map_err(|e| invalid(format!("not an MLS message: {e}")))?
+        .try_into_protocol_message()
+        .map_err(|e| invalid(format!("not an MLS protocol message: {e:?}")))?;
+    if !matches!(message, ProtocolMessage::PublicMessage(_)) {
+        return Err(invalid("commits must be MLS public messages"));
+    }
+    if message.epoch().as_u64() != epoch {
+        return Err(stale(epoch));
+    }
+    let processed = group
+        .process_message(&RustCrypto::default(), message)
+        .map_err(|e| invalid(format!("commit does not verify: {e:?}")))?;
+    match member_of(processed.credential()) {
+        Some((sender, _)) if &sender == caller => {}
+        _ => return Err(WireError::new(ErrorCode::Forbidden, "the commit's sender is not this connection's identity")),
+    }
+    let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+        return Err(invalid("not a commit"));
+    };
+    let added = staged
+        .add_proposals()
+        .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let removed = staged
+        .remove_proposals()
+        .map(|remove| {
+            let leaf =
+                group.leaf(remove.remove_proposal().removed()).ok_or_else(|| invalid("removes an empty leaf"))?;
+            credential_member(leaf.credential())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    group
+        .merge_commit(&storage, *staged)
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("merging the commit: {e:?}")))?;
+    Ok(CheckedCommit { state: save_storage(&storage), epoch: group.group_context().epoch().as_u64(), added, removed })
+}
