@@ -178,6 +178,12 @@ impl Client {
         self.inner.identity.member_id()
     }
 
+    /// The epoch of the thread's MLS group on this device, or `None` when this
+    /// device is not (yet) in the group.
+    pub fn epoch(&self, thread: ThreadId) -> Option<u64> {
+        self.device().epoch(thread)
+    }
+
     /// The stream of events. It can be taken once; later calls return `None`.
     ///
     /// Events arrive on the same connection as replies, in order: while the

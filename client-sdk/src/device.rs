@@ -237,10 +237,12 @@ pub enum Processed {
 
 /// Classifies openmls's processing errors. openmls does not export all of its
 /// error types, so this reads their names: AEAD and signature failures mean
-/// the bytes were altered; eviction means this device left the group.
+/// the bytes were altered, and a key used twice means a ciphertext was replayed
+/// (the SDK never processes an entry twice); eviction means this device left.
 fn decrypt_error(error: impl std::fmt::Debug) -> DecryptError {
     let text = format!("{error:?}");
-    if ["AeadError", "InvalidSignature", "InvalidMembershipTag", "MalformedContent"].iter().any(|t| text.contains(t)) {
+    let tampered = ["AeadError", "InvalidSignature", "InvalidMembershipTag", "MalformedContent", "SecretReuseError"];
+    if tampered.iter().any(|t| text.contains(t)) {
         DecryptError::Tampered
     } else if text.contains("UseAfterEviction") {
         DecryptError::NotMember
@@ -489,6 +491,31 @@ mod tests {
         assert_eq!(again.signature_key(), key.as_slice());
         assert!(!again.provider.storage.values.read().unwrap().is_empty());
         assert!(matches!(Device::open(&identity("piet"), Some(dir.path())), Err(DeviceError::OtherIdentity(_))));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_fresh_ciphertext_is_tampering() {
+        let thread = ThreadId::random();
+        let mut alice = Device::open(&identity("alice"), None).unwrap();
+        let mut bob = Device::open(&identity("bob"), None).unwrap();
+        alice.create_group(thread).unwrap();
+        let package = wire::mls::verify_key_package(&bob.key_packages(1).unwrap()[0]).unwrap().key_package;
+        let (_commit, welcome) = alice.add(thread, package).unwrap();
+        alice.commit_accepted(thread).unwrap();
+        bob.join(thread, &welcome).unwrap();
+        let mut ciphertext = alice.encrypt(thread, b"hello").unwrap();
+        let middle = ciphertext.len() / 2;
+        ciphertext[middle] ^= 0x10;
+        assert_eq!(bob.process(thread, &ciphertext).unwrap_err(), DecryptError::Tampered);
+        // The untouched message still reads.
+        let clean = alice.encrypt(thread, b"again").unwrap();
+        match bob.process(thread, &clean).unwrap() {
+            Processed::Application { plaintext, sender } => {
+                assert_eq!(plaintext, b"again");
+                assert_eq!(sender, identity("alice").member_id());
+            }
+            other => panic!("expected an application message, got {other:?}"),
+        }
     }
 
     #[test]
