@@ -482,6 +482,8 @@ pub enum Phase {
     Memory,
     /// Restart time with stored messages.
     Restart,
+    /// MLS costs on one device, against plain AEAD.
+    Mls,
 }
 
 /// Runs the phases in `only` (all when empty) and returns the report rows.
@@ -530,6 +532,13 @@ pub async fn run(
             Some(relay_cores),
             Better::Lower,
         ));
+        figures.push(Figure::new(
+            "server CPU per routed message",
+            "µs",
+            hub_cores * 1e6 / rate.max(1.0),
+            Some(relay_cores * 1e6 / relay_rate.max(1.0)),
+            Better::Lower,
+        ));
     }
 
     if let Some(offered) = offered.or(hub_rate.map(|r| r / 2.0)).filter(|_| wanted(Phase::Latency)) {
@@ -573,6 +582,10 @@ pub async fn run(
         ));
     }
 
+    if wanted(Phase::Mls) {
+        progress("MLS on one device");
+        figures.extend(mls_figures()?);
+    }
     if wanted(Phase::Restart) {
         progress(&format!("restart with {} stored messages", scale.restart_messages));
         let (first, listening) = restart(&dir.path().join("restart"), &pki, scale.restart_messages).await?;
@@ -615,6 +628,80 @@ async fn latency_figures(
         ));
     }
     Ok(())
+}
+
+/// MLS costs measured on devices in this process, against plain AES-GCM on
+/// the same bytes (the "relay" column holds the baseline).
+fn mls_figures() -> anyhow::Result<Vec<Figure>> {
+    use ketenhub_sdk::device::Device;
+    let identity = |i: usize| wire::Identity {
+        oin: ORGS[i % ORGS.len()].oin.parse().expect("a valid OIN"),
+        organisation: "bench".into(),
+        kind: ORGS[i % ORGS.len()].kind,
+        worker: format!("mls.{i:02}"),
+        role: Role::Caseworker,
+    };
+    let thread = ThreadId::random();
+    let mut devices: Vec<Device> = (0..11).map(|i| Device::open(&identity(i), None)).collect::<Result<_, _>>()?;
+    devices[0].create_group(thread)?;
+    for i in 1..10 {
+        let package = wire::mls::verify_key_package(&devices[i].key_packages(1)?[0])?.key_package;
+        let (commit, welcome) = devices[0].add(thread, package)?;
+        devices[0].commit_accepted(thread)?;
+        for device in devices.iter_mut().take(i).skip(1) {
+            device.process(thread, &commit).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        devices[i].join(thread, &welcome).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // The commit adding an 11th member to the 10-member group, prepared and dropped again.
+    let rounds = 20;
+    let packages: Vec<_> = devices[10].key_packages(rounds)?;
+    let started = Instant::now();
+    for package in &packages {
+        let package = wire::mls::verify_key_package(package)?.key_package;
+        devices[0].add(thread, package)?;
+        devices[0].commit_abandoned(thread)?;
+    }
+    let add_ms = started.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+
+    let plaintext = vec![7u8; PAYLOAD];
+    let messages = 2_000;
+    let started = Instant::now();
+    for _ in 0..messages {
+        let ciphertext = devices[0].encrypt(thread, &plaintext)?;
+        devices[1].process(thread, &ciphertext).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mls_us = started.elapsed().as_secs_f64() * 1e6 / messages as f64;
+
+    let unspecified = |_| anyhow::anyhow!("AES-GCM failed");
+    let key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[9u8; 16]).map_err(unspecified)?,
+    );
+    let started = Instant::now();
+    for i in 0..messages {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let mut buffer = plaintext.clone();
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::empty(),
+            &mut buffer,
+        )
+        .map_err(unspecified)?;
+        key.open_in_place(ring::aead::Nonce::assume_unique_for_key(nonce), ring::aead::Aad::empty(), &mut buffer)
+            .map_err(unspecified)?;
+    }
+    let aead_us = started.elapsed().as_secs_f64() * 1e6 / messages as f64;
+    Ok(vec![
+        Figure::new("MLS: commit adding a member to a 10-member thread (create)", "ms", add_ms, None, Better::Lower),
+        Figure::new(
+            format!("MLS: encrypt + decrypt {PAYLOAD} B (relay column: plain AES-128-GCM seal + open)"),
+            "µs",
+            mls_us,
+            Some(aead_us),
+            Better::Lower,
+        ),
+    ])
 }
 
 /// Formats the report as a table.
