@@ -82,7 +82,8 @@ impl OpenMlsProvider for Provider {
 struct StateFile {
     identity: ByteBuf,
     signature_public_key: ByteBuf,
-    values: Vec<(ByteBuf, ByteBuf)>,
+    /// openmls's store, as `wire::mls::export_storage` writes it.
+    storage: ByteBuf,
     #[serde(default)]
     delivered: Vec<(ThreadId, u64)>,
 }
@@ -144,12 +145,7 @@ impl Device {
             return Err(DeviceError::OtherIdentity(path.to_owned()));
         }
         let provider = Provider::default();
-        provider
-            .storage
-            .values
-            .write()
-            .map_err(|_| state_error(path, "storage lock poisoned"))?
-            .extend(state.values.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+        wire::mls::import_storage(&state.storage, &provider.storage).map_err(|e| state_error(path, e))?;
         let signer =
             SignatureKeyPair::read(provider.storage(), &state.signature_public_key, CIPHERSUITE.signature_algorithm())
                 .ok_or_else(|| state_error(path, "the signature key is missing from the state"))?;
@@ -161,14 +157,10 @@ impl Device {
     /// Writes the state to disk, atomically; a no-op without a state directory.
     pub(crate) fn persist(&self) -> Result<(), DeviceError> {
         let Some(path) = &self.state_file else { return Ok(()) };
-        let values: Vec<(ByteBuf, ByteBuf)> = {
-            let values = self.provider.storage.values.read().map_err(|_| state_error(path, "storage lock poisoned"))?;
-            values.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect()
-        };
         let state = StateFile {
             identity: ByteBuf::from(self.credential_name()),
             signature_public_key: ByteBuf::from(self.signer.public().to_vec()),
-            values,
+            storage: ByteBuf::from(wire::mls::export_storage(&self.provider.storage)),
             delivered: self.delivered.iter().map(|(t, s)| (*t, *s)).collect(),
         };
         write_atomically(path, &wire::encode(&state)).map_err(|e| state_error(path, e))

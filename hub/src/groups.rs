@@ -14,7 +14,6 @@ use openmls::prelude::{
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
-use serde_bytes::ByteBuf;
 use wire::mls::{group_id, member_of};
 use wire::{ErrorCode, MemberId, ThreadId, WireError};
 
@@ -31,22 +30,14 @@ pub fn stale(epoch: u64) -> WireError {
 }
 
 fn load_storage(state: &[u8]) -> Result<MemoryStorage, WireError> {
-    let values: Vec<(ByteBuf, ByteBuf)> =
-        wire::decode(state).map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group state: {e}")))?;
     let storage = MemoryStorage::default();
-    if let Ok(mut map) = storage.values.write() {
-        map.extend(values.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
-    }
+    wire::mls::import_storage(state, &storage)
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group state: {e}")))?;
     Ok(storage)
 }
 
 fn save_storage(storage: &MemoryStorage) -> Vec<u8> {
-    let values: Vec<(ByteBuf, ByteBuf)> = storage
-        .values
-        .read()
-        .map(|map| map.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect())
-        .unwrap_or_default();
-    wire::encode(&values)
+    wire::mls::export_storage(storage)
 }
 
 fn members_of(group: &PublicGroup) -> Vec<MemberId> {

@@ -74,6 +74,29 @@ mod checks {
         pub kind: AgencyKind,
     }
 
+    /// openmls's in-memory key-value store as bytes, for keeping it on disk
+    /// (the SDK's device state) or in the hub's store (a group's public state).
+    pub fn export_storage(storage: &openmls_memory_storage::MemoryStorage) -> Vec<u8> {
+        let values: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = storage
+            .values
+            .read()
+            .map(|map| map.iter().map(|(k, v)| (k.clone().into(), v.clone().into())).collect())
+            .unwrap_or_default();
+        crate::encode(&values)
+    }
+
+    /// Fills a store with what [`export_storage`] wrote.
+    pub fn import_storage(
+        bytes: &[u8],
+        storage: &openmls_memory_storage::MemoryStorage,
+    ) -> Result<(), crate::DecodeError> {
+        let values: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = crate::decode(bytes)?;
+        if let Ok(mut map) = storage.values.write() {
+            map.extend(values.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+        }
+        Ok(())
+    }
+
     /// The member and agency kind a credential names, if it is a Ketenhub basic credential.
     pub fn member_of(credential: &openmls::prelude::Credential) -> Option<(MemberId, AgencyKind)> {
         let basic = BasicCredential::try_from(credential.clone()).ok()?;
