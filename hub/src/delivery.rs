@@ -232,11 +232,6 @@ impl Registry {
             }
         }
     }
-
-    /// The number of open connections.
-    pub fn connections(&self) -> usize {
-        lock(&self.online).values().map(Vec::len).sum()
-    }
 }
 
 /// A registered connection; unregisters itself when dropped.

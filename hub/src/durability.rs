@@ -9,8 +9,8 @@
 //! are waiting and passes the batch to a second thread, which makes it durable
 //! with a single [`Store::flush`] and only then answers the writes and publishes
 //! their new entries for delivery. While one batch is being flushed the next is
-//! already being applied, so the disk's latency does not add to every batch. The storage engine
-//! sees a single writer, the async workers never block on storage I/O, under
+//! already being applied, so the disk's latency does not add to every batch.
+//! The storage engine sees a single writer, the async workers never block on storage I/O, under
 //! load one flush covers hundreds of writes, and entries reach delivery in
 //! sequence order, each encoded once for all members.
 
@@ -111,12 +111,10 @@ pub enum Write {
 /// What a durable write produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
-    /// A thread was created, or found when `existing`.
+    /// A thread was created, or found by the creator's reference.
     Thread {
         /// The thread.
         thread: ThreadId,
-        /// True when the creator's reference had created it before.
-        existing: bool,
     },
     /// An entry was appended at `seq`, or found there when `duplicate`.
     Entry {
@@ -222,9 +220,7 @@ impl Epochs {
         if let Some(epoch) = self.0.get(&thread) {
             return Ok(*epoch);
         }
-        let state =
-            store.group_state(thread)?.ok_or_else(|| refused(ErrorCode::Invalid, "the thread has no MLS group"))?;
-        let epoch = crate::groups::epoch(&state, thread).map_err(WriteError::Refused)?;
+        let epoch = crate::groups::epoch(&group_state(store, thread)?, thread).map_err(WriteError::Refused)?;
         self.0.insert(thread, epoch);
         Ok(epoch)
     }
@@ -238,8 +234,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
     Ok(match write {
         Write::CreateThread { creator, client_ref } => {
             let c = store.create_thread(&creator, client_ref, at)?;
-            let existing = c.entry.is_none();
-            (Written::Thread { thread: c.thread, existing }, c.entry.map(|e| (c.thread, e)).into_iter().collect())
+            (Written::Thread { thread: c.thread }, c.entry.map(|e| (c.thread, e)).into_iter().collect())
         }
         Write::InitGroup { thread, caller, group_info, ratchet_tree } => {
             if !store.is_member(thread, &caller)? {
@@ -284,6 +279,11 @@ fn refused(code: ErrorCode, message: &str) -> WriteError {
     WriteError::Refused(WireError::new(code, message))
 }
 
+/// The stored public state of the thread's MLS group, which must exist.
+fn group_state(store: &dyn Store, thread: ThreadId) -> Result<Vec<u8>, WriteError> {
+    store.group_state(thread)?.ok_or_else(|| refused(ErrorCode::Invalid, "the thread has no MLS group"))
+}
+
 /// Checks a commit against the group and the membership table, then stores it.
 fn apply_commit(
     store: &dyn Store,
@@ -296,7 +296,7 @@ fn apply_commit(
     if !store.is_member(thread, caller)? {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     }
-    let state = store.group_state(thread)?.ok_or_else(|| refused(ErrorCode::Invalid, "the thread has no MLS group"))?;
+    let state = group_state(store, thread)?;
     let checked = crate::groups::check_commit(&state, thread, caller, commit).map_err(WriteError::Refused)?;
     for added in &checked.added {
         if !store.is_member(thread, added)? {

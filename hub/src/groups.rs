@@ -72,13 +72,19 @@ fn credential_member(credential: &openmls::prelude::Credential) -> Result<Member
     member_of(credential).map(|(member, _)| member).ok_or_else(|| invalid("a proposal names no Ketenhub identity"))
 }
 
-/// The epoch of a stored group state.
-pub fn epoch(state: &[u8], thread: ThreadId) -> Result<u64, WireError> {
+/// Loads a thread's group from its stored public state, with the store that
+/// holds it (openmls writes changes back into it).
+fn load_group(state: &[u8], thread: ThreadId) -> Result<(MemoryStorage, PublicGroup), WireError> {
     let storage = load_storage(state)?;
     let group = PublicGroup::load(&storage, &group_id(thread))
         .map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group: {e:?}")))?
         .ok_or_else(|| invalid("the thread has no MLS group"))?;
-    Ok(group.group_context().epoch().as_u64())
+    Ok((storage, group))
+}
+
+/// The epoch of a stored group state.
+pub fn epoch(state: &[u8], thread: ThreadId) -> Result<u64, WireError> {
+    Ok(load_group(state, thread)?.1.group_context().epoch().as_u64())
 }
 
 /// What an accepted commit does.
@@ -102,10 +108,7 @@ pub fn check_commit(
     caller: &MemberId,
     commit: &[u8],
 ) -> Result<CheckedCommit, WireError> {
-    let storage = load_storage(state)?;
-    let mut group = PublicGroup::load(&storage, &group_id(thread))
-        .map_err(|e| WireError::new(ErrorCode::Internal, format!("stored group: {e:?}")))?
-        .ok_or_else(|| invalid("the thread has no MLS group"))?;
+    let (storage, mut group) = load_group(state, thread)?;
     let epoch = group.group_context().epoch().as_u64();
     let message = MlsMessageIn::tls_deserialize_exact(commit)
         .map_err(|e| invalid(format!("not an MLS message: {e}")))?

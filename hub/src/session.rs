@@ -1,9 +1,10 @@
 //! What a request from an authenticated caller does.
 //!
-//! [`Hub::apply`] runs synchronously, in the order requests arrive on a
-//! connection, so a client that pipelines sends gets them stored in the order it
-//! sent them. Writes then wait for durability in [`Hub::settle`], concurrently
-//! with other requests, so that one flush covers many of them. Membership is
+//! A connection awaits [`Hub::apply`] for one request after another, and apply
+//! waits only for room on the write path, so a client that pipelines sends gets
+//! them stored in the order it sent them. Writes then wait for durability in
+//! [`Hub::settle`], concurrently with other requests, so that one flush covers
+//! many of them. Membership is
 //! checked here for every thread-scoped request; a caller outside a thread gets
 //! exactly the answer it would get for a thread that does not exist.
 
@@ -157,7 +158,7 @@ impl Hub {
             }
             Request::ClaimKeyPackage { thread, member } => {
                 self.require_member(caller, thread)?;
-                if !self.store.is_member(thread, &member).map_err(internal)? {
+                if !self.is_member(thread, &member)? {
                     return Err(WireError::new(ErrorCode::Invalid, format!("{member} is not a member of the thread")));
                 }
                 (WriteKind::ClaimKeyPackage, Write::TakeKeyPackage { member })
@@ -227,7 +228,7 @@ impl Hub {
         };
         let written = durable.await.unwrap_or(Err(WriteError::Closed)).map_err(not_durable)?;
         match (kind, written) {
-            (WriteKind::CreateThread, Written::Thread { thread, .. }) => Ok(Reply::ThreadCreated { thread }),
+            (WriteKind::CreateThread, Written::Thread { thread }) => Ok(Reply::ThreadCreated { thread }),
             (WriteKind::AddMember, Written::Entry { seq, .. }) => Ok(Reply::MemberAdded { seq }),
             (WriteKind::Send, Written::Entry { seq, duplicate }) => Ok(Reply::Sent { seq, duplicate }),
             (WriteKind::Group, Written::Group { epoch }) => Ok(Reply::GroupReady { epoch }),
@@ -261,14 +262,19 @@ impl Hub {
     }
 
     fn require_member(&self, caller: &Caller, thread: ThreadId) -> Result<(), WireError> {
-        let member = match self.registry.cached_membership(thread, &caller.member) {
-            Some(member) => member,
-            None => self.store.is_member(thread, &caller.member).map_err(internal)?,
-        };
-        if member {
+        if self.is_member(thread, &caller.member)? {
             Ok(())
         } else {
             Err(WireError::thread_not_found())
+        }
+    }
+
+    /// Whether `member` is on the thread: from the delivery cache when it holds
+    /// the thread, from the store otherwise.
+    fn is_member(&self, thread: ThreadId, member: &MemberId) -> Result<bool, WireError> {
+        match self.registry.cached_membership(thread, member) {
+            Some(member) => Ok(member),
+            None => self.store.is_member(thread, member).map_err(internal),
         }
     }
 }
