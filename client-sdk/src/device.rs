@@ -273,8 +273,16 @@ impl Device {
         self.groups.get_mut(&thread)
     }
 
-    fn group_or_err(&mut self, thread: ThreadId) -> Result<&mut MlsGroup, DeviceError> {
-        self.group(thread).ok_or_else(|| DeviceError::Mls("this device has no group for the thread".into()))
+    /// The thread's group, loaded on first use, with the provider and signer
+    /// that operate on it: openmls needs all three at once.
+    fn group_parts(&mut self, thread: ThreadId) -> Option<(&mut MlsGroup, &Provider, &SignatureKeyPair)> {
+        self.group(thread)?;
+        let group = self.groups.get_mut(&thread)?;
+        Some((group, &self.provider, &self.signer))
+    }
+
+    fn group_or_err(&mut self, thread: ThreadId) -> Result<(&mut MlsGroup, &Provider, &SignatureKeyPair), DeviceError> {
+        self.group_parts(thread).ok_or_else(|| DeviceError::Mls("this device has no group for the thread".into()))
     }
 
     /// Creates the MLS group of a new thread; returns its GroupInfo and ratchet
@@ -310,8 +318,7 @@ impl Device {
     /// Prepares a commit adding the device of `key_package`; returns the commit
     /// and the Welcome. The commit stays pending until accepted or refused.
     pub fn add(&mut self, thread: ThreadId, key_package: KeyPackage) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
-        let (provider, signer) = (&self.provider, &self.signer);
-        let group = self.groups.get_mut(&thread).ok_or_else(|| DeviceError::Mls("no group".into()))?;
+        let (group, provider, signer) = self.group_or_err(thread)?;
         let (commit, welcome, _) = group.add_members(provider, signer, &[key_package]).map_err(mls_error)?;
         let out =
             (commit.tls_serialize_detached().map_err(mls_error)?, welcome.tls_serialize_detached().map_err(mls_error)?);
@@ -321,9 +328,7 @@ impl Device {
 
     /// Prepares a commit removing `member`'s devices; the commit stays pending.
     pub fn remove(&mut self, thread: ThreadId, member: &MemberId) -> Result<Vec<u8>, DeviceError> {
-        self.group_or_err(thread)?;
-        let (provider, signer) = (&self.provider, &self.signer);
-        let group = self.groups.get_mut(&thread).ok_or_else(|| DeviceError::Mls("no group".into()))?;
+        let (group, provider, signer) = self.group_or_err(thread)?;
         let leaves: Vec<LeafNodeIndex> = group
             .members()
             .filter(|m| member_of(&m.credential).is_some_and(|(x, _)| &x == member))
@@ -341,8 +346,7 @@ impl Device {
     /// The hub accepted this device's pending commit (a no-op when it was
     /// already merged because the commit's own entry arrived first).
     pub fn commit_accepted(&mut self, thread: ThreadId) -> Result<(), DeviceError> {
-        let provider = &self.provider;
-        if let Some(group) = self.groups.get_mut(&thread).filter(|g| g.pending_commit().is_some()) {
+        if let Some((group, provider, _)) = self.group_parts(thread).filter(|(g, _, _)| g.pending_commit().is_some()) {
             group.merge_pending_commit(provider).map_err(mls_error)?;
         }
         self.persist()
@@ -350,18 +354,15 @@ impl Device {
 
     /// Drops a pending commit the hub will never accept.
     pub fn commit_abandoned(&mut self, thread: ThreadId) -> Result<(), DeviceError> {
-        let storage = self.provider.storage();
-        if let Some(group) = self.groups.get_mut(&thread) {
-            group.clear_pending_commit(storage).map_err(mls_error)?;
+        if let Some((group, provider, _)) = self.group_parts(thread) {
+            group.clear_pending_commit(provider.storage()).map_err(mls_error)?;
         }
         self.persist()
     }
 
     /// Encrypts an application message for the thread.
     pub fn encrypt(&mut self, thread: ThreadId, plaintext: &[u8]) -> Result<Vec<u8>, DeviceError> {
-        self.group_or_err(thread)?;
-        let (provider, signer) = (&self.provider, &self.signer);
-        let group = self.groups.get_mut(&thread).ok_or_else(|| DeviceError::Mls("no group".into()))?;
+        let (group, provider, signer) = self.group_or_err(thread)?;
         let message = group.create_message(provider, signer, plaintext).map_err(mls_error)?;
         let bytes = message.tls_serialize_detached().map_err(mls_error)?;
         self.persist()?;
@@ -372,9 +373,7 @@ impl Device {
     pub fn process(&mut self, thread: ThreadId, bytes: &[u8]) -> Result<Processed, DecryptError> {
         let message =
             parse(bytes)?.try_into_protocol_message().map_err(|e| DecryptError::Malformed(format!("{e:?}")))?;
-        self.group(thread).ok_or(DecryptError::NotMember)?;
-        let provider = &self.provider;
-        let group = self.groups.get_mut(&thread).ok_or(DecryptError::NotMember)?;
+        let (group, provider, _) = self.group_parts(thread).ok_or(DecryptError::NotMember)?;
         if message.epoch() < group.epoch() && message.is_handshake_message() {
             return Ok(Processed::Nothing);
         }
