@@ -510,6 +510,19 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_device_commits_to_a_group_it_has_not_loaded_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let thread = ThreadId::random();
+        Device::open(&identity("alice"), Some(dir.path())).unwrap().create_group(thread).unwrap();
+        let mut alice = Device::open(&identity("alice"), Some(dir.path())).unwrap();
+        let bob = Device::open(&identity("bob"), None).unwrap();
+        let package = wire::mls::verify_key_package(&bob.key_packages(1).unwrap()[0]).unwrap().key_package;
+        alice.add(thread, package).unwrap();
+        alice.commit_accepted(thread).unwrap();
+        assert_eq!(alice.epoch(thread), Some(1));
+    }
+
+    #[test]
     fn a_corrupt_state_file_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mls-state.cbor"), b"\xff\x00garbage").unwrap();
