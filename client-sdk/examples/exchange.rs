@@ -38,7 +38,7 @@ pub async fn run(url: &str, pki: &Path) -> anyhow::Result<Vec<String>> {
         let event = tokio::time::timeout(Duration::from_secs(10), lt_events.next()).await?;
         match event {
             Some(Event::Message(m)) => {
-                let text = String::from_utf8_lossy(&m.payload).into_owned();
+                let text = String::from_utf8_lossy(m.payload()).into_owned();
                 println!("{} #{} from {}: {text}", m.thread, m.seq, m.sender);
                 lt.ack(m.thread, m.seq).await?;
                 received.push(text);

@@ -24,6 +24,7 @@ use wire::{
 };
 
 use crate::builder::Settings;
+use crate::content::Content;
 use crate::device::{DecryptError, Device, Processed};
 use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
@@ -40,6 +41,9 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
+/// Where the answer to a submitted request arrives.
+pub(crate) type Answer = oneshot::Receiver<Result<Reply, Error>>;
+
 enum Command {
     Request { request: Request, reply: oneshot::Sender<Result<Reply, Error>> },
     Ack { thread: ThreadId, seq: u64 },
@@ -52,7 +56,7 @@ type SharedDevice = Arc<std::sync::Mutex<Device>>;
 
 /// Plaintexts of this client's own recent messages, by id: MLS cannot decrypt
 /// one's own messages, so their echo is shown from here.
-type OwnMessages = Arc<std::sync::Mutex<HashMap<MessageId, Vec<u8>>>>;
+type OwnMessages = Arc<std::sync::Mutex<HashMap<MessageId, Content>>>;
 
 /// Own plaintexts kept for their echo, at most.
 const OWN_MESSAGES: usize = 4096;
@@ -195,10 +199,22 @@ impl Client {
         Some(EventStream { receiver })
     }
 
-    async fn request(&self, request: Request) -> Result<Reply, Error> {
+    pub(crate) async fn request(&self, request: Request) -> Result<Reply, Error> {
+        let pending = self.submit(request).await?;
+        self.answer(pending).await
+    }
+
+    /// Queues a request for the connection; requests submitted one after
+    /// another reach the hub in that order. Await the answer with [`Self::answer`].
+    pub(crate) async fn submit(&self, request: Request) -> Result<Answer, Error> {
         let (reply, answer) = oneshot::channel();
         self.inner.commands.send(Command::Request { request, reply }).await.map_err(|_| Error::Closed)?;
-        timeout(self.inner.request_timeout, answer).await.map_err(|_| Error::Timeout)?.map_err(|_| Error::Closed)?
+        Ok(answer)
+    }
+
+    /// The answer to a submitted request, within the request timeout.
+    pub(crate) async fn answer(&self, pending: Answer) -> Result<Reply, Error> {
+        timeout(self.inner.request_timeout, pending).await.map_err(|_| Error::Timeout)?.map_err(|_| Error::Closed)?
     }
 
     /// Creates a case thread with this client as its first member, and the
@@ -312,31 +328,31 @@ impl Client {
         Ok(())
     }
 
-    /// Encrypts a message for the thread's members and sends it; returns once
-    /// the hub has stored the ciphertext durably.
-    pub async fn send(&self, thread: ThreadId, plaintext: impl Into<Vec<u8>>) -> Result<Sent, Error> {
-        self.send_with_id(thread, MessageId::new(), plaintext).await
+    /// Encrypts application-defined bytes for the thread's members and sends
+    /// them; returns once the hub has stored the ciphertext durably.
+    pub async fn send(&self, thread: ThreadId, data: impl Into<Vec<u8>>) -> Result<Sent, Error> {
+        self.send_content(thread, Content::Bytes { data: data.into() }).await
     }
 
     /// Sends a text message.
     pub async fn send_text(&self, thread: ThreadId, text: &str) -> Result<Sent, Error> {
-        self.send(thread, text.as_bytes().to_vec()).await
+        self.send_content(thread, Content::Text { text: text.to_owned() }).await
     }
 
-    /// Sends a message under a given id. Sending the same id again stores nothing new.
-    pub async fn send_with_id(
-        &self,
-        thread: ThreadId,
-        id: MessageId,
-        plaintext: impl Into<Vec<u8>>,
-    ) -> Result<Sent, Error> {
-        let plaintext = plaintext.into();
+    /// Sends any kind of content.
+    pub async fn send_content(&self, thread: ThreadId, content: Content) -> Result<Sent, Error> {
+        self.send_with_id(thread, MessageId::new(), content).await
+    }
+
+    /// Sends content under a given id. Sending the same id again stores nothing new.
+    pub async fn send_with_id(&self, thread: ThreadId, id: MessageId, content: Content) -> Result<Sent, Error> {
+        let plaintext = content.encode();
         {
             let mut own = self.inner.own.lock().unwrap_or_else(|p| p.into_inner());
             if own.len() >= OWN_MESSAGES {
                 own.clear();
             }
-            own.insert(id, plaintext.clone());
+            own.insert(id, content);
         }
         for _ in 0..COMMIT_ATTEMPTS {
             let payload = self.device().encrypt(thread, &plaintext).map_err(device_error)?;
@@ -623,18 +639,20 @@ impl Driver {
                     id: entry.id,
                     sender: entry.sender,
                     at_ms: entry.at_ms,
-                    payload: own,
+                    content: own,
                 }))
             }
             EntryBody::Message { payload } => Some(match device.process(thread, &payload) {
-                Ok(Processed::Application { plaintext, sender }) if sender == entry.sender => Event::Message(Message {
-                    thread,
-                    seq,
-                    id: entry.id,
-                    sender,
-                    at_ms: entry.at_ms,
-                    payload: plaintext,
-                }),
+                Ok(Processed::Application { plaintext, sender }) if sender == entry.sender => {
+                    match Content::decode(&plaintext) {
+                        Ok(content) => {
+                            Event::Message(Message { thread, seq, id: entry.id, sender, at_ms: entry.at_ms, content })
+                        }
+                        Err(reason) => {
+                            Event::Unreadable { thread, seq, sender, error: DecryptError::Malformed(reason) }
+                        }
+                    }
+                }
                 Ok(Processed::Application { .. }) => Event::Unreadable {
                     thread,
                     seq,

@@ -28,6 +28,9 @@ pub enum Error {
     /// The device's MLS state could not be read, written or used.
     #[error("device state: {0}")]
     Device(String),
+    /// An attachment could not be uploaded or fetched.
+    #[error("attachment: {0}")]
+    Attachment(crate::attachment::AttachmentError),
     /// The client has been closed.
     #[error("the client is closed")]
     Closed,

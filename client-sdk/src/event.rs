@@ -20,8 +20,15 @@ pub struct Message {
     pub sender: MemberId,
     /// When the hub stored it, in milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// The payload as sent.
-    pub payload: Vec<u8>,
+    /// The content as sent, decrypted and verified.
+    pub content: crate::Content,
+}
+
+impl Message {
+    /// The bytes of a bytes or text message (see [`crate::Content::as_bytes`]).
+    pub fn payload(&self) -> &[u8] {
+        self.content.as_bytes()
+    }
 }
 
 /// Something that happened, delivered once and in order per thread.

@@ -18,10 +18,11 @@
 //!     .connect()
 //!     .await?;
 //! let thread = client.create_thread().await?;
-//! client.send(thread, b"ciphertext".to_vec()).await?;
+//! client.send_text(thread, "Melding ontvangen; wie neemt contact op met moeder?").await?;
 //! let mut events = client.events().expect("events are taken once");
 //! while let Some(event) = events.next().await {
 //!     if let Event::Message(message) = event {
+//!         println!("{}: {:?}", message.sender, message.content);
 //!         client.ack(message.thread, message.seq).await?;
 //!     }
 //! }
@@ -30,16 +31,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attachment;
 mod builder;
 mod client;
+pub mod content;
 pub mod device;
 mod dial;
 mod error;
 mod event;
 pub mod raw;
 
+pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
 pub use client::{Client, Sent};
+pub use content::Content;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};

@@ -102,6 +102,9 @@ pub struct Limits {
     pub write_timeout_ms: u64,
     /// Consecutive malformed frames after which a connection is closed.
     pub max_protocol_errors: u32,
+    /// Largest attachment blob, in bytes of ciphertext (100 MiB of content plus
+    /// the encryption's overhead by default).
+    pub max_blob_bytes: u64,
 }
 
 impl Default for Limits {
@@ -118,6 +121,7 @@ impl Default for Limits {
             outbound_queue_frames: 256,
             write_timeout_ms: 10_000,
             max_protocol_errors: 16,
+            max_blob_bytes: 101 << 20,
         }
     }
 }
@@ -150,6 +154,7 @@ impl Limits {
             ("limits.outbound_queue_frames", self.outbound_queue_frames as u64),
             ("limits.write_timeout_ms", self.write_timeout_ms),
             ("limits.max_protocol_errors", self.max_protocol_errors as u64),
+            ("limits.max_blob_bytes", self.max_blob_bytes),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

@@ -76,13 +76,13 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let sent = vt.send(thread, b"Melding na triage: graag overleg over warme overdracht.".to_vec()).await?;
     line.say(&who(&vt), format!("sent a message; durable at seq {}", sent.seq));
     let got = next_message(&mut lt_events, thread, &lt).await?;
-    line.say(&who(&lt), format!("received seq {}: {:?}", got.seq, String::from_utf8_lossy(&got.payload)));
+    line.say(&who(&lt), format!("received seq {}: {:?}", got.seq, String::from_utf8_lossy(got.payload())));
     lt.ack(thread, got.seq).await?;
 
     let reply = lt.send(thread, b"Ontvangen. Wij plannen een gezamenlijk huisbezoek.".to_vec()).await?;
     line.say(&who(&lt), format!("replied; durable at seq {}", reply.seq));
     let got = next_message(&mut vt_events, thread, &vt).await?;
-    line.say(&who(&vt), format!("received seq {}: {:?}", got.seq, String::from_utf8_lossy(&got.payload)));
+    line.say(&who(&vt), format!("received seq {}: {:?}", got.seq, String::from_utf8_lossy(got.payload())));
     vt.ack(thread, got.seq).await?;
 
     match outsider.members(thread).await {

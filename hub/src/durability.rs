@@ -97,6 +97,13 @@ pub enum Write {
         /// Whose.
         member: MemberId,
     },
+    /// Store an attachment chunk (see [`crate::blobs::put_chunk`]).
+    PutBlobChunk {
+        /// The chunk.
+        upload: crate::blobs::ChunkUpload,
+        /// The largest blob allowed, in bytes.
+        max_bytes: u64,
+    },
     /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
     Cursor {
         /// Whose cursor.
@@ -142,6 +149,15 @@ pub enum Written {
     },
     /// A KeyPackage was taken, or there was none.
     KeyPackage(Option<Vec<u8>>),
+    /// A blob chunk was stored, or was already.
+    BlobChunk {
+        /// The blob.
+        blob: wire::BlobId,
+        /// The chunk's position.
+        index: u32,
+        /// True when it was already stored.
+        duplicate: bool,
+    },
     /// A cursor moved.
     Cursor,
 }
@@ -268,6 +284,10 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, Vec::new())
         }
         Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), Vec::new()),
+        Write::PutBlobChunk { upload, max_bytes } => {
+            let duplicate = crate::blobs::put_chunk(store, &upload, max_bytes, at)?;
+            (Written::BlobChunk { blob: upload.blob, index: upload.index, duplicate }, Vec::new())
+        }
         Write::Cursor { member, thread, seq } => {
             store.advance_cursor(&member, thread, seq)?;
             (Written::Cursor, Vec::new())

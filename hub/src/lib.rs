@@ -10,10 +10,11 @@
 //! [`server`] accepts, [`connection`] reads and writes frames within the
 //! [`config::Limits`], [`session`] decides what a request does, [`store`] keeps
 //! it, [`durability`] makes it durable in batches, and [`delivery`] pushes it to
-//! the members.
+//! the members. [`blobs`] keeps encrypted attachments for a thread's members.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blobs;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tracing::error;
-use wire::{ErrorCode, Identity, MemberId, Reply, Request, ThreadId, ThreadSummary, WireError};
+use wire::{BlobId, ErrorCode, Identity, MemberId, Reply, Request, ThreadId, ThreadSummary, WireError};
 
+use crate::blobs::{self, ChunkUpload};
 use crate::config::Limits;
 use crate::delivery::Registry;
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
@@ -74,6 +75,8 @@ pub enum WriteKind {
     UploadKeyPackages,
     /// A KeyPackage claimed.
     ClaimKeyPackage,
+    /// An attachment chunk stored.
+    PutBlobChunk,
 }
 
 /// What became of a request once applied.
@@ -163,6 +166,12 @@ impl Hub {
                 }
                 (WriteKind::ClaimKeyPackage, Write::TakeKeyPackage { member })
             }
+            Request::PutBlobChunk { thread, blob, index, last, data } => {
+                self.require_member(caller, thread)?;
+                let upload = ChunkUpload { thread, uploader: caller.member.clone(), blob, index, last, data };
+                (WriteKind::PutBlobChunk, Write::PutBlobChunk { upload, max_bytes: self.limits.max_blob_bytes })
+            }
+            Request::GetBlobChunk { blob, index } => return Ok(Outcome::Ready(self.blob_chunk(caller, blob, index))),
             Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(caller))),
             Request::ListMembers { thread } => {
                 self.require_member(caller, thread)?;
@@ -207,6 +216,19 @@ impl Hub {
             .collect()
     }
 
+    /// A chunk of a sealed blob, for a current member of its thread only.
+    fn blob_chunk(&self, caller: &Caller, blob: BlobId, index: u32) -> Result<Reply, WireError> {
+        let (thread, chunks) = blobs::sealed_thread(self.store.blob(blob).map_err(internal)?)?;
+        if !self.is_member(thread, &caller.member)? {
+            return Err(blobs::not_found());
+        }
+        let data = match self.store.blob_chunk(blob, index).map_err(internal)? {
+            Some(data) if index < chunks => data,
+            _ => return Err(WireError::new(ErrorCode::Invalid, format!("the blob has chunks 0 to {}", chunks - 1))),
+        };
+        Ok(Reply::BlobChunk { blob, index, last: index + 1 == chunks, data })
+    }
+
     fn list_threads(&self, caller: &Caller) -> Result<Reply, WireError> {
         let summary = |thread| -> Result<ThreadSummary, StoreError> {
             Ok(ThreadSummary {
@@ -236,6 +258,9 @@ impl Hub {
             (WriteKind::UploadKeyPackages, Written::KeyPackages { stock }) => Ok(Reply::KeyPackagesStored { stock }),
             (WriteKind::ClaimKeyPackage, Written::KeyPackage(Some(package))) => {
                 Ok(Reply::KeyPackage { key_package: package.into() })
+            }
+            (WriteKind::PutBlobChunk, Written::BlobChunk { blob, index, duplicate }) => {
+                Ok(Reply::BlobChunkStored { blob, index, duplicate })
             }
             (WriteKind::ClaimKeyPackage, Written::KeyPackage(None)) => Err(WireError::new(
                 ErrorCode::NoKeyPackage,

@@ -45,6 +45,8 @@ pub struct Scale {
     pub handshake_window: Duration,
     /// Messages stored before the restart measurement.
     pub restart_messages: usize,
+    /// Size of the attachment sent through the hub, in MiB.
+    pub attachment_mib: usize,
 }
 
 impl Scale {
@@ -55,6 +57,7 @@ impl Scale {
             idle_connections: 2_000,
             handshake_window: Duration::from_secs(2),
             restart_messages: 100_000,
+            attachment_mib: 32,
         }
     }
 
@@ -65,6 +68,7 @@ impl Scale {
             idle_connections: 50,
             handshake_window: Duration::from_millis(300),
             restart_messages: 1_000,
+            attachment_mib: 2,
         }
     }
 
@@ -75,6 +79,7 @@ impl Scale {
             idle_connections: 10_000,
             handshake_window: Duration::from_secs(5),
             restart_messages: 1_000_000,
+            attachment_mib: 100,
         }
     }
 }
@@ -208,16 +213,7 @@ impl Target {
 
     /// Resident memory of the server process, in bytes.
     fn rss(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("no VmRSS")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kib * 1024)
+        rss_of(self.pid)
     }
 
     /// CPU time (user + system) the server process has used.
@@ -228,6 +224,20 @@ impl Target {
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         Ok(Duration::from_millis(ticks * 10))
     }
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
 }
 
 /// The hub's configuration for the benchmark: durable storage and membership
@@ -290,7 +300,7 @@ impl Swarm {
                             let _ = acker.ack(m.thread, m.seq).await;
                         }
                         if m.sender != me && tally.recording.load(Ordering::Relaxed) {
-                            if let Some(at) = sent_at(&m.payload) {
+                            if let Some(at) = sent_at(m.payload()) {
                                 let us = epoch().elapsed().saturating_sub(at).as_micros() as u32;
                                 tally.latencies_us.lock().unwrap().push(us);
                             }
@@ -484,6 +494,8 @@ pub enum Phase {
     Restart,
     /// MLS costs on one device, against plain AEAD.
     Mls,
+    /// An encrypted attachment through the hub, against plain AES-GCM.
+    Attachment,
 }
 
 /// Runs the phases in `only` (all when empty) and returns the report rows.
@@ -562,6 +574,10 @@ pub async fn run(
             Some(relay_hs_cpu),
             Better::Higher,
         ));
+    }
+    if wanted(Phase::Attachment) {
+        progress(&format!("a {} MiB attachment", scale.attachment_mib));
+        figures.extend(attachment_figures(&hub, dir.path(), scale.attachment_mib).await?);
     }
     drop((relay, hub));
     if wanted(Phase::Memory) {
@@ -702,6 +718,120 @@ fn mls_figures() -> anyhow::Result<Vec<Figure>> {
             Better::Lower,
         ),
     ])
+}
+
+/// Samples the peak resident memory of processes until stopped.
+struct PeakMemory {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+impl PeakMemory {
+    fn start(pids: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut peaks = vec![0u64; pids.len()];
+            while !flag.load(Ordering::Relaxed) {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    *peak = (*peak).max(rss_of(*pid).unwrap_or(0));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peaks
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+/// An attachment uploaded and fetched through the hub by two SDK clients in
+/// this process, against a plain AES-256-GCM loop over the same file (the
+/// "relay" column holds the baseline; the relay keeps no blobs).
+async fn attachment_figures(hub: &Target, dir: &Path, mib: usize) -> anyhow::Result<Vec<Figure>> {
+    let sender = hub.client(Crew::Idle, 0).discard_events().connect().await?;
+    let receiver = hub.client(Crew::Idle, 1).discard_events().connect().await?;
+    let thread = sender.create_thread().await?;
+    sender.add_member(thread, receiver.member_id()).await?;
+    let source = dir.join("attachment.bin");
+    crate::write_random_file(&source, mib << 20, 42)?;
+    let baseline = aes_gcm_mib_per_s(&source)?;
+
+    let before = (rss_of(hub.pid)?, rss_of(std::process::id())?);
+    let peaks = PeakMemory::start(vec![hub.pid, std::process::id()]);
+    let started = Instant::now();
+    let file = tokio::fs::File::open(&source).await?;
+    let attachment = sender.upload_attachment(thread, "bench.bin", "application/octet-stream", file).await?;
+    let upload = mib as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    receiver.fetch_attachment(&attachment, dir.join("received.bin")).await?;
+    let download = mib as f64 / started.elapsed().as_secs_f64();
+    let peaks = peaks.finish().await?;
+    sender.close().await;
+    receiver.close().await;
+    let growth = |peak: u64, start: u64| peak.saturating_sub(start) as f64 / f64::from(1 << 20);
+    Ok(vec![
+        Figure::new(
+            format!("attachment upload, {mib} MiB (relay column: plain AES-256-GCM over the file)"),
+            "MiB/s",
+            upload,
+            Some(baseline),
+            Better::Higher,
+        ),
+        Figure::new(
+            format!("attachment download + verify, {mib} MiB (relay column: as above)"),
+            "MiB/s",
+            download,
+            Some(baseline),
+            Better::Higher,
+        ),
+        Figure::new(
+            format!("hub resident memory growth during the {mib} MiB transfer"),
+            "MiB",
+            growth(peaks[0], before.0),
+            None,
+            Better::Lower,
+        ),
+        Figure::new(
+            format!("SDK resident memory growth during the {mib} MiB transfer (both clients)"),
+            "MiB",
+            growth(peaks[1], before.1),
+            None,
+            Better::Lower,
+        ),
+    ])
+}
+
+/// Reads a file in attachment-sized chunks and seals each with AES-256-GCM.
+fn aes_gcm_mib_per_s(path: &Path) -> anyhow::Result<f64> {
+    use std::io::Read;
+    let key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[3u8; 32]).map_err(|_| anyhow::anyhow!("key"))?,
+    );
+    let mut file = std::fs::File::open(path)?;
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for index in 0u64.. {
+        let mut chunk = Vec::with_capacity(ketenhub_sdk::attachment::CHUNK_BYTES + 16);
+        (&mut file).take(ketenhub_sdk::attachment::CHUNK_BYTES as u64).read_to_end(&mut chunk)?;
+        if chunk.is_empty() {
+            break;
+        }
+        bytes += chunk.len();
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&index.to_be_bytes());
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::empty(),
+            &mut chunk,
+        )
+        .map_err(|_| anyhow::anyhow!("AES-GCM failed"))?;
+    }
+    Ok(bytes as f64 / f64::from(1 << 20) / started.elapsed().as_secs_f64())
 }
 
 /// Formats the report as a table.

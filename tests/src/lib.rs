@@ -181,3 +181,40 @@ pub async fn messages(
         Err(_) => bail!("timed out after {} of {count} messages", out.len()),
     }
 }
+
+/// The files under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Writes `len` pseudo-random bytes to `path`, a megabyte at a time.
+pub fn write_random_file(path: &Path, len: usize, seed: u64) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut state = seed | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for byte in block.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        let n = left.min(block.len());
+        std::io::Write::write_all(&mut file, &block[..n])?;
+        left -= n;
+    }
+    std::io::Write::flush(&mut file)?;
+    Ok(())
+}

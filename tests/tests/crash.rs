@@ -32,7 +32,7 @@ async fn send_all(client: Client, thread: ThreadId, sender: usize, ledger: Arc<M
     for n in 0..PER_SENDER {
         let id = MessageId::new();
         let payload = format!("{sender}:{n}").into_bytes();
-        match client.send_with_id(thread, id, payload).await {
+        match client.send_with_id(thread, id, ketenhub_sdk::Content::Bytes { data: payload }).await {
             Ok(sent) => {
                 ledger.lock().unwrap().acknowledged.insert(id, (sender, n, sent.seq));
             }
@@ -143,7 +143,7 @@ async fn kill_9_loses_no_acknowledged_message() -> anyhow::Result<()> {
     // Each sender's messages arrive in the order it sent them.
     let mut last_of_sender: HashMap<usize, usize> = HashMap::new();
     for message in &received {
-        let text = String::from_utf8(message.payload.clone())?;
+        let text = String::from_utf8(message.payload().to_vec())?;
         let (sender, n) = text.split_once(':').expect("payload format");
         let (sender, n): (usize, usize) = (sender.parse()?, n.parse()?);
         if let Some(previous) = last_of_sender.insert(sender, n) {

@@ -2,31 +2,15 @@
 //! ciphertext, removed and new members read exactly what they should, tampering
 //! is detected, and concurrent commits converge.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ketenhub_sdk::device::{DecryptError, Device};
 use ketenhub_sdk::raw::RawIncoming;
-use ketenhub_sdk::{Client, Event, EventStream, ThreadId};
-use tests::{messages, next_event, DevHub, HubProcess};
+use ketenhub_sdk::{Client, ErrorCode, Event, EventStream, ThreadId};
+use tests::{files_containing, messages, next_event, DevHub, HubProcess};
 use wire::{ClientFrame, EntryBody, HubFrame, MessageId, Request};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
-}
 
 /// Reads raw event frames of `thread` until one with `seq`, returning its body.
 async fn raw_entry(raw: &mut ketenhub_sdk::raw::RawConnection, seq: u64) -> anyhow::Result<EntryBody> {
@@ -58,7 +42,7 @@ async fn the_hub_cannot_read_a_canary() -> anyhow::Result<()> {
     let canary = format!("canary-{}", uuid::Uuid::new_v4());
     vt.send_text(thread, &canary).await?;
     let got = messages(&mut events, 1, WAIT).await?;
-    assert_eq!(got[0].payload, canary.as_bytes(), "the member reads it");
+    assert_eq!(got[0].payload(), canary.as_bytes(), "the member reads it");
     let status = hub.terminate()?;
     assert!(status.success());
     let found = files_containing(dir.path(), canary.as_bytes());
@@ -78,7 +62,7 @@ async fn a_removed_member_cannot_read_what_follows() -> anyhow::Result<()> {
     let thread = vt.create_thread().await?;
     vt.add_member(thread, lt.member_id()).await?;
     vt.send_text(thread, "while a member").await?;
-    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload, b"while a member");
+    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"while a member");
 
     vt.remove_member(thread, lt.member_id()).await?;
     next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Removed { .. })).await?;
@@ -112,7 +96,7 @@ async fn a_new_member_cannot_read_what_came_before() -> anyhow::Result<()> {
     vt.add_member(thread, lt.member_id()).await?;
     next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
     vt.send_text(thread, "after LT joined").await?;
-    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload, b"after LT joined");
+    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"after LT joined");
     lt.close().await;
 
     let mut device = Device::open(lt.identity(), Some(lt_state.path()))?;
@@ -130,7 +114,7 @@ async fn a_tampered_ciphertext_is_reported_and_never_shown() -> anyhow::Result<(
     let thread = vt.create_thread().await?;
     vt.add_member(thread, lt.member_id()).await?;
     let original = vt.send_text(thread, "the real text").await?;
-    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload, b"the real text");
+    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"the real text");
 
     // VT's connection stores the same ciphertext again with one bit flipped: a
     // replay and an alteration at once. (A flipped bit in a ciphertext not yet
@@ -146,7 +130,7 @@ async fn a_tampered_ciphertext_is_reported_and_never_shown() -> anyhow::Result<(
     assert_eq!(next_unreadable(&mut lt_events).await?, DecryptError::Tampered);
     // And the thread goes on.
     vt.send_text(thread, "next").await?;
-    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload, b"next");
+    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"next");
     hub.stop().await
 }
 
@@ -174,7 +158,7 @@ async fn concurrent_commits_converge_on_one_epoch() -> anyhow::Result<()> {
     vt.send_text(thread, "all four").await?;
     for events in &mut streams {
         let got = messages(events, 1, WAIT).await?;
-        assert_eq!(got[0].payload, b"all four");
+        assert_eq!(got[0].payload(), b"all four");
     }
     hub.stop().await
 }
@@ -187,4 +171,85 @@ async fn wait_for_epoch(client: &Client, thread: ThreadId, epoch: u64) -> anyhow
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     anyhow::bail!("{} never reached epoch {epoch} (at {:?})", client.member_id(), client.epoch(thread))
+}
+
+#[tokio::test]
+async fn a_commit_presented_under_another_identity_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt_state = tempfile::tempdir()?;
+    let lt = hub.client("lt-woerden-caseworker").state_dir(lt_state.path()).connect().await?;
+    let mut lt_events = lt.events().unwrap();
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id()).await?;
+    next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
+    lt.close().await;
+
+    // LT's device signs a commit removing VT; VT's connection presents it as its own.
+    let mut device = Device::open(lt.identity(), Some(lt_state.path()))?;
+    let commit = device.remove(thread, &vt.member_id())?;
+    let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
+    raw.send_frame(&ClientFrame::Request { id: 1, request: Request::Commit { thread, commit, welcome: None } }).await?;
+    let refusal = loop {
+        match tokio::time::timeout(WAIT, raw.next()).await?? {
+            RawIncoming::Frame(HubFrame::Reply { id: 1, result }) => break result.err(),
+            RawIncoming::Frame(_) => {}
+            other => anyhow::bail!("connection ended: {other:?}"),
+        }
+    };
+    assert_eq!(refusal.map(|e| e.code), Some(ErrorCode::Forbidden));
+    assert!(vt.members(thread).await?.contains(&vt.member_id()), "VT is still a member");
+    assert_eq!(vt.epoch(thread), Some(1), "the group did not move");
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_restarted_client_and_a_restarted_hub_continue_the_conversation() -> anyhow::Result<()> {
+    let binary = env!("CARGO_BIN_EXE_ketenhub-hub");
+    let dir = tempfile::tempdir()?;
+    let mut hub = HubProcess::start(binary.as_ref(), dir.path(), "127.0.0.1:0", "")?;
+    let listen = hub.addr().to_string();
+    let (vt_state, lt_state) = (dir.path().join("vt"), dir.path().join("lt"));
+    let vt = hub.client("vt-utrecht-caseworker").state_dir(&vt_state).connect().await?;
+    let mut vt_events = vt.events().unwrap();
+    let lt = hub.client("lt-woerden-caseworker").state_dir(&lt_state).connect().await?;
+    let mut lt_events = lt.events().unwrap();
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id()).await?;
+    vt.send_text(thread, "before the restarts").await?;
+    let first = messages(&mut lt_events, 1, WAIT).await?;
+    lt.ack(thread, first[0].seq).await?;
+
+    // LT's process stops; VT writes meanwhile; LT starts again from its state on disk.
+    lt.close().await;
+    drop(lt_events);
+    vt.send_text(thread, "while LT was away").await?;
+    let lt = hub.client("lt-woerden-caseworker").state_dir(&lt_state).connect().await?;
+    let mut lt_events = lt.events().unwrap();
+    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"while LT was away");
+    lt.send_text(thread, "LT is back").await?;
+    assert_eq!(text_from(&mut vt_events, &lt).await?, "LT is back");
+
+    // The hub is killed and restarted on the same data; both clients reconnect by themselves.
+    hub.kill_9()?;
+    let restarted = HubProcess::start(binary.as_ref(), dir.path(), &listen, "")?;
+    vt.send_text(thread, "after the hub restart").await?;
+    assert_eq!(text_from(&mut lt_events, &vt).await?, "after the hub restart");
+    let rvdk = restarted.client("rvdk-caseworker").connect().await?;
+    let mut rvdk_events = rvdk.events().unwrap();
+    lt.add_member(thread, rvdk.member_id()).await?;
+    lt.send_text(thread, "RvdK joins after both restarts").await?;
+    assert_eq!(messages(&mut rvdk_events, 1, WAIT).await?[0].payload(), b"RvdK joins after both restarts");
+    assert_eq!(text_from(&mut vt_events, &lt).await?, "RvdK joins after both restarts");
+    Ok(())
+}
+
+/// The next message from `sender`, as text.
+async fn text_from(events: &mut EventStream, sender: &Client) -> anyhow::Result<String> {
+    let from = sender.member_id();
+    match next_event(events, WAIT, |e| matches!(e, Event::Message(m) if m.sender == from)).await? {
+        Event::Message(m) => Ok(String::from_utf8_lossy(m.payload()).into_owned()),
+        _ => unreachable!(),
+    }
 }

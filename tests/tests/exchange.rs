@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ketenhub_sdk::raw::RawIncoming;
-use ketenhub_sdk::{Event, MessageId};
+use ketenhub_sdk::{Content, Event, MessageId};
 use tests::{limits, messages, next_event, DevHub};
 use wire::HubFrame;
 
@@ -35,9 +35,9 @@ async fn two_organisations_exchange_messages_both_ways() -> anyhow::Result<()> {
     // Entries 1-4: two members on the table, the MLS commit adding LT and its Welcome.
     assert_eq!(seqs, (5..15).collect::<Vec<_>>(), "gap-free, in order");
     for (i, pair) in at_lt.chunks(2).enumerate() {
-        assert_eq!(pair[0].payload, format!("vt {i}").into_bytes());
+        assert_eq!(pair[0].payload(), format!("vt {i}").into_bytes());
         assert_eq!(pair[0].sender, vt.member_id());
-        assert_eq!(pair[1].payload, format!("lt {i}").into_bytes());
+        assert_eq!(pair[1].payload(), format!("lt {i}").into_bytes());
         assert_eq!(pair[1].sender, lt.member_id());
     }
     hub.stop().await
@@ -51,15 +51,15 @@ async fn a_resend_with_the_same_id_is_acknowledged_but_stored_once() -> anyhow::
     let mut events = vt.events().unwrap();
     let thread = vt.create_thread().await?;
     let id = MessageId::new();
-    let first = vt.send_with_id(thread, id, b"once".to_vec()).await?;
-    let again = vt.send_with_id(thread, id, b"once".to_vec()).await?;
+    let first = vt.send_with_id(thread, id, Content::Bytes { data: b"once".to_vec() }).await?;
+    let again = vt.send_with_id(thread, id, Content::Bytes { data: b"once".to_vec() }).await?;
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!(first.seq, again.seq);
     let after = vt.send(thread, b"next".to_vec()).await?;
     assert_eq!(after.seq, first.seq + 1, "the resend took no sequence number");
     let got = messages(&mut events, 2, WAIT).await?;
-    assert_eq!(got.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>(), vec![&b"once"[..], b"next"]);
+    assert_eq!(got.iter().map(|m| m.payload()).collect::<Vec<_>>(), vec![&b"once"[..], b"next"]);
     hub.stop().await
 }
 
@@ -107,7 +107,7 @@ async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> any
     let lt = lt_device().connect().await?;
     let mut events = lt.events().unwrap();
     let resumed = messages(&mut events, 40, WAIT).await?;
-    let payloads: Vec<String> = resumed.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()).collect();
+    let payloads: Vec<String> = resumed.iter().map(|m| String::from_utf8(m.payload().to_vec()).unwrap()).collect();
     let expected: Vec<String> = (10..50).map(|i| format!("m{i}")).collect();
     assert_eq!(payloads, expected);
     assert!(resumed.windows(2).all(|w| w[1].seq == w[0].seq + 1));
@@ -128,7 +128,7 @@ async fn a_member_added_later_sees_no_earlier_entries() -> anyhow::Result<()> {
     let first = next_event(&mut events, WAIT, |e| e.position().is_some()).await?;
     assert_eq!(first.position(), Some((thread, added_at)));
     let got = messages(&mut events, 1, WAIT).await?;
-    assert_eq!(got[0].payload, b"after");
+    assert_eq!(got[0].payload(), b"after");
     hub.stop().await
 }
 

@@ -40,7 +40,7 @@ async fn bystander(hub: &DevHub) -> anyhow::Result<(Client, ThreadId, ketenhub_s
 async fn still_works(client: &Client, thread: ThreadId, events: &mut ketenhub_sdk::EventStream) -> anyhow::Result<()> {
     let sent = client.send(thread, b"still here".to_vec()).await?;
     let got = messages(events, 1, WAIT).await?;
-    assert_eq!((got[0].seq, got[0].payload.as_slice()), (sent.seq, &b"still here"[..]));
+    assert_eq!((got[0].seq, got[0].payload()), (sent.seq, &b"still here"[..]));
     Ok(())
 }
 

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     StaleEpoch,
     /// The member has no KeyPackage left at the hub; it must come online and upload more.
     NoKeyPackage,
+    /// The attachment would exceed the hub's maximum blob size.
+    BlobTooLarge,
     /// The identity already has the maximum number of open connections.
     TooManyConnections,
     /// The hub is shutting down or cannot make the action durable; retry later.

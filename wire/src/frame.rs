@@ -53,6 +53,24 @@ impl Default for MessageId {
     }
 }
 
+/// An attachment blob's id: random, chosen by the uploader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BlobId(pub Uuid);
+
+impl BlobId {
+    /// A fresh random blob id.
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -154,6 +172,29 @@ pub enum Request {
         thread: ThreadId,
         /// Whose KeyPackage.
         member: MemberId,
+    },
+    /// Stores one chunk of an attachment's ciphertext. Chunks go in order from
+    /// 0; the chunk marked `last` seals the blob. The hub cannot read them: the
+    /// key travels only inside the MLS message that refers to the blob.
+    PutBlobChunk {
+        /// The thread whose members may fetch the blob.
+        thread: ThreadId,
+        /// The blob.
+        blob: BlobId,
+        /// The chunk's position, from 0.
+        index: u32,
+        /// True for the final chunk.
+        last: bool,
+        /// The encrypted chunk.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Fetches one chunk of a sealed blob; only current members of its thread may.
+    GetBlobChunk {
+        /// The blob.
+        blob: BlobId,
+        /// The chunk's position, from 0.
+        index: u32,
     },
 }
 
@@ -260,6 +301,27 @@ pub enum Reply {
         /// The KeyPackage.
         key_package: serde_bytes::ByteBuf,
     },
+    /// A blob chunk is stored durably (or was already).
+    BlobChunkStored {
+        /// The blob.
+        blob: BlobId,
+        /// The chunk's position.
+        index: u32,
+        /// True when the chunk was already stored and nothing new was written.
+        duplicate: bool,
+    },
+    /// One chunk of a blob.
+    BlobChunk {
+        /// The blob.
+        blob: BlobId,
+        /// The chunk's position.
+        index: u32,
+        /// True for the final chunk.
+        last: bool,
+        /// The encrypted chunk.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// A thread as seen by one member.
@@ -363,6 +425,17 @@ mod tests {
                 request: Request::UploadKeyPackages { key_packages: vec![serde_bytes::ByteBuf::from(vec![1, 2])] },
             },
             ClientFrame::Request { id: 7, request: Request::ClaimKeyPackage { thread, member: member() } },
+            ClientFrame::Request {
+                id: 8,
+                request: Request::PutBlobChunk {
+                    thread,
+                    blob: BlobId::random(),
+                    index: 2,
+                    last: true,
+                    data: vec![1, 2, 3],
+                },
+            },
+            ClientFrame::Request { id: 9, request: Request::GetBlobChunk { blob: BlobId::random(), index: 0 } },
             ClientFrame::Ack { thread, seq: 9 },
         ];
         for frame in frames {
@@ -395,6 +468,14 @@ mod tests {
             HubFrame::Reply { id: 3, result: Ok(Reply::Members { members: vec![member()] }) },
             HubFrame::Reply { id: 4, result: Ok(Reply::KeyPackagesStored { stock: 5 }) },
             HubFrame::Reply { id: 5, result: Ok(Reply::KeyPackage { key_package: vec![9, 9].into() }) },
+            HubFrame::Reply {
+                id: 6,
+                result: Ok(Reply::BlobChunkStored { blob: BlobId::random(), index: 1, duplicate: false }),
+            },
+            HubFrame::Reply {
+                id: 7,
+                result: Ok(Reply::BlobChunk { blob: BlobId::random(), index: 0, last: true, data: vec![4] }),
+            },
             HubFrame::Event { thread, entry },
             HubFrame::Event {
                 thread,

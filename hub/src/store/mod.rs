@@ -13,10 +13,12 @@
 //! Methods are synchronous: sled answers from memory in microseconds, and the
 //! one slow call, `flush`, runs on a blocking thread (see `durability`).
 
+pub mod chunk_files;
 pub mod sled_store;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use wire::{Entry, MemberId, MessageId, ThreadId};
+use wire::{BlobId, Entry, MemberId, MessageId, ThreadId};
 
 pub use sled_store::SledStore;
 
@@ -82,7 +84,25 @@ pub struct AcceptedCommit<'a> {
     pub at_ms: u64,
 }
 
-/// Storage for threads, members, entries and cursors.
+/// What the hub knows about an attachment blob. The content is ciphertext
+/// whose key only the thread's members hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    /// The thread whose current members may fetch it.
+    pub thread: ThreadId,
+    /// Who uploads it; nobody else may add chunks.
+    pub uploader: MemberId,
+    /// Chunks stored so far.
+    pub chunks: u32,
+    /// Bytes stored so far.
+    pub bytes: u64,
+    /// True once the last chunk is stored; a sealed blob never changes.
+    pub sealed: bool,
+    /// When its first chunk arrived.
+    pub created_at_ms: u64,
+}
+
+/// Storage for threads, members, entries, cursors, KeyPackages and blobs.
 pub trait Store: Send + Sync + 'static {
     /// Creates a thread whose first entry records `creator` as its first member.
     /// The same creator with the same `client_ref` gets the same thread back.
@@ -151,6 +171,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many KeyPackages `member` holds.
     fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError>;
+
+    /// The record of a blob, if any chunk of it is stored.
+    fn blob(&self, blob: BlobId) -> Result<Option<BlobRecord>, StoreError>;
+
+    /// Stores chunk `index` of a blob together with its updated record, atomically.
+    fn put_blob_chunk(&self, blob: BlobId, record: &BlobRecord, index: u32, data: &[u8]) -> Result<(), StoreError>;
+
+    /// One stored chunk of a blob.
+    fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Makes every write made before this call durable, and visible to reads.
     fn flush(&self) -> Result<(), StoreError>;

@@ -18,6 +18,9 @@
 //! | `R` | member, client ref | thread: idempotent creation |
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
+//! | `B` | blob | blob record |
+//!
+//! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
 //!
 //! A member is encoded as its 20 OIN digits, a length byte and the worker id,
 //! which keeps prefixes unambiguous. Values are CBOR.
@@ -32,9 +35,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
-use wire::{Entry, EntryBody, MemberId, MessageId, ThreadId};
+use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, ThreadId};
 
-use super::{AcceptedCommit, Appended, Created, Store, StoreError};
+use super::chunk_files::ChunkFiles;
+use super::{AcceptedCommit, Appended, BlobRecord, Created, Store, StoreError};
 
 const THREAD: u8 = b'T';
 const MEMBER: u8 = b'M';
@@ -45,6 +49,7 @@ const CURSOR: u8 = b'C';
 const CREATE_REF: u8 = b'R';
 const KEY_PACKAGE: u8 = b'K';
 const GROUP: u8 = b'G';
+const BLOB: u8 = b'B';
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -69,6 +74,7 @@ struct ThreadLog {
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
+    chunks: ChunkFiles,
     logs: Mutex<HashMap<ThreadId, Arc<Mutex<ThreadLog>>>>,
     dirty: Mutex<HashSet<ThreadId>>,
     creating: Mutex<()>,
@@ -129,7 +135,14 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open().map_err(backend)?;
-        Ok(Self { db, logs: Mutex::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), creating: Mutex::new(()) })
+        let chunks = ChunkFiles::open(&dir.join("attachments"))?;
+        Ok(Self {
+            db,
+            chunks,
+            logs: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            creating: Mutex::new(()),
+        })
     }
 
     fn entry_key(thread: ThreadId, seq: u64) -> Vec<u8> {
@@ -427,7 +440,22 @@ impl Store for SledStore {
         Ok(self.db.scan_prefix(key(KEY_PACKAGE, &[&member_key(member)])).count() as u64)
     }
 
+    fn blob(&self, blob: BlobId) -> Result<Option<BlobRecord>, StoreError> {
+        self.db.get(key(BLOB, &[blob.0.as_bytes()])).map_err(backend)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn put_blob_chunk(&self, blob: BlobId, record: &BlobRecord, index: u32, data: &[u8]) -> Result<(), StoreError> {
+        self.chunks.write(blob, index, data)?;
+        self.db.insert(key(BLOB, &[blob.0.as_bytes()]), encode(record)).map_err(backend)?;
+        Ok(())
+    }
+
+    fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.chunks.read(blob, index)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
+        self.chunks.sync()?;
         let dirty: Vec<ThreadId> = lock(&self.dirty).drain().collect();
         let marks: Vec<(ThreadId, Arc<Mutex<ThreadLog>>, u64)> = dirty
             .into_iter()

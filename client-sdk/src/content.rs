@@ -1,0 +1,65 @@
+//! What a thread message carries, inside its MLS encryption.
+//!
+//! The hub sees only ciphertext, so the shape of a message's content is an
+//! agreement between SDKs: the MLS plaintext is one CBOR-encoded [`Content`],
+//! tagged by `kind`. New kinds are added as new variants; a receiver that
+//! meets a kind it does not know reports the message as unreadable rather than
+//! guessing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attachment::Attachment;
+
+/// The decrypted content of a thread message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Content {
+    /// Application-defined bytes, for case systems with their own format.
+    Bytes {
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A caseworker's text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An encrypted file at the hub; fetch it with [`crate::Client::fetch_attachment`].
+    Attachment(Attachment),
+}
+
+impl Content {
+    /// The MLS plaintext for this content.
+    pub fn encode(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Reads content from an MLS plaintext.
+    pub fn decode(plaintext: &[u8]) -> Result<Self, String> {
+        wire::decode(plaintext).map_err(|e| format!("not Ketenhub message content: {e}"))
+    }
+
+    /// The bytes of a `Bytes` message, or the UTF-8 of a `Text` message;
+    /// empty for other kinds.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Bytes { data } => data,
+            Self::Text { text } => text.as_bytes(),
+            Self::Attachment(_) => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_round_trips_and_foreign_bytes_are_refused() {
+        for content in [Content::Bytes { data: vec![0, 255] }, Content::Text { text: "hallo".into() }] {
+            assert_eq!(Content::decode(&content.encode()).unwrap(), content);
+        }
+        assert!(Content::decode(b"plain bytes").is_err());
+    }
+}

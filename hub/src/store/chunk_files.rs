@@ -1,0 +1,92 @@
+//! Attachment chunks as plain files beside the database.
+//!
+//! Attachments reach 100 MiB. Kept inside sled they would pass through its
+//! page cache (so the hub's memory would grow with the file) and its log
+//! (written twice, compacted later). As files they cost one write each and sit
+//! in the kernel's page cache, not the hub's heap. Any [`super::Store`] backend
+//! can keep its chunks here.
+//!
+//! Writes are not synced one by one: [`ChunkFiles::sync`] makes every chunk
+//! written since the last sync durable, and the store calls it before it
+//! flushes the records that mention those chunks. A record that reached disk
+//! by a background flush before its chunk did is repaired when the uploader
+//! resends the unacknowledged chunk (see `crate::blobs`).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use wire::BlobId;
+
+use super::StoreError;
+
+/// A directory of chunk files: `DIR/<blob>/<index>`.
+#[derive(Debug)]
+pub struct ChunkFiles {
+    dir: PathBuf,
+    unsynced: Mutex<Vec<PathBuf>>,
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("attachment file: {e}"))
+}
+
+impl ChunkFiles {
+    /// Chunk files under `dir`, created if missing.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(io)?;
+        Ok(Self { dir: dir.to_owned(), unsynced: Mutex::new(Vec::new()) })
+    }
+
+    fn blob_dir(&self, blob: BlobId) -> PathBuf {
+        self.dir.join(blob.0.simple().to_string())
+    }
+
+    fn path(&self, blob: BlobId, index: u32) -> PathBuf {
+        self.blob_dir(blob).join(format!("{index:08}"))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a chunk (replacing one at the same place); durable after the next [`Self::sync`].
+    pub fn write(&self, blob: BlobId, index: u32, data: &[u8]) -> Result<(), StoreError> {
+        let dir = self.blob_dir(blob);
+        if index == 0 {
+            fs::create_dir_all(&dir).map_err(io)?;
+            self.pending().push(self.dir.clone());
+        }
+        let path = self.path(blob, index);
+        File::create(&path).and_then(|mut f| f.write_all(data)).map_err(io)?;
+        let mut pending = self.pending();
+        pending.push(path);
+        pending.push(dir);
+        Ok(())
+    }
+
+    /// A stored chunk, if present.
+    pub fn read(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        match fs::read(self.path(blob, index)) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Makes every chunk written so far durable, with the directory entries naming them.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut paths = std::mem::take(&mut *self.pending());
+        paths.sort();
+        paths.dedup();
+        for path in &paths {
+            if let Err(e) = File::open(path).and_then(|f| f.sync_all()) {
+                // Whatever was not synced stays pending for the next attempt.
+                self.pending().extend(paths.iter().cloned());
+                return Err(io(e));
+            }
+        }
+        Ok(())
+    }
+}
