@@ -24,6 +24,7 @@ pub mod demo;
 pub mod devhub;
 pub mod durability;
 pub mod groups;
+pub mod policy;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

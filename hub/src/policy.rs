@@ -1,0 +1,358 @@
+//! Need-to-know policy: who may do what, decided in one place.
+//!
+//! The policy file (TOML; `deploy/policy.toml` is the annotated example) names
+//! the organisations of the chain, the handover routes between agency kinds with
+//! the legal bases allowed on each, what each role may do, and how long content
+//! and audit entries are kept. The hub loads it at start and on SIGHUP; a file
+//! that does not validate is refused and the policy in force stays.
+//!
+//! [`Policy::decide`] is the only place a request is allowed or denied. It
+//! denies by default: an action is allowed only when a rule says so, and every
+//! decision carries the name of the rule that made it, for the audit log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+use wire::{AgencyKind, Identity, MemberId, Oin, Role};
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid policy file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// The file parses but contradicts itself.
+    #[error("invalid policy: {0}")]
+    Invalid(String),
+}
+
+/// What a role may be allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Open a case thread.
+    CreateThread,
+    /// Add a member to a case.
+    AddMember,
+    /// Send messages and attachments, and change the thread's MLS group.
+    Send,
+    /// Read a case: receive its entries, list members, fetch attachments.
+    Read,
+    /// Query the audit log within the role's scope.
+    AuditQuery,
+}
+
+/// An organisation of the chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organisation {
+    /// Its OIN.
+    pub oin: Oin,
+    /// Its name.
+    pub name: String,
+    /// Its kind of agency.
+    pub kind: AgencyKind,
+    /// Its region (gemeente or jeugdregio).
+    pub region: String,
+}
+
+/// A legal basis for sharing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegalBasis {
+    /// The code used in requests, for example `consent`.
+    pub code: String,
+    /// What it is, for reports.
+    pub description: String,
+    /// True when it allows sharing without the family's consent (on safety
+    /// grounds): such a share needs a written justification and review.
+    #[serde(default)]
+    pub without_consent: bool,
+}
+
+/// A handover route between agency kinds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Its name, for example `vt-lt-referral`.
+    pub name: String,
+    /// The kind of the organisation that brings the other in.
+    pub from: AgencyKind,
+    /// The kind of the organisation brought in.
+    pub to: AgencyKind,
+    /// The legal bases allowed on it (codes from `legal_bases`).
+    pub legal_bases: Vec<String>,
+}
+
+/// How long the hub keeps things.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Days message content and attachments are kept after every member received them.
+    pub content_days: u32,
+    /// Years audit entries are kept.
+    #[serde(default = "five")]
+    pub audit_years: u32,
+}
+
+fn five() -> u32 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    retention: Retention,
+    #[serde(default)]
+    organisations: Vec<Organisation>,
+    #[serde(default)]
+    legal_bases: Vec<LegalBasis>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
+    roles: HashMap<String, BTreeSet<Action>>,
+}
+
+/// A validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    organisations: HashMap<Oin, Organisation>,
+    bases: HashMap<String, LegalBasis>,
+    routes: Vec<Route>,
+    roles: HashMap<Role, BTreeSet<Action>>,
+    /// The retention periods.
+    pub retention: Retention,
+}
+
+/// Why an add is justified, as the caller states it.
+#[derive(Debug, Clone, Copy)]
+pub struct Grounds<'a> {
+    /// The reason given.
+    pub reason: &'a str,
+    /// The legal basis code given.
+    pub legal_basis: &'a str,
+}
+
+/// A decision, naming the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the action may go ahead.
+    pub allowed: bool,
+    /// The rule's name.
+    pub rule: &'static str,
+    /// A readable explanation.
+    pub reason: String,
+}
+
+impl Decision {
+    fn allow(rule: &'static str, reason: impl Into<String>) -> Self {
+        Self { allowed: true, rule, reason: reason.into() }
+    }
+
+    fn deny(rule: &'static str, reason: impl Into<String>) -> Self {
+        Self { allowed: false, rule, reason: reason.into() }
+    }
+}
+
+fn role_from_key(key: &str) -> Option<Role> {
+    [Role::Caseworker, Role::System, Role::PrivacyOfficer, Role::Admin].into_iter().find(|r| r.code() == key)
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: shown.clone(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            PolicyError::Parse { message, .. } => PolicyError::Parse { path: shown, message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates policy text.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Parse { path: String::new(), message: e.to_string() })?;
+        let mut organisations = HashMap::new();
+        for org in file.organisations {
+            if let Some(old) = organisations.insert(org.oin.clone(), org) {
+                return Err(PolicyError::Invalid(format!("OIN {} is listed twice", old.oin)));
+            }
+        }
+        let mut bases = HashMap::new();
+        for basis in file.legal_bases {
+            if let Some(old) = bases.insert(basis.code.clone(), basis) {
+                return Err(PolicyError::Invalid(format!("legal basis {} is listed twice", old.code)));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for route in &file.routes {
+            if !names.insert(route.name.as_str()) {
+                return Err(PolicyError::Invalid(format!("route {} is listed twice", route.name)));
+            }
+            if route.legal_bases.is_empty() {
+                return Err(PolicyError::Invalid(format!("route {} allows no legal basis", route.name)));
+            }
+            if let Some(unknown) = route.legal_bases.iter().find(|b| !bases.contains_key(*b)) {
+                return Err(PolicyError::Invalid(format!("route {} names unknown legal basis {unknown}", route.name)));
+            }
+        }
+        let mut roles = HashMap::new();
+        for (key, actions) in file.roles {
+            let role = role_from_key(&key).ok_or_else(|| PolicyError::Invalid(format!("unknown role {key}")))?;
+            roles.insert(role, actions);
+        }
+        if file.retention.content_days == 0 || file.retention.audit_years == 0 {
+            return Err(PolicyError::Invalid("retention periods must be greater than zero".into()));
+        }
+        Ok(Self { organisations, bases, routes: file.routes, roles, retention: file.retention })
+    }
+
+    /// The organisation with this OIN, if the policy knows it.
+    pub fn organisation(&self, oin: &Oin) -> Option<&Organisation> {
+        self.organisations.get(oin)
+    }
+
+    /// A legal basis by code.
+    pub fn legal_basis(&self, code: &str) -> Option<&LegalBasis> {
+        self.bases.get(code)
+    }
+
+    /// A route by name.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// Who acts: the caller, or for a `system` identity the worker of its own
+    /// organisation it names. `Err` is the denial.
+    pub fn actor(&self, caller: &Identity, on_behalf_of: Option<&str>) -> Result<MemberId, Decision> {
+        if self.organisation(&caller.oin).is_none() {
+            return Err(Decision::deny("unknown-organisation", format!("{} is not in the policy", caller.oin)));
+        }
+        match (caller.role, on_behalf_of) {
+            (Role::System, None) => Err(Decision::deny(
+                "system-names-worker",
+                "a system identity must name the worker it acts for",
+            )),
+            (Role::System, Some(worker)) => {
+                wire::identity::validate_worker(worker)
+                    .map_err(|e| Decision::deny("system-names-worker", e.to_string()))?;
+                Ok(MemberId { oin: caller.oin.clone(), worker: worker.to_owned() })
+            }
+            (_, Some(_)) => Err(Decision::deny("on-behalf-only-for-system", "only a system identity acts for others")),
+            (_, None) => Ok(caller.member_id()),
+        }
+    }
+
+    /// Whether the caller's role may take `action` at all.
+    pub fn role_allows(&self, role: Role, action: Action) -> Decision {
+        if self.roles.get(&role).is_some_and(|actions| actions.contains(&action)) {
+            Decision::allow("role-permits", format!("role {} may {action:?}", role.code()))
+        } else {
+            Decision::deny("role-forbids", format!("role {} may not {action:?}", role.code()))
+        }
+    }
+
+    /// Whether `by` (of kind `from`) may bring `member` into a case on these grounds.
+    pub fn may_add(&self, by: &MemberId, member: &MemberId, grounds: Grounds<'_>) -> Decision {
+        if grounds.reason.trim().is_empty() {
+            return Decision::deny("add-needs-reason", "adding a member needs a reason");
+        }
+        let Some(target) = self.organisation(&member.oin) else {
+            return Decision::deny("member-unknown-organisation", format!("{} is not in the policy", member.oin));
+        };
+        let Some(from) = self.organisation(&by.oin) else {
+            return Decision::deny("unknown-organisation", format!("{} is not in the policy", by.oin));
+        };
+        if self.legal_basis(grounds.legal_basis).is_none() {
+            return Decision::deny("unknown-legal-basis", format!("no legal basis {}", grounds.legal_basis));
+        }
+        if from.oin == target.oin {
+            return Decision::allow("same-organisation", format!("a colleague at {}", from.name));
+        }
+        let routes: Vec<&Route> = self.routes.iter().filter(|r| r.from == from.kind && r.to == target.kind).collect();
+        if routes.is_empty() {
+            return Decision::deny(
+                "no-route",
+                format!("no route from {} to {} in the policy", from.kind.code(), target.kind.code()),
+            );
+        }
+        match routes.iter().find(|r| r.legal_bases.iter().any(|b| b == grounds.legal_basis)) {
+            Some(route) => Decision::allow("route-permits", format!("route {}", route.name)),
+            None => Decision::deny(
+                "basis-not-on-route",
+                format!(
+                    "legal basis {} is not allowed from {} to {}",
+                    grounds.legal_basis,
+                    from.kind.code(),
+                    target.kind.code()
+                ),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Policy {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.toml");
+        Policy::load(&path).unwrap()
+    }
+
+    fn member(oin: &str, worker: &str) -> MemberId {
+        MemberId { oin: oin.parse().unwrap(), worker: worker.into() }
+    }
+
+    const VT: &str = "00000001800000000001";
+    const LT: &str = "00000001800000000002";
+    const GI: &str = "00000001800000000005";
+
+    #[test]
+    fn the_example_policy_loads() {
+        let policy = example();
+        assert!(policy.route("vt-lt-referral").is_some());
+        assert_eq!(policy.retention.audit_years, 5);
+    }
+
+    #[test]
+    fn adds_need_a_reason_a_route_and_a_basis_on_it() {
+        let policy = example();
+        let (vt, lt, gi) = (member(VT, "a"), member(LT, "b"), member(GI, "c"));
+        let grounds = |basis| Grounds { reason: "referral after a report", legal_basis: basis };
+        assert_eq!(policy.may_add(&vt, &lt, grounds("consent")).rule, "route-permits");
+        assert_eq!(policy.may_add(&vt, &lt, Grounds { reason: " ", legal_basis: "consent" }).rule, "add-needs-reason");
+        assert_eq!(policy.may_add(&vt, &gi, grounds("consent")).rule, "no-route");
+        assert_eq!(policy.may_add(&vt, &lt, grounds("ots-measure")).rule, "basis-not-on-route");
+        assert_eq!(policy.may_add(&vt, &lt, grounds("made-up")).rule, "unknown-legal-basis");
+        assert_eq!(policy.may_add(&vt, &member(VT, "z"), grounds("consent")).rule, "same-organisation");
+        let stranger = member("00000009999999999999", "x");
+        assert_eq!(policy.may_add(&vt, &stranger, grounds("consent")).rule, "member-unknown-organisation");
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let base = "[retention]\ncontent_days = 30\n";
+        let twice = format!("{base}[[legal_bases]]\ncode = \"a\"\ndescription = \"\"\n[[legal_bases]]\ncode = \"a\"\ndescription = \"\"\n");
+        assert!(matches!(Policy::parse(&twice), Err(PolicyError::Invalid(m)) if m.contains("twice")));
+        let unknown = format!("{base}[[routes]]\nname = \"r\"\nfrom = \"VT\"\nto = \"LT\"\nlegal_bases = [\"nope\"]\n");
+        assert!(matches!(Policy::parse(&unknown), Err(PolicyError::Invalid(m)) if m.contains("nope")));
+        assert!(matches!(Policy::parse("[retention]\ncontent_dayz = 1\n"), Err(PolicyError::Parse { .. })));
+        assert!(matches!(Policy::parse(&format!("{base}[roles]\nboss = []\n")), Err(PolicyError::Invalid(_))));
+    }
+}
