@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ketenhub_sdk::{Client, Event};
+use ketenhub_sdk::{Client, Event, Grounds};
 
 async fn connect(url: &str, pki: &Path, slug: &str) -> Result<Client, ketenhub_sdk::Error> {
     Client::builder()
@@ -29,7 +29,7 @@ pub async fn run(url: &str, pki: &Path) -> anyhow::Result<Vec<String>> {
     let mut lt_events = lt.events().expect("events are taken once");
 
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &Grounds::new("referral after a report", "consent")).await?;
     vt.send(thread, b"Graag overleg over een warme overdracht.".to_vec()).await?;
     lt.send(thread, b"Akkoord, wij plannen een huisbezoek.".to_vec()).await?;
 

@@ -30,6 +30,24 @@ use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
 use crate::{ClientBuilder, Error};
 
+/// Why someone is brought into a case: a reason and a legal basis, both
+/// recorded in the hub's audit log. The basis must be allowed on the policy's
+/// route between the two kinds of agency (for example `consent` from VT to LT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grounds {
+    /// Why they are needed, in a sentence.
+    pub reason: String,
+    /// The legal basis code from the policy, for example `consent`.
+    pub legal_basis: String,
+}
+
+impl Grounds {
+    /// Grounds with a reason and a legal basis code.
+    pub fn new(reason: impl Into<String>, legal_basis: impl Into<String>) -> Self {
+        Self { reason: reason.into(), legal_basis: legal_basis.into() }
+    }
+}
+
 /// The answer to a send: where the message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
@@ -89,6 +107,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// For a `system` identity: the worker of its organisation it acts for.
+    on_behalf_of: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -101,6 +121,15 @@ impl Client {
     /// Starts configuring a client.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
+    }
+
+    /// For an agency's case system (a `system` identity): a handle on the same
+    /// connection whose requests act for `worker` of the system's own
+    /// organisation. The hub checks the organisation and records both in the
+    /// audit log. MLS content is still this device's: the worker's own device
+    /// reads and writes messages.
+    pub fn on_behalf_of(&self, worker: &str) -> Client {
+        Client { inner: self.inner.clone(), on_behalf_of: Some(Arc::from(worker)) }
     }
 
     pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
@@ -125,6 +154,7 @@ impl Client {
                 events: Mutex::new(Some(event_rx)),
                 request_timeout,
             }),
+            on_behalf_of: None,
         };
         // In the background: a backlog of events may fill the event buffer
         // before the application has taken the stream, and replies queue behind events.
@@ -207,6 +237,10 @@ impl Client {
     /// Queues a request for the connection; requests submitted one after
     /// another reach the hub in that order. Await the answer with [`Self::answer`].
     pub(crate) async fn submit(&self, request: Request) -> Result<Answer, Error> {
+        let request = match &self.on_behalf_of {
+            Some(worker) => Request::OnBehalfOf { worker: worker.to_string(), request: Box::new(request) },
+            None => request,
+        };
         let (reply, answer) = oneshot::channel();
         self.inner.commands.send(Command::Request { request, reply }).await.map_err(|_| Error::Closed)?;
         Ok(answer)
@@ -234,12 +268,19 @@ impl Client {
         }
     }
 
-    /// Adds a member to a thread: on the hub's membership table, then to the
+    /// Adds a member to a thread, for the stated reason and on a legal basis the
+    /// hub's policy allows between the two organisations: on the hub's membership table, then to the
     /// thread's MLS group with one of its KeyPackages. Returns the seq of the
     /// membership entry. From then on the member can read what is sent, and
     /// nothing sent before.
-    pub async fn add_member(&self, thread: ThreadId, member: MemberId) -> Result<u64, Error> {
-        let seq = match self.request(Request::AddMember { thread, member: member.clone() }).await? {
+    pub async fn add_member(&self, thread: ThreadId, member: MemberId, grounds: &Grounds) -> Result<u64, Error> {
+        let request = Request::AddMember {
+            thread,
+            member: member.clone(),
+            reason: grounds.reason.clone(),
+            legal_basis: grounds.legal_basis.clone(),
+        };
+        let seq = match self.request(request).await? {
             Reply::MemberAdded { seq } => seq,
             other => return Err(unexpected(other)),
         };

@@ -43,7 +43,7 @@ pub mod raw;
 
 pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
-pub use client::{Client, Sent};
+pub use client::{Client, Grounds, Sent};
 pub use content::Content;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};

@@ -41,6 +41,9 @@ struct ServeArgs {
     /// The data directory.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// The need-to-know policy file (TOML); reloaded on SIGHUP.
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// The chain CA file (PEM) whose client certificates are trusted.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -63,6 +66,7 @@ impl ServeArgs {
         };
         config.listen = self.listen.or(config.listen);
         config.data = self.data.or(config.data);
+        config.policy = self.policy.or(config.policy);
         config.tls.ca = self.ca.or(config.tls.ca);
         config.tls.cert = self.cert.or(config.tls.cert);
         config.tls.key = self.key.or(config.tls.key);

@@ -52,6 +52,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// The data directory (the sled store lives in `DIR/store`).
     pub data: Option<PathBuf>,
+    /// The need-to-know policy file (see `deploy/policy.toml`); required.
+    pub policy: Option<PathBuf>,
     /// The TLS files.
     #[serde(default)]
     pub tls: TlsFiles,
@@ -189,6 +191,7 @@ impl Config {
         Ok(Resolved {
             listen: self.listen.ok_or(ConfigError::Missing("listen"))?,
             data: self.data.as_deref().ok_or(ConfigError::Missing("data"))?,
+            policy: self.policy.as_deref().ok_or(ConfigError::Missing("policy"))?,
             ca: self.tls.ca.as_deref().ok_or(ConfigError::Missing("tls.ca"))?,
             cert: self.tls.cert.as_deref().ok_or(ConfigError::Missing("tls.cert"))?,
             key: self.tls.key.as_deref().ok_or(ConfigError::Missing("tls.key"))?,
@@ -203,6 +206,8 @@ pub struct Resolved<'a> {
     pub listen: SocketAddr,
     /// The data directory.
     pub data: &'a Path,
+    /// The policy file.
+    pub policy: &'a Path,
     /// The trusted CA file.
     pub ca: &'a Path,
     /// The hub certificate file.
@@ -231,7 +236,7 @@ mod tests {
     #[test]
     fn zero_limits_are_refused() {
         let mut config: Config = toml::from_str(
-            "listen = \"127.0.0.1:1\"\ndata = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nidle_timeout_ms = 0\n",
+            "listen = \"127.0.0.1:1\"\ndata = \"d\"\npolicy = \"p\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nidle_timeout_ms = 0\n",
         )
         .unwrap();
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.idle_timeout_ms", .. })));

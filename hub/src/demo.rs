@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use ketenhub_sdk::{Client, Event, EventStream, ThreadId};
+use ketenhub_sdk::{Client, Event, EventStream, Grounds, ThreadId};
 
 use crate::config::Limits;
 use crate::devhub::DevHub;
@@ -70,7 +70,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
 
     let thread = vt.create_thread().await?;
     line.say(&who(&vt), format!("opened case thread {thread}"));
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &Grounds::new("referral after triage of a report", "consent")).await?;
     line.say(&who(&vt), format!("added {} to the thread", lt.member_id()));
 
     let sent = vt.send(thread, b"Melding na triage: graag overleg over warme overdracht.".to_vec()).await?;

@@ -25,15 +25,28 @@ pub struct DevHub {
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
-/// Writes a dev PKI into `dir/pki` and returns a hub configuration that uses it
+/// The example policy, which names the dev PKI's sample organisations.
+pub const DEV_POLICY: &str = include_str!("../../deploy/policy.toml");
+
+/// Writes a dev PKI into `dir/pki` and the example policy into
+/// `dir/policy.toml` (each unless already there), and returns a hub configuration that uses it
 /// with `dir/data`, listening on an ephemeral loopback port.
 pub fn dev_config(dir: &Path, limits: Limits) -> anyhow::Result<Config> {
     let pki_dir = dir.join("pki");
     if !pki_dir.join("ca.crt").exists() {
         DevPki::generate()?.write_to(&pki_dir)?;
     }
-    let mut config =
-        Config { listen: Some("127.0.0.1:0".parse()?), data: Some(dir.join("data")), limits, ..Config::default() };
+    let policy = dir.join("policy.toml");
+    if !policy.exists() {
+        std::fs::write(&policy, DEV_POLICY)?;
+    }
+    let mut config = Config {
+        listen: Some("127.0.0.1:0".parse()?),
+        data: Some(dir.join("data")),
+        policy: Some(policy),
+        limits,
+        ..Config::default()
+    };
     config.tls.ca = Some(pki_dir.join("ca.crt"));
     config.tls.cert = Some(pki_dir.join("hub.crt"));
     config.tls.key = Some(pki_dir.join("hub.key"));

@@ -244,10 +244,9 @@ impl Policy {
             return Err(Decision::deny("unknown-organisation", format!("{} is not in the policy", caller.oin)));
         }
         match (caller.role, on_behalf_of) {
-            (Role::System, None) => Err(Decision::deny(
-                "system-names-worker",
-                "a system identity must name the worker it acts for",
-            )),
+            (Role::System, None) => {
+                Err(Decision::deny("system-names-worker", "a system identity must name the worker it acts for"))
+            }
             (Role::System, Some(worker)) => {
                 wire::identity::validate_worker(worker)
                     .map_err(|e| Decision::deny("system-names-worker", e.to_string()))?;
@@ -303,6 +302,38 @@ impl Policy {
                 ),
             ),
         }
+    }
+}
+
+/// The policy in force and the file it came from; reloaded on SIGHUP.
+#[derive(Debug)]
+pub struct PolicySource {
+    path: std::path::PathBuf,
+    current: std::sync::RwLock<std::sync::Arc<Policy>>,
+}
+
+impl PolicySource {
+    /// Loads the policy file; the hub does not start without a valid one.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let policy = Policy::load(path)?;
+        Ok(Self { path: path.to_owned(), current: std::sync::RwLock::new(std::sync::Arc::new(policy)) })
+    }
+
+    /// The policy in force. A request keeps the policy it started with.
+    pub fn current(&self) -> std::sync::Arc<Policy> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the file again; on any error the policy in force stays and the error is returned.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let policy = Policy::load(&self.path)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(policy);
+        Ok(())
+    }
+
+    /// The policy file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

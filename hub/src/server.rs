@@ -37,6 +37,9 @@ pub enum ServeError {
     /// The certificates could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The policy file is missing or invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// The store could not be opened or flushed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -49,6 +52,25 @@ pub enum ServeError {
         source: std::io::Error,
     },
 }
+
+/// Reloads the policy on every SIGHUP until shutdown.
+#[cfg(unix)]
+async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; the policy is reloaded only by a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = hangups.recv() => hub.reload_policy().await,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_hub: Arc<Hub>, _shutdown: CancellationToken) {}
 
 /// Why a connection did not get past its handshakes.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +103,8 @@ impl Server {
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
-        let hub = Hub::new(store, config.limits.clone())
+        let policy = Arc::new(crate::policy::PolicySource::load(resolved.policy)?);
+        let hub = Hub::new(store, config.limits.clone(), policy)
             .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
         Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub })
     }
@@ -99,6 +122,7 @@ impl Server {
     /// Accepts connections until `shutdown` is cancelled, then drains and flushes.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let tracker = TaskTracker::new();
+        tokio::spawn(reload_on_sighup(self.hub.clone(), shutdown.clone()));
         let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
         loop {
             let (tcp, peer) = tokio::select! {

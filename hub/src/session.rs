@@ -18,6 +18,7 @@ use crate::blobs::{self, ChunkUpload};
 use crate::config::Limits;
 use crate::delivery::Registry;
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
+use crate::policy::{Action, Decision, Grounds, Policy, PolicySource};
 use crate::store::{Store, StoreError};
 
 /// KeyPackages accepted in one upload.
@@ -35,6 +36,8 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     /// The limits in force.
     pub limits: Limits,
+    /// The need-to-know policy.
+    pub policy: Arc<PolicySource>,
 }
 
 /// The authenticated party behind a connection.
@@ -98,6 +101,11 @@ fn internal(e: StoreError) -> WireError {
     WireError::new(ErrorCode::Internal, "the hub could not complete the request; nothing was changed")
 }
 
+/// A policy denial as the caller sees it: the rule and why.
+fn denied(decision: Decision) -> WireError {
+    WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
+}
+
 fn not_durable(e: WriteError) -> WireError {
     match e {
         WriteError::Refused(refusal) => refusal,
@@ -111,9 +119,18 @@ fn not_durable(e: WriteError) -> WireError {
 
 impl Hub {
     /// Builds the shared state around a store; starts the writer thread.
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> std::io::Result<Arc<Self>> {
+    pub fn new(store: Arc<dyn Store>, limits: Limits, policy: Arc<PolicySource>) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
-        Ok(Arc::new(Self { writes: WriteLog::start(store.clone(), registry.clone())?, store, registry, limits }))
+        let writes = WriteLog::start(store.clone(), registry.clone())?;
+        Ok(Arc::new(Self { writes, store, registry, limits, policy }))
+    }
+
+    /// Reloads the policy file; a file that does not validate leaves the policy in force.
+    pub async fn reload_policy(&self) {
+        match self.policy.reload() {
+            Ok(()) => tracing::info!(file = %self.policy.path().display(), "policy reloaded"),
+            Err(e) => error!("policy reload refused, the previous policy stays in force: {e}"),
+        }
     }
 
     /// Applies a request. Requests applied one after another are written in
@@ -126,30 +143,31 @@ impl Hub {
     }
 
     async fn try_apply(&self, caller: &Caller, request: Request) -> Result<Outcome, WireError> {
+        let policy = self.policy.current();
+        let (worker, request) = match request {
+            Request::OnBehalfOf { worker, request } => (Some(worker), *request),
+            other => (None, other),
+        };
+        let actor = policy.actor(&caller.identity, worker.as_deref()).map_err(denied)?;
+        self.authorize(&policy, caller, &actor, &request)?;
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
-                (WriteKind::CreateThread, Write::CreateThread { creator: caller.member.clone(), client_ref })
+                (WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref })
             }
-            Request::AddMember { thread, member } => {
-                self.require_member(caller, thread)?;
-                wire::identity::validate_worker(&member.worker)
-                    .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
-                (WriteKind::AddMember, Write::AddMember { thread, by: caller.member.clone(), member })
+            Request::AddMember { thread, member, .. } => {
+                (WriteKind::AddMember, Write::AddMember { thread, by: actor, member })
             }
             Request::Send { thread, message, payload } => {
-                self.require_member(caller, thread)?;
                 let epoch = wire::mls::check_private_message(&payload, thread)
                     .map_err(|e| WireError::new(ErrorCode::Invalid, e))?;
-                (WriteKind::Send, Write::Append { thread, sender: caller.member.clone(), id: message, payload, epoch })
+                (WriteKind::Send, Write::Append { thread, sender: actor, id: message, payload, epoch })
             }
             Request::InitGroup { thread, group_info, ratchet_tree } => {
-                self.require_member(caller, thread)?;
-                (WriteKind::Group, Write::InitGroup { thread, caller: caller.member.clone(), group_info, ratchet_tree })
+                (WriteKind::Group, Write::InitGroup { thread, caller: actor, group_info, ratchet_tree })
             }
             Request::Commit { thread, commit, welcome } => {
-                self.require_member(caller, thread)?;
                 let welcome = welcome.map(serde_bytes::ByteBuf::into_vec);
-                (WriteKind::Commit, Write::Commit { thread, caller: caller.member.clone(), commit, welcome })
+                (WriteKind::Commit, Write::Commit { thread, caller: actor, commit, welcome })
             }
             Request::UploadKeyPackages { key_packages } => {
                 if key_packages.is_empty() {
@@ -160,26 +178,76 @@ impl Hub {
                 (WriteKind::UploadKeyPackages, Write::AddKeyPackages { member: caller.member.clone(), packages })
             }
             Request::ClaimKeyPackage { thread, member } => {
-                self.require_member(caller, thread)?;
                 if !self.is_member(thread, &member)? {
                     return Err(WireError::new(ErrorCode::Invalid, format!("{member} is not a member of the thread")));
                 }
                 (WriteKind::ClaimKeyPackage, Write::TakeKeyPackage { member })
             }
             Request::PutBlobChunk { thread, blob, index, last, data } => {
-                self.require_member(caller, thread)?;
-                let upload = ChunkUpload { thread, uploader: caller.member.clone(), blob, index, last, data };
+                let upload = ChunkUpload { thread, uploader: actor, blob, index, last, data };
                 (WriteKind::PutBlobChunk, Write::PutBlobChunk { upload, max_bytes: self.limits.max_blob_bytes })
             }
-            Request::GetBlobChunk { blob, index } => return Ok(Outcome::Ready(self.blob_chunk(caller, blob, index))),
-            Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(caller))),
+            Request::GetBlobChunk { blob, index } => return Ok(Outcome::Ready(self.blob_chunk(&actor, blob, index))),
+            Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(&actor))),
             Request::ListMembers { thread } => {
-                self.require_member(caller, thread)?;
                 let members = self.store.members(thread).map_err(internal)?;
                 return Ok(Outcome::Ready(Ok(Reply::Members { members })));
             }
+            Request::AuditQuery { .. } => {
+                return Err(WireError::new(ErrorCode::Invalid, "the audit log is not available yet"));
+            }
+            Request::OnBehalfOf { .. } => unreachable!("refused by authorize"),
         };
         Ok(Outcome::Writing { kind, durable: self.writes.submit(write).await })
+    }
+
+    /// The enforcement point: every request passes here before it has any
+    /// effect, and is refused unless the policy allows it.
+    fn authorize(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        actor: &MemberId,
+        request: &Request,
+    ) -> Result<(), WireError> {
+        let (action, thread) = match request {
+            Request::CreateThread { .. } => (Action::CreateThread, None),
+            Request::AddMember { thread, .. } | Request::ClaimKeyPackage { thread, .. } => {
+                (Action::AddMember, Some(*thread))
+            }
+            Request::Send { thread, .. }
+            | Request::InitGroup { thread, .. }
+            | Request::Commit { thread, .. }
+            | Request::PutBlobChunk { thread, .. } => (Action::Send, Some(*thread)),
+            Request::ListMembers { thread } => (Action::Read, Some(*thread)),
+            // A blob's thread is known only from its record: `blob_chunk` checks membership.
+            Request::ListThreads | Request::UploadKeyPackages { .. } | Request::GetBlobChunk { .. } => {
+                (Action::Read, None)
+            }
+            Request::AuditQuery { .. } => (Action::AuditQuery, None),
+            Request::OnBehalfOf { .. } => {
+                return Err(WireError::new(ErrorCode::Invalid, "on_behalf_of cannot be nested"));
+            }
+        };
+        let allowed = policy.role_allows(caller.identity.role, action);
+        if !allowed.allowed {
+            return Err(denied(allowed));
+        }
+        if let Some(thread) = thread {
+            // Not a member: the same answer as for a case that does not exist.
+            if !self.is_member(thread, actor)? {
+                return Err(WireError::thread_not_found());
+            }
+        }
+        if let Request::AddMember { member, reason, legal_basis, .. } = request {
+            wire::identity::validate_worker(&member.worker)
+                .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
+            let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });
+            if !decision.allowed {
+                return Err(denied(decision));
+            }
+        }
+        Ok(())
     }
 
     /// Verifies uploaded KeyPackages: each must verify and carry the caller's
@@ -217,9 +285,9 @@ impl Hub {
     }
 
     /// A chunk of a sealed blob, for a current member of its thread only.
-    fn blob_chunk(&self, caller: &Caller, blob: BlobId, index: u32) -> Result<Reply, WireError> {
+    fn blob_chunk(&self, actor: &MemberId, blob: BlobId, index: u32) -> Result<Reply, WireError> {
         let (thread, chunks) = blobs::sealed_thread(self.store.blob(blob).map_err(internal)?)?;
-        if !self.is_member(thread, &caller.member)? {
+        if !self.is_member(thread, actor)? {
             return Err(blobs::not_found());
         }
         let data = match self.store.blob_chunk(blob, index).map_err(internal)? {
@@ -229,15 +297,15 @@ impl Hub {
         Ok(Reply::BlobChunk { blob, index, last: index + 1 == chunks, data })
     }
 
-    fn list_threads(&self, caller: &Caller) -> Result<Reply, WireError> {
+    fn list_threads(&self, actor: &MemberId) -> Result<Reply, WireError> {
         let summary = |thread| -> Result<ThreadSummary, StoreError> {
             Ok(ThreadSummary {
                 thread,
                 last_seq: self.store.last_seq(thread)?,
-                cursor: self.store.cursor(&caller.member, thread)?,
+                cursor: self.store.cursor(actor, thread)?,
             })
         };
-        let threads = self.store.threads_of(&caller.member).and_then(|t| t.into_iter().map(summary).collect());
+        let threads = self.store.threads_of(actor).and_then(|t| t.into_iter().map(summary).collect());
         Ok(Reply::Threads { threads: threads.map_err(internal)? })
     }
 

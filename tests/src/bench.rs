@@ -226,6 +226,32 @@ impl Target {
     }
 }
 
+/// The example policy plus a route between every two kinds of agency on
+/// `consent`: the benchmark's threads mix organisations freely.
+fn bench_policy() -> String {
+    let kinds = ["VT", "LT", "RvdK", "GI"];
+    let mut policy = hub::devhub::DEV_POLICY.to_owned();
+    for from in kinds {
+        for to in kinds {
+            policy.push_str(&format!(
+                "\n[[routes]]\nname = \"bench-{from}-{to}\"\nfrom = \"{from}\"\nto = \"{to}\"\nlegal_bases = [\"consent\"]\n"
+            ));
+        }
+    }
+    policy
+}
+
+fn bench_grounds() -> ketenhub_sdk::Grounds {
+    ketenhub_sdk::Grounds::new("benchmark", "consent")
+}
+
+/// Writes the PKI and the benchmark's policy where a server started in `dir` finds them.
+fn write_setup(pki: &DevPki, dir: &Path) -> anyhow::Result<()> {
+    pki.write_to(&dir.join("pki"))?;
+    std::fs::write(dir.join("policy.toml"), bench_policy())?;
+    Ok(())
+}
+
 /// Resident memory of a process, in bytes.
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -314,7 +340,7 @@ impl Swarm {
         for group in clients.chunks(THREAD_SIZE) {
             let thread = group[0].create_thread().await?;
             for other in &group[1..] {
-                group[0].add_member(thread, other.member_id()).await?;
+                group[0].add_member(thread, other.member_id(), &bench_grounds()).await?;
             }
             members.extend(group.iter().map(|c| (c.clone(), thread)));
         }
@@ -449,7 +475,7 @@ async fn idle_memory(target: &Target, connections: usize) -> anyhow::Result<f64>
 /// Seconds from starting a hub on a store holding `messages` messages until a
 /// member receives the first delivery; and until it listens.
 async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f64, f64)> {
-    pki.write_to(&dir.join("pki"))?;
+    write_setup(pki, dir)?;
     let member = MemberId::new(ORGS[0].oin, "bench.00")?;
     {
         let store = SledStore::open(&dir.join("data").join("store"))?;
@@ -512,7 +538,7 @@ pub async fn run(
     let dir = tempfile::tempdir()?;
     let pki = DevPki::generate_with(&bench_clients())?;
     let serve_dir = dir.path().join("serve");
-    pki.write_to(&serve_dir.join("pki"))?;
+    write_setup(&pki, &serve_dir)?;
     let relay = start_relay(&serve_dir)?;
     let hub = start_hub(&serve_dir)?;
     let mut figures = Vec::new();
@@ -584,7 +610,7 @@ pub async fn run(
         // Fresh processes: memory freed by earlier phases would otherwise be
         // reused by the new connections and hide part of their cost.
         let fresh = dir.path().join("memory");
-        pki.write_to(&fresh.join("pki"))?;
+        write_setup(&pki, &fresh)?;
         let (relay, hub) = (start_relay(&fresh)?, start_hub(&fresh)?);
         progress(&format!("{} idle connections", scale.idle_connections));
         let relay_mem = idle_memory(&relay, scale.idle_connections).await?;
@@ -756,7 +782,7 @@ async fn attachment_figures(hub: &Target, dir: &Path, mib: usize) -> anyhow::Res
     let sender = hub.client(Crew::Idle, 0).discard_events().connect().await?;
     let receiver = hub.client(Crew::Idle, 1).discard_events().connect().await?;
     let thread = sender.create_thread().await?;
-    sender.add_member(thread, receiver.member_id()).await?;
+    sender.add_member(thread, receiver.member_id(), &bench_grounds()).await?;
     let source = dir.join("attachment.bin");
     crate::write_random_file(&source, mib << 20, 42)?;
     let baseline = aes_gcm_mib_per_s(&source)?;

@@ -57,6 +57,8 @@ impl HubProcess {
             .args(["--listen", listen])
             .arg("--data")
             .arg(config.data.as_ref().context("data dir")?)
+            .arg("--policy")
+            .arg(config.policy.as_ref().context("policy")?)
             .arg("--ca")
             .arg(tls.ca.as_ref().context("ca")?)
             .arg("--cert")
@@ -217,4 +219,10 @@ pub fn write_random_file(path: &Path, len: usize, seed: u64) -> anyhow::Result<(
     }
     std::io::Write::flush(&mut file)?;
     Ok(())
+}
+
+/// Grounds for adding a member on the family's consent, the basis the example
+/// policy allows on most routes.
+pub fn consent() -> ketenhub_sdk::Grounds {
+    ketenhub_sdk::Grounds::new("working together on the case (test)", "consent")
 }

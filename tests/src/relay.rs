@@ -100,7 +100,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
             state.threads.lock().unwrap().insert(thread, vec![me.clone()]);
             Reply::ThreadCreated { thread }
         }
-        Request::AddMember { thread, member } => {
+        Request::AddMember { thread, member, .. } => {
             state.threads.lock().unwrap().entry(thread).or_default().push(member.clone());
             state.groups.lock().unwrap().entry(thread).or_default().1.push(member);
             Reply::MemberAdded { seq: 0 }
@@ -145,6 +145,9 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         Request::PutBlobChunk { .. } | Request::GetBlobChunk { .. } => {
             return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no blobs"))
         }
+        // The relay enforces no policy and keeps no audit log.
+        Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,
+        Request::AuditQuery { .. } => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no audit log")),
     })
 }
 

@@ -30,7 +30,7 @@ async fn next_attachment(events: &mut EventStream) -> anyhow::Result<Attachment>
 /// A thread between VT and LT.
 async fn vt_and_lt(vt: &Client, lt: &Client) -> anyhow::Result<ThreadId> {
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     Ok(thread)
 }
 

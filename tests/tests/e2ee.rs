@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ketenhub_sdk::device::{DecryptError, Device};
 use ketenhub_sdk::raw::RawIncoming;
-use ketenhub_sdk::{Client, ErrorCode, Event, EventStream, ThreadId};
+use ketenhub_sdk::{Client, ErrorCode, Event, EventStream, Grounds, ThreadId};
 use tests::{files_containing, messages, next_event, DevHub, HubProcess};
 use wire::{ClientFrame, EntryBody, HubFrame, MessageId, Request};
 
@@ -38,7 +38,7 @@ async fn the_hub_cannot_read_a_canary() -> anyhow::Result<()> {
     let lt = hub.client("lt-woerden-caseworker").connect().await?;
     let mut events = lt.events().unwrap();
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     let canary = format!("canary-{}", uuid::Uuid::new_v4());
     vt.send_text(thread, &canary).await?;
     let got = messages(&mut events, 1, WAIT).await?;
@@ -60,7 +60,7 @@ async fn a_removed_member_cannot_read_what_follows() -> anyhow::Result<()> {
     let lt = hub.client("lt-woerden-caseworker").state_dir(lt_state.path()).connect().await?;
     let mut lt_events = lt.events().unwrap();
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     vt.send_text(thread, "while a member").await?;
     assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"while a member");
 
@@ -93,7 +93,7 @@ async fn a_new_member_cannot_read_what_came_before() -> anyhow::Result<()> {
     let lt_state = tempfile::tempdir()?;
     let lt = hub.client("lt-woerden-caseworker").state_dir(lt_state.path()).connect().await?;
     let mut lt_events = lt.events().unwrap();
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
     vt.send_text(thread, "after LT joined").await?;
     assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"after LT joined");
@@ -112,7 +112,7 @@ async fn a_tampered_ciphertext_is_reported_and_never_shown() -> anyhow::Result<(
     let lt = hub.client("lt-woerden-caseworker").connect().await?;
     let mut lt_events = lt.events().unwrap();
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     let original = vt.send_text(thread, "the real text").await?;
     assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"the real text");
 
@@ -141,17 +141,22 @@ async fn concurrent_commits_converge_on_one_epoch() -> anyhow::Result<()> {
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
     let rvdk = hub.client("rvdk-caseworker").connect().await?;
-    let gi = hub.client("gi-save-caseworker").connect().await?;
-    let mut streams = [rvdk.events().unwrap(), gi.events().unwrap()];
+    let oudewater = hub.client("lt-oudewater-caseworker").connect().await?;
+    let mut streams = [rvdk.events().unwrap(), oudewater.events().unwrap()];
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     wait_for_epoch(&lt, thread, 1).await?;
     // VT and LT each add someone at the same moment: one commit wins the epoch,
     // the other client processes it and retries.
-    let (a, b) = tokio::join!(vt.add_member(thread, rvdk.member_id()), lt.add_member(thread, gi.member_id()));
+    let safety = Grounds::new("unsafe situation persists; investigation needed", "vt-safety");
+    let consent = tests::consent();
+    let (a, b) = tokio::join!(
+        vt.add_member(thread, rvdk.member_id(), &safety),
+        lt.add_member(thread, oudewater.member_id(), &consent)
+    );
     a?;
     b?;
-    for client in [&vt, &lt, &rvdk, &gi] {
+    for client in [&vt, &lt, &rvdk, &oudewater] {
         wait_for_epoch(client, thread, 3).await?;
     }
     // Everyone is in one group at one epoch: a message reaches both new members.
@@ -182,7 +187,7 @@ async fn a_commit_presented_under_another_identity_is_refused() -> anyhow::Resul
     let lt = hub.client("lt-woerden-caseworker").state_dir(lt_state.path()).connect().await?;
     let mut lt_events = lt.events().unwrap();
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
     lt.close().await;
 
@@ -216,7 +221,7 @@ async fn a_restarted_client_and_a_restarted_hub_continue_the_conversation() -> a
     let lt = hub.client("lt-woerden-caseworker").state_dir(&lt_state).connect().await?;
     let mut lt_events = lt.events().unwrap();
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     vt.send_text(thread, "before the restarts").await?;
     let first = messages(&mut lt_events, 1, WAIT).await?;
     lt.ack(thread, first[0].seq).await?;
@@ -238,7 +243,7 @@ async fn a_restarted_client_and_a_restarted_hub_continue_the_conversation() -> a
     assert_eq!(text_from(&mut lt_events, &vt).await?, "after the hub restart");
     let rvdk = restarted.client("rvdk-caseworker").connect().await?;
     let mut rvdk_events = rvdk.events().unwrap();
-    lt.add_member(thread, rvdk.member_id()).await?;
+    lt.add_member(thread, rvdk.member_id(), &tests::consent()).await?;
     lt.send_text(thread, "RvdK joins after both restarts").await?;
     assert_eq!(messages(&mut rvdk_events, 1, WAIT).await?[0].payload(), b"RvdK joins after both restarts");
     assert_eq!(text_from(&mut vt_events, &lt).await?, "RvdK joins after both restarts");

@@ -20,7 +20,7 @@ async fn two_organisations_exchange_messages_both_ways() -> anyhow::Result<()> {
     let mut lt_events = lt.events().unwrap();
 
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     let joined = next_event(&mut lt_events, WAIT, |e| matches!(e, Event::MemberAdded { .. })).await?;
     assert_eq!(joined, Event::MemberAdded { thread, seq: 2, member: lt.member_id(), by: vt.member_id() });
 
@@ -72,7 +72,7 @@ async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> any
     let thread = vt.create_thread().await?;
     let lt_device = || hub.client("lt-woerden-caseworker").state_dir(state.path());
     let lt = lt_device().connect().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
 
     // Online: take the first ten and acknowledge up to the seventh.
     let mut events = lt.events().unwrap();
@@ -123,7 +123,7 @@ async fn a_member_added_later_sees_no_earlier_entries() -> anyhow::Result<()> {
     vt.send(thread, b"before".to_vec()).await?;
     let lt = hub.client("lt-woerden-caseworker").connect().await?;
     let mut events = lt.events().unwrap();
-    let added_at = vt.add_member(thread, lt.member_id()).await?;
+    let added_at = vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     vt.send(thread, b"after".to_vec()).await?;
     let first = next_event(&mut events, WAIT, |e| e.position().is_some()).await?;
     assert_eq!(first.position(), Some((thread, added_at)));
@@ -139,7 +139,7 @@ async fn threads_and_members_are_listed_for_members() -> anyhow::Result<()> {
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     vt.send(thread, b"x".to_vec()).await?;
     let mut members = lt.members(thread).await?;
     members.sort();

@@ -44,7 +44,7 @@ async fn members_claim_each_others_key_packages_once_each() -> anyhow::Result<()
     assert_eq!(early.err().and_then(|e| e.code()), Some(ErrorCode::Invalid));
 
     // Adding LT to the thread's MLS group takes one; three are left to claim.
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     assert_eq!(stock(&lt).await?, 3);
     let mut claimed = Vec::new();
     for _ in 0..3 {
@@ -73,7 +73,7 @@ async fn outsiders_cannot_claim_key_packages() -> anyhow::Result<()> {
     let outsider = hub.client("lt-oudewater-caseworker").discard_events().connect().await?;
     stocked(&lt, 3).await?;
     let thread = vt.create_thread().await?;
-    vt.add_member(thread, lt.member_id()).await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     assert_eq!(stock(&lt).await?, 2, "the add used one");
     let refused = outsider.claim_key_package(thread, lt.member_id()).await;
     assert_eq!(refused.err().and_then(|e| e.code()), Some(ErrorCode::NotFound));

@@ -46,7 +46,7 @@ async fn a_non_member_cannot_read_send_add_or_tell_that_the_thread_exists() -> a
     for thread in [real, unknown] {
         let on_send = raw_refusal(&mut raw, send(thread)).await;
         let on_read = refusal(outsider.members(thread).await);
-        let on_add = refusal(outsider.add_member(thread, someone.clone()).await);
+        let on_add = refusal(outsider.add_member(thread, someone.clone(), &tests::consent()).await);
         for e in [&on_send, &on_read, &on_add] {
             assert_eq!(e.code, ErrorCode::NotFound);
         }

@@ -206,7 +206,7 @@ async fn an_invalid_member_id_is_refused_with_a_typed_error() -> anyhow::Result<
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let thread = vt.create_thread().await?;
     let bad = ketenhub_sdk::MemberId { oin: "00000001800000000002".parse()?, worker: "sanne bakker; drop".into() };
-    let result = vt.add_member(thread, bad).await;
+    let result = vt.add_member(thread, bad, &tests::consent()).await;
     assert_eq!(result.err().and_then(|e| e.code()), Some(ErrorCode::Invalid));
     assert_eq!(vt.members(thread).await?, vec![vt.member_id()]);
     hub.stop().await
@@ -259,7 +259,7 @@ async fn a_client_that_stops_reading_is_disconnected_without_holding_up_others()
     let sender = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let thread = sender.create_thread().await?;
     // The stalled member leaves KeyPackages at the hub first, so it can be added.
-    let once = hub.client("gi-save-caseworker").discard_events().key_package_stock(1).connect().await?;
+    let once = hub.client("lt-oudewater-caseworker").discard_events().key_package_stock(1).connect().await?;
     while once.upload_key_packages(Vec::new()).await? < 1 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -267,8 +267,8 @@ async fn a_client_that_stops_reading_is_disconnected_without_holding_up_others()
     let stalled_flag = Arc::new(AtomicBool::new(false));
     let proxy = stalling_proxy(hub.addr(), stalled_flag.clone()).await?;
     let proxy_url = format!("wss://localhost:{}", proxy.port());
-    let mut stalled = tests::client_for(&proxy_url, hub.pki_dir(), "gi-save-caseworker").connect_raw().await?;
-    sender.add_member(thread, stalled.hello().identity.member_id()).await?;
+    let mut stalled = tests::client_for(&proxy_url, hub.pki_dir(), "lt-oudewater-caseworker").connect_raw().await?;
+    sender.add_member(thread, stalled.hello().identity.member_id(), &tests::consent()).await?;
     let (watcher, watched, mut events) = bystander(&hub).await?;
 
     // The stalled client stops reading; far more follows than the buffers hold.

@@ -115,6 +115,11 @@ pub enum Request {
         thread: ThreadId,
         /// Who to add.
         member: MemberId,
+        /// Why they are needed on the case (recorded in the audit log).
+        reason: String,
+        /// The legal basis for sharing with them; must be allowed on the policy's
+        /// route from the adder's kind of agency to theirs.
+        legal_basis: String,
     },
     /// Appends a message to a thread. The reply comes only once it is durable.
     Send {
@@ -188,6 +193,19 @@ pub enum Request {
         /// The encrypted chunk.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+    },
+    /// A `system` identity's request made for a worker of its own organisation,
+    /// who is then the actor for membership, policy and audit.
+    OnBehalfOf {
+        /// The worker id within the system's organisation.
+        worker: String,
+        /// The request.
+        request: Box<Request>,
+    },
+    /// Asks for audit entries within the caller's scope (privacy officers).
+    AuditQuery {
+        /// What to select.
+        filter: crate::audit::AuditFilter,
     },
     /// Fetches one chunk of a sealed blob; only current members of its thread may.
     GetBlobChunk {
@@ -310,6 +328,13 @@ pub enum Reply {
         /// True when the chunk was already stored and nothing new was written.
         duplicate: bool,
     },
+    /// Audit entries, oldest first.
+    AuditEntries {
+        /// The entries.
+        entries: Vec<crate::audit::AuditEntry>,
+        /// True when more entries matched than were returned.
+        truncated: bool,
+    },
     /// One chunk of a blob.
     BlobChunk {
         /// The blob.
@@ -413,7 +438,15 @@ mod tests {
         let thread = ThreadId::random();
         let frames = vec![
             ClientFrame::Request { id: 1, request: Request::CreateThread { client_ref: Uuid::new_v4() } },
-            ClientFrame::Request { id: 2, request: Request::AddMember { thread, member: member() } },
+            ClientFrame::Request {
+                id: 2,
+                request: Request::AddMember {
+                    thread,
+                    member: member(),
+                    reason: "referral".into(),
+                    legal_basis: "consent".into(),
+                },
+            },
             ClientFrame::Request {
                 id: 3,
                 request: Request::Send { thread, message: MessageId::new(), payload: vec![0, 1, 2, 255] },
@@ -507,7 +540,12 @@ mod tests {
     fn a_bad_oin_inside_a_frame_is_refused() {
         let frame = ClientFrame::Request {
             id: 1,
-            request: Request::AddMember { thread: ThreadId::random(), member: member() },
+            request: Request::AddMember {
+                thread: ThreadId::random(),
+                member: member(),
+                reason: String::new(),
+                legal_basis: String::new(),
+            },
         };
         let bytes = encode(&frame);
         let tampered = String::from_utf8_lossy(&bytes).replace("00000001234567890000", "0000000123456789000x");
