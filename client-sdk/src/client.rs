@@ -108,7 +108,7 @@ struct Inner {
 pub struct Client {
     inner: Arc<Inner>,
     /// For a `system` identity: the worker of its organisation it acts for.
-    on_behalf_of: Option<Arc<str>>,
+    on_behalf_of: Option<MemberId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -129,7 +129,8 @@ impl Client {
     /// audit log. MLS content is still this device's: the worker's own device
     /// reads and writes messages.
     pub fn on_behalf_of(&self, worker: &str) -> Client {
-        Client { inner: self.inner.clone(), on_behalf_of: Some(Arc::from(worker)) }
+        let member = MemberId { oin: self.inner.identity.oin.clone(), worker: worker.to_owned() };
+        Client { inner: self.inner.clone(), on_behalf_of: Some(member) }
     }
 
     pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
@@ -238,7 +239,7 @@ impl Client {
     /// another reach the hub in that order. Await the answer with [`Self::answer`].
     pub(crate) async fn submit(&self, request: Request) -> Result<Answer, Error> {
         let request = match &self.on_behalf_of {
-            Some(worker) => Request::OnBehalfOf { worker: worker.to_string(), request: Box::new(request) },
+            Some(member) => Request::OnBehalfOf { member: member.clone(), request: Box::new(request) },
             None => request,
         };
         let (reply, answer) = oneshot::channel();

@@ -239,7 +239,7 @@ impl Policy {
 
     /// Who acts: the caller, or for a `system` identity the worker of its own
     /// organisation it names. `Err` is the denial.
-    pub fn actor(&self, caller: &Identity, on_behalf_of: Option<&str>) -> Result<MemberId, Decision> {
+    pub fn actor(&self, caller: &Identity, on_behalf_of: Option<&MemberId>) -> Result<MemberId, Decision> {
         if self.organisation(&caller.oin).is_none() {
             return Err(Decision::deny("unknown-organisation", format!("{} is not in the policy", caller.oin)));
         }
@@ -247,10 +247,14 @@ impl Policy {
             (Role::System, None) => {
                 Err(Decision::deny("system-names-worker", "a system identity must name the worker it acts for"))
             }
-            (Role::System, Some(worker)) => {
-                wire::identity::validate_worker(worker)
+            (Role::System, Some(member)) if member.oin != caller.oin => Err(Decision::deny(
+                "system-own-organisation",
+                format!("a system of {} may act only for its own workers, not for {member}", caller.oin),
+            )),
+            (Role::System, Some(member)) => {
+                wire::identity::validate_worker(&member.worker)
                     .map_err(|e| Decision::deny("system-names-worker", e.to_string()))?;
-                Ok(MemberId { oin: caller.oin.clone(), worker: worker.to_owned() })
+                Ok(member.clone())
             }
             (_, Some(_)) => Err(Decision::deny("on-behalf-only-for-system", "only a system identity acts for others")),
             (_, None) => Ok(caller.member_id()),

@@ -144,11 +144,11 @@ impl Hub {
 
     async fn try_apply(&self, caller: &Caller, request: Request) -> Result<Outcome, WireError> {
         let policy = self.policy.current();
-        let (worker, request) = match request {
-            Request::OnBehalfOf { worker, request } => (Some(worker), *request),
+        let (on_behalf_of, request) = match request {
+            Request::OnBehalfOf { member, request } => (Some(member), *request),
             other => (None, other),
         };
-        let actor = policy.actor(&caller.identity, worker.as_deref()).map_err(denied)?;
+        let actor = policy.actor(&caller.identity, on_behalf_of.as_ref()).map_err(denied)?;
         self.authorize(&policy, caller, &actor, &request)?;
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {

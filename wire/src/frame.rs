@@ -197,8 +197,8 @@ pub enum Request {
     /// A `system` identity's request made for a worker of its own organisation,
     /// who is then the actor for membership, policy and audit.
     OnBehalfOf {
-        /// The worker id within the system's organisation.
-        worker: String,
+        /// The worker acted for; the hub refuses one outside the system's organisation.
+        member: MemberId,
         /// The request.
         request: Box<Request>,
     },

@@ -1,0 +1,193 @@
+//! The need-to-know policy through a real hub: every denial names its rule,
+//! system identities act only for their own workers, and the policy reloads on
+//! SIGHUP while a bad file leaves the one in force.
+
+use std::time::Duration;
+
+use certs::dev::{DevPki, ExtraClient, SampleOrg};
+use ketenhub_sdk::raw::{RawConnection, RawIncoming};
+use ketenhub_sdk::{AgencyKind, Client, Error, ErrorCode, Grounds, MemberId, Role};
+use tests::{DevHub, HubProcess};
+use wire::{ClientFrame, HubFrame, Request, WireError};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The rule named in a policy refusal.
+fn rule(result: Result<impl std::fmt::Debug, Error>) -> String {
+    match result {
+        Err(Error::Hub(e)) if e.code == ErrorCode::Forbidden => e
+            .message
+            .strip_prefix("denied by rule ")
+            .and_then(|rest| rest.split(':').next())
+            .unwrap_or_default()
+            .to_owned(),
+        other => panic!("expected a policy refusal, got {other:?}"),
+    }
+}
+
+async fn raw_reply(raw: &mut RawConnection, request: Request) -> anyhow::Result<Result<wire::Reply, WireError>> {
+    raw.send_frame(&ClientFrame::Request { id: 1, request }).await?;
+    loop {
+        match tokio::time::timeout(WAIT, raw.next()).await?? {
+            RawIncoming::Frame(HubFrame::Reply { id: 1, result }) => return Ok(result),
+            RawIncoming::Frame(_) => {}
+            other => anyhow::bail!("connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_denial_names_its_rule() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // One organisation the policy does not know.
+    let stranger = SampleOrg { oin: "00000009999999999999", name: "Onbekende stichting", kind: AgencyKind::Lt };
+    let extra = ExtraClient { slug: "stranger".into(), org: stranger, worker: "s.one".into(), role: Role::Caseworker };
+    DevPki::generate_with(&[extra])?.write_to(&dir.path().join("pki"))?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let gi = hub.client("gi-save-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let grounds = |basis: &str| Grounds::new("referral after a report", basis);
+
+    // Roles: a privacy officer opens no cases.
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    assert_eq!(rule(officer.create_thread().await), "role-forbids");
+    // Organisations outside the policy do nothing.
+    let outsider = hub.client("stranger").discard_events().connect().await?;
+    assert_eq!(rule(outsider.create_thread().await), "unknown-organisation");
+
+    // Adding someone needs a reason, a route between the kinds, and a basis on that route.
+    assert_eq!(rule(vt.add_member(thread, lt.member_id(), &Grounds::new(" ", "consent")).await), "add-needs-reason");
+    assert_eq!(rule(vt.add_member(thread, gi.member_id(), &grounds("consent")).await), "no-route");
+    assert_eq!(rule(vt.add_member(thread, lt.member_id(), &grounds("ots-measure")).await), "basis-not-on-route");
+    assert_eq!(rule(vt.add_member(thread, lt.member_id(), &grounds("made-up")).await), "unknown-legal-basis");
+    let unknown_member = MemberId::new("00000009999999999999", "s.one")?;
+    assert_eq!(rule(vt.add_member(thread, unknown_member, &grounds("consent")).await), "member-unknown-organisation");
+    assert!(!vt.members(thread).await?.contains(&lt.member_id()), "a refused add changed nothing");
+    vt.add_member(thread, lt.member_id(), &grounds("consent")).await?;
+
+    // A caller outside the case learns nothing: its answers for this case and a
+    // case that does not exist are identical, and carry no rule.
+    let mut raw_gi = hub.client("gi-save-caseworker").connect_raw().await?;
+    let on_real = raw_reply(&mut raw_gi, Request::ListMembers { thread }).await?;
+    let on_unknown = raw_reply(&mut raw_gi, Request::ListMembers { thread: wire::ThreadId::random() }).await?;
+    assert_eq!(on_real, on_unknown);
+    assert_eq!(on_real.err().map(|e| e.code), Some(ErrorCode::NotFound));
+
+    // Only a system identity may act for someone else.
+    let mut raw_lt = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    let for_colleague = Request::OnBehalfOf {
+        member: MemberId::new("00000001800000000002", "colleague")?,
+        request: Box::new(Request::ListThreads),
+    };
+    let refusal = raw_reply(&mut raw_lt, for_colleague).await?.err().map(|e| e.message).unwrap_or_default();
+    assert!(refusal.contains("on-behalf-only-for-system"), "{refusal}");
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_system_acts_only_for_its_own_workers_and_must_name_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let system = hub.client("vt-utrecht-system").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    assert_eq!(rule(system.create_thread().await), "system-names-worker");
+
+    // For a VT worker: allowed, with that worker's access. (MLS content stays
+    // with the worker's own device; the system reads the case's metadata.)
+    let own_device = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = own_device.create_thread().await?;
+    let anna: Client = system.on_behalf_of("anna.devries");
+    let anna_id = MemberId::new("00000001800000000001", "anna.devries")?;
+    let threads = anna.threads().await?;
+    assert!(threads.iter().any(|t| t.thread == thread), "the system sees anna's case for her");
+    assert_eq!(anna.members(thread).await?, vec![anna_id.clone()]);
+    assert!(system.threads().await.is_err(), "without naming a worker the system sees nothing");
+
+    // For a worker of another organisation: refused, whatever the request.
+    let mut raw = hub.client("vt-utrecht-system").connect_raw().await?;
+    let for_lt_worker = Request::OnBehalfOf { member: lt.member_id(), request: Box::new(Request::ListThreads) };
+    let refusal = raw_reply(&mut raw, for_lt_worker).await?.err().map(|e| e.message).unwrap_or_default();
+    assert!(refusal.contains("system-own-organisation"), "{refusal}");
+    let add_for_lt = Request::OnBehalfOf {
+        member: lt.member_id(),
+        request: Box::new(Request::AddMember {
+            thread,
+            member: lt.member_id(),
+            reason: "referral".into(),
+            legal_basis: "consent".into(),
+        }),
+    };
+    let refusal = raw_reply(&mut raw, add_for_lt).await?.err().map(|e| e.code);
+    assert_eq!(refusal, Some(ErrorCode::Forbidden));
+    assert_eq!(anna.members(thread).await?, vec![anna_id]);
+    hub.stop().await
+}
+
+/// The example policy without the VT-to-LT route.
+fn without_vt_lt_route(policy: &str) -> String {
+    policy.replace(
+        "name = \"vt-lt-referral\"\nfrom = \"VT\"\nto = \"LT\"",
+        "name = \"vt-lt-referral\"\nfrom = \"VT\"\nto = \"VT\"",
+    )
+}
+
+fn sighup(hub: &HubProcess) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill").args(["-HUP", &hub.pid().to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -HUP failed");
+    Ok(())
+}
+
+/// Waits until `check` holds, re-evaluating it; SIGHUP is handled asynchronously.
+async fn eventually<F, Fut>(mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "condition not reached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_policy_reloads_on_sighup_and_a_bad_file_changes_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = env!("CARGO_BIN_EXE_ketenhub-hub");
+    let hub = HubProcess::start(binary.as_ref(), dir.path(), "127.0.0.1:0", "")?;
+    let policy_file = dir.path().join("policy.toml");
+    let original = std::fs::read_to_string(&policy_file)?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let woerden = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let oudewater = hub.client("lt-oudewater-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, woerden.member_id(), &tests::consent()).await?;
+
+    // The route from VT to LT is withdrawn.
+    std::fs::write(&policy_file, without_vt_lt_route(&original))?;
+    sighup(&hub)?;
+    let consent = tests::consent();
+    eventually(|| async {
+        Ok(matches!(vt.add_member(thread, oudewater.member_id(), &consent).await,
+            Err(Error::Hub(ref e)) if e.message.contains("no-route")))
+    })
+    .await?;
+
+    // A broken file is refused; the stricter policy stays in force and the hub serves on.
+    std::fs::write(&policy_file, "[retention]\ncontent_days = \"soon\"\n")?;
+    sighup(&hub)?;
+    eventually(|| async { Ok(hub.log().contains("policy reload refused")) }).await?;
+    assert_eq!(rule(vt.add_member(thread, oudewater.member_id(), &consent).await), "no-route");
+    vt.send_text(thread, "still serving").await?;
+
+    // A hub does not start on a broken policy, and says why.
+    let broken = tempfile::tempdir()?;
+    std::fs::write(broken.path().join("policy.toml"), "[retention]\ncontent_days = 0\n")?;
+    let refused = HubProcess::start(binary.as_ref(), broken.path(), "127.0.0.1:0", "");
+    let message = format!("{:#}", refused.err().expect("the hub started on a broken policy"));
+    assert!(message.contains("retention periods must be greater than zero"), "{message}");
+    Ok(())
+}
