@@ -60,6 +60,9 @@ pub struct Config {
     /// The limits.
     #[serde(default)]
     pub limits: Limits,
+    /// When the audit log is checkpointed.
+    #[serde(default)]
+    pub audit: crate::audit::CheckpointSettings,
 }
 
 /// The certificate files the hub loads at start.

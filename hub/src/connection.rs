@@ -99,6 +99,7 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
             caller.member.clone(),
             registration.mailbox(),
             frames_tx.clone(),
+            delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(&caller) },
         );
         let broken = broken.clone();
         async move {

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Bytes;
 use wire::{Entry, EntryBody, HubFrame, MemberId, ThreadId};
 
+use wire::audit::AuditRecord;
+
+use crate::durability::{Write, WriteLog};
 use crate::store::{Store, StoreError};
 
 /// Entries read from the store per round, per thread.
@@ -273,6 +276,30 @@ pub enum PumpStopped {
     Store(#[from] StoreError),
 }
 
+/// Records deliveries in the audit log: one entry per thread for each burst of
+/// entries sent to a connection. Deliveries are recorded after the fact and not
+/// awaited, unlike requests: holding every event until its entry is flushed
+/// would add a flush to each delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryLog {
+    /// The write path.
+    pub writes: WriteLog,
+    /// The record of the receiving connection; case and object are filled in.
+    pub template: AuditRecord,
+}
+
+impl DeliveryLog {
+    async fn delivered(&self, thread: ThreadId, first: u64, last: u64) {
+        let record = AuditRecord {
+            at_ms: crate::clock::now_ms(),
+            case: Some(thread),
+            object: Some(format!("seq {first}-{last}")),
+            ..self.template.clone()
+        };
+        self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+    }
+}
+
 /// Sends `member` every durable entry past its cursor, in order and encoded as
 /// event frames, for as long as the connection lives: first the backlog of all
 /// its threads, then news as the mailbox reports it.
@@ -282,6 +309,7 @@ pub async fn pump(
     member: MemberId,
     mailbox: Arc<Mailbox>,
     out: mpsc::Sender<Bytes>,
+    log: DeliveryLog,
 ) -> Result<(), PumpStopped> {
     for thread in store.threads_of(&member)? {
         mailbox.mark(thread);
@@ -298,6 +326,7 @@ pub async fn pump(
                 Some(after) => after,
                 None => next_after.entry(thread).or_insert(store.cursor(&member, thread)?),
             };
+            let mut sent: Option<(u64, u64)> = None;
             'thread: loop {
                 let (frames, complete) = match registry.recent_after(thread, *after) {
                     Some(frames) => (frames, true),
@@ -311,6 +340,7 @@ pub async fn pump(
                     *after = frame.seq;
                     if frame.is_for(&member) {
                         out.send(frame.bytes).await.map_err(|_| PumpStopped::Closed)?;
+                        sent = Some((sent.map_or(frame.seq, |(first, _)| first), frame.seq));
                     }
                     if frame.removes.as_ref() == Some(&member) {
                         left.insert(thread);
@@ -320,6 +350,9 @@ pub async fn pump(
                 if complete {
                     break;
                 }
+            }
+            if let Some((first, last)) = sent {
+                log.delivered(thread, first, last).await;
             }
         }
     }

@@ -22,6 +22,9 @@ use tracing::error;
 use uuid::Uuid;
 use wire::{ErrorCode, MemberId, MessageId, ThreadId, WireError};
 
+use wire::audit::{AuditOutcome, AuditRecord};
+
+use crate::audit::Recorder;
 use crate::clock::now_ms;
 use crate::delivery::Registry;
 use crate::store::{AcceptedCommit, Store, StoreError};
@@ -104,6 +107,10 @@ pub enum Write {
         /// The largest blob allowed, in bytes.
         max_bytes: u64,
     },
+    /// Nothing but the audit entry that comes with it (reads, denials, connects).
+    Audit,
+    /// Nothing: wakes the writer so that a due checkpoint is signed while idle.
+    Tick,
     /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
     Cursor {
         /// Whose cursor.
@@ -160,6 +167,8 @@ pub enum Written {
     },
     /// A cursor moved.
     Cursor,
+    /// Only the audit entry was written (or nothing, for a tick).
+    Audited,
 }
 
 /// Why a write did not become durable.
@@ -182,6 +191,7 @@ pub type Durable = oneshot::Receiver<Result<Written, WriteError>>;
 
 struct Job {
     write: Write,
+    audit: Option<AuditRecord>,
     reply: Option<oneshot::Sender<Result<Written, WriteError>>>,
 }
 
@@ -192,8 +202,9 @@ pub struct WriteLog {
 }
 
 impl WriteLog {
-    /// Starts the writer and flusher threads for `store`, publishing new entries to `registry`.
-    pub fn start(store: Arc<dyn Store>, registry: Arc<Registry>) -> std::io::Result<Self> {
+    /// Starts the writer and flusher threads for `store`, publishing new entries
+    /// to `registry` and recording audit entries with `recorder`.
+    pub fn start(store: Arc<dyn Store>, registry: Arc<Registry>, recorder: Recorder) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(QUEUE);
         // At most one batch waits while another is flushed: deeper would only add latency.
         let (batches, flusher_input) = std::sync::mpsc::sync_channel(1);
@@ -203,22 +214,22 @@ impl WriteLog {
             .spawn(move || flush_loop(flusher_store, registry, flusher_input))?;
         std::thread::Builder::new()
             .name("ketenhub-writer".into())
-            .spawn(move || apply_loop(store, receiver, batches))?;
+            .spawn(move || apply_loop(store, recorder, receiver, batches))?;
         Ok(Self { jobs })
     }
 
     /// Queues a write and returns where its durable result will arrive. Writes
     /// submitted one after another are applied in that order.
-    pub async fn submit(&self, write: Write) -> Durable {
+    pub async fn submit(&self, write: Write, audit: Option<AuditRecord>) -> Durable {
         let (reply, durable) = oneshot::channel();
         // If the writer is gone the reply sender is dropped and `durable` says so.
-        let _ = self.jobs.send(Job { write, reply: Some(reply) }).await;
+        let _ = self.jobs.send(Job { write, audit, reply: Some(reply) }).await;
         durable
     }
 
     /// Queues a write whose result nobody waits for.
-    pub async fn submit_unanswered(&self, write: Write) {
-        let _ = self.jobs.send(Job { write, reply: None }).await;
+    pub async fn submit_unanswered(&self, write: Write, audit: Option<AuditRecord>) {
+        let _ = self.jobs.send(Job { write, audit, reply: None }).await;
     }
 }
 
@@ -292,6 +303,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             store.advance_cursor(&member, thread, seq)?;
             (Written::Cursor, Vec::new())
         }
+        Write::Audit | Write::Tick => (Written::Audited, Vec::new()),
     })
 }
 
@@ -348,16 +360,52 @@ fn apply_commit(
 /// One applied batch: each write's reply channel and what applying it produced.
 type Batch = Vec<(Option<oneshot::Sender<Result<Written, WriteError>>>, Result<Applied, WriteError>)>;
 
-fn apply_loop(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>, batches: std::sync::mpsc::SyncSender<Batch>) {
+/// Applies a write together with its audit entry. The entry goes first: an
+/// action whose entry cannot be written is refused before it takes effect. A
+/// write that then fails gets a second entry saying so.
+fn apply_audited(
+    store: &dyn Store,
+    epochs: &mut Epochs,
+    recorder: &mut Recorder,
+    write: Write,
+    audit: Option<AuditRecord>,
+) -> Result<Applied, WriteError> {
+    let Some(record) = audit else { return apply(store, epochs, write) };
+    recorder.record(store, record.clone()).map_err(|e| {
+        error!(error = %e, "cannot write an audit entry; the action is refused");
+        WriteError::Store(e)
+    })?;
+    let result = apply(store, epochs, write);
+    if let Err(e) = &result {
+        let failed = AuditRecord {
+            outcome: AuditOutcome::Failed,
+            rule: format!("{}; failed: {e}", record.rule),
+            at_ms: now_ms(),
+            ..record
+        };
+        recorder.record(store, failed).map_err(WriteError::Store)?;
+    }
+    result
+}
+
+fn apply_loop(
+    store: Arc<dyn Store>,
+    mut recorder: Recorder,
+    mut jobs: mpsc::Receiver<Job>,
+    batches: std::sync::mpsc::SyncSender<Batch>,
+) {
     let mut epochs = Epochs::default();
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = Vec::with_capacity(64);
         let mut job = Some(first);
-        while let Some(Job { write, reply }) = job.take() {
-            batch.push((reply, apply(store.as_ref(), &mut epochs, write)));
+        while let Some(Job { write, audit, reply }) = job.take() {
+            batch.push((reply, apply_audited(store.as_ref(), &mut epochs, &mut recorder, write, audit)));
             if batch.len() < MAX_BATCH {
                 job = jobs.try_recv().ok();
             }
+        }
+        if let Err(e) = recorder.checkpoint_if_due(store.as_ref(), now_ms()) {
+            error!(error = %e, "cannot store an audit checkpoint; retrying with the next batch");
         }
         if batches.send(batch).is_err() {
             return;

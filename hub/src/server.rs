@@ -18,12 +18,20 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use wire::audit::AuditAction;
 
+use crate::audit::chain::AuditKey;
+use crate::audit::Recorder;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, WsStream};
 use crate::session::{Caller, Hub};
 use crate::store::{SledStore, StoreError};
 use crate::tls::{self, TlsError};
+
+/// Where a hub keeps its Ed25519 audit key (created on first start, mode 0600).
+pub fn audit_key_path(data: &std::path::Path) -> std::path::PathBuf {
+    data.join("audit-key.pk8")
+}
 
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -40,6 +48,9 @@ pub enum ServeError {
     /// The policy file is missing or invalid.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The audit key could not be loaded or created.
+    #[error("audit key: {0}")]
+    AuditKey(#[from] crate::audit::chain::KeyError),
     /// The store could not be opened or flushed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -51,6 +62,18 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Wakes the writer now and then so that a checkpoint falls due even when the
+/// hub is idle after writing entries.
+async fn checkpoint_ticks(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(hub.checkpoint_every_ms.max(100)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => hub.writes.submit_unanswered(crate::durability::Write::Tick, None).await,
+        }
+    }
 }
 
 /// Reloads the policy on every SIGHUP until shutdown.
@@ -104,7 +127,9 @@ impl Server {
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
         let policy = Arc::new(crate::policy::PolicySource::load(resolved.policy)?);
-        let hub = Hub::new(store, config.limits.clone(), policy)
+        let key = AuditKey::load_or_create(&audit_key_path(resolved.data))?;
+        let recorder = Recorder::resume(store.as_ref(), Arc::new(key), config.audit.clone())?;
+        let hub = Hub::new(store, config.limits.clone(), policy, recorder)
             .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
         Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub })
     }
@@ -123,6 +148,7 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let tracker = TaskTracker::new();
         tokio::spawn(reload_on_sighup(self.hub.clone(), shutdown.clone()));
+        tokio::spawn(checkpoint_ticks(self.hub.clone(), shutdown.clone()));
         let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
         loop {
             let (tcp, peer) = tokio::select! {
@@ -194,9 +220,13 @@ async fn handle(
     _slot: OwnedSemaphorePermit,
 ) {
     match handshake(&hub, acceptor, tcp, peer).await {
-        Err(refusal) => warn!(%peer, reason = %refusal, "refused connection"),
+        Err(refusal) => {
+            warn!(%peer, reason = %refusal, "refused connection");
+            hub.audit_connection(None, peer, AuditAction::HandshakeRefused, &refusal.to_string()).await;
+        }
         Ok((ws, caller)) => {
             info!(%peer, identity = %caller.identity, fingerprint = %caller.fingerprint, "connected");
+            hub.audit_connection(Some(&caller), peer, AuditAction::Connect, "authenticated").await;
             connection::serve(hub, ws, caller.clone(), shutdown).await;
             info!(%peer, identity = %caller.identity, "disconnected");
         }

@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tracing::error;
+use wire::audit::{AuditAction, AuditFilter, AuditOutcome, AuditRecord};
 use wire::{BlobId, ErrorCode, Identity, MemberId, Reply, Request, ThreadId, ThreadSummary, WireError};
 
+use crate::audit::{self, Recorder};
 use crate::blobs::{self, ChunkUpload};
 use crate::config::Limits;
 use crate::delivery::Registry;
@@ -38,6 +40,8 @@ pub struct Hub {
     pub limits: Limits,
     /// The need-to-know policy.
     pub policy: Arc<PolicySource>,
+    /// How often, at most, the audit chain is checkpointed while idle.
+    pub checkpoint_every_ms: u64,
 }
 
 /// The authenticated party behind a connection.
@@ -87,6 +91,13 @@ pub enum WriteKind {
 pub enum Outcome {
     /// Answered without a write.
     Ready(Result<Reply, WireError>),
+    /// Answered, but the reply goes out only once the access's audit entry is durable.
+    Audited {
+        /// The answer.
+        reply: Result<Reply, WireError>,
+        /// Where the audit entry's durability is reported.
+        durable: Durable,
+    },
     /// Queued on the write path; the reply goes out once it is durable.
     Writing {
         /// The request it answers.
@@ -102,7 +113,7 @@ fn internal(e: StoreError) -> WireError {
 }
 
 /// A policy denial as the caller sees it: the rule and why.
-fn denied(decision: Decision) -> WireError {
+fn denied(decision: &Decision) -> WireError {
     WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
 }
 
@@ -119,18 +130,58 @@ fn not_durable(e: WriteError) -> WireError {
 
 impl Hub {
     /// Builds the shared state around a store; starts the writer thread.
-    pub fn new(store: Arc<dyn Store>, limits: Limits, policy: Arc<PolicySource>) -> std::io::Result<Arc<Self>> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        policy: Arc<PolicySource>,
+        recorder: Recorder,
+    ) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
-        let writes = WriteLog::start(store.clone(), registry.clone())?;
-        Ok(Arc::new(Self { writes, store, registry, limits, policy }))
+        let checkpoint_every_ms = recorder.checkpoint_every_ms();
+        let writes = WriteLog::start(store.clone(), registry.clone(), recorder)?;
+        Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms }))
     }
 
     /// Reloads the policy file; a file that does not validate leaves the policy in force.
     pub async fn reload_policy(&self) {
-        match self.policy.reload() {
-            Ok(()) => tracing::info!(file = %self.policy.path().display(), "policy reloaded"),
-            Err(e) => error!("policy reload refused, the previous policy stays in force: {e}"),
+        let (outcome, rule) = match self.policy.reload() {
+            Ok(()) => {
+                tracing::info!(file = %self.policy.path().display(), "policy reloaded");
+                (AuditOutcome::Allowed, "policy-reloaded".to_owned())
+            }
+            Err(e) => {
+                error!("policy reload refused, the previous policy stays in force: {e}");
+                (AuditOutcome::Failed, format!("policy-reload-refused: {e}"))
+            }
+        };
+        let record = AuditRecord {
+            object: Some(self.policy.path().display().to_string()),
+            outcome,
+            rule,
+            ..blank_record(AuditAction::PolicyReload, None)
+        };
+        self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+    }
+
+    /// The audit record of deliveries to this caller's connection.
+    pub fn delivery_record(&self, caller: &Caller) -> AuditRecord {
+        AuditRecord {
+            actor: Some(audit::actor(&caller.identity, &caller.fingerprint)),
+            rule: "member-of-case".into(),
+            ..blank_record(AuditAction::Deliver, Some(caller.peer))
         }
+    }
+
+    /// Records a connection, or a refused handshake (with no caller), in the audit log.
+    pub async fn audit_connection(&self, caller: Option<&Caller>, peer: SocketAddr, action: AuditAction, why: &str) {
+        let outcome = if caller.is_some() { AuditOutcome::Allowed } else { AuditOutcome::Denied };
+        let record = AuditRecord {
+            actor: caller.map(|c| audit::actor(&c.identity, &c.fingerprint)),
+            outcome,
+            rule: why.to_owned(),
+            ..blank_record(action, Some(peer))
+        };
+        self.writes.submit_unanswered(Write::Audit, Some(record)).await;
     }
 
     /// Applies a request. Requests applied one after another are written in
@@ -148,8 +199,24 @@ impl Hub {
             Request::OnBehalfOf { member, request } => (Some(member), *request),
             other => (None, other),
         };
-        let actor = policy.actor(&caller.identity, on_behalf_of.as_ref()).map_err(denied)?;
-        self.authorize(&policy, caller, &actor, &request)?;
+        let mut record = access_record(caller, on_behalf_of.clone(), &request);
+        let decided = policy
+            .actor(&caller.identity, on_behalf_of.as_ref())
+            .map_err(|d| (denied(&d), d.rule))
+            .and_then(|actor| Ok((self.authorize(&policy, caller, &actor, &request)?, actor)));
+        let actor = match decided {
+            Ok((rule, actor)) => {
+                record.rule = rule.to_owned();
+                actor
+            }
+            Err((refusal, rule)) => {
+                record.outcome = AuditOutcome::Denied;
+                record.rule = rule.to_owned();
+                // The refusal stands whether or not its entry could be written.
+                let _ = self.writes.submit(Write::Audit, Some(record)).await.await;
+                return Err(refusal);
+            }
+        };
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
                 (WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref })
@@ -169,11 +236,7 @@ impl Hub {
                 let welcome = welcome.map(serde_bytes::ByteBuf::into_vec);
                 (WriteKind::Commit, Write::Commit { thread, caller: actor, commit, welcome })
             }
-            Request::UploadKeyPackages { key_packages } => {
-                if key_packages.is_empty() {
-                    let stock = self.store.key_package_stock(&caller.member).map_err(internal)?;
-                    return Ok(Outcome::Ready(Ok(Reply::KeyPackagesStored { stock })));
-                }
+            Request::UploadKeyPackages { key_packages } if !key_packages.is_empty() => {
                 let packages = self.verify_key_packages(caller, key_packages)?;
                 (WriteKind::UploadKeyPackages, Write::AddKeyPackages { member: caller.member.clone(), packages })
             }
@@ -187,29 +250,71 @@ impl Hub {
                 let upload = ChunkUpload { thread, uploader: actor, blob, index, last, data };
                 (WriteKind::PutBlobChunk, Write::PutBlobChunk { upload, max_bytes: self.limits.max_blob_bytes })
             }
-            Request::GetBlobChunk { blob, index } => return Ok(Outcome::Ready(self.blob_chunk(&actor, blob, index))),
-            Request::ListThreads => return Ok(Outcome::Ready(self.list_threads(&actor))),
-            Request::ListMembers { thread } => {
-                let members = self.store.members(thread).map_err(internal)?;
-                return Ok(Outcome::Ready(Ok(Reply::Members { members })));
+            read => {
+                let reply = self.read(caller, &actor, read, &mut record);
+                if let Err(e) = &reply {
+                    record.outcome = AuditOutcome::Failed;
+                    record.rule = format!("{}; failed: {:?}", record.rule, e.code);
+                }
+                return Ok(Outcome::Audited { reply, durable: self.writes.submit(Write::Audit, Some(record)).await });
             }
-            Request::AuditQuery { .. } => {
-                return Err(WireError::new(ErrorCode::Invalid, "the audit log is not available yet"));
-            }
-            Request::OnBehalfOf { .. } => unreachable!("refused by authorize"),
         };
-        Ok(Outcome::Writing { kind, durable: self.writes.submit(write).await })
+        Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
+    }
+
+    /// Answers a request that changes nothing; `record` learns what was read.
+    fn read(
+        &self,
+        caller: &Caller,
+        actor: &MemberId,
+        request: Request,
+        record: &mut AuditRecord,
+    ) -> Result<Reply, WireError> {
+        match request {
+            Request::UploadKeyPackages { .. } => {
+                let stock = self.store.key_package_stock(&caller.member).map_err(internal)?;
+                Ok(Reply::KeyPackagesStored { stock })
+            }
+            Request::GetBlobChunk { blob, index } => {
+                let (thread, reply) = self.blob_chunk(actor, blob, index)?;
+                record.case = Some(thread);
+                Ok(reply)
+            }
+            Request::ListThreads => self.list_threads(actor),
+            Request::ListMembers { thread } => {
+                Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
+            }
+            Request::AuditQuery { filter } => self.audit_query(caller, &filter),
+            other => Err(WireError::new(ErrorCode::Internal, format!("not a read: {other:?}"))),
+        }
+    }
+
+    /// A privacy officer's query, within the scope of its organisation.
+    fn audit_query(&self, caller: &Caller, filter: &AuditFilter) -> Result<Reply, WireError> {
+        let oin = &caller.identity.oin;
+        if let Some(case) = filter.case {
+            // Outside the organisation's cases, a case and a non-case look the same.
+            if !audit::cases_of(self.store.as_ref(), oin).map_err(internal)?.contains(&case) {
+                return Err(WireError::new(
+                    ErrorCode::Forbidden,
+                    "denied by rule audit-outside-scope: the case is not one of your organisation's",
+                ));
+            }
+        }
+        let (entries, truncated) = audit::query(self.store.as_ref(), oin, filter).map_err(internal)?;
+        Ok(Reply::AuditEntries { entries, truncated })
     }
 
     /// The enforcement point: every request passes here before it has any
-    /// effect, and is refused unless the policy allows it.
+    /// effect, and is refused unless the policy allows it. Returns the rule that
+    /// allowed it, or the refusal and the rule that made it.
     fn authorize(
         &self,
         policy: &Policy,
         caller: &Caller,
         actor: &MemberId,
         request: &Request,
-    ) -> Result<(), WireError> {
+    ) -> Result<&'static str, (WireError, &'static str)> {
         let (action, thread) = match request {
             Request::CreateThread { .. } => (Action::CreateThread, None),
             Request::AddMember { thread, .. } | Request::ClaimKeyPackage { thread, .. } => {
@@ -226,28 +331,30 @@ impl Hub {
             }
             Request::AuditQuery { .. } => (Action::AuditQuery, None),
             Request::OnBehalfOf { .. } => {
-                return Err(WireError::new(ErrorCode::Invalid, "on_behalf_of cannot be nested"));
+                return Err((WireError::new(ErrorCode::Invalid, "on_behalf_of cannot be nested"), "no-nesting"));
             }
         };
         let allowed = policy.role_allows(caller.identity.role, action);
         if !allowed.allowed {
-            return Err(denied(allowed));
+            return Err((denied(&allowed), allowed.rule));
         }
         if let Some(thread) = thread {
             // Not a member: the same answer as for a case that does not exist.
-            if !self.is_member(thread, actor)? {
-                return Err(WireError::thread_not_found());
+            let member = self.is_member(thread, actor).map_err(|e| (e, "store-failure"))?;
+            if !member {
+                return Err((WireError::thread_not_found(), "not-a-member"));
             }
         }
         if let Request::AddMember { member, reason, legal_basis, .. } = request {
             wire::identity::validate_worker(&member.worker)
-                .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
+                .map_err(|e| (WireError::new(ErrorCode::Invalid, e.to_string()), "invalid-member"))?;
             let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });
             if !decision.allowed {
-                return Err(denied(decision));
+                return Err((denied(&decision), decision.rule));
             }
+            return Ok(decision.rule);
         }
-        Ok(())
+        Ok(if thread.is_some() { "member-of-case" } else { allowed.rule })
     }
 
     /// Verifies uploaded KeyPackages: each must verify and carry the caller's
@@ -285,7 +392,7 @@ impl Hub {
     }
 
     /// A chunk of a sealed blob, for a current member of its thread only.
-    fn blob_chunk(&self, actor: &MemberId, blob: BlobId, index: u32) -> Result<Reply, WireError> {
+    fn blob_chunk(&self, actor: &MemberId, blob: BlobId, index: u32) -> Result<(ThreadId, Reply), WireError> {
         let (thread, chunks) = blobs::sealed_thread(self.store.blob(blob).map_err(internal)?)?;
         if !self.is_member(thread, actor)? {
             return Err(blobs::not_found());
@@ -294,7 +401,7 @@ impl Hub {
             Some(data) if index < chunks => data,
             _ => return Err(WireError::new(ErrorCode::Invalid, format!("the blob has chunks 0 to {}", chunks - 1))),
         };
-        Ok(Reply::BlobChunk { blob, index, last: index + 1 == chunks, data })
+        Ok((thread, Reply::BlobChunk { blob, index, last: index + 1 == chunks, data }))
     }
 
     fn list_threads(&self, actor: &MemberId) -> Result<Reply, WireError> {
@@ -314,6 +421,12 @@ impl Hub {
     pub async fn settle(&self, outcome: Outcome) -> Result<Reply, WireError> {
         let (kind, durable) = match outcome {
             Outcome::Ready(result) => return result,
+            Outcome::Audited { reply, durable } => {
+                return match durable.await.unwrap_or(Err(WriteError::Closed)) {
+                    Ok(_) => reply,
+                    Err(e) => Err(not_durable(e)),
+                };
+            }
             Outcome::Writing { kind, durable } => (kind, durable),
         };
         let written = durable.await.unwrap_or(Err(WriteError::Closed)).map_err(not_durable)?;
@@ -350,7 +463,7 @@ impl Hub {
         if seq > last {
             return Err(WireError::new(ErrorCode::Invalid, format!("ack for seq {seq} beyond the last entry {last}")));
         }
-        self.writes.submit_unanswered(Write::Cursor { member: caller.member.clone(), thread, seq }).await;
+        self.writes.submit_unanswered(Write::Cursor { member: caller.member.clone(), thread, seq }, None).await;
         Ok(())
     }
 
@@ -370,4 +483,58 @@ impl Hub {
             None => self.store.is_member(thread, member).map_err(internal),
         }
     }
+}
+
+/// A record of `action` at this moment with every optional field empty.
+fn blank_record(action: AuditAction, peer: Option<SocketAddr>) -> AuditRecord {
+    AuditRecord {
+        at_ms: crate::clock::now_ms(),
+        actor: None,
+        on_behalf_of: None,
+        action,
+        case: None,
+        object: None,
+        purpose: None,
+        legal_basis: None,
+        outcome: AuditOutcome::Allowed,
+        rule: String::new(),
+        peer: peer.map(|p| p.to_string()),
+    }
+}
+
+/// What the audit log records about a request, before the policy decides.
+fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Request) -> AuditRecord {
+    let mut record = AuditRecord {
+        actor: Some(audit::actor(&caller.identity, &caller.fingerprint)),
+        on_behalf_of,
+        ..blank_record(AuditAction::ListThreads, Some(caller.peer))
+    };
+    let (action, case, object) = match request {
+        Request::CreateThread { .. } => (AuditAction::CreateThread, None, None),
+        Request::AddMember { thread, member, reason, legal_basis } => {
+            record.purpose = Some(reason.clone());
+            record.legal_basis = Some(legal_basis.clone());
+            (AuditAction::AddMember, Some(*thread), Some(member.to_string()))
+        }
+        Request::Send { thread, message, .. } => (AuditAction::Send, Some(*thread), Some(message.to_string())),
+        Request::InitGroup { thread, .. } | Request::Commit { thread, .. } => {
+            (AuditAction::Commit, Some(*thread), None)
+        }
+        Request::UploadKeyPackages { .. } => (AuditAction::KeyPackage, None, None),
+        Request::ClaimKeyPackage { thread, member } => {
+            (AuditAction::KeyPackage, Some(*thread), Some(member.to_string()))
+        }
+        Request::PutBlobChunk { thread, blob, index, .. } => {
+            (AuditAction::BlobPut, Some(*thread), Some(format!("{blob}#{index}")))
+        }
+        Request::GetBlobChunk { blob, index } => (AuditAction::BlobFetch, None, Some(format!("{blob}#{index}"))),
+        Request::ListThreads => (AuditAction::ListThreads, None, None),
+        Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
+        Request::AuditQuery { filter } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
+        Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
+    };
+    record.action = action;
+    record.case = case;
+    record.object = object;
+    record
 }

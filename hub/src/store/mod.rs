@@ -18,6 +18,7 @@ pub mod sled_store;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use wire::audit::{AuditCheckpoint, AuditEntry};
 use wire::{BlobId, Entry, MemberId, MessageId, ThreadId};
 
 pub use sled_store::SledStore;
@@ -180,6 +181,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// One stored chunk of a blob.
     fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Appends an audit entry (its seq follows the last one).
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Up to `limit` audit entries with seq of at least `from`, in order.
+    fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The seq and hash of the last audit entry, if any.
+    fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+
+    /// Stores a signed audit checkpoint.
+    fn put_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<(), StoreError>;
+
+    /// Every audit checkpoint, in order.
+    fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError>;
 
     /// Makes every write made before this call durable, and visible to reads.
     fn flush(&self) -> Result<(), StoreError>;

@@ -19,6 +19,8 @@
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | blob | blob record |
+//! | `A` | seq (u64 BE) | audit entry |
+//! | `P` | seq (u64 BE) | signed audit checkpoint |
 //!
 //! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
 //!
@@ -35,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
+use wire::audit::{AuditCheckpoint, AuditEntry};
 use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, ThreadId};
 
 use super::chunk_files::ChunkFiles;
@@ -50,6 +53,8 @@ const CREATE_REF: u8 = b'R';
 const KEY_PACKAGE: u8 = b'K';
 const GROUP: u8 = b'G';
 const BLOB: u8 = b'B';
+const AUDIT: u8 = b'A';
+const CHECKPOINT: u8 = b'P';
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -452,6 +457,34 @@ impl Store for SledStore {
 
     fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
         self.chunks.read(blob, index)
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode(entry)).map_err(backend)?;
+        Ok(())
+    }
+
+    fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.db
+            .range(key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&u64::MAX.to_be_bytes()]))
+            .take(limit)
+            .map(|item| decode(&item.map_err(backend)?.1))
+            .collect()
+    }
+
+    fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let Some(last) = self.db.scan_prefix([AUDIT]).next_back() else { return Ok(None) };
+        let entry: AuditEntry = decode(&last.map_err(backend)?.1)?;
+        Ok(Some((entry.seq, entry.hash)))
+    }
+
+    fn put_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<(), StoreError> {
+        self.db.insert(key(CHECKPOINT, &[&checkpoint.seq.to_be_bytes()]), encode(checkpoint)).map_err(backend)?;
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        self.db.scan_prefix([CHECKPOINT]).map(|item| decode(&item.map_err(backend)?.1)).collect()
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -1,0 +1,178 @@
+//! The audit log: one entry for every access, chained and signed.
+//!
+//! Entries are written by the writer thread (see `durability`) in the same
+//! batch, and under the same flush, as the change they describe, so an action
+//! is acknowledged only once its entry is durable, and an action whose entry
+//! cannot be written is refused. Reads and denials get an entry of their own on
+//! the same path before they are answered.
+//!
+//! [`chain`] holds the tamper evidence (SHA-256 chain, Ed25519 checkpoints, the
+//! export format and offline verification); this module holds what the hub
+//! does with it: the [`Recorder`] in the writer thread, and the privacy
+//! officer's scoped queries.
+
+pub mod chain;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use wire::audit::{AuditAction, AuditActor, AuditEntry, AuditFilter, AuditRecord};
+use wire::{Identity, Oin, ThreadId};
+
+use crate::store::{Store, StoreError};
+use chain::{AuditKey, Chain};
+
+/// When the hub signs a checkpoint: after this many entries or this much time,
+/// whichever comes first. Keys under `[audit]` in the hub's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSettings {
+    /// Entries between checkpoints at most.
+    pub every_entries: u64,
+    /// Milliseconds between checkpoints at most (while entries arrive).
+    pub every_ms: u64,
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        Self { every_entries: 1000, every_ms: 10_000 }
+    }
+}
+
+/// Entries a privacy officer receives per query at most.
+pub const MAX_QUERY_ENTRIES: usize = 10_000;
+
+/// Audit entries read from the store per step when scanning.
+const SCAN_STEP: usize = 4096;
+
+/// Appends entries to the chain and signs checkpoints; lives in the writer thread.
+pub struct Recorder {
+    chain: Chain,
+    key: Arc<AuditKey>,
+    settings: CheckpointSettings,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("head", &self.chain.head()).finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// Continues the chain stored in `store`.
+    pub fn resume(store: &dyn Store, key: Arc<AuditKey>, settings: CheckpointSettings) -> Result<Self, StoreError> {
+        Ok(Self { chain: Chain::resume(store.last_audit()?, crate::clock::now_ms()), key, settings })
+    }
+
+    /// The longest time between checkpoints while entries arrive.
+    pub fn checkpoint_every_ms(&self) -> u64 {
+        self.settings.every_ms
+    }
+
+    /// Appends a record to the chain and the store. On failure the chain does not advance.
+    pub fn record(&mut self, store: &dyn Store, record: AuditRecord) -> Result<AuditEntry, StoreError> {
+        let mut next = self.chain.clone();
+        let entry = next.append(record);
+        store.append_audit(&entry)?;
+        self.chain = next;
+        Ok(entry)
+    }
+
+    /// Signs and stores a checkpoint if one is due.
+    pub fn checkpoint_if_due(&mut self, store: &dyn Store, now_ms: u64) -> Result<(), StoreError> {
+        if !self.chain.checkpoint_due(now_ms, self.settings.every_entries, self.settings.every_ms) {
+            return Ok(());
+        }
+        let mut next = self.chain.clone();
+        if let Some(checkpoint) = next.checkpoint(&self.key, now_ms) {
+            store.put_checkpoint(&checkpoint)?;
+            self.chain = next;
+        }
+        Ok(())
+    }
+}
+
+/// The actor fields of an identity.
+pub fn actor(identity: &Identity, certificate: &str) -> AuditActor {
+    AuditActor {
+        oin: identity.oin.clone(),
+        organisation: identity.organisation.clone(),
+        kind: identity.kind,
+        worker: identity.worker.clone(),
+        role: identity.role,
+        certificate: certificate.to_owned(),
+    }
+}
+
+/// Every stored entry, in order, read in steps.
+pub fn scan(store: &dyn Store, mut visit: impl FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
+    let mut from = 1;
+    loop {
+        let batch = store.audit_entries(from, SCAN_STEP)?;
+        let Some(last) = batch.last().map(|e| e.seq) else { return Ok(()) };
+        for entry in batch {
+            if !visit(entry) {
+                return Ok(());
+            }
+        }
+        from = last + 1;
+    }
+}
+
+fn of_organisation(entry: &AuditEntry, oin: &Oin) -> bool {
+    let record = &entry.record;
+    record.actor.as_ref().is_some_and(|a| &a.oin == oin) || record.on_behalf_of.as_ref().is_some_and(|m| &m.oin == oin)
+}
+
+/// The cases an organisation is or was involved in: it acted in them, or one
+/// of its people was added to them.
+pub fn cases_of(store: &dyn Store, oin: &Oin) -> Result<HashSet<ThreadId>, StoreError> {
+    let mut cases = HashSet::new();
+    // Members are recorded as `worker@OIN`.
+    let suffix = format!("@{}", oin.as_str());
+    scan(store, |entry| {
+        let record = &entry.record;
+        let added_here =
+            record.action == AuditAction::AddMember && record.object.as_deref().is_some_and(|o| o.ends_with(&suffix));
+        if let Some(case) = record.case.filter(|_| added_here || of_organisation(&entry, oin)) {
+            cases.insert(case);
+        }
+        true
+    })?;
+    Ok(cases)
+}
+
+/// Whether an entry matches a filter (scope aside).
+pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
+    let record = &entry.record;
+    filter.case.is_none_or(|case| record.case == Some(case))
+        && filter.since_ms.is_none_or(|since| record.at_ms >= since)
+        && filter.until_ms.is_none_or(|until| record.at_ms < until)
+        && filter.worker.as_ref().is_none_or(|worker| {
+            record.actor.as_ref().is_some_and(|a| a.oin == worker.oin && a.worker == worker.worker)
+                || record.on_behalf_of.as_ref() == Some(worker)
+        })
+}
+
+/// What a privacy officer of `oin` may see that matches `filter`: entries about
+/// cases the organisation is or was in, and entries whose actor is of the
+/// organisation. Returns the entries (at most the limit) and whether more matched.
+pub fn query(store: &dyn Store, oin: &Oin, filter: &AuditFilter) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+    let cases = cases_of(store, oin)?;
+    let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
+    let mut found = Vec::new();
+    let mut truncated = false;
+    scan(store, |entry| {
+        let in_scope = entry.record.case.is_some_and(|c| cases.contains(&c)) || of_organisation(&entry, oin);
+        if in_scope && matches(&entry, filter) {
+            if found.len() == limit {
+                truncated = true;
+                return false;
+            }
+            found.push(entry);
+        }
+        true
+    })?;
+    Ok((found, truncated))
+}
