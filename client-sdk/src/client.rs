@@ -412,6 +412,22 @@ impl Client {
         Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "the group kept changing; try again")))
     }
 
+    /// Audit entries within this privacy officer's scope: about cases its
+    /// organisation is or was in, or by its own people. Entries carry no case
+    /// content. A query outside the scope is refused, and recorded.
+    pub async fn audit_query(&self, filter: wire::audit::AuditFilter) -> Result<Vec<wire::audit::AuditEntry>, Error> {
+        match self.request(Request::AuditQuery { filter }).await? {
+            Reply::AuditEntries { entries, .. } => Ok(entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The access report for one case (GDPR article 15), as Markdown.
+    pub async fn access_report(&self, case: ThreadId) -> Result<String, Error> {
+        let filter = wire::audit::AuditFilter { case: Some(case), ..Default::default() };
+        Ok(crate::report::markdown(case, &self.audit_query(filter).await?))
+    }
+
     /// The threads this client is a member of.
     pub async fn threads(&self) -> Result<Vec<ThreadSummary>, Error> {
         match self.request(Request::ListThreads).await? {

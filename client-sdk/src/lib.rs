@@ -40,6 +40,7 @@ mod dial;
 mod error;
 mod event;
 pub mod raw;
+pub mod report;
 
 pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
@@ -47,4 +48,5 @@ pub use client::{Client, Grounds, Sent};
 pub use content::Content;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
+pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};

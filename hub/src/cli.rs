@@ -23,6 +23,11 @@ enum Command {
     /// Runs a hub until SIGTERM or ctrl-c.
     Serve(ServeArgs),
     /// Runs the demonstration story on loopback with a fresh dev PKI, then exits.
+    /// Exports, verifies and reports on the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::command::AuditCommand,
+    },
     Demo {
         /// Keep the hub's PKI and data in this directory instead of a temporary one.
         #[arg(long)]
@@ -122,6 +127,16 @@ fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => {
             init_logging("info");
             runtime.block_on(serve(args))
+        }
+        Command::Audit { command } => {
+            init_logging("warn");
+            return match crate::audit::command::run(command) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("hub audit: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Demo { data } => {
             init_logging("warn");

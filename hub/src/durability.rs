@@ -111,6 +111,8 @@ pub enum Write {
     Audit,
     /// Nothing: wakes the writer so that a due checkpoint is signed while idle.
     Tick,
+    /// Signs a checkpoint now, due or not (at shutdown, so the log ends signed).
+    Seal,
     /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
     Cursor {
         /// Whose cursor.
@@ -303,7 +305,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             store.advance_cursor(&member, thread, seq)?;
             (Written::Cursor, Vec::new())
         }
-        Write::Audit | Write::Tick => (Written::Audited, Vec::new()),
+        Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
     })
 }
 
@@ -398,13 +400,15 @@ fn apply_loop(
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = Vec::with_capacity(64);
         let mut job = Some(first);
+        let mut seal = false;
         while let Some(Job { write, audit, reply }) = job.take() {
+            seal |= matches!(write, Write::Seal);
             batch.push((reply, apply_audited(store.as_ref(), &mut epochs, &mut recorder, write, audit)));
             if batch.len() < MAX_BATCH {
                 job = jobs.try_recv().ok();
             }
         }
-        if let Err(e) = recorder.checkpoint_if_due(store.as_ref(), now_ms()) {
+        if let Err(e) = recorder.checkpoint_if_due(store.as_ref(), now_ms(), seal) {
             error!(error = %e, "cannot store an audit checkpoint; retrying with the next batch");
         }
         if batches.send(batch).is_err() {

@@ -12,6 +12,8 @@
 //! officer's scoped queries.
 
 pub mod chain;
+pub mod command;
+pub mod export;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -79,9 +81,10 @@ impl Recorder {
         Ok(entry)
     }
 
-    /// Signs and stores a checkpoint if one is due.
-    pub fn checkpoint_if_due(&mut self, store: &dyn Store, now_ms: u64) -> Result<(), StoreError> {
-        if !self.chain.checkpoint_due(now_ms, self.settings.every_entries, self.settings.every_ms) {
+    /// Signs and stores a checkpoint if one is due, or if `now` and any entry is unsigned.
+    pub fn checkpoint_if_due(&mut self, store: &dyn Store, now_ms: u64, now: bool) -> Result<(), StoreError> {
+        let every = if now { (1, 0) } else { (self.settings.every_entries, self.settings.every_ms) };
+        if !self.chain.checkpoint_due(now_ms, every.0, every.1) {
             return Ok(());
         }
         let mut next = self.chain.clone();

@@ -1,0 +1,117 @@
+//! The access report for a family: who saw and did what in their case.
+//!
+//! A family's access request (GDPR article 15) asks which organisations and
+//! which people accessed their data, when, in what role, for what purpose and
+//! on what legal basis. The hub's audit entries hold exactly that and no case
+//! content, so the report is built from them alone: by a privacy officer through
+//! [`crate::Client::access_report`], or by the hub's operator with
+//! `hub audit report`. One function formats it for both.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use wire::audit::{AuditAction, AuditEntry, AuditOutcome};
+use wire::ThreadId;
+
+fn date_time(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn action_text(action: AuditAction) -> &'static str {
+    match action {
+        AuditAction::CreateThread => "opened the case",
+        AuditAction::AddMember => "brought someone into the case",
+        AuditAction::RemoveMember => "removed someone from the case",
+        AuditAction::Commit => "changed the case's encryption keys",
+        AuditAction::Send => "wrote in the case",
+        AuditAction::Deliver => "received the case's messages",
+        AuditAction::ListMembers => "looked up who is on the case",
+        AuditAction::BlobPut => "attached a document",
+        AuditAction::BlobFetch => "opened a document",
+        AuditAction::KeyPackage => "prepared encryption keys",
+        AuditAction::AuditQuery => "queried the audit log",
+        AuditAction::Connect | AuditAction::ListThreads => "used the hub",
+        AuditAction::HandshakeRefused => "was refused at connection",
+        AuditAction::PolicyReload => "changed the hub's policy",
+    }
+}
+
+/// The access report for `case` as Markdown, from its audit entries (oldest first).
+pub fn markdown(case: ThreadId, entries: &[AuditEntry]) -> String {
+    let mut out = format!("# Access report for case {case}\n\n");
+    let _ =
+        writeln!(out, "Produced from the Ketenhub audit log ({} entries). It holds no case content.\n", entries.len());
+    let mut people: BTreeMap<(String, String, String), (u64, u64, usize)> = BTreeMap::new();
+    for entry in entries.iter().filter(|e| e.record.outcome == AuditOutcome::Allowed) {
+        if let Some(actor) = &entry.record.actor {
+            let key = (actor.organisation.clone(), actor.worker.clone(), actor.role.code().to_owned());
+            let at = entry.record.at_ms;
+            let seen = people.entry(key).or_insert((at, at, 0));
+            seen.1 = seen.1.max(at);
+            seen.2 += 1;
+        }
+    }
+    out.push_str(
+        "## Who had access\n\n| organisation | person | role | first | last | actions |\n|---|---|---|---|---|---:|\n",
+    );
+    for ((organisation, worker, role), (first, last, count)) in &people {
+        let _ = writeln!(
+            out,
+            "| {organisation} | {worker} | {role} | {} | {} | {count} |",
+            date_time(*first),
+            date_time(*last)
+        );
+    }
+    out.push_str("\n## Timeline, including refused attempts\n\n| when | organisation | person | role | what | legal basis | outcome |\n|---|---|---|---|---|---|---|\n");
+    for entry in entries {
+        let record = &entry.record;
+        let (organisation, worker, role) = record
+            .actor
+            .as_ref()
+            .map_or(("(unknown)", "", ""), |a| (a.organisation.as_str(), a.worker.as_str(), a.role.code()));
+        let person = match &record.on_behalf_of {
+            Some(member) => format!("{} (for {worker})", member.worker),
+            None => worker.to_owned(),
+        };
+        let outcome = match record.outcome {
+            AuditOutcome::Allowed => "allowed",
+            AuditOutcome::Denied => "refused",
+            AuditOutcome::Failed => "failed",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {organisation} | {person} | {role} | {} | {} | {outcome} |",
+            date_time(record.at_ms),
+            action_text(record.action),
+            record.legal_basis.as_deref().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(date_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date_time(1_700_000_000_123), "2023-11-14 22:13 UTC");
+    }
+}
