@@ -160,7 +160,12 @@ impl Client {
         // In the background: a backlog of events may fill the event buffer
         // before the application has taken the stream, and replies queue behind events.
         let topping_up = client.clone();
+        // Privacy officers and operators are never added to a case: they need no KeyPackages.
+        let joins_cases = matches!(topping_up.identity().role, wire::Role::Caseworker | wire::Role::System);
         tokio::spawn(async move {
+            if !joins_cases {
+                return;
+            }
             if let Err(e) = topping_up.top_up_key_packages().await {
                 warn!("could not top up KeyPackages at the hub: {e}");
             }
@@ -725,6 +730,11 @@ impl Driver {
             EntryBody::Commit { commit, .. } => match device.process(thread, &commit) {
                 Ok(Processed::Commit { removed_self: true }) => Some(Event::Removed { thread }),
                 Ok(_) => None,
+                // The commit that adds this device arrives before its Welcome.
+                Err(DecryptError::NotMember) => {
+                    debug!(%thread, seq, "a commit from before this device joined");
+                    None
+                }
                 Err(e) => {
                     warn!(%thread, seq, "cannot process a commit: {e}");
                     None

@@ -93,10 +93,28 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         other => anyhow::bail!("an outsider could see the thread: {other:?}"),
     }
 
-    for client in [vt, lt, outsider] {
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    line.say(&who(&officer), "prints the family's access report (GDPR art. 15):");
+    for row in officer.access_report(thread).await?.lines().filter(|l| !l.is_empty()) {
+        println!("           {row}");
+    }
+
+    for client in [vt, lt, outsider, officer] {
         client.close().await;
     }
-    hub.stop().await?;
+    let verified = hub.stop_and_verify_audit().await?;
     line.say("hub", "stopped cleanly; every message was acknowledged only after it was on disk");
-    Ok(())
+    match verified {
+        Ok(v) => {
+            line.say(
+                "audit",
+                format!("chain verified: {} entries, {} signed checkpoints, intact", v.entries, v.checkpoints),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            line.say("audit", format!("chain verification FAILED at seq {}: {e}", e.seq()));
+            anyhow::bail!("the audit chain does not verify")
+        }
+    }
 }

@@ -13,6 +13,7 @@ use ketenhub_sdk::ClientBuilder;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::chain::{AuditKey, Verified, VerifyError};
 use crate::config::{Config, Limits};
 use crate::server::{ServeError, Server};
 
@@ -21,6 +22,7 @@ pub struct DevHub {
     addr: SocketAddr,
     pki_dir: PathBuf,
     data_dir: PathBuf,
+    hub: std::sync::Arc<crate::session::Hub>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -62,8 +64,9 @@ impl DevHub {
         let server = Server::bind(&config).await?;
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();
+        let hub = server.hub();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Self { addr, pki_dir: dir.join("pki"), data_dir: dir.join("data"), shutdown, task: Some(task) })
+        Ok(Self { addr, pki_dir: dir.join("pki"), data_dir: dir.join("data"), hub, shutdown, task: Some(task) })
     }
 
     /// The hub's address.
@@ -89,6 +92,15 @@ impl DevHub {
     /// A client builder for the certificate pair `SLUG.crt`/`SLUG.key` of the PKI.
     pub fn client(&self, slug: &str) -> ClientBuilder {
         client_for(&self.url(), &self.pki_dir, slug)
+    }
+
+    /// Stops the hub (which seals its audit log with a checkpoint) and
+    /// verifies the log with the hub's public key, as `hub audit verify --data` does.
+    pub async fn stop_and_verify_audit(self) -> anyhow::Result<Result<Verified, VerifyError>> {
+        let store = self.hub.store.clone();
+        let key = AuditKey::load_or_create(&crate::server::audit_key_path(&self.data_dir))?;
+        self.stop().await?;
+        Ok(crate::audit::export::verify_store(store.as_ref(), &key.public_key())?)
     }
 
     /// Stops the hub gracefully and waits for it.
