@@ -522,6 +522,8 @@ pub enum Phase {
     Mls,
     /// An encrypted attachment through the hub, against plain AES-GCM.
     Attachment,
+    /// Audit log append (durable) and verification rates.
+    Audit,
 }
 
 /// Runs the phases in `only` (all when empty) and returns the report rows.
@@ -606,6 +608,10 @@ pub async fn run(
         figures.extend(attachment_figures(&hub, dir.path(), scale.attachment_mib).await?);
     }
     drop((relay, hub));
+    if wanted(Phase::Audit) {
+        progress(&format!("audit log: {} entries", scale.restart_messages / 10));
+        figures.extend(audit_figures(&dir.path().join("audit"), (scale.restart_messages / 10).max(1000))?);
+    }
     if wanted(Phase::Memory) {
         // Fresh processes: memory freed by earlier phases would otherwise be
         // reused by the new connections and hide part of their cost.
@@ -828,6 +834,95 @@ async fn attachment_figures(hub: &Target, dir: &Path, mib: usize) -> anyhow::Res
             growth(peaks[1], before.1),
             None,
             Better::Lower,
+        ),
+    ])
+}
+
+/// A typical audit record: a caseworker's send in a case.
+fn audit_record(i: usize) -> wire::audit::AuditRecord {
+    use wire::audit::{AuditAction, AuditActor, AuditOutcome, AuditRecord};
+    AuditRecord {
+        at_ms: 1_700_000_000_000 + i as u64,
+        actor: Some(AuditActor {
+            oin: ORGS[0].oin.parse().expect("a valid OIN"),
+            organisation: ORGS[0].name.into(),
+            kind: ORGS[0].kind,
+            worker: format!("bench.{:02}", i % SENDERS),
+            role: Role::Caseworker,
+            certificate: "ab".repeat(32),
+        }),
+        on_behalf_of: None,
+        action: AuditAction::Send,
+        case: Some(ThreadId(uuid::Uuid::from_u128(i as u128 % 1000))),
+        object: Some(MessageId::new().to_string()),
+        purpose: None,
+        legal_basis: None,
+        outcome: AuditOutcome::Allowed,
+        rule: "member-of-case".into(),
+        peer: Some("127.0.0.1:50000".into()),
+    }
+}
+
+/// Audit entries appended durably (a flush per 256, as the hub's group commit
+/// does under load) against plain sled inserts of the same records with the
+/// same flushes; and a full verification against hashing the same bytes.
+fn audit_figures(dir: &Path, entries: usize) -> anyhow::Result<Vec<Figure>> {
+    use hub::audit::chain::AuditKey;
+    use hub::audit::{CheckpointSettings, Recorder};
+    const FLUSH_EVERY: usize = 256;
+    let records: Vec<_> = (0..entries).map(audit_record).collect();
+
+    let plain = sled::open(dir.join("plain"))?;
+    let started = Instant::now();
+    for (i, record) in records.iter().enumerate() {
+        plain.insert((i as u64).to_be_bytes(), wire::encode(record))?;
+        if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            plain.flush()?;
+        }
+    }
+    plain.flush()?;
+    let plain_rate = entries as f64 / started.elapsed().as_secs_f64();
+
+    let store = SledStore::open(&dir.join("store"))?;
+    let key = AuditKey::generate()?;
+    let public = key.public_key();
+    let mut recorder = Recorder::resume(&store, Arc::new(key), CheckpointSettings::default())?;
+    let started = Instant::now();
+    for (i, record) in records.into_iter().enumerate() {
+        recorder.record(&store, record)?;
+        if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            recorder.checkpoint_if_due(&store, 1_700_000_000_000 + i as u64, false)?;
+            store.flush()?;
+        }
+    }
+    recorder.checkpoint_if_due(&store, u64::MAX / 2, true)?;
+    store.flush()?;
+    let append_rate = entries as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let verified = hub::audit::export::verify_store(&store, &public)?
+        .map_err(|e| anyhow::anyhow!("the benchmark's chain does not verify: {e}"))?;
+    let verify_rate = verified.entries as f64 / started.elapsed().as_secs_f64();
+    let encoded: Vec<Vec<u8>> = store.audit_entries(1, entries)?.iter().map(|e| wire::encode(&e.record)).collect();
+    let started = Instant::now();
+    for bytes in &encoded {
+        std::hint::black_box(ring::digest::digest(&ring::digest::SHA256, bytes));
+    }
+    let hash_rate = entries as f64 / started.elapsed().as_secs_f64();
+    Ok(vec![
+        Figure::new(
+            format!("audit entries appended durably, {entries} (relay column: plain sled inserts, same flushes)"),
+            "1/s",
+            append_rate,
+            Some(plain_rate),
+            Better::Higher,
+        ),
+        Figure::new(
+            "audit chain verification, read + hash + signatures (relay column: SHA-256 of the same records)",
+            "1/s",
+            verify_rate,
+            Some(hash_rate),
+            Better::Higher,
         ),
     ])
 }
