@@ -747,7 +747,7 @@ impl Driver {
                     None
                 }
             },
-            EntryBody::Welcome { .. } => None,
+            EntryBody::Welcome { .. } | EntryBody::Expired => None,
         }
     }
 

@@ -49,6 +49,7 @@ fn action_text(action: AuditAction) -> &'static str {
         AuditAction::Connect | AuditAction::ListThreads => "used the hub",
         AuditAction::HandshakeRefused => "was refused at connection",
         AuditAction::PolicyReload => "changed the hub's policy",
+        AuditAction::Retention => "deleted content past its retention period",
     }
 }
 

@@ -71,6 +71,7 @@ pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, max_bytes: u64, at_ms:
             chunks: 0,
             bytes: 0,
             sealed: false,
+            sealed_seq: 0,
             created_at_ms: at_ms,
         },
     };
@@ -84,7 +85,8 @@ pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, max_bytes: u64, at_ms:
     if bytes > max_bytes {
         return Err(refused(ErrorCode::BlobTooLarge, format!("the blob would exceed {max_bytes} bytes")));
     }
-    let next = BlobRecord { chunks: record.chunks + 1, bytes, sealed: upload.last, ..record };
+    let sealed_seq = if upload.last { store.last_seq(upload.thread)? } else { 0 };
+    let next = BlobRecord { chunks: record.chunks + 1, bytes, sealed: upload.last, sealed_seq, ..record };
     store.put_blob_chunk(upload.blob, &next, upload.index, &upload.data)?;
     Ok(false)
 }

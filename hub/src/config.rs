@@ -63,6 +63,23 @@ pub struct Config {
     /// When the audit log is checkpointed.
     #[serde(default)]
     pub audit: crate::audit::CheckpointSettings,
+    /// How often retention is swept (the periods are in the policy).
+    #[serde(default)]
+    pub retention: RetentionSchedule,
+}
+
+/// When the hub sweeps retention; the periods themselves are in the policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSchedule {
+    /// Milliseconds between sweeps.
+    pub sweep_every_ms: u64,
+}
+
+impl Default for RetentionSchedule {
+    fn default() -> Self {
+        Self { sweep_every_ms: 3_600_000 }
+    }
 }
 
 /// The certificate files the hub loads at start.

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::chain::{AuditKey, Verified, VerifyError};
 use crate::config::{Config, Limits};
 use crate::server::{ServeError, Server};
+use crate::store::Store;
+use std::sync::Arc;
 
 /// A running in-process hub with its PKI.
 pub struct DevHub {
@@ -61,7 +63,16 @@ impl DevHub {
     /// PKI already there.
     pub async fn start(dir: &Path, limits: Limits) -> anyhow::Result<Self> {
         let config = dev_config(dir, limits)?;
-        let server = Server::bind(&config).await?;
+        Self::serve(dir, Server::bind(&config).await?)
+    }
+
+    /// Starts a hub in `dir` on a store the caller opened (for fault injection).
+    pub async fn start_with_store(dir: &Path, limits: Limits, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let config = dev_config(dir, limits)?;
+        Self::serve(dir, Server::bind_with_store(&config, store).await?)
+    }
+
+    fn serve(dir: &Path, server: Server) -> anyhow::Result<Self> {
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();
         let hub = server.hub();

@@ -113,6 +113,13 @@ pub enum Write {
     Tick,
     /// Signs a checkpoint now, due or not (at shutdown, so the log ends signed).
     Seal,
+    /// Deletes what the retention periods allow (see [`crate::retention::sweep`]).
+    Retention {
+        /// The periods.
+        retention: crate::policy::Retention,
+        /// The time to sweep at.
+        now_ms: u64,
+    },
     /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
     Cursor {
         /// Whose cursor.
@@ -171,6 +178,8 @@ pub enum Written {
     Cursor,
     /// Only the audit entry was written (or nothing, for a tick).
     Audited,
+    /// A retention sweep ran.
+    Swept(crate::retention::Swept),
 }
 
 /// Why a write did not become durable.
@@ -306,6 +315,9 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             (Written::Cursor, Vec::new())
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
+        Write::Retention { retention, now_ms } => {
+            (Written::Swept(crate::retention::sweep(store, &retention, now_ms)?), Vec::new())
+        }
     })
 }
 

@@ -27,6 +27,7 @@ pub mod durability;
 pub mod groups;
 pub mod policy;
 pub mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod session;
 pub mod shutdown;

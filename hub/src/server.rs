@@ -25,7 +25,7 @@ use crate::audit::Recorder;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, WsStream};
 use crate::session::{Caller, Hub};
-use crate::store::{SledStore, StoreError};
+use crate::store::{SledStore, Store, StoreError};
 use crate::tls::{self, TlsError};
 
 /// Where a hub keeps its Ed25519 audit key (created on first start, mode 0600).
@@ -76,6 +76,20 @@ async fn checkpoint_ticks(hub: Arc<Hub>, shutdown: CancellationToken) {
     }
 }
 
+/// Sweeps retention periodically (the first sweep soon after start).
+async fn retention_sweeps(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => match hub.sweep_retention(crate::clock::now_ms()).await {
+                Ok(swept) => info!(?swept, "retention sweep"),
+                Err(e) => warn!("retention sweep failed: {e}"),
+            },
+        }
+    }
+}
+
 /// Reloads the policy on every SIGHUP until shutdown.
 #[cfg(unix)]
 async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
@@ -113,16 +127,23 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     hub: Arc<Hub>,
+    sweep_every: Duration,
 }
 
 impl Server {
     /// Opens the store, loads the certificates and binds the listener.
     pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        let data = config.validate()?.data;
+        std::fs::create_dir_all(data)
+            .map_err(|source| ServeError::Io { what: format!("create {}", data.display()), source })?;
+        Self::bind_with_store(config, Arc::new(SledStore::open(&data.join("store"))?)).await
+    }
+
+    /// Like [`Server::bind`], on a store opened by the caller (fault-injection
+    /// tests wrap the sled store to make chosen writes fail).
+    pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>) -> Result<Self, ServeError> {
         let resolved = config.validate()?;
         let tls = tls::server_config(resolved.ca, resolved.cert, resolved.key, &config.tls.crl)?;
-        std::fs::create_dir_all(resolved.data)
-            .map_err(|source| ServeError::Io { what: format!("create {}", resolved.data.display()), source })?;
-        let store = Arc::new(SledStore::open(&resolved.data.join("store"))?);
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
@@ -131,7 +152,8 @@ impl Server {
         let recorder = Recorder::resume(store.as_ref(), Arc::new(key), config.audit.clone())?;
         let hub = Hub::new(store, config.limits.clone(), policy, recorder)
             .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
-        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub })
+        let sweep_every = Duration::from_millis(config.retention.sweep_every_ms.max(1000));
+        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub, sweep_every })
     }
 
     /// The address actually bound (useful with port 0).
@@ -149,6 +171,7 @@ impl Server {
         let tracker = TaskTracker::new();
         tokio::spawn(reload_on_sighup(self.hub.clone(), shutdown.clone()));
         tokio::spawn(checkpoint_ticks(self.hub.clone(), shutdown.clone()));
+        tokio::spawn(retention_sweeps(self.hub.clone(), self.sweep_every, shutdown.clone()));
         let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
         loop {
             let (tcp, peer) = tokio::select! {

@@ -163,6 +163,30 @@ impl Hub {
         self.writes.submit_unanswered(Write::Audit, Some(record)).await;
     }
 
+    /// Runs a retention sweep at `now_ms` with the policy's periods and records
+    /// what it deleted.
+    pub async fn sweep_retention(&self, now_ms: u64) -> Result<crate::retention::Swept, WireError> {
+        let retention = self.policy.current().retention.clone();
+        let written = self.writes.submit(Write::Retention { retention, now_ms }, None).await;
+        let swept = match written.await.unwrap_or(Err(WriteError::Closed)) {
+            Ok(Written::Swept(swept)) => swept,
+            Ok(other) => return Err(WireError::new(ErrorCode::Internal, format!("unexpected {other:?}"))),
+            Err(e) => return Err(not_durable(e)),
+        };
+        if swept != crate::retention::Swept::default() {
+            let record = AuditRecord {
+                object: Some(format!(
+                    "{} messages, {} blobs, {} audit entries",
+                    swept.messages, swept.blobs, swept.audit_entries
+                )),
+                rule: "retention-policy".into(),
+                ..blank_record(AuditAction::Retention, None)
+            };
+            self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+        }
+        Ok(swept)
+    }
+
     /// The audit record of deliveries to this caller's connection.
     pub fn delivery_record(&self, caller: &Caller) -> AuditRecord {
         AuditRecord {

@@ -61,6 +61,8 @@ pub enum AuditAction {
     AuditQuery,
     /// The policy was loaded or reloaded.
     PolicyReload,
+    /// Content, blobs or old audit entries were deleted under the retention policy.
+    Retention,
 }
 
 impl AuditAction {
@@ -82,6 +84,7 @@ impl AuditAction {
             Self::KeyPackage => "key_package",
             Self::AuditQuery => "audit_query",
             Self::PolicyReload => "policy_reload",
+            Self::Retention => "retention",
         }
     }
 }

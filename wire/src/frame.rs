@@ -403,6 +403,9 @@ pub enum EntryBody {
         #[serde(with = "serde_bytes")]
         commit: Vec<u8>,
     },
+    /// A message whose content the hub deleted under its retention policy,
+    /// after every member had received it.
+    Expired,
     /// An MLS Welcome, delivered only to the members it names.
     Welcome {
         /// Who may receive it.

@@ -11,8 +11,8 @@
 //! Exports are JSON Lines in the field names of the Dutch government standard Logboek
 //! Dataverwerkingen (LDV), with a `nen7513.` extension for what NEN 7513 adds, so that existing LDV
 //! tooling can read them ([`to_json_line`], [`from_json_line`]). A filtered export (one case, one
-//! worker) replaces the entries it leaves out by their hashes ([`ExportLine::Omitted`]), so the chain
-//! stays checkable without revealing other cases; [`verify`] checks an export against the public key.
+//! worker) replaces the entries it leaves out by their links and record digests
+//! ([`ExportLine::Omitted`]), so every link stays checkable without revealing other cases; [`verify`] checks an export against the public key.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -43,15 +43,29 @@ const TYPE_ENTRY: &str = "dataverwerking";
 const TYPE_OMITTED: &str = "omitted";
 const TYPE_CHECKPOINT: &str = "checkpoint";
 
-/// The hash of an entry: SHA-256 over a domain tag, `seq` (big-endian), `prev_hash` and the CBOR of `record`.
+/// The hash of an entry: SHA-256 over a domain tag, `seq` (big-endian), `prev_hash` and the SHA-256 of
+/// the CBOR of `record` (see [`link_hash`]).
 ///
 /// The sequence number is hashed so that an entry cannot be moved to another position with its hash intact.
 pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], record: &AuditRecord) -> [u8; 32] {
+    link_hash(seq, prev_hash, &record_digest(record))
+}
+
+/// The SHA-256 of a record's CBOR: what an omitted line carries instead of the record.
+pub fn record_digest(record: &AuditRecord) -> [u8; 32] {
+    let mut context = Context::new(&SHA256);
+    context.update(&wire::encode(record));
+    digest32(context)
+}
+
+/// An entry's hash from its place, its predecessor's hash and its record's digest. Hashing a digest
+/// rather than the record lets a filtered export leave a record out and still have every link checked.
+pub fn link_hash(seq: u64, prev_hash: &[u8; 32], record_digest: &[u8; 32]) -> [u8; 32] {
     let mut context = Context::new(&SHA256);
     context.update(ENTRY_DOMAIN);
     context.update(&seq.to_be_bytes());
     context.update(prev_hash);
-    context.update(&wire::encode(record));
+    context.update(record_digest);
     digest32(context)
 }
 
@@ -329,12 +343,15 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 pub enum ExportLine {
     /// An entry, in full.
     Entry(AuditEntry),
-    /// An entry a filtered export leaves out: only its place and hash, so the chain can be followed through it.
+    /// An entry a filtered export leaves out: its place, its link and its record's digest, so that its hash
+    /// is recomputed and the chain is checked through it without the record.
     Omitted {
         /// The entry's sequence number.
         seq: u64,
-        /// The entry's hash.
-        hash: [u8; 32],
+        /// The hash of the entry before it.
+        prev_hash: [u8; 32],
+        /// The SHA-256 of its record (see [`record_digest`]).
+        digest: [u8; 32],
     },
     /// A signed checkpoint, placed after the entry it covers.
     Checkpoint(AuditCheckpoint),
@@ -446,6 +463,20 @@ impl SeenLines {
     }
 }
 
+/// Whether a line names the hash of the line before it.
+fn check_link(seen: &SeenLines, seq: u64, prev_hash: &[u8; 32]) -> Result<(), VerifyError> {
+    let linked = match seen.last() {
+        Some((_, before)) => *prev_hash == before,
+        // The first entry of the log has nothing before it; any other first line may follow anything.
+        None => seq != 1 || *prev_hash == [0; 32],
+    };
+    if linked {
+        Ok(())
+    } else {
+        Err(VerifyError::BrokenLink { seq })
+    }
+}
+
 /// Checks an export line by line, in file order, against the audit public key (32 raw bytes).
 ///
 /// An export may start at any entry (a partial or filtered export) but must be gap-free from there; omitted
@@ -463,21 +494,15 @@ pub fn verify(lines: impl IntoIterator<Item = ExportLine>, public_key: &[u8]) ->
                 if entry_hash(seq, &entry.prev_hash, &entry.record) != entry.hash {
                     return Err(VerifyError::Changed { seq });
                 }
-                let linked = match seen.last() {
-                    Some((_, prev_hash)) => entry.prev_hash == prev_hash,
-                    // The first entry of the log has nothing before it; any other first line may follow anything.
-                    None => seq != 1 || entry.prev_hash == [0; 32],
-                };
-                if !linked {
-                    return Err(VerifyError::BrokenLink { seq });
-                }
+                check_link(&seen, seq, &entry.prev_hash)?;
                 seen.push(seq, entry.hash);
                 verified.entries += 1;
                 verified.last_seq = seq;
             }
-            ExportLine::Omitted { seq, hash } => {
+            ExportLine::Omitted { seq, prev_hash, digest } => {
                 seen.check_next(seq)?;
-                seen.push(seq, hash);
+                check_link(&seen, seq, &prev_hash)?;
+                seen.push(seq, link_hash(seq, &prev_hash, &digest));
                 verified.omitted += 1;
                 verified.last_seq = seq;
             }
@@ -598,8 +623,10 @@ struct OmittedJson {
     #[serde(rename = "type")]
     kind: String,
     seq: u64,
-    #[serde(rename = "ketenhub.hash")]
-    hash: String,
+    #[serde(rename = "ketenhub.prev_hash")]
+    prev_hash: String,
+    #[serde(rename = "ketenhub.record_digest")]
+    digest: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -721,9 +748,12 @@ impl LineJson {
     fn from_line(line: &ExportLine) -> Self {
         match line {
             ExportLine::Entry(entry) => Self::Entry(Box::new(EntryJson::from_entry(entry))),
-            ExportLine::Omitted { seq, hash } => {
-                Self::Omitted(OmittedJson { kind: TYPE_OMITTED.to_owned(), seq: *seq, hash: to_hex(hash) })
-            }
+            ExportLine::Omitted { seq, prev_hash, digest } => Self::Omitted(OmittedJson {
+                kind: TYPE_OMITTED.to_owned(),
+                seq: *seq,
+                prev_hash: to_hex(prev_hash),
+                digest: to_hex(digest),
+            }),
             ExportLine::Checkpoint(checkpoint) => Self::Checkpoint(CheckpointJson {
                 kind: TYPE_CHECKPOINT.to_owned(),
                 seq: checkpoint.seq,
@@ -759,7 +789,11 @@ pub fn from_json_line(text: &str) -> Result<ExportLine, ParseError> {
         }
         TYPE_OMITTED => {
             let json: OmittedJson = fields(TYPE_OMITTED, &value)?;
-            ExportLine::Omitted { seq: json.seq, hash: parse_hash("ketenhub.hash", &json.hash)? }
+            ExportLine::Omitted {
+                seq: json.seq,
+                prev_hash: parse_hash("ketenhub.prev_hash", &json.prev_hash)?,
+                digest: parse_hash("ketenhub.record_digest", &json.digest)?,
+            }
         }
         TYPE_CHECKPOINT => {
             let json: CheckpointJson = fields(TYPE_CHECKPOINT, &value)?;
@@ -1087,7 +1121,9 @@ mod tests {
         lines
             .iter()
             .map(|line| match line {
-                ExportLine::Entry(e) if !e.seq.is_multiple_of(3) => ExportLine::Omitted { seq: e.seq, hash: e.hash },
+                ExportLine::Entry(e) if !e.seq.is_multiple_of(3) => {
+                    ExportLine::Omitted { seq: e.seq, prev_hash: e.prev_hash, digest: record_digest(&e.record) }
+                }
                 other => other.clone(),
             })
             .collect()
@@ -1116,8 +1152,21 @@ mod tests {
 
         let mut lines = filtered(&log(&key, 300, 100));
         let at = lines.iter().position(|l| matches!(l, ExportLine::Omitted { seq: 149, .. })).unwrap();
-        lines[at] = ExportLine::Omitted { seq: 149, hash: [7; 32] };
+        if let ExportLine::Omitted { digest, .. } = &mut lines[at] {
+            digest[0] ^= 1;
+        }
         assert_eq!(check(&lines, &key), Err(VerifyError::BrokenLink { seq: 150 }));
+    }
+
+    #[test]
+    fn a_rehashed_entry_just_before_an_omitted_one_is_found() {
+        let key = AuditKey::generate().unwrap();
+        let mut lines = filtered(&log(&key, 300, 100));
+        // Entry 147 is kept, 148 omitted: alter 147 and give it a matching hash.
+        let entry = entry_mut(&mut lines, 147);
+        entry.record.purpose = Some("rewritten".to_owned());
+        entry.hash = entry_hash(147, &entry.prev_hash, &entry.record);
+        assert_eq!(check(&lines, &key), Err(VerifyError::BrokenLink { seq: 148 }));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! An export is JSON Lines in the format of [`super::chain`]: every entry in
 //! order, each checkpoint after the entry it covers. A filtered export (one
 //! case, a time range) keeps the chain whole by writing the entries it leaves
-//! out as `omitted` lines that carry only their sequence number and hash, so an
-//! inspector verifies the same chain without seeing other cases.
+//! out as `omitted` lines that carry only their sequence number, link and record
+//! digest, so an inspector verifies every link without seeing other cases.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -66,7 +66,7 @@ fn lines(
         let line = if super::matches(&entry, filter) {
             ExportLine::Entry(entry)
         } else {
-            ExportLine::Omitted { seq, hash: entry.hash }
+            ExportLine::Omitted { seq, prev_hash: entry.prev_hash, digest: chain::record_digest(&entry.record) }
         };
         let mut result = visit(line);
         for checkpoint in checkpoints.remove(&seq).unwrap_or_default() {

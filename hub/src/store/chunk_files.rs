@@ -75,6 +75,17 @@ impl ChunkFiles {
         }
     }
 
+    /// Deletes a blob's chunks.
+    pub fn remove(&self, blob: BlobId) -> Result<(), StoreError> {
+        match fs::remove_dir_all(self.blob_dir(blob)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => {
+                self.pending().push(self.dir.clone());
+                Ok(())
+            }
+        }
+    }
+
     /// Makes every chunk written so far durable, with the directory entries naming them.
     pub fn sync(&self) -> Result<(), StoreError> {
         let mut paths = std::mem::take(&mut *self.pending());

@@ -99,6 +99,10 @@ pub struct BlobRecord {
     pub bytes: u64,
     /// True once the last chunk is stored; a sealed blob never changes.
     pub sealed: bool,
+    /// The thread's last seq when the blob was sealed: the message naming it
+    /// comes later, so members past this seq may have fetched it.
+    #[serde(default)]
+    pub sealed_seq: u64,
     /// When its first chunk arrived.
     pub created_at_ms: u64,
 }
@@ -181,6 +185,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// One stored chunk of a blob.
     fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every thread.
+    fn threads(&self) -> Result<Vec<ThreadId>, StoreError>;
+
+    /// Replaces the content of `thread`'s messages up to `up_to` stored before
+    /// `before_ms` with [`wire::EntryBody::Expired`]; returns how many.
+    fn expire_messages(&self, thread: ThreadId, up_to: u64, before_ms: u64) -> Result<u64, StoreError>;
+
+    /// Every blob with its record.
+    fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError>;
+
+    /// Deletes a blob and its chunks.
+    fn delete_blob(&self, blob: BlobId) -> Result<(), StoreError>;
+
+    /// Deletes the oldest audit entries recorded before `before_ms`, and the
+    /// checkpoints they alone covered; returns how many entries.
+    fn prune_audit(&self, before_ms: u64) -> Result<u64, StoreError>;
 
     /// Appends an audit entry (its seq follows the last one).
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;

@@ -459,6 +459,61 @@ impl Store for SledStore {
         self.chunks.read(blob, index)
     }
 
+    fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
+        self.db.scan_prefix([THREAD]).map(|item| Ok(ThreadId(uuid_from(&item.map_err(backend)?.0[1..])?))).collect()
+    }
+
+    fn expire_messages(&self, thread: ThreadId, up_to: u64, before_ms: u64) -> Result<u64, StoreError> {
+        let mut expired = 0;
+        let range = Self::entry_key(thread, 1)..=Self::entry_key(thread, up_to.max(1));
+        for item in self.db.range(range) {
+            let (key, value) = item.map_err(backend)?;
+            let mut entry: Entry = decode(&value)?;
+            if matches!(entry.body, EntryBody::Message { .. }) && entry.at_ms < before_ms {
+                entry.body = EntryBody::Expired;
+                self.db.insert(key, encode(&entry)).map_err(backend)?;
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
+        self.db
+            .scan_prefix([BLOB])
+            .map(|item| {
+                let (key, value) = item.map_err(backend)?;
+                Ok((BlobId(uuid_from(&key[1..])?), decode(&value)?))
+            })
+            .collect()
+    }
+
+    fn delete_blob(&self, blob: BlobId) -> Result<(), StoreError> {
+        self.chunks.remove(blob)?;
+        self.db.remove(key(BLOB, &[blob.0.as_bytes()])).map_err(backend)?;
+        Ok(())
+    }
+
+    fn prune_audit(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        let mut last_pruned = 0;
+        for item in self.db.scan_prefix([AUDIT]) {
+            let (key, value) = item.map_err(backend)?;
+            let entry: AuditEntry = decode(&value)?;
+            if entry.record.at_ms >= before_ms {
+                break;
+            }
+            self.db.remove(key).map_err(backend)?;
+            pruned += 1;
+            last_pruned = entry.seq;
+        }
+        let covered = key(CHECKPOINT, &[&0u64.to_be_bytes()])..=key(CHECKPOINT, &[&last_pruned.to_be_bytes()]);
+        for item in self.db.range(covered) {
+            self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
+        }
+        Ok(pruned)
+    }
+
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode(entry)).map_err(backend)?;
         Ok(())

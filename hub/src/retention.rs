@@ -1,0 +1,69 @@
+//! Retention: the hub forgets content once every member has it.
+//!
+//! The agencies' own case systems are the archive; the hub keeps a message's
+//! content only to deliver it. A sweep replaces the content of messages that
+//! every current member has acknowledged and that are older than the policy's
+//! `content_days` with an `expired` entry (sequence numbers stay, so cursors and
+//! the audit trail keep their meaning), deletes attachment blobs on the same
+//! terms, and deletes audit entries older than `audit_years`, oldest first.
+//!
+//! A blob counts as received once every member's cursor is past the thread's
+//! last entry at the moment the blob was sealed: the message that names it
+//! comes after that. Whether each member actually fetched it is not known to
+//! the hub. An upload that was never sealed is deleted once it is that old.
+//!
+//! The sweep runs on the writer thread (see `durability`), so it never races a
+//! write, and takes `now` as a parameter so that tests can move time.
+
+use wire::ThreadId;
+
+use crate::policy::Retention;
+use crate::store::{Store, StoreError};
+
+const DAY_MS: u64 = 86_400_000;
+
+/// What a sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Messages whose content was deleted.
+    pub messages: u64,
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Audit entries deleted.
+    pub audit_entries: u64,
+}
+
+/// The lowest cursor among the thread's current members: every entry up to
+/// it has been received by all of them.
+fn received_by_all(store: &dyn Store, thread: ThreadId) -> Result<u64, StoreError> {
+    let mut lowest = u64::MAX;
+    for member in store.members(thread)? {
+        lowest = lowest.min(store.cursor(&member, thread)?);
+    }
+    Ok(if lowest == u64::MAX { 0 } else { lowest })
+}
+
+/// Deletes what the retention periods allow at `now_ms`.
+pub fn sweep(store: &dyn Store, retention: &Retention, now_ms: u64) -> Result<Swept, StoreError> {
+    let content_cutoff = now_ms.saturating_sub(u64::from(retention.content_days) * DAY_MS);
+    let mut swept = Swept::default();
+    for thread in store.threads()? {
+        let received = received_by_all(store, thread)?;
+        if received > 0 {
+            swept.messages += store.expire_messages(thread, received, content_cutoff)?;
+        }
+    }
+    for (blob, record) in store.blobs()? {
+        let old = record.created_at_ms < content_cutoff;
+        // An upload never finished is abandoned once it is as old as content may get.
+        let done = !record.sealed || received_by_all(store, record.thread)? > record.sealed_seq;
+        if old && done {
+            store.delete_blob(blob)?;
+            swept.blobs += 1;
+        }
+    }
+    // A year of 365.25 days, so that leap years never shorten the period.
+    let audit_cutoff = now_ms.saturating_sub(u64::from(retention.audit_years) * 36_525 * DAY_MS / 100);
+    swept.audit_entries = store.prune_audit(audit_cutoff)?;
+    Ok(swept)
+}
