@@ -22,7 +22,7 @@ use tracing::error;
 use uuid::Uuid;
 use wire::{ErrorCode, MemberId, MessageId, ThreadId, WireError};
 
-use wire::audit::{AuditOutcome, AuditRecord};
+use wire::audit::{AuditAction, AuditOutcome, AuditRecord};
 
 use crate::audit::Recorder;
 use crate::clock::now_ms;
@@ -390,6 +390,20 @@ fn apply_audited(
         WriteError::Store(e)
     })?;
     let result = apply(store, epochs, write);
+    if let Ok((_, news)) = &result {
+        // A commit's removals are membership changes of their own in the log.
+        for (thread, entry) in news {
+            if let wire::EntryBody::MemberRemoved { member } = &entry.body {
+                let removal = AuditRecord {
+                    action: AuditAction::RemoveMember,
+                    case: Some(*thread),
+                    object: Some(member.to_string()),
+                    ..record.clone()
+                };
+                recorder.record(store, removal).map_err(WriteError::Store)?;
+            }
+        }
+    }
     if let Err(e) = &result {
         let failed = AuditRecord {
             outcome: AuditOutcome::Failed,

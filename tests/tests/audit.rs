@@ -44,6 +44,10 @@ async fn accesses_are_recorded_and_the_chain_verifies_offline() -> anyhow::Resul
     vt.send_text(thread, &canary).await?;
     messages(&mut lt_events, 1, WAIT).await?;
     assert!(gi.members(thread).await.is_err());
+    let rvdk = hub.client("rvdk-caseworker").discard_events().connect().await?;
+    let safety = ketenhub_sdk::Grounds::new("unsafe situation persists", "vt-safety");
+    vt.add_member(thread, rvdk.member_id(), &safety).await?;
+    vt.remove_member(thread, rvdk.member_id()).await?;
     // Deliveries are recorded just after they are sent; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(hub.terminate()?.success());
@@ -75,7 +79,7 @@ async fn accesses_are_recorded_and_the_chain_verifies_offline() -> anyhow::Resul
 
     let text = std::fs::read_to_string(&export)?;
     assert!(!text.contains(&canary), "content reached the audit log");
-    for action in ["connect", "create_thread", "add_member", "send", "deliver", "list_members"] {
+    for action in ["connect", "create_thread", "add_member", "remove_member", "send", "deliver", "list_members"] {
         assert!(text.contains(&format!("\"name\":\"{action}\"")), "no {action} entry");
     }
     assert!(text.contains("\"nen7513.rule\":\"not-a-member\""), "GI's refusal is not recorded");
