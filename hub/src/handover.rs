@@ -1,0 +1,589 @@
+//! Warm handover: who holds regie over a case, and how it passes on.
+//!
+//! *Regie* is the responsibility for a case: one organisation and worker who
+//! are the family's contact and answer for the child's safety. Children have
+//! been lost "between organisations" when nobody held it, so the hub keeps it
+//! as metadata beside every case thread and makes a gap impossible:
+//!
+//! - a case always has exactly one owner ([`Ownership::owner`] is a single
+//!   value, never optional);
+//! - the owner offers the case to another organisation; the owner stays owner
+//!   while the offer is open and after it is declined or expires;
+//! - the receiver accepts (it joins the thread) and then completes the
+//!   handover, confirming that the family was told who their contact is now, or
+//!   recording why not. Only completion moves ownership, in one step;
+//! - the former owner stays in a background role for a while (30 days by
+//!   default), or leaves with a recorded reason.
+//!
+//! Clocks run beside it: an offer's acceptance deadline, and for a court
+//! measure handed to a certified institution (GI) the first face-to-face
+//! contact within 5 working days (escalated at day 5 and day 10), the safety
+//! plan (veiligheidsplan) due 3 months after the measure starts, and a VT
+//! re-check (rappel) that can be scheduled. [`Ownership::due`] fires what is
+//! due at a given time; the hub calls it with its clock, tests with theirs.
+//!
+//! Everything here is a pure function of the state, the request and the time,
+//! so that the writer thread applies it atomically and a property test can
+//! drive it through any order of events.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use wire::{MemberId, Oin};
+
+const DAY_MS: u64 = 86_400_000;
+
+/// How long a former owner keeps its background role by default.
+pub const BACKGROUND_DAYS: u64 = 30;
+
+/// The route type of a court measure handed to a certified institution, which starts the contact clock.
+pub const MEASURE_ROUTE: &str = "rvdk-gi-measure";
+
+/// Why a handover step is refused. Each names the rule, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoverError {
+    /// Only the current owner may offer the case.
+    #[error("only the owner of the case may offer it (rule only-owner-offers)")]
+    NotOwner,
+    /// A case has at most one open offer at a time.
+    #[error("offer {0} is still open (rule one-open-offer)")]
+    OfferOpen(u32),
+    /// The case cannot be offered to the owner's own organisation.
+    #[error("the case is already with this organisation (rule offer-to-another-organisation)")]
+    SameOrganisation,
+    /// No such offer in this case.
+    #[error("no offer {0} in this case")]
+    NoSuchOffer(u32),
+    /// The offer is not in the state the step needs.
+    #[error("offer {offer} is {state}, not {needed}")]
+    WrongState {
+        /// The offer.
+        offer: u32,
+        /// Its state.
+        state: &'static str,
+        /// The state the step needs.
+        needed: &'static str,
+    },
+    /// The caller is not the receiver the offer names.
+    #[error("offer {0} is not addressed to the caller (rule only-receiver-answers)")]
+    NotReceiver(u32),
+    /// A reason is required for this step.
+    #[error("a reason is required: {0}")]
+    ReasonRequired(&'static str),
+    /// The deadline is not in the future.
+    #[error("the acceptance deadline must be in the future")]
+    DeadlineInPast,
+}
+
+/// What the receiver confirms on completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FamilyTold {
+    /// The family was told who their contact is now.
+    Yes,
+    /// Not told, and why (for example: the family could not be reached yet).
+    No {
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// Where an offer stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OfferState {
+    /// Waiting for the receiver; the sender is owner.
+    Offered,
+    /// Accepted by `by`, who is now on the thread; the sender is still owner.
+    Accepted {
+        /// Who accepted.
+        by: MemberId,
+    },
+    /// Declined by the receiver; the sender stays owner.
+    Declined {
+        /// Who declined.
+        by: MemberId,
+        /// Why.
+        reason: String,
+    },
+    /// Not answered by the deadline; the sender stays owner.
+    Expired,
+    /// Completed: `by` became owner.
+    Completed {
+        /// The new owner.
+        by: MemberId,
+        /// What the family was told.
+        family: FamilyTold,
+    },
+}
+
+impl OfferState {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Accepted { .. } => "accepted",
+            Self::Declined { .. } => "declined",
+            Self::Expired => "expired",
+            Self::Completed { .. } => "completed",
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self, Self::Offered | Self::Accepted { .. })
+    }
+}
+
+/// An offer of the case to another organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Its number within the case, from 1.
+    pub id: u32,
+    /// The owner who offered it.
+    pub from: MemberId,
+    /// The receiving organisation.
+    pub to: Oin,
+    /// The receiving worker, if the offer names one.
+    pub to_worker: Option<String>,
+    /// The route type from the policy, for example `vt-lt-referral`.
+    pub route: String,
+    /// The legal basis, allowed on that route.
+    pub legal_basis: String,
+    /// Why the case is offered.
+    pub reason: String,
+    /// The written justification, required for a basis that shares without consent.
+    pub justification: Option<String>,
+    /// When the offer escalates if unanswered, ms since the Unix epoch.
+    pub deadline_ms: u64,
+    /// Where it stands.
+    pub state: OfferState,
+}
+
+/// A former owner's read-only role after a completed handover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Background {
+    /// Who.
+    pub member: MemberId,
+    /// Until when, ms since the Unix epoch.
+    pub until_ms: u64,
+}
+
+/// A clock that escalates when its work is not reported done in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseClock {
+    /// What is due.
+    pub kind: ClockKind,
+    /// When it escalates (first, or next), ms since the Unix epoch.
+    pub due_ms: u64,
+    /// Escalations raised so far.
+    pub escalations: u32,
+    /// Set when the work was reported done; the clock stops.
+    pub done: bool,
+}
+
+/// The kinds of case clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockKind {
+    /// The GI's first face-to-face contact after a measure is handed over:
+    /// escalated at 5 and again at 10 working days.
+    FirstContact,
+    /// The safety plan (veiligheidsplan), due 3 months after a measure starts.
+    SafetyPlan,
+    /// A VT re-check (rappel) on the family.
+    Rappel,
+}
+
+/// Something the hub must raise: to the offer's sender, the sender's system
+/// identity and the hub's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Escalation {
+    /// An offer was not answered by its deadline and expired; the sender is still owner.
+    OfferExpired {
+        /// The offer.
+        offer: u32,
+        /// Its sender (the owner).
+        sender: MemberId,
+    },
+    /// A clock's work is overdue.
+    Overdue {
+        /// Which clock.
+        clock: ClockKind,
+        /// The how-manieth escalation of this clock (1 at day 5, 2 at day 10 for first contact).
+        escalation: u32,
+        /// The owner who answers for it.
+        owner: MemberId,
+    },
+}
+
+/// The working-day calendar: weekends and the configured public holidays are not working days.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Calendar {
+    /// Public holidays, as days since 1970-01-01 (UTC).
+    pub holidays: BTreeSet<u64>,
+}
+
+impl Calendar {
+    fn is_working_day(&self, day: u64) -> bool {
+        // 1970-01-01 was a Thursday: day % 7 == 2 is Saturday, 3 is Sunday.
+        !matches!(day % 7, 2 | 3) && !self.holidays.contains(&day)
+    }
+
+    /// The end of the `n`th working day after the day of `from_ms`.
+    pub fn after_working_days(&self, from_ms: u64, n: u32) -> u64 {
+        let mut day = from_ms / DAY_MS;
+        let mut counted = 0;
+        while counted < n {
+            day += 1;
+            if self.is_working_day(day) {
+                counted += 1;
+            }
+        }
+        (day + 1) * DAY_MS
+    }
+}
+
+/// An offer as requested by the owner; the policy has checked its route and basis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferRequest {
+    /// The receiving organisation.
+    pub to: Oin,
+    /// The receiving worker, if named.
+    pub to_worker: Option<String>,
+    /// The route type.
+    pub route: String,
+    /// The legal basis.
+    pub legal_basis: String,
+    /// Why.
+    pub reason: String,
+    /// The written justification (required by the policy for bases without consent).
+    pub justification: Option<String>,
+    /// The acceptance deadline.
+    pub deadline_ms: u64,
+}
+
+/// The ownership state of one case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// Who holds regie now: exactly one, always.
+    pub owner: MemberId,
+    /// Every offer made, in order.
+    pub offers: Vec<Offer>,
+    /// Former owners in their background role.
+    pub background: Vec<Background>,
+    /// The case's clocks.
+    pub clocks: Vec<CaseClock>,
+}
+
+fn three_months_after(ms: u64) -> u64 {
+    // 91 days: three months as the field counts them, independent of month lengths.
+    ms + 91 * DAY_MS
+}
+
+impl Ownership {
+    /// A new case, owned by its creator.
+    pub fn new(creator: MemberId) -> Self {
+        Self { owner: creator, offers: Vec::new(), background: Vec::new(), clocks: Vec::new() }
+    }
+
+    /// The open offer (offered or accepted), if any.
+    pub fn open_offer(&self) -> Option<&Offer> {
+        self.offers.iter().find(|o| o.state.is_open())
+    }
+
+    fn offer_mut(&mut self, id: u32) -> Result<&mut Offer, HandoverError> {
+        self.offers.iter_mut().find(|o| o.id == id).ok_or(HandoverError::NoSuchOffer(id))
+    }
+
+    /// The owner offers the case; returns the offer's number.
+    pub fn offer(&mut self, by: &MemberId, request: OfferRequest, now_ms: u64) -> Result<u32, HandoverError> {
+        if by != &self.owner {
+            return Err(HandoverError::NotOwner);
+        }
+        if let Some(open) = self.open_offer() {
+            return Err(HandoverError::OfferOpen(open.id));
+        }
+        if request.to == self.owner.oin {
+            return Err(HandoverError::SameOrganisation);
+        }
+        if request.reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the case is offered"));
+        }
+        if request.deadline_ms <= now_ms {
+            return Err(HandoverError::DeadlineInPast);
+        }
+        let id = self.offers.len() as u32 + 1;
+        self.offers.push(Offer {
+            id,
+            from: by.clone(),
+            to: request.to,
+            to_worker: request.to_worker,
+            route: request.route,
+            legal_basis: request.legal_basis,
+            reason: request.reason,
+            justification: request.justification,
+            deadline_ms: request.deadline_ms,
+            state: OfferState::Offered,
+        });
+        Ok(id)
+    }
+
+    fn answerable(&mut self, by: &MemberId, id: u32) -> Result<&mut Offer, HandoverError> {
+        let offer = self.offer_mut(id)?;
+        let addressed = offer.to == by.oin && offer.to_worker.as_ref().is_none_or(|w| w == &by.worker);
+        if !addressed {
+            return Err(HandoverError::NotReceiver(id));
+        }
+        if offer.state != OfferState::Offered {
+            return Err(HandoverError::WrongState { offer: id, state: offer.state.name(), needed: "offered" });
+        }
+        Ok(offer)
+    }
+
+    /// The receiver accepts: it joins the case; the sender stays owner until completion.
+    pub fn accept(&mut self, by: &MemberId, id: u32) -> Result<(), HandoverError> {
+        self.answerable(by, id)?.state = OfferState::Accepted { by: by.clone() };
+        Ok(())
+    }
+
+    /// The receiver declines; the sender stays owner.
+    pub fn decline(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<(), HandoverError> {
+        if reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the offer is declined"));
+        }
+        self.answerable(by, id)?.state = OfferState::Declined { by: by.clone(), reason: reason.to_owned() };
+        Ok(())
+    }
+
+    /// The receiver who accepted completes the handover and becomes owner; the
+    /// former owner keeps a background role for [`BACKGROUND_DAYS`].
+    pub fn complete(&mut self, by: &MemberId, id: u32, family: FamilyTold, now_ms: u64) -> Result<(), HandoverError> {
+        if let FamilyTold::No { reason } = &family {
+            if reason.trim().is_empty() {
+                return Err(HandoverError::ReasonRequired("why the family was not told who their contact is"));
+            }
+        }
+        let offer = self.offer_mut(id)?;
+        match &offer.state {
+            OfferState::Accepted { by: accepted } if accepted == by => {}
+            OfferState::Accepted { .. } => return Err(HandoverError::NotReceiver(id)),
+            other => return Err(HandoverError::WrongState { offer: id, state: other.name(), needed: "accepted" }),
+        }
+        offer.state = OfferState::Completed { by: by.clone(), family };
+        let measure = offer.route == MEASURE_ROUTE;
+        let former = std::mem::replace(&mut self.owner, by.clone());
+        self.background.retain(|b| b.member != *by);
+        self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
+        if measure {
+            self.clocks.push(CaseClock {
+                kind: ClockKind::SafetyPlan,
+                due_ms: three_months_after(now_ms),
+                escalations: 0,
+                done: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts the first-contact clock of a measure (from acceptance).
+    pub fn start_first_contact(&mut self, calendar: &Calendar, now_ms: u64) {
+        let due_ms = calendar.after_working_days(now_ms, 5);
+        self.clocks.push(CaseClock { kind: ClockKind::FirstContact, due_ms, escalations: 0, done: false });
+    }
+
+    /// Schedules a VT re-check (rappel) three months out.
+    pub fn schedule_rappel(&mut self, now_ms: u64) {
+        self.clocks.push(CaseClock {
+            kind: ClockKind::Rappel,
+            due_ms: three_months_after(now_ms),
+            escalations: 0,
+            done: false,
+        });
+    }
+
+    /// Reports a clock's work done (for example, the first contact took place).
+    pub fn report_done(&mut self, kind: ClockKind) -> bool {
+        let mut stopped = false;
+        for clock in self.clocks.iter_mut().filter(|c| c.kind == kind && !c.done) {
+            clock.done = true;
+            stopped = true;
+        }
+        stopped
+    }
+
+    /// Fires everything due at `now_ms`: open offers past their deadline expire,
+    /// and overdue clocks escalate (first contact again 5 working days later, once).
+    pub fn due(&mut self, calendar: &Calendar, now_ms: u64) -> Vec<Escalation> {
+        let mut raised = Vec::new();
+        for offer in self.offers.iter_mut().filter(|o| o.state == OfferState::Offered && o.deadline_ms <= now_ms) {
+            offer.state = OfferState::Expired;
+            raised.push(Escalation::OfferExpired { offer: offer.id, sender: offer.from.clone() });
+        }
+        for clock in self.clocks.iter_mut().filter(|c| !c.done && c.due_ms <= now_ms) {
+            clock.escalations += 1;
+            raised.push(Escalation::Overdue {
+                clock: clock.kind,
+                escalation: clock.escalations,
+                owner: self.owner.clone(),
+            });
+            match clock.kind {
+                ClockKind::FirstContact if clock.escalations == 1 => {
+                    clock.due_ms = calendar.after_working_days(clock.due_ms - DAY_MS, 5);
+                }
+                _ => clock.done = true,
+            }
+        }
+        self.background.retain(|b| b.until_ms > now_ms);
+        raised
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn member(oin: &str, worker: &str) -> MemberId {
+        MemberId { oin: oin.parse().unwrap(), worker: worker.into() }
+    }
+
+    const VT: &str = "00000001800000000001";
+    const LT: &str = "00000001800000000002";
+    const GI: &str = "00000001800000000005";
+
+    fn request(to: &str, deadline_ms: u64) -> OfferRequest {
+        OfferRequest {
+            to: to.parse().unwrap(),
+            to_worker: None,
+            route: "vt-lt-referral".into(),
+            legal_basis: "consent".into(),
+            reason: "support at home".into(),
+            justification: None,
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn the_sender_stays_owner_until_the_receiver_completes() {
+        let (anna, sanne) = (member(VT, "anna"), member(LT, "sanne"));
+        let mut case = Ownership::new(anna.clone());
+        let id = case.offer(&anna, request(LT, 10 * DAY_MS), 0).unwrap();
+        assert_eq!(case.offer(&anna, request(GI, 10 * DAY_MS), 0), Err(HandoverError::OfferOpen(id)));
+        assert_eq!(case.offer(&sanne, request(GI, 10 * DAY_MS), 0), Err(HandoverError::NotOwner));
+        case.accept(&sanne, id).unwrap();
+        assert_eq!(case.owner, anna, "accepting does not move regie");
+        let empty = FamilyTold::No { reason: " ".into() };
+        assert!(matches!(case.complete(&sanne, id, empty, DAY_MS), Err(HandoverError::ReasonRequired(_))));
+        case.complete(&sanne, id, FamilyTold::Yes, DAY_MS).unwrap();
+        assert_eq!(case.owner, sanne);
+        assert_eq!(case.background, vec![Background { member: anna, until_ms: 31 * DAY_MS }]);
+    }
+
+    #[test]
+    fn working_days_skip_weekends_and_holidays() {
+        // 2026-11-23 is a Monday: day 20780.
+        let monday = 20_780 * DAY_MS;
+        let calendar = Calendar::default();
+        // Five working days after Monday: Tuesday..Friday, then Monday; due at the end of that Monday.
+        assert_eq!(calendar.after_working_days(monday, 5), (20_780 + 7 + 1) * DAY_MS);
+        let with_holiday = Calendar { holidays: [20_781].into_iter().collect() };
+        assert_eq!(with_holiday.after_working_days(monday, 5), (20_780 + 8 + 1) * DAY_MS);
+    }
+
+    #[test]
+    fn first_contact_escalates_at_day_five_and_day_ten_then_stops() {
+        let calendar = Calendar::default();
+        let monday = 20_780 * DAY_MS;
+        let mut case = Ownership::new(member(GI, "daan"));
+        case.start_first_contact(&calendar, monday);
+        assert!(case.due(&calendar, monday + 7 * DAY_MS).is_empty());
+        let day5 = case.due(&calendar, calendar.after_working_days(monday, 5));
+        assert!(matches!(day5[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 1, .. }]));
+        let day10 = case.due(&calendar, calendar.after_working_days(monday, 10));
+        assert!(matches!(day10[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 2, .. }]));
+        assert!(case.due(&calendar, monday + 100 * DAY_MS).is_empty());
+    }
+
+    /// One step of a random history.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Offer { by: usize, to: usize, worker: Option<usize> },
+        Accept { by: usize },
+        Decline { by: usize },
+        Complete { by: usize, told: bool },
+        Time { days: u64 },
+    }
+
+    fn people() -> Vec<MemberId> {
+        ["00000001800000000001", "00000001800000000002", "00000001800000000004", "00000001800000000005"]
+            .iter()
+            .flat_map(|oin| ["a", "b"].map(|w| member(oin, w)))
+            .collect()
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..8usize, 0..4usize, proptest::option::of(0..2usize)).prop_map(|(by, to, worker)| Step::Offer {
+                by,
+                to,
+                worker
+            }),
+            (0..8usize).prop_map(|by| Step::Accept { by }),
+            (0..8usize).prop_map(|by| Step::Decline { by }),
+            (0..8usize, any::<bool>()).prop_map(|(by, told)| Step::Complete { by, told }),
+            (0..6u64).prop_map(|days| Step::Time { days }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, in whatever order: one owner at every moment; it
+        /// changes only by completing an accepted offer, to the one who accepted it.
+        #[test]
+        fn a_case_always_has_exactly_one_owner(steps in proptest::collection::vec(step(), 1..60)) {
+            let people = people();
+            let orgs: Vec<Oin> = people.iter().step_by(2).map(|m| m.oin.clone()).collect();
+            let calendar = Calendar::default();
+            let mut case = Ownership::new(people[0].clone());
+            let mut now = 20_780 * DAY_MS;
+            for step in steps {
+                let before = case.clone();
+                let open = case.open_offer().map(|o| o.id).unwrap_or(1);
+                let result = match &step {
+                    Step::Offer { by, to, worker } => {
+                        let mut req = request(orgs[*to].as_str(), now + 3 * DAY_MS);
+                        req.to_worker = worker.map(|w| ["a", "b"][w].to_owned());
+                        case.offer(&people[*by], req, now).map(|_| ())
+                    }
+                    Step::Accept { by } => case.accept(&people[*by], open),
+                    Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
+                    Step::Complete { by, told } => {
+                        let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
+                        case.complete(&people[*by], open, family, now)
+                    }
+                    Step::Time { days } => {
+                        now += days * DAY_MS;
+                        case.due(&calendar, now);
+                        Ok(())
+                    }
+                };
+                if result.is_err() {
+                    prop_assert_eq!(&case, &before, "a refused step changed the case");
+                }
+                prop_assert!(case.offers.iter().filter(|o| o.state.is_open()).count() <= 1);
+                if case.owner != before.owner {
+                    let completed = case.offers.iter().any(|o| matches!(&o.state,
+                        OfferState::Completed { by, .. } if by == &case.owner)
+                        && before.offers.iter().any(|b| b.id == o.id && matches!(&b.state,
+                            OfferState::Accepted { by } if by == &case.owner)));
+                    prop_assert!(completed, "ownership moved without a completed handover: {:?}", step);
+                    prop_assert!(case.background.iter().any(|b| b.member == before.owner));
+                }
+                for offer in &case.offers {
+                    if let OfferState::Accepted { by } | OfferState::Completed { by, .. } = &offer.state {
+                        prop_assert_eq!(&by.oin, &offer.to, "someone outside the receiving organisation answered");
+                    }
+                }
+            }
+        }
+    }
+}
