@@ -747,6 +747,7 @@ impl Driver {
                     None
                 }
             },
+            EntryBody::Handover { event } => Some(Event::Handover { thread, seq, by: entry.sender, event }),
             EntryBody::Welcome { .. } | EntryBody::Expired => None,
         }
     }

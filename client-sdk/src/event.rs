@@ -58,6 +58,17 @@ pub enum Event {
         /// Who removed them.
         by: MemberId,
     },
+    /// A step of the case's warm handover: an offer, an answer, a completion, an escalation.
+    Handover {
+        /// The thread.
+        thread: ThreadId,
+        /// The entry's sequence number.
+        seq: u64,
+        /// Who took the step (the hub itself for an escalation: the owner at the time).
+        by: MemberId,
+        /// What happened.
+        event: wire::handover::HandoverEvent,
+    },
     /// This device joined the thread's MLS group and reads it from now on.
     Joined {
         /// The thread.
@@ -95,7 +106,8 @@ impl Event {
             Self::Message(m) => Some((m.thread, m.seq)),
             Self::MemberAdded { thread, seq, .. }
             | Self::MemberRemoved { thread, seq, .. }
-            | Self::Unreadable { thread, seq, .. } => Some((*thread, *seq)),
+            | Self::Unreadable { thread, seq, .. }
+            | Self::Handover { thread, seq, .. } => Some((*thread, *seq)),
             Self::Joined { .. } | Self::Removed { .. } | Self::Connected | Self::Disconnected { .. } => None,
         }
     }

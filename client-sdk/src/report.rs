@@ -50,6 +50,7 @@ fn action_text(action: AuditAction) -> &'static str {
         AuditAction::HandshakeRefused => "was refused at connection",
         AuditAction::PolicyReload => "changed the hub's policy",
         AuditAction::Retention => "deleted content past its retention period",
+        AuditAction::Handover => "took a handover step",
     }
 }
 

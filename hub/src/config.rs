@@ -66,6 +66,38 @@ pub struct Config {
     /// How often retention is swept (the periods are in the policy).
     #[serde(default)]
     pub retention: RetentionSchedule,
+    /// Handover deadlines: public holidays and how often deadlines are checked.
+    #[serde(default)]
+    pub handover: HandoverSettings,
+}
+
+/// Handover deadlines. Keys under `[handover]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandoverSettings {
+    /// Public holidays (`YYYY-MM-DD`), which are not working days.
+    pub holidays: Vec<String>,
+    /// Milliseconds between deadline checks.
+    pub deadline_sweep_ms: u64,
+}
+
+impl Default for HandoverSettings {
+    fn default() -> Self {
+        Self { holidays: Vec::new(), deadline_sweep_ms: 60_000 }
+    }
+}
+
+impl HandoverSettings {
+    /// The working-day calendar these settings describe.
+    pub fn calendar(&self) -> Result<wire::handover::Calendar, ConfigError> {
+        let holidays = self
+            .holidays
+            .iter()
+            .map(|d| crate::clock::parse_date(d))
+            .collect::<Result<_, _>>()
+            .map_err(|message| ConfigError::Invalid { key: "handover.holidays", message })?;
+        Ok(wire::handover::Calendar { holidays })
+    }
 }
 
 /// When the hub sweeps retention; the periods themselves are in the policy.

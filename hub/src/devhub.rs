@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::chain::{AuditKey, Verified, VerifyError};
+use crate::clock::Clock;
 use crate::config::{Config, Limits};
 use crate::server::{ServeError, Server};
 use crate::store::Store;
@@ -69,7 +70,16 @@ impl DevHub {
     /// Starts a hub in `dir` on a store the caller opened (for fault injection).
     pub async fn start_with_store(dir: &Path, limits: Limits, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let config = dev_config(dir, limits)?;
-        Self::serve(dir, Server::bind_with_store(&config, store).await?)
+        Self::serve(dir, Server::bind_with_store(&config, store, Clock::system()).await?)
+    }
+
+    /// Starts a hub in `dir` whose handover deadlines run on `clock`, checked every 20 ms.
+    pub async fn start_with_clock(dir: &Path, limits: Limits, clock: Clock) -> anyhow::Result<Self> {
+        let mut config = dev_config(dir, limits)?;
+        config.handover.deadline_sweep_ms = 20;
+        std::fs::create_dir_all(dir.join("data"))?;
+        let store = Arc::new(crate::store::SledStore::open(&dir.join("data/store"))?);
+        Self::serve(dir, Server::bind_with_store(&config, store, clock).await?)
     }
 
     fn serve(dir: &Path, server: Server) -> anyhow::Result<Self> {

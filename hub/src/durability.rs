@@ -113,6 +113,26 @@ pub enum Write {
     Tick,
     /// Signs a checkpoint now, due or not (at shutdown, so the log ends signed).
     Seal,
+    /// A warm-handover step (see [`crate::handovers::apply`]).
+    Handover {
+        /// The case.
+        thread: ThreadId,
+        /// Who takes the step.
+        by: MemberId,
+        /// The step.
+        op: crate::handovers::HandoverOp,
+        /// The working-day calendar.
+        calendar: wire::handover::Calendar,
+        /// The time of the step.
+        now_ms: u64,
+    },
+    /// Fires handover deadlines (see [`crate::handovers::sweep`]).
+    HandoverDeadlines {
+        /// The working-day calendar.
+        calendar: wire::handover::Calendar,
+        /// The time to fire at.
+        now_ms: u64,
+    },
     /// Deletes what the retention periods allow (see [`crate::retention::sweep`]).
     Retention {
         /// The periods.
@@ -180,6 +200,8 @@ pub enum Written {
     Audited,
     /// A retention sweep ran.
     Swept(crate::retention::Swept),
+    /// A handover step was stored; the case's ownership after it.
+    Ownership(Box<wire::handover::Ownership>),
 }
 
 /// Why a write did not become durable.
@@ -315,6 +337,13 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             (Written::Cursor, Vec::new())
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
+        Write::Handover { thread, by, op, calendar, now_ms } => {
+            let (ownership, entries) = crate::handovers::apply(store, &calendar, thread, &by, op, now_ms)?;
+            (Written::Ownership(Box::new(ownership)), entries.into_iter().map(|e| (thread, e)).collect())
+        }
+        Write::HandoverDeadlines { calendar, now_ms } => {
+            (Written::Audited, crate::handovers::sweep(store, &calendar, now_ms)?)
+        }
         Write::Retention { retention, now_ms } => {
             (Written::Swept(crate::retention::sweep(store, &retention, now_ms)?), Vec::new())
         }

@@ -25,7 +25,7 @@ pub mod demo;
 pub mod devhub;
 pub mod durability;
 pub mod groups;
-pub mod handover;
+pub mod handovers;
 pub mod policy;
 pub mod ratelimit;
 pub mod retention;

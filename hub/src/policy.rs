@@ -54,6 +54,8 @@ pub enum Action {
     Read,
     /// Query the audit log within the role's scope.
     AuditQuery,
+    /// Offer, answer and complete warm handovers.
+    Handover,
 }
 
 /// An organisation of the chain.

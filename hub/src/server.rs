@@ -22,6 +22,7 @@ use wire::audit::AuditAction;
 
 use crate::audit::chain::AuditKey;
 use crate::audit::Recorder;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, WsStream};
 use crate::session::{Caller, Hub};
@@ -90,6 +91,20 @@ async fn retention_sweeps(hub: Arc<Hub>, every: Duration, shutdown: Cancellation
     }
 }
 
+/// Fires handover deadlines periodically; the first sweep runs at start, so
+/// deadlines that passed while the hub was down fire at once.
+async fn deadline_sweeps(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => if let Err(e) = hub.fire_deadlines().await {
+                warn!("handover deadline sweep failed: {e}");
+            },
+        }
+    }
+}
+
 /// Reloads the policy on every SIGHUP until shutdown.
 #[cfg(unix)]
 async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
@@ -128,6 +143,7 @@ pub struct Server {
     acceptor: TlsAcceptor,
     hub: Arc<Hub>,
     sweep_every: Duration,
+    deadlines_every: Duration,
 }
 
 impl Server {
@@ -136,12 +152,13 @@ impl Server {
         let data = config.validate()?.data;
         std::fs::create_dir_all(data)
             .map_err(|source| ServeError::Io { what: format!("create {}", data.display()), source })?;
-        Self::bind_with_store(config, Arc::new(SledStore::open(&data.join("store"))?)).await
+        Self::bind_with_store(config, Arc::new(SledStore::open(&data.join("store"))?), Clock::system()).await
     }
 
     /// Like [`Server::bind`], on a store opened by the caller (fault-injection
-    /// tests wrap the sled store to make chosen writes fail).
-    pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>) -> Result<Self, ServeError> {
+    /// tests wrap the sled store to make chosen writes fail) and with a clock
+    /// for handover deadlines that tests can move.
+    pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>, clock: Clock) -> Result<Self, ServeError> {
         let resolved = config.validate()?;
         let tls = tls::server_config(resolved.ca, resolved.cert, resolved.key, &config.tls.crl)?;
         let listener = TcpListener::bind(resolved.listen)
@@ -150,10 +167,12 @@ impl Server {
         let policy = Arc::new(crate::policy::PolicySource::load(resolved.policy)?);
         let key = AuditKey::load_or_create(&audit_key_path(resolved.data))?;
         let recorder = Recorder::resume(store.as_ref(), Arc::new(key), config.audit.clone())?;
-        let hub = Hub::new(store, config.limits.clone(), policy, recorder)
+        let calendar = config.handover.calendar()?;
+        let hub = Hub::new(store, config.limits.clone(), policy, recorder, clock, calendar)
             .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
         let sweep_every = Duration::from_millis(config.retention.sweep_every_ms.max(1000));
-        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub, sweep_every })
+        let deadlines_every = Duration::from_millis(config.handover.deadline_sweep_ms.max(10));
+        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub, sweep_every, deadlines_every })
     }
 
     /// The address actually bound (useful with port 0).
@@ -172,6 +191,7 @@ impl Server {
         tokio::spawn(reload_on_sighup(self.hub.clone(), shutdown.clone()));
         tokio::spawn(checkpoint_ticks(self.hub.clone(), shutdown.clone()));
         tokio::spawn(retention_sweeps(self.hub.clone(), self.sweep_every, shutdown.clone()));
+        tokio::spawn(deadline_sweeps(self.hub.clone(), self.deadlines_every, shutdown.clone()));
         let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
         loop {
             let (tcp, peer) = tokio::select! {

@@ -17,11 +17,14 @@ use wire::{BlobId, ErrorCode, Identity, MemberId, Reply, Request, ThreadId, Thre
 
 use crate::audit::{self, Recorder};
 use crate::blobs::{self, ChunkUpload};
+use crate::clock::Clock;
 use crate::config::Limits;
 use crate::delivery::Registry;
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
+use crate::handovers::{self, HandoverOp};
 use crate::policy::{Action, Decision, Grounds, Policy, PolicySource};
 use crate::store::{Store, StoreError};
+use wire::handover::Calendar;
 
 /// KeyPackages accepted in one upload.
 const MAX_KEY_PACKAGE_UPLOAD: usize = 100;
@@ -42,6 +45,10 @@ pub struct Hub {
     pub policy: Arc<PolicySource>,
     /// How often, at most, the audit chain is checkpointed while idle.
     pub checkpoint_every_ms: u64,
+    /// The clock handover deadlines run on (tests move it).
+    pub clock: Clock,
+    /// Working days for handover deadlines.
+    pub calendar: Calendar,
 }
 
 /// The authenticated party behind a connection.
@@ -84,6 +91,8 @@ pub enum WriteKind {
     ClaimKeyPackage,
     /// An attachment chunk stored.
     PutBlobChunk,
+    /// A handover step.
+    Handover,
 }
 
 /// What became of a request once applied.
@@ -135,11 +144,13 @@ impl Hub {
         limits: Limits,
         policy: Arc<PolicySource>,
         recorder: Recorder,
+        clock: Clock,
+        calendar: Calendar,
     ) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
         let checkpoint_every_ms = recorder.checkpoint_every_ms();
         let writes = WriteLog::start(store.clone(), registry.clone(), recorder)?;
-        Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms }))
+        Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms, clock, calendar }))
     }
 
     /// Reloads the policy file; a file that does not validate leaves the policy in force.
@@ -274,6 +285,14 @@ impl Hub {
                 let upload = ChunkUpload { thread, uploader: actor, blob, index, last, data };
                 (WriteKind::PutBlobChunk, Write::PutBlobChunk { upload, max_bytes: self.limits.max_blob_bytes })
             }
+            Request::OfferHandover { thread, offer } => self.handover(thread, &actor, HandoverOp::Offer(offer)),
+            Request::AnswerOffer { thread, offer, accept, reason } => {
+                self.handover(thread, &actor, HandoverOp::Answer { offer, accept, reason })
+            }
+            Request::CompleteHandover { thread, offer, family } => {
+                self.handover(thread, &actor, HandoverOp::Complete { offer, family })
+            }
+            Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             read => {
                 let reply = self.read(caller, &actor, read, &mut record);
                 if let Err(e) = &reply {
@@ -284,6 +303,17 @@ impl Hub {
             }
         };
         Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
+    }
+
+    fn handover(&self, thread: ThreadId, actor: &MemberId, op: HandoverOp) -> (WriteKind, Write) {
+        let (calendar, now_ms) = (self.calendar.clone(), self.clock.now_ms());
+        (WriteKind::Handover, Write::Handover { thread, by: actor.clone(), op, calendar, now_ms })
+    }
+
+    /// Fires handover deadlines due by the hub's clock.
+    pub async fn fire_deadlines(&self) -> Result<(), WireError> {
+        let write = Write::HandoverDeadlines { calendar: self.calendar.clone(), now_ms: self.clock.now_ms() };
+        self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed)).map(|_| ()).map_err(not_durable)
     }
 
     /// Answers a request that changes nothing; `record` learns what was read.
@@ -309,8 +339,32 @@ impl Hub {
                 Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
             }
             Request::AuditQuery { filter } => self.audit_query(caller, &filter),
+            Request::GetOwnership { thread } => match self.store.ownership(thread).map_err(internal)? {
+                Some(ownership) => Ok(Reply::Ownership { ownership }),
+                None => Err(WireError::thread_not_found()),
+            },
+            Request::ListOffers => self.list_offers(caller, actor),
             other => Err(WireError::new(ErrorCode::Internal, format!("not a read: {other:?}"))),
         }
+    }
+
+    /// Offers waiting for the actor's answer; for a privacy officer, the review
+    /// queue: offers to or from its organisation that share without consent.
+    fn list_offers(&self, caller: &Caller, actor: &MemberId) -> Result<Reply, WireError> {
+        let policy = self.policy.current();
+        let offers = if caller.identity.role == wire::Role::PrivacyOfficer {
+            let oin = &caller.identity.oin;
+            let all = self.store.ownerships().map_err(internal)?;
+            all.into_iter()
+                .flat_map(|(thread, o)| o.offers.into_iter().map(move |offer| (thread, offer)))
+                .filter(|(_, offer)| {
+                    (offer.to == *oin || offer.from.oin == *oin) && handovers::needs_review(&policy, &offer.legal_basis)
+                })
+                .collect()
+        } else {
+            handovers::waiting_for(self.store.as_ref(), actor).map_err(not_durable)?
+        };
+        Ok(Reply::Offers { offers })
     }
 
     /// A privacy officer's query, within the scope of its organisation.
@@ -354,6 +408,14 @@ impl Hub {
                 (Action::Read, None)
             }
             Request::AuditQuery { .. } => (Action::AuditQuery, None),
+            Request::OfferHandover { thread, .. }
+            | Request::CompleteHandover { thread, .. }
+            | Request::ReportDone { thread, .. } => (Action::Handover, Some(*thread)),
+            // The receiver is not on the case yet: the offer itself says whether it may answer.
+            Request::AnswerOffer { .. } => (Action::Handover, None),
+            Request::GetOwnership { thread } => (Action::Read, Some(*thread)),
+            Request::ListOffers if caller.identity.role == wire::Role::PrivacyOfficer => (Action::AuditQuery, None),
+            Request::ListOffers => (Action::Handover, None),
             Request::OnBehalfOf { .. } => {
                 return Err((WireError::new(ErrorCode::Invalid, "on_behalf_of cannot be nested"), "no-nesting"));
             }
@@ -373,6 +435,13 @@ impl Hub {
             wire::identity::validate_worker(&member.worker)
                 .map_err(|e| (WireError::new(ErrorCode::Invalid, e.to_string()), "invalid-member"))?;
             let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });
+            if !decision.allowed {
+                return Err((denied(&decision), decision.rule));
+            }
+            return Ok(decision.rule);
+        }
+        if let Request::OfferHandover { offer, .. } = request {
+            let decision = handovers::check_offer(policy, actor, offer);
             if !decision.allowed {
                 return Err((denied(&decision), decision.rule));
             }
@@ -464,6 +533,7 @@ impl Hub {
             (WriteKind::ClaimKeyPackage, Written::KeyPackage(Some(package))) => {
                 Ok(Reply::KeyPackage { key_package: package.into() })
             }
+            (WriteKind::Handover, Written::Ownership(ownership)) => Ok(Reply::Ownership { ownership: *ownership }),
             (WriteKind::PutBlobChunk, Written::BlobChunk { blob, index, duplicate }) => {
                 Ok(Reply::BlobChunkStored { blob, index, duplicate })
             }
@@ -556,6 +626,25 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
         Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
         Request::AuditQuery { filter } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
         Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
+        Request::OfferHandover { thread, offer } => {
+            record.purpose = Some(offer.reason.clone());
+            record.legal_basis = Some(offer.legal_basis.clone());
+            let object = format!("offer to {} on route {}", offer.to.as_str(), offer.route);
+            (AuditAction::Handover, Some(*thread), Some(object))
+        }
+        Request::AnswerOffer { thread, offer, accept, reason } => {
+            record.purpose = reason.clone();
+            let verb = if *accept { "accept" } else { "decline" };
+            (AuditAction::Handover, Some(*thread), Some(format!("{verb} offer {offer}")))
+        }
+        Request::CompleteHandover { thread, offer, .. } => {
+            (AuditAction::Handover, Some(*thread), Some(format!("complete offer {offer}")))
+        }
+        Request::ReportDone { thread, clock } => {
+            (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
+        }
+        Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
+        Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
     };
     record.action = action;
     record.case = case;

@@ -148,6 +148,12 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         // The relay enforces no policy and keeps no audit log.
         Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,
         Request::AuditQuery { .. } => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no audit log")),
+        Request::OfferHandover { .. }
+        | Request::AnswerOffer { .. }
+        | Request::CompleteHandover { .. }
+        | Request::ReportDone { .. }
+        | Request::GetOwnership { .. }
+        | Request::ListOffers => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no handover state")),
     })
 }
 

@@ -272,10 +272,11 @@ struct AuditFails {
 }
 
 mod delegate {
-    use hub::store::{AcceptedCommit, Appended, BlobRecord, Created, Store, StoreError};
+    use hub::store::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Store, StoreError};
     use std::sync::atomic::Ordering;
     use uuid::Uuid;
     use wire::audit::{AuditCheckpoint, AuditEntry};
+    use wire::handover::Ownership;
     use wire::{BlobId, Entry, MemberId, MessageId, ThreadId};
 
     impl Store for super::AuditFails {
@@ -351,6 +352,15 @@ mod delegate {
         }
         fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
             self.inner.threads()
+        }
+        fn ownership(&self, t: ThreadId) -> Result<Option<Ownership>, StoreError> {
+            self.inner.ownership(t)
+        }
+        fn ownerships(&self) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
+            self.inner.ownerships()
+        }
+        fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
+            self.inner.apply_handover(step)
         }
         fn expire_messages(&self, t: ThreadId, u: u64, b: u64) -> Result<u64, StoreError> {
             self.inner.expire_messages(t, u, b)

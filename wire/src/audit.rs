@@ -63,6 +63,8 @@ pub enum AuditAction {
     PolicyReload,
     /// Content, blobs or old audit entries were deleted under the retention policy.
     Retention,
+    /// A warm-handover step: offer, answer, completion, report, escalation.
+    Handover,
 }
 
 impl AuditAction {
@@ -85,6 +87,7 @@ impl AuditAction {
             Self::AuditQuery => "audit_query",
             Self::PolicyReload => "policy_reload",
             Self::Retention => "retention",
+            Self::Handover => "handover",
         }
     }
 }

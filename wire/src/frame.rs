@@ -202,6 +202,48 @@ pub enum Request {
         /// The request.
         request: Box<Request>,
     },
+    /// The owner offers the case to another organisation (warm handover).
+    OfferHandover {
+        /// The case.
+        thread: ThreadId,
+        /// What is offered: receiver, route, basis, reason, justification, deadline.
+        offer: crate::handover::OfferRequest,
+    },
+    /// The receiving organisation accepts or declines an offer addressed to it.
+    AnswerOffer {
+        /// The case.
+        thread: ThreadId,
+        /// The offer's number.
+        offer: u32,
+        /// True to accept; false to decline.
+        accept: bool,
+        /// Why, when declining.
+        reason: Option<String>,
+    },
+    /// The receiver who accepted completes the handover and becomes owner.
+    CompleteHandover {
+        /// The case.
+        thread: ThreadId,
+        /// The offer's number.
+        offer: u32,
+        /// Whether the family was told who their contact is now.
+        family: crate::handover::FamilyTold,
+    },
+    /// The owner reports a clock's work done (for example the GI's first contact).
+    ReportDone {
+        /// The case.
+        thread: ThreadId,
+        /// Which clock.
+        clock: crate::handover::ClockKind,
+    },
+    /// The case's ownership: owner, offers, background roles and clocks (members only).
+    GetOwnership {
+        /// The case.
+        thread: ThreadId,
+    },
+    /// Offers waiting for the caller's organisation; for a privacy officer, the
+    /// offers to or from its organisation made without consent (the review queue).
+    ListOffers,
     /// Asks for audit entries within the caller's scope (privacy officers).
     AuditQuery {
         /// What to select.
@@ -328,6 +370,16 @@ pub enum Reply {
         /// True when the chunk was already stored and nothing new was written.
         duplicate: bool,
     },
+    /// A case's ownership after the request.
+    Ownership {
+        /// The state.
+        ownership: crate::handover::Ownership,
+    },
+    /// Offers, each with its case.
+    Offers {
+        /// The offers.
+        offers: Vec<(ThreadId, crate::handover::Offer)>,
+    },
     /// Audit entries, oldest first.
     AuditEntries {
         /// The entries.
@@ -402,6 +454,11 @@ pub enum EntryBody {
         /// The commit (an MLS message, TLS-encoded).
         #[serde(with = "serde_bytes")]
         commit: Vec<u8>,
+    },
+    /// A step of the case's warm handover (metadata only: no case content).
+    Handover {
+        /// What happened.
+        event: crate::handover::HandoverEvent,
     },
     /// A message whose content the hub deleted under its retention policy,
     /// after every member had received it.

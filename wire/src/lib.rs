@@ -12,6 +12,7 @@ pub mod audit;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod handover;
 pub mod identity;
 pub mod mls;
 

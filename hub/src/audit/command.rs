@@ -68,25 +68,14 @@ pub enum AuditCommand {
     },
 }
 
-/// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// A time given as `YYYY-MM-DD` (midnight UTC) or as milliseconds since the epoch.
 fn parse_time(text: &str) -> anyhow::Result<u64> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms);
     }
-    let parts: Vec<i64> = text.split('-').map(str::parse).collect::<Result<_, _>>().context("not YYYY-MM-DD")?;
-    let [y, m, d] = parts[..] else { anyhow::bail!("{text}: expected YYYY-MM-DD or milliseconds") };
-    anyhow::ensure!((1..=12).contains(&m) && (1..=31).contains(&d) && y >= 1970, "{text}: not a date");
-    Ok(days_from_civil(y, m, d) as u64 * 86_400_000)
+    let days =
+        crate::clock::parse_date(text).map_err(|e| anyhow::anyhow!("{e} (expected YYYY-MM-DD or milliseconds)"))?;
+    Ok(days * 86_400_000)
 }
 
 fn open_store(data: &Path) -> anyhow::Result<SledStore> {

@@ -85,6 +85,25 @@ pub struct AcceptedCommit<'a> {
     pub at_ms: u64,
 }
 
+/// A handover step to store atomically: the case's new ownership state, the
+/// thread entry that shows the step, and for an acceptance the receiver's
+/// membership.
+#[derive(Debug)]
+pub struct HandoverStep<'a> {
+    /// The case.
+    pub thread: ThreadId,
+    /// Who took the step.
+    pub by: &'a MemberId,
+    /// The ownership state after it.
+    pub ownership: &'a wire::handover::Ownership,
+    /// The entries to append, in order.
+    pub events: Vec<wire::handover::HandoverEvent>,
+    /// A member to add (the receiver who accepted), unless already a member.
+    pub admit: Option<&'a MemberId>,
+    /// The hub's time.
+    pub at_ms: u64,
+}
+
 /// What the hub knows about an attachment blob. The content is ciphertext
 /// whose key only the thread's members hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +207,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every thread.
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError>;
+
+    /// The case's ownership state; `None` for a thread created before handovers existed.
+    fn ownership(&self, thread: ThreadId) -> Result<Option<wire::handover::Ownership>, StoreError>;
+
+    /// Every case's ownership state.
+    fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError>;
+
+    /// Stores a handover step in one atomic write; returns the entries appended.
+    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError>;
 
     /// Replaces the content of `thread`'s messages up to `up_to` stored before
     /// `before_ms` with [`wire::EntryBody::Expired`]; returns how many.

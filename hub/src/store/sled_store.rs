@@ -20,6 +20,7 @@
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | blob | blob record |
 //! | `A` | seq (u64 BE) | audit entry |
+//! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `P` | seq (u64 BE) | signed audit checkpoint |
 //!
 //! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
@@ -41,7 +42,7 @@ use wire::audit::{AuditCheckpoint, AuditEntry};
 use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, ThreadId};
 
 use super::chunk_files::ChunkFiles;
-use super::{AcceptedCommit, Appended, BlobRecord, Created, Store, StoreError};
+use super::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Store, StoreError};
 
 const THREAD: u8 = b'T';
 const MEMBER: u8 = b'M';
@@ -54,6 +55,7 @@ const KEY_PACKAGE: u8 = b'K';
 const GROUP: u8 = b'G';
 const BLOB: u8 = b'B';
 const AUDIT: u8 = b'A';
+const OWNERSHIP: u8 = b'O';
 const CHECKPOINT: u8 = b'P';
 
 #[derive(Serialize, Deserialize)]
@@ -240,6 +242,8 @@ impl Store for SledStore {
         Self::membership_writes(&mut batch, thread, creator, &record);
         batch.insert(Self::entry_key(thread, 1), encode(&entry));
         batch.insert(ref_key, &thread.0.as_bytes()[..]);
+        // The creator holds regie from the first moment: a case is never without an owner.
+        batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(&wire::handover::Ownership::new(creator.clone())));
         self.db.apply_batch(batch).map_err(backend)?;
         lock(&self.logs).insert(thread, Arc::new(Mutex::new(ThreadLog { next_seq: 2, durable_seq: 0 })));
         lock(&self.dirty).insert(thread);
@@ -457,6 +461,50 @@ impl Store for SledStore {
 
     fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
         self.chunks.read(blob, index)
+    }
+
+    fn ownership(&self, thread: ThreadId) -> Result<Option<wire::handover::Ownership>, StoreError> {
+        self.db.get(key(OWNERSHIP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| decode(&v)).transpose()
+    }
+
+    fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError> {
+        self.db
+            .scan_prefix([OWNERSHIP])
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                Ok((ThreadId(uuid_from(&k[1..])?), decode(&v)?))
+            })
+            .collect()
+    }
+
+    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
+        let thread = step.thread;
+        let log = self.log(thread)?;
+        let mut log = lock(&log);
+        let mut batch = sled::Batch::default();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut next = |batch: &mut sled::Batch, body: EntryBody| {
+            let seq = log.next_seq + entries.len() as u64;
+            let entry = Entry { seq, id: MessageId::new(), sender: step.by.clone(), at_ms: step.at_ms, body };
+            batch.insert(Self::entry_key(thread, seq), encode(&entry));
+            entries.push(entry);
+            seq
+        };
+        for event in &step.events {
+            next(&mut batch, EntryBody::Handover { event: event.clone() });
+        }
+        if let Some(member) = step.admit {
+            if self.db.get(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)?.is_none() {
+                let seq = next(&mut batch, EntryBody::MemberAdded { member: member.clone() });
+                let record = MembershipRecord { added_by: step.by.clone(), added_seq: seq, added_at_ms: step.at_ms };
+                Self::membership_writes(&mut batch, thread, member, &record);
+            }
+        }
+        batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(step.ownership));
+        self.db.apply_batch(batch).map_err(backend)?;
+        log.next_seq += entries.len() as u64;
+        lock(&self.dirty).insert(thread);
+        Ok(entries)
     }
 
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {

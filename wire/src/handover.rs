@@ -1,5 +1,8 @@
 //! Warm handover: who holds regie over a case, and how it passes on.
 //!
+//! The rules live here, in the crate hub and SDK share, so that the state a
+//! client is shown is the state the hub enforces.
+//!
 //! *Regie* is the responsibility for a case: one organisation and worker who
 //! are the family's contact and answer for the child's safety. Children have
 //! been lost "between organisations" when nobody held it, so the hub keeps it
@@ -28,8 +31,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::{MemberId, Oin};
 use serde::{Deserialize, Serialize};
-use wire::{MemberId, Oin};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -216,6 +219,50 @@ pub enum Escalation {
     },
 }
 
+/// A step of a case's handover, as it appears in the case thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum HandoverEvent {
+    /// The owner offered the case.
+    Offered {
+        /// The offer.
+        offer: Offer,
+    },
+    /// The receiver accepted and joined the case; the sender is still owner.
+    Accepted {
+        /// The offer's number.
+        offer: u32,
+        /// Who accepted.
+        by: MemberId,
+    },
+    /// The receiver declined; the sender stays owner.
+    Declined {
+        /// The offer's number.
+        offer: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The handover completed: regie moved.
+    Completed {
+        /// The offer's number.
+        offer: u32,
+        /// The new owner.
+        owner: MemberId,
+        /// What the family was told.
+        family: FamilyTold,
+    },
+    /// Something was not done in time.
+    Escalated {
+        /// What.
+        escalation: Escalation,
+    },
+    /// The owner reported a clock's work done.
+    Done {
+        /// Which clock.
+        clock: ClockKind,
+    },
+}
+
 /// The working-day calendar: weekends and the configured public holidays are not working days.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Calendar {
@@ -243,8 +290,8 @@ impl Calendar {
     }
 }
 
-/// An offer as requested by the owner; the policy has checked its route and basis.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An offer as the owner requests it; the hub checks its route and basis against the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferRequest {
     /// The receiving organisation.
     pub to: Oin,

@@ -1,0 +1,178 @@
+//! The hub's side of warm handover: policy checks for offers, and applying
+//! each step atomically on the writer thread.
+//!
+//! The rules of ownership are in [`wire::handover`], shared with the SDK. Here
+//! an offer is checked against the policy's route table (route, kinds, legal
+//! basis, written justification for sharing without consent), each step is
+//! applied to the stored state in the writer thread (so two answers to one
+//! offer cannot both win), and the step, its thread entry and an acceptance's
+//! new membership are stored in one write. [`sweep`] fires deadlines.
+
+use wire::handover::{
+    Calendar, ClockKind, Escalation, FamilyTold, HandoverError, HandoverEvent, OfferRequest, OfferState, Ownership,
+};
+use wire::{ErrorCode, MemberId, ThreadId, WireError};
+
+use crate::durability::WriteError;
+use crate::policy::{Decision, Policy};
+use crate::store::{HandoverStep, Store};
+
+/// A handover step, applied by the writer thread.
+#[derive(Debug)]
+pub enum HandoverOp {
+    /// The owner offers the case.
+    Offer(OfferRequest),
+    /// The receiver accepts or declines.
+    Answer {
+        /// The offer.
+        offer: u32,
+        /// Accept (true) or decline.
+        accept: bool,
+        /// Why, when declining.
+        reason: Option<String>,
+    },
+    /// The receiver completes it.
+    Complete {
+        /// The offer.
+        offer: u32,
+        /// What the family was told.
+        family: FamilyTold,
+    },
+    /// The owner reports a clock's work done.
+    Done(ClockKind),
+}
+
+/// Checks an offer against the policy's route table.
+pub fn check_offer(policy: &Policy, by: &MemberId, offer: &OfferRequest) -> Decision {
+    let deny = |rule, reason: String| Decision { allowed: false, rule, reason };
+    let Some(route) = policy.route(&offer.route) else {
+        return deny("unknown-route", format!("no route {} in the policy", offer.route));
+    };
+    let (Some(from), Some(to)) = (policy.organisation(&by.oin), policy.organisation(&offer.to)) else {
+        return deny("member-unknown-organisation", format!("{} is not in the policy", offer.to));
+    };
+    if route.from != from.kind || route.to != to.kind {
+        return deny(
+            "route-does-not-fit",
+            format!("route {} leads from {} to {}", route.name, route.from.code(), route.to.code()),
+        );
+    }
+    if !route.legal_bases.contains(&offer.legal_basis) {
+        return deny("basis-not-on-route", format!("{} is not allowed on {}", offer.legal_basis, route.name));
+    }
+    let without_consent = policy.legal_basis(&offer.legal_basis).is_some_and(|b| b.without_consent);
+    if without_consent && offer.justification.as_deref().is_none_or(|j| j.trim().is_empty()) {
+        return deny(
+            "justification-required",
+            format!("{} shares without consent: justify it in writing", offer.legal_basis),
+        );
+    }
+    Decision { allowed: true, rule: "route-permits", reason: format!("route {}", route.name) }
+}
+
+/// Whether an offer shares without consent and so waits in the privacy officers' review queue.
+pub fn needs_review(policy: &Policy, legal_basis: &str) -> bool {
+    policy.legal_basis(legal_basis).is_some_and(|b| b.without_consent)
+}
+
+fn refused(e: HandoverError) -> WriteError {
+    let code = match e {
+        // Not addressed to the caller, or no such offer: as if the case did not exist.
+        HandoverError::NotReceiver(_) | HandoverError::NoSuchOffer(_) => {
+            return WriteError::Refused(WireError::thread_not_found())
+        }
+        HandoverError::NotOwner => ErrorCode::Forbidden,
+        HandoverError::OfferOpen(_) | HandoverError::WrongState { .. } => ErrorCode::Conflict,
+        _ => ErrorCode::Invalid,
+    };
+    WriteError::Refused(WireError::new(code, e.to_string()))
+}
+
+/// Applies one step to a case; returns the new state and the entries appended.
+pub fn apply(
+    store: &dyn Store,
+    calendar: &Calendar,
+    thread: ThreadId,
+    by: &MemberId,
+    op: HandoverOp,
+    now_ms: u64,
+) -> Result<(Ownership, Vec<wire::Entry>), WriteError> {
+    let Some(mut ownership) = store.ownership(thread)? else {
+        return Err(WriteError::Refused(WireError::thread_not_found()));
+    };
+    let mut admit = None;
+    let event = match op {
+        HandoverOp::Offer(request) => {
+            let id = ownership.offer(by, request, now_ms).map_err(refused)?;
+            let offer = ownership.offers.iter().find(|o| o.id == id).cloned().expect("just made");
+            HandoverEvent::Offered { offer }
+        }
+        HandoverOp::Answer { offer, accept: true, .. } => {
+            ownership.accept(by, offer).map_err(refused)?;
+            let measure = ownership.offers.iter().any(|o| o.id == offer && o.route == wire::handover::MEASURE_ROUTE);
+            if measure {
+                ownership.start_first_contact(calendar, now_ms);
+            }
+            admit = Some(by);
+            HandoverEvent::Accepted { offer, by: by.clone() }
+        }
+        HandoverOp::Answer { offer, accept: false, reason } => {
+            let reason = reason.unwrap_or_default();
+            ownership.decline(by, offer, &reason).map_err(refused)?;
+            HandoverEvent::Declined { offer, reason }
+        }
+        HandoverOp::Complete { offer, family } => {
+            ownership.complete(by, offer, family.clone(), now_ms).map_err(refused)?;
+            HandoverEvent::Completed { offer, owner: by.clone(), family }
+        }
+        HandoverOp::Done(clock) => {
+            if by != &ownership.owner {
+                return Err(refused(HandoverError::NotOwner));
+            }
+            if !ownership.report_done(clock) {
+                return Err(WriteError::Refused(WireError::new(ErrorCode::Invalid, "no such clock is running")));
+            }
+            HandoverEvent::Done { clock }
+        }
+    };
+    let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, at_ms: now_ms };
+    let entries = store.apply_handover(&step)?;
+    Ok((ownership, entries))
+}
+
+/// Fires every deadline due at `now_ms` in every case: expired offers and
+/// overdue clocks become escalation entries in their threads.
+pub fn sweep(store: &dyn Store, calendar: &Calendar, now_ms: u64) -> Result<Vec<(ThreadId, wire::Entry)>, WriteError> {
+    let mut appended = Vec::new();
+    for (thread, mut ownership) in store.ownerships()? {
+        let escalations = ownership.due(calendar, now_ms);
+        if escalations.is_empty() {
+            continue;
+        }
+        for escalation in &escalations {
+            tracing::warn!(%thread, ?escalation, "handover escalation");
+        }
+        let by = match &escalations[0] {
+            Escalation::OfferExpired { sender, .. } => sender.clone(),
+            Escalation::Overdue { owner, .. } => owner.clone(),
+        };
+        let events = escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
+        let step = HandoverStep { thread, by: &by, ownership: &ownership, events, admit: None, at_ms: now_ms };
+        appended.extend(store.apply_handover(&step)?.into_iter().map(|e| (thread, e)));
+    }
+    Ok(appended)
+}
+
+/// Offers waiting for an answer from `member`'s organisation (and, if named, `member`).
+pub fn waiting_for(store: &dyn Store, member: &MemberId) -> Result<Vec<(ThreadId, wire::handover::Offer)>, WriteError> {
+    Ok(store
+        .ownerships()?
+        .into_iter()
+        .flat_map(|(thread, ownership)| ownership.offers.into_iter().map(move |offer| (thread, offer)))
+        .filter(|(_, offer)| {
+            offer.state == OfferState::Offered
+                && offer.to == member.oin
+                && offer.to_worker.as_ref().is_none_or(|w| w == &member.worker)
+        })
+        .collect())
+}
