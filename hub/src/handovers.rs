@@ -105,7 +105,7 @@ pub fn apply(
         HandoverOp::Offer(request) => {
             let id = ownership.offer(by, request, now_ms).map_err(refused)?;
             let offer = ownership.offers.iter().find(|o| o.id == id).cloned().expect("just made");
-            HandoverEvent::Offered { offer }
+            HandoverEvent::Offered { offer: Box::new(offer) }
         }
         HandoverOp::Answer { offer, accept: true, .. } => {
             ownership.accept(by, offer).map_err(refused)?;

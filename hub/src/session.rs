@@ -340,7 +340,7 @@ impl Hub {
             }
             Request::AuditQuery { filter } => self.audit_query(caller, &filter),
             Request::GetOwnership { thread } => match self.store.ownership(thread).map_err(internal)? {
-                Some(ownership) => Ok(Reply::Ownership { ownership }),
+                Some(ownership) => Ok(Reply::Ownership { ownership: Box::new(ownership) }),
                 None => Err(WireError::thread_not_found()),
             },
             Request::ListOffers => self.list_offers(caller, actor),
@@ -533,7 +533,7 @@ impl Hub {
             (WriteKind::ClaimKeyPackage, Written::KeyPackage(Some(package))) => {
                 Ok(Reply::KeyPackage { key_package: package.into() })
             }
-            (WriteKind::Handover, Written::Ownership(ownership)) => Ok(Reply::Ownership { ownership: *ownership }),
+            (WriteKind::Handover, Written::Ownership(ownership)) => Ok(Reply::Ownership { ownership }),
             (WriteKind::PutBlobChunk, Written::BlobChunk { blob, index, duplicate }) => {
                 Ok(Reply::BlobChunkStored { blob, index, duplicate })
             }

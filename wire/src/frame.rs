@@ -373,7 +373,7 @@ pub enum Reply {
     /// A case's ownership after the request.
     Ownership {
         /// The state.
-        ownership: crate::handover::Ownership,
+        ownership: Box<crate::handover::Ownership>,
     },
     /// Offers, each with its case.
     Offers {

@@ -226,7 +226,7 @@ pub enum HandoverEvent {
     /// The owner offered the case.
     Offered {
         /// The offer.
-        offer: Offer,
+        offer: Box<Offer>,
     },
     /// The receiver accepted and joined the case; the sender is still owner.
     Accepted {
