@@ -23,6 +23,8 @@ use wire::{
     ThreadSummary, WireError,
 };
 
+use wire::handover::{ClockKind, FamilyTold, Offer, OfferRequest, Ownership};
+
 use crate::builder::Settings;
 use crate::content::Content;
 use crate::device::{DecryptError, Device, Processed};
@@ -415,6 +417,62 @@ impl Client {
             }
         }
         Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "the group kept changing; try again")))
+    }
+
+    /// Offers the case to another organisation (warm handover). This client's
+    /// worker must own the case; it stays owner until the receiver completes.
+    pub async fn offer_handover(&self, thread: ThreadId, offer: OfferRequest) -> Result<Ownership, Error> {
+        self.ownership_request(Request::OfferHandover { thread, offer }).await
+    }
+
+    /// Accepts an offer addressed to this client's organisation: the worker joins
+    /// the case's membership (the sender's device then adds it to the MLS group
+    /// and sends the handover packet). The sender stays owner until completion.
+    pub async fn accept_offer(&self, thread: ThreadId, offer: u32) -> Result<Ownership, Error> {
+        self.ownership_request(Request::AnswerOffer { thread, offer, accept: true, reason: None }).await
+    }
+
+    /// Declines an offer, with a reason; the sender stays owner and is notified.
+    pub async fn decline_offer(&self, thread: ThreadId, offer: u32, reason: &str) -> Result<Ownership, Error> {
+        let request = Request::AnswerOffer { thread, offer, accept: false, reason: Some(reason.to_owned()) };
+        self.ownership_request(request).await
+    }
+
+    /// Completes an accepted handover: this worker becomes owner. `family` says
+    /// whether the family was told who their contact is now (or why not).
+    pub async fn complete_handover(
+        &self,
+        thread: ThreadId,
+        offer: u32,
+        family: FamilyTold,
+    ) -> Result<Ownership, Error> {
+        self.ownership_request(Request::CompleteHandover { thread, offer, family }).await
+    }
+
+    /// Reports a clock's work done, for example the first face-to-face contact.
+    pub async fn report_done(&self, thread: ThreadId, clock: ClockKind) -> Result<Ownership, Error> {
+        self.ownership_request(Request::ReportDone { thread, clock }).await
+    }
+
+    /// The case's ownership: owner, offers, background roles and clocks.
+    pub async fn ownership(&self, thread: ThreadId) -> Result<Ownership, Error> {
+        self.ownership_request(Request::GetOwnership { thread }).await
+    }
+
+    /// Offers waiting for this worker's organisation; for a privacy officer, the
+    /// review queue of offers that share without consent.
+    pub async fn pending_offers(&self) -> Result<Vec<(ThreadId, Offer)>, Error> {
+        match self.request(Request::ListOffers).await? {
+            Reply::Offers { offers } => Ok(offers),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn ownership_request(&self, request: Request) -> Result<Ownership, Error> {
+        match self.request(request).await? {
+            Reply::Ownership { ownership } => Ok(*ownership),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Audit entries within this privacy officer's scope: about cases its

@@ -49,4 +49,7 @@ pub use content::Content;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
+pub use wire::handover::{
+    ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership,
+};
 pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};
