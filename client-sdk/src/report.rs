@@ -13,7 +13,8 @@ use std::fmt::Write;
 use wire::audit::{AuditAction, AuditEntry, AuditOutcome};
 use wire::ThreadId;
 
-fn date_time(at_ms: u64) -> String {
+/// A time as `YYYY-MM-DD HH:MM UTC`.
+pub fn date_time(at_ms: u64) -> String {
     let secs = at_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);

@@ -1,18 +1,27 @@
 //! `hub demo`: Ketenhub's story in one command, on loopback.
 //!
 //! It starts a hub with a fresh dev PKI in a temporary directory (or `--data`),
-//! connects SDK clients of different agencies, and prints a timeline a person
-//! can follow. It exits non-zero if anything in the story does not happen as it
-//! should, so the test suite runs it as a check.
+//! connects SDK clients of the agencies of the chain, and follows one family's
+//! case through warm handovers, printing a timeline a person can follow: who did
+//! what, who holds regie now, what was refused and why. The hub's deadline clock
+//! is moved forward where the story needs days to pass. It exits non-zero if
+//! anything does not happen as it should, so the test suite runs it as a check.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use ketenhub_sdk::{Client, Event, EventStream, Grounds, ThreadId};
+use ketenhub_sdk::{
+    Client, ClockKind, Content, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
+    ThreadId,
+};
 
+use crate::clock::Clock;
 use crate::config::Limits;
 use crate::devhub::DevHub;
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
 
 /// Prints timeline lines with the time since the demo started.
 struct Timeline {
@@ -22,7 +31,11 @@ struct Timeline {
 impl Timeline {
     fn say(&self, who: &str, what: impl AsRef<str>) {
         let t = self.start.elapsed().as_secs_f64();
-        println!("[{t:7.3}s] {who:<28} {}", what.as_ref());
+        println!("[{t:7.3}s] {who:<38} {}", what.as_ref());
+    }
+
+    fn chapter(&self, title: &str) {
+        println!("\n── {title}");
     }
 }
 
@@ -31,19 +44,12 @@ fn who(client: &Client) -> String {
     format!("{} ({})", id.organisation, id.worker)
 }
 
-/// The next message in `thread` from someone other than `me`.
-async fn next_message(
-    events: &mut EventStream,
-    thread: ThreadId,
-    me: &Client,
-) -> anyhow::Result<ketenhub_sdk::Message> {
-    let me = me.member_id();
+/// Waits for the next event that `pick` turns into something.
+async fn wait_for<T>(events: &mut EventStream, mut pick: impl FnMut(Event) -> Option<T>) -> anyhow::Result<T> {
     let wait = async {
         while let Some(event) = events.next().await {
-            if let Event::Message(message) = event {
-                if message.thread == thread && message.sender != me {
-                    return Ok(message);
-                }
+            if let Some(found) = pick(event) {
+                return Ok(found);
             }
         }
         anyhow::bail!("event stream ended")
@@ -51,59 +57,211 @@ async fn next_message(
     tokio::time::timeout(Duration::from_secs(10), wait).await?
 }
 
+/// One agency's participant in the story: its client and its events.
+struct Party {
+    client: Client,
+    events: EventStream,
+}
+
+impl Party {
+    async fn join(hub: &DevHub, slug: &str, line: &Timeline) -> anyhow::Result<Self> {
+        let client = hub.client(slug).connect().await?;
+        let events = client.events().ok_or_else(|| anyhow::anyhow!("events already taken"))?;
+        line.say(&who(&client), format!("connected with mTLS as {}", client.identity()));
+        Ok(Self { client, events })
+    }
+
+    fn name(&self) -> String {
+        who(&self.client)
+    }
+}
+
+/// What a handover in the story carries.
+struct Handover<'a> {
+    route: &'a str,
+    legal_basis: &'a str,
+    reason: &'a str,
+    justification: Option<&'a str>,
+    packet: &'a str,
+}
+
+async fn owner_line(line: &Timeline, party: &Party, thread: ThreadId) -> anyhow::Result<()> {
+    let ownership = party.client.ownership(thread).await?;
+    let background: Vec<String> = ownership.background.iter().map(|b| b.member.to_string()).collect();
+    let background =
+        if background.is_empty() { String::new() } else { format!("; background: {}", background.join(", ")) };
+    line.say("hub", format!("regie now with {}{background}", ownership.owner));
+    Ok(())
+}
+
+/// Offers the case, has it accepted, shares the packet, and completes the handover.
+async fn hand_over(
+    line: &Timeline,
+    clock: &Clock,
+    thread: ThreadId,
+    from: &mut Party,
+    to: &mut Party,
+    handover: Handover<'_>,
+) -> anyhow::Result<()> {
+    let request = OfferRequest {
+        to: to.client.identity().oin.clone(),
+        to_worker: Some(to.client.identity().worker.clone()),
+        route: handover.route.into(),
+        legal_basis: handover.legal_basis.into(),
+        reason: handover.reason.into(),
+        justification: handover.justification.map(str::to_owned),
+        deadline_ms: clock.now_ms() + 2 * DAY_MS,
+    };
+    let offer = from.client.offer_handover(thread, request).await?.offers.last().map(|o| o.id).unwrap_or_default();
+    line.say(
+        &from.name(),
+        format!(
+            "offers the case to {} ({}, basis {}): {}",
+            to.client.identity().organisation,
+            handover.route,
+            handover.legal_basis,
+            handover.reason
+        ),
+    );
+    let waiting = to.client.pending_offers().await?;
+    anyhow::ensure!(waiting.iter().any(|(t, o)| *t == thread && o.id == offer), "the receiver does not see the offer");
+    to.client.accept_offer(thread, offer).await?;
+    line.say(&to.name(), "accepts the offer and joins the case thread; the sender still holds regie");
+    owner_line(line, from, thread).await?;
+    // The sender's device brings the receiver into the MLS group, then shares the packet.
+    let grounds = Grounds::new(handover.reason, handover.legal_basis);
+    from.client.add_member(thread, to.client.member_id(), &grounds).await?;
+    from.client.send_text(thread, handover.packet).await?;
+    let packet = wait_for(&mut to.events, |e| match e {
+        Event::Message(m) if m.thread == thread => match m.content {
+            Content::Text { text } => Some(text),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await?;
+    line.say(&to.name(), format!("reads the handover packet, end-to-end encrypted: {packet:?}"));
+    to.client.complete_handover(thread, offer, FamilyTold::Yes).await?;
+    line.say(&to.name(), "met the family, told them who their contact is now, and completes the handover");
+    owner_line(line, to, thread).await
+}
+
 /// Runs the demo story; `data` keeps the hub's files in a chosen directory.
 pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = data.unwrap_or_else(|| temp.path().to_owned());
     let line = Timeline { start: Instant::now() };
-    let hub = DevHub::start(&dir, Limits::default()).await?;
-    line.say("hub", format!("listening on {} (dev PKI and sled store in {})", hub.addr(), dir.display()));
+    let clock = Clock::system();
+    let hub = DevHub::start_with_clock(&dir, Limits::default(), clock.clone()).await?;
+    line.say("hub", format!("listening on {} (dev PKI, policy and sled store in {})", hub.addr(), dir.display()));
 
-    let vt = hub.client("vt-utrecht-caseworker").connect().await?;
-    let lt = hub.client("lt-woerden-caseworker").connect().await?;
-    let outsider = hub.client("lt-oudewater-caseworker").connect().await?;
-    for client in [&vt, &lt, &outsider] {
-        line.say(&who(client), format!("connected with mTLS as {}", client.identity()));
+    let mut vt = Party::join(&hub, "vt-utrecht-caseworker", &line).await?;
+    let mut lt = Party::join(&hub, "lt-woerden-caseworker", &line).await?;
+    let mut rvdk = Party::join(&hub, "rvdk-caseworker", &line).await?;
+    let mut gi = Party::join(&hub, "gi-save-caseworker", &line).await?;
+    let outsider = Party::join(&hub, "lt-oudewater-caseworker", &line).await?;
+
+    line.chapter("1. Veilig Thuis takes a report and offers the case to the local team");
+    let thread = vt.client.create_thread().await?;
+    line.say(&vt.name(), format!("opens case {thread} after a report; VT holds regie"));
+    vt.client.send_text(thread, "Melding: zorgen over de veiligheid van twee kinderen (8 en 11).").await?;
+    let referral = Handover {
+        route: "vt-lt-referral",
+        legal_basis: "consent",
+        reason: "voluntary support at home; the mother agrees",
+        justification: None,
+        packet: "Pakket v1: gezin Jansen-de Vries; moeder met gezag, vader zonder; feiten/vermoedens/meningen gescheiden; plan met 3 doelen",
+    };
+    line.chapter("2. The local team accepts, meets the family and completes; VT stays in the background");
+    hand_over(&line, &clock, thread, &mut vt, &mut lt, referral).await?;
+
+    line.chapter("3. Later the local team asks the Raad voor de Kinderbescherming to investigate");
+    let request = Handover {
+        route: "lt-rvdk-request",
+        legal_basis: "rvdk-investigation",
+        reason: "unsafety persists despite support; a measure may be needed",
+        justification: Some("Two incidents since the plan started; the father refuses contact with the team."),
+        packet: "Pakket v1: onderzoeksvraag aan de Raad; eerdere interventies en resultaten; visie van het gezin",
+    };
+    hand_over(&line, &clock, thread, &mut lt, &mut rvdk, request).await?;
+
+    line.chapter("4. After a court measure (OTS) the Raad hands the case to GI SAVE; the 5-day clock runs");
+    let measure = Handover {
+        route: "rvdk-gi-measure",
+        legal_basis: "ots-measure",
+        reason: "ondertoezichtstelling ordered by the juvenile court",
+        justification: Some("OTS, court reference C/16/555123 JE RK 26-101, from 2026-11-23 for one year"),
+        packet: "Pakket v1: maatregel OTS met zaaknummer en data; veiligheidsplan nog op te stellen",
+    };
+    hand_over(&line, &clock, thread, &mut rvdk, &mut gi, measure).await?;
+    let clocks = gi.client.ownership(thread).await?.clocks;
+    for c in &clocks {
+        line.say("hub", format!("clock {:?} due {}", c.kind, ketenhub_sdk::report::date_time(c.due_ms)));
     }
-    let mut vt_events = vt.events().expect("fresh client");
-    let mut lt_events = lt.events().expect("fresh client");
+    clock.advance(8 * DAY_MS);
+    line.say("hub", "(eight days pass on the hub's deadline clock)");
+    let overdue = wait_for(&mut gi.events, |e| match e {
+        Event::Handover {
+            event: HandoverEvent::Escalated { escalation: Escalation::Overdue { clock, escalation, .. } },
+            ..
+        } => Some((clock, escalation)),
+        _ => None,
+    })
+    .await?;
+    line.say("hub", format!("ESCALATION to {}: {:?} overdue (escalation {})", gi.name(), overdue.0, overdue.1));
+    gi.client.report_done(thread, ClockKind::FirstContact).await?;
+    line.say(&gi.name(), "reports the first face-to-face contact; the clock stops");
 
-    let thread = vt.create_thread().await?;
-    line.say(&who(&vt), format!("opened case thread {thread}"));
-    vt.add_member(thread, lt.member_id(), &Grounds::new("referral after triage of a report", "consent")).await?;
-    line.say(&who(&vt), format!("added {} to the thread", lt.member_id()));
+    line.chapter("5. An offer nobody answers expires and escalates");
+    let second = vt.client.create_thread().await?;
+    let unanswered = OfferRequest {
+        to: outsider.client.identity().oin.clone(),
+        to_worker: None,
+        route: "vt-lt-referral".into(),
+        legal_basis: "consent".into(),
+        reason: "another family, moved to Oudewater".into(),
+        justification: None,
+        deadline_ms: clock.now_ms() + 2 * HOUR_MS,
+    };
+    vt.client.offer_handover(second, unanswered).await?;
+    line.say(&vt.name(), format!("offers case {second} to Lokaal team Oudewater; deadline in 2 hours"));
+    clock.advance(3 * HOUR_MS);
+    line.say("hub", "(three hours pass without an answer)");
+    wait_for(&mut vt.events, |e| match e {
+        Event::Handover {
+            event: HandoverEvent::Escalated { escalation: Escalation::OfferExpired { .. } },
+            thread,
+            ..
+        } if thread == second => Some(()),
+        _ => None,
+    })
+    .await?;
+    line.say("hub", format!("ESCALATION to {}: the offer expired; VT keeps regie and must act", vt.name()));
+    owner_line(&line, &vt, second).await?;
 
-    let sent = vt.send(thread, b"Melding na triage: graag overleg over warme overdracht.".to_vec()).await?;
-    line.say(&who(&vt), format!("sent a message; durable at seq {}", sent.seq));
-    let got = next_message(&mut lt_events, thread, &lt).await?;
-    line.say(&who(&lt), format!("received seq {}: {:?}", got.seq, String::from_utf8_lossy(got.payload())));
-    lt.ack(thread, got.seq).await?;
-
-    let reply = lt.send(thread, b"Ontvangen. Wij plannen een gezamenlijk huisbezoek.".to_vec()).await?;
-    line.say(&who(&lt), format!("replied; durable at seq {}", reply.seq));
-    let got = next_message(&mut vt_events, thread, &vt).await?;
-    line.say(&who(&vt), format!("received seq {}: {:?}", got.seq, String::from_utf8_lossy(got.payload())));
-    vt.ack(thread, got.seq).await?;
-
-    match outsider.members(thread).await {
+    line.chapter("6. A caseworker outside the case tries to read it");
+    match outsider.client.members(thread).await {
         Err(e) if e.is_not_found() => line.say(
-            &who(&outsider),
-            format!("tried to read the thread: refused ({e}), same as for a thread that does not exist"),
+            &outsider.name(),
+            format!("tried to read the case: refused ({e}), the same answer as for a case that does not exist"),
         ),
-        other => anyhow::bail!("an outsider could see the thread: {other:?}"),
+        other => anyhow::bail!("an outsider could see the case: {other:?}"),
     }
 
+    line.chapter("7. The family asks who saw their data; the audit chain is verified");
     let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
     line.say(&who(&officer), "prints the family's access report (GDPR art. 15):");
-    for row in officer.access_report(thread).await?.lines().filter(|l| !l.is_empty()) {
-        println!("           {row}");
+    let report = officer.access_report(thread).await?;
+    let who_section = report.split("## Timeline").next().unwrap_or_default();
+    for row in who_section.lines().filter(|l| !l.is_empty()) {
+        println!("             {row}");
     }
-
-    for client in [vt, lt, outsider, officer] {
-        client.close().await;
+    for party in [vt, lt, rvdk, gi, outsider] {
+        party.client.close().await;
     }
+    officer.close().await;
     let verified = hub.stop_and_verify_audit().await?;
-    line.say("hub", "stopped cleanly; every message was acknowledged only after it was on disk");
+    line.say("hub", "stopped cleanly; every acknowledged step was on disk first");
     match verified {
         Ok(v) => {
             line.say(
