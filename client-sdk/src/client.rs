@@ -419,6 +419,18 @@ impl Client {
         Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "the group kept changing; try again")))
     }
 
+    /// Sends a handover packet after checking it is complete and consistent on
+    /// `today`: an incomplete packet is refused with every missing or wrong field.
+    pub async fn send_packet(
+        &self,
+        thread: ThreadId,
+        packet: crate::packet::HandoverPacket,
+        today: crate::packet::Date,
+    ) -> Result<Sent, Error> {
+        packet.validate(today).map_err(Error::Packet)?;
+        self.send_content(thread, Content::HandoverPacket(Box::new(packet))).await
+    }
+
     /// Offers the case to another organisation (warm handover). This client's
     /// worker must own the case; it stays owner until the receiver completes.
     pub async fn offer_handover(&self, thread: ThreadId, offer: OfferRequest) -> Result<Ownership, Error> {

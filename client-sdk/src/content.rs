@@ -27,6 +27,8 @@ pub enum Content {
     },
     /// An encrypted file at the hub; fetch it with [`crate::Client::fetch_attachment`].
     Attachment(Attachment),
+    /// A handover packet: what the receiving organisation needs to take the case over.
+    HandoverPacket(Box<crate::packet::HandoverPacket>),
 }
 
 impl Content {
@@ -46,7 +48,7 @@ impl Content {
         match self {
             Self::Bytes { data } => data,
             Self::Text { text } => text.as_bytes(),
-            Self::Attachment(_) => &[],
+            Self::Attachment(_) | Self::HandoverPacket(_) => &[],
         }
     }
 }

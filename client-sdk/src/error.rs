@@ -31,6 +31,9 @@ pub enum Error {
     /// An attachment could not be uploaded or fetched.
     #[error("attachment: {0}")]
     Attachment(crate::attachment::AttachmentError),
+    /// A handover packet is incomplete or inconsistent; every problem is listed.
+    #[error("handover packet:\n{0}")]
+    Packet(crate::packet::PacketErrors),
     /// The client has been closed.
     #[error("the client is closed")]
     Closed,

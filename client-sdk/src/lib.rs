@@ -39,6 +39,7 @@ pub mod device;
 mod dial;
 mod error;
 mod event;
+pub mod packet;
 pub mod raw;
 pub mod report;
 
@@ -48,6 +49,7 @@ pub use client::{Client, Grounds, Sent};
 pub use content::Content;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
+pub use packet::HandoverPacket;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
     ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership,

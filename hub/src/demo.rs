@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use ketenhub_sdk::packet::Date;
 use ketenhub_sdk::{
-    Client, ClockKind, Content, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
-    ThreadId,
+    Client, ClockKind, Content, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, HandoverPacket,
+    OfferRequest, ThreadId,
 };
 
 use crate::clock::Clock;
@@ -82,7 +83,7 @@ struct Handover<'a> {
     legal_basis: &'a str,
     reason: &'a str,
     justification: Option<&'a str>,
-    packet: &'a str,
+    packet: Content,
 }
 
 async fn owner_line(line: &Timeline, party: &Party, thread: ThreadId) -> anyhow::Result<()> {
@@ -92,6 +93,26 @@ async fn owner_line(line: &Timeline, party: &Party, thread: ThreadId) -> anyhow:
         if background.is_empty() { String::new() } else { format!("; background: {}", background.join(", ")) };
     line.say("hub", format!("regie now with {}{background}", ownership.owner));
     Ok(())
+}
+
+/// A line about what a receiver read.
+fn describe(content: &Content, today: Date) -> anyhow::Result<String> {
+    Ok(match content {
+        Content::HandoverPacket(packet) => {
+            packet.validate(today).map_err(|e| anyhow::anyhow!("the packet does not validate:\n{e}"))?;
+            format!(
+                "handover packet v{} ({} family members with their gezag, {} statements with facts, suspicions and \
+                 opinions apart, {} plan goals; contact {}) — complete and valid",
+                packet.version,
+                packet.family.len(),
+                packet.statements.len(),
+                packet.plan.goals.len(),
+                packet.contact.role_address
+            )
+        }
+        Content::Text { text } => format!("{text:?}"),
+        other => format!("{other:?}"),
+    })
 }
 
 /// Offers the case, has it accepted, shares the packet, and completes the handover.
@@ -131,16 +152,17 @@ async fn hand_over(
     // The sender's device brings the receiver into the MLS group, then shares the packet.
     let grounds = Grounds::new(handover.reason, handover.legal_basis);
     from.client.add_member(thread, to.client.member_id(), &grounds).await?;
-    from.client.send_text(thread, handover.packet).await?;
-    let packet = wait_for(&mut to.events, |e| match e {
-        Event::Message(m) if m.thread == thread => match m.content {
-            Content::Text { text } => Some(text),
-            _ => None,
-        },
+    let today = Date::from_unix_ms(clock.now_ms());
+    match handover.packet {
+        Content::HandoverPacket(packet) => from.client.send_packet(thread, *packet, today).await?,
+        other => from.client.send_content(thread, other).await?,
+    };
+    let received = wait_for(&mut to.events, |e| match e {
+        Event::Message(m) if m.thread == thread => Some(m.content),
         _ => None,
     })
     .await?;
-    line.say(&to.name(), format!("reads the handover packet, end-to-end encrypted: {packet:?}"));
+    line.say(&to.name(), format!("reads, end-to-end encrypted: {}", describe(&received, today)?));
     to.client.complete_handover(thread, offer, FamilyTold::Yes).await?;
     line.say(&to.name(), "met the family, told them who their contact is now, and completes the handover");
     owner_line(line, to, thread).await
@@ -170,7 +192,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         legal_basis: "consent",
         reason: "voluntary support at home; the mother agrees",
         justification: None,
-        packet: "Pakket v1: gezin Jansen-de Vries; moeder met gezag, vader zonder; feiten/vermoedens/meningen gescheiden; plan met 3 doelen",
+        packet: Content::HandoverPacket(Box::new(HandoverPacket::example(Date::from_unix_ms(clock.now_ms())))),
     };
     line.chapter("2. The local team accepts, meets the family and completes; VT stays in the background");
     hand_over(&line, &clock, thread, &mut vt, &mut lt, referral).await?;
@@ -181,7 +203,9 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         legal_basis: "rvdk-investigation",
         reason: "unsafety persists despite support; a measure may be needed",
         justification: Some("Two incidents since the plan started; the father refuses contact with the team."),
-        packet: "Pakket v1: onderzoeksvraag aan de Raad; eerdere interventies en resultaten; visie van het gezin",
+        packet: Content::Text {
+            text: "Onderzoeksvraag aan de Raad; eerdere interventies en hun resultaat; visie van het gezin".into(),
+        },
     };
     hand_over(&line, &clock, thread, &mut lt, &mut rvdk, request).await?;
 
@@ -191,7 +215,9 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         legal_basis: "ots-measure",
         reason: "ondertoezichtstelling ordered by the juvenile court",
         justification: Some("OTS, court reference C/16/555123 JE RK 26-101, from 2026-11-23 for one year"),
-        packet: "Pakket v1: maatregel OTS met zaaknummer en data; veiligheidsplan nog op te stellen",
+        packet: Content::Text {
+            text: "Maatregel OTS met zaaknummer en data; veiligheidsplan nog op te stellen".into(),
+        },
     };
     hand_over(&line, &clock, thread, &mut rvdk, &mut gi, measure).await?;
     let clocks = gi.client.ownership(thread).await?.clocks;

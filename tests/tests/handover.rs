@@ -5,6 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use hub::clock::Clock;
+use ketenhub_sdk::packet::Date;
+use ketenhub_sdk::HandoverPacket;
 use ketenhub_sdk::{
     Client, ClockKind, Error, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
     OfferState,
@@ -72,8 +74,23 @@ async fn a_case_passes_from_vt_to_lt_with_one_owner_at_every_step() -> anyhow::R
     assert!(matches!(next_handover(&mut vt_events).await?, HandoverEvent::Accepted { .. }));
     // The sender's device brings the receiver into the MLS group and shares what it needs.
     vt.add_member(thread, lt.member_id(), &Grounds::new("accepted handover", "consent")).await?;
-    vt.send_text(thread, "Overdracht: zie het pakket.").await?;
-    assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"Overdracht: zie het pakket.");
+    let today = Date::from_unix_ms(hub::clock::now_ms());
+    let mut incomplete = HandoverPacket::example(today);
+    incomplete.reason.clear();
+    incomplete.family.retain(|m| !m.role.is_child());
+    match vt.send_packet(thread, incomplete, today).await {
+        Err(Error::Packet(errors)) => {
+            let paths = errors.paths();
+            assert!(paths.iter().any(|p| p.starts_with("reason")), "{errors}");
+            assert!(paths.iter().any(|p| p.starts_with("family")), "{errors}");
+        }
+        other => panic!("an incomplete packet was not refused: {other:?}"),
+    }
+    let packet = HandoverPacket::example(today);
+    vt.send_packet(thread, packet.clone(), today).await?;
+    let got = messages(&mut lt_events, 1, WAIT).await?;
+    assert_eq!(got[0].content, ketenhub_sdk::Content::HandoverPacket(Box::new(packet.clone())));
+    assert_eq!(HandoverPacket::from_json(&packet.to_json())?, packet, "case systems read the JSON form");
 
     let empty = FamilyTold::No { reason: String::new() };
     assert_eq!(rule(lt.complete_handover(thread, id, empty).await), "Invalid");
