@@ -461,9 +461,15 @@ impl Client {
         self.ownership_request(Request::CompleteHandover { thread, offer, family }).await
     }
 
-    /// Reports a clock's work done, for example the first face-to-face contact.
+    /// Reports a clock's work done, for example the first face-to-face contact
+    /// (by the owner, or by the receiver who accepted the case).
     pub async fn report_done(&self, thread: ThreadId, clock: ClockKind) -> Result<Ownership, Error> {
         self.ownership_request(Request::ReportDone { thread, clock }).await
+    }
+
+    /// Schedules a VT re-check (rappel) three months out; it escalates to the owner when due.
+    pub async fn schedule_rappel(&self, thread: ThreadId) -> Result<Ownership, Error> {
+        self.ownership_request(Request::ScheduleRappel { thread }).await
     }
 
     /// The case's ownership: owner, offers, background roles and clocks.

@@ -200,6 +200,8 @@ pub enum Written {
     Audited,
     /// A retention sweep ran.
     Swept(crate::retention::Swept),
+    /// Deadlines fired: the escalations raised, per case.
+    Escalated(Vec<(ThreadId, wire::handover::Escalation)>),
     /// A handover step was stored; the case's ownership after it.
     Ownership(Box<wire::handover::Ownership>),
 }
@@ -342,7 +344,8 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             (Written::Ownership(Box::new(ownership)), entries.into_iter().map(|e| (thread, e)).collect())
         }
         Write::HandoverDeadlines { calendar, now_ms } => {
-            (Written::Audited, crate::handovers::sweep(store, &calendar, now_ms)?)
+            let (raised, entries) = crate::handovers::sweep(store, &calendar, now_ms)?;
+            (Written::Escalated(raised), entries)
         }
         Write::Retention { retention, now_ms } => {
             (Written::Swept(crate::retention::sweep(store, &retention, now_ms)?), Vec::new())

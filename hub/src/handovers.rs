@@ -38,8 +38,10 @@ pub enum HandoverOp {
         /// What the family was told.
         family: FamilyTold,
     },
-    /// The owner reports a clock's work done.
+    /// The owner (or the receiver who accepted) reports a clock's work done.
     Done(ClockKind),
+    /// The owner schedules a VT re-check (rappel) three months out.
+    Rappel,
 }
 
 /// Checks an offer against the policy's route table.
@@ -68,6 +70,16 @@ pub fn check_offer(policy: &Policy, by: &MemberId, offer: &OfferRequest) -> Deci
         );
     }
     Decision { allowed: true, rule: "route-permits", reason: format!("route {}", route.name) }
+}
+
+/// The rule recorded for an allowed offer: offers that share without consent
+/// go to the privacy officers' review queue, and the audit entry says so.
+pub fn offer_rule(policy: &Policy, offer: &OfferRequest) -> &'static str {
+    if needs_review(policy, &offer.legal_basis) {
+        "route-permits; queued-for-privacy-review"
+    } else {
+        "route-permits"
+    }
 }
 
 /// Whether an offer shares without consent and so waits in the privacy officers' review queue.
@@ -111,7 +123,7 @@ pub fn apply(
             ownership.accept(by, offer).map_err(refused)?;
             let measure = ownership.offers.iter().any(|o| o.id == offer && o.route == wire::handover::MEASURE_ROUTE);
             if measure {
-                ownership.start_first_contact(calendar, now_ms);
+                ownership.start_measure_clocks(calendar, now_ms);
             }
             admit = Some(by);
             HandoverEvent::Accepted { offer, by: by.clone() }
@@ -125,8 +137,15 @@ pub fn apply(
             ownership.complete(by, offer, family.clone(), now_ms).map_err(refused)?;
             HandoverEvent::Completed { offer, owner: by.clone(), family }
         }
-        HandoverOp::Done(clock) => {
+        HandoverOp::Rappel => {
             if by != &ownership.owner {
+                return Err(refused(HandoverError::NotOwner));
+            }
+            ownership.schedule_rappel(now_ms);
+            HandoverEvent::Scheduled { clock: ClockKind::Rappel }
+        }
+        HandoverOp::Done(clock) => {
+            if !ownership.may_report(by) {
                 return Err(refused(HandoverError::NotOwner));
             }
             if !ownership.report_done(clock) {
@@ -142,8 +161,9 @@ pub fn apply(
 
 /// Fires every deadline due at `now_ms` in every case: expired offers and
 /// overdue clocks become escalation entries in their threads.
-pub fn sweep(store: &dyn Store, calendar: &Calendar, now_ms: u64) -> Result<Vec<(ThreadId, wire::Entry)>, WriteError> {
+pub fn sweep(store: &dyn Store, calendar: &Calendar, now_ms: u64) -> Result<Swept, WriteError> {
     let mut appended = Vec::new();
+    let mut raised = Vec::new();
     for (thread, mut ownership) in store.ownerships()? {
         let escalations = ownership.due(calendar, now_ms);
         if escalations.is_empty() {
@@ -156,12 +176,16 @@ pub fn sweep(store: &dyn Store, calendar: &Calendar, now_ms: u64) -> Result<Vec<
             Escalation::OfferExpired { sender, .. } => sender.clone(),
             Escalation::Overdue { owner, .. } => owner.clone(),
         };
+        raised.extend(escalations.iter().map(|e| (thread, e.clone())));
         let events = escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
         let step = HandoverStep { thread, by: &by, ownership: &ownership, events, admit: None, at_ms: now_ms };
         appended.extend(store.apply_handover(&step)?.into_iter().map(|e| (thread, e)));
     }
-    Ok(appended)
+    Ok((raised, appended))
 }
+
+/// What a deadline sweep raised, and the thread entries that show it.
+pub type Swept = (Vec<(ThreadId, Escalation)>, Vec<(ThreadId, wire::Entry)>);
 
 /// Offers waiting for an answer from `member`'s organisation (and, if named, `member`).
 pub fn waiting_for(store: &dyn Store, member: &MemberId) -> Result<Vec<(ThreadId, wire::handover::Offer)>, WriteError> {

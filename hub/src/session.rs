@@ -293,6 +293,7 @@ impl Hub {
                 self.handover(thread, &actor, HandoverOp::Complete { offer, family })
             }
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
+            Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             read => {
                 let reply = self.read(caller, &actor, read, &mut record);
                 if let Err(e) = &reply {
@@ -310,10 +311,22 @@ impl Hub {
         (WriteKind::Handover, Write::Handover { thread, by: actor.clone(), op, calendar, now_ms })
     }
 
-    /// Fires handover deadlines due by the hub's clock.
+    /// Fires handover deadlines due by the hub's clock, and records each escalation in the audit log.
     pub async fn fire_deadlines(&self) -> Result<(), WireError> {
         let write = Write::HandoverDeadlines { calendar: self.calendar.clone(), now_ms: self.clock.now_ms() };
-        self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed)).map(|_| ()).map_err(not_durable)
+        let written = self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed));
+        let Written::Escalated(raised) = written.map_err(not_durable)? else { return Ok(()) };
+        for (thread, escalation) in raised {
+            let record = AuditRecord {
+                case: Some(thread),
+                object: Some(format!("{escalation:?}")),
+                outcome: AuditOutcome::Failed,
+                rule: "deadline-escalation".into(),
+                ..blank_record(AuditAction::Handover, None)
+            };
+            self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+        }
+        Ok(())
     }
 
     /// Answers a request that changes nothing; `record` learns what was read.
@@ -410,7 +423,8 @@ impl Hub {
             Request::AuditQuery { .. } => (Action::AuditQuery, None),
             Request::OfferHandover { thread, .. }
             | Request::CompleteHandover { thread, .. }
-            | Request::ReportDone { thread, .. } => (Action::Handover, Some(*thread)),
+            | Request::ReportDone { thread, .. }
+            | Request::ScheduleRappel { thread } => (Action::Handover, Some(*thread)),
             // The receiver is not on the case yet: the offer itself says whether it may answer.
             Request::AnswerOffer { .. } => (Action::Handover, None),
             Request::GetOwnership { thread } => (Action::Read, Some(*thread)),
@@ -445,7 +459,7 @@ impl Hub {
             if !decision.allowed {
                 return Err((denied(&decision), decision.rule));
             }
-            return Ok(decision.rule);
+            return Ok(handovers::offer_rule(policy, offer));
         }
         Ok(if thread.is_some() { "member-of-case" } else { allowed.rule })
     }
@@ -643,6 +657,7 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
         Request::ReportDone { thread, clock } => {
             (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
         }
+        Request::ScheduleRappel { thread } => (AuditAction::Handover, Some(*thread), Some("rappel scheduled".into())),
         Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
         Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
     };

@@ -152,6 +152,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::AnswerOffer { .. }
         | Request::CompleteHandover { .. }
         | Request::ReportDone { .. }
+        | Request::ScheduleRappel { .. }
         | Request::GetOwnership { .. }
         | Request::ListOffers => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no handover state")),
     })

@@ -229,10 +229,16 @@ async fn deadlines_fire_after_a_restart_on_the_hubs_clock() -> anyhow::Result<()
         }
     };
     assert_eq!(overdue, (ClockKind::FirstContact, 1));
-    // Only the owner (the Raad, until the GI completes) reports the contact; then the clock stops.
+    // The GI, which accepted, reports the contact; others on the case may not. Then the clock stops.
     let gi = hub.client("gi-save-caseworker").discard_events().connect().await?;
-    assert_eq!(rule(gi.report_done(measure, ClockKind::FirstContact).await), "Forbidden");
-    rvdk.report_done(measure, ClockKind::FirstContact).await?;
-    assert!(rvdk.ownership(measure).await?.clocks.iter().all(|c| c.kind != ClockKind::FirstContact || c.done));
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    assert_eq!(rule(lt.report_done(measure, ClockKind::FirstContact).await), "NotFound", "LT is not on the case");
+    gi.report_done(measure, ClockKind::FirstContact).await?;
+    let clocks = rvdk.ownership(measure).await?.clocks;
+    assert!(clocks.iter().all(|c| c.kind != ClockKind::FirstContact || c.done));
+    assert!(clocks.iter().any(|c| c.kind == ClockKind::SafetyPlan && !c.done), "the safety plan is due later");
+    // A rappel is scheduled by the owner only.
+    assert_eq!(rule(gi.schedule_rappel(measure).await), "Forbidden");
+    rvdk.schedule_rappel(measure).await?;
     hub.stop().await
 }

@@ -236,6 +236,11 @@ pub enum Request {
         /// Which clock.
         clock: crate::handover::ClockKind,
     },
+    /// The owner schedules a VT re-check (rappel) three months out.
+    ScheduleRappel {
+        /// The case.
+        thread: ThreadId,
+    },
     /// The case's ownership: owner, offers, background roles and clocks (members only).
     GetOwnership {
         /// The case.

@@ -256,6 +256,11 @@ pub enum HandoverEvent {
         /// What.
         escalation: Escalation,
     },
+    /// The owner scheduled a clock (a VT re-check).
+    Scheduled {
+        /// Which clock.
+        clock: ClockKind,
+    },
     /// The owner reported a clock's work done.
     Done {
         /// Which clock.
@@ -417,25 +422,26 @@ impl Ownership {
             other => return Err(HandoverError::WrongState { offer: id, state: other.name(), needed: "accepted" }),
         }
         offer.state = OfferState::Completed { by: by.clone(), family };
-        let measure = offer.route == MEASURE_ROUTE;
         let former = std::mem::replace(&mut self.owner, by.clone());
         self.background.retain(|b| b.member != *by);
         self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
-        if measure {
-            self.clocks.push(CaseClock {
-                kind: ClockKind::SafetyPlan,
-                due_ms: three_months_after(now_ms),
-                escalations: 0,
-                done: false,
-            });
-        }
         Ok(())
     }
 
-    /// Starts the first-contact clock of a measure (from acceptance).
-    pub fn start_first_contact(&mut self, calendar: &Calendar, now_ms: u64) {
+    /// Starts the clocks of a measure handed to a GI, from its acceptance: the
+    /// first face-to-face contact and the safety plan.
+    pub fn start_measure_clocks(&mut self, calendar: &Calendar, now_ms: u64) {
         let due_ms = calendar.after_working_days(now_ms, 5);
         self.clocks.push(CaseClock { kind: ClockKind::FirstContact, due_ms, escalations: 0, done: false });
+        let due_ms = three_months_after(now_ms);
+        self.clocks.push(CaseClock { kind: ClockKind::SafetyPlan, due_ms, escalations: 0, done: false });
+    }
+
+    /// Who may report a clock's work done: the owner, and the receiver who
+    /// accepted an open offer (the GI reports its first contact before it completes).
+    pub fn may_report(&self, member: &MemberId) -> bool {
+        member == &self.owner
+            || self.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == member))
     }
 
     /// Schedules a VT re-check (rappel) three months out.
@@ -538,17 +544,19 @@ mod tests {
     }
 
     #[test]
-    fn first_contact_escalates_at_day_five_and_day_ten_then_stops() {
+    fn measure_clocks_escalate_at_day_five_and_ten_and_at_the_safety_plan_date() {
         let calendar = Calendar::default();
         let monday = 20_780 * DAY_MS;
         let mut case = Ownership::new(member(GI, "daan"));
-        case.start_first_contact(&calendar, monday);
+        case.start_measure_clocks(&calendar, monday);
         assert!(case.due(&calendar, monday + 7 * DAY_MS).is_empty());
         let day5 = case.due(&calendar, calendar.after_working_days(monday, 5));
         assert!(matches!(day5[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 1, .. }]));
         let day10 = case.due(&calendar, calendar.after_working_days(monday, 10));
         assert!(matches!(day10[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 2, .. }]));
-        assert!(case.due(&calendar, monday + 100 * DAY_MS).is_empty());
+        let plan = case.due(&calendar, monday + 100 * DAY_MS);
+        assert!(matches!(plan[..], [Escalation::Overdue { clock: ClockKind::SafetyPlan, escalation: 1, .. }]));
+        assert!(case.due(&calendar, monday + 200 * DAY_MS).is_empty());
     }
 
     /// One step of a random history.
