@@ -467,6 +467,12 @@ impl Client {
         self.ownership_request(Request::ReportDone { thread, clock }).await
     }
 
+    /// Leaves a case this worker handed over (from its background role), with a
+    /// reason. The owner's device then removes it from the MLS group.
+    pub async fn leave_case(&self, thread: ThreadId, reason: &str) -> Result<Ownership, Error> {
+        self.ownership_request(Request::LeaveCase { thread, reason: reason.to_owned() }).await
+    }
+
     /// Schedules a VT re-check (rappel) three months out; it escalates to the owner when due.
     pub async fn schedule_rappel(&self, thread: ThreadId) -> Result<Ownership, Error> {
         self.ownership_request(Request::ScheduleRappel { thread }).await

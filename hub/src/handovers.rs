@@ -42,6 +42,8 @@ pub enum HandoverOp {
     Done(ClockKind),
     /// The owner schedules a VT re-check (rappel) three months out.
     Rappel,
+    /// A former owner in its background role leaves, with a reason.
+    Leave(String),
 }
 
 /// Checks an offer against the policy's route table.
@@ -136,6 +138,10 @@ pub fn apply(
         HandoverOp::Complete { offer, family } => {
             ownership.complete(by, offer, family.clone(), now_ms).map_err(refused)?;
             HandoverEvent::Completed { offer, owner: by.clone(), family }
+        }
+        HandoverOp::Leave(reason) => {
+            ownership.leave(by, &reason).map_err(refused)?;
+            HandoverEvent::Left { member: by.clone(), reason }
         }
         HandoverOp::Rappel => {
             if by != &ownership.owner {

@@ -294,6 +294,7 @@ impl Hub {
             }
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
+            Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
             read => {
                 let reply = self.read(caller, &actor, read, &mut record);
                 if let Err(e) = &reply {
@@ -424,7 +425,8 @@ impl Hub {
             Request::OfferHandover { thread, .. }
             | Request::CompleteHandover { thread, .. }
             | Request::ReportDone { thread, .. }
-            | Request::ScheduleRappel { thread } => (Action::Handover, Some(*thread)),
+            | Request::ScheduleRappel { thread }
+            | Request::LeaveCase { thread, .. } => (Action::Handover, Some(*thread)),
             // The receiver is not on the case yet: the offer itself says whether it may answer.
             Request::AnswerOffer { .. } => (Action::Handover, None),
             Request::GetOwnership { thread } => (Action::Read, Some(*thread)),
@@ -444,6 +446,9 @@ impl Hub {
             if !member {
                 return Err((WireError::thread_not_found(), "not-a-member"));
             }
+            if matches!(request, Request::Send { .. } | Request::PutBlobChunk { .. }) {
+                self.writable(thread, actor)?;
+            }
         }
         if let Request::AddMember { member, reason, legal_basis, .. } = request {
             wire::identity::validate_worker(&member.worker)
@@ -462,6 +467,19 @@ impl Hub {
             return Ok(handovers::offer_rule(policy, offer));
         }
         Ok(if thread.is_some() { "member-of-case" } else { allowed.rule })
+    }
+
+    /// Former owners in their background role, and those who left, only read.
+    fn writable(&self, thread: ThreadId, actor: &MemberId) -> Result<(), (WireError, &'static str)> {
+        let ownership = self.store.ownership(thread).map_err(|e| (internal(e), "store-failure"))?;
+        if ownership.is_some_and(|o| o.is_read_only(actor)) {
+            let refusal = WireError::new(
+                ErrorCode::Forbidden,
+                "denied by rule background-read-only: a former owner reads the case but no longer writes in it",
+            );
+            return Err((refusal, "background-read-only"));
+        }
+        Ok(())
     }
 
     /// Verifies uploaded KeyPackages: each must verify and carry the caller's
@@ -658,6 +676,10 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
             (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
         }
         Request::ScheduleRappel { thread } => (AuditAction::Handover, Some(*thread), Some("rappel scheduled".into())),
+        Request::LeaveCase { thread, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some("leaves the case".into()))
+        }
         Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
         Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
     };

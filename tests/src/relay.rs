@@ -153,6 +153,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::CompleteHandover { .. }
         | Request::ReportDone { .. }
         | Request::ScheduleRappel { .. }
+        | Request::LeaveCase { .. }
         | Request::GetOwnership { .. }
         | Request::ListOffers => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no handover state")),
     })

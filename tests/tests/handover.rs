@@ -99,8 +99,19 @@ async fn a_case_passes_from_vt_to_lt_with_one_owner_at_every_step() -> anyhow::R
     assert_eq!(done.owner, lt.member_id());
     assert_eq!(done.background.iter().map(|b| &b.member).collect::<Vec<_>>(), vec![&vt.member_id()]);
     assert!(matches!(done.offers[0].state, OfferState::Completed { .. }));
-    // VT stays in the background: still a member, no longer the owner.
+    // VT stays in the background: still a member and reading, no longer writing or owning.
     assert!(vt.members(thread).await?.contains(&vt.member_id()));
+    assert_eq!(rule(vt.send_text(thread, "one more thing").await), "background-read-only");
+    lt.send_text(thread, "LT writes as the owner").await?;
+    assert_eq!(rule(lt.leave_case(thread, "owner").await), "Invalid", "the owner does not leave this way");
+    assert_eq!(rule(vt.leave_case(thread, " ").await), "Invalid", "leaving needs a reason");
+    let after = vt.leave_case(thread, "LT has regie and the family knows their contact").await?;
+    assert!(after.background.is_empty() && after.left.iter().any(|(m, _)| *m == vt.member_id()));
+    assert!(matches!(
+        next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Handover { event: HandoverEvent::Left { .. }, .. }))
+            .await?,
+        Event::Handover { .. }
+    ));
     assert_eq!(rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await), "Forbidden");
     hub.stop().await
 }

@@ -236,6 +236,15 @@ pub enum Request {
         /// Which clock.
         clock: crate::handover::ClockKind,
     },
+    /// A former owner in its background role leaves the case, with a reason. It
+    /// stays able to read what it already has; the owner's device removes it
+    /// from the MLS group.
+    LeaveCase {
+        /// The case.
+        thread: ThreadId,
+        /// Why it leaves.
+        reason: String,
+    },
     /// The owner schedules a VT re-check (rappel) three months out.
     ScheduleRappel {
         /// The case.

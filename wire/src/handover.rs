@@ -73,6 +73,9 @@ pub enum HandoverError {
     /// A reason is required for this step.
     #[error("a reason is required: {0}")]
     ReasonRequired(&'static str),
+    /// Only a former owner in its background role can leave this way.
+    #[error("only a former owner in its background role leaves the case this way")]
+    NotInBackground,
     /// The deadline is not in the future.
     #[error("the acceptance deadline must be in the future")]
     DeadlineInPast,
@@ -256,6 +259,13 @@ pub enum HandoverEvent {
         /// What.
         escalation: Escalation,
     },
+    /// A former owner left the case, with a reason.
+    Left {
+        /// Who left.
+        member: MemberId,
+        /// Why.
+        reason: String,
+    },
     /// The owner scheduled a clock (a VT re-check).
     Scheduled {
         /// Which clock.
@@ -325,6 +335,9 @@ pub struct Ownership {
     pub background: Vec<Background>,
     /// The case's clocks.
     pub clocks: Vec<CaseClock>,
+    /// Former owners who left the case, with their recorded reason.
+    #[serde(default)]
+    pub left: Vec<(MemberId, String)>,
 }
 
 fn three_months_after(ms: u64) -> u64 {
@@ -335,7 +348,27 @@ fn three_months_after(ms: u64) -> u64 {
 impl Ownership {
     /// A new case, owned by its creator.
     pub fn new(creator: MemberId) -> Self {
-        Self { owner: creator, offers: Vec::new(), background: Vec::new(), clocks: Vec::new() }
+        Self { owner: creator, offers: Vec::new(), background: Vec::new(), clocks: Vec::new(), left: Vec::new() }
+    }
+
+    /// Whether `member` may only read the case: a former owner in its
+    /// background role, or one that left. The owner, receivers and consulted
+    /// members write.
+    pub fn is_read_only(&self, member: &MemberId) -> bool {
+        self.background.iter().any(|b| &b.member == member) || self.left.iter().any(|(m, _)| m == member)
+    }
+
+    /// A former owner in its background role leaves the case, with a reason.
+    pub fn leave(&mut self, member: &MemberId, reason: &str) -> Result<(), HandoverError> {
+        if reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the former owner leaves the case"));
+        }
+        if !self.background.iter().any(|b| &b.member == member) {
+            return Err(HandoverError::NotInBackground);
+        }
+        self.background.retain(|b| &b.member != member);
+        self.left.push((member.clone(), reason.to_owned()));
+        Ok(())
     }
 
     /// The open offer (offered or accepted), if any.
@@ -424,6 +457,7 @@ impl Ownership {
         offer.state = OfferState::Completed { by: by.clone(), family };
         let former = std::mem::replace(&mut self.owner, by.clone());
         self.background.retain(|b| b.member != *by);
+        self.left.retain(|(m, _)| m != by);
         self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
         Ok(())
     }
@@ -485,6 +519,10 @@ impl Ownership {
                 }
                 _ => clock.done = true,
             }
+        }
+        // A background role that ends becomes a recorded departure: the member stays read-only.
+        for ended in self.background.iter().filter(|b| b.until_ms <= now_ms) {
+            self.left.push((ended.member.clone(), "background role ended".to_owned()));
         }
         self.background.retain(|b| b.until_ms > now_ms);
         raised
@@ -625,6 +663,7 @@ mod tests {
                     prop_assert_eq!(&case, &before, "a refused step changed the case");
                 }
                 prop_assert!(case.offers.iter().filter(|o| o.state.is_open()).count() <= 1);
+                prop_assert!(!case.is_read_only(&case.owner), "the owner is read-only");
                 if case.owner != before.owner {
                     let completed = case.offers.iter().any(|o| matches!(&o.state,
                         OfferState::Completed { by, .. } if by == &case.owner)
