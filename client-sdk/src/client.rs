@@ -431,6 +431,21 @@ impl Client {
         self.send_content(thread, Content::HandoverPacket(Box::new(packet))).await
     }
 
+    /// Confirms a packet's attachment: `attachment` (received in the thread) is
+    /// the one `reference` names, it decrypts, and its content has the named
+    /// SHA-256; the verified file is written to `dest`.
+    pub async fn confirm_attachment(
+        &self,
+        reference: &crate::packet::AttachmentRef,
+        attachment: &crate::Attachment,
+        dest: impl AsRef<std::path::Path>,
+    ) -> Result<crate::Fetched, Error> {
+        if !reference.names(attachment) {
+            return Err(crate::AttachmentError::HashMismatch.into());
+        }
+        self.fetch_attachment(attachment, dest).await
+    }
+
     /// Offers the case to another organisation (warm handover). This client's
     /// worker must own the case; it stays owner until the receiver completes.
     pub async fn offer_handover(&self, thread: ThreadId, offer: OfferRequest) -> Result<Ownership, Error> {

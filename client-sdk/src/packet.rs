@@ -460,6 +460,18 @@ impl AttachmentRef {
         let sha256_hex = sha256.iter().map(|b| format!("{b:02x}")).collect();
         Self { blob, name: name.into(), sha256_hex, description: description.into() }
     }
+
+    /// The reference to an attachment that was uploaded, with the attachment's own name and hash.
+    pub fn to(attachment: &crate::attachment::Attachment, description: impl Into<String>) -> Self {
+        Self::new(attachment.blob, attachment.name.clone(), &attachment.sha256, description)
+    }
+
+    /// Whether a received attachment is the one this reference names: same blob and same SHA-256.
+    /// Fetching it ([`crate::Client::fetch_attachment`]) then proves that it decrypts and that the
+    /// content has that hash.
+    pub fn names(&self, attachment: &crate::attachment::Attachment) -> bool {
+        self.blob == attachment.blob && self.sha256_hex == attachment.sha256_hex()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
