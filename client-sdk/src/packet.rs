@@ -1129,8 +1129,8 @@ impl Date {
 
     /// The UTC date of a moment given in milliseconds since the Unix epoch.
     pub fn from_unix_ms(at_ms: u64) -> Date {
-        let (year, month, day) = crate::report::civil_from_days((at_ms / 86_400_000) as i64);
-        Date::new(year.clamp(1, 9999) as u16, month as u8, day as u8).unwrap_or(Date::MIN)
+        let days = (at_ms / wire::calendar::DAY_MS) as i64;
+        Self::from_days_since_epoch(days.clamp(Self::MIN.days_since_epoch(), Self::MAX.days_since_epoch()))
     }
 
     /// The day `days` later (earlier if negative), held at [`Date::MIN`] or [`Date::MAX`] rather
@@ -1140,29 +1140,15 @@ impl Date {
         Self::from_days_since_epoch(target.clamp(Self::MIN.days_since_epoch(), Self::MAX.days_since_epoch()))
     }
 
-    /// Days since 1970-01-01 (Howard Hinnant's `days_from_civil`, on the proleptic Gregorian calendar).
+    /// Days since 1970-01-01 (see [`wire::calendar`]).
     fn days_since_epoch(self) -> i64 {
-        let month = i64::from(self.month);
-        let year = i64::from(self.year) - i64::from(month <= 2);
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(self.day) - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
+        wire::calendar::days_from_civil(i64::from(self.year), i64::from(self.month), i64::from(self.day))
     }
 
-    /// The inverse of [`days_since_epoch`](Self::days_since_epoch) (Hinnant's `civil_from_days`); the
-    /// caller keeps `days` between `MIN` and `MAX`, so every part fits its field.
+    /// The inverse of [`days_since_epoch`](Self::days_since_epoch); the caller keeps `days` between
+    /// `MIN` and `MAX`, so every part fits its field.
     fn from_days_since_epoch(days: i64) -> Date {
-        let days = days + 719_468;
-        let era = days.div_euclid(146_097);
-        let day_of_era = days - era * 146_097;
-        let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-        let shifted_month = (5 * day_of_year + 2) / 153;
-        let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-        let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
-        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = wire::calendar::civil_from_days(days);
         Date {
             year: u16::try_from(year).unwrap_or(Self::MAX.year),
             month: u8::try_from(month).unwrap_or(1),

@@ -38,16 +38,6 @@ impl Clock {
     }
 }
 
-/// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// A `YYYY-MM-DD` date as days since 1970-01-01.
 pub fn parse_date(text: &str) -> Result<u64, String> {
     let parts: Vec<i64> =
@@ -56,5 +46,5 @@ pub fn parse_date(text: &str) -> Result<u64, String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
         return Err(format!("{text}: not a date"));
     }
-    Ok(days_from_civil(y, m, d) as u64)
+    Ok(wire::calendar::days_from_civil(y, m, d) as u64)
 }

@@ -15,12 +15,11 @@
 //! The sweep runs on the writer thread (see `durability`), so it never races a
 //! write, and takes `now` as a parameter so that tests can move time.
 
+use wire::calendar::DAY_MS;
 use wire::ThreadId;
 
 use crate::policy::Retention;
 use crate::store::{Store, StoreError};
-
-const DAY_MS: u64 = 86_400_000;
 
 /// What a sweep deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use std::collections::BTreeSet;
 use crate::{MemberId, Oin};
 use serde::{Deserialize, Serialize};
 
-const DAY_MS: u64 = 86_400_000;
+use crate::calendar::DAY_MS;
 
 /// How long a former owner keeps its background role by default.
 pub const BACKGROUND_DAYS: u64 = 30;

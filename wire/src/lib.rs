@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod calendar;
 pub mod codec;
 pub mod error;
 pub mod frame;

@@ -843,7 +843,7 @@ fn first_difference(actual: &Value, canonical: &Value, path: &str) -> Option<Str
 /// Formats milliseconds since the Unix epoch as an RFC 3339 UTC time with milliseconds, as LDV asks.
 pub fn format_time(at_ms: u64) -> String {
     let seconds = at_ms / 1000;
-    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let (year, month, day) = wire::calendar::civil_from_ms(at_ms);
     let second_of_day = seconds % 86_400;
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -852,22 +852,6 @@ pub fn format_time(at_ms: u64) -> String {
         second_of_day % 60,
         at_ms % 1000
     )
-}
-
-/// Year, month and day of the given day since 1970-01-01: Howard Hinnant's `civil_from_days`, which counts in
-/// 400-year eras starting on 1 March so leap days fall at the end of a year. Days before 1970 do not occur
-/// here, so it needs no signed arithmetic.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
