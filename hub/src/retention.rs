@@ -15,6 +15,8 @@
 //! The sweep runs on the writer thread (see `durability`), so it never races a
 //! write, and takes `now` as a parameter so that tests can move time.
 
+use std::collections::HashMap;
+
 use wire::calendar::DAY_MS;
 use wire::ThreadId;
 
@@ -46,16 +48,18 @@ fn received_by_all(store: &dyn Store, thread: ThreadId) -> Result<u64, StoreErro
 pub fn sweep(store: &dyn Store, retention: &Retention, now_ms: u64) -> Result<Swept, StoreError> {
     let content_cutoff = now_ms.saturating_sub(u64::from(retention.content_days) * DAY_MS);
     let mut swept = Swept::default();
+    let mut received = HashMap::new();
     for thread in store.threads()? {
-        let received = received_by_all(store, thread)?;
-        if received > 0 {
-            swept.messages += store.expire_messages(thread, received, content_cutoff)?;
+        let by_all = received_by_all(store, thread)?;
+        received.insert(thread, by_all);
+        if by_all > 0 {
+            swept.messages += store.expire_messages(thread, by_all, content_cutoff)?;
         }
     }
     for (blob, record) in store.blobs()? {
         let old = record.created_at_ms < content_cutoff;
         // An upload never finished is abandoned once it is as old as content may get.
-        let done = !record.sealed || received_by_all(store, record.thread)? > record.sealed_seq;
+        let done = !record.sealed || received.get(&record.thread).is_some_and(|by_all| *by_all > record.sealed_seq);
         if old && done {
             store.delete_blob(blob)?;
             swept.blobs += 1;

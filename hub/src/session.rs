@@ -384,16 +384,15 @@ impl Hub {
     /// A privacy officer's query, within the scope of its organisation.
     fn audit_query(&self, caller: &Caller, filter: &AuditFilter) -> Result<Reply, WireError> {
         let oin = &caller.identity.oin;
-        if let Some(case) = filter.case {
-            // Outside the organisation's cases, a case and a non-case look the same.
-            if !audit::cases_of(self.store.as_ref(), oin).map_err(internal)?.contains(&case) {
-                return Err(WireError::new(
-                    ErrorCode::Forbidden,
-                    "denied by rule audit-outside-scope: the case is not one of your organisation's",
-                ));
-            }
+        let cases = audit::cases_of(self.store.as_ref(), oin).map_err(internal)?;
+        // Outside the organisation's cases, a case and a non-case look the same.
+        if filter.case.is_some_and(|case| !cases.contains(&case)) {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "denied by rule audit-outside-scope: the case is not one of your organisation's",
+            ));
         }
-        let (entries, truncated) = audit::query(self.store.as_ref(), oin, filter).map_err(internal)?;
+        let (entries, truncated) = audit::query(self.store.as_ref(), oin, &cases, filter).map_err(internal)?;
         Ok(Reply::AuditEntries { entries, truncated })
     }
 

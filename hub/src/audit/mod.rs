@@ -159,10 +159,15 @@ pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
 }
 
 /// What a privacy officer of `oin` may see that matches `filter`: entries about
-/// cases the organisation is or was in, and entries whose actor is of the
-/// organisation. Returns the entries (at most the limit) and whether more matched.
-pub fn query(store: &dyn Store, oin: &Oin, filter: &AuditFilter) -> Result<(Vec<AuditEntry>, bool), StoreError> {
-    let cases = cases_of(store, oin)?;
+/// `cases` (those the organisation is or was in, from [`cases_of`]), and entries
+/// whose actor is of the organisation. Returns the entries (at most the limit)
+/// and whether more matched.
+pub fn query(
+    store: &dyn Store,
+    oin: &Oin,
+    cases: &HashSet<ThreadId>,
+    filter: &AuditFilter,
+) -> Result<(Vec<AuditEntry>, bool), StoreError> {
     let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
     let mut found = Vec::new();
     let mut truncated = false;
