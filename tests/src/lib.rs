@@ -226,3 +226,43 @@ pub fn write_random_file(path: &Path, len: usize, seed: u64) -> anyhow::Result<(
 pub fn consent() -> ketenhub_sdk::Grounds {
     ketenhub_sdk::Grounds::new("working together on the case (test)", "consent")
 }
+
+/// Sends `request` on a raw connection and returns the hub's answer to it,
+/// skipping events in between.
+pub async fn raw_reply(
+    raw: &mut ketenhub_sdk::raw::RawConnection,
+    request: wire::Request,
+) -> anyhow::Result<Result<wire::Reply, wire::WireError>> {
+    use ketenhub_sdk::raw::RawIncoming;
+    raw.send_frame(&wire::ClientFrame::Request { id: 1, request }).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), raw.next()).await?? {
+            RawIncoming::Frame(wire::HubFrame::Reply { id: 1, result }) => return Ok(result),
+            RawIncoming::Frame(_) => {}
+            other => bail!("connection ended: {other:?}"),
+        }
+    }
+}
+
+/// Like [`raw_reply`], for a request that must be refused: the refusal.
+pub async fn raw_refusal(
+    raw: &mut ketenhub_sdk::raw::RawConnection,
+    request: wire::Request,
+) -> anyhow::Result<wire::WireError> {
+    raw_reply(raw, request).await?.err().context("the request was allowed")
+}
+
+/// What refused a call: the policy rule for a policy denial (which must be
+/// `forbidden`), otherwise the error code's name. Panics if the call succeeded.
+pub fn refusal_rule(result: Result<impl std::fmt::Debug, ketenhub_sdk::Error>) -> String {
+    match result {
+        Err(ketenhub_sdk::Error::Hub(e)) => match e.message.strip_prefix("denied by rule ") {
+            Some(rest) => {
+                assert_eq!(e.code, ketenhub_sdk::ErrorCode::Forbidden, "a policy denial must be forbidden: {e:?}");
+                rest.split(':').next().unwrap_or_default().to_owned()
+            }
+            None => format!("{:?}", e.code),
+        },
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

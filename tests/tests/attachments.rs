@@ -5,10 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use hub::store::{SledStore, Store};
-use ketenhub_sdk::raw::RawIncoming;
 use ketenhub_sdk::{Attachment, AttachmentError, Client, Content, Error, ErrorCode, Event, EventStream};
 use tests::{next_event, DevHub, HubProcess};
-use wire::{BlobId, ClientFrame, HubFrame, Request, ThreadId, WireError};
+use wire::{BlobId, ClientFrame, Request, ThreadId};
 
 const WAIT: Duration = Duration::from_secs(60);
 const HUB: &str = env!("CARGO_BIN_EXE_ketenhub-hub");
@@ -32,20 +31,6 @@ async fn vt_and_lt(vt: &Client, lt: &Client) -> anyhow::Result<ThreadId> {
     let thread = vt.create_thread().await?;
     vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     Ok(thread)
-}
-
-/// The hub's answer to a raw blob request.
-async fn raw_answer(raw: &mut ketenhub_sdk::raw::RawConnection, request: Request) -> anyhow::Result<WireError> {
-    raw.send_frame(&ClientFrame::Request { id: 1, request }).await?;
-    loop {
-        match tokio::time::timeout(WAIT, raw.next()).await?? {
-            RawIncoming::Frame(HubFrame::Reply { id: 1, result }) => {
-                return result.err().ok_or_else(|| anyhow::anyhow!("the request was allowed"))
-            }
-            RawIncoming::Frame(_) => {}
-            other => anyhow::bail!("connection ended: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -76,13 +61,13 @@ async fn members_fetch_and_verify_an_attachment_and_nobody_else_can() -> anyhow:
 
     // An organisation outside the thread gets the answer given for a blob that does not exist.
     let mut outsider = hub.client("rvdk-caseworker").connect_raw().await?;
-    let forbidden = raw_answer(&mut outsider, Request::GetBlobChunk { blob: received.blob, index: 0 }).await?;
-    let unknown = raw_answer(&mut outsider, Request::GetBlobChunk { blob: BlobId::random(), index: 0 }).await?;
+    let forbidden = tests::raw_refusal(&mut outsider, Request::GetBlobChunk { blob: received.blob, index: 0 }).await?;
+    let unknown = tests::raw_refusal(&mut outsider, Request::GetBlobChunk { blob: BlobId::random(), index: 0 }).await?;
     assert_eq!(forbidden, unknown);
     assert_eq!(forbidden.code, ErrorCode::NotFound);
     // Nor may it put chunks into the thread.
     let put = Request::PutBlobChunk { thread, blob: BlobId::random(), index: 0, last: true, data: vec![1; 32] };
-    assert_eq!(raw_answer(&mut outsider, put).await?.code, ErrorCode::NotFound);
+    assert_eq!(tests::raw_refusal(&mut outsider, put).await?.code, ErrorCode::NotFound);
 
     // Once removed, LT can no longer fetch it, even holding the key.
     vt.remove_member(thread, lt.member_id()).await?;
@@ -105,15 +90,15 @@ async fn chunks_go_in_order_from_the_uploader_within_the_size_limit() -> anyhow:
     let blob = BlobId::random();
     let put = |index, last, len| Request::PutBlobChunk { thread, blob, index, last, data: vec![0; len] };
 
-    let skipped = raw_answer(&mut raw_vt, put(1, false, 10)).await?;
+    let skipped = tests::raw_refusal(&mut raw_vt, put(1, false, 10)).await?;
     assert_eq!(skipped.code, ErrorCode::Invalid, "{skipped:?}");
     raw_vt.send_frame(&ClientFrame::Request { id: 2, request: put(0, false, 600) }).await?;
     // Another member may not add to VT's blob.
-    assert_eq!(raw_answer(&mut raw_lt, put(1, true, 10)).await?.code, ErrorCode::Conflict);
+    assert_eq!(tests::raw_refusal(&mut raw_lt, put(1, true, 10)).await?.code, ErrorCode::Conflict);
     // The limit counts the whole blob.
-    assert_eq!(raw_answer(&mut raw_vt, put(1, true, 600)).await?.code, ErrorCode::BlobTooLarge);
+    assert_eq!(tests::raw_refusal(&mut raw_vt, put(1, true, 600)).await?.code, ErrorCode::BlobTooLarge);
     // A blob is not served before it is sealed.
-    let open = raw_answer(&mut raw_lt, Request::GetBlobChunk { blob, index: 0 }).await?;
+    let open = tests::raw_refusal(&mut raw_lt, Request::GetBlobChunk { blob, index: 0 }).await?;
     assert_eq!(open.code, ErrorCode::NotFound);
 
     // Through the SDK, a file over the limit is refused with the same code.

@@ -195,15 +195,8 @@ async fn a_commit_presented_under_another_identity_is_refused() -> anyhow::Resul
     let mut device = Device::open(lt.identity(), Some(lt_state.path()))?;
     let commit = device.remove(thread, &vt.member_id())?;
     let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
-    raw.send_frame(&ClientFrame::Request { id: 1, request: Request::Commit { thread, commit, welcome: None } }).await?;
-    let refusal = loop {
-        match tokio::time::timeout(WAIT, raw.next()).await?? {
-            RawIncoming::Frame(HubFrame::Reply { id: 1, result }) => break result.err(),
-            RawIncoming::Frame(_) => {}
-            other => anyhow::bail!("connection ended: {other:?}"),
-        }
-    };
-    assert_eq!(refusal.map(|e| e.code), Some(ErrorCode::Forbidden));
+    let refusal = tests::raw_refusal(&mut raw, Request::Commit { thread, commit, welcome: None }).await?;
+    assert_eq!(refusal.code, ErrorCode::Forbidden);
     assert!(vt.members(thread).await?.contains(&vt.member_id()), "VT is still a member");
     assert_eq!(vt.epoch(thread), Some(1), "the group did not move");
     hub.stop().await

@@ -11,7 +11,7 @@ use ketenhub_sdk::{
     Client, ClockKind, Error, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
     OfferState,
 };
-use tests::{messages, next_event, DevHub};
+use tests::{messages, next_event, refusal_rule, DevHub};
 use wire::ThreadId;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -27,16 +27,6 @@ fn offer(to: &Client, route: &str, basis: &str, deadline_ms: u64) -> OfferReques
         reason: "the family needs support at home".into(),
         justification: None,
         deadline_ms,
-    }
-}
-
-fn rule(result: Result<impl std::fmt::Debug, Error>) -> String {
-    match result {
-        Err(Error::Hub(e)) => e
-            .message
-            .strip_prefix("denied by rule ")
-            .map_or(format!("{:?}", e.code), |rest| rest.split(':').next().unwrap_or_default().to_owned()),
-        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -104,18 +94,18 @@ async fn a_case_passes_from_vt_to_lt_with_one_owner_at_every_step() -> anyhow::R
     assert_eq!(HandoverPacket::from_json(&packet.to_json())?, packet, "case systems read the JSON form");
 
     let empty = FamilyTold::No { reason: String::new() };
-    assert_eq!(rule(lt.complete_handover(thread, id, empty).await), "Invalid");
-    assert_eq!(rule(vt.complete_handover(thread, id, FamilyTold::Yes).await), "NotFound", "only the acceptor");
+    assert_eq!(refusal_rule(lt.complete_handover(thread, id, empty).await), "Invalid");
+    assert_eq!(refusal_rule(vt.complete_handover(thread, id, FamilyTold::Yes).await), "NotFound", "only the acceptor");
     let done = lt.complete_handover(thread, id, FamilyTold::Yes).await?;
     assert_eq!(done.owner, lt.member_id());
     assert_eq!(done.background.iter().map(|b| &b.member).collect::<Vec<_>>(), vec![&vt.member_id()]);
     assert!(matches!(done.offers[0].state, OfferState::Completed { .. }));
     // VT stays in the background: still a member and reading, no longer writing or owning.
     assert!(vt.members(thread).await?.contains(&vt.member_id()));
-    assert_eq!(rule(vt.send_text(thread, "one more thing").await), "background-read-only");
+    assert_eq!(refusal_rule(vt.send_text(thread, "one more thing").await), "background-read-only");
     lt.send_text(thread, "LT writes as the owner").await?;
-    assert_eq!(rule(lt.leave_case(thread, "owner").await), "Invalid", "the owner does not leave this way");
-    assert_eq!(rule(vt.leave_case(thread, " ").await), "Invalid", "leaving needs a reason");
+    assert_eq!(refusal_rule(lt.leave_case(thread, "owner").await), "Invalid", "the owner does not leave this way");
+    assert_eq!(refusal_rule(vt.leave_case(thread, " ").await), "Invalid", "leaving needs a reason");
     let after = vt.leave_case(thread, "LT has regie and the family knows their contact").await?;
     assert!(after.background.is_empty() && after.left.iter().any(|(m, _)| *m == vt.member_id()));
     assert!(matches!(
@@ -123,7 +113,10 @@ async fn a_case_passes_from_vt_to_lt_with_one_owner_at_every_step() -> anyhow::R
             .await?,
         Event::Handover { .. }
     ));
-    assert_eq!(rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await), "Forbidden");
+    assert_eq!(
+        refusal_rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await),
+        "Forbidden"
+    );
     hub.stop().await
 }
 
@@ -141,28 +134,28 @@ async fn every_handover_refusal_is_typed_and_named() -> anyhow::Result<()> {
     let deadline = hub::clock::now_ms() + DAY_MS;
 
     assert_eq!(
-        rule(vt.offer_handover(thread, offer(&gi, "vt-gi-referral", "consent", deadline)).await),
+        refusal_rule(vt.offer_handover(thread, offer(&gi, "vt-gi-referral", "consent", deadline)).await),
         "unknown-route"
     );
     assert_eq!(
-        rule(vt.offer_handover(thread, offer(&gi, "rvdk-gi-measure", "ots-measure", deadline)).await),
+        refusal_rule(vt.offer_handover(thread, offer(&gi, "rvdk-gi-measure", "ots-measure", deadline)).await),
         "route-does-not-fit"
     );
     assert_eq!(
-        rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "ots-measure", deadline)).await),
+        refusal_rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "ots-measure", deadline)).await),
         "basis-not-on-route"
     );
     assert_eq!(
-        rule(vt.offer_handover(thread, offer(&rvdk, "vt-rvdk-request", "vt-safety", deadline)).await),
+        refusal_rule(vt.offer_handover(thread, offer(&rvdk, "vt-rvdk-request", "vt-safety", deadline)).await),
         "justification-required"
     );
     assert_eq!(
-        rule(gi.offer_handover(thread, offer(&lt, "gi-lt-step-down", "consent", deadline)).await),
+        refusal_rule(gi.offer_handover(thread, offer(&lt, "gi-lt-step-down", "consent", deadline)).await),
         "NotFound",
         "outsiders learn nothing"
     );
     assert_eq!(
-        rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", 1)).await),
+        refusal_rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", 1)).await),
         "Invalid",
         "deadline in the past"
     );
@@ -174,19 +167,19 @@ async fn every_handover_refusal_is_typed_and_named() -> anyhow::Result<()> {
     let review = officer.pending_offers().await?;
     assert!(review.iter().any(|(t, o)| *t == thread && o.id == id), "not in VT's privacy review queue");
     assert_eq!(
-        rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await),
+        refusal_rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await),
         "Conflict",
         "one open offer"
     );
     // Only the addressed receiver answers; others get the answer for an unknown case.
-    assert_eq!(rule(gi.accept_offer(thread, id).await), "NotFound");
-    assert_eq!(rule(oudewater.decline_offer(thread, id, "not ours").await), "NotFound");
-    assert_eq!(rule(rvdk.decline_offer(thread, id, " ").await), "Invalid", "a decline needs a reason");
+    assert_eq!(refusal_rule(gi.accept_offer(thread, id).await), "NotFound");
+    assert_eq!(refusal_rule(oudewater.decline_offer(thread, id, "not ours").await), "NotFound");
+    assert_eq!(refusal_rule(rvdk.decline_offer(thread, id, " ").await), "Invalid", "a decline needs a reason");
     let declined = rvdk.decline_offer(thread, id, "No court route needed yet; try the local team.").await?;
     assert_eq!(declined.owner, vt.member_id(), "declining leaves the sender owner");
-    assert_eq!(rule(rvdk.accept_offer(thread, id).await), "Conflict", "a declined offer stays declined");
+    assert_eq!(refusal_rule(rvdk.accept_offer(thread, id).await), "Conflict", "a declined offer stays declined");
     // A privacy officer takes no handover steps.
-    assert_eq!(rule(officer.accept_offer(thread, id).await), "role-forbids");
+    assert_eq!(refusal_rule(officer.accept_offer(thread, id).await), "role-forbids");
     hub.stop().await
 }
 
@@ -254,13 +247,17 @@ async fn deadlines_fire_after_a_restart_on_the_hubs_clock() -> anyhow::Result<()
     // The GI, which accepted, reports the contact; others on the case may not. Then the clock stops.
     let gi = hub.client("gi-save-caseworker").discard_events().connect().await?;
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
-    assert_eq!(rule(lt.report_done(measure, ClockKind::FirstContact).await), "NotFound", "LT is not on the case");
+    assert_eq!(
+        refusal_rule(lt.report_done(measure, ClockKind::FirstContact).await),
+        "NotFound",
+        "LT is not on the case"
+    );
     gi.report_done(measure, ClockKind::FirstContact).await?;
     let clocks = rvdk.ownership(measure).await?.clocks;
     assert!(clocks.iter().all(|c| c.kind != ClockKind::FirstContact || c.done));
     assert!(clocks.iter().any(|c| c.kind == ClockKind::SafetyPlan && !c.done), "the safety plan is due later");
     // A rappel is scheduled by the owner only.
-    assert_eq!(rule(gi.schedule_rappel(measure).await), "Forbidden");
+    assert_eq!(refusal_rule(gi.schedule_rappel(measure).await), "Forbidden");
     rvdk.schedule_rappel(measure).await?;
     hub.stop().await
 }

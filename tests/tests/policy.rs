@@ -5,36 +5,11 @@
 use std::time::Duration;
 
 use certs::dev::{DevPki, ExtraClient, SampleOrg};
-use ketenhub_sdk::raw::{RawConnection, RawIncoming};
 use ketenhub_sdk::{AgencyKind, Client, Error, ErrorCode, Grounds, MemberId, Role};
-use tests::{DevHub, HubProcess};
-use wire::{ClientFrame, HubFrame, Request, WireError};
+use tests::{refusal_rule, DevHub, HubProcess};
+use wire::Request;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The rule named in a policy refusal.
-fn rule(result: Result<impl std::fmt::Debug, Error>) -> String {
-    match result {
-        Err(Error::Hub(e)) if e.code == ErrorCode::Forbidden => e
-            .message
-            .strip_prefix("denied by rule ")
-            .and_then(|rest| rest.split(':').next())
-            .unwrap_or_default()
-            .to_owned(),
-        other => panic!("expected a policy refusal, got {other:?}"),
-    }
-}
-
-async fn raw_reply(raw: &mut RawConnection, request: Request) -> anyhow::Result<Result<wire::Reply, WireError>> {
-    raw.send_frame(&ClientFrame::Request { id: 1, request }).await?;
-    loop {
-        match tokio::time::timeout(WAIT, raw.next()).await?? {
-            RawIncoming::Frame(HubFrame::Reply { id: 1, result }) => return Ok(result),
-            RawIncoming::Frame(_) => {}
-            other => anyhow::bail!("connection ended: {other:?}"),
-        }
-    }
-}
 
 #[tokio::test]
 async fn every_denial_names_its_rule() -> anyhow::Result<()> {
@@ -52,26 +27,35 @@ async fn every_denial_names_its_rule() -> anyhow::Result<()> {
 
     // Roles: a privacy officer opens no cases.
     let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
-    assert_eq!(rule(officer.create_thread().await), "role-forbids");
+    assert_eq!(refusal_rule(officer.create_thread().await), "role-forbids");
     // Organisations outside the policy do nothing.
     let outsider = hub.client("stranger").discard_events().connect().await?;
-    assert_eq!(rule(outsider.create_thread().await), "unknown-organisation");
+    assert_eq!(refusal_rule(outsider.create_thread().await), "unknown-organisation");
 
     // Adding someone needs a reason, a route between the kinds, and a basis on that route.
-    assert_eq!(rule(vt.add_member(thread, lt.member_id(), &Grounds::new(" ", "consent")).await), "add-needs-reason");
-    assert_eq!(rule(vt.add_member(thread, gi.member_id(), &grounds("consent")).await), "no-route");
-    assert_eq!(rule(vt.add_member(thread, lt.member_id(), &grounds("ots-measure")).await), "basis-not-on-route");
-    assert_eq!(rule(vt.add_member(thread, lt.member_id(), &grounds("made-up")).await), "unknown-legal-basis");
+    assert_eq!(
+        refusal_rule(vt.add_member(thread, lt.member_id(), &Grounds::new(" ", "consent")).await),
+        "add-needs-reason"
+    );
+    assert_eq!(refusal_rule(vt.add_member(thread, gi.member_id(), &grounds("consent")).await), "no-route");
+    assert_eq!(
+        refusal_rule(vt.add_member(thread, lt.member_id(), &grounds("ots-measure")).await),
+        "basis-not-on-route"
+    );
+    assert_eq!(refusal_rule(vt.add_member(thread, lt.member_id(), &grounds("made-up")).await), "unknown-legal-basis");
     let unknown_member = MemberId::new("00000009999999999999", "s.one")?;
-    assert_eq!(rule(vt.add_member(thread, unknown_member, &grounds("consent")).await), "member-unknown-organisation");
+    assert_eq!(
+        refusal_rule(vt.add_member(thread, unknown_member, &grounds("consent")).await),
+        "member-unknown-organisation"
+    );
     assert!(!vt.members(thread).await?.contains(&lt.member_id()), "a refused add changed nothing");
     vt.add_member(thread, lt.member_id(), &grounds("consent")).await?;
 
     // A caller outside the case learns nothing: its answers for this case and a
     // case that does not exist are identical, and carry no rule.
     let mut raw_gi = hub.client("gi-save-caseworker").connect_raw().await?;
-    let on_real = raw_reply(&mut raw_gi, Request::ListMembers { thread }).await?;
-    let on_unknown = raw_reply(&mut raw_gi, Request::ListMembers { thread: wire::ThreadId::random() }).await?;
+    let on_real = tests::raw_reply(&mut raw_gi, Request::ListMembers { thread }).await?;
+    let on_unknown = tests::raw_reply(&mut raw_gi, Request::ListMembers { thread: wire::ThreadId::random() }).await?;
     assert_eq!(on_real, on_unknown);
     assert_eq!(on_real.err().map(|e| e.code), Some(ErrorCode::NotFound));
 
@@ -81,7 +65,7 @@ async fn every_denial_names_its_rule() -> anyhow::Result<()> {
         member: MemberId::new("00000001800000000002", "colleague")?,
         request: Box::new(Request::ListThreads),
     };
-    let refusal = raw_reply(&mut raw_lt, for_colleague).await?.err().map(|e| e.message).unwrap_or_default();
+    let refusal = tests::raw_reply(&mut raw_lt, for_colleague).await?.err().map(|e| e.message).unwrap_or_default();
     assert!(refusal.contains("on-behalf-only-for-system"), "{refusal}");
     hub.stop().await
 }
@@ -92,7 +76,7 @@ async fn a_system_acts_only_for_its_own_workers_and_must_name_them() -> anyhow::
     let hub = DevHub::start(dir.path(), tests::limits()).await?;
     let system = hub.client("vt-utrecht-system").discard_events().connect().await?;
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
-    assert_eq!(rule(system.create_thread().await), "system-names-worker");
+    assert_eq!(refusal_rule(system.create_thread().await), "system-names-worker");
 
     // For a VT worker: allowed, with that worker's access. (MLS content stays
     // with the worker's own device; the system reads the case's metadata.)
@@ -108,7 +92,7 @@ async fn a_system_acts_only_for_its_own_workers_and_must_name_them() -> anyhow::
     // For a worker of another organisation: refused, whatever the request.
     let mut raw = hub.client("vt-utrecht-system").connect_raw().await?;
     let for_lt_worker = Request::OnBehalfOf { member: lt.member_id(), request: Box::new(Request::ListThreads) };
-    let refusal = raw_reply(&mut raw, for_lt_worker).await?.err().map(|e| e.message).unwrap_or_default();
+    let refusal = tests::raw_reply(&mut raw, for_lt_worker).await?.err().map(|e| e.message).unwrap_or_default();
     assert!(refusal.contains("system-own-organisation"), "{refusal}");
     let add_for_lt = Request::OnBehalfOf {
         member: lt.member_id(),
@@ -119,7 +103,7 @@ async fn a_system_acts_only_for_its_own_workers_and_must_name_them() -> anyhow::
             legal_basis: "consent".into(),
         }),
     };
-    let refusal = raw_reply(&mut raw, add_for_lt).await?.err().map(|e| e.code);
+    let refusal = tests::raw_reply(&mut raw, add_for_lt).await?.err().map(|e| e.code);
     assert_eq!(refusal, Some(ErrorCode::Forbidden));
     assert_eq!(anna.members(thread).await?, vec![anna_id]);
     hub.stop().await
@@ -180,7 +164,7 @@ async fn the_policy_reloads_on_sighup_and_a_bad_file_changes_nothing() -> anyhow
     std::fs::write(&policy_file, "[retention]\ncontent_days = \"soon\"\n")?;
     sighup(&hub)?;
     eventually(|| async { Ok(hub.log().contains("policy reload refused")) }).await?;
-    assert_eq!(rule(vt.add_member(thread, oudewater.member_id(), &consent).await), "no-route");
+    assert_eq!(refusal_rule(vt.add_member(thread, oudewater.member_id(), &consent).await), "no-route");
     vt.send_text(thread, "still serving").await?;
 
     // A hub does not start on a broken policy, and says why.
