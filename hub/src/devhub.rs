@@ -77,9 +77,7 @@ impl DevHub {
     pub async fn start_with_clock(dir: &Path, limits: Limits, clock: Clock) -> anyhow::Result<Self> {
         let mut config = dev_config(dir, limits)?;
         config.handover.deadline_sweep_ms = 20;
-        std::fs::create_dir_all(dir.join("data"))?;
-        let store = Arc::new(crate::store::SledStore::open(&dir.join("data/store"))?);
-        Self::serve(dir, Server::bind_with_store(&config, store, clock).await?)
+        Self::serve(dir, Server::bind_with_clock(&config, clock).await?)
     }
 
     fn serve(dir: &Path, server: Server) -> anyhow::Result<Self> {

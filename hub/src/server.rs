@@ -149,10 +149,15 @@ pub struct Server {
 impl Server {
     /// Opens the store, loads the certificates and binds the listener.
     pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        Self::bind_with_clock(config, Clock::system()).await
+    }
+
+    /// Like [`Server::bind`], with handover deadlines on `clock` (tests move it).
+    pub async fn bind_with_clock(config: &Config, clock: Clock) -> Result<Self, ServeError> {
         let data = config.validate()?.data;
         std::fs::create_dir_all(data)
             .map_err(|source| ServeError::Io { what: format!("create {}", data.display()), source })?;
-        Self::bind_with_store(config, Arc::new(SledStore::open(&data.join("store"))?), Clock::system()).await
+        Self::bind_with_store(config, Arc::new(SledStore::open(&data.join("store"))?), clock).await
     }
 
     /// Like [`Server::bind`], on a store opened by the caller (fault-injection
