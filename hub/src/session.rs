@@ -470,8 +470,7 @@ impl Hub {
 
     /// Former owners in their background role, and those who left, only read.
     fn writable(&self, thread: ThreadId, actor: &MemberId) -> Result<(), (WireError, &'static str)> {
-        let ownership = self.store.ownership(thread).map_err(|e| (internal(e), "store-failure"))?;
-        if ownership.is_some_and(|o| o.is_read_only(actor)) {
+        if self.store.is_read_only(thread, actor).map_err(|e| (internal(e), "store-failure"))? {
             let refusal = WireError::new(
                 ErrorCode::Forbidden,
                 "denied by rule background-read-only: a former owner reads the case but no longer writes in it",

@@ -356,6 +356,9 @@ mod delegate {
         fn ownership(&self, t: ThreadId) -> Result<Option<Ownership>, StoreError> {
             self.inner.ownership(t)
         }
+        fn is_read_only(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
+            self.inner.is_read_only(t, m)
+        }
         fn ownerships(&self) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
             self.inner.ownerships()
         }

@@ -214,6 +214,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every case's ownership state.
     fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError>;
 
+    /// Whether `member` only reads `thread` (a former owner: see
+    /// [`wire::handover::Ownership::is_read_only`]). Answered without decoding
+    /// the ownership state, because every send asks.
+    fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError>;
+
     /// Stores a handover step in one atomic write; returns the entries appended.
     fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError>;
 

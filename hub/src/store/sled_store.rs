@@ -21,6 +21,7 @@
 //! | `B` | blob | blob record |
 //! | `A` | seq (u64 BE) | audit entry |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
+//! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | seq (u64 BE) | signed audit checkpoint |
 //!
 //! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
@@ -56,6 +57,7 @@ const GROUP: u8 = b'G';
 const BLOB: u8 = b'B';
 const AUDIT: u8 = b'A';
 const OWNERSHIP: u8 = b'O';
+const READ_ONLY: u8 = b'Y';
 const CHECKPOINT: u8 = b'P';
 
 #[derive(Serialize, Deserialize)]
@@ -467,6 +469,10 @@ impl Store for SledStore {
         self.db.get(key(OWNERSHIP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| decode(&v)).transpose()
     }
 
+    fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
+        self.db.contains_key(key(READ_ONLY, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)
+    }
+
     fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError> {
         self.db
             .scan_prefix([OWNERSHIP])
@@ -501,6 +507,14 @@ impl Store for SledStore {
             }
         }
         batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(step.ownership));
+        for stale in self.db.scan_prefix(key(READ_ONLY, &[thread.0.as_bytes()])).keys() {
+            batch.remove(stale.map_err(backend)?);
+        }
+        let read_only =
+            step.ownership.background.iter().map(|b| &b.member).chain(step.ownership.left.iter().map(|(m, _)| m));
+        for member in read_only {
+            batch.insert(key(READ_ONLY, &[thread.0.as_bytes(), &member_key(member)]), &[][..]);
+        }
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
         lock(&self.dirty).insert(thread);
