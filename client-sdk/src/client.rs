@@ -823,7 +823,10 @@ impl Driver {
                 Err(error) => Event::Unreadable { thread, seq, sender: entry.sender, error },
             }),
             EntryBody::MemberAdded { member } => Some(Event::MemberAdded { thread, seq, member, by: entry.sender }),
-            EntryBody::MemberRemoved { member } => Some(Event::MemberRemoved { thread, seq, member, by: entry.sender }),
+            EntryBody::MemberRemoved { member } => {
+                let devices_remain = device.has_member(thread, &member);
+                Some(Event::MemberRemoved { thread, seq, member, by: entry.sender, devices_remain })
+            }
             EntryBody::Commit { commit, .. } => match device.process(thread, &commit) {
                 Ok(Processed::Commit { removed_self: true }) => Some(Event::Removed { thread }),
                 Ok(_) => None,

@@ -57,6 +57,10 @@ pub enum Event {
         member: MemberId,
         /// Who removed them.
         by: MemberId,
+        /// True when this device's MLS group still holds the member's
+        /// devices: the membership ended because the member left the case,
+        /// and the case's owner now removes them with `Client::remove_member`.
+        devices_remain: bool,
     },
     /// A step of the case's warm handover: an offer, an answer, a completion, an escalation.
     Handover {

@@ -71,20 +71,18 @@ fn hello(hub: &Hub, caller: &Caller) -> HubFrame {
 
 /// Serves an authenticated connection until it closes, the hub shuts down, or
 /// a limit ends it.
-pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: CancellationToken) {
-    let registration = match hub.registry.register(caller.member.clone()) {
+pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: CancellationToken) {
+    let record = hub.delivery_record(&caller);
+    let registration = match hub.registry.register(caller.member.clone(), caller.identity.role, record) {
         Ok(registration) => registration,
         Err(e) => {
             warn!(peer = %caller.peer, identity = %caller.identity, "refused: {e}");
-            let frame = error_frame(ErrorCode::TooManyConnections, e.to_string());
-            let _ = timeout(hub.limits.write_timeout(), async {
-                ws.send(Message::Binary(wire::encode(&frame).into())).await?;
-                ws.send(Closing::new(CloseCode::Policy, "too many connections for this identity").message()).await
-            })
-            .await;
+            let error = WireError::new(ErrorCode::TooManyConnections, e.to_string());
+            refuse(&hub, ws, error, "too many connections for this identity").await;
             return;
         }
     };
+    let mailbox = registration.mailbox();
     let (sink, stream) = ws.split();
     let (frames_tx, frames_rx) = mpsc::channel(hub.limits.outbound_queue_frames);
     let (close_tx, close_rx) = mpsc::channel(1);
@@ -92,26 +90,31 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
     // The channel is empty here, so the Hello is always the first frame.
     let _ = frames_tx.try_send(wire::encode(&hello(&hub, &caller)).into());
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
-    let pump = tokio::spawn({
+    // A certificate whose role may not read (an admin's, say) gets no case entries,
+    // even when its worker id is a member's.
+    let reads = hub.policy.current().role_allows(caller.identity.role, crate::policy::Action::Read).allowed;
+    let pump = reads.then(|| {
         let pumping = delivery::pump(
             hub.store.clone(),
             hub.registry.clone(),
             caller.member.clone(),
-            registration.mailbox(),
+            mailbox.clone(),
             frames_tx.clone(),
             delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(&caller) },
         );
         let broken = broken.clone();
-        async move {
+        tokio::spawn(async move {
             if let Err(delivery::PumpStopped::Store(e)) = pumping.await {
                 tracing::error!(error = %e, "delivery stopped; closing the connection");
             }
             broken.cancel();
-        }
+        })
     });
 
-    let closing = Reader::new(&hub, &caller, frames_tx).run(stream, &shutdown, &broken).await;
-    pump.abort();
+    let closing = Reader::new(&hub, &caller, frames_tx).run(stream, &shutdown, &broken, &mailbox).await;
+    if let Some(pump) = pump {
+        pump.abort();
+    }
     if let Some(closing) = closing {
         debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
         let _ = close_tx.send(closing.message()).await;
@@ -119,6 +122,17 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WsStream, caller: Caller, shutdown: Ca
     drop(close_tx);
     let _ = writer.await;
     drop(registration);
+}
+
+/// Refuses an authenticated connection: an error frame saying why, then a
+/// policy close.
+pub async fn refuse(hub: &Hub, mut ws: WsStream, error: WireError, reason: &str) {
+    let frame = HubFrame::Error { error };
+    let _ = timeout(hub.limits.write_timeout(), async {
+        ws.send(Message::Binary(wire::encode(&frame).into())).await?;
+        ws.send(Closing::new(CloseCode::Policy, reason).message()).await
+    })
+    .await;
 }
 
 /// The reading half's state.
@@ -142,6 +156,7 @@ impl<'a> Reader<'a> {
         mut stream: futures_util::stream::SplitStream<WsStream>,
         shutdown: &CancellationToken,
         broken: &CancellationToken,
+        mailbox: &delivery::Mailbox,
     ) -> Option<Closing> {
         let limits = &self.hub.limits;
         let mut inflight = FuturesUnordered::new();
@@ -149,6 +164,9 @@ impl<'a> Reader<'a> {
         let closing = loop {
             tokio::select! {
                 biased;
+                _ = mailbox.revoked() => {
+                    break Some(Closing::new(CloseCode::Policy, "the policy in force no longer admits this connection"))
+                }
                 _ = broken.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
                 Some((id, result)) = inflight.next(), if !inflight.is_empty() => {

@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Bytes;
-use wire::{Entry, EntryBody, HubFrame, MemberId, ThreadId};
+use wire::{Entry, EntryBody, HubFrame, MemberId, Role, ThreadId};
 
 use wire::audit::AuditRecord;
 
 use crate::durability::{Write, WriteLog};
-use crate::store::{Store, StoreError};
+use crate::store::{Interval, Store, StoreError};
 
 /// Entries read from the store per round, per thread.
 const BATCH: usize = 64;
@@ -41,9 +41,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Mailbox {
     pending: Mutex<HashSet<ThreadId>>,
     wake: Notify,
+    /// Set when the policy no longer lets this connection read: nothing more
+    /// is sent, and the connection closes.
+    revoked: tokio_util::sync::CancellationToken,
 }
 
 impl Mailbox {
+    /// Stops delivery to this connection for good and tells the connection to close.
+    pub fn revoke(&self) {
+        self.revoked.cancel();
+        self.wake.notify_one();
+    }
+
+    /// Whether delivery to this connection was stopped by the policy.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_cancelled()
+    }
+
+    /// Resolves when the policy stops this connection.
+    pub async fn revoked(&self) {
+        self.revoked.cancelled().await
+    }
+
     /// Marks `thread` as having news and wakes the pump.
     pub fn mark(&self, thread: ThreadId) {
         lock(&self.pending).insert(thread);
@@ -74,8 +93,19 @@ pub struct TooManyConnections {
 /// Tells one connection's registration from another's.
 type ConnectionId = u64;
 
+/// One open connection, as the registry knows it.
+#[derive(Debug)]
+struct Online {
+    id: ConnectionId,
+    /// The role of its certificate: the same worker may hold certificates of several roles.
+    role: Role,
+    /// Its audit record, for entries about the connection itself.
+    record: AuditRecord,
+    mailbox: Arc<Mailbox>,
+}
+
 /// One member's open connections.
-type Connections = Vec<(ConnectionId, Arc<Mailbox>)>;
+type Connections = Vec<Online>;
 
 /// A recent entry: its seq, its encoded frame, and, for a Welcome, the only
 /// members who may receive it.
@@ -84,6 +114,8 @@ pub struct Frame {
     seq: u64,
     bytes: Bytes,
     to: Option<Arc<[MemberId]>>,
+    /// The member this entry adds to the thread, if it does.
+    adds: Option<MemberId>,
     /// The member this entry removes from the thread, if it does.
     removes: Option<MemberId>,
 }
@@ -94,12 +126,13 @@ impl Frame {
             EntryBody::Welcome { to, .. } => Some(to.clone().into()),
             _ => None,
         };
-        let removes = match &entry.body {
-            EntryBody::MemberRemoved { member } => Some(member.clone()),
-            _ => None,
+        let (adds, removes) = match &entry.body {
+            EntryBody::MemberAdded { member } => (Some(member.clone()), None),
+            EntryBody::MemberRemoved { member } => (None, Some(member.clone())),
+            _ => (None, None),
         };
         let seq = entry.seq;
-        Self { seq, bytes: wire::encode(&HubFrame::Event { thread, entry }).into(), to, removes }
+        Self { seq, bytes: wire::encode(&HubFrame::Event { thread, entry }).into(), to, adds, removes }
     }
 
     fn is_for(&self, member: &MemberId) -> bool {
@@ -176,8 +209,14 @@ impl Registry {
         })
     }
 
-    /// Registers a connection of `member`; dropping the result unregisters it.
-    pub fn register(self: &Arc<Self>, member: MemberId) -> Result<Registration, TooManyConnections> {
+    /// Registers a connection of `member` with a certificate of `role`, and
+    /// `record` for the audit entries about it; dropping the result unregisters it.
+    pub fn register(
+        self: &Arc<Self>,
+        member: MemberId,
+        role: Role,
+        record: AuditRecord,
+    ) -> Result<Registration, TooManyConnections> {
         let mut online = lock(&self.online);
         let connections = online.entry(member.clone()).or_default();
         if connections.len() >= self.per_identity {
@@ -185,8 +224,31 @@ impl Registry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
-        connections.push((id, mailbox.clone()));
+        connections.push(Online { id, role, record, mailbox: mailbox.clone() });
         Ok(Registration { registry: self.clone(), member, id, mailbox })
+    }
+
+    /// The audit records of the open connections that `allowed` no longer
+    /// admits (after a policy reload): the connections to close.
+    pub fn refused_by(&self, allowed: impl Fn(&MemberId, Role) -> bool) -> Vec<AuditRecord> {
+        let online = lock(&self.online);
+        online
+            .iter()
+            .flat_map(|(member, connections)| connections.iter().map(move |c| (member, c)))
+            .filter(|(member, c)| !allowed(member, c.role))
+            .map(|(_, c)| c.record.clone())
+            .collect()
+    }
+
+    /// Stops delivery to every open connection that `allowed` no longer admits,
+    /// at once, and tells each to close.
+    pub fn revoke(&self, allowed: impl Fn(&MemberId, Role) -> bool) {
+        let online = lock(&self.online);
+        for (member, connections) in online.iter() {
+            for connection in connections.iter().filter(|c| !allowed(member, c.role)) {
+                connection.mailbox.revoke();
+            }
+        }
     }
 
     /// Publishes a durable entry: encodes it once, caches it, and tells the
@@ -230,8 +292,8 @@ impl Registry {
     pub fn notify(&self, thread: ThreadId, members: &[MemberId]) {
         let online = lock(&self.online);
         for member in members {
-            for (_, mailbox) in online.get(member).into_iter().flatten() {
-                mailbox.mark(thread);
+            for connection in online.get(member).into_iter().flatten() {
+                connection.mailbox.mark(thread);
             }
         }
     }
@@ -257,7 +319,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut online = lock(&self.registry.online);
         if let Some(connections) = online.get_mut(&self.member) {
-            connections.retain(|(id, _)| *id != self.id);
+            connections.retain(|c| c.id != self.id);
             if connections.is_empty() {
                 online.remove(&self.member);
             }
@@ -300,9 +362,53 @@ impl DeliveryLog {
     }
 }
 
-/// Sends `member` every durable entry past its cursor, in order and encoded as
-/// event frames, for as long as the connection lives: first the backlog of all
-/// its threads, then news as the mailbox reports it.
+/// Where one member's delivery of one thread stands: the last seq it has
+/// passed, and the stretches of membership whose entries it may receive.
+#[derive(Debug)]
+struct Track {
+    after: u64,
+    intervals: Vec<Interval>,
+}
+
+impl Track {
+    /// Where `member` stands in `thread` by the store: `None` when it was never
+    /// a member, so that nothing of the thread is ever sent to it.
+    fn load(store: &dyn Store, member: &MemberId, thread: ThreadId) -> Result<Option<Self>, StoreError> {
+        let intervals = store.intervals(thread, member)?;
+        let Some(first) = intervals.first() else { return Ok(None) };
+        let after = store.cursor(member, thread)?.max(first.from - 1);
+        Ok(Some(Self { after, intervals }))
+    }
+
+    /// Follows the member's own membership entries as they pass, so that the
+    /// intervals stay exact without asking the store again.
+    fn observe(&mut self, frame: &Frame, member: &MemberId) {
+        let open = self.intervals.last().is_some_and(|i| i.until.is_none());
+        if frame.adds.as_ref() == Some(member) && !open && self.intervals.iter().all(|i| !i.contains(frame.seq)) {
+            self.intervals.push(Interval { from: frame.seq, until: None });
+        }
+        if frame.removes.as_ref() == Some(member) {
+            if let Some(last) = self.intervals.last_mut().filter(|i| i.until.is_none() && i.from <= frame.seq) {
+                last.until = Some(frame.seq);
+            }
+        }
+    }
+
+    fn wants(&self, seq: u64) -> bool {
+        self.intervals.iter().any(|i| i.contains(seq))
+    }
+
+    /// True once the member's last interval has ended and everything in it is sent.
+    fn finished(&self) -> bool {
+        self.intervals.last().and_then(|i| i.until).is_some_and(|until| self.after >= until)
+    }
+}
+
+/// Sends `member` every durable entry past its cursor that lies inside its
+/// membership intervals, in order and encoded as event frames, for as long as
+/// the connection lives: first the backlog of its threads (the current ones,
+/// and the rest of any interval that ended while it was away), then news as
+/// the mailbox reports it.
 pub async fn pump(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
@@ -311,49 +417,71 @@ pub async fn pump(
     out: mpsc::Sender<Bytes>,
     log: DeliveryLog,
 ) -> Result<(), PumpStopped> {
-    for thread in store.threads_of(&member)? {
+    for thread in store.threads_of(&member)?.into_iter().chain(store.former_threads(&member)?) {
         mailbox.mark(thread);
     }
-    let mut next_after: HashMap<ThreadId, u64> = HashMap::new();
-    // Threads this member was removed from while connected: nothing more of them is sent.
-    let mut left: HashSet<ThreadId> = HashSet::new();
+    let mut tracks: HashMap<ThreadId, Track> = HashMap::new();
     loop {
         for thread in mailbox.take().await {
-            if left.contains(&thread) {
-                continue;
+            if mailbox.is_revoked() {
+                return Err(PumpStopped::Closed);
             }
-            let after = match next_after.get_mut(&thread) {
-                Some(after) => after,
-                None => next_after.entry(thread).or_insert(store.cursor(&member, thread)?),
-            };
-            let mut sent: Option<(u64, u64)> = None;
-            'thread: loop {
-                let (frames, complete) = match registry.recent_after(thread, *after) {
-                    Some(frames) => (frames, true),
-                    None => {
-                        let entries = store.entries_after(thread, *after, BATCH)?;
-                        let complete = entries.len() < BATCH;
-                        (entries.into_iter().map(|entry| Frame::of(thread, entry)).collect(), complete)
-                    }
+            if !tracks.contains_key(&thread) {
+                match Track::load(store.as_ref(), &member, thread)? {
+                    Some(track) if !track.finished() => tracks.insert(thread, track),
+                    _ => continue,
                 };
-                for frame in frames {
-                    *after = frame.seq;
-                    if frame.is_for(&member) {
-                        out.send(frame.bytes).await.map_err(|_| PumpStopped::Closed)?;
-                        sent = Some((sent.map_or(frame.seq, |(first, _)| first), frame.seq));
-                    }
-                    if frame.removes.as_ref() == Some(&member) {
-                        left.insert(thread);
-                        break 'thread;
-                    }
-                }
-                if complete {
-                    break;
-                }
+            }
+            let Some(track) = tracks.get_mut(&thread) else { continue };
+            let sent = deliver(store.as_ref(), &registry, &member, &mailbox, &out, thread, track).await?;
+            if track.finished() {
+                // A later mark (the member added again) loads it afresh.
+                tracks.remove(&thread);
             }
             if let Some((first, last)) = sent {
                 log.delivered(thread, first, last).await;
             }
+        }
+    }
+}
+
+/// Sends one thread's frames after `track.after` that the member may receive;
+/// returns the first and last seq sent.
+async fn deliver(
+    store: &dyn Store,
+    registry: &Registry,
+    member: &MemberId,
+    mailbox: &Mailbox,
+    out: &mpsc::Sender<Bytes>,
+    thread: ThreadId,
+    track: &mut Track,
+) -> Result<Option<(u64, u64)>, PumpStopped> {
+    let mut sent: Option<(u64, u64)> = None;
+    loop {
+        let (frames, complete) = match registry.recent_after(thread, track.after) {
+            Some(frames) => (frames, true),
+            None => {
+                let entries = store.entries_after(thread, track.after, BATCH)?;
+                let complete = entries.len() < BATCH;
+                (entries.into_iter().map(|entry| Frame::of(thread, entry)).collect(), complete)
+            }
+        };
+        for frame in frames {
+            track.after = frame.seq;
+            track.observe(&frame, member);
+            if track.wants(frame.seq) && frame.is_for(member) {
+                if mailbox.is_revoked() {
+                    return Err(PumpStopped::Closed);
+                }
+                out.send(frame.bytes).await.map_err(|_| PumpStopped::Closed)?;
+                sent = Some((sent.map_or(frame.seq, |(first, _)| first), frame.seq));
+            }
+            if track.finished() {
+                return Ok(sent);
+            }
+        }
+        if complete {
+            return Ok(sent);
         }
     }
 }
@@ -363,7 +491,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: u64, size: usize) -> Frame {
-        Frame { seq, bytes: Bytes::from(vec![seq as u8; size]), to: None, removes: None }
+        Frame { seq, bytes: Bytes::from(vec![seq as u8; size]), to: None, adds: None, removes: None }
     }
 
     #[test]

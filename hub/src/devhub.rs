@@ -88,6 +88,16 @@ impl DevHub {
         Ok(Self { addr, pki_dir: dir.join("pki"), data_dir: dir.join("data"), hub, shutdown, task: Some(task) })
     }
 
+    /// The running hub's shared state (to reload its policy, say).
+    pub fn hub(&self) -> std::sync::Arc<crate::session::Hub> {
+        self.hub.clone()
+    }
+
+    /// The hub's store, as the hub itself reads it.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.hub.store.clone()
+    }
+
     /// The hub's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -83,6 +83,9 @@ pub enum Write {
         thread: ThreadId,
         /// Who commits.
         caller: MemberId,
+        /// Whether the committer's role may change membership (add or remove
+        /// devices); the commit's own content decides whether it does.
+        may_change_membership: bool,
         /// The commit message.
         commit: Vec<u8>,
         /// The Welcome for the members it adds.
@@ -288,7 +291,52 @@ impl Epochs {
     }
 }
 
-fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied, WriteError> {
+/// Writes audit entries from inside a write, before the effect they describe:
+/// a commit's removals, a departure, an escalation, a retention sweep.
+pub struct Auditor<'a> {
+    store: &'a dyn Store,
+    recorder: &'a mut Recorder,
+    request: Option<&'a AuditRecord>,
+}
+
+impl<'a> Auditor<'a> {
+    /// An auditor for the hub's own work on `store` (a sweep run by hand, as
+    /// `hub` subcommands and tests do), outside any request.
+    pub fn new(store: &'a dyn Store, recorder: &'a mut Recorder) -> Self {
+        Self { store, recorder, request: None }
+    }
+
+    /// Appends `record` to the chain; the write that asked is refused if it cannot be.
+    pub fn record(&mut self, record: AuditRecord) -> Result<(), WriteError> {
+        self.recorder.record(self.store, record).map(drop).map_err(|e| {
+            error!(error = %e, "cannot write an audit entry; the action is refused");
+            WriteError::Store(e)
+        })
+    }
+
+    /// Records that `member`'s membership of `thread` ends, as part of the
+    /// request being applied (or of the hub's own sweep, without one).
+    pub fn removal(&mut self, thread: ThreadId, member: &MemberId, rule: &str) -> Result<(), WriteError> {
+        let record = match self.request {
+            Some(request) => AuditRecord {
+                action: AuditAction::RemoveMember,
+                case: Some(thread),
+                object: Some(member.to_string()),
+                rule: format!("{}; {rule}", request.rule),
+                ..request.clone()
+            },
+            None => AuditRecord {
+                case: Some(thread),
+                object: Some(member.to_string()),
+                rule: rule.to_owned(),
+                ..crate::audit::hub_record(AuditAction::RemoveMember)
+            },
+        };
+        self.record(record)
+    }
+}
+
+fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Auditor<'_>) -> Result<Applied, WriteError> {
     let at = now_ms();
     let appended = |thread: ThreadId, a: crate::store::Appended| {
         (Written::Entry { seq: a.seq, duplicate: a.duplicate() }, a.entry.map(|e| (thread, e)).into_iter().collect())
@@ -311,8 +359,9 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
             epochs.0.insert(thread, 0);
             (Written::Group { epoch: 0 }, Vec::new())
         }
-        Write::Commit { thread, caller, commit, welcome } => {
-            let applied = apply_commit(store, thread, &caller, &commit, welcome, at)?;
+        Write::Commit { thread, caller, may_change_membership, commit, welcome } => {
+            let commit = ProposedCommit { thread, caller: &caller, may_change_membership, commit: &commit, welcome };
+            let applied = apply_commit(store, commit, at, audit)?;
             if let Written::Commit { epoch, .. } = applied.0 {
                 epochs.0.insert(thread, epoch);
             }
@@ -340,15 +389,15 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write) -> Result<Applied
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
         Write::Handover { thread, by, op, calendar, now_ms } => {
-            let (ownership, entries) = crate::handovers::apply(store, &calendar, thread, &by, op, now_ms)?;
+            let (ownership, entries) = crate::handovers::apply(store, &calendar, thread, &by, op, now_ms, audit)?;
             (Written::Ownership(Box::new(ownership)), entries.into_iter().map(|e| (thread, e)).collect())
         }
         Write::HandoverDeadlines { calendar, now_ms } => {
-            let (raised, entries) = crate::handovers::sweep(store, &calendar, now_ms)?;
+            let (raised, entries) = crate::handovers::sweep(store, &calendar, now_ms, audit)?;
             (Written::Escalated(raised), entries)
         }
         Write::Retention { retention, now_ms } => {
-            (Written::Swept(crate::retention::sweep(store, &retention, now_ms)?), Vec::new())
+            (Written::Swept(crate::retention::sweep(store, &retention, now_ms, audit)?), Vec::new())
         }
     })
 }
@@ -362,39 +411,79 @@ fn group_state(store: &dyn Store, thread: ThreadId) -> Result<Vec<u8>, WriteErro
     store.group_state(thread)?.ok_or_else(|| refused(ErrorCode::Invalid, "the thread has no MLS group"))
 }
 
-/// Checks a commit against the group and the membership table, then stores it.
+/// A commit as the writer receives it.
+struct ProposedCommit<'a> {
+    thread: ThreadId,
+    caller: &'a MemberId,
+    may_change_membership: bool,
+    commit: &'a [u8],
+    welcome: Option<Vec<u8>>,
+}
+
+fn forbidden(rule: &str, reason: impl std::fmt::Display) -> WriteError {
+    WriteError::Refused(WireError::new(ErrorCode::Forbidden, format!("denied by rule {rule}: {reason}")))
+}
+
+/// Checks a commit against the group, the membership table and the case's
+/// ownership, records the memberships it ends, then stores it.
 fn apply_commit(
     store: &dyn Store,
-    thread: ThreadId,
-    caller: &MemberId,
-    commit: &[u8],
-    welcome: Option<Vec<u8>>,
+    proposed: ProposedCommit<'_>,
     at_ms: u64,
+    audit: &mut Auditor<'_>,
 ) -> Result<Applied, WriteError> {
+    let ProposedCommit { thread, caller, may_change_membership, commit, welcome } = proposed;
     if !store.is_member(thread, caller)? {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     }
     let state = group_state(store, thread)?;
     let checked = crate::groups::check_commit(&state, thread, caller, commit).map_err(WriteError::Refused)?;
+    let changes_membership = !checked.added.is_empty() || !checked.removes_devices_of.is_empty();
+    if changes_membership && !may_change_membership {
+        return Err(forbidden("role-forbids", "this role may not add or remove members"));
+    }
     for added in &checked.added {
         if !store.is_member(thread, added)? {
             return Err(WriteError::Refused(WireError::new(
                 ErrorCode::Forbidden,
-                format!("the commit adds {added}, who is not on the thread's membership"),
+                format!("denied by rule add-not-on-membership: the commit adds {added}, who is not on the thread's membership"),
             )));
         }
+    }
+    let mut ownership = store.ownership(thread)?;
+    if let Some(owner) = ownership.as_ref().map(|o| &o.owner).filter(|o| checked.removes_devices_of.contains(o)) {
+        return Err(forbidden(
+            "owner-stays",
+            format!("{owner} holds regie over the case; ownership moves only by a completed handover"),
+        ));
     }
     if checked.added.is_empty() != welcome.is_none() {
         return Err(refused(ErrorCode::Invalid, "a commit that adds members needs a Welcome, and only then"));
     }
+    // Only a current member's membership can end; a departed member's devices
+    // leave the group without a second removal.
+    let mut removed = Vec::new();
+    for member in &checked.removed {
+        if store.is_member(thread, member)? {
+            audit.removal(thread, member, "removed-by-commit")?;
+            removed.push(member.clone());
+        }
+    }
+    let done = |o: &mut wire::handover::Ownership| {
+        let due = o.removal_due.len();
+        o.removal_due.retain(|m| !checked.removed.contains(m));
+        o.removal_due.len() != due
+    };
+    let ownership = ownership.as_mut().and_then(|o| done(o).then_some(&*o));
     let accepted = AcceptedCommit {
         thread,
         by: caller,
         state: &checked.state,
         epoch: checked.epoch,
         commit,
-        removed: &checked.removed,
+        removed: &removed,
         welcome: welcome.as_deref().map(|w| (checked.added.as_slice(), w)),
+        ownership,
         at_ms,
     };
     let entries = store.apply_commit(&accepted)?;
@@ -416,27 +505,14 @@ fn apply_audited(
     write: Write,
     audit: Option<AuditRecord>,
 ) -> Result<Applied, WriteError> {
-    let Some(record) = audit else { return apply(store, epochs, write) };
-    recorder.record(store, record.clone()).map_err(|e| {
-        error!(error = %e, "cannot write an audit entry; the action is refused");
-        WriteError::Store(e)
-    })?;
-    let result = apply(store, epochs, write);
-    if let Ok((_, news)) = &result {
-        // A commit's removals are membership changes of their own in the log.
-        for (thread, entry) in news {
-            if let wire::EntryBody::MemberRemoved { member } = &entry.body {
-                let removal = AuditRecord {
-                    action: AuditAction::RemoveMember,
-                    case: Some(*thread),
-                    object: Some(member.to_string()),
-                    ..record.clone()
-                };
-                recorder.record(store, removal).map_err(WriteError::Store)?;
-            }
-        }
+    if let Some(record) = &audit {
+        recorder.record(store, record.clone()).map_err(|e| {
+            error!(error = %e, "cannot write an audit entry; the action is refused");
+            WriteError::Store(e)
+        })?;
     }
-    if let Err(e) = &result {
+    let result = apply(store, epochs, write, &mut Auditor { store, recorder, request: audit.as_ref() });
+    if let (Err(e), Some(record)) = (&result, audit) {
         let failed = AuditRecord {
             outcome: AuditOutcome::Failed,
             rule: format!("{}; failed: {e}", record.rule),

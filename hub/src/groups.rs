@@ -87,6 +87,11 @@ pub fn epoch(state: &[u8], thread: ThreadId) -> Result<u64, WireError> {
     Ok(load_group(state, thread)?.1.group_context().epoch().as_u64())
 }
 
+/// The identities with at least one device (leaf) in a stored group.
+pub fn devices_of(state: &[u8], thread: ThreadId) -> Result<Vec<MemberId>, WireError> {
+    Ok(members_of(&load_group(state, thread)?.1))
+}
+
 /// What an accepted commit does.
 #[derive(Debug)]
 pub struct CheckedCommit {
@@ -96,7 +101,10 @@ pub struct CheckedCommit {
     pub epoch: u64,
     /// The members it adds.
     pub added: Vec<MemberId>,
-    /// The members it removes.
+    /// The identities whose devices (leaves) it removes, once each.
+    pub removes_devices_of: Vec<MemberId>,
+    /// Those of them with no device left in the group after it: their
+    /// membership ends with the commit.
     pub removed: Vec<MemberId>,
 }
 
@@ -134,7 +142,7 @@ pub fn check_commit(
         .add_proposals()
         .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
         .collect::<Result<Vec<_>, _>>()?;
-    let removed = staged
+    let mut removes_devices_of = staged
         .remove_proposals()
         .map(|remove| {
             let leaf =
@@ -142,8 +150,13 @@ pub fn check_commit(
             credential_member(leaf.credential())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    removes_devices_of.sort();
+    removes_devices_of.dedup();
     group
         .merge_commit(&storage, *staged)
         .map_err(|e| WireError::new(ErrorCode::Internal, format!("merging the commit: {e:?}")))?;
-    Ok(CheckedCommit { state: save_storage(&storage), epoch: group.group_context().epoch().as_u64(), added, removed })
+    let remaining = members_of(&group);
+    let removed = removes_devices_of.iter().filter(|m| !remaining.contains(m)).cloned().collect();
+    let epoch = group.group_context().epoch().as_u64();
+    Ok(CheckedCommit { state: save_storage(&storage), epoch, added, removes_devices_of, removed })
 }

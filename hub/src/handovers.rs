@@ -13,7 +13,9 @@ use wire::handover::{
 };
 use wire::{ErrorCode, MemberId, ThreadId, WireError};
 
-use crate::durability::WriteError;
+use wire::audit::{AuditAction, AuditOutcome, AuditRecord};
+
+use crate::durability::{Auditor, WriteError};
 use crate::policy::{Decision, Policy};
 use crate::store::{HandoverStep, Store};
 
@@ -110,6 +112,7 @@ pub fn apply(
     by: &MemberId,
     op: HandoverOp,
     now_ms: u64,
+    audit: &mut Auditor<'_>,
 ) -> Result<(Ownership, Vec<wire::Entry>), WriteError> {
     let Some(mut ownership) = store.ownership(thread)? else {
         return Err(WriteError::Refused(WireError::thread_not_found()));
@@ -160,31 +163,86 @@ pub fn apply(
             HandoverEvent::Done { clock }
         }
     };
-    let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, at_ms: now_ms };
+    let evict = departures(store, thread, &mut ownership)?;
+    for member in &evict {
+        audit.removal(thread, member, "left-the-case")?;
+    }
+    let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, evict, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
     Ok((ownership, entries))
 }
 
+/// The members who left the case (or whose background role ended) and are
+/// still on its membership. Their membership ends with the step that records
+/// the departure, so they receive nothing after it; where their devices are in
+/// the case's MLS group, they become due for removal by the owner's device.
+fn departures(store: &dyn Store, thread: ThreadId, ownership: &mut Ownership) -> Result<Vec<MemberId>, WriteError> {
+    let mut evict = Vec::new();
+    for (member, _) in &ownership.left {
+        if store.is_member(thread, member)? {
+            evict.push(member.clone());
+        }
+    }
+    if evict.is_empty() {
+        return Ok(evict);
+    }
+    let in_group = match store.group_state(thread)? {
+        Some(state) => crate::groups::devices_of(&state, thread).map_err(WriteError::Refused)?,
+        None => Vec::new(),
+    };
+    for member in evict.iter().filter(|m| in_group.contains(m)) {
+        if !ownership.removal_due.contains(member) {
+            ownership.removal_due.push(member.clone());
+        }
+    }
+    Ok(evict)
+}
+
 /// Fires every deadline due at `now_ms` in every case: expired offers and
 /// overdue clocks become escalation entries in their threads.
-pub fn sweep(store: &dyn Store, calendar: &Calendar, now_ms: u64) -> Result<Swept, WriteError> {
+pub fn sweep(
+    store: &dyn Store,
+    calendar: &Calendar,
+    now_ms: u64,
+    audit: &mut Auditor<'_>,
+) -> Result<Swept, WriteError> {
     let mut appended = Vec::new();
     let mut raised = Vec::new();
     for (thread, mut ownership) in store.ownerships()? {
+        let departed = ownership.left.len();
         let escalations = ownership.due(calendar, now_ms);
-        if escalations.is_empty() {
+        // A background role that ended is a departure, written now so that its membership ends on time.
+        if escalations.is_empty() && ownership.left.len() == departed {
             continue;
         }
         for escalation in &escalations {
             tracing::warn!(%thread, ?escalation, "handover escalation");
+            audit.record(AuditRecord {
+                case: Some(thread),
+                object: Some(format!("{escalation:?}")),
+                outcome: AuditOutcome::Failed,
+                rule: "deadline-escalation".into(),
+                ..crate::audit::hub_record(AuditAction::Handover)
+            })?;
         }
-        let by = match &escalations[0] {
-            Escalation::OfferExpired { sender, .. } => sender.clone(),
-            Escalation::Overdue { owner, .. } => owner.clone(),
+        let by = match escalations.first() {
+            Some(Escalation::OfferExpired { sender, .. }) => sender.clone(),
+            Some(Escalation::Overdue { .. }) | None => ownership.owner.clone(),
         };
+        let since = ownership.left.len();
         raised.extend(escalations.iter().map(|e| (thread, e.clone())));
-        let events = escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
-        let step = HandoverStep { thread, by: &by, ownership: &ownership, events, admit: None, at_ms: now_ms };
+        let mut events: Vec<HandoverEvent> =
+            escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
+        events.extend(
+            ownership.left[departed..since]
+                .iter()
+                .map(|(member, reason)| HandoverEvent::Left { member: member.clone(), reason: reason.clone() }),
+        );
+        let evict = departures(store, thread, &mut ownership)?;
+        for member in &evict {
+            audit.removal(thread, member, "background-role-ended")?;
+        }
+        let step = HandoverStep { thread, by: &by, ownership: &ownership, events, admit: None, evict, at_ms: now_ms };
         appended.extend(store.apply_handover(&step)?.into_iter().map(|e| (thread, e)));
     }
     Ok((raised, appended))

@@ -249,6 +249,10 @@ impl Policy {
             (Role::System, None) => {
                 Err(Decision::deny("system-names-worker", "a system identity must name the worker it acts for"))
             }
+            (Role::System, Some(member)) if member == &caller.member_id() => Err(Decision::deny(
+                "system-names-worker",
+                "a system identity must name a worker of its organisation, not itself",
+            )),
             (Role::System, Some(member)) if member.oin != caller.oin => Err(Decision::deny(
                 "system-own-organisation",
                 format!("a system of {} may act only for its own workers, not for {member}", caller.oin),
@@ -330,11 +334,30 @@ impl PolicySource {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reads the file again; on any error the policy in force stays and the error is returned.
-    pub fn reload(&self) -> Result<(), PolicyError> {
-        let policy = Policy::load(&self.path)?;
+    /// Reads the file again without putting it in force; on any error the
+    /// policy in force stays and the error is returned.
+    pub fn read_again(&self) -> Result<Policy, PolicyError> {
+        Policy::load(&self.path)
+    }
+
+    /// Puts a policy read by [`PolicySource::read_again`] in force.
+    pub fn install(&self, policy: Policy) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(policy);
+    }
+
+    /// Reads the file again and puts it in force; on any error the policy in
+    /// force stays and the error is returned.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        self.install(self.read_again()?);
         Ok(())
+    }
+
+    /// Whether an open connection of `member` with a certificate of `role`,
+    /// admitted under `before`, stays open under `after`: its organisation is
+    /// still in the policy, and a role that received case entries may still read.
+    pub fn keeps(before: &Policy, after: &Policy, member: &MemberId, role: Role) -> bool {
+        let reads = |policy: &Policy| policy.role_allows(role, Action::Read).allowed;
+        after.organisation(&member.oin).is_some() && (!reads(before) || reads(after))
     }
 
     /// The policy file.

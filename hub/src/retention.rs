@@ -20,6 +20,9 @@ use std::collections::HashMap;
 use wire::calendar::DAY_MS;
 use wire::ThreadId;
 
+use wire::audit::{AuditAction, AuditRecord};
+
+use crate::durability::{Auditor, WriteError};
 use crate::policy::Retention;
 use crate::store::{Store, StoreError};
 
@@ -44,9 +47,40 @@ fn received_by_all(store: &dyn Store, thread: ThreadId) -> Result<u64, StoreErro
     Ok(if lowest == u64::MAX { 0 } else { lowest })
 }
 
-/// Deletes what the retention periods allow at `now_ms`.
-pub fn sweep(store: &dyn Store, retention: &Retention, now_ms: u64) -> Result<Swept, StoreError> {
+/// Deletes what the retention periods allow at `now_ms`. The audit log says
+/// what the sweep is about to delete (its cutoffs) before it deletes anything,
+/// and how much it deleted after.
+pub fn sweep(
+    store: &dyn Store,
+    retention: &Retention,
+    now_ms: u64,
+    audit: &mut Auditor<'_>,
+) -> Result<Swept, WriteError> {
     let content_cutoff = now_ms.saturating_sub(u64::from(retention.content_days) * DAY_MS);
+    // A year of 365.25 days, so that leap years never shorten the period.
+    let audit_cutoff = now_ms.saturating_sub(u64::from(retention.audit_years) * 36_525 * DAY_MS / 100);
+    audit.record(AuditRecord {
+        object: Some(format!(
+            "content received by every member and stored before {content_cutoff} ms; audit entries before {audit_cutoff} ms"
+        )),
+        rule: "retention-policy; sweep begins".into(),
+        ..crate::audit::hub_record(AuditAction::Retention)
+    })?;
+    let swept = delete(store, content_cutoff, audit_cutoff)?;
+    if swept != Swept::default() {
+        audit.record(AuditRecord {
+            object: Some(format!(
+                "{} messages, {} blobs, {} audit entries",
+                swept.messages, swept.blobs, swept.audit_entries
+            )),
+            rule: "retention-policy; sweep done".into(),
+            ..crate::audit::hub_record(AuditAction::Retention)
+        })?;
+    }
+    Ok(swept)
+}
+
+fn delete(store: &dyn Store, content_cutoff: u64, audit_cutoff: u64) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
     let mut received = HashMap::new();
     for thread in store.threads()? {
@@ -65,8 +99,6 @@ pub fn sweep(store: &dyn Store, retention: &Retention, now_ms: u64) -> Result<Sw
             swept.blobs += 1;
         }
     }
-    // A year of 365.25 days, so that leap years never shorten the period.
-    let audit_cutoff = now_ms.saturating_sub(u64::from(retention.audit_years) * 36_525 * DAY_MS / 100);
     swept.audit_entries = store.prune_audit(audit_cutoff)?;
     Ok(swept)
 }

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use wire::audit::AuditAction;
+use wire::audit::{AuditAction, AuditOutcome};
+use wire::{ErrorCode, WireError};
 
 use crate::audit::chain::AuditKey;
 use crate::audit::Recorder;
@@ -272,11 +273,30 @@ async fn handle(
     match handshake(&hub, acceptor, tcp, peer).await {
         Err(refusal) => {
             warn!(%peer, reason = %refusal, "refused connection");
-            hub.audit_connection(None, peer, AuditAction::HandshakeRefused, &refusal.to_string()).await;
+            let reason = refusal.to_string();
+            let _ =
+                hub.audit_connection(None, peer, AuditAction::HandshakeRefused, AuditOutcome::Denied, &reason).await;
         }
         Ok((ws, caller)) => {
+            let known = hub.policy.current().organisation(&caller.identity.oin).is_some();
+            let (outcome, rule) = if known {
+                (AuditOutcome::Allowed, "authenticated".to_owned())
+            } else {
+                (AuditOutcome::Denied, format!("unknown-organisation: {} is not in the policy", caller.identity.oin))
+            };
+            // The connection is served only once its entry is durable.
+            let audited = hub.audit_connection(Some(&caller), peer, AuditAction::Connect, outcome, &rule).await;
+            let refusal = match (known, audited) {
+                (true, Ok(())) => None,
+                (false, _) => Some(WireError::new(ErrorCode::Forbidden, format!("denied by rule {rule}"))),
+                (true, Err(e)) => Some(e),
+            };
+            if let Some(refusal) = refusal {
+                warn!(%peer, identity = %caller.identity, reason = %refusal.message, "refused connection");
+                connection::refuse(&hub, ws, refusal, "the connection is not admitted").await;
+                return;
+            }
             info!(%peer, identity = %caller.identity, fingerprint = %caller.fingerprint, "connected");
-            hub.audit_connection(Some(&caller), peer, AuditAction::Connect, "authenticated").await;
             connection::serve(hub, ws, caller.clone(), shutdown).await;
             info!(%peer, identity = %caller.identity, "disconnected");
         }

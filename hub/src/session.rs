@@ -95,6 +95,19 @@ pub enum WriteKind {
     Handover,
 }
 
+/// An authorised request, turned into what the hub does with it.
+enum Prepared {
+    /// A write, and the reply it will shape.
+    Write(WriteKind, Write),
+    /// The answer to a read.
+    Read(Result<Reply, WireError>),
+}
+
+/// The identity a request acts as, when the policy lets it act at all.
+fn actor_of(policy: &Policy, caller: &Caller, on_behalf_of: &Option<MemberId>) -> Option<MemberId> {
+    policy.actor(&caller.identity, on_behalf_of.as_ref()).ok()
+}
+
 /// What became of a request once applied.
 #[derive(Debug)]
 pub enum Outcome {
@@ -153,25 +166,49 @@ impl Hub {
         Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms, clock, calendar }))
     }
 
-    /// Reloads the policy file; a file that does not validate leaves the policy in force.
+    /// Reloads the policy file; a file that does not validate leaves the policy
+    /// in force. The reload, and the closing of every connection the new policy
+    /// no longer admits, are audited before they take effect; those
+    /// connections receive nothing once it is in force.
     pub async fn reload_policy(&self) {
-        let (outcome, rule) = match self.policy.reload() {
-            Ok(()) => {
-                tracing::info!(file = %self.policy.path().display(), "policy reloaded");
-                (AuditOutcome::Allowed, "policy-reloaded".to_owned())
-            }
-            Err(e) => {
-                error!("policy reload refused, the previous policy stays in force: {e}");
-                (AuditOutcome::Failed, format!("policy-reload-refused: {e}"))
-            }
-        };
-        let record = AuditRecord {
-            object: Some(self.policy.path().display().to_string()),
+        let path = self.policy.path().display().to_string();
+        let record = |outcome, rule: String| AuditRecord {
+            object: Some(path.clone()),
             outcome,
             rule,
-            ..blank_record(AuditAction::PolicyReload, None)
+            ..audit::blank_record(AuditAction::PolicyReload, None)
         };
-        self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+        let candidate = match self.policy.read_again() {
+            Ok(candidate) => candidate,
+            Err(e) => {
+                error!("policy reload refused, the previous policy stays in force: {e}");
+                let refused = record(AuditOutcome::Failed, format!("policy-reload-refused: {e}"));
+                let _ = self.writes.submit(Write::Audit, Some(refused)).await.await;
+                return;
+            }
+        };
+        let before = self.policy.current();
+        let mut records = vec![record(AuditOutcome::Allowed, "policy-reloaded".to_owned())];
+        let closing = self.registry.refused_by(|m, role| PolicySource::keeps(&before, &candidate, m, role));
+        records.extend(closing.into_iter().map(|connection| AuditRecord {
+            action: AuditAction::Connect,
+            outcome: AuditOutcome::Denied,
+            rule: "policy-no-longer-admits: the connection is closed".into(),
+            at_ms: crate::clock::now_ms(),
+            ..connection
+        }));
+        for record in records {
+            if let Err(e) =
+                self.writes.submit(Write::Audit, Some(record)).await.await.unwrap_or(Err(WriteError::Closed))
+            {
+                error!(error = %e, "cannot audit the policy reload; the previous policy stays in force");
+                return;
+            }
+        }
+        self.policy.install(candidate);
+        let after = self.policy.current();
+        self.registry.revoke(|m, role| PolicySource::keeps(&before, &after, m, role));
+        tracing::info!(file = %path, "policy reloaded");
     }
 
     /// Runs a retention sweep at `now_ms` with the policy's periods and records
@@ -179,23 +216,11 @@ impl Hub {
     pub async fn sweep_retention(&self, now_ms: u64) -> Result<crate::retention::Swept, WireError> {
         let retention = self.policy.current().retention.clone();
         let written = self.writes.submit(Write::Retention { retention, now_ms }, None).await;
-        let swept = match written.await.unwrap_or(Err(WriteError::Closed)) {
-            Ok(Written::Swept(swept)) => swept,
-            Ok(other) => return Err(WireError::new(ErrorCode::Internal, format!("unexpected {other:?}"))),
-            Err(e) => return Err(not_durable(e)),
-        };
-        if swept != crate::retention::Swept::default() {
-            let record = AuditRecord {
-                object: Some(format!(
-                    "{} messages, {} blobs, {} audit entries",
-                    swept.messages, swept.blobs, swept.audit_entries
-                )),
-                rule: "retention-policy".into(),
-                ..blank_record(AuditAction::Retention, None)
-            };
-            self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+        match written.await.unwrap_or(Err(WriteError::Closed)) {
+            Ok(Written::Swept(swept)) => Ok(swept),
+            Ok(other) => Err(WireError::new(ErrorCode::Internal, format!("unexpected {other:?}"))),
+            Err(e) => Err(not_durable(e)),
         }
-        Ok(swept)
     }
 
     /// The audit record of deliveries to this caller's connection.
@@ -203,20 +228,28 @@ impl Hub {
         AuditRecord {
             actor: Some(audit::actor(&caller.identity, &caller.fingerprint)),
             rule: "member-of-case".into(),
-            ..blank_record(AuditAction::Deliver, Some(caller.peer))
+            ..audit::blank_record(AuditAction::Deliver, Some(caller.peer))
         }
     }
 
-    /// Records a connection, or a refused handshake (with no caller), in the audit log.
-    pub async fn audit_connection(&self, caller: Option<&Caller>, peer: SocketAddr, action: AuditAction, why: &str) {
-        let outcome = if caller.is_some() { AuditOutcome::Allowed } else { AuditOutcome::Denied };
+    /// Records a connection, or a refused handshake (with no caller), in the
+    /// audit log, and waits until the entry is durable.
+    pub async fn audit_connection(
+        &self,
+        caller: Option<&Caller>,
+        peer: SocketAddr,
+        action: AuditAction,
+        outcome: AuditOutcome,
+        why: &str,
+    ) -> Result<(), WireError> {
         let record = AuditRecord {
             actor: caller.map(|c| audit::actor(&c.identity, &c.fingerprint)),
             outcome,
             rule: why.to_owned(),
-            ..blank_record(action, Some(peer))
+            ..audit::blank_record(action, Some(peer))
         };
-        self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+        let durable = self.writes.submit(Write::Audit, Some(record)).await;
+        durable.await.unwrap_or(Err(WriteError::Closed)).map(drop).map_err(not_durable)
     }
 
     /// Applies a request. Requests applied one after another are written in
@@ -245,13 +278,64 @@ impl Hub {
                 actor
             }
             Err((refusal, rule)) => {
+                if let Some(farewell) = self.farewell(&actor_of(&policy, caller, &on_behalf_of), &request, rule) {
+                    record.rule = "leave-already-recorded".into();
+                    let durable = self.writes.submit(Write::Audit, Some(record)).await;
+                    return Ok(Outcome::Audited { reply: Ok(farewell), durable });
+                }
                 record.outcome = AuditOutcome::Denied;
                 record.rule = rule.to_owned();
-                // The refusal stands whether or not its entry could be written.
-                let _ = self.writes.submit(Write::Audit, Some(record)).await.await;
-                return Err(refusal);
+                return Err(self.refuse(record, refusal).await);
             }
         };
+        match self.prepare(&policy, caller, actor, request, &mut record) {
+            Ok(Prepared::Write(kind, write)) => {
+                Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
+            }
+            Ok(Prepared::Read(reply)) => {
+                if let Err(e) = &reply {
+                    record.outcome = AuditOutcome::Failed;
+                    record.rule = format!("{}; failed: {:?}", record.rule, e.code);
+                }
+                Ok(Outcome::Audited { reply, durable: self.writes.submit(Write::Audit, Some(record)).await })
+            }
+            Err(refusal) => {
+                let forbidden = refusal.code == ErrorCode::Forbidden;
+                record.outcome = if forbidden { AuditOutcome::Denied } else { AuditOutcome::Failed };
+                record.rule = format!("{}; refused: {}", record.rule, refusal.message);
+                Err(self.refuse(record, refusal).await)
+            }
+        }
+    }
+
+    /// Records a refusal in the audit log and hands it back. The refusal
+    /// stands whether or not its entry could be written.
+    async fn refuse(&self, record: AuditRecord, refusal: WireError) -> WireError {
+        let _ = self.writes.submit(Write::Audit, Some(record)).await.await;
+        refusal
+    }
+
+    /// The answer to a resent `leave_case` from a member who has left: the
+    /// case's state as it stood when it left, so that the step reads as done
+    /// without showing anything that happened after.
+    fn farewell(&self, actor: &Option<MemberId>, request: &Request, rule: &str) -> Option<Reply> {
+        let (Request::LeaveCase { thread, reason }, Some(actor), "not-a-member") = (request, actor, rule) else {
+            return None;
+        };
+        let ownership = self.store.farewell(*thread, actor).ok()??;
+        let recorded = ownership.left.iter().any(|(m, r)| m == actor && r == reason);
+        recorded.then(|| Reply::Ownership { ownership: Box::new(ownership) })
+    }
+
+    /// Turns an authorised request into its write, or answers it when it only reads.
+    fn prepare(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        actor: MemberId,
+        request: Request,
+        record: &mut AuditRecord,
+    ) -> Result<Prepared, WireError> {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
                 (WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref })
@@ -269,7 +353,8 @@ impl Hub {
             }
             Request::Commit { thread, commit, welcome } => {
                 let welcome = welcome.map(serde_bytes::ByteBuf::into_vec);
-                (WriteKind::Commit, Write::Commit { thread, caller: actor, commit, welcome })
+                let may_change_membership = policy.role_allows(caller.identity.role, Action::AddMember).allowed;
+                (WriteKind::Commit, Write::Commit { thread, caller: actor, may_change_membership, commit, welcome })
             }
             Request::UploadKeyPackages { key_packages } if !key_packages.is_empty() => {
                 let packages = self.verify_key_packages(caller, key_packages)?;
@@ -295,16 +380,9 @@ impl Hub {
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
-            read => {
-                let reply = self.read(caller, &actor, read, &mut record);
-                if let Err(e) = &reply {
-                    record.outcome = AuditOutcome::Failed;
-                    record.rule = format!("{}; failed: {:?}", record.rule, e.code);
-                }
-                return Ok(Outcome::Audited { reply, durable: self.writes.submit(Write::Audit, Some(record)).await });
-            }
+            read => return Ok(Prepared::Read(self.read(caller, &actor, read, record))),
         };
-        Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
+        Ok(Prepared::Write(kind, write))
     }
 
     fn handover(&self, thread: ThreadId, actor: &MemberId, op: HandoverOp) -> (WriteKind, Write) {
@@ -312,22 +390,12 @@ impl Hub {
         (WriteKind::Handover, Write::Handover { thread, by: actor.clone(), op, calendar, now_ms })
     }
 
-    /// Fires handover deadlines due by the hub's clock, and records each escalation in the audit log.
+    /// Fires handover deadlines due by the hub's clock; each escalation is
+    /// recorded in the audit log before it is written to its thread.
     pub async fn fire_deadlines(&self) -> Result<(), WireError> {
         let write = Write::HandoverDeadlines { calendar: self.calendar.clone(), now_ms: self.clock.now_ms() };
         let written = self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed));
-        let Written::Escalated(raised) = written.map_err(not_durable)? else { return Ok(()) };
-        for (thread, escalation) in raised {
-            let record = AuditRecord {
-                case: Some(thread),
-                object: Some(format!("{escalation:?}")),
-                outcome: AuditOutcome::Failed,
-                rule: "deadline-escalation".into(),
-                ..blank_record(AuditAction::Handover, None)
-            };
-            self.writes.submit_unanswered(Write::Audit, Some(record)).await;
-        }
-        Ok(())
+        written.map(drop).map_err(not_durable)
     }
 
     /// Answers a request that changes nothing; `record` learns what was read.
@@ -384,7 +452,7 @@ impl Hub {
     /// A privacy officer's query, within the scope of its organisation.
     fn audit_query(&self, caller: &Caller, filter: &AuditFilter) -> Result<Reply, WireError> {
         let oin = &caller.identity.oin;
-        let cases = audit::cases_of(self.store.as_ref(), oin).map_err(internal)?;
+        let cases = self.store.organisation_cases(oin).map_err(internal)?;
         // Outside the organisation's cases, a case and a non-case look the same.
         if filter.case.is_some_and(|case| !cases.contains(&case)) {
             return Err(WireError::new(
@@ -445,7 +513,17 @@ impl Hub {
             if !member {
                 return Err((WireError::thread_not_found(), "not-a-member"));
             }
-            if matches!(request, Request::Send { .. } | Request::PutBlobChunk { .. }) {
+            // Former owners read; they change nothing, membership least of all.
+            let writes = matches!(
+                request,
+                Request::Send { .. }
+                    | Request::PutBlobChunk { .. }
+                    | Request::Commit { .. }
+                    | Request::InitGroup { .. }
+                    | Request::AddMember { .. }
+                    | Request::ClaimKeyPackage { .. }
+            );
+            if writes {
                 self.writable(thread, actor)?;
             }
         }
@@ -582,21 +660,19 @@ impl Hub {
     /// becomes durable with the next flush; losing it in a crash only means
     /// entries are delivered again.
     pub async fn ack(&self, caller: &Caller, thread: ThreadId, seq: u64) -> Result<(), WireError> {
-        self.require_member(caller, thread)?;
+        if !self.is_member(thread, &caller.member)? {
+            // A former member acknowledges the rest of its interval, and nothing past it.
+            let intervals = self.store.intervals(thread, &caller.member).map_err(internal)?;
+            if !intervals.iter().any(|i| i.until.is_some_and(|until| seq <= until)) {
+                return Err(WireError::thread_not_found());
+            }
+        }
         let last = self.store.last_seq(thread).map_err(internal)?;
         if seq > last {
             return Err(WireError::new(ErrorCode::Invalid, format!("ack for seq {seq} beyond the last entry {last}")));
         }
         self.writes.submit_unanswered(Write::Cursor { member: caller.member.clone(), thread, seq }, None).await;
         Ok(())
-    }
-
-    fn require_member(&self, caller: &Caller, thread: ThreadId) -> Result<(), WireError> {
-        if self.is_member(thread, &caller.member)? {
-            Ok(())
-        } else {
-            Err(WireError::thread_not_found())
-        }
     }
 
     /// Whether `member` is on the thread: from the delivery cache when it holds
@@ -609,29 +685,12 @@ impl Hub {
     }
 }
 
-/// A record of `action` at this moment with every optional field empty.
-fn blank_record(action: AuditAction, peer: Option<SocketAddr>) -> AuditRecord {
-    AuditRecord {
-        at_ms: crate::clock::now_ms(),
-        actor: None,
-        on_behalf_of: None,
-        action,
-        case: None,
-        object: None,
-        purpose: None,
-        legal_basis: None,
-        outcome: AuditOutcome::Allowed,
-        rule: String::new(),
-        peer: peer.map(|p| p.to_string()),
-    }
-}
-
 /// What the audit log records about a request, before the policy decides.
 fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Request) -> AuditRecord {
     let mut record = AuditRecord {
         actor: Some(audit::actor(&caller.identity, &caller.fingerprint)),
         on_behalf_of,
-        ..blank_record(AuditAction::ListThreads, Some(caller.peer))
+        ..audit::blank_record(AuditAction::ListThreads, Some(caller.peer))
     };
     let (action, case, object) = match request {
         Request::CreateThread { .. } => (AuditAction::CreateThread, None, None),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod forged;
 pub mod relay;
 
 use std::io::{BufRead, BufReader};
@@ -265,4 +266,26 @@ pub fn refusal_rule(result: Result<impl std::fmt::Debug, ketenhub_sdk::Error>) -
         },
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// Sends SIGHUP to process `pid` (a hub reloads its policy on it).
+pub fn sighup(pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -HUP failed");
+    Ok(())
+}
+
+/// Waits until `check` holds, re-evaluating it, for at most `wait`: for what
+/// the hub does asynchronously (a SIGHUP, say).
+pub async fn eventually<F, Fut>(wait: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    while !check().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "condition not reached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }

@@ -117,26 +117,6 @@ fn without_vt_lt_route(policy: &str) -> String {
     )
 }
 
-fn sighup(hub: &HubProcess) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill").args(["-HUP", &hub.pid().to_string()]).status()?;
-    anyhow::ensure!(status.success(), "kill -HUP failed");
-    Ok(())
-}
-
-/// Waits until `check` holds, re-evaluating it; SIGHUP is handled asynchronously.
-async fn eventually<F, Fut>(mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await? {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "condition not reached");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn the_policy_reloads_on_sighup_and_a_bad_file_changes_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -152,9 +132,9 @@ async fn the_policy_reloads_on_sighup_and_a_bad_file_changes_nothing() -> anyhow
 
     // The route from VT to LT is withdrawn.
     std::fs::write(&policy_file, without_vt_lt_route(&original))?;
-    sighup(&hub)?;
+    tests::sighup(hub.pid())?;
     let consent = tests::consent();
-    eventually(|| async {
+    tests::eventually(WAIT, || async {
         Ok(matches!(vt.add_member(thread, oudewater.member_id(), &consent).await,
             Err(Error::Hub(ref e)) if e.message.contains("no-route")))
     })
@@ -162,8 +142,8 @@ async fn the_policy_reloads_on_sighup_and_a_bad_file_changes_nothing() -> anyhow
 
     // A broken file is refused; the stricter policy stays in force and the hub serves on.
     std::fs::write(&policy_file, "[retention]\ncontent_days = \"soon\"\n")?;
-    sighup(&hub)?;
-    eventually(|| async { Ok(hub.log().contains("policy reload refused")) }).await?;
+    tests::sighup(hub.pid())?;
+    tests::eventually(WAIT, || async { Ok(hub.log().contains("policy reload refused")) }).await?;
     assert_eq!(refusal_rule(vt.add_member(thread, oudewater.member_id(), &consent).await), "no-route");
     vt.send_text(thread, "still serving").await?;
 

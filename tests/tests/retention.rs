@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use hub::audit::chain::AuditKey;
+use hub::audit::Recorder;
+use hub::durability::Auditor;
 use hub::policy::Policy;
 use hub::store::{SledStore, Store};
 use ketenhub_sdk::{Content, Event};
@@ -45,11 +47,14 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
     let now = hub::clock::now_ms();
     {
         let store = SledStore::open(&data.join("store"))?;
+        let key = std::sync::Arc::new(AuditKey::load_or_create(&hub::server::audit_key_path(&data))?);
+        let mut recorder = Recorder::resume(&store, key.clone(), Default::default())?;
+        let mut audit = Auditor::new(&store, &mut recorder);
         // Within the period nothing goes.
-        let early = hub::retention::sweep(&store, &policy.retention, now + DAY_MS)?;
+        let early = hub::retention::sweep(&store, &policy.retention, now + DAY_MS, &mut audit)?;
         assert_eq!(early, hub::retention::Swept::default());
 
-        let swept = hub::retention::sweep(&store, &policy.retention, now + 31 * DAY_MS)?;
+        let swept = hub::retention::sweep(&store, &policy.retention, now + 31 * DAY_MS, &mut audit)?;
         assert_eq!((swept.messages, swept.blobs, swept.audit_entries), (2, 1, 0), "{swept:?}");
         let entries = store.entries_after(thread, 0, 100)?;
         let body = |seq: u64| entries.iter().find(|e| e.seq == seq).map(|e| e.body.clone());
@@ -63,12 +68,13 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
         let all = store.audit_entries(1, usize::MAX)?;
         let middle = &all[all.len() / 2];
         let five_years = 5 * 36_525 * DAY_MS / 100;
-        let later = hub::retention::sweep(&store, &policy.retention, middle.record.at_ms + five_years)?;
+        let later = hub::retention::sweep(&store, &policy.retention, middle.record.at_ms + five_years, &mut audit)?;
         let remaining = store.audit_entries(1, usize::MAX)?;
         assert!(later.audit_entries > 0 && !remaining.is_empty(), "{later:?}");
         assert_eq!(later.audit_entries as usize + remaining.len(), all.len());
         assert!(remaining[0].record.at_ms >= middle.record.at_ms);
-        let key = AuditKey::load_or_create(&hub::server::audit_key_path(&data))?;
+        drop(audit);
+        recorder.checkpoint_if_due(&store, hub::clock::now_ms(), true)?;
         let verified = hub::audit::export::verify_store(&store, &key.public_key())?;
         assert!(verified.is_ok(), "{verified:?}");
         store.flush()?;

@@ -338,6 +338,11 @@ pub struct Ownership {
     /// Former owners who left the case, with their recorded reason.
     #[serde(default)]
     pub left: Vec<(MemberId, String)>,
+    /// Members whose membership ended while their devices are still in the
+    /// case's MLS group: the owner's device removes them with a commit, and
+    /// each stays listed until that commit is accepted.
+    #[serde(default)]
+    pub removal_due: Vec<MemberId>,
 }
 
 fn three_months_after(ms: u64) -> u64 {
@@ -348,7 +353,14 @@ fn three_months_after(ms: u64) -> u64 {
 impl Ownership {
     /// A new case, owned by its creator.
     pub fn new(creator: MemberId) -> Self {
-        Self { owner: creator, offers: Vec::new(), background: Vec::new(), clocks: Vec::new(), left: Vec::new() }
+        Self {
+            owner: creator,
+            offers: Vec::new(),
+            background: Vec::new(),
+            clocks: Vec::new(),
+            left: Vec::new(),
+            removal_due: Vec::new(),
+        }
     }
 
     /// Whether `member` may only read the case: a former owner in its

@@ -96,6 +96,28 @@ impl Recorder {
     }
 }
 
+/// A record of `action` at this moment with every optional field empty.
+pub fn blank_record(action: AuditAction, peer: Option<std::net::SocketAddr>) -> AuditRecord {
+    AuditRecord {
+        at_ms: crate::clock::now_ms(),
+        actor: None,
+        on_behalf_of: None,
+        action,
+        case: None,
+        object: None,
+        purpose: None,
+        legal_basis: None,
+        outcome: wire::audit::AuditOutcome::Allowed,
+        rule: String::new(),
+        peer: peer.map(|p| p.to_string()),
+    }
+}
+
+/// A record of something the hub does on its own (a sweep, a reload), not on a request.
+pub fn hub_record(action: AuditAction) -> AuditRecord {
+    blank_record(action, None)
+}
+
 /// The actor fields of an identity.
 pub fn actor(identity: &Identity, certificate: &str) -> AuditActor {
     AuditActor {
@@ -128,24 +150,6 @@ fn of_organisation(entry: &AuditEntry, oin: &Oin) -> bool {
     record.actor.as_ref().is_some_and(|a| &a.oin == oin) || record.on_behalf_of.as_ref().is_some_and(|m| &m.oin == oin)
 }
 
-/// The cases an organisation is or was involved in: it acted in them, or one
-/// of its people was added to them.
-pub fn cases_of(store: &dyn Store, oin: &Oin) -> Result<HashSet<ThreadId>, StoreError> {
-    let mut cases = HashSet::new();
-    // Members are recorded as `worker@OIN`.
-    let suffix = format!("@{}", oin.as_str());
-    scan(store, |entry| {
-        let record = &entry.record;
-        let added_here =
-            record.action == AuditAction::AddMember && record.object.as_deref().is_some_and(|o| o.ends_with(&suffix));
-        if let Some(case) = record.case.filter(|_| added_here || of_organisation(&entry, oin)) {
-            cases.insert(case);
-        }
-        true
-    })?;
-    Ok(cases)
-}
-
 /// Whether an entry matches a filter (scope aside).
 pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
     let record = &entry.record;
@@ -159,8 +163,9 @@ pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
 }
 
 /// What a privacy officer of `oin` may see that matches `filter`: entries about
-/// `cases` (those the organisation is or was in, from [`cases_of`]), and entries
-/// whose actor is of the organisation. Returns the entries (at most the limit)
+/// `cases` (those the organisation's people are or were members of, from
+/// [`Store::organisation_cases`]), and entries about no case whose actor is of
+/// the organisation. Returns the entries (at most the limit)
 /// and whether more matched.
 pub fn query(
     store: &dyn Store,
@@ -172,7 +177,12 @@ pub fn query(
     let mut found = Vec::new();
     let mut truncated = false;
     scan(store, |entry| {
-        let in_scope = entry.record.case.is_some_and(|c| cases.contains(&c)) || of_organisation(&entry, oin);
+        // An entry about a case is in scope only with the case; the organisation's
+        // own people's attempts at other cases name those cases, so they stay out.
+        let in_scope = match entry.record.case {
+            Some(case) => cases.contains(&case),
+            None => of_organisation(&entry, oin),
+        };
         if in_scope && matches(&entry, filter) {
             if found.len() == limit {
                 truncated = true;

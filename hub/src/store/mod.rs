@@ -17,9 +17,11 @@ pub mod chunk_files;
 pub mod sled_store;
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use uuid::Uuid;
 use wire::audit::{AuditCheckpoint, AuditEntry};
-use wire::{BlobId, Entry, MemberId, MessageId, ThreadId};
+
+use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
 
 pub use sled_store::SledStore;
 
@@ -77,10 +79,14 @@ pub struct AcceptedCommit<'a> {
     pub epoch: u64,
     /// The commit message.
     pub commit: &'a [u8],
-    /// The members the commit removes.
+    /// The current members whose last device the commit removes: their
+    /// membership ends with it.
     pub removed: &'a [MemberId],
     /// The Welcome and the members it is for.
     pub welcome: Option<(&'a [MemberId], &'a [u8])>,
+    /// The case's ownership state, when the commit changes it (it removes
+    /// devices that were due for removal).
+    pub ownership: Option<&'a wire::handover::Ownership>,
     /// The hub's time.
     pub at_ms: u64,
 }
@@ -100,8 +106,29 @@ pub struct HandoverStep<'a> {
     pub events: Vec<wire::handover::HandoverEvent>,
     /// A member to add (the receiver who accepted), unless already a member.
     pub admit: Option<&'a MemberId>,
+    /// Members whose membership ends with the step (those who left the case),
+    /// each with a `member_removed` entry after the step's own entries.
+    pub evict: Vec<MemberId>,
     /// The hub's time.
     pub at_ms: u64,
+}
+
+/// One stretch of an identity's membership of a thread, in the thread's own
+/// sequence numbers: from the entry that added it to the entry that ended it.
+/// An identity receives exactly the entries inside its intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interval {
+    /// The seq of the `member_added` entry that began it.
+    pub from: u64,
+    /// The seq of the `member_removed` entry that ended it; `None` while it lasts.
+    pub until: Option<u64>,
+}
+
+impl Interval {
+    /// Whether the entry at `seq` falls inside this stretch.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq >= self.from && self.until.is_none_or(|until| seq <= until)
+    }
 }
 
 /// What the hub knows about an attachment blob. The content is ciphertext
@@ -164,6 +191,18 @@ pub trait Store: Send + Sync + 'static {
     /// The threads a member belongs to.
     fn threads_of(&self, member: &MemberId) -> Result<Vec<ThreadId>, StoreError>;
 
+    /// Every stretch of `member`'s membership of `thread`, oldest first; the
+    /// last one is open while it is a member. Empty for an identity that was
+    /// never a member.
+    fn intervals(&self, thread: ThreadId, member: &MemberId) -> Result<Vec<Interval>, StoreError>;
+
+    /// The threads `member` was a member of and no longer is.
+    fn former_threads(&self, member: &MemberId) -> Result<Vec<ThreadId>, StoreError>;
+
+    /// The cases any identity of the organisation `oin` is or was a member of:
+    /// a privacy officer's scope.
+    fn organisation_cases(&self, oin: &Oin) -> Result<HashSet<ThreadId>, StoreError>;
+
     /// Up to `limit` durable entries of `thread` with seq greater than `after`, in order.
     fn entries_after(&self, thread: ThreadId, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
 
@@ -218,6 +257,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`wire::handover::Ownership::is_read_only`]). Answered without decoding
     /// the ownership state, because every send asks.
     fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError>;
+
+    /// The case's ownership state as it stood when `member`'s membership ended
+    /// by a departure (a step with `evict`): the answer to a resent `leave_case`.
+    fn farewell(&self, thread: ThreadId, member: &MemberId) -> Result<Option<wire::handover::Ownership>, StoreError>;
 
     /// Stores a handover step in one atomic write; returns the entries appended.
     fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError>;

@@ -10,11 +10,12 @@
 //! | tag | key after the tag | value |
 //! |---|---|---|
 //! | `T` | thread | thread record |
-//! | `M` | thread, member | membership record |
+//! | `M` | thread, member | membership record (the open interval) |
+//! | `I` | member, thread, from seq (u64 BE) | until seq: an ended membership interval |
 //! | `E` | thread, seq (u64 BE) | entry |
 //! | `D` | thread, message id | seq |
 //! | `X` | member, thread | (empty): the member's threads |
-//! | `C` | member, thread | cursor seq |
+//! | `C` | member, thread | cursor seq; kept when the membership ends, so the rest of the interval is still delivered |
 //! | `R` | member, client ref | thread: idempotent creation |
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
@@ -23,6 +24,7 @@
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | seq (u64 BE) | signed audit checkpoint |
+//! | `L` | thread, member | the ownership state when the member left: the answer to a resent `leave_case` |
 //!
 //! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
 //!
@@ -40,10 +42,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 use wire::audit::{AuditCheckpoint, AuditEntry};
-use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, ThreadId};
+use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
 
 use super::chunk_files::ChunkFiles;
-use super::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Store, StoreError};
+use super::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Interval, Store, StoreError};
 
 const THREAD: u8 = b'T';
 const MEMBER: u8 = b'M';
@@ -59,6 +61,8 @@ const AUDIT: u8 = b'A';
 const OWNERSHIP: u8 = b'O';
 const READ_ONLY: u8 = b'Y';
 const CHECKPOINT: u8 = b'P';
+const FORMER: u8 = b'I';
+const FAREWELL: u8 = b'L';
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -212,11 +216,61 @@ impl SledStore {
         Ok(Appended { seq, entry: Some(entry) })
     }
 
-    fn membership_writes(batch: &mut sled::Batch, thread: ThreadId, member: &MemberId, record: &MembershipRecord) {
+    /// Opens a membership interval. A member that comes back keeps the cursor
+    /// of its earlier interval, so whatever of that interval it had not
+    /// acknowledged is still delivered; delivery skips the entries in between.
+    fn membership_writes(
+        &self,
+        batch: &mut sled::Batch,
+        thread: ThreadId,
+        member: &MemberId,
+        record: &MembershipRecord,
+    ) -> Result<(), StoreError> {
         let mk = member_key(member);
         batch.insert(key(MEMBER, &[thread.0.as_bytes(), &mk]), encode(record));
         batch.insert(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]), &[][..]);
-        batch.insert(key(CURSOR, &[&mk, thread.0.as_bytes()]), &(record.added_seq - 1).to_be_bytes()[..]);
+        let cursor = key(CURSOR, &[&mk, thread.0.as_bytes()]);
+        if !self.db.contains_key(&cursor).map_err(backend)? {
+            batch.insert(cursor, &(record.added_seq - 1).to_be_bytes()[..]);
+        }
+        Ok(())
+    }
+
+    /// Ends `member`'s open interval at `until` (the seq of its
+    /// `member_removed` entry); false when it is not a member.
+    fn end_membership(
+        &self,
+        batch: &mut sled::Batch,
+        thread: ThreadId,
+        member: &MemberId,
+        until: u64,
+    ) -> Result<bool, StoreError> {
+        let mk = member_key(member);
+        let record_key = key(MEMBER, &[thread.0.as_bytes(), &mk]);
+        let Some(record) = self.db.get(&record_key).map_err(backend)? else { return Ok(false) };
+        let record: MembershipRecord = decode(&record)?;
+        batch.remove(record_key);
+        batch.remove(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]));
+        batch.insert(
+            key(FORMER, &[&mk, thread.0.as_bytes(), &record.added_seq.to_be_bytes()]),
+            &until.to_be_bytes()[..],
+        );
+        Ok(true)
+    }
+
+    /// The threads named by the keys under `prefix`, whose thread id sits
+    /// `tail` bytes before the end of each key.
+    fn threads_under(&self, prefix: &[u8], tail: usize) -> Result<HashSet<ThreadId>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                let end = k.len().checked_sub(tail).ok_or_else(|| StoreError::Corrupt("short key".into()))?;
+                let start = end.checked_sub(16).ok_or_else(|| StoreError::Corrupt("short key".into()))?;
+                Ok(ThreadId(uuid_from(&k[start..end])?))
+            })
+            .collect()
     }
 }
 
@@ -241,7 +295,7 @@ impl Store for SledStore {
             key(THREAD, &[thread.0.as_bytes()]),
             encode(&ThreadRecord { creator: creator.clone(), created_at_ms: at_ms }),
         );
-        Self::membership_writes(&mut batch, thread, creator, &record);
+        self.membership_writes(&mut batch, thread, creator, &record)?;
         batch.insert(Self::entry_key(thread, 1), encode(&entry));
         batch.insert(ref_key, &thread.0.as_bytes()[..]);
         // The creator holds regie from the first moment: a case is never without an owner.
@@ -267,7 +321,7 @@ impl Store for SledStore {
                     return Ok(Some(decode::<MembershipRecord>(&existing)?.added_seq));
                 }
                 let record = MembershipRecord { added_by: by.clone(), added_seq: seq, added_at_ms: at_ms };
-                Self::membership_writes(batch, thread, member, &record);
+                self.membership_writes(batch, thread, member, &record)?;
                 Ok(None)
             },
             |seq| Entry {
@@ -341,6 +395,35 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn intervals(&self, thread: ThreadId, member: &MemberId) -> Result<Vec<Interval>, StoreError> {
+        let mk = member_key(member);
+        let mut intervals = self
+            .db
+            .scan_prefix(key(FORMER, &[&mk, thread.0.as_bytes()]))
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                let from = seq_from(k.get(k.len().saturating_sub(8)..).unwrap_or_default())?;
+                Ok(Interval { from, until: Some(seq_from(&v)?) })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        if let Some(open) = self.db.get(key(MEMBER, &[thread.0.as_bytes(), &mk])).map_err(backend)? {
+            intervals.push(Interval { from: decode::<MembershipRecord>(&open)?.added_seq, until: None });
+        }
+        Ok(intervals)
+    }
+
+    fn former_threads(&self, member: &MemberId) -> Result<Vec<ThreadId>, StoreError> {
+        let former = self.threads_under(&key(FORMER, &[&member_key(member)]), 8)?;
+        Ok(former.into_iter().collect())
+    }
+
+    fn organisation_cases(&self, oin: &Oin) -> Result<HashSet<ThreadId>, StoreError> {
+        // Member keys begin with the OIN, so one prefix covers the organisation's people.
+        let mut cases = self.threads_under(&key(MEMBER_THREAD, &[oin.as_str().as_bytes()]), 0)?;
+        cases.extend(self.threads_under(&key(FORMER, &[oin.as_str().as_bytes()]), 8)?);
+        Ok(cases)
+    }
+
     fn entries_after(&self, thread: ThreadId, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let log = self.log(thread)?;
         let durable = lock(&log).durable_seq;
@@ -395,32 +478,29 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         let mut entries = Vec::new();
         let mut next = |body: EntryBody| {
-            let entry = Entry {
-                seq: log.next_seq + entries.len() as u64,
-                id: MessageId::new(),
-                sender: commit.by.clone(),
-                at_ms: commit.at_ms,
-                body,
-            };
-            batch.insert(Self::entry_key(thread, entry.seq), encode(&entry));
+            let seq = log.next_seq + entries.len() as u64;
+            let entry = Entry { seq, id: MessageId::new(), sender: commit.by.clone(), at_ms: commit.at_ms, body };
+            batch.insert(Self::entry_key(thread, seq), encode(&entry));
             entries.push(entry);
+            seq
         };
         // The commit first: a removed member's delivery stops at its removal entry,
         // so it still receives the commit that removes it.
         next(EntryBody::Commit { epoch: commit.epoch, commit: commit.commit.to_vec() });
+        let mut ended = Vec::new();
         for member in commit.removed {
-            next(EntryBody::MemberRemoved { member: member.clone() });
+            ended.push((member, next(EntryBody::MemberRemoved { member: member.clone() })));
         }
         if let Some((to, welcome)) = commit.welcome {
             next(EntryBody::Welcome { to: to.to_vec(), welcome: welcome.to_vec() });
         }
-        for member in commit.removed {
-            let mk = member_key(member);
-            batch.remove(key(MEMBER, &[thread.0.as_bytes(), &mk]));
-            batch.remove(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]));
-            batch.remove(key(CURSOR, &[&mk, thread.0.as_bytes()]));
+        for (member, until) in ended {
+            self.end_membership(&mut batch, thread, member, until)?;
         }
         batch.insert(key(GROUP, &[thread.0.as_bytes()]), commit.state);
+        if let Some(ownership) = commit.ownership {
+            batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(ownership));
+        }
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
         lock(&self.dirty).insert(thread);
@@ -483,6 +563,11 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn farewell(&self, thread: ThreadId, member: &MemberId) -> Result<Option<wire::handover::Ownership>, StoreError> {
+        let found = self.db.get(key(FAREWELL, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)?;
+        found.map(|v| decode(&v)).transpose()
+    }
+
     fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
         let thread = step.thread;
         let log = self.log(thread)?;
@@ -503,7 +588,14 @@ impl Store for SledStore {
             if self.db.get(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)?.is_none() {
                 let seq = next(&mut batch, EntryBody::MemberAdded { member: member.clone() });
                 let record = MembershipRecord { added_by: step.by.clone(), added_seq: seq, added_at_ms: step.at_ms };
-                Self::membership_writes(&mut batch, thread, member, &record);
+                self.membership_writes(&mut batch, thread, member, &record)?;
+            }
+        }
+        for member in &step.evict {
+            if self.db.contains_key(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)? {
+                let until = next(&mut batch, EntryBody::MemberRemoved { member: member.clone() });
+                self.end_membership(&mut batch, thread, member, until)?;
+                batch.insert(key(FAREWELL, &[thread.0.as_bytes(), &member_key(member)]), encode(step.ownership));
             }
         }
         batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(step.ownership));

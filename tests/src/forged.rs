@@ -1,0 +1,153 @@
+//! A device made by hand with openmls, for the attacks a well-behaved SDK
+//! never makes: removing one of an identity's devices at a time, adding any
+//! KeyPackage it likes. It holds one group and speaks to the hub through a raw
+//! connection, so every check it meets is the hub's own.
+
+use anyhow::{anyhow, Context};
+use ketenhub_sdk::raw::RawConnection;
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::{
+    BasicCredential, CredentialWithKey, KeyPackage, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
+use wire::{Identity, MemberId, Reply, Request, ThreadId};
+
+fn mls(e: impl std::fmt::Debug) -> anyhow::Error {
+    anyhow!("openmls: {e:?}")
+}
+
+/// One hand-made device of one identity, in one thread's group.
+pub struct ForgedDevice {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    group: Option<MlsGroup>,
+}
+
+impl ForgedDevice {
+    /// A new device whose credential names `identity`.
+    pub fn new(identity: &Identity) -> anyhow::Result<Self> {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls)?;
+        signer.store(provider.storage()).map_err(mls)?;
+        let credential = BasicCredential::new(credential_identity(identity)).into();
+        let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
+        Ok(Self { provider, signer, credential, group: None })
+    }
+
+    fn group(&mut self) -> anyhow::Result<&mut MlsGroup> {
+        self.group.as_mut().context("no group yet")
+    }
+
+    /// Creates `thread` on the hub through `raw` and registers this device's group for it.
+    pub async fn create_thread(&mut self, raw: &mut RawConnection) -> anyhow::Result<ThreadId> {
+        let request = Request::CreateThread { client_ref: uuid::Uuid::new_v4() };
+        let Ok(Reply::ThreadCreated { thread }) = crate::raw_reply(raw, request).await? else {
+            anyhow::bail!("thread not created");
+        };
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build();
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &config,
+            group_id(thread),
+            self.credential.clone(),
+        )
+        .map_err(mls)?;
+        let group_info = group.export_group_info(self.provider.crypto(), &self.signer, false).map_err(mls)?;
+        let group_info = group_info.tls_serialize_detached().map_err(mls)?;
+        let ratchet_tree = group.export_ratchet_tree().tls_serialize_detached().map_err(mls)?;
+        self.group = Some(group);
+        crate::raw_reply(raw, Request::InitGroup { thread, group_info, ratchet_tree })
+            .await?
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok(thread)
+    }
+
+    /// Sends a commit adding one device per KeyPackage, with its Welcome.
+    pub async fn add(&mut self, raw: &mut RawConnection, thread: ThreadId, packages: &[Vec<u8>]) -> anyhow::Result<()> {
+        let packages = packages
+            .iter()
+            .map(|bytes| Ok(wire::mls::verify_key_package(bytes)?.key_package))
+            .collect::<anyhow::Result<Vec<KeyPackage>>>()?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let (commit, welcome, _) = group.add_members(provider, signer, &packages).map_err(mls)?;
+        let (commit, welcome) =
+            (commit.tls_serialize_detached().map_err(mls)?, welcome.tls_serialize_detached().map_err(mls)?);
+        self.send_commit(raw, thread, commit, Some(welcome)).await
+    }
+
+    /// Sends a commit removing the `nth` device (leaf) of `member` only.
+    pub async fn remove_one_device(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+        member: &MemberId,
+        nth: usize,
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let leaf: LeafNodeIndex = self
+            .group()?
+            .members()
+            .filter(|m| member_of(&m.credential).is_some_and(|(x, _)| &x == member))
+            .nth(nth)
+            .map(|m| m.index)
+            .context("no such device")?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let (commit, _, _) = group.remove_members(provider, signer, &[leaf]).map_err(mls)?;
+        let commit = commit.tls_serialize_detached().map_err(mls)?;
+        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        self.settle(reply)
+    }
+
+    async fn send_commit(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        let welcome = welcome.map(serde_bytes::ByteBuf::from);
+        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome }).await?;
+        self.settle(reply)?.map_err(|e| anyhow!("commit refused: {e:?}"))
+    }
+
+    /// Merges the pending commit if the hub accepted it, drops it otherwise.
+    fn settle(&mut self, reply: Result<Reply, wire::WireError>) -> anyhow::Result<Result<(), wire::WireError>> {
+        let provider = &self.provider;
+        let group = self.group.as_mut().context("no group yet")?;
+        match reply {
+            Ok(Reply::CommitAccepted { .. }) => {
+                group.merge_pending_commit(provider).map_err(mls)?;
+                Ok(Ok(()))
+            }
+            Ok(other) => Err(anyhow!("unexpected reply {other:?}")),
+            Err(refusal) => {
+                group.clear_pending_commit(provider.storage()).map_err(mls)?;
+                Ok(Err(refusal))
+            }
+        }
+    }
+
+    /// Encrypts `plaintext` for the group and sends it.
+    pub async fn send(&mut self, raw: &mut RawConnection, thread: ThreadId, plaintext: &[u8]) -> anyhow::Result<u64> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let payload =
+            group.create_message(provider, signer, plaintext).map_err(mls)?.tls_serialize_detached().map_err(mls)?;
+        let request = Request::Send { thread, message: wire::MessageId::new(), payload };
+        match crate::raw_reply(raw, request).await? {
+            Ok(Reply::Sent { seq, .. }) => Ok(seq),
+            other => Err(anyhow!("not sent: {other:?}")),
+        }
+    }
+}
