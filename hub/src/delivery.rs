@@ -12,6 +12,7 @@
 //! bounded by the cache budget and the number of threads, not the number of
 //! messages.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -426,13 +427,13 @@ pub async fn pump(
             if mailbox.is_revoked() {
                 return Err(PumpStopped::Closed);
             }
-            if !tracks.contains_key(&thread) {
-                match Track::load(store.as_ref(), &member, thread)? {
-                    Some(track) if !track.finished() => tracks.insert(thread, track),
+            let track = match tracks.entry(thread) {
+                Slot::Occupied(known) => known.into_mut(),
+                Slot::Vacant(slot) => match Track::load(store.as_ref(), &member, thread)? {
+                    Some(track) if !track.finished() => slot.insert(track),
                     _ => continue,
-                };
-            }
-            let Some(track) = tracks.get_mut(&thread) else { continue };
+                },
+            };
             let sent = deliver(store.as_ref(), &registry, &member, &mailbox, &out, thread, track).await?;
             if track.finished() {
                 // A later mark (the member added again) loads it afresh.

@@ -208,6 +208,10 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         },
     };
     hand_over(&line, &clock, thread, &mut lt, &mut rvdk, request).await?;
+    vt.client.leave_case(thread, "de Raad onderzoekt nu; de rol van Veilig Thuis is afgerond").await?;
+    line.say(&vt.name(), "leaves the case with a recorded reason; its membership ends at once");
+    rvdk.client.remove_member(thread, vt.client.member_id()).await?;
+    line.say(&rvdk.name(), "removes VT's devices from the case's MLS group: VT can read nothing sent after it left");
 
     line.chapter("4. After a court measure (OTS) the Raad hands the case to GI SAVE; the 5-day clock runs");
     let measure = Handover {

@@ -13,7 +13,7 @@ use hub::store::{SledStore, Store};
 use ketenhub_sdk::{AuditAction, AuditFilter, AuditOutcome, ErrorCode, Event};
 use tests::{messages, DevHub, HubProcess};
 use wire::audit::{AuditActor, AuditRecord};
-use wire::{AgencyKind, Role, ThreadId};
+use wire::{AgencyKind, MemberId, Request, Role, ThreadId};
 
 const HUB: &str = env!("CARGO_BIN_EXE_ketenhub-hub");
 const WAIT: Duration = Duration::from_secs(20);
@@ -438,7 +438,24 @@ async fn an_action_whose_audit_entry_cannot_be_written_is_refused() -> anyhow::R
     let stored = faults.inner.entries_after(thread, 0, 100)?;
     assert_eq!(stored.iter().filter(|e| matches!(e.body, wire::EntryBody::Message { .. })).count(), 1);
 
+    // Nor is anyone let in, nor a new policy put in force, while their entries cannot be written.
+    let refused = hub.client("lt-oudewater-caseworker").discard_events().connect().await;
+    assert!(refused.is_err(), "a connection was served without its audit entry");
+    let policy_file = dir.path().join("policy.toml");
+    let policy = std::fs::read_to_string(&policy_file)?;
+    std::fs::write(
+        &policy_file,
+        policy.replace(
+            "name = \"vt-lt-referral\"\nfrom = \"VT\"\nto = \"LT\"",
+            "name = \"vt-lt-referral\"\nfrom = \"VT\"\nto = \"VT\"",
+        ),
+    )?;
+    hub.hub().reload_policy().await;
     faults.failing.store(false, Ordering::SeqCst);
+    let oudewater = MemberId::new("00000001800000000003", "joris.smit")?;
+    // Oudewater never connected, so its device cannot join; the hub's own membership table shows the policy.
+    let _ = vt.add_member(thread, oudewater.clone(), &tests::consent()).await;
+    assert!(vt.members(thread).await?.contains(&oudewater), "the unaudited policy took effect");
     vt.send_text(thread, "after").await?;
     let got: Vec<String> = messages(&mut lt_events, 2, WAIT)
         .await?
@@ -449,4 +466,32 @@ async fn an_action_whose_audit_entry_cannot_be_written_is_refused() -> anyhow::R
     let verified = hub.stop_and_verify_audit().await?;
     assert!(verified.is_ok(), "{verified:?}");
     Ok(())
+}
+
+#[tokio::test]
+async fn refusals_before_the_write_path_are_audited_too() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
+    // A payload that is not an MLS message, and a KeyPackage naming another identity.
+    let not_mls = Request::Send { thread, message: wire::MessageId::new(), payload: b"plain text".to_vec() };
+    assert_eq!(tests::raw_refusal(&mut raw, not_mls).await?.code, ErrorCode::Invalid);
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let identity = lt.identity().clone();
+    let device = ketenhub_sdk::device::Device::open(&identity, None)?;
+    let upload =
+        Request::UploadKeyPackages { key_packages: device.key_packages(1)?.into_iter().map(Into::into).collect() };
+    assert_eq!(tests::raw_refusal(&mut raw, upload).await?.code, ErrorCode::Forbidden);
+
+    let mut found = (false, false);
+    hub::audit::scan(hub.store().as_ref(), |e| {
+        let r = &e.record;
+        found.0 |= r.action == AuditAction::Send && r.case == Some(thread) && r.outcome == AuditOutcome::Failed;
+        found.1 |= r.action == AuditAction::KeyPackage && r.outcome == AuditOutcome::Denied;
+        true
+    })?;
+    assert_eq!(found, (true, true), "(non-MLS send, foreign KeyPackage) audited");
+    hub.stop().await
 }

@@ -113,9 +113,10 @@ async fn a_case_passes_from_vt_to_lt_with_one_owner_at_every_step() -> anyhow::R
             .await?,
         Event::Handover { .. }
     ));
+    // Having left, VT is off the case: it cannot tell the case from one that does not exist.
     assert_eq!(
         refusal_rule(vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await),
-        "Forbidden"
+        "NotFound"
     );
     hub.stop().await
 }
