@@ -198,24 +198,26 @@ async fn an_identity_receives_only_the_entries_of_its_own_membership() -> anyhow
         packages.push(key_package.into_vec());
     }
     vt_device.add(&mut vt_raw, thread, &packages).await?;
-    // Removing one device keeps LT a member; removing the other ends its membership.
+    // Removing one device keeps LT a member.
     vt_device.remove_one_device(&mut vt_raw, thread, &lt, 0).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     assert!(raw_events_of(&mut lt_raw, thread).await.iter().all(|e| e.seq >= added));
-    vt_device.send(&mut vt_raw, thread, b"while LT is a member").await?;
-    vt_device.remove_one_device(&mut vt_raw, thread, &lt, 0).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let during = raw_events_of(&mut lt_raw, thread).await;
-    let ended = during.iter().find(|e| matches!(&e.body, wire::EntryBody::MemberRemoved { member } if member == &lt));
-    let ended = ended.map(|e| e.seq).expect("LT hears that its membership ended");
-    vt_device.send(&mut vt_raw, thread, b"after LT left").await?;
-
-    // A fresh connection of LT, and one more round of removals, bring it nothing.
+    // LT connects afresh; then its last device goes, which ends its membership.
     drop(lt_raw);
     let mut lt_again = hub.client("lt-woerden-caseworker").connect_raw().await?;
-    let backlog = raw_events_of(&mut lt_again, thread).await;
+    vt_device.send(&mut vt_raw, thread, b"while LT is a member").await?;
+    vt_device.remove_one_device(&mut vt_raw, thread, &lt, 0).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let during = raw_events_of(&mut lt_again, thread).await;
+    assert!(during.iter().all(|e| e.seq >= added), "LT was sent entries from before it was added: {during:?}");
+    let ended = during.iter().find(|e| matches!(&e.body, wire::EntryBody::MemberRemoved { member } if member == &lt));
+    let ended = ended.map(|e| e.seq).expect("LT hears that its membership ended");
+
+    // Nothing after the end reaches it, now or on a later connection.
+    vt_device.send(&mut vt_raw, thread, b"after LT left").await?;
+    assert!(raw_events_of(&mut lt_again, thread).await.is_empty(), "LT was sent entries after its membership ended");
+    drop(lt_again);
+    let mut lt_later = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    let backlog = raw_events_of(&mut lt_later, thread).await;
     assert!(backlog.iter().all(|e| (added..=ended).contains(&e.seq)), "outside LT's interval: {backlog:?}");
-    vt_device.send(&mut vt_raw, thread, b"later still").await?;
-    let later = raw_events_of(&mut lt_again, thread).await;
-    assert!(later.is_empty(), "LT was sent entries after its membership ended: {later:?}");
     hub.stop().await
 }
 
