@@ -179,14 +179,20 @@ impl NewsCache {
         }
     }
 
-    /// The frames after `after`, when the cache holds all of them.
+    /// The frames after `after`, when the cache holds every one of them: any
+    /// gap, at the front or between two frames, sends the reader to the store.
     fn after(&self, thread: ThreadId, after: u64) -> Option<Vec<Frame>> {
         let recent = &self.threads.get(&thread)?.recent;
-        let first = recent.front()?.seq;
-        if first > after + 1 {
-            return None;
+        let mut expected = after + 1;
+        let mut frames = Vec::new();
+        for frame in recent.iter().filter(|f| f.seq > after) {
+            if frame.seq != expected {
+                return None;
+            }
+            frames.push(frame.clone());
+            expected += 1;
         }
-        Some(recent.iter().filter(|f| f.seq > after).cloned().collect())
+        (recent.front()?.seq <= after + 1).then_some(frames)
     }
 }
 
@@ -508,6 +514,9 @@ mod tests {
         assert_eq!(cache.after(thread, 8).unwrap().len(), 0);
         assert!(cache.after(thread, 3).is_none(), "seq 4 is not cached, so the store must answer");
         assert!(cache.after(ThreadId::random(), 0).is_none());
+        // A frame missing in the middle is a gap too.
+        cache.push(thread, members.clone(), frame(10, 10));
+        assert!(cache.after(thread, 6).is_none(), "seq 9 is missing, so the store must answer");
     }
 
     #[test]

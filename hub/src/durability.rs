@@ -15,6 +15,7 @@
 //! sequence order, each encoded once for all members.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,8 @@ use crate::store::{AcceptedCommit, Store, StoreError};
 const QUEUE: usize = 8192;
 /// Writes applied under one flush at most.
 const MAX_BATCH: usize = 4096;
+/// How long a stalled writer waits before it tries the failed flush again.
+const FLUSH_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A write to apply.
 #[derive(Debug)]
@@ -222,6 +225,10 @@ pub enum WriteError {
     /// The writer thread is gone (the hub is shutting down).
     #[error("the hub is shutting down")]
     Closed,
+    /// An earlier flush failed and the store has not yet made it good: the
+    /// hub takes no writes until it has, so nothing is acknowledged past a gap.
+    #[error("the store could not make earlier writes durable; writes resume once it does")]
+    Stalled,
 }
 
 /// The answer to one write, delivered once it is durable.
@@ -247,12 +254,14 @@ impl WriteLog {
         // At most one batch waits while another is flushed: deeper would only add latency.
         let (batches, flusher_input) = std::sync::mpsc::sync_channel(1);
         let flusher_store = store.clone();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flusher_stalled = stalled.clone();
         std::thread::Builder::new()
             .name("ketenhub-flusher".into())
-            .spawn(move || flush_loop(flusher_store, registry, flusher_input))?;
+            .spawn(move || flush_loop(flusher_store, registry, flusher_input, &flusher_stalled))?;
         std::thread::Builder::new()
             .name("ketenhub-writer".into())
-            .spawn(move || apply_loop(store, recorder, receiver, batches))?;
+            .spawn(move || apply_loop(store, recorder, receiver, batches, &stalled))?;
         Ok(Self { jobs })
     }
 
@@ -529,6 +538,7 @@ fn apply_loop(
     mut recorder: Recorder,
     mut jobs: mpsc::Receiver<Job>,
     batches: std::sync::mpsc::SyncSender<Batch>,
+    stalled: &AtomicBool,
 ) {
     let mut epochs = Epochs::default();
     while let Some(first) = jobs.blocking_recv() {
@@ -536,6 +546,14 @@ fn apply_loop(
         let mut job = Some(first);
         let mut seal = false;
         while let Some(Job { write, audit, reply }) = job.take() {
+            if stalled.load(Ordering::SeqCst) {
+                // Refused unapplied: nothing new may pile up behind writes that are not yet durable.
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(WriteError::Stalled));
+                }
+                job = jobs.try_recv().ok();
+                continue;
+            }
             seal |= matches!(write, Write::Seal);
             batch.push((reply, apply_audited(store.as_ref(), &mut epochs, &mut recorder, write, audit)));
             if batch.len() < MAX_BATCH {
@@ -551,15 +569,54 @@ fn apply_loop(
     }
 }
 
-fn flush_loop(store: Arc<dyn Store>, registry: Arc<Registry>, batches: std::sync::mpsc::Receiver<Batch>) {
-    for batch in batches {
+/// Makes each batch durable with one flush, then answers its writes and
+/// publishes their entries. When a flush fails, the batch's writes are refused
+/// but stay in the store, so the hub stalls (see [`WriteError::Stalled`]) and
+/// retries the flush; once one succeeds, every entry that waited is published,
+/// in order, before anything newer. So a member never receives an entry past
+/// one that is missing, and an entry a resend finds stored is delivered.
+fn flush_loop(
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    batches: std::sync::mpsc::Receiver<Batch>,
+    stalled: &AtomicBool,
+) {
+    let mut waiting: Vec<(ThreadId, wire::Entry)> = Vec::new();
+    loop {
+        let batch = if stalled.load(Ordering::SeqCst) {
+            match batches.recv_timeout(FLUSH_RETRY) {
+                Ok(batch) => batch,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match batches.recv() {
+                Ok(batch) => batch,
+                Err(_) => return,
+            }
+        };
         let flushed = store.flush();
-        if let Err(e) = &flushed {
-            error!(error = %e, "flush failed; the batch is not acknowledged");
+        match &flushed {
+            Ok(()) => {
+                if stalled.swap(false, Ordering::SeqCst) {
+                    tracing::info!(entries = waiting.len(), "the store is durable again; writes resume");
+                }
+                for (thread, entry) in waiting.drain(..) {
+                    registry.publish(store.as_ref(), thread, entry);
+                }
+            }
+            Err(e) => {
+                if !stalled.swap(true, Ordering::SeqCst) {
+                    error!(error = %e, "flush failed; writes are refused until the store is durable again");
+                }
+            }
         }
         for (reply, result) in batch {
             let answer = match (&flushed, result) {
-                (Err(e), _) => Err(WriteError::Store(e.clone())),
+                (Err(e), result) => {
+                    waiting.extend(result.map(|(_, news)| news).unwrap_or_default());
+                    Err(WriteError::Store(e.clone()))
+                }
                 (Ok(()), Err(e)) => Err(e),
                 (Ok(()), Ok((written, news))) => {
                     for (thread, entry) in news {

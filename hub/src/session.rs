@@ -143,6 +143,7 @@ fn not_durable(e: WriteError) -> WireError {
     match e {
         WriteError::Refused(refusal) => refusal,
         WriteError::Store(StoreError::NoSuchThread) => WireError::thread_not_found(),
+        WriteError::Stalled => WireError::new(ErrorCode::Unavailable, e.to_string()),
         e => {
             error!(error = %e, "write failed");
             WireError::new(ErrorCode::Unavailable, "the hub could not make the change durable; retry")

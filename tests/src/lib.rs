@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod faulty;
 pub mod forged;
 pub mod relay;
 

@@ -11,6 +11,7 @@ use hub::audit::chain::AuditKey;
 use hub::audit::{CheckpointSettings, Recorder};
 use hub::store::{SledStore, Store};
 use ketenhub_sdk::{AuditAction, AuditFilter, AuditOutcome, ErrorCode, Event};
+use tests::faulty::FaultyStore;
 use tests::{messages, DevHub, HubProcess};
 use wire::audit::{AuditActor, AuditRecord};
 use wire::{AgencyKind, MemberId, Request, Role, ThreadId};
@@ -271,158 +272,11 @@ async fn a_privacy_officer_sees_its_organisations_scope_and_no_more() -> anyhow:
     hub.stop().await
 }
 
-/// The real sled store, with audit appends failing on demand (as on a full
-/// disk); everything else passes through.
-struct AuditFails {
-    inner: SledStore,
-    failing: std::sync::atomic::AtomicBool,
-}
-
-mod delegate {
-    use hub::store::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Interval, Store, StoreError};
-    use std::collections::HashSet;
-    use std::sync::atomic::Ordering;
-    use uuid::Uuid;
-    use wire::audit::{AuditCheckpoint, AuditEntry};
-    use wire::handover::Ownership;
-    use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
-
-    impl Store for super::AuditFails {
-        fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend("injected: no space left on device".into()));
-            }
-            self.inner.append_audit(entry)
-        }
-        fn create_thread(&self, c: &MemberId, r: Uuid, at: u64) -> Result<Created, StoreError> {
-            self.inner.create_thread(c, r, at)
-        }
-        fn add_member(&self, t: ThreadId, b: &MemberId, m: &MemberId, at: u64) -> Result<Appended, StoreError> {
-            self.inner.add_member(t, b, m, at)
-        }
-        fn append_message(
-            &self,
-            t: ThreadId,
-            s: &MemberId,
-            id: MessageId,
-            p: &[u8],
-            at: u64,
-        ) -> Result<Appended, StoreError> {
-            self.inner.append_message(t, s, id, p, at)
-        }
-        fn is_member(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
-            self.inner.is_member(t, m)
-        }
-        fn members(&self, t: ThreadId) -> Result<Vec<MemberId>, StoreError> {
-            self.inner.members(t)
-        }
-        fn threads_of(&self, m: &MemberId) -> Result<Vec<ThreadId>, StoreError> {
-            self.inner.threads_of(m)
-        }
-        fn intervals(&self, t: ThreadId, m: &MemberId) -> Result<Vec<Interval>, StoreError> {
-            self.inner.intervals(t, m)
-        }
-        fn former_threads(&self, m: &MemberId) -> Result<Vec<ThreadId>, StoreError> {
-            self.inner.former_threads(m)
-        }
-        fn organisation_cases(&self, oin: &Oin) -> Result<HashSet<ThreadId>, StoreError> {
-            self.inner.organisation_cases(oin)
-        }
-        fn farewell(&self, t: ThreadId, m: &MemberId) -> Result<Option<Ownership>, StoreError> {
-            self.inner.farewell(t, m)
-        }
-        fn entries_after(&self, t: ThreadId, a: u64, l: usize) -> Result<Vec<Entry>, StoreError> {
-            self.inner.entries_after(t, a, l)
-        }
-        fn last_seq(&self, t: ThreadId) -> Result<u64, StoreError> {
-            self.inner.last_seq(t)
-        }
-        fn cursor(&self, m: &MemberId, t: ThreadId) -> Result<u64, StoreError> {
-            self.inner.cursor(m, t)
-        }
-        fn advance_cursor(&self, m: &MemberId, t: ThreadId, s: u64) -> Result<(), StoreError> {
-            self.inner.advance_cursor(m, t, s)
-        }
-        fn group_state(&self, t: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.group_state(t)
-        }
-        fn init_group(&self, t: ThreadId, s: &[u8]) -> Result<(), StoreError> {
-            self.inner.init_group(t, s)
-        }
-        fn apply_commit(&self, c: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError> {
-            self.inner.apply_commit(c)
-        }
-        fn add_key_packages(&self, m: &MemberId, p: &[Vec<u8>]) -> Result<u64, StoreError> {
-            self.inner.add_key_packages(m, p)
-        }
-        fn take_key_package(&self, m: &MemberId) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.take_key_package(m)
-        }
-        fn key_package_stock(&self, m: &MemberId) -> Result<u64, StoreError> {
-            self.inner.key_package_stock(m)
-        }
-        fn blob(&self, b: BlobId) -> Result<Option<BlobRecord>, StoreError> {
-            self.inner.blob(b)
-        }
-        fn put_blob_chunk(&self, b: BlobId, r: &BlobRecord, i: u32, d: &[u8]) -> Result<(), StoreError> {
-            self.inner.put_blob_chunk(b, r, i, d)
-        }
-        fn blob_chunk(&self, b: BlobId, i: u32) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.blob_chunk(b, i)
-        }
-        fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
-            self.inner.threads()
-        }
-        fn ownership(&self, t: ThreadId) -> Result<Option<Ownership>, StoreError> {
-            self.inner.ownership(t)
-        }
-        fn is_read_only(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
-            self.inner.is_read_only(t, m)
-        }
-        fn ownerships(&self) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
-            self.inner.ownerships()
-        }
-        fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
-            self.inner.apply_handover(step)
-        }
-        fn expire_messages(&self, t: ThreadId, u: u64, b: u64) -> Result<u64, StoreError> {
-            self.inner.expire_messages(t, u, b)
-        }
-        fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
-            self.inner.blobs()
-        }
-        fn delete_blob(&self, b: BlobId) -> Result<(), StoreError> {
-            self.inner.delete_blob(b)
-        }
-        fn prune_audit(&self, b: u64) -> Result<u64, StoreError> {
-            self.inner.prune_audit(b)
-        }
-        fn audit_entries(&self, f: u64, l: usize) -> Result<Vec<AuditEntry>, StoreError> {
-            self.inner.audit_entries(f, l)
-        }
-        fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-            self.inner.last_audit()
-        }
-        fn put_checkpoint(&self, c: &AuditCheckpoint) -> Result<(), StoreError> {
-            self.inner.put_checkpoint(c)
-        }
-        fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
-            self.inner.checkpoints()
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_action_whose_audit_entry_cannot_be_written_is_refused() -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir()?;
-    let faults = Arc::new(AuditFails {
-        inner: SledStore::open(&dir.path().join("data/store"))?,
-        failing: std::sync::atomic::AtomicBool::new(false),
-    });
+    let faults = Arc::new(FaultyStore::open(&dir.path().join("data/store"))?);
     let hub = DevHub::start_with_store(dir.path(), tests::limits(), faults.clone()).await?;
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let lt = hub.client("lt-woerden-caseworker").connect().await?;
@@ -431,7 +285,7 @@ async fn an_action_whose_audit_entry_cannot_be_written_is_refused() -> anyhow::R
     vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     vt.send_text(thread, "before").await?;
 
-    faults.failing.store(true, Ordering::SeqCst);
+    faults.audit_fails.store(true, Ordering::SeqCst);
     let during = vt.send_text(thread, "while the audit log cannot be written").await;
     assert_eq!(during.err().and_then(|e| e.code()), Some(ErrorCode::Unavailable));
     assert_eq!(lt.members(thread).await.err().and_then(|e| e.code()), Some(ErrorCode::Unavailable), "reads too");
@@ -451,7 +305,7 @@ async fn an_action_whose_audit_entry_cannot_be_written_is_refused() -> anyhow::R
         ),
     )?;
     hub.hub().reload_policy().await;
-    faults.failing.store(false, Ordering::SeqCst);
+    faults.audit_fails.store(false, Ordering::SeqCst);
     let oudewater = MemberId::new("00000001800000000003", "joris.smit")?;
     // Oudewater never connected, so its device cannot join; the hub's own membership table shows the policy.
     let _ = vt.add_member(thread, oudewater.clone(), &tests::consent()).await;

@@ -1,0 +1,164 @@
+//! The real sled store with faults injected on demand, for tests of what the
+//! hub does when its disk fails: audit appends that fail (as on a full disk),
+//! and flushes that fail. Everything else passes through to sled.
+
+use hub::store::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Interval, SledStore, Store, StoreError};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+use wire::audit::{AuditCheckpoint, AuditEntry};
+use wire::handover::Ownership;
+use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
+
+/// The real sled store, with failures switched on and off by the test.
+pub struct FaultyStore {
+    /// The store underneath.
+    pub inner: SledStore,
+    /// While set, every audit append fails.
+    pub audit_fails: AtomicBool,
+    /// While set, every flush fails.
+    pub flush_fails: AtomicBool,
+}
+
+impl FaultyStore {
+    /// Opens the sled store in `dir`, with no fault switched on.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            inner: SledStore::open(dir)?,
+            audit_fails: AtomicBool::new(false),
+            flush_fails: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Store for FaultyStore {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        if self.audit_fails.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected: no space left on device".into()));
+        }
+        self.inner.append_audit(entry)
+    }
+    fn create_thread(&self, c: &MemberId, r: Uuid, at: u64) -> Result<Created, StoreError> {
+        self.inner.create_thread(c, r, at)
+    }
+    fn add_member(&self, t: ThreadId, b: &MemberId, m: &MemberId, at: u64) -> Result<Appended, StoreError> {
+        self.inner.add_member(t, b, m, at)
+    }
+    fn append_message(
+        &self,
+        t: ThreadId,
+        s: &MemberId,
+        id: MessageId,
+        p: &[u8],
+        at: u64,
+    ) -> Result<Appended, StoreError> {
+        self.inner.append_message(t, s, id, p, at)
+    }
+    fn is_member(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
+        self.inner.is_member(t, m)
+    }
+    fn members(&self, t: ThreadId) -> Result<Vec<MemberId>, StoreError> {
+        self.inner.members(t)
+    }
+    fn threads_of(&self, m: &MemberId) -> Result<Vec<ThreadId>, StoreError> {
+        self.inner.threads_of(m)
+    }
+    fn intervals(&self, t: ThreadId, m: &MemberId) -> Result<Vec<Interval>, StoreError> {
+        self.inner.intervals(t, m)
+    }
+    fn former_threads(&self, m: &MemberId) -> Result<Vec<ThreadId>, StoreError> {
+        self.inner.former_threads(m)
+    }
+    fn organisation_cases(&self, oin: &Oin) -> Result<HashSet<ThreadId>, StoreError> {
+        self.inner.organisation_cases(oin)
+    }
+    fn farewell(&self, t: ThreadId, m: &MemberId) -> Result<Option<Ownership>, StoreError> {
+        self.inner.farewell(t, m)
+    }
+    fn entries_after(&self, t: ThreadId, a: u64, l: usize) -> Result<Vec<Entry>, StoreError> {
+        self.inner.entries_after(t, a, l)
+    }
+    fn last_seq(&self, t: ThreadId) -> Result<u64, StoreError> {
+        self.inner.last_seq(t)
+    }
+    fn cursor(&self, m: &MemberId, t: ThreadId) -> Result<u64, StoreError> {
+        self.inner.cursor(m, t)
+    }
+    fn advance_cursor(&self, m: &MemberId, t: ThreadId, s: u64) -> Result<(), StoreError> {
+        self.inner.advance_cursor(m, t, s)
+    }
+    fn group_state(&self, t: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.group_state(t)
+    }
+    fn init_group(&self, t: ThreadId, s: &[u8]) -> Result<(), StoreError> {
+        self.inner.init_group(t, s)
+    }
+    fn apply_commit(&self, c: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError> {
+        self.inner.apply_commit(c)
+    }
+    fn add_key_packages(&self, m: &MemberId, p: &[Vec<u8>]) -> Result<u64, StoreError> {
+        self.inner.add_key_packages(m, p)
+    }
+    fn take_key_package(&self, m: &MemberId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.take_key_package(m)
+    }
+    fn key_package_stock(&self, m: &MemberId) -> Result<u64, StoreError> {
+        self.inner.key_package_stock(m)
+    }
+    fn blob(&self, b: BlobId) -> Result<Option<BlobRecord>, StoreError> {
+        self.inner.blob(b)
+    }
+    fn put_blob_chunk(&self, b: BlobId, r: &BlobRecord, i: u32, d: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_blob_chunk(b, r, i, d)
+    }
+    fn blob_chunk(&self, b: BlobId, i: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.blob_chunk(b, i)
+    }
+    fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
+        self.inner.threads()
+    }
+    fn ownership(&self, t: ThreadId) -> Result<Option<Ownership>, StoreError> {
+        self.inner.ownership(t)
+    }
+    fn is_read_only(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
+        self.inner.is_read_only(t, m)
+    }
+    fn ownerships(&self) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
+        self.inner.ownerships()
+    }
+    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
+        self.inner.apply_handover(step)
+    }
+    fn expire_messages(&self, t: ThreadId, u: u64, b: u64) -> Result<u64, StoreError> {
+        self.inner.expire_messages(t, u, b)
+    }
+    fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
+        self.inner.blobs()
+    }
+    fn delete_blob(&self, b: BlobId) -> Result<(), StoreError> {
+        self.inner.delete_blob(b)
+    }
+    fn prune_audit(&self, b: u64) -> Result<u64, StoreError> {
+        self.inner.prune_audit(b)
+    }
+    fn audit_entries(&self, f: u64, l: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit_entries(f, l)
+    }
+    fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.inner.last_audit()
+    }
+    fn put_checkpoint(&self, c: &AuditCheckpoint) -> Result<(), StoreError> {
+        self.inner.put_checkpoint(c)
+    }
+    fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        self.inner.checkpoints()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.flush_fails.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected: the disk did not confirm the write".into()));
+        }
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,44 @@
+//! A flush that fails must never lose an acknowledged message: the writes of a
+//! batch whose flush failed are refused, and whatever of them the store makes
+//! durable later is delivered before anything that follows, so no member
+//! acknowledges past a gap.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ketenhub_sdk::{Content, ErrorCode, MessageId};
+use tests::faulty::FaultyStore;
+use tests::{messages, DevHub};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_failed_flush_leaves_no_gap_and_the_resend_is_delivered() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(FaultyStore::open(&dir.path().join("data/store"))?);
+    let hub = DevHub::start_with_store(dir.path(), tests::limits(), store.clone()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut lt_events = lt.events().unwrap();
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    vt.send_text(thread, "one").await?;
+
+    store.flush_fails.store(true, Ordering::SeqCst);
+    let second = MessageId::new();
+    let text = |t: &str| Content::Text { text: t.into() };
+    let refused = vt.send_with_id(thread, second, text("two")).await;
+    assert_eq!(refused.err().and_then(|e| e.code()), Some(ErrorCode::Unavailable));
+    store.flush_fails.store(false, Ordering::SeqCst);
+
+    // The hub recovers; what follows arrives, and nothing before it is skipped.
+    tests::eventually(WAIT, || async { Ok(vt.send_text(thread, "three").await.is_ok()) }).await?;
+    let resent = vt.send_with_id(thread, second, text("two")).await?;
+    let got = messages(&mut lt_events, 3, WAIT).await?;
+    let texts: Vec<&Content> = got.iter().map(|m| &m.content).collect();
+    assert_eq!(texts, [&text("one"), &text("two"), &text("three")], "LT missed or reordered a message");
+    assert_eq!(got[1].seq, resent.seq, "the resend found the message where it was stored");
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    hub.stop().await
+}
