@@ -183,16 +183,11 @@ impl NewsCache {
     /// gap, at the front or between two frames, sends the reader to the store.
     fn after(&self, thread: ThreadId, after: u64) -> Option<Vec<Frame>> {
         let recent = &self.threads.get(&thread)?.recent;
-        let mut expected = after + 1;
-        let mut frames = Vec::new();
-        for frame in recent.iter().filter(|f| f.seq > after) {
-            if frame.seq != expected {
-                return None;
-            }
-            frames.push(frame.clone());
-            expected += 1;
+        if recent.front()?.seq > after + 1 {
+            return None;
         }
-        (recent.front()?.seq <= after + 1).then_some(frames)
+        let newer = recent.iter().filter(|f| f.seq > after);
+        (after + 1..).zip(newer).map(|(expected, frame)| (frame.seq == expected).then(|| frame.clone())).collect()
     }
 }
 
