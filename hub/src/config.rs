@@ -159,6 +159,16 @@ pub struct Limits {
     /// Largest attachment blob, in bytes of ciphertext (100 MiB of content plus
     /// the encryption's overhead by default).
     pub max_blob_bytes: u64,
+    /// Members a thread may have at once.
+    pub max_members_per_thread: usize,
+    /// Threads one identity may create per UTC day.
+    pub max_threads_per_identity_per_day: u32,
+    /// Longest free text (reasons, justifications, purposes, legal basis codes),
+    /// in bytes: it is kept for years in the audit log.
+    pub max_text_bytes: usize,
+    /// KeyPackage uploads one identity may make per minute (each is verified,
+    /// which costs the hub far more than the upload costs the client).
+    pub key_package_uploads_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -176,6 +186,10 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             max_protocol_errors: 16,
             max_blob_bytes: 101 << 20,
+            max_members_per_thread: 64,
+            max_threads_per_identity_per_day: 500,
+            max_text_bytes: 2_000,
+            key_package_uploads_per_minute: 20,
         }
     }
 }
@@ -209,6 +223,10 @@ impl Limits {
             ("limits.write_timeout_ms", self.write_timeout_ms),
             ("limits.max_protocol_errors", self.max_protocol_errors as u64),
             ("limits.max_blob_bytes", self.max_blob_bytes),
+            ("limits.max_members_per_thread", self.max_members_per_thread as u64),
+            ("limits.max_threads_per_identity_per_day", self.max_threads_per_identity_per_day as u64),
+            ("limits.max_text_bytes", self.max_text_bytes as u64),
+            ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

@@ -55,6 +55,8 @@ pub enum Write {
         by: MemberId,
         /// Who is added.
         member: MemberId,
+        /// Members the thread may hold at most (`limits.max_members_per_thread`).
+        max_members: usize,
     },
     /// Append a message (see [`Store::append_message`]).
     Append {
@@ -376,7 +378,13 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
             }
             applied
         }
-        Write::AddMember { thread, by, member } => appended(thread, store.add_member(thread, &by, &member, at)?),
+        Write::AddMember { thread, by, member, max_members } => {
+            if !store.is_member(thread, &member)? && store.members(thread)?.len() >= max_members {
+                let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
+                return Err(WriteError::Refused(full));
+            }
+            appended(thread, store.add_member(thread, &by, &member, at)?)
+        }
         Write::Append { thread, sender, id, payload, epoch } => {
             let current = epochs.of(store, thread)?;
             if epoch != current {

@@ -27,6 +27,7 @@ pub mod durability;
 pub mod groups;
 pub mod handovers;
 pub mod policy;
+pub mod quotas;
 pub mod ratelimit;
 pub mod retention;
 pub mod server;

@@ -21,6 +21,12 @@ impl TokenBucket {
         Self { rate_per_sec: rate_per_sec as f64, burst: burst as f64, tokens: burst as f64, last: Instant::now() }
     }
 
+    /// A full bucket of `per_minute` tokens, refilling over a minute.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let burst = per_minute.max(1) as f64;
+        Self { rate_per_sec: burst / 60.0, burst, tokens: burst, last: Instant::now() }
+    }
+
     /// Takes one token at `now`, or says how long until one is available.
     pub fn take_at(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

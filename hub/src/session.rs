@@ -49,6 +49,8 @@ pub struct Hub {
     pub clock: Clock,
     /// Working days for handover deadlines.
     pub calendar: Calendar,
+    /// The per-identity quotas' counters.
+    pub quotas: crate::quotas::Quotas,
 }
 
 /// The authenticated party behind a connection.
@@ -164,7 +166,8 @@ impl Hub {
         let registry = Registry::new(limits.max_connections_per_identity);
         let checkpoint_every_ms = recorder.checkpoint_every_ms();
         let writes = WriteLog::start(store.clone(), registry.clone(), recorder)?;
-        Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms, clock, calendar }))
+        let quotas = crate::quotas::Quotas::default();
+        Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms, clock, calendar, quotas }))
     }
 
     /// Reloads the policy file; a file that does not validate leaves the policy
@@ -339,10 +342,12 @@ impl Hub {
     ) -> Result<Prepared, WireError> {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
+                self.quotas.create_thread(&self.limits, &actor, self.clock.now_ms())?;
                 (WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref })
             }
             Request::AddMember { thread, member, .. } => {
-                (WriteKind::AddMember, Write::AddMember { thread, by: actor, member })
+                let max_members = self.limits.max_members_per_thread;
+                (WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members })
             }
             Request::Send { thread, message, payload } => {
                 let epoch = wire::mls::check_private_message(&payload, thread)
@@ -358,6 +363,7 @@ impl Hub {
                 (WriteKind::Commit, Write::Commit { thread, caller: actor, may_change_membership, commit, welcome })
             }
             Request::UploadKeyPackages { key_packages } if !key_packages.is_empty() => {
+                self.quotas.upload_key_packages(&self.limits, &caller.member)?;
                 let packages = self.verify_key_packages(caller, key_packages)?;
                 (WriteKind::UploadKeyPackages, Write::AddKeyPackages { member: caller.member.clone(), packages })
             }
@@ -504,6 +510,7 @@ impl Hub {
                 return Err((WireError::new(ErrorCode::Invalid, "on_behalf_of cannot be nested"), "no-nesting"));
             }
         };
+        crate::quotas::check_text(&self.limits, request).map_err(|e| (e, "max-text-bytes"))?;
         let allowed = policy.role_allows(caller.identity.role, action);
         if !allowed.allowed {
             return Err((denied(&allowed), allowed.rule));

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     BlobTooLarge,
     /// The identity already has the maximum number of open connections.
     TooManyConnections,
+    /// A quota or size limit of the hub's configuration; the message names its
+    /// config key and value. Nothing was stored.
+    LimitExceeded,
     /// The hub is shutting down or cannot make the action durable; retry later.
     Unavailable,
     /// An internal fault; the action did not take effect.
