@@ -61,7 +61,7 @@ pub fn sweep(store: &dyn Store, retention: &Retention, now_ms: u64) -> Result<Sw
         // An upload never finished is abandoned once it is as old as content may get.
         let done = !record.sealed || received.get(&record.thread).is_some_and(|by_all| *by_all > record.sealed_seq);
         if old && done {
-            store.delete_blob(blob)?;
+            store.delete_blob(record.thread, blob)?;
             swept.blobs += 1;
         }
     }
