@@ -253,13 +253,19 @@ impl Client {
         })
     }
 
-    /// Fetches, decrypts and verifies an attachment into `dest`. The content
-    /// appears at `dest` only once every chunk decrypted and the SHA-256
-    /// matched; on any failure nothing is left there.
-    pub async fn fetch_attachment(&self, attachment: &Attachment, dest: impl AsRef<Path>) -> Result<Fetched, Error> {
+    /// Fetches, decrypts and verifies an attachment received in `thread` into
+    /// `dest` (the hub keeps blobs per thread). The content appears at `dest`
+    /// only once every chunk decrypted and the SHA-256 matched; on any failure
+    /// nothing is left there.
+    pub async fn fetch_attachment(
+        &self,
+        thread: ThreadId,
+        attachment: &Attachment,
+        dest: impl AsRef<Path>,
+    ) -> Result<Fetched, Error> {
         let dest = dest.as_ref();
         let partial = dest.with_extension("ketenhub-partial");
-        let result = self.fetch_into(attachment, &partial).await;
+        let result = self.fetch_into(thread, attachment, &partial).await;
         match result {
             Ok(size) => {
                 tokio::fs::rename(&partial, dest).await.map_err(AttachmentError::from)?;
@@ -272,7 +278,7 @@ impl Client {
         }
     }
 
-    async fn fetch_into(&self, attachment: &Attachment, partial: &Path) -> Result<u64, Error> {
+    async fn fetch_into(&self, thread: ThreadId, attachment: &Attachment, partial: &Path) -> Result<u64, Error> {
         let cipher = ChunkCipher::new(&attachment.key, attachment.blob);
         let mut file = tokio::fs::File::create(partial).await.map_err(AttachmentError::from)?;
         let mut digest = Context::new(&SHA256);
@@ -282,7 +288,7 @@ impl Client {
         let mut in_flight = VecDeque::new();
         for index in 0..attachment.chunks {
             while requested < attachment.chunks && in_flight.len() < WINDOW {
-                in_flight.push_back(self.submit(Request::GetBlobChunk { blob, index: requested }).await?);
+                in_flight.push_back(self.submit(Request::GetBlobChunk { thread, blob, index: requested }).await?);
                 requested += 1;
             }
             let Some(pending) = in_flight.pop_front() else { break };

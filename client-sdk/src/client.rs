@@ -431,11 +431,12 @@ impl Client {
         self.send_content(thread, Content::HandoverPacket(Box::new(packet))).await
     }
 
-    /// Confirms a packet's attachment: `attachment` (received in the thread) is
+    /// Confirms a packet's attachment: `attachment` (received in `thread`) is
     /// the one `reference` names, it decrypts, and its content has the named
     /// SHA-256; the verified file is written to `dest`.
     pub async fn confirm_attachment(
         &self,
+        thread: ThreadId,
         reference: &crate::packet::AttachmentRef,
         attachment: &crate::Attachment,
         dest: impl AsRef<std::path::Path>,
@@ -443,7 +444,7 @@ impl Client {
         if !reference.names(attachment) {
             return Err(crate::AttachmentError::HashMismatch.into());
         }
-        self.fetch_attachment(attachment, dest).await
+        self.fetch_attachment(thread, attachment, dest).await
     }
 
     /// Offers the case to another organisation (warm handover). This client's

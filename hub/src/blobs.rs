@@ -10,7 +10,10 @@
 //! - the chunk marked last seals the blob, and a sealed blob never changes;
 //! - a blob stays within `limits.max_blob_bytes`;
 //! - a sealed blob is served only to current members of its thread, and anyone
-//!   else gets the answer given for a blob that does not exist.
+//!   else gets the answer given for a blob that does not exist;
+//! - blobs are kept per thread: a blob id is looked up only within the thread
+//!   the request names, so another case's blob id behaves exactly like an
+//!   unused one and reveals nothing about that case.
 //!
 //! Checks that depend on the stored record run on the writer thread (see
 //! `durability`), so two uploads of the same chunk cannot race.
@@ -49,13 +52,13 @@ fn refused(code: ErrorCode, message: String) -> WriteError {
 /// Stores a chunk if it is the next one of an open blob of the uploader's;
 /// returns true when it was already stored.
 pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, max_bytes: u64, at_ms: u64) -> Result<bool, WriteError> {
-    let record = match store.blob(upload.blob)? {
-        Some(record) if record.uploader != upload.uploader || record.thread != upload.thread => {
+    let record = match store.blob(upload.thread, upload.blob)? {
+        Some(record) if record.uploader != upload.uploader => {
             return Err(refused(ErrorCode::Conflict, format!("blob {} belongs to another upload", upload.blob)));
         }
         Some(record) if upload.index < record.chunks => {
             // A resend of an unacknowledged chunk: rewrite it if a crash lost it.
-            let stored = store.blob_chunk(upload.blob, upload.index)?;
+            let stored = store.blob_chunk(upload.thread, upload.blob, upload.index)?;
             if stored.as_ref().map(Vec::len) != Some(upload.data.len()) {
                 store.put_blob_chunk(upload.blob, &record, upload.index, &upload.data)?;
             }
@@ -91,10 +94,10 @@ pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, max_bytes: u64, at_ms:
     Ok(false)
 }
 
-/// The thread of a sealed blob, which decides who may fetch it.
-pub fn sealed_thread(record: Option<BlobRecord>) -> Result<(ThreadId, u32), WireError> {
+/// The number of chunks of a sealed blob; a blob still open is not served.
+pub fn sealed_chunks(record: Option<BlobRecord>) -> Result<u32, WireError> {
     match record {
-        Some(BlobRecord { sealed: true, thread, chunks, .. }) => Ok((thread, chunks)),
+        Some(BlobRecord { sealed: true, chunks, .. }) => Ok(chunks),
         _ => Err(not_found()),
     }
 }

@@ -7,6 +7,10 @@
 //! applied to the stored state in the writer thread (so two answers to one
 //! offer cannot both win), and the step, its thread entry and an acceptance's
 //! new membership are stored in one write. [`sweep`] fires deadlines.
+//!
+//! A step repeated by the same party (a client resending a request whose reply
+//! it lost) leaves the state as it is: [`apply`] then writes nothing and
+//! answers with the current state, as the first time.
 
 use wire::handover::{
     Calendar, ClockKind, Escalation, FamilyTold, HandoverError, HandoverEvent, OfferRequest, OfferState, Ownership,
@@ -117,6 +121,7 @@ pub fn apply(
     let Some(mut ownership) = store.ownership(thread)? else {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     };
+    let before = ownership.clone();
     let mut admit = None;
     let event = match op {
         HandoverOp::Offer(request) => {
@@ -127,7 +132,8 @@ pub fn apply(
         HandoverOp::Answer { offer, accept: true, .. } => {
             ownership.accept(by, offer).map_err(refused)?;
             let measure = ownership.offers.iter().any(|o| o.id == offer && o.route == wire::handover::MEASURE_ROUTE);
-            if measure {
+            // A repeated acceptance starts no second set of clocks.
+            if measure && ownership != before {
                 ownership.start_measure_clocks(calendar, now_ms);
             }
             admit = Some(by);
@@ -158,11 +164,17 @@ pub fn apply(
                 return Err(refused(HandoverError::NotOwner));
             }
             if !ownership.report_done(clock) {
-                return Err(WriteError::Refused(WireError::new(ErrorCode::Invalid, "no such clock is running")));
+                return Err(WriteError::Refused(WireError::new(
+                    ErrorCode::Invalid,
+                    "no clock of that kind was started in this case",
+                )));
             }
             HandoverEvent::Done { clock }
         }
     };
+    if ownership == before {
+        return Ok((ownership, Vec::new()));
+    }
     let evict = departures(store, thread, &mut ownership)?;
     for member in &evict {
         audit.removal(thread, member, "left-the-case")?;

@@ -95,7 +95,7 @@ fn delete(store: &dyn Store, content_cutoff: u64, audit_cutoff: u64) -> Result<S
         // An upload never finished is abandoned once it is as old as content may get.
         let done = !record.sealed || received.get(&record.thread).is_some_and(|by_all| *by_all > record.sealed_seq);
         if old && done {
-            store.delete_blob(blob)?;
+            store.delete_blob(record.thread, blob)?;
             swept.blobs += 1;
         }
     }

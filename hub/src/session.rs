@@ -292,7 +292,7 @@ impl Hub {
                 return Err(self.refuse(record, refusal).await);
             }
         };
-        match self.prepare(&policy, caller, actor, request, &mut record) {
+        match self.prepare(&policy, caller, actor, request) {
             Ok(Prepared::Write(kind, write)) => {
                 Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
             }
@@ -338,7 +338,6 @@ impl Hub {
         caller: &Caller,
         actor: MemberId,
         request: Request,
-        record: &mut AuditRecord,
     ) -> Result<Prepared, WireError> {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
@@ -387,7 +386,7 @@ impl Hub {
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
-            read => return Ok(Prepared::Read(self.read(caller, &actor, read, record))),
+            read => return Ok(Prepared::Read(self.read(caller, &actor, read))),
         };
         Ok(Prepared::Write(kind, write))
     }
@@ -405,24 +404,14 @@ impl Hub {
         written.map(drop).map_err(not_durable)
     }
 
-    /// Answers a request that changes nothing; `record` learns what was read.
-    fn read(
-        &self,
-        caller: &Caller,
-        actor: &MemberId,
-        request: Request,
-        record: &mut AuditRecord,
-    ) -> Result<Reply, WireError> {
+    /// Answers a request that changes nothing.
+    fn read(&self, caller: &Caller, actor: &MemberId, request: Request) -> Result<Reply, WireError> {
         match request {
             Request::UploadKeyPackages { .. } => {
                 let stock = self.store.key_package_stock(&caller.member).map_err(internal)?;
                 Ok(Reply::KeyPackagesStored { stock })
             }
-            Request::GetBlobChunk { blob, index } => {
-                let (thread, reply) = self.blob_chunk(actor, blob, index)?;
-                record.case = Some(thread);
-                Ok(reply)
-            }
+            Request::GetBlobChunk { thread, blob, index } => self.blob_chunk(thread, blob, index),
             Request::ListThreads => self.list_threads(actor),
             Request::ListMembers { thread } => {
                 Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
@@ -490,11 +479,8 @@ impl Hub {
             | Request::InitGroup { thread, .. }
             | Request::Commit { thread, .. }
             | Request::PutBlobChunk { thread, .. } => (Action::Send, Some(*thread)),
-            Request::ListMembers { thread } => (Action::Read, Some(*thread)),
-            // A blob's thread is known only from its record: `blob_chunk` checks membership.
-            Request::ListThreads | Request::UploadKeyPackages { .. } | Request::GetBlobChunk { .. } => {
-                (Action::Read, None)
-            }
+            Request::ListMembers { thread } | Request::GetBlobChunk { thread, .. } => (Action::Read, Some(*thread)),
+            Request::ListThreads | Request::UploadKeyPackages { .. } => (Action::Read, None),
             Request::AuditQuery { .. } => (Action::AuditQuery, None),
             Request::OfferHandover { thread, .. }
             | Request::CompleteHandover { thread, .. }
@@ -600,17 +586,14 @@ impl Hub {
             .collect()
     }
 
-    /// A chunk of a sealed blob, for a current member of its thread only.
-    fn blob_chunk(&self, actor: &MemberId, blob: BlobId, index: u32) -> Result<(ThreadId, Reply), WireError> {
-        let (thread, chunks) = blobs::sealed_thread(self.store.blob(blob).map_err(internal)?)?;
-        if !self.is_member(thread, actor)? {
-            return Err(blobs::not_found());
-        }
-        let data = match self.store.blob_chunk(blob, index).map_err(internal)? {
+    /// A chunk of a sealed blob of `thread` (whose membership [`Hub::authorize`] checked).
+    fn blob_chunk(&self, thread: ThreadId, blob: BlobId, index: u32) -> Result<Reply, WireError> {
+        let chunks = blobs::sealed_chunks(self.store.blob(thread, blob).map_err(internal)?)?;
+        let data = match self.store.blob_chunk(thread, blob, index).map_err(internal)? {
             Some(data) if index < chunks => data,
             _ => return Err(WireError::new(ErrorCode::Invalid, format!("the blob has chunks 0 to {}", chunks - 1))),
         };
-        Ok((thread, Reply::BlobChunk { blob, index, last: index + 1 == chunks, data }))
+        Ok(Reply::BlobChunk { blob, index, last: index + 1 == chunks, data })
     }
 
     fn list_threads(&self, actor: &MemberId) -> Result<Reply, WireError> {
@@ -718,7 +701,9 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
         Request::PutBlobChunk { thread, blob, index, .. } => {
             (AuditAction::BlobPut, Some(*thread), Some(format!("{blob}#{index}")))
         }
-        Request::GetBlobChunk { blob, index } => (AuditAction::BlobFetch, None, Some(format!("{blob}#{index}"))),
+        Request::GetBlobChunk { thread, blob, index } => {
+            (AuditAction::BlobFetch, Some(*thread), Some(format!("{blob}#{index}")))
+        }
         Request::ListThreads => (AuditAction::ListThreads, None, None),
         Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
         Request::AuditQuery { filter } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),

@@ -800,7 +800,7 @@ async fn attachment_figures(hub: &Target, dir: &Path, mib: usize) -> anyhow::Res
     let attachment = sender.upload_attachment(thread, "bench.bin", "application/octet-stream", file).await?;
     let upload = mib as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
-    receiver.fetch_attachment(&attachment, dir.join("received.bin")).await?;
+    receiver.fetch_attachment(thread, &attachment, dir.join("received.bin")).await?;
     let download = mib as f64 / started.elapsed().as_secs_f64();
     let peaks = peaks.finish().await?;
     sender.close().await;

@@ -107,14 +107,14 @@ impl Store for FaultyStore {
     fn key_package_stock(&self, m: &MemberId) -> Result<u64, StoreError> {
         self.inner.key_package_stock(m)
     }
-    fn blob(&self, b: BlobId) -> Result<Option<BlobRecord>, StoreError> {
-        self.inner.blob(b)
+    fn blob(&self, t: ThreadId, b: BlobId) -> Result<Option<BlobRecord>, StoreError> {
+        self.inner.blob(t, b)
     }
     fn put_blob_chunk(&self, b: BlobId, r: &BlobRecord, i: u32, d: &[u8]) -> Result<(), StoreError> {
         self.inner.put_blob_chunk(b, r, i, d)
     }
-    fn blob_chunk(&self, b: BlobId, i: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.blob_chunk(b, i)
+    fn blob_chunk(&self, t: ThreadId, b: BlobId, i: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.blob_chunk(t, b, i)
     }
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
         self.inner.threads()
@@ -137,8 +137,8 @@ impl Store for FaultyStore {
     fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
         self.inner.blobs()
     }
-    fn delete_blob(&self, b: BlobId) -> Result<(), StoreError> {
-        self.inner.delete_blob(b)
+    fn delete_blob(&self, t: ThreadId, b: BlobId) -> Result<(), StoreError> {
+        self.inner.delete_blob(t, b)
     }
     fn prune_audit(&self, b: u64) -> Result<u64, StoreError> {
         self.inner.prune_audit(b)

@@ -51,7 +51,7 @@ async fn members_fetch_and_verify_an_attachment_and_nobody_else_can() -> anyhow:
     let received = next_attachment(&mut lt_events).await?;
     assert_eq!(received, sent);
     let dest = dir.path().join("received.pdf");
-    let fetched = lt.fetch_attachment(&received, &dest).await?;
+    let fetched = lt.fetch_attachment(thread, &received, &dest).await?;
     assert_eq!(fetched.size, std::fs::metadata(&source)?.len());
     assert!(files_equal(&source, &dest)?, "the fetched file differs from the sent one");
 
@@ -61,8 +61,10 @@ async fn members_fetch_and_verify_an_attachment_and_nobody_else_can() -> anyhow:
 
     // An organisation outside the thread gets the answer given for a blob that does not exist.
     let mut outsider = hub.client("rvdk-caseworker").connect_raw().await?;
-    let forbidden = tests::raw_refusal(&mut outsider, Request::GetBlobChunk { blob: received.blob, index: 0 }).await?;
-    let unknown = tests::raw_refusal(&mut outsider, Request::GetBlobChunk { blob: BlobId::random(), index: 0 }).await?;
+    let forbidden =
+        tests::raw_refusal(&mut outsider, Request::GetBlobChunk { thread, blob: received.blob, index: 0 }).await?;
+    let unknown =
+        tests::raw_refusal(&mut outsider, Request::GetBlobChunk { thread, blob: BlobId::random(), index: 0 }).await?;
     assert_eq!(forbidden, unknown);
     assert_eq!(forbidden.code, ErrorCode::NotFound);
     // Nor may it put chunks into the thread.
@@ -71,7 +73,7 @@ async fn members_fetch_and_verify_an_attachment_and_nobody_else_can() -> anyhow:
 
     // Once removed, LT can no longer fetch it, even holding the key.
     vt.remove_member(thread, lt.member_id()).await?;
-    let again = lt.fetch_attachment(&received, dir.path().join("again.pdf")).await;
+    let again = lt.fetch_attachment(thread, &received, dir.path().join("again.pdf")).await;
     assert!(matches!(&again, Err(e) if e.is_not_found()), "{again:?}");
     assert!(!dir.path().join("again.pdf").exists());
     hub.stop().await
@@ -98,7 +100,7 @@ async fn chunks_go_in_order_from_the_uploader_within_the_size_limit() -> anyhow:
     // The limit counts the whole blob.
     assert_eq!(tests::raw_refusal(&mut raw_vt, put(1, true, 600)).await?.code, ErrorCode::BlobTooLarge);
     // A blob is not served before it is sealed.
-    let open = tests::raw_refusal(&mut raw_lt, Request::GetBlobChunk { blob, index: 0 }).await?;
+    let open = tests::raw_refusal(&mut raw_lt, Request::GetBlobChunk { thread, blob, index: 0 }).await?;
     assert_eq!(open.code, ErrorCode::NotFound);
 
     // Through the SDK, a file over the limit is refused with the same code.
@@ -128,8 +130,8 @@ async fn a_flipped_bit_in_a_stored_chunk_is_reported_as_tampered() -> anyhow::Re
     assert!(hub.terminate()?.success());
     {
         let store = SledStore::open(&dir.path().join("data/store"))?;
-        let record = store.blob(attachment.blob)?.expect("the blob is stored");
-        let mut chunk = store.blob_chunk(attachment.blob, 1)?.expect("chunk 1 is stored");
+        let record = store.blob(thread, attachment.blob)?.expect("the blob is stored");
+        let mut chunk = store.blob_chunk(thread, attachment.blob, 1)?.expect("chunk 1 is stored");
         chunk[100] ^= 0x04;
         store.put_blob_chunk(attachment.blob, &record, 1, &chunk)?;
         store.flush()?;
@@ -137,7 +139,7 @@ async fn a_flipped_bit_in_a_stored_chunk_is_reported_as_tampered() -> anyhow::Re
     let hub = HubProcess::start(HUB.as_ref(), dir.path(), "127.0.0.1:0", "")?;
     let lt = hub.client("lt-woerden-caseworker").state_dir(dir.path().join("lt")).discard_events().connect().await?;
     let dest = dir.path().join("plan-received.txt");
-    let result = lt.fetch_attachment(&attachment, &dest).await;
+    let result = lt.fetch_attachment(thread, &attachment, &dest).await;
     assert!(matches!(result, Err(Error::Attachment(AttachmentError::Tampered { chunk: 1 }))), "{result:?}");
     assert!(!dest.exists(), "tampered content was left at the destination");
     assert!(std::fs::read_dir(dir.path())?.flatten().all(|e| !e.file_name().to_string_lossy().contains("partial")));
@@ -168,7 +170,7 @@ async fn a_hundred_mib_file_streams_through_a_hub_process() -> anyhow::Result<()
     vt.send_attachment(thread, &source, "application/octet-stream").await?;
     let attachment = next_attachment(&mut lt_events).await?;
     let dest = dir.path().join("dossier-received.bin");
-    let fetched = lt.fetch_attachment(&attachment, &dest).await?;
+    let fetched = lt.fetch_attachment(thread, &attachment, &dest).await?;
     assert_eq!(fetched.size, SIZE as u64);
     assert!(files_equal(&source, &dest)?, "the 100 MiB file differs after the round trip");
     let peak = peak_rss(hub.pid())?;

@@ -86,11 +86,12 @@ async fn a_case_passes_from_vt_to_lt_with_one_owner_at_every_step() -> anyhow::R
     let got = messages(&mut lt_events, 2, WAIT).await?;
     let ketenhub_sdk::Content::Attachment(received) = &got[0].content else { panic!("expected the attachment") };
     assert_eq!(got[1].content, ketenhub_sdk::Content::HandoverPacket(Box::new(packet.clone())));
-    let confirmed = lt.confirm_attachment(&packet.attachments[0], received, dir.path().join("ontvangen.pdf")).await?;
+    let confirmed =
+        lt.confirm_attachment(thread, &packet.attachments[0], received, dir.path().join("ontvangen.pdf")).await?;
     assert_eq!(confirmed.size, 400_000);
     let mut wrong = packet.attachments[0].clone();
     wrong.sha256_hex = "0".repeat(64);
-    assert!(lt.confirm_attachment(&wrong, received, dir.path().join("x.pdf")).await.is_err());
+    assert!(lt.confirm_attachment(thread, &wrong, received, dir.path().join("x.pdf")).await.is_err());
     assert_eq!(HandoverPacket::from_json(&packet.to_json())?, packet, "case systems read the JSON form");
 
     let empty = FamilyTold::No { reason: String::new() };

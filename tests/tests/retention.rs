@@ -60,8 +60,8 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
         let body = |seq: u64| entries.iter().find(|e| e.seq == seq).map(|e| e.body.clone());
         assert_eq!(body(with_file.seq), Some(EntryBody::Expired));
         assert!(matches!(body(pending.seq), Some(EntryBody::Message { .. })), "LT has not acknowledged it yet");
-        assert!(store.blob(attachment.blob)?.is_none());
-        assert!(store.blob_chunk(attachment.blob, 0)?.is_none(), "the chunk file is gone");
+        assert!(store.blob(thread, attachment.blob)?.is_none());
+        assert!(store.blob_chunk(thread, attachment.blob, 0)?.is_none(), "the chunk file is gone");
         assert!(entries.iter().any(|e| matches!(e.body, EntryBody::MemberAdded { .. })), "membership stays");
 
         // Audit entries older than five years go, oldest first; what remains verifies.
@@ -83,7 +83,7 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
     // Back online, LT receives what it had not acknowledged, and the blob is gone for everyone.
     let hub = HubProcess::start(HUB.as_ref(), dir.path(), "127.0.0.1:0", "")?;
     let lt = hub.client("lt-woerden-caseworker").state_dir(&lt_state).connect().await?;
-    let fetched = lt.fetch_attachment(&attachment, dir.path().join("again.txt")).await;
+    let fetched = lt.fetch_attachment(thread, &attachment, dir.path().join("again.txt")).await;
     assert!(matches!(&fetched, Err(e) if e.is_not_found()), "{fetched:?}");
     let vt = hub.client("vt-utrecht-caseworker").state_dir(&vt_state).discard_events().connect().await?;
     vt.send_text(thread, "after the sweep").await?;

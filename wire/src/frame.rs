@@ -265,6 +265,8 @@ pub enum Request {
     },
     /// Fetches one chunk of a sealed blob; only current members of its thread may.
     GetBlobChunk {
+        /// The thread the blob was uploaded to: blobs are kept per thread.
+        thread: ThreadId,
         /// The blob.
         blob: BlobId,
         /// The chunk's position, from 0.
@@ -542,7 +544,10 @@ mod tests {
                     data: vec![1, 2, 3],
                 },
             },
-            ClientFrame::Request { id: 9, request: Request::GetBlobChunk { blob: BlobId::random(), index: 0 } },
+            ClientFrame::Request {
+                id: 9,
+                request: Request::GetBlobChunk { thread: ThreadId::random(), blob: BlobId::random(), index: 0 },
+            },
             ClientFrame::Ack { thread, seq: 9 },
         ];
         for frame in frames {

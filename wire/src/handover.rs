@@ -28,6 +28,14 @@
 //! Everything here is a pure function of the state, the request and the time,
 //! so that the writer thread applies it atomically and a property test can
 //! drive it through any order of events.
+//!
+//! Every step is idempotent, because a client resends a request whose reply it
+//! lost: the identical step taken again by the same party changes nothing and
+//! succeeds, so the hub answers it with the case's state as the first time and
+//! appends no second thread entry. "Identical" is what the step says: an offer
+//! with the same fields as the case's latest offer, by its sender; the same
+//! answer to the same offer by the same receiver; the same completion; a done
+//! report for a clock already stopped; a rappel while one is running.
 
 use std::collections::BTreeSet;
 
@@ -121,6 +129,21 @@ pub enum OfferState {
         /// What the family was told.
         family: FamilyTold,
     },
+}
+
+impl Offer {
+    /// The request that made this offer, to recognise the same request sent again.
+    fn requested(&self) -> OfferRequest {
+        OfferRequest {
+            to: self.to.clone(),
+            to_worker: self.to_worker.clone(),
+            route: self.route.clone(),
+            legal_basis: self.legal_basis.clone(),
+            reason: self.reason.clone(),
+            justification: self.justification.clone(),
+            deadline_ms: self.deadline_ms,
+        }
+    }
 }
 
 impl OfferState {
@@ -397,6 +420,10 @@ impl Ownership {
         if by != &self.owner {
             return Err(HandoverError::NotOwner);
         }
+        if let Some(latest) = self.offers.last().filter(|o| &o.from == by && o.requested() == request) {
+            // A resend: whatever became of that offer since, it is not made twice.
+            return Ok(latest.id);
+        }
         if let Some(open) = self.open_offer() {
             return Err(HandoverError::OfferOpen(open.id));
         }
@@ -425,31 +452,42 @@ impl Ownership {
         Ok(id)
     }
 
-    fn answerable(&mut self, by: &MemberId, id: u32) -> Result<&mut Offer, HandoverError> {
+    /// Offer `id` if it is addressed to `by`. Checked before anything else about
+    /// an answer, so that anyone else learns nothing from the refusal.
+    fn addressed_to(&mut self, by: &MemberId, id: u32) -> Result<&mut Offer, HandoverError> {
         let offer = self.offer_mut(id)?;
         let addressed = offer.to == by.oin && offer.to_worker.as_ref().is_none_or(|w| w == &by.worker);
         if !addressed {
             return Err(HandoverError::NotReceiver(id));
         }
+        Ok(offer)
+    }
+
+    /// Moves an offer addressed to `by` from offered to `answer`; the same answer again changes nothing.
+    fn answer(&mut self, by: &MemberId, id: u32, answer: OfferState) -> Result<(), HandoverError> {
+        let offer = self.addressed_to(by, id)?;
+        if offer.state == answer {
+            return Ok(());
+        }
         if offer.state != OfferState::Offered {
             return Err(HandoverError::WrongState { offer: id, state: offer.state.name(), needed: "offered" });
         }
-        Ok(offer)
+        offer.state = answer;
+        Ok(())
     }
 
     /// The receiver accepts: it joins the case; the sender stays owner until completion.
     pub fn accept(&mut self, by: &MemberId, id: u32) -> Result<(), HandoverError> {
-        self.answerable(by, id)?.state = OfferState::Accepted { by: by.clone() };
-        Ok(())
+        self.answer(by, id, OfferState::Accepted { by: by.clone() })
     }
 
     /// The receiver declines; the sender stays owner.
     pub fn decline(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<(), HandoverError> {
+        self.addressed_to(by, id)?;
         if reason.trim().is_empty() {
             return Err(HandoverError::ReasonRequired("why the offer is declined"));
         }
-        self.answerable(by, id)?.state = OfferState::Declined { by: by.clone(), reason: reason.to_owned() };
-        Ok(())
+        self.answer(by, id, OfferState::Declined { by: by.clone(), reason: reason.to_owned() })
     }
 
     /// The receiver who accepted completes the handover and becomes owner; the
@@ -463,6 +501,7 @@ impl Ownership {
         let offer = self.offer_mut(id)?;
         match &offer.state {
             OfferState::Accepted { by: accepted } if accepted == by => {}
+            OfferState::Completed { by: done, family: told } if done == by && *told == family => return Ok(()),
             OfferState::Accepted { .. } => return Err(HandoverError::NotReceiver(id)),
             other => return Err(HandoverError::WrongState { offer: id, state: other.name(), needed: "accepted" }),
         }
@@ -490,8 +529,12 @@ impl Ownership {
             || self.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == member))
     }
 
-    /// Schedules a VT re-check (rappel) three months out.
+    /// Schedules a VT re-check (rappel) three months out. One runs at a time:
+    /// while one is running, this changes nothing.
     pub fn schedule_rappel(&mut self, now_ms: u64) {
+        if self.clocks.iter().any(|c| c.kind == ClockKind::Rappel && !c.done) {
+            return;
+        }
         self.clocks.push(CaseClock {
             kind: ClockKind::Rappel,
             due_ms: three_months_after(now_ms),
@@ -500,14 +543,16 @@ impl Ownership {
         });
     }
 
-    /// Reports a clock's work done (for example, the first contact took place).
+    /// Reports a clock's work done (for example, the first contact took place);
+    /// false when no clock of that kind was ever started. A clock already
+    /// stopped stays as it is.
     pub fn report_done(&mut self, kind: ClockKind) -> bool {
-        let mut stopped = false;
-        for clock in self.clocks.iter_mut().filter(|c| c.kind == kind && !c.done) {
+        let mut started = false;
+        for clock in self.clocks.iter_mut().filter(|c| c.kind == kind) {
             clock.done = true;
-            stopped = true;
+            started = true;
         }
-        stopped
+        started
     }
 
     /// Fires everything due at `now_ms`: open offers past their deadline expire,
@@ -612,11 +657,30 @@ mod tests {
     /// One step of a random history.
     #[derive(Debug, Clone)]
     enum Step {
-        Offer { by: usize, to: usize, worker: Option<usize> },
-        Accept { by: usize },
-        Decline { by: usize },
-        Complete { by: usize, told: bool },
-        Time { days: u64 },
+        Offer {
+            by: usize,
+            to: usize,
+            worker: Option<usize>,
+        },
+        Accept {
+            by: usize,
+        },
+        Decline {
+            by: usize,
+        },
+        Complete {
+            by: usize,
+            told: bool,
+        },
+        Rappel,
+        Done {
+            clock: usize,
+        },
+        Time {
+            days: u64,
+        },
+        /// The previous step sent again, as a client does when its reply was lost.
+        Repeat,
     }
 
     fn people() -> Vec<MemberId> {
@@ -636,8 +700,55 @@ mod tests {
             (0..8usize).prop_map(|by| Step::Accept { by }),
             (0..8usize).prop_map(|by| Step::Decline { by }),
             (0..8usize, any::<bool>()).prop_map(|(by, told)| Step::Complete { by, told }),
+            Just(Step::Rappel),
+            (0..3usize).prop_map(|clock| Step::Done { clock }),
             (0..6u64).prop_map(|days| Step::Time { days }),
+            Just(Step::Repeat),
+            Just(Step::Repeat),
         ]
+    }
+
+    /// Takes `step` (not `Repeat`) on `case` at `now`, on offer `open`.
+    fn take(
+        case: &mut Ownership,
+        step: &Step,
+        open: u32,
+        now: &mut u64,
+        people: &[MemberId],
+        orgs: &[Oin],
+    ) -> Result<(), HandoverError> {
+        let calendar = Calendar::default();
+        match step {
+            Step::Offer { by, to, worker } => {
+                let mut req = request(orgs[*to].as_str(), *now + 3 * DAY_MS);
+                req.to_worker = worker.map(|w| ["a", "b"][w].to_owned());
+                case.offer(&people[*by], req, *now).map(|_| ())
+            }
+            Step::Accept { by } => case.accept(&people[*by], open),
+            Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
+            Step::Complete { by, told } => {
+                let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
+                case.complete(&people[*by], open, family, *now)
+            }
+            Step::Rappel => {
+                case.schedule_rappel(*now);
+                Ok(())
+            }
+            Step::Done { clock } => {
+                let kind = [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel][*clock];
+                if case.report_done(kind) {
+                    Ok(())
+                } else {
+                    Err(HandoverError::NoSuchOffer(0))
+                }
+            }
+            Step::Time { days } => {
+                *now += days * DAY_MS;
+                case.due(&calendar, *now);
+                Ok(())
+            }
+            Step::Repeat => unreachable!("a repeat names the step it repeats"),
+        }
     }
 
     proptest! {
@@ -647,29 +758,26 @@ mod tests {
         fn a_case_always_has_exactly_one_owner(steps in proptest::collection::vec(step(), 1..60)) {
             let people = people();
             let orgs: Vec<Oin> = people.iter().step_by(2).map(|m| m.oin.clone()).collect();
-            let calendar = Calendar::default();
             let mut case = Ownership::new(people[0].clone());
             let mut now = 20_780 * DAY_MS;
+            // The last step taken, with the offer it named, while nothing else happened since.
+            let mut last: Option<(Step, u32)> = None;
             for step in steps {
                 let before = case.clone();
+                if let Step::Repeat = step {
+                    // Taken again, a step that succeeded changes nothing and succeeds again.
+                    if let Some((previous, open)) = &last {
+                        let again = take(&mut case, previous, *open, &mut now, &people, &orgs);
+                        prop_assert_eq!(again, Ok(()), "a repeated {:?} was refused", previous);
+                        prop_assert_eq!(&case, &before, "a repeated {:?} changed the case", previous);
+                    }
+                    continue;
+                }
                 let open = case.open_offer().map(|o| o.id).unwrap_or(1);
-                let result = match &step {
-                    Step::Offer { by, to, worker } => {
-                        let mut req = request(orgs[*to].as_str(), now + 3 * DAY_MS);
-                        req.to_worker = worker.map(|w| ["a", "b"][w].to_owned());
-                        case.offer(&people[*by], req, now).map(|_| ())
-                    }
-                    Step::Accept { by } => case.accept(&people[*by], open),
-                    Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
-                    Step::Complete { by, told } => {
-                        let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
-                        case.complete(&people[*by], open, family, now)
-                    }
-                    Step::Time { days } => {
-                        now += days * DAY_MS;
-                        case.due(&calendar, now);
-                        Ok(())
-                    }
+                let result = take(&mut case, &step, open, &mut now, &people, &orgs);
+                last = match (&result, &step) {
+                    (Ok(()), Step::Time { .. }) | (Err(_), _) => None,
+                    (Ok(()), _) => Some((step.clone(), open)),
                 };
                 if result.is_err() {
                     prop_assert_eq!(&case, &before, "a refused step changed the case");

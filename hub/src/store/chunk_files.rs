@@ -17,11 +17,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use wire::BlobId;
+use wire::{BlobId, ThreadId};
 
 use super::StoreError;
 
-/// A directory of chunk files: `DIR/<blob>/<index>`.
+/// A directory of chunk files: `DIR/<thread>-<blob>/<index>`, per thread like the blob records.
 #[derive(Debug)]
 pub struct ChunkFiles {
     dir: PathBuf,
@@ -39,12 +39,12 @@ impl ChunkFiles {
         Ok(Self { dir: dir.to_owned(), unsynced: Mutex::new(Vec::new()) })
     }
 
-    fn blob_dir(&self, blob: BlobId) -> PathBuf {
-        self.dir.join(blob.0.simple().to_string())
+    fn blob_dir(&self, thread: ThreadId, blob: BlobId) -> PathBuf {
+        self.dir.join(format!("{}-{}", thread.0.simple(), blob.0.simple()))
     }
 
-    fn path(&self, blob: BlobId, index: u32) -> PathBuf {
-        self.blob_dir(blob).join(format!("{index:08}"))
+    fn path(&self, thread: ThreadId, blob: BlobId, index: u32) -> PathBuf {
+        self.blob_dir(thread, blob).join(format!("{index:08}"))
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
@@ -52,13 +52,13 @@ impl ChunkFiles {
     }
 
     /// Writes a chunk (replacing one at the same place); durable after the next [`Self::sync`].
-    pub fn write(&self, blob: BlobId, index: u32, data: &[u8]) -> Result<(), StoreError> {
-        let dir = self.blob_dir(blob);
+    pub fn write(&self, thread: ThreadId, blob: BlobId, index: u32, data: &[u8]) -> Result<(), StoreError> {
+        let dir = self.blob_dir(thread, blob);
         if index == 0 {
             fs::create_dir_all(&dir).map_err(io)?;
             self.pending().push(self.dir.clone());
         }
-        let path = self.path(blob, index);
+        let path = self.path(thread, blob, index);
         File::create(&path).and_then(|mut f| f.write_all(data)).map_err(io)?;
         let mut pending = self.pending();
         pending.push(path);
@@ -67,8 +67,8 @@ impl ChunkFiles {
     }
 
     /// A stored chunk, if present.
-    pub fn read(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        match fs::read(self.path(blob, index)) {
+    pub fn read(&self, thread: ThreadId, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        match fs::read(self.path(thread, blob, index)) {
             Ok(data) => Ok(Some(data)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(e)),
@@ -76,8 +76,8 @@ impl ChunkFiles {
     }
 
     /// Deletes a blob's chunks.
-    pub fn remove(&self, blob: BlobId) -> Result<(), StoreError> {
-        match fs::remove_dir_all(self.blob_dir(blob)) {
+    pub fn remove(&self, thread: ThreadId, blob: BlobId) -> Result<(), StoreError> {
+        match fs::remove_dir_all(self.blob_dir(thread, blob)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
             _ => {
                 self.pending().push(self.dir.clone());

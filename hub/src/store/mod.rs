@@ -235,14 +235,15 @@ pub trait Store: Send + Sync + 'static {
     /// How many KeyPackages `member` holds.
     fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError>;
 
-    /// The record of a blob, if any chunk of it is stored.
-    fn blob(&self, blob: BlobId) -> Result<Option<BlobRecord>, StoreError>;
+    /// The record of `thread`'s blob, if any chunk of it is stored. Blobs are
+    /// kept per thread, so that another case's blob id names nothing here.
+    fn blob(&self, thread: ThreadId, blob: BlobId) -> Result<Option<BlobRecord>, StoreError>;
 
-    /// Stores chunk `index` of a blob together with its updated record, atomically.
+    /// Stores chunk `index` of `thread`'s blob together with its updated record (`record.thread` is `thread`).
     fn put_blob_chunk(&self, blob: BlobId, record: &BlobRecord, index: u32, data: &[u8]) -> Result<(), StoreError>;
 
-    /// One stored chunk of a blob.
-    fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError>;
+    /// One stored chunk of `thread`'s blob.
+    fn blob_chunk(&self, thread: ThreadId, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Every thread.
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError>;
@@ -269,11 +270,11 @@ pub trait Store: Send + Sync + 'static {
     /// `before_ms` with [`wire::EntryBody::Expired`]; returns how many.
     fn expire_messages(&self, thread: ThreadId, up_to: u64, before_ms: u64) -> Result<u64, StoreError>;
 
-    /// Every blob with its record.
+    /// Every blob with its record (which names its thread).
     fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError>;
 
-    /// Deletes a blob and its chunks.
-    fn delete_blob(&self, blob: BlobId) -> Result<(), StoreError>;
+    /// Deletes `thread`'s blob and its chunks.
+    fn delete_blob(&self, thread: ThreadId, blob: BlobId) -> Result<(), StoreError>;
 
     /// Deletes the oldest audit entries recorded before `before_ms`, and the
     /// checkpoints they alone covered; returns how many entries.

@@ -19,7 +19,7 @@
 //! | `R` | member, client ref | thread: idempotent creation |
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
-//! | `B` | blob | blob record |
+//! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
 //! | `A` | seq (u64 BE) | audit entry |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
@@ -133,6 +133,10 @@ fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         key.extend_from_slice(part);
     }
     key
+}
+
+fn blob_key(thread: ThreadId, blob: BlobId) -> Vec<u8> {
+    key(BLOB, &[thread.0.as_bytes(), blob.0.as_bytes()])
 }
 
 fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -531,18 +535,18 @@ impl Store for SledStore {
         Ok(self.db.scan_prefix(key(KEY_PACKAGE, &[&member_key(member)])).count() as u64)
     }
 
-    fn blob(&self, blob: BlobId) -> Result<Option<BlobRecord>, StoreError> {
-        self.db.get(key(BLOB, &[blob.0.as_bytes()])).map_err(backend)?.map(|bytes| decode(&bytes)).transpose()
+    fn blob(&self, thread: ThreadId, blob: BlobId) -> Result<Option<BlobRecord>, StoreError> {
+        self.db.get(blob_key(thread, blob)).map_err(backend)?.map(|bytes| decode(&bytes)).transpose()
     }
 
     fn put_blob_chunk(&self, blob: BlobId, record: &BlobRecord, index: u32, data: &[u8]) -> Result<(), StoreError> {
-        self.chunks.write(blob, index, data)?;
-        self.db.insert(key(BLOB, &[blob.0.as_bytes()]), encode(record)).map_err(backend)?;
+        self.chunks.write(record.thread, blob, index, data)?;
+        self.db.insert(blob_key(record.thread, blob), encode(record)).map_err(backend)?;
         Ok(())
     }
 
-    fn blob_chunk(&self, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.chunks.read(blob, index)
+    fn blob_chunk(&self, thread: ThreadId, blob: BlobId, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.chunks.read(thread, blob, index)
     }
 
     fn ownership(&self, thread: ThreadId) -> Result<Option<wire::handover::Ownership>, StoreError> {
@@ -637,14 +641,15 @@ impl Store for SledStore {
             .scan_prefix([BLOB])
             .map(|item| {
                 let (key, value) = item.map_err(backend)?;
-                Ok((BlobId(uuid_from(&key[1..])?), decode(&value)?))
+                let blob = key.get(17..).ok_or_else(|| StoreError::Corrupt("short blob key".into()))?;
+                Ok((BlobId(uuid_from(blob)?), decode(&value)?))
             })
             .collect()
     }
 
-    fn delete_blob(&self, blob: BlobId) -> Result<(), StoreError> {
-        self.chunks.remove(blob)?;
-        self.db.remove(key(BLOB, &[blob.0.as_bytes()])).map_err(backend)?;
+    fn delete_blob(&self, thread: ThreadId, blob: BlobId) -> Result<(), StoreError> {
+        self.chunks.remove(thread, blob)?;
+        self.db.remove(blob_key(thread, blob)).map_err(backend)?;
         Ok(())
     }
 
