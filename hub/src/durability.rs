@@ -541,6 +541,32 @@ fn apply_audited(
     result
 }
 
+/// Applies a write as [`apply_audited`] does, but a panic while checking or
+/// applying it fails that write alone: the writer thread serves on. Every
+/// change a write makes is one atomic store batch (or none), and the chain
+/// advances only after its entry is stored, so a write interrupted by a panic
+/// leaves nothing half done.
+fn apply_guarded(
+    store: &dyn Store,
+    epochs: &mut Epochs,
+    recorder: &mut Recorder,
+    write: Write,
+    audit: Option<AuditRecord>,
+) -> Result<Applied, WriteError> {
+    let what = format!("{write:?}").chars().take(80).collect::<String>();
+    let applied =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_audited(store, epochs, recorder, write, audit)));
+    applied.unwrap_or_else(|_| {
+        error!(write = %what, "a fault while checking a write; that write is refused and the hub serves on");
+        // The epoch cache may have been half updated: reload it from the store when next needed.
+        epochs.0.clear();
+        Err(WriteError::Refused(WireError::new(
+            ErrorCode::Internal,
+            "the hub failed to check this write; nothing was changed",
+        )))
+    })
+}
+
 fn apply_loop(
     store: Arc<dyn Store>,
     mut recorder: Recorder,
@@ -563,7 +589,7 @@ fn apply_loop(
                 continue;
             }
             seal |= matches!(write, Write::Seal);
-            batch.push((reply, apply_audited(store.as_ref(), &mut epochs, &mut recorder, write, audit)));
+            batch.push((reply, apply_guarded(store.as_ref(), &mut epochs, &mut recorder, write, audit)));
             if batch.len() < MAX_BATCH {
                 job = jobs.try_recv().ok();
             }

@@ -20,6 +20,9 @@ pub struct FaultyStore {
     pub audit_fails: AtomicBool,
     /// While set, every flush fails.
     pub flush_fails: AtomicBool,
+    /// While set, reading a thread's MLS group state panics: a stand-in for a
+    /// bug in one of the writer's checks.
+    pub group_state_panics: AtomicBool,
 }
 
 impl FaultyStore {
@@ -29,6 +32,7 @@ impl FaultyStore {
             inner: SledStore::open(dir)?,
             audit_fails: AtomicBool::new(false),
             flush_fails: AtomicBool::new(false),
+            group_state_panics: AtomicBool::new(false),
         })
     }
 }
@@ -90,6 +94,7 @@ impl Store for FaultyStore {
         self.inner.advance_cursor(m, t, s)
     }
     fn group_state(&self, t: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
+        assert!(!self.group_state_panics.load(Ordering::SeqCst), "injected: a bug while checking a write");
         self.inner.group_state(t)
     }
     fn init_group(&self, t: ThreadId, s: &[u8]) -> Result<(), StoreError> {

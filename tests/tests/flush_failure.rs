@@ -42,3 +42,28 @@ async fn a_failed_flush_leaves_no_gap_and_the_resend_is_delivered() -> anyhow::R
     assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
     hub.stop().await
 }
+
+#[tokio::test]
+async fn the_writer_survives_a_panic_while_checking_one_write() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(FaultyStore::open(&dir.path().join("data/store"))?);
+    let hub = DevHub::start_with_store(dir.path(), tests::limits(), store.clone()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut lt_events = lt.events().unwrap();
+    let thread = vt.create_thread().await?;
+
+    store.group_state_panics.store(true, Ordering::SeqCst);
+    let failed = vt.add_member(thread, lt.member_id(), &tests::consent()).await;
+    assert_eq!(failed.err().and_then(|e| e.code()), Some(ErrorCode::Internal));
+    store.group_state_panics.store(false, Ordering::SeqCst);
+
+    // That write failed alone: the hub serves on, and the step can be taken again.
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    vt.send_text(thread, "after the fault").await?;
+    let got = messages(&mut lt_events, 1, WAIT).await?;
+    assert_eq!(got[0].content, Content::Text { text: "after the fault".into() });
+    let verified = hub.stop_and_verify_audit().await?;
+    assert!(verified.is_ok(), "{verified:?}");
+    Ok(())
+}
