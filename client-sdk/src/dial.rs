@@ -66,7 +66,12 @@ async fn dial_unbounded(settings: &Settings) -> Result<(WsStream, Hello), Error>
         return match ws.next().await {
             None => Err(Error::Refused("connection closed before the hub's greeting".into())),
             Some(Err(e)) => Err(ws_error(e)),
-            Some(Ok(Message::Binary(bytes))) => match wire::decode::<HubFrame>(&bytes) {
+            Some(Ok(Message::Binary(bytes))) => match {
+                if let Some(tap) = &settings.frame_tap {
+                    tap.see(crate::raw::Direction::Received, &bytes);
+                }
+                wire::decode::<HubFrame>(&bytes)
+            } {
                 Ok(HubFrame::Hello(hello)) => Ok((ws, hello)),
                 Ok(HubFrame::Error { error }) => Err(Error::Hub(error)),
                 Ok(other) => Err(Error::Protocol(format!("expected hello, got {other:?}"))),
