@@ -28,7 +28,9 @@ pub enum Direction {
 /// [`crate::ClientBuilder::frame_tap`]. Conformance tests check each against
 /// `PROTOCOL.md`; the tap must be quick, as it runs on the connection's task.
 #[derive(Clone)]
-pub struct FrameTap(Arc<dyn Fn(Direction, &[u8]) + Send + Sync>);
+pub struct FrameTap(Arc<TapFn>);
+
+type TapFn = dyn Fn(Direction, &[u8]) + Send + Sync;
 
 impl FrameTap {
     /// A tap calling `see` with each frame.

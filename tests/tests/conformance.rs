@@ -47,9 +47,12 @@ fn conforms(document: &str, bytes: &[u8]) -> Result<(), String> {
     result.map_err(|e| e.to_string())
 }
 
+/// A frame as the tap saw it: which way, and its bytes.
+type Seen = (Direction, Vec<u8>);
+
 /// Every frame a set of clients sent and received.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(Direction, Vec<u8>)>>>);
+struct Recorder(Arc<Mutex<Vec<Seen>>>);
 
 impl Recorder {
     fn tap(&self) -> FrameTap {
