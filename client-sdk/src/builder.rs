@@ -10,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_tungstenite::tungstenite::http::Uri;
 
-use crate::raw::RawConnection;
+use crate::raw::{FrameTap, RawConnection};
 use crate::{Client, Error};
 
 #[derive(Debug, Clone)]
@@ -46,6 +46,7 @@ pub struct ClientBuilder {
     max_frame_bytes: usize,
     state_dir: Option<PathBuf>,
     key_package_stock: u64,
+    frame_tap: Option<FrameTap>,
 }
 
 impl Default for ClientBuilder {
@@ -64,6 +65,7 @@ impl Default for ClientBuilder {
             max_frame_bytes: 4 << 20,
             state_dir: None,
             key_package_stock: 16,
+            frame_tap: None,
         }
     }
 }
@@ -84,6 +86,7 @@ pub(crate) struct Settings {
     pub max_frame_bytes: usize,
     pub state_dir: Option<PathBuf>,
     pub key_package_stock: u64,
+    pub frame_tap: Option<FrameTap>,
 }
 
 impl ClientBuilder {
@@ -187,6 +190,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Shows every binary frame the client sends and receives to `tap`, as
+    /// bytes on the wire (for conformance tests and protocol debugging).
+    pub fn frame_tap(mut self, tap: FrameTap) -> Self {
+        self.frame_tap = Some(tap);
+        self
+    }
+
     pub(crate) fn settings(&self) -> Result<Settings, Error> {
         let url = self.url.clone().ok_or_else(|| Error::Config("no hub URL given".into()))?;
         let uri: Uri = url.parse().map_err(|e| Error::Config(format!("invalid URL {url}: {e}")))?;
@@ -211,6 +221,7 @@ impl ClientBuilder {
             max_frame_bytes: self.max_frame_bytes,
             state_dir: self.state_dir.clone(),
             key_package_stock: self.key_package_stock,
+            frame_tap: self.frame_tap.clone(),
         })
     }
 

@@ -737,7 +737,12 @@ impl Driver {
                     break Stop::Lost(written.map_or_else(|e| e.to_string(), |r| r.err().unwrap_or_default()));
                 }
                 permit = outbox.reserve(), if !backlog.is_empty() => match (permit, backlog.pop_front()) {
-                    (Ok(permit), Some(frame)) => permit.send(WsMessage::Binary(frame.into())),
+                    (Ok(permit), Some(frame)) => {
+                        if let Some(tap) = &self.settings.frame_tap {
+                            tap.see(crate::raw::Direction::Sent, &frame);
+                        }
+                        permit.send(WsMessage::Binary(frame.into()))
+                    }
                     _ => break Stop::Lost("writer stopped".into()),
                 },
                 command = self.commands.recv(), if backlog.is_empty() => match command {
@@ -759,6 +764,9 @@ impl Driver {
     }
 
     async fn on_frame(&mut self, bytes: &[u8]) {
+        if let Some(tap) = &self.settings.frame_tap {
+            tap.see(crate::raw::Direction::Received, bytes);
+        }
         let frame = match wire::decode::<HubFrame>(bytes) {
             Ok(frame) => frame,
             Err(e) => {

@@ -66,7 +66,7 @@ async fn dial_unbounded(settings: &Settings) -> Result<(WsStream, Hello), Error>
         return match ws.next().await {
             None => Err(Error::Refused("connection closed before the hub's greeting".into())),
             Some(Err(e)) => Err(ws_error(e)),
-            Some(Ok(Message::Binary(bytes))) => match wire::decode::<HubFrame>(&bytes) {
+            Some(Ok(Message::Binary(bytes))) => match see_and_decode(settings, &bytes) {
                 Ok(HubFrame::Hello(hello)) => Ok((ws, hello)),
                 Ok(HubFrame::Error { error }) => Err(Error::Hub(error)),
                 Ok(other) => Err(Error::Protocol(format!("expected hello, got {other:?}"))),
@@ -78,4 +78,11 @@ async fn dial_unbounded(settings: &Settings) -> Result<(WsStream, Hello), Error>
             Some(Ok(_)) => continue,
         };
     }
+}
+
+fn see_and_decode(settings: &Settings, bytes: &[u8]) -> Result<HubFrame, wire::DecodeError> {
+    if let Some(tap) = &settings.frame_tap {
+        tap.see(crate::raw::Direction::Received, bytes);
+    }
+    wire::decode::<HubFrame>(bytes)
 }

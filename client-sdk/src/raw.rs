@@ -4,12 +4,50 @@
 //! greeting, then leaves every byte to the caller: no retries, no
 //! de-duplication, no reconnect. Use [`crate::Client`] for real work.
 
+use std::fmt;
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wire::{ClientFrame, Hello, HubFrame};
 
 use crate::dial::WsStream;
 use crate::Error;
+
+/// Which way a frame went, for a [`FrameTap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A client frame the SDK sent.
+    Sent,
+    /// A hub frame the SDK received (the `hello` included).
+    Received,
+}
+
+/// Sees the bytes of every binary frame a [`crate::Client`] sends and
+/// receives, as they are on the wire; set with
+/// [`crate::ClientBuilder::frame_tap`]. Conformance tests check each against
+/// `PROTOCOL.md`; the tap must be quick, as it runs on the connection's task.
+#[derive(Clone)]
+pub struct FrameTap(Arc<TapFn>);
+
+type TapFn = dyn Fn(Direction, &[u8]) + Send + Sync;
+
+impl FrameTap {
+    /// A tap calling `see` with each frame.
+    pub fn new(see: impl Fn(Direction, &[u8]) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(see))
+    }
+
+    pub(crate) fn see(&self, direction: Direction, bytes: &[u8]) {
+        (self.0)(direction, bytes)
+    }
+}
+
+impl fmt::Debug for FrameTap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameTap")
+    }
+}
 
 /// What arrived on a raw connection.
 #[derive(Debug, Clone, PartialEq)]

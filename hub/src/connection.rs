@@ -64,7 +64,10 @@ fn hello(hub: &Hub, caller: &Caller) -> HubFrame {
         limits: SessionLimits {
             max_frame_bytes: hub.limits.max_frame_bytes as u64,
             frames_per_second: hub.limits.frames_per_second,
+            frames_burst: hub.limits.frames_burst,
             idle_timeout_ms: hub.limits.idle_timeout_ms,
+            max_blob_bytes: hub.limits.max_blob_bytes,
+            max_hub_frame_bytes: wire::max_hub_frame_bytes(hub.limits.max_frame_bytes as u64),
         },
     })
 }
@@ -209,7 +212,7 @@ impl<'a> Reader<'a> {
             None | Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(Message::Binary(bytes))) => bytes,
             Some(Ok(Message::Text(_))) => {
-                return self.strike("text frames are not accepted; send binary CBOR").await.map(|_| None)
+                return self.strike(None, "text frames are not accepted; send binary CBOR").await.map(|_| None)
             }
             Some(Ok(_)) => return Ok(None),
             Some(Err(WsError::Capacity(e))) => {
@@ -227,9 +230,9 @@ impl<'a> Reader<'a> {
                 return Err(None);
             }
         };
-        let frame = match wire::decode::<ClientFrame>(&bytes) {
+        let frame = match wire::decode_frame::<ClientFrame>(&bytes) {
             Ok(frame) => frame,
-            Err(e) => return self.strike(&e.to_string()).await.map(|_| None),
+            Err(e) => return self.strike(e.request_id(), &e.to_string()).await.map(|_| None),
         };
         self.strikes = 0;
         if let Err(wait) = self.bucket.take() {
@@ -250,17 +253,41 @@ impl<'a> Reader<'a> {
         }
     }
 
-    async fn strike(&mut self, why: &str) -> Result<(), Option<Closing>> {
+    /// Answers a malformed frame: a reply to its request id when one could be
+    /// read, so that a pipelining client knows which request failed; an error
+    /// frame otherwise.
+    async fn strike(&mut self, id: Option<u64>, why: &str) -> Result<(), Option<Closing>> {
         self.strikes += 1;
-        self.send(error_frame(ErrorCode::Malformed, why)).await?;
+        let error = WireError::new(ErrorCode::Malformed, why);
+        let frame = match id {
+            Some(id) => HubFrame::Reply { id, result: Err(error) },
+            None => HubFrame::Error { error },
+        };
+        self.send(frame).await?;
         if self.strikes >= self.hub.limits.max_protocol_errors {
             return Err(Some(Closing::new(CloseCode::Policy, "too many malformed frames")));
         }
         Ok(())
     }
 
+    /// Queues a frame for the writer. A reply that would exceed the announced
+    /// `max_hub_frame_bytes` (a long audit answer, a case with very many
+    /// offers) is answered `frame_too_large` instead, so the hub never sends a
+    /// frame a conforming client would refuse to read.
     async fn send(&self, frame: HubFrame) -> Result<(), Option<Closing>> {
-        self.out.send(wire::encode(&frame).into()).await.map_err(|_| None)
+        let mut bytes = wire::encode(&frame);
+        let limit = wire::max_hub_frame_bytes(self.hub.limits.max_frame_bytes as u64);
+        if let HubFrame::Reply { id, .. } = frame {
+            if bytes.len() as u64 > limit {
+                warn!(peer = %self.caller.peer, size = bytes.len(), "reply over max_hub_frame_bytes refused");
+                let message = format!("the reply would be {} bytes, over max_hub_frame_bytes ({limit})", bytes.len());
+                bytes = wire::encode(&HubFrame::Reply {
+                    id,
+                    result: Err(WireError::new(ErrorCode::FrameTooLarge, message)),
+                });
+            }
+        }
+        self.out.send(bytes.into()).await.map_err(|_| None)
     }
 }
 

@@ -60,7 +60,14 @@ where
     let hello = HubFrame::Hello(Hello {
         protocol: wire::PROTOCOL_VERSION,
         identity,
-        limits: SessionLimits { max_frame_bytes: 4 << 20, frames_per_second: u32::MAX, idle_timeout_ms: u64::MAX },
+        limits: SessionLimits {
+            max_frame_bytes: 4 << 20,
+            frames_per_second: u32::MAX,
+            frames_burst: u32::MAX,
+            idle_timeout_ms: u64::MAX,
+            max_blob_bytes: u64::MAX,
+            max_hub_frame_bytes: wire::max_hub_frame_bytes(4 << 20),
+        },
     });
     let _ = tx.send(wire::encode(&hello).into()).await;
     state.online.lock().unwrap().entry(me.clone()).or_default().push(tx.clone());

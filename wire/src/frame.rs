@@ -312,15 +312,38 @@ pub struct Hello {
     pub limits: SessionLimits,
 }
 
-/// The limits a client must stay within.
+/// The limits a client must stay within, and the one the hub stays within.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionLimits {
     /// The largest frame the hub accepts, in bytes.
     pub max_frame_bytes: u64,
     /// The sustained number of frames per second a connection may send.
     pub frames_per_second: u32,
+    /// How many frames a connection may send at once above the sustained rate.
+    pub frames_burst: u32,
     /// How long a silent connection stays open, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// The largest attachment blob the hub stores, in bytes of ciphertext.
+    pub max_blob_bytes: u64,
+    /// The largest frame the hub sends, in bytes: a client reads frames up to
+    /// this size. See [`max_hub_frame_bytes`].
+    pub max_hub_frame_bytes: u64,
+}
+
+/// The room a hub frame has beyond the client payload it carries: an event or
+/// a blob chunk wraps at most one client frame's bytes in well under this.
+pub const HUB_FRAME_OVERHEAD_BYTES: u64 = 64 << 10;
+
+/// The least `max_hub_frame_bytes` a hub announces: the SDK's default read
+/// limit, room for replies that list many items (audit entries, offers).
+pub const MIN_HUB_FRAME_BYTES: u64 = 4 << 20;
+
+/// The largest hub frame for a hub accepting client frames of up to
+/// `max_frame_bytes`: every event and blob chunk fits, since each carries at
+/// most one client frame's payload; a reply that would not fit is answered
+/// `frame_too_large` instead.
+pub fn max_hub_frame_bytes(max_frame_bytes: u64) -> u64 {
+    max_frame_bytes.saturating_add(HUB_FRAME_OVERHEAD_BYTES).max(MIN_HUB_FRAME_BYTES)
 }
 
 /// A successful answer.
@@ -503,7 +526,7 @@ impl EntryBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode, encode, AgencyKind, ErrorCode, Role};
+    use crate::{decode, decode_frame, encode, AgencyKind, ErrorCode, Role};
 
     fn member() -> MemberId {
         MemberId::new("00000001234567890000", "anna.devries").unwrap()
@@ -551,7 +574,7 @@ mod tests {
             ClientFrame::Ack { thread, seq: 9 },
         ];
         for frame in frames {
-            assert_eq!(decode::<ClientFrame>(&encode(&frame)).unwrap(), frame);
+            assert_eq!(decode_frame::<ClientFrame>(&encode(&frame)).unwrap(), frame);
         }
     }
 
@@ -565,7 +588,14 @@ mod tests {
             worker: "anna.devries".into(),
             role: Role::Caseworker,
         };
-        let limits = SessionLimits { max_frame_bytes: 1 << 20, frames_per_second: 100, idle_timeout_ms: 60_000 };
+        let limits = SessionLimits {
+            max_frame_bytes: 1 << 20,
+            frames_per_second: 100,
+            frames_burst: 200,
+            idle_timeout_ms: 60_000,
+            max_blob_bytes: 1 << 30,
+            max_hub_frame_bytes: max_hub_frame_bytes(1 << 20),
+        };
         let entry = Entry {
             seq: 7,
             id: MessageId::new(),
@@ -602,7 +632,7 @@ mod tests {
             HubFrame::Error { error: WireError::new(ErrorCode::Malformed, "bad") },
         ];
         for frame in frames {
-            assert_eq!(decode::<HubFrame>(&encode(&frame)).unwrap(), frame);
+            assert_eq!(decode_frame::<HubFrame>(&encode(&frame)).unwrap(), frame);
         }
     }
 

@@ -17,7 +17,7 @@ pub mod handover;
 pub mod identity;
 pub mod mls;
 
-pub use codec::{decode, encode, DecodeError};
+pub use codec::{decode, decode_frame, encode, DecodeError};
 pub use error::{ErrorCode, WireError};
 pub use frame::*;
 pub use identity::{AgencyKind, Identity, IdentityError, MemberId, Oin, Role};
