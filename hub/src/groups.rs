@@ -133,7 +133,12 @@ pub fn check_commit(
         .map_err(|e| invalid(format!("commit does not verify: {e:?}")))?;
     match member_of(processed.credential()) {
         Some((sender, _)) if &sender == caller => {}
-        _ => return Err(WireError::new(ErrorCode::Forbidden, "the commit's sender is not this connection's identity")),
+        _ => {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "denied by rule commit-sender-mismatch: the commit's sender is not this connection's identity",
+            ))
+        }
     }
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("not a commit"));

@@ -578,7 +578,7 @@ impl Hub {
                         "refused a KeyPackage whose credential names another identity");
                     return Err(WireError::new(
                         ErrorCode::Forbidden,
-                        "the KeyPackage's credential does not name this connection's identity",
+                        "denied by rule key-package-names-another-identity: the KeyPackage's credential does not name this connection's identity",
                     ));
                 }
                 Ok(bytes.into_vec())

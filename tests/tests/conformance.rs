@@ -138,7 +138,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     vt.send_attachment(thread, &report, "application/pdf").await?;
     let got = messages(&mut lt_events, 2, WAIT).await?;
     let ketenhub_sdk::Content::Attachment(attachment) = &got[1].content else { panic!("expected the attachment") };
-    lt.fetch_attachment(attachment, dir.path().join("ontvangen.pdf")).await?;
+    lt.fetch_attachment(thread, attachment, dir.path().join("ontvangen.pdf")).await?;
     lt.ack(thread, got[1].seq).await?;
     lt.threads().await?;
     lt.members(thread).await?;
