@@ -169,6 +169,8 @@ pub struct Limits {
     /// KeyPackage uploads one identity may make per minute (each is verified,
     /// which costs the hub far more than the upload costs the client).
     pub key_package_uploads_per_minute: u32,
+    /// Offers one case may hold over its life (each stays in its ownership state).
+    pub max_offers_per_case: usize,
 }
 
 impl Default for Limits {
@@ -190,6 +192,7 @@ impl Default for Limits {
             max_threads_per_identity_per_day: 500,
             max_text_bytes: 2_000,
             key_package_uploads_per_minute: 20,
+            max_offers_per_case: 100,
         }
     }
 }
@@ -227,6 +230,7 @@ impl Limits {
             ("limits.max_threads_per_identity_per_day", self.max_threads_per_identity_per_day as u64),
             ("limits.max_text_bytes", self.max_text_bytes as u64),
             ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),
+            ("limits.max_offers_per_case", self.max_offers_per_case as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

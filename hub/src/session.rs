@@ -376,7 +376,15 @@ impl Hub {
                 let upload = ChunkUpload { thread, uploader: actor, blob, index, last, data };
                 (WriteKind::PutBlobChunk, Write::PutBlobChunk { upload, max_bytes: self.limits.max_blob_bytes })
             }
-            Request::OfferHandover { thread, offer } => self.handover(thread, &actor, HandoverOp::Offer(offer)),
+            Request::OfferHandover { thread, offer } => {
+                // Every offer stays in the case's state, which every `ownership` reply carries.
+                let made = self.store.ownership(thread).map_err(internal)?.map_or(0, |o| o.offers.len());
+                if made >= self.limits.max_offers_per_case {
+                    let key = "limits.max_offers_per_case";
+                    return Err(crate::quotas::exceeded(key, self.limits.max_offers_per_case, "too many offers"));
+                }
+                self.handover(thread, &actor, HandoverOp::Offer(offer))
+            }
             Request::AnswerOffer { thread, offer, accept, reason } => {
                 self.handover(thread, &actor, HandoverOp::Answer { offer, accept, reason })
             }

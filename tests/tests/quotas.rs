@@ -22,8 +22,9 @@ async fn members_threads_and_free_text_are_bounded() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let limits = Limits {
         max_members_per_thread: 2,
-        max_threads_per_identity_per_day: 2,
+        max_threads_per_identity_per_day: 3,
         max_text_bytes: 100,
+        max_offers_per_case: 1,
         ..Limits::default()
     };
     let hub = DevHub::start(dir.path(), limits).await?;
@@ -39,9 +40,24 @@ async fn members_threads_and_free_text_are_bounded() -> anyhow::Result<()> {
     );
     assert_eq!(vt.members(thread).await?.len(), 2, "nothing was added");
 
+    // One offer per case here: a second, after the first was declined, is over the quota.
+    let offered = vt.create_thread().await?;
+    let offer = |reason: &str| ketenhub_sdk::OfferRequest {
+        to: woerden.identity().oin.clone(),
+        to_worker: None,
+        route: "vt-lt-referral".into(),
+        legal_basis: "consent".into(),
+        reason: reason.into(),
+        justification: None,
+        deadline_ms: hub::clock::now_ms() + 86_400_000,
+    };
+    let id = vt.offer_handover(offered, offer("first")).await?.offers[0].id;
+    woerden.decline_offer(offered, id, "no capacity").await?;
+    assert_eq!(exceeded(vt.offer_handover(offered, offer("second")).await), "limits.max_offers_per_case");
+
     vt.create_thread().await?;
     assert_eq!(exceeded(vt.create_thread().await), "limits.max_threads_per_identity_per_day");
-    assert_eq!(vt.threads().await?.len(), 2);
+    assert_eq!(vt.threads().await?.len(), 3);
 
     // Free text is stored for years in the audit log: it stays short.
     let other = woerden.create_thread().await?;
