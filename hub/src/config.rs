@@ -171,6 +171,13 @@ pub struct Limits {
     pub key_package_uploads_per_minute: u32,
     /// Offers one case may hold over its life (each stays in its ownership state).
     pub max_offers_per_case: usize,
+    /// Handshakes one source address may have in progress at once.
+    pub max_handshakes_per_address: usize,
+    /// Handshakes in progress at once in total (apart from open connections).
+    pub max_pending_handshakes: usize,
+    /// Refused handshakes of one address for one reason are recorded once per
+    /// this interval, then as one entry with their count.
+    pub refused_handshake_audit_ms: u64,
 }
 
 impl Default for Limits {
@@ -193,6 +200,9 @@ impl Default for Limits {
             max_text_bytes: 2_000,
             key_package_uploads_per_minute: 20,
             max_offers_per_case: 100,
+            max_handshakes_per_address: 32,
+            max_pending_handshakes: 1_024,
+            refused_handshake_audit_ms: 10_000,
         }
     }
 }
@@ -231,6 +241,9 @@ impl Limits {
             ("limits.max_text_bytes", self.max_text_bytes as u64),
             ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),
             ("limits.max_offers_per_case", self.max_offers_per_case as u64),
+            ("limits.max_handshakes_per_address", self.max_handshakes_per_address as u64),
+            ("limits.max_pending_handshakes", self.max_pending_handshakes as u64),
+            ("limits.refused_handshake_audit_ms", self.refused_handshake_audit_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use wire::audit::{AuditAction, AuditOutcome};
 use wire::{ErrorCode, WireError};
 
+use crate::admission::{Admission, Pending};
 use crate::audit::chain::AuditKey;
 use crate::audit::Recorder;
 use crate::clock::Clock;
@@ -103,6 +104,30 @@ async fn deadline_sweeps(hub: Arc<Hub>, every: Duration, shutdown: CancellationT
                 warn!("handover deadline sweep failed: {e}");
             },
         }
+    }
+}
+
+/// Ends each interval of refused handshakes: one audit entry for every source
+/// address and reason that was refused more than once, with the count.
+async fn refusal_summaries(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(hub.limits.refused_handshake_audit_ms));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => for (peer, reason, more) in hub.refusals.drain() {
+                let summary = format!("{reason}; {more} more refusals of this address in the interval");
+                let _ = hub.audit_connection(None, peer, AuditAction::HandshakeRefused, AuditOutcome::Denied, &summary).await;
+            },
+        }
+    }
+}
+
+/// Records a refused handshake: at once when it is the first of its address and
+/// reason in the interval, otherwise counted for [`refusal_summaries`].
+async fn refused_handshake(hub: &Hub, peer: SocketAddr, reason: &str) {
+    warn!(%peer, reason, "refused connection");
+    if hub.refusals.first(peer, reason) {
+        let _ = hub.audit_connection(None, peer, AuditAction::HandshakeRefused, AuditOutcome::Denied, reason).await;
     }
 }
 
@@ -198,7 +223,9 @@ impl Server {
         tokio::spawn(checkpoint_ticks(self.hub.clone(), shutdown.clone()));
         tokio::spawn(retention_sweeps(self.hub.clone(), self.sweep_every, shutdown.clone()));
         tokio::spawn(deadline_sweeps(self.hub.clone(), self.deadlines_every, shutdown.clone()));
+        tokio::spawn(refusal_summaries(self.hub.clone(), shutdown.clone()));
         let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
+        let admission = Admission::new(&self.hub.limits);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -212,11 +239,18 @@ impl Server {
                     }
                 },
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                warn!(%peer, "refused connection: the hub is at its connection limit");
-                continue;
+            let pending = match admission.admit(peer.ip()) {
+                Ok(pending) => pending,
+                Err(refusal) => {
+                    drop(tcp);
+                    let hub = self.hub.clone();
+                    tracker.spawn(async move { refused_handshake(&hub, peer, &refusal.to_string()).await });
+                    continue;
+                }
             };
-            tracker.spawn(handle(self.hub.clone(), self.acceptor.clone(), tcp, peer, shutdown.clone(), permit));
+            let hub = self.hub.clone();
+            let accepted = Accepted { tcp, peer, pending, slots: slots.clone() };
+            tracker.spawn(handle(hub, self.acceptor.clone(), accepted, shutdown.clone()));
         }
         info!("no longer accepting connections");
         tracker.close();
@@ -262,43 +296,48 @@ async fn handshake(
     timeout(hub.limits.handshake_timeout(), steps).await.unwrap_or(Err(Refusal::Timeout))
 }
 
-async fn handle(
-    hub: Arc<Hub>,
-    acceptor: TlsAcceptor,
+/// A TCP connection admitted to its handshake.
+struct Accepted {
     tcp: TcpStream,
     peer: SocketAddr,
-    shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
-) {
-    match handshake(&hub, acceptor, tcp, peer).await {
-        Err(refusal) => {
-            warn!(%peer, reason = %refusal, "refused connection");
-            let reason = refusal.to_string();
-            let _ =
-                hub.audit_connection(None, peer, AuditAction::HandshakeRefused, AuditOutcome::Denied, &reason).await;
-        }
-        Ok((ws, caller)) => {
-            let known = hub.policy.current().organisation(&caller.identity.oin).is_some();
-            let (outcome, rule) = if known {
-                (AuditOutcome::Allowed, "authenticated".to_owned())
-            } else {
-                (AuditOutcome::Denied, format!("unknown-organisation: {} is not in the policy", caller.identity.oin))
-            };
-            // The connection is served only once its entry is durable.
-            let audited = hub.audit_connection(Some(&caller), peer, AuditAction::Connect, outcome, &rule).await;
-            let refusal = match (known, audited) {
-                (true, Ok(())) => None,
-                (false, _) => Some(WireError::new(ErrorCode::Forbidden, format!("denied by rule {rule}"))),
-                (true, Err(e)) => Some(e),
-            };
-            if let Some(refusal) = refusal {
-                warn!(%peer, identity = %caller.identity, reason = %refusal.message, "refused connection");
-                connection::refuse(&hub, ws, refusal, "the connection is not admitted").await;
-                return;
-            }
-            info!(%peer, identity = %caller.identity, fingerprint = %caller.fingerprint, "connected");
-            connection::serve(hub, ws, caller.clone(), shutdown).await;
-            info!(%peer, identity = %caller.identity, "disconnected");
-        }
+    /// Its place among the pending handshakes, freed when the handshake ends.
+    pending: Pending,
+    /// The open connections; one is taken once the peer has authenticated.
+    slots: Arc<Semaphore>,
+}
+
+async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdown: CancellationToken) {
+    let Accepted { tcp, peer, pending, slots } = accepted;
+    let shaken = handshake(&hub, acceptor, tcp, peer).await;
+    drop(pending);
+    let (ws, caller) = match shaken {
+        Ok(shaken) => shaken,
+        Err(refusal) => return refused_handshake(&hub, peer, &refusal.to_string()).await,
+    };
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        warn!(%peer, "refused connection: the hub is at its connection limit");
+        let full = WireError::new(ErrorCode::TooManyConnections, "the hub is at its connection limit; retry later");
+        return connection::refuse(&hub, ws, full, "the hub is at its connection limit").await;
+    };
+    let known = hub.policy.current().organisation(&caller.identity.oin).is_some();
+    let (outcome, rule) = if known {
+        (AuditOutcome::Allowed, "authenticated".to_owned())
+    } else {
+        (AuditOutcome::Denied, format!("unknown-organisation: {} is not in the policy", caller.identity.oin))
+    };
+    // The connection is served only once its entry is durable.
+    let audited = hub.audit_connection(Some(&caller), peer, AuditAction::Connect, outcome, &rule).await;
+    let refusal = match (known, audited) {
+        (true, Ok(())) => None,
+        (false, _) => Some(WireError::new(ErrorCode::Forbidden, format!("denied by rule {rule}"))),
+        (true, Err(e)) => Some(e),
+    };
+    if let Some(refusal) = refusal {
+        warn!(%peer, identity = %caller.identity, reason = %refusal.message, "refused connection");
+        connection::refuse(&hub, ws, refusal, "the connection is not admitted").await;
+        return;
     }
+    info!(%peer, identity = %caller.identity, fingerprint = %caller.fingerprint, "connected");
+    connection::serve(hub, ws, caller.clone(), shutdown).await;
+    info!(%peer, identity = %caller.identity, "disconnected");
 }

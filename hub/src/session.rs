@@ -51,6 +51,8 @@ pub struct Hub {
     pub calendar: Calendar,
     /// The per-identity quotas' counters.
     pub quotas: crate::quotas::Quotas,
+    /// Refused handshakes of the current interval, for aggregated audit entries.
+    pub refusals: crate::admission::Refusals,
 }
 
 /// The authenticated party behind a connection.
@@ -167,7 +169,19 @@ impl Hub {
         let checkpoint_every_ms = recorder.checkpoint_every_ms();
         let writes = WriteLog::start(store.clone(), registry.clone(), recorder)?;
         let quotas = crate::quotas::Quotas::default();
-        Ok(Arc::new(Self { writes, store, registry, limits, policy, checkpoint_every_ms, clock, calendar, quotas }))
+        let refusals = crate::admission::Refusals::default();
+        Ok(Arc::new(Self {
+            writes,
+            store,
+            registry,
+            limits,
+            policy,
+            checkpoint_every_ms,
+            clock,
+            calendar,
+            quotas,
+            refusals,
+        }))
     }
 
     /// Reloads the policy file; a file that does not validate leaves the policy
