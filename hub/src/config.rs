@@ -152,6 +152,11 @@ pub struct Limits {
     pub max_inflight_per_connection: usize,
     /// Frames queued for a connection before the hub stops producing for it.
     pub outbound_queue_frames: usize,
+    /// Bytes queued for (or reserved for replies to) one connection before the
+    /// hub stops producing for it, and stops reading its requests.
+    pub outbound_queue_bytes: usize,
+    /// Bytes queued towards all connections together.
+    pub outbound_total_bytes: usize,
     /// A client that does not take a frame within this time is disconnected.
     pub write_timeout_ms: u64,
     /// Consecutive malformed frames after which a connection is closed.
@@ -192,6 +197,8 @@ impl Default for Limits {
             frames_burst: 2_000,
             max_inflight_per_connection: 256,
             outbound_queue_frames: 256,
+            outbound_queue_bytes: 16 << 20,
+            outbound_total_bytes: 256 << 20,
             write_timeout_ms: 10_000,
             max_protocol_errors: 16,
             max_blob_bytes: 101 << 20,
@@ -233,6 +240,8 @@ impl Limits {
             ("limits.frames_per_second", self.frames_per_second as u64),
             ("limits.max_inflight_per_connection", self.max_inflight_per_connection as u64),
             ("limits.outbound_queue_frames", self.outbound_queue_frames as u64),
+            ("limits.outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("limits.outbound_total_bytes", self.outbound_total_bytes as u64),
             ("limits.write_timeout_ms", self.write_timeout_ms),
             ("limits.max_protocol_errors", self.max_protocol_errors as u64),
             ("limits.max_blob_bytes", self.max_blob_bytes),

@@ -19,13 +19,14 @@ use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wire::{ClientFrame, ErrorCode, Hello, HubFrame, SessionLimits, WireError, PROTOCOL_VERSION};
 
 use crate::delivery;
+use crate::outbox::{Outbox, Queued, Reserved};
 use crate::ratelimit::TokenBucket;
 use crate::session::{Caller, Hub};
 
@@ -87,11 +88,15 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
     };
     let mailbox = registration.mailbox();
     let (sink, stream) = ws.split();
-    let (frames_tx, frames_rx) = mpsc::channel(hub.limits.outbound_queue_frames);
+    let limits = &hub.limits;
+    let (outbox, frames_rx) =
+        Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, hub.outbound.clone());
     let (close_tx, close_rx) = mpsc::channel(1);
     let broken = CancellationToken::new();
-    // The channel is empty here, so the Hello is always the first frame.
-    let _ = frames_tx.try_send(wire::encode(&hello(&hub, &caller)).into());
+    // Nothing else is queued yet, so the Hello is always the first frame.
+    if outbox.send(wire::encode(&hello(&hub, &caller)).into()).await.is_err() {
+        return;
+    }
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
@@ -102,7 +107,7 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
             hub.registry.clone(),
             caller.member.clone(),
             mailbox.clone(),
-            frames_tx.clone(),
+            outbox.clone(),
             delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(&caller) },
         );
         let broken = broken.clone();
@@ -114,7 +119,7 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         })
     });
 
-    let closing = Reader::new(&hub, &caller, frames_tx).run(stream, &shutdown, &broken, &mailbox).await;
+    let closing = Reader::new(&hub, &caller, outbox).run(stream, &shutdown, &broken, &mailbox).await;
     if let Some(pump) = pump {
         pump.abort();
     }
@@ -142,13 +147,29 @@ pub async fn refuse(hub: &Hub, mut ws: WsStream, error: WireError, reason: &str)
 struct Reader<'a> {
     hub: &'a Arc<Hub>,
     caller: &'a Caller,
-    out: mpsc::Sender<Bytes>,
+    out: Outbox,
     bucket: TokenBucket,
     strikes: u32,
 }
 
+/// Whether a request's reply may be as large as a frame (a blob chunk, a
+/// listing): its bytes are reserved before the request is applied.
+fn large_reply(request: &wire::Request) -> bool {
+    use wire::Request as R;
+    match request {
+        R::GetBlobChunk { .. }
+        | R::AuditQuery { .. }
+        | R::GetOwnership { .. }
+        | R::ListOffers
+        | R::ListThreads
+        | R::ListMembers { .. } => true,
+        R::OnBehalfOf { request, .. } => large_reply(request),
+        _ => false,
+    }
+}
+
 impl<'a> Reader<'a> {
-    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, out: mpsc::Sender<Bytes>) -> Self {
+    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, out: Outbox) -> Self {
         let bucket = TokenBucket::new(hub.limits.frames_per_second, hub.limits.frames_burst);
         Self { hub, caller, out, bucket, strikes: 0 }
     }
@@ -163,6 +184,10 @@ impl<'a> Reader<'a> {
     ) -> Option<Closing> {
         let limits = &self.hub.limits;
         let mut inflight = FuturesUnordered::new();
+        // The next request is read only with room for a large reply in hand, and
+        // that room is waited for here, where replies in progress still go out.
+        let (out, large) = (self.out.clone(), limits.max_frame_bytes + 64 * 1024);
+        let mut spare: Option<Reserved> = None;
         let mut idle_deadline = Instant::now() + limits.idle_timeout();
         let closing = loop {
             tokio::select! {
@@ -172,18 +197,21 @@ impl<'a> Reader<'a> {
                 }
                 _ = broken.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
-                Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
-                    if self.send(HubFrame::Reply { id, result }).await.is_err() {
+                Some((id, result, reserved)) = inflight.next(), if !inflight.is_empty() => {
+                    if self.reply(id, result, reserved).await.is_err() {
                         break None;
                     }
                 }
-                message = stream.next(), if inflight.len() < limits.max_inflight_per_connection => {
+                reserved = out.reserve_here(large), if spare.is_none() => match reserved {
+                    Ok(reserved) => spare = Some(reserved),
+                    Err(_) => break None,
+                },
+                message = stream.next(), if spare.is_some() && inflight.len() < limits.max_inflight_per_connection => {
                     idle_deadline = Instant::now() + limits.idle_timeout();
-                    match self.on_message(message).await {
-                        Ok(Some(request)) => {
+                    match self.on_message(message, &mut spare).await {
+                        Ok(Some((id, outcome, reserved))) => {
                             let hub = self.hub.clone();
-                            let (id, outcome) = request;
-                            inflight.push(async move { (id, hub.settle(outcome).await) });
+                            inflight.push(async move { (id, hub.settle(outcome).await, reserved) });
                         }
                         Ok(None) => {}
                         Err(closing) => break closing,
@@ -194,8 +222,8 @@ impl<'a> Reader<'a> {
         };
         // Requests already applied still get their answer when the client is there to read it.
         if closing.is_some() {
-            while let Some((id, result)) = inflight.next().await {
-                if self.send(HubFrame::Reply { id, result }).await.is_err() {
+            while let Some((id, result, reserved)) = inflight.next().await {
+                if self.reply(id, result, reserved).await.is_err() {
                     break;
                 }
             }
@@ -203,11 +231,13 @@ impl<'a> Reader<'a> {
         closing
     }
 
-    /// Handles one message; `Ok(Some(..))` is a request waiting for durability.
+    /// Handles one message; `Ok(Some(..))` is a request waiting for durability,
+    /// with the bytes reserved for its reply when that may be large.
     async fn on_message(
         &mut self,
         message: Option<Result<Message, WsError>>,
-    ) -> Result<Option<(u64, crate::session::Outcome)>, Option<Closing>> {
+        spare: &mut Option<Reserved>,
+    ) -> Result<Option<(u64, crate::session::Outcome, Option<Reserved>)>, Option<Closing>> {
         let bytes = match message {
             None | Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(Message::Binary(bytes))) => bytes,
@@ -245,7 +275,14 @@ impl<'a> Reader<'a> {
             return self.send(frame).await.map(|_| None);
         }
         match frame {
-            ClientFrame::Request { id, request } => Ok(Some((id, self.hub.apply(self.caller, request).await))),
+            ClientFrame::Request { id, request } => {
+                // A large reply's bytes count against the hub's budget from before they are read.
+                let reserved = match large_reply(&request).then(|| spare.take()).flatten() {
+                    Some(reserved) => Some(self.out.claim(reserved).await.map_err(|_| None)?),
+                    None => None,
+                };
+                Ok(Some((id, self.hub.apply(self.caller, request).await, reserved)))
+            }
             ClientFrame::Ack { thread, seq } => match self.hub.ack(self.caller, thread, seq).await {
                 Ok(()) => Ok(None),
                 Err(error) => self.send(HubFrame::Error { error }).await.map(|_| None),
@@ -274,7 +311,27 @@ impl<'a> Reader<'a> {
     /// `max_hub_frame_bytes` (a long audit answer, a case with very many
     /// offers) is answered `frame_too_large` instead, so the hub never sends a
     /// frame a conforming client would refuse to read.
+    /// Sends a reply, in the bytes reserved for it when there are some.
+    async fn reply(
+        &self,
+        id: u64,
+        result: Result<wire::Reply, WireError>,
+        reserved: Option<Reserved>,
+    ) -> Result<(), Option<Closing>> {
+        let bytes = self.encode(HubFrame::Reply { id, result });
+        match reserved {
+            Some(reserved) => self.out.send_reserved(bytes.into(), reserved).await.map_err(|_| None),
+            None => self.out.send(bytes.into()).await.map_err(|_| None),
+        }
+    }
+
     async fn send(&self, frame: HubFrame) -> Result<(), Option<Closing>> {
+        let bytes = self.encode(frame);
+        self.out.send(bytes.into()).await.map_err(|_| None)
+    }
+
+    /// Encodes a frame; a reply over `max_hub_frame_bytes` becomes `frame_too_large`.
+    fn encode(&self, frame: HubFrame) -> Vec<u8> {
         let mut bytes = wire::encode(&frame);
         let limit = wire::max_hub_frame_bytes(self.hub.limits.max_frame_bytes as u64);
         if let HubFrame::Reply { id, .. } = frame {
@@ -287,14 +344,14 @@ impl<'a> Reader<'a> {
                 });
             }
         }
-        self.out.send(bytes.into()).await.map_err(|_| None)
+        bytes
     }
 }
 
 /// Sends frames in batches, pings, and gives up on a client that stops reading.
 async fn write_loop(
     mut sink: Sink,
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<Queued>,
     mut close: mpsc::Receiver<Message>,
     hub: Arc<Hub>,
     broken: CancellationToken,
@@ -309,7 +366,7 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             frame = frames.recv(), if frames_open => match frame {
-                Some(frame) => Message::Binary(frame),
+                Some(frame) => Some(frame),
                 None => {
                     frames_open = false;
                     continue;
@@ -321,19 +378,31 @@ async fn write_loop(
                 }
                 break;
             }
-            _ = ping.tick() => Message::Ping(Default::default()),
+            _ = ping.tick() => None,
         };
+        // The frames' bytes stay reserved until the socket has them.
+        let mut written = Vec::with_capacity(WRITE_BATCH);
         let sent = timeout(limits.write_timeout(), async {
-            sink.feed(first).await?;
-            for _ in 1..WRITE_BATCH {
+            match first {
+                Some(frame) => {
+                    sink.feed(Message::Binary(frame.bytes.clone())).await?;
+                    written.push(frame);
+                }
+                None => sink.feed(Message::Ping(Default::default())).await?,
+            }
+            while written.len() < WRITE_BATCH {
                 match frames.try_recv() {
-                    Ok(frame) => sink.feed(Message::Binary(frame)).await?,
+                    Ok(frame) => {
+                        sink.feed(Message::Binary(frame.bytes.clone())).await?;
+                        written.push(frame);
+                    }
                     Err(_) => break,
                 }
             }
             sink.flush().await
         })
         .await;
+        drop(written);
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

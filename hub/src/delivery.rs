@@ -17,13 +17,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
 use wire::{Entry, EntryBody, HubFrame, MemberId, Role, ThreadId};
 
 use wire::audit::AuditRecord;
 
 use crate::durability::{Write, WriteLog};
+use crate::outbox::Outbox;
 use crate::store::{Interval, Store, StoreError};
 
 /// Entries read from the store per round, per thread.
@@ -416,7 +417,7 @@ pub async fn pump(
     registry: Arc<Registry>,
     member: MemberId,
     mailbox: Arc<Mailbox>,
-    out: mpsc::Sender<Bytes>,
+    out: Outbox,
     log: DeliveryLog,
 ) -> Result<(), PumpStopped> {
     for thread in store.threads_of(&member)?.into_iter().chain(store.former_threads(&member)?) {
@@ -454,7 +455,7 @@ async fn deliver(
     registry: &Registry,
     member: &MemberId,
     mailbox: &Mailbox,
-    out: &mpsc::Sender<Bytes>,
+    out: &Outbox,
     thread: ThreadId,
     track: &mut Track,
 ) -> Result<Option<(u64, u64)>, PumpStopped> {

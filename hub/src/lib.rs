@@ -27,6 +27,7 @@ pub mod devhub;
 pub mod durability;
 pub mod groups;
 pub mod handovers;
+pub mod outbox;
 pub mod policy;
 pub mod quotas;
 pub mod ratelimit;

@@ -53,6 +53,8 @@ pub struct Hub {
     pub quotas: crate::quotas::Quotas,
     /// Refused handshakes of the current interval, for aggregated audit entries.
     pub refusals: crate::admission::Refusals,
+    /// The hub-wide budget of bytes queued towards connections.
+    pub outbound: Arc<tokio::sync::Semaphore>,
 }
 
 /// The authenticated party behind a connection.
@@ -170,6 +172,8 @@ impl Hub {
         let writes = WriteLog::start(store.clone(), registry.clone(), recorder)?;
         let quotas = crate::quotas::Quotas::default();
         let refusals = crate::admission::Refusals::default();
+        let outbound =
+            Arc::new(tokio::sync::Semaphore::new(limits.outbound_total_bytes.min(tokio::sync::Semaphore::MAX_PERMITS)));
         Ok(Arc::new(Self {
             writes,
             store,
@@ -181,6 +185,7 @@ impl Hub {
             calendar,
             quotas,
             refusals,
+            outbound,
         }))
     }
 

@@ -1,0 +1,124 @@
+//! A connection's outbound queue, bounded in bytes as well as in frames, per
+//! connection and over the whole hub.
+//!
+//! A frame can be a megabyte (a blob chunk), so a bound in frames alone lets a
+//! few connections that ask and never read hold gigabytes. Every frame queued
+//! towards a connection therefore holds a share of two byte budgets, the
+//! connection's (`limits.outbound_queue_bytes`) and the hub's
+//! (`limits.outbound_total_bytes`), from before it is produced until it has
+//! been written to the socket. A reply that may be large reserves its share
+//! before the request is even applied, so a connection whose replies are not
+//! being read stops being read itself: backpressure reaches the peer instead
+//! of the hub's memory.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::Bytes;
+
+/// Bytes held towards a connection: a share of its budget, and (once the
+/// bytes are about to exist) of the hub's.
+#[derive(Debug)]
+pub struct Reserved {
+    bytes: u32,
+    _connection: OwnedSemaphorePermit,
+    hub: Option<OwnedSemaphorePermit>,
+}
+
+/// A frame on its way to the socket, with the bytes it holds.
+#[derive(Debug)]
+pub struct Queued {
+    /// The encoded frame.
+    pub bytes: Bytes,
+    _reserved: Reserved,
+}
+
+/// The connection is gone: nothing more can be queued for it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the connection is closed")]
+pub struct Closed;
+
+/// The producing side of a connection's queue; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    frames: mpsc::Sender<Queued>,
+    connection: Arc<Semaphore>,
+    hub: Arc<Semaphore>,
+    /// The connection's whole budget: no frame reserves more than this.
+    ceiling: usize,
+}
+
+impl Outbox {
+    /// A queue of at most `frames` frames and `bytes` bytes, drawing on `hub`
+    /// too; returns the producing side and the receiving side for the writer.
+    pub fn new(frames: usize, bytes: usize, hub: Arc<Semaphore>) -> (Self, mpsc::Receiver<Queued>) {
+        let (sender, receiver) = mpsc::channel(frames);
+        let ceiling = bytes.min(Semaphore::MAX_PERMITS);
+        (Self { frames: sender, connection: Arc::new(Semaphore::new(ceiling)), hub, ceiling }, receiver)
+    }
+
+    fn permits(&self, bytes: usize) -> u32 {
+        // Never more than the whole budget, so that one frame can always pass.
+        u32::try_from(bytes.clamp(1, self.ceiling)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits until `bytes` may be held towards this connection, and holds them
+    /// in its own budget only: room kept in hand costs the hub nothing.
+    pub async fn reserve_here(&self, bytes: usize) -> Result<Reserved, Closed> {
+        let permits = self.permits(bytes);
+        let connection = self.connection.clone().acquire_many_owned(permits).await.map_err(|_| Closed)?;
+        Ok(Reserved { bytes: permits, _connection: connection, hub: None })
+    }
+
+    /// Makes a reservation count against the hub's budget too, waiting for room.
+    pub async fn claim(&self, mut reserved: Reserved) -> Result<Reserved, Closed> {
+        if reserved.hub.is_none() {
+            reserved.hub = Some(self.hub.clone().acquire_many_owned(reserved.bytes).await.map_err(|_| Closed)?);
+        }
+        Ok(reserved)
+    }
+
+    /// Waits until `bytes` may be held towards this connection and the hub, and holds them.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reserved, Closed> {
+        let reserved = self.reserve_here(bytes).await?;
+        self.claim(reserved).await
+    }
+
+    /// Queues a frame, waiting for its bytes' share first.
+    pub async fn send(&self, bytes: Bytes) -> Result<(), Closed> {
+        let reserved = self.reserve(bytes.len()).await?;
+        self.send_reserved(bytes, reserved).await
+    }
+
+    /// Queues a frame whose share was reserved earlier; a frame larger than the
+    /// reservation waits for the rest.
+    pub async fn send_reserved(&self, bytes: Bytes, reserved: Reserved) -> Result<(), Closed> {
+        let reserved = if self.permits(bytes.len()) > reserved.bytes {
+            drop(reserved);
+            self.reserve(bytes.len()).await?
+        } else {
+            self.claim(reserved).await?
+        };
+        self.frames.send(Queued { bytes, _reserved: reserved }).await.map_err(|_| Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_wait_for_bytes_not_only_for_room() {
+        let hub = Arc::new(Semaphore::new(1 << 20));
+        let (outbox, mut frames) = Outbox::new(100, 1000, hub.clone());
+        outbox.send(Bytes::from(vec![0; 600])).await.unwrap();
+        let second = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.send(Bytes::from(vec![0; 600])));
+        assert!(second.await.is_err(), "a second 600-byte frame must wait while the first is queued");
+        assert_eq!(hub.available_permits(), (1 << 20) - 600);
+        drop(frames.recv().await.unwrap());
+        outbox.send(Bytes::from(vec![0; 600])).await.unwrap();
+        // A frame over the whole budget still passes, alone.
+        drop(frames.recv().await.unwrap());
+        outbox.send(Bytes::from(vec![0; 5000])).await.unwrap();
+    }
+}
