@@ -266,7 +266,7 @@ pub type Swept = (Vec<(ThreadId, Escalation)>, Vec<(ThreadId, wire::Entry)>);
 /// Offers waiting for an answer from `member`'s organisation (and, if named, `member`).
 pub fn waiting_for(store: &dyn Store, member: &MemberId) -> Result<Vec<(ThreadId, wire::handover::Offer)>, WriteError> {
     Ok(store
-        .ownerships()?
+        .offers_of(&member.oin)?
         .into_iter()
         .flat_map(|(thread, ownership)| ownership.offers.into_iter().map(move |offer| (thread, offer)))
         .filter(|(_, offer)| {

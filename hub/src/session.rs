@@ -107,6 +107,8 @@ enum Prepared {
     Write(WriteKind, Write),
     /// The answer to a read.
     Read(Result<Reply, WireError>),
+    /// A read that runs on a blocking thread.
+    Slow(tokio::task::JoinHandle<Result<Reply, WireError>>),
 }
 
 /// The identity a request acts as, when the policy lets it act at all.
@@ -315,13 +317,14 @@ impl Hub {
             Ok(Prepared::Write(kind, write)) => {
                 Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
             }
-            Ok(Prepared::Read(reply)) => {
-                if let Err(e) = &reply {
-                    record.outcome = AuditOutcome::Failed;
-                    record.rule = format!("{}; failed: {:?}", record.rule, e.code);
-                }
-                Ok(Outcome::Audited { reply, durable: self.writes.submit(Write::Audit, Some(record)).await })
+            Ok(Prepared::Slow(slow)) => {
+                let reply = slow.await.unwrap_or_else(|e| {
+                    error!(error = %e, "a read off the runtime failed");
+                    Err(WireError::new(ErrorCode::Internal, "internal error"))
+                });
+                Ok(self.answered(record, reply).await)
             }
+            Ok(Prepared::Read(reply)) => Ok(self.answered(record, reply).await),
             Err(refusal) => {
                 let forbidden = refusal.code == ErrorCode::Forbidden;
                 record.outcome = if forbidden { AuditOutcome::Denied } else { AuditOutcome::Failed };
@@ -329,6 +332,15 @@ impl Hub {
                 Err(self.refuse(record, refusal).await)
             }
         }
+    }
+
+    /// Releases a read's answer once its audit entry, saying whether it failed, is durable.
+    async fn answered(&self, mut record: AuditRecord, reply: Result<Reply, WireError>) -> Outcome {
+        if let Err(e) = &reply {
+            record.outcome = AuditOutcome::Failed;
+            record.rule = format!("{}; failed: {:?}", record.rule, e.code);
+        }
+        Outcome::Audited { reply, durable: self.writes.submit(Write::Audit, Some(record)).await }
     }
 
     /// Records a refusal in the audit log and hands it back. The refusal
@@ -413,6 +425,18 @@ impl Hub {
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
+            // These read through indexes that still grow with the organisation's
+            // history: they run on a blocking thread, never on the async workers.
+            Request::AuditQuery { filter } => {
+                let (store, oin) = (self.store.clone(), caller.identity.oin.clone());
+                let slow = tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter));
+                return Ok(Prepared::Slow(slow));
+            }
+            Request::ListOffers => {
+                let (store, policy, identity) = (self.store.clone(), self.policy.current(), caller.identity.clone());
+                let slow = tokio::task::spawn_blocking(move || list_offers(store.as_ref(), &policy, &identity, &actor));
+                return Ok(Prepared::Slow(slow));
+            }
             read => return Ok(Prepared::Read(self.read(caller, &actor, read))),
         };
         Ok(Prepared::Write(kind, write))
@@ -443,48 +467,15 @@ impl Hub {
             Request::ListMembers { thread } => {
                 Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
             }
-            Request::AuditQuery { filter } => self.audit_query(caller, &filter),
+            Request::AuditQuery { .. } | Request::ListOffers => {
+                Err(WireError::new(ErrorCode::Internal, "answered off the runtime"))
+            }
             Request::GetOwnership { thread } => match self.store.ownership(thread).map_err(internal)? {
                 Some(ownership) => Ok(Reply::Ownership { ownership: Box::new(ownership) }),
                 None => Err(WireError::thread_not_found()),
             },
-            Request::ListOffers => self.list_offers(caller, actor),
             other => Err(WireError::new(ErrorCode::Internal, format!("not a read: {other:?}"))),
         }
-    }
-
-    /// Offers waiting for the actor's answer; for a privacy officer, the review
-    /// queue: offers to or from its organisation that share without consent.
-    fn list_offers(&self, caller: &Caller, actor: &MemberId) -> Result<Reply, WireError> {
-        let policy = self.policy.current();
-        let offers = if caller.identity.role == wire::Role::PrivacyOfficer {
-            let oin = &caller.identity.oin;
-            let all = self.store.ownerships().map_err(internal)?;
-            all.into_iter()
-                .flat_map(|(thread, o)| o.offers.into_iter().map(move |offer| (thread, offer)))
-                .filter(|(_, offer)| {
-                    (offer.to == *oin || offer.from.oin == *oin) && handovers::needs_review(&policy, &offer.legal_basis)
-                })
-                .collect()
-        } else {
-            handovers::waiting_for(self.store.as_ref(), actor).map_err(not_durable)?
-        };
-        Ok(Reply::Offers { offers })
-    }
-
-    /// A privacy officer's query, within the scope of its organisation.
-    fn audit_query(&self, caller: &Caller, filter: &AuditFilter) -> Result<Reply, WireError> {
-        let oin = &caller.identity.oin;
-        let cases = self.store.organisation_cases(oin).map_err(internal)?;
-        // Outside the organisation's cases, a case and a non-case look the same.
-        if filter.case.is_some_and(|case| !cases.contains(&case)) {
-            return Err(WireError::new(
-                ErrorCode::Forbidden,
-                "denied by rule audit-outside-scope: the case is not one of your organisation's",
-            ));
-        }
-        let (entries, truncated) = audit::query(self.store.as_ref(), oin, &cases, filter).map_err(internal)?;
-        Ok(Reply::AuditEntries { entries, truncated })
     }
 
     /// The enforcement point: every request passes here before it has any
@@ -701,6 +692,38 @@ impl Hub {
             None => self.store.is_member(thread, member).map_err(internal),
         }
     }
+}
+
+/// Offers waiting for the actor's answer; for a privacy officer, the review
+/// queue: offers to or from its organisation that share without consent.
+fn list_offers(store: &dyn Store, policy: &Policy, identity: &Identity, actor: &MemberId) -> Result<Reply, WireError> {
+    let offers = if identity.role == wire::Role::PrivacyOfficer {
+        let oin = &identity.oin;
+        let all = store.offers_of(oin).map_err(internal)?;
+        all.into_iter()
+            .flat_map(|(thread, o)| o.offers.into_iter().map(move |offer| (thread, offer)))
+            .filter(|(_, offer)| {
+                (offer.to == *oin || offer.from.oin == *oin) && handovers::needs_review(policy, &offer.legal_basis)
+            })
+            .collect()
+    } else {
+        handovers::waiting_for(store, actor).map_err(not_durable)?
+    };
+    Ok(Reply::Offers { offers })
+}
+
+/// A privacy officer's query, within the scope of its organisation.
+fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter) -> Result<Reply, WireError> {
+    let cases = store.organisation_cases(oin).map_err(internal)?;
+    // Outside the organisation's cases, a case and a non-case look the same.
+    if filter.case.is_some_and(|case| !cases.contains(&case)) {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            "denied by rule audit-outside-scope: the case is not one of your organisation's",
+        ));
+    }
+    let (entries, truncated) = audit::query(store, oin, &cases, filter).map_err(internal)?;
+    Ok(Reply::AuditEntries { entries, truncated })
 }
 
 /// What the audit log records about a request, before the policy decides.

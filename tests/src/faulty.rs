@@ -2,7 +2,9 @@
 //! hub does when its disk fails: audit appends that fail (as on a full disk),
 //! and flushes that fail. Everything else passes through to sled.
 
-use hub::store::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Interval, SledStore, Store, StoreError};
+use hub::store::{
+    AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, SledStore, Store, StoreError,
+};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -129,6 +131,12 @@ impl Store for FaultyStore {
     }
     fn is_read_only(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
         self.inner.is_read_only(t, m)
+    }
+    fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
+        self.inner.offers_of(oin)
+    }
+    fn audit_index(&self, of: AuditIndex<'_>) -> Result<Vec<u64>, StoreError> {
+        self.inner.audit_index(of)
     }
     fn ownerships(&self) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
         self.inner.ownerships()

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use wire::audit::{AuditAction, AuditActor, AuditEntry, AuditFilter, AuditRecord};
 use wire::{Identity, Oin, ThreadId};
 
-use crate::store::{Store, StoreError};
+use crate::store::{AuditIndex, Store, StoreError};
 use chain::{AuditKey, Chain};
 
 /// When the hub signs a checkpoint: after this many entries or this much time,
@@ -145,11 +145,6 @@ pub fn scan(store: &dyn Store, mut visit: impl FnMut(AuditEntry) -> bool) -> Res
     }
 }
 
-fn of_organisation(entry: &AuditEntry, oin: &Oin) -> bool {
-    let record = &entry.record;
-    record.actor.as_ref().is_some_and(|a| &a.oin == oin) || record.on_behalf_of.as_ref().is_some_and(|m| &m.oin == oin)
-}
-
 /// Whether an entry matches a filter (scope aside).
 pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
     let record = &entry.record;
@@ -165,8 +160,9 @@ pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
 /// What a privacy officer of `oin` may see that matches `filter`: entries about
 /// `cases` (those the organisation's people are or were members of, from
 /// [`Store::organisation_cases`]), and entries about no case whose actor is of
-/// the organisation. Returns the entries (at most the limit)
-/// and whether more matched.
+/// the organisation. Read through the store's audit indexes, so the cost grows
+/// with the entries in scope, not with the log. Returns the entries (at most
+/// the limit) and whether more matched.
 pub fn query(
     store: &dyn Store,
     oin: &Oin,
@@ -174,23 +170,26 @@ pub fn query(
     filter: &AuditFilter,
 ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
     let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
+    let mut seqs = std::collections::BTreeSet::new();
+    match filter.case {
+        Some(case) if cases.contains(&case) => seqs.extend(store.audit_index(AuditIndex::Case(case))?),
+        Some(_) => {}
+        None => {
+            for case in cases {
+                seqs.extend(store.audit_index(AuditIndex::Case(*case))?);
+            }
+            seqs.extend(store.audit_index(AuditIndex::Organisation(oin))?);
+        }
+    }
     let mut found = Vec::new();
-    let mut truncated = false;
-    scan(store, |entry| {
-        // An entry about a case is in scope only with the case; the organisation's
-        // own people's attempts at other cases name those cases, so they stay out.
-        let in_scope = match entry.record.case {
-            Some(case) => cases.contains(&case),
-            None => of_organisation(&entry, oin),
-        };
-        if in_scope && matches(&entry, filter) {
+    for seq in seqs {
+        let Some(entry) = store.audit_entries(seq, 1)?.into_iter().next().filter(|e| e.seq == seq) else { continue };
+        if matches(&entry, filter) {
             if found.len() == limit {
-                truncated = true;
-                return false;
+                return Ok((found, true));
             }
             found.push(entry);
         }
-        true
-    })?;
-    Ok((found, truncated))
+    }
+    Ok((found, false))
 }

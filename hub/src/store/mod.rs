@@ -113,6 +113,15 @@ pub struct HandoverStep<'a> {
     pub at_ms: u64,
 }
 
+/// What an audit index lists.
+#[derive(Debug, Clone, Copy)]
+pub enum AuditIndex<'a> {
+    /// The entries about one case.
+    Case(ThreadId),
+    /// The entries about no case whose actor (or on whose behalf) is of the organisation.
+    Organisation(&'a Oin),
+}
+
 /// One stretch of an identity's membership of a thread, in the thread's own
 /// sequence numbers: from the entry that added it to the entry that ended it.
 /// An identity receives exactly the entries inside its intervals.
@@ -254,6 +263,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every case's ownership state.
     fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError>;
 
+    /// The ownership state of every case with an offer to or from the
+    /// organisation `oin`, from an index kept with each handover step.
+    fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError>;
+
     /// Whether `member` only reads `thread` (a former owner: see
     /// [`wire::handover::Ownership::is_read_only`]). Answered without decoding
     /// the ownership state, because every send asks.
@@ -280,8 +293,14 @@ pub trait Store: Send + Sync + 'static {
     /// checkpoints they alone covered; returns how many entries.
     fn prune_audit(&self, before_ms: u64) -> Result<u64, StoreError>;
 
-    /// Appends an audit entry (its seq follows the last one).
+    /// Appends an audit entry (its seq follows the last one), indexed by its
+    /// case, or when it has none, by the organisations of its actor.
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The seqs of the audit entries about `case`, or about no case by people
+    /// of an organisation, oldest first: what a privacy officer's query reads,
+    /// so that it costs what its answer holds, not the whole log.
+    fn audit_index(&self, of: AuditIndex<'_>) -> Result<Vec<u64>, StoreError>;
 
     /// Up to `limit` audit entries with seq of at least `from`, in order.
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;

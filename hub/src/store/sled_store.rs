@@ -25,6 +25,10 @@
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | seq (u64 BE) | signed audit checkpoint |
 //! | `L` | thread, member | the ownership state when the member left: the answer to a resent `leave_case` |
+//! | `W` | OIN, thread | (empty): the case has an offer to or from the organisation |
+//! | `N` | thread, seq (u64 BE) | (empty): an audit entry about the case |
+//! | `U` | OIN, seq (u64 BE) | (empty): an audit entry about no case by the organisation's people |
+//! | `V` | (none) | the version of the indexes above; a store without it has them rebuilt when opened |
 //!
 //! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
 //!
@@ -45,7 +49,7 @@ use wire::audit::{AuditCheckpoint, AuditEntry};
 use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
 
 use super::chunk_files::ChunkFiles;
-use super::{AcceptedCommit, Appended, BlobRecord, Created, HandoverStep, Interval, Store, StoreError};
+use super::{AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, Store, StoreError};
 
 const THREAD: u8 = b'T';
 const MEMBER: u8 = b'M';
@@ -63,6 +67,12 @@ const READ_ONLY: u8 = b'Y';
 const CHECKPOINT: u8 = b'P';
 const FORMER: u8 = b'I';
 const FAREWELL: u8 = b'L';
+const OFFERS_OF: u8 = b'W';
+const AUDIT_OF_CASE: u8 = b'N';
+const AUDIT_OF_ORGANISATION: u8 = b'U';
+const INDEX_VERSION: u8 = b'V';
+/// The indexes' layout; a store written before them gets them on opening.
+const INDEXES: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -139,6 +149,20 @@ fn blob_key(thread: ThreadId, blob: BlobId) -> Vec<u8> {
     key(BLOB, &[thread.0.as_bytes(), blob.0.as_bytes()])
 }
 
+/// The index keys of an audit entry: its case, or when it names none, the
+/// organisations of its actor and of whom it acted for.
+fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
+    let seq = entry.seq.to_be_bytes();
+    let record = &entry.record;
+    if let Some(case) = record.case {
+        return vec![key(AUDIT_OF_CASE, &[case.0.as_bytes(), &seq])];
+    }
+    let mut oins: Vec<&Oin> =
+        record.actor.iter().map(|a| &a.oin).chain(record.on_behalf_of.iter().map(|m| &m.oin)).collect();
+    oins.dedup();
+    oins.into_iter().map(|oin| key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes(), &seq])).collect()
+}
+
 fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt("seq is not 8 bytes".into()))?;
     Ok(u64::from_be_bytes(array))
@@ -153,13 +177,40 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open().map_err(backend)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
-        Ok(Self {
+        let store = Self {
             db,
             chunks,
             logs: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             creating: Mutex::new(()),
-        })
+        };
+        store.build_indexes()?;
+        Ok(store)
+    }
+
+    /// Writes the offer and audit indexes of a store that predates them.
+    fn build_indexes(&self) -> Result<(), StoreError> {
+        if self.db.get([INDEX_VERSION]).map_err(backend)?.as_deref() == Some(&[INDEXES][..]) {
+            return Ok(());
+        }
+        for item in self.db.scan_prefix([AUDIT]) {
+            let entry: AuditEntry = decode(&item.map_err(backend)?.1)?;
+            for index in audit_index_keys(&entry) {
+                self.db.insert(index, &[][..]).map_err(backend)?;
+            }
+        }
+        for (thread, ownership) in self.ownerships()? {
+            for offer in &ownership.offers {
+                for oin in [&offer.to, &offer.from.oin] {
+                    self.db
+                        .insert(key(OFFERS_OF, &[oin.as_str().as_bytes(), thread.0.as_bytes()]), &[][..])
+                        .map_err(backend)?;
+                }
+            }
+        }
+        self.db.insert([INDEX_VERSION], &[INDEXES][..]).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     fn entry_key(thread: ThreadId, seq: u64) -> Vec<u8> {
@@ -603,6 +654,11 @@ impl Store for SledStore {
             }
         }
         batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(step.ownership));
+        for offer in &step.ownership.offers {
+            for oin in [&offer.to, &offer.from.oin] {
+                batch.insert(key(OFFERS_OF, &[oin.as_str().as_bytes(), thread.0.as_bytes()]), &[][..]);
+            }
+        }
         for stale in self.db.scan_prefix(key(READ_ONLY, &[thread.0.as_bytes()])).keys() {
             batch.remove(stale.map_err(backend)?);
         }
@@ -663,6 +719,9 @@ impl Store for SledStore {
                 break;
             }
             self.db.remove(key).map_err(backend)?;
+            for index in audit_index_keys(&entry) {
+                self.db.remove(index).map_err(backend)?;
+            }
             pruned += 1;
             last_pruned = entry.seq;
         }
@@ -674,8 +733,35 @@ impl Store for SledStore {
     }
 
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode(entry)).map_err(backend)?;
-        Ok(())
+        let mut batch = sled::Batch::default();
+        batch.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode(entry));
+        for index in audit_index_keys(entry) {
+            batch.insert(index, &[][..]);
+        }
+        self.db.apply_batch(batch).map_err(backend)
+    }
+
+    fn audit_index(&self, of: AuditIndex<'_>) -> Result<Vec<u64>, StoreError> {
+        let prefix = match of {
+            AuditIndex::Case(thread) => key(AUDIT_OF_CASE, &[thread.0.as_bytes()]),
+            AuditIndex::Organisation(oin) => key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes()]),
+        };
+        self.db
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| seq_from(k.map_err(backend)?.get(prefix.len()..).unwrap_or_default()))
+            .collect()
+    }
+
+    fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError> {
+        let threads = self.threads_under(&key(OFFERS_OF, &[oin.as_str().as_bytes()]), 0)?;
+        let mut found = Vec::new();
+        for thread in threads {
+            if let Some(ownership) = self.ownership(thread)? {
+                found.push((thread, ownership));
+            }
+        }
+        Ok(found)
     }
 
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
