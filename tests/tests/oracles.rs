@@ -67,9 +67,8 @@ fn every_kind() -> Vec<Request> {
         Request::ClaimKeyPackage { thread: t, member },
         Request::PutBlobChunk { thread: t, blob: BlobId::random(), index: 0, last: true, data: vec![0; 32] },
         Request::GetBlobChunk { thread: t, blob: BlobId::random(), index: 0 },
-        // Before the system identity's probes: today an officer's scope takes in every case its
-        // organisation's people named in a request, even a refused one (left to the audit-scope work).
-        Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() } },
+        // After the system identity's refused probes, which name the case for VT's people: a refused
+        // request never brings a case into the officer's scope, so this stays refused.
         Request::OnBehalfOf { member: colleague, request: Box::new(Request::ListMembers { thread: t }) },
         Request::OfferHandover { thread: t, offer },
         Request::AnswerOffer { thread: t, offer: 1, accept: true, reason: None },
@@ -78,6 +77,7 @@ fn every_kind() -> Vec<Request> {
         Request::ScheduleRappel { thread: t },
         Request::LeaveCase { thread: t, reason: "done".into() },
         Request::GetOwnership { thread: t },
+        Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() } },
         Request::ListOffers,
     ]
 }
