@@ -40,6 +40,56 @@ pub struct ChunkUpload {
     pub data: Vec<u8>,
 }
 
+/// The bounds a chunk upload is held to (keys under `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct BlobLimits {
+    /// Largest blob (`limits.max_blob_bytes`).
+    pub max_blob_bytes: u64,
+    /// Unsealed blobs a thread may have at once (`limits.max_open_blobs_per_thread`).
+    pub max_open_blobs_per_thread: usize,
+    /// Bytes of all blobs of a thread together (`limits.max_blob_bytes_per_thread`).
+    pub max_blob_bytes_per_thread: u64,
+}
+
+impl BlobLimits {
+    /// The bounds in the hub's limits.
+    pub fn of(limits: &crate::config::Limits) -> Self {
+        Self {
+            max_blob_bytes: limits.max_blob_bytes,
+            max_open_blobs_per_thread: limits.max_open_blobs_per_thread,
+            max_blob_bytes_per_thread: limits.max_blob_bytes_per_thread,
+        }
+    }
+}
+
+/// Refuses a chunk that would take the thread over its blob quotas.
+fn within_thread_quota(
+    store: &dyn Store,
+    upload: &ChunkUpload,
+    new: bool,
+    limits: BlobLimits,
+) -> Result<(), WriteError> {
+    let blobs = store.thread_blobs(upload.thread)?;
+    if new && blobs.iter().filter(|(_, r)| !r.sealed).count() >= limits.max_open_blobs_per_thread {
+        let key = "limits.max_open_blobs_per_thread";
+        return Err(WriteError::Refused(crate::quotas::exceeded(
+            key,
+            limits.max_open_blobs_per_thread,
+            "too many uploads open",
+        )));
+    }
+    let stored: u64 = blobs.iter().map(|(_, r)| r.bytes).sum();
+    if stored + upload.data.len() as u64 > limits.max_blob_bytes_per_thread {
+        let key = "limits.max_blob_bytes_per_thread";
+        return Err(WriteError::Refused(crate::quotas::exceeded(
+            key,
+            limits.max_blob_bytes_per_thread,
+            "the thread's attachments are too large",
+        )));
+    }
+    Ok(())
+}
+
 /// The answer for a blob the caller may not see, identical to one that does not exist.
 pub fn not_found() -> WireError {
     WireError::new(ErrorCode::NotFound, "no such blob")
@@ -51,7 +101,8 @@ fn refused(code: ErrorCode, message: String) -> WriteError {
 
 /// Stores a chunk if it is the next one of an open blob of the uploader's;
 /// returns true when it was already stored.
-pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, max_bytes: u64, at_ms: u64) -> Result<bool, WriteError> {
+pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, limits: BlobLimits, at_ms: u64) -> Result<bool, WriteError> {
+    let max_bytes = limits.max_blob_bytes;
     let record = match store.blob(upload.thread, upload.blob)? {
         Some(record) if record.uploader != upload.uploader => {
             return Err(refused(ErrorCode::Conflict, format!("blob {} belongs to another upload", upload.blob)));
@@ -78,6 +129,7 @@ pub fn put_chunk(store: &dyn Store, upload: &ChunkUpload, max_bytes: u64, at_ms:
             created_at_ms: at_ms,
         },
     };
+    within_thread_quota(store, upload, record.chunks == 0, limits)?;
     if upload.index != record.chunks {
         return Err(refused(
             ErrorCode::Invalid,

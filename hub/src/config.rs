@@ -176,6 +176,10 @@ pub struct Limits {
     pub key_package_uploads_per_minute: u32,
     /// Offers one case may hold over its life (each stays in its ownership state).
     pub max_offers_per_case: usize,
+    /// Attachment uploads a thread may have open (not yet sealed) at once.
+    pub max_open_blobs_per_thread: usize,
+    /// Bytes of all attachment blobs of one thread together.
+    pub max_blob_bytes_per_thread: u64,
     /// Handshakes one source address may have in progress at once.
     pub max_handshakes_per_address: usize,
     /// Handshakes in progress at once in total (apart from open connections).
@@ -207,6 +211,8 @@ impl Default for Limits {
             max_text_bytes: 2_000,
             key_package_uploads_per_minute: 20,
             max_offers_per_case: 100,
+            max_open_blobs_per_thread: 16,
+            max_blob_bytes_per_thread: 2 << 30,
             max_handshakes_per_address: 32,
             max_pending_handshakes: 1_024,
             refused_handshake_audit_ms: 10_000,
@@ -250,6 +256,8 @@ impl Limits {
             ("limits.max_text_bytes", self.max_text_bytes as u64),
             ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),
             ("limits.max_offers_per_case", self.max_offers_per_case as u64),
+            ("limits.max_open_blobs_per_thread", self.max_open_blobs_per_thread as u64),
+            ("limits.max_blob_bytes_per_thread", self.max_blob_bytes_per_thread),
             ("limits.max_handshakes_per_address", self.max_handshakes_per_address as u64),
             ("limits.max_pending_handshakes", self.max_pending_handshakes as u64),
             ("limits.refused_handshake_audit_ms", self.refused_handshake_audit_ms),

@@ -113,7 +113,7 @@ pub enum Write {
         /// The chunk.
         upload: crate::blobs::ChunkUpload,
         /// The largest blob allowed, in bytes.
-        max_bytes: u64,
+        limits: crate::blobs::BlobLimits,
     },
     /// Nothing but the audit entry that comes with it (reads, denials, connects).
     Audit,
@@ -396,8 +396,8 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
             (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, Vec::new())
         }
         Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), Vec::new()),
-        Write::PutBlobChunk { upload, max_bytes } => {
-            let duplicate = crate::blobs::put_chunk(store, &upload, max_bytes, at)?;
+        Write::PutBlobChunk { upload, limits } => {
+            let duplicate = crate::blobs::put_chunk(store, &upload, limits, at)?;
             (Written::BlobChunk { blob: upload.blob, index: upload.index, duplicate }, Vec::new())
         }
         Write::Cursor { member, thread, seq } => {

@@ -405,7 +405,10 @@ impl Hub {
             }
             Request::PutBlobChunk { thread, blob, index, last, data } => {
                 let upload = ChunkUpload { thread, uploader: actor, blob, index, last, data };
-                (WriteKind::PutBlobChunk, Write::PutBlobChunk { upload, max_bytes: self.limits.max_blob_bytes })
+                (
+                    WriteKind::PutBlobChunk,
+                    Write::PutBlobChunk { upload, limits: crate::blobs::BlobLimits::of(&self.limits) },
+                )
             }
             Request::OfferHandover { thread, offer } => {
                 // Every offer stays in the case's state, which every `ownership` reply carries.

@@ -147,6 +147,9 @@ impl Store for FaultyStore {
     fn expire_messages(&self, t: ThreadId, u: u64, b: u64) -> Result<u64, StoreError> {
         self.inner.expire_messages(t, u, b)
     }
+    fn thread_blobs(&self, t: ThreadId) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
+        self.inner.thread_blobs(t)
+    }
     fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
         self.inner.blobs()
     }

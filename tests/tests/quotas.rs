@@ -89,3 +89,28 @@ async fn key_package_uploads_are_rate_limited_before_they_are_verified() -> anyh
     assert!(matches!(stock, Ok(wire::Reply::KeyPackagesStored { stock: 2 })), "{stock:?}");
     hub.stop().await
 }
+
+#[tokio::test]
+async fn attachment_uploads_are_bounded_per_thread_in_count_and_bytes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = Limits { max_open_blobs_per_thread: 2, max_blob_bytes_per_thread: 10_000, ..Limits::default() };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
+    let chunk = |blob, index, last, size| Request::PutBlobChunk { thread, blob, index, last, data: vec![1; size] };
+    let (a, b, c) = (wire::BlobId::random(), wire::BlobId::random(), wire::BlobId::random());
+    for blob in [a, b] {
+        tests::raw_reply(&mut raw, chunk(blob, 0, false, 1000)).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let third = tests::raw_refusal(&mut raw, chunk(c, 0, false, 1000)).await?;
+    assert_eq!(third.code, ErrorCode::LimitExceeded);
+    assert!(third.message.contains("limits.max_open_blobs_per_thread"), "{third:?}");
+    // Sealing one makes room for another upload, but not for more bytes than the thread may hold.
+    tests::raw_reply(&mut raw, chunk(a, 1, true, 1000)).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    tests::raw_reply(&mut raw, chunk(c, 0, false, 1000)).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let big = tests::raw_refusal(&mut raw, chunk(b, 1, false, 7000)).await?;
+    assert_eq!(big.code, ErrorCode::LimitExceeded);
+    assert!(big.message.contains("limits.max_blob_bytes_per_thread"), "{big:?}");
+    hub.stop().await
+}

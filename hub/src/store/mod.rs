@@ -283,6 +283,9 @@ pub trait Store: Send + Sync + 'static {
     /// `before_ms` with [`wire::EntryBody::Expired`]; returns how many.
     fn expire_messages(&self, thread: ThreadId, up_to: u64, before_ms: u64) -> Result<u64, StoreError>;
 
+    /// The blobs of one thread with their records.
+    fn thread_blobs(&self, thread: ThreadId) -> Result<Vec<(BlobId, BlobRecord)>, StoreError>;
+
     /// Every blob with its record (which names its thread).
     fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError>;
 

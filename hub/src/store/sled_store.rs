@@ -692,6 +692,17 @@ impl Store for SledStore {
         Ok(expired)
     }
 
+    fn thread_blobs(&self, thread: ThreadId) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
+        self.db
+            .scan_prefix(key(BLOB, &[thread.0.as_bytes()]))
+            .map(|item| {
+                let (key, value) = item.map_err(backend)?;
+                let blob = key.get(17..).ok_or_else(|| StoreError::Corrupt("short blob key".into()))?;
+                Ok((BlobId(uuid_from(blob)?), decode(&value)?))
+            })
+            .collect()
+    }
+
     fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StoreError> {
         self.db
             .scan_prefix([BLOB])
