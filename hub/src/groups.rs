@@ -147,6 +147,9 @@ pub fn check_commit(
         .add_proposals()
         .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
         .collect::<Result<Vec<_>, _>>()?;
+    let removed_leaves: Vec<u32> = staged.remove_proposals().map(|r| r.remove_proposal().removed().u32()).collect();
+    let identities_before: std::collections::HashMap<u32, Option<MemberId>> =
+        group.members().map(|m| (m.index.u32(), member_of(&m.credential).map(|(member, _)| member))).collect();
     let mut removes_devices_of = staged
         .remove_proposals()
         .map(|remove| {
@@ -160,6 +163,22 @@ pub fn check_commit(
     group
         .merge_commit(&storage, *staged)
         .map_err(|e| WireError::new(ErrorCode::Internal, format!("merging the commit: {e:?}")))?;
+    // A leaf keeps the identity it had: an update path or an Update proposal
+    // that renames a device would let a member pass for another (the owner,
+    // say, whom nobody may remove) or slip in someone who is not a member.
+    for leaf in group.members() {
+        let now = member_of(&leaf.credential).map(|(member, _)| member);
+        let kept = match identities_before.get(&leaf.index.u32()) {
+            Some(before) if !removed_leaves.contains(&leaf.index.u32()) => before == &now,
+            _ => now.as_ref().is_some_and(|m| added.contains(m)),
+        };
+        if !kept {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "denied by rule leaf-keeps-identity: a commit may not give a device another identity",
+            ));
+        }
+    }
     let remaining = members_of(&group);
     let removed = removes_devices_of.iter().filter(|m| !remaining.contains(m)).cloned().collect();
     let epoch = group.group_context().epoch().as_u64();

@@ -5,16 +5,17 @@
 
 use anyhow::{anyhow, Context};
 use ketenhub_sdk::raw::RawConnection;
-use openmls::prelude::tls_codec::Serialize as _;
+use ketenhub_sdk::raw::RawIncoming;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, CredentialWithKey, KeyPackage, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig,
-    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, CredentialWithKey, KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
-use wire::{Identity, MemberId, Reply, Request, ThreadId};
+use wire::{EntryBody, HubFrame, Identity, MemberId, Reply, Request, ThreadId};
 
 fn mls(e: impl std::fmt::Debug) -> anyhow::Error {
     anyhow!("openmls: {e:?}")
@@ -105,6 +106,55 @@ impl ForgedDevice {
         let group = self.group.as_mut().context("no group yet")?;
         let (commit, _, _) = group.remove_members(provider, signer, &[leaf]).map_err(mls)?;
         let commit = commit.tls_serialize_detached().map_err(mls)?;
+        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        self.settle(reply)
+    }
+
+    /// A fresh KeyPackage of this device (TLS-encoded), to upload for it.
+    pub fn key_package(&self) -> anyhow::Result<Vec<u8>> {
+        let bundle = KeyPackage::builder()
+            .build(CIPHERSUITE, &self.provider, &self.signer, self.credential.clone())
+            .map_err(mls)?;
+        bundle.key_package().tls_serialize_detached().map_err(mls)
+    }
+
+    /// Waits on `raw` for the Welcome of `thread` and joins its group from it.
+    pub async fn join_from(&mut self, raw: &mut RawConnection, thread: ThreadId) -> anyhow::Result<()> {
+        loop {
+            let incoming = tokio::time::timeout(std::time::Duration::from_secs(20), raw.next()).await??;
+            let RawIncoming::Frame(HubFrame::Event { thread: t, entry }) = incoming else { continue };
+            let EntryBody::Welcome { welcome, .. } = entry.body else { continue };
+            if t != thread {
+                continue;
+            }
+            let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(&welcome)?.extract() else {
+                anyhow::bail!("not a Welcome");
+            };
+            let config = MlsGroupJoinConfig::builder()
+                .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+                .use_ratchet_tree_extension(true)
+                .build();
+            let staged = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None).map_err(mls)?;
+            self.group = Some(staged.into_group(&self.provider).map_err(mls)?);
+            return Ok(());
+        }
+    }
+
+    /// Sends a self-update whose new leaf names `identity` instead of this
+    /// device's own: an attempt to pass for someone else in the group.
+    pub async fn rename_self(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+        identity: &Identity,
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let credential = BasicCredential::new(credential_identity(identity)).into();
+        let renamed = CredentialWithKey { credential, signature_key: self.signer.public().into() };
+        let parameters = LeafNodeParameters::builder().with_credential_with_key(renamed).build();
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let bundle = group.self_update(provider, signer, parameters).map_err(mls)?;
+        let commit = bundle.commit().tls_serialize_detached().map_err(mls)?;
         let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
         self.settle(reply)
     }

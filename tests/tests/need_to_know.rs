@@ -294,3 +294,29 @@ async fn an_organisation_dropped_from_the_policy_is_closed_off_and_refused() -> 
     assert!(hub.client("lt-oudewater-caseworker").connect().await.is_err(), "a new connection was accepted");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_member_cannot_give_its_device_another_identity() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    // LT's device is made by hand; VT owns the case and adds it.
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let mut lt_raw = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    let lt_identity = lt_raw.hello().identity.clone();
+    let mut lt_device = ForgedDevice::new(&lt_identity)?;
+    let thread = vt.create_thread().await?;
+    let package = lt_device.key_package()?;
+    let upload = Request::UploadKeyPackages { key_packages: vec![package.into()] };
+    tests::raw_reply(&mut lt_raw, upload).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    vt.add_member(thread, lt_identity.member_id(), &tests::consent()).await?;
+    lt_device.join_from(&mut lt_raw, thread).await?;
+
+    // LT renames its own leaf to VT, the owner, whom nobody may remove.
+    let renamed = lt_device.rename_self(&mut lt_raw, thread, vt.identity()).await?;
+    let refused = renamed.expect_err("the hub accepted a device renamed to the owner");
+    assert!(refused.message.contains("leaf-keeps-identity"), "{refused:?}");
+    // So the owner can still remove LT.
+    vt.remove_member(thread, lt_identity.member_id()).await?;
+    assert!(!vt.members(thread).await?.contains(&lt_identity.member_id()));
+    hub.stop().await
+}
