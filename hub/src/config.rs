@@ -201,7 +201,7 @@ impl Default for Limits {
             frames_burst: 2_000,
             max_inflight_per_connection: 256,
             outbound_queue_frames: 256,
-            outbound_queue_bytes: 16 << 20,
+            outbound_queue_bytes: 8 << 20,
             outbound_total_bytes: 256 << 20,
             write_timeout_ms: 10_000,
             max_protocol_errors: 16,
@@ -269,6 +269,22 @@ impl Limits {
             return Err(ConfigError::Invalid {
                 key: "limits.max_frame_bytes",
                 message: "must be at least 1024".into(),
+            });
+        }
+        // One identity's connections together may hold at most half the hub's outbound bytes.
+        let one_identity = self.outbound_queue_bytes.saturating_mul(self.max_connections_per_identity);
+        if one_identity > self.outbound_total_bytes / 2 {
+            return Err(ConfigError::Invalid {
+                key: "limits.outbound_total_bytes",
+                message: "must be at least twice limits.outbound_queue_bytes × limits.max_connections_per_identity"
+                    .into(),
+            });
+        }
+        let largest = wire::max_hub_frame_bytes(self.max_frame_bytes as u64) as usize;
+        if self.outbound_queue_bytes < 2 * largest {
+            return Err(ConfigError::Invalid {
+                key: "limits.outbound_queue_bytes",
+                message: format!("must hold two of the largest hub frames ({largest} bytes each)"),
             });
         }
         if self.frames_burst < self.frames_per_second {

@@ -87,6 +87,16 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         }
     };
     let mailbox = registration.mailbox();
+    // Registered first, checked second: a policy reload either ran its
+    // revocation after this registration (and saw it) or was in force for
+    // this check, so no connection slips between the two.
+    let policy = hub.policy.current();
+    if policy.organisation(&caller.identity.oin).is_none() {
+        let error =
+            WireError::new(ErrorCode::Forbidden, "denied by rule unknown-organisation: not in the policy in force");
+        refuse(&hub, ws, error, "the connection is not admitted").await;
+        return;
+    }
     let (sink, stream) = ws.split();
     let limits = &hub.limits;
     let (outbox, frames_rx) =
@@ -100,7 +110,7 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
-    let reads = hub.policy.current().role_allows(caller.identity.role, crate::policy::Action::Read).allowed;
+    let reads = policy.role_allows(caller.identity.role, crate::policy::Action::Read).allowed;
     let pump = reads.then(|| {
         let pumping = delivery::pump(
             hub.store.clone(),
@@ -152,6 +162,16 @@ struct Reader<'a> {
     strikes: u32,
 }
 
+/// A request's reply once it is durable, with the room reserved for it.
+async fn settled(
+    hub: Arc<Hub>,
+    id: u64,
+    outcome: crate::session::Outcome,
+    reserved: Option<Reserved>,
+) -> (u64, Result<wire::Reply, WireError>, Option<Reserved>) {
+    (id, hub.settle(outcome).await, reserved)
+}
+
 /// Whether a request's reply may be as large as a frame (a blob chunk, a
 /// listing): its bytes are reserved before the request is applied.
 fn large_reply(request: &wire::Request) -> bool {
@@ -162,7 +182,14 @@ fn large_reply(request: &wire::Request) -> bool {
         | R::GetOwnership { .. }
         | R::ListOffers
         | R::ListThreads
-        | R::ListMembers { .. } => true,
+        | R::ListMembers { .. }
+        // Handover steps answer with the case's whole ownership state.
+        | R::OfferHandover { .. }
+        | R::AnswerOffer { .. }
+        | R::CompleteHandover { .. }
+        | R::ReportDone { .. }
+        | R::ScheduleRappel { .. }
+        | R::LeaveCase { .. } => true,
         R::OnBehalfOf { request, .. } => large_reply(request),
         _ => false,
     }
@@ -184,10 +211,12 @@ impl<'a> Reader<'a> {
     ) -> Option<Closing> {
         let limits = &self.hub.limits;
         let mut inflight = FuturesUnordered::new();
-        // The next request is read only with room for a large reply in hand, and
-        // that room is waited for here, where replies in progress still go out.
-        let (out, large) = (self.out.clone(), limits.max_frame_bytes + 64 * 1024);
-        let mut spare: Option<Reserved> = None;
+        // A request whose reply may be large waits here for room for that reply
+        // before it is applied, and nothing more is read meanwhile: waiting in
+        // this loop, rather than inside a branch, lets replies in progress go
+        // out and free their room.
+        let (out, large) = (self.out.clone(), self.largest_reply());
+        let mut waiting: Option<(u64, wire::Request)> = None;
         let mut idle_deadline = Instant::now() + limits.idle_timeout();
         let closing = loop {
             tokio::select! {
@@ -202,16 +231,20 @@ impl<'a> Reader<'a> {
                         break None;
                     }
                 }
-                reserved = out.reserve_here(large), if spare.is_none() => match reserved {
-                    Ok(reserved) => spare = Some(reserved),
-                    Err(_) => break None,
+                reserved = out.reserve(large), if waiting.is_some() => match (reserved, waiting.take()) {
+                    (Ok(reserved), Some((id, request))) => {
+                        let outcome = self.hub.apply(self.caller, request).await;
+                        inflight.push(settled(self.hub.clone(), id, outcome, Some(reserved)));
+                    }
+                    _ => break None,
                 },
-                message = stream.next(), if spare.is_some() && inflight.len() < limits.max_inflight_per_connection => {
+                message = stream.next(), if waiting.is_none() && inflight.len() < limits.max_inflight_per_connection => {
                     idle_deadline = Instant::now() + limits.idle_timeout();
-                    match self.on_message(message, &mut spare).await {
-                        Ok(Some((id, outcome, reserved))) => {
-                            let hub = self.hub.clone();
-                            inflight.push(async move { (id, hub.settle(outcome).await, reserved) });
+                    match self.on_message(message).await {
+                        Ok(Some((id, request))) if large_reply(&request) => waiting = Some((id, request)),
+                        Ok(Some((id, request))) => {
+                            let outcome = self.hub.apply(self.caller, request).await;
+                            inflight.push(settled(self.hub.clone(), id, outcome, None));
                         }
                         Ok(None) => {}
                         Err(closing) => break closing,
@@ -231,13 +264,11 @@ impl<'a> Reader<'a> {
         closing
     }
 
-    /// Handles one message; `Ok(Some(..))` is a request waiting for durability,
-    /// with the bytes reserved for its reply when that may be large.
+    /// Handles one message; `Ok(Some(..))` is a request to apply.
     async fn on_message(
         &mut self,
         message: Option<Result<Message, WsError>>,
-        spare: &mut Option<Reserved>,
-    ) -> Result<Option<(u64, crate::session::Outcome, Option<Reserved>)>, Option<Closing>> {
+    ) -> Result<Option<(u64, wire::Request)>, Option<Closing>> {
         let bytes = match message {
             None | Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(Message::Binary(bytes))) => bytes,
@@ -275,14 +306,7 @@ impl<'a> Reader<'a> {
             return self.send(frame).await.map(|_| None);
         }
         match frame {
-            ClientFrame::Request { id, request } => {
-                // A large reply's bytes count against the hub's budget from before they are read.
-                let reserved = match large_reply(&request).then(|| spare.take()).flatten() {
-                    Some(reserved) => Some(self.out.claim(reserved).await.map_err(|_| None)?),
-                    None => None,
-                };
-                Ok(Some((id, self.hub.apply(self.caller, request).await, reserved)))
-            }
+            ClientFrame::Request { id, request } => Ok(Some((id, request))),
             ClientFrame::Ack { thread, seq } => match self.hub.ack(self.caller, thread, seq).await {
                 Ok(()) => Ok(None),
                 Err(error) => self.send(HubFrame::Error { error }).await.map(|_| None),
@@ -328,6 +352,11 @@ impl<'a> Reader<'a> {
     async fn send(&self, frame: HubFrame) -> Result<(), Option<Closing>> {
         let bytes = self.encode(frame);
         self.out.send(bytes.into()).await.map_err(|_| None)
+    }
+
+    /// The largest reply a request can get: the largest hub frame.
+    fn largest_reply(&self) -> usize {
+        wire::max_hub_frame_bytes(self.hub.limits.max_frame_bytes as u64) as usize
     }
 
     /// Encodes a frame; a reply over `max_hub_frame_bytes` becomes `frame_too_large`.

@@ -379,6 +379,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
             applied
         }
         Write::AddMember { thread, by, member, max_members } => {
+            still_writes(store, thread, &by)?;
             if !store.is_member(thread, &member)? && store.members(thread)?.len() >= max_members {
                 let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
                 return Err(WriteError::Refused(full));
@@ -386,6 +387,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
             appended(thread, store.add_member(thread, &by, &member, at)?)
         }
         Write::Append { thread, sender, id, payload, epoch } => {
+            still_writes(store, thread, &sender)?;
             let current = epochs.of(store, thread)?;
             if epoch != current {
                 return Err(WriteError::Refused(crate::groups::stale(current)));
@@ -397,6 +399,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
         }
         Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), Vec::new()),
         Write::PutBlobChunk { upload, limits } => {
+            still_writes(store, upload.thread, &upload.uploader)?;
             let duplicate = crate::blobs::put_chunk(store, &upload, limits, at)?;
             (Written::BlobChunk { blob: upload.blob, index: upload.index, duplicate }, Vec::new())
         }
@@ -417,6 +420,22 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
             (Written::Swept(crate::retention::sweep(store, &retention, now_ms, audit)?), Vec::new())
         }
     })
+}
+
+/// Checks, in write order, that `member` still writes in `thread`: the check at
+/// the enforcement point read state that an earlier write in the same batch
+/// (a removal, a completed handover) may have changed since.
+fn still_writes(store: &dyn Store, thread: ThreadId, member: &MemberId) -> Result<(), WriteError> {
+    if !store.is_member(thread, member)? {
+        return Err(WriteError::Refused(WireError::thread_not_found()));
+    }
+    if store.is_read_only(thread, member)? {
+        return Err(refused(
+            ErrorCode::Forbidden,
+            "denied by rule background-read-only: a former owner reads the case but no longer writes in it",
+        ));
+    }
+    Ok(())
 }
 
 fn refused(code: ErrorCode, message: &str) -> WriteError {
@@ -450,9 +469,7 @@ fn apply_commit(
     audit: &mut Auditor<'_>,
 ) -> Result<Applied, WriteError> {
     let ProposedCommit { thread, caller, may_change_membership, commit, welcome } = proposed;
-    if !store.is_member(thread, caller)? {
-        return Err(WriteError::Refused(WireError::thread_not_found()));
-    }
+    still_writes(store, thread, caller)?;
     let state = group_state(store, thread)?;
     let checked = crate::groups::check_commit(&state, thread, caller, commit).map_err(WriteError::Refused)?;
     let changes_membership = !checked.added.is_empty() || !checked.removes_devices_of.is_empty();

@@ -122,6 +122,10 @@ pub fn apply(
         return Err(WriteError::Refused(WireError::thread_not_found()));
     };
     let before = ownership.clone();
+    let answered = match &op {
+        HandoverOp::Answer { offer, .. } => Some(*offer),
+        _ => None,
+    };
     let mut admit = None;
     let event = match op {
         HandoverOp::Offer(request) => {
@@ -172,8 +176,14 @@ pub fn apply(
             HandoverEvent::Done { clock }
         }
     };
+    // A receiver that is not on the case sees only the offer it answered.
+    let outsider = answered.is_some() && admit.is_none() && !store.is_member(thread, by)?;
+    let view = |ownership: Ownership| match answered.filter(|_| outsider) {
+        Some(offer) => offer_only(ownership, offer),
+        None => ownership,
+    };
     if ownership == before {
-        return Ok((ownership, Vec::new()));
+        return Ok((view(ownership), Vec::new()));
     }
     let evict = departures(store, thread, &mut ownership)?;
     for member in &evict {
@@ -181,7 +191,16 @@ pub fn apply(
     }
     let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, evict, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
-    Ok((ownership, entries))
+    Ok((view(ownership), entries))
+}
+
+/// The case's state as a receiver outside it may see it: the one offer it
+/// answered, with the offer's sender as owner, and nothing else. An answer
+/// sent again later so learns nothing of what happened to the case since.
+fn offer_only(ownership: Ownership, offer: u32) -> Ownership {
+    let offers: Vec<_> = ownership.offers.into_iter().filter(|o| o.id == offer).collect();
+    let owner = offers.first().map_or(ownership.owner, |o| o.from.clone());
+    Ownership { offers, ..Ownership::new(owner) }
 }
 
 /// The members who left the case (or whose background role ended) and are

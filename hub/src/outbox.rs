@@ -30,8 +30,12 @@ pub struct Reserved {
 pub struct Queued {
     /// The encoded frame.
     pub bytes: Bytes,
-    _reserved: Reserved,
+    _reserved: Option<Reserved>,
 }
+
+/// Frames smaller than this are bounded by the queue's frame count alone
+/// (`limits.outbound_queue_frames` of them), not by the byte budgets.
+pub const SMALL_FRAME_BYTES: usize = 64 * 1024;
 
 /// The connection is gone: nothing more can be queued for it.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -84,8 +88,13 @@ impl Outbox {
         self.claim(reserved).await
     }
 
-    /// Queues a frame, waiting for its bytes' share first.
+    /// Queues a frame, waiting for its bytes' share first. A small frame
+    /// (under [`SMALL_FRAME_BYTES`]) is bounded by the queue's frame count
+    /// alone, so a short reply or error never waits for bytes.
     pub async fn send(&self, bytes: Bytes) -> Result<(), Closed> {
+        if bytes.len() < SMALL_FRAME_BYTES {
+            return self.frames.send(Queued { bytes, _reserved: None }).await.map_err(|_| Closed);
+        }
         let reserved = self.reserve(bytes.len()).await?;
         self.send_reserved(bytes, reserved).await
     }
@@ -99,7 +108,7 @@ impl Outbox {
         } else {
             self.claim(reserved).await?
         };
-        self.frames.send(Queued { bytes, _reserved: reserved }).await.map_err(|_| Closed)
+        self.frames.send(Queued { bytes, _reserved: Some(reserved) }).await.map_err(|_| Closed)
     }
 }
 
@@ -109,16 +118,20 @@ mod tests {
 
     #[tokio::test]
     async fn frames_wait_for_bytes_not_only_for_room() {
-        let hub = Arc::new(Semaphore::new(1 << 20));
-        let (outbox, mut frames) = Outbox::new(100, 1000, hub.clone());
-        outbox.send(Bytes::from(vec![0; 600])).await.unwrap();
-        let second = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.send(Bytes::from(vec![0; 600])));
-        assert!(second.await.is_err(), "a second 600-byte frame must wait while the first is queued");
-        assert_eq!(hub.available_permits(), (1 << 20) - 600);
+        let hub = Arc::new(Semaphore::new(1 << 30));
+        let (outbox, mut frames) = Outbox::new(100, 150_000, hub.clone());
+        let frame = || Bytes::from(vec![0; 100_000]);
+        outbox.send(frame()).await.unwrap();
+        let second = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.send(frame()));
+        assert!(second.await.is_err(), "a second 100 kB frame must wait while the first is queued");
+        assert_eq!(hub.available_permits(), (1 << 30) - 100_000);
+        // Small frames are bounded by the frame count alone and never wait for bytes.
+        outbox.send(Bytes::from(vec![0; 100])).await.unwrap();
         drop(frames.recv().await.unwrap());
-        outbox.send(Bytes::from(vec![0; 600])).await.unwrap();
+        outbox.send(frame()).await.unwrap();
         // A frame over the whole budget still passes, alone.
         drop(frames.recv().await.unwrap());
-        outbox.send(Bytes::from(vec![0; 5000])).await.unwrap();
+        drop(frames.recv().await.unwrap());
+        outbox.send(Bytes::from(vec![0; 500_000])).await.unwrap();
     }
 }

@@ -372,7 +372,8 @@ impl Hub {
     ) -> Result<Prepared, WireError> {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => {
-                self.quotas.create_thread(&self.limits, &actor, self.clock.now_ms())?;
+                // Counted for the certificate's identity, so a system cannot spread them over workers it names.
+                self.quotas.create_thread(&self.limits, &caller.member, self.clock.now_ms())?;
                 (WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref })
             }
             Request::AddMember { thread, member, .. } => {
@@ -672,6 +673,13 @@ impl Hub {
     /// becomes durable with the next flush; losing it in a crash only means
     /// entries are delivered again.
     pub async fn ack(&self, caller: &Caller, thread: ThreadId, seq: u64) -> Result<(), WireError> {
+        // A cursor is shared by the identity's connections: only a certificate
+        // that may read moves it (not an admin's with the same worker id).
+        let policy = self.policy.current();
+        let reads = policy.role_allows(caller.identity.role, Action::Read);
+        if policy.actor(&caller.identity, None).is_err() || !reads.allowed {
+            return Err(WireError::thread_not_found());
+        }
         if !self.is_member(thread, &caller.member)? {
             // A former member acknowledges the rest of its interval, and nothing past it.
             let intervals = self.store.intervals(thread, &caller.member).map_err(internal)?;

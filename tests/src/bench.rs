@@ -271,7 +271,8 @@ fn rss_of(pid: u32) -> anyhow::Result<u64> {
 /// so that they do not cap the load generator.
 const HUB_BENCH_CONFIG: &str = "[limits]\nframes_per_second = 1000000\nframes_burst = 1000000\n\
 max_connections_per_identity = 100000\nmax_connections = 100000\nidle_timeout_ms = 600000\n\
-max_handshakes_per_address = 100000\nmax_pending_handshakes = 100000\nmax_threads_per_identity_per_day = 1000000\n";
+max_handshakes_per_address = 100000\nmax_pending_handshakes = 100000\nmax_threads_per_identity_per_day = 1000000\n\
+outbound_total_bytes = 2000000000000\n";
 
 fn start_hub(dir: &Path) -> anyhow::Result<Target> {
     let mut command = Command::new(std::env::current_exe()?);

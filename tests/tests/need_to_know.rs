@@ -320,3 +320,25 @@ async fn a_member_cannot_give_its_device_another_identity() -> anyhow::Result<()
     assert!(!vt.members(thread).await?.contains(&lt_identity.member_id()));
     hub.stop().await
 }
+
+#[tokio::test]
+async fn a_receiver_outside_the_case_sees_only_its_own_offer_even_later() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let woerden = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let oudewater = hub.client("lt-oudewater-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let first = vt.offer_handover(thread, offer(&woerden, "vt-lt-referral")).await?.offers[0].id;
+    let declined = woerden.decline_offer(thread, first, "no capacity this month").await?;
+    assert_eq!(declined.offers.len(), 1);
+    // The case moves on: another offer, to another local team.
+    let mut second = offer(&oudewater, "vt-lt-referral");
+    second.reason = "the family moved to Oudewater".into();
+    vt.offer_handover(thread, second).await?;
+    // The decline sent again shows its own offer and nothing of what happened since.
+    let again = woerden.decline_offer(thread, first, "no capacity this month").await?;
+    assert_eq!(again.offers.iter().map(|o| o.id).collect::<Vec<_>>(), vec![first], "{again:?}");
+    assert!(again.background.is_empty() && again.clocks.is_empty() && again.left.is_empty());
+    hub.stop().await
+}
