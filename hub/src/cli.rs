@@ -22,12 +22,12 @@ struct Cli {
 enum Command {
     /// Runs a hub until SIGTERM or ctrl-c.
     Serve(ServeArgs),
-    /// Runs the demonstration story on loopback with a fresh dev PKI, then exits.
     /// Exports, verifies and reports on the audit log.
     Audit {
         #[command(subcommand)]
         command: crate::audit::command::AuditCommand,
     },
+    /// Runs the demonstration story on loopback with a fresh dev PKI, then exits.
     Demo {
         /// Keep the hub's PKI and data in this directory instead of a temporary one.
         #[arg(long)]
