@@ -1,4 +1,10 @@
-//! The `hub` command line: `serve` runs a hub, `demo` tells the story.
+//! The `hub` command line: `serve` runs a hub, `demo` tells the story,
+//! `audit` inspects a stopped hub's audit log.
+//!
+//! The log goes to stderr without ever blocking the hub: a supervisor that
+//! stops reading the hub's stderr (a full pipe) must not stop the hub. Lines
+//! pass through a bounded queue that one thread writes out; when it is full,
+//! new lines are dropped and counted, and the count is logged at shutdown.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -6,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
@@ -80,13 +87,56 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(default: &str) {
+/// How many log lines may wait for stderr before new ones are dropped, unless
+/// `HUB_LOG_BUFFER_LINES` says otherwise.
+const LOG_BUFFER_LINES: usize = 8192;
+
+/// The non-blocking log writer's guard and its count of dropped lines.
+struct Logging {
+    guard: WorkerGuard,
+    dropped: ErrorCounter,
+}
+
+impl Logging {
+    /// Logs how many lines were dropped, then flushes what is queued (the guard
+    /// waits a bounded time: a stderr nobody reads does not hold up the exit).
+    fn finish(self) {
+        let dropped = self.dropped.dropped_lines();
+        if dropped > 0 {
+            tracing::warn!("stderr was not read fast enough; log lines dropped: {dropped}");
+        } else {
+            tracing::info!("log lines dropped: 0");
+        }
+        drop(self.guard);
+    }
+}
+
+fn log_buffer_lines() -> anyhow::Result<usize> {
+    match std::env::var("HUB_LOG_BUFFER_LINES") {
+        Err(std::env::VarError::NotPresent) => Ok(LOG_BUFFER_LINES),
+        Err(e) => anyhow::bail!("HUB_LOG_BUFFER_LINES: {e}"),
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(lines) if lines > 0 => Ok(lines),
+            _ => anyhow::bail!("HUB_LOG_BUFFER_LINES must be a positive number of lines, not {text:?}"),
+        },
+    }
+}
+
+fn init_logging(default: &str) -> anyhow::Result<Option<Logging>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(log_buffer_lines()?)
+        .thread_name("hub-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    // Already installed (the hub embedded in a program that logs itself).
+    Ok(installed.ok().map(|()| Logging { guard, dropped }))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -123,26 +173,35 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging("info");
-            runtime.block_on(serve(args))
-        }
-        Command::Audit { command } => {
-            init_logging("warn");
-            return match crate::audit::command::run(command) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("hub audit: {e:#}");
-                    ExitCode::from(2)
-                }
-            };
-        }
-        Command::Demo { data } => {
-            init_logging("warn");
-            runtime.block_on(crate::demo::run(data))
+    let level = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Audit { .. } | Command::Demo { .. } => "warn",
+    };
+    let logging = match init_logging(level) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("hub: {e:#}");
+            return ExitCode::from(2);
         }
     };
+    let code = match cli.command {
+        Command::Serve(args) => exit_code(runtime.block_on(serve(args))),
+        Command::Audit { command } => match crate::audit::command::run(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hub audit: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { data } => exit_code(runtime.block_on(crate::demo::run(data))),
+    };
+    if let Some(logging) = logging {
+        logging.finish();
+    }
+    code
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
