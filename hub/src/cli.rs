@@ -6,7 +6,7 @@
 //! pass through a bounded queue that one thread writes out; when it is full,
 //! new lines are dropped and counted, and the count is logged at shutdown.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,19 +95,29 @@ const LOG_BUFFER_LINES: usize = 8192;
 struct Logging {
     guard: WorkerGuard,
     dropped: ErrorCounter,
+    /// Whether to say the count when it is 0 too (a long-running hub's log).
+    always_report: bool,
 }
 
 impl Logging {
-    /// Logs how many lines were dropped, then flushes what is queued (the guard
-    /// waits a bounded time: a stderr nobody reads does not hold up the exit).
+    /// Flushes what is queued, then says how many lines were dropped. The
+    /// guard waits a bounded time, and the count is written by a thread of its
+    /// own, also waited for a bounded time: through the queue it could itself
+    /// be dropped, and a stderr nobody reads must not hold up the exit.
     fn finish(self) {
-        let dropped = self.dropped.dropped_lines();
-        if dropped > 0 {
-            tracing::warn!("stderr was not read fast enough; log lines dropped: {dropped}");
-        } else {
-            tracing::info!("log lines dropped: 0");
-        }
         drop(self.guard);
+        let dropped = self.dropped.dropped_lines();
+        let line = match dropped {
+            0 if !self.always_report => return,
+            0 => "hub: log lines dropped: 0".to_owned(),
+            n => format!("hub: stderr was not read fast enough; log lines dropped: {n}"),
+        };
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = writeln!(std::io::stderr(), "{line}");
+            let _ = done.send(());
+        });
+        let _ = written.recv_timeout(std::time::Duration::from_secs(1));
     }
 }
 
@@ -122,7 +132,7 @@ fn log_buffer_lines() -> anyhow::Result<usize> {
     }
 }
 
-fn init_logging(default: &str) -> anyhow::Result<Option<Logging>> {
+fn init_logging(default: &str, always_report: bool) -> anyhow::Result<Option<Logging>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
@@ -136,7 +146,7 @@ fn init_logging(default: &str) -> anyhow::Result<Option<Logging>> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     // Already installed (the hub embedded in a program that logs itself).
-    Ok(installed.ok().map(|()| Logging { guard, dropped }))
+    Ok(installed.ok().map(|()| Logging { guard, dropped, always_report }))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -173,11 +183,8 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let level = match cli.command {
-        Command::Serve(_) => "info",
-        Command::Audit { .. } | Command::Demo { .. } => "warn",
-    };
-    let logging = match init_logging(level) {
+    let serving = matches!(cli.command, Command::Serve(_));
+    let logging = match init_logging(if serving { "info" } else { "warn" }, serving) {
         Ok(logging) => logging,
         Err(e) => {
             eprintln!("hub: {e:#}");

@@ -46,8 +46,10 @@ impl HubProcess {
     /// Like [`HubProcess::start`], with `command` as the program that takes
     /// `serve` and its flags (the benchmark runs itself as the hub).
     pub fn spawn(command: Command, dir: &Path, listen: &str, extra_config: &str) -> anyhow::Result<Self> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hub.log"))?;
+        let log_path = dir.join("hub.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         Self::spawn_with_stderr(command, dir, listen, extra_config, log.into())
+            .with_context(|| format!("log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()))
     }
 
     /// Like [`HubProcess::spawn`], with the hub's stderr going to `stderr`
