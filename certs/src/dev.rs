@@ -86,12 +86,20 @@ pub struct ExtraClient {
 }
 
 /// A certificate and its private key, both PEM.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PemPair {
     /// The certificate chain's leaf, PEM.
     pub cert: String,
     /// The PKCS#8 private key, PEM.
     pub key: String,
+}
+
+/// Shows the certificate and hides the key: a formatted PKI (in a log line or
+/// a failed assertion) must not hand out private keys.
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair").field("cert", &self.cert).field("key", &"<redacted>").finish()
+    }
 }
 
 /// A whole development PKI held in memory; [`DevPki::write_to`] puts it on disk.
@@ -291,30 +299,23 @@ impl DevPki {
         files
     }
 
-    /// Writes every file into `dir`, creating it; keys are readable by the owner only.
+    /// Writes every file into `dir`, creating it; keys are created readable by
+    /// the owner only (mode 0600 from the first byte: there is no moment in
+    /// which another user could open them).
     pub fn write_to(&self, dir: &Path) -> Result<(), DevPkiError> {
         let io = |path: &Path, source| DevPkiError::Write { path: path.display().to_string(), source };
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         for (name, contents) in self.files() {
             let path = dir.join(&name);
-            fs::write(&path, contents).map_err(|e| io(&path, e))?;
-            if name.ends_with(".key") {
-                restrict_to_owner(&path).map_err(|e| io(&path, e))?;
-            }
+            let written = if name.ends_with(".key") {
+                crate::private::write_file(&path, contents.as_bytes())
+            } else {
+                fs::write(&path, contents)
+            };
+            written.map_err(|e| io(&path, e))?;
         }
         Ok(())
     }
-}
-
-#[cfg(unix)]
-fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-}
-
-#[cfg(not(unix))]
-fn restrict_to_owner(_path: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]
@@ -346,6 +347,22 @@ mod tests {
         let pki = DevPki::generate().unwrap();
         let err = identity_from_der(&der(&pki.noattrs.cert)).unwrap_err();
         assert!(matches!(err, crate::CertIdentityError::Attribute(wire::IdentityError::Missing(_))), "{err}");
+    }
+
+    #[test]
+    fn debug_output_holds_no_private_key() {
+        let pki = DevPki::generate().unwrap();
+        let printed = format!("{pki:?}");
+        // Debug escapes the PEM's line breaks, so compare line by line.
+        let body = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).map(str::to_owned).collect::<Vec<_>>();
+        assert!(body(&pki.ca.cert).iter().all(|l| printed.contains(l.as_str())), "the certificates are still shown");
+        for (name, contents) in pki.files() {
+            if name.ends_with(".key") {
+                let leaked = body(contents).into_iter().filter(|l| printed.contains(l.as_str())).count();
+                assert_eq!(leaked, 0, "{name} is in the Debug output");
+            }
+        }
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! worker, role) out of a verified client certificate, for the hub and the SDK
 //! alike; [`dev`] generates a complete development PKI so that the demo, the
 //! tests and a newcomer's laptop never need a real PKIoverheid certificate.
+//! Beside them, [`private`] creates the owner-only files that private keys
+//! (and the SDK's and the hub's secrets) are kept in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod dev;
 pub mod identity;
+pub mod private;
 
 pub use identity::{fingerprint, identity_from_der, CertIdentityError};

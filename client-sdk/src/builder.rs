@@ -10,13 +10,25 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use crate::device::StateKey;
 use crate::raw::{FrameTap, RawConnection};
 use crate::{Client, Error};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Pem {
     File(PathBuf),
     Text(String),
+}
+
+/// A path is shown, PEM text is not: the key's PEM is the client's private key,
+/// and a builder may well be formatted into a log line.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Text(_) => f.write_str("Text(<redacted>)"),
+        }
+    }
 }
 
 impl Pem {
@@ -45,6 +57,7 @@ pub struct ClientBuilder {
     resumption: bool,
     max_frame_bytes: usize,
     state_dir: Option<PathBuf>,
+    state_key: Option<StateKey>,
     key_package_stock: u64,
     frame_tap: Option<FrameTap>,
 }
@@ -64,6 +77,7 @@ impl Default for ClientBuilder {
             resumption: true,
             max_frame_bytes: 4 << 20,
             state_dir: None,
+            state_key: None,
             key_package_stock: 16,
             frame_tap: None,
         }
@@ -85,6 +99,7 @@ pub(crate) struct Settings {
     pub keep_events: bool,
     pub max_frame_bytes: usize,
     pub state_dir: Option<PathBuf>,
+    pub state_key: Option<StateKey>,
     pub key_package_stock: u64,
     pub frame_tap: Option<FrameTap>,
 }
@@ -177,6 +192,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Encrypts the device state in [`Self::state_dir`] at rest with AES-256-GCM
+    /// under `key`, which the application keeps elsewhere (for example in the
+    /// operating system's key store). A plain state already there is sealed on
+    /// connect; a sealed one opened with another key fails with
+    /// [`Error::StateKey`].
+    pub fn state_key(mut self, key: StateKey) -> Self {
+        self.state_key = Some(key);
+        self
+    }
+
     /// How many KeyPackages the SDK keeps at the hub so others can add this
     /// device to threads while it is offline (default 16; 0 uploads none).
     pub fn key_package_stock(mut self, count: u64) -> Self {
@@ -220,6 +245,7 @@ impl ClientBuilder {
             keep_events: self.keep_events,
             max_frame_bytes: self.max_frame_bytes,
             state_dir: self.state_dir.clone(),
+            state_key: self.state_key.clone(),
             key_package_stock: self.key_package_stock,
             frame_tap: self.frame_tap.clone(),
         })
@@ -268,5 +294,29 @@ impl ClientBuilder {
     pub async fn connect_raw(self) -> Result<RawConnection, Error> {
         let (ws, hello) = crate::dial::dial(&self.settings()?).await?;
         Ok(RawConnection::new(ws, hello))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_private_key() {
+        let pki = certs::dev::DevPki::generate().expect("a dev PKI");
+        let pair = pki.client("vt-utrecht-caseworker").expect("a sample identity");
+        let builder = Client::builder()
+            .url("wss://localhost:7443")
+            .ca_pem(pki.ca.cert.clone())
+            .identity_pem(pair.cert.clone(), pair.key.clone())
+            .state_dir("/var/lib/case-system/mls")
+            .state_key(StateKey::new([0xAB; 32]));
+        let settings = builder.settings().expect("a complete configuration");
+        let printed = format!("{builder:?} {settings:?}");
+        let key_body = pair.key.lines().nth(1).expect("a PEM body line");
+        assert!(!printed.contains(key_body), "the private key is in the Debug output");
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+        assert!(!printed.contains("171, 171") && !printed.to_lowercase().contains("abab"), "{printed}");
+        assert!(printed.contains("/var/lib/case-system/mls"), "the rest is still shown: {printed}");
     }
 }

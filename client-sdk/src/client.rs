@@ -27,7 +27,7 @@ use wire::handover::{ClockKind, FamilyTold, Offer, OfferRequest, Ownership};
 
 use crate::builder::Settings;
 use crate::content::Content;
-use crate::device::{DecryptError, Device, Processed};
+use crate::device::{DecryptError, Device, DeviceError, Processed};
 use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
 use crate::{ClientBuilder, Error};
@@ -137,8 +137,11 @@ impl Client {
 
     pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
         let (ws, hello) = dial(&settings).await?;
-        let device =
-            Device::open(&hello.identity, settings.state_dir.as_deref()).map_err(|e| Error::Device(e.to_string()))?;
+        let device = Device::open_sealed(&hello.identity, settings.state_dir.as_deref(), settings.state_key.as_ref())
+            .map_err(|e| match e {
+            DeviceError::WrongKey(_) | DeviceError::KeyRequired(_) => Error::StateKey(e.to_string()),
+            other => Error::Device(other.to_string()),
+        })?;
         let key_package_stock = settings.key_package_stock;
         let device: SharedDevice = Arc::new(std::sync::Mutex::new(device));
         let own: OwnMessages = Arc::default();

@@ -7,6 +7,13 @@
 //! `STATE_DIR/mls-state.cbor` after every change, atomically (write, sync,
 //! rename), so a crash leaves either the old or the new state, never half.
 //! Without a state directory the state lives in memory and dies with the client.
+//!
+//! The state holds the device's signature key and its groups' secrets, so the
+//! file is created readable by its owner only (0600) in a directory only its
+//! owner may enter (0700). An application that wants more (the state on a
+//! shared or backed-up disk) gives a [`StateKey`]: the file is then sealed with
+//! AES-256-GCM, and opening it with another key, or with none, is a typed
+//! error rather than a silently new identity.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,6 +30,8 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
@@ -49,6 +58,63 @@ pub enum DeviceError {
     /// openmls refused an operation.
     #[error("MLS: {0}")]
     Mls(String),
+    /// The state file is encrypted and the given [`StateKey`] does not open it
+    /// (or the file was altered).
+    #[error("the MLS state in {0} does not open with the given state key (a wrong key, or the file was altered)")]
+    WrongKey(PathBuf),
+    /// The state file is encrypted and no [`StateKey`] was given.
+    #[error("the MLS state in {0} is encrypted: give its state key")]
+    KeyRequired(PathBuf),
+}
+
+/// The first bytes of an encrypted state file, then a nonce and the sealed
+/// state. A plain state file is CBOR and never starts with them.
+const SEALED_MAGIC: &[u8] = b"KETENHUB-SEALED-STATE-1\n";
+
+/// A 256-bit key the application supplies to encrypt the device state at
+/// rest (AES-256-GCM). Keep it outside the state directory, for example in
+/// the operating system's key store; without it the state cannot be read.
+#[derive(Clone)]
+pub struct StateKey([u8; 32]);
+
+impl StateKey {
+    /// The key from its 32 bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    fn cipher(&self) -> LessSafeKey {
+        let key = UnboundKey::new(&AES_256_GCM, &self.0).unwrap_or_else(|_| unreachable!("32 bytes fit AES-256"));
+        LessSafeKey::new(key)
+    }
+
+    /// Seals `plain` under a fresh random nonce: magic, nonce, ciphertext and tag.
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| "the system's random source failed".to_owned())?;
+        let mut sealed = plain.to_vec();
+        self.cipher()
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(SEALED_MAGIC), &mut sealed)
+            .map_err(|_| "encryption failed".to_owned())?;
+        Ok([SEALED_MAGIC, &nonce, &sealed].concat())
+    }
+
+    /// Opens what [`Self::seal`] wrote (`body` is the part after the magic).
+    fn open(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let (nonce, sealed) = body.split_first_chunk::<NONCE_LEN>()?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .cipher()
+            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(SEALED_MAGIC), &mut sealed)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey(<redacted>)")
+    }
 }
 
 /// openmls's provider: RustCrypto for cryptography, an in-memory store that
@@ -94,6 +160,7 @@ pub struct Device {
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
     state_file: Option<PathBuf>,
+    state_key: Option<StateKey>,
     /// Groups in use, loaded from the storage on first use.
     groups: HashMap<ThreadId, MlsGroup>,
     /// Per thread, the last entry handed to the application, so that entries
@@ -117,29 +184,71 @@ fn mls_error(e: impl std::fmt::Debug) -> DeviceError {
 
 impl Device {
     /// Opens the device of `identity`: loads its state from `state_dir` when
-    /// there is one, and creates new keys otherwise.
+    /// there is one, and creates new keys otherwise. The state is kept in plain
+    /// CBOR (owner-only); see [`Self::open_sealed`] to encrypt it.
     pub fn open(identity: &Identity, state_dir: Option<&Path>) -> Result<Self, DeviceError> {
+        Self::open_sealed(identity, state_dir, None)
+    }
+
+    /// Like [`Self::open`], with the state encrypted at rest under `key` when
+    /// one is given. A plain state file found there is read and sealed from
+    /// now on; a sealed one needs its key ([`DeviceError::WrongKey`],
+    /// [`DeviceError::KeyRequired`]).
+    pub fn open_sealed(
+        identity: &Identity,
+        state_dir: Option<&Path>,
+        key: Option<&StateKey>,
+    ) -> Result<Self, DeviceError> {
         let name = credential_identity(identity);
-        let state_file = state_dir.map(|dir| dir.join("mls-state.cbor"));
-        if let Some(path) = state_file.as_deref().filter(|p| p.exists()) {
-            return Self::load(path, &name);
+        if let Some(dir) = state_dir {
+            // Narrowed before anything is read or written: an older SDK left it 0755.
+            certs::private::create_dir_all(dir).map_err(|e| state_error(dir, e))?;
         }
-        let provider = Provider::default();
-        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls_error)?;
-        signer.store(provider.storage()).map_err(mls_error)?;
-        let device = Self::assemble(provider, signer, name, state_file);
-        device.persist()?;
+        let state_file = state_dir.map(|dir| dir.join("mls-state.cbor"));
+        let (mut device, write) = match state_file.as_deref().filter(|p| p.exists()) {
+            Some(path) => {
+                certs::private::restrict_file(path).map_err(|e| state_error(path, e))?;
+                let (device, sealed) = Self::load(path, &name, key)?;
+                // A plain file is sealed as soon as a key is given.
+                (device, key.is_some() && !sealed)
+            }
+            None => {
+                let provider = Provider::default();
+                let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls_error)?;
+                signer.store(provider.storage()).map_err(mls_error)?;
+                (Self::assemble(provider, signer, name, state_file), true)
+            }
+        };
+        device.state_key = key.cloned();
+        if write {
+            device.persist()?;
+        }
         Ok(device)
     }
 
     fn assemble(provider: Provider, signer: SignatureKeyPair, name: Vec<u8>, state_file: Option<PathBuf>) -> Self {
         let credential: Credential = BasicCredential::new(name).into();
         let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
-        Self { provider, signer, credential, state_file, groups: HashMap::new(), delivered: HashMap::new() }
+        Self {
+            provider,
+            signer,
+            credential,
+            state_file,
+            state_key: None,
+            groups: HashMap::new(),
+            delivered: HashMap::new(),
+        }
     }
 
-    fn load(path: &Path, name: &[u8]) -> Result<Self, DeviceError> {
+    /// The device stored at `path`, and whether the file was sealed.
+    fn load(path: &Path, name: &[u8], key: Option<&StateKey>) -> Result<(Self, bool), DeviceError> {
         let bytes = std::fs::read(path).map_err(|e| state_error(path, e))?;
+        let sealed = bytes.starts_with(SEALED_MAGIC);
+        let bytes = match (bytes.strip_prefix(SEALED_MAGIC), key) {
+            (Some(body), Some(key)) => key.open(body).ok_or_else(|| DeviceError::WrongKey(path.to_owned()))?,
+            (Some(_), None) => return Err(DeviceError::KeyRequired(path.to_owned())),
+            (None, _) => bytes,
+        };
         let state: StateFile = wire::decode(&bytes).map_err(|e| state_error(path, e))?;
         if state.identity.as_slice() != name {
             return Err(DeviceError::OtherIdentity(path.to_owned()));
@@ -151,7 +260,7 @@ impl Device {
                 .ok_or_else(|| state_error(path, "the signature key is missing from the state"))?;
         let mut device = Self::assemble(provider, signer, name.to_vec(), Some(path.to_owned()));
         device.delivered = state.delivered.into_iter().collect();
-        Ok(device)
+        Ok((device, sealed))
     }
 
     /// Writes the state to disk, atomically; a no-op without a state directory.
@@ -163,7 +272,11 @@ impl Device {
             storage: ByteBuf::from(wire::mls::export_storage(&self.provider.storage)),
             delivered: self.delivered.iter().map(|(t, s)| (*t, *s)).collect(),
         };
-        write_atomically(path, &wire::encode(&state)).map_err(|e| state_error(path, e))
+        let mut bytes = wire::encode(&state);
+        if let Some(key) = &self.state_key {
+            bytes = key.seal(&bytes).map_err(|e| state_error(path, e))?;
+        }
+        write_atomically(path, &bytes).map_err(|e| state_error(path, e))
     }
 
     fn credential_name(&self) -> Vec<u8> {
@@ -433,10 +546,11 @@ impl Device {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    certs::private::create_dir_all(dir)?;
     let temporary = path.with_extension("tmp");
     {
-        let mut file = std::fs::File::create(&temporary)?;
+        // Owner-only from creation; the rename keeps the mode.
+        let mut file = certs::private::create_file(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
@@ -520,6 +634,83 @@ mod tests {
         alice.add(thread, package).unwrap();
         alice.commit_accepted(thread).unwrap();
         assert_eq!(alice.epoch(thread), Some(1));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_is_owner_only_even_in_a_directory_that_was_open() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let device = Device::open(&identity("anna"), Some(&dir)).unwrap();
+        device.key_packages(1).unwrap();
+        let file = dir.join("mls-state.cbor");
+        assert_eq!(certs::private::mode_of(&dir).unwrap(), 0o700);
+        assert_eq!(certs::private::mode_of(&file).unwrap(), 0o600);
+        // A file an older SDK left readable is narrowed when it is opened.
+        drop(device);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Device::open(&identity("anna"), Some(&dir)).unwrap();
+        assert_eq!(certs::private::mode_of(&file).unwrap(), 0o600);
+        // A nested state directory that does not exist yet is created owner-only.
+        let nested = root.path().join("a/b");
+        Device::open(&identity("anna"), Some(&nested)).unwrap();
+        assert_eq!(certs::private::mode_of(&nested).unwrap(), 0o700);
+        assert_eq!(certs::private::mode_of(&nested.join("mls-state.cbor")).unwrap(), 0o600);
+    }
+
+    #[test]
+    fn a_sealed_state_opens_only_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StateKey::new([7; 32]);
+        let first = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        first.key_packages(2).unwrap();
+        let public = first.signature_key().to_vec();
+        drop(first);
+        let bytes = std::fs::read(dir.path().join("mls-state.cbor")).unwrap();
+        let name = credential_identity(&identity("anna"));
+        assert!(!bytes.windows(public.len()).any(|w| w == public), "the signature key is readable");
+        assert!(!bytes.windows(name.len()).any(|w| w == name.as_slice()), "the identity is readable");
+        assert!(wire::decode::<StateFile>(&bytes).is_err());
+
+        let again = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        assert_eq!(again.signature_key(), public.as_slice());
+        drop(again);
+        let wrong = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&StateKey::new([8; 32])));
+        assert!(matches!(wrong, Err(DeviceError::WrongKey(_))), "{wrong:?}");
+        assert!(matches!(Device::open(&identity("anna"), Some(dir.path())), Err(DeviceError::KeyRequired(_))));
+        // Neither refusal touched the file.
+        assert_eq!(std::fs::read(dir.path().join("mls-state.cbor")).unwrap(), bytes);
+
+        let mut altered = bytes.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        std::fs::write(dir.path().join("mls-state.cbor"), &altered).unwrap();
+        let tampered = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key));
+        assert!(matches!(tampered, Err(DeviceError::WrongKey(_))), "{tampered:?}");
+    }
+
+    #[test]
+    fn a_plain_state_is_sealed_once_a_key_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = Device::open(&identity("anna"), Some(dir.path())).unwrap().signature_key().to_vec();
+        let key = StateKey::new([9; 32]);
+        let sealed = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        assert_eq!(sealed.signature_key(), public.as_slice());
+        assert!(std::fs::read(dir.path().join("mls-state.cbor")).unwrap().starts_with(SEALED_MAGIC));
+    }
+
+    #[test]
+    fn debug_output_holds_no_key_material() {
+        let key = StateKey::new([0xAB; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let device = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        let printed = format!("{key:?} {device:?}");
+        // The key as Debug would print its bytes (decimal or hex).
+        assert!(!printed.contains("171, 171") && !printed.to_lowercase().contains("abab"), "{printed}");
+        assert!(printed.contains("redacted"), "{printed}");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Error {
     /// The device's MLS state could not be read, written or used.
     #[error("device state: {0}")]
     Device(String),
+    /// The device state is encrypted and the key given with
+    /// [`crate::ClientBuilder::state_key`] does not open it, or none was given.
+    #[error("device state: {0}")]
+    StateKey(String),
     /// An attachment could not be uploaded or fetched.
     #[error("attachment: {0}")]
     Attachment(crate::attachment::AttachmentError),

@@ -47,6 +47,7 @@ pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
 pub use client::{Client, Grounds, Sent};
 pub use content::Content;
+pub use device::StateKey;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;

@@ -1,11 +1,18 @@
-//! The `hub` command line: `serve` runs a hub, `demo` tells the story.
+//! The `hub` command line: `serve` runs a hub, `demo` tells the story,
+//! `audit` inspects a stopped hub's audit log.
+//!
+//! The log goes to stderr without ever blocking the hub: a supervisor that
+//! stops reading the hub's stderr (a full pipe) must not stop the hub. Lines
+//! pass through a bounded queue that one thread writes out; when it is full,
+//! new lines are dropped and counted, and the count is logged at shutdown.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
@@ -22,12 +29,12 @@ struct Cli {
 enum Command {
     /// Runs a hub until SIGTERM or ctrl-c.
     Serve(ServeArgs),
-    /// Runs the demonstration story on loopback with a fresh dev PKI, then exits.
     /// Exports, verifies and reports on the audit log.
     Audit {
         #[command(subcommand)]
         command: crate::audit::command::AuditCommand,
     },
+    /// Runs the demonstration story on loopback with a fresh dev PKI, then exits.
     Demo {
         /// Keep the hub's PKI and data in this directory instead of a temporary one.
         #[arg(long)]
@@ -80,13 +87,66 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(default: &str) {
+/// How many log lines may wait for stderr before new ones are dropped, unless
+/// `HUB_LOG_BUFFER_LINES` says otherwise.
+const LOG_BUFFER_LINES: usize = 8192;
+
+/// The non-blocking log writer's guard and its count of dropped lines.
+struct Logging {
+    guard: WorkerGuard,
+    dropped: ErrorCounter,
+    /// Whether to say the count when it is 0 too (a long-running hub's log).
+    always_report: bool,
+}
+
+impl Logging {
+    /// Flushes what is queued, then says how many lines were dropped. The
+    /// guard waits a bounded time, and the count is written by a thread of its
+    /// own, also waited for a bounded time: through the queue it could itself
+    /// be dropped, and a stderr nobody reads must not hold up the exit.
+    fn finish(self) {
+        drop(self.guard);
+        let dropped = self.dropped.dropped_lines();
+        let line = match dropped {
+            0 if !self.always_report => return,
+            0 => "hub: log lines dropped: 0".to_owned(),
+            n => format!("hub: stderr was not read fast enough; log lines dropped: {n}"),
+        };
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = writeln!(std::io::stderr(), "{line}");
+            let _ = done.send(());
+        });
+        let _ = written.recv_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+fn log_buffer_lines() -> anyhow::Result<usize> {
+    match std::env::var("HUB_LOG_BUFFER_LINES") {
+        Err(std::env::VarError::NotPresent) => Ok(LOG_BUFFER_LINES),
+        Err(e) => anyhow::bail!("HUB_LOG_BUFFER_LINES: {e}"),
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(lines) if lines > 0 => Ok(lines),
+            _ => anyhow::bail!("HUB_LOG_BUFFER_LINES must be a positive number of lines, not {text:?}"),
+        },
+    }
+}
+
+fn init_logging(default: &str, always_report: bool) -> anyhow::Result<Option<Logging>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(log_buffer_lines()?)
+        .thread_name("hub-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    // Already installed (the hub embedded in a program that logs itself).
+    Ok(installed.ok().map(|()| Logging { guard, dropped, always_report }))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -123,26 +183,32 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging("info");
-            runtime.block_on(serve(args))
-        }
-        Command::Audit { command } => {
-            init_logging("warn");
-            return match crate::audit::command::run(command) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("hub audit: {e:#}");
-                    ExitCode::from(2)
-                }
-            };
-        }
-        Command::Demo { data } => {
-            init_logging("warn");
-            runtime.block_on(crate::demo::run(data))
+    let serving = matches!(cli.command, Command::Serve(_));
+    let logging = match init_logging(if serving { "info" } else { "warn" }, serving) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("hub: {e:#}");
+            return ExitCode::from(2);
         }
     };
+    let code = match cli.command {
+        Command::Serve(args) => exit_code(runtime.block_on(serve(args))),
+        Command::Audit { command } => match crate::audit::command::run(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hub audit: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { data } => exit_code(runtime.block_on(crate::demo::run(data))),
+    };
+    if let Some(logging) = logging {
+        logging.finish();
+    }
+    code
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

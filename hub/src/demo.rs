@@ -175,7 +175,16 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let line = Timeline { start: Instant::now() };
     let clock = Clock::system();
     let hub = DevHub::start_with_clock(&dir, Limits::default(), clock.clone()).await?;
-    line.say("hub", format!("listening on {} (dev PKI, policy and sled store in {})", hub.addr(), dir.display()));
+    // Name the data directory itself: it is what `hub audit --data` takes.
+    line.say(
+        "hub",
+        format!(
+            "listening on {} (dev PKI in {}, sled store in {})",
+            hub.addr(),
+            hub.pki_dir().display(),
+            hub.data_dir().display()
+        ),
+    );
 
     let mut vt = Party::join(&hub, "vt-utrecht-caseworker", &line).await?;
     let mut lt = Party::join(&hub, "lt-woerden-caseworker", &line).await?;

@@ -47,7 +47,22 @@ impl HubProcess {
 
     /// Like [`HubProcess::start`], with `command` as the program that takes
     /// `serve` and its flags (the benchmark runs itself as the hub).
-    pub fn spawn(mut command: Command, dir: &Path, listen: &str, extra_config: &str) -> anyhow::Result<Self> {
+    pub fn spawn(command: Command, dir: &Path, listen: &str, extra_config: &str) -> anyhow::Result<Self> {
+        let log_path = dir.join("hub.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        Self::spawn_with_stderr(command, dir, listen, extra_config, log.into())
+            .with_context(|| format!("log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()))
+    }
+
+    /// Like [`HubProcess::spawn`], with the hub's stderr going to `stderr`
+    /// instead of `dir/hub.log` (a pipe, to test a log nobody reads).
+    pub fn spawn_with_stderr(
+        mut command: Command,
+        dir: &Path,
+        listen: &str,
+        extra_config: &str,
+        stderr: Stdio,
+    ) -> anyhow::Result<Self> {
         let config = hub::devhub::dev_config(dir, limits())?;
         let config_file = dir.join("hub.toml");
         std::fs::write(&config_file, extra_config)?;
@@ -70,8 +85,13 @@ impl HubProcess {
             .arg("--crl")
             .arg(&tls.crl[0])
             .env("RUST_LOG", "info");
-        let (child, addr) = spawn_listening(command, &dir.join("hub.log"))?;
+        let (child, addr) = spawn_listening_with_stderr(command, stderr)?;
         Ok(Self { child, addr, dir: dir.to_owned() })
+    }
+
+    /// The read end of the hub's stderr, when it was started with a pipe.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
     }
 
     /// The process id.
@@ -125,9 +145,16 @@ impl Drop for HubProcess {
 
 /// Starts `command` with stderr appended to `log` and waits until it prints
 /// `listening on ADDR` on stdout.
-pub fn spawn_listening(mut command: Command, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
+pub fn spawn_listening(command: Command, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let mut child = command.stdout(Stdio::piped()).stderr(log_file).spawn().context("spawn")?;
+    spawn_listening_with_stderr(command, log_file.into())
+        .with_context(|| format!("log:\n{}", std::fs::read_to_string(log).unwrap_or_default()))
+}
+
+/// Starts `command` with the given stderr and waits until it prints
+/// `listening on ADDR` on stdout.
+pub fn spawn_listening_with_stderr(mut command: Command, stderr: Stdio) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = command.stdout(Stdio::piped()).stderr(stderr).spawn().context("spawn")?;
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -141,7 +168,7 @@ pub fn spawn_listening(mut command: Command, log: &Path) -> anyhow::Result<(Chil
         Ok(addr) => Ok((child, addr.parse()?)),
         Err(_) => {
             let _ = child.kill();
-            bail!("process did not report listening; log:\n{}", std::fs::read_to_string(log)?);
+            bail!("process did not report listening on stdout");
         }
     }
 }

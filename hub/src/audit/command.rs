@@ -3,7 +3,8 @@
 //! These read the store directly, so they run against a stopped hub's data
 //! directory (or a copy of it); sled allows one process at a time. Exit codes:
 //! 0 intact, 1 a verification failure (naming the first bad sequence number),
-//! 2 a usage or I/O error.
+//! 2 a usage or I/O error, including a directory that holds no hub store (which
+//! they refuse without creating anything).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -78,12 +79,28 @@ fn parse_time(text: &str) -> anyhow::Result<u64> {
     Ok(days * 86_400_000)
 }
 
+/// Refuses a directory that holds no hub's data, before anything is opened:
+/// opening would create an empty store there, and an empty store reports an
+/// empty log, which an inspector would take for the truth.
+fn require_hub_data(data: &Path) -> anyhow::Result<()> {
+    let store = data.join("store");
+    anyhow::ensure!(
+        SledStore::exists(&store),
+        "no hub store in {} (expected {}): give the data directory of a hub (`hub serve --data`)",
+        data.display(),
+        store.display()
+    );
+    Ok(())
+}
+
 fn open_store(data: &Path) -> anyhow::Result<SledStore> {
+    require_hub_data(data)?;
     SledStore::open(&data.join("store"))
         .with_context(|| format!("cannot open the store in {} (is the hub still running?)", data.display()))
 }
 
 fn load_key(data: &Path) -> anyhow::Result<AuditKey> {
+    require_hub_data(data)?;
     let path = crate::server::audit_key_path(data);
     anyhow::ensure!(path.exists(), "no audit key at {}", path.display());
     Ok(AuditKey::load_or_create(&path)?)

@@ -11,9 +11,12 @@
 //! flushes the records that mention those chunks. A record that reached disk
 //! by a background flush before its chunk did is repaired when the uploader
 //! resends the unacknowledged chunk (see `crate::blobs`).
+//!
+//! The chunks are ciphertext, but who sent how much to which case is itself
+//! sensitive: the files are created owner-only (0600) in owner-only
+//! directories (0700), like the rest of the store.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -35,7 +38,7 @@ fn io(e: std::io::Error) -> StoreError {
 impl ChunkFiles {
     /// Chunk files under `dir`, created if missing.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(io)?;
+        certs::private::create_dir_all(dir).map_err(io)?;
         Ok(Self { dir: dir.to_owned(), unsynced: Mutex::new(Vec::new()) })
     }
 
@@ -55,11 +58,11 @@ impl ChunkFiles {
     pub fn write(&self, thread: ThreadId, blob: BlobId, index: u32, data: &[u8]) -> Result<(), StoreError> {
         let dir = self.blob_dir(thread, blob);
         if index == 0 {
-            fs::create_dir_all(&dir).map_err(io)?;
+            certs::private::create_dir_all(&dir).map_err(io)?;
             self.pending().push(self.dir.clone());
         }
         let path = self.path(thread, blob, index);
-        File::create(&path).and_then(|mut f| f.write_all(data)).map_err(io)?;
+        certs::private::write_file(&path, data).map_err(io)?;
         let mut pending = self.pending();
         pending.push(path);
         pending.push(dir);
@@ -99,5 +102,27 @@ impl ChunkFiles {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use certs::private::mode_of;
+
+    #[test]
+    fn chunks_are_owner_only() {
+        let root = tempfile::tempdir().unwrap();
+        let chunks = ChunkFiles::open(&root.path().join("attachments")).unwrap();
+        let (thread, blob) = (ThreadId::random(), BlobId::random());
+        chunks.write(thread, blob, 0, b"first").unwrap();
+        chunks.write(thread, blob, 1, b"second").unwrap();
+        chunks.sync().unwrap();
+        assert_eq!(mode_of(&root.path().join("attachments")).unwrap(), 0o700);
+        assert_eq!(mode_of(&chunks.blob_dir(thread, blob)).unwrap(), 0o700);
+        for index in [0, 1] {
+            assert_eq!(mode_of(&chunks.path(thread, blob, index)).unwrap(), 0o600, "chunk {index}");
+        }
+        assert_eq!(chunks.read(thread, blob, 1).unwrap().as_deref(), Some(&b"second"[..]));
     }
 }

@@ -173,9 +173,21 @@ fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Whether `dir` holds a store (sled's configuration and database files),
+    /// for commands that must read an existing store and never create one.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("conf").is_file() && dir.join("db").is_file()
+    }
+
+    /// Opens (or creates) the store in `dir`, owner-only: `dir` is created (or
+    /// narrowed to) 0700 before sled writes anything into it, so no other user
+    /// can open the files it creates, and the files already there (sled makes
+    /// them with the default mode, an older hub left them so) are narrowed to 0600.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let private = |e: std::io::Error| StoreError::Backend(format!("store directory {}: {e}", dir.display()));
+        certs::private::create_dir_all(dir).map_err(private)?;
         let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open().map_err(backend)?;
+        certs::private::narrow_tree(dir).map_err(private)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
         let store = Self {
             db,
