@@ -1,0 +1,43 @@
+//! `hub::groups::check_commit`, which verifies a commit against a thread's
+//! group and says whom it adds and removes (the `commit` request). Input, in
+//! sections (see `ketenhub_fuzz::sections`): thread id, caller `OIN/worker`,
+//! GroupInfo, ratchet tree, then commits applied in order, as the hub applies
+//! one commit per epoch. The seeds are a real group and real commits, so most
+//! mutations reach the commit checks; what the checks accept must agree with
+//! the state they return.
+#![no_main]
+
+use ketenhub_fuzz::{sections, thread_and_caller};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut parts = sections(data);
+    let (Some(thread), Some(caller), Some(group_info), Some(tree)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let Some((thread, caller)) = thread_and_caller(thread, caller) else {
+        return;
+    };
+    let Ok(mut state) = hub::groups::init(thread, &caller, group_info, tree) else {
+        return;
+    };
+    for commit in parts {
+        let before = hub::groups::epoch(&state, thread).expect("a checked group loads");
+        let Ok(checked) = hub::groups::check_commit(&state, thread, &caller, commit) else {
+            continue;
+        };
+        assert_eq!(checked.epoch, before + 1, "one commit moves the group one epoch");
+        assert_eq!(hub::groups::epoch(&checked.state, thread).expect("a checked group loads"), checked.epoch);
+        let devices = hub::groups::devices_of(&checked.state, thread).expect("a checked group loads");
+        for member in &checked.added {
+            assert!(devices.contains(member), "{member} was added but has no device");
+        }
+        for member in &checked.removed {
+            assert!(checked.removes_devices_of.contains(member), "{member} removed without a removed device");
+            assert!(!devices.contains(member), "{member} removed but still has a device");
+        }
+        state = checked.state;
+    }
+});

@@ -1,0 +1,27 @@
+//! `hub::groups::init`, which builds a thread's MLS group from the creator's
+//! GroupInfo and ratchet tree (the `init_group` request). Input, in sections
+//! (see `ketenhub_fuzz::sections`): thread id, caller `OIN/worker`, GroupInfo,
+//! ratchet tree. The checks must refuse anything else than a verified epoch-0
+//! group of this thread with the caller alone, with a typed error; what they
+//! accept must be a state the hub can load again.
+#![no_main]
+
+use ketenhub_fuzz::{sections, thread_and_caller};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut parts = sections(data);
+    let (Some(thread), Some(caller), Some(group_info), Some(tree)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let Some((thread, caller)) = thread_and_caller(thread, caller) else {
+        return;
+    };
+    let Ok(state) = hub::groups::init(thread, &caller, group_info, tree) else {
+        return;
+    };
+    assert_eq!(hub::groups::epoch(&state, thread).expect("an accepted group loads"), 0);
+    assert_eq!(hub::groups::devices_of(&state, thread).expect("an accepted group loads"), [caller]);
+});
