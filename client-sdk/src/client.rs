@@ -627,6 +627,11 @@ impl Driver {
     }
 
     async fn run(mut self, first: WsStream) {
+        // What was handed over before a restart and never acknowledged comes first.
+        let kept: Vec<Message> = lock_device(&self.device).unacknowledged().to_vec();
+        for message in kept {
+            self.emit(Event::Message(message)).await;
+        }
         let mut connection = Some(first);
         let mut backoff = self.settings.backoff.0;
         loop {
@@ -700,6 +705,11 @@ impl Driver {
                 Some(frame)
             }
             Command::Ack { thread, seq } => {
+                // Forgotten by the device before the hub moves its cursor.
+                if let Err(e) = lock_device(&self.device).acknowledge(thread, seq) {
+                    warn!(%thread, seq, "cannot save the acknowledgement: {e}");
+                    return None;
+                }
                 let acked = self.acks.entry(thread).or_default();
                 *acked = (*acked).max(seq);
                 Some(wire::encode(&ClientFrame::Ack { thread, seq }))
@@ -784,7 +794,8 @@ impl Driver {
                 }
             }
             HubFrame::Event { thread, entry } => {
-                if let Some(event) = self.read_entry(thread, entry) {
+                let event = self.read_entry(thread, entry);
+                if let Some(event) = event {
                     self.emit(event).await;
                 }
             }
@@ -796,6 +807,22 @@ impl Driver {
     /// Turns a thread entry into what the application sees, through the
     /// thread's MLS group; `None` for entries already seen or meant for MLS only.
     fn read_entry(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
+        let seq = entry.seq;
+        let event = self.interpret(thread, entry)?;
+        let mut device = lock_device(&self.device);
+        if let (Event::Message(message), true) = (&event, self.settings.keep_events) {
+            device.keep(message.clone());
+        }
+        // The group's new state, the delivered mark and the kept message, in one write:
+        // a crash before it leaves the entry to be delivered and read again.
+        if let Err(e) = device.save() {
+            warn!(%thread, seq, "cannot save the device state: {e}");
+        }
+        Some(event)
+    }
+
+    /// What an entry means to the application, through the thread's MLS group.
+    fn interpret(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
         let mut device = lock_device(&self.device);
         if entry.seq <= device.delivered(thread) {
             return None;

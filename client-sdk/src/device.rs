@@ -37,6 +37,9 @@ use serde_bytes::ByteBuf;
 use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
 use wire::{Identity, MemberId, ThreadId};
 
+/// Messages handed to the application and not yet acknowledged that a device keeps at most.
+pub const MAX_UNACKNOWLEDGED: usize = 4096;
+
 /// Past epochs whose keys a device keeps, so messages sent just before a
 /// commit can still be read after it.
 const MAX_PAST_EPOCHS: usize = 4;
@@ -152,6 +155,9 @@ struct StateFile {
     storage: ByteBuf,
     #[serde(default)]
     delivered: Vec<(ThreadId, u64)>,
+    /// Decrypted messages handed to the application and not yet acknowledged.
+    #[serde(default)]
+    inbox: Vec<crate::Message>,
 }
 
 /// This device's MLS keys and state.
@@ -166,6 +172,10 @@ pub struct Device {
     /// Per thread, the last entry handed to the application, so that entries
     /// delivered again after a restart are not processed twice.
     delivered: HashMap<ThreadId, u64>,
+    /// Messages handed to the application and not yet acknowledged by it,
+    /// oldest first: MLS forward secrecy means the hub's copies can never be
+    /// decrypted again, so these are handed over again after a restart.
+    inbox: Vec<crate::Message>,
 }
 
 impl std::fmt::Debug for Device {
@@ -237,6 +247,7 @@ impl Device {
             state_key: None,
             groups: HashMap::new(),
             delivered: HashMap::new(),
+            inbox: Vec::new(),
         }
     }
 
@@ -260,6 +271,7 @@ impl Device {
                 .ok_or_else(|| state_error(path, "the signature key is missing from the state"))?;
         let mut device = Self::assemble(provider, signer, name.to_vec(), Some(path.to_owned()));
         device.delivered = state.delivered.into_iter().collect();
+        device.inbox = state.inbox;
         Ok((device, sealed))
     }
 
@@ -271,6 +283,7 @@ impl Device {
             signature_public_key: ByteBuf::from(self.signer.public().to_vec()),
             storage: ByteBuf::from(wire::mls::export_storage(&self.provider.storage)),
             delivered: self.delivered.iter().map(|(t, s)| (*t, *s)).collect(),
+            inbox: self.inbox.clone(),
         };
         let mut bytes = wire::encode(&state);
         if let Some(key) = &self.state_key {
@@ -511,7 +524,8 @@ impl Device {
             }
             _ => Processed::Nothing,
         };
-        let _ = self.persist();
+        // Not persisted here: the caller persists the new group state together
+        // with what it hands the application (see `keep`), in one write.
         Ok(result)
     }
 
@@ -541,6 +555,43 @@ impl Device {
     pub fn mark_delivered(&mut self, thread: ThreadId, seq: u64) {
         let seen = self.delivered.entry(thread).or_default();
         *seen = (*seen).max(seq);
+    }
+
+    /// Keeps a message handed to the application until it acknowledges it;
+    /// only a device with a state directory keeps anything, since nothing
+    /// else survives a restart. At most [`MAX_UNACKNOWLEDGED`] are kept: an
+    /// application acknowledges what it has handled.
+    pub fn keep(&mut self, message: crate::Message) {
+        if self.state_file.is_none() {
+            return;
+        }
+        if self.inbox.len() >= MAX_UNACKNOWLEDGED {
+            let dropped = self.inbox.remove(0);
+            tracing::warn!(thread = %dropped.thread, seq = dropped.seq, "too many unacknowledged messages; the oldest is no longer kept");
+        }
+        self.inbox.push(message);
+    }
+
+    /// The messages handed over and not yet acknowledged, oldest first.
+    pub fn unacknowledged(&self) -> &[crate::Message] {
+        &self.inbox
+    }
+
+    /// The application acknowledged `thread` up to `seq`: those messages are
+    /// no longer kept. Persisted before the hub hears of the acknowledgement.
+    pub fn acknowledge(&mut self, thread: ThreadId, seq: u64) -> Result<(), DeviceError> {
+        let before = self.inbox.len();
+        self.inbox.retain(|m| m.thread != thread || m.seq > seq);
+        if self.inbox.len() == before {
+            return Ok(());
+        }
+        self.persist()
+    }
+
+    /// Writes what processing an entry changed (group state, what was handed
+    /// over) to disk in one write.
+    pub fn save(&self) -> Result<(), DeviceError> {
+        self.persist()
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use wire::{MemberId, MessageId, ThreadId};
 
 /// An application message in a thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// The thread.
     pub thread: ThreadId,
