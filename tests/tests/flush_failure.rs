@@ -13,15 +13,30 @@ use tests::{messages, DevHub};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A hub on a fault-injecting store, VT connected and LT listening, and a thread of VT's.
+struct Setup {
+    store: Arc<FaultyStore>,
+    hub: DevHub,
+    vt: ketenhub_sdk::Client,
+    lt: ketenhub_sdk::Client,
+    lt_events: ketenhub_sdk::EventStream,
+    thread: ketenhub_sdk::ThreadId,
+}
+
+async fn setup(dir: &std::path::Path) -> anyhow::Result<Setup> {
+    let store = Arc::new(FaultyStore::open(&dir.join("data/store"))?);
+    let hub = DevHub::start_with_store(dir, tests::limits(), store.clone()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let lt_events = lt.events().ok_or_else(|| anyhow::anyhow!("no event stream"))?;
+    let thread = vt.create_thread().await?;
+    Ok(Setup { store, hub, vt, lt, lt_events, thread })
+}
+
 #[tokio::test]
 async fn a_failed_flush_leaves_no_gap_and_the_resend_is_delivered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(FaultyStore::open(&dir.path().join("data/store"))?);
-    let hub = DevHub::start_with_store(dir.path(), tests::limits(), store.clone()).await?;
-    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
-    let lt = hub.client("lt-woerden-caseworker").connect().await?;
-    let mut lt_events = lt.events().unwrap();
-    let thread = vt.create_thread().await?;
+    let Setup { store, hub, vt, lt, mut lt_events, thread } = setup(dir.path()).await?;
     vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     vt.send_text(thread, "one").await?;
     // Let the hub's own writes about "one" (its delivery) settle, so that the
@@ -52,12 +67,7 @@ async fn a_failed_flush_leaves_no_gap_and_the_resend_is_delivered() -> anyhow::R
 #[tokio::test]
 async fn the_writer_survives_a_panic_while_checking_one_write() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(FaultyStore::open(&dir.path().join("data/store"))?);
-    let hub = DevHub::start_with_store(dir.path(), tests::limits(), store.clone()).await?;
-    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
-    let lt = hub.client("lt-woerden-caseworker").connect().await?;
-    let mut lt_events = lt.events().unwrap();
-    let thread = vt.create_thread().await?;
+    let Setup { store, hub, vt, lt, mut lt_events, thread } = setup(dir.path()).await?;
 
     store.group_state_panics.store(true, Ordering::SeqCst);
     let failed = vt.add_member(thread, lt.member_id(), &tests::consent()).await;
