@@ -7,23 +7,17 @@
 //! the state they return.
 #![no_main]
 
-use ketenhub_fuzz::{sections, thread_and_caller};
+use ketenhub_fuzz::{group_input, GroupInput};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut parts = sections(data);
-    let (Some(thread), Some(caller), Some(group_info), Some(tree)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return;
-    };
-    let Some((thread, caller)) = thread_and_caller(thread, caller) else {
+    let Some(GroupInput { thread, caller, group_info, tree, rest: commits }) = group_input(data) else {
         return;
     };
     let Ok(mut state) = hub::groups::init(thread, &caller, group_info, tree) else {
         return;
     };
-    for commit in parts {
+    for commit in commits {
         let before = hub::groups::epoch(&state, thread).expect("a checked group loads");
         let Ok(checked) = hub::groups::check_commit(&state, thread, &caller, commit) else {
             continue;

@@ -6,17 +6,11 @@
 //! accept must be a state the hub can load again.
 #![no_main]
 
-use ketenhub_fuzz::{sections, thread_and_caller};
+use ketenhub_fuzz::{group_input, GroupInput};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut parts = sections(data);
-    let (Some(thread), Some(caller), Some(group_info), Some(tree)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return;
-    };
-    let Some((thread, caller)) = thread_and_caller(thread, caller) else {
+    let Some(GroupInput { thread, caller, group_info, tree, .. }) = group_input(data) else {
         return;
     };
     let Ok(state) = hub::groups::init(thread, &caller, group_info, tree) else {

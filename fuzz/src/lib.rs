@@ -27,13 +27,30 @@ pub fn sections(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The thread and caller that open an MLS target's input: a 16-byte thread id
-/// and a member id written as `OIN/worker`. `None` when either is malformed:
-/// the hub only ever calls its MLS checks with ids it has already parsed.
-pub fn thread_and_caller(thread: &[u8], caller: &[u8]) -> Option<(ThreadId, MemberId)> {
+/// The opening of an MLS target's input: a group to build, and what follows.
+pub struct GroupInput<'a, R> {
+    /// The thread (a 16-byte id).
+    pub thread: ThreadId,
+    /// The caller (written `OIN/worker`).
+    pub caller: MemberId,
+    /// The GroupInfo.
+    pub group_info: &'a [u8],
+    /// The ratchet tree.
+    pub tree: &'a [u8],
+    /// The sections after them (the commits).
+    pub rest: R,
+}
+
+/// Reads the four sections that open an MLS target's input. `None` when one
+/// is missing or the ids are malformed: the hub only ever calls its MLS checks
+/// with ids it has already parsed.
+pub fn group_input(data: &[u8]) -> Option<GroupInput<'_, impl Iterator<Item = &[u8]>>> {
+    let mut parts = sections(data);
+    let (thread, caller, group_info, tree) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let thread = ThreadId(uuid::Uuid::from_slice(thread).ok()?);
     let (oin, worker) = std::str::from_utf8(caller).ok()?.split_once('/')?;
-    Some((thread, MemberId::new(oin, worker).ok()?))
+    let caller = MemberId::new(oin, worker).ok()?;
+    Some(GroupInput { thread, caller, group_info, tree, rest: parts })
 }
 
 #[cfg(test)]

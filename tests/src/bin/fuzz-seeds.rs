@@ -172,8 +172,11 @@ fn mls_targets(seeds: &mut Seeds<'_>, mls: &Mls) -> anyhow::Result<()> {
         // Read back as the fuzz target reads it.
         let read: Vec<&[u8]> = framing::sections(&bytes).collect();
         ensure!(read == parts, "seed {target}/{name} does not read back as its sections");
-        let ids = framing::thread_and_caller(read[0], read[1]);
-        ensure!(ids == Some((mls.thread, mls.creator.clone())), "seed {target}/{name}: thread or caller misread");
+        let input = framing::group_input(&bytes).with_context(|| format!("seed {target}/{name}: no group read"))?;
+        let misread = (input.thread, &input.caller) != (mls.thread, &mls.creator)
+            || [input.group_info, input.tree] != parts[2..4]
+            || input.rest.collect::<Vec<_>>() != parts[4..];
+        ensure!(!misread, "seed {target}/{name}: the group's sections misread");
         seeds.write(target, name, &bytes)?;
     }
     Ok(())
