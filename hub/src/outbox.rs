@@ -16,13 +16,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Bytes;
 
-/// Bytes held towards a connection: a share of its budget, and (once the
-/// bytes are about to exist) of the hub's.
+/// Bytes held towards a connection: a share of its budget and of the hub's.
 #[derive(Debug)]
 pub struct Reserved {
     bytes: u32,
     _connection: OwnedSemaphorePermit,
-    hub: Option<OwnedSemaphorePermit>,
+    _hub: OwnedSemaphorePermit,
 }
 
 /// A frame on its way to the socket, with the bytes it holds.
@@ -66,26 +65,12 @@ impl Outbox {
         u32::try_from(bytes.clamp(1, self.ceiling)).unwrap_or(u32::MAX)
     }
 
-    /// Waits until `bytes` may be held towards this connection, and holds them
-    /// in its own budget only: room kept in hand costs the hub nothing.
-    pub async fn reserve_here(&self, bytes: usize) -> Result<Reserved, Closed> {
-        let permits = self.permits(bytes);
-        let connection = self.connection.clone().acquire_many_owned(permits).await.map_err(|_| Closed)?;
-        Ok(Reserved { bytes: permits, _connection: connection, hub: None })
-    }
-
-    /// Makes a reservation count against the hub's budget too, waiting for room.
-    pub async fn claim(&self, mut reserved: Reserved) -> Result<Reserved, Closed> {
-        if reserved.hub.is_none() {
-            reserved.hub = Some(self.hub.clone().acquire_many_owned(reserved.bytes).await.map_err(|_| Closed)?);
-        }
-        Ok(reserved)
-    }
-
     /// Waits until `bytes` may be held towards this connection and the hub, and holds them.
     pub async fn reserve(&self, bytes: usize) -> Result<Reserved, Closed> {
-        let reserved = self.reserve_here(bytes).await?;
-        self.claim(reserved).await
+        let permits = self.permits(bytes);
+        let connection = self.connection.clone().acquire_many_owned(permits).await.map_err(|_| Closed)?;
+        let hub = self.hub.clone().acquire_many_owned(permits).await.map_err(|_| Closed)?;
+        Ok(Reserved { bytes: permits, _connection: connection, _hub: hub })
     }
 
     /// Queues a frame, waiting for its bytes' share first. A small frame
@@ -106,7 +91,7 @@ impl Outbox {
             drop(reserved);
             self.reserve(bytes.len()).await?
         } else {
-            self.claim(reserved).await?
+            reserved
         };
         self.frames.send(Queued { bytes, _reserved: Some(reserved) }).await.map_err(|_| Closed)
     }
