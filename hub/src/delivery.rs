@@ -234,23 +234,22 @@ impl Registry {
     /// The audit records of the open connections that `allowed` no longer
     /// admits (after a policy reload): the connections to close.
     pub fn refused_by(&self, allowed: impl Fn(&MemberId, Role) -> bool) -> Vec<AuditRecord> {
-        let online = lock(&self.online);
-        online
-            .iter()
-            .flat_map(|(member, connections)| connections.iter().map(move |c| (member, c)))
-            .filter(|(member, c)| !allowed(member, c.role))
-            .map(|(_, c)| c.record.clone())
-            .collect()
+        let mut records = Vec::new();
+        self.each_refused(allowed, |c| records.push(c.record.clone()));
+        records
     }
 
     /// Stops delivery to every open connection that `allowed` no longer admits,
     /// at once, and tells each to close.
     pub fn revoke(&self, allowed: impl Fn(&MemberId, Role) -> bool) {
+        self.each_refused(allowed, |c| c.mailbox.revoke());
+    }
+
+    /// Visits the open connections that `allowed` does not admit.
+    fn each_refused(&self, allowed: impl Fn(&MemberId, Role) -> bool, mut visit: impl FnMut(&Online)) {
         let online = lock(&self.online);
         for (member, connections) in online.iter() {
-            for connection in connections.iter().filter(|c| !allowed(member, c.role)) {
-                connection.mailbox.revoke();
-            }
+            connections.iter().filter(|c| !allowed(member, c.role)).for_each(&mut visit);
         }
     }
 

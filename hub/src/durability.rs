@@ -539,21 +539,19 @@ fn apply_audited(
     write: Write,
     audit: Option<AuditRecord>,
 ) -> Result<Applied, WriteError> {
+    let mut auditor = Auditor { store, recorder, request: audit.as_ref() };
     if let Some(record) = &audit {
-        recorder.record(store, record.clone()).map_err(|e| {
-            error!(error = %e, "cannot write an audit entry; the action is refused");
-            WriteError::Store(e)
-        })?;
+        auditor.record(record.clone())?;
     }
-    let result = apply(store, epochs, write, &mut Auditor { store, recorder, request: audit.as_ref() });
-    if let (Err(e), Some(record)) = (&result, audit) {
+    let result = apply(store, epochs, write, &mut auditor);
+    if let (Err(e), Some(record)) = (&result, &audit) {
         let failed = AuditRecord {
             outcome: AuditOutcome::Failed,
             rule: format!("{}; failed: {e}", record.rule),
             at_ms: now_ms(),
-            ..record
+            ..record.clone()
         };
-        recorder.record(store, failed).map_err(WriteError::Store)?;
+        auditor.record(failed)?;
     }
     result
 }

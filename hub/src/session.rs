@@ -471,9 +471,6 @@ impl Hub {
             Request::ListMembers { thread } => {
                 Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
             }
-            Request::AuditQuery { .. } | Request::ListOffers => {
-                Err(WireError::new(ErrorCode::Internal, "answered off the runtime"))
-            }
             Request::GetOwnership { thread } => match self.store.ownership(thread).map_err(internal)? {
                 Some(ownership) => Ok(Reply::Ownership { ownership: Box::new(ownership) }),
                 None => Err(WireError::thread_not_found()),
