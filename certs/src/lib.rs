@@ -5,11 +5,14 @@
 //! worker, role) out of a verified client certificate, for the hub and the SDK
 //! alike; [`dev`] generates a complete development PKI so that the demo, the
 //! tests and a newcomer's laptop never need a real PKIoverheid certificate.
+//! [`binding`] ties each MLS leaf to the certificate of the identity it
+//! names, so that clients need not trust the hub for whose key is whose.
 //! Beside them, [`private`] creates the owner-only files that private keys
 //! (and the SDK's and the hub's secrets) are kept in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod binding;
 pub mod dev;
 pub mod identity;
 pub mod private;

@@ -10,6 +10,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use certs::binding::{Binder, Verifier};
+
 use crate::device::StateKey;
 use crate::raw::{FrameTap, RawConnection};
 use crate::{Client, Error};
@@ -47,6 +49,7 @@ impl Pem {
 pub struct ClientBuilder {
     url: Option<String>,
     ca: Option<Pem>,
+    identity_ca: Option<Pem>,
     cert: Option<Pem>,
     key: Option<Pem>,
     request_timeout: Duration,
@@ -67,6 +70,7 @@ impl Default for ClientBuilder {
         Self {
             url: None,
             ca: None,
+            identity_ca: None,
             cert: None,
             key: None,
             request_timeout: Duration::from_secs(30),
@@ -92,6 +96,10 @@ pub(crate) struct Settings {
     pub port: u16,
     pub server_name: ServerName<'static>,
     pub tls: Arc<ClientConfig>,
+    /// Binds this device's MLS leaves to its certificate; `None` without one.
+    pub binder: Option<Binder>,
+    /// Checks other members' leaves against the identity CA.
+    pub verifier: Arc<Verifier>,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub backoff: (Duration, Duration),
@@ -120,6 +128,21 @@ impl ClientBuilder {
     /// The chain CA as PEM text.
     pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
         self.ca = Some(Pem::Text(pem.into()));
+        self
+    }
+
+    /// The CA that certifies the identities of other members' MLS devices, as a
+    /// PEM file (default: the chain CA of [`Self::ca_file`]). Every leaf a
+    /// KeyPackage, a Welcome or a commit brings in must be bound to a
+    /// certificate from it (see `docs/mls.md`); the hub is not believed.
+    pub fn identity_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_ca = Some(Pem::File(path.into()));
+        self
+    }
+
+    /// The identity CA as PEM text.
+    pub fn identity_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.identity_ca = Some(Pem::Text(pem.into()));
         self
     }
 
@@ -238,6 +261,8 @@ impl ClientBuilder {
             url,
             server_name,
             tls: self.tls_config()?,
+            binder: self.binder()?,
+            verifier: Arc::new(self.verifier()?),
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
             backoff: self.backoff,
@@ -249,6 +274,18 @@ impl ClientBuilder {
             key_package_stock: self.key_package_stock,
             frame_tap: self.frame_tap.clone(),
         })
+    }
+
+    fn binder(&self) -> Result<Option<Binder>, Error> {
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else { return Ok(None) };
+        let binder = Binder::from_pem(&cert.bytes("certificate")?, &key.bytes("key")?)
+            .map_err(|e| Error::Config(format!("the certificate cannot bind MLS leaves: {e}")))?;
+        Ok(Some(binder))
+    }
+
+    fn verifier(&self) -> Result<Verifier, Error> {
+        let ca = self.identity_ca.as_ref().or(self.ca.as_ref()).ok_or_else(|| Error::Config("no CA given".into()))?;
+        Verifier::from_pem(&ca.bytes("identity CA")?).map_err(|e| Error::Config(e.to_string()))
     }
 
     fn tls_config(&self) -> Result<Arc<ClientConfig>, Error> {

@@ -31,6 +31,7 @@ use crate::device::{DecryptError, Device, DeviceError, Processed};
 use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
 use crate::{ClientBuilder, Error};
+use certs::binding::{BindingError, Bound, SafetyNumber};
 
 /// Why someone is brought into a case: a reason and a legal basis, both
 /// recorded in the hub's audit log. The basis must be allowed on the policy's
@@ -137,8 +138,16 @@ impl Client {
 
     pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
         let (ws, hello) = dial(&settings).await?;
-        let device = Device::open_sealed(&hello.identity, settings.state_dir.as_deref(), settings.state_key.as_ref())
-            .map_err(|e| match e {
+        let binder = settings.binder.as_ref().ok_or_else(|| Error::Config("no client certificate given".into()))?;
+        if binder.identity().member_id() != hello.identity.member_id() {
+            return Err(Error::Protocol(format!(
+                "the hub greets this client as {}, but its certificate is {}'s",
+                hello.identity.member_id(),
+                binder.identity().member_id()
+            )));
+        }
+        let (dir, key) = (settings.state_dir.as_deref(), settings.state_key.as_ref());
+        let device = Device::open_sealed(binder, settings.verifier.clone(), dir, key).map_err(|e| match e {
             DeviceError::WrongKey(_) | DeviceError::KeyRequired(_) => Error::StateKey(e.to_string()),
             other => Error::Device(other.to_string()),
         })?;
@@ -307,7 +316,10 @@ impl Client {
                     verified.member
                 )));
             }
-            let (commit, welcome) = self.device().add(thread, verified.key_package).map_err(device_error)?;
+            let (commit, welcome) = self.device().add(thread, verified.key_package).map_err(|e| match e {
+                DeviceError::Unbound(why) => Error::Unbound(why),
+                other => device_error(other),
+            })?;
             if self.commit(thread, commit, Some(welcome)).await? {
                 return Ok(seq);
             }
@@ -548,6 +560,20 @@ impl Client {
             Reply::Members { members } => Ok(members),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Every device in the thread's MLS group as this device sees it, with its
+    /// verified binding (member, certificate fingerprint, safety number) or why
+    /// it does not verify. Two caseworkers who read each other's safety number
+    /// aloud (by phone, in person) and find it equal know that no one in the
+    /// middle holds a key in the thread under either name; see `docs/mls.md`.
+    pub fn devices(&self, thread: ThreadId) -> Vec<Result<Bound, BindingError>> {
+        self.device().bindings(thread)
+    }
+
+    /// This device's own safety number, the one other members see for it.
+    pub fn safety_number(&self) -> Result<SafetyNumber, Error> {
+        self.device().safety_number().map_err(Error::Unbound)
     }
 
     /// Acknowledges every entry of `thread` up to `seq`: after a reconnect the

@@ -2,7 +2,12 @@
 //! MLS state (KeyPackage secrets, groups) that must survive a restart.
 //!
 //! The credential names the same identity as the device's TLS certificate (see
-//! `wire::mls`), so the hub can refuse anything signed for someone else. The
+//! `wire::mls`), and every leaf this device makes carries a binding signed with
+//! that certificate's key (`certs::binding`). The device in turn accepts no
+//! one else's leaf (in a KeyPackage it adds, a group it joins, or a commit it
+//! processes) whose binding does not verify against its identity CA: the hub
+//! hands out KeyPackages and Welcomes, but is never believed about whose key
+//! is whose. The
 //! state lives in openmls's key-value storage, which this module writes to
 //! `STATE_DIR/mls-state.cbor` after every change, atomically (write, sync,
 //! rename), so a crash leaves either the old or the new state, never half.
@@ -19,12 +24,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Verifier};
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Credential, CredentialWithKey, KeyPackage, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, StagedWelcome,
-    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, Credential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Sender,
+    StagedCommit, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
@@ -35,7 +43,7 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
-use wire::{Identity, MemberId, ThreadId};
+use wire::{MemberId, ThreadId};
 
 /// Messages handed to the application and not yet acknowledged that a device keeps at most.
 pub const MAX_UNACKNOWLEDGED: usize = 4096;
@@ -68,6 +76,10 @@ pub enum DeviceError {
     /// The state file is encrypted and no [`StateKey`] was given.
     #[error("the MLS state in {0} is encrypted: give its state key")]
     KeyRequired(PathBuf),
+    /// A leaf (in a KeyPackage to add) is not bound to its identity's
+    /// certificate; nothing was encrypted to it.
+    #[error("refused an MLS leaf: {0}")]
+    Unbound(#[from] BindingError),
 }
 
 /// The first bytes of an encrypted state file, then a nonce and the sealed
@@ -165,6 +177,10 @@ pub struct Device {
     provider: Provider,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
+    /// The binding of this device's leaves to its certificate.
+    binding: Extensions<LeafNode>,
+    /// Checks everyone else's bindings against the identity CA.
+    verifier: Arc<Verifier>,
     state_file: Option<PathBuf>,
     state_key: Option<StateKey>,
     /// Groups in use, loaded from the storage on first use.
@@ -193,11 +209,12 @@ fn mls_error(e: impl std::fmt::Debug) -> DeviceError {
 }
 
 impl Device {
-    /// Opens the device of `identity`: loads its state from `state_dir` when
-    /// there is one, and creates new keys otherwise. The state is kept in plain
-    /// CBOR (owner-only); see [`Self::open_sealed`] to encrypt it.
-    pub fn open(identity: &Identity, state_dir: Option<&Path>) -> Result<Self, DeviceError> {
-        Self::open_sealed(identity, state_dir, None)
+    /// Opens the device of the identity `binder`'s certificate names: loads
+    /// its state from `state_dir` when there is one, and creates new keys
+    /// otherwise. Other members' leaves are checked with `verifier`. The state
+    /// is kept in plain CBOR (owner-only); see [`Self::open_sealed`] to encrypt it.
+    pub fn open(binder: &Binder, verifier: Arc<Verifier>, state_dir: Option<&Path>) -> Result<Self, DeviceError> {
+        Self::open_sealed(binder, verifier, state_dir, None)
     }
 
     /// Like [`Self::open`], with the state encrypted at rest under `key` when
@@ -205,11 +222,12 @@ impl Device {
     /// now on; a sealed one needs its key ([`DeviceError::WrongKey`],
     /// [`DeviceError::KeyRequired`]).
     pub fn open_sealed(
-        identity: &Identity,
+        binder: &Binder,
+        verifier: Arc<Verifier>,
         state_dir: Option<&Path>,
         key: Option<&StateKey>,
     ) -> Result<Self, DeviceError> {
-        let name = credential_identity(identity);
+        let name = credential_identity(binder.identity());
         if let Some(dir) = state_dir {
             // Narrowed before anything is read or written: an older SDK left it 0755.
             certs::private::create_dir_all(dir).map_err(|e| state_error(dir, e))?;
@@ -218,7 +236,7 @@ impl Device {
         let (mut device, write) = match state_file.as_deref().filter(|p| p.exists()) {
             Some(path) => {
                 certs::private::restrict_file(path).map_err(|e| state_error(path, e))?;
-                let (device, sealed) = Self::load(path, &name, key)?;
+                let (device, sealed) = Self::load(path, &name, key, verifier)?;
                 // A plain file is sealed as soon as a key is given.
                 (device, key.is_some() && !sealed)
             }
@@ -226,23 +244,33 @@ impl Device {
                 let provider = Provider::default();
                 let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls_error)?;
                 signer.store(provider.storage()).map_err(mls_error)?;
-                (Self::assemble(provider, signer, name, state_file), true)
+                (Self::assemble(provider, signer, name, state_file, verifier), true)
             }
         };
         device.state_key = key.cloned();
+        // Made afresh at every start, so a renewed certificate binds the leaves made from now on.
+        device.binding = binder.extensions(device.signer.public())?;
         if write {
             device.persist()?;
         }
         Ok(device)
     }
 
-    fn assemble(provider: Provider, signer: SignatureKeyPair, name: Vec<u8>, state_file: Option<PathBuf>) -> Self {
+    fn assemble(
+        provider: Provider,
+        signer: SignatureKeyPair,
+        name: Vec<u8>,
+        state_file: Option<PathBuf>,
+        verifier: Arc<Verifier>,
+    ) -> Self {
         let credential: Credential = BasicCredential::new(name).into();
         let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
         Self {
             provider,
             signer,
             credential,
+            binding: Extensions::empty(),
+            verifier,
             state_file,
             state_key: None,
             groups: HashMap::new(),
@@ -252,7 +280,12 @@ impl Device {
     }
 
     /// The device stored at `path`, and whether the file was sealed.
-    fn load(path: &Path, name: &[u8], key: Option<&StateKey>) -> Result<(Self, bool), DeviceError> {
+    fn load(
+        path: &Path,
+        name: &[u8],
+        key: Option<&StateKey>,
+        verifier: Arc<Verifier>,
+    ) -> Result<(Self, bool), DeviceError> {
         let bytes = std::fs::read(path).map_err(|e| state_error(path, e))?;
         let sealed = bytes.starts_with(SEALED_MAGIC);
         let bytes = match (bytes.strip_prefix(SEALED_MAGIC), key) {
@@ -269,7 +302,7 @@ impl Device {
         let signer =
             SignatureKeyPair::read(provider.storage(), &state.signature_public_key, CIPHERSUITE.signature_algorithm())
                 .ok_or_else(|| state_error(path, "the signature key is missing from the state"))?;
-        let mut device = Self::assemble(provider, signer, name.to_vec(), Some(path.to_owned()));
+        let mut device = Self::assemble(provider, signer, name.to_vec(), Some(path.to_owned()), verifier);
         device.delivered = state.delivered.into_iter().collect();
         device.inbox = state.inbox;
         Ok((device, sealed))
@@ -306,6 +339,8 @@ impl Device {
         let packages = (0..count)
             .map(|_| {
                 let bundle = KeyPackage::builder()
+                    .leaf_node_capabilities(certs::binding::capabilities())
+                    .leaf_node_extensions(self.binding.clone())
                     .build(CIPHERSUITE, &self.provider, &self.signer, self.credential.clone())
                     .map_err(mls_error)?;
                 bundle.key_package().tls_serialize_detached().map_err(mls_error)
@@ -332,6 +367,11 @@ pub enum DecryptError {
     /// The bytes are not an MLS message.
     #[error("not an MLS message: {0}")]
     Malformed(String),
+    /// A leaf the message brings into the group (an added member, a joined
+    /// tree, a commit's new leaf) is not bound to the certificate of the
+    /// identity it names, or changes its identity; the message was not applied.
+    #[error("refused an MLS leaf: {0}")]
+    Unbound(BindingError),
 }
 
 /// What processing a thread entry through the group produced.
@@ -369,18 +409,62 @@ fn decrypt_error(error: impl std::fmt::Debug) -> DecryptError {
     }
 }
 
+/// Checks every leaf a commit brings into the group: the KeyPackages it adds,
+/// the leaves its Update proposals and its update path put in place. Each must
+/// be bound to its certificate, and an updated leaf must keep the identity of
+/// the leaf it replaces, so that no member can pass for another.
+fn check_new_leaves(
+    verifier: &Verifier,
+    group: &MlsGroup,
+    staged: &StagedCommit,
+    committer: &Option<LeafNodeIndex>,
+) -> Result<(), DecryptError> {
+    let public = group.public_group();
+    let same_identity = |index: LeafNodeIndex, leaf: &LeafNode| {
+        let before = public.leaf(index).map(|l| l.credential());
+        if before == Some(leaf.credential()) {
+            Ok(())
+        } else {
+            Err(DecryptError::Unbound(BindingError::OtherIdentity {
+                credential: member_of(leaf.credential()).map(|(m, _)| m.to_string()).unwrap_or_default(),
+                certificate: before.and_then(member_of).map(|(m, _)| m.to_string()).unwrap_or_default(),
+            }))
+        }
+    };
+    for add in staged.add_proposals() {
+        verifier.verify_leaf(add.add_proposal().key_package().leaf_node()).map_err(DecryptError::Unbound)?;
+    }
+    for update in staged.update_proposals() {
+        let leaf = update.update_proposal().leaf_node();
+        if let Sender::Member(index) = update.sender() {
+            same_identity(*index, leaf)?;
+        }
+        verifier.verify_leaf(leaf).map_err(DecryptError::Unbound)?;
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        if let Some(index) = committer {
+            same_identity(*index, leaf)?;
+        }
+        verifier.verify_leaf(leaf).map_err(DecryptError::Unbound)?;
+    }
+    Ok(())
+}
+
 fn parse(bytes: &[u8]) -> Result<MlsMessageIn, DecryptError> {
     MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| DecryptError::Malformed(e.to_string()))
 }
 
 impl Device {
-    fn create_config() -> MlsGroupCreateConfig {
-        MlsGroupCreateConfig::builder()
+    fn create_config(&self) -> Result<MlsGroupCreateConfig, DeviceError> {
+        Ok(MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(MAX_PAST_EPOCHS)
-            .build()
+            .capabilities(certs::binding::capabilities())
+            .with_leaf_node_extensions(self.binding.clone())
+            .map_err(mls_error)?
+            .build())
     }
 
     fn join_config() -> MlsGroupJoinConfig {
@@ -417,7 +501,7 @@ impl Device {
         let group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
-            &Self::create_config(),
+            &self.create_config()?,
             group_id(thread),
             self.credential.clone(),
         )
@@ -444,6 +528,7 @@ impl Device {
     /// Prepares a commit adding the device of `key_package`; returns the commit
     /// and the Welcome. The commit stays pending until accepted or refused.
     pub fn add(&mut self, thread: ThreadId, key_package: KeyPackage) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
+        self.verifier.verify_leaf(key_package.leaf_node())?;
         let (group, provider, signer) = self.group_or_err(thread)?;
         let (commit, welcome, _) = group.add_members(provider, signer, &[key_package]).map_err(mls_error)?;
         let out =
@@ -499,12 +584,17 @@ impl Device {
     pub fn process(&mut self, thread: ThreadId, bytes: &[u8]) -> Result<Processed, DecryptError> {
         let message =
             parse(bytes)?.try_into_protocol_message().map_err(|e| DecryptError::Malformed(format!("{e:?}")))?;
+        let verifier = self.verifier.clone();
         let (group, provider, _) = self.group_parts(thread).ok_or(DecryptError::NotMember)?;
         if message.epoch() < group.epoch() && message.is_handshake_message() {
             return Ok(Processed::Nothing);
         }
         let processed = group.process_message(provider, message).map_err(decrypt_error)?;
         let sender = member_of(processed.credential()).map(|(m, _)| m);
+        let sender_leaf = match processed.sender() {
+            Sender::Member(index) => Some(*index),
+            _ => None,
+        };
         let result = match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(message) => Processed::Application {
                 plaintext: message.into_bytes(),
@@ -512,6 +602,7 @@ impl Device {
                     .ok_or_else(|| DecryptError::CannotDecrypt("the sender has no Ketenhub credential".into()))?,
             },
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                check_new_leaves(&verifier, group, &staged, &sender_leaf)?;
                 let removed_self = staged.self_removed();
                 group
                     .merge_staged_commit(provider, *staged)
@@ -535,15 +626,44 @@ impl Device {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
             _ => return Err(DecryptError::Malformed("not a Welcome".into())),
         };
-        let group = StagedWelcome::new_from_welcome(&self.provider, &Self::join_config(), welcome, None)
+        let mut group = StagedWelcome::new_from_welcome(&self.provider, &Self::join_config(), welcome, None)
             .and_then(|staged| staged.into_group(&self.provider))
             .map_err(|e| DecryptError::CannotDecrypt(format!("{e:?}")))?;
-        if group.group_id() != &group_id(thread) {
-            return Err(DecryptError::Malformed("a Welcome for another thread".into()));
+        let refusal = if group.group_id() != &group_id(thread) {
+            Some(DecryptError::Malformed("a Welcome for another thread".into()))
+        } else {
+            self.unbound_leaf(&group).map(DecryptError::Unbound)
+        };
+        if let Some(refusal) = refusal {
+            // openmls stored the group as it joined; a refused one must not stay behind.
+            let _ = group.delete(self.provider.storage());
+            return Err(refusal);
         }
         self.groups.insert(thread, group);
         let _ = self.persist();
         Ok(())
+    }
+
+    /// The first leaf of `group` whose binding does not verify, if any.
+    fn unbound_leaf(&self, group: &MlsGroup) -> Option<BindingError> {
+        let public = group.public_group();
+        group.members().filter_map(|m| public.leaf(m.index)).find_map(|leaf| self.verifier.verify_leaf(leaf).err())
+    }
+
+    /// Every device in the thread's group, with its verified binding (or why it
+    /// does not verify), this device's own included.
+    pub fn bindings(&mut self, thread: ThreadId) -> Vec<Result<Bound, BindingError>> {
+        let verifier = self.verifier.clone();
+        let Some(group) = self.group(thread) else { return Vec::new() };
+        let public = group.public_group();
+        group.members().filter_map(|m| public.leaf(m.index)).map(|leaf| verifier.verify_leaf(leaf)).collect()
+    }
+
+    /// This device's own safety number, as other members see it.
+    pub fn safety_number(&self) -> Result<SafetyNumber, BindingError> {
+        let extension = self.binding.unknown(certs::binding::EXTENSION_TYPE).ok_or(BindingError::Missing)?;
+        let bound = self.verifier.verify(&extension.0, &self.credential_name(), self.signer.public())?;
+        Ok(bound.safety_number)
     }
 
     /// The last entry of `thread` handed to the application.
@@ -612,50 +732,78 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::{AgencyKind, Role};
+    use certs::dev::DevPki;
+    use std::sync::OnceLock;
 
-    fn identity(worker: &str) -> Identity {
-        Identity {
-            oin: "00000001800000000001".parse().unwrap(),
-            organisation: "Veilig Thuis Utrecht".into(),
-            kind: AgencyKind::Vt,
-            worker: worker.into(),
-            role: Role::Caseworker,
-        }
+    /// One dev PKI for all of this module's tests: making one takes a moment.
+    fn pki() -> &'static DevPki {
+        static PKI: OnceLock<DevPki> = OnceLock::new();
+        PKI.get_or_init(|| DevPki::generate().unwrap())
     }
+
+    fn binder_of(pki: &DevPki, slug: &str) -> Binder {
+        let pair = pki.client(slug).unwrap();
+        Binder::from_pem(pair.cert.as_bytes(), pair.key.as_bytes()).unwrap()
+    }
+
+    fn verifier() -> Arc<Verifier> {
+        Arc::new(Verifier::from_pem(pki().ca.cert.as_bytes()).unwrap())
+    }
+
+    fn binder(slug: &str) -> Binder {
+        binder_of(pki(), slug)
+    }
+
+    fn open(slug: &str, dir: Option<&Path>) -> Result<Device, DeviceError> {
+        Device::open(&binder(slug), verifier(), dir)
+    }
+
+    fn sealed(slug: &str, dir: &Path, key: &StateKey) -> Result<Device, DeviceError> {
+        Device::open_sealed(&binder(slug), verifier(), Some(dir), Some(key))
+    }
+
+    fn package_of(device: &Device) -> KeyPackage {
+        wire::mls::verify_key_package(&device.key_packages(1).unwrap()[0]).unwrap().key_package
+    }
+
+    const ANNA: &str = "vt-utrecht-caseworker";
+    const SANNE: &str = "lt-woerden-caseworker";
+    const JORIS: &str = "lt-oudewater-caseworker";
 
     #[test]
     fn key_packages_verify_and_name_the_device_identity() {
-        let device = Device::open(&identity("anna"), None).unwrap();
+        let device = open(ANNA, None).unwrap();
         let packages = device.key_packages(3).unwrap();
         assert_eq!(packages.len(), 3);
         for bytes in packages {
             let verified = wire::mls::verify_key_package(&bytes).unwrap();
-            assert_eq!(verified.member, identity("anna").member_id());
-            assert_eq!(verified.kind, AgencyKind::Vt);
+            assert_eq!(verified.member, binder(ANNA).identity().member_id());
+            assert_eq!(verified.kind, wire::AgencyKind::Vt);
+            let bound = verifier().verify_leaf(verified.key_package.leaf_node()).unwrap();
+            assert_eq!(bound.safety_number, device.safety_number().unwrap());
         }
     }
 
     #[test]
     fn the_device_keeps_its_keys_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Device::open(&identity("anna"), Some(dir.path())).unwrap();
+        let first = open(ANNA, Some(dir.path())).unwrap();
         first.key_packages(2).unwrap();
         let key = first.signature_key().to_vec();
         drop(first);
-        let again = Device::open(&identity("anna"), Some(dir.path())).unwrap();
+        let again = open(ANNA, Some(dir.path())).unwrap();
         assert_eq!(again.signature_key(), key.as_slice());
         assert!(!again.provider.storage.values.read().unwrap().is_empty());
-        assert!(matches!(Device::open(&identity("piet"), Some(dir.path())), Err(DeviceError::OtherIdentity(_))));
+        assert!(matches!(open(SANNE, Some(dir.path())), Err(DeviceError::OtherIdentity(_))));
     }
 
     #[test]
     fn a_flipped_bit_in_a_fresh_ciphertext_is_tampering() {
         let thread = ThreadId::random();
-        let mut alice = Device::open(&identity("alice"), None).unwrap();
-        let mut bob = Device::open(&identity("bob"), None).unwrap();
+        let mut alice = open(ANNA, None).unwrap();
+        let mut bob = open(SANNE, None).unwrap();
         alice.create_group(thread).unwrap();
-        let package = wire::mls::verify_key_package(&bob.key_packages(1).unwrap()[0]).unwrap().key_package;
+        let package = package_of(&bob);
         let (_commit, welcome) = alice.add(thread, package).unwrap();
         alice.commit_accepted(thread).unwrap();
         bob.join(thread, &welcome).unwrap();
@@ -668,20 +816,121 @@ mod tests {
         match bob.process(thread, &clean).unwrap() {
             Processed::Application { plaintext, sender } => {
                 assert_eq!(plaintext, b"again");
-                assert_eq!(sender, identity("alice").member_id());
+                assert_eq!(sender, binder(ANNA).identity().member_id());
             }
             other => panic!("expected an application message, got {other:?}"),
         }
+    }
+
+    /// A KeyPackage whose credential names `slug`'s identity, made by someone
+    /// without its certificate key: what a hub could hand out.
+    fn unbound_package(slug: &str) -> KeyPackage {
+        let provider = Provider::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+        signer.store(provider.storage()).unwrap();
+        let credential = BasicCredential::new(credential_identity(binder(slug).identity())).into();
+        let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
+        KeyPackage::builder().build(CIPHERSUITE, &provider, &signer, credential).unwrap().key_package().clone()
+    }
+
+    /// Anna's group with Sanne in it, both devices up to date.
+    fn pair_in_group(thread: ThreadId) -> (Device, Device) {
+        let mut anna = open(ANNA, None).unwrap();
+        let mut sanne = open(SANNE, None).unwrap();
+        anna.create_group(thread).unwrap();
+        let (_commit, welcome) = anna.add(thread, package_of(&sanne)).unwrap();
+        anna.commit_accepted(thread).unwrap();
+        sanne.join(thread, &welcome).unwrap();
+        (anna, sanne)
+    }
+
+    #[test]
+    fn a_key_package_not_bound_to_the_chain_is_never_added() {
+        let thread = ThreadId::random();
+        let mut anna = open(ANNA, None).unwrap();
+        anna.create_group(thread).unwrap();
+        // A name alone: no binding.
+        let refused = anna.add(thread, unbound_package(SANNE));
+        assert!(matches!(refused, Err(DeviceError::Unbound(BindingError::Missing))), "{refused:?}");
+        // A binding made under another CA, as a hub with a PKI of its own would.
+        let elsewhere = DevPki::generate().unwrap();
+        let other_ca = Arc::new(Verifier::from_pem(elsewhere.ca.cert.as_bytes()).unwrap());
+        let impostor = Device::open(&binder_of(&elsewhere, SANNE), other_ca, None).unwrap();
+        let refused = anna.add(thread, package_of(&impostor));
+        assert!(matches!(refused, Err(DeviceError::Unbound(BindingError::Chain(_)))), "{refused:?}");
+        // Nothing was encrypted to either: the group is as it was.
+        assert_eq!(anna.epoch(thread), Some(0));
+        assert!(anna.group(thread).unwrap().pending_commit().is_none());
+    }
+
+    #[test]
+    fn a_welcome_into_a_tree_with_an_unbound_leaf_is_refused() {
+        let thread = ThreadId::random();
+        // A group made by hand whose creator has no binding.
+        let provider = Provider::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+        signer.store(provider.storage()).unwrap();
+        let credential = BasicCredential::new(credential_identity(binder(ANNA).identity())).into();
+        let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .use_ratchet_tree_extension(true)
+            .capabilities(certs::binding::capabilities())
+            .build();
+        let mut forged =
+            MlsGroup::new_with_group_id(&provider, &signer, &config, group_id(thread), credential).unwrap();
+        let mut sanne = open(SANNE, None).unwrap();
+        let (_, welcome, _) = forged.add_members(&provider, &signer, &[package_of(&sanne)]).unwrap();
+        let refused = sanne.join(thread, &welcome.tls_serialize_detached().unwrap());
+        assert_eq!(refused.unwrap_err(), DecryptError::Unbound(BindingError::Missing));
+        assert_eq!(sanne.epoch(thread), None, "the refused group stayed behind");
+    }
+
+    #[test]
+    fn a_commit_that_renames_a_leaf_or_adds_an_unbound_one_is_not_applied() {
+        let thread = ThreadId::random();
+        let (mut anna, mut sanne) = pair_in_group(thread);
+        // Sanne renames her own leaf to Joris in an update path.
+        let credential = BasicCredential::new(credential_identity(binder(JORIS).identity())).into();
+        let renamed = CredentialWithKey { credential, signature_key: sanne.signer.public().into() };
+        let parameters = openmls::prelude::LeafNodeParameters::builder().with_credential_with_key(renamed).build();
+        let (group, provider, signer) = sanne.group_parts(thread).unwrap();
+        let commit =
+            group.self_update(provider, signer, parameters).unwrap().commit().tls_serialize_detached().unwrap();
+        group.clear_pending_commit(provider.storage()).unwrap();
+        let refused = anna.process(thread, &commit).unwrap_err();
+        assert!(matches!(refused, DecryptError::Unbound(BindingError::OtherIdentity { .. })), "{refused:?}");
+        assert_eq!(anna.epoch(thread), Some(1));
+
+        // Sanne adds a KeyPackage nobody bound.
+        let (group, provider, signer) = sanne.group_parts(thread).unwrap();
+        let (commit, _, _) = group.add_members(provider, signer, &[unbound_package(JORIS)]).unwrap();
+        let refused = anna.process(thread, &commit.tls_serialize_detached().unwrap()).unwrap_err();
+        assert_eq!(refused, DecryptError::Unbound(BindingError::Missing));
+        assert_eq!(anna.epoch(thread), Some(1));
+        assert!(!anna.has_member(thread, &binder(JORIS).identity().member_id()));
+    }
+
+    #[test]
+    fn both_members_see_the_same_safety_numbers() {
+        let thread = ThreadId::random();
+        let (mut anna, mut sanne) = pair_in_group(thread);
+        let seen_by_anna: Vec<Bound> = anna.bindings(thread).into_iter().map(Result::unwrap).collect();
+        let seen_by_sanne: Vec<Bound> = sanne.bindings(thread).into_iter().map(Result::unwrap).collect();
+        assert_eq!(seen_by_anna, seen_by_sanne);
+        assert!(seen_by_anna.iter().any(|b| b.safety_number == anna.safety_number().unwrap()));
+        assert!(seen_by_anna.iter().any(|b| b.safety_number == sanne.safety_number().unwrap()));
+        assert_ne!(anna.safety_number().unwrap(), sanne.safety_number().unwrap());
     }
 
     #[test]
     fn a_reopened_device_commits_to_a_group_it_has_not_loaded_yet() {
         let dir = tempfile::tempdir().unwrap();
         let thread = ThreadId::random();
-        Device::open(&identity("alice"), Some(dir.path())).unwrap().create_group(thread).unwrap();
-        let mut alice = Device::open(&identity("alice"), Some(dir.path())).unwrap();
-        let bob = Device::open(&identity("bob"), None).unwrap();
-        let package = wire::mls::verify_key_package(&bob.key_packages(1).unwrap()[0]).unwrap().key_package;
+        open(ANNA, Some(dir.path())).unwrap().create_group(thread).unwrap();
+        let mut alice = open(ANNA, Some(dir.path())).unwrap();
+        let bob = open(SANNE, None).unwrap();
+        let package = package_of(&bob);
         alice.add(thread, package).unwrap();
         alice.commit_accepted(thread).unwrap();
         assert_eq!(alice.epoch(thread), Some(1));
@@ -695,7 +944,7 @@ mod tests {
         let dir = root.path().join("state");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let device = Device::open(&identity("anna"), Some(&dir)).unwrap();
+        let device = open(ANNA, Some(&dir)).unwrap();
         device.key_packages(1).unwrap();
         let file = dir.join("mls-state.cbor");
         assert_eq!(certs::private::mode_of(&dir).unwrap(), 0o700);
@@ -703,11 +952,11 @@ mod tests {
         // A file an older SDK left readable is narrowed when it is opened.
         drop(device);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        Device::open(&identity("anna"), Some(&dir)).unwrap();
+        open(ANNA, Some(&dir)).unwrap();
         assert_eq!(certs::private::mode_of(&file).unwrap(), 0o600);
         // A nested state directory that does not exist yet is created owner-only.
         let nested = root.path().join("a/b");
-        Device::open(&identity("anna"), Some(&nested)).unwrap();
+        open(ANNA, Some(&nested)).unwrap();
         assert_eq!(certs::private::mode_of(&nested).unwrap(), 0o700);
         assert_eq!(certs::private::mode_of(&nested.join("mls-state.cbor")).unwrap(), 0o600);
     }
@@ -716,22 +965,22 @@ mod tests {
     fn a_sealed_state_opens_only_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let key = StateKey::new([7; 32]);
-        let first = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        let first = sealed(ANNA, dir.path(), &key).unwrap();
         first.key_packages(2).unwrap();
         let public = first.signature_key().to_vec();
         drop(first);
         let bytes = std::fs::read(dir.path().join("mls-state.cbor")).unwrap();
-        let name = credential_identity(&identity("anna"));
+        let name = credential_identity(binder(ANNA).identity());
         assert!(!bytes.windows(public.len()).any(|w| w == public), "the signature key is readable");
         assert!(!bytes.windows(name.len()).any(|w| w == name.as_slice()), "the identity is readable");
         assert!(wire::decode::<StateFile>(&bytes).is_err());
 
-        let again = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        let again = sealed(ANNA, dir.path(), &key).unwrap();
         assert_eq!(again.signature_key(), public.as_slice());
         drop(again);
-        let wrong = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&StateKey::new([8; 32])));
+        let wrong = sealed(ANNA, dir.path(), &StateKey::new([8; 32]));
         assert!(matches!(wrong, Err(DeviceError::WrongKey(_))), "{wrong:?}");
-        assert!(matches!(Device::open(&identity("anna"), Some(dir.path())), Err(DeviceError::KeyRequired(_))));
+        assert!(matches!(open(ANNA, Some(dir.path())), Err(DeviceError::KeyRequired(_))));
         // Neither refusal touched the file.
         assert_eq!(std::fs::read(dir.path().join("mls-state.cbor")).unwrap(), bytes);
 
@@ -739,16 +988,16 @@ mod tests {
         let last = altered.len() - 1;
         altered[last] ^= 1;
         std::fs::write(dir.path().join("mls-state.cbor"), &altered).unwrap();
-        let tampered = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key));
+        let tampered = sealed(ANNA, dir.path(), &key);
         assert!(matches!(tampered, Err(DeviceError::WrongKey(_))), "{tampered:?}");
     }
 
     #[test]
     fn a_plain_state_is_sealed_once_a_key_is_given() {
         let dir = tempfile::tempdir().unwrap();
-        let public = Device::open(&identity("anna"), Some(dir.path())).unwrap().signature_key().to_vec();
+        let public = open(ANNA, Some(dir.path())).unwrap().signature_key().to_vec();
         let key = StateKey::new([9; 32]);
-        let sealed = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        let sealed = sealed(ANNA, dir.path(), &key).unwrap();
         assert_eq!(sealed.signature_key(), public.as_slice());
         assert!(std::fs::read(dir.path().join("mls-state.cbor")).unwrap().starts_with(SEALED_MAGIC));
     }
@@ -757,7 +1006,7 @@ mod tests {
     fn debug_output_holds_no_key_material() {
         let key = StateKey::new([0xAB; 32]);
         let dir = tempfile::tempdir().unwrap();
-        let device = Device::open_sealed(&identity("anna"), Some(dir.path()), Some(&key)).unwrap();
+        let device = sealed(ANNA, dir.path(), &key).unwrap();
         let printed = format!("{key:?} {device:?}");
         // The key as Debug would print its bytes (decimal or hex).
         assert!(!printed.contains("171, 171") && !printed.to_lowercase().contains("abab"), "{printed}");
@@ -768,6 +1017,6 @@ mod tests {
     fn a_corrupt_state_file_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mls-state.cbor"), b"\xff\x00garbage").unwrap();
-        assert!(matches!(Device::open(&identity("anna"), Some(dir.path())), Err(DeviceError::State { .. })));
+        assert!(matches!(open(ANNA, Some(dir.path())), Err(DeviceError::State { .. })));
     }
 }

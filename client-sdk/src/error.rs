@@ -25,6 +25,12 @@ pub enum Error {
     /// The hub sent something this SDK does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// An MLS device the hub presented (a member's KeyPackage) is not bound to
+    /// the certificate of the identity it names, under the identity CA: the
+    /// hub, or whoever controls it, offered a key of its own. Nothing was
+    /// encrypted to it.
+    #[error("refused a device that is not bound to its certificate: {0}")]
+    Unbound(certs::binding::BindingError),
     /// The device's MLS state could not be read, written or used.
     #[error("device state: {0}")]
     Device(String),

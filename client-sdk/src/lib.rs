@@ -45,6 +45,7 @@ pub mod report;
 
 pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
+pub use certs::binding::{BindingError, Bound, SafetyNumber};
 pub use client::{Client, Grounds, Sent};
 pub use content::Content;
 pub use device::StateKey;

@@ -1,6 +1,6 @@
 //! `hub::groups::check_commit`, which verifies a commit against a thread's
 //! group and says whom it adds and removes (the `commit` request). Input, in
-//! sections (see `ketenhub_fuzz::sections`): thread id, caller `OIN/worker`,
+//! sections (see `ketenhub_fuzz::sections`): identity CA PEM, thread id, caller `OIN/worker`,
 //! GroupInfo, ratchet tree, then commits applied in order, as the hub applies
 //! one commit per epoch. The seeds are a real group and real commits, so most
 //! mutations reach the commit checks; what the checks accept must agree with
@@ -11,15 +11,15 @@ use ketenhub_fuzz::{group_input, GroupInput};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(GroupInput { thread, caller, group_info, tree, rest: commits }) = group_input(data) else {
+    let Some(GroupInput { identities, thread, caller, group_info, tree, rest: commits }) = group_input(data) else {
         return;
     };
-    let Ok(mut state) = hub::groups::init(thread, &caller, group_info, tree) else {
+    let Ok(mut state) = hub::groups::init(&identities, thread, &caller, group_info, tree) else {
         return;
     };
     for commit in commits {
         let before = hub::groups::epoch(&state, thread).expect("a checked group loads");
-        let Ok(checked) = hub::groups::check_commit(&state, thread, &caller, commit) else {
+        let Ok(checked) = hub::groups::check_commit(&identities, &state, thread, &caller, commit) else {
             continue;
         };
         assert_eq!(checked.epoch, before + 1, "one commit moves the group one epoch");

@@ -1,7 +1,7 @@
 //! Shared pieces of the fuzz targets: the framing of the MLS targets' inputs.
 //!
 //! A libFuzzer input is one byte string, but the hub's MLS checks take several
-//! (a thread id, a caller, a GroupInfo, a ratchet tree, commits). The MLS
+//! (the identity CA, a thread id, a caller, a GroupInfo, a ratchet tree, commits). The MLS
 //! targets therefore read their input as *sections*, each a 4-byte big-endian
 //! length followed by that many bytes, so that the seeds made from real groups
 //! (`cargo run -p tests --bin fuzz-seeds`, which writes the same framing) keep
@@ -29,6 +29,8 @@ pub fn sections(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The opening of an MLS target's input: a group to build, and what follows.
 pub struct GroupInput<'a, R> {
+    /// The identity CA the leaves must be bound to (from a PEM section).
+    pub identities: certs::binding::Verifier,
     /// The thread (a 16-byte id).
     pub thread: ThreadId,
     /// The caller (written `OIN/worker`).
@@ -41,16 +43,17 @@ pub struct GroupInput<'a, R> {
     pub rest: R,
 }
 
-/// Reads the four sections that open an MLS target's input. `None` when one
-/// is missing or the ids are malformed: the hub only ever calls its MLS checks
-/// with ids it has already parsed.
+/// Reads the five sections that open an MLS target's input. `None` when one
+/// is missing or the CA or the ids are malformed: the hub only ever calls its
+/// MLS checks with a CA and ids it has already parsed.
 pub fn group_input(data: &[u8]) -> Option<GroupInput<'_, impl Iterator<Item = &[u8]>>> {
     let mut parts = sections(data);
+    let identities = certs::binding::Verifier::from_pem(parts.next()?).ok()?;
     let (thread, caller, group_info, tree) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let thread = ThreadId(uuid::Uuid::from_slice(thread).ok()?);
     let (oin, worker) = std::str::from_utf8(caller).ok()?.split_once('/')?;
     let caller = MemberId::new(oin, worker).ok()?;
-    Some(GroupInput { thread, caller, group_info, tree, rest: parts })
+    Some(GroupInput { identities, thread, caller, group_info, tree, rest: parts })
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ use wire::{ErrorCode, MemberId, MessageId, ThreadId, WireError};
 
 use wire::audit::{AuditAction, AuditOutcome, AuditRecord};
 
+use certs::binding::Verifier;
+
 use crate::audit::Recorder;
 use crate::clock::now_ms;
 use crate::delivery::Registry;
@@ -103,8 +105,12 @@ pub enum Write {
         /// The TLS-encoded KeyPackages.
         packages: Vec<Vec<u8>>,
     },
-    /// Hand out one KeyPackage (see [`Store::take_key_package`]).
+    /// Hand out one KeyPackage (see [`Store::claim_key_package`]).
     TakeKeyPackage {
+        /// The thread it is claimed for.
+        thread: ThreadId,
+        /// Who claims it, to add it.
+        claimer: MemberId,
         /// Whose.
         member: MemberId,
     },
@@ -251,7 +257,13 @@ pub struct WriteLog {
 impl WriteLog {
     /// Starts the writer and flusher threads for `store`, publishing new entries
     /// to `registry` and recording audit entries with `recorder`.
-    pub fn start(store: Arc<dyn Store>, registry: Arc<Registry>, recorder: Recorder) -> std::io::Result<Self> {
+    /// MLS leaves in commits must be bound to certificates from `identities`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        recorder: Recorder,
+        identities: Arc<Verifier>,
+    ) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(QUEUE);
         // At most one batch waits while another is flushed: deeper would only add latency.
         let (batches, flusher_input) = std::sync::mpsc::sync_channel(1);
@@ -263,7 +275,7 @@ impl WriteLog {
             .spawn(move || flush_loop(flusher_store, registry, flusher_input, &flusher_stalled))?;
         std::thread::Builder::new()
             .name("ketenhub-writer".into())
-            .spawn(move || apply_loop(store, recorder, receiver, batches, &stalled))?;
+            .spawn(move || apply_loop(store, recorder, identities, receiver, batches, &stalled))?;
         Ok(Self { jobs })
     }
 
@@ -285,19 +297,22 @@ impl WriteLog {
 /// A write's outcome and the entries it added, for publishing.
 type Applied = (Written, Vec<(ThreadId, wire::Entry)>);
 
-/// The writer's view of each thread's MLS epoch. Only the writer changes
+/// What the writer knows of the threads' MLS groups: each one's epoch, and
+/// the identity CA their leaves must be bound to. Only the writer changes
 /// epochs, so checking a message against this, in write order, is exact: no
 /// message encrypted for an old epoch lands after the commit that ended it.
-#[derive(Default)]
-struct Epochs(HashMap<ThreadId, u64>);
+struct Groups {
+    epochs: HashMap<ThreadId, u64>,
+    identities: Arc<Verifier>,
+}
 
-impl Epochs {
+impl Groups {
     fn of(&mut self, store: &dyn Store, thread: ThreadId) -> Result<u64, WriteError> {
-        if let Some(epoch) = self.0.get(&thread) {
+        if let Some(epoch) = self.epochs.get(&thread) {
             return Ok(*epoch);
         }
         let epoch = crate::groups::epoch(&group_state(store, thread)?, thread).map_err(WriteError::Refused)?;
-        self.0.insert(thread, epoch);
+        self.epochs.insert(thread, epoch);
         Ok(epoch)
     }
 }
@@ -347,7 +362,7 @@ impl<'a> Auditor<'a> {
     }
 }
 
-fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Auditor<'_>) -> Result<Applied, WriteError> {
+fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Auditor<'_>) -> Result<Applied, WriteError> {
     let at = now_ms();
     let appended = |thread: ThreadId, a: crate::store::Appended| {
         (Written::Entry { seq: a.seq, duplicate: a.duplicate() }, a.entry.map(|e| (thread, e)).into_iter().collect())
@@ -364,17 +379,17 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
             if store.group_state(thread)?.is_some() {
                 return Err(refused(ErrorCode::Conflict, "the thread's group is already registered"));
             }
-            let state =
-                crate::groups::init(thread, &caller, &group_info, &ratchet_tree).map_err(WriteError::Refused)?;
+            let state = crate::groups::init(&groups.identities, thread, &caller, &group_info, &ratchet_tree)
+                .map_err(WriteError::Refused)?;
             store.init_group(thread, &state)?;
-            epochs.0.insert(thread, 0);
+            groups.epochs.insert(thread, 0);
             (Written::Group { epoch: 0 }, Vec::new())
         }
         Write::Commit { thread, caller, may_change_membership, commit, welcome } => {
             let commit = ProposedCommit { thread, caller: &caller, may_change_membership, commit: &commit, welcome };
-            let applied = apply_commit(store, commit, at, audit)?;
+            let applied = apply_commit(store, &groups.identities, commit, at, audit)?;
             if let Written::Commit { epoch, .. } = applied.0 {
-                epochs.0.insert(thread, epoch);
+                groups.epochs.insert(thread, epoch);
             }
             applied
         }
@@ -388,7 +403,7 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
         }
         Write::Append { thread, sender, id, payload, epoch } => {
             still_writes(store, thread, &sender)?;
-            let current = epochs.of(store, thread)?;
+            let current = groups.of(store, thread)?;
             if epoch != current {
                 return Err(WriteError::Refused(crate::groups::stale(current)));
             }
@@ -397,7 +412,9 @@ fn apply(store: &dyn Store, epochs: &mut Epochs, write: Write, audit: &mut Audit
         Write::AddKeyPackages { member, packages } => {
             (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, Vec::new())
         }
-        Write::TakeKeyPackage { member } => (Written::KeyPackage(store.take_key_package(&member)?), Vec::new()),
+        Write::TakeKeyPackage { thread, claimer, member } => {
+            (Written::KeyPackage(store.claim_key_package(thread, &claimer, &member, at)?), Vec::new())
+        }
         Write::PutBlobChunk { upload, limits } => {
             still_writes(store, upload.thread, &upload.uploader)?;
             let duplicate = crate::blobs::put_chunk(store, &upload, limits, at)?;
@@ -464,6 +481,7 @@ fn forbidden(rule: &str, reason: impl std::fmt::Display) -> WriteError {
 /// ownership, records the memberships it ends, then stores it.
 fn apply_commit(
     store: &dyn Store,
+    identities: &Verifier,
     proposed: ProposedCommit<'_>,
     at_ms: u64,
     audit: &mut Auditor<'_>,
@@ -471,7 +489,8 @@ fn apply_commit(
     let ProposedCommit { thread, caller, may_change_membership, commit, welcome } = proposed;
     still_writes(store, thread, caller)?;
     let state = group_state(store, thread)?;
-    let checked = crate::groups::check_commit(&state, thread, caller, commit).map_err(WriteError::Refused)?;
+    let checked =
+        crate::groups::check_commit(identities, &state, thread, caller, commit).map_err(WriteError::Refused)?;
     let changes_membership = !checked.added.is_empty() || !checked.removes_devices_of.is_empty();
     if changes_membership && !may_change_membership {
         return Err(forbidden("role-forbids", "this role may not add or remove members"));
@@ -493,6 +512,13 @@ fn apply_commit(
     }
     if checked.added.is_empty() != welcome.is_none() {
         return Err(refused(ErrorCode::Invalid, "a commit that adds members needs a Welcome, and only then"));
+    }
+    // Last of the checks: redeeming uses the claims up.
+    if !store.redeem_claims(thread, caller, &checked.added_packages)? {
+        return Err(forbidden(
+            "key-package-not-claimed",
+            "the commit adds a KeyPackage the hub did not hand to this identity for this thread",
+        ));
     }
     // Only a current member's membership can end; a departed member's devices
     // leave the group without a second removal.
@@ -534,7 +560,7 @@ type Batch = Vec<(Option<oneshot::Sender<Result<Written, WriteError>>>, Result<A
 /// write that then fails gets a second entry saying so.
 fn apply_audited(
     store: &dyn Store,
-    epochs: &mut Epochs,
+    groups: &mut Groups,
     recorder: &mut Recorder,
     write: Write,
     audit: Option<AuditRecord>,
@@ -543,7 +569,7 @@ fn apply_audited(
     if let Some(record) = &audit {
         auditor.record(record.clone())?;
     }
-    let result = apply(store, epochs, write, &mut auditor);
+    let result = apply(store, groups, write, &mut auditor);
     if let (Err(e), Some(record)) = (&result, &audit) {
         let failed = AuditRecord {
             outcome: AuditOutcome::Failed,
@@ -563,18 +589,18 @@ fn apply_audited(
 /// leaves nothing half done.
 fn apply_guarded(
     store: &dyn Store,
-    epochs: &mut Epochs,
+    groups: &mut Groups,
     recorder: &mut Recorder,
     write: Write,
     audit: Option<AuditRecord>,
 ) -> Result<Applied, WriteError> {
     let what = format!("{write:?}").chars().take(80).collect::<String>();
     let applied =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_audited(store, epochs, recorder, write, audit)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_audited(store, groups, recorder, write, audit)));
     applied.unwrap_or_else(|_| {
         error!(write = %what, "a fault while checking a write; that write is refused and the hub serves on");
         // The epoch cache may have been half updated: reload it from the store when next needed.
-        epochs.0.clear();
+        groups.epochs.clear();
         Err(WriteError::Refused(WireError::new(
             ErrorCode::Internal,
             "the hub failed to check this write; nothing was changed",
@@ -585,11 +611,12 @@ fn apply_guarded(
 fn apply_loop(
     store: Arc<dyn Store>,
     mut recorder: Recorder,
+    identities: Arc<Verifier>,
     mut jobs: mpsc::Receiver<Job>,
     batches: std::sync::mpsc::SyncSender<Batch>,
     stalled: &AtomicBool,
 ) {
-    let mut epochs = Epochs::default();
+    let mut groups = Groups { epochs: HashMap::new(), identities };
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = Vec::with_capacity(64);
         let mut job = Some(first);
@@ -604,7 +631,7 @@ fn apply_loop(
                 continue;
             }
             seal |= matches!(write, Write::Seal);
-            batch.push((reply, apply_guarded(store.as_ref(), &mut epochs, &mut recorder, write, audit)));
+            batch.push((reply, apply_guarded(store.as_ref(), &mut groups, &mut recorder, write, audit)));
             if batch.len() < MAX_BATCH {
                 job = jobs.try_recv().ok();
             }

@@ -4,13 +4,22 @@
 //! state (openmls's `PublicGroup`: the ratchet tree and group context), from
 //! which it verifies every commit: that it is a public message for the group's
 //! current epoch (one commit per epoch; a stale one is refused with the current
-//! epoch), that its sender's credential is the caller's, and which members it
-//! adds and removes, so the write path can hold those against the hub's own
-//! membership table. Application messages stay encrypted and are never opened.
+//! epoch), that its sender's credential is the caller's, that it uses only the
+//! proposal types Ketenhub needs (Add, Remove, Update), that every leaf it
+//! brings in is bound to its identity's certificate (`certs::binding`), and
+//! which members and KeyPackages it adds and removes, so the write path can
+//! hold those against the hub's own membership table and the KeyPackages it
+//! handed out. Application messages stay encrypted and are never opened.
+//!
+//! Clients check bindings themselves and never rely on these checks: the hub
+//! refuses early what every honest client would reject anyway.
 
+use certs::binding::Verifier;
 use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
-    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProposalStore, ProtocolMessage, PublicGroup, RatchetTreeIn,
+    LeafNode, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProposalStore, ProposalType,
+    ProtocolMessage, PublicGroup, RatchetTreeIn, StagedCommit,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
@@ -47,7 +56,13 @@ fn members_of(group: &PublicGroup) -> Vec<MemberId> {
 /// Builds the public state of a new group from its creator's GroupInfo and
 /// ratchet tree. The group must be this thread's, at epoch 0, with the caller
 /// as its only member. Returns the state to store.
-pub fn init(thread: ThreadId, caller: &MemberId, group_info: &[u8], ratchet_tree: &[u8]) -> Result<Vec<u8>, WireError> {
+pub fn init(
+    identities: &Verifier,
+    thread: ThreadId,
+    caller: &MemberId,
+    group_info: &[u8],
+    ratchet_tree: &[u8],
+) -> Result<Vec<u8>, WireError> {
     let info = match MlsMessageIn::tls_deserialize_exact(group_info)
         .map_err(|e| invalid(format!("group info: {e}")))?
         .extract()
@@ -65,7 +80,63 @@ pub fn init(thread: ThreadId, caller: &MemberId, group_info: &[u8], ratchet_tree
     if group.group_context().epoch().as_u64() != 0 || members_of(&group) != [caller.clone()] {
         return Err(invalid("a new group must be at epoch 0 with its creator as the only member"));
     }
+    let creator = group.leaf(LeafNodeIndex::new(0)).ok_or_else(|| invalid("the group has no first leaf"))?;
+    bound(identities, creator)?;
     Ok(save_storage(&storage))
+}
+
+/// Refuses a leaf that is not bound to the certificate of the identity it names.
+fn bound(identities: &Verifier, leaf: &LeafNode) -> Result<(), WireError> {
+    identities
+        .verify_leaf(leaf)
+        .map(drop)
+        .map_err(|e| WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}")))
+}
+
+/// The proposals a commit may carry. PSK, ReInit, ExternalInit and
+/// GroupContextExtensions would let one member re-key the group with secrets
+/// others cannot check, restart it, join it past the membership table or
+/// change its rules; Ketenhub has no use for them, so none is allowed.
+const ALLOWED_PROPOSALS: [ProposalType; 3] = [ProposalType::Add, ProposalType::Remove, ProposalType::Update];
+
+/// The leaves a commit brings in, whose bindings must verify, and the SHA-256
+/// of each KeyPackage it adds, as uploaded.
+struct NewLeaves {
+    leaves: Vec<LeafNode>,
+    packages: Vec<[u8; 32]>,
+}
+
+/// Checks the proposal types of a commit and collects the leaves it brings in.
+fn new_leaves(staged: &StagedCommit) -> Result<NewLeaves, WireError> {
+    if let Some(other) =
+        staged.queued_proposals().map(|p| p.proposal().proposal_type()).find(|t| !ALLOWED_PROPOSALS.contains(t))
+    {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "denied by rule proposal-not-allowed: a {other:?} proposal; commits may add, remove and update only"
+            ),
+        ));
+    }
+    let mut leaves: Vec<LeafNode> =
+        staged.update_proposals().map(|u| u.update_proposal().leaf_node().clone()).collect();
+    leaves.extend(staged.update_path_leaf_node().cloned());
+    let mut packages = Vec::new();
+    for add in staged.add_proposals() {
+        let package = add.add_proposal().key_package();
+        leaves.push(package.leaf_node().clone());
+        let bytes = package.tls_serialize_detached().map_err(|e| invalid(format!("a KeyPackage: {e}")))?;
+        packages.push(key_package_digest(&bytes));
+    }
+    Ok(NewLeaves { leaves, packages })
+}
+
+/// The digest by which the hub remembers a KeyPackage it handed out.
+pub fn key_package_digest(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 fn credential_member(credential: &openmls::prelude::Credential) -> Result<MemberId, WireError> {
@@ -101,6 +172,8 @@ pub struct CheckedCommit {
     pub epoch: u64,
     /// The members it adds.
     pub added: Vec<MemberId>,
+    /// The SHA-256 of each KeyPackage it adds.
+    pub added_packages: Vec<[u8; 32]>,
     /// The identities whose devices (leaves) it removes, once each.
     pub removes_devices_of: Vec<MemberId>,
     /// Those of them with no device left in the group after it: their
@@ -111,6 +184,7 @@ pub struct CheckedCommit {
 /// Verifies a commit against the stored public state and applies it to that
 /// state; the caller stores the result only if its own checks pass too.
 pub fn check_commit(
+    identities: &Verifier,
     state: &[u8],
     thread: ThreadId,
     caller: &MemberId,
@@ -143,6 +217,7 @@ pub fn check_commit(
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("not a commit"));
     };
+    let NewLeaves { leaves: new, packages: added_packages } = new_leaves(&staged)?;
     let added = staged
         .add_proposals()
         .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
@@ -179,8 +254,12 @@ pub fn check_commit(
             ));
         }
     }
+    // After the identity check, so a renamed leaf is refused as such rather than as unbound.
+    for leaf in &new {
+        bound(identities, leaf)?;
+    }
     let remaining = members_of(&group);
     let removed = removes_devices_of.iter().filter(|m| !remaining.contains(m)).cloned().collect();
     let epoch = group.group_context().epoch().as_u64();
-    Ok(CheckedCommit { state: save_storage(&storage), epoch, added, removes_devices_of, removed })
+    Ok(CheckedCommit { state: save_storage(&storage), epoch, added, added_packages, removes_devices_of, removed })
 }

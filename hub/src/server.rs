@@ -67,6 +67,13 @@ pub enum ServeError {
     },
 }
 
+/// The identity CA MLS leaves must be bound to: the chain CA clients connect with.
+fn identity_ca(path: &std::path::Path) -> Result<certs::binding::Verifier, TlsError> {
+    let load = |message: String| TlsError::Load { path: path.display().to_string(), message };
+    let pem = std::fs::read(path).map_err(|e| load(e.to_string()))?;
+    certs::binding::Verifier::from_pem(&pem).map_err(|e| load(e.to_string()))
+}
+
 /// Wakes the writer now and then so that a checkpoint falls due even when the
 /// hub is idle after writing entries.
 async fn checkpoint_ticks(hub: Arc<Hub>, shutdown: CancellationToken) {
@@ -199,7 +206,8 @@ impl Server {
         let key = AuditKey::load_or_create(&audit_key_path(resolved.data))?;
         let recorder = Recorder::resume(store.as_ref(), Arc::new(key), config.audit.clone())?;
         let calendar = config.handover.calendar()?;
-        let hub = Hub::new(store, config.limits.clone(), policy, recorder, clock, calendar)
+        let identities = Arc::new(identity_ca(resolved.ca)?);
+        let hub = Hub::new(store, config.limits.clone(), policy, recorder, clock, calendar, identities)
             .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
         let sweep_every = Duration::from_millis(config.retention.sweep_every_ms.max(1000));
         let deadlines_every = Duration::from_millis(config.handover.deadline_sweep_ms.max(10));

@@ -53,6 +53,8 @@ pub struct Hub {
     pub quotas: crate::quotas::Quotas,
     /// Refused handshakes of the current interval, for aggregated audit entries.
     pub refusals: crate::admission::Refusals,
+    /// The identity CA that MLS leaves must be bound to.
+    pub identities: Arc<certs::binding::Verifier>,
     /// The hub-wide budget of bytes queued towards connections.
     pub outbound: Arc<tokio::sync::Semaphore>,
 }
@@ -168,10 +170,11 @@ impl Hub {
         recorder: Recorder,
         clock: Clock,
         calendar: Calendar,
+        identities: Arc<certs::binding::Verifier>,
     ) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
         let checkpoint_every_ms = recorder.checkpoint_every_ms();
-        let writes = WriteLog::start(store.clone(), registry.clone(), recorder)?;
+        let writes = WriteLog::start(store.clone(), registry.clone(), recorder, identities.clone())?;
         let quotas = crate::quotas::Quotas::default();
         let refusals = crate::admission::Refusals::default();
         let outbound =
@@ -188,6 +191,7 @@ impl Hub {
             quotas,
             refusals,
             outbound,
+            identities,
         }))
     }
 
@@ -402,7 +406,7 @@ impl Hub {
                 if !self.is_member(thread, &member)? {
                     return Err(WireError::new(ErrorCode::Invalid, format!("{member} is not a member of the thread")));
                 }
-                (WriteKind::ClaimKeyPackage, Write::TakeKeyPackage { member })
+                (WriteKind::ClaimKeyPackage, Write::TakeKeyPackage { thread, claimer: actor, member })
             }
             Request::PutBlobChunk { thread, blob, index, last, data } => {
                 let upload = ChunkUpload { thread, uploader: actor, blob, index, last, data };
@@ -600,6 +604,9 @@ impl Hub {
                         "denied by rule key-package-names-another-identity: the KeyPackage's credential does not name this connection's identity",
                     ));
                 }
+                self.identities.verify_leaf(verified.key_package.leaf_node()).map_err(|e| {
+                    WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}"))
+                })?;
                 Ok(bytes.into_vec())
             })
             .collect()

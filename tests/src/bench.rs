@@ -683,16 +683,27 @@ async fn latency_figures(
 /// MLS costs measured on devices in this process, against plain AES-GCM on
 /// the same bytes (the "relay" column holds the baseline).
 fn mls_figures() -> anyhow::Result<Vec<Figure>> {
+    use certs::binding::{Binder, Verifier};
     use ketenhub_sdk::device::Device;
-    let identity = |i: usize| wire::Identity {
-        oin: ORGS[i % ORGS.len()].oin.parse().expect("a valid OIN"),
-        organisation: "bench".into(),
-        kind: ORGS[i % ORGS.len()].kind,
-        worker: format!("mls.{i:02}"),
-        role: Role::Caseworker,
+    let extra: Vec<ExtraClient> = (0..11)
+        .map(|i| ExtraClient {
+            slug: format!("mls-{i:02}"),
+            org: ORGS[i % ORGS.len()],
+            worker: format!("mls.{i:02}"),
+            role: Role::Caseworker,
+        })
+        .collect();
+    let pki = DevPki::generate_with(&extra)?;
+    let identities = Arc::new(Verifier::from_pem(pki.ca.cert.as_bytes())?);
+    let binder = |slug: &str| -> anyhow::Result<Binder> {
+        let pair = pki.client(slug).ok_or_else(|| anyhow::anyhow!("no {slug}"))?;
+        Ok(Binder::from_pem(pair.cert.as_bytes(), pair.key.as_bytes())?)
     };
     let thread = ThreadId::random();
-    let mut devices: Vec<Device> = (0..11).map(|i| Device::open(&identity(i), None)).collect::<Result<_, _>>()?;
+    let mut devices: Vec<Device> = extra
+        .iter()
+        .map(|c| Ok(Device::open(&binder(&c.slug)?, identities.clone(), None)?))
+        .collect::<anyhow::Result<_>>()?;
     devices[0].create_group(thread)?;
     for i in 1..10 {
         let package = wire::mls::verify_key_package(&devices[i].key_packages(1)?[0])?.key_package;
@@ -713,6 +724,14 @@ fn mls_figures() -> anyhow::Result<Vec<Figure>> {
         devices[0].commit_abandoned(thread)?;
     }
     let add_ms = started.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+    // What of that is the binding check on the added KeyPackage's leaf (chain and signature).
+    let leaf = wire::mls::verify_key_package(&packages[0])?.key_package;
+    let checks = 200;
+    let started = Instant::now();
+    for _ in 0..checks {
+        identities.verify_leaf(leaf.leaf_node())?;
+    }
+    let binding_ms = started.elapsed().as_secs_f64() * 1000.0 / checks as f64;
 
     let plaintext = vec![7u8; PAYLOAD];
     let messages = 2_000;
@@ -744,6 +763,13 @@ fn mls_figures() -> anyhow::Result<Vec<Figure>> {
     let aead_us = started.elapsed().as_secs_f64() * 1e6 / messages as f64;
     Ok(vec![
         Figure::new("MLS: commit adding a member to a 10-member thread (create)", "ms", add_ms, None, Better::Lower),
+        Figure::new(
+            "MLS: binding check of an added member's leaf (in the commit above)",
+            "ms",
+            binding_ms,
+            None,
+            Better::Lower,
+        ),
         Figure::new(
             format!("MLS: encrypt + decrypt {PAYLOAD} B (relay column: plain AES-128-GCM seal + open)"),
             "µs",

@@ -108,8 +108,17 @@ impl Store for FaultyStore {
     fn add_key_packages(&self, m: &MemberId, p: &[Vec<u8>]) -> Result<u64, StoreError> {
         self.inner.add_key_packages(m, p)
     }
-    fn take_key_package(&self, m: &MemberId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.take_key_package(m)
+    fn claim_key_package(
+        &self,
+        t: ThreadId,
+        c: &MemberId,
+        m: &MemberId,
+        at: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.claim_key_package(t, c, m, at)
+    }
+    fn redeem_claims(&self, t: ThreadId, c: &MemberId, d: &[[u8; 32]]) -> Result<bool, StoreError> {
+        self.inner.redeem_claims(t, c, d)
     }
     fn key_package_stock(&self, m: &MemberId) -> Result<u64, StoreError> {
         self.inner.key_package_stock(m)

@@ -1,15 +1,18 @@
 //! A device made by hand with openmls, for the attacks a well-behaved SDK
 //! never makes: removing one of an identity's devices at a time, adding any
-//! KeyPackage it likes. It holds one group and speaks to the hub through a raw
-//! connection, so every check it meets is the hub's own.
+//! KeyPackage it likes, naming itself without its certificate's binding. It
+//! holds one group and speaks to the hub through a raw connection, so every
+//! check it meets is the hub's own.
 
 use anyhow::{anyhow, Context};
+use certs::binding::Binder;
 use ketenhub_sdk::raw::RawConnection;
 use ketenhub_sdk::raw::RawIncoming;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, CredentialWithKey, KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex, LeafNodeParameters, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, StagedWelcome,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -26,18 +29,29 @@ pub struct ForgedDevice {
     provider: OpenMlsRustCrypto,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
+    /// The leaf extensions: a binding, or none for a device that only names itself.
+    binding: Extensions<LeafNode>,
     group: Option<MlsGroup>,
 }
 
 impl ForgedDevice {
-    /// A new device whose credential names `identity`.
-    pub fn new(identity: &Identity) -> anyhow::Result<Self> {
+    /// A new device of `binder`'s identity whose leaves carry a valid binding:
+    /// an insider that holds its certificate and misbehaves otherwise.
+    pub fn bound(binder: &Binder) -> anyhow::Result<Self> {
+        let mut device = Self::unbound(binder.identity())?;
+        device.binding = binder.extensions(device.signer.public())?;
+        Ok(device)
+    }
+
+    /// A new device whose credential names `identity` without any binding:
+    /// what someone without the identity's certificate key can make.
+    pub fn unbound(identity: &Identity) -> anyhow::Result<Self> {
         let provider = OpenMlsRustCrypto::default();
         let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls)?;
         signer.store(provider.storage()).map_err(mls)?;
         let credential = BasicCredential::new(credential_identity(identity)).into();
         let credential = CredentialWithKey { credential, signature_key: signer.public().into() };
-        Ok(Self { provider, signer, credential, group: None })
+        Ok(Self { provider, signer, credential, binding: Extensions::empty(), group: None })
     }
 
     fn group(&mut self) -> anyhow::Result<&mut MlsGroup> {
@@ -54,6 +68,9 @@ impl ForgedDevice {
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
+            .capabilities(certs::binding::capabilities())
+            .with_leaf_node_extensions(self.binding.clone())
+            .map_err(mls)?
             .build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,
@@ -73,18 +90,9 @@ impl ForgedDevice {
         Ok(thread)
     }
 
-    /// Sends a commit adding one device per KeyPackage, with its Welcome.
+    /// Sends a commit adding one device per KeyPackage, with its Welcome; the hub must accept it.
     pub async fn add(&mut self, raw: &mut RawConnection, thread: ThreadId, packages: &[Vec<u8>]) -> anyhow::Result<()> {
-        let packages = packages
-            .iter()
-            .map(|bytes| Ok(wire::mls::verify_key_package(bytes)?.key_package))
-            .collect::<anyhow::Result<Vec<KeyPackage>>>()?;
-        let (provider, signer) = (&self.provider, &self.signer);
-        let group = self.group.as_mut().context("no group yet")?;
-        let (commit, welcome, _) = group.add_members(provider, signer, &packages).map_err(mls)?;
-        let (commit, welcome) =
-            (commit.tls_serialize_detached().map_err(mls)?, welcome.tls_serialize_detached().map_err(mls)?);
-        self.send_commit(raw, thread, commit, Some(welcome)).await
+        self.try_add(raw, thread, packages).await?.map_err(|e| anyhow!("commit refused: {e:?}"))
     }
 
     /// Sends a commit removing the `nth` device (leaf) of `member` only.
@@ -113,6 +121,8 @@ impl ForgedDevice {
     /// A fresh KeyPackage of this device (TLS-encoded), to upload for it.
     pub fn key_package(&self) -> anyhow::Result<Vec<u8>> {
         let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(certs::binding::capabilities())
+            .leaf_node_extensions(self.binding.clone())
             .build(CIPHERSUITE, &self.provider, &self.signer, self.credential.clone())
             .map_err(mls)?;
         bundle.key_package().tls_serialize_detached().map_err(mls)
@@ -159,16 +169,43 @@ impl ForgedDevice {
         self.settle(reply)
     }
 
-    async fn send_commit(
+    /// Sends a commit whose one proposal changes the group context's
+    /// extensions (here: requiring a capability), which Ketenhub never uses.
+    pub async fn change_group_context(
         &mut self,
         raw: &mut RawConnection,
         thread: ThreadId,
-        commit: Vec<u8>,
-        welcome: Option<Vec<u8>>,
-    ) -> anyhow::Result<()> {
-        let welcome = welcome.map(serde_bytes::ByteBuf::from);
-        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome }).await?;
-        self.settle(reply)?.map_err(|e| anyhow!("commit refused: {e:?}"))
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let required = openmls::prelude::RequiredCapabilitiesExtension::new(&[], &[], &[]);
+        let extensions =
+            Extensions::single(openmls::prelude::Extension::RequiredCapabilities(required)).map_err(mls)?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let (commit, _, _) = group.update_group_context_extensions(provider, extensions, signer).map_err(mls)?;
+        let commit = commit.tls_serialize_detached().map_err(mls)?;
+        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        self.settle(reply)
+    }
+
+    /// Sends a commit adding one device per KeyPackage, and the hub's answer.
+    pub async fn try_add(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+        packages: &[Vec<u8>],
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let packages = packages
+            .iter()
+            .map(|bytes| Ok(wire::mls::verify_key_package(bytes)?.key_package))
+            .collect::<anyhow::Result<Vec<KeyPackage>>>()?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let (commit, welcome, _) = group.add_members(provider, signer, &packages).map_err(mls)?;
+        let (commit, welcome) =
+            (commit.tls_serialize_detached().map_err(mls)?, welcome.tls_serialize_detached().map_err(mls)?);
+        let request = Request::Commit { thread, commit, welcome: Some(welcome.into()) };
+        let reply = crate::raw_reply(raw, request).await?;
+        self.settle(reply)
     }
 
     /// Merges the pending commit if the hub accepted it, drops it otherwise.

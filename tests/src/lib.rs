@@ -25,6 +25,24 @@ use ketenhub_sdk::{ClientBuilder, Event, EventStream};
 
 pub use hub::devhub::{client_for, DevHub};
 
+/// The binder of `SLUG.crt`/`SLUG.key` in `pki_dir`: what makes a device's leaves its own.
+pub fn binder(pki_dir: &Path, slug: &str) -> anyhow::Result<certs::binding::Binder> {
+    let cert = std::fs::read(pki_dir.join(format!("{slug}.crt")))?;
+    let key = std::fs::read(pki_dir.join(format!("{slug}.key")))?;
+    Ok(certs::binding::Binder::from_pem(&cert, &key)?)
+}
+
+/// The identity CA of `pki_dir`, as devices check leaves against it.
+pub fn identities(pki_dir: &Path) -> anyhow::Result<std::sync::Arc<certs::binding::Verifier>> {
+    let ca = std::fs::read(pki_dir.join("ca.crt"))?;
+    Ok(std::sync::Arc::new(certs::binding::Verifier::from_pem(&ca)?))
+}
+
+/// A device of `slug` made with the SDK, outside any client, with its state in `state_dir`.
+pub fn device(pki_dir: &Path, slug: &str, state_dir: Option<&Path>) -> anyhow::Result<ketenhub_sdk::device::Device> {
+    Ok(ketenhub_sdk::device::Device::open(&binder(pki_dir, slug)?, identities(pki_dir)?, state_dir)?)
+}
+
 /// Limits for tests: the defaults, which is what production runs with.
 pub fn limits() -> Limits {
     Limits::default()

@@ -333,8 +333,8 @@ async fn refusals_before_the_write_path_are_audited_too() -> anyhow::Result<()> 
     let not_mls = Request::Send { thread, message: wire::MessageId::new(), payload: b"plain text".to_vec() };
     assert_eq!(tests::raw_refusal(&mut raw, not_mls).await?.code, ErrorCode::Invalid);
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
-    let identity = lt.identity().clone();
-    let device = ketenhub_sdk::device::Device::open(&identity, None)?;
+    drop(lt);
+    let device = tests::device(hub.pki_dir(), "lt-woerden-caseworker", None)?;
     let upload =
         Request::UploadKeyPackages { key_packages: device.key_packages(1)?.into_iter().map(Into::into).collect() };
     assert_eq!(tests::raw_refusal(&mut raw, upload).await?.code, ErrorCode::Forbidden);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ketenhub_sdk::device::{DecryptError, Device};
+use ketenhub_sdk::device::DecryptError;
 use ketenhub_sdk::raw::RawIncoming;
 use ketenhub_sdk::{Client, ErrorCode, Event, EventStream, Grounds, ThreadId};
 use tests::{files_containing, messages, next_event, DevHub, HubProcess};
@@ -75,7 +75,7 @@ async fn a_removed_member_cannot_read_what_follows() -> anyhow::Result<()> {
     let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
     let EntryBody::Message { payload } = raw_entry(&mut raw, after.seq).await? else { anyhow::bail!("not a message") };
     lt.close().await;
-    let mut device = Device::open(lt.identity(), Some(lt_state.path()))?;
+    let mut device = tests::device(hub.pki_dir(), "lt-woerden-caseworker", Some(lt_state.path()))?;
     assert!(device.process(thread, &payload).is_err(), "a removed member decrypted a later message");
     hub.stop().await
 }
@@ -99,7 +99,7 @@ async fn a_new_member_cannot_read_what_came_before() -> anyhow::Result<()> {
     assert_eq!(messages(&mut lt_events, 1, WAIT).await?[0].payload(), b"after LT joined");
     lt.close().await;
 
-    let mut device = Device::open(lt.identity(), Some(lt_state.path()))?;
+    let mut device = tests::device(hub.pki_dir(), "lt-woerden-caseworker", Some(lt_state.path()))?;
     assert!(device.process(thread, &payload).is_err(), "a new member decrypted history");
     hub.stop().await
 }
@@ -192,7 +192,7 @@ async fn a_commit_presented_under_another_identity_is_refused() -> anyhow::Resul
     lt.close().await;
 
     // LT's device signs a commit removing VT; VT's connection presents it as its own.
-    let mut device = Device::open(lt.identity(), Some(lt_state.path()))?;
+    let mut device = tests::device(hub.pki_dir(), "lt-woerden-caseworker", Some(lt_state.path()))?;
     let commit = device.remove(thread, &vt.member_id())?;
     let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
     let refusal = tests::raw_refusal(&mut raw, Request::Commit { thread, commit, welcome: None }).await?;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use ketenhub_sdk::device::Device;
 use ketenhub_sdk::{Client, ErrorCode};
+use tests::forged::ForgedDevice;
 use tests::{limits, DevHub};
 
 async fn stock(client: &Client) -> anyhow::Result<u64> {
@@ -89,7 +89,7 @@ async fn a_key_package_for_another_identity_is_refused() -> anyhow::Result<()> {
     let lt = hub.client("lt-woerden-caseworker").discard_events().key_package_stock(0).connect().await?;
 
     // VT's connection offers KeyPackages whose credential names LT's worker.
-    let impostor = Device::open(lt.identity(), None)?;
+    let impostor = tests::device(hub.pki_dir(), "lt-woerden-caseworker", None)?;
     let forged = impostor.key_packages(1)?;
     let refused = vt.upload_key_packages(forged).await;
     assert_eq!(refused.err().and_then(|e| e.code()), Some(ErrorCode::Forbidden));
@@ -99,16 +99,22 @@ async fn a_key_package_for_another_identity_is_refused() -> anyhow::Result<()> {
     // A credential for the same worker id in another organisation is refused too.
     let mut elsewhere = vt.identity().clone();
     elsewhere.oin = "00000001800000000004".parse()?;
-    let forged = Device::open(&elsewhere, None)?.key_packages(1)?;
+    let forged = vec![ForgedDevice::unbound(&elsewhere)?.key_package()?];
     assert_eq!(vt.upload_key_packages(forged).await.err().and_then(|e| e.code()), Some(ErrorCode::Forbidden));
 
+    // VT's own name without its certificate's binding: anyone could have made it.
+    let unbound = vec![ForgedDevice::unbound(vt.identity())?.key_package()?];
+    let refused = vt.upload_key_packages(unbound).await;
+    assert!(tests::refusal_rule(refused).contains("leaf-unbound"));
+
     // Garbage is refused as invalid, and one bad package refuses the whole upload.
-    let mut mixed = Device::open(vt.identity(), None)?.key_packages(2)?;
+    let own_device = tests::device(hub.pki_dir(), "vt-utrecht-caseworker", None)?;
+    let mut mixed = own_device.key_packages(2)?;
     mixed.push(b"not a key package".to_vec());
     assert_eq!(vt.upload_key_packages(mixed).await.err().and_then(|e| e.code()), Some(ErrorCode::Invalid));
     assert_eq!(stock(&vt).await?, 0);
 
-    let own = Device::open(vt.identity(), None)?.key_packages(2)?;
+    let own = own_device.key_packages(2)?;
     assert_eq!(vt.upload_key_packages(own).await?, 2);
     hub.stop().await
 }

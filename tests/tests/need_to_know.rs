@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use certs::dev::{DevPki, ExtraClient, SampleOrg, LT_WOERDEN};
-use ketenhub_sdk::device::Device;
 use ketenhub_sdk::raw::{RawConnection, RawIncoming};
 use ketenhub_sdk::{
     AgencyKind, AuditFilter, Client, Content, ErrorCode, Event, EventStream, FamilyTold, Grounds, OfferRequest, Role,
@@ -170,7 +169,7 @@ async fn an_identity_receives_only_the_entries_of_its_own_membership() -> anyhow
     let hub = DevHub::start(dir.path(), tests::limits()).await?;
     // VT's device is made by hand, so that it can remove one of LT's devices at a time.
     let mut vt_raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
-    let mut vt_device = ForgedDevice::new(&vt_raw.hello().identity.clone())?;
+    let mut vt_device = ForgedDevice::bound(&tests::binder(hub.pki_dir(), "vt-utrecht-caseworker")?)?;
     let thread = vt_device.create_thread(&mut vt_raw).await?;
     vt_device.send(&mut vt_raw, thread, b"before LT was ever on the case").await?;
 
@@ -179,7 +178,8 @@ async fn an_identity_receives_only_the_entries_of_its_own_membership() -> anyhow
     let lt_identity = lt_raw.hello().identity.clone();
     let lt = lt_identity.member_id();
     for n in 0..2 {
-        let device = Device::open(&lt_identity, Some(&dir.path().join(format!("lt-device-{n}"))))?;
+        let device =
+            tests::device(hub.pki_dir(), "lt-woerden-caseworker", Some(&dir.path().join(format!("lt-device-{n}"))))?;
         let upload =
             Request::UploadKeyPackages { key_packages: device.key_packages(1)?.into_iter().map(Into::into).collect() };
         tests::raw_reply(&mut lt_raw, upload).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -303,7 +303,7 @@ async fn a_member_cannot_give_its_device_another_identity() -> anyhow::Result<()
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let mut lt_raw = hub.client("lt-woerden-caseworker").connect_raw().await?;
     let lt_identity = lt_raw.hello().identity.clone();
-    let mut lt_device = ForgedDevice::new(&lt_identity)?;
+    let mut lt_device = ForgedDevice::bound(&tests::binder(hub.pki_dir(), "lt-woerden-caseworker")?)?;
     let thread = vt.create_thread().await?;
     let package = lt_device.key_package()?;
     let upload = Request::UploadKeyPackages { key_packages: vec![package.into()] };

@@ -73,8 +73,7 @@ async fn key_package_uploads_are_rate_limited_before_they_are_verified() -> anyh
     let limits = Limits { key_package_uploads_per_minute: 2, ..Limits::default() };
     let hub = DevHub::start(dir.path(), limits).await?;
     let mut raw = hub.client("lt-oudewater-caseworker").connect_raw().await?;
-    let identity = raw.hello().identity.clone();
-    let device = ketenhub_sdk::device::Device::open(&identity, None)?;
+    let device = tests::device(hub.pki_dir(), "lt-oudewater-caseworker", None)?;
     let upload = || -> anyhow::Result<Request> {
         Ok(Request::UploadKeyPackages { key_packages: device.key_packages(1)?.into_iter().map(Into::into).collect() })
     };

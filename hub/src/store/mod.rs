@@ -162,6 +162,9 @@ pub struct BlobRecord {
     pub created_at_ms: u64,
 }
 
+/// KeyPackages handed out and not yet added that the hub remembers per claimer and thread.
+pub const MAX_OPEN_CLAIMS: usize = 64;
+
 /// Storage for threads, members, entries, cursors, KeyPackages and blobs.
 pub trait Store: Send + Sync + 'static {
     /// Creates a thread whose first entry records `creator` as its first member.
@@ -238,8 +241,22 @@ pub trait Store: Send + Sync + 'static {
     /// Adds MLS KeyPackages (already verified) for `member`; returns how many it holds now.
     fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError>;
 
-    /// Removes and returns the oldest KeyPackage of `member`, if any.
-    fn take_key_package(&self, member: &MemberId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Removes and returns the oldest KeyPackage of `member`, if any, and
+    /// remembers (in the same batch) that it was handed to `claimer` for
+    /// `thread`: a commit may add only KeyPackages the hub handed out so. At
+    /// most [`MAX_OPEN_CLAIMS`] stay remembered per claimer and thread, the
+    /// oldest forgotten first.
+    fn claim_key_package(
+        &self,
+        thread: ThreadId,
+        claimer: &MemberId,
+        member: &MemberId,
+        at_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Whether every KeyPackage (by SHA-256) was handed to `claimer` for
+    /// `thread`; when so, they are forgotten, since each adds one device once.
+    fn redeem_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError>;
 
     /// How many KeyPackages `member` holds.
     fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError>;

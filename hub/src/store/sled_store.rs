@@ -71,6 +71,7 @@ const OFFERS_OF: u8 = b'W';
 const AUDIT_OF_CASE: u8 = b'N';
 const AUDIT_OF_ORGANISATION: u8 = b'U';
 const INDEX_VERSION: u8 = b'V';
+const CLAIM: u8 = b'Q';
 /// The indexes' layout; a store written before them gets them on opening.
 const INDEXES: u8 = 1;
 
@@ -585,13 +586,50 @@ impl Store for SledStore {
         self.key_package_stock(member)
     }
 
-    fn take_key_package(&self, member: &MemberId) -> Result<Option<Vec<u8>>, StoreError> {
+    fn claim_key_package(
+        &self,
+        thread: ThreadId,
+        claimer: &MemberId,
+        member: &MemberId,
+        at_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(first) = self.db.scan_prefix(key(KEY_PACKAGE, &[&member_key(member)])).next() else {
             return Ok(None);
         };
         let (k, package) = first.map_err(backend)?;
-        self.db.remove(k).map_err(backend)?;
+        let mut batch = sled::Batch::default();
+        batch.remove(k);
+        let open = key(CLAIM, &[thread.0.as_bytes(), &member_key(claimer)]);
+        let mut claims = self
+            .db
+            .scan_prefix(&open)
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                Ok((u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()), k))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claims.sort();
+        for (_, oldest) in claims.iter().take((claims.len() + 1).saturating_sub(super::MAX_OPEN_CLAIMS)) {
+            batch.remove(oldest.clone());
+        }
+        let digest = crate::groups::key_package_digest(&package);
+        batch.insert(key(CLAIM, &[&open[1..], &digest]), &at_ms.to_be_bytes()[..]);
+        self.db.apply_batch(batch).map_err(backend)?;
         Ok(Some(package.to_vec()))
+    }
+
+    fn redeem_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError> {
+        let keys: Vec<Vec<u8>> =
+            digests.iter().map(|d| key(CLAIM, &[thread.0.as_bytes(), &member_key(claimer), d])).collect();
+        for k in &keys {
+            if !self.db.contains_key(k).map_err(backend)? {
+                return Ok(false);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        keys.into_iter().for_each(|k| batch.remove(k));
+        self.db.apply_batch(batch).map_err(backend)?;
+        Ok(true)
     }
 
     fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError> {
@@ -950,9 +988,16 @@ mod tests {
         let (anna, piet) = (member("anna"), member("piet"));
         assert_eq!(store.add_key_packages(&anna, &[b"one".to_vec(), b"two".to_vec()]).unwrap(), 2);
         assert_eq!(store.add_key_packages(&piet, &[b"piet".to_vec()]).unwrap(), 1);
-        assert_eq!(store.take_key_package(&anna).unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(store.take_key_package(&anna).unwrap().as_deref(), Some(&b"two"[..]));
-        assert_eq!(store.take_key_package(&anna).unwrap(), None);
+        let (thread, claimer) = (ThreadId::random(), MemberId::new("00000001800000000002", "sanne").unwrap());
+        assert_eq!(store.claim_key_package(thread, &claimer, &anna, 1).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.claim_key_package(thread, &claimer, &anna, 2).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(store.claim_key_package(thread, &claimer, &anna, 3).unwrap(), None);
+        // Handed out to that claimer for that thread, and redeemed once.
+        let one = crate::groups::key_package_digest(b"one");
+        assert!(!store.redeem_claims(ThreadId::random(), &claimer, &[one]).unwrap());
+        assert!(!store.redeem_claims(thread, &anna, &[one]).unwrap());
+        assert!(store.redeem_claims(thread, &claimer, &[one]).unwrap());
+        assert!(!store.redeem_claims(thread, &claimer, &[one]).unwrap());
         assert_eq!(store.key_package_stock(&piet).unwrap(), 1);
     }
 

@@ -26,10 +26,13 @@ use std::process::ExitCode;
 
 use anyhow::{ensure, Context as _};
 use hub::audit::chain::{self, AuditKey, Chain, ExportLine};
+use std::sync::Arc;
+
+use certs::binding::{Binder, Verifier};
 use ketenhub_sdk::device::Device;
 use ketenhub_sdk::packet::{Date, HandoverPacket};
 use wire::audit::{AuditAction, AuditActor, AuditOutcome, AuditRecord};
-use wire::{AgencyKind, ClientFrame, Identity, MemberId, MessageId, Request, Role, ThreadId};
+use wire::{AgencyKind, ClientFrame, MemberId, MessageId, Request, Role, ThreadId};
 
 /// The example policy, as the hub ships it.
 #[path = "../../../fuzz/src/lib.rs"]
@@ -85,18 +88,10 @@ impl Seeds<'_> {
     }
 }
 
-fn identity(worker: &str, oin: &str, kind: AgencyKind) -> anyhow::Result<Identity> {
-    Ok(Identity {
-        oin: oin.parse().context("OIN")?,
-        organisation: "Fuzz seed organisation".into(),
-        kind,
-        worker: worker.into(),
-        role: Role::Caseworker,
-    })
-}
-
 /// A real thread's group and the commits of its first epochs, all by its creator.
 struct Mls {
+    /// The dev PKI's CA, which the devices' leaves are bound to.
+    ca: String,
     thread: ThreadId,
     creator: MemberId,
     group_info: Vec<u8>,
@@ -110,12 +105,17 @@ struct Mls {
 
 fn mls_seeds() -> anyhow::Result<Mls> {
     let thread = ThreadId::random();
-    let alice = identity("alice", "00000001800000000001", AgencyKind::Vt)?;
-    let bob = identity("bob", "00000001800000000002", AgencyKind::Lt)?;
-    let carol = identity("carol", "00000001800000000004", AgencyKind::Rvdk)?;
-    let mut device = Device::open(&alice, None)?;
-    let package = |who: &Identity| -> anyhow::Result<_> {
-        let bytes = Device::open(who, None)?.key_packages(1)?.remove(0);
+    let pki = certs::dev::DevPki::generate()?;
+    let identities = Arc::new(Verifier::from_pem(pki.ca.cert.as_bytes())?);
+    let binder = |slug: &str| -> anyhow::Result<Binder> {
+        let pair = pki.client(slug).with_context(|| format!("no sample {slug}"))?;
+        Ok(Binder::from_pem(pair.cert.as_bytes(), pair.key.as_bytes())?)
+    };
+    let (alice, bob, carol) =
+        (binder("vt-utrecht-caseworker")?, binder("lt-woerden-caseworker")?, binder("rvdk-caseworker")?);
+    let mut device = Device::open(&alice, identities.clone(), None)?;
+    let package = |who: &Binder| -> anyhow::Result<_> {
+        let bytes = Device::open(who, identities.clone(), None)?.key_packages(1)?.remove(0);
         let verified = wire::mls::verify_key_package(&bytes).map_err(|e| anyhow::anyhow!("key package: {e:?}"))?;
         Ok((bytes, verified.key_package))
     };
@@ -123,14 +123,15 @@ fn mls_seeds() -> anyhow::Result<Mls> {
     let (bob_bytes, bob_package) = package(&bob)?;
     let (add_bob, welcome) = device.add(thread, bob_package)?;
     device.commit_accepted(thread)?;
-    let remove_bob = device.remove(thread, &bob.member_id())?;
+    let remove_bob = device.remove(thread, &bob.identity().member_id())?;
     device.commit_accepted(thread)?;
     let (_, carol_package) = package(&carol)?;
     let (add_carol, _) = device.add(thread, carol_package)?;
     device.commit_accepted(thread)?;
     let mls = Mls {
+        ca: pki.ca.cert.clone(),
         thread,
-        creator: alice.member_id(),
+        creator: alice.identity().member_id(),
         group_info,
         ratchet_tree,
         commits: vec![add_bob, remove_bob, add_carol],
@@ -138,10 +139,10 @@ fn mls_seeds() -> anyhow::Result<Mls> {
         key_package: bob_bytes,
     };
     // The hub must accept all of it, or the seeds would stop at the first check.
-    let mut state = hub::groups::init(thread, &mls.creator, &mls.group_info, &mls.ratchet_tree)
+    let mut state = hub::groups::init(&identities, thread, &mls.creator, &mls.group_info, &mls.ratchet_tree)
         .map_err(|e| anyhow::anyhow!("the hub refuses the seed group: {e}"))?;
     for (i, commit) in mls.commits.iter().enumerate() {
-        state = hub::groups::check_commit(&state, thread, &mls.creator, commit)
+        state = hub::groups::check_commit(&identities, &state, thread, &mls.creator, commit)
             .map_err(|e| anyhow::anyhow!("the hub refuses seed commit {i}: {e}"))?
             .state;
     }
@@ -161,7 +162,8 @@ fn sections<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 
 fn mls_targets(seeds: &mut Seeds<'_>, mls: &Mls) -> anyhow::Result<()> {
     let caller = format!("{}/{}", mls.creator.oin, mls.creator.worker);
-    let head = [mls.thread.0.as_bytes().as_slice(), caller.as_bytes(), &mls.group_info, &mls.ratchet_tree];
+    let head =
+        [mls.ca.as_bytes(), mls.thread.0.as_bytes().as_slice(), caller.as_bytes(), &mls.group_info, &mls.ratchet_tree];
     let inputs = [
         ("mls_init", "new-group", head.to_vec()),
         ("mls_commit", "add", head.into_iter().chain([mls.commits[0].as_slice()]).collect()),
@@ -174,9 +176,12 @@ fn mls_targets(seeds: &mut Seeds<'_>, mls: &Mls) -> anyhow::Result<()> {
         ensure!(read == parts, "seed {target}/{name} does not read back as its sections");
         let input = framing::group_input(&bytes).with_context(|| format!("seed {target}/{name}: no group read"))?;
         let misread = (input.thread, &input.caller) != (mls.thread, &mls.creator)
-            || [input.group_info, input.tree] != parts[2..4]
-            || input.rest.collect::<Vec<_>>() != parts[4..];
+            || [input.group_info, input.tree] != parts[3..5]
+            || input.rest.collect::<Vec<_>>() != parts[5..];
         ensure!(!misread, "seed {target}/{name}: the group's sections misread");
+        // The CA read back must be the one the seed's leaves are bound to.
+        hub::groups::init(&input.identities, input.thread, &input.caller, input.group_info, input.tree)
+            .map_err(|e| anyhow::anyhow!("seed {target}/{name}: the group read back is refused: {e}"))?;
         seeds.write(target, name, &bytes)?;
     }
     Ok(())
