@@ -6,7 +6,14 @@
 //! sends again every request still waiting for an answer (all requests are
 //! idempotent), and lets the hub resume delivery from the cursor. Entries the
 //! application has already seen are dropped by sequence number, so each one
-//! reaches the application once.
+//! reaches the application once while the process lives.
+//!
+//! Reading is saved per burst, not per entry: the device state is written once
+//! the connection has been quiet for a moment, or every [`SAVE_BURST`] entries,
+//! and the application's acknowledgements go to the hub only after that write.
+//! So nothing acknowledged is ever lost, and a process that dies mid-burst
+//! sees the messages since its last write again after a restart (as it sees
+//! every message it had not acknowledged); `Message::seq` tells them apart.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -597,6 +604,12 @@ fn unexpected(reply: Reply) -> Error {
 
 /// Frames queued for the writer task before the driver holds them back.
 const OUTBOX: usize = 256;
+
+/// Entries read, at most, before the device state is saved during a burst.
+const SAVE_BURST: usize = 512;
+
+/// How long the connection stays quiet before what was read is saved.
+const SAVE_IDLE: Duration = Duration::from_millis(2);
 /// How long a polite close may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -635,6 +648,10 @@ struct Driver {
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
     acks: HashMap<ThreadId, u64>,
+    /// Acknowledgements the application gave that wait for the device state to be saved.
+    unsent_acks: HashMap<ThreadId, u64>,
+    /// Entries read since the device state was last saved.
+    unsaved: usize,
     device: SharedDevice,
     own: OwnMessages,
     me: MemberId,
@@ -649,7 +666,19 @@ impl Driver {
         own: OwnMessages,
         me: MemberId,
     ) -> Self {
-        Self { settings, commands, events, pending: BTreeMap::new(), next_id: 1, acks: HashMap::new(), device, own, me }
+        Self {
+            settings,
+            commands,
+            events,
+            pending: BTreeMap::new(),
+            next_id: 1,
+            acks: HashMap::new(),
+            unsent_acks: HashMap::new(),
+            unsaved: 0,
+            device,
+            own,
+            me,
+        }
     }
 
     async fn run(mut self, first: WsStream) {
@@ -731,14 +760,11 @@ impl Driver {
                 Some(frame)
             }
             Command::Ack { thread, seq } => {
-                // Forgotten by the device before the hub moves its cursor.
-                if let Err(e) = lock_device(&self.device).acknowledge(thread, seq) {
-                    warn!(%thread, seq, "cannot save the acknowledgement: {e}");
-                    return None;
-                }
-                let acked = self.acks.entry(thread).or_default();
-                *acked = (*acked).max(seq);
-                Some(wire::encode(&ClientFrame::Ack { thread, seq }))
+                // Sent once the device has saved what it covers (see `save`).
+                lock_device(&self.device).acknowledge(thread, seq);
+                let unsent = self.unsent_acks.entry(thread).or_default();
+                *unsent = (*unsent).max(seq);
+                None
             }
             Command::Shutdown { .. } => None,
         }
@@ -789,10 +815,20 @@ impl Driver {
                     Some(Command::Shutdown { done }) => break Stop::Closed(Some(done)),
                     Some(command) => backlog.extend(self.queue(command)),
                 },
+                // Once the burst is over (nothing else ready for a moment), or every
+                // SAVE_BURST entries while it lasts.
+                () = tokio::time::sleep(SAVE_IDLE), if self.must_save() => backlog.extend(self.save()),
+            }
+            if self.unsaved >= SAVE_BURST {
+                backlog.extend(self.save());
             }
         };
+        let last_acks = self.save();
         match stop {
             Stop::Closed(_) => {
+                for frame in last_acks {
+                    let _ = outbox.send(WsMessage::Binary(frame.into())).await;
+                }
                 // Closing the queue makes the writer send a close frame and finish.
                 drop(outbox);
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
@@ -832,19 +868,40 @@ impl Driver {
 
     /// Turns a thread entry into what the application sees, through the
     /// thread's MLS group; `None` for entries already seen or meant for MLS only.
+    /// The device's new state is saved with the burst the entry came in (see `save`).
     fn read_entry(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
-        let seq = entry.seq;
+        self.unsaved += 1;
         let event = self.interpret(thread, entry)?;
-        let mut device = lock_device(&self.device);
         if let (Event::Message(message), true) = (&event, self.settings.keep_events) {
-            device.keep(message.clone());
-        }
-        // The group's new state, the delivered mark and the kept message, in one write:
-        // a crash before it leaves the entry to be delivered and read again.
-        if let Err(e) = device.save() {
-            warn!(%thread, seq, "cannot save the device state: {e}");
+            lock_device(&self.device).keep(message.clone());
         }
         Some(event)
+    }
+
+    /// Whether something read or acknowledged waits to be saved.
+    fn must_save(&self) -> bool {
+        self.unsaved > 0 || !self.unsent_acks.is_empty()
+    }
+
+    /// Writes what reading changed to the device state in one write, and only
+    /// then releases the acknowledgements it covers: the hub never moves a
+    /// cursor past an entry whose effect on the device is not on disk, and a
+    /// crash before the write leaves those entries to be delivered again.
+    /// Returns the acknowledgement frames to send.
+    fn save(&mut self) -> Vec<Vec<u8>> {
+        self.unsaved = 0;
+        if let Err(e) = lock_device(&self.device).save() {
+            warn!("cannot save the device state; acknowledgements wait: {e}");
+            return Vec::new();
+        }
+        self.unsent_acks
+            .drain()
+            .map(|(thread, seq)| {
+                let acked = self.acks.entry(thread).or_default();
+                *acked = (*acked).max(seq);
+                wire::encode(&ClientFrame::Ack { thread, seq })
+            })
+            .collect()
     }
 
     /// What an entry means to the application, through the thread's MLS group.

@@ -9,8 +9,14 @@
 //! hands out KeyPackages and Welcomes, but is never believed about whose key
 //! is whose. The
 //! state lives in openmls's key-value storage, which this module writes to
-//! `STATE_DIR/mls-state.cbor` after every change, atomically (write, sync,
-//! rename), so a crash leaves either the old or the new state, never half.
+//! `STATE_DIR/mls-state.cbor` atomically (write, sync, rename), so a crash
+//! leaves either the old or the new state, never half. What this device sends
+//! (a message, a commit, KeyPackages) is written before it leaves, so no key is
+//! ever used twice; what it reads (entries processed, messages kept, and
+//! acknowledgements) is only marked [`Device::is_dirty`] and written by
+//! [`Device::save`] once per burst, before the hub hears of any acknowledgement
+//! it covers. A crash in between loses nothing: the hub still holds those
+//! entries and delivers them again to the state that can still read them.
 //! Without a state directory the state lives in memory and dies with the client.
 //!
 //! The state holds the device's signature key and its groups' secrets, so the
@@ -192,6 +198,8 @@ pub struct Device {
     /// oldest first: MLS forward secrecy means the hub's copies can never be
     /// decrypted again, so these are handed over again after a restart.
     inbox: Vec<crate::Message>,
+    /// Whether reading changed the state since it was last written.
+    dirty: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -276,6 +284,7 @@ impl Device {
             groups: HashMap::new(),
             delivered: HashMap::new(),
             inbox: Vec::new(),
+            dirty: false,
         }
     }
 
@@ -675,6 +684,7 @@ impl Device {
     pub fn mark_delivered(&mut self, thread: ThreadId, seq: u64) {
         let seen = self.delivered.entry(thread).or_default();
         *seen = (*seen).max(seq);
+        self.dirty = true;
     }
 
     /// Keeps a message handed to the application until it acknowledges it;
@@ -690,6 +700,7 @@ impl Device {
             tracing::warn!(thread = %dropped.thread, seq = dropped.seq, "too many unacknowledged messages; the oldest is no longer kept");
         }
         self.inbox.push(message);
+        self.dirty = true;
     }
 
     /// The messages handed over and not yet acknowledged, oldest first.
@@ -698,20 +709,27 @@ impl Device {
     }
 
     /// The application acknowledged `thread` up to `seq`: those messages are
-    /// no longer kept. Persisted before the hub hears of the acknowledgement.
-    pub fn acknowledge(&mut self, thread: ThreadId, seq: u64) -> Result<(), DeviceError> {
+    /// no longer kept once the state is next saved, which must happen before
+    /// the hub hears of the acknowledgement.
+    pub fn acknowledge(&mut self, thread: ThreadId, seq: u64) {
         let before = self.inbox.len();
         self.inbox.retain(|m| m.thread != thread || m.seq > seq);
-        if self.inbox.len() == before {
-            return Ok(());
-        }
-        self.persist()
+        self.dirty |= self.inbox.len() != before;
     }
 
-    /// Writes what processing an entry changed (group state, what was handed
-    /// over) to disk in one write.
-    pub fn save(&self) -> Result<(), DeviceError> {
-        self.persist()
+    /// Whether reading changed the state since it was last saved.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Writes what reading changed (group states, entries handed over, kept
+    /// and acknowledged messages) to disk in one write; a no-op when nothing did.
+    pub fn save(&mut self) -> Result<(), DeviceError> {
+        if self.dirty {
+            self.persist()?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 }
 

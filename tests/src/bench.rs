@@ -47,6 +47,8 @@ pub struct Scale {
     pub restart_messages: usize,
     /// Size of the attachment sent through the hub, in MiB.
     pub attachment_mib: usize,
+    /// Messages a device catches up on after being offline.
+    pub catch_up_messages: usize,
 }
 
 impl Scale {
@@ -58,6 +60,7 @@ impl Scale {
             handshake_window: Duration::from_secs(2),
             restart_messages: 100_000,
             attachment_mib: 32,
+            catch_up_messages: 2_000,
         }
     }
 
@@ -69,6 +72,7 @@ impl Scale {
             handshake_window: Duration::from_millis(300),
             restart_messages: 1_000,
             attachment_mib: 2,
+            catch_up_messages: 50,
         }
     }
 
@@ -80,6 +84,7 @@ impl Scale {
             handshake_window: Duration::from_secs(5),
             restart_messages: 1_000_000,
             attachment_mib: 100,
+            catch_up_messages: 10_000,
         }
     }
 }
@@ -526,6 +531,8 @@ pub enum Phase {
     Attachment,
     /// Audit log append (durable) and verification rates.
     Audit,
+    /// A device with a state directory catching up on a backlog, against a raw reader.
+    CatchUp,
 }
 
 /// Runs the phases in `only` (all when empty) and returns the report rows.
@@ -608,6 +615,10 @@ pub async fn run(
     if wanted(Phase::Attachment) {
         progress(&format!("a {} MiB attachment", scale.attachment_mib));
         figures.extend(attachment_figures(&hub, dir.path(), scale.attachment_mib).await?);
+    }
+    if wanted(Phase::CatchUp) {
+        progress(&format!("a device catching up on {} messages", scale.catch_up_messages));
+        figures.extend(catch_up_figures(&hub, dir.path(), scale.catch_up_messages).await?);
     }
     drop((relay, hub));
     if wanted(Phase::Audit) {
@@ -807,6 +818,64 @@ impl PeakMemory {
         self.stop.store(true, Ordering::Relaxed);
         Ok(self.task.await?)
     }
+}
+
+/// A device that was offline reads a backlog of `count` messages through the
+/// SDK with its state directory (decrypting, keeping each message until it is
+/// acknowledged, saving per burst), acknowledging every 256; the "relay"
+/// column is a raw connection of another member reading the same entries
+/// without decrypting or saving anything: the hub's own delivery rate.
+async fn catch_up_figures(hub: &Target, dir: &Path, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let sender = hub.client(Crew::Idle, 2).discard_events().connect().await?;
+    let state = dir.join("catch-up-device");
+    let device = hub.client(Crew::Idle, 3).state_dir(&state).connect().await?;
+    let raw_reader = hub.client(Crew::Idle, 4).discard_events().connect().await?;
+    let thread = sender.create_thread().await?;
+    for member in [device.member_id(), raw_reader.member_id()] {
+        sender.add_member(thread, member, &bench_grounds()).await?;
+    }
+    let mut events = device.events().context("events")?;
+    crate::next_event(&mut events, Duration::from_secs(60), |e| matches!(e, Event::Joined { .. })).await?;
+    device.close().await;
+    raw_reader.close().await;
+    for i in 0..count {
+        sender.send_text(thread, &format!("backlog {i}")).await?;
+    }
+
+    let started = Instant::now();
+    let device = hub.client(Crew::Idle, 3).state_dir(&state).connect().await?;
+    let mut events = device.events().context("events")?;
+    let mut read = 0;
+    while read < count {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next()).await?.context("events ended")?;
+        if let Event::Message(message) = event {
+            read += 1;
+            if read % 256 == 0 || read == count {
+                device.ack(thread, message.seq).await?;
+            }
+        }
+    }
+    let sdk_rate = count as f64 / started.elapsed().as_secs_f64();
+    device.close().await;
+
+    let started = Instant::now();
+    let mut raw = hub.client(Crew::Idle, 4).connect_raw().await?;
+    let mut read = 0;
+    while read < count {
+        let incoming = tokio::time::timeout(Duration::from_secs(60), raw.next()).await??;
+        if let ketenhub_sdk::raw::RawIncoming::Frame(wire::HubFrame::Event { entry, .. }) = incoming {
+            read += usize::from(matches!(entry.body, wire::EntryBody::Message { .. }));
+        }
+    }
+    let raw_rate = count as f64 / started.elapsed().as_secs_f64();
+    sender.close().await;
+    Ok(vec![Figure::new(
+        format!("a device catching up on {count} messages with its state directory (relay column: a raw reader of the same entries)"),
+        "entries/s",
+        sdk_rate,
+        Some(raw_rate),
+        Better::Higher,
+    )])
 }
 
 /// An attachment uploaded and fetched through the hub by two SDK clients in
