@@ -5,7 +5,8 @@
 //! worker, role) out of a verified client certificate, for the hub and the SDK
 //! alike; [`dev`] generates a complete development PKI so that the demo, the
 //! tests and a newcomer's laptop never need a real PKIoverheid certificate.
-//! Beside them, [`private`] creates the owner-only files that private keys
+//! [`revocation`] says whether a certificate is still good: its validity period
+//! and the revocation lists in force. Beside them, [`private`] creates the owner-only files that private keys
 //! (and the SDK's and the hub's secrets) are kept in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -13,5 +14,7 @@
 pub mod dev;
 pub mod identity;
 pub mod private;
+pub mod revocation;
 
 pub use identity::{fingerprint, identity_from_der, CertIdentityError};
+pub use time;

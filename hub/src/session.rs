@@ -19,11 +19,12 @@ use crate::audit::{self, Recorder};
 use crate::blobs::{self, ChunkUpload};
 use crate::clock::Clock;
 use crate::config::Limits;
-use crate::delivery::Registry;
+use crate::delivery::{Farewell, Registry};
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
 use crate::handovers::{self, HandoverOp};
 use crate::policy::{Action, Decision, Grounds, Policy, PolicySource};
 use crate::store::{Store, StoreError};
+use certs::revocation::CertValidity;
 use wire::handover::Calendar;
 
 /// KeyPackages accepted in one upload.
@@ -55,6 +56,8 @@ pub struct Hub {
     pub refusals: crate::admission::Refusals,
     /// The hub-wide budget of bytes queued towards connections.
     pub outbound: Arc<tokio::sync::Semaphore>,
+    /// The TLS configuration and the CRLs in force.
+    pub certificates: Arc<crate::tls::Certificates>,
 }
 
 /// The authenticated party behind a connection.
@@ -66,15 +69,19 @@ pub struct Caller {
     pub member: MemberId,
     /// The SHA-256 fingerprint of its certificate.
     pub fingerprint: String,
+    /// Its certificate's validity period and serial, checked again over the
+    /// connection's life.
+    pub certificate: CertValidity,
     /// Its network address.
     pub peer: SocketAddr,
 }
 
 impl Caller {
-    /// A caller with the given identity, certificate fingerprint and address.
-    pub fn new(identity: Identity, fingerprint: String, peer: SocketAddr) -> Self {
+    /// A caller with the given identity, certificate (fingerprint and
+    /// validity) and address.
+    pub fn new(identity: Identity, fingerprint: String, certificate: CertValidity, peer: SocketAddr) -> Self {
         let member = identity.member_id();
-        Self { identity, member, fingerprint, peer }
+        Self { identity, member, fingerprint, certificate, peer }
     }
 }
 
@@ -147,6 +154,14 @@ fn denied(decision: &Decision) -> WireError {
     WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
 }
 
+/// The connections a policy change from `before` to `after` no longer admits.
+fn no_longer_admits<'a>(
+    before: &'a Policy,
+    after: &'a Policy,
+) -> impl Fn(crate::delivery::Open<'_>) -> Option<Farewell> + 'a {
+    move |open| (!PolicySource::keeps(before, after, open.member, open.role)).then(Farewell::policy)
+}
+
 fn not_durable(e: WriteError) -> WireError {
     match e {
         WriteError::Refused(refusal) => refusal,
@@ -168,6 +183,7 @@ impl Hub {
         recorder: Recorder,
         clock: Clock,
         calendar: Calendar,
+        certificates: Arc<crate::tls::Certificates>,
     ) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
         let checkpoint_every_ms = recorder.checkpoint_every_ms();
@@ -188,6 +204,7 @@ impl Hub {
             quotas,
             refusals,
             outbound,
+            certificates,
         }))
     }
 
@@ -214,26 +231,23 @@ impl Hub {
         };
         let before = self.policy.current();
         let mut records = vec![record(AuditOutcome::Allowed, "policy-reloaded".to_owned())];
-        let closing = self.registry.refused_by(|m, role| PolicySource::keeps(&before, &candidate, m, role));
-        records.extend(closing.into_iter().map(|connection| AuditRecord {
-            action: AuditAction::Connect,
-            outcome: AuditOutcome::Denied,
-            rule: "policy-no-longer-admits: the connection is closed".into(),
-            at_ms: crate::clock::now_ms(),
-            ..connection
-        }));
-        for record in records {
-            if let Err(e) =
-                self.writes.submit(Write::Audit, Some(record)).await.await.unwrap_or(Err(WriteError::Closed))
-            {
-                error!(error = %e, "cannot audit the policy reload; the previous policy stays in force");
-                return;
-            }
+        records.extend(self.registry.refused_by(no_longer_admits(&before, &candidate)));
+        if let Err(e) = self.audit_all(records).await {
+            error!(error = %e, "cannot audit the policy reload; the previous policy stays in force");
+            return;
         }
         self.policy.install(candidate);
         let after = self.policy.current();
-        self.registry.revoke(|m, role| PolicySource::keeps(&before, &after, m, role));
+        self.registry.revoke(no_longer_admits(&before, &after));
         tracing::info!(file = %path, "policy reloaded");
+    }
+
+    /// Writes `records` to the audit log, one after another, until one fails.
+    pub async fn audit_all(&self, records: Vec<AuditRecord>) -> Result<(), WriteError> {
+        for record in records {
+            self.writes.submit(Write::Audit, Some(record)).await.await.unwrap_or(Err(WriteError::Closed))?;
+        }
+        Ok(())
     }
 
     /// Runs a retention sweep at `now_ms` with the policy's periods and records
