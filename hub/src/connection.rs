@@ -89,10 +89,9 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         }
     };
     let mailbox = registration.mailbox();
-    // Registered first, checked second: a policy reload either ran its
-    // revocation after this registration (and saw it) or was in force for
-    // this check, so no connection slips between the two.
-    // Likewise for a CRL reload.
+    // Registered first, checked second: a reload of the policy or the CRLs
+    // either ran its revocation after this registration (and saw it) or was
+    // in force for these checks, so no connection slips between the two.
     if let Err(refusal) = hub.certificates.check(&caller.certificate) {
         warn!(peer = %caller.peer, identity = %caller.identity, "refused connection: {refusal}");
         return refuse_certificate(&hub, ws, &refusal).await;
@@ -163,9 +162,7 @@ pub async fn refuse(hub: &Hub, mut ws: WsStream, error: WireError, reason: &str)
 /// Refuses a connection whose certificate is no longer good (a resumed
 /// session's, say): a `forbidden` error frame naming the rule, then close 1008.
 pub async fn refuse_certificate(hub: &Hub, ws: WsStream, refusal: &CertRefusal) {
-    let farewell = Farewell::certificate(refusal);
-    let error = farewell.error.unwrap_or_else(|| WireError::new(ErrorCode::Forbidden, refusal.to_string()));
-    refuse(hub, ws, error, farewell.rule).await
+    refuse(hub, ws, delivery::certificate_denied(refusal), refusal.rule()).await
 }
 
 /// The reading half's state.
@@ -292,11 +289,7 @@ impl<'a> Reader<'a> {
         if let Some(error) = farewell.error {
             let _ = self.send(HubFrame::Error { error }).await;
         }
-        let reason = match farewell.rule {
-            "policy-no-longer-admits" => "the policy in force no longer admits this connection",
-            rule => rule,
-        };
-        Closing::new(CloseCode::Policy, reason)
+        Closing::new(CloseCode::Policy, farewell.close)
     }
 
     /// Handles one message; `Ok(Some(..))` is a request to apply.

@@ -42,23 +42,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Why the hub ends an open connection it no longer admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Farewell {
-    /// The rule that no longer admits it, for the audit log and the close frame.
+    /// The rule that no longer admits it, for the audit log.
     pub rule: &'static str,
     /// An error frame to send before the close, if the client is to learn more.
     pub error: Option<WireError>,
+    /// The reason in the close frame.
+    pub close: &'static str,
+}
+
+/// The refusal of a certificate that is no longer good, as the client sees it.
+pub fn certificate_denied(refusal: &CertRefusal) -> WireError {
+    WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {refusal}", refusal.rule()))
 }
 
 impl Farewell {
     /// A reloaded policy no longer admits the connection (closed without an error frame).
     pub fn policy() -> Self {
-        Self { rule: "policy-no-longer-admits", error: None }
+        Self {
+            rule: "policy-no-longer-admits",
+            error: None,
+            close: "the policy in force no longer admits this connection",
+        }
     }
 
     /// The connection's certificate is no longer good: expired, revoked, or its
-    /// issuer's CRL out of date.
+    /// issuer's CRL out of date. The close frame names the rule.
     pub fn certificate(refusal: &CertRefusal) -> Self {
-        let error = WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {refusal}", refusal.rule()));
-        Self { rule: refusal.rule(), error: Some(error) }
+        Self { rule: refusal.rule(), error: Some(certificate_denied(refusal)), close: refusal.rule() }
     }
 
     /// The audit record of closing the connection that `record` describes.

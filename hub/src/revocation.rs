@@ -107,6 +107,8 @@ impl Hub {
 /// Rereads the CRLs every `every` until shutdown.
 pub async fn crl_reloads(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
+    // A slow reread (a store that stalls its audit entry) is not made up for with a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate, and the lists were read a moment ago at start.
     ticks.tick().await;
     loop {
