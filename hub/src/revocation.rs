@@ -18,11 +18,10 @@ use std::time::Duration;
 use certs::revocation::{utc, CertRefusal, CertValidity, RevocationLists};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use wire::audit::{AuditAction, AuditOutcome, AuditRecord};
+use wire::audit::AuditOutcome;
 
-use crate::audit;
 use crate::delivery::{Farewell, Open};
-use crate::session::Hub;
+use crate::session::{reload_record, Hub, Refused};
 use crate::tls::{now_secs, InForce};
 
 /// Resolves once `certificate` has expired, with the refusal to close its
@@ -67,26 +66,14 @@ impl Hub {
     /// on new handshakes use them and those connections receive nothing more.
     pub async fn reload_crls(&self) {
         let files = self.certificates.crl_files();
-        let record = |outcome, rule: String| AuditRecord {
-            object: Some(files.clone()),
-            outcome,
-            rule,
-            ..audit::blank_record(AuditAction::PolicyReload, None)
-        };
-        let candidate = match self.certificates.read_again() {
-            Ok(candidate) => candidate,
-            Err(e) => {
-                error!("CRL reload refused, the revocation lists in force stay: {e}");
-                let _ = self.audit_all(vec![record(AuditOutcome::Failed, format!("crl-reload-refused: {e}"))]).await;
-                return;
-            }
-        };
+        let refused = Refused { what: "CRL reload refused", stays: "the revocation lists in force stay" };
+        let Some(candidate) = self.reread(&files, self.certificates.read_again(), refused).await else { return };
         warn_if_stale(&candidate, &files, self.certificates.allows_stale());
         let now = now_secs();
         let changed = !candidate.same_lists(&self.certificates.current());
         let mut records = Vec::new();
         if changed {
-            records.push(record(AuditOutcome::Allowed, "crl-reloaded".to_owned()));
+            records.push(reload_record(&files, AuditOutcome::Allowed, "crl-reloaded".to_owned()));
         }
         records.extend(self.registry.refused_by(refused_under(&candidate.lists, now)));
         if let Err(e) = self.audit_all(records).await {

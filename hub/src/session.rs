@@ -154,6 +154,26 @@ fn denied(decision: &Decision) -> WireError {
     WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
 }
 
+/// How a refused reread is told: `what` was refused, and what `stays` in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// For example "policy reload refused"; its kebab case is the audit rule.
+    pub what: &'static str,
+    /// What stays in force instead.
+    pub stays: &'static str,
+}
+
+/// The audit record of a reload of `object` (the policy file, the CRL files):
+/// what the hub puts in force decides who is admitted, so both are `policy_reload`.
+pub fn reload_record(object: &str, outcome: AuditOutcome, rule: String) -> AuditRecord {
+    AuditRecord {
+        object: Some(object.to_owned()),
+        outcome,
+        rule,
+        ..audit::blank_record(AuditAction::PolicyReload, None)
+    }
+}
+
 /// The connections a policy change from `before` to `after` no longer admits.
 fn no_longer_admits<'a>(
     before: &'a Policy,
@@ -214,23 +234,10 @@ impl Hub {
     /// connections receive nothing once it is in force.
     pub async fn reload_policy(&self) {
         let path = self.policy.path().display().to_string();
-        let record = |outcome, rule: String| AuditRecord {
-            object: Some(path.clone()),
-            outcome,
-            rule,
-            ..audit::blank_record(AuditAction::PolicyReload, None)
-        };
-        let candidate = match self.policy.read_again() {
-            Ok(candidate) => candidate,
-            Err(e) => {
-                error!("policy reload refused, the previous policy stays in force: {e}");
-                let refused = record(AuditOutcome::Failed, format!("policy-reload-refused: {e}"));
-                let _ = self.writes.submit(Write::Audit, Some(refused)).await.await;
-                return;
-            }
-        };
+        let refused = Refused { what: "policy reload refused", stays: "the previous policy stays in force" };
+        let Some(candidate) = self.reread(&path, self.policy.read_again(), refused).await else { return };
         let before = self.policy.current();
-        let mut records = vec![record(AuditOutcome::Allowed, "policy-reloaded".to_owned())];
+        let mut records = vec![reload_record(&path, AuditOutcome::Allowed, "policy-reloaded".to_owned())];
         records.extend(self.registry.refused_by(no_longer_admits(&before, &candidate)));
         if let Err(e) = self.audit_all(records).await {
             error!(error = %e, "cannot audit the policy reload; the previous policy stays in force");
@@ -240,6 +247,24 @@ impl Hub {
         let after = self.policy.current();
         self.registry.revoke(no_longer_admits(&before, &after));
         tracing::info!(file = %path, "policy reloaded");
+    }
+
+    /// The result of rereading `object`; a failure is logged and audited
+    /// (outcome failed, rule `what` in kebab case) and gives `None`: what is in force stays.
+    pub async fn reread<T, E: std::fmt::Display>(
+        &self,
+        object: &str,
+        read: Result<T, E>,
+        refused: Refused,
+    ) -> Option<T> {
+        let e = match read {
+            Ok(candidate) => return Some(candidate),
+            Err(e) => e,
+        };
+        error!("{}, {}: {e}", refused.what, refused.stays);
+        let rule = format!("{}: {e}", refused.what.to_lowercase().replace(' ', "-"));
+        let _ = self.audit_all(vec![reload_record(object, AuditOutcome::Failed, rule)]).await;
+        None
     }
 
     /// Writes `records` to the audit log, one after another, until one fails.
