@@ -3,6 +3,9 @@
 //!
 //! Every refused handshake is logged with the peer address and the reason
 //! (missing, unknown, expired, revoked or attribute-less certificate, timeout).
+//! A completed handshake is not yet an admission: the peer's certificate is
+//! checked once more against its validity period and the CRLs in force, since
+//! a resumed TLS session restores it without rustls verifying it again.
 //! The total number of connections is bounded; past it new connections are
 //! closed at once rather than queued.
 
