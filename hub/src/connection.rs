@@ -30,6 +30,7 @@ use crate::outbox::{Outbox, Queued, Reserved};
 use crate::ratelimit::TokenBucket;
 use crate::session::{Caller, Hub};
 use certs::revocation::CertRefusal;
+use wire::audit::{AuditAction, AuditOutcome};
 
 /// A WebSocket over a server-side TLS stream.
 pub type WsStream = WebSocketStream<TlsStream<TcpStream>>;
@@ -94,6 +95,9 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
     // in force for these checks, so no connection slips between the two.
     if let Err(refusal) = hub.certificates.check(&caller.certificate) {
         warn!(peer = %caller.peer, identity = %caller.identity, "refused connection: {refusal}");
+        let why = format!("{}: {refusal}", refusal.rule());
+        let _ =
+            hub.audit_connection(Some(&caller), caller.peer, AuditAction::Connect, AuditOutcome::Denied, &why).await;
         return refuse_certificate(&hub, ws, &refusal).await;
     }
     let policy = hub.policy.current();
