@@ -12,8 +12,9 @@ use std::path::Path;
 use rcgen::string::PrintableString;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DistinguishedName, DnType,
-    DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 use wire::{AgencyKind, Role};
 
@@ -130,6 +131,9 @@ pub enum DevPkiError {
     /// rcgen refused the parameters (a bug here, not user input).
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A certificate or key given to be reused could not be read.
+    #[error("cannot read a certificate: {0}")]
+    Read(#[from] crate::revocation::Unreadable),
     /// Writing the files failed.
     #[error("cannot write {path}")]
     Write {
@@ -140,9 +144,16 @@ pub enum DevPkiError {
     },
 }
 
-type Issuer = CertifiedIssuer<'static, KeyPair>;
+/// The name of the dev chain CA (its subject's CN).
+const CHAIN_CA: &str = "Ketenhub Dev Chain CA";
 
-fn ca(name: &str) -> Result<Issuer, DevPkiError> {
+fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, DevPkiError> {
+    Ok(CertifiedIssuer::self_signed(ca_params(name), KeyPair::generate()?)?)
+}
+
+/// A CA's parameters; the same name gives the same subject, key usages and key
+/// identifier method, so the CA can sign again later from its key alone.
+fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
@@ -151,7 +162,36 @@ fn ca(name: &str) -> Result<Issuer, DevPkiError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
     params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
-    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+    params
+}
+
+/// A CRL of `issuer` revoking `serials` (DER integer contents), valid from an
+/// hour ago until `next_update`.
+fn revocation_list(
+    issuer: &Issuer<'_, KeyPair>,
+    serials: Vec<SerialNumber>,
+    next_update: OffsetDateTime,
+) -> Result<String, DevPkiError> {
+    let now = OffsetDateTime::now_utc();
+    let this_update = (now - Duration::hours(1)).min(next_update - Duration::hours(1));
+    let revoked_certs = serials
+        .into_iter()
+        .map(|serial_number| RevokedCertParams {
+            serial_number,
+            revocation_time: this_update,
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        })
+        .collect();
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: SerialNumber::from(now.unix_timestamp().max(1) as u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(issuer)?.pem()?)
 }
 
 fn identity_subject(org: &SampleOrg, worker: &str, role: Role) -> Result<DistinguishedName, DevPkiError> {
@@ -185,7 +225,7 @@ impl Leaf {
         }
     }
 
-    fn issue(self, issuer: &Issuer) -> Result<PemPair, DevPkiError> {
+    fn issue(self, issuer: &Issuer<'_, KeyPair>) -> Result<PemPair, DevPkiError> {
         let mut params = CertificateParams::new(self.server_names.clone())?;
         params.distinguished_name = self.subject;
         params.not_before = self.not_before;
@@ -213,7 +253,7 @@ impl DevPki {
     /// Generates a fresh PKI with, beside the samples, one client pair per
     /// entry of `extra` (the benchmark uses this for many distinct workers).
     pub fn generate_with(extra: &[ExtraClient]) -> Result<Self, DevPkiError> {
-        let chain_ca = ca("Ketenhub Dev Chain CA")?;
+        let chain_ca = ca(CHAIN_CA)?;
         let rogue_ca = ca("Rogue CA")?;
         let now = OffsetDateTime::now_utc();
 
@@ -254,24 +294,44 @@ impl DevPki {
         let revoked_serial = 203;
         let revoked = Leaf::client(identity_subject(&LT_WOERDEN, "revoked.worker", Role::Caseworker)?, revoked_serial)
             .issue(&chain_ca)?;
-        let crl = CertificateRevocationListParams {
-            this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(30),
-            crl_number: SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: vec![RevokedCertParams {
-                serial_number: SerialNumber::from(revoked_serial),
-                revocation_time: now - Duration::hours(1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }],
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&chain_ca)?
-        .pem()?;
+        let crl = revocation_list(&chain_ca, vec![SerialNumber::from(revoked_serial)], now + Duration::days(30))?;
 
         let ca = PemPair { cert: chain_ca.pem(), key: chain_ca.key().serialize_pem() };
         Ok(Self { ca, hub, clients, expired, intruder, noattrs, revoked, crl })
+    }
+
+    /// The chain CA as an issuer again, from its key: to sign what a test
+    /// needs after the PKI was generated.
+    fn chain_issuer(&self) -> Result<Issuer<'static, KeyPair>, DevPkiError> {
+        Ok(Issuer::new(ca_params(CHAIN_CA), KeyPair::from_pem(&self.ca.key)?))
+    }
+
+    /// A new CRL of the chain CA (PEM) revoking the given certificates (PEM),
+    /// with `next_update` as its `nextUpdate`: in the past for a stale list.
+    pub fn revocation_list(&self, revoked: &[&str], next_update: OffsetDateTime) -> Result<String, DevPkiError> {
+        let serials = revoked
+            .iter()
+            .map(|pem| {
+                let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .map_err(|e| crate::revocation::Unreadable::Certificate(e.to_string()))?;
+                let serial = crate::revocation::CertValidity::from_der(&der)?.serial_bytes().to_vec();
+                Ok(SerialNumber::from_slice(&serial))
+            })
+            .collect::<Result<_, DevPkiError>>()?;
+        revocation_list(&self.chain_issuer()?, serials, next_update)
+    }
+
+    /// A further client certificate of the chain CA, valid from `not_before`
+    /// to `not_after` (a few seconds, for a test of expiry), with `serial`.
+    pub fn issue_client(
+        &self,
+        client: &ExtraClient,
+        serial: u64,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<PemPair, DevPkiError> {
+        let subject = identity_subject(&client.org, &client.worker, client.role)?;
+        Leaf { not_before, not_after, ..Leaf::client(subject, serial) }.issue(&self.chain_issuer()?)
     }
 
     /// The client pair of a sample identity, by slug.

@@ -7,7 +7,8 @@
 //! tests and a newcomer's laptop never need a real PKIoverheid certificate.
 //! [`binding`] ties each MLS leaf to the certificate of the identity it
 //! names, so that clients need not trust the hub for whose key is whose.
-//! Beside them, [`private`] creates the owner-only files that private keys
+//! [`revocation`] says whether a certificate is still good: its validity period
+//! and the revocation lists in force. Beside them, [`private`] creates the owner-only files that private keys
 //! (and the SDK's and the hub's secrets) are kept in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,5 +17,7 @@ pub mod binding;
 pub mod dev;
 pub mod identity;
 pub mod private;
+pub mod revocation;
 
 pub use identity::{fingerprint, identity_from_der, CertIdentityError};
+pub use time;

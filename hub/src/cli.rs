@@ -65,7 +65,8 @@ struct ServeArgs {
     /// The hub's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
-    /// A certificate revocation list (PEM); may be repeated.
+    /// A certificate revocation list (PEM); may be repeated. Reread on SIGHUP
+    /// and every tls.crl_reload_seconds.
     #[arg(long)]
     crl: Vec<PathBuf>,
 }

@@ -114,9 +114,9 @@ impl Default for RetentionSchedule {
     }
 }
 
-/// The certificate files the hub loads at start.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The certificate files the hub loads, and how it keeps its CRLs current.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsFiles {
     /// The chain CA(s) whose client certificates are trusted, PEM.
     pub ca: Option<PathBuf>,
@@ -124,9 +124,27 @@ pub struct TlsFiles {
     pub cert: Option<PathBuf>,
     /// The hub's private key, PEM.
     pub key: Option<PathBuf>,
-    /// Certificate revocation lists, PEM; optional.
-    #[serde(default)]
+    /// Certificate revocation lists, PEM; optional. Read again on SIGHUP and
+    /// every `crl_reload_seconds`.
     pub crl: Vec<PathBuf>,
+    /// Seconds between rereads of the CRL files; 0 rereads them on SIGHUP only.
+    pub crl_reload_seconds: u64,
+    /// Whether a CRL past its `nextUpdate` still counts; by default the
+    /// certificates it covers are refused, since their revocation status is unknown.
+    pub allow_stale_crl: bool,
+}
+
+impl Default for TlsFiles {
+    fn default() -> Self {
+        Self { ca: None, cert: None, key: None, crl: Vec::new(), crl_reload_seconds: 300, allow_stale_crl: false }
+    }
+}
+
+impl TlsFiles {
+    /// The interval between CRL rereads, if there is one.
+    pub fn crl_reload_every(&self) -> Option<Duration> {
+        (self.crl_reload_seconds > 0 && !self.crl.is_empty()).then(|| Duration::from_secs(self.crl_reload_seconds))
+    }
 }
 
 /// Every limit, with its default. Keys are the field names under `[limits]`.

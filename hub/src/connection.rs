@@ -25,10 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wire::{ClientFrame, ErrorCode, Hello, HubFrame, SessionLimits, WireError, PROTOCOL_VERSION};
 
-use crate::delivery;
+use crate::delivery::{self, Farewell};
 use crate::outbox::{Outbox, Queued, Reserved};
 use crate::ratelimit::TokenBucket;
 use crate::session::{Caller, Hub};
+use certs::revocation::CertRefusal;
+use wire::audit::{AuditAction, AuditOutcome};
 
 /// A WebSocket over a server-side TLS stream.
 pub type WsStream = WebSocketStream<TlsStream<TcpStream>>;
@@ -77,7 +79,8 @@ fn hello(hub: &Hub, caller: &Caller) -> HubFrame {
 /// a limit ends it.
 pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: CancellationToken) {
     let record = hub.delivery_record(&caller);
-    let registration = match hub.registry.register(caller.member.clone(), caller.identity.role, record) {
+    let member = caller.member.clone();
+    let registration = match hub.registry.register(member, caller.identity.role, caller.certificate.clone(), record) {
         Ok(registration) => registration,
         Err(e) => {
             warn!(peer = %caller.peer, identity = %caller.identity, "refused: {e}");
@@ -87,9 +90,16 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         }
     };
     let mailbox = registration.mailbox();
-    // Registered first, checked second: a policy reload either ran its
-    // revocation after this registration (and saw it) or was in force for
-    // this check, so no connection slips between the two.
+    // Registered first, checked second: a reload of the policy or the CRLs
+    // either ran its revocation after this registration (and saw it) or was
+    // in force for these checks, so no connection slips between the two.
+    if let Err(refusal) = hub.certificates.check(&caller.certificate) {
+        warn!(peer = %caller.peer, identity = %caller.identity, "refused connection: {refusal}");
+        let why = format!("{}: {refusal}", refusal.rule());
+        let _ =
+            hub.audit_connection(Some(&caller), caller.peer, AuditAction::Connect, AuditOutcome::Denied, &why).await;
+        return refuse_certificate(&hub, ws, &refusal).await;
+    }
     let policy = hub.policy.current();
     if policy.organisation(&caller.identity.oin).is_none() {
         let error =
@@ -151,6 +161,12 @@ pub async fn refuse(hub: &Hub, mut ws: WsStream, error: WireError, reason: &str)
         ws.send(Closing::new(CloseCode::Policy, reason).message()).await
     })
     .await;
+}
+
+/// Refuses a connection whose certificate is no longer good (a resumed
+/// session's, say): a `forbidden` error frame naming the rule, then close 1008.
+pub async fn refuse_certificate(hub: &Hub, ws: WsStream, refusal: &CertRefusal) {
+    refuse(hub, ws, delivery::certificate_denied(refusal), refusal.rule()).await
 }
 
 /// The reading half's state.
@@ -218,11 +234,19 @@ impl<'a> Reader<'a> {
         let (out, large) = (self.out.clone(), self.largest_reply());
         let mut waiting: Option<(u64, wire::Request)> = None;
         let mut idle_deadline = Instant::now() + limits.idle_timeout();
+        let expiry = crate::revocation::expired(&self.caller.certificate);
+        tokio::pin!(expiry);
         let closing = loop {
             tokio::select! {
                 biased;
-                _ = mailbox.revoked() => {
-                    break Some(Closing::new(CloseCode::Policy, "the policy in force no longer admits this connection"))
+                farewell = mailbox.revoked() => break Some(self.farewell(farewell).await),
+                refusal = &mut expiry => {
+                    let farewell = Farewell::certificate(&refusal);
+                    let (caller, record) = (self.caller, self.hub.delivery_record(self.caller));
+                    warn!(peer = %caller.peer, identity = %caller.identity, "closing connection: {refusal}");
+                    // Closed whether or not the entry can be written: an expired certificate must not stay connected.
+                    let _ = self.hub.audit_all(vec![farewell.record(record)]).await;
+                    break Some(self.farewell(farewell).await);
                 }
                 _ = broken.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
@@ -262,6 +286,14 @@ impl<'a> Reader<'a> {
             }
         }
         closing
+    }
+
+    /// Ends the connection with `farewell`: its error frame, if any, then close 1008.
+    async fn farewell(&self, farewell: Farewell) -> Closing {
+        if let Some(error) = farewell.error {
+            let _ = self.send(HubFrame::Error { error }).await;
+        }
+        Closing::new(CloseCode::Policy, farewell.close)
     }
 
     /// Handles one message; `Ok(Some(..))` is a request to apply.

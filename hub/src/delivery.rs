@@ -17,9 +17,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use certs::revocation::{CertRefusal, CertValidity};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
-use wire::{Entry, EntryBody, HubFrame, MemberId, Role, ThreadId};
+use wire::{Entry, EntryBody, ErrorCode, HubFrame, MemberId, Role, ThreadId, WireError};
 
 use wire::audit::AuditRecord;
 
@@ -38,31 +39,80 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Why the hub ends an open connection it no longer admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Farewell {
+    /// The rule that no longer admits it, for the audit log.
+    pub rule: &'static str,
+    /// An error frame to send before the close, if the client is to learn more.
+    pub error: Option<WireError>,
+    /// The reason in the close frame.
+    pub close: &'static str,
+}
+
+/// The refusal of a certificate that is no longer good, as the client sees it.
+pub fn certificate_denied(refusal: &CertRefusal) -> WireError {
+    WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {refusal}", refusal.rule()))
+}
+
+impl Farewell {
+    /// A reloaded policy no longer admits the connection (closed without an error frame).
+    pub fn policy() -> Self {
+        Self {
+            rule: "policy-no-longer-admits",
+            error: None,
+            close: "the policy in force no longer admits this connection",
+        }
+    }
+
+    /// The connection's certificate is no longer good: expired, revoked, or its
+    /// issuer's CRL out of date. The close frame names the rule.
+    pub fn certificate(refusal: &CertRefusal) -> Self {
+        Self { rule: refusal.rule(), error: Some(certificate_denied(refusal)), close: refusal.rule() }
+    }
+
+    /// The audit record of closing the connection that `record` describes.
+    pub fn record(&self, record: AuditRecord) -> AuditRecord {
+        AuditRecord {
+            action: wire::audit::AuditAction::Connect,
+            outcome: wire::audit::AuditOutcome::Denied,
+            rule: format!("{}: the connection is closed", self.rule),
+            at_ms: crate::clock::now_ms(),
+            ..record
+        }
+    }
+}
+
 /// The threads with news for one connection.
 #[derive(Debug, Default)]
 pub struct Mailbox {
     pending: Mutex<HashSet<ThreadId>>,
     wake: Notify,
-    /// Set when the policy no longer lets this connection read: nothing more
-    /// is sent, and the connection closes.
+    /// Set when the hub no longer admits this connection: nothing more is
+    /// sent, and the connection closes.
     revoked: tokio_util::sync::CancellationToken,
+    /// Why, once revoked.
+    farewell: Mutex<Option<Farewell>>,
 }
 
 impl Mailbox {
-    /// Stops delivery to this connection for good and tells the connection to close.
-    pub fn revoke(&self) {
+    /// Stops delivery to this connection for good and tells the connection to
+    /// close, saying why (the first reason given stays).
+    pub fn revoke(&self, farewell: Farewell) {
+        lock(&self.farewell).get_or_insert(farewell);
         self.revoked.cancel();
         self.wake.notify_one();
     }
 
-    /// Whether delivery to this connection was stopped by the policy.
+    /// Whether delivery to this connection was stopped.
     pub fn is_revoked(&self) -> bool {
         self.revoked.is_cancelled()
     }
 
-    /// Resolves when the policy stops this connection.
-    pub async fn revoked(&self) {
-        self.revoked.cancelled().await
+    /// Resolves when the hub stops this connection, with the reason.
+    pub async fn revoked(&self) -> Farewell {
+        self.revoked.cancelled().await;
+        lock(&self.farewell).clone().unwrap_or_else(Farewell::policy)
     }
 
     /// Marks `thread` as having news and wakes the pump.
@@ -103,7 +153,20 @@ struct Online {
     role: Role,
     /// Its audit record, for entries about the connection itself.
     record: AuditRecord,
+    /// Its certificate's validity, to check again when the CRLs change.
+    certificate: CertValidity,
     mailbox: Arc<Mailbox>,
+}
+
+/// What a check of the open connections sees of each.
+#[derive(Debug, Clone, Copy)]
+pub struct Open<'a> {
+    /// Whose connection it is.
+    pub member: &'a MemberId,
+    /// The role of its certificate.
+    pub role: Role,
+    /// Its certificate.
+    pub certificate: &'a CertValidity,
 }
 
 /// One member's open connections.
@@ -212,12 +275,13 @@ impl Registry {
         })
     }
 
-    /// Registers a connection of `member` with a certificate of `role`, and
+    /// Registers a connection of `member` with `certificate` of `role`, and
     /// `record` for the audit entries about it; dropping the result unregisters it.
     pub fn register(
         self: &Arc<Self>,
         member: MemberId,
         role: Role,
+        certificate: CertValidity,
         record: AuditRecord,
     ) -> Result<Registration, TooManyConnections> {
         let mut online = lock(&self.online);
@@ -227,29 +291,34 @@ impl Registry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
-        connections.push(Online { id, role, record, mailbox: mailbox.clone() });
+        connections.push(Online { id, role, record, certificate, mailbox: mailbox.clone() });
         Ok(Registration { registry: self.clone(), member, id, mailbox })
     }
 
-    /// The audit records of the open connections that `allowed` no longer
-    /// admits (after a policy reload): the connections to close.
-    pub fn refused_by(&self, allowed: impl Fn(&MemberId, Role) -> bool) -> Vec<AuditRecord> {
+    /// The audit records of closing the open connections that `refuses`
+    /// refuses (after a reload of the policy or the CRLs): the connections to close.
+    pub fn refused_by(&self, refuses: impl Fn(Open<'_>) -> Option<Farewell>) -> Vec<AuditRecord> {
         let mut records = Vec::new();
-        self.each_refused(allowed, |c| records.push(c.record.clone()));
+        self.each_refused(refuses, |c, farewell| records.push(farewell.record(c.record.clone())));
         records
     }
 
-    /// Stops delivery to every open connection that `allowed` no longer admits,
-    /// at once, and tells each to close.
-    pub fn revoke(&self, allowed: impl Fn(&MemberId, Role) -> bool) {
-        self.each_refused(allowed, |c| c.mailbox.revoke());
+    /// Stops delivery to every open connection that `refuses` refuses, at
+    /// once, and tells each to close with its farewell.
+    pub fn revoke(&self, refuses: impl Fn(Open<'_>) -> Option<Farewell>) {
+        self.each_refused(refuses, |c, farewell| c.mailbox.revoke(farewell));
     }
 
-    /// Visits the open connections that `allowed` does not admit.
-    fn each_refused(&self, allowed: impl Fn(&MemberId, Role) -> bool, mut visit: impl FnMut(&Online)) {
+    /// Visits the open connections that `refuses` refuses.
+    fn each_refused(&self, refuses: impl Fn(Open<'_>) -> Option<Farewell>, mut visit: impl FnMut(&Online, Farewell)) {
         let online = lock(&self.online);
         for (member, connections) in online.iter() {
-            connections.iter().filter(|c| !allowed(member, c.role)).for_each(&mut visit);
+            for connection in connections {
+                let open = Open { member, role: connection.role, certificate: &connection.certificate };
+                if let Some(farewell) = refuses(open) {
+                    visit(connection, farewell);
+                }
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! [`config::Limits`], [`session`] decides what a request does, [`store`] keeps
 //! it, [`durability`] makes it durable in batches, and [`delivery`] pushes it to
 //! the members. [`blobs`] keeps encrypted attachments for a thread's members.
+//! [`revocation`] keeps certificate expiry and the CRLs biting on open connections.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod policy;
 pub mod quotas;
 pub mod ratelimit;
 pub mod retention;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -3,6 +3,9 @@
 //!
 //! Every refused handshake is logged with the peer address and the reason
 //! (missing, unknown, expired, revoked or attribute-less certificate, timeout).
+//! A completed handshake is not yet an admission: the peer's certificate is
+//! checked once more against its validity period and the CRLs in force, since
+//! a resumed TLS session restores it without rustls verifying it again.
 //! The total number of connections is bounded; past it new connections are
 //! closed at once rather than queued.
 
@@ -30,6 +33,7 @@ use crate::connection::{self, WsStream};
 use crate::session::{Caller, Hub};
 use crate::store::{SledStore, Store, StoreError};
 use crate::tls::{self, TlsError};
+use certs::revocation::CertRefusal;
 
 /// Where a hub keeps its Ed25519 audit key (created on first start, mode 0600).
 pub fn audit_key_path(data: &std::path::Path) -> std::path::PathBuf {
@@ -65,13 +69,6 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
-}
-
-/// The identity CA MLS leaves must be bound to: the chain CA clients connect with.
-fn identity_ca(path: &std::path::Path) -> Result<certs::binding::Verifier, TlsError> {
-    let load = |message: String| TlsError::Load { path: path.display().to_string(), message };
-    let pem = std::fs::read(path).map_err(|e| load(e.to_string()))?;
-    certs::binding::Verifier::from_pem(&pem).map_err(|e| load(e.to_string()))
 }
 
 /// Wakes the writer now and then so that a checkpoint falls due even when the
@@ -138,18 +135,21 @@ async fn refused_handshake(hub: &Hub, peer: SocketAddr, reason: &str) {
     }
 }
 
-/// Reloads the policy on every SIGHUP until shutdown.
+/// Reloads the policy and the CRLs on every SIGHUP until shutdown.
 #[cfg(unix)]
 async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; the policy is reloaded only by a restart");
+        warn!("cannot listen for SIGHUP; the policy and the CRLs are reloaded only by a restart");
         return;
     };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(()) = hangups.recv() => hub.reload_policy().await,
+            Some(()) = hangups.recv() => {
+                hub.reload_policy().await;
+                hub.reload_crls().await;
+            }
         }
     }
 }
@@ -173,10 +173,10 @@ enum Refusal {
 /// A bound, ready hub.
 pub struct Server {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
     hub: Arc<Hub>,
     sweep_every: Duration,
     deadlines_every: Duration,
+    crl_reload_every: Option<Duration>,
 }
 
 impl Server {
@@ -198,7 +198,18 @@ impl Server {
     /// for handover deadlines that tests can move.
     pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>, clock: Clock) -> Result<Self, ServeError> {
         let resolved = config.validate()?;
-        let tls = tls::server_config(resolved.ca, resolved.cert, resolved.key, &config.tls.crl)?;
+        let certificates = tls::Certificates::load(
+            resolved.ca,
+            resolved.cert,
+            resolved.key,
+            config.tls.crl.clone(),
+            config.tls.allow_stale_crl,
+        )?;
+        crate::revocation::warn_if_stale(
+            &certificates.current(),
+            &certificates.crl_files(),
+            config.tls.allow_stale_crl,
+        );
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
@@ -206,12 +217,12 @@ impl Server {
         let key = AuditKey::load_or_create(&audit_key_path(resolved.data))?;
         let recorder = Recorder::resume(store.as_ref(), Arc::new(key), config.audit.clone())?;
         let calendar = config.handover.calendar()?;
-        let identities = Arc::new(identity_ca(resolved.ca)?);
-        let hub = Hub::new(store, config.limits.clone(), policy, recorder, clock, calendar, identities)
+        let hub = Hub::new(store, config.limits.clone(), policy, recorder, clock, calendar, Arc::new(certificates))
             .map_err(|source| ServeError::Io { what: "start the writer thread".into(), source })?;
         let sweep_every = Duration::from_millis(config.retention.sweep_every_ms.max(1000));
         let deadlines_every = Duration::from_millis(config.handover.deadline_sweep_ms.max(10));
-        Ok(Self { listener, acceptor: TlsAcceptor::from(tls), hub, sweep_every, deadlines_every })
+        let crl_reload_every = config.tls.crl_reload_every();
+        Ok(Self { listener, hub, sweep_every, deadlines_every, crl_reload_every })
     }
 
     /// The address actually bound (useful with port 0).
@@ -232,6 +243,9 @@ impl Server {
         tokio::spawn(retention_sweeps(self.hub.clone(), self.sweep_every, shutdown.clone()));
         tokio::spawn(deadline_sweeps(self.hub.clone(), self.deadlines_every, shutdown.clone()));
         tokio::spawn(refusal_summaries(self.hub.clone(), shutdown.clone()));
+        if let Some(every) = self.crl_reload_every {
+            tokio::spawn(crate::revocation::crl_reloads(self.hub.clone(), every, shutdown.clone()));
+        }
         let slots = Arc::new(Semaphore::new(self.hub.limits.max_connections));
         let admission = Admission::new(&self.hub.limits);
         loop {
@@ -258,7 +272,9 @@ impl Server {
             };
             let hub = self.hub.clone();
             let accepted = Accepted { tcp, peer, pending, slots: slots.clone() };
-            tracker.spawn(handle(hub, self.acceptor.clone(), accepted, shutdown.clone()));
+            // Read per connection: a CRL reload swaps the configuration for the next handshake.
+            let acceptor = TlsAcceptor::from(self.hub.certificates.current().server.clone());
+            tracker.spawn(handle(hub, acceptor, accepted, shutdown.clone()));
         }
         info!("no longer accepting connections");
         tracker.close();
@@ -287,19 +303,21 @@ pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_bytes))
 }
 
-async fn handshake(
-    hub: &Hub,
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Result<(WsStream, Caller), Refusal> {
+/// A connection past its handshakes, and the verdict on its certificate now.
+type Shaken = (WsStream, Caller, Result<(), CertRefusal>);
+
+async fn handshake(hub: &Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Result<Shaken, Refusal> {
     let _ = tcp.set_nodelay(true);
     let steps = async {
         let tls = acceptor.accept(tcp).await.map_err(Refusal::Tls)?;
         let (identity, fingerprint) = tls::peer_identity(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
+        let certificate = tls::peer_validity(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
+        // A resumed session was not verified in this handshake: the certificate
+        // may have expired or been revoked since the session began.
+        let verdict = hub.certificates.check(&certificate);
         let ws_config = websocket_config(hub.limits.max_frame_bytes);
         let ws = tokio_tungstenite::accept_async_with_config(tls, Some(ws_config)).await.map_err(Refusal::WebSocket)?;
-        Ok((ws, Caller::new(identity, fingerprint, peer)))
+        Ok((ws, Caller::new(identity, fingerprint, certificate, peer), verdict))
     };
     timeout(hub.limits.handshake_timeout(), steps).await.unwrap_or(Err(Refusal::Timeout))
 }
@@ -319,7 +337,11 @@ async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdo
     let shaken = handshake(&hub, acceptor, tcp, peer).await;
     drop(pending);
     let (ws, caller) = match shaken {
-        Ok(shaken) => shaken,
+        Ok((ws, caller, Ok(()))) => (ws, caller),
+        Ok((ws, _, Err(refusal))) => {
+            refused_handshake(&hub, peer, &format!("{}: {refusal}", refusal.rule())).await;
+            return connection::refuse_certificate(&hub, ws, &refusal).await;
+        }
         Err(refusal) => return refused_handshake(&hub, peer, &refusal.to_string()).await,
     };
     let Ok(_slot) = slots.try_acquire_owned() else {

@@ -19,11 +19,12 @@ use crate::audit::{self, Recorder};
 use crate::blobs::{self, ChunkUpload};
 use crate::clock::Clock;
 use crate::config::Limits;
-use crate::delivery::Registry;
+use crate::delivery::{Farewell, Registry};
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
 use crate::handovers::{self, HandoverOp};
 use crate::policy::{Action, Decision, Grounds, Policy, PolicySource};
 use crate::store::{Store, StoreError};
+use certs::revocation::CertValidity;
 use wire::handover::Calendar;
 
 /// KeyPackages accepted in one upload.
@@ -53,10 +54,10 @@ pub struct Hub {
     pub quotas: crate::quotas::Quotas,
     /// Refused handshakes of the current interval, for aggregated audit entries.
     pub refusals: crate::admission::Refusals,
-    /// The identity CA that MLS leaves must be bound to.
-    pub identities: Arc<certs::binding::Verifier>,
     /// The hub-wide budget of bytes queued towards connections.
     pub outbound: Arc<tokio::sync::Semaphore>,
+    /// The TLS configuration and the CRLs in force.
+    pub certificates: Arc<crate::tls::Certificates>,
 }
 
 /// The authenticated party behind a connection.
@@ -68,15 +69,19 @@ pub struct Caller {
     pub member: MemberId,
     /// The SHA-256 fingerprint of its certificate.
     pub fingerprint: String,
+    /// Its certificate's validity period and serial, checked again over the
+    /// connection's life.
+    pub certificate: CertValidity,
     /// Its network address.
     pub peer: SocketAddr,
 }
 
 impl Caller {
-    /// A caller with the given identity, certificate fingerprint and address.
-    pub fn new(identity: Identity, fingerprint: String, peer: SocketAddr) -> Self {
+    /// A caller with the given identity, certificate (fingerprint and
+    /// validity) and address.
+    pub fn new(identity: Identity, fingerprint: String, certificate: CertValidity, peer: SocketAddr) -> Self {
         let member = identity.member_id();
-        Self { identity, member, fingerprint, peer }
+        Self { identity, member, fingerprint, certificate, peer }
     }
 }
 
@@ -149,6 +154,34 @@ fn denied(decision: &Decision) -> WireError {
     WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
 }
 
+/// How a refused reread is told: `what` was refused, and what `stays` in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// For example "policy reload refused"; its kebab case is the audit rule.
+    pub what: &'static str,
+    /// What stays in force instead.
+    pub stays: &'static str,
+}
+
+/// The audit record of a reload of `object` (the policy file, the CRL files):
+/// what the hub puts in force decides who is admitted, so both are `policy_reload`.
+pub fn reload_record(object: &str, outcome: AuditOutcome, rule: String) -> AuditRecord {
+    AuditRecord {
+        object: Some(object.to_owned()),
+        outcome,
+        rule,
+        ..audit::blank_record(AuditAction::PolicyReload, None)
+    }
+}
+
+/// The connections a policy change from `before` to `after` no longer admits.
+fn no_longer_admits<'a>(
+    before: &'a Policy,
+    after: &'a Policy,
+) -> impl Fn(crate::delivery::Open<'_>) -> Option<Farewell> + 'a {
+    move |open| (!PolicySource::keeps(before, after, open.member, open.role)).then(Farewell::policy)
+}
+
 fn not_durable(e: WriteError) -> WireError {
     match e {
         WriteError::Refused(refusal) => refusal,
@@ -170,11 +203,11 @@ impl Hub {
         recorder: Recorder,
         clock: Clock,
         calendar: Calendar,
-        identities: Arc<certs::binding::Verifier>,
+        certificates: Arc<crate::tls::Certificates>,
     ) -> std::io::Result<Arc<Self>> {
         let registry = Registry::new(limits.max_connections_per_identity);
         let checkpoint_every_ms = recorder.checkpoint_every_ms();
-        let writes = WriteLog::start(store.clone(), registry.clone(), recorder, identities.clone())?;
+        let writes = WriteLog::start(store.clone(), registry.clone(), recorder, certificates.identities())?;
         let quotas = crate::quotas::Quotas::default();
         let refusals = crate::admission::Refusals::default();
         let outbound =
@@ -191,7 +224,7 @@ impl Hub {
             quotas,
             refusals,
             outbound,
-            identities,
+            certificates,
         }))
     }
 
@@ -201,43 +234,45 @@ impl Hub {
     /// connections receive nothing once it is in force.
     pub async fn reload_policy(&self) {
         let path = self.policy.path().display().to_string();
-        let record = |outcome, rule: String| AuditRecord {
-            object: Some(path.clone()),
-            outcome,
-            rule,
-            ..audit::blank_record(AuditAction::PolicyReload, None)
-        };
-        let candidate = match self.policy.read_again() {
-            Ok(candidate) => candidate,
-            Err(e) => {
-                error!("policy reload refused, the previous policy stays in force: {e}");
-                let refused = record(AuditOutcome::Failed, format!("policy-reload-refused: {e}"));
-                let _ = self.writes.submit(Write::Audit, Some(refused)).await.await;
-                return;
-            }
-        };
+        let refused = Refused { what: "policy reload refused", stays: "the previous policy stays in force" };
+        let Some(candidate) = self.reread(&path, self.policy.read_again(), refused).await else { return };
         let before = self.policy.current();
-        let mut records = vec![record(AuditOutcome::Allowed, "policy-reloaded".to_owned())];
-        let closing = self.registry.refused_by(|m, role| PolicySource::keeps(&before, &candidate, m, role));
-        records.extend(closing.into_iter().map(|connection| AuditRecord {
-            action: AuditAction::Connect,
-            outcome: AuditOutcome::Denied,
-            rule: "policy-no-longer-admits: the connection is closed".into(),
-            at_ms: crate::clock::now_ms(),
-            ..connection
-        }));
-        for record in records {
-            if let Err(e) =
-                self.writes.submit(Write::Audit, Some(record)).await.await.unwrap_or(Err(WriteError::Closed))
-            {
-                error!(error = %e, "cannot audit the policy reload; the previous policy stays in force");
-                return;
-            }
+        let mut records = vec![reload_record(&path, AuditOutcome::Allowed, "policy-reloaded".to_owned())];
+        records.extend(self.registry.refused_by(no_longer_admits(&before, &candidate)));
+        if let Err(e) = self.audit_all(records).await {
+            error!(error = %e, "cannot audit the policy reload; the previous policy stays in force");
+            return;
         }
         self.policy.install(candidate);
         let after = self.policy.current();
-        self.registry.revoke(|m, role| PolicySource::keeps(&before, &after, m, role));
+        self.registry.revoke(no_longer_admits(&before, &after));
         tracing::info!(file = %path, "policy reloaded");
+    }
+
+    /// The result of rereading `object`; a failure is logged and audited
+    /// (outcome failed, rule `what` in kebab case) and gives `None`: what is in force stays.
+    pub async fn reread<T, E: std::fmt::Display>(
+        &self,
+        object: &str,
+        read: Result<T, E>,
+        refused: Refused,
+    ) -> Option<T> {
+        let e = match read {
+            Ok(candidate) => return Some(candidate),
+            Err(e) => e,
+        };
+        error!("{}, {}: {e}", refused.what, refused.stays);
+        let rule = format!("{}: {e}", refused.what.to_lowercase().replace(' ', "-"));
+        let _ = self.audit_all(vec![reload_record(object, AuditOutcome::Failed, rule)]).await;
+        None
+    }
+
+    /// Writes `records` to the audit log, one after another, until one fails.
+    pub async fn audit_all(&self, records: Vec<AuditRecord>) -> Result<(), WriteError> {
+        for record in records {
+            self.writes.submit(Write::Audit, Some(record)).await.await.unwrap_or(Err(WriteError::Closed))?;
+        }
+        Ok(())
     }
 
     /// Runs a retention sweep at `now_ms` with the policy's periods and records
@@ -604,7 +639,7 @@ impl Hub {
                         "denied by rule key-package-names-another-identity: the KeyPackage's credential does not name this connection's identity",
                     ));
                 }
-                self.identities.verify_leaf(verified.key_package.leaf_node()).map_err(|e| {
+                self.certificates.identities().verify_leaf(verified.key_package.leaf_node()).map_err(|e| {
                     WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}"))
                 })?;
                 Ok(bytes.into_vec())
