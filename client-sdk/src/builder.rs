@@ -96,8 +96,10 @@ pub(crate) struct Settings {
     pub port: u16,
     pub server_name: ServerName<'static>,
     pub tls: Arc<ClientConfig>,
-    /// Binds this device's MLS leaves to its certificate; `None` without one.
-    pub binder: Option<Binder>,
+    /// Binds this device's MLS leaves to its certificate, or why it cannot:
+    /// checked only once the hub has accepted the certificate, so that a
+    /// certificate the hub refuses is refused by the hub.
+    pub binder: Result<Binder, String>,
     /// Checks other members' leaves against the identity CA.
     pub verifier: Arc<Verifier>,
     pub request_timeout: Duration,
@@ -261,7 +263,7 @@ impl ClientBuilder {
             url,
             server_name,
             tls: self.tls_config()?,
-            binder: self.binder()?,
+            binder: self.binder(),
             verifier: Arc::new(self.verifier()?),
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
@@ -276,11 +278,11 @@ impl ClientBuilder {
         })
     }
 
-    fn binder(&self) -> Result<Option<Binder>, Error> {
-        let (Some(cert), Some(key)) = (&self.cert, &self.key) else { return Ok(None) };
-        let binder = Binder::from_pem(&cert.bytes("certificate")?, &key.bytes("key")?)
-            .map_err(|e| Error::Config(format!("the certificate cannot bind MLS leaves: {e}")))?;
-        Ok(Some(binder))
+    fn binder(&self) -> Result<Binder, String> {
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else { return Err("no client certificate given".into()) };
+        let pem = |p: &Pem, what| p.bytes(what).map_err(|e| e.to_string());
+        Binder::from_pem(&pem(cert, "certificate")?, &pem(key, "key")?)
+            .map_err(|e| format!("the certificate cannot bind MLS leaves: {e}"))
     }
 
     fn verifier(&self) -> Result<Verifier, Error> {

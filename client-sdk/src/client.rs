@@ -145,7 +145,7 @@ impl Client {
 
     pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
         let (ws, hello) = dial(&settings).await?;
-        let binder = settings.binder.as_ref().ok_or_else(|| Error::Config("no client certificate given".into()))?;
+        let binder = settings.binder.as_ref().map_err(|e| Error::Config(e.clone()))?;
         if binder.identity().member_id() != hello.identity.member_id() {
             return Err(Error::Protocol(format!(
                 "the hub greets this client as {}, but its certificate is {}'s",
