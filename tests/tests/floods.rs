@@ -54,8 +54,11 @@ async fn a_flood_of_bad_certificates_is_audited_in_aggregate() -> anyhow::Result
         true
     })?;
     assert!(refusals.len() <= 4, "{} entries for one flood: {refusals:?}", refusals.len());
+    // The first refusal of each interval has an entry of its own; the interval's
+    // summary counts the rest. A slow machine may see the flood span two intervals.
+    let alone = refusals.iter().filter(|r| !r.contains("; ")).count() as u64;
     let counted: u64 =
         refusals.iter().filter_map(|r| r.split("; ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok()).sum();
-    assert_eq!(counted + 1, 40, "every refusal is accounted for: {refusals:?}");
+    assert_eq!(alone + counted, 40, "every refusal is accounted for: {refusals:?}");
     hub.stop().await
 }
