@@ -904,6 +904,11 @@ impl Driver {
             .collect()
     }
 
+    /// Whether this device sent the message and still holds its local copy.
+    fn is_own(&self, id: &MessageId) -> bool {
+        self.own.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+
     /// What an entry means to the application, through the thread's MLS group.
     fn interpret(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
         let mut device = lock_device(&self.device);
@@ -913,7 +918,11 @@ impl Driver {
         device.mark_delivered(thread, entry.seq);
         let seq = entry.seq;
         match entry.body {
-            EntryBody::Message { .. } if entry.sender == self.me => {
+            // This device's own send, shown from its local copy (MLS cannot decrypt
+            // one's own). Another device of the same worker sent the rest, and
+            // MLS reads those like anyone's; an own send from before a restart
+            // is recognised by MLS and skipped.
+            EntryBody::Message { .. } if entry.sender == self.me && self.is_own(&entry.id) => {
                 let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.id)?;
                 Some(Event::Message(Message {
                     thread,
