@@ -71,7 +71,7 @@ const OFFERS_OF: u8 = b'W';
 const AUDIT_OF_CASE: u8 = b'N';
 const AUDIT_OF_ORGANISATION: u8 = b'U';
 const INDEX_VERSION: u8 = b'V';
-const CLAIM: u8 = b'Q';
+const CLAIM: u8 = b'J';
 /// The indexes' layout; a store written before them gets them on opening.
 const INDEXES: u8 = 1;
 
