@@ -42,6 +42,7 @@ mod event;
 pub mod packet;
 pub mod raw;
 pub mod report;
+pub mod witness;
 
 pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
@@ -51,6 +52,7 @@ pub use device::StateKey;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
+pub use witness::AuditError;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
     ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership,

@@ -68,6 +68,9 @@ struct ServeArgs {
     /// A certificate revocation list (PEM); may be repeated.
     #[arg(long)]
     crl: Vec<PathBuf>,
+    /// The audit signing key (PKCS#8 Ed25519, mode 0600); default DATA/audit-key.pk8.
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -83,6 +86,7 @@ impl ServeArgs {
         config.tls.cert = self.cert.or(config.tls.cert);
         config.tls.key = self.key.or(config.tls.key);
         config.tls.crl.extend(self.crl);
+        config.audit.key = self.audit_key.or(config.audit.key);
         Ok(config)
     }
 }

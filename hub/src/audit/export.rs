@@ -1,7 +1,8 @@
 //! Exports of the audit log for inspectors, and their verification.
 //!
-//! An export is JSON Lines in the format of [`super::chain`]: every entry in
-//! order, each checkpoint after the entry it covers. A filtered export (one
+//! An export is JSON Lines in the format of [`super::chain`]: a pruned log's
+//! tree prefix first, then every entry in order, each signed tree head after
+//! the entry it ends with. A filtered export (one
 //! case, a time range) keeps the chain whole by writing the entries it leaves
 //! out as `omitted` lines that carry only their sequence number, link and record
 //! digest, so an inspector verifies every link without seeing other cases.
@@ -9,9 +10,10 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
-use wire::audit::{AuditCheckpoint, AuditFilter};
+use wire::audit::{AuditAction, AuditFilter, SignedTreeHead};
 
-use super::chain::{self, ExportLine, Verified, VerifyError};
+use super::chain::{self, ExportLine};
+use super::verify::{Verified, Verifier, VerifyError};
 use crate::store::{Store, StoreError};
 
 /// Why an export or a verification could not be done (not: the chain is broken).
@@ -40,37 +42,46 @@ pub struct Exported {
     pub entries: u64,
     /// Entries written as `omitted`.
     pub omitted: u64,
-    /// Checkpoints written.
+    /// Signed tree heads written.
     pub checkpoints: u64,
 }
 
-fn checkpoints_by_seq(store: &dyn Store) -> Result<HashMap<u64, Vec<AuditCheckpoint>>, StoreError> {
-    let mut by_seq: HashMap<u64, Vec<AuditCheckpoint>> = HashMap::new();
-    for checkpoint in store.checkpoints()? {
-        by_seq.entry(checkpoint.seq).or_default().push(checkpoint);
+fn heads_by_size(store: &dyn Store) -> Result<HashMap<u64, Vec<SignedTreeHead>>, StoreError> {
+    let mut by_size: HashMap<u64, Vec<SignedTreeHead>> = HashMap::new();
+    for head in store.checkpoints()? {
+        by_size.entry(head.size).or_default().push(head);
     }
-    Ok(by_seq)
+    Ok(by_size)
 }
 
-/// Every line of the store's log, in export order, entries not matching
-/// `filter` as omitted lines.
+/// Every line of the store's log, in export order, entries not matching `filter` as omitted lines. A pruned
+/// log opens with its tree prefix; retention entries are always written in full, since a verifier needs the
+/// one that records the prune (they name no case and no person).
 fn lines(
     store: &dyn Store,
     filter: &AuditFilter,
     mut visit: impl FnMut(ExportLine) -> Result<(), ExportError>,
 ) -> Result<(), ExportError> {
-    let mut checkpoints = checkpoints_by_seq(store)?;
+    let mut heads = heads_by_size(store)?;
+    let first = store.audit_entries(1, 1)?.first().map(|e| e.seq);
+    if let Some(first) = first.filter(|first| *first > 1) {
+        let prefix = super::tree_of(store, first - 1)?;
+        visit(ExportLine::Prefix { size: prefix.size(), peaks: prefix.peaks() })?;
+        for head in heads.remove(&prefix.size()).unwrap_or_default() {
+            visit(ExportLine::Head(head))?;
+        }
+    }
     let mut failure = None;
     super::scan(store, |entry| {
         let seq = entry.seq;
-        let line = if super::matches(&entry, filter) {
+        let line = if super::matches(&entry, filter) || entry.record.action == AuditAction::Retention {
             ExportLine::Entry(entry)
         } else {
             ExportLine::Omitted { seq, prev_hash: entry.prev_hash, digest: chain::record_digest(&entry.record) }
         };
         let mut result = visit(line);
-        for checkpoint in checkpoints.remove(&seq).unwrap_or_default() {
-            result = result.and_then(|()| visit(ExportLine::Checkpoint(checkpoint)));
+        for head in heads.remove(&seq).unwrap_or_default() {
+            result = result.and_then(|()| visit(ExportLine::Head(head)));
         }
         failure = result.err();
         failure.is_none()
@@ -85,7 +96,8 @@ pub fn export(store: &dyn Store, filter: &AuditFilter, out: &mut impl Write) -> 
         match &line {
             ExportLine::Entry(_) => exported.entries += 1,
             ExportLine::Omitted { .. } => exported.omitted += 1,
-            ExportLine::Checkpoint(_) => exported.checkpoints += 1,
+            ExportLine::Head(_) => exported.checkpoints += 1,
+            ExportLine::Prefix { .. } => {}
         }
         writeln!(out, "{}", chain::to_json_line(&line))?;
         Ok(())
@@ -94,18 +106,39 @@ pub fn export(store: &dyn Store, filter: &AuditFilter, out: &mut impl Write) -> 
     Ok(exported)
 }
 
-/// Verifies the log held in a store.
-pub fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Result<Verified, VerifyError>, ExportError> {
-    let mut all = Vec::new();
-    lines(store, &AuditFilter::default(), |line| {
-        all.push(line);
-        Ok(())
+/// Verifies the log held in a store against `public_key` and `witnessed` heads, reading entries without
+/// decoding them (see [`Store::audit_links`]).
+pub fn verify_store(
+    store: &dyn Store,
+    public_key: &[u8],
+    witnessed: Vec<SignedTreeHead>,
+) -> Result<Result<Verified, VerifyError>, ExportError> {
+    let mut verifier = match Verifier::new(public_key, store.checkpoints()?, witnessed, None) {
+        Ok(verifier) => verifier,
+        Err(e) => return Ok(Err(e)),
+    };
+    let first = store.audit_entries(1, 1)?.first().map(|e| e.seq);
+    if let Some(first) = first.filter(|first| *first > 1) {
+        verifier.prefix(super::tree_of(store, first - 1)?);
+        if let Err(e) = verifier.check_prefix() {
+            return Ok(Err(e));
+        }
+    }
+    let mut failure = None;
+    store.audit_links(&mut |link, record| {
+        let checked = verifier.entry(&link, record.as_ref());
+        verifier.count(true);
+        failure = checked.err();
+        failure.is_none()
     })?;
-    Ok(chain::verify(all, public_key))
+    Ok(match failure {
+        Some(e) => Err(e),
+        None => verifier.finish(),
+    })
 }
 
-/// Verifies an export file.
-pub fn verify_file(file: impl BufRead, public_key: &[u8]) -> Result<Result<Verified, VerifyError>, ExportError> {
+/// Reads an export file's lines, or the `tree_head` lines of a witness file.
+pub fn read_lines(file: impl BufRead) -> Result<Vec<ExportLine>, ExportError> {
     let mut all = Vec::new();
     for (number, line) in file.lines().enumerate() {
         let line = line?;
@@ -116,5 +149,25 @@ pub fn verify_file(file: impl BufRead, public_key: &[u8]) -> Result<Result<Verif
             chain::from_json_line(&line).map_err(|e| ExportError::Parse { line: number + 1, reason: e.to_string() })?;
         all.push(parsed);
     }
-    Ok(chain::verify(all, public_key))
+    Ok(all)
+}
+
+/// The heads of a witness file (`tree_head` lines, as the SDK keeps in `audit-head.json` or an export holds).
+pub fn read_witness(file: impl BufRead) -> Result<Vec<SignedTreeHead>, ExportError> {
+    Ok(read_lines(file)?
+        .into_iter()
+        .filter_map(|line| match line {
+            ExportLine::Head(head) => Some(head),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Verifies an export file against `public_key` and `witnessed` heads.
+pub fn verify_file(
+    file: impl BufRead,
+    public_key: &[u8],
+    witnessed: Vec<SignedTreeHead>,
+) -> Result<Result<Verified, VerifyError>, ExportError> {
+    Ok(super::verify::verify(read_lines(file)?, public_key, witnessed))
 }
