@@ -697,6 +697,7 @@ pub(crate) use wire::hex::{decode as from_hex, encode as to_hex};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::verify::{verify, Verified, VerifyError};
 
     const START_MS: u64 = 1_700_000_000_000;
 
@@ -735,13 +736,13 @@ mod tests {
 
     /// A log of `n` entries with a checkpoint after every `every` entries, as an export in file order.
     fn log(key: &AuditKey, n: u64, every: u64) -> Vec<ExportLine> {
-        let mut chain = Chain::resume(None, START_MS);
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         let mut lines = Vec::new();
         for i in 1..=n {
             let now = START_MS + i * 1_000;
-            lines.push(ExportLine::Entry(chain.append(record(i))));
+            lines.push(ExportLine::Entry(chain.append(record(i)).0));
             if chain.checkpoint_due(now, every, u64::MAX) {
-                lines.push(ExportLine::Checkpoint(chain.checkpoint(key, now).unwrap()));
+                lines.push(ExportLine::Head(chain.checkpoint(key, now).unwrap()));
             }
         }
         lines
@@ -759,41 +760,41 @@ mod tests {
         }
     }
 
-    fn checkpoint_mut(lines: &mut [ExportLine], seq: u64) -> &mut AuditCheckpoint {
+    fn checkpoint_mut(lines: &mut [ExportLine], seq: u64) -> &mut SignedTreeHead {
         lines
             .iter_mut()
             .find_map(|line| match line {
-                ExportLine::Checkpoint(c) if c.seq == seq => Some(c),
+                ExportLine::Head(c) if c.size == seq => Some(c),
                 _ => None,
             })
             .unwrap()
     }
 
     fn check(lines: &[ExportLine], key: &AuditKey) -> Result<Verified, VerifyError> {
-        verify(lines.iter().cloned(), &key.public_key())
+        verify(lines.to_vec(), &key.public_key(), Vec::new())
     }
 
     #[test]
     fn appended_entries_link_to_each_other() {
-        let mut chain = Chain::resume(None, START_MS);
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         assert_eq!(chain.head(), None);
-        let first = chain.append(record(1));
-        let second = chain.append(record(2));
+        let (first, _) = chain.append(record(1));
+        let (second, _) = chain.append(record(2));
         assert_eq!((first.seq, first.prev_hash), (1, [0; 32]));
         assert_eq!(first.hash, entry_hash(1, &[0; 32], &first.record));
         assert_eq!((second.seq, second.prev_hash), (2, first.hash));
         assert_eq!(second.hash, entry_hash(2, &first.hash, &second.record));
         assert_eq!(chain.head(), Some((2, second.hash)));
 
-        let mut resumed = Chain::resume(chain.head(), START_MS);
-        let third = resumed.append(record(3));
+        let mut resumed = Chain::resume(chain.head(), chain.tree().clone(), START_MS);
+        let (third, _) = resumed.append(record(3));
         assert_eq!((third.seq, third.prev_hash), (3, second.hash));
     }
 
     #[test]
     fn checkpoints_fall_due_by_count_or_time_and_only_after_new_entries() {
         let key = AuditKey::generate().unwrap();
-        let mut chain = Chain::resume(None, START_MS);
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         assert!(!chain.checkpoint_due(START_MS + 10_000, 1, 1));
         assert!(chain.checkpoint(&key, START_MS).is_none());
 
@@ -804,12 +805,12 @@ mod tests {
         assert!(chain.checkpoint_due(START_MS + 1, 2, 1_000));
 
         let checkpoint = chain.checkpoint(&key, START_MS + 5).unwrap();
-        assert_eq!(Some((checkpoint.seq, checkpoint.head_hash)), chain.head());
-        assert!(AuditKey::verify_checkpoint(&key.public_key(), &checkpoint));
+        assert_eq!((checkpoint.size, checkpoint.root), (2, chain.tree().root()));
+        assert!(checkpoint.signed_by(&key.public_key()));
         assert!(!chain.checkpoint_due(START_MS + 100_000, 1, 1));
 
         // After a restart the tail may be unsigned, so one checkpoint falls due on time alone.
-        let resumed = Chain::resume(chain.head(), START_MS);
+        let resumed = Chain::resume(chain.head(), chain.tree().clone(), START_MS);
         assert!(!resumed.checkpoint_due(START_MS + 999, 100, 1_000));
         assert!(resumed.checkpoint_due(START_MS + 1_000, 100, 1_000));
     }
@@ -821,9 +822,9 @@ mod tests {
         let text: Vec<String> = lines.iter().map(to_json_line).collect();
         let read: Vec<ExportLine> = text.iter().map(|line| from_json_line(line).unwrap()).collect();
         assert_eq!(read, lines);
-        let verified = verify(read, &key.public_key()).unwrap();
-        assert_eq!(verified, Verified { entries: 1_000, omitted: 0, checkpoints: 10, last_seq: 1_000 });
-        assert_eq!(verify(Vec::new(), &key.public_key()).unwrap(), Verified::default());
+        let verified = verify(read, &key.public_key(), Vec::new()).unwrap();
+        assert_eq!(verified, Verified { entries: 1_000, omitted: 0, checkpoints: 10, witnessed: 0, last_seq: 1_000, pruned: 0 });
+        assert_eq!(verify(Vec::new(), &key.public_key(), Vec::new()).unwrap(), Verified::default());
     }
 
     #[test]
@@ -859,7 +860,7 @@ mod tests {
             entry.hash = entry_hash(seq, &prev, &entry.record);
             prev = entry.hash;
         }
-        assert_eq!(check(&lines, &key), Err(VerifyError::CheckpointMismatch { seq: 200 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::RootMismatch { seq: 200 }));
     }
 
     #[test]
@@ -867,7 +868,7 @@ mod tests {
         let key = AuditKey::generate().unwrap();
         let mut lines = log(&key, 300, 100);
         lines.remove(position(&lines, 150));
-        assert_eq!(check(&lines, &key), Err(VerifyError::Gap { seq: 150 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::Deleted { seq: 150 }));
     }
 
     #[test]
@@ -877,7 +878,7 @@ mod tests {
         let mut forged = entry_mut(&mut lines, 150).clone();
         forged.record.rule = "allow-all".to_owned();
         lines.insert(position(&lines, 151), ExportLine::Entry(forged));
-        assert_eq!(check(&lines, &key), Err(VerifyError::OutOfOrder { seq: 151 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::Inserted { seq: 151 }));
     }
 
     #[test]
@@ -887,7 +888,7 @@ mod tests {
         let (a, b) = (position(&lines, 150), position(&lines, 151));
         lines.swap(a, b);
         let error = check(&lines, &key).unwrap_err();
-        assert_eq!(error, VerifyError::Gap { seq: 150 });
+        assert_eq!(error, VerifyError::Reordered { seq: 150 });
         assert_eq!(error.seq(), 150);
     }
 
@@ -896,29 +897,31 @@ mod tests {
         let key = AuditKey::generate().unwrap();
         let mut lines = log(&key, 300, 100);
         checkpoint_mut(&mut lines, 200).signature[10] ^= 1;
-        assert_eq!(check(&lines, &key), Err(VerifyError::ForgedCheckpoint { seq: 200 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::ForgedHead { seq: 200 }));
 
         // A valid signature by another key is a forgery too.
         let other = AuditKey::generate().unwrap();
         let lines = log(&key, 100, 100);
-        assert_eq!(check(&lines, &other), Err(VerifyError::ForgedCheckpoint { seq: 100 }));
+        assert_eq!(check(&lines, &other), Err(VerifyError::ForgedHead { seq: 100 }));
     }
 
     #[test]
-    fn a_checkpoint_over_another_hash_is_a_mismatch() {
+    fn a_head_over_another_root_is_a_mismatch_and_one_beyond_the_end_a_truncation() {
         let key = AuditKey::generate().unwrap();
         let mut lines = log(&key, 300, 100);
-        let wrong = entry_mut(&mut lines, 199).hash;
         let checkpoint = checkpoint_mut(&mut lines, 200);
-        checkpoint.head_hash = wrong;
-        checkpoint.signature = key.sign_checkpoint(200, &wrong, checkpoint.at_ms);
-        assert_eq!(check(&lines, &key), Err(VerifyError::CheckpointMismatch { seq: 200 }));
+        *checkpoint = key.sign_head(200, &[7; 32], checkpoint.at_ms);
+        assert_eq!(check(&lines, &key), Err(VerifyError::RootMismatch { seq: 200 }));
 
-        // So is one over an entry the export does not reach.
-        let mut lines = log(&key, 150, 100);
-        let head = entry_mut(&mut lines, 150).hash;
-        lines.insert(0, ExportLine::Checkpoint(Chain::resume(Some((150, head)), 0).checkpoint(&key, 0).unwrap()));
-        assert_eq!(check(&lines, &key), Err(VerifyError::CheckpointMismatch { seq: 150 }));
+        // A head over more entries than the export holds: the newest entries were cut off.
+        let mut lines = log(&key, 300, 100);
+        lines.push(ExportLine::Head(key.sign_head(400, &[7; 32], 0)));
+        assert_eq!(check(&lines, &key), Err(VerifyError::TruncatedEnd { seq: 300, head: 400 }));
+
+        // And an export whose last entries no head covers is unsigned at the end.
+        let mut lines = log(&key, 300, 100);
+        lines.truncate(position(&lines, 250) + 1);
+        assert_eq!(check(&lines, &key), Err(VerifyError::Unsigned { seq: 250 }));
     }
 
     /// Keeps entries whose seq is a multiple of 3 and omits the others, as an export for one case would.
@@ -940,12 +943,12 @@ mod tests {
         let lines = filtered(&log(&key, 300, 100));
         let read: Vec<ExportLine> = lines.iter().map(|l| from_json_line(&to_json_line(l)).unwrap()).collect();
         assert_eq!(read, lines);
-        let verified = verify(read, &key.public_key()).unwrap();
-        assert_eq!(verified, Verified { entries: 100, omitted: 200, checkpoints: 3, last_seq: 300 });
+        let verified = verify(read, &key.public_key(), Vec::new()).unwrap();
+        assert_eq!(verified, Verified { entries: 100, omitted: 200, checkpoints: 3, witnessed: 0, last_seq: 300, pruned: 0 });
 
-        // A partial export may start anywhere.
+        // An export that starts later without a recorded prune is truncated at the start.
         let start = position(&log(&key, 300, 100), 120);
-        assert!(check(&lines[start..], &key).is_ok());
+        assert_eq!(check(&lines[start..], &key), Err(VerifyError::TruncatedStart { seq: 120 }));
     }
 
     #[test]
@@ -976,10 +979,10 @@ mod tests {
 
     #[test]
     fn entry_lines_use_ldv_and_nen7513_names() {
-        let mut chain = Chain::resume(None, 0);
+        let mut chain = Chain::resume(None, CompactRange::new(), 0);
         let mut with_actor = record(4);
         with_actor.outcome = AuditOutcome::Denied;
-        let entry = chain.append(with_actor);
+        let (entry, _) = chain.append(with_actor);
         let json: Value = serde_json::from_str(&to_json_line(&ExportLine::Entry(entry.clone()))).unwrap();
         assert_eq!(json["type"], "dataverwerking");
         assert_eq!(json["seq"], 1);
@@ -998,7 +1001,7 @@ mod tests {
         assert_eq!(attributes["nen7513.outcome"], "denied");
         assert_eq!(json["ketenhub.prev_hash"], "0".repeat(64));
 
-        let refused = chain.append(record(3));
+        let (refused, _) = chain.append(record(3));
         assert!(refused.record.actor.is_none());
         let json: Value = serde_json::from_str(&to_json_line(&ExportLine::Entry(refused))).unwrap();
         assert!(json["attributes"]["nen7513.actor.oin"].is_null());
