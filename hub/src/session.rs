@@ -313,6 +313,11 @@ impl Hub {
                 return Err(self.refuse(record, refusal).await);
             }
         };
+        if matches!(request, Request::AuditQuery { .. } | Request::AuditHead { .. }) {
+            // A witness asks for the log as it is now: a head over every entry so far is signed (and durable)
+            // first, so that the reply's head covers them. One flush per query; queries are rare.
+            let _ = self.writes.submit(Write::Seal, None).await.await;
+        }
         match self.prepare(&policy, caller, actor, request) {
             Ok(Prepared::Write(kind, write)) => {
                 Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })

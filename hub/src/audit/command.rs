@@ -200,9 +200,11 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(report_verification(export::verify_file(reader, &key, witnessed)?))
         }
         AuditCommand::Verify { data: Some(data), pubkey, witness, .. } => {
+            // The store first: a directory without a hub is the clearer answer.
+            let store = open_store(&data)?;
             let key = read_pubkey(&pubkey)?;
             let witnessed = read_witnessed(&witness)?;
-            Ok(report_verification(export::verify_store(&open_store(&data)?, &key, witnessed)?))
+            Ok(report_verification(export::verify_store(&store, &key, witnessed)?))
         }
         AuditCommand::Verify { .. } => anyhow::bail!("give --file or --data, with --pubkey"),
         AuditCommand::RotateKey { data, key, new_key } => {
