@@ -155,9 +155,9 @@ impl Client {
         let member = hello.identity.member_id();
         let witnesses = settings.witness_any_role || hello.identity.role == wire::Role::PrivacyOfficer;
         let witness = match settings.witness_key.filter(|_| witnesses) {
-            Some(key) => Some(Arc::new(
-                crate::witness::Witness::open(key, settings.state_dir.as_deref()).map_err(Error::Audit)?,
-            )),
+            Some(key) => {
+                Some(Arc::new(crate::witness::Witness::open(key, settings.state_dir.as_deref()).map_err(Error::Audit)?))
+            }
             None => None,
         };
         let alarms = event_tx.clone();
@@ -577,7 +577,7 @@ impl Client {
         match self.request(Request::AuditHead { known_size: witness.known_size() }).await? {
             Reply::AuditHead { head, consistency } => {
                 witness.accept(&head, &consistency, &[], &[]).map_err(|e| self.audit_alarm(e))?;
-                Ok(head)
+                Ok(*head)
             }
             other => Err(unexpected(other)),
         }

@@ -52,9 +52,9 @@ pub use device::StateKey;
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
-pub use witness::AuditError;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
     ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership,
 };
 pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};
+pub use witness::AuditError;

@@ -162,7 +162,9 @@ impl Witness {
                 Ok(text) => {
                     let json: HeadJson =
                         serde_json::from_str(text.trim()).map_err(|e| state_error("cannot read", &path, e))?;
-                    let head = json.into_head().map_err(|(field, e)| state_error("cannot read", &path, format!("{field}: {e}")))?;
+                    let head = json
+                        .into_head()
+                        .map_err(|(field, e)| state_error("cannot read", &path, format!("{field}: {e}")))?;
                     state.head = Some(head);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -220,7 +222,8 @@ impl Witness {
         check_inclusion(head, entries, proofs)?;
         let next_key = head.next_key(state.key);
         if let Some(dir) = &self.dir {
-            let line = serde_json::to_string(&HeadJson::from_head(head)).map_err(|e| AuditError::State(e.to_string()))?;
+            let line =
+                serde_json::to_string(&HeadJson::from_head(head)).map_err(|e| AuditError::State(e.to_string()))?;
             let path = dir.join(HEAD_FILE);
             certs::private::create_dir_all(dir).map_err(|e| state_error("cannot create", dir, e))?;
             write_replacing(&path, format!("{line}\n").as_bytes())?;
@@ -243,9 +246,7 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
         // Durable before the rename: a witnessed head lost in a crash would let a rollback pass.
         file.sync_all()
     });
-    written
-        .and_then(|()| std::fs::rename(&temp, path))
-        .map_err(|e| state_error("cannot write", path, e))
+    written.and_then(|()| std::fs::rename(&temp, path)).map_err(|e| state_error("cannot write", path, e))
 }
 
 /// Each entry's hash over its content, and its inclusion proof in `head`.
@@ -257,7 +258,13 @@ fn check_inclusion(head: &SignedTreeHead, entries: &[AuditEntry], proofs: &[Proo
         let hash = wire::audit::entry_hash(entry.seq, &entry.prev_hash, &entry.record);
         let included = hash == entry.hash
             && entry.seq >= 1
-            && merkle::verify_inclusion(entry.seq - 1, head.size, &merkle::leaf_hash(&hash), &proof.hashes(), &head.root);
+            && merkle::verify_inclusion(
+                entry.seq - 1,
+                head.size,
+                &merkle::leaf_hash(&hash),
+                &proof.hashes(),
+                &head.root,
+            );
         if !included {
             return Err(AuditError::Inclusion { seq: entry.seq });
         }

@@ -485,7 +485,7 @@ impl Hub {
                 let head = head.ok_or_else(|| {
                     WireError::new(ErrorCode::Unavailable, "the audit log has no signed tree head yet")
                 })?;
-                Ok(Reply::AuditHead { head, consistency })
+                Ok(Reply::AuditHead { head: Box::new(head), consistency })
             }
             other => Err(WireError::new(ErrorCode::Internal, format!("not a read: {other:?}"))),
         }
@@ -756,14 +756,18 @@ fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_s
             path.map(wire::audit::Proof::from_hashes).map_err(internal)
         })
         .collect::<Result<_, _>>()?;
-    Ok(Reply::AuditEntries { entries, truncated, head, proofs, consistency })
+    Ok(Reply::AuditEntries { entries, truncated, head: head.map(Box::new), proofs, consistency })
 }
 
 /// The latest signed tree head and the consistency proof to it from the tree of `known_size` entries (empty
 /// when that is not below the head: the caller's check then fails or has nothing to prove).
-fn audit_head(store: &dyn Store, known_size: u64) -> Result<(Option<wire::audit::SignedTreeHead>, wire::audit::Proof), WireError> {
+fn audit_head(
+    store: &dyn Store,
+    known_size: u64,
+) -> Result<(Option<wire::audit::SignedTreeHead>, wire::audit::Proof), WireError> {
     let Some(head) = store.latest_head().map_err(internal)? else { return Ok((None, wire::audit::Proof::default())) };
-    let proof = wire::merkle::consistency_proof(known_size, head.size, &mut audit::node_source(store)).map_err(internal)?;
+    let proof =
+        wire::merkle::consistency_proof(known_size, head.size, &mut audit::node_source(store)).map_err(internal)?;
     Ok((Some(head), wire::audit::Proof::from_hashes(proof)))
 }
 
@@ -798,7 +802,9 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
         Request::ListThreads => (AuditAction::ListThreads, None, None),
         Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
         Request::AuditQuery { filter, .. } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
-        Request::AuditHead { known_size } => (AuditAction::AuditQuery, None, Some(format!("tree head from {known_size}"))),
+        Request::AuditHead { known_size } => {
+            (AuditAction::AuditQuery, None, Some(format!("tree head from {known_size}")))
+        }
         Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
         Request::OfferHandover { thread, offer } => {
             record.purpose = Some(offer.reason.clone());

@@ -2,6 +2,7 @@
 //! hub does when its disk fails: audit appends that fail (as on a full disk),
 //! and flushes that fail. Everything else passes through to sled.
 
+use hub::audit::verify::Link;
 use hub::store::{
     AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, SledStore, Store, StoreError,
 };
@@ -10,10 +11,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use uuid::Uuid;
-use hub::audit::verify::Link;
 use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
-use wire::merkle::{Hash, Node};
 use wire::handover::Ownership;
+use wire::merkle::{Hash, Node};
 use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
 
 /// The real sled store, with failures switched on and off by the test.

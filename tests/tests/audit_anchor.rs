@@ -9,10 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use hub::audit::chain::AuditKey;
 use hub::audit::{CheckpointSettings, Recorder};
 use hub::store::{SledStore, Store};
-use futures_util::StreamExt as _;
 use ketenhub_sdk::{AuditAction, AuditError, AuditFilter, AuditOutcome, Error, Event};
 use tests::HubProcess;
 use wire::audit::{AuditActor, AuditRecord};
@@ -248,10 +248,7 @@ async fn an_entry_changed_on_disk_fails_its_inclusion_proof_in_the_sdk() -> anyh
     let officer = hub.client("vt-utrecht-privacy").audit_public_key(key).state_dir(&officer_state);
     let officer = officer.discard_events().connect().await?;
     let result = officer.audit_query(filter).await;
-    assert!(
-        matches!(&result, Err(Error::Audit(AuditError::Inclusion { seq })) if *seq == target.seq),
-        "{result:?}"
-    );
+    assert!(matches!(&result, Err(Error::Audit(AuditError::Inclusion { seq })) if *seq == target.seq), "{result:?}");
     Ok(())
 }
 
@@ -305,9 +302,8 @@ fn every_kind_of_export_tampering_is_named() -> anyhow::Result<()> {
     let (code, out) = audit(&["export", "--data", path(&data), "--out", path(&export)])?;
     assert_eq!(code, 0, "{out}");
     let pubkey = dir.path().join("audit.pub");
-    let verify = |file: &Path| {
-        audit(&["verify", "--file", path(file), "--pubkey", path(&pubkey), "--witness", path(&witness)])
-    };
+    let verify =
+        |file: &Path| audit(&["verify", "--file", path(file), "--pubkey", path(&pubkey), "--witness", path(&witness)]);
     let (code, out) = verify(&export)?;
     assert_eq!(code, 0, "{out}");
 

@@ -122,7 +122,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let mut lt_events = lt.events().unwrap();
     let mut vt_events = vt.events().unwrap();
     let audit_key = hub::audit::chain::AuditKey::load(&hub::server::audit_key_path(hub.data_dir()))?.public_key();
-    let officer = hub.client("vt-utrecht-privacy").frame_tap(recorder.tap()).audit_public_key(audit_key).connect().await?;
+    let officer =
+        hub.client("vt-utrecht-privacy").frame_tap(recorder.tap()).audit_public_key(audit_key).connect().await?;
     let system = connect("vt-utrecht-system").await?;
 
     // A case, a message, a handover offer, accepted; the receiver joins the MLS group.

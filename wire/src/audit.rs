@@ -245,7 +245,8 @@ impl SignedTreeHead {
     pub fn signed_by(&self, key: &[u8]) -> bool {
         use ring::signature::{UnparsedPublicKey, ED25519};
         let message = self.signed_bytes();
-        let valid = |key: &[u8], signature: &[u8]| UnparsedPublicKey::new(&ED25519, key).verify(&message, signature).is_ok();
+        let valid =
+            |key: &[u8], signature: &[u8]| UnparsedPublicKey::new(&ED25519, key).verify(&message, signature).is_ok();
         match &self.rotation {
             None => valid(key, &self.signature),
             Some(rotation) => {

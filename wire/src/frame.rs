@@ -435,8 +435,8 @@ pub enum Reply {
         entries: Vec<crate::audit::AuditEntry>,
         /// True when more entries matched than were returned (or matched but are newer than `head`).
         truncated: bool,
-        /// The latest signed tree head; `None` while the hub has signed none.
-        head: Option<crate::audit::SignedTreeHead>,
+        /// The latest signed tree head; `None` while the hub has signed none. (Boxed: replies stay small.)
+        head: Option<Box<crate::audit::SignedTreeHead>>,
         /// The inclusion proof of each entry (same order) in the tree of `head`.
         proofs: Vec<crate::audit::Proof>,
         /// The consistency proof from the tree of the request's `known_size` to `head`.
@@ -445,7 +445,7 @@ pub enum Reply {
     /// The latest signed tree head.
     AuditHead {
         /// The head.
-        head: crate::audit::SignedTreeHead,
+        head: Box<crate::audit::SignedTreeHead>,
         /// The consistency proof from the tree of the request's `known_size` to `head`.
         consistency: crate::audit::Proof,
     },

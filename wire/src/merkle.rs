@@ -427,7 +427,10 @@ mod tests {
                 assert!(verify_inclusion(m as u64, n as u64, &all[m], &proof, &root), "{m} in {n}");
                 // The wrong place, the wrong size, the wrong leaf or a changed hash fail.
                 assert!(!verify_inclusion(((m + 1) % n) as u64, n as u64, &all[m], &proof, &root) || n == 1);
-                assert!(!verify_inclusion(m as u64, n as u64 + 1, &all[m], &proof, &naive_root(&all[..=n.min(MAX - 1)])) || n == MAX);
+                assert!(
+                    !verify_inclusion(m as u64, n as u64 + 1, &all[m], &proof, &naive_root(&all[..=n.min(MAX - 1)]))
+                        || n == MAX
+                );
                 assert!(!verify_inclusion(m as u64, n as u64, &all[(m + 1) % MAX], &proof, &root));
                 if let Some(first) = proof.first() {
                     let mut bad = proof.clone();

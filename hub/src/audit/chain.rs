@@ -823,7 +823,10 @@ mod tests {
         let read: Vec<ExportLine> = text.iter().map(|line| from_json_line(line).unwrap()).collect();
         assert_eq!(read, lines);
         let verified = verify(read, &key.public_key(), Vec::new()).unwrap();
-        assert_eq!(verified, Verified { entries: 1_000, omitted: 0, checkpoints: 10, witnessed: 0, last_seq: 1_000, pruned: 0 });
+        assert_eq!(
+            verified,
+            Verified { entries: 1_000, omitted: 0, checkpoints: 10, witnessed: 0, last_seq: 1_000, pruned: 0 }
+        );
         assert_eq!(verify(Vec::new(), &key.public_key(), Vec::new()).unwrap(), Verified::default());
     }
 
@@ -944,7 +947,10 @@ mod tests {
         let read: Vec<ExportLine> = lines.iter().map(|l| from_json_line(&to_json_line(l)).unwrap()).collect();
         assert_eq!(read, lines);
         let verified = verify(read, &key.public_key(), Vec::new()).unwrap();
-        assert_eq!(verified, Verified { entries: 100, omitted: 200, checkpoints: 3, witnessed: 0, last_seq: 300, pruned: 0 });
+        assert_eq!(
+            verified,
+            Verified { entries: 100, omitted: 200, checkpoints: 3, witnessed: 0, last_seq: 300, pruned: 0 }
+        );
 
         // An export that starts later without a recorded prune is truncated at the start.
         let start = position(&log(&key, 300, 100), 120);

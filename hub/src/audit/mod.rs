@@ -107,7 +107,11 @@ impl Recorder {
 /// log is empty, and otherwise required to be the key of the log's latest signed head (after `hub audit
 /// rotate-key`, the new key it names). A deleted or replaced key thus stops the hub instead of silently
 /// starting a log nobody can join to the old heads.
-pub fn load_key(store: &dyn Store, settings: &CheckpointSettings, data: &std::path::Path) -> Result<AuditKey, chain::KeyError> {
+pub fn load_key(
+    store: &dyn Store,
+    settings: &CheckpointSettings,
+    data: &std::path::Path,
+) -> Result<AuditKey, chain::KeyError> {
     let path = settings.key.clone().unwrap_or_else(|| crate::server::audit_key_path(data));
     let store_error = |e: StoreError| chain::KeyError::Store(e.to_string());
     let Some((entries, _)) = store.last_audit().map_err(store_error)? else { return AuditKey::load_or_create(&path) };
@@ -129,7 +133,12 @@ pub fn load_key(store: &dyn Store, settings: &CheckpointSettings, data: &std::pa
 
 /// Signs the store's current tree head with both `old` and `next` (see [`wire::audit::KeyRotation`]) and
 /// stores it: the head that hands the log over to the new key.
-pub fn rotate(store: &dyn Store, old: &AuditKey, next: &AuditKey, now_ms: u64) -> Result<wire::audit::SignedTreeHead, StoreError> {
+pub fn rotate(
+    store: &dyn Store,
+    old: &AuditKey,
+    next: &AuditKey,
+    now_ms: u64,
+) -> Result<wire::audit::SignedTreeHead, StoreError> {
     let size = store.last_audit()?.map_or(0, |(seq, _)| seq);
     let head = old.sign_rotation(next, size, &tree_of(store, size)?.root(), now_ms);
     store.put_checkpoint(&head)?;

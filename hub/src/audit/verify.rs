@@ -112,7 +112,9 @@ pub enum VerifyError {
         head: u64,
     },
     /// No signed head covers the last entry.
-    #[error("no signed tree head covers entry {seq}, the last one: the end of the log is unsigned (truncated, or unsealed)")]
+    #[error(
+        "no signed tree head covers entry {seq}, the last one: the end of the log is unsigned (truncated, or unsealed)"
+    )]
     Unsigned {
         /// The last entry present.
         seq: u64,
@@ -249,7 +251,8 @@ impl Verifier {
         let all: Vec<&SignedTreeHead> = log_heads.iter().chain(&witnessed).collect();
         let keys = accepted_keys(key, &all);
         let mut heads: BTreeMap<u64, Vec<(SignedTreeHead, Source)>> = BTreeMap::new();
-        let tagged = log_heads.into_iter().map(|h| (h, Source::Log)).chain(witnessed.into_iter().map(|h| (h, Source::Witness)));
+        let tagged =
+            log_heads.into_iter().map(|h| (h, Source::Log)).chain(witnessed.into_iter().map(|h| (h, Source::Witness)));
         for (head, source) in tagged {
             if !keys.iter().any(|k| head.signed_by(k)) {
                 return Err(VerifyError::ForgedHead { seq: head.size });
@@ -301,7 +304,11 @@ impl Verifier {
         };
         if seq > expected {
             let elsewhere = self.present.as_ref().is_some_and(|present| present.contains(&expected));
-            return Err(if elsewhere { VerifyError::Reordered { seq: expected } } else { VerifyError::Deleted { seq: expected } });
+            return Err(if elsewhere {
+                VerifyError::Reordered { seq: expected }
+            } else {
+                VerifyError::Deleted { seq: expected }
+            });
         }
         if seq < expected {
             return Err(VerifyError::Inserted { seq: expected });

@@ -185,8 +185,11 @@ fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
     value
 }
 
+/// A stored audit entry's seq, prev hash, hash and record CBOR.
+type AuditParts<'a> = (u64, Hash, Hash, &'a [u8]);
+
 /// The header of a stored audit entry and its record's CBOR; `None` for the layout before (a CBOR entry).
-fn split_audit(value: &[u8]) -> Result<Option<(u64, Hash, Hash, &[u8])>, StoreError> {
+fn split_audit(value: &[u8]) -> Result<Option<AuditParts<'_>>, StoreError> {
     if value.first() != Some(&AUDIT_LAYOUT) {
         return Ok(None);
     }
@@ -436,7 +439,9 @@ fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -
                         return;
                     }
                 }
-                if batch.len() == LINK_BATCH && batches.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(LINK_BATCH)))).is_err() {
+                if batch.len() == LINK_BATCH
+                    && batches.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(LINK_BATCH)))).is_err()
+                {
                     // The verifier stopped: nothing more to read.
                     return;
                 }
@@ -917,7 +922,8 @@ impl Store for SledStore {
 
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
         let Some(value) = self.db.get(node_key(level, index)).map_err(backend)? else { return Ok(None) };
-        let hash = Hash::try_from(&value[..]).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?;
+        let hash =
+            Hash::try_from(&value[..]).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?;
         Ok(Some(hash))
     }
 
