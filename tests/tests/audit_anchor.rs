@@ -361,3 +361,34 @@ fn every_kind_of_export_tampering_is_named() -> anyhow::Result<()> {
     assert_eq!(distinct.len(), codes.len(), "each kind has its own exit code: {codes:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_tree_matches_the_entries_after_a_kill_9() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut hub = HubProcess::start(HUB.as_ref(), dir.path(), "127.0.0.1:0", "")?;
+    public_key(dir.path())?;
+    // Killed while entries arrive: no seal, no shutdown code.
+    let vt = hub.client("vt-utrecht-caseworker").request_timeout(Duration::from_secs(2));
+    let vt = vt.discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let sending = tokio::spawn(async move {
+        for i in 0..200 {
+            if vt.send_text(thread, &format!("bericht {i}")).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    hub.kill_9()?;
+    let _ = sending.await;
+
+    // The restarted hub appends to the tree where the entries end, and the whole log verifies.
+    let mut hub = HubProcess::start(HUB.as_ref(), dir.path(), "127.0.0.1:0", "")?;
+    activity(&hub, 5).await?;
+    assert!(hub.terminate()?.success());
+    let data = dir.path().join("data");
+    let pubkey = dir.path().join("audit.pub");
+    let (code, out) = audit(&["verify", "--data", path(&data), "--pubkey", path(&pubkey)])?;
+    assert_eq!(code, 0, "{out}");
+    Ok(())
+}

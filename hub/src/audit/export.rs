@@ -171,3 +171,62 @@ pub fn verify_file(
 ) -> Result<Result<Verified, VerifyError>, ExportError> {
     Ok(super::verify::verify(read_lines(file)?, public_key, witnessed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::AuditKey;
+    use crate::audit::{hub_record, CheckpointSettings, Recorder};
+    use crate::store::SledStore;
+    use std::sync::Arc;
+
+    fn record(at_ms: u64) -> wire::audit::AuditRecord {
+        wire::audit::AuditRecord { at_ms, ..hub_record(AuditAction::Connect) }
+    }
+
+    /// A store of 300 entries (heads every 50) whose first 120 were pruned, with or without the prune's record.
+    fn pruned_store(dir: &std::path::Path, recorded: bool) -> (SledStore, [u8; 32]) {
+        let store = SledStore::open(dir).unwrap();
+        let key = AuditKey::generate().unwrap();
+        let public = key.public_key();
+        let settings = CheckpointSettings { every_entries: 50, every_ms: u64::MAX, key: None };
+        let mut recorder = Recorder::resume(&store, Arc::new(key), settings).unwrap();
+        for i in 1..=300 {
+            recorder.record(&store, record(i)).unwrap();
+            recorder.checkpoint_if_due(&store, i, false).unwrap();
+        }
+        let (pruned, below) = store.prune_audit(121).unwrap();
+        assert_eq!((pruned, below), (120, 121));
+        if recorded {
+            let object = format!("{}{below} pruned under audit_years 5", super::super::verify::PRUNED_PREFIX);
+            let prune = wire::audit::AuditRecord { object: Some(object), ..hub_record(AuditAction::Retention) };
+            recorder.record(&store, prune).unwrap();
+        }
+        recorder.checkpoint_if_due(&store, 1_000, true).unwrap();
+        (store, public)
+    }
+
+    fn export_lines(store: &SledStore) -> Vec<ExportLine> {
+        let mut out = Vec::new();
+        export(store, &AuditFilter::default(), &mut out).unwrap();
+        read_lines(&out[..]).unwrap()
+    }
+
+    #[test]
+    fn a_pruned_log_verifies_through_its_prefix_and_a_deleted_start_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, public) = pruned_store(dir.path(), true);
+        let lines = export_lines(&store);
+        assert!(matches!(lines[0], ExportLine::Prefix { size: 120, .. }), "{:?}", lines[0]);
+        let verified = super::super::verify::verify(lines, &public, Vec::new()).unwrap();
+        assert_eq!((verified.pruned, verified.entries, verified.last_seq), (120, 181, 301));
+        assert_eq!(verify_store(&store, &public, Vec::new()).unwrap().unwrap().pruned, 120);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, public) = pruned_store(dir.path(), false);
+        let result = super::super::verify::verify(export_lines(&store), &public, Vec::new());
+        assert_eq!(result, Err(VerifyError::TruncatedStart { seq: 121 }));
+        let result = verify_store(&store, &public, Vec::new()).unwrap();
+        assert_eq!(result, Err(VerifyError::TruncatedStart { seq: 121 }));
+    }
+}
