@@ -5,33 +5,24 @@
 //! with an export is named. Real hub processes, real sled files, real TLS.
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use hub::audit::chain::AuditKey;
-use hub::audit::{CheckpointSettings, Recorder};
 use hub::store::{SledStore, Store};
-use ketenhub_sdk::{AuditAction, AuditError, AuditFilter, AuditOutcome, Error, Event};
+use ketenhub_sdk::{AuditAction, AuditError, AuditFilter, Error, Event};
 use tests::HubProcess;
-use wire::audit::{AuditActor, AuditRecord};
-use wire::{AgencyKind, Role, ThreadId};
+use wire::ThreadId;
 
 const HUB: &str = env!("CARGO_BIN_EXE_ketenhub-hub");
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Runs `hub audit ARGS`; returns the exit code and stdout and stderr.
 fn audit(args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let output = Command::new(HUB).arg("audit").args(args).output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Ok((output.status.code().unwrap_or(-1), format!("{stdout}{stderr}")))
+    tests::hub_audit(HUB, args)
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
+use tests::path_arg as path;
 
 fn key_path(dir: &Path) -> std::path::PathBuf {
     hub::server::audit_key_path(&dir.join("data"))
@@ -252,46 +243,15 @@ async fn an_entry_changed_on_disk_fails_its_inclusion_proof_in_the_sdk() -> anyh
     Ok(())
 }
 
-fn record(i: u64) -> AuditRecord {
-    AuditRecord {
-        at_ms: 1_700_000_000_000 + i,
-        actor: Some(AuditActor {
-            oin: "00000001800000000001".parse().expect("a valid OIN"),
-            organisation: "Veilig Thuis Utrecht".into(),
-            kind: AgencyKind::Vt,
-            worker: format!("worker.{}", i % 7),
-            role: Role::Caseworker,
-            certificate: "ab".repeat(32),
-        }),
-        on_behalf_of: None,
-        action: AuditAction::Send,
-        case: Some(ThreadId(uuid::Uuid::from_u128(u128::from(i % 50)))),
-        object: Some(format!("message {i}")),
-        purpose: None,
-        legal_basis: Some("consent".into()),
-        outcome: AuditOutcome::Allowed,
-        rule: "member-of-case".into(),
-        peer: Some("127.0.0.1:4000".into()),
-    }
-}
-
 #[test]
 fn every_kind_of_export_tampering_is_named() -> anyhow::Result<()> {
     const ENTRIES: u64 = 5_000;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let key = AuditKey::load_or_create(&hub::server::audit_key_path(&data))?;
-    std::fs::write(dir.path().join("audit.pub"), key.public_key_hex())?;
+    std::fs::write(dir.path().join("audit.pub"), tests::write_audit_log(&data, ENTRIES)?)?;
     let witness = dir.path().join("witness.json");
     {
         let store = SledStore::open(&data.join("store"))?;
-        let settings = CheckpointSettings { every_entries: 1000, every_ms: u64::MAX, key: None };
-        let mut recorder = Recorder::resume(&store, Arc::new(key), settings)?;
-        for i in 1..=ENTRIES {
-            recorder.record(&store, record(i))?;
-            recorder.checkpoint_if_due(&store, 1_700_000_000_000 + i, false)?;
-        }
-        store.flush()?;
         // A witness kept the last head, as an officer's SDK would.
         let last = store.latest_head()?.expect("a head");
         assert_eq!(last.size, ENTRIES);
