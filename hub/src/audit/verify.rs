@@ -170,7 +170,8 @@ impl VerifyError {
     }
 }
 
-/// One entry as the verifier needs it: its place, its links, and its record's digest.
+/// One entry as the verifier needs it: its place, its links, and the hashes computed from it. Computing
+/// them in [`Link::new`] lets a store's readers do the hashing on their own threads.
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
     /// The entry's seq.
@@ -179,8 +180,18 @@ pub struct Link {
     pub prev_hash: Hash,
     /// The hash it carries, if a full entry (an omitted line carries none).
     pub hash: Option<Hash>,
-    /// The SHA-256 of its record's CBOR.
-    pub digest: Hash,
+    /// Its hash as computed from seq, predecessor and record digest.
+    pub computed: Hash,
+    /// Its leaf hash in the Merkle tree (over `computed`).
+    pub leaf: Hash,
+}
+
+impl Link {
+    /// The link of an entry with `seq`, `prev_hash`, the hash it carries, and its record's digest.
+    pub fn new(seq: u64, prev_hash: Hash, hash: Option<Hash>, digest: &Hash) -> Self {
+        let computed = wire::audit::link_hash(seq, &prev_hash, digest);
+        Self { seq, prev_hash, hash, computed, leaf: merkle::leaf_hash(&computed) }
+    }
 }
 
 /// The retention entry that records a prune: `audit entries below seq N pruned under audit_years Y`.
@@ -313,7 +324,7 @@ impl Verifier {
         if seq < expected {
             return Err(VerifyError::Inserted { seq: expected });
         }
-        let computed = merkle_link(seq, &link.prev_hash, &link.digest);
+        let computed = link.computed;
         if link.hash.is_some_and(|hash| hash != computed) {
             return Err(VerifyError::Changed { seq });
         }
@@ -325,7 +336,7 @@ impl Verifier {
         if !linked {
             return Err(VerifyError::BrokenLink { seq });
         }
-        self.tree.append_with(merkle::leaf_hash(&computed), |_| {});
+        self.tree.append_with(link.leaf, |_| {});
         self.last = Some((seq, computed));
         if let Some(below) = record.and_then(pruned_below) {
             self.pruned_below.insert(below);
@@ -391,10 +402,6 @@ impl Verifier {
     }
 }
 
-fn merkle_link(seq: u64, prev_hash: &Hash, digest: &Hash) -> Hash {
-    wire::audit::link_hash(seq, prev_hash, digest)
-}
-
 /// Checks export lines (in file order) and witnessed heads against the audit public key.
 pub fn verify(
     lines: Vec<ExportLine>,
@@ -419,17 +426,13 @@ pub fn verify(
     for line in lines {
         match line {
             ExportLine::Entry(entry) => {
-                let link = Link {
-                    seq: entry.seq,
-                    prev_hash: entry.prev_hash,
-                    hash: Some(entry.hash),
-                    digest: wire::audit::record_digest(&entry.record),
-                };
+                let digest = wire::audit::record_digest(&entry.record);
+                let link = Link::new(entry.seq, entry.prev_hash, Some(entry.hash), &digest);
                 verifier.entry(&link, Some(&entry.record))?;
                 verifier.count(true);
             }
             ExportLine::Omitted { seq, prev_hash, digest } => {
-                verifier.entry(&Link { seq, prev_hash, hash: None, digest }, None)?;
+                verifier.entry(&Link::new(seq, prev_hash, None, &digest), None)?;
                 verifier.count(false);
             }
             ExportLine::Prefix { size, peaks } => {

@@ -21,7 +21,7 @@
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
 //! | `A` | seq (u64 BE) | audit entry: `0x01`, seq, prev hash, hash, then the record's CBOR (see [`encode_audit`]) |
-//! | `H` | level (u8), index (u64 BE) | a perfect subtree's hash in the audit Merkle tree, written with the entry that completes it |
+//! | `H` | last leaf (u64 BE), level (u8) | a perfect subtree's hash in the audit Merkle tree (its last leaf, then its height), written with the entry that completes it |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | size (u64 BE), at_ms (u64 BE) | signed tree head of the audit log |
@@ -208,8 +208,11 @@ fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
     }
 }
 
+/// A subtree's key leads with its last leaf, so that every node an append completes sorts after every node
+/// stored before: sled then appends at the end of the range, as it does for entries.
 fn node_key(level: u8, index: u64) -> Vec<u8> {
-    key(AUDIT_NODE, &[&[level], &index.to_be_bytes()])
+    let last_leaf = ((index + 1) << level) - 1;
+    key(AUDIT_NODE, &[&last_leaf.to_be_bytes(), &[level]])
 }
 
 fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -421,35 +424,47 @@ impl SledStore {
 /// Entries read and hashed per step of [`audit_links`]'s reading thread.
 const LINK_BATCH: usize = 1024;
 
-/// Reads the audit entries on a second thread, which hashes each record's stored CBOR (no decoding but for
-/// retention entries, whose record the verifier reads), and hands them to `visit` in order on this one:
-/// verification then costs two cores' worth of hashing, not decoding.
+/// Reads the audit entries on two threads, taking turns at chunks of [`LINK_BATCH`] seqs, which hash each
+/// record's stored CBOR (decoding only retention entries, whose record the verifier reads), the entry and its
+/// leaf; this thread takes the chunks in order, alternately from each, and is left only the tree's inner
+/// nodes and the links between entries. Verification then runs on both cores instead of one.
 fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
     type Batch = Vec<(Link, Option<AuditRecord>)>;
-    let (batches, received) = std::sync::mpsc::sync_channel::<Result<Batch, StoreError>>(8);
+    const READERS: u64 = 2;
+    let seq_of = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| -> Result<Option<u64>, StoreError> {
+        item.map(|item| seq_from(item.map_err(backend)?.0.get(1..9).unwrap_or_default())).transpose()
+    };
+    let (Some(low), Some(high)) =
+        (seq_of(db.scan_prefix([AUDIT]).next())?, seq_of(db.scan_prefix([AUDIT]).next_back())?)
+    else {
+        return Ok(());
+    };
+    let step = LINK_BATCH as u64;
+    let chunks = (high - low) / step + 1;
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            let mut batch = Vec::with_capacity(LINK_BATCH);
-            for item in db.scan_prefix([AUDIT]) {
-                let link = item.map_err(backend).and_then(|(_, value)| link_of(&value));
-                match link {
-                    Ok(link) => batch.push(link),
-                    Err(e) => {
-                        let _ = batches.send(Err(e));
+        let mut channels = Vec::new();
+        for reader in 0..READERS {
+            let (batches, received) = std::sync::mpsc::sync_channel::<Result<Batch, StoreError>>(8);
+            channels.push(received);
+            scope.spawn(move || {
+                for chunk in (reader..chunks).step_by(READERS as usize) {
+                    let from = low + chunk * step;
+                    let range = key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&(from + step).to_be_bytes()]);
+                    let batch: Result<Batch, StoreError> = db
+                        .range(range)
+                        .map(|item| item.map_err(backend).and_then(|(_, value)| link_of(&value)))
+                        .collect();
+                    let failed = batch.is_err();
+                    // A closed channel means the verifier stopped: nothing more to read.
+                    if batches.send(batch).is_err() || failed {
                         return;
                     }
                 }
-                if batch.len() == LINK_BATCH
-                    && batches.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(LINK_BATCH)))).is_err()
-                {
-                    // The verifier stopped: nothing more to read.
-                    return;
-                }
-            }
-            let _ = batches.send(Ok(batch));
-        });
+            });
+        }
         let result = (|| {
-            for batch in received.iter() {
+            for chunk in 0..chunks {
+                let Ok(batch) = channels[(chunk % READERS) as usize].recv() else { break };
                 for (link, record) in batch? {
                     if !visit(link, record) {
                         return Ok(());
@@ -458,9 +473,8 @@ fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -
             }
             Ok(())
         })();
-        // Dropping the receiver ends the reader at its next send.
-        drop(received);
-        let _ = reader.join();
+        // Dropping the receivers ends the readers at their next send; the scope joins them.
+        drop(channels);
         result
     })
 }
@@ -473,12 +487,12 @@ fn link_of(value: &[u8]) -> Result<(Link, Option<AuditRecord>), StoreError> {
             // Every retention record's CBOR holds its action's name; decoding only those keeps the rest cheap.
             let retention = record.windows(RETENTION.len()).any(|w| w == RETENTION);
             let decoded = if retention { Some(decode::<AuditRecord>(record)?) } else { None };
-            Ok((Link { seq, prev_hash, hash: Some(hash), digest }, decoded))
+            Ok((Link::new(seq, prev_hash, Some(hash), &digest), decoded))
         }
         None => {
             let entry: AuditEntry = decode(value)?;
             let digest = wire::audit::record_digest(&entry.record);
-            let link = Link { seq: entry.seq, prev_hash: entry.prev_hash, hash: Some(entry.hash), digest };
+            let link = Link::new(entry.seq, entry.prev_hash, Some(entry.hash), &digest);
             Ok((link, Some(entry.record)))
         }
     }
