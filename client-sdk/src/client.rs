@@ -550,6 +550,10 @@ impl Client {
     /// against the one it holds and every entry's inclusion proof, and fails with [`Error::Audit`] when
     /// they do not verify; the hub returns only entries its latest signed head covers.
     pub async fn audit_query(&self, filter: wire::audit::AuditFilter) -> Result<Vec<wire::audit::AuditEntry>, Error> {
+        let _turn = match &self.inner.witness {
+            Some(witness) => Some(witness.turn.lock().await),
+            None => None,
+        };
         let known_size = self.inner.witness.as_ref().map_or(0, |w| w.known_size());
         match self.request(Request::AuditQuery { filter, known_size }).await? {
             Reply::AuditEntries { entries, head, proofs, consistency, .. } => {
@@ -574,6 +578,7 @@ impl Client {
         let witness = self.inner.witness.clone().ok_or_else(|| {
             Error::Config("this client does not witness the audit log (no audit_public_key, or not opted in)".into())
         })?;
+        let _turn = witness.turn.lock().await;
         match self.request(Request::AuditHead { known_size: witness.known_size() }).await? {
             Reply::AuditHead { head, consistency } => {
                 witness.accept(&head, &consistency, &[], &[]).map_err(|e| self.audit_alarm(e))?;

@@ -140,6 +140,9 @@ impl HeadJson {
 pub(crate) struct Witness {
     dir: Option<PathBuf>,
     state: Mutex<State>,
+    /// Held from sending `known_size` to accepting the reply's head: the hub answers concurrent requests in
+    /// any order, and an older head arriving after a newer one would look like a rollback.
+    pub(crate) turn: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +183,7 @@ impl Witness {
                 Err(e) => return Err(state_error("cannot read", &path, e)),
             }
         }
-        Ok(Self { dir: dir.map(Path::to_owned), state: Mutex::new(state) })
+        Ok(Self { dir: dir.map(Path::to_owned), state: Mutex::new(state), turn: tokio::sync::Mutex::new(()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

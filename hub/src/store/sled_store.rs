@@ -25,6 +25,7 @@
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | size (u64 BE), at_ms (u64 BE) | signed tree head of the audit log |
+//! | `Q` | (none) | the latest signed tree head again, so that replies read it with one look-up |
 //! | `L` | thread, member | the ownership state when the member left: the answer to a resent `leave_case` |
 //! | `W` | OIN, thread | (empty): the case has an offer to or from the organisation |
 //! | `N` | thread, seq (u64 BE) | (empty): an audit entry about the case |
@@ -76,6 +77,7 @@ const AUDIT_OF_CASE: u8 = b'N';
 const AUDIT_OF_ORGANISATION: u8 = b'U';
 const INDEX_VERSION: u8 = b'V';
 const AUDIT_NODE: u8 = b'H';
+const LATEST_HEAD: u8 = b'Q';
 /// The first byte of an audit entry in the current layout; CBOR maps (the layout before) never start with it.
 const AUDIT_LAYOUT: u8 = 0x01;
 /// Bytes before the record in an audit entry's value.
@@ -301,6 +303,7 @@ impl SledStore {
         for item in self.db.scan_prefix([CHECKPOINT]) {
             self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
         }
+        self.db.remove([LATEST_HEAD]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
     }
@@ -984,8 +987,12 @@ impl Store for SledStore {
 
     fn put_checkpoint(&self, head: &SignedTreeHead) -> Result<(), StoreError> {
         let at = key(CHECKPOINT, &[&head.size.to_be_bytes(), &head.at_ms.to_be_bytes()]);
-        self.db.insert(at, encode(head)).map_err(backend)?;
-        Ok(())
+        // Only the writer (and `rotate-key` on a stopped hub) signs heads, always over the current tree: the
+        // head stored last is the latest, even when it is smaller than one before it (a truncated log).
+        let mut batch = sled::Batch::default();
+        batch.insert(at, encode(head));
+        batch.insert(&[LATEST_HEAD][..], encode(head));
+        self.db.apply_batch(batch).map_err(backend)
     }
 
     fn checkpoints(&self) -> Result<Vec<SignedTreeHead>, StoreError> {
@@ -993,7 +1000,8 @@ impl Store for SledStore {
     }
 
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
-        self.db.scan_prefix([CHECKPOINT]).next_back().map(|item| decode(&item.map_err(backend)?.1)).transpose()
+        // One look-up per query instead of a reverse scan over every head.
+        self.db.get([LATEST_HEAD]).map_err(backend)?.map(|value| decode(&value)).transpose()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
