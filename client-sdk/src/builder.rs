@@ -63,6 +63,8 @@ pub struct ClientBuilder {
     state_key: Option<StateKey>,
     key_package_stock: u64,
     frame_tap: Option<FrameTap>,
+    audit_key: Option<[u8; 32]>,
+    witness_audit: bool,
 }
 
 impl Default for ClientBuilder {
@@ -84,6 +86,8 @@ impl Default for ClientBuilder {
             state_key: None,
             key_package_stock: 16,
             frame_tap: None,
+            audit_key: None,
+            witness_audit: false,
         }
     }
 }
@@ -112,6 +116,10 @@ pub(crate) struct Settings {
     pub state_key: Option<StateKey>,
     pub key_package_stock: u64,
     pub frame_tap: Option<FrameTap>,
+    /// The audit public key, when this client witnesses the audit log.
+    pub witness_key: Option<[u8; 32]>,
+    /// Whether a client that is not a privacy officer witnesses too.
+    pub witness_any_role: bool,
 }
 
 impl ClientBuilder {
@@ -247,6 +255,22 @@ impl ClientBuilder {
         self
     }
 
+    /// The hub's audit public key (as `hub audit pubkey` prints it, 32 bytes). A privacy officer's client
+    /// given it witnesses the audit log (see [`crate::witness`]): it checks every signed tree head and
+    /// audit entry the hub sends, keeps the last verified head in [`Self::state_dir`], and fails with
+    /// [`Error::Audit`] (and an [`crate::Event::AuditAlarm`]) when the log does not extend it.
+    pub fn audit_public_key(mut self, key: [u8; 32]) -> Self {
+        self.audit_key = Some(key);
+        self
+    }
+
+    /// Makes a client of another role (a `system` identity) witness the audit log too; it needs
+    /// [`Self::audit_public_key`].
+    pub fn witness_audit(mut self, enabled: bool) -> Self {
+        self.witness_audit = enabled;
+        self
+    }
+
     pub(crate) fn settings(&self) -> Result<Settings, Error> {
         let url = self.url.clone().ok_or_else(|| Error::Config("no hub URL given".into()))?;
         let uri: Uri = url.parse().map_err(|e| Error::Config(format!("invalid URL {url}: {e}")))?;
@@ -275,6 +299,11 @@ impl ClientBuilder {
             state_key: self.state_key.clone(),
             key_package_stock: self.key_package_stock,
             frame_tap: self.frame_tap.clone(),
+            witness_key: match (self.audit_key, self.witness_audit) {
+                (None, true) => return Err(Error::Config("witness_audit needs audit_public_key".into())),
+                (key, _) => key,
+            },
+            witness_any_role: self.witness_audit,
         })
     }
 

@@ -111,6 +111,10 @@ struct Inner {
     key_package_stock: u64,
     events: Mutex<Option<mpsc::Receiver<Event>>>,
     request_timeout: Duration,
+    /// The audit log's witness, for privacy officers and opted-in systems given the audit key.
+    witness: Option<Arc<crate::witness::Witness>>,
+    /// Where a failed witness check is reported as an event, besides the failing call.
+    alarms: mpsc::Sender<Event>,
 }
 
 /// A connection to the hub, shared by cloning.
@@ -165,6 +169,14 @@ impl Client {
         let (event_tx, event_rx) = mpsc::channel(settings.event_buffer);
         let request_timeout = settings.request_timeout;
         let member = hello.identity.member_id();
+        let witnesses = settings.witness_any_role || hello.identity.role == wire::Role::PrivacyOfficer;
+        let witness = match settings.witness_key.filter(|_| witnesses) {
+            Some(key) => {
+                Some(Arc::new(crate::witness::Witness::open(key, settings.state_dir.as_deref()).map_err(Error::Audit)?))
+            }
+            None => None,
+        };
+        let alarms = event_tx.clone();
         tokio::spawn(Driver::new(settings, command_rx, event_tx, device.clone(), own.clone(), member).run(ws));
         let client = Self {
             inner: Arc::new(Inner {
@@ -175,9 +187,21 @@ impl Client {
                 key_package_stock,
                 events: Mutex::new(Some(event_rx)),
                 request_timeout,
+                witness,
+                alarms,
             }),
             on_behalf_of: None,
         };
+        if client.inner.witness.is_some() {
+            // Checked at once, so that a log truncated while this client was away is found without waiting
+            // for the next query; a failure arrives as an event (and again at the next call).
+            let witnessing = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = witnessing.witness_audit().await {
+                    warn!("audit witness check after connecting failed: {e}");
+                }
+            });
+        }
         // In the background: a backlog of events may fill the event buffer
         // before the application has taken the stream, and replies queue behind events.
         let topping_up = client.clone();
@@ -540,11 +564,59 @@ impl Client {
     /// Audit entries within this privacy officer's scope: about cases its
     /// organisation is or was in, or by its own people. Entries carry no case
     /// content. A query outside the scope is refused, and recorded.
+    ///
+    /// A witnessing client (see [`crate::ClientBuilder::audit_public_key`]) checks the reply's signed head
+    /// against the one it holds and every entry's inclusion proof, and fails with [`Error::Audit`] when
+    /// they do not verify; the hub returns only entries its latest signed head covers.
     pub async fn audit_query(&self, filter: wire::audit::AuditFilter) -> Result<Vec<wire::audit::AuditEntry>, Error> {
-        match self.request(Request::AuditQuery { filter }).await? {
-            Reply::AuditEntries { entries, .. } => Ok(entries),
+        let _turn = match &self.inner.witness {
+            Some(witness) => Some(witness.turn.lock().await),
+            None => None,
+        };
+        let known_size = self.inner.witness.as_ref().map_or(0, |w| w.known_size());
+        match self.request(Request::AuditQuery { filter, known_size }).await? {
+            Reply::AuditEntries { entries, head, proofs, consistency, .. } => {
+                if let Some(witness) = &self.inner.witness {
+                    let checked = match &head {
+                        Some(head) => witness.accept(head, &consistency, &entries, &proofs),
+                        None if entries.is_empty() => Ok(()),
+                        None => Err(crate::witness::AuditError::Unsigned),
+                    };
+                    checked.map_err(|e| self.audit_alarm(e))?;
+                }
+                Ok(entries)
+            }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Fetches the hub's latest signed audit tree head with its consistency proof from the witnessed one,
+    /// checks both, and keeps the head; returns it. Witnessing clients do this on connecting and with
+    /// every [`Client::audit_query`]; call it to check more often.
+    pub async fn witness_audit(&self) -> Result<wire::audit::SignedTreeHead, Error> {
+        let witness = self.inner.witness.clone().ok_or_else(|| {
+            Error::Config("this client does not witness the audit log (no audit_public_key, or not opted in)".into())
+        })?;
+        let _turn = witness.turn.lock().await;
+        match self.request(Request::AuditHead { known_size: witness.known_size() }).await? {
+            Reply::AuditHead { head, consistency } => {
+                witness.accept(&head, &consistency, &[], &[]).map_err(|e| self.audit_alarm(e))?;
+                Ok(*head)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The last audit tree head this client verified, if it witnesses the log.
+    pub fn witnessed_audit_head(&self) -> Option<wire::audit::SignedTreeHead> {
+        self.inner.witness.as_ref().and_then(|w| w.head())
+    }
+
+    /// Reports a failed witness check as an event too, and turns it into the call's error.
+    fn audit_alarm(&self, error: crate::witness::AuditError) -> Error {
+        // An application that does not read events must not block the call; the error is returned anyway.
+        let _ = self.inner.alarms.try_send(Event::AuditAlarm(error.clone()));
+        Error::Audit(error)
     }
 
     /// The access report for one case (GDPR article 15), as Markdown.

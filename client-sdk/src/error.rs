@@ -44,6 +44,9 @@ pub enum Error {
     /// A handover packet is incomplete or inconsistent; every problem is listed.
     #[error("handover packet:\n{0}")]
     Packet(crate::packet::PacketErrors),
+    /// What the hub sent about its audit log does not verify (see [`crate::witness`]).
+    #[error("audit log: {0}")]
+    Audit(crate::witness::AuditError),
     /// The client has been closed.
     #[error("the client is closed")]
     Closed,

@@ -34,6 +34,9 @@ impl Message {
 /// Something that happened, delivered once and in order per thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The hub's audit log failed a witness check (a forged, shrunk or rewritten log, or an entry that is not
+    /// in it); the same error is returned to the call that fetched it.
+    AuditAlarm(crate::witness::AuditError),
     /// A message arrived.
     Message(Message),
     /// A member joined a thread (including this client, when it is added).
@@ -112,7 +115,11 @@ impl Event {
             | Self::MemberRemoved { thread, seq, .. }
             | Self::Unreadable { thread, seq, .. }
             | Self::Handover { thread, seq, .. } => Some((*thread, *seq)),
-            Self::Joined { .. } | Self::Removed { .. } | Self::Connected | Self::Disconnected { .. } => None,
+            Self::Joined { .. }
+            | Self::Removed { .. }
+            | Self::Connected
+            | Self::Disconnected { .. }
+            | Self::AuditAlarm(_) => None,
         }
     }
 }

@@ -42,6 +42,7 @@ mod event;
 pub mod packet;
 pub mod raw;
 pub mod report;
+pub mod witness;
 
 pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
@@ -57,3 +58,4 @@ pub use wire::handover::{
     ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership,
 };
 pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};
+pub use witness::AuditError;

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(key) = AuditKey::parse_public_key(key) else {
         return;
     };
-    let _ = verify_file(export, &key);
+    let _ = verify_file(export, &key, Vec::new());
     for line in export.split(|&b| b == b'\n') {
         let Ok(Ok(parsed)) = std::str::from_utf8(line).map(from_json_line) else {
             continue;

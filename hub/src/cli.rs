@@ -69,6 +69,9 @@ struct ServeArgs {
     /// and every tls.crl_reload_seconds.
     #[arg(long)]
     crl: Vec<PathBuf>,
+    /// The audit signing key (PKCS#8 Ed25519, mode 0600); default DATA/audit-key.pk8.
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -84,6 +87,7 @@ impl ServeArgs {
         config.tls.cert = self.cert.or(config.tls.cert);
         config.tls.key = self.key.or(config.tls.key);
         config.tls.crl.extend(self.crl);
+        config.audit.key = self.audit_key.or(config.audit.key);
         Ok(config)
     }
 }

@@ -13,7 +13,8 @@ use ketenhub_sdk::ClientBuilder;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::chain::{AuditKey, Verified, VerifyError};
+use crate::audit::chain::AuditKey;
+use crate::audit::verify::{Verified, VerifyError};
 use crate::clock::Clock;
 use crate::config::{Config, Limits};
 use crate::server::{ServeError, Server};
@@ -127,9 +128,9 @@ impl DevHub {
     /// verifies the log with the hub's public key, as `hub audit verify --data` does.
     pub async fn stop_and_verify_audit(self) -> anyhow::Result<Result<Verified, VerifyError>> {
         let store = self.hub.store.clone();
-        let key = AuditKey::load_or_create(&crate::server::audit_key_path(&self.data_dir))?;
+        let key = AuditKey::load(&crate::server::audit_key_path(&self.data_dir))?;
         self.stop().await?;
-        Ok(crate::audit::export::verify_store(store.as_ref(), &key.public_key())?)
+        Ok(crate::audit::export::verify_store(store.as_ref(), &key.public_key(), Vec::new())?)
     }
 
     /// Stops the hub gracefully and waits for it.

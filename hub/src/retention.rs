@@ -66,7 +66,19 @@ pub fn sweep(
         rule: "retention-policy; sweep begins".into(),
         ..crate::audit::hub_record(AuditAction::Retention)
     })?;
-    let swept = delete(store, content_cutoff, audit_cutoff)?;
+    let (swept, pruned_below) = delete(store, content_cutoff, audit_cutoff)?;
+    if pruned_below > 0 {
+        // The signed record a verifier needs to tell this pruning from a deletion (see `audit::verify`).
+        audit.record(AuditRecord {
+            object: Some(format!(
+                "{}{pruned_below} pruned under audit_years {}",
+                crate::audit::verify::PRUNED_PREFIX,
+                retention.audit_years
+            )),
+            rule: "retention-policy; audit entries pruned".into(),
+            ..crate::audit::hub_record(AuditAction::Retention)
+        })?;
+    }
     if swept != Swept::default() {
         audit.record(AuditRecord {
             object: Some(format!(
@@ -80,7 +92,8 @@ pub fn sweep(
     Ok(swept)
 }
 
-fn delete(store: &dyn Store, content_cutoff: u64, audit_cutoff: u64) -> Result<Swept, StoreError> {
+/// Deletes what is due; returns what, and the seq below which audit entries are now pruned (0 for none).
+fn delete(store: &dyn Store, content_cutoff: u64, audit_cutoff: u64) -> Result<(Swept, u64), StoreError> {
     let mut swept = Swept::default();
     let mut received = HashMap::new();
     for thread in store.threads()? {
@@ -99,6 +112,7 @@ fn delete(store: &dyn Store, content_cutoff: u64, audit_cutoff: u64) -> Result<S
             swept.blobs += 1;
         }
     }
-    swept.audit_entries = store.prune_audit(audit_cutoff)?;
-    Ok(swept)
+    let (pruned, below) = store.prune_audit(audit_cutoff)?;
+    swept.audit_entries = pruned;
+    Ok((swept, below))
 }

@@ -25,7 +25,6 @@ use wire::audit::{AuditAction, AuditOutcome};
 use wire::{ErrorCode, WireError};
 
 use crate::admission::{Admission, Pending};
-use crate::audit::chain::AuditKey;
 use crate::audit::Recorder;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -35,7 +34,7 @@ use crate::store::{SledStore, Store, StoreError};
 use crate::tls::{self, TlsError};
 use certs::revocation::CertRefusal;
 
-/// Where a hub keeps its Ed25519 audit key (created on first start, mode 0600).
+/// Where a hub keeps its Ed25519 audit key unless `[audit] key` says otherwise (created on first start, mode 0600).
 pub fn audit_key_path(data: &std::path::Path) -> std::path::PathBuf {
     data.join("audit-key.pk8")
 }
@@ -214,7 +213,7 @@ impl Server {
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;
         let policy = Arc::new(crate::policy::PolicySource::load(resolved.policy)?);
-        let key = AuditKey::load_or_create(&audit_key_path(resolved.data))?;
+        let key = crate::audit::load_key(store.as_ref(), &config.audit, resolved.data)?;
         let recorder = Recorder::resume(store.as_ref(), Arc::new(key), config.audit.clone())?;
         let calendar = config.handover.calendar()?;
         let hub = Hub::new(store, config.limits.clone(), policy, recorder, clock, calendar, Arc::new(certificates))

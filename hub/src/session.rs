@@ -352,6 +352,11 @@ impl Hub {
                 return Err(self.refuse(record, refusal).await);
             }
         };
+        if matches!(request, Request::AuditQuery { .. } | Request::AuditHead { .. }) {
+            // A witness asks for the log as it is now: a head over every entry so far is signed (and durable)
+            // first, so that the reply's head covers them. One flush per query; queries are rare.
+            let _ = self.writes.submit(Write::Seal, None).await.await;
+        }
         match self.prepare(&policy, caller, actor, request) {
             Ok(Prepared::Write(kind, write)) => {
                 Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
@@ -470,9 +475,9 @@ impl Hub {
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
             // These read through indexes that still grow with the organisation's
             // history: they run on a blocking thread, never on the async workers.
-            Request::AuditQuery { filter } => {
+            Request::AuditQuery { filter, known_size } => {
                 let (store, oin) = (self.store.clone(), caller.identity.oin.clone());
-                let slow = tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter));
+                let slow = tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter, known_size));
                 return Ok(Prepared::Slow(slow));
             }
             Request::ListOffers => {
@@ -514,6 +519,13 @@ impl Hub {
                 Some(ownership) => Ok(Reply::Ownership { ownership: Box::new(ownership) }),
                 None => Err(WireError::thread_not_found()),
             },
+            Request::AuditHead { known_size } => {
+                let (head, consistency) = audit_head(self.store.as_ref(), known_size)?;
+                let head = head.ok_or_else(|| {
+                    WireError::new(ErrorCode::Unavailable, "the audit log has no signed tree head yet")
+                })?;
+                Ok(Reply::AuditHead { head: Box::new(head), consistency })
+            }
             other => Err(WireError::new(ErrorCode::Internal, format!("not a read: {other:?}"))),
         }
     }
@@ -548,7 +560,11 @@ impl Hub {
             // The receiver is not on the case yet: the offer itself says whether it may answer.
             Request::AnswerOffer { .. } => (Action::Handover, None),
             Request::GetOwnership { thread } => (Action::Read, Some(*thread)),
-            Request::ListOffers if caller.identity.role == wire::Role::PrivacyOfficer => (Action::AuditQuery, None),
+            Request::ListOffers | Request::AuditHead { .. } if caller.identity.role == wire::Role::PrivacyOfficer => {
+                (Action::AuditQuery, None)
+            }
+            // A head is sizes and hashes: whoever may read may witness it.
+            Request::AuditHead { .. } => (Action::Read, None),
             Request::ListOffers => (Action::Handover, None),
             Request::OnBehalfOf { .. } => {
                 return Err((WireError::new(ErrorCode::Invalid, "on_behalf_of cannot be nested"), "no-nesting"));
@@ -763,7 +779,7 @@ fn list_offers(store: &dyn Store, policy: &Policy, identity: &Identity, actor: &
 }
 
 /// A privacy officer's query, within the scope of its organisation.
-fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter) -> Result<Reply, WireError> {
+fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_size: u64) -> Result<Reply, WireError> {
     let cases = store.organisation_cases(oin).map_err(internal)?;
     // Outside the organisation's cases, a case and a non-case look the same.
     if filter.case.is_some_and(|case| !cases.contains(&case)) {
@@ -772,8 +788,29 @@ fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter) -> Resu
             "denied by rule audit-outside-scope: the case is not one of your organisation's",
         ));
     }
-    let (entries, truncated) = audit::query(store, oin, &cases, filter).map_err(internal)?;
-    Ok(Reply::AuditEntries { entries, truncated })
+    let (head, consistency) = audit_head(store, known_size)?;
+    let covered = head.as_ref().map_or(0, |h| h.size);
+    let (entries, truncated) = audit::query(store, oin, &cases, filter, covered).map_err(internal)?;
+    let proofs = entries
+        .iter()
+        .map(|entry| {
+            let path = wire::merkle::inclusion_proof(entry.seq - 1, covered, &mut audit::node_source(store));
+            path.map(wire::audit::Proof::from_hashes).map_err(internal)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Reply::AuditEntries { entries, truncated, head: head.map(Box::new), proofs, consistency })
+}
+
+/// The latest signed tree head and the consistency proof to it from the tree of `known_size` entries (empty
+/// when that is not below the head: the caller's check then fails or has nothing to prove).
+fn audit_head(
+    store: &dyn Store,
+    known_size: u64,
+) -> Result<(Option<wire::audit::SignedTreeHead>, wire::audit::Proof), WireError> {
+    let Some(head) = store.latest_head().map_err(internal)? else { return Ok((None, wire::audit::Proof::default())) };
+    let proof =
+        wire::merkle::consistency_proof(known_size, head.size, &mut audit::node_source(store)).map_err(internal)?;
+    Ok((Some(head), wire::audit::Proof::from_hashes(proof)))
 }
 
 /// What the audit log records about a request, before the policy decides.
@@ -806,7 +843,10 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
         }
         Request::ListThreads => (AuditAction::ListThreads, None, None),
         Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
-        Request::AuditQuery { filter } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
+        Request::AuditQuery { filter, .. } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
+        Request::AuditHead { known_size } => {
+            (AuditAction::AuditQuery, None, Some(format!("tree head from {known_size}")))
+        }
         Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
         Request::OfferHandover { thread, offer } => {
             record.purpose = Some(offer.reason.clone());

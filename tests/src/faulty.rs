@@ -2,6 +2,7 @@
 //! hub does when its disk fails: audit appends that fail (as on a full disk),
 //! and flushes that fail. Everything else passes through to sled.
 
+use hub::audit::verify::Link;
 use hub::store::{
     AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, SledStore, Store, StoreError,
 };
@@ -10,8 +11,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use uuid::Uuid;
-use wire::audit::{AuditCheckpoint, AuditEntry};
+use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
 use wire::handover::Ownership;
+use wire::merkle::{Hash, Node};
 use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
 
 /// The real sled store, with failures switched on and off by the test.
@@ -40,11 +42,11 @@ impl FaultyStore {
 }
 
 impl Store for FaultyStore {
-    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+    fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError> {
         if self.audit_fails.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("injected: no space left on device".into()));
         }
-        self.inner.append_audit(entry)
+        self.inner.append_audit(entry, nodes)
     }
     fn create_thread(&self, c: &MemberId, r: Uuid, at: u64) -> Result<Created, StoreError> {
         self.inner.create_thread(c, r, at)
@@ -165,7 +167,16 @@ impl Store for FaultyStore {
     fn delete_blob(&self, t: ThreadId, b: BlobId) -> Result<(), StoreError> {
         self.inner.delete_blob(t, b)
     }
-    fn prune_audit(&self, b: u64) -> Result<u64, StoreError> {
+    fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
+        self.inner.audit_node(level, index)
+    }
+    fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
+        self.inner.audit_links(visit)
+    }
+    fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
+        self.inner.latest_head()
+    }
+    fn prune_audit(&self, b: u64) -> Result<(u64, u64), StoreError> {
         self.inner.prune_audit(b)
     }
     fn audit_entries(&self, f: u64, l: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -174,10 +185,10 @@ impl Store for FaultyStore {
     fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         self.inner.last_audit()
     }
-    fn put_checkpoint(&self, c: &AuditCheckpoint) -> Result<(), StoreError> {
+    fn put_checkpoint(&self, c: &SignedTreeHead) -> Result<(), StoreError> {
         self.inner.put_checkpoint(c)
     }
-    fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+    fn checkpoints(&self) -> Result<Vec<SignedTreeHead>, StoreError> {
         self.inner.checkpoints()
     }
     fn flush(&self) -> Result<(), StoreError> {

@@ -335,3 +335,59 @@ where
     }
     Ok(())
 }
+
+/// Runs `BINARY audit ARGS` (the hub's `audit` command); returns the exit code and stdout then stderr.
+pub fn hub_audit(binary: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let output = Command::new(binary).arg("audit").args(args).output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Ok((output.status.code().unwrap_or(-1), format!("{stdout}{stderr}")))
+}
+
+/// A caseworker's send in one of 50 cases, the `i`th: the record audit tests fill logs with.
+pub fn audit_record(i: u64) -> wire::audit::AuditRecord {
+    use wire::audit::{AuditAction, AuditActor, AuditOutcome, AuditRecord};
+    AuditRecord {
+        at_ms: 1_700_000_000_000 + i,
+        actor: Some(AuditActor {
+            oin: "00000001800000000001".parse().expect("a valid OIN"),
+            organisation: "Veilig Thuis Utrecht".into(),
+            kind: wire::AgencyKind::Vt,
+            worker: format!("worker.{}", i % 7),
+            role: wire::Role::Caseworker,
+            certificate: "ab".repeat(32),
+        }),
+        on_behalf_of: None,
+        action: AuditAction::Send,
+        case: Some(wire::ThreadId(uuid::Uuid::from_u128(u128::from(i % 50)))),
+        object: Some(format!("message {i}")),
+        purpose: None,
+        legal_basis: Some("consent".into()),
+        outcome: AuditOutcome::Allowed,
+        rule: "member-of-case".into(),
+        peer: Some("127.0.0.1:4000".into()),
+    }
+}
+
+/// A temporary path as the `&str` a command line takes.
+pub fn path_arg(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Writes a log of `entries` records ([`audit_record`]) into the store in `data` as a hub would, with a signed
+/// head every 1,000 entries, under a key created at the default place; returns its public key (hex).
+pub fn write_audit_log(data: &Path, entries: u64) -> anyhow::Result<String> {
+    use hub::audit::{chain::AuditKey, CheckpointSettings, Recorder};
+    use hub::store::Store as _;
+    let key = AuditKey::load_or_create(&hub::server::audit_key_path(data))?;
+    let public = key.public_key_hex();
+    let store = hub::store::SledStore::open(&data.join("store"))?;
+    let settings = CheckpointSettings { every_entries: 1000, every_ms: u64::MAX, key: None };
+    let mut recorder = Recorder::resume(&store, std::sync::Arc::new(key), settings)?;
+    for i in 1..=entries {
+        recorder.record(&store, audit_record(i))?;
+        recorder.checkpoint_if_due(&store, 1_700_000_000_000 + i, false)?;
+    }
+    store.flush()?;
+    Ok(public)
+}

@@ -154,7 +154,9 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         }
         // The relay enforces no policy and keeps no audit log.
         Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,
-        Request::AuditQuery { .. } => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no audit log")),
+        Request::AuditQuery { .. } | Request::AuditHead { .. } => {
+            return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no audit log"))
+        }
         Request::OfferHandover { .. }
         | Request::AnswerOffer { .. }
         | Request::CompleteHandover { .. }

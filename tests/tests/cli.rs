@@ -67,7 +67,7 @@ fn audit_commands_refuse_a_directory_without_a_hub_and_create_nothing() -> anyho
         let out_arg = out.to_str().expect("a UTF-8 path");
         let commands: [&[&str]; 3] = [
             &["audit", "export", "--data", data_arg, "--out", out_arg],
-            &["audit", "verify", "--data", data_arg],
+            &["audit", "verify", "--data", data_arg, "--pubkey", out_arg],
             &["audit", "report", "--data", data_arg, "--case", &case],
         ];
         for args in commands {
@@ -96,7 +96,11 @@ fn the_demo_says_where_it_keeps_its_store() -> anyhow::Result<()> {
     assert!(store.join("store").is_dir(), "the store is not where this test expects it");
     assert!(line.contains(&format!("store in {}", store.display())), "the demo misplaces its store: {line}");
     // The audit command finds the store the demo named.
-    let verify = hub(&["audit", "verify", "--data", store.to_str().expect("a UTF-8 path")])?;
+    let store_arg = store.to_str().expect("a UTF-8 path");
+    let pubkey = hub(&["audit", "pubkey", "--data", store_arg])?;
+    let key_file = dir.path().join("audit.pub");
+    std::fs::write(&key_file, String::from_utf8_lossy(&pubkey.stdout).trim())?;
+    let verify = hub(&["audit", "verify", "--data", store_arg, "--pubkey", key_file.to_str().expect("a UTF-8 path")])?;
     assert!(verify.status.success(), "{}", text(&verify));
     Ok(())
 }

@@ -121,7 +121,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let lt = connect("lt-woerden-caseworker").await?;
     let mut lt_events = lt.events().unwrap();
     let mut vt_events = vt.events().unwrap();
-    let officer = connect("vt-utrecht-privacy").await?;
+    let audit_key = hub::audit::chain::AuditKey::load(&hub::server::audit_key_path(hub.data_dir()))?.public_key();
+    let officer =
+        hub.client("vt-utrecht-privacy").frame_tap(recorder.tap()).audit_public_key(audit_key).connect().await?;
     let system = connect("vt-utrecht-system").await?;
 
     // A case, a message, a handover offer, accepted; the receiver joins the MLS group.
@@ -170,6 +172,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let audit = officer.audit_query(wire::audit::AuditFilter { case: Some(thread), ..Default::default() }).await?;
     assert!(!audit.is_empty());
     officer.audit_query(wire::audit::AuditFilter::default()).await?;
+    officer.witness_audit().await?;
     for client in [&vt, &lt, &officer, &system] {
         client.close().await;
     }
@@ -216,6 +219,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:get_blob_chunk",
         "op:on_behalf_of",
         "op:audit_query",
+        "op:audit_head",
         "op:offer_handover",
         "op:answer_offer",
         "op:complete_handover",
@@ -236,6 +240,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "kind:blob_chunk_stored",
         "kind:blob_chunk",
         "kind:audit_entries",
+        "kind:audit_head",
         "kind:ownership",
         "kind:offers",
         "kind:message",

@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 21;
+const KINDS: usize = 22;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -77,8 +77,9 @@ fn every_kind() -> Vec<Request> {
         Request::ScheduleRappel { thread: t },
         Request::LeaveCase { thread: t, reason: "done".into() },
         Request::GetOwnership { thread: t },
-        Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() } },
+        Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() }, known_size: 0 },
         Request::ListOffers,
+        Request::AuditHead { known_size: 0 },
     ]
 }
 
@@ -91,6 +92,8 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::CreateThread { .. } | Request::ListThreads | Request::UploadKeyPackages { .. } => Vec::new(),
         // Offers waiting for the caller's own organisation: nothing of anyone else's.
         Request::ListOffers => Vec::new(),
+        // The log's head names no case: the same for everyone.
+        Request::AuditHead { .. } => Vec::new(),
         Request::AddMember { member, reason, legal_basis, .. } => {
             vec![(Caseworker, Request::AddMember { thread, member, reason, legal_basis })]
         }
@@ -111,8 +114,8 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
             .into_iter()
             .map(|(_, inner)| (System, Request::OnBehalfOf { member: member.clone(), request: Box::new(inner) }))
             .collect(),
-        Request::AuditQuery { filter } => {
-            vec![(Officer, Request::AuditQuery { filter: AuditFilter { case: Some(thread), ..filter } })]
+        Request::AuditQuery { filter, known_size } => {
+            vec![(Officer, Request::AuditQuery { filter: AuditFilter { case: Some(thread), ..filter }, known_size })]
         }
         Request::OfferHandover { offer, .. } => vec![(Caseworker, Request::OfferHandover { thread, offer })],
         Request::AnswerOffer { .. } => vec![

@@ -71,11 +71,12 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
         let later = hub::retention::sweep(&store, &policy.retention, middle.record.at_ms + five_years, &mut audit)?;
         let remaining = store.audit_entries(1, usize::MAX)?;
         assert!(later.audit_entries > 0 && !remaining.is_empty(), "{later:?}");
-        // What remains holds the sweep's own two entries: what it was about to delete, and what it deleted.
-        assert_eq!(later.audit_entries as usize + remaining.len(), all.len() + 2);
+        // What remains holds the sweep's own three entries: what it was about to delete, the prune (signed
+        // evidence that the entries before the first one went by retention), and what it deleted.
+        assert_eq!(later.audit_entries as usize + remaining.len(), all.len() + 3);
         assert!(remaining[0].record.at_ms >= middle.record.at_ms);
         recorder.checkpoint_if_due(&store, hub::clock::now_ms(), true)?;
-        let verified = hub::audit::export::verify_store(&store, &key.public_key())?;
+        let verified = hub::audit::export::verify_store(&store, &key.public_key(), Vec::new())?;
         assert!(verified.is_ok(), "{verified:?}");
         store.flush()?;
     }

@@ -1,5 +1,6 @@
 //! Audit entries: what the hub records about every access, and what a privacy
-//! officer receives when querying them.
+//! officer receives when querying them, with the hashes, signed tree heads
+//! and proofs that make the log checkable (see [`crate::merkle`]).
 //!
 //! The fields follow NEN 7513 (who, on whose behalf, organisation and role,
 //! which case, what action, when, outcome, purpose, legal basis) so that an
@@ -146,19 +147,137 @@ pub struct AuditEntry {
     pub record: AuditRecord,
 }
 
-/// A signed statement by the hub's audit key that the chain up to `seq` has head `head_hash`.
+/// Domain separation for entry hashes, so an entry hash can never be mistaken for any other SHA-256.
+const ENTRY_DOMAIN: &[u8] = b"ketenhub-audit-entry-v1";
+/// Domain separation for tree-head signatures, so the audit key signs nothing else by accident.
+const HEAD_DOMAIN: &[u8] = b"ketenhub-audit-tree-head-v1";
+
+/// The SHA-256 of a record's CBOR: what an omitted line carries instead of the record.
+pub fn record_digest(record: &AuditRecord) -> [u8; 32] {
+    digest(&[&crate::encode(record)])
+}
+
+/// An entry's hash from its place, its predecessor's hash and its record's digest:
+/// `SHA-256("ketenhub-audit-entry-v1" || seq (u64 BE) || prev_hash || record_digest)`. Hashing a digest
+/// rather than the record lets a filtered export leave a record out and still have every link checked; the
+/// sequence number is hashed so that an entry cannot be moved with its hash intact.
+pub fn link_hash(seq: u64, prev_hash: &[u8; 32], record_digest: &[u8; 32]) -> [u8; 32] {
+    digest(&[ENTRY_DOMAIN, &seq.to_be_bytes(), prev_hash, record_digest])
+}
+
+/// The hash an entry must carry: [`link_hash`] over its record's [`record_digest`].
+pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], record: &AuditRecord) -> [u8; 32] {
+    link_hash(seq, prev_hash, &record_digest(record))
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    let mut out = [0u8; 32];
+    // SHA-256 digests are 32 bytes by definition.
+    out.copy_from_slice(context.finish().as_ref());
+    out
+}
+
+/// A signed tree head: the hub's audit key states that the Merkle tree over the first `size` entries has
+/// root `root` (see [`crate::merkle`]). Each head is signed over [`SignedTreeHead::message`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditCheckpoint {
-    /// The last entry covered.
-    pub seq: u64,
-    /// That entry's hash.
+pub struct SignedTreeHead {
+    /// The number of entries covered (entries 1 to `size`).
+    pub size: u64,
+    /// The Merkle tree's root over them.
     #[serde(with = "serde_bytes")]
-    pub head_hash: [u8; 32],
+    pub root: [u8; 32],
     /// When it was signed, ms since the Unix epoch.
     pub at_ms: u64,
-    /// Ed25519 signature (see `hub::audit::chain`).
+    /// Ed25519 signature by the audit key over [`SignedTreeHead::message`].
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// Present on the head `hub audit rotate-key` writes: the old key signs `signature`, the new one this.
+    pub rotation: Option<KeyRotation>,
+}
+
+/// A change of audit key, carried by the head that makes it: both keys sign the same message, which names
+/// both, so each vouches for the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotation {
+    /// The key that signed the log until now (and `signature`).
+    #[serde(with = "serde_bytes")]
+    pub old_key: [u8; 32],
+    /// The key that signs from this head on.
+    #[serde(with = "serde_bytes")]
+    pub new_key: [u8; 32],
+    /// The new key's Ed25519 signature over the same message.
+    #[serde(with = "serde_bytes")]
+    pub new_signature: Vec<u8>,
+}
+
+impl SignedTreeHead {
+    /// The signed bytes: `"ketenhub-audit-tree-head-v1" || size (u64 BE) || root || at_ms (u64 BE) || 0x00`,
+    /// or with a rotation `... || 0x01 || old_key || new_key`.
+    pub fn message(size: u64, root: &[u8; 32], at_ms: u64, rotation: Option<(&[u8; 32], &[u8; 32])>) -> Vec<u8> {
+        let mut message = Vec::with_capacity(HEAD_DOMAIN.len() + 8 + 32 + 8 + 1 + 64);
+        message.extend_from_slice(HEAD_DOMAIN);
+        message.extend_from_slice(&size.to_be_bytes());
+        message.extend_from_slice(root);
+        message.extend_from_slice(&at_ms.to_be_bytes());
+        match rotation {
+            None => message.push(0),
+            Some((old, new)) => {
+                message.push(1);
+                message.extend_from_slice(old);
+                message.extend_from_slice(new);
+            }
+        }
+        message
+    }
+
+    /// This head's signed bytes.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let rotation = self.rotation.as_ref().map(|r| (&r.old_key, &r.new_key));
+        Self::message(self.size, &self.root, self.at_ms, rotation)
+    }
+
+    /// True when the head is validly signed by `key` (32 raw Ed25519 bytes): a plain head by `key`, a
+    /// rotation head by both of its keys, one of which is `key`.
+    pub fn signed_by(&self, key: &[u8]) -> bool {
+        use ring::signature::{UnparsedPublicKey, ED25519};
+        let message = self.signed_bytes();
+        let valid =
+            |key: &[u8], signature: &[u8]| UnparsedPublicKey::new(&ED25519, key).verify(&message, signature).is_ok();
+        match &self.rotation {
+            None => valid(key, &self.signature),
+            Some(rotation) => {
+                (key == rotation.old_key || key == rotation.new_key)
+                    && valid(&rotation.old_key, &self.signature)
+                    && valid(&rotation.new_key, &rotation.new_signature)
+            }
+        }
+    }
+
+    /// The key that signs heads after this one: the rotation's new key, or `key` itself.
+    pub fn next_key(&self, key: [u8; 32]) -> [u8; 32] {
+        self.rotation.as_ref().map_or(key, |r| r.new_key)
+    }
+}
+
+/// The inclusion proof of one entry in an `audit_entries` reply: the hashes of RFC 9162 `PATH`, leaf first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Proof(pub Vec<serde_bytes::ByteArray<32>>);
+
+impl Proof {
+    /// From plain hashes.
+    pub fn from_hashes(hashes: Vec<[u8; 32]>) -> Self {
+        Self(hashes.into_iter().map(serde_bytes::ByteArray::new).collect())
+    }
+
+    /// As plain hashes.
+    pub fn hashes(&self) -> Vec<[u8; 32]> {
+        self.0.iter().map(|h| h.into_array()).collect()
+    }
 }
 
 /// Which entries a privacy officer asks for; every filter narrows.

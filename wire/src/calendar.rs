@@ -37,6 +37,21 @@ pub fn civil_from_ms(at_ms: u64) -> (i64, u32, u32) {
     civil_from_days((at_ms / DAY_MS) as i64)
 }
 
+/// Milliseconds since the Unix epoch as an RFC 3339 UTC time with milliseconds (`2026-12-02T04:18:25.000Z`),
+/// the form audit exports and the SDK's witnessed head use.
+pub fn format_ms(at_ms: u64) -> String {
+    let seconds = at_ms / 1000;
+    let (year, month, day) = civil_from_ms(at_ms);
+    let second_of_day = seconds % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60,
+        at_ms % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

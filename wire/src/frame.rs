@@ -262,6 +262,16 @@ pub enum Request {
     AuditQuery {
         /// What to select.
         filter: crate::audit::AuditFilter,
+        /// The size of the last signed tree head the caller verified (0 for none): the reply proves its head
+        /// consistent with it.
+        #[serde(default)]
+        known_size: u64,
+    },
+    /// Asks for the latest signed tree head of the audit log and its consistency proof from `known_size`
+    /// (privacy officers and `system` identities, which witness the log).
+    AuditHead {
+        /// The size of the last signed tree head the caller verified (0 for none).
+        known_size: u64,
     },
     /// Fetches one chunk of a sealed blob; only current members of its thread may.
     GetBlobChunk {
@@ -421,10 +431,23 @@ pub enum Reply {
     },
     /// Audit entries, oldest first.
     AuditEntries {
-        /// The entries.
+        /// The entries, each covered by `head`.
         entries: Vec<crate::audit::AuditEntry>,
-        /// True when more entries matched than were returned.
+        /// True when more entries matched than were returned (or matched but are newer than `head`).
         truncated: bool,
+        /// The latest signed tree head; `None` while the hub has signed none. (Boxed: replies stay small.)
+        head: Option<Box<crate::audit::SignedTreeHead>>,
+        /// The inclusion proof of each entry (same order) in the tree of `head`.
+        proofs: Vec<crate::audit::Proof>,
+        /// The consistency proof from the tree of the request's `known_size` to `head`.
+        consistency: crate::audit::Proof,
+    },
+    /// The latest signed tree head.
+    AuditHead {
+        /// The head.
+        head: Box<crate::audit::SignedTreeHead>,
+        /// The consistency proof from the tree of the request's `known_size` to `head`.
+        consistency: crate::audit::Proof,
     },
     /// One chunk of a blob.
     BlobChunk {

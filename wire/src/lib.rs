@@ -14,7 +14,9 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod handover;
+pub mod hex;
 pub mod identity;
+pub mod merkle;
 pub mod mls;
 
 pub use codec::{decode, decode_frame, encode, DecodeError};

@@ -14,23 +14,17 @@
 //! worker) replaces the entries it leaves out by their links and record digests
 //! ([`ExportLine::Omitted`]), so every link stays checkable without revealing other cases; [`verify`] checks an export against the public key.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use ring::digest::{Context, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use wire::audit::{AuditAction, AuditActor, AuditCheckpoint, AuditEntry, AuditOutcome, AuditRecord};
+use wire::audit::{AuditAction, AuditActor, AuditEntry, AuditOutcome, AuditRecord, KeyRotation, SignedTreeHead};
+use wire::merkle::{self, CompactRange, Hash, Node};
 use wire::{AgencyKind, MemberId, Oin, Role, ThreadId};
-
-/// Domain separation for entry hashes, so an entry hash can never be mistaken for any other SHA-256.
-const ENTRY_DOMAIN: &[u8] = b"ketenhub-audit-entry-v1";
-/// Domain separation for checkpoint signatures, so the audit key signs nothing else by accident.
-const CHECKPOINT_DOMAIN: &[u8] = b"ketenhub-audit-checkpoint-v1";
 
 /// The software version written as the LDV `resource.version` of every exported entry.
 pub const RESOURCE_VERSION: &str = "1";
@@ -41,111 +35,84 @@ const DATA_SUBJECT_ID_TYPE: &str = "ketenhub-case";
 
 const TYPE_ENTRY: &str = "dataverwerking";
 const TYPE_OMITTED: &str = "omitted";
-const TYPE_CHECKPOINT: &str = "checkpoint";
+const TYPE_HEAD: &str = "tree_head";
+const TYPE_PREFIX: &str = "tree_prefix";
 
-/// The hash of an entry: SHA-256 over a domain tag, `seq` (big-endian), `prev_hash` and the SHA-256 of
-/// the CBOR of `record` (see [`link_hash`]).
+pub use wire::audit::{entry_hash, link_hash, record_digest};
+pub use wire::calendar::format_ms as format_time;
+
+/// The writing end of the audit log: hands out sequence numbers and links, grows the Merkle tree, and
+/// decides when to sign a tree head.
 ///
-/// The sequence number is hashed so that an entry cannot be moved to another position with its hash intact.
-pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], record: &AuditRecord) -> [u8; 32] {
-    link_hash(seq, prev_hash, &record_digest(record))
-}
-
-/// The SHA-256 of a record's CBOR: what an omitted line carries instead of the record.
-pub fn record_digest(record: &AuditRecord) -> [u8; 32] {
-    let mut context = Context::new(&SHA256);
-    context.update(&wire::encode(record));
-    digest32(context)
-}
-
-/// An entry's hash from its place, its predecessor's hash and its record's digest. Hashing a digest
-/// rather than the record lets a filtered export leave a record out and still have every link checked.
-pub fn link_hash(seq: u64, prev_hash: &[u8; 32], record_digest: &[u8; 32]) -> [u8; 32] {
-    let mut context = Context::new(&SHA256);
-    context.update(ENTRY_DOMAIN);
-    context.update(&seq.to_be_bytes());
-    context.update(prev_hash);
-    context.update(record_digest);
-    digest32(context)
-}
-
-fn digest32(context: Context) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    // SHA-256 digests are 32 bytes by definition.
-    out.copy_from_slice(context.finish().as_ref());
-    out
-}
-
-/// The bytes the audit key signs for a checkpoint: a domain tag || `seq` || `head_hash` || `at_ms`, integers
-/// big-endian.
-///
-/// Public so that verifiers in other languages have one place that defines the layout.
-pub fn checkpoint_message(seq: u64, head_hash: &[u8; 32], at_ms: u64) -> Vec<u8> {
-    let mut message = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 8 + 32 + 8);
-    message.extend_from_slice(CHECKPOINT_DOMAIN);
-    message.extend_from_slice(&seq.to_be_bytes());
-    message.extend_from_slice(head_hash);
-    message.extend_from_slice(&at_ms.to_be_bytes());
-    message
-}
-
-/// The writing end of the audit log: hands out sequence numbers and links, and decides when to sign.
-///
-/// It holds no entries itself; the caller stores each [`AuditEntry`] that [`Chain::append`] returns, in order.
+/// It holds no entries itself; the caller stores each [`AuditEntry`] that [`Chain::append`] returns, in order,
+/// together with the tree nodes it completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     next_seq: u64,
     head: [u8; 32],
+    tree: CompactRange,
     since_checkpoint: u64,
     last_checkpoint_ms: u64,
 }
 
 impl Chain {
-    /// Continues a log whose last stored entry is `last` (its seq and hash); `None` starts an empty log at seq 1.
+    /// Continues a log whose last stored entry is `last` (its seq and hash) and whose tree is `tree` (of
+    /// `last.seq` leaves); `None` and an empty tree start an empty log at seq 1.
     ///
-    /// A resumed non-empty log counts its last entry as not yet checkpointed: the store does not say whether
+    /// A resumed non-empty log counts its last entry as not yet signed: the store does not say whether
     /// the hub signed it before it stopped, and signing a head twice is harmless while leaving the tail before
-    /// a crash unsigned is not. So one checkpoint becomes due `every_ms` after the restart even if nothing new
+    /// a crash unsigned is not. So one head becomes due `every_ms` after the restart even if nothing new
     /// is logged.
-    pub fn resume(last: Option<(u64, [u8; 32])>, now_ms: u64) -> Self {
+    pub fn resume(last: Option<(u64, [u8; 32])>, tree: CompactRange, now_ms: u64) -> Self {
         match last {
-            Some((seq, hash)) => {
-                Self { next_seq: seq.saturating_add(1), head: hash, since_checkpoint: 1, last_checkpoint_ms: now_ms }
-            }
-            None => Self { next_seq: 1, head: [0; 32], since_checkpoint: 0, last_checkpoint_ms: now_ms },
+            Some((seq, hash)) => Self {
+                next_seq: seq.saturating_add(1),
+                head: hash,
+                tree,
+                since_checkpoint: 1,
+                last_checkpoint_ms: now_ms,
+            },
+            None => Self { next_seq: 1, head: [0; 32], tree, since_checkpoint: 0, last_checkpoint_ms: now_ms },
         }
     }
 
-    /// Places `record` at the end of the chain and returns the entry to store.
-    pub fn append(&mut self, record: AuditRecord) -> AuditEntry {
+    /// Places `record` at the end of the chain and the tree; returns the entry and the tree nodes it
+    /// completes, to be stored together.
+    pub fn append(&mut self, record: AuditRecord) -> (AuditEntry, Vec<Node>) {
         let seq = self.next_seq;
         let prev_hash = self.head;
         let hash = entry_hash(seq, &prev_hash, &record);
+        let nodes = self.tree.append(merkle::leaf_hash(&hash));
         self.next_seq = seq.saturating_add(1);
         self.head = hash;
         self.since_checkpoint = self.since_checkpoint.saturating_add(1);
-        AuditEntry { seq, prev_hash, hash, record }
+        (AuditEntry { seq, prev_hash, hash, record }, nodes)
     }
 
-    /// True when something was logged since the last checkpoint and either `every_entries` entries were or
+    /// True when something was logged since the last head and either `every_entries` entries were or
     /// `every_ms` milliseconds have passed since it.
     pub fn checkpoint_due(&self, now_ms: u64, every_entries: u64, every_ms: u64) -> bool {
         self.since_checkpoint > 0
             && (self.since_checkpoint >= every_entries || now_ms.saturating_sub(self.last_checkpoint_ms) >= every_ms)
     }
 
-    /// Signs the current head with `key`; `None` while the log is empty.
-    pub fn checkpoint(&mut self, key: &AuditKey, now_ms: u64) -> Option<AuditCheckpoint> {
-        let (seq, head_hash) = self.head()?;
-        let signature = key.sign_checkpoint(seq, &head_hash, now_ms);
+    /// Signs the current tree head with `key`; `None` while the log is empty.
+    pub fn checkpoint(&mut self, key: &AuditKey, now_ms: u64) -> Option<SignedTreeHead> {
+        self.head()?;
+        let head = key.sign_head(self.tree.size(), &self.tree.root(), now_ms);
         self.since_checkpoint = 0;
         self.last_checkpoint_ms = now_ms;
-        Some(AuditCheckpoint { seq, head_hash, at_ms: now_ms, signature })
+        Some(head)
     }
 
     /// The last entry's seq and hash; `None` while the log is empty.
     pub fn head(&self) -> Option<(u64, [u8; 32])> {
         (self.next_seq > 1).then(|| (self.next_seq - 1, self.head))
+    }
+
+    /// The Merkle tree so far.
+    pub fn tree(&self) -> &CompactRange {
+        &self.tree
     }
 }
 
@@ -173,6 +140,33 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// There is no key file.
+    #[error("no audit key at {}", path.display())]
+    Missing {
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// The audit log has entries but its key is missing: a new key would sign a log it never saw.
+    #[error("the audit log has {entries} entries but its key {} is missing; restore it (a new key is made only for an empty log)", path.display())]
+    MissingForLog {
+        /// Where the key should be.
+        path: PathBuf,
+        /// The log's entries.
+        entries: u64,
+    },
+    /// The key is not the key that signed the log's latest head.
+    #[error("the audit key {} ({key}) did not sign the log's latest head (over {size} entries); give the log's own key, or rotate with `hub audit rotate-key`", path.display())]
+    NotTheLogs {
+        /// The key file.
+        path: PathBuf,
+        /// Its public key, hex.
+        key: String,
+        /// The latest head's size.
+        size: u64,
+    },
+    /// The store could not be read to check the key against the log.
+    #[error("cannot check the audit key against the log: {0}")]
+    Store(String),
     /// The key file or a public key is not what it should be.
     #[error("{0}")]
     Malformed(String),
@@ -204,11 +198,18 @@ impl AuditKey {
 
     /// Loads the key from the PKCS#8 (v2, DER) file at `path`, or creates one there if there is none.
     ///
-    /// A new key is written to a temporary file in the same directory and renamed into place, so a crash
-    /// never leaves a truncated key behind; on Unix it is created with mode 0600. An existing key file that
-    /// group or others may read is refused rather than used, because anyone who can read it can forge
-    /// checkpoints.
+    /// Only for a log that is still empty: a hub whose log has entries must use [`AuditKey::load`], so that a
+    /// deleted key is never silently replaced by a new one (whose heads would then sign a log it never saw).
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        match Self::load(path) {
+            Err(KeyError::Missing { .. }) => Self::create(path),
+            other => other,
+        }
+    }
+
+    /// Loads the key from the PKCS#8 (v2, DER) file at `path`. A key file that group or others may read is
+    /// refused rather than used, because anyone who can read it can forge heads.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
         let io_error = |source| KeyError::Io { path: path.to_owned(), source };
         match fs::metadata(path) {
             Ok(metadata) => {
@@ -222,12 +223,16 @@ impl AuditKey {
                 })?;
                 Ok(Self { pair })
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::create(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(KeyError::Missing { path: path.to_owned() }),
             Err(e) => Err(io_error(e)),
         }
     }
 
-    fn create(path: &Path) -> Result<Self, KeyError> {
+    /// Creates a new key file at `path` (refusing to overwrite one).
+    ///
+    /// The key is written to a temporary file in the same directory, created with mode 0600, and renamed into
+    /// place, so a crash never leaves a truncated key behind.
+    pub fn create(path: &Path) -> Result<Self, KeyError> {
         let io_error = |source| KeyError::Io { path: path.to_owned(), source };
         let rng = SystemRandom::new();
         let document = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Random)?;
@@ -270,15 +275,23 @@ impl AuditKey {
         to_hex(&self.public_key())
     }
 
-    /// Signs [`checkpoint_message`] for the given head.
-    pub fn sign_checkpoint(&self, seq: u64, head_hash: &[u8; 32], at_ms: u64) -> Vec<u8> {
-        self.pair.sign(&checkpoint_message(seq, head_hash, at_ms)).as_ref().to_vec()
+    /// Signs the tree head of `size` entries with root `root`.
+    pub fn sign_head(&self, size: u64, root: &Hash, at_ms: u64) -> SignedTreeHead {
+        let signature = self.pair.sign(&SignedTreeHead::message(size, root, at_ms, None)).as_ref().to_vec();
+        SignedTreeHead { size, root: *root, at_ms, signature, rotation: None }
     }
 
-    /// True if `checkpoint` carries a valid signature by `public_key` (32 raw bytes) over its fields.
-    pub fn verify_checkpoint(public_key: &[u8], checkpoint: &AuditCheckpoint) -> bool {
-        let message = checkpoint_message(checkpoint.seq, &checkpoint.head_hash, checkpoint.at_ms);
-        UnparsedPublicKey::new(&ED25519, public_key).verify(&message, &checkpoint.signature).is_ok()
+    /// Signs the head that hands the log over from `self` to `next`: both keys sign one message naming both.
+    pub fn sign_rotation(&self, next: &AuditKey, size: u64, root: &Hash, at_ms: u64) -> SignedTreeHead {
+        let (old_key, new_key) = (self.public_key(), next.public_key());
+        let message = SignedTreeHead::message(size, root, at_ms, Some((&old_key, &new_key)));
+        SignedTreeHead {
+            size,
+            root: *root,
+            at_ms,
+            signature: self.pair.sign(&message).as_ref().to_vec(),
+            rotation: Some(KeyRotation { old_key, new_key, new_signature: next.pair.sign(&message).as_ref().to_vec() }),
+        }
     }
 
     /// Reads a public key given as 64 hex digits, ignoring surrounding whitespace.
@@ -344,7 +357,7 @@ pub enum ExportLine {
     /// An entry, in full.
     Entry(AuditEntry),
     /// An entry a filtered export leaves out: its place, its link and its record's digest, so that its hash
-    /// is recomputed and the chain is checked through it without the record.
+    /// is recomputed and the chain and tree are checked through it without the record.
     Omitted {
         /// The entry's sequence number.
         seq: u64,
@@ -353,172 +366,16 @@ pub enum ExportLine {
         /// The SHA-256 of its record (see [`record_digest`]).
         digest: [u8; 32],
     },
-    /// A signed checkpoint, placed after the entry it covers.
-    Checkpoint(AuditCheckpoint),
-}
-
-/// What [`verify`] checked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verified {
-    /// Full entries.
-    pub entries: u64,
-    /// Omitted entries.
-    pub omitted: u64,
-    /// Checkpoints, all with valid signatures over heads found in the export.
-    pub checkpoints: u64,
-    /// The last entry's sequence number, full or omitted; 0 for an export without entries.
-    pub last_seq: u64,
-}
-
-/// Why an export failed verification; `seq` is the first sequence number at which it fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    /// An entry is missing: deleted, or the entries were reordered.
-    #[error("entry {seq} is missing (deleted, or entries reordered)")]
-    Gap {
-        /// The missing entry.
-        seq: u64,
+    /// A signed tree head, placed after the entry it ends with.
+    Head(SignedTreeHead),
+    /// The first line of an export of a pruned log: the tree over the entries retention deleted, as the
+    /// perfect subtrees that make it up (largest first), so that heads over later sizes can still be checked.
+    Prefix {
+        /// The number of entries pruned (the first entry of the export is `size + 1`).
+        size: u64,
+        /// The peaks of their tree (see [`CompactRange`]).
+        peaks: Vec<Hash>,
     },
-    /// A line repeats or goes back to an earlier sequence number: an inserted or reordered entry.
-    #[error("expected entry {seq} but found a repeated or earlier one (inserted or reordered)")]
-    OutOfOrder {
-        /// The sequence number that should have come.
-        seq: u64,
-    },
-    /// An entry's content no longer matches its hash.
-    #[error("entry {seq} was changed: its content does not match its hash")]
-    Changed {
-        /// The changed entry.
-        seq: u64,
-    },
-    /// An entry does not name the hash of the entry before it.
-    #[error("entry {seq} does not link to the entry before it (changed, replaced or inserted)")]
-    BrokenLink {
-        /// The entry whose link is broken.
-        seq: u64,
-    },
-    /// A checkpoint's signature is not valid under the given public key.
-    #[error("checkpoint at entry {seq} has an invalid signature (forged, or signed by another key)")]
-    ForgedCheckpoint {
-        /// The entry the checkpoint claims to cover.
-        seq: u64,
-    },
-    /// A validly signed checkpoint names a hash that the export does not have at that entry.
-    #[error("checkpoint at entry {seq} signs a different hash than the export has there (rewritten or missing)")]
-    CheckpointMismatch {
-        /// The entry the checkpoint covers.
-        seq: u64,
-    },
-}
-
-impl VerifyError {
-    /// The first sequence number at which the export fails.
-    pub fn seq(&self) -> u64 {
-        match *self {
-            Self::Gap { seq }
-            | Self::OutOfOrder { seq }
-            | Self::Changed { seq }
-            | Self::BrokenLink { seq }
-            | Self::ForgedCheckpoint { seq }
-            | Self::CheckpointMismatch { seq } => seq,
-        }
-    }
-}
-
-/// The entries (full or omitted) seen so far. Sequence numbers are contiguous once a line passes
-/// [`SeenLines::check_next`], so a vector indexed from the first one holds every hash a checkpoint may name.
-struct SeenLines {
-    first_seq: u64,
-    hashes: Vec<[u8; 32]>,
-}
-
-impl SeenLines {
-    fn last(&self) -> Option<(u64, [u8; 32])> {
-        let last = self.hashes.last()?;
-        Some((self.first_seq + (self.hashes.len() as u64 - 1), *last))
-    }
-
-    fn check_next(&self, seq: u64) -> Result<(), VerifyError> {
-        let Some((last, _)) = self.last() else { return Ok(()) };
-        let expected = last.checked_add(1).ok_or(VerifyError::OutOfOrder { seq })?;
-        if seq > expected {
-            Err(VerifyError::Gap { seq: expected })
-        } else if seq < expected {
-            Err(VerifyError::OutOfOrder { seq: expected })
-        } else {
-            Ok(())
-        }
-    }
-
-    fn push(&mut self, seq: u64, hash: [u8; 32]) {
-        if self.hashes.is_empty() {
-            self.first_seq = seq;
-        }
-        self.hashes.push(hash);
-    }
-
-    fn hash_at(&self, seq: u64) -> Option<[u8; 32]> {
-        let index = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
-        self.hashes.get(index).copied()
-    }
-}
-
-/// Whether a line names the hash of the line before it.
-fn check_link(seen: &SeenLines, seq: u64, prev_hash: &[u8; 32]) -> Result<(), VerifyError> {
-    let linked = match seen.last() {
-        Some((_, before)) => *prev_hash == before,
-        // The first entry of the log has nothing before it; any other first line may follow anything.
-        None => seq != 1 || *prev_hash == [0; 32],
-    };
-    if linked {
-        Ok(())
-    } else {
-        Err(VerifyError::BrokenLink { seq })
-    }
-}
-
-/// Checks an export line by line, in file order, against the audit public key (32 raw bytes).
-///
-/// An export may start at any entry (a partial or filtered export) but must be gap-free from there; omitted
-/// entries count as present. Checkpoints are checked against the entries before them in the export. An export
-/// without checkpoints passes; whether that is acceptable is for the caller to decide, since without one a
-/// rewritten chain is only caught by comparing with another copy.
-pub fn verify(lines: impl IntoIterator<Item = ExportLine>, public_key: &[u8]) -> Result<Verified, VerifyError> {
-    let mut verified = Verified::default();
-    let mut seen = SeenLines { first_seq: 0, hashes: Vec::new() };
-    for line in lines {
-        match line {
-            ExportLine::Entry(entry) => {
-                let seq = entry.seq;
-                seen.check_next(seq)?;
-                if entry_hash(seq, &entry.prev_hash, &entry.record) != entry.hash {
-                    return Err(VerifyError::Changed { seq });
-                }
-                check_link(&seen, seq, &entry.prev_hash)?;
-                seen.push(seq, entry.hash);
-                verified.entries += 1;
-                verified.last_seq = seq;
-            }
-            ExportLine::Omitted { seq, prev_hash, digest } => {
-                seen.check_next(seq)?;
-                check_link(&seen, seq, &prev_hash)?;
-                seen.push(seq, link_hash(seq, &prev_hash, &digest));
-                verified.omitted += 1;
-                verified.last_seq = seq;
-            }
-            ExportLine::Checkpoint(checkpoint) => {
-                let seq = checkpoint.seq;
-                if !AuditKey::verify_checkpoint(public_key, &checkpoint) {
-                    return Err(VerifyError::ForgedCheckpoint { seq });
-                }
-                if seen.hash_at(seq) != Some(checkpoint.head_hash) {
-                    return Err(VerifyError::CheckpointMismatch { seq });
-                }
-                verified.checkpoints += 1;
-            }
-        }
-    }
-    Ok(verified)
 }
 
 /// Why a line of an export could not be read; the caller adds the line number.
@@ -531,7 +388,7 @@ pub enum ParseError {
     #[error("no \"type\" field; not a line of a Ketenhub audit export")]
     MissingType,
     /// The `type` field names no known kind of line.
-    #[error("unknown line type {0:?} (expected dataverwerking, omitted or checkpoint)")]
+    #[error("unknown line type {0:?} (expected dataverwerking, omitted, tree_head or tree_prefix)")]
     UnknownType(String),
     /// A field is missing or has the wrong type or value.
     #[error("malformed {kind} line: {source}")]
@@ -630,16 +487,11 @@ struct OmittedJson {
 }
 
 #[derive(Serialize, Deserialize)]
-struct CheckpointJson {
+struct PrefixJson {
     #[serde(rename = "type")]
     kind: String,
-    seq: u64,
-    #[serde(rename = "ketenhub.head_hash")]
-    head_hash: String,
-    #[serde(rename = "ketenhub.at_ms")]
-    at_ms: u64,
-    time: String,
-    signature: String,
+    size: u64,
+    peaks: Vec<String>,
 }
 
 impl EntryJson {
@@ -730,8 +582,7 @@ fn parse_member(text: &str) -> Result<MemberId, ParseError> {
 }
 
 fn parse_hash(field: &'static str, text: &str) -> Result<[u8; 32], ParseError> {
-    from_hex(text)
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+    wire::hex::decode32(text)
         .ok_or_else(|| ParseError::Invalid { field, reason: format!("expected 64 hex digits, got {text:?}") })
 }
 
@@ -741,7 +592,8 @@ fn parse_hash(field: &'static str, text: &str) -> Result<[u8; 32], ParseError> {
 enum LineJson {
     Entry(Box<EntryJson>),
     Omitted(OmittedJson),
-    Checkpoint(CheckpointJson),
+    Head(ketenhub_sdk::witness::HeadJson),
+    Prefix(PrefixJson),
 }
 
 impl LineJson {
@@ -754,13 +606,11 @@ impl LineJson {
                 prev_hash: to_hex(prev_hash),
                 digest: to_hex(digest),
             }),
-            ExportLine::Checkpoint(checkpoint) => Self::Checkpoint(CheckpointJson {
-                kind: TYPE_CHECKPOINT.to_owned(),
-                seq: checkpoint.seq,
-                head_hash: to_hex(&checkpoint.head_hash),
-                at_ms: checkpoint.at_ms,
-                time: format_time(checkpoint.at_ms),
-                signature: to_hex(&checkpoint.signature),
+            ExportLine::Head(head) => Self::Head(ketenhub_sdk::witness::HeadJson::from_head(head)),
+            ExportLine::Prefix { size, peaks } => Self::Prefix(PrefixJson {
+                kind: TYPE_PREFIX.to_owned(),
+                size: *size,
+                peaks: peaks.iter().map(|p| to_hex(p)).collect(),
             }),
         }
     }
@@ -795,18 +645,20 @@ pub fn from_json_line(text: &str) -> Result<ExportLine, ParseError> {
                 digest: parse_hash("ketenhub.record_digest", &json.digest)?,
             }
         }
-        TYPE_CHECKPOINT => {
-            let json: CheckpointJson = fields(TYPE_CHECKPOINT, &value)?;
-            let signature = from_hex(&json.signature).ok_or_else(|| ParseError::Invalid {
-                field: "signature",
-                reason: format!("expected hex digits, got {:?}", json.signature),
-            })?;
-            ExportLine::Checkpoint(AuditCheckpoint {
-                seq: json.seq,
-                head_hash: parse_hash("ketenhub.head_hash", &json.head_hash)?,
-                at_ms: json.at_ms,
-                signature,
-            })
+        TYPE_HEAD => {
+            let json: ketenhub_sdk::witness::HeadJson = fields(TYPE_HEAD, &value)?;
+            ExportLine::Head(json.into_head().map_err(|(field, reason)| ParseError::Invalid { field, reason })?)
+        }
+        TYPE_PREFIX => {
+            let json: PrefixJson = fields(TYPE_PREFIX, &value)?;
+            let peaks = json.peaks.iter().map(|p| parse_hash("peaks", p)).collect::<Result<Vec<_>, _>>()?;
+            if CompactRange::from_peaks(json.size, &peaks).is_none() {
+                return Err(ParseError::Invalid {
+                    field: "peaks",
+                    reason: format!("a tree of {} entries has {} peaks", json.size, json.size.count_ones()),
+                });
+            }
+            ExportLine::Prefix { size: json.size, peaks }
         }
         other => return Err(ParseError::UnknownType(other.to_owned())),
     };
@@ -840,42 +692,12 @@ fn first_difference(actual: &Value, canonical: &Value, path: &str) -> Option<Str
     actual.keys().find(|key| !canonical.contains_key(*key)).map(|key| join(key))
 }
 
-/// Formats milliseconds since the Unix epoch as an RFC 3339 UTC time with milliseconds, as LDV asks.
-pub fn format_time(at_ms: u64) -> String {
-    let seconds = at_ms / 1000;
-    let (year, month, day) = wire::calendar::civil_from_ms(at_ms);
-    let second_of_day = seconds % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60,
-        at_ms % 1000
-    )
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    fn nibble(digit: u8) -> Option<u8> {
-        char::from(digit).to_digit(16).and_then(|n| u8::try_from(n).ok())
-    }
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.as_bytes().chunks_exact(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
-}
+pub(crate) use wire::hex::{decode as from_hex, encode as to_hex};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::verify::{verify, Verified, VerifyError};
 
     const START_MS: u64 = 1_700_000_000_000;
 
@@ -914,13 +736,13 @@ mod tests {
 
     /// A log of `n` entries with a checkpoint after every `every` entries, as an export in file order.
     fn log(key: &AuditKey, n: u64, every: u64) -> Vec<ExportLine> {
-        let mut chain = Chain::resume(None, START_MS);
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         let mut lines = Vec::new();
         for i in 1..=n {
             let now = START_MS + i * 1_000;
-            lines.push(ExportLine::Entry(chain.append(record(i))));
+            lines.push(ExportLine::Entry(chain.append(record(i)).0));
             if chain.checkpoint_due(now, every, u64::MAX) {
-                lines.push(ExportLine::Checkpoint(chain.checkpoint(key, now).unwrap()));
+                lines.push(ExportLine::Head(chain.checkpoint(key, now).unwrap()));
             }
         }
         lines
@@ -938,41 +760,41 @@ mod tests {
         }
     }
 
-    fn checkpoint_mut(lines: &mut [ExportLine], seq: u64) -> &mut AuditCheckpoint {
+    fn checkpoint_mut(lines: &mut [ExportLine], seq: u64) -> &mut SignedTreeHead {
         lines
             .iter_mut()
             .find_map(|line| match line {
-                ExportLine::Checkpoint(c) if c.seq == seq => Some(c),
+                ExportLine::Head(c) if c.size == seq => Some(c),
                 _ => None,
             })
             .unwrap()
     }
 
     fn check(lines: &[ExportLine], key: &AuditKey) -> Result<Verified, VerifyError> {
-        verify(lines.iter().cloned(), &key.public_key())
+        verify(lines.to_vec(), &key.public_key(), Vec::new())
     }
 
     #[test]
     fn appended_entries_link_to_each_other() {
-        let mut chain = Chain::resume(None, START_MS);
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         assert_eq!(chain.head(), None);
-        let first = chain.append(record(1));
-        let second = chain.append(record(2));
+        let (first, _) = chain.append(record(1));
+        let (second, _) = chain.append(record(2));
         assert_eq!((first.seq, first.prev_hash), (1, [0; 32]));
         assert_eq!(first.hash, entry_hash(1, &[0; 32], &first.record));
         assert_eq!((second.seq, second.prev_hash), (2, first.hash));
         assert_eq!(second.hash, entry_hash(2, &first.hash, &second.record));
         assert_eq!(chain.head(), Some((2, second.hash)));
 
-        let mut resumed = Chain::resume(chain.head(), START_MS);
-        let third = resumed.append(record(3));
+        let mut resumed = Chain::resume(chain.head(), chain.tree().clone(), START_MS);
+        let (third, _) = resumed.append(record(3));
         assert_eq!((third.seq, third.prev_hash), (3, second.hash));
     }
 
     #[test]
     fn checkpoints_fall_due_by_count_or_time_and_only_after_new_entries() {
         let key = AuditKey::generate().unwrap();
-        let mut chain = Chain::resume(None, START_MS);
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         assert!(!chain.checkpoint_due(START_MS + 10_000, 1, 1));
         assert!(chain.checkpoint(&key, START_MS).is_none());
 
@@ -983,12 +805,12 @@ mod tests {
         assert!(chain.checkpoint_due(START_MS + 1, 2, 1_000));
 
         let checkpoint = chain.checkpoint(&key, START_MS + 5).unwrap();
-        assert_eq!(Some((checkpoint.seq, checkpoint.head_hash)), chain.head());
-        assert!(AuditKey::verify_checkpoint(&key.public_key(), &checkpoint));
+        assert_eq!((checkpoint.size, checkpoint.root), (2, chain.tree().root()));
+        assert!(checkpoint.signed_by(&key.public_key()));
         assert!(!chain.checkpoint_due(START_MS + 100_000, 1, 1));
 
         // After a restart the tail may be unsigned, so one checkpoint falls due on time alone.
-        let resumed = Chain::resume(chain.head(), START_MS);
+        let resumed = Chain::resume(chain.head(), chain.tree().clone(), START_MS);
         assert!(!resumed.checkpoint_due(START_MS + 999, 100, 1_000));
         assert!(resumed.checkpoint_due(START_MS + 1_000, 100, 1_000));
     }
@@ -1000,9 +822,12 @@ mod tests {
         let text: Vec<String> = lines.iter().map(to_json_line).collect();
         let read: Vec<ExportLine> = text.iter().map(|line| from_json_line(line).unwrap()).collect();
         assert_eq!(read, lines);
-        let verified = verify(read, &key.public_key()).unwrap();
-        assert_eq!(verified, Verified { entries: 1_000, omitted: 0, checkpoints: 10, last_seq: 1_000 });
-        assert_eq!(verify(Vec::new(), &key.public_key()).unwrap(), Verified::default());
+        let verified = verify(read, &key.public_key(), Vec::new()).unwrap();
+        assert_eq!(
+            verified,
+            Verified { entries: 1_000, omitted: 0, checkpoints: 10, witnessed: 0, last_seq: 1_000, pruned: 0 }
+        );
+        assert_eq!(verify(Vec::new(), &key.public_key(), Vec::new()).unwrap(), Verified::default());
     }
 
     #[test]
@@ -1038,7 +863,7 @@ mod tests {
             entry.hash = entry_hash(seq, &prev, &entry.record);
             prev = entry.hash;
         }
-        assert_eq!(check(&lines, &key), Err(VerifyError::CheckpointMismatch { seq: 200 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::RootMismatch { seq: 200 }));
     }
 
     #[test]
@@ -1046,7 +871,7 @@ mod tests {
         let key = AuditKey::generate().unwrap();
         let mut lines = log(&key, 300, 100);
         lines.remove(position(&lines, 150));
-        assert_eq!(check(&lines, &key), Err(VerifyError::Gap { seq: 150 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::Deleted { seq: 150 }));
     }
 
     #[test]
@@ -1056,7 +881,7 @@ mod tests {
         let mut forged = entry_mut(&mut lines, 150).clone();
         forged.record.rule = "allow-all".to_owned();
         lines.insert(position(&lines, 151), ExportLine::Entry(forged));
-        assert_eq!(check(&lines, &key), Err(VerifyError::OutOfOrder { seq: 151 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::Inserted { seq: 151 }));
     }
 
     #[test]
@@ -1066,7 +891,7 @@ mod tests {
         let (a, b) = (position(&lines, 150), position(&lines, 151));
         lines.swap(a, b);
         let error = check(&lines, &key).unwrap_err();
-        assert_eq!(error, VerifyError::Gap { seq: 150 });
+        assert_eq!(error, VerifyError::Reordered { seq: 150 });
         assert_eq!(error.seq(), 150);
     }
 
@@ -1075,29 +900,31 @@ mod tests {
         let key = AuditKey::generate().unwrap();
         let mut lines = log(&key, 300, 100);
         checkpoint_mut(&mut lines, 200).signature[10] ^= 1;
-        assert_eq!(check(&lines, &key), Err(VerifyError::ForgedCheckpoint { seq: 200 }));
+        assert_eq!(check(&lines, &key), Err(VerifyError::ForgedHead { seq: 200 }));
 
         // A valid signature by another key is a forgery too.
         let other = AuditKey::generate().unwrap();
         let lines = log(&key, 100, 100);
-        assert_eq!(check(&lines, &other), Err(VerifyError::ForgedCheckpoint { seq: 100 }));
+        assert_eq!(check(&lines, &other), Err(VerifyError::ForgedHead { seq: 100 }));
     }
 
     #[test]
-    fn a_checkpoint_over_another_hash_is_a_mismatch() {
+    fn a_head_over_another_root_is_a_mismatch_and_one_beyond_the_end_a_truncation() {
         let key = AuditKey::generate().unwrap();
         let mut lines = log(&key, 300, 100);
-        let wrong = entry_mut(&mut lines, 199).hash;
         let checkpoint = checkpoint_mut(&mut lines, 200);
-        checkpoint.head_hash = wrong;
-        checkpoint.signature = key.sign_checkpoint(200, &wrong, checkpoint.at_ms);
-        assert_eq!(check(&lines, &key), Err(VerifyError::CheckpointMismatch { seq: 200 }));
+        *checkpoint = key.sign_head(200, &[7; 32], checkpoint.at_ms);
+        assert_eq!(check(&lines, &key), Err(VerifyError::RootMismatch { seq: 200 }));
 
-        // So is one over an entry the export does not reach.
-        let mut lines = log(&key, 150, 100);
-        let head = entry_mut(&mut lines, 150).hash;
-        lines.insert(0, ExportLine::Checkpoint(Chain::resume(Some((150, head)), 0).checkpoint(&key, 0).unwrap()));
-        assert_eq!(check(&lines, &key), Err(VerifyError::CheckpointMismatch { seq: 150 }));
+        // A head over more entries than the export holds: the newest entries were cut off.
+        let mut lines = log(&key, 300, 100);
+        lines.push(ExportLine::Head(key.sign_head(400, &[7; 32], 0)));
+        assert_eq!(check(&lines, &key), Err(VerifyError::TruncatedEnd { seq: 300, head: 400 }));
+
+        // And an export whose last entries no head covers is unsigned at the end.
+        let mut lines = log(&key, 300, 100);
+        lines.truncate(position(&lines, 250) + 1);
+        assert_eq!(check(&lines, &key), Err(VerifyError::Unsigned { seq: 250 }));
     }
 
     /// Keeps entries whose seq is a multiple of 3 and omits the others, as an export for one case would.
@@ -1119,12 +946,15 @@ mod tests {
         let lines = filtered(&log(&key, 300, 100));
         let read: Vec<ExportLine> = lines.iter().map(|l| from_json_line(&to_json_line(l)).unwrap()).collect();
         assert_eq!(read, lines);
-        let verified = verify(read, &key.public_key()).unwrap();
-        assert_eq!(verified, Verified { entries: 100, omitted: 200, checkpoints: 3, last_seq: 300 });
+        let verified = verify(read, &key.public_key(), Vec::new()).unwrap();
+        assert_eq!(
+            verified,
+            Verified { entries: 100, omitted: 200, checkpoints: 3, witnessed: 0, last_seq: 300, pruned: 0 }
+        );
 
-        // A partial export may start anywhere.
+        // An export that starts later without a recorded prune is truncated at the start.
         let start = position(&log(&key, 300, 100), 120);
-        assert!(check(&lines[start..], &key).is_ok());
+        assert_eq!(check(&lines[start..], &key), Err(VerifyError::TruncatedStart { seq: 120 }));
     }
 
     #[test]
@@ -1155,10 +985,10 @@ mod tests {
 
     #[test]
     fn entry_lines_use_ldv_and_nen7513_names() {
-        let mut chain = Chain::resume(None, 0);
+        let mut chain = Chain::resume(None, CompactRange::new(), 0);
         let mut with_actor = record(4);
         with_actor.outcome = AuditOutcome::Denied;
-        let entry = chain.append(with_actor);
+        let (entry, _) = chain.append(with_actor);
         let json: Value = serde_json::from_str(&to_json_line(&ExportLine::Entry(entry.clone()))).unwrap();
         assert_eq!(json["type"], "dataverwerking");
         assert_eq!(json["seq"], 1);
@@ -1177,7 +1007,7 @@ mod tests {
         assert_eq!(attributes["nen7513.outcome"], "denied");
         assert_eq!(json["ketenhub.prev_hash"], "0".repeat(64));
 
-        let refused = chain.append(record(3));
+        let (refused, _) = chain.append(record(3));
         assert!(refused.record.actor.is_none());
         let json: Value = serde_json::from_str(&to_json_line(&ExportLine::Entry(refused))).unwrap();
         assert!(json["attributes"]["nen7513.actor.oin"].is_null());

@@ -2,9 +2,12 @@
 //!
 //! These read the store directly, so they run against a stopped hub's data
 //! directory (or a copy of it); sled allows one process at a time. Exit codes:
-//! 0 intact, 1 a verification failure (naming the first bad sequence number),
-//! 2 a usage or I/O error, including a directory that holds no hub store (which
-//! they refuse without creating anything).
+//! 0 intact; for a verification failure, which names the kind of tampering and
+//! the sequence number, 10 changed, 11 deleted, 12 inserted, 13 reordered,
+//! 14 forged head, 15 rewritten (a head's root does not match), 16 truncated at
+//! the start, 17 truncated at the end or unsigned end (see
+//! [`VerifyError::exit_code`]); 2 a usage or I/O error, including a directory
+//! that holds no hub store (which they refuse without creating anything).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -12,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use wire::audit::AuditFilter;
+use wire::audit::{AuditFilter, SignedTreeHead};
 use wire::ThreadId;
 
-use super::chain::{AuditKey, Verified, VerifyError};
+use super::chain::AuditKey;
 use super::export;
-use crate::store::SledStore;
+use super::verify::{Verified, VerifyError};
+use crate::store::{SledStore, Store};
 
 /// The `hub audit` subcommands.
 #[derive(clap::Subcommand)]
@@ -40,17 +44,35 @@ pub enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Checks the chain and the checkpoint signatures of an export file or a data directory.
+    /// Checks the chain, the Merkle tree and the signed tree heads of an export file or a data directory.
     Verify {
         /// An export file.
-        #[arg(long, requires = "pubkey", conflicts_with = "data")]
+        #[arg(long, conflicts_with = "data")]
         file: Option<PathBuf>,
-        /// The hub's audit public key (hex), as printed by `hub audit pubkey`.
+        /// The hub's audit public key (hex), as printed by `hub audit pubkey`: kept apart from the data it
+        /// checks, since a key taken from the same directory proves nothing about it.
         #[arg(long)]
-        pubkey: Option<PathBuf>,
-        /// A hub's data directory (its own key is used).
+        pubkey: PathBuf,
+        /// A hub's data directory.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Heads witnessed elsewhere (`tree_head` lines: an SDK's `audit-head.json`, or an earlier export);
+        /// repeatable. Each must match the log, and none may be beyond its end.
+        #[arg(long)]
+        witness: Vec<PathBuf>,
+    },
+    /// Hands the log over to a new audit key: signs the current tree head with both keys (the new key is
+    /// created, 0600, and must not exist yet). Then point the hub's `[audit] key` at the new file.
+    RotateKey {
+        /// The hub's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// The current audit key (default: DATA/audit-key.pk8).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Where to create the new key.
+        #[arg(long)]
+        new_key: PathBuf,
     },
     /// Prints the access report for one case (GDPR article 15) as Markdown.
     Report {
@@ -63,9 +85,12 @@ pub enum AuditCommand {
     },
     /// Prints the hub's audit public key (hex).
     Pubkey {
-        /// The hub's data directory.
+        /// The hub's data directory (its key at the default place, DATA/audit-key.pk8).
+        #[arg(long, required_unless_present = "key")]
+        data: Option<PathBuf>,
+        /// The audit key file.
         #[arg(long)]
-        data: PathBuf,
+        key: Option<PathBuf>,
     },
 }
 
@@ -99,25 +124,49 @@ fn open_store(data: &Path) -> anyhow::Result<SledStore> {
         .with_context(|| format!("cannot open the store in {} (is the hub still running?)", data.display()))
 }
 
-fn load_key(data: &Path) -> anyhow::Result<AuditKey> {
-    require_hub_data(data)?;
-    let path = crate::server::audit_key_path(data);
-    anyhow::ensure!(path.exists(), "no audit key at {}", path.display());
-    Ok(AuditKey::load_or_create(&path)?)
+fn load_key(data: Option<&Path>, key: Option<&Path>) -> anyhow::Result<AuditKey> {
+    let path = match (key, data) {
+        (Some(key), _) => key.to_owned(),
+        (None, Some(data)) => {
+            require_hub_data(data)?;
+            crate::server::audit_key_path(data)
+        }
+        (None, None) => anyhow::bail!("give --key or --data"),
+    };
+    Ok(AuditKey::load(&path)?)
+}
+
+fn read_pubkey(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(AuditKey::parse_public_key(&text)?)
+}
+
+fn read_witnessed(files: &[PathBuf]) -> anyhow::Result<Vec<SignedTreeHead>> {
+    let mut heads = Vec::new();
+    for file in files {
+        let reader = BufReader::new(File::open(file).with_context(|| format!("open {}", file.display()))?);
+        heads.extend(export::read_witness(reader).with_context(|| format!("witness file {}", file.display()))?);
+    }
+    Ok(heads)
 }
 
 fn report_verification(result: Result<Verified, VerifyError>) -> ExitCode {
     match result {
         Ok(verified) => {
             println!(
-                "audit chain intact: {} entries ({} omitted), {} checkpoints, up to seq {}",
-                verified.entries, verified.omitted, verified.checkpoints, verified.last_seq
+                "audit log intact: {} entries ({} omitted, {} pruned before), {} signed heads, {} witnessed heads, up to seq {}",
+                verified.entries,
+                verified.omitted,
+                verified.pruned,
+                verified.checkpoints,
+                verified.witnessed,
+                verified.last_seq
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("audit chain BROKEN at seq {}: {e}", e.seq());
-            ExitCode::from(1)
+            println!("audit log BROKEN at seq {} [{}]: {e}", e.seq(), e.kind());
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -144,17 +193,35 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { file: Some(file), pubkey: Some(pubkey), .. } => {
-            let key_text = std::fs::read_to_string(&pubkey).with_context(|| format!("read {}", pubkey.display()))?;
-            let key = AuditKey::parse_public_key(&key_text)?;
+        AuditCommand::Verify { file: Some(file), pubkey, witness, .. } => {
+            let key = read_pubkey(&pubkey)?;
+            let witnessed = read_witnessed(&witness)?;
             let reader = BufReader::new(File::open(&file).with_context(|| format!("open {}", file.display()))?);
-            Ok(report_verification(export::verify_file(reader, &key)?))
+            Ok(report_verification(export::verify_file(reader, &key, witnessed)?))
         }
-        AuditCommand::Verify { data: Some(data), .. } => {
-            let key = load_key(&data)?.public_key();
-            Ok(report_verification(export::verify_store(&open_store(&data)?, &key)?))
+        AuditCommand::Verify { data: Some(data), pubkey, witness, .. } => {
+            // The store first: a directory without a hub is the clearer answer.
+            let store = open_store(&data)?;
+            let key = read_pubkey(&pubkey)?;
+            let witnessed = read_witnessed(&witness)?;
+            Ok(report_verification(export::verify_store(&store, &key, witnessed)?))
         }
-        AuditCommand::Verify { .. } => anyhow::bail!("give --file and --pubkey, or --data"),
+        AuditCommand::Verify { .. } => anyhow::bail!("give --file or --data, with --pubkey"),
+        AuditCommand::RotateKey { data, key, new_key } => {
+            let old = load_key(Some(&data), key.as_deref())?;
+            let store = open_store(&data)?;
+            let next = AuditKey::create(&new_key)?;
+            let head = super::rotate(&store, &old, &next, crate::clock::now_ms())?;
+            store.flush()?;
+            println!(
+                "audit key rotated at {} entries: {} -> {} (set [audit] key = {:?})",
+                head.size,
+                old.public_key_hex(),
+                next.public_key_hex(),
+                new_key.display().to_string()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCommand::Report { data, case } => {
             let store = open_store(&data)?;
             let filter = AuditFilter { case: Some(ThreadId(case)), ..AuditFilter::default() };
@@ -168,8 +235,8 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             print!("{}", ketenhub_sdk::report::markdown(ThreadId(case), &entries));
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Pubkey { data } => {
-            println!("{}", load_key(&data)?.public_key_hex());
+        AuditCommand::Pubkey { data, key } => {
+            println!("{}", load_key(data.as_deref(), key.as_deref())?.public_key_hex());
             Ok(ExitCode::SUCCESS)
         }
     }

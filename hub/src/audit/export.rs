@@ -1,7 +1,8 @@
 //! Exports of the audit log for inspectors, and their verification.
 //!
-//! An export is JSON Lines in the format of [`super::chain`]: every entry in
-//! order, each checkpoint after the entry it covers. A filtered export (one
+//! An export is JSON Lines in the format of [`super::chain`]: a pruned log's
+//! tree prefix first, then every entry in order, each signed tree head after
+//! the entry it ends with. A filtered export (one
 //! case, a time range) keeps the chain whole by writing the entries it leaves
 //! out as `omitted` lines that carry only their sequence number, link and record
 //! digest, so an inspector verifies every link without seeing other cases.
@@ -9,9 +10,10 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
-use wire::audit::{AuditCheckpoint, AuditFilter};
+use wire::audit::{AuditAction, AuditFilter, SignedTreeHead};
 
-use super::chain::{self, ExportLine, Verified, VerifyError};
+use super::chain::{self, ExportLine};
+use super::verify::{Verified, Verifier, VerifyError};
 use crate::store::{Store, StoreError};
 
 /// Why an export or a verification could not be done (not: the chain is broken).
@@ -40,37 +42,46 @@ pub struct Exported {
     pub entries: u64,
     /// Entries written as `omitted`.
     pub omitted: u64,
-    /// Checkpoints written.
+    /// Signed tree heads written.
     pub checkpoints: u64,
 }
 
-fn checkpoints_by_seq(store: &dyn Store) -> Result<HashMap<u64, Vec<AuditCheckpoint>>, StoreError> {
-    let mut by_seq: HashMap<u64, Vec<AuditCheckpoint>> = HashMap::new();
-    for checkpoint in store.checkpoints()? {
-        by_seq.entry(checkpoint.seq).or_default().push(checkpoint);
+fn heads_by_size(store: &dyn Store) -> Result<HashMap<u64, Vec<SignedTreeHead>>, StoreError> {
+    let mut by_size: HashMap<u64, Vec<SignedTreeHead>> = HashMap::new();
+    for head in store.checkpoints()? {
+        by_size.entry(head.size).or_default().push(head);
     }
-    Ok(by_seq)
+    Ok(by_size)
 }
 
-/// Every line of the store's log, in export order, entries not matching
-/// `filter` as omitted lines.
+/// Every line of the store's log, in export order, entries not matching `filter` as omitted lines. A pruned
+/// log opens with its tree prefix; retention entries are always written in full, since a verifier needs the
+/// one that records the prune (they name no case and no person).
 fn lines(
     store: &dyn Store,
     filter: &AuditFilter,
     mut visit: impl FnMut(ExportLine) -> Result<(), ExportError>,
 ) -> Result<(), ExportError> {
-    let mut checkpoints = checkpoints_by_seq(store)?;
+    let mut heads = heads_by_size(store)?;
+    let first = store.audit_entries(1, 1)?.first().map(|e| e.seq);
+    if let Some(first) = first.filter(|first| *first > 1) {
+        let prefix = super::tree_of(store, first - 1)?;
+        visit(ExportLine::Prefix { size: prefix.size(), peaks: prefix.peaks() })?;
+        for head in heads.remove(&prefix.size()).unwrap_or_default() {
+            visit(ExportLine::Head(head))?;
+        }
+    }
     let mut failure = None;
     super::scan(store, |entry| {
         let seq = entry.seq;
-        let line = if super::matches(&entry, filter) {
+        let line = if super::matches(&entry, filter) || entry.record.action == AuditAction::Retention {
             ExportLine::Entry(entry)
         } else {
             ExportLine::Omitted { seq, prev_hash: entry.prev_hash, digest: chain::record_digest(&entry.record) }
         };
         let mut result = visit(line);
-        for checkpoint in checkpoints.remove(&seq).unwrap_or_default() {
-            result = result.and_then(|()| visit(ExportLine::Checkpoint(checkpoint)));
+        for head in heads.remove(&seq).unwrap_or_default() {
+            result = result.and_then(|()| visit(ExportLine::Head(head)));
         }
         failure = result.err();
         failure.is_none()
@@ -85,7 +96,8 @@ pub fn export(store: &dyn Store, filter: &AuditFilter, out: &mut impl Write) -> 
         match &line {
             ExportLine::Entry(_) => exported.entries += 1,
             ExportLine::Omitted { .. } => exported.omitted += 1,
-            ExportLine::Checkpoint(_) => exported.checkpoints += 1,
+            ExportLine::Head(_) => exported.checkpoints += 1,
+            ExportLine::Prefix { .. } => {}
         }
         writeln!(out, "{}", chain::to_json_line(&line))?;
         Ok(())
@@ -94,18 +106,39 @@ pub fn export(store: &dyn Store, filter: &AuditFilter, out: &mut impl Write) -> 
     Ok(exported)
 }
 
-/// Verifies the log held in a store.
-pub fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Result<Verified, VerifyError>, ExportError> {
-    let mut all = Vec::new();
-    lines(store, &AuditFilter::default(), |line| {
-        all.push(line);
-        Ok(())
+/// Verifies the log held in a store against `public_key` and `witnessed` heads, reading entries without
+/// decoding them (see [`Store::audit_links`]).
+pub fn verify_store(
+    store: &dyn Store,
+    public_key: &[u8],
+    witnessed: Vec<SignedTreeHead>,
+) -> Result<Result<Verified, VerifyError>, ExportError> {
+    let mut verifier = match Verifier::new(public_key, store.checkpoints()?, witnessed, None) {
+        Ok(verifier) => verifier,
+        Err(e) => return Ok(Err(e)),
+    };
+    let first = store.audit_entries(1, 1)?.first().map(|e| e.seq);
+    if let Some(first) = first.filter(|first| *first > 1) {
+        verifier.prefix(super::tree_of(store, first - 1)?);
+        if let Err(e) = verifier.check_prefix() {
+            return Ok(Err(e));
+        }
+    }
+    let mut failure = None;
+    store.audit_links(&mut |link, record| {
+        let checked = verifier.entry(&link, record.as_ref());
+        verifier.count(true);
+        failure = checked.err();
+        failure.is_none()
     })?;
-    Ok(chain::verify(all, public_key))
+    Ok(match failure {
+        Some(e) => Err(e),
+        None => verifier.finish(),
+    })
 }
 
-/// Verifies an export file.
-pub fn verify_file(file: impl BufRead, public_key: &[u8]) -> Result<Result<Verified, VerifyError>, ExportError> {
+/// Reads an export file's lines, or the `tree_head` lines of a witness file.
+pub fn read_lines(file: impl BufRead) -> Result<Vec<ExportLine>, ExportError> {
     let mut all = Vec::new();
     for (number, line) in file.lines().enumerate() {
         let line = line?;
@@ -116,5 +149,84 @@ pub fn verify_file(file: impl BufRead, public_key: &[u8]) -> Result<Result<Verif
             chain::from_json_line(&line).map_err(|e| ExportError::Parse { line: number + 1, reason: e.to_string() })?;
         all.push(parsed);
     }
-    Ok(chain::verify(all, public_key))
+    Ok(all)
+}
+
+/// The heads of a witness file (`tree_head` lines, as the SDK keeps in `audit-head.json` or an export holds).
+pub fn read_witness(file: impl BufRead) -> Result<Vec<SignedTreeHead>, ExportError> {
+    Ok(read_lines(file)?
+        .into_iter()
+        .filter_map(|line| match line {
+            ExportLine::Head(head) => Some(head),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Verifies an export file against `public_key` and `witnessed` heads.
+pub fn verify_file(
+    file: impl BufRead,
+    public_key: &[u8],
+    witnessed: Vec<SignedTreeHead>,
+) -> Result<Result<Verified, VerifyError>, ExportError> {
+    Ok(super::verify::verify(read_lines(file)?, public_key, witnessed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::AuditKey;
+    use crate::audit::{hub_record, CheckpointSettings, Recorder};
+    use crate::store::SledStore;
+    use std::sync::Arc;
+
+    fn record(at_ms: u64) -> wire::audit::AuditRecord {
+        wire::audit::AuditRecord { at_ms, ..hub_record(AuditAction::Connect) }
+    }
+
+    /// A store of 300 entries (heads every 50) whose first 120 were pruned, with or without the prune's record.
+    fn pruned_store(dir: &std::path::Path, recorded: bool) -> (SledStore, [u8; 32]) {
+        let store = SledStore::open(dir).unwrap();
+        let key = AuditKey::generate().unwrap();
+        let public = key.public_key();
+        let settings = CheckpointSettings { every_entries: 50, every_ms: u64::MAX, key: None };
+        let mut recorder = Recorder::resume(&store, Arc::new(key), settings).unwrap();
+        for i in 1..=300 {
+            recorder.record(&store, record(i)).unwrap();
+            recorder.checkpoint_if_due(&store, i, false).unwrap();
+        }
+        let (pruned, below) = store.prune_audit(121).unwrap();
+        assert_eq!((pruned, below), (120, 121));
+        if recorded {
+            let object = format!("{}{below} pruned under audit_years 5", super::super::verify::PRUNED_PREFIX);
+            let prune = wire::audit::AuditRecord { object: Some(object), ..hub_record(AuditAction::Retention) };
+            recorder.record(&store, prune).unwrap();
+        }
+        recorder.checkpoint_if_due(&store, 1_000, true).unwrap();
+        (store, public)
+    }
+
+    fn export_lines(store: &SledStore) -> Vec<ExportLine> {
+        let mut out = Vec::new();
+        export(store, &AuditFilter::default(), &mut out).unwrap();
+        read_lines(&out[..]).unwrap()
+    }
+
+    #[test]
+    fn a_pruned_log_verifies_through_its_prefix_and_a_deleted_start_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, public) = pruned_store(dir.path(), true);
+        let lines = export_lines(&store);
+        assert!(matches!(lines[0], ExportLine::Prefix { size: 120, .. }), "{:?}", lines[0]);
+        let verified = super::super::verify::verify(lines, &public, Vec::new()).unwrap();
+        assert_eq!((verified.pruned, verified.entries, verified.last_seq), (120, 181, 301));
+        assert_eq!(verify_store(&store, &public, Vec::new()).unwrap().unwrap().pruned, 120);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, public) = pruned_store(dir.path(), false);
+        let result = super::super::verify::verify(export_lines(&store), &public, Vec::new());
+        assert_eq!(result, Err(VerifyError::TruncatedStart { seq: 121 }));
+        let result = verify_store(&store, &public, Vec::new()).unwrap();
+        assert_eq!(result, Err(VerifyError::TruncatedStart { seq: 121 }));
+    }
 }

@@ -6,14 +6,16 @@
 //! cannot be written is refused. Reads and denials get an entry of their own on
 //! the same path before they are answered.
 //!
-//! [`chain`] holds the tamper evidence (SHA-256 chain, Ed25519 checkpoints, the
-//! export format and offline verification); this module holds what the hub
-//! does with it: the [`Recorder`] in the writer thread, and the privacy
-//! officer's scoped queries.
+//! [`chain`] holds the tamper evidence (SHA-256 chain, the RFC 9162 Merkle tree
+//! over it, Ed25519 signed tree heads, the export format) and [`verify`] the
+//! offline verification; this module holds what the hub does with it: the
+//! [`Recorder`] in the writer thread, and the privacy officer's scoped queries
+//! with their inclusion proofs.
 
 pub mod chain;
 pub mod command;
 pub mod export;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,20 +27,23 @@ use wire::{Identity, Oin, ThreadId};
 use crate::store::{AuditIndex, Store, StoreError};
 use chain::{AuditKey, Chain};
 
-/// When the hub signs a checkpoint: after this many entries or this much time,
-/// whichever comes first. Keys under `[audit]` in the hub's config.
+/// When the hub signs a tree head: after this many entries or this much time,
+/// whichever comes first; and where its audit key is. Keys under `[audit]` in the hub's config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSettings {
-    /// Entries between checkpoints at most.
+    /// Entries between signed heads at most.
     pub every_entries: u64,
-    /// Milliseconds between checkpoints at most (while entries arrive).
+    /// Milliseconds between signed heads at most (while entries arrive).
     pub every_ms: u64,
+    /// The audit signing key (PKCS#8 v2 Ed25519 in DER, mode 0600). Best kept outside the data directory,
+    /// so that whoever can alter the log cannot also sign it; default `DATA/audit-key.pk8`.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for CheckpointSettings {
     fn default() -> Self {
-        Self { every_entries: 1000, every_ms: 10_000 }
+        Self { every_entries: 1000, every_ms: 10_000, key: None }
     }
 }
 
@@ -62,9 +67,11 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// Continues the chain stored in `store`.
+    /// Continues the chain and tree stored in `store`.
     pub fn resume(store: &dyn Store, key: Arc<AuditKey>, settings: CheckpointSettings) -> Result<Self, StoreError> {
-        Ok(Self { chain: Chain::resume(store.last_audit()?, crate::clock::now_ms()), key, settings })
+        let last = store.last_audit()?;
+        let tree = tree_of(store, last.map_or(0, |(seq, _)| seq))?;
+        Ok(Self { chain: Chain::resume(last, tree, crate::clock::now_ms()), key, settings })
     }
 
     /// The longest time between checkpoints while entries arrive.
@@ -75,8 +82,8 @@ impl Recorder {
     /// Appends a record to the chain and the store. On failure the chain does not advance.
     pub fn record(&mut self, store: &dyn Store, record: AuditRecord) -> Result<AuditEntry, StoreError> {
         let mut next = self.chain.clone();
-        let entry = next.append(record);
-        store.append_audit(&entry)?;
+        let (entry, nodes) = next.append(record);
+        store.append_audit(&entry, &nodes)?;
         self.chain = next;
         Ok(entry)
     }
@@ -93,6 +100,62 @@ impl Recorder {
             self.chain = next;
         }
         Ok(())
+    }
+}
+
+/// The audit key for the log in `store`, from `[audit] key` or `DATA/audit-key.pk8`: created only while the
+/// log is empty, and otherwise required to be the key of the log's latest signed head (after `hub audit
+/// rotate-key`, the new key it names). A deleted or replaced key thus stops the hub instead of silently
+/// starting a log nobody can join to the old heads.
+pub fn load_key(
+    store: &dyn Store,
+    settings: &CheckpointSettings,
+    data: &std::path::Path,
+) -> Result<AuditKey, chain::KeyError> {
+    let path = settings.key.clone().unwrap_or_else(|| crate::server::audit_key_path(data));
+    let store_error = |e: StoreError| chain::KeyError::Store(e.to_string());
+    let Some((entries, _)) = store.last_audit().map_err(store_error)? else { return AuditKey::load_or_create(&path) };
+    let key = match AuditKey::load(&path) {
+        Err(chain::KeyError::Missing { path }) => return Err(chain::KeyError::MissingForLog { path, entries }),
+        other => other?,
+    };
+    if let Some(head) = store.latest_head().map_err(store_error)? {
+        let ours = match &head.rotation {
+            Some(rotation) => rotation.new_key == key.public_key() && head.signed_by(&rotation.new_key),
+            None => head.signed_by(&key.public_key()),
+        };
+        if !ours {
+            return Err(chain::KeyError::NotTheLogs { path, key: key.public_key_hex(), size: head.size });
+        }
+    }
+    Ok(key)
+}
+
+/// Signs the store's current tree head with both `old` and `next` (see [`wire::audit::KeyRotation`]) and
+/// stores it: the head that hands the log over to the new key.
+pub fn rotate(
+    store: &dyn Store,
+    old: &AuditKey,
+    next: &AuditKey,
+    now_ms: u64,
+) -> Result<wire::audit::SignedTreeHead, StoreError> {
+    let size = store.last_audit()?.map_or(0, |(seq, _)| seq);
+    let head = old.sign_rotation(next, size, &tree_of(store, size)?.root(), now_ms);
+    store.put_checkpoint(&head)?;
+    Ok(head)
+}
+
+/// The stored tree's compact range at `size` entries.
+pub fn tree_of(store: &dyn Store, size: u64) -> Result<wire::merkle::CompactRange, StoreError> {
+    wire::merkle::CompactRange::load(size, node_source(store))
+}
+
+/// The stored tree's nodes, as the proof functions of `wire::merkle` read them; a missing node is a corrupt store.
+pub fn node_source(store: &dyn Store) -> impl FnMut(u8, u64) -> Result<wire::merkle::Hash, StoreError> + '_ {
+    move |level, index| {
+        store.audit_node(level, index)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("audit tree node {level}/{index} is missing: the tree does not match the log"))
+        })
     }
 }
 
@@ -162,12 +225,14 @@ pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
 /// [`Store::organisation_cases`]), and entries about no case whose actor is of
 /// the organisation. Read through the store's audit indexes, so the cost grows
 /// with the entries in scope, not with the log. Returns the entries (at most
-/// the limit) and whether more matched.
+/// the limit) and whether more matched. Only entries up to `covered` (the size of the head their proofs
+/// are against) are returned.
 pub fn query(
     store: &dyn Store,
     oin: &Oin,
     cases: &HashSet<ThreadId>,
     filter: &AuditFilter,
+    covered: u64,
 ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
     let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
     let mut seqs = std::collections::BTreeSet::new();
@@ -181,8 +246,10 @@ pub fn query(
             seqs.extend(store.audit_index(AuditIndex::Organisation(oin))?);
         }
     }
+    // Entries newer than the head come with the next one; the officer is told there may be more.
+    let beyond = seqs.range(covered.saturating_add(1)..).next().is_some();
     let mut found = Vec::new();
-    for seq in seqs {
+    for seq in seqs.into_iter().filter(|seq| *seq <= covered) {
         let Some(entry) = store.audit_entries(seq, 1)?.into_iter().next().filter(|e| e.seq == seq) else { continue };
         if matches(&entry, filter) {
             if found.len() == limit {
@@ -191,5 +258,5 @@ pub fn query(
             found.push(entry);
         }
     }
-    Ok((found, false))
+    Ok((found, beyond))
 }

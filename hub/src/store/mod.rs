@@ -19,7 +19,10 @@ pub mod sled_store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use uuid::Uuid;
-use wire::audit::{AuditCheckpoint, AuditEntry};
+use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
+use wire::merkle::{Hash, Node};
+
+use crate::audit::verify::Link;
 
 use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
 
@@ -310,12 +313,24 @@ pub trait Store: Send + Sync + 'static {
     fn delete_blob(&self, thread: ThreadId, blob: BlobId) -> Result<(), StoreError>;
 
     /// Deletes the oldest audit entries recorded before `before_ms`, and the
-    /// checkpoints they alone covered; returns how many entries.
-    fn prune_audit(&self, before_ms: u64) -> Result<u64, StoreError>;
+    /// heads they alone covered; returns how many entries, and the seq below
+    /// which every entry is now gone (0 when none was deleted). The tree's
+    /// nodes stay: they are hashes, and later proofs and heads need them.
+    fn prune_audit(&self, before_ms: u64) -> Result<(u64, u64), StoreError>;
 
     /// Appends an audit entry (its seq follows the last one), indexed by its
-    /// case, or when it has none, by the organisations of its actor.
-    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// case, or when it has none, by the organisations of its actor, with the
+    /// Merkle tree nodes it completes, all in one atomic batch: after a crash
+    /// the tree always matches the entries.
+    fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError>;
+
+    /// The hash of the perfect subtree `index` of `level` of the audit tree (see `wire::merkle`).
+    fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError>;
+
+    /// Every stored audit entry in order as [`Link`]s, with the record decoded
+    /// only for retention entries; stops when `visit` returns false. For
+    /// verification: the sled store hashes records without decoding them.
+    fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError>;
 
     /// The seqs of the audit entries about `case`, or about no case by people
     /// of an organisation, oldest first: what a privacy officer's query reads,
@@ -328,11 +343,14 @@ pub trait Store: Send + Sync + 'static {
     /// The seq and hash of the last audit entry, if any.
     fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
 
-    /// Stores a signed audit checkpoint.
-    fn put_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<(), StoreError>;
+    /// Stores a signed tree head of the audit log.
+    fn put_checkpoint(&self, head: &SignedTreeHead) -> Result<(), StoreError>;
 
-    /// Every audit checkpoint, in order.
-    fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError>;
+    /// Every signed tree head, by size.
+    fn checkpoints(&self) -> Result<Vec<SignedTreeHead>, StoreError>;
+
+    /// The latest (largest) signed tree head.
+    fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError>;
 
     /// Makes every write made before this call durable, and visible to reads.
     fn flush(&self) -> Result<(), StoreError>;

@@ -20,10 +20,12 @@
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
-//! | `A` | seq (u64 BE) | audit entry |
+//! | `A` | seq (u64 BE) | audit entry: `0x01`, seq, prev hash, hash, then the record's CBOR (see [`encode_audit`]) |
+//! | `H` | last leaf (u64 BE), level (u8) | a perfect subtree's hash in the audit Merkle tree (its last leaf, then its height), written with the entry that completes it |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
-//! | `P` | seq (u64 BE) | signed audit checkpoint |
+//! | `P` | size (u64 BE), at_ms (u64 BE) | signed tree head of the audit log |
+//! | `Q` | (none) | the latest signed tree head again, so that replies read it with one look-up |
 //! | `L` | thread, member | the ownership state when the member left: the answer to a resent `leave_case` |
 //! | `W` | OIN, thread | (empty): the case has an offer to or from the organisation |
 //! | `N` | thread, seq (u64 BE) | (empty): an audit entry about the case |
@@ -45,7 +47,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
-use wire::audit::{AuditCheckpoint, AuditEntry};
+use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
+use wire::merkle::{Hash, Node};
+
+use crate::audit::verify::Link;
 use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
 
 use super::chunk_files::ChunkFiles;
@@ -72,6 +77,12 @@ const AUDIT_OF_CASE: u8 = b'N';
 const AUDIT_OF_ORGANISATION: u8 = b'U';
 const INDEX_VERSION: u8 = b'V';
 const CLAIM: u8 = b'J';
+const AUDIT_NODE: u8 = b'H';
+const LATEST_HEAD: u8 = b'Q';
+/// The first byte of an audit entry in the current layout; CBOR maps (the layout before) never start with it.
+const AUDIT_LAYOUT: u8 = 0x01;
+/// Bytes before the record in an audit entry's value.
+const AUDIT_HEADER: usize = 1 + 8 + 32 + 32;
 /// The indexes' layout; a store written before them gets them on opening.
 const INDEXES: u8 = 1;
 
@@ -164,6 +175,49 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
     oins.into_iter().map(|oin| key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes(), &seq])).collect()
 }
 
+/// An audit entry as stored: a layout byte, seq, prev hash and hash, then the record's CBOR as it is hashed.
+/// Keeping the hashed bytes as they are lets verification hash them without decoding the record.
+fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
+    let record = encode(&entry.record);
+    let mut value = Vec::with_capacity(AUDIT_HEADER + record.len());
+    value.push(AUDIT_LAYOUT);
+    value.extend_from_slice(&entry.seq.to_be_bytes());
+    value.extend_from_slice(&entry.prev_hash);
+    value.extend_from_slice(&entry.hash);
+    value.extend_from_slice(&record);
+    value
+}
+
+/// A stored audit entry's seq, prev hash, hash and record CBOR.
+type AuditParts<'a> = (u64, Hash, Hash, &'a [u8]);
+
+/// The header of a stored audit entry and its record's CBOR; `None` for the layout before (a CBOR entry).
+fn split_audit(value: &[u8]) -> Result<Option<AuditParts<'_>>, StoreError> {
+    if value.first() != Some(&AUDIT_LAYOUT) {
+        return Ok(None);
+    }
+    let short = || StoreError::Corrupt("short audit entry".into());
+    let header = value.get(1..AUDIT_HEADER).ok_or_else(short)?;
+    let seq = seq_from(&header[..8])?;
+    let prev: Hash = header[8..40].try_into().map_err(|_| short())?;
+    let hash: Hash = header[40..72].try_into().map_err(|_| short())?;
+    Ok(Some((seq, prev, hash, &value[AUDIT_HEADER..])))
+}
+
+fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
+    match split_audit(value)? {
+        Some((seq, prev_hash, hash, record)) => Ok(AuditEntry { seq, prev_hash, hash, record: decode(record)? }),
+        None => decode(value),
+    }
+}
+
+/// A subtree's key leads with its last leaf, so that every node an append completes sorts after every node
+/// stored before: sled then appends at the end of the range, as it does for entries.
+fn node_key(level: u8, index: u64) -> Vec<u8> {
+    let last_leaf = ((index + 1) << level) - 1;
+    key(AUDIT_NODE, &[&last_leaf.to_be_bytes(), &[level]])
+}
+
 fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt("seq is not 8 bytes".into()))?;
     Ok(u64::from_be_bytes(array))
@@ -198,6 +252,7 @@ impl SledStore {
             creating: Mutex::new(()),
         };
         store.build_indexes()?;
+        store.build_tree()?;
         Ok(store)
     }
 
@@ -207,7 +262,7 @@ impl SledStore {
             return Ok(());
         }
         for item in self.db.scan_prefix([AUDIT]) {
-            let entry: AuditEntry = decode(&item.map_err(backend)?.1)?;
+            let entry = decode_audit(&item.map_err(backend)?.1)?;
             for index in audit_index_keys(&entry) {
                 self.db.insert(index, &[][..]).map_err(backend)?;
             }
@@ -222,6 +277,34 @@ impl SledStore {
             }
         }
         self.db.insert([INDEX_VERSION], &[INDEXES][..]).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    /// Writes the audit Merkle tree of a store that predates it, and drops its old checkpoints (signatures
+    /// over chain hashes, which no verifier checks any more; the next head signs the tree).
+    fn build_tree(&self) -> Result<(), StoreError> {
+        let Some((last, _)) = self.last_audit()? else { return Ok(()) };
+        if self.audit_node(0, last - 1)?.is_some() {
+            return Ok(());
+        }
+        let mut tree = wire::merkle::CompactRange::new();
+        for item in self.db.scan_prefix([AUDIT]) {
+            let entry = decode_audit(&item.map_err(backend)?.1)?;
+            if entry.seq != tree.size() + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "the audit log starts at entry {} and has no Merkle tree: a pruned log from before the tree cannot be rebuilt",
+                    entry.seq
+                )));
+            }
+            for node in tree.append(wire::merkle::leaf_hash(&entry.hash)) {
+                self.db.insert(node_key(node.level, node.index), &node.hash[..]).map_err(backend)?;
+            }
+        }
+        for item in self.db.scan_prefix([CHECKPOINT]) {
+            self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
+        }
+        self.db.remove([LATEST_HEAD]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
     }
@@ -340,6 +423,92 @@ impl SledStore {
             })
             .collect()
     }
+}
+
+/// Entries read and hashed per step of [`audit_links`]'s reading thread.
+const LINK_BATCH: usize = 1024;
+
+/// Reads the audit entries on two threads, taking turns at chunks of [`LINK_BATCH`] seqs, which hash each
+/// record's stored CBOR (decoding only retention entries, whose record the verifier reads), the entry and its
+/// leaf; this thread takes the chunks in order, alternately from each, and is left only the tree's inner
+/// nodes and the links between entries. Verification then runs on both cores instead of one.
+fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
+    type Batch = Vec<(Link, Option<AuditRecord>)>;
+    const READERS: u64 = 2;
+    let seq_of = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| -> Result<Option<u64>, StoreError> {
+        item.map(|item| seq_from(item.map_err(backend)?.0.get(1..9).unwrap_or_default())).transpose()
+    };
+    let (Some(low), Some(high)) =
+        (seq_of(db.scan_prefix([AUDIT]).next())?, seq_of(db.scan_prefix([AUDIT]).next_back())?)
+    else {
+        return Ok(());
+    };
+    let step = LINK_BATCH as u64;
+    let chunks = (high - low) / step + 1;
+    std::thread::scope(|scope| {
+        let mut channels = Vec::new();
+        for reader in 0..READERS {
+            let (batches, received) = std::sync::mpsc::sync_channel::<Result<Batch, StoreError>>(8);
+            channels.push(received);
+            scope.spawn(move || {
+                for chunk in (reader..chunks).step_by(READERS as usize) {
+                    let from = low + chunk * step;
+                    let range = key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&(from + step).to_be_bytes()]);
+                    let batch: Result<Batch, StoreError> = db
+                        .range(range)
+                        .map(|item| item.map_err(backend).and_then(|(_, value)| link_of(&value)))
+                        .collect();
+                    let failed = batch.is_err();
+                    // A closed channel means the verifier stopped: nothing more to read.
+                    if batches.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        let result = (|| {
+            for chunk in 0..chunks {
+                let Ok(batch) = channels[(chunk % READERS) as usize].recv() else { break };
+                for (link, record) in batch? {
+                    if !visit(link, record) {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // Dropping the receivers ends the readers at their next send; the scope joins them.
+        drop(channels);
+        result
+    })
+}
+
+/// The link of one stored entry, hashing the record's CBOR as stored.
+fn link_of(value: &[u8]) -> Result<(Link, Option<AuditRecord>), StoreError> {
+    match split_audit(value)? {
+        Some((seq, prev_hash, hash, record)) => {
+            let digest = sha256(record);
+            // Every retention record's CBOR holds its action's name; decoding only those keeps the rest cheap.
+            let retention = record.windows(RETENTION.len()).any(|w| w == RETENTION);
+            let decoded = if retention { Some(decode::<AuditRecord>(record)?) } else { None };
+            Ok((Link::new(seq, prev_hash, Some(hash), &digest), decoded))
+        }
+        None => {
+            let entry: AuditEntry = decode(value)?;
+            let digest = wire::audit::record_digest(&entry.record);
+            let link = Link::new(entry.seq, entry.prev_hash, Some(entry.hash), &digest);
+            Ok((link, Some(entry.record)))
+        }
+    }
+}
+
+const RETENTION: &[u8] = b"retention";
+
+fn sha256(bytes: &[u8]) -> Hash {
+    let mut out = [0u8; 32];
+    // SHA-256 digests are 32 bytes by definition.
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 impl Store for SledStore {
@@ -770,12 +939,12 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn prune_audit(&self, before_ms: u64) -> Result<u64, StoreError> {
+    fn prune_audit(&self, before_ms: u64) -> Result<(u64, u64), StoreError> {
         let mut pruned = 0;
         let mut last_pruned = 0;
         for item in self.db.scan_prefix([AUDIT]) {
             let (key, value) = item.map_err(backend)?;
-            let entry: AuditEntry = decode(&value)?;
+            let entry = decode_audit(&value)?;
             if entry.record.at_ms >= before_ms {
                 break;
             }
@@ -786,20 +955,35 @@ impl Store for SledStore {
             pruned += 1;
             last_pruned = entry.seq;
         }
-        let covered = key(CHECKPOINT, &[&0u64.to_be_bytes()])..=key(CHECKPOINT, &[&last_pruned.to_be_bytes()]);
+        // Heads over only pruned entries can no longer be checked against entries; the tree prefix replaces them.
+        let covered = key(CHECKPOINT, &[&0u64.to_be_bytes()])..key(CHECKPOINT, &[&last_pruned.to_be_bytes()]);
         for item in self.db.range(covered) {
             self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
         }
-        Ok(pruned)
+        Ok((pruned, if pruned == 0 { 0 } else { last_pruned + 1 }))
     }
 
-    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+    fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        batch.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode(entry));
+        batch.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry));
         for index in audit_index_keys(entry) {
             batch.insert(index, &[][..]);
         }
+        for node in nodes {
+            batch.insert(node_key(node.level, node.index), &node.hash[..]);
+        }
         self.db.apply_batch(batch).map_err(backend)
+    }
+
+    fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
+        let Some(value) = self.db.get(node_key(level, index)).map_err(backend)? else { return Ok(None) };
+        let hash =
+            Hash::try_from(&value[..]).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?;
+        Ok(Some(hash))
+    }
+
+    fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
+        audit_links(&self.db, visit)
     }
 
     fn audit_index(&self, of: AuditIndex<'_>) -> Result<Vec<u64>, StoreError> {
@@ -829,23 +1013,33 @@ impl Store for SledStore {
         self.db
             .range(key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&u64::MAX.to_be_bytes()]))
             .take(limit)
-            .map(|item| decode(&item.map_err(backend)?.1))
+            .map(|item| decode_audit(&item.map_err(backend)?.1))
             .collect()
     }
 
     fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let Some(last) = self.db.scan_prefix([AUDIT]).next_back() else { return Ok(None) };
-        let entry: AuditEntry = decode(&last.map_err(backend)?.1)?;
+        let entry = decode_audit(&last.map_err(backend)?.1)?;
         Ok(Some((entry.seq, entry.hash)))
     }
 
-    fn put_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<(), StoreError> {
-        self.db.insert(key(CHECKPOINT, &[&checkpoint.seq.to_be_bytes()]), encode(checkpoint)).map_err(backend)?;
-        Ok(())
+    fn put_checkpoint(&self, head: &SignedTreeHead) -> Result<(), StoreError> {
+        let at = key(CHECKPOINT, &[&head.size.to_be_bytes(), &head.at_ms.to_be_bytes()]);
+        // Only the writer (and `rotate-key` on a stopped hub) signs heads, always over the current tree: the
+        // head stored last is the latest, even when it is smaller than one before it (a truncated log).
+        let mut batch = sled::Batch::default();
+        batch.insert(at, encode(head));
+        batch.insert(&[LATEST_HEAD][..], encode(head));
+        self.db.apply_batch(batch).map_err(backend)
     }
 
-    fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+    fn checkpoints(&self) -> Result<Vec<SignedTreeHead>, StoreError> {
         self.db.scan_prefix([CHECKPOINT]).map(|item| decode(&item.map_err(backend)?.1)).collect()
+    }
+
+    fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
+        // One look-up per query instead of a reverse scan over every head.
+        self.db.get([LATEST_HEAD]).map_err(backend)?.map(|value| decode(&value)).transpose()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
