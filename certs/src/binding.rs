@@ -11,10 +11,13 @@
 //! leads to the identity CA it is configured with, the certificate's subject is
 //! the credential's identity, and the signature verifies ([`Verifier`]).
 //!
-//! The chain is checked at the earlier of now and the certificate's end of
-//! validity: a binding proves who made a leaf, and a member whose certificate
-//! has since expired stays recognisable in a group's tree. Whether that member
-//! may still connect is the TLS layer's question (expiry and CRLs), not this one.
+//! A leaf being brought in (a KeyPackage to add, a new group's first leaf, a
+//! leaf a commit changes) needs a certificate valid now ([`Validity::Now`]): a
+//! key from an expired certificate binds nothing new. A leaf already in a
+//! group's tree is checked at the earlier of now and its certificate's end of
+//! validity ([`Validity::Ever`]), so that a member whose certificate has since
+//! expired stays recognisable. Clients do not see CRLs yet (see docs/mls.md).
+//! Only caseworker and system certificates hold case devices.
 //!
 //! Each bound leaf has a [`SafetyNumber`]: a short digest of the certificate and
 //! the leaf's signature key that two caseworkers compare out of band.
@@ -58,6 +61,15 @@ const SCHEMES: &[SignatureScheme] = &[
     SignatureScheme::RSA_PSS_SHA256,
 ];
 
+/// When a binding's certificate must have been valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// Now: for a leaf being brought into a group.
+    Now,
+    /// At some time up to now: for a leaf already in a group's tree.
+    Ever,
+}
+
 /// Why a leaf's binding was refused, or could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
@@ -81,6 +93,9 @@ pub enum BindingError {
         /// Whom the certificate names.
         certificate: String,
     },
+    /// The certificate's role holds no case devices (only caseworkers and systems do).
+    #[error("a {0} certificate cannot hold a device in a case")]
+    Role(wire::Role),
     /// The signature over the statement does not verify with the certificate's key.
     #[error("the binding's signature does not verify with its certificate")]
     Signature,
@@ -252,16 +267,31 @@ impl Verifier {
 
     /// Verifies the binding of a leaf node: its extension, against its
     /// credential and signature key.
-    pub fn verify_leaf(&self, leaf: &LeafNode) -> Result<Bound, BindingError> {
+    pub fn verify_leaf(&self, leaf: &LeafNode, validity: Validity) -> Result<Bound, BindingError> {
         let extension = leaf.extensions().unknown(EXTENSION_TYPE).ok_or(BindingError::Missing)?;
         let credential = openmls::prelude::BasicCredential::try_from(leaf.credential().clone())
             .map_err(|_| malformed("the leaf's credential is not a basic credential"))?;
-        self.verify(&extension.0, credential.identity(), leaf.signature_key().as_slice())
+        self.verify(&extension.0, credential.identity(), leaf.signature_key().as_slice(), validity)
+    }
+
+    /// Verifies a leaf that replaces `old` (an update path or an Update
+    /// proposal): one that keeps the old binding and key brings nothing new in
+    /// and is checked as a leaf of the tree, any other as a new one.
+    pub fn verify_replacement(&self, old: Option<&LeafNode>, new: &LeafNode) -> Result<Bound, BindingError> {
+        let binding = |leaf: &LeafNode| leaf.extensions().unknown(EXTENSION_TYPE).map(|e| e.0.clone());
+        let kept = old.is_some_and(|old| binding(old) == binding(new) && old.signature_key() == new.signature_key());
+        self.verify_leaf(new, if kept { Validity::Ever } else { Validity::Now })
     }
 
     /// Verifies binding `extension` for a leaf with `credential` (identity
-    /// bytes) and MLS `signature_key`.
-    pub fn verify(&self, extension: &[u8], credential: &[u8], signature_key: &[u8]) -> Result<Bound, BindingError> {
+    /// bytes) and MLS `signature_key`, with the certificate valid as `validity` says.
+    pub fn verify(
+        &self,
+        extension: &[u8],
+        credential: &[u8],
+        signature_key: &[u8],
+        validity: Validity,
+    ) -> Result<Bound, BindingError> {
         if extension.len() > MAX_EXTENSION_BYTES {
             return Err(malformed(format!("more than {MAX_EXTENSION_BYTES} bytes")));
         }
@@ -272,6 +302,9 @@ impl Verifier {
         let chain: Vec<CertificateDer<'_>> = content.chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
         let (leaf_cert, intermediates) = chain.split_first().ok_or_else(|| malformed("an empty chain"))?;
         let identity = identity_from_der(leaf_cert)?;
+        if !matches!(identity.role, wire::Role::Caseworker | wire::Role::System) {
+            return Err(BindingError::Role(identity.role));
+        }
         let (named, _) = credential_member(credential).ok_or_else(|| malformed("the credential is not Ketenhub's"))?;
         if credential_identity(&identity) != credential {
             return Err(BindingError::OtherIdentity {
@@ -286,7 +319,7 @@ impl Verifier {
                 algorithms.all,
                 &self.anchors,
                 intermediates,
-                checked_at(leaf_cert)?,
+                checked_at(leaf_cert, validity)?,
                 webpki::KeyUsage::client_auth(),
                 None,
                 None,
@@ -311,8 +344,12 @@ impl Verifier {
     }
 }
 
-/// The time a chain is checked at: now, or the certificate's last valid second if that came first.
-fn checked_at(cert: &[u8]) -> Result<UnixTime, BindingError> {
+/// The time a chain is checked at: now, or for [`Validity::Ever`] the
+/// certificate's last valid second if that came first.
+fn checked_at(cert: &[u8], validity: Validity) -> Result<UnixTime, BindingError> {
+    if validity == Validity::Now {
+        return Ok(UnixTime::now());
+    }
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert).map_err(|e| malformed(format!("certificate: {e}")))?;
     let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
@@ -341,14 +378,17 @@ mod tests {
         let anna = binder(&pki, "vt-utrecht-caseworker");
         let name = credential_identity(anna.identity());
         let extension = content(&anna.extensions(b"mls-key").unwrap());
-        let bound = verifier.verify(&extension, &name, b"mls-key").unwrap();
+        let bound = verifier.verify(&extension, &name, b"mls-key", Validity::Now).unwrap();
         assert_eq!(bound.member, anna.identity().member_id());
         assert_eq!(bound.safety_number.as_str().len(), 8 * 5 + 7);
         // Another MLS key under the same binding: the signature does not cover it.
-        assert_eq!(verifier.verify(&extension, &name, b"other-key"), Err(BindingError::Signature));
+        assert_eq!(verifier.verify(&extension, &name, b"other-key", Validity::Now), Err(BindingError::Signature));
         // Another identity's credential with Anna's certificate.
         let other = credential_identity(binder(&pki, "lt-woerden-caseworker").identity());
-        assert!(matches!(verifier.verify(&extension, &other, b"mls-key"), Err(BindingError::OtherIdentity { .. })));
+        assert!(matches!(
+            verifier.verify(&extension, &other, b"mls-key", Validity::Now),
+            Err(BindingError::OtherIdentity { .. })
+        ));
     }
 
     #[test]
@@ -358,7 +398,25 @@ mod tests {
         let impostor = binder(&elsewhere, "vt-utrecht-caseworker");
         let extension = content(&impostor.extensions(b"mls-key").unwrap());
         let name = credential_identity(impostor.identity());
-        assert!(matches!(verifier.verify(&extension, &name, b"mls-key"), Err(BindingError::Chain(_))));
+        assert!(matches!(verifier.verify(&extension, &name, b"mls-key", Validity::Now), Err(BindingError::Chain(_))));
+    }
+
+    #[test]
+    fn an_expired_certificate_binds_nothing_new_and_an_officer_holds_no_device() {
+        let pki = DevPki::generate().unwrap();
+        let verifier = Verifier::from_pem(pki.ca.cert.as_bytes()).unwrap();
+        let old = Binder::from_pem(pki.expired.cert.as_bytes(), pki.expired.key.as_bytes()).unwrap();
+        let name = credential_identity(old.identity());
+        let extension = content(&old.extensions(b"mls-key").unwrap());
+        // A key from an expired certificate brings no new leaf in...
+        let fresh = verifier.verify(&extension, &name, b"mls-key", Validity::Now);
+        assert!(matches!(fresh, Err(BindingError::Chain(_))), "{fresh:?}");
+        // ...while a leaf it bound while valid stays recognisable in a tree.
+        assert!(verifier.verify(&extension, &name, b"mls-key", Validity::Ever).is_ok());
+        let officer = binder(&pki, "vt-utrecht-privacy");
+        let extension = content(&officer.extensions(b"mls-key").unwrap());
+        let refused = verifier.verify(&extension, &credential_identity(officer.identity()), b"mls-key", Validity::Now);
+        assert_eq!(refused, Err(BindingError::Role(wire::Role::PrivacyOfficer)));
     }
 
     #[test]
@@ -366,10 +424,13 @@ mod tests {
         let pki = DevPki::generate().unwrap();
         let verifier = Verifier::from_pem(pki.ca.cert.as_bytes()).unwrap();
         for bytes in [&b""[..], b"\xa0", b"\xff\xff", &[0u8; 40][..]] {
-            assert!(matches!(verifier.verify(bytes, b"x", b"k"), Err(BindingError::Malformed(_))), "{bytes:?}");
+            assert!(
+                matches!(verifier.verify(bytes, b"x", b"k", Validity::Now), Err(BindingError::Malformed(_))),
+                "{bytes:?}"
+            );
         }
         assert!(matches!(
-            verifier.verify(&vec![0; MAX_EXTENSION_BYTES + 1], b"x", b"k"),
+            verifier.verify(&vec![0; MAX_EXTENSION_BYTES + 1], b"x", b"k", Validity::Now),
             Err(BindingError::Malformed(_))
         ));
     }

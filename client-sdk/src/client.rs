@@ -943,9 +943,14 @@ impl Driver {
     /// The device's new state is saved with the burst the entry came in (see `save`).
     fn read_entry(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
         self.unsaved += 1;
-        let event = self.interpret(thread, entry)?;
+        // One lock for reading and keeping: a write in between (a send persists
+        // at once) would otherwise store the entry as delivered without the
+        // message, which forward secrecy then makes unreadable for good.
+        let shared = self.device.clone();
+        let mut device = lock_device(&shared);
+        let event = self.interpret(&mut device, thread, entry)?;
         if let (Event::Message(message), true) = (&event, self.settings.keep_events) {
-            lock_device(&self.device).keep(message.clone());
+            device.keep(message.clone());
         }
         Some(event)
     }
@@ -982,8 +987,7 @@ impl Driver {
     }
 
     /// What an entry means to the application, through the thread's MLS group.
-    fn interpret(&mut self, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
-        let mut device = lock_device(&self.device);
+    fn interpret(&mut self, device: &mut Device, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
         if entry.seq <= device.delivered(thread) {
             return None;
         }

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Verifier};
+use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Validity, Verifier};
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
@@ -429,6 +429,9 @@ fn check_new_leaves(
     committer: &Option<LeafNodeIndex>,
 ) -> Result<(), DecryptError> {
     let public = group.public_group();
+    let bound = |old: Option<LeafNodeIndex>, leaf: &LeafNode| {
+        verifier.verify_replacement(old.and_then(|i| public.leaf(i)), leaf).map_err(DecryptError::Unbound)
+    };
     let same_identity = |index: LeafNodeIndex, leaf: &LeafNode| {
         let before = public.leaf(index).map(|l| l.credential());
         if before == Some(leaf.credential()) {
@@ -441,20 +444,24 @@ fn check_new_leaves(
         }
     };
     for add in staged.add_proposals() {
-        verifier.verify_leaf(add.add_proposal().key_package().leaf_node()).map_err(DecryptError::Unbound)?;
+        bound(None, add.add_proposal().key_package().leaf_node())?;
     }
     for update in staged.update_proposals() {
         let leaf = update.update_proposal().leaf_node();
-        if let Sender::Member(index) = update.sender() {
-            same_identity(*index, leaf)?;
+        let sender = match update.sender() {
+            Sender::Member(index) => Some(*index),
+            _ => None,
+        };
+        if let Some(index) = sender {
+            same_identity(index, leaf)?;
         }
-        verifier.verify_leaf(leaf).map_err(DecryptError::Unbound)?;
+        bound(sender, leaf)?;
     }
     if let Some(leaf) = staged.update_path_leaf_node() {
         if let Some(index) = committer {
             same_identity(*index, leaf)?;
         }
-        verifier.verify_leaf(leaf).map_err(DecryptError::Unbound)?;
+        bound(*committer, leaf)?;
     }
     Ok(())
 }
@@ -537,7 +544,7 @@ impl Device {
     /// Prepares a commit adding the device of `key_package`; returns the commit
     /// and the Welcome. The commit stays pending until accepted or refused.
     pub fn add(&mut self, thread: ThreadId, key_package: KeyPackage) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
-        self.verifier.verify_leaf(key_package.leaf_node())?;
+        self.verifier.verify_leaf(key_package.leaf_node(), Validity::Now)?;
         let (group, provider, signer) = self.group_or_err(thread)?;
         let (commit, welcome, _) = group.add_members(provider, signer, &[key_package]).map_err(mls_error)?;
         let out =
@@ -656,7 +663,10 @@ impl Device {
     /// The first leaf of `group` whose binding does not verify, if any.
     fn unbound_leaf(&self, group: &MlsGroup) -> Option<BindingError> {
         let public = group.public_group();
-        group.members().filter_map(|m| public.leaf(m.index)).find_map(|leaf| self.verifier.verify_leaf(leaf).err())
+        group
+            .members()
+            .filter_map(|m| public.leaf(m.index))
+            .find_map(|leaf| self.verifier.verify_leaf(leaf, Validity::Ever).err())
     }
 
     /// Every device in the thread's group, with its verified binding (or why it
@@ -665,13 +675,18 @@ impl Device {
         let verifier = self.verifier.clone();
         let Some(group) = self.group(thread) else { return Vec::new() };
         let public = group.public_group();
-        group.members().filter_map(|m| public.leaf(m.index)).map(|leaf| verifier.verify_leaf(leaf)).collect()
+        group
+            .members()
+            .filter_map(|m| public.leaf(m.index))
+            .map(|leaf| verifier.verify_leaf(leaf, Validity::Ever))
+            .collect()
     }
 
     /// This device's own safety number, as other members see it.
     pub fn safety_number(&self) -> Result<SafetyNumber, BindingError> {
         let extension = self.binding.unknown(certs::binding::EXTENSION_TYPE).ok_or(BindingError::Missing)?;
-        let bound = self.verifier.verify(&extension.0, &self.credential_name(), self.signer.public())?;
+        let bound =
+            self.verifier.verify(&extension.0, &self.credential_name(), self.signer.public(), Validity::Ever)?;
         Ok(bound.safety_number)
     }
 
@@ -797,7 +812,7 @@ mod tests {
             let verified = wire::mls::verify_key_package(&bytes).unwrap();
             assert_eq!(verified.member, binder(ANNA).identity().member_id());
             assert_eq!(verified.kind, wire::AgencyKind::Vt);
-            let bound = verifier().verify_leaf(verified.key_package.leaf_node()).unwrap();
+            let bound = verifier().verify_leaf(verified.key_package.leaf_node(), Validity::Now).unwrap();
             assert_eq!(bound.safety_number, device.safety_number().unwrap());
         }
     }
@@ -927,6 +942,15 @@ mod tests {
         assert_eq!(refused, DecryptError::Unbound(BindingError::Missing));
         assert_eq!(anna.epoch(thread), Some(1));
         assert!(!anna.has_member(thread, &binder(JORIS).identity().member_id()));
+    }
+
+    #[test]
+    fn a_devices_own_message_read_back_is_nothing_not_an_error() {
+        let thread = ThreadId::random();
+        let (mut anna, _sanne) = pair_in_group(thread);
+        let sent = anna.encrypt(thread, b"mine").unwrap();
+        // As after a restart, when the local copy of the send is gone.
+        assert!(matches!(anna.process(thread, &sent), Ok(Processed::Nothing)));
     }
 
     #[test]

@@ -81,14 +81,15 @@ pub fn init(
         return Err(invalid("a new group must be at epoch 0 with its creator as the only member"));
     }
     let creator = group.leaf(LeafNodeIndex::new(0)).ok_or_else(|| invalid("the group has no first leaf"))?;
-    bound(identities, creator)?;
+    bound(identities, None, creator)?;
     Ok(save_storage(&storage))
 }
 
-/// Refuses a leaf that is not bound to the certificate of the identity it names.
-fn bound(identities: &Verifier, leaf: &LeafNode) -> Result<(), WireError> {
+/// Refuses a leaf that is not bound to the certificate of the identity it
+/// names; `old` is the leaf it replaces, if any (see [`Verifier::verify_replacement`]).
+fn bound(identities: &Verifier, old: Option<&LeafNode>, leaf: &LeafNode) -> Result<(), WireError> {
     identities
-        .verify_leaf(leaf)
+        .verify_replacement(old, leaf)
         .map(drop)
         .map_err(|e| WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}")))
 }
@@ -99,15 +100,21 @@ fn bound(identities: &Verifier, leaf: &LeafNode) -> Result<(), WireError> {
 /// change its rules; Ketenhub has no use for them, so none is allowed.
 const ALLOWED_PROPOSALS: [ProposalType; 3] = [ProposalType::Add, ProposalType::Remove, ProposalType::Update];
 
-/// The leaves a commit brings in, whose bindings must verify, and the SHA-256
-/// of each KeyPackage it adds, as uploaded.
+/// The leaves a commit brings in, each with the leaf it replaces (none for an
+/// Add), whose bindings must verify, and the SHA-256 of each KeyPackage it
+/// adds, as uploaded.
 struct NewLeaves {
-    leaves: Vec<LeafNode>,
+    leaves: Vec<(LeafNode, Option<LeafNode>)>,
     packages: Vec<[u8; 32]>,
 }
 
-/// Checks the proposal types of a commit and collects the leaves it brings in.
-fn new_leaves(staged: &StagedCommit) -> Result<NewLeaves, WireError> {
+/// Checks the proposal types of a commit and collects the leaves it brings
+/// in, from `group` before the commit and the `committer`'s leaf.
+fn new_leaves(
+    group: &PublicGroup,
+    staged: &StagedCommit,
+    committer: Option<LeafNodeIndex>,
+) -> Result<NewLeaves, WireError> {
     if let Some(other) =
         staged.queued_proposals().map(|p| p.proposal().proposal_type()).find(|t| !ALLOWED_PROPOSALS.contains(t))
     {
@@ -118,13 +125,22 @@ fn new_leaves(staged: &StagedCommit) -> Result<NewLeaves, WireError> {
             ),
         ));
     }
-    let mut leaves: Vec<LeafNode> =
-        staged.update_proposals().map(|u| u.update_proposal().leaf_node().clone()).collect();
-    leaves.extend(staged.update_path_leaf_node().cloned());
+    let before = |index: Option<LeafNodeIndex>| index.and_then(|i| group.leaf(i)).cloned();
+    let mut leaves: Vec<(LeafNode, Option<LeafNode>)> = staged
+        .update_proposals()
+        .map(|u| {
+            let sender = match u.sender() {
+                openmls::prelude::Sender::Member(index) => Some(*index),
+                _ => None,
+            };
+            (u.update_proposal().leaf_node().clone(), before(sender))
+        })
+        .collect();
+    leaves.extend(staged.update_path_leaf_node().map(|leaf| (leaf.clone(), before(committer))));
     let mut packages = Vec::new();
     for add in staged.add_proposals() {
         let package = add.add_proposal().key_package();
-        leaves.push(package.leaf_node().clone());
+        leaves.push((package.leaf_node().clone(), None));
         let bytes = package.tls_serialize_detached().map_err(|e| invalid(format!("a KeyPackage: {e}")))?;
         packages.push(key_package_digest(&bytes));
     }
@@ -205,6 +221,10 @@ pub fn check_commit(
     let processed = group
         .process_message(&RustCrypto::default(), message)
         .map_err(|e| invalid(format!("commit does not verify: {e:?}")))?;
+    let committer = match processed.sender() {
+        openmls::prelude::Sender::Member(index) => Some(*index),
+        _ => None,
+    };
     match member_of(processed.credential()) {
         Some((sender, _)) if &sender == caller => {}
         _ => {
@@ -217,7 +237,7 @@ pub fn check_commit(
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("not a commit"));
     };
-    let NewLeaves { leaves: new, packages: added_packages } = new_leaves(&staged)?;
+    let NewLeaves { leaves: new, packages: added_packages } = new_leaves(&group, &staged, committer)?;
     let added = staged
         .add_proposals()
         .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
@@ -255,8 +275,8 @@ pub fn check_commit(
         }
     }
     // After the identity check, so a renamed leaf is refused as such rather than as unbound.
-    for leaf in &new {
-        bound(identities, leaf)?;
+    for (leaf, old) in &new {
+        bound(identities, old.as_ref(), leaf)?;
     }
     let remaining = members_of(&group);
     let removed = removes_devices_of.iter().filter(|m| !remaining.contains(m)).cloned().collect();

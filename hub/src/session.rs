@@ -24,6 +24,7 @@ use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
 use crate::handovers::{self, HandoverOp};
 use crate::policy::{Action, Decision, Grounds, Policy, PolicySource};
 use crate::store::{Store, StoreError};
+use certs::binding::Validity;
 use certs::revocation::CertValidity;
 use wire::handover::Calendar;
 
@@ -655,7 +656,7 @@ impl Hub {
                         "denied by rule key-package-names-another-identity: the KeyPackage's credential does not name this connection's identity",
                     ));
                 }
-                self.certificates.identities().verify_leaf(verified.key_package.leaf_node()).map_err(|e| {
+                self.certificates.identities().verify_leaf(verified.key_package.leaf_node(), Validity::Now).map_err(|e| {
                     WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}"))
                 })?;
                 Ok(bytes.into_vec())
