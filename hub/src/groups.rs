@@ -243,8 +243,8 @@ pub fn check_commit(
         .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
         .collect::<Result<Vec<_>, _>>()?;
     let removed_leaves: Vec<u32> = staged.remove_proposals().map(|r| r.remove_proposal().removed().u32()).collect();
-    let identities_before: std::collections::HashMap<u32, Option<MemberId>> =
-        group.members().map(|m| (m.index.u32(), member_of(&m.credential).map(|(member, _)| member))).collect();
+    let credentials_before: std::collections::HashMap<u32, openmls::prelude::Credential> =
+        group.members().map(|m| (m.index.u32(), m.credential)).collect();
     let mut removes_devices_of = staged
         .remove_proposals()
         .map(|remove| {
@@ -262,10 +262,11 @@ pub fn check_commit(
     // that renames a device would let a member pass for another (the owner,
     // say, whom nobody may remove) or slip in someone who is not a member.
     for leaf in group.members() {
-        let now = member_of(&leaf.credential).map(|(member, _)| member);
-        let kept = match identities_before.get(&leaf.index.u32()) {
-            Some(before) if !removed_leaves.contains(&leaf.index.u32()) => before == &now,
-            _ => now.as_ref().is_some_and(|m| added.contains(m)),
+        // The whole credential, not only the member it names: clients compare
+        // credentials, and a leaf that passed here but not there would wedge them.
+        let kept = match credentials_before.get(&leaf.index.u32()) {
+            Some(before) if !removed_leaves.contains(&leaf.index.u32()) => before == &leaf.credential,
+            _ => member_of(&leaf.credential).is_some_and(|(m, _)| added.contains(&m)),
         };
         if !kept {
             return Err(WireError::new(

@@ -169,6 +169,28 @@ impl ForgedDevice {
         self.settle(reply)
     }
 
+    /// Sends a self-update whose new leaf is bound by `binder`, another
+    /// certificate: a leaf that names the same worker under another agency kind, say.
+    pub async fn rebind_self(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+        binder: &Binder,
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let credential = BasicCredential::new(credential_identity(binder.identity())).into();
+        let renamed = CredentialWithKey { credential, signature_key: self.signer.public().into() };
+        let parameters = LeafNodeParameters::builder()
+            .with_credential_with_key(renamed)
+            .with_extensions(binder.extensions(self.signer.public())?)
+            .build();
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let bundle = group.self_update(provider, signer, parameters).map_err(mls)?;
+        let commit = bundle.commit().tls_serialize_detached().map_err(mls)?;
+        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        self.settle(reply)
+    }
+
     /// Sends a commit whose one proposal changes the group context's
     /// extensions (here: requiring a capability), which Ketenhub never uses.
     pub async fn change_group_context(

@@ -217,3 +217,34 @@ async fn a_message_from_another_device_of_the_same_worker_is_shown_not_dropped_a
     assert_eq!(own.content, ketenhub_sdk::Content::Text { text: "sent from the laptop".into() });
     hub.stop().await
 }
+
+#[tokio::test]
+async fn a_commit_that_changes_a_leafs_agency_kind_is_refused_by_the_hub() -> anyhow::Result<()> {
+    use certs::dev::{DevPki, ExtraClient, SampleOrg, LT_WOERDEN};
+    let dir = tempfile::tempdir()?;
+    // The same worker of LT Woerden, certified under another agency kind too.
+    let other_kind = ExtraClient {
+        slug: "lt-woerden-as-vt".into(),
+        org: SampleOrg { kind: wire::AgencyKind::Vt, ..LT_WOERDEN },
+        worker: "sanne.bakker".into(),
+        role: wire::Role::Caseworker,
+    };
+    DevPki::generate_with(&[other_kind])?.write_to(&dir.path().join("pki"))?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client(VT).discard_events().connect().await?;
+    let mut lt_raw = hub.client(LT).connect_raw().await?;
+    let mut lt_device = ForgedDevice::bound(&tests::binder(hub.pki_dir(), LT)?)?;
+    let thread = vt.create_thread().await?;
+    let upload = Request::UploadKeyPackages { key_packages: vec![lt_device.key_package()?.into()] };
+    tests::raw_reply(&mut lt_raw, upload).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    vt.add_member(thread, lt_raw.hello().identity.member_id(), &tests::consent()).await?;
+    lt_device.join_from(&mut lt_raw, thread).await?;
+
+    // A validly bound leaf of the same member id, but another credential: every
+    // client rejects it, so the hub must too, or it would wedge them.
+    let other = tests::binder(hub.pki_dir(), "lt-woerden-as-vt")?;
+    let refused = lt_device.rebind_self(&mut lt_raw, thread, &other).await?.expect_err("the hub accepted it");
+    assert!(refused.message.contains("leaf-keeps-identity"), "{refused:?}");
+    vt.send_text(thread, "the thread goes on").await?;
+    hub.stop().await
+}
