@@ -158,15 +158,7 @@ impl ForgedDevice {
         thread: ThreadId,
         identity: &Identity,
     ) -> anyhow::Result<Result<(), wire::WireError>> {
-        let credential = BasicCredential::new(credential_identity(identity)).into();
-        let renamed = CredentialWithKey { credential, signature_key: self.signer.public().into() };
-        let parameters = LeafNodeParameters::builder().with_credential_with_key(renamed).build();
-        let (provider, signer) = (&self.provider, &self.signer);
-        let group = self.group.as_mut().context("no group yet")?;
-        let bundle = group.self_update(provider, signer, parameters).map_err(mls)?;
-        let commit = bundle.commit().tls_serialize_detached().map_err(mls)?;
-        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
-        self.settle(reply)
+        self.update_self(raw, thread, identity, None).await
     }
 
     /// Sends a self-update whose new leaf is bound by `binder`, another
@@ -177,15 +169,27 @@ impl ForgedDevice {
         thread: ThreadId,
         binder: &Binder,
     ) -> anyhow::Result<Result<(), wire::WireError>> {
-        let credential = BasicCredential::new(credential_identity(binder.identity())).into();
+        let binding = binder.extensions(self.signer.public())?;
+        self.update_self(raw, thread, binder.identity(), Some(binding)).await
+    }
+
+    /// A self-update whose new leaf names `identity`, with `binding` or the old one.
+    async fn update_self(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+        identity: &Identity,
+        binding: Option<Extensions<LeafNode>>,
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let credential = BasicCredential::new(credential_identity(identity)).into();
         let renamed = CredentialWithKey { credential, signature_key: self.signer.public().into() };
-        let parameters = LeafNodeParameters::builder()
-            .with_credential_with_key(renamed)
-            .with_extensions(binder.extensions(self.signer.public())?)
-            .build();
+        let mut parameters = LeafNodeParameters::builder().with_credential_with_key(renamed);
+        if let Some(binding) = binding {
+            parameters = parameters.with_extensions(binding);
+        }
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().context("no group yet")?;
-        let bundle = group.self_update(provider, signer, parameters).map_err(mls)?;
+        let bundle = group.self_update(provider, signer, parameters.build()).map_err(mls)?;
         let commit = bundle.commit().tls_serialize_detached().map_err(mls)?;
         let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
         self.settle(reply)
