@@ -34,6 +34,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use wire::merkle::sha256;
 use wire::mls::{credential_identity, credential_member, CIPHERSUITE};
 use wire::{Identity, MemberId};
 
@@ -212,14 +213,9 @@ pub struct SafetyNumber(String);
 
 impl SafetyNumber {
     fn of(certificate: &[u8], signature_key: &[u8]) -> Self {
-        let certificate = ring::digest::digest(&ring::digest::SHA256, certificate);
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        for part in [SAFETY_DOMAIN, &[0], certificate.as_ref(), signature_key] {
-            context.update(part);
-        }
-        let digest = context.finish();
+        let certificate = sha256(&[certificate]);
+        let digest = sha256(&[SAFETY_DOMAIN, &[0], &certificate, signature_key]);
         let groups: Vec<String> = digest
-            .as_ref()
             .chunks_exact(4)
             .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
             .collect();

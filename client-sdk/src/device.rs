@@ -37,8 +37,8 @@ use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Validity, Verifi
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Credential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Sender,
-    StagedCommit, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, StagedCommit,
+    StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
@@ -48,7 +48,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use wire::mls::{credential_identity, group_id, member_of, CIPHERSUITE};
+use wire::mls::{credential_identity, group_id, member_leaf, member_of, CIPHERSUITE};
 use wire::{MemberId, ThreadId};
 
 /// Messages handed to the application and not yet acknowledged that a device keeps at most.
@@ -448,10 +448,7 @@ fn check_new_leaves(
     }
     for update in staged.update_proposals() {
         let leaf = update.update_proposal().leaf_node();
-        let sender = match update.sender() {
-            Sender::Member(index) => Some(*index),
-            _ => None,
-        };
+        let sender = member_leaf(update.sender());
         if let Some(index) = sender {
             same_identity(index, leaf)?;
         }
@@ -607,10 +604,7 @@ impl Device {
         }
         let processed = group.process_message(provider, message).map_err(decrypt_error)?;
         let sender = member_of(processed.credential()).map(|(m, _)| m);
-        let sender_leaf = match processed.sender() {
-            Sender::Member(index) => Some(*index),
-            _ => None,
-        };
+        let sender_leaf = member_leaf(processed.sender());
         let result = match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(message) => Processed::Application {
                 plaintext: message.into_bytes(),

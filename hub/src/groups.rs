@@ -23,7 +23,7 @@ use openmls::prelude::{
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
-use wire::mls::{group_id, member_of};
+use wire::mls::{group_id, member_leaf, member_of};
 use wire::{ErrorCode, MemberId, ThreadId, WireError};
 
 fn invalid(message: impl Into<String>) -> WireError {
@@ -128,13 +128,7 @@ fn new_leaves(
     let before = |index: Option<LeafNodeIndex>| index.and_then(|i| group.leaf(i)).cloned();
     let mut leaves: Vec<(LeafNode, Option<LeafNode>)> = staged
         .update_proposals()
-        .map(|u| {
-            let sender = match u.sender() {
-                openmls::prelude::Sender::Member(index) => Some(*index),
-                _ => None,
-            };
-            (u.update_proposal().leaf_node().clone(), before(sender))
-        })
+        .map(|u| (u.update_proposal().leaf_node().clone(), before(member_leaf(u.sender()))))
         .collect();
     leaves.extend(staged.update_path_leaf_node().map(|leaf| (leaf.clone(), before(committer))));
     let mut packages = Vec::new();
@@ -149,10 +143,7 @@ fn new_leaves(
 
 /// The digest by which the hub remembers a KeyPackage it handed out.
 pub fn key_package_digest(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    wire::merkle::sha256(&[bytes])
 }
 
 fn credential_member(credential: &openmls::prelude::Credential) -> Result<MemberId, WireError> {
@@ -221,10 +212,7 @@ pub fn check_commit(
     let processed = group
         .process_message(&RustCrypto::default(), message)
         .map_err(|e| invalid(format!("commit does not verify: {e:?}")))?;
-    let committer = match processed.sender() {
-        openmls::prelude::Sender::Member(index) => Some(*index),
-        _ => None,
-    };
+    let committer = member_leaf(processed.sender());
     match member_of(processed.credential()) {
         Some((sender, _)) if &sender == caller => {}
         _ => {

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::merkle::sha256;
 use crate::{AgencyKind, MemberId, Oin, Role, ThreadId};
 
 /// Who acted, as their certificate says.
@@ -154,7 +155,7 @@ const HEAD_DOMAIN: &[u8] = b"ketenhub-audit-tree-head-v1";
 
 /// The SHA-256 of a record's CBOR: what an omitted line carries instead of the record.
 pub fn record_digest(record: &AuditRecord) -> [u8; 32] {
-    digest(&[&crate::encode(record)])
+    sha256(&[&crate::encode(record)])
 }
 
 /// An entry's hash from its place, its predecessor's hash and its record's digest:
@@ -162,23 +163,12 @@ pub fn record_digest(record: &AuditRecord) -> [u8; 32] {
 /// rather than the record lets a filtered export leave a record out and still have every link checked; the
 /// sequence number is hashed so that an entry cannot be moved with its hash intact.
 pub fn link_hash(seq: u64, prev_hash: &[u8; 32], record_digest: &[u8; 32]) -> [u8; 32] {
-    digest(&[ENTRY_DOMAIN, &seq.to_be_bytes(), prev_hash, record_digest])
+    sha256(&[ENTRY_DOMAIN, &seq.to_be_bytes(), prev_hash, record_digest])
 }
 
 /// The hash an entry must carry: [`link_hash`] over its record's [`record_digest`].
 pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], record: &AuditRecord) -> [u8; 32] {
     link_hash(seq, prev_hash, &record_digest(record))
-}
-
-fn digest(parts: &[&[u8]]) -> [u8; 32] {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in parts {
-        context.update(part);
-    }
-    let mut out = [0u8; 32];
-    // SHA-256 digests are 32 bytes by definition.
-    out.copy_from_slice(context.finish().as_ref());
-    out
 }
 
 /// A signed tree head: the hub's audit key states that the Merkle tree over the first `size` entries has

@@ -29,33 +29,31 @@ use ring::digest::{Context, SHA256};
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];
 
-/// The hash of a leaf whose data is `data` (an entry's chain hash).
-pub fn leaf_hash(data: &[u8]) -> Hash {
+/// SHA-256 over `parts`, one after the other.
+pub fn sha256(parts: &[&[u8]]) -> Hash {
     let mut context = Context::new(&SHA256);
-    context.update(&[0x00]);
-    context.update(data);
-    finish(context)
-}
-
-/// The hash of an inner node over its two children.
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut context = Context::new(&SHA256);
-    context.update(&[0x01]);
-    context.update(left);
-    context.update(right);
-    finish(context)
-}
-
-/// The root of the empty tree: SHA-256 of nothing.
-pub fn empty_root() -> Hash {
-    finish(Context::new(&SHA256))
-}
-
-fn finish(context: Context) -> Hash {
+    for part in parts {
+        context.update(part);
+    }
     let mut out = [0u8; 32];
     // SHA-256 digests are 32 bytes by definition.
     out.copy_from_slice(context.finish().as_ref());
     out
+}
+
+/// The hash of a leaf whose data is `data` (an entry's chain hash).
+pub fn leaf_hash(data: &[u8]) -> Hash {
+    sha256(&[&[0x00], data])
+}
+
+/// The hash of an inner node over its two children.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    sha256(&[&[0x01], left, right])
+}
+
+/// The root of the empty tree: SHA-256 of nothing.
+pub fn empty_root() -> Hash {
+    sha256(&[])
 }
 
 /// The largest power of two strictly below `n` (for `n >= 2`): where RFC 9162 splits a tree of `n` leaves.

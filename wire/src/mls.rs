@@ -103,6 +103,15 @@ mod checks {
         super::credential_member(basic.identity())
     }
 
+    /// The leaf of a member that sent a message or proposal; `None` for a
+    /// sender outside the group (an external sender or a new member's commit).
+    pub fn member_leaf(sender: &openmls::prelude::Sender) -> Option<openmls::prelude::LeafNodeIndex> {
+        match sender {
+            openmls::prelude::Sender::Member(index) => Some(*index),
+            _ => None,
+        }
+    }
+
     /// The MLS group id of a thread: its 16 bytes.
     pub fn group_id(thread: crate::ThreadId) -> openmls::prelude::GroupId {
         openmls::prelude::GroupId::from_slice(thread.0.as_bytes())
