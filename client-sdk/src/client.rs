@@ -981,11 +981,6 @@ impl Driver {
             .collect()
     }
 
-    /// Whether this device sent the message and still holds its local copy.
-    fn is_own(&self, id: &MessageId) -> bool {
-        self.own.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
-    }
-
     /// What an entry means to the application, through the thread's MLS group.
     fn interpret(&mut self, device: &mut Device, thread: ThreadId, entry: wire::Entry) -> Option<Event> {
         if entry.seq <= device.delivered(thread) {
@@ -993,13 +988,19 @@ impl Driver {
         }
         device.mark_delivered(thread, entry.seq);
         let seq = entry.seq;
+        // This device's own send, shown from its local copy (MLS cannot decrypt
+        // one's own). Another device of the same worker sent the rest, and MLS
+        // reads those like anyone's; an own send from before a restart is
+        // recognised by MLS and skipped.
+        let own_copy = match &entry.body {
+            EntryBody::Message { .. } if entry.sender == self.me => {
+                self.own.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.id)
+            }
+            _ => None,
+        };
         match entry.body {
-            // This device's own send, shown from its local copy (MLS cannot decrypt
-            // one's own). Another device of the same worker sent the rest, and
-            // MLS reads those like anyone's; an own send from before a restart
-            // is recognised by MLS and skipped.
-            EntryBody::Message { .. } if entry.sender == self.me && self.is_own(&entry.id) => {
-                let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.id)?;
+            EntryBody::Message { .. } if own_copy.is_some() => {
+                let own = own_copy?;
                 Some(Event::Message(Message {
                     thread,
                     seq,

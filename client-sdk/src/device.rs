@@ -418,6 +418,12 @@ fn decrypt_error(error: impl std::fmt::Debug) -> DecryptError {
     }
 }
 
+/// The leaf nodes of every member of `group`.
+fn leaves(group: &MlsGroup) -> impl Iterator<Item = &LeafNode> {
+    let public = group.public_group();
+    group.members().filter_map(move |m| public.leaf(m.index))
+}
+
 /// Checks every leaf a commit brings into the group: the KeyPackages it adds,
 /// the leaves its Update proposals and its update path put in place. Each must
 /// be bound to its certificate, and an updated leaf must keep the identity of
@@ -656,11 +662,7 @@ impl Device {
 
     /// The first leaf of `group` whose binding does not verify, if any.
     fn unbound_leaf(&self, group: &MlsGroup) -> Option<BindingError> {
-        let public = group.public_group();
-        group
-            .members()
-            .filter_map(|m| public.leaf(m.index))
-            .find_map(|leaf| self.verifier.verify_leaf(leaf, Validity::Ever).err())
+        leaves(group).find_map(|leaf| self.verifier.verify_leaf(leaf, Validity::Ever).err())
     }
 
     /// Every device in the thread's group, with its verified binding (or why it
@@ -668,12 +670,7 @@ impl Device {
     pub fn bindings(&mut self, thread: ThreadId) -> Vec<Result<Bound, BindingError>> {
         let verifier = self.verifier.clone();
         let Some(group) = self.group(thread) else { return Vec::new() };
-        let public = group.public_group();
-        group
-            .members()
-            .filter_map(|m| public.leaf(m.index))
-            .map(|leaf| verifier.verify_leaf(leaf, Validity::Ever))
-            .collect()
+        leaves(group).map(|leaf| verifier.verify_leaf(leaf, Validity::Ever)).collect()
     }
 
     /// This device's own safety number, as other members see it.
