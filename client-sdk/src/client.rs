@@ -103,6 +103,13 @@ fn device_error(e: impl std::fmt::Display) -> Error {
     Error::Device(e.to_string())
 }
 
+fn unbound_or_device(e: DeviceError) -> Error {
+    match e {
+        DeviceError::Unbound(why) => Error::Unbound(why),
+        other => device_error(other),
+    }
+}
+
 struct Inner {
     commands: mpsc::Sender<Command>,
     identity: Identity,
@@ -177,7 +184,9 @@ impl Client {
             None => None,
         };
         let alarms = event_tx.clone();
-        tokio::spawn(Driver::new(settings, command_rx, event_tx, device.clone(), own.clone(), member).run(ws));
+        let (rejoins, rejoin_rx) = mpsc::channel(REJOIN_QUEUE);
+        let driver = Driver::new(settings, command_rx, event_tx, device.clone(), own.clone(), member, rejoins);
+        tokio::spawn(driver.run(ws));
         let client = Self {
             inner: Arc::new(Inner {
                 commands,
@@ -202,19 +211,18 @@ impl Client {
                 }
             });
         }
-        // In the background: a backlog of events may fill the event buffer
-        // before the application has taken the stream, and replies queue behind events.
-        let topping_up = client.clone();
-        // Privacy officers and operators are never added to a case: they need no KeyPackages.
-        let joins_cases = matches!(topping_up.identity().role, wire::Role::Caseworker | wire::Role::System);
-        tokio::spawn(async move {
-            if !joins_cases {
-                return;
-            }
-            if let Err(e) = topping_up.top_up_key_packages().await {
-                warn!("could not top up KeyPackages at the hub: {e}");
-            }
-        });
+        // Privacy officers and operators are never added to a case: they need no KeyPackages and join no group.
+        if matches!(client.identity().role, wire::Role::Caseworker | wire::Role::System) {
+            // In the background: a backlog of events may fill the event buffer
+            // before the application has taken the stream, and replies queue behind events.
+            let topping_up = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = topping_up.top_up_key_packages().await {
+                    warn!("could not top up KeyPackages at the hub: {e}");
+                }
+            });
+            tokio::spawn(rejoin_in_background(Arc::downgrade(&client.inner), rejoin_rx));
+        }
         Ok(client)
     }
 
@@ -347,11 +355,8 @@ impl Client {
                     verified.member
                 )));
             }
-            let (commit, welcome) = self.device().add(thread, verified.key_package).map_err(|e| match e {
-                DeviceError::Unbound(why) => Error::Unbound(why),
-                other => device_error(other),
-            })?;
-            if self.commit(thread, commit, Some(welcome)).await? {
+            let commit = self.device().add(thread, verified.key_package).map_err(unbound_or_device)?;
+            if self.commit(thread, commit).await? {
                 return Ok(seq);
             }
         }
@@ -366,7 +371,7 @@ impl Client {
                 return Ok(());
             }
             let commit = self.device().remove(thread, &member).map_err(device_error)?;
-            if self.commit(thread, commit, None).await? {
+            if self.commit(thread, commit).await? {
                 return Ok(());
             }
         }
@@ -390,9 +395,14 @@ impl Client {
     /// Sends a commit. `Ok(true)` when the hub accepted it; `Ok(false)` when
     /// another commit took the epoch first: the pending commit is dropped once
     /// this device has caught up with the group, and the caller may retry.
-    async fn commit(&self, thread: ThreadId, commit: Vec<u8>, welcome: Option<Vec<u8>>) -> Result<bool, Error> {
-        let welcome = welcome.map(serde_bytes::ByteBuf::from);
-        match self.request(Request::Commit { thread, commit, welcome }).await {
+    async fn commit(&self, thread: ThreadId, commit: crate::device::Commit) -> Result<bool, Error> {
+        let request = Request::Commit {
+            thread,
+            commit: commit.commit,
+            welcome: commit.welcome.map(serde_bytes::ByteBuf::from),
+            group_info: Some(commit.group_info.into()),
+        };
+        match self.request(request).await {
             Ok(Reply::CommitAccepted { .. }) => {
                 self.device().commit_accepted(thread).map_err(device_error)?;
                 Ok(true)
@@ -410,6 +420,41 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Joins the thread's MLS group again by an external commit, from the
+    /// GroupInfo the hub keeps (see [`Device::rejoin`]); returns the epoch
+    /// joined. The SDK does this by itself for a device that is not in the
+    /// group of a thread its identity is a member of (a new device, a lost
+    /// state) and for one that cannot follow the group (a commit it cannot
+    /// process), and reports it as [`Event::Rejoined`]. What was sent before
+    /// is not readable on this device.
+    pub async fn rejoin(&self, thread: ThreadId) -> Result<u64, Error> {
+        self.rejoin_at(thread).await.map(|(epoch, _)| epoch)
+    }
+
+    /// Rejoins; returns the epoch joined and the rejoin's entry.
+    async fn rejoin_at(&self, thread: ThreadId) -> Result<(u64, u64), Error> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (group_info, ratchet_tree) = match self.request(Request::GroupInfo { thread }).await? {
+                Reply::GroupInfo { group_info, ratchet_tree, .. } => (group_info, ratchet_tree),
+                other => return Err(unexpected(other)),
+            };
+            let made = self.device().rejoin(thread, &group_info, &ratchet_tree).map_err(unbound_or_device)?;
+            let request = Request::Rejoin { thread, commit: made.commit, group_info: made.group_info };
+            let answer = self.request(request).await;
+            if !matches!(answer, Ok(Reply::CommitAccepted { .. })) {
+                // Refused, or unknown after a lost connection: a later rejoin removes the leaf if it did land.
+                self.device().forget(thread).map_err(device_error)?;
+            }
+            match answer {
+                Ok(Reply::CommitAccepted { epoch, seq }) => return Ok((epoch, seq)),
+                Err(Error::Hub(e)) if e.code == ErrorCode::StaleEpoch => continue,
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "other commits kept winning; try again")))
     }
 
     async fn wait_for_epoch(&self, thread: ThreadId, epoch: u64) -> Result<(), Error> {
@@ -670,6 +715,80 @@ impl Client {
     }
 }
 
+/// Threads waiting to be rejoined, at most; more are dropped until there is room.
+const REJOIN_QUEUE: usize = 64;
+
+/// How long the first sweep waits for a thread's backlog to stop arriving
+/// before it decides that this device is not in the thread's group.
+const BACKLOG_QUIET: Duration = Duration::from_millis(500);
+
+/// Joins again the groups this device is missing: first every thread of the
+/// identity's whose group this device does not hold once its backlog has
+/// arrived (a new device, a lost state), then each thread the driver finds it
+/// cannot follow. Holds the client weakly, so that it never keeps one open.
+async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Receiver<(ThreadId, u64)>) {
+    let upgrade = |weak: &std::sync::Weak<Inner>| weak.upgrade().map(|inner| Client { inner, on_behalf_of: None });
+    // Per thread, the entry of this device's last rejoin: what failed before it needs no second one.
+    let mut rejoined: HashMap<ThreadId, u64> = HashMap::new();
+    if let Some(client) = upgrade(&client) {
+        match client.threads().await {
+            Ok(threads) => {
+                for summary in threads {
+                    if client.misses_group(&summary).await {
+                        rejoined.extend(client.rejoin_and_tell(summary.thread).await.map(|seq| (summary.thread, seq)));
+                    }
+                }
+            }
+            Err(e) => debug!("cannot list threads to find groups this device misses: {e}"),
+        }
+    }
+    while let Some((thread, failed)) = lost.recv().await {
+        let Some(client) = upgrade(&client) else { return };
+        if rejoined.get(&thread).is_some_and(|seq| *seq > failed) {
+            continue;
+        }
+        rejoined.extend(client.rejoin_and_tell(thread).await.map(|seq| (thread, seq)));
+    }
+}
+
+impl Client {
+    /// Whether this device holds no group for a thread of its identity once
+    /// the thread's backlog has been read (or stopped arriving): a Welcome in
+    /// the backlog is the better way in.
+    async fn misses_group(&self, summary: &ThreadSummary) -> bool {
+        let mut seen = (self.device().delivered(summary.thread), tokio::time::Instant::now());
+        loop {
+            if self.device().epoch(summary.thread).is_some() {
+                return false;
+            }
+            let delivered = self.device().delivered(summary.thread);
+            if delivered >= summary.last_seq.max(summary.cursor) || summary.last_seq <= summary.cursor {
+                return true;
+            }
+            if delivered != seen.0 {
+                seen = (delivered, tokio::time::Instant::now());
+            } else if seen.1.elapsed() > BACKLOG_QUIET {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Rejoins and reports it; returns the rejoin's entry.
+    async fn rejoin_and_tell(&self, thread: ThreadId) -> Option<u64> {
+        match self.rejoin_at(thread).await {
+            Ok((epoch, seq)) => {
+                let _ = self.inner.alarms.try_send(Event::Rejoined { thread, epoch });
+                Some(seq)
+            }
+            Err(e) => {
+                warn!(%thread, "could not rejoin the thread's group: {e}");
+                None
+            }
+        }
+    }
+}
+
 fn unexpected(reply: Reply) -> Error {
     Error::Protocol(format!("unexpected reply {reply:?}"))
 }
@@ -727,6 +846,8 @@ struct Driver {
     device: SharedDevice,
     own: OwnMessages,
     me: MemberId,
+    /// Threads whose group this device must join again, with the entry it could not use.
+    rejoins: mpsc::Sender<(ThreadId, u64)>,
 }
 
 impl Driver {
@@ -737,6 +858,7 @@ impl Driver {
         device: SharedDevice,
         own: OwnMessages,
         me: MemberId,
+        rejoins: mpsc::Sender<(ThreadId, u64)>,
     ) -> Self {
         Self {
             settings,
@@ -750,6 +872,7 @@ impl Driver {
             device,
             own,
             me,
+            rejoins,
         }
     }
 
@@ -1043,21 +1166,36 @@ impl Driver {
                     debug!(%thread, seq, "a commit from before this device joined");
                     None
                 }
-                Err(e) => {
-                    warn!(%thread, seq, "cannot process a commit: {e}");
-                    None
+                Err(error) => {
+                    warn!(%thread, seq, "cannot process a commit; rejoining: {error}");
+                    self.lost(thread, seq, error)
                 }
             },
             EntryBody::Welcome { to, welcome } if to.contains(&self.me) => match device.join(thread, &welcome) {
-                Ok(()) => Some(Event::Joined { thread }),
-                Err(e) => {
-                    warn!(%thread, seq, "cannot join from a Welcome: {e}");
-                    None
+                Ok(true) => Some(Event::Joined { thread }),
+                Ok(false) => None,
+                // Also what another device of this worker sees when the Welcome is for this one's sibling.
+                Err(error) => {
+                    debug!(%thread, seq, "cannot join from a Welcome; rejoining: {error}");
+                    self.lost(thread, seq, error)
                 }
             },
             EntryBody::Handover { event } => Some(Event::Handover { thread, seq, by: entry.sender, event }),
             EntryBody::Welcome { .. } | EntryBody::Expired => None,
         }
+    }
+
+    /// Asks for the thread's group to be joined again (see `rejoin_in_background`),
+    /// unless this device refused the entry for a leaf or a rejoin it does not
+    /// believe: the hub's group then holds someone this device would not let in,
+    /// and joining it again would hand them the case. That stays for the
+    /// application to decide ([`Client::rejoin`]).
+    fn lost(&self, thread: ThreadId, seq: u64, error: DecryptError) -> Option<Event> {
+        if !matches!(error, DecryptError::Unbound(_) | DecryptError::RefusedRejoin(_)) {
+            // A full queue already holds enough to do; a closed one means the client is closing.
+            let _ = self.rejoins.try_send((thread, seq));
+        }
+        Some(Event::GroupLost { thread, seq, error })
     }
 
     async fn emit(&self, event: Event) {

@@ -34,11 +34,13 @@ use std::sync::Arc;
 
 use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Validity, Verifier};
 
+use openmls::messages::group_info::GroupInfo;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Credential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, StagedCommit,
-    StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, Credential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex,
+    LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, ProcessedMessageContent, RatchetTreeIn, Sender, StagedCommit, StagedWelcome,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
@@ -381,6 +383,11 @@ pub enum DecryptError {
     /// identity it names, or changes its identity; the message was not applied.
     #[error("refused an MLS leaf: {0}")]
     Unbound(BindingError),
+    /// An external commit that breaks the rule for rejoining (see
+    /// `Client::rejoin`): by an identity with no device in the group, or
+    /// removing another identity's devices; it was not applied.
+    #[error("refused an external commit: {0}")]
+    RefusedRejoin(String),
 }
 
 /// What processing a thread entry through the group produced.
@@ -400,6 +407,33 @@ pub enum Processed {
     },
     /// Nothing to do (an echo of this device's own message, or an old commit).
     Nothing,
+}
+
+/// A commit this device made, TLS-encoded as the hub takes it.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The commit (an MLS public message).
+    pub commit: Vec<u8>,
+    /// The Welcome for the devices it adds, if any.
+    pub welcome: Option<Vec<u8>>,
+    /// The GroupInfo of the epoch it leads to, which the hub keeps for devices that rejoin.
+    pub group_info: Vec<u8>,
+}
+
+impl Commit {
+    fn encode(
+        commit: &MlsMessageOut,
+        welcome: Option<MlsMessageOut>,
+        group_info: Option<GroupInfo>,
+    ) -> Result<Self, DeviceError> {
+        // Always made: the group config asks openmls for the ratchet tree extension, which implies it.
+        let group_info = group_info.ok_or_else(|| DeviceError::Mls("openmls made no GroupInfo".into()))?;
+        Ok(Self {
+            commit: commit.tls_serialize_detached().map_err(mls_error)?,
+            welcome: welcome.map(|w| w.tls_serialize_detached()).transpose().map_err(mls_error)?,
+            group_info: MlsMessageOut::from(group_info).tls_serialize_detached().map_err(mls_error)?,
+        })
+    }
 }
 
 /// Classifies openmls's processing errors. openmls does not export all of its
@@ -465,6 +499,26 @@ fn check_new_leaves(
             same_identity(*index, leaf)?;
         }
         bound(*committer, leaf)?;
+    }
+    Ok(())
+}
+
+/// Checks an external commit: a device may join this way only for an identity
+/// that already has a device in the group (a new device of a member, or one
+/// that lost its state), and may remove only devices of that identity. The
+/// hub admits a rejoin only from a member of the thread, but is not believed:
+/// without this rule it could let any holder of a chain certificate in.
+fn check_rejoin(group: &MlsGroup, staged: &StagedCommit, joiner: &Credential) -> Result<(), DecryptError> {
+    let refused = |why: &str| DecryptError::RefusedRejoin(why.to_owned());
+    if !group.members().any(|m| &m.credential == joiner) {
+        return Err(refused("an external commit by an identity with no device in the group"));
+    }
+    let public = group.public_group();
+    let removes_others = staged
+        .remove_proposals()
+        .any(|r| public.leaf(r.remove_proposal().removed()).map(|l| l.credential()) != Some(joiner));
+    if removes_others || staged.add_proposals().next().is_some() || staged.psk_proposals().next().is_some() {
+        return Err(refused("an external commit that adds, or removes another identity's devices"));
     }
     Ok(())
 }
@@ -544,20 +598,74 @@ impl Device {
             .is_some_and(|g| g.members().any(|m| member_of(&m.credential).is_some_and(|(x, _)| &x == member)))
     }
 
-    /// Prepares a commit adding the device of `key_package`; returns the commit
-    /// and the Welcome. The commit stays pending until accepted or refused.
-    pub fn add(&mut self, thread: ThreadId, key_package: KeyPackage) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
+    /// Prepares a commit adding the device of `key_package`. The commit stays
+    /// pending until accepted or refused.
+    pub fn add(&mut self, thread: ThreadId, key_package: KeyPackage) -> Result<Commit, DeviceError> {
         self.verifier.verify_leaf(key_package.leaf_node(), Validity::Now)?;
         let (group, provider, signer) = self.group_or_err(thread)?;
-        let (commit, welcome, _) = group.add_members(provider, signer, &[key_package]).map_err(mls_error)?;
-        let out =
-            (commit.tls_serialize_detached().map_err(mls_error)?, welcome.tls_serialize_detached().map_err(mls_error)?);
+        let (commit, welcome, info) = group.add_members(provider, signer, &[key_package]).map_err(mls_error)?;
+        let out = Commit::encode(&commit, Some(welcome), info)?;
         self.persist()?;
         Ok(out)
     }
 
+    /// Joins the thread's group again by an external commit, from the GroupInfo
+    /// and ratchet tree the hub keeps (`Reply::GroupInfo`): for a device that
+    /// was never in it (a new device of a member) or lost track of it. Any
+    /// group this device held for the thread is dropped, and a leaf of this
+    /// device still in the tree is removed by the same commit. Every leaf of
+    /// the tree must be bound to its certificate, as when joining from a
+    /// Welcome: the hub hands out the GroupInfo, but is not believed about it.
+    /// The group is in use at once; [`Self::forget`] it if the hub refuses the
+    /// commit.
+    pub fn rejoin(&mut self, thread: ThreadId, group_info: &[u8], ratchet_tree: &[u8]) -> Result<Commit, DeviceError> {
+        let info = match MlsMessageIn::tls_deserialize_exact(group_info).map_err(mls_error)?.extract() {
+            MlsMessageBodyIn::GroupInfo(info) => info,
+            _ => return Err(DeviceError::Mls("not a GroupInfo".into())),
+        };
+        if info.group_id() != &group_id(thread) {
+            return Err(DeviceError::Mls("a GroupInfo of another thread".into()));
+        }
+        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(mls_error)?;
+        self.forget(thread)?;
+        let leaf = LeafNodeParameters::builder()
+            .with_capabilities(certs::binding::capabilities())
+            .with_extensions(self.binding.clone())
+            .build();
+        let (mut group, bundle) = MlsGroup::external_commit_builder()
+            .with_ratchet_tree(tree)
+            .with_config(Self::join_config())
+            .build_group(&self.provider, info, self.credential.clone())
+            .map_err(mls_error)?
+            .leaf_node_parameters(leaf)
+            .load_psks(self.provider.storage())
+            .map_err(mls_error)?
+            .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+            .map_err(mls_error)?
+            .finalize(&self.provider)
+            .map_err(mls_error)?;
+        if let Some(refusal) = self.unbound_leaf(&group) {
+            let _ = group.delete(self.provider.storage());
+            return Err(DeviceError::Unbound(refusal));
+        }
+        let (commit, _, info) = bundle.into_contents();
+        let out = Commit::encode(&commit, None, info)?;
+        self.groups.insert(thread, group);
+        self.persist()?;
+        Ok(out)
+    }
+
+    /// Drops this device's group of the thread, if it holds one.
+    pub fn forget(&mut self, thread: ThreadId) -> Result<(), DeviceError> {
+        if let Some(mut group) = self.group(thread).is_some().then(|| self.groups.remove(&thread)).flatten() {
+            group.delete(self.provider.storage()).map_err(mls_error)?;
+            self.persist()?;
+        }
+        Ok(())
+    }
+
     /// Prepares a commit removing `member`'s devices; the commit stays pending.
-    pub fn remove(&mut self, thread: ThreadId, member: &MemberId) -> Result<Vec<u8>, DeviceError> {
+    pub fn remove(&mut self, thread: ThreadId, member: &MemberId) -> Result<Commit, DeviceError> {
         let (group, provider, signer) = self.group_or_err(thread)?;
         let leaves: Vec<LeafNodeIndex> = group
             .members()
@@ -567,8 +675,8 @@ impl Device {
         if leaves.is_empty() {
             return Err(DeviceError::Mls(format!("{member} is not in the group")));
         }
-        let (commit, _, _) = group.remove_members(provider, signer, &leaves).map_err(mls_error)?;
-        let commit = commit.tls_serialize_detached().map_err(mls_error)?;
+        let (commit, _, info) = group.remove_members(provider, signer, &leaves).map_err(mls_error)?;
+        let commit = Commit::encode(&commit, None, info)?;
         self.persist()?;
         Ok(commit)
     }
@@ -611,6 +719,7 @@ impl Device {
         let processed = group.process_message(provider, message).map_err(decrypt_error)?;
         let sender = member_of(processed.credential()).map(|(m, _)| m);
         let sender_leaf = member_leaf(processed.sender());
+        let joiner = matches!(processed.sender(), Sender::NewMemberCommit).then(|| processed.credential().clone());
         let result = match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(message) => Processed::Application {
                 plaintext: message.into_bytes(),
@@ -618,6 +727,9 @@ impl Device {
                     .ok_or_else(|| DecryptError::CannotDecrypt("the sender has no Ketenhub credential".into()))?,
             },
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                if let Some(joiner) = &joiner {
+                    check_rejoin(group, &staged, joiner)?;
+                }
                 check_new_leaves(&verifier, group, &staged, &sender_leaf)?;
                 let removed_self = staged.self_removed();
                 group
@@ -637,7 +749,12 @@ impl Device {
     }
 
     /// Joins a thread's group from a Welcome addressed to this device.
-    pub fn join(&mut self, thread: ThreadId, welcome: &[u8]) -> Result<(), DecryptError> {
+    /// False when this device already holds the thread's group: it rejoined by
+    /// an external commit, which removed the leaf this Welcome was for.
+    pub fn join(&mut self, thread: ThreadId, welcome: &[u8]) -> Result<bool, DecryptError> {
+        if self.group(thread).is_some() {
+            return Ok(false);
+        }
         let welcome = match parse(welcome)?.extract() {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
             _ => return Err(DecryptError::Malformed("not a Welcome".into())),
@@ -657,7 +774,7 @@ impl Device {
         }
         self.groups.insert(thread, group);
         let _ = self.persist();
-        Ok(())
+        Ok(true)
     }
 
     /// The first leaf of `group` whose binding does not verify, if any.
@@ -828,7 +945,7 @@ mod tests {
         let mut bob = open(SANNE, None).unwrap();
         alice.create_group(thread).unwrap();
         let package = package_of(&bob);
-        let (_commit, welcome) = alice.add(thread, package).unwrap();
+        let welcome = alice.add(thread, package).unwrap().welcome.unwrap();
         alice.commit_accepted(thread).unwrap();
         bob.join(thread, &welcome).unwrap();
         let mut ciphertext = alice.encrypt(thread, b"hello").unwrap();
@@ -862,10 +979,31 @@ mod tests {
         let mut anna = open(ANNA, None).unwrap();
         let mut sanne = open(SANNE, None).unwrap();
         anna.create_group(thread).unwrap();
-        let (_commit, welcome) = anna.add(thread, package_of(&sanne)).unwrap();
+        let welcome = anna.add(thread, package_of(&sanne)).unwrap().welcome.unwrap();
         anna.commit_accepted(thread).unwrap();
         sanne.join(thread, &welcome).unwrap();
         (anna, sanne)
+    }
+
+    #[test]
+    fn a_second_device_of_a_member_rejoins_but_no_outsider_does() {
+        let thread = ThreadId::random();
+        let mut anna = open(ANNA, None).unwrap();
+        let (info, tree) = anna.create_group(thread).unwrap();
+        // Someone with a chain certificate but no device in the group, given the GroupInfo (by a hostile hub, say).
+        let mut sanne = open(SANNE, None).unwrap();
+        let outsider = sanne.rejoin(thread, &info, &tree).unwrap();
+        let refused = anna.process(thread, &outsider.commit);
+        assert!(matches!(refused, Err(DecryptError::RefusedRejoin(_))), "{refused:?}");
+        assert_eq!(anna.epoch(thread), Some(0), "not applied");
+        // Anna's laptop: same certificate, its own key, and a device of Anna's is in the group.
+        let mut laptop = open(ANNA, None).unwrap();
+        let rejoin = laptop.rejoin(thread, &info, &tree).unwrap();
+        assert!(matches!(anna.process(thread, &rejoin.commit), Ok(Processed::Commit { removed_self: false })));
+        assert_eq!(anna.epoch(thread), laptop.epoch(thread));
+        let sent = anna.encrypt(thread, b"voor beide apparaten").unwrap();
+        let Ok(Processed::Application { plaintext, sender }) = laptop.process(thread, &sent) else { panic!() };
+        assert_eq!((plaintext.as_slice(), sender), (&b"voor beide apparaten"[..], binder(ANNA).identity().member_id()));
     }
 
     #[test]

@@ -81,6 +81,31 @@ pub enum Event {
         /// The thread.
         thread: ThreadId,
     },
+    /// This device could not follow the thread's MLS group: a commit it cannot
+    /// process, or a Welcome it cannot join from. The SDK rejoins the group by
+    /// itself ([`Event::Rejoined`]); messages sent meanwhile are unreadable here.
+    /// Not so when it refused the entry for a leaf that is not bound to its
+    /// certificate or for an external commit against the rules
+    /// ([`crate::DecryptError::Unbound`], [`crate::DecryptError::RefusedRejoin`]):
+    /// the hub's group then holds someone this device would not let in, and
+    /// only the application decides to rejoin ([`crate::Client::rejoin`]).
+    GroupLost {
+        /// The thread.
+        thread: ThreadId,
+        /// The entry it could not use.
+        seq: u64,
+        /// Why.
+        error: crate::device::DecryptError,
+    },
+    /// This device joined the thread's MLS group again by an external commit
+    /// (a new device, a lost state, or after [`Event::GroupLost`]); it reads
+    /// what is sent from `epoch` on, and nothing sent before.
+    Rejoined {
+        /// The thread.
+        thread: ThreadId,
+        /// The epoch it joined at.
+        epoch: u64,
+    },
     /// This device was removed from the thread's MLS group.
     Removed {
         /// The thread.
@@ -115,7 +140,9 @@ impl Event {
             | Self::MemberRemoved { thread, seq, .. }
             | Self::Unreadable { thread, seq, .. }
             | Self::Handover { thread, seq, .. } => Some((*thread, *seq)),
-            Self::Joined { .. }
+            Self::GroupLost { .. }
+            | Self::Rejoined { .. }
+            | Self::Joined { .. }
             | Self::Removed { .. }
             | Self::Connected
             | Self::Disconnected { .. }

@@ -49,7 +49,7 @@ pub use builder::ClientBuilder;
 pub use certs::binding::{BindingError, Bound, SafetyNumber};
 pub use client::{Client, Grounds, Sent};
 pub use content::Content;
-pub use device::StateKey;
+pub use device::{DecryptError, StateKey};
 pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;

@@ -1,5 +1,5 @@
 //! `hub::groups::check_commit`, which verifies a commit against a thread's
-//! group and says whom it adds and removes (the `commit` request). Input, in
+//! group and says whom it adds and removes (the `commit` and `rejoin` requests). Input, in
 //! sections (see `ketenhub_fuzz::sections`): identity CA PEM, thread id, caller `OIN/worker`,
 //! GroupInfo, ratchet tree, then commits applied in order, as the hub applies
 //! one commit per epoch. The seeds are a real group and real commits, so most
@@ -7,6 +7,7 @@
 //! the state they return.
 #![no_main]
 
+use hub::groups::CommitKind;
 use ketenhub_fuzz::{group_input, GroupInput};
 use libfuzzer_sys::fuzz_target;
 
@@ -19,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     };
     for commit in commits {
         let before = hub::groups::epoch(&state, thread).expect("a checked group loads");
-        let Ok(checked) = hub::groups::check_commit(&identities, &state, thread, &caller, commit) else {
+        // Both ways in: a member's commit and a device's rejoin.
+        let checked = [CommitKind::Member, CommitKind::Rejoin]
+            .into_iter()
+            .find_map(|kind| hub::groups::check_commit(&identities, &state, thread, &caller, commit, kind).ok());
+        let Some(checked) = checked else {
             continue;
         };
         assert_eq!(checked.epoch, before + 1, "one commit moves the group one epoch");

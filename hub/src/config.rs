@@ -184,6 +184,9 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// Members a thread may have at once.
     pub max_members_per_thread: usize,
+    /// Devices one identity may have: MLS leaves in one thread's group, and
+    /// devices with their own delivery cursor at the hub.
+    pub max_devices_per_identity: usize,
     /// Threads one identity may create per UTC day.
     pub max_threads_per_identity_per_day: u32,
     /// Longest free text (reasons, justifications, purposes, legal basis codes),
@@ -225,6 +228,7 @@ impl Default for Limits {
             max_protocol_errors: 16,
             max_blob_bytes: 101 << 20,
             max_members_per_thread: 64,
+            max_devices_per_identity: 8,
             max_threads_per_identity_per_day: 500,
             max_text_bytes: 2_000,
             key_package_uploads_per_minute: 20,
@@ -270,6 +274,7 @@ impl Limits {
             ("limits.max_protocol_errors", self.max_protocol_errors as u64),
             ("limits.max_blob_bytes", self.max_blob_bytes),
             ("limits.max_members_per_thread", self.max_members_per_thread as u64),
+            ("limits.max_devices_per_identity", self.max_devices_per_identity as u64),
             ("limits.max_threads_per_identity_per_day", self.max_threads_per_identity_per_day as u64),
             ("limits.max_text_bytes", self.max_text_bytes as u64),
             ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),

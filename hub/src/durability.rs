@@ -30,6 +30,7 @@ use certs::binding::Verifier;
 use crate::audit::Recorder;
 use crate::clock::now_ms;
 use crate::delivery::Registry;
+use crate::groups::CommitKind;
 use crate::store::{AcceptedCommit, Store, StoreError};
 
 /// Writes waiting for the writer thread before submitters wait for room.
@@ -90,6 +91,8 @@ pub enum Write {
         thread: ThreadId,
         /// Who commits.
         caller: MemberId,
+        /// A member's commit, or a device's rejoin.
+        kind: CommitKind,
         /// Whether the committer's role may change membership (add or remove
         /// devices); the commit's own content decides whether it does.
         may_change_membership: bool,
@@ -97,6 +100,10 @@ pub enum Write {
         commit: Vec<u8>,
         /// The Welcome for the members it adds.
         welcome: Option<Vec<u8>>,
+        /// The GroupInfo of the epoch it leads to (see [`crate::groups::check_group_info`]).
+        group_info: Option<Vec<u8>>,
+        /// Devices one identity may have in the group (`limits.max_devices_per_identity`).
+        max_devices: usize,
     },
     /// Store verified KeyPackages (see [`Store::add_key_packages`]).
     AddKeyPackages {
@@ -380,13 +387,23 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
                 return Err(refused(ErrorCode::Conflict, "the thread's group is already registered"));
             }
             let state = crate::groups::init(&groups.identities, thread, &caller, &group_info, &ratchet_tree)
+                .and_then(|state| crate::groups::check_group_info(&state, thread, &group_info).map(|()| state))
                 .map_err(WriteError::Refused)?;
-            store.init_group(thread, &state)?;
+            store.init_group(thread, &state, &group_info)?;
             groups.epochs.insert(thread, 0);
             (Written::Group { epoch: 0 }, Vec::new())
         }
-        Write::Commit { thread, caller, may_change_membership, commit, welcome } => {
-            let commit = ProposedCommit { thread, caller: &caller, may_change_membership, commit: &commit, welcome };
+        Write::Commit { thread, caller, kind, may_change_membership, commit, welcome, group_info, max_devices } => {
+            let commit = ProposedCommit {
+                thread,
+                caller: &caller,
+                kind,
+                may_change_membership,
+                commit: &commit,
+                welcome,
+                group_info,
+                max_devices,
+            };
             let applied = apply_commit(store, &groups.identities, commit, at, audit)?;
             if let Written::Commit { epoch, .. } = applied.0 {
                 groups.epochs.insert(thread, epoch);
@@ -468,9 +485,12 @@ fn group_state(store: &dyn Store, thread: ThreadId) -> Result<Vec<u8>, WriteErro
 struct ProposedCommit<'a> {
     thread: ThreadId,
     caller: &'a MemberId,
+    kind: CommitKind,
     may_change_membership: bool,
     commit: &'a [u8],
     welcome: Option<Vec<u8>>,
+    group_info: Option<Vec<u8>>,
+    max_devices: usize,
 }
 
 fn forbidden(rule: &str, reason: impl std::fmt::Display) -> WriteError {
@@ -486,14 +506,30 @@ fn apply_commit(
     at_ms: u64,
     audit: &mut Auditor<'_>,
 ) -> Result<Applied, WriteError> {
-    let ProposedCommit { thread, caller, may_change_membership, commit, welcome } = proposed;
-    still_writes(store, thread, caller)?;
+    let ProposedCommit { thread, caller, kind, may_change_membership, commit, welcome, group_info, max_devices } =
+        proposed;
+    match kind {
+        CommitKind::Member => still_writes(store, thread, caller)?,
+        // Whoever may read the case may get its group back, former owners included.
+        CommitKind::Rejoin if !store.is_member(thread, caller)? => {
+            return Err(WriteError::Refused(WireError::thread_not_found()))
+        }
+        CommitKind::Rejoin => {}
+    }
     let state = group_state(store, thread)?;
     let checked =
-        crate::groups::check_commit(identities, &state, thread, caller, commit).map_err(WriteError::Refused)?;
+        crate::groups::check_commit(identities, &state, thread, caller, commit, kind).map_err(WriteError::Refused)?;
     let changes_membership = !checked.added.is_empty() || !checked.removes_devices_of.is_empty();
-    if changes_membership && !may_change_membership {
+    // A rejoin removes only the caller's own stale devices (checked in `groups`): no membership changes.
+    if changes_membership && !may_change_membership && kind == CommitKind::Member {
         return Err(forbidden("role-forbids", "this role may not add or remove members"));
+    }
+    if checked.most_devices > max_devices {
+        return Err(WriteError::Refused(crate::quotas::exceeded(
+            "limits.max_devices_per_identity",
+            max_devices,
+            "an identity would have too many devices in the group",
+        )));
     }
     for added in &checked.added {
         if !store.is_member(thread, added)? {
@@ -513,6 +549,10 @@ fn apply_commit(
     if checked.added.is_empty() != welcome.is_none() {
         return Err(refused(ErrorCode::Invalid, "a commit that adds members needs a Welcome, and only then"));
     }
+    let group_info = group_info.ok_or_else(|| {
+        refused(ErrorCode::Invalid, "a commit must carry the GroupInfo of the epoch it leads to (group_info)")
+    })?;
+    crate::groups::check_group_info(&checked.state, thread, &group_info).map_err(WriteError::Refused)?;
     // Last of the checks: redeeming uses the claims up.
     if !store.redeem_claims(thread, caller, &checked.added_packages)? {
         return Err(forbidden(
@@ -541,6 +581,7 @@ fn apply_commit(
         state: &checked.state,
         epoch: checked.epoch,
         commit,
+        group_info: &group_info,
         removed: &removed,
         welcome: welcome.as_deref().map(|w| (checked.added.as_slice(), w)),
         ownership,

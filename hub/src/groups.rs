@@ -18,8 +18,8 @@ use certs::binding::Verifier;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
-    LeafNode, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProposalStore, ProposalType,
-    ProtocolMessage, PublicGroup, RatchetTreeIn, StagedCommit,
+    Credential, LeafNode, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProposalStore,
+    ProposalType, ProtocolMessage, PublicGroup, RatchetTreeIn, Sender, StagedCommit,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
@@ -94,11 +94,30 @@ fn bound(identities: &Verifier, old: Option<&LeafNode>, leaf: &LeafNode) -> Resu
         .map_err(|e| WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}")))
 }
 
-/// The proposals a commit may carry. PSK, ReInit, ExternalInit and
-/// GroupContextExtensions would let one member re-key the group with secrets
-/// others cannot check, restart it, join it past the membership table or
-/// change its rules; Ketenhub has no use for them, so none is allowed.
-const ALLOWED_PROPOSALS: [ProposalType; 3] = [ProposalType::Add, ProposalType::Remove, ProposalType::Update];
+/// Which request a commit came in: a member's own commit, or the external
+/// commit by which a device of a member joins again (`Request::Rejoin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitKind {
+    /// A commit by a device in the group.
+    Member,
+    /// An external commit by a device of the caller that is not in the group.
+    Rejoin,
+}
+
+impl CommitKind {
+    /// The proposals a commit of this kind may carry. PSK, ReInit and
+    /// GroupContextExtensions would let one member re-key the group with
+    /// secrets others cannot check, restart it or change its rules; Ketenhub
+    /// has no use for them. ExternalInit is what a rejoin is made of, and a
+    /// rejoin may also remove devices (only the caller's own: see
+    /// [`check_commit`]), but add or update nothing.
+    fn allows(self, proposal: ProposalType) -> bool {
+        match self {
+            Self::Member => matches!(proposal, ProposalType::Add | ProposalType::Remove | ProposalType::Update),
+            Self::Rejoin => matches!(proposal, ProposalType::ExternalInit | ProposalType::Remove),
+        }
+    }
+}
 
 /// The leaves a commit brings in, each with the leaf it replaces (none for an
 /// Add), whose bindings must verify, and the SHA-256 of each KeyPackage it
@@ -114,15 +133,16 @@ fn new_leaves(
     group: &PublicGroup,
     staged: &StagedCommit,
     committer: Option<LeafNodeIndex>,
+    kind: CommitKind,
 ) -> Result<NewLeaves, WireError> {
-    if let Some(other) =
-        staged.queued_proposals().map(|p| p.proposal().proposal_type()).find(|t| !ALLOWED_PROPOSALS.contains(t))
-    {
+    if let Some(other) = staged.queued_proposals().map(|p| p.proposal().proposal_type()).find(|t| !kind.allows(*t)) {
+        let allowed = match kind {
+            CommitKind::Member => "commits may add, remove and update only",
+            CommitKind::Rejoin => "a rejoin carries its ExternalInit and removes only",
+        };
         return Err(WireError::new(
             ErrorCode::Forbidden,
-            format!(
-                "denied by rule proposal-not-allowed: a {other:?} proposal; commits may add, remove and update only"
-            ),
+            format!("denied by rule proposal-not-allowed: a {other:?} proposal; {allowed}"),
         ));
     }
     let before = |index: Option<LeafNodeIndex>| index.and_then(|i| group.leaf(i)).cloned();
@@ -146,7 +166,7 @@ pub fn key_package_digest(bytes: &[u8]) -> [u8; 32] {
     wire::merkle::sha256(&[bytes])
 }
 
-fn credential_member(credential: &openmls::prelude::Credential) -> Result<MemberId, WireError> {
+fn credential_member(credential: &Credential) -> Result<MemberId, WireError> {
     member_of(credential).map(|(member, _)| member).ok_or_else(|| invalid("a proposal names no Ketenhub identity"))
 }
 
@@ -184,20 +204,15 @@ pub struct CheckedCommit {
     /// The identities whose devices (leaves) it removes, once each.
     pub removes_devices_of: Vec<MemberId>,
     /// Those of them with no device left in the group after it: their
-    /// membership ends with the commit.
+    /// membership ends with it.
     pub removed: Vec<MemberId>,
+    /// The most devices (leaves) any one identity has in the group after it.
+    pub most_devices: usize,
 }
 
-/// Verifies a commit against the stored public state and applies it to that
-/// state; the caller stores the result only if its own checks pass too.
-pub fn check_commit(
-    identities: &Verifier,
-    state: &[u8],
-    thread: ThreadId,
-    caller: &MemberId,
-    commit: &[u8],
-) -> Result<CheckedCommit, WireError> {
-    let (storage, mut group) = load_group(state, thread)?;
+/// Parses a commit and checks that it is a public message for the group's
+/// current epoch.
+fn commit_message(group: &PublicGroup, commit: &[u8]) -> Result<ProtocolMessage, WireError> {
     let epoch = group.group_context().epoch().as_u64();
     let message = MlsMessageIn::tls_deserialize_exact(commit)
         .map_err(|e| invalid(format!("not an MLS message: {e}")))?
@@ -209,30 +224,78 @@ pub fn check_commit(
     if message.epoch().as_u64() != epoch {
         return Err(stale(epoch));
     }
+    Ok(message)
+}
+
+/// Refuses a commit whose sender is not the caller, or is of the wrong kind: a
+/// member commits from its leaf, a rejoining device as a new member.
+fn check_sender(
+    sender: &Sender,
+    credential: &Credential,
+    caller: &MemberId,
+    kind: CommitKind,
+) -> Result<(), WireError> {
+    let expected = match kind {
+        CommitKind::Member => matches!(sender, Sender::Member(_)),
+        CommitKind::Rejoin => matches!(sender, Sender::NewMemberCommit),
+    };
+    if !expected {
+        let what = match kind {
+            CommitKind::Member => "a commit must come from a device in the group; a device outside it rejoins",
+            CommitKind::Rejoin => "a rejoin must be an external commit",
+        };
+        return Err(invalid(what));
+    }
+    match member_of(credential) {
+        Some((sender, _)) if &sender == caller => Ok(()),
+        _ => Err(WireError::new(
+            ErrorCode::Forbidden,
+            "denied by rule commit-sender-mismatch: the commit's sender is not this connection's identity",
+        )),
+    }
+}
+
+/// Verifies a commit against the stored public state and applies it to that
+/// state; the caller stores the result only if its own checks pass too.
+pub fn check_commit(
+    identities: &Verifier,
+    state: &[u8],
+    thread: ThreadId,
+    caller: &MemberId,
+    commit: &[u8],
+    kind: CommitKind,
+) -> Result<CheckedCommit, WireError> {
+    let (storage, mut group) = load_group(state, thread)?;
+    let message = commit_message(&group, commit)?;
     let processed = group
         .process_message(&RustCrypto::default(), message)
         .map_err(|e| invalid(format!("commit does not verify: {e:?}")))?;
+    check_sender(processed.sender(), processed.credential(), caller, kind)?;
     let committer = member_leaf(processed.sender());
-    match member_of(processed.credential()) {
-        Some((sender, _)) if &sender == caller => {}
-        _ => {
-            return Err(WireError::new(
-                ErrorCode::Forbidden,
-                "denied by rule commit-sender-mismatch: the commit's sender is not this connection's identity",
-            ))
-        }
-    }
+    // A rejoining device's leaf takes the credential its certificate names (checked just above).
+    let joiner = (kind == CommitKind::Rejoin).then(|| processed.credential().clone());
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("not a commit"));
     };
-    let NewLeaves { leaves: new, packages: added_packages } = new_leaves(&group, &staged, committer)?;
+    let NewLeaves { leaves: new, packages: added_packages } = new_leaves(&group, &staged, committer, kind)?;
     let added = staged
         .add_proposals()
         .map(|add| credential_member(add.add_proposal().key_package().leaf_node().credential()))
         .collect::<Result<Vec<_>, _>>()?;
     let removed_leaves: Vec<u32> = staged.remove_proposals().map(|r| r.remove_proposal().removed().u32()).collect();
-    let credentials_before: std::collections::HashMap<u32, openmls::prelude::Credential> =
+    let credentials_before: std::collections::HashMap<u32, Credential> =
         group.members().map(|m| (m.index.u32(), m.credential)).collect();
+    if let Some(joiner) = &joiner {
+        // As every client checks too: a rejoin is for an identity already in the group, and replaces
+        // its own devices, never anyone else's.
+        let in_group = credentials_before.values().any(|c| c == joiner);
+        if !in_group || removed_leaves.iter().any(|leaf| credentials_before.get(leaf) != Some(joiner)) {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "denied by rule external-join: a rejoin is for an identity with a device in the group, and may remove only that identity's devices",
+            ));
+        }
+    }
     let mut removes_devices_of = staged
         .remove_proposals()
         .map(|remove| {
@@ -254,7 +317,10 @@ pub fn check_commit(
         // credentials, and a leaf that passed here but not there would wedge them.
         let kept = match credentials_before.get(&leaf.index.u32()) {
             Some(before) if !removed_leaves.contains(&leaf.index.u32()) => before == &leaf.credential,
-            _ => member_of(&leaf.credential).is_some_and(|(m, _)| added.contains(&m)),
+            _ => {
+                joiner.as_ref() == Some(&leaf.credential)
+                    || member_of(&leaf.credential).is_some_and(|(m, _)| added.contains(&m))
+            }
         };
         if !kept {
             return Err(WireError::new(
@@ -269,6 +335,62 @@ pub fn check_commit(
     }
     let remaining = members_of(&group);
     let removed = removes_devices_of.iter().filter(|m| !remaining.contains(m)).cloned().collect();
+    let most_devices = most_devices(&remaining);
     let epoch = group.group_context().epoch().as_u64();
-    Ok(CheckedCommit { state: save_storage(&storage), epoch, added, added_packages, removes_devices_of, removed })
+    let state = save_storage(&storage);
+    Ok(CheckedCommit { state, epoch, added, added_packages, removes_devices_of, removed, most_devices })
+}
+
+/// The largest number of times one member occurs in `members` (one entry per leaf).
+fn most_devices(members: &[MemberId]) -> usize {
+    let mut counts = std::collections::HashMap::new();
+    for member in members {
+        *counts.entry(member).or_insert(0usize) += 1;
+    }
+    counts.into_values().max().unwrap_or(0)
+}
+
+/// Checks the GroupInfo a committer uploads for the epoch its commit leads to
+/// (`state`, after the commit): signed by a leaf of that tree, for exactly that
+/// group context and confirmation tag, with the `external_pub` a rejoining
+/// device needs, and with no ratchet tree but the group's own. The hub cannot
+/// check that `external_pub` is the epoch's real key (it has no secrets); a
+/// device that rejoins through a false one is merely not followed by the
+/// others, and rejoins again from the next honest committer's GroupInfo.
+pub fn check_group_info(state: &[u8], thread: ThreadId, group_info: &[u8]) -> Result<(), WireError> {
+    let (_, group) = load_group(state, thread)?;
+    let refused = |why: String| invalid(format!("group_info: {why}"));
+    let info = match MlsMessageIn::tls_deserialize_exact(group_info).map_err(|e| refused(e.to_string()))?.extract() {
+        MlsMessageBodyIn::GroupInfo(info) => info,
+        _ => return Err(refused("not an MLS GroupInfo".into())),
+    };
+    let tree = group.export_ratchet_tree().tls_serialize_detached().map_err(|e| refused(e.to_string()))?;
+    if let Some(carried) = info.extensions().ratchet_tree() {
+        let carried = carried.ratchet_tree().tls_serialize_detached().map_err(|e| refused(e.to_string()))?;
+        if carried != tree {
+            return Err(refused("it carries another ratchet tree than the group's".into()));
+        }
+    }
+    if info.extensions().external_pub().is_none() {
+        return Err(refused("it lacks the external_pub extension a rejoining device needs".into()));
+    }
+    let tree = RatchetTreeIn::tls_deserialize_exact(&tree).map_err(|e| refused(e.to_string()))?;
+    let (verified, _) =
+        PublicGroup::from_external(&RustCrypto::default(), &MemoryStorage::default(), tree, info, ProposalStore::new())
+            .map_err(|e| refused(format!("does not verify against the group: {e:?}")))?;
+    if verified.group_context() != group.group_context() || verified.confirmation_tag() != group.confirmation_tag() {
+        return Err(refused("it is not the GroupInfo of the epoch the commit leads to".into()));
+    }
+    Ok(())
+}
+
+/// The GroupInfo a device rejoins from, as `Reply::GroupInfo` carries it: the
+/// group's epoch and ratchet tree from its public `state`.
+pub fn epoch_and_tree(state: &[u8], thread: ThreadId) -> Result<(u64, Vec<u8>), WireError> {
+    let (_, group) = load_group(state, thread)?;
+    let tree = group
+        .export_ratchet_tree()
+        .tls_serialize_detached()
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("exporting the ratchet tree: {e}")))?;
+    Ok((group.group_context().epoch().as_u64(), tree))
 }

@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::config::Limits;
 use crate::delivery::{Farewell, Registry};
 use crate::durability::{Durable, Write, WriteError, WriteLog, Written};
+use crate::groups::CommitKind;
 use crate::handovers::{self, HandoverOp};
 use crate::policy::{Action, Decision, Grounds, Policy, PolicySource};
 use crate::store::{Store, StoreError};
@@ -433,10 +434,32 @@ impl Hub {
             Request::InitGroup { thread, group_info, ratchet_tree } => {
                 (WriteKind::Group, Write::InitGroup { thread, caller: actor, group_info, ratchet_tree })
             }
-            Request::Commit { thread, commit, welcome } => {
-                let welcome = welcome.map(serde_bytes::ByteBuf::into_vec);
+            Request::Commit { thread, commit, welcome, group_info } => {
                 let may_change_membership = policy.role_allows(caller.identity.role, Action::AddMember).allowed;
-                (WriteKind::Commit, Write::Commit { thread, caller: actor, may_change_membership, commit, welcome })
+                let write = Write::Commit {
+                    thread,
+                    caller: actor,
+                    kind: CommitKind::Member,
+                    may_change_membership,
+                    commit,
+                    welcome: welcome.map(serde_bytes::ByteBuf::into_vec),
+                    group_info: group_info.map(serde_bytes::ByteBuf::into_vec),
+                    max_devices: self.limits.max_devices_per_identity,
+                };
+                (WriteKind::Commit, write)
+            }
+            Request::Rejoin { thread, commit, group_info } => {
+                let write = Write::Commit {
+                    thread,
+                    caller: actor,
+                    kind: CommitKind::Rejoin,
+                    may_change_membership: false,
+                    commit,
+                    welcome: None,
+                    group_info: Some(group_info),
+                    max_devices: self.limits.max_devices_per_identity,
+                };
+                (WriteKind::Commit, write)
             }
             Request::UploadKeyPackages { key_packages } if !key_packages.is_empty() => {
                 self.quotas.upload_key_packages(&self.limits, &caller.member)?;
@@ -516,6 +539,7 @@ impl Hub {
             Request::ListMembers { thread } => {
                 Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
             }
+            Request::GroupInfo { thread } => self.group_info(thread),
             Request::GetOwnership { thread } => match self.store.ownership(thread).map_err(internal)? {
                 Some(ownership) => Ok(Reply::Ownership { ownership: Box::new(ownership) }),
                 None => Err(WireError::thread_not_found()),
@@ -550,7 +574,11 @@ impl Hub {
             | Request::InitGroup { thread, .. }
             | Request::Commit { thread, .. }
             | Request::PutBlobChunk { thread, .. } => (Action::Send, Some(*thread)),
-            Request::ListMembers { thread } | Request::GetBlobChunk { thread, .. } => (Action::Read, Some(*thread)),
+            // Getting the group back is part of reading the case.
+            Request::ListMembers { thread }
+            | Request::GetBlobChunk { thread, .. }
+            | Request::GroupInfo { thread }
+            | Request::Rejoin { thread, .. } => (Action::Read, Some(*thread)),
             Request::ListThreads | Request::UploadKeyPackages { .. } => (Action::Read, None),
             Request::AuditQuery { .. } => (Action::AuditQuery, None),
             Request::OfferHandover { thread, .. }
@@ -672,6 +700,15 @@ impl Hub {
             _ => return Err(WireError::new(ErrorCode::Invalid, format!("the blob has chunks 0 to {}", chunks - 1))),
         };
         Ok(Reply::BlobChunk { blob, index, last: index + 1 == chunks, data })
+    }
+
+    /// What a device outside the thread's group rejoins from.
+    fn group_info(&self, thread: ThreadId) -> Result<Reply, WireError> {
+        let no_group = || WireError::new(ErrorCode::Invalid, "the thread has no MLS group");
+        let state = self.store.group_state(thread).map_err(internal)?.ok_or_else(no_group)?;
+        let group_info = self.store.group_info(thread).map_err(internal)?.ok_or_else(no_group)?;
+        let (epoch, ratchet_tree) = crate::groups::epoch_and_tree(&state, thread)?;
+        Ok(Reply::GroupInfo { epoch, group_info: group_info.into(), ratchet_tree: ratchet_tree.into() })
     }
 
     fn list_threads(&self, actor: &MemberId) -> Result<Reply, WireError> {
@@ -832,6 +869,8 @@ fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Requ
         Request::InitGroup { thread, .. } | Request::Commit { thread, .. } => {
             (AuditAction::Commit, Some(*thread), None)
         }
+        Request::Rejoin { thread, .. } => (AuditAction::Commit, Some(*thread), Some("rejoin".into())),
+        Request::GroupInfo { thread } => (AuditAction::ListMembers, Some(*thread), Some("group info".into())),
         Request::UploadKeyPackages { .. } => (AuditAction::KeyPackage, None, None),
         Request::ClaimKeyPackage { thread, member } => {
             (AuditAction::KeyPackage, Some(*thread), Some(member.to_string()))

@@ -718,11 +718,12 @@ fn mls_figures() -> anyhow::Result<Vec<Figure>> {
     devices[0].create_group(thread)?;
     for i in 1..10 {
         let package = wire::mls::verify_key_package(&devices[i].key_packages(1)?[0])?.key_package;
-        let (commit, welcome) = devices[0].add(thread, package)?;
+        let made = devices[0].add(thread, package)?;
         devices[0].commit_accepted(thread)?;
         for device in devices.iter_mut().take(i).skip(1) {
-            device.process(thread, &commit).map_err(|e| anyhow::anyhow!("{e}"))?;
+            device.process(thread, &made.commit).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        let welcome = made.welcome.ok_or_else(|| anyhow::anyhow!("an add without a Welcome"))?;
         devices[i].join(thread, &welcome).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     // The commit adding an 11th member to the 10-member group, prepared and dropped again.

@@ -101,8 +101,11 @@ impl Store for FaultyStore {
         assert!(!self.group_state_panics.load(Ordering::SeqCst), "injected: a bug while checking a write");
         self.inner.group_state(t)
     }
-    fn init_group(&self, t: ThreadId, s: &[u8]) -> Result<(), StoreError> {
-        self.inner.init_group(t, s)
+    fn group_info(&self, t: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.group_info(t)
+    }
+    fn init_group(&self, t: ThreadId, s: &[u8], g: &[u8]) -> Result<(), StoreError> {
+        self.inner.init_group(t, s, g)
     }
     fn apply_commit(&self, c: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError> {
         self.inner.apply_commit(c)

@@ -8,10 +8,11 @@ use anyhow::{anyhow, Context};
 use certs::binding::Binder;
 use ketenhub_sdk::raw::RawConnection;
 use ketenhub_sdk::raw::RawIncoming;
+use openmls::messages::group_info::GroupInfo;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex, LeafNodeParameters, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, StagedWelcome,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, StagedWelcome,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
@@ -22,6 +23,23 @@ use wire::{EntryBody, HubFrame, Identity, MemberId, Reply, Request, ThreadId};
 
 fn mls(e: impl std::fmt::Debug) -> anyhow::Error {
     anyhow!("openmls: {e:?}")
+}
+
+/// The `commit` request for a commit openmls made, with its Welcome and the
+/// GroupInfo of the epoch it leads to.
+fn commit_request(
+    thread: ThreadId,
+    commit: &MlsMessageOut,
+    welcome: Option<&MlsMessageOut>,
+    group_info: Option<GroupInfo>,
+) -> anyhow::Result<Request> {
+    let group_info = group_info.context("openmls made no GroupInfo")?;
+    Ok(Request::Commit {
+        thread,
+        commit: commit.tls_serialize_detached().map_err(mls)?,
+        welcome: welcome.map(|w| w.tls_serialize_detached()).transpose().map_err(mls)?.map(Into::into),
+        group_info: Some(MlsMessageOut::from(group_info).tls_serialize_detached().map_err(mls)?.into()),
+    })
 }
 
 /// One hand-made device of one identity, in one thread's group.
@@ -112,9 +130,8 @@ impl ForgedDevice {
             .context("no such device")?;
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().context("no group yet")?;
-        let (commit, _, _) = group.remove_members(provider, signer, &[leaf]).map_err(mls)?;
-        let commit = commit.tls_serialize_detached().map_err(mls)?;
-        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        let (commit, _, info) = group.remove_members(provider, signer, &[leaf]).map_err(mls)?;
+        let reply = crate::raw_reply(raw, commit_request(thread, &commit, None, info)?).await?;
         self.settle(reply)
     }
 
@@ -190,8 +207,29 @@ impl ForgedDevice {
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().context("no group yet")?;
         let bundle = group.self_update(provider, signer, parameters.build()).map_err(mls)?;
-        let commit = bundle.commit().tls_serialize_detached().map_err(mls)?;
-        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        let (commit, _, info) = bundle.into_contents();
+        let reply = crate::raw_reply(raw, commit_request(thread, &commit, None, info)?).await?;
+        self.settle(reply)
+    }
+
+    /// Sends a self-update whose membership tag is broken: the hub, which
+    /// holds no group secret, cannot tell, but no other member can process
+    /// it. The sender's own group moves on; everyone else must rejoin.
+    pub async fn commit_nobody_can_process(
+        &mut self,
+        raw: &mut RawConnection,
+        thread: ThreadId,
+    ) -> anyhow::Result<Result<(), wire::WireError>> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().context("no group yet")?;
+        let bundle = group.self_update(provider, signer, LeafNodeParameters::builder().build()).map_err(mls)?;
+        let (commit, _, info) = bundle.into_contents();
+        let mut request = commit_request(thread, &commit, None, info)?;
+        if let Request::Commit { commit, .. } = &mut request {
+            // The membership tag is the public message's last field.
+            *commit.last_mut().context("an empty commit")? ^= 0x01;
+        }
+        let reply = crate::raw_reply(raw, request).await?;
         self.settle(reply)
     }
 
@@ -207,9 +245,8 @@ impl ForgedDevice {
             Extensions::single(openmls::prelude::Extension::RequiredCapabilities(required)).map_err(mls)?;
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().context("no group yet")?;
-        let (commit, _, _) = group.update_group_context_extensions(provider, extensions, signer).map_err(mls)?;
-        let commit = commit.tls_serialize_detached().map_err(mls)?;
-        let reply = crate::raw_reply(raw, Request::Commit { thread, commit, welcome: None }).await?;
+        let (commit, _, info) = group.update_group_context_extensions(provider, extensions, signer).map_err(mls)?;
+        let reply = crate::raw_reply(raw, commit_request(thread, &commit, None, info)?).await?;
         self.settle(reply)
     }
 
@@ -226,11 +263,8 @@ impl ForgedDevice {
             .collect::<anyhow::Result<Vec<KeyPackage>>>()?;
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().context("no group yet")?;
-        let (commit, welcome, _) = group.add_members(provider, signer, &packages).map_err(mls)?;
-        let (commit, welcome) =
-            (commit.tls_serialize_detached().map_err(mls)?, welcome.tls_serialize_detached().map_err(mls)?);
-        let request = Request::Commit { thread, commit, welcome: Some(welcome.into()) };
-        let reply = crate::raw_reply(raw, request).await?;
+        let (commit, welcome, info) = group.add_members(provider, signer, &packages).map_err(mls)?;
+        let reply = crate::raw_reply(raw, commit_request(thread, &commit, Some(&welcome), info)?).await?;
         self.settle(reply)
     }
 

@@ -274,6 +274,16 @@ pub fn consent() -> ketenhub_sdk::Grounds {
     ketenhub_sdk::Grounds::new("working together on the case (test)", "consent")
 }
 
+/// The `commit` request for a commit an SDK device made.
+pub fn commit_request(thread: wire::ThreadId, made: ketenhub_sdk::device::Commit) -> wire::Request {
+    wire::Request::Commit {
+        thread,
+        commit: made.commit,
+        welcome: made.welcome.map(Into::into),
+        group_info: Some(made.group_info.into()),
+    }
+}
+
 /// Sends `request` on a raw connection and returns the hub's answer to it,
 /// skipping events in between.
 pub async fn raw_reply(

@@ -117,7 +117,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
             Reply::Sent { seq, duplicate: false }
         }
         Request::InitGroup { .. } => Reply::GroupReady { epoch: 0 },
-        Request::Commit { thread, commit, welcome } => {
+        Request::Commit { thread, commit, welcome, .. } => {
             let (epoch, joiners) = {
                 let mut groups = state.groups.lock().unwrap();
                 let group = groups.entry(thread).or_default();
@@ -151,6 +151,10 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         // The attachment benchmark compares the hub with plain AES-GCM instead.
         Request::PutBlobChunk { .. } | Request::GetBlobChunk { .. } => {
             return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no blobs"))
+        }
+        // Its devices never lose their groups in a benchmark.
+        Request::GroupInfo { .. } | Request::Rejoin { .. } => {
+            return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no group state"))
         }
         // The relay enforces no policy and keeps no audit log.
         Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,

@@ -196,8 +196,7 @@ async fn a_message_from_another_device_of_the_same_worker_is_shown_not_dropped_a
         anyhow::bail!("no KeyPackage")
     };
     let package = wire::mls::verify_key_package(&key_package)?.key_package;
-    let (commit, welcome) = desk.add(thread, package)?;
-    let request = Request::Commit { thread, commit, welcome: Some(welcome.into()) };
+    let request = tests::commit_request(thread, desk.add(thread, package)?);
     tests::raw_reply(&mut raw, request).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     desk.commit_accepted(thread)?;
     next_event(&mut events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;

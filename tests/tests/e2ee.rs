@@ -195,7 +195,7 @@ async fn a_commit_presented_under_another_identity_is_refused() -> anyhow::Resul
     let mut device = tests::device(hub.pki_dir(), "lt-woerden-caseworker", Some(lt_state.path()))?;
     let commit = device.remove(thread, &vt.member_id())?;
     let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
-    let refusal = tests::raw_refusal(&mut raw, Request::Commit { thread, commit, welcome: None }).await?;
+    let refusal = tests::raw_refusal(&mut raw, tests::commit_request(thread, commit)).await?;
     assert_eq!(refusal.code, ErrorCode::Forbidden);
     assert!(vt.members(thread).await?.contains(&vt.member_id()), "VT is still a member");
     assert_eq!(vt.epoch(thread), Some(1), "the group did not move");

@@ -62,7 +62,9 @@ fn every_kind() -> Vec<Request> {
         Request::ListThreads,
         Request::ListMembers { thread: t },
         Request::InitGroup { thread: t, group_info: vec![1], ratchet_tree: vec![2] },
-        Request::Commit { thread: t, commit: vec![3], welcome: None },
+        Request::Commit { thread: t, commit: vec![3], welcome: None, group_info: None },
+        Request::GroupInfo { thread: t },
+        Request::Rejoin { thread: t, commit: vec![4], group_info: vec![5] },
         Request::UploadKeyPackages { key_packages: Vec::new() },
         Request::ClaimKeyPackage { thread: t, member },
         Request::PutBlobChunk { thread: t, blob: BlobId::random(), index: 0, last: true, data: vec![0; 32] },
@@ -102,7 +104,13 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::InitGroup { group_info, ratchet_tree, .. } => {
             vec![(Caseworker, Request::InitGroup { thread, group_info, ratchet_tree })]
         }
-        Request::Commit { commit, welcome, .. } => vec![(Caseworker, Request::Commit { thread, commit, welcome })],
+        Request::Commit { commit, welcome, group_info, .. } => {
+            vec![(Caseworker, Request::Commit { thread, commit, welcome, group_info })]
+        }
+        Request::GroupInfo { .. } => vec![(Caseworker, Request::GroupInfo { thread })],
+        Request::Rejoin { commit, group_info, .. } => {
+            vec![(Caseworker, Request::Rejoin { thread, commit, group_info })]
+        }
         Request::ClaimKeyPackage { member, .. } => vec![(Caseworker, Request::ClaimKeyPackage { thread, member })],
         Request::PutBlobChunk { index, last, data, .. } => {
             vec![(Caseworker, Request::PutBlobChunk { thread, blob: t.blob, index, last, data })]

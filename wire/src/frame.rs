@@ -168,6 +168,33 @@ pub enum Request {
         /// The Welcome for added members, if the commit adds any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         welcome: Option<serde_bytes::ByteBuf>,
+        /// The GroupInfo of the epoch the commit leads to (an MLS message,
+        /// TLS-encoded, with the `external_pub` extension), signed by the
+        /// committer: what a device that lost the group rejoins from (see
+        /// [`Request::Rejoin`]). Required; the hub checks it against the group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_info: Option<serde_bytes::ByteBuf>,
+    },
+    /// The GroupInfo of the thread's current epoch and its ratchet tree, for
+    /// a device of a member that is not (or no longer) in the MLS group:
+    /// a new device, or one whose state was lost or fell behind.
+    GroupInfo {
+        /// The thread.
+        thread: ThreadId,
+    },
+    /// An MLS external commit by which a device of the caller joins the
+    /// thread's group again (rule `external-join`): it carries only the
+    /// ExternalInit and, at most, the Removes of the caller's own devices, and
+    /// its new leaf is bound to the caller's certificate.
+    Rejoin {
+        /// The thread; the caller must be its member.
+        thread: ThreadId,
+        /// The external commit (an MLS public message, TLS-encoded).
+        #[serde(with = "serde_bytes")]
+        commit: Vec<u8>,
+        /// The GroupInfo of the epoch it leads to, as for [`Request::Commit`].
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
     },
     /// Takes one KeyPackage of `member`, who must be a member of `thread`, as
     /// the caller is, to add it to the thread's MLS group. Each KeyPackage is
@@ -404,6 +431,16 @@ pub enum Reply {
         epoch: u64,
         /// The commit's entry.
         seq: u64,
+    },
+    /// The GroupInfo of the thread's current epoch, as its last committer
+    /// signed it, and the group's ratchet tree as the hub holds it.
+    GroupInfo {
+        /// The epoch.
+        epoch: u64,
+        /// The GroupInfo (an MLS message, TLS-encoded).
+        group_info: serde_bytes::ByteBuf,
+        /// The ratchet tree (TLS-encoded).
+        ratchet_tree: serde_bytes::ByteBuf,
     },
     /// A claimed KeyPackage (TLS-encoded).
     KeyPackage {

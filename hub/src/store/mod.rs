@@ -82,6 +82,8 @@ pub struct AcceptedCommit<'a> {
     pub epoch: u64,
     /// The commit message.
     pub commit: &'a [u8],
+    /// The GroupInfo of the epoch after it, already checked against `state`.
+    pub group_info: &'a [u8],
     /// The current members whose last device the commit removes: their
     /// membership ends with it.
     pub removed: &'a [MemberId],
@@ -233,11 +235,15 @@ pub trait Store: Send + Sync + 'static {
     /// The public state of the thread's MLS group, if registered.
     fn group_state(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Registers the public state of the thread's new MLS group.
-    fn init_group(&self, thread: ThreadId, state: &[u8]) -> Result<(), StoreError>;
+    /// The GroupInfo of the thread's current epoch, as its last committer (or
+    /// its creator) signed it: what a device rejoins from.
+    fn group_info(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Stores an accepted commit in one atomic write: the new group state, the
-    /// commit entry, a `MemberRemoved` entry per removal (ending the membership
+    /// Registers the public state of the thread's new MLS group and its first GroupInfo.
+    fn init_group(&self, thread: ThreadId, state: &[u8], group_info: &[u8]) -> Result<(), StoreError>;
+
+    /// Stores an accepted commit in one atomic write: the new group state and
+    /// GroupInfo, the commit entry, a `MemberRemoved` entry per removal (ending the membership
     /// itself), and the Welcome entry. Returns the entries, in order.
     fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError>;
 

@@ -65,6 +65,7 @@ const CURSOR: u8 = b'C';
 const CREATE_REF: u8 = b'R';
 const KEY_PACKAGE: u8 = b'K';
 const GROUP: u8 = b'G';
+const GROUP_INFO: u8 = b'F';
 const BLOB: u8 = b'B';
 const AUDIT: u8 = b'A';
 const OWNERSHIP: u8 = b'O';
@@ -703,8 +704,15 @@ impl Store for SledStore {
         Ok(self.db.get(key(GROUP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| v.to_vec()))
     }
 
-    fn init_group(&self, thread: ThreadId, state: &[u8]) -> Result<(), StoreError> {
-        self.db.insert(key(GROUP, &[thread.0.as_bytes()]), state).map_err(backend)?;
+    fn group_info(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key(GROUP_INFO, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn init_group(&self, thread: ThreadId, state: &[u8], group_info: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(key(GROUP, &[thread.0.as_bytes()]), state);
+        batch.insert(key(GROUP_INFO, &[thread.0.as_bytes()]), group_info);
+        self.db.apply_batch(batch).map_err(backend)?;
         Ok(())
     }
 
@@ -735,6 +743,7 @@ impl Store for SledStore {
             self.end_membership(&mut batch, thread, member, until)?;
         }
         batch.insert(key(GROUP, &[thread.0.as_bytes()]), commit.state);
+        batch.insert(key(GROUP_INFO, &[thread.0.as_bytes()]), commit.group_info);
         if let Some(ownership) = commit.ownership {
             batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(ownership));
         }

@@ -100,6 +100,8 @@ struct Mls {
     commits: Vec<Vec<u8>>,
     /// The Welcome of the first commit.
     welcome: Vec<u8>,
+    /// The GroupInfo of the epoch the first commit leads to.
+    group_info_after_first: Vec<u8>,
     key_package: Vec<u8>,
 }
 
@@ -121,20 +123,22 @@ fn mls_seeds() -> anyhow::Result<Mls> {
     };
     let (group_info, ratchet_tree) = device.create_group(thread)?;
     let (bob_bytes, bob_package) = package(&bob)?;
-    let (add_bob, welcome) = device.add(thread, bob_package)?;
+    let add_bob = device.add(thread, bob_package)?;
     device.commit_accepted(thread)?;
     let remove_bob = device.remove(thread, &bob.identity().member_id())?;
     device.commit_accepted(thread)?;
     let (_, carol_package) = package(&carol)?;
-    let (add_carol, _) = device.add(thread, carol_package)?;
+    let add_carol = device.add(thread, carol_package)?;
     device.commit_accepted(thread)?;
+    let welcome = add_bob.welcome.clone().context("an add without a Welcome")?;
     let mls = Mls {
         ca: pki.ca.cert.clone(),
         thread,
         creator: alice.identity().member_id(),
         group_info,
         ratchet_tree,
-        commits: vec![add_bob, remove_bob, add_carol],
+        commits: vec![add_bob.commit, remove_bob.commit, add_carol.commit],
+        group_info_after_first: add_bob.group_info,
         welcome,
         key_package: bob_bytes,
     };
@@ -142,9 +146,16 @@ fn mls_seeds() -> anyhow::Result<Mls> {
     let mut state = hub::groups::init(&identities, thread, &mls.creator, &mls.group_info, &mls.ratchet_tree)
         .map_err(|e| anyhow::anyhow!("the hub refuses the seed group: {e}"))?;
     for (i, commit) in mls.commits.iter().enumerate() {
-        state = hub::groups::check_commit(&identities, &state, thread, &mls.creator, commit)
-            .map_err(|e| anyhow::anyhow!("the hub refuses seed commit {i}: {e}"))?
-            .state;
+        state = hub::groups::check_commit(
+            &identities,
+            &state,
+            thread,
+            &mls.creator,
+            commit,
+            hub::groups::CommitKind::Member,
+        )
+        .map_err(|e| anyhow::anyhow!("the hub refuses seed commit {i}: {e}"))?
+        .state;
     }
     Ok(mls)
 }
@@ -218,6 +229,7 @@ fn frames(seeds: &mut Seeds<'_>, mls: &Mls) -> anyhow::Result<()> {
                 thread,
                 commit: mls.commits[0].clone(),
                 welcome: Some(serde_bytes::ByteBuf::from(mls.welcome.clone())),
+                group_info: Some(serde_bytes::ByteBuf::from(mls.group_info_after_first.clone())),
             },
         ),
         ("claim-key-package", Request::ClaimKeyPackage { thread, member }),
