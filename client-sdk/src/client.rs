@@ -154,21 +154,23 @@ impl Client {
         Client { inner: self.inner.clone(), on_behalf_of: Some(member) }
     }
 
-    pub(crate) async fn connect(settings: Settings) -> Result<Self, Error> {
-        let (ws, hello) = dial(&settings).await?;
+    pub(crate) async fn connect(mut settings: Settings) -> Result<Self, Error> {
         let binder = settings.binder.as_ref().map_err(|e| Error::Config(e.clone()))?;
-        if binder.identity().member_id() != hello.identity.member_id() {
-            return Err(Error::Protocol(format!(
-                "the hub greets this client as {}, but its certificate is {}'s",
-                hello.identity.member_id(),
-                binder.identity().member_id()
-            )));
-        }
         let (dir, key) = (settings.state_dir.as_deref(), settings.state_key.as_ref());
         let device = Device::open_sealed(binder, settings.verifier.clone(), dir, key).map_err(|e| match e {
             DeviceError::WrongKey(_) | DeviceError::KeyRequired(_) => Error::StateKey(e.to_string()),
             other => Error::Device(other.to_string()),
         })?;
+        let identity = binder.identity().member_id();
+        // Every connection of this device, reconnections too, names it: the hub keeps its cursors apart.
+        settings.url = with_device(&settings.url, &device.device_id());
+        let (ws, hello) = dial(&settings).await?;
+        if identity != hello.identity.member_id() {
+            return Err(Error::Protocol(format!(
+                "the hub greets this client as {}, but its certificate is {identity}'s",
+                hello.identity.member_id(),
+            )));
+        }
         let key_package_stock = settings.key_package_stock;
         let device: SharedDevice = Arc::new(std::sync::Mutex::new(device));
         let own: OwnMessages = Arc::default();
@@ -269,6 +271,11 @@ impl Client {
     /// This client's member id, as other members address it.
     pub fn member_id(&self) -> MemberId {
         self.inner.identity.member_id()
+    }
+
+    /// This device's id at the hub (see [`Device::device_id`]).
+    pub fn device_id(&self) -> wire::DeviceId {
+        self.device().device_id()
     }
 
     /// The epoch of the thread's MLS group on this device, or `None` when this
@@ -713,6 +720,13 @@ impl Client {
             let _ = closed.await;
         }
     }
+}
+
+/// `url` naming `device` in its query, with the path `/` when it has none.
+fn with_device(url: &str, device: &wire::DeviceId) -> String {
+    let base = url.split('?').next().unwrap_or_default();
+    let slash = if base.trim_start_matches("wss://").contains('/') { "" } else { "/" };
+    format!("{base}{slash}?device={device}")
 }
 
 /// Threads waiting to be rejoined, at most; more are dropped until there is room.

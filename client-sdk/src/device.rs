@@ -340,6 +340,15 @@ impl Device {
         BasicCredential::try_from(self.credential.credential.clone()).map(|c| c.identity().to_vec()).unwrap_or_default()
     }
 
+    /// This device's id at the hub, where it has its own delivery cursors:
+    /// the first 16 bytes of the SHA-256 of its signature key, in hex. A new
+    /// state (a new key) is a new device.
+    pub fn device_id(&self) -> wire::DeviceId {
+        let digest = wire::merkle::sha256(&[self.signer.public()]);
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        wire::DeviceId::try_from(hex).unwrap_or_default()
+    }
+
     /// The public signature key, as other members see it.
     pub fn signature_key(&self) -> &[u8] {
         self.signer.public()

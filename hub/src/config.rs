@@ -187,6 +187,9 @@ pub struct Limits {
     /// Devices one identity may have: MLS leaves in one thread's group, and
     /// devices with their own delivery cursor at the hub.
     pub max_devices_per_identity: usize,
+    /// Days after which a device that has not connected no longer holds
+    /// retention back, and may be forgotten to make room for a new one.
+    pub device_idle_days: u32,
     /// Threads one identity may create per UTC day.
     pub max_threads_per_identity_per_day: u32,
     /// Longest free text (reasons, justifications, purposes, legal basis codes),
@@ -229,6 +232,7 @@ impl Default for Limits {
             max_blob_bytes: 101 << 20,
             max_members_per_thread: 64,
             max_devices_per_identity: 8,
+            device_idle_days: 90,
             max_threads_per_identity_per_day: 500,
             max_text_bytes: 2_000,
             key_package_uploads_per_minute: 20,
@@ -253,6 +257,11 @@ impl Limits {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
+    /// The bounds on an identity's devices.
+    pub fn devices(&self) -> crate::devices::DeviceLimits {
+        crate::devices::DeviceLimits { max: self.max_devices_per_identity, idle_days: self.device_idle_days }
+    }
+
     /// The write timeout as a duration.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
@@ -275,6 +284,7 @@ impl Limits {
             ("limits.max_blob_bytes", self.max_blob_bytes),
             ("limits.max_members_per_thread", self.max_members_per_thread as u64),
             ("limits.max_devices_per_identity", self.max_devices_per_identity as u64),
+            ("limits.device_idle_days", u64::from(self.device_idle_days)),
             ("limits.max_threads_per_identity_per_day", self.max_threads_per_identity_per_day as u64),
             ("limits.max_text_bytes", self.max_text_bytes as u64),
             ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),

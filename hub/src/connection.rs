@@ -125,7 +125,7 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         let pumping = delivery::pump(
             hub.store.clone(),
             hub.registry.clone(),
-            caller.member.clone(),
+            (caller.member.clone(), caller.device.clone()),
             mailbox.clone(),
             outbox.clone(),
             delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(&caller) },

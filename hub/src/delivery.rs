@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use certs::revocation::{CertRefusal, CertValidity};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
-use wire::{Entry, EntryBody, ErrorCode, HubFrame, MemberId, Role, ThreadId, WireError};
+use wire::{DeviceId, Entry, EntryBody, ErrorCode, HubFrame, MemberId, Role, ThreadId, WireError};
 
 use wire::audit::AuditRecord;
 
@@ -444,10 +444,14 @@ struct Track {
 impl Track {
     /// Where `member` stands in `thread` by the store: `None` when it was never
     /// a member, so that nothing of the thread is ever sent to it.
-    fn load(store: &dyn Store, member: &MemberId, thread: ThreadId) -> Result<Option<Self>, StoreError> {
+    fn load(
+        store: &dyn Store,
+        (member, device): (&MemberId, &DeviceId),
+        thread: ThreadId,
+    ) -> Result<Option<Self>, StoreError> {
         let intervals = store.intervals(thread, member)?;
         let Some(first) = intervals.first() else { return Ok(None) };
-        let after = store.cursor(member, thread)?.max(first.from - 1);
+        let after = store.cursor(member, device, thread)?.max(first.from - 1);
         Ok(Some(Self { after, intervals }))
     }
 
@@ -483,7 +487,7 @@ impl Track {
 pub async fn pump(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    member: MemberId,
+    (member, device): (MemberId, DeviceId),
     mailbox: Arc<Mailbox>,
     out: Outbox,
     log: DeliveryLog,
@@ -499,7 +503,7 @@ pub async fn pump(
             }
             let track = match tracks.entry(thread) {
                 Slot::Occupied(known) => known.into_mut(),
-                Slot::Vacant(slot) => match Track::load(store.as_ref(), &member, thread)? {
+                Slot::Vacant(slot) => match Track::load(store.as_ref(), (&member, &device), thread)? {
                     Some(track) if !track.finished() => slot.insert(track),
                     _ => continue,
                 },

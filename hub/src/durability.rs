@@ -158,13 +158,26 @@ pub enum Write {
     Retention {
         /// The periods.
         retention: crate::policy::Retention,
+        /// Which devices retention waits for.
+        devices: crate::devices::DeviceLimits,
         /// The time to sweep at.
         now_ms: u64,
+    },
+    /// Record that a device connected (see [`crate::devices::register`]).
+    RegisterDevice {
+        /// Whose device.
+        member: MemberId,
+        /// Which.
+        device: wire::DeviceId,
+        /// The bounds on the identity's devices.
+        limits: crate::devices::DeviceLimits,
     },
     /// Move a cursor forward (see [`Store::advance_cursor`]); nobody waits for it.
     Cursor {
         /// Whose cursor.
         member: MemberId,
+        /// Which of its devices'.
+        device: wire::DeviceId,
         /// The thread.
         thread: ThreadId,
         /// The new position.
@@ -437,8 +450,19 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             let duplicate = crate::blobs::put_chunk(store, &upload, limits, at)?;
             (Written::BlobChunk { blob: upload.blob, index: upload.index, duplicate }, Vec::new())
         }
-        Write::Cursor { member, thread, seq } => {
-            store.advance_cursor(&member, thread, seq)?;
+        Write::RegisterDevice { member, device, limits } => {
+            crate::devices::register(store, &member, &device, at, limits).map_err(|e| match e {
+                crate::devices::DeviceError::TooMany(max) => WriteError::Refused(crate::quotas::exceeded(
+                    "limits.max_devices_per_identity",
+                    max,
+                    "too many devices for this identity, none idle",
+                )),
+                crate::devices::DeviceError::Store(e) => WriteError::Store(e),
+            })?;
+            (Written::Audited, Vec::new())
+        }
+        Write::Cursor { member, device, thread, seq } => {
+            store.advance_cursor(&member, &device, thread, seq)?;
             (Written::Cursor, Vec::new())
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
@@ -450,8 +474,8 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             let (raised, entries) = crate::handovers::sweep(store, &calendar, now_ms, audit)?;
             (Written::Escalated(raised), entries)
         }
-        Write::Retention { retention, now_ms } => {
-            (Written::Swept(crate::retention::sweep(store, &retention, now_ms, audit)?), Vec::new())
+        Write::Retention { retention, devices, now_ms } => {
+            (Written::Swept(crate::retention::sweep(store, &retention, devices, now_ms, audit)?), Vec::new())
         }
     })
 }

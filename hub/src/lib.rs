@@ -25,6 +25,7 @@ pub mod connection;
 pub mod delivery;
 pub mod demo;
 pub mod devhub;
+pub mod devices;
 pub mod durability;
 pub mod groups;
 pub mod handovers;

@@ -22,6 +22,7 @@ use wire::ThreadId;
 
 use wire::audit::{AuditAction, AuditRecord};
 
+use crate::devices::DeviceLimits;
 use crate::durability::{Auditor, WriteError};
 use crate::policy::Retention;
 use crate::store::{Store, StoreError};
@@ -37,12 +38,13 @@ pub struct Swept {
     pub audit_entries: u64,
 }
 
-/// The lowest cursor among the thread's current members: every entry up to
-/// it has been received by all of them.
-fn received_by_all(store: &dyn Store, thread: ThreadId) -> Result<u64, StoreError> {
+/// The lowest cursor among the thread's current members (each member's as
+/// `devices::received` counts its devices): every entry up to it has been
+/// received by all of them.
+fn received_by_all(store: &dyn Store, thread: ThreadId, now_ms: u64, devices: DeviceLimits) -> Result<u64, StoreError> {
     let mut lowest = u64::MAX;
     for member in store.members(thread)? {
-        lowest = lowest.min(store.cursor(&member, thread)?);
+        lowest = lowest.min(crate::devices::received(store, &member, thread, now_ms, devices)?);
     }
     Ok(if lowest == u64::MAX { 0 } else { lowest })
 }
@@ -53,6 +55,7 @@ fn received_by_all(store: &dyn Store, thread: ThreadId) -> Result<u64, StoreErro
 pub fn sweep(
     store: &dyn Store,
     retention: &Retention,
+    devices: DeviceLimits,
     now_ms: u64,
     audit: &mut Auditor<'_>,
 ) -> Result<Swept, WriteError> {
@@ -66,7 +69,7 @@ pub fn sweep(
         rule: "retention-policy; sweep begins".into(),
         ..crate::audit::hub_record(AuditAction::Retention)
     })?;
-    let (swept, pruned_below) = delete(store, content_cutoff, audit_cutoff)?;
+    let (swept, pruned_below) = delete(store, (content_cutoff, audit_cutoff), now_ms, devices)?;
     if pruned_below > 0 {
         // The signed record a verifier needs to tell this pruning from a deletion (see `audit::verify`).
         audit.record(AuditRecord {
@@ -93,11 +96,16 @@ pub fn sweep(
 }
 
 /// Deletes what is due; returns what, and the seq below which audit entries are now pruned (0 for none).
-fn delete(store: &dyn Store, content_cutoff: u64, audit_cutoff: u64) -> Result<(Swept, u64), StoreError> {
+fn delete(
+    store: &dyn Store,
+    (content_cutoff, audit_cutoff): (u64, u64),
+    now_ms: u64,
+    devices: DeviceLimits,
+) -> Result<(Swept, u64), StoreError> {
     let mut swept = Swept::default();
     let mut received = HashMap::new();
     for thread in store.threads()? {
-        let by_all = received_by_all(store, thread)?;
+        let by_all = received_by_all(store, thread, now_ms, devices)?;
         received.insert(thread, by_all);
         if by_all > 0 {
             swept.messages += store.expire_messages(thread, by_all, content_cutoff)?;

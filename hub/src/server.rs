@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wire::audit::{AuditAction, AuditOutcome};
-use wire::{ErrorCode, WireError};
+use wire::{DeviceId, ErrorCode, WireError};
 
 use crate::admission::{Admission, Pending};
 use crate::audit::Recorder;
@@ -302,8 +302,15 @@ pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_bytes))
 }
 
-/// A connection past its handshakes, and the verdict on its certificate now.
-type Shaken = (WsStream, Caller, Result<(), CertRefusal>);
+/// The device a connection names in its WebSocket request: `device=ID` in the
+/// query, or none (the identity's default device).
+fn device_of(uri: &tokio_tungstenite::tungstenite::http::Uri) -> Result<DeviceId, String> {
+    let named = uri.query().unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("device="));
+    named.map_or(Ok(DeviceId::default()), |id| DeviceId::try_from(id.to_owned()))
+}
+
+/// A connection past its handshakes, the verdict on its certificate now, and the device it names.
+type Shaken = (WsStream, Caller, Result<(), CertRefusal>, Result<DeviceId, String>);
 
 async fn handshake(hub: &Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Result<Shaken, Refusal> {
     let _ = tcp.set_nodelay(true);
@@ -315,8 +322,17 @@ async fn handshake(hub: &Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: Socke
         // may have expired or been revoked since the session began.
         let verdict = hub.certificates.check(&certificate);
         let ws_config = websocket_config(hub.limits.max_frame_bytes);
-        let ws = tokio_tungstenite::accept_async_with_config(tls, Some(ws_config)).await.map_err(Refusal::WebSocket)?;
-        Ok((ws, Caller::new(identity, fingerprint, certificate, peer), verdict))
+        let mut device = Ok(DeviceId::default());
+        // The callback's error type is tungstenite's, not ours to shrink.
+        #[allow(clippy::result_large_err)]
+        let named = |request: &tokio_tungstenite::tungstenite::handshake::server::Request, response| {
+            device = device_of(request.uri());
+            Ok(response)
+        };
+        let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, named, Some(ws_config))
+            .await
+            .map_err(Refusal::WebSocket)?;
+        Ok((ws, Caller::new(identity, fingerprint, certificate, peer), verdict, device))
     };
     timeout(hub.limits.handshake_timeout(), steps).await.unwrap_or(Err(Refusal::Timeout))
 }
@@ -336,8 +352,12 @@ async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdo
     let shaken = handshake(&hub, acceptor, tcp, peer).await;
     drop(pending);
     let (ws, caller) = match shaken {
-        Ok((ws, caller, Ok(()))) => (ws, caller),
-        Ok((ws, _, Err(refusal))) => {
+        Ok((ws, caller, Ok(()), Ok(device))) => (ws, Caller { device, ..caller }),
+        Ok((ws, _, Ok(()), Err(bad))) => {
+            let refusal = WireError::new(ErrorCode::Invalid, format!("the WebSocket request's device: {bad}"));
+            return connection::refuse(&hub, ws, refusal, "the device id is malformed").await;
+        }
+        Ok((ws, _, Err(refusal), _)) => {
             refused_handshake(&hub, peer, &format!("{}: {refusal}", refusal.rule())).await;
             return connection::refuse_certificate(&hub, ws, &refusal).await;
         }
@@ -366,7 +386,11 @@ async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdo
         connection::refuse(&hub, ws, refusal, "the connection is not admitted").await;
         return;
     }
-    info!(%peer, identity = %caller.identity, fingerprint = %caller.fingerprint, "connected");
+    if let Err(refusal) = hub.register_device(&caller).await {
+        warn!(%peer, identity = %caller.identity, device = %caller.device, reason = %refusal.message, "refused device");
+        return connection::refuse(&hub, ws, refusal, "the device is not admitted").await;
+    }
+    info!(%peer, identity = %caller.identity, device = %caller.device, fingerprint = %caller.fingerprint, "connected");
     connection::serve(hub, ws, caller.clone(), shutdown).await;
     info!(%peer, identity = %caller.identity, "disconnected");
 }

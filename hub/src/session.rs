@@ -76,6 +76,8 @@ pub struct Caller {
     pub certificate: CertValidity,
     /// Its network address.
     pub peer: SocketAddr,
+    /// Which of the identity's devices it is (see `crate::devices`).
+    pub device: wire::DeviceId,
 }
 
 impl Caller {
@@ -83,7 +85,7 @@ impl Caller {
     /// validity) and address.
     pub fn new(identity: Identity, fingerprint: String, certificate: CertValidity, peer: SocketAddr) -> Self {
         let member = identity.member_id();
-        Self { identity, member, fingerprint, certificate, peer }
+        Self { identity, member, fingerprint, certificate, peer, device: wire::DeviceId::default() }
     }
 }
 
@@ -281,7 +283,8 @@ impl Hub {
     /// what it deleted.
     pub async fn sweep_retention(&self, now_ms: u64) -> Result<crate::retention::Swept, WireError> {
         let retention = self.policy.current().retention.clone();
-        let written = self.writes.submit(Write::Retention { retention, now_ms }, None).await;
+        let devices = self.limits.devices();
+        let written = self.writes.submit(Write::Retention { retention, devices, now_ms }, None).await;
         match written.await.unwrap_or(Err(WriteError::Closed)) {
             Ok(Written::Swept(swept)) => Ok(swept),
             Ok(other) => Err(WireError::new(ErrorCode::Internal, format!("unexpected {other:?}"))),
@@ -535,7 +538,7 @@ impl Hub {
                 Ok(Reply::KeyPackagesStored { stock })
             }
             Request::GetBlobChunk { thread, blob, index } => self.blob_chunk(thread, blob, index),
-            Request::ListThreads => self.list_threads(actor),
+            Request::ListThreads => self.list_threads(caller, actor),
             Request::ListMembers { thread } => {
                 Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
             }
@@ -711,12 +714,15 @@ impl Hub {
         Ok(Reply::GroupInfo { epoch, group_info: group_info.into(), ratchet_tree: ratchet_tree.into() })
     }
 
-    fn list_threads(&self, actor: &MemberId) -> Result<Reply, WireError> {
+    /// The actor's threads, with the cursors of this connection's device (a
+    /// system acting for a worker sees the worker's default device's).
+    fn list_threads(&self, caller: &Caller, actor: &MemberId) -> Result<Reply, WireError> {
+        let device = if actor == &caller.member { caller.device.clone() } else { wire::DeviceId::default() };
         let summary = |thread| -> Result<ThreadSummary, StoreError> {
             Ok(ThreadSummary {
                 thread,
                 last_seq: self.store.last_seq(thread)?,
-                cursor: self.store.cursor(actor, thread)?,
+                cursor: self.store.cursor(actor, &device, thread)?,
             })
         };
         let threads = self.store.threads_of(actor).and_then(|t| t.into_iter().map(summary).collect());
@@ -784,7 +790,8 @@ impl Hub {
         if seq > last {
             return Err(WireError::new(ErrorCode::Invalid, format!("ack for seq {seq} beyond the last entry {last}")));
         }
-        self.writes.submit_unanswered(Write::Cursor { member: caller.member.clone(), thread, seq }, None).await;
+        let cursor = Write::Cursor { member: caller.member.clone(), device: caller.device.clone(), thread, seq };
+        self.writes.submit_unanswered(cursor, None).await;
         Ok(())
     }
 

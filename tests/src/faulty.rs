@@ -91,11 +91,20 @@ impl Store for FaultyStore {
     fn last_seq(&self, t: ThreadId) -> Result<u64, StoreError> {
         self.inner.last_seq(t)
     }
-    fn cursor(&self, m: &MemberId, t: ThreadId) -> Result<u64, StoreError> {
-        self.inner.cursor(m, t)
+    fn cursor(&self, m: &MemberId, d: &wire::DeviceId, t: ThreadId) -> Result<u64, StoreError> {
+        self.inner.cursor(m, d, t)
     }
-    fn advance_cursor(&self, m: &MemberId, t: ThreadId, s: u64) -> Result<(), StoreError> {
-        self.inner.advance_cursor(m, t, s)
+    fn advance_cursor(&self, m: &MemberId, d: &wire::DeviceId, t: ThreadId, s: u64) -> Result<(), StoreError> {
+        self.inner.advance_cursor(m, d, t, s)
+    }
+    fn devices(&self, m: &MemberId) -> Result<Vec<(wire::DeviceId, hub::devices::DeviceRecord)>, StoreError> {
+        self.inner.devices(m)
+    }
+    fn put_device(&self, m: &MemberId, d: &wire::DeviceId, r: &hub::devices::DeviceRecord) -> Result<(), StoreError> {
+        self.inner.put_device(m, d, r)
+    }
+    fn forget_device(&self, m: &MemberId, d: &wire::DeviceId) -> Result<(), StoreError> {
+        self.inner.forget_device(m, d)
     }
     fn group_state(&self, t: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
         assert!(!self.group_state_panics.load(Ordering::SeqCst), "injected: a bug while checking a write");

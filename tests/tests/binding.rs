@@ -172,52 +172,6 @@ async fn members_read_the_same_safety_numbers() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_message_from_another_device_of_the_same_worker_is_shown_not_dropped_as_own() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let hub = DevHub::start(dir.path(), tests::limits()).await?;
-    // VT's first device is driven by hand over a raw connection; it creates the thread.
-    let mut raw = hub.client(VT).connect_raw().await?;
-    let mut desk = tests::device(hub.pki_dir(), VT, None)?;
-    let Ok(Reply::ThreadCreated { thread }) =
-        tests::raw_reply(&mut raw, Request::CreateThread { client_ref: uuid::Uuid::new_v4() }).await?
-    else {
-        anyhow::bail!("no thread")
-    };
-    let (group_info, ratchet_tree) = desk.create_group(thread)?;
-    tests::raw_reply(&mut raw, Request::InitGroup { thread, group_info, ratchet_tree })
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    // VT's laptop is an SDK client of the same identity; the desk adds it.
-    let laptop = hub.client(VT).connect().await?;
-    let mut events = laptop.events().expect("events");
-    tests::eventually(WAIT, || async { Ok(laptop.upload_key_packages(Vec::new()).await? > 0) }).await?;
-    let claim = Request::ClaimKeyPackage { thread, member: laptop.member_id() };
-    let Ok(Reply::KeyPackage { key_package }) = tests::raw_reply(&mut raw, claim).await? else {
-        anyhow::bail!("no KeyPackage")
-    };
-    let package = wire::mls::verify_key_package(&key_package)?.key_package;
-    let request = tests::commit_request(thread, desk.add(thread, package)?);
-    tests::raw_reply(&mut raw, request).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    desk.commit_accepted(thread)?;
-    next_event(&mut events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
-
-    // What the desk sends reaches the laptop: same worker, another device.
-    let text = ketenhub_sdk::Content::Text { text: "sent from the desk".into() };
-    let payload = desk.encrypt(thread, &text.encode())?;
-    let send = Request::Send { thread, message: wire::MessageId::new(), payload };
-    tests::raw_reply(&mut raw, send).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let shown = next_event(&mut events, WAIT, |e| matches!(e, Event::Message(_))).await?;
-    let Event::Message(message) = shown else { unreachable!() };
-    assert_eq!(message.content, text);
-    // And the laptop's own send is still shown once, from its local copy.
-    laptop.send_text(thread, "sent from the laptop").await?;
-    let own = next_event(&mut events, WAIT, |e| matches!(e, Event::Message(_))).await?;
-    let Event::Message(own) = own else { unreachable!() };
-    assert_eq!(own.content, ketenhub_sdk::Content::Text { text: "sent from the laptop".into() });
-    hub.stop().await
-}
-
-#[tokio::test]
 async fn a_commit_that_changes_a_leafs_agency_kind_is_refused_by_the_hub() -> anyhow::Result<()> {
     use certs::dev::{DevPki, ExtraClient, SampleOrg, LT_WOERDEN};
     let dir = tempfile::tempdir()?;

@@ -51,10 +51,22 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
         let mut recorder = Recorder::resume(&store, key.clone(), Default::default())?;
         let mut audit = Auditor::new(&store, &mut recorder);
         // Within the period nothing goes.
-        let early = hub::retention::sweep(&store, &policy.retention, now + DAY_MS, &mut audit)?;
+        let early = hub::retention::sweep(
+            &store,
+            &policy.retention,
+            hub::config::Limits::default().devices(),
+            now + DAY_MS,
+            &mut audit,
+        )?;
         assert_eq!(early, hub::retention::Swept::default());
 
-        let swept = hub::retention::sweep(&store, &policy.retention, now + 31 * DAY_MS, &mut audit)?;
+        let swept = hub::retention::sweep(
+            &store,
+            &policy.retention,
+            hub::config::Limits::default().devices(),
+            now + 31 * DAY_MS,
+            &mut audit,
+        )?;
         assert_eq!((swept.messages, swept.blobs, swept.audit_entries), (2, 1, 0), "{swept:?}");
         let entries = store.entries_after(thread, 0, 100)?;
         let body = |seq: u64| entries.iter().find(|e| e.seq == seq).map(|e| e.body.clone());
@@ -68,7 +80,13 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
         let all = store.audit_entries(1, usize::MAX)?;
         let middle = &all[all.len() / 2];
         let five_years = 5 * 36_525 * DAY_MS / 100;
-        let later = hub::retention::sweep(&store, &policy.retention, middle.record.at_ms + five_years, &mut audit)?;
+        let later = hub::retention::sweep(
+            &store,
+            &policy.retention,
+            hub::config::Limits::default().devices(),
+            middle.record.at_ms + five_years,
+            &mut audit,
+        )?;
         let remaining = store.audit_entries(1, usize::MAX)?;
         assert!(later.audit_entries > 0 && !remaining.is_empty(), "{later:?}");
         // What remains holds the sweep's own three entries: what it was about to delete, the prune (signed

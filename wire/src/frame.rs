@@ -35,6 +35,53 @@ impl fmt::Display for ThreadId {
     }
 }
 
+/// Which of an identity's devices a connection is: named by the client in its
+/// WebSocket request (`/?device=ID`), 1 to 64 characters of `[A-Za-z0-9_-]`.
+/// Each device has its own delivery cursor. The empty id is the identity's
+/// default device, for a client that names none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    /// The longest device id.
+    pub const MAX_LEN: usize = 64;
+
+    /// The id as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the identity's default device (no id named).
+    pub fn is_default(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<String> for DeviceId {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if value.len() <= Self::MAX_LEN && value.chars().all(allowed) {
+            Ok(Self(value))
+        } else {
+            Err(format!("a device id is at most {} characters of [A-Za-z0-9_-]", Self::MAX_LEN))
+        }
+    }
+}
+
+impl From<DeviceId> for String {
+    fn from(id: DeviceId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_default() { "(default)" } else { &self.0 })
+    }
+}
+
 /// A message id: a UUIDv7 chosen by the sender, used to de-duplicate resends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

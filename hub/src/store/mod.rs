@@ -24,7 +24,8 @@ use wire::merkle::{Hash, Node};
 
 use crate::audit::verify::Link;
 
-use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
+use crate::devices::DeviceRecord;
+use wire::{BlobId, DeviceId, Entry, MemberId, MessageId, Oin, ThreadId};
 
 pub use sled_store::SledStore;
 
@@ -226,11 +227,28 @@ pub trait Store: Send + Sync + 'static {
     /// The highest durable seq of a thread (0 when empty or unknown).
     fn last_seq(&self, thread: ThreadId) -> Result<u64, StoreError>;
 
-    /// The member's acknowledged cursor in a thread (0 when none).
-    fn cursor(&self, member: &MemberId, thread: ThreadId) -> Result<u64, StoreError>;
+    /// The acknowledged cursor of one of the member's devices in a thread. A
+    /// device without a cursor of its own there has the default device's,
+    /// which starts just before the member was added (0 when none).
+    fn cursor(&self, member: &MemberId, device: &DeviceId, thread: ThreadId) -> Result<u64, StoreError>;
 
-    /// Moves the member's cursor forward to `seq`; never moves it back.
-    fn advance_cursor(&self, member: &MemberId, thread: ThreadId, seq: u64) -> Result<(), StoreError>;
+    /// Moves the device's cursor forward to `seq`; never moves it back.
+    fn advance_cursor(
+        &self,
+        member: &MemberId,
+        device: &DeviceId,
+        thread: ThreadId,
+        seq: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The member's devices the hub keeps (see `crate::devices`).
+    fn devices(&self, member: &MemberId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError>;
+
+    /// Stores what the hub keeps of one of the member's devices.
+    fn put_device(&self, member: &MemberId, device: &DeviceId, record: &DeviceRecord) -> Result<(), StoreError>;
+
+    /// Forgets one of the member's devices.
+    fn forget_device(&self, member: &MemberId, device: &DeviceId) -> Result<(), StoreError>;
 
     /// The public state of the thread's MLS group, if registered.
     fn group_state(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError>;

@@ -51,7 +51,8 @@ use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
 use wire::merkle::{Hash, Node};
 
 use crate::audit::verify::Link;
-use wire::{BlobId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
+use crate::devices::DeviceRecord;
+use wire::{BlobId, DeviceId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
 
 use super::chunk_files::ChunkFiles;
 use super::{AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, Store, StoreError};
@@ -66,6 +67,7 @@ const CREATE_REF: u8 = b'R';
 const KEY_PACKAGE: u8 = b'K';
 const GROUP: u8 = b'G';
 const GROUP_INFO: u8 = b'F';
+const DEVICE: u8 = b'S';
 const BLOB: u8 = b'B';
 const AUDIT: u8 = b'A';
 const OWNERSHIP: u8 = b'O';
@@ -147,6 +149,12 @@ fn member_key(member: &MemberId) -> Vec<u8> {
     key.push(worker.len() as u8);
     key.extend_from_slice(worker);
     key
+}
+
+/// A device's cursor in a thread; the default device's key is the one
+/// membership writes, so that it is also every device's starting point.
+fn cursor_key(member_key: &[u8], device: &DeviceId, thread: ThreadId) -> Vec<u8> {
+    key(CURSOR, &[member_key, thread.0.as_bytes(), device.as_str().as_bytes()])
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -381,7 +389,7 @@ impl SledStore {
         let mk = member_key(member);
         batch.insert(key(MEMBER, &[thread.0.as_bytes(), &mk]), encode(record));
         batch.insert(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]), &[][..]);
-        let cursor = key(CURSOR, &[&mk, thread.0.as_bytes()]);
+        let cursor = cursor_key(&mk, &DeviceId::default(), thread);
         if !self.db.contains_key(&cursor).map_err(backend)? {
             batch.insert(cursor, &(record.added_seq - 1).to_be_bytes()[..]);
         }
@@ -683,20 +691,57 @@ impl Store for SledStore {
         }
     }
 
-    fn cursor(&self, member: &MemberId, thread: ThreadId) -> Result<u64, StoreError> {
-        match self.db.get(key(CURSOR, &[&member_key(member), thread.0.as_bytes()])).map_err(backend)? {
-            Some(v) => seq_from(&v),
-            None => Ok(0),
-        }
+    fn cursor(&self, member: &MemberId, device: &DeviceId, thread: ThreadId) -> Result<u64, StoreError> {
+        let mk = member_key(member);
+        let own = self.db.get(cursor_key(&mk, device, thread)).map_err(backend)?;
+        let found = match own {
+            None if !device.is_default() => {
+                self.db.get(cursor_key(&mk, &DeviceId::default(), thread)).map_err(backend)?
+            }
+            found => found,
+        };
+        found.map_or(Ok(0), |v| seq_from(&v))
     }
 
-    fn advance_cursor(&self, member: &MemberId, thread: ThreadId, seq: u64) -> Result<(), StoreError> {
+    fn advance_cursor(
+        &self,
+        member: &MemberId,
+        device: &DeviceId,
+        thread: ThreadId,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let from = self.cursor(member, device, thread)?;
         self.db
-            .fetch_and_update(key(CURSOR, &[&member_key(member), thread.0.as_bytes()]), |old| {
-                let current = old.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            .fetch_and_update(cursor_key(&member_key(member), device, thread), |old| {
+                let current = old.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(from);
                 Some(current.max(seq).to_be_bytes().to_vec())
             })
             .map_err(backend)?;
+        Ok(())
+    }
+
+    fn devices(&self, member: &MemberId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError> {
+        let prefix = key(DEVICE, &[&member_key(member)]);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                let id =
+                    String::from_utf8(k[prefix.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((DeviceId::try_from(id).map_err(StoreError::Corrupt)?, decode(&v)?))
+            })
+            .collect()
+    }
+
+    fn put_device(&self, member: &MemberId, device: &DeviceId, record: &DeviceRecord) -> Result<(), StoreError> {
+        self.db
+            .insert(key(DEVICE, &[&member_key(member), device.as_str().as_bytes()]), encode(record))
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn forget_device(&self, member: &MemberId, device: &DeviceId) -> Result<(), StoreError> {
+        self.db.remove(key(DEVICE, &[&member_key(member), device.as_str().as_bytes()])).map_err(backend)?;
         Ok(())
     }
 
@@ -1152,7 +1197,7 @@ mod tests {
             let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
             store.add_member(thread, &anna, &piet, 2).unwrap();
             store.append_message(thread, &anna, MessageId::new(), b"x", 3).unwrap();
-            store.advance_cursor(&piet, thread, 3).unwrap();
+            store.advance_cursor(&piet, &DeviceId::default(), thread, 3).unwrap();
             store.flush().unwrap();
             thread
         };
@@ -1163,7 +1208,7 @@ mod tests {
         let mut members = store.members(thread).unwrap();
         members.sort();
         assert_eq!(members, vec![anna.clone(), piet.clone()]);
-        assert_eq!(store.cursor(&piet, thread).unwrap(), 3);
+        assert_eq!(store.cursor(&piet, &DeviceId::default(), thread).unwrap(), 3);
         let next = store.append_message(thread, &anna, MessageId::new(), b"y", 4).unwrap();
         assert_eq!(next.seq, 4);
     }
@@ -1177,11 +1222,11 @@ mod tests {
         store.append_message(thread, &anna, MessageId::new(), b"before", 2).unwrap();
         let added = store.add_member(thread, &anna, &piet, 3).unwrap();
         assert_eq!(added.seq, 3);
-        assert_eq!(store.cursor(&piet, thread).unwrap(), 2);
+        assert_eq!(store.cursor(&piet, &DeviceId::default(), thread).unwrap(), 2);
         assert_eq!(store.add_member(thread, &anna, &piet, 4).unwrap(), Appended { seq: 3, entry: None });
-        store.advance_cursor(&piet, thread, 3).unwrap();
-        store.advance_cursor(&piet, thread, 1).unwrap();
-        assert_eq!(store.cursor(&piet, thread).unwrap(), 3);
+        store.advance_cursor(&piet, &DeviceId::default(), thread, 3).unwrap();
+        store.advance_cursor(&piet, &DeviceId::default(), thread, 1).unwrap();
+        assert_eq!(store.cursor(&piet, &DeviceId::default(), thread).unwrap(), 3);
     }
 
     #[test]

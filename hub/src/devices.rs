@@ -1,0 +1,141 @@
+//! An identity's devices, each with its own delivery cursor.
+//!
+//! A caseworker has a desk at the office and a laptop, each its own MLS leaf
+//! (see `groups`) and its own state. If they shared one cursor, the laptop
+//! acknowledging an entry would let retention delete content the desk has not
+//! received yet. So a connection names its device (`/?device=ID` in its
+//! WebSocket request; none names the identity's default device), and each
+//! device has its own cursor per thread.
+//!
+//! The rules, all applied on the writer thread:
+//! - A device seen for the first time starts in each of its identity's threads
+//!   at the thread's last entry: its MLS group begins when it joins, so what
+//!   came before is nothing it could read. Threads the identity joins later are
+//!   delivered from the membership's start, as for any member. The identity's
+//!   first named device instead takes over the default cursors, so that an SDK
+//!   that named no device before loses nothing it had not acknowledged.
+//! - At most `limits.max_devices_per_identity` devices are kept. A new device
+//!   over that bound first makes room by forgetting the devices not seen for
+//!   `limits.device_idle_days`; if none is that old, it is refused.
+//! - Retention waits for every device seen within `device_idle_days`: a device
+//!   away longer no longer holds content back, and when it comes back it gets
+//!   what is left (expired entries as `expired`).
+
+use serde::{Deserialize, Serialize};
+use wire::calendar::DAY_MS;
+use wire::{DeviceId, MemberId, ThreadId};
+
+use crate::durability::{Write, WriteError};
+use crate::session::{Caller, Hub};
+use crate::store::{Store, StoreError};
+
+/// What the hub remembers of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// When it first connected, in milliseconds since the Unix epoch.
+    pub first_seen_ms: u64,
+    /// When it last connected.
+    pub last_seen_ms: u64,
+}
+
+/// The bounds on an identity's devices (`limits.max_devices_per_identity`, `limits.device_idle_days`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Devices kept per identity.
+    pub max: usize,
+    /// Days after which an unseen device no longer holds retention back, and may be forgotten.
+    pub idle_days: u32,
+}
+
+impl DeviceLimits {
+    fn idle_before(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(u64::from(self.idle_days) * DAY_MS)
+    }
+}
+
+/// Why a device was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The identity has as many devices as it may, none of them idle.
+    #[error("the identity has {0} devices, none idle; limits.max_devices_per_identity is {0}")]
+    TooMany(usize),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Hub {
+    /// Records, before its delivery starts, that the caller's device has
+    /// connected; refused (`limit_exceeded`) when its identity has too many.
+    pub async fn register_device(&self, caller: &Caller) -> Result<(), wire::WireError> {
+        let write = Write::RegisterDevice {
+            member: caller.member.clone(),
+            device: caller.device.clone(),
+            limits: self.limits.devices(),
+        };
+        match self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed)) {
+            Ok(_) => Ok(()),
+            Err(WriteError::Refused(refusal)) => Err(refusal),
+            Err(e) => Err(wire::WireError::new(wire::ErrorCode::Unavailable, format!("registering the device: {e}"))),
+        }
+    }
+}
+
+/// Records that `device` of `member` connected at `now_ms` (see the module's rules).
+pub fn register(
+    store: &dyn Store,
+    member: &MemberId,
+    device: &DeviceId,
+    now_ms: u64,
+    limits: DeviceLimits,
+) -> Result<(), DeviceError> {
+    let known = store.devices(member)?;
+    if let Some((_, record)) = known.iter().find(|(d, _)| d == device) {
+        store.put_device(member, device, &DeviceRecord { last_seen_ms: now_ms, ..*record })?;
+        return Ok(());
+    }
+    let mut kept = known.len();
+    if kept >= limits.max {
+        for (idle, _) in known.iter().filter(|(_, r)| r.last_seen_ms < limits.idle_before(now_ms)) {
+            store.forget_device(member, idle)?;
+            kept -= 1;
+        }
+        if kept >= limits.max {
+            return Err(DeviceError::TooMany(limits.max));
+        }
+    }
+    let first_named = !device.is_default() && known.iter().all(|(d, _)| d.is_default());
+    if !first_named && !device.is_default() {
+        for thread in store.threads_of(member)? {
+            store.advance_cursor(member, device, thread, store.last_seq(thread)?)?;
+        }
+    }
+    store.put_device(member, device, &DeviceRecord { first_seen_ms: now_ms, last_seen_ms: now_ms })?;
+    Ok(())
+}
+
+/// How far `member` has received `thread` for retention: the lowest cursor of
+/// its devices seen within the idle period, or when none was, the highest of
+/// all (what it received on any device).
+pub fn received(
+    store: &dyn Store,
+    member: &MemberId,
+    thread: ThreadId,
+    now_ms: u64,
+    limits: DeviceLimits,
+) -> Result<u64, StoreError> {
+    let devices = store.devices(member)?;
+    if devices.is_empty() {
+        return store.cursor(member, &DeviceId::default(), thread);
+    }
+    let mut active = None::<u64>;
+    let mut any = 0;
+    for (device, record) in &devices {
+        let cursor = store.cursor(member, device, thread)?;
+        any = any.max(cursor);
+        if record.last_seen_ms >= limits.idle_before(now_ms) {
+            active = Some(active.map_or(cursor, |lowest| lowest.min(cursor)));
+        }
+    }
+    Ok(active.unwrap_or(any))
+}

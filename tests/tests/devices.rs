@@ -1,0 +1,152 @@
+//! Several devices per worker: each its own MLS leaf, bound to the worker's
+//! certificate, joining the worker's threads by itself, with its own delivery
+//! cursor, so that what one device acknowledged is never deleted before the
+//! other has received it.
+
+use std::time::Duration;
+
+use ketenhub_sdk::{Content, Event, EventStream};
+use tests::{next_event, DevHub};
+use wire::calendar::DAY_MS;
+use wire::{EntryBody, ThreadId};
+
+const WAIT: Duration = Duration::from_secs(20);
+const VT: &str = "vt-utrecht-caseworker";
+const LT: &str = "lt-woerden-caseworker";
+
+/// Waits until `events` shows the text message `text` in `thread`; returns its seq and sender.
+async fn shows(events: &mut EventStream, thread: ThreadId, text: &str) -> anyhow::Result<(u64, wire::MemberId)> {
+    let wanted = Content::Text { text: text.into() };
+    match next_event(events, WAIT, |e| matches!(e, Event::Message(m) if m.thread == thread && m.content == wanted))
+        .await
+    {
+        Ok(Event::Message(m)) => Ok((m.seq, m.sender)),
+        other => anyhow::bail!("{text:?} not shown: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_device_joins_by_itself_and_each_device_shows_the_others_sends() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
+    let mut desk_events = desk.events().expect("events");
+    let lt = hub.client(LT).connect().await?;
+    let mut lt_events = lt.events().expect("events");
+    let thread = desk.create_thread().await?;
+    desk.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
+
+    // The laptop: the same certificate, its own state; nobody adds it.
+    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+    let mut laptop_events = laptop.events().expect("events");
+    next_event(&mut laptop_events, WAIT, |e| matches!(e, Event::Rejoined { thread: t, .. } if *t == thread)).await?;
+    tests::eventually(WAIT, || async { Ok(desk.epoch(thread) == laptop.epoch(thread)) }).await?;
+    let vt_devices =
+        desk.devices(thread).into_iter().filter(|d| d.as_ref().is_ok_and(|b| b.member == desk.member_id()));
+    assert_eq!(vt_devices.count(), 2, "the desk and the laptop, each bound to VT's certificate");
+
+    // The desk's send reaches the laptop as VT's, not dropped as the laptop's own; the desk shows it once.
+    desk.send_text(thread, "vanaf het bureau").await?;
+    assert_eq!(shows(&mut laptop_events, thread, "vanaf het bureau").await?.1, desk.member_id());
+    shows(&mut desk_events, thread, "vanaf het bureau").await?;
+    // And the other way round; LT reads both.
+    laptop.send_text(thread, "vanaf de laptop").await?;
+    shows(&mut desk_events, thread, "vanaf de laptop").await?;
+    shows(&mut laptop_events, thread, "vanaf de laptop").await?;
+    shows(&mut lt_events, thread, "vanaf het bureau").await?;
+    shows(&mut lt_events, thread, "vanaf de laptop").await?;
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn content_one_device_acknowledged_waits_for_the_other_device() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
+    let mut desk_events = desk.events().expect("events");
+    let lt = hub.client(LT).discard_events().connect().await?;
+    let thread = desk.create_thread().await?;
+    desk.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+    let mut laptop_events = laptop.events().expect("events");
+    next_event(&mut laptop_events, WAIT, |e| matches!(e, Event::Rejoined { .. })).await?;
+    tests::eventually(WAIT, || async { Ok(lt.epoch(thread) == laptop.epoch(thread)) }).await?;
+    laptop.close().await;
+    drop(laptop_events);
+
+    // LT writes while the laptop is away; the desk reads and acknowledges it.
+    lt.send_text(thread, "voor beide apparaten").await?;
+    let (seq, _) = shows(&mut desk_events, thread, "voor beide apparaten").await?;
+    desk.ack(thread, seq).await?;
+    lt.ack(thread, seq).await?;
+    let store = hub.store();
+    tests::eventually(WAIT, || async { Ok(store.cursor(&desk.member_id(), &desk.device_id(), thread)? >= seq) })
+        .await?;
+
+    // Past the content period: the laptop has not received it, so it stays.
+    let shared = hub.hub();
+    let sweep = |days: u64| shared.sweep_retention(hub::clock::now_ms() + days * DAY_MS);
+    sweep(31).await?;
+    assert!(matches!(entry(&hub, thread, seq)?, EntryBody::Message { .. }), "deleted before the laptop had it");
+    // The laptop comes back and reads it.
+    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+    let mut laptop_events = laptop.events().expect("events");
+    shows(&mut laptop_events, thread, "voor beide apparaten").await?;
+    laptop.ack(thread, seq).await?;
+    tests::eventually(WAIT, || async {
+        sweep(31).await?;
+        Ok(matches!(entry(&hub, thread, seq)?, EntryBody::Expired))
+    })
+    .await?;
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_device_away_longer_than_the_idle_period_no_longer_holds_content_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
+    let mut desk_events = desk.events().expect("events");
+    let thread = desk.create_thread().await?;
+    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+    let mut laptop_events = laptop.events().expect("events");
+    next_event(&mut laptop_events, WAIT, |e| matches!(e, Event::Rejoined { .. })).await?;
+    laptop.close().await;
+    let sent = desk.send_text(thread, "de laptop is weg").await?;
+    shows(&mut desk_events, thread, "de laptop is weg").await?;
+    desk.ack(thread, sent.seq).await?;
+    let idle = u64::from(tests::limits().device_idle_days) + 1;
+    tests::eventually(WAIT, || async {
+        hub.hub().sweep_retention(hub::clock::now_ms() + idle * DAY_MS).await?;
+        Ok(matches!(entry(&hub, thread, sent.seq)?, EntryBody::Expired))
+    })
+    .await?;
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_new_device_over_the_bound_is_refused_with_its_limit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = hub::config::Limits { max_devices_per_identity: 2, ..tests::limits() };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let states = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    for state in &states[..2] {
+        hub.client(VT).state_dir(state.path()).discard_events().connect().await?.close().await;
+    }
+    let refused = hub.client(VT).state_dir(states[2].path()).discard_events().connect().await;
+    let refused = refused.expect_err("a third device was admitted");
+    assert!(refused.to_string().contains("limits.max_devices_per_identity"), "{refused}");
+    // A device the hub knows still connects.
+    hub.client(VT).state_dir(states[0].path()).discard_events().connect().await?.close().await;
+    hub.stop().await
+}
+
+/// The body of entry `seq` of `thread`, as the hub's store holds it now.
+fn entry(hub: &DevHub, thread: ThreadId, seq: u64) -> anyhow::Result<EntryBody> {
+    let entries = hub.store().entries_after(thread, seq - 1, 1)?;
+    Ok(entries.into_iter().next().ok_or_else(|| anyhow::anyhow!("no entry {seq}"))?.body)
+}
