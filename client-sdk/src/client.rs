@@ -155,7 +155,11 @@ impl Client {
     }
 
     pub(crate) async fn connect(mut settings: Settings) -> Result<Self, Error> {
-        let binder = settings.binder.as_ref().map_err(|e| Error::Config(e.clone()))?;
+        let binder = match &settings.binder {
+            Ok(binder) => binder,
+            // The hub's refusal (no certificate, say) says more than the missing binder.
+            Err(e) => return Err(dial(&settings).await.err().unwrap_or_else(|| Error::Config(e.clone()))),
+        };
         let (dir, key) = (settings.state_dir.as_deref(), settings.state_key.as_ref());
         let device = Device::open_sealed(binder, settings.verifier.clone(), dir, key).map_err(|e| match e {
             DeviceError::WrongKey(_) | DeviceError::KeyRequired(_) => Error::StateKey(e.to_string()),

@@ -577,8 +577,7 @@ fn apply_commit(
         refused(ErrorCode::Invalid, "a commit must carry the GroupInfo of the epoch it leads to (group_info)")
     })?;
     crate::groups::check_group_info(&checked.state, thread, &group_info).map_err(WriteError::Refused)?;
-    // Last of the checks: redeeming uses the claims up.
-    if !store.redeem_claims(thread, caller, &checked.added_packages)? {
+    if !store.holds_claims(thread, caller, &checked.added_packages)? {
         return Err(forbidden(
             "key-package-not-claimed",
             "the commit adds a KeyPackage the hub did not hand to this identity for this thread",
@@ -606,6 +605,7 @@ fn apply_commit(
         epoch: checked.epoch,
         commit,
         group_info: &group_info,
+        redeemed: &checked.added_packages,
         removed: &removed,
         welcome: welcome.as_deref().map(|w| (checked.added.as_slice(), w)),
         ownership,

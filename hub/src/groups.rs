@@ -94,6 +94,11 @@ fn bound(identities: &Verifier, old: Option<&LeafNode>, leaf: &LeafNode) -> Resu
         .map_err(|e| WireError::new(ErrorCode::Forbidden, format!("denied by rule leaf-unbound: {e}")))
 }
 
+/// Proposals one commit may carry: more than any honest commit needs (adding
+/// or removing a thread's members), few enough that the binding checks of a
+/// commit's leaves cannot hold the writer thread up for long.
+pub const MAX_PROPOSALS: usize = 128;
+
 /// Which request a commit came in: a member's own commit, or the external
 /// commit by which a device of a member joins again (`Request::Rejoin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +282,9 @@ pub fn check_commit(
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("not a commit"));
     };
+    if staged.queued_proposals().count() > MAX_PROPOSALS {
+        return Err(invalid(format!("a commit carries at most {MAX_PROPOSALS} proposals")));
+    }
     let NewLeaves { leaves: new, packages: added_packages } = new_leaves(&group, &staged, committer, kind)?;
     let added = staged
         .add_proposals()

@@ -131,8 +131,8 @@ impl Store for FaultyStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.claim_key_package(t, c, m, at)
     }
-    fn redeem_claims(&self, t: ThreadId, c: &MemberId, d: &[[u8; 32]]) -> Result<bool, StoreError> {
-        self.inner.redeem_claims(t, c, d)
+    fn holds_claims(&self, t: ThreadId, c: &MemberId, d: &[[u8; 32]]) -> Result<bool, StoreError> {
+        self.inner.holds_claims(t, c, d)
     }
     fn key_package_stock(&self, m: &MemberId) -> Result<u64, StoreError> {
         self.inner.key_package_stock(m)

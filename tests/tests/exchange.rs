@@ -89,8 +89,9 @@ async fn an_offline_member_receives_everything_in_order_from_its_cursor() -> any
         vt.send(thread, format!("m{i}").into_bytes()).await?;
     }
 
-    // What the hub sends on reconnecting: every entry after the cursor, in order.
-    let mut raw = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    // What the hub sends on reconnecting: every entry after the device's cursor, in order.
+    let as_device = format!("{}/?device={}", hub.url(), lt.device_id());
+    let mut raw = hub.client("lt-woerden-caseworker").url(as_device).connect_raw().await?;
     let mut seqs = Vec::new();
     while seqs.last() != Some(&(first[9].seq + 40)) {
         match tokio::time::timeout(WAIT, raw.next()).await?? {

@@ -85,6 +85,8 @@ pub struct AcceptedCommit<'a> {
     pub commit: &'a [u8],
     /// The GroupInfo of the epoch after it, already checked against `state`.
     pub group_info: &'a [u8],
+    /// The claims (KeyPackage digests, claimed by `by`) it redeems: each adds one device once.
+    pub redeemed: &'a [[u8; 32]],
     /// The current members whose last device the commit removes: their
     /// membership ends with it.
     pub removed: &'a [MemberId],
@@ -282,8 +284,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Whether every KeyPackage (by SHA-256) was handed to `claimer` for
-    /// `thread`; when so, they are forgotten, since each adds one device once.
-    fn redeem_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError>;
+    /// `thread`. A commit that adds them redeems them (see [`AcceptedCommit::redeemed`]).
+    fn holds_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError>;
 
     /// How many KeyPackages `member` holds.
     fn key_package_stock(&self, member: &MemberId) -> Result<u64, StoreError>;

@@ -151,6 +151,11 @@ fn member_key(member: &MemberId) -> Vec<u8> {
     key
 }
 
+/// The claim of a KeyPackage (by digest) handed to `claimer` for `thread`.
+fn claim_key(thread: ThreadId, claimer: &MemberId, digest: &[u8; 32]) -> Vec<u8> {
+    key(CLAIM, &[thread.0.as_bytes(), &member_key(claimer), digest])
+}
+
 /// A device's cursor in a thread; the default device's key is the one
 /// membership writes, so that it is also every device's starting point.
 fn cursor_key(member_key: &[u8], device: &DeviceId, thread: ThreadId) -> Vec<u8> {
@@ -789,6 +794,9 @@ impl Store for SledStore {
         }
         batch.insert(key(GROUP, &[thread.0.as_bytes()]), commit.state);
         batch.insert(key(GROUP_INFO, &[thread.0.as_bytes()]), commit.group_info);
+        for digest in commit.redeemed {
+            batch.remove(claim_key(thread, commit.by, digest));
+        }
         if let Some(ownership) = commit.ownership {
             batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(ownership));
         }
@@ -841,17 +849,12 @@ impl Store for SledStore {
         Ok(Some(package.to_vec()))
     }
 
-    fn redeem_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError> {
-        let keys: Vec<Vec<u8>> =
-            digests.iter().map(|d| key(CLAIM, &[thread.0.as_bytes(), &member_key(claimer), d])).collect();
-        for k in &keys {
-            if !self.db.contains_key(k).map_err(backend)? {
+    fn holds_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError> {
+        for digest in digests {
+            if !self.db.contains_key(claim_key(thread, claimer, digest)).map_err(backend)? {
                 return Ok(false);
             }
         }
-        let mut batch = sled::Batch::default();
-        keys.into_iter().for_each(|k| batch.remove(k));
-        self.db.apply_batch(batch).map_err(backend)?;
         Ok(true)
     }
 
@@ -1240,13 +1243,31 @@ mod tests {
         assert_eq!(store.claim_key_package(thread, &claimer, &anna, 1).unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.claim_key_package(thread, &claimer, &anna, 2).unwrap().as_deref(), Some(&b"two"[..]));
         assert_eq!(store.claim_key_package(thread, &claimer, &anna, 3).unwrap(), None);
-        // Handed out to that claimer for that thread, and redeemed once.
+        // Handed out to that claimer for that thread, and redeemed once, by the commit that adds it.
         let one = crate::groups::key_package_digest(b"one");
-        assert!(!store.redeem_claims(ThreadId::random(), &claimer, &[one]).unwrap());
-        assert!(!store.redeem_claims(thread, &anna, &[one]).unwrap());
-        assert!(store.redeem_claims(thread, &claimer, &[one]).unwrap());
-        assert!(!store.redeem_claims(thread, &claimer, &[one]).unwrap());
-        assert_eq!(store.key_package_stock(&piet).unwrap(), 1);
+        assert!(!store.holds_claims(ThreadId::random(), &claimer, &[one]).unwrap());
+        assert!(!store.holds_claims(thread, &anna, &[one]).unwrap());
+        assert!(store.holds_claims(thread, &claimer, &[one]).unwrap());
+        let thread = store.create_thread(&claimer, Uuid::new_v4(), 1).unwrap().thread;
+        store.claim_key_package(thread, &claimer, &piet, 4).unwrap();
+        let piets = crate::groups::key_package_digest(b"piet");
+        let commit = AcceptedCommit {
+            thread,
+            by: &claimer,
+            state: b"state",
+            epoch: 1,
+            commit: b"commit",
+            group_info: b"info",
+            redeemed: &[piets],
+            removed: &[],
+            welcome: None,
+            ownership: None,
+            at_ms: 5,
+        };
+        assert!(store.holds_claims(thread, &claimer, &[piets]).unwrap());
+        store.apply_commit(&commit).unwrap();
+        assert!(!store.holds_claims(thread, &claimer, &[piets]).unwrap());
+        assert_eq!(store.group_info(thread).unwrap().as_deref(), Some(&b"info"[..]));
     }
 
     #[test]
