@@ -182,7 +182,7 @@ struct Reader<'a> {
 async fn settled(
     hub: Arc<Hub>,
     id: u64,
-    outcome: crate::session::Outcome,
+    outcome: crate::requests::Outcome,
     reserved: Option<Reserved>,
 ) -> (u64, Result<wire::Reply, WireError>, Option<Reserved>) {
     (id, hub.settle(outcome).await, reserved)

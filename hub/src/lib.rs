@@ -8,10 +8,11 @@
 //!
 //! The modules follow the path of a connection: [`tls`] checks who is calling,
 //! [`server`] accepts, [`connection`] reads and writes frames within the
-//! [`config::Limits`], [`session`] decides what a request does, [`store`] keeps
-//! it, [`durability`] makes it durable in batches, and [`delivery`] pushes it to
-//! the members. [`blobs`] keeps encrypted attachments for a thread's members.
-//! [`revocation`] keeps certificate expiry and the CRLs biting on open connections.
+//! [`config::Limits`], [`requests`] decides what a request does (on the state
+//! [`session`] shares), [`store`] keeps it, [`durability`] makes it durable in
+//! batches, and [`delivery`] pushes it to the members. [`blobs`] keeps
+//! encrypted attachments for a thread's members. [`revocation`] keeps
+//! certificate expiry and the CRLs biting on open connections.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod outbox;
 pub mod policy;
 pub mod quotas;
 pub mod ratelimit;
+pub mod requests;
 pub mod retention;
 pub mod revocation;
 pub mod server;

@@ -1,0 +1,134 @@
+//! The audit log as requests see it: a privacy officer's query, a witness's
+//! signed tree head, and the record every request leaves behind.
+//!
+//! The record is drawn up from the request before the policy decides, so that
+//! a refusal is logged with the same detail as an allowed access.
+
+use tokio::task::JoinHandle;
+use wire::audit::{AuditAction, AuditFilter, AuditRecord};
+use wire::{ErrorCode, MemberId, Reply, Request, WireError};
+
+use crate::audit;
+use crate::session::{internal, Caller, Hub};
+use crate::store::Store;
+
+impl Hub {
+    pub(super) fn spawn_audit_query(
+        &self,
+        caller: &Caller,
+        filter: AuditFilter,
+        known_size: u64,
+    ) -> JoinHandle<Result<Reply, WireError>> {
+        let (store, oin) = (self.store.clone(), caller.identity.oin.clone());
+        tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter, known_size))
+    }
+
+    pub(super) fn signed_head(&self, known_size: u64) -> Result<Reply, WireError> {
+        let (head, consistency) = audit_head(self.store.as_ref(), known_size)?;
+        let head =
+            head.ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the audit log has no signed tree head yet"))?;
+        Ok(Reply::AuditHead { head: Box::new(head), consistency })
+    }
+}
+
+/// A privacy officer's query, within the scope of its organisation.
+fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_size: u64) -> Result<Reply, WireError> {
+    let cases = store.organisation_cases(oin).map_err(internal)?;
+    // Outside the organisation's cases, a case and a non-case look the same.
+    if filter.case.is_some_and(|case| !cases.contains(&case)) {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            "denied by rule audit-outside-scope: the case is not one of your organisation's",
+        ));
+    }
+    let (head, consistency) = audit_head(store, known_size)?;
+    let covered = head.as_ref().map_or(0, |h| h.size);
+    let (entries, truncated) = audit::query(store, oin, &cases, filter, covered).map_err(internal)?;
+    let proofs = entries
+        .iter()
+        .map(|entry| {
+            let path = wire::merkle::inclusion_proof(entry.seq - 1, covered, &mut audit::node_source(store));
+            path.map(wire::audit::Proof::from_hashes).map_err(internal)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Reply::AuditEntries { entries, truncated, head: head.map(Box::new), proofs, consistency })
+}
+
+/// The latest signed tree head and the consistency proof to it from the tree of `known_size` entries (empty
+/// when that is not below the head: the caller's check then fails or has nothing to prove).
+fn audit_head(
+    store: &dyn Store,
+    known_size: u64,
+) -> Result<(Option<wire::audit::SignedTreeHead>, wire::audit::Proof), WireError> {
+    let Some(head) = store.latest_head().map_err(internal)? else { return Ok((None, wire::audit::Proof::default())) };
+    let proof =
+        wire::merkle::consistency_proof(known_size, head.size, &mut audit::node_source(store)).map_err(internal)?;
+    Ok((Some(head), wire::audit::Proof::from_hashes(proof)))
+}
+/// What the audit log records about a request, before the policy decides.
+pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Request) -> AuditRecord {
+    let mut record = AuditRecord {
+        actor: Some(audit::actor(&caller.identity, &caller.fingerprint)),
+        on_behalf_of,
+        ..audit::blank_record(AuditAction::ListThreads, Some(caller.peer))
+    };
+    let (action, case, object) = match request {
+        Request::CreateThread { .. } => (AuditAction::CreateThread, None, None),
+        Request::AddMember { thread, member, reason, legal_basis } => {
+            record.purpose = Some(reason.clone());
+            record.legal_basis = Some(legal_basis.clone());
+            (AuditAction::AddMember, Some(*thread), Some(member.to_string()))
+        }
+        Request::Send { thread, message, .. } => (AuditAction::Send, Some(*thread), Some(message.to_string())),
+        Request::InitGroup { thread, .. } | Request::Commit { thread, .. } => {
+            (AuditAction::Commit, Some(*thread), None)
+        }
+        Request::Rejoin { thread, .. } => (AuditAction::Commit, Some(*thread), Some("rejoin".into())),
+        Request::GroupInfo { thread } => (AuditAction::ListMembers, Some(*thread), Some("group info".into())),
+        Request::UploadKeyPackages { .. } => (AuditAction::KeyPackage, None, None),
+        Request::ClaimKeyPackage { thread, member } => {
+            (AuditAction::KeyPackage, Some(*thread), Some(member.to_string()))
+        }
+        Request::PutBlobChunk { thread, blob, index, .. } => {
+            (AuditAction::BlobPut, Some(*thread), Some(format!("{blob}#{index}")))
+        }
+        Request::GetBlobChunk { thread, blob, index } => {
+            (AuditAction::BlobFetch, Some(*thread), Some(format!("{blob}#{index}")))
+        }
+        Request::ListThreads => (AuditAction::ListThreads, None, None),
+        Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
+        Request::AuditQuery { filter, .. } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
+        Request::AuditHead { known_size } => {
+            (AuditAction::AuditQuery, None, Some(format!("tree head from {known_size}")))
+        }
+        Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
+        Request::OfferHandover { thread, offer } => {
+            record.purpose = Some(offer.reason.clone());
+            record.legal_basis = Some(offer.legal_basis.clone());
+            let object = format!("offer to {} on route {}", offer.to.as_str(), offer.route);
+            (AuditAction::Handover, Some(*thread), Some(object))
+        }
+        Request::AnswerOffer { thread, offer, accept, reason } => {
+            record.purpose = reason.clone();
+            let verb = if *accept { "accept" } else { "decline" };
+            (AuditAction::Handover, Some(*thread), Some(format!("{verb} offer {offer}")))
+        }
+        Request::CompleteHandover { thread, offer, .. } => {
+            (AuditAction::Handover, Some(*thread), Some(format!("complete offer {offer}")))
+        }
+        Request::ReportDone { thread, clock } => {
+            (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
+        }
+        Request::ScheduleRappel { thread } => (AuditAction::Handover, Some(*thread), Some("rappel scheduled".into())),
+        Request::LeaveCase { thread, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some("leaves the case".into()))
+        }
+        Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
+        Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
+    };
+    record.action = action;
+    record.case = case;
+    record.object = object;
+    record
+}

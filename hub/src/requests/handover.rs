@@ -1,0 +1,90 @@
+//! Handovers: offers and their answers, completion, leaving a case, the
+//! deadlines that escalate, the offers waiting for someone, and the answer to a
+//! leave that was already recorded.
+//!
+//! The state machine itself is a pure function in `wire::handover`, applied in
+//! write order by the writer thread (see [`crate::handovers`]); what is left
+//! here is what only the request knows: which step, when, and for whom.
+
+use tokio::task::JoinHandle;
+use wire::handover::OfferRequest;
+use wire::{Identity, MemberId, Reply, Request, ThreadId, WireError};
+
+use super::WriteKind;
+use crate::durability::{Write, WriteError};
+use crate::handovers::{self, HandoverOp};
+use crate::policy::Policy;
+use crate::session::{internal, not_durable, Caller, Hub};
+use crate::store::Store;
+
+impl Hub {
+    pub(super) fn offer_handover(
+        &self,
+        thread: ThreadId,
+        actor: &MemberId,
+        offer: OfferRequest,
+    ) -> Result<(WriteKind, Write), WireError> {
+        // Every offer stays in the case's state, which every `ownership` reply carries.
+        let made = self.store.ownership(thread).map_err(internal)?.map_or(0, |o| o.offers.len());
+        if made >= self.limits.max_offers_per_case {
+            let key = "limits.max_offers_per_case";
+            return Err(crate::quotas::exceeded(key, self.limits.max_offers_per_case, "too many offers"));
+        }
+        Ok(self.handover(thread, actor, HandoverOp::Offer(offer)))
+    }
+
+    pub(super) fn handover(&self, thread: ThreadId, actor: &MemberId, op: HandoverOp) -> (WriteKind, Write) {
+        let (calendar, now_ms) = (self.calendar.clone(), self.clock.now_ms());
+        (WriteKind::Handover, Write::Handover { thread, by: actor.clone(), op, calendar, now_ms })
+    }
+
+    /// Fires handover deadlines due by the hub's clock; each escalation is
+    /// recorded in the audit log before it is written to its thread.
+    pub async fn fire_deadlines(&self) -> Result<(), WireError> {
+        let write = Write::HandoverDeadlines { calendar: self.calendar.clone(), now_ms: self.clock.now_ms() };
+        let written = self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed));
+        written.map(drop).map_err(not_durable)
+    }
+
+    pub(super) fn ownership(&self, thread: ThreadId) -> Result<Reply, WireError> {
+        match self.store.ownership(thread).map_err(internal)? {
+            Some(ownership) => Ok(Reply::Ownership { ownership: Box::new(ownership) }),
+            None => Err(WireError::thread_not_found()),
+        }
+    }
+
+    pub(super) fn spawn_list_offers(&self, caller: &Caller, actor: MemberId) -> JoinHandle<Result<Reply, WireError>> {
+        let (store, policy, identity) = (self.store.clone(), self.policy.current(), caller.identity.clone());
+        tokio::task::spawn_blocking(move || list_offers(store.as_ref(), &policy, &identity, &actor))
+    }
+
+    /// The answer to a resent `leave_case` from a member who has left: the
+    /// case's state as it stood when it left, so that the step reads as done
+    /// without showing anything that happened after.
+    pub(super) fn farewell(&self, actor: &Option<MemberId>, request: &Request, rule: &str) -> Option<Reply> {
+        let (Request::LeaveCase { thread, reason }, Some(actor), "not-a-member") = (request, actor, rule) else {
+            return None;
+        };
+        let ownership = self.store.farewell(*thread, actor).ok()??;
+        let recorded = ownership.left.iter().any(|(m, r)| m == actor && r == reason);
+        recorded.then(|| Reply::Ownership { ownership: Box::new(ownership) })
+    }
+}
+
+/// Offers waiting for the actor's answer; for a privacy officer, the review
+/// queue: offers to or from its organisation that share without consent.
+fn list_offers(store: &dyn Store, policy: &Policy, identity: &Identity, actor: &MemberId) -> Result<Reply, WireError> {
+    let offers = if identity.role == wire::Role::PrivacyOfficer {
+        let oin = &identity.oin;
+        let all = store.offers_of(oin).map_err(internal)?;
+        all.into_iter()
+            .flat_map(|(thread, o)| o.offers.into_iter().map(move |offer| (thread, offer)))
+            .filter(|(_, offer)| {
+                (offer.to == *oin || offer.from.oin == *oin) && handovers::needs_review(policy, &offer.legal_basis)
+            })
+            .collect()
+    } else {
+        handovers::waiting_for(store, actor).map_err(not_durable)?
+    };
+    Ok(Reply::Offers { offers })
+}
