@@ -441,17 +441,22 @@ impl Client {
     /// process), and reports it as [`Event::Rejoined`]. What was sent before
     /// is not readable on this device.
     pub async fn rejoin(&self, thread: ThreadId) -> Result<u64, Error> {
-        self.rejoin_at(thread).await.map(|(epoch, _)| epoch)
+        match self.rejoin_at(thread, false).await? {
+            Some((epoch, _)) => Ok(epoch),
+            None => Err(Error::Protocol("the device made no rejoin".into())),
+        }
     }
 
-    /// Rejoins; returns the epoch joined and the rejoin's entry.
-    async fn rejoin_at(&self, thread: ThreadId) -> Result<(u64, u64), Error> {
+    /// Rejoins (with `only_if_missing`, only when that is what it takes: see
+    /// [`Device::rejoin`]); returns the epoch joined and the rejoin's entry.
+    async fn rejoin_at(&self, thread: ThreadId, only_if_missing: bool) -> Result<Option<(u64, u64)>, Error> {
         for _ in 0..COMMIT_ATTEMPTS {
             let (group_info, ratchet_tree) = match self.request(Request::GroupInfo { thread }).await? {
                 Reply::GroupInfo { group_info, ratchet_tree, .. } => (group_info, ratchet_tree),
                 other => return Err(unexpected(other)),
             };
-            let made = self.device().rejoin(thread, &group_info, &ratchet_tree).map_err(unbound_or_device)?;
+            let made = self.device().rejoin(thread, (&group_info, &ratchet_tree), only_if_missing);
+            let Some(made) = made.map_err(unbound_or_device)? else { return Ok(None) };
             let request = Request::Rejoin { thread, commit: made.commit, group_info: made.group_info };
             let answer = self.request(request).await;
             if !matches!(answer, Ok(Reply::CommitAccepted { .. })) {
@@ -459,7 +464,7 @@ impl Client {
                 self.device().forget(thread).map_err(device_error)?;
             }
             match answer {
-                Ok(Reply::CommitAccepted { epoch, seq }) => return Ok((epoch, seq)),
+                Ok(Reply::CommitAccepted { epoch, seq }) => return Ok(Some((epoch, seq))),
                 Err(Error::Hub(e)) if e.code == ErrorCode::StaleEpoch => continue,
                 Ok(other) => return Err(unexpected(other)),
                 Err(e) => return Err(e),
@@ -736,14 +741,10 @@ fn with_device(url: &str, device: &wire::DeviceId) -> String {
 /// Threads waiting to be rejoined, at most; more are dropped until there is room.
 const REJOIN_QUEUE: usize = 64;
 
-/// How long the first sweep waits for a thread's backlog to stop arriving
-/// before it decides that this device is not in the thread's group.
-const BACKLOG_QUIET: Duration = Duration::from_millis(500);
-
 /// Joins again the groups this device is missing: first every thread of the
-/// identity's whose group this device does not hold once its backlog has
-/// arrived (a new device, a lost state), then each thread the driver finds it
-/// cannot follow. Holds the client weakly, so that it never keeps one open.
+/// identity's whose group holds a device of the identity's but none of this
+/// device's (a new device, a lost state: see [`Device::rejoin`]), then each
+/// thread the driver finds it cannot follow. Holds the client weakly, so that it never keeps one open.
 async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Receiver<(ThreadId, u64)>) {
     let upgrade = |weak: &std::sync::Weak<Inner>| weak.upgrade().map(|inner| Client { inner, on_behalf_of: None });
     // Per thread, the entry of this device's last rejoin: what failed before it needs no second one.
@@ -752,9 +753,8 @@ async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Re
         match client.threads().await {
             Ok(threads) => {
                 for summary in threads {
-                    if client.misses_group(&summary).await {
-                        rejoined.extend(client.rejoin_and_tell(summary.thread).await.map(|seq| (summary.thread, seq)));
-                    }
+                    rejoined
+                        .extend(client.rejoin_and_tell(summary.thread, true).await.map(|seq| (summary.thread, seq)));
                 }
             }
             Err(e) => debug!("cannot list threads to find groups this device misses: {e}"),
@@ -765,40 +765,19 @@ async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Re
         if rejoined.get(&thread).is_some_and(|seq| *seq > failed) {
             continue;
         }
-        rejoined.extend(client.rejoin_and_tell(thread).await.map(|seq| (thread, seq)));
+        rejoined.extend(client.rejoin_and_tell(thread, false).await.map(|seq| (thread, seq)));
     }
 }
 
 impl Client {
-    /// Whether this device holds no group for a thread of its identity once
-    /// the thread's backlog has been read (or stopped arriving): a Welcome in
-    /// the backlog is the better way in.
-    async fn misses_group(&self, summary: &ThreadSummary) -> bool {
-        let mut seen = (self.device().delivered(summary.thread), tokio::time::Instant::now());
-        loop {
-            if self.device().epoch(summary.thread).is_some() {
-                return false;
-            }
-            let delivered = self.device().delivered(summary.thread);
-            if delivered >= summary.last_seq.max(summary.cursor) || summary.last_seq <= summary.cursor {
-                return true;
-            }
-            if delivered != seen.0 {
-                seen = (delivered, tokio::time::Instant::now());
-            } else if seen.1.elapsed() > BACKLOG_QUIET {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Rejoins and reports it; returns the rejoin's entry.
-    async fn rejoin_and_tell(&self, thread: ThreadId) -> Option<u64> {
-        match self.rejoin_at(thread).await {
-            Ok((epoch, seq)) => {
+    async fn rejoin_and_tell(&self, thread: ThreadId, only_if_missing: bool) -> Option<u64> {
+        match self.rejoin_at(thread, only_if_missing).await {
+            Ok(Some((epoch, seq))) => {
                 let _ = self.inner.alarms.try_send(Event::Rejoined { thread, epoch });
                 Some(seq)
             }
+            Ok(None) => None,
             Err(e) => {
                 warn!(%thread, "could not rejoin the thread's group: {e}");
                 None

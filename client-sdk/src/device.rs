@@ -34,13 +34,13 @@ use std::sync::Arc;
 
 use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Validity, Verifier};
 
-use openmls::messages::group_info::GroupInfo;
+use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Credential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex,
     LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, ProcessedMessageContent, RatchetTreeIn, Sender, StagedCommit, StagedWelcome,
-    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    MlsMessageOut, ProcessedMessageContent, ProposalStore, PublicGroup, RatchetTreeIn, Sender, StagedCommit,
+    StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
@@ -627,13 +627,27 @@ impl Device {
     /// Welcome: the hub hands out the GroupInfo, but is not believed about it.
     /// The group is in use at once; [`Self::forget`] it if the hub refuses the
     /// commit.
-    pub fn rejoin(&mut self, thread: ThreadId, group_info: &[u8], ratchet_tree: &[u8]) -> Result<Commit, DeviceError> {
+    ///
+    /// With `only_if_missing` (a device that holds no group and was not told
+    /// it lost one), `None` unless a rejoin is what it takes: when this device
+    /// holds a group, when the tree holds a leaf with this device's key (it was
+    /// added, and its Welcome is on its way), or when it holds no device of this
+    /// identity at all (it was not added yet, and a rejoin would be refused).
+    pub fn rejoin(
+        &mut self,
+        thread: ThreadId,
+        (group_info, ratchet_tree): (&[u8], &[u8]),
+        only_if_missing: bool,
+    ) -> Result<Option<Commit>, DeviceError> {
         let info = match MlsMessageIn::tls_deserialize_exact(group_info).map_err(mls_error)?.extract() {
             MlsMessageBodyIn::GroupInfo(info) => info,
             _ => return Err(DeviceError::Mls("not a GroupInfo".into())),
         };
         if info.group_id() != &group_id(thread) {
             return Err(DeviceError::Mls("a GroupInfo of another thread".into()));
+        }
+        if only_if_missing && !self.misses_group(thread, &info, ratchet_tree)? {
+            return Ok(None);
         }
         let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(mls_error)?;
         self.forget(thread)?;
@@ -661,7 +675,27 @@ impl Device {
         let out = Commit::encode(&commit, None, info)?;
         self.groups.insert(thread, group);
         self.persist()?;
-        Ok(out)
+        Ok(Some(out))
+    }
+
+    /// Whether this device, holding no group of the thread, should rejoin the
+    /// group the hub describes (see [`Self::rejoin`]).
+    fn misses_group(&mut self, thread: ThreadId, info: &VerifiableGroupInfo, tree: &[u8]) -> Result<bool, DeviceError> {
+        if self.group(thread).is_some() {
+            return Ok(false);
+        }
+        let tree = RatchetTreeIn::tls_deserialize_exact(tree).map_err(mls_error)?;
+        let (public, _) = PublicGroup::from_external(
+            self.provider.crypto(),
+            &MemoryStorage::default(),
+            tree,
+            info.clone(),
+            ProposalStore::new(),
+        )
+        .map_err(mls_error)?;
+        let mine = |m: &openmls::prelude::Member| m.signature_key == self.signer.public();
+        let ours = |m: &openmls::prelude::Member| m.credential == self.credential.credential;
+        Ok(!public.members().any(|m| mine(&m)) && public.members().any(|m| ours(&m)))
     }
 
     /// Drops this device's group of the thread, if it holds one.
@@ -1001,13 +1035,15 @@ mod tests {
         let (info, tree) = anna.create_group(thread).unwrap();
         // Someone with a chain certificate but no device in the group, given the GroupInfo (by a hostile hub, say).
         let mut sanne = open(SANNE, None).unwrap();
-        let outsider = sanne.rejoin(thread, &info, &tree).unwrap();
+        // Asked to rejoin only if that is what it takes, it does not: it has no device in the group.
+        assert!(sanne.rejoin(thread, (&info, &tree), true).unwrap().is_none());
+        let outsider = sanne.rejoin(thread, (&info, &tree), false).unwrap().unwrap();
         let refused = anna.process(thread, &outsider.commit);
         assert!(matches!(refused, Err(DecryptError::RefusedRejoin(_))), "{refused:?}");
         assert_eq!(anna.epoch(thread), Some(0), "not applied");
         // Anna's laptop: same certificate, its own key, and a device of Anna's is in the group.
         let mut laptop = open(ANNA, None).unwrap();
-        let rejoin = laptop.rejoin(thread, &info, &tree).unwrap();
+        let rejoin = laptop.rejoin(thread, (&info, &tree), true).unwrap().expect("a device of Anna's is in the group");
         assert!(matches!(anna.process(thread, &rejoin.commit), Ok(Processed::Commit { removed_self: false })));
         assert_eq!(anna.epoch(thread), laptop.epoch(thread));
         let sent = anna.encrypt(thread, b"voor beide apparaten").unwrap();
