@@ -798,6 +798,9 @@ const SAVE_BURST: usize = 512;
 
 /// How long the connection stays quiet before what was read is saved.
 const SAVE_IDLE: Duration = Duration::from_millis(2);
+/// The longest wait before a failed save (a full disk, say) is tried again;
+/// the wait doubles from [`SAVE_IDLE`] at each failure.
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long a polite close may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -840,6 +843,8 @@ struct Driver {
     unsent_acks: HashMap<ThreadId, u64>,
     /// Entries read since the device state was last saved.
     unsaved: usize,
+    /// How long to wait before saving: [`SAVE_IDLE`], longer after failures.
+    save_wait: Duration,
     device: SharedDevice,
     own: OwnMessages,
     me: MemberId,
@@ -866,6 +871,7 @@ impl Driver {
             acks: HashMap::new(),
             unsent_acks: HashMap::new(),
             unsaved: 0,
+            save_wait: SAVE_IDLE,
             device,
             own,
             me,
@@ -1009,7 +1015,7 @@ impl Driver {
                 },
                 // Once the burst is over (nothing else ready for a moment), or every
                 // SAVE_BURST entries while it lasts.
-                () = tokio::time::sleep(SAVE_IDLE), if self.must_save() => backlog.extend(self.save()),
+                () = tokio::time::sleep(self.save_wait), if self.must_save() => backlog.extend(self.save()),
             }
             if self.unsaved >= SAVE_BURST {
                 backlog.extend(self.save());
@@ -1089,8 +1095,10 @@ impl Driver {
         self.unsaved = 0;
         if let Err(e) = lock_device(&self.device).save() {
             warn!("cannot save the device state; acknowledgements wait: {e}");
+            self.save_wait = (self.save_wait * 2).min(SAVE_RETRY_MAX);
             return Vec::new();
         }
+        self.save_wait = SAVE_IDLE;
         self.unsent_acks
             .drain()
             .map(|(thread, seq)| {
