@@ -29,6 +29,9 @@ use crate::durability::{Write, WriteError};
 use crate::session::{Caller, Hub};
 use crate::store::{Store, StoreError};
 
+/// How stale a device's `last_seen_ms` may get before a connection updates it.
+const SEEN_GRANULARITY_MS: u64 = 60 * 60 * 1000;
+
 /// What the hub remembers of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -68,6 +71,13 @@ impl Hub {
     /// Records, before its delivery starts, that the caller's device has
     /// connected; refused (`limit_exceeded`) when its identity has too many.
     pub async fn register_device(&self, caller: &Caller) -> Result<(), wire::WireError> {
+        // A device seen lately needs no write: idleness counts in days, and a
+        // write per connection would cost every reconnect a trip to the writer.
+        let known = self.store.devices(&caller.member).map_err(crate::session::internal)?;
+        let recent = self.clock.now_ms().saturating_sub(SEEN_GRANULARITY_MS);
+        if known.iter().any(|(d, r)| d == &caller.device && r.last_seen_ms >= recent) {
+            return Ok(());
+        }
         let write = Write::RegisterDevice {
             member: caller.member.clone(),
             device: caller.device.clone(),
