@@ -49,18 +49,31 @@
     template.innerHTML = data.html.trim();
     const item = template.content.firstElementChild;
     // Entries arrive in order per thread; a late one goes before any later one already shown.
-    const later = Array.from(list.children).find((li) => Number(li.dataset.seq) > data.seq);
-    list.insertBefore(item, later || null);
+    const last = list.lastElementChild;
+    const later = !last || Number(last.dataset.seq) < data.seq
+      ? null
+      : Array.from(list.children).find((li) => Number(li.dataset.seq) > data.seq);
+    list.insertBefore(item, later);
     wire(item);
     window.dispatchEvent(new CustomEvent("desk:entry", { detail: data.seq }));
   }
 
   function listen() {
     if (!window.EventSource) { return; }
-    const source = new EventSource("/events");
+    // A thread's page asks for what was stored after its last entry, in case it came in meanwhile.
+    const list = document.getElementById("messages");
+    let query = "";
+    if (list) {
+      const last = list.lastElementChild;
+      query = "?" + new URLSearchParams({ thread: list.dataset.thread, after: last ? last.dataset.seq : "0" }).toString();
+    }
+    const source = new EventSource("/events" + query);
     source.addEventListener("entry", (event) => appendEntry(JSON.parse(event.data)));
     source.addEventListener("refresh", refresh);
-    source.addEventListener("open", () => { document.documentElement.dataset.live = "open"; });
+    source.addEventListener("open", () => {
+      document.documentElement.dataset.live = "open";
+      refresh();
+    });
   }
 
   // ---- attachments ----

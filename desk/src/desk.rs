@@ -22,9 +22,11 @@ use tokio::sync::broadcast;
 
 use crate::store::{DeskStore, Entry, Stored};
 
-/// How often the desk asks the hub for offers: the hub pushes no event to an
-/// organisation that is not yet on the case (see `docs/handover.md`).
-pub const OFFER_POLL: Duration = Duration::from_millis(500);
+/// How often the desk asks the hub for offers while a page is open: the hub
+/// pushes no event to an organisation that is not yet on the case (see
+/// `docs/handover.md`), and every ask is an entry in the audit log, so the
+/// desk asks only while someone is looking.
+pub const OFFER_POLL: Duration = Duration::from_secs(1);
 
 /// What browsers are told, live.
 #[derive(Debug, Clone)]
@@ -86,7 +88,7 @@ impl Desk {
     /// Starts the tasks that keep the desk up to date.
     pub fn start(self: &Arc<Self>, events: EventStream) {
         tokio::spawn(self.clone().take_events(events));
-        tokio::spawn(self.clone().poll_offers());
+        tokio::spawn(Self::poll_offers(Arc::downgrade(self)));
     }
 
     async fn take_events(self: Arc<Self>, mut events: EventStream) {
@@ -149,7 +151,11 @@ impl Desk {
     }
 
     async fn share_packet(&self, thread: ThreadId, offer: u32, by: ketenhub_sdk::MemberId) -> anyhow::Result<()> {
-        let Some(pending) = self.store.pending(thread, offer)? else { return Ok(()) };
+        let Some(pending) = self.store.pending(thread, offer)? else {
+            tracing::debug!("offer {offer} of {thread} was accepted; no packet waits for it here");
+            return Ok(());
+        };
+        tracing::debug!("offer {offer} of {thread} was accepted; adding the receiver and sending the packet");
         let grounds = Grounds::new(pending.reason, pending.legal_basis);
         self.client.add_member(thread, by, &grounds).await?;
         // The receiver cannot read what was sent before it joined: the packet's attachments are shared
@@ -159,6 +165,7 @@ impl Desk {
         }
         self.client.send_packet(thread, pending.packet, Date::from_unix_ms(now_ms())).await?;
         self.store.sent_pending(thread, offer).await?;
+        tracing::debug!("the packet of offer {offer} of {thread} was sent");
         Ok(())
     }
 
@@ -174,13 +181,20 @@ impl Desk {
         Ok(found)
     }
 
-    async fn poll_offers(self: Arc<Self>) {
+    /// Holds the desk weakly, so that polling ends when the desk is dropped.
+    async fn poll_offers(desk: std::sync::Weak<Self>) {
         let mut seen: Option<Vec<(ThreadId, Offer)>> = None;
         loop {
-            match self.client.pending_offers().await {
+            tokio::time::sleep(OFFER_POLL).await;
+            let Some(desk) = desk.upgrade() else { return };
+            if desk.live.receiver_count() == 0 {
+                seen = None;
+                continue;
+            }
+            match desk.client.pending_offers().await {
                 Ok(offers) => {
                     if seen.as_ref().is_some_and(|s| *s != offers) {
-                        let _ = self.live.send(Live::Refresh);
+                        let _ = desk.live.send(Live::Refresh);
                     }
                     seen = Some(offers);
                 }

@@ -129,6 +129,12 @@ async fn browser(driver: u16, axe: &str) -> Browser {
         .connect(&format!("http://127.0.0.1:{driver}"))
         .await
         .expect("a WebDriver session with Chromium");
+    let timeouts = fantoccini::wd::TimeoutConfiguration::new(
+        Some(Duration::from_secs(120)),
+        Some(Duration::from_secs(60)),
+        Some(Duration::from_secs(0)),
+    );
+    client.update_timeouts(timeouts).await.expect("timeouts set");
     Browser { client, _profile: profile, axe: axe.to_owned() }
 }
 
@@ -140,19 +146,44 @@ fn screenshots() -> PathBuf {
 
 impl Browser {
     async fn go(&self, url: &str) {
-        self.client.goto(url).await.expect("the page opens");
+        if let Err(first) = self.client.goto(url).await {
+            // A renderer starved of CPU (two cores, shared with builds) can miss one navigation; a second
+            // attempt tells that apart from a page that does not open.
+            eprintln!("opening {url} failed once ({first}); trying again");
+            self.client.goto(url).await.unwrap_or_else(|e| panic!("{url} does not open: {e}"));
+        }
+    }
+
+    /// The element, once it is on the page (after a navigation a click started).
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client.wait().at_most(WAIT).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
     async fn text(&self, css: &str) -> String {
-        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.expect("text")
+        self.find(css).await.text().await.expect("text")
     }
 
     async fn click(&self, css: &str) {
-        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.expect("click");
+        self.find(css).await.click().await.expect("click");
+    }
+
+    /// Clicks something that loads a new page, and waits until the new page is there.
+    async fn submit(&self, css: &str) {
+        self.client.execute("window.__before_submit = true;", vec![]).await.expect("marked");
+        self.click(css).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let gone = self.client.execute("return window.__before_submit === undefined && document.readyState === 'complete';", vec![]).await;
+            if gone.is_ok_and(|v| v == json!(true)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clicking {css} loaded no page");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let field = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        let field = self.find(css).await;
         field.clear().await.expect("clear");
         field.send_keys(text).await.expect("type");
     }
@@ -168,13 +199,34 @@ impl Browser {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "{css} never contained {needle:?}");
+            if Instant::now() > deadline {
+                self.shot("failure").await;
+                let page = self.client.find(Locator::Css("body")).await.ok();
+                let text = match page {
+                    Some(body) => body.text().await.unwrap_or_default(),
+                    None => String::new(),
+                };
+                panic!("{css} never contained {needle:?}; the page (target/tmp/desk-screenshots/failure.png) says:\n{text}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn url(&self) -> String {
         self.client.current_url().await.expect("a URL").to_string()
+    }
+
+    /// Waits for the navigation a click started: until the URL matches.
+    async fn wait_url(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let url = self.url().await;
+            if matches(&url) {
+                return url;
+            }
+            assert!(Instant::now() < deadline, "the page never moved on from {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Runs axe-core on the page and fails on any WCAG 2.1 A or AA violation.
@@ -233,6 +285,8 @@ const SEND: &str = "const [path, text, count] = arguments; const done = argument
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_story_in_the_browser() {
     require_browser();
+    // fantoccini's HTTP client needs a process-wide TLS provider even for plain-HTTP WebDriver.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let axe = axe_source();
     let (_demo, desks) = start_demo();
     let (_driver, port) = start_chromedriver();
@@ -252,11 +306,11 @@ async fn the_story_in_the_browser() {
     assert!(vt.url().await.ends_with("/cases"), "the token opens My cases");
     vt.axe("My cases (VT)").await;
     vt.shot("cases").await;
-    vt.click("form[action='/cases'] button").await;
-    let case_url = vt.url().await;
+    vt.submit("form[action='/cases'] button").await;
+    let case_url = vt.wait_url(|u| u.contains("/cases/")).await;
     let case = case_url.rsplit('/').next().expect("a case id").to_owned();
     vt.fill("#compose-text", "Melding ontvangen; huisbezoek gepland.").await;
-    vt.click("#compose-form button").await;
+    vt.submit("#compose-form button").await;
     vt.wait_text("#messages", "huisbezoek gepland").await;
 
     // An attachment goes up, encrypted, with its hash.
@@ -265,7 +319,7 @@ async fn the_story_in_the_browser() {
     let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&file, &content).expect("the file");
     let hash = sha256_hex(&content);
-    vt.client.find(Locator::Css("#upload-file")).await.expect("file input").send_keys(&file.display().to_string()).await.expect("chosen");
+    vt.find("#upload-file").await.send_keys(&file.display().to_string()).await.expect("chosen");
     vt.click("#upload-form button").await;
     vt.wait_text("#upload-result", &hash).await;
     vt.wait_text("#messages", "verslag-huisbezoek.pdf").await;
@@ -280,32 +334,32 @@ async fn the_story_in_the_browser() {
     // VT offers the case with a packet; a validation error is shown at its field first.
     vt.go(&format!("{case_url}/offer")).await;
     vt.axe("offer form (empty)").await;
-    vt.click("button[value='example']").await;
+    vt.submit("button[value='example']").await;
     vt.fill("#f-statements-0--source", " ").await;
-    vt.client.find(Locator::Css("#f-statements-0--source")).await.expect("field").clear().await.expect("cleared");
-    vt.click("button[value='preview']").await;
+    vt.find("#f-statements-0--source").await.clear().await.expect("cleared");
+    vt.submit("button[value='preview']").await;
     let error = vt.wait_text("#f-statements-0--source-error", "").await;
     assert!(error.contains("source"), "the missing source is reported at its field: {error}");
     assert_eq!(
-        vt.client.find(Locator::Css("#f-statements-0--source")).await.expect("field").attr("aria-invalid").await.expect("attr"),
+        vt.find("#f-statements-0--source").await.attr("aria-invalid").await.expect("attr"),
         Some("true".into())
     );
     vt.axe("offer form with a validation error").await;
     vt.shot("offer-validation-error").await;
     vt.fill("#f-statements-0--source", "Politie Midden-Nederland, zorgmelding").await;
     vt.click("input[name^='attach.']").await;
-    vt.click("button[value='preview']").await;
+    vt.submit("button[value='preview']").await;
     vt.wait_text("#preview", "verslag-huisbezoek.pdf").await;
     vt.axe("offer form with preview").await;
     vt.shot("offer-preview").await;
-    vt.click("button[value='send']").await;
+    vt.submit("button[value='send']").await;
     vt.wait_text("#live-regie", "Aangeboden").await;
 
     // LT sees the offer without a reload, accepts, and reads the packet.
     lt.wait_text("#live-inbox", "vt-lt-referral").await;
     lt.axe("My cases with an offer (LT)").await;
     lt.shot("inbox").await;
-    lt.click(&format!("li[data-offer^='{case}'] button[data-action='accept']")).await;
+    lt.submit(&format!("li[data-offer^='{case}'] button[data-action='accept']")).await;
     lt.wait_text(".packet", "Feiten").await;
     let facts = lt.text(".packet .statements-fact").await;
     let suspicions = lt.text(".packet .statements-suspicion").await;
@@ -322,7 +376,7 @@ async fn the_story_in_the_browser() {
     assert!(verified.contains("klopt"), "{verified}");
 
     // LT completes; VT's desk shows the new owner without a reload.
-    lt.click("#complete-form button[data-action='complete']").await;
+    lt.submit("#complete-form button[data-action='complete']").await;
     lt.wait_text("#live-regie", "Regiehouder").await;
     vt.go(&case_url).await;
     vt.wait_text("#live-regie dd.owner", "Lokaal team Woerden").await;
@@ -349,20 +403,22 @@ async fn the_story_in_the_browser() {
 
     // A refused add shows the policy's rule.
     lt.fill("#add-worker", "daan.mulder").await;
-    lt.client.find(Locator::Css("#add-oin option[value='00000001800000000005']")).await.expect("GI").click().await.expect("chosen");
+    lt.find("#add-oin option[value='00000001800000000005']").await.click().await.expect("chosen");
     lt.fill("#add-reason", "meedenken over de veiligheid").await;
-    lt.click("#add form button").await;
+    lt.submit("#add form button").await;
     let refusal = lt.wait_text("#add-refusal", "rule").await;
     println!("refused add: {refusal}");
     lt.axe("case thread with a refused add").await;
 
     // A thread with 1,000 messages opens quickly.
     lt.go(&format!("{}/cases", origin(&url("lt-woerden-caseworker")))).await;
-    lt.click("form[action='/cases'] button").await;
-    let big = lt.url().await;
+    lt.submit("form[action='/cases'] button").await;
+    let big = lt.wait_url(|u| u.contains("/cases/")).await;
     let big_case = big.rsplit('/').next().expect("a case id").to_owned();
     let sent = Instant::now();
-    lt.js_async(SEND, vec![json!(format!("/cases/{big_case}/messages")), json!("Bericht"), json!(1000)]).await;
+    for _ in 0..4 {
+        lt.js_async(SEND, vec![json!(format!("/cases/{big_case}/messages")), json!("Bericht"), json!(250)]).await;
+    }
     println!("1,000 messages sent through the desk in {:?}", sent.elapsed());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -382,6 +438,7 @@ async fn the_story_in_the_browser() {
     }
     opens.sort_by(f64::total_cmp);
     println!("THREAD OF 1,000 MESSAGES OPEN ms (load event, sorted): {opens:?}");
+    lt.go("about:blank").await;
     assert!(opens[2] < 1000.0, "a thread of 1,000 messages took {} ms to open", opens[2]);
 
     // VT's privacy officer opens the family's access report.
@@ -423,7 +480,7 @@ async fn the_story_in_the_browser() {
     // English is selectable.
     outsider.go(&format!("{}/cases", origin(&url("lt-oudewater-caseworker")))).await;
     outsider.click("form.language select option[value='en']").await;
-    outsider.click("form.language button").await;
+    outsider.submit("form.language button").await;
     outsider.wait_text("h1", "My cases").await;
     outsider.axe("My cases in English").await;
 

@@ -155,19 +155,20 @@ pub struct ReportQuery {
     download: Option<String>,
 }
 
-/// Every entry about a case, across pages (the hub caps one answer).
+/// Every entry about a case, across pages. Only a full page (the hub's cap) is followed by another: each
+/// query is itself an entry about the case, so "until nothing new" would never end.
 async fn case_entries(app: &App, case: ThreadId) -> WebResult<Vec<AuditEntry>> {
     let mut all: Vec<AuditEntry> = Vec::new();
     loop {
         let since_ms = all.last().map(|e| e.record.at_ms);
         let filter = AuditFilter { case: Some(case), since_ms, ..Default::default() };
         let last_seq = all.last().map_or(0, |e| e.seq);
-        let page: Vec<AuditEntry> =
-            app.desk.client.audit_query(filter).await?.into_iter().filter(|e| e.seq > last_seq).collect();
-        if page.is_empty() {
+        let answer = app.desk.client.audit_query(filter).await?;
+        let full = answer.len() >= hub::audit::MAX_QUERY_ENTRIES;
+        all.extend(answer.into_iter().filter(|e| e.seq > last_seq));
+        if !full || all.last().map_or(0, |e| e.seq) == last_seq {
             return Ok(all);
         }
-        all.extend(page);
     }
 }
 
