@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serves one identity's desk.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Starts a development hub with desks for a VT, an LT and a GI caseworker and VT's privacy officer.
     Demo,
 }
@@ -98,7 +98,8 @@ impl ServeArgs {
             Some(path) => read_config(path)?,
             None => ServeArgs::default(),
         };
-        let listen = self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()));
+        let listen =
+            self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()));
         if !listen.ip().is_loopback() {
             return Err(CliError::NotLoopback(listen));
         }
@@ -119,9 +120,7 @@ impl ServeArgs {
 /// Runs the command line.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -155,13 +154,21 @@ mod tests {
     fn the_command_line_wins_over_the_config_and_loopback_is_required() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = dir.path().join("desk.toml");
-        std::fs::write(&config, "hub = \"wss://localhost:1\"\nca = \"ca.crt\"\ncert = \"c\"\nkey = \"k\"\nstate = \"s\"\npolicy = \"p\"\n")
-            .expect("written");
-        let args = ServeArgs { hub: Some("wss://localhost:2".into()), config: Some(config.clone()), ..Default::default() };
+        std::fs::write(
+            &config,
+            "hub = \"wss://localhost:1\"\nca = \"ca.crt\"\ncert = \"c\"\nkey = \"k\"\nstate = \"s\"\npolicy = \"p\"\n",
+        )
+        .expect("written");
+        let args =
+            ServeArgs { hub: Some("wss://localhost:2".into()), config: Some(config.clone()), ..Default::default() };
         let options = args.resolve().expect("complete");
         assert_eq!(options.hub, "wss://localhost:2");
         assert_eq!(options.ca, PathBuf::from("ca.crt"));
-        let remote = ServeArgs { listen: Some("0.0.0.0:80".parse().expect("an address")), config: Some(config), ..Default::default() };
+        let remote = ServeArgs {
+            listen: Some("0.0.0.0:80".parse().expect("an address")),
+            config: Some(config),
+            ..Default::default()
+        };
         assert!(matches!(remote.resolve(), Err(CliError::NotLoopback(_))));
         assert!(matches!(ServeArgs::default().resolve(), Err(CliError::Missing("hub"))));
         std::fs::write(dir.path().join("bad.toml"), "hub = 1").expect("written");

@@ -67,7 +67,12 @@ async fn seed(vt: &RunningDesk) -> anyhow::Result<()> {
     let client = &vt.desk.client;
     let case = client.create_thread().await?;
     client.send_text(case, "Melding van de basisschool: zorgen over de veiligheid van Sem (9) en Noor (6).").await?;
-    client.send_text(case, "Huisbezoek gedaan met moeder; veiligheidsplan opgesteld. Overdracht aan het lokaal team voorbereid.").await?;
+    client
+        .send_text(
+            case,
+            "Huisbezoek gedaan met moeder; veiligheidsplan opgesteld. Overdracht aan het lokaal team voorbereid.",
+        )
+        .await?;
     let today = Date::from_unix_ms(hub::clock::now_ms());
     vt.desk.store.save_draft(case, &example_draft(today)).await?;
     Ok(())

@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use hub::policy::Policy;
 use ketenhub_sdk::packet::Date;
 use ketenhub_sdk::{
-    Attachment, Client, Content, Event, EventStream, Grounds, HandoverEvent, HandoverPacket, Identity, Message, Offer, Role,
-    ThreadId,
+    Attachment, Client, Content, Event, EventStream, Grounds, HandoverEvent, HandoverPacket, Identity, Message, Offer,
+    Role, ThreadId,
 };
 use tokio::sync::broadcast;
 
@@ -85,10 +85,11 @@ impl Desk {
         self.identity.role == Role::PrivacyOfficer
     }
 
-    /// Starts the tasks that keep the desk up to date.
-    pub fn start(self: &Arc<Self>, events: EventStream) {
-        tokio::spawn(self.clone().take_events(events));
+    /// Starts the tasks that keep the desk up to date; the handle ends once the client is closed and
+    /// every event it delivered is kept.
+    pub fn start(self: &Arc<Self>, events: EventStream) -> tokio::task::JoinHandle<()> {
         tokio::spawn(Self::poll_offers(Arc::downgrade(self)));
+        tokio::spawn(self.clone().take_events(events))
     }
 
     async fn take_events(self: Arc<Self>, mut events: EventStream) {
@@ -173,7 +174,9 @@ impl Desk {
         let mut found = Vec::new();
         for entry in self.store.thread(thread)? {
             if let Stored::Message(Message { content: Content::Attachment(a), .. }) = entry.body {
-                if packet.attachments.iter().any(|r| r.names(&a)) && !found.iter().any(|f: &Attachment| f.blob == a.blob) {
+                if packet.attachments.iter().any(|r| r.names(&a))
+                    && !found.iter().any(|f: &Attachment| f.blob == a.blob)
+                {
                     found.push(a);
                 }
             }

@@ -49,14 +49,18 @@ pub struct RunningDesk {
     pub url: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    events: tokio::task::JoinHandle<()>,
 }
 
 impl RunningDesk {
-    /// Stops serving and closes the connection to the hub.
+    /// Stops serving, closes the connection to the hub, and waits until every event received is kept;
+    /// the state directory is free for another desk once this returns.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
         self.desk.client.close().await;
+        // The event stream ends with the client; a stream that does not end within the bound is left behind.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.events).await;
     }
 }
 
@@ -93,7 +97,7 @@ pub async fn start(options: DeskOptions) -> anyhow::Result<RunningDesk> {
         alarm: Mutex::new(None),
         examples: options.examples,
     });
-    desk.start(events);
+    let events = desk.start(events);
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let app = Web::new(desk.clone(), addr);
@@ -104,7 +108,7 @@ pub async fn start(options: DeskOptions) -> anyhow::Result<RunningDesk> {
     let task = tokio::spawn(async move {
         axum::serve(listener, router).with_graceful_shutdown(async move { until.cancelled().await }).await
     });
-    Ok(RunningDesk { desk, addr, url, stop, task })
+    Ok(RunningDesk { desk, addr, url, stop, task, events })
 }
 
 /// `ketenhub-desk serve`: one desk until ctrl-c.

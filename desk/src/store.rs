@@ -115,7 +115,12 @@ impl DeskStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::open(dir)?;
-        Ok(Self { entries: db.open_tree("entries")?, drafts: db.open_tree("drafts")?, pending: db.open_tree("pending")?, db })
+        Ok(Self {
+            entries: db.open_tree("entries")?,
+            drafts: db.open_tree("drafts")?,
+            pending: db.open_tree("pending")?,
+            db,
+        })
     }
 
     /// Keeps an entry and makes it durable; only then may it be acknowledged.
@@ -127,10 +132,7 @@ impl DeskStore {
 
     /// Every stored entry of `thread`, in order.
     pub fn thread(&self, thread: ThreadId) -> Result<Vec<Entry>, StoreError> {
-        self.entries
-            .scan_prefix(thread.0.as_bytes())
-            .map(|item| Ok(serde_json::from_slice(&item?.1)?))
-            .collect()
+        self.entries.scan_prefix(thread.0.as_bytes()).map(|item| Ok(serde_json::from_slice(&item?.1)?)).collect()
     }
 
     /// One stored entry.

@@ -173,7 +173,10 @@ impl Browser {
         self.click(css).await;
         let deadline = Instant::now() + WAIT;
         loop {
-            let gone = self.client.execute("return window.__before_submit === undefined && document.readyState === 'complete';", vec![]).await;
+            let gone = self
+                .client
+                .execute("return window.__before_submit === undefined && document.readyState === 'complete';", vec![])
+                .await;
             if gone.is_ok_and(|v| v == json!(true)) {
                 return;
             }
@@ -340,10 +343,7 @@ async fn the_story_in_the_browser() {
     vt.submit("button[value='preview']").await;
     let error = vt.wait_text("#f-statements-0--source-error", "").await;
     assert!(error.contains("source"), "the missing source is reported at its field: {error}");
-    assert_eq!(
-        vt.find("#f-statements-0--source").await.attr("aria-invalid").await.expect("attr"),
-        Some("true".into())
-    );
+    assert_eq!(vt.find("#f-statements-0--source").await.attr("aria-invalid").await.expect("attr"), Some("true".into()));
     vt.axe("offer form with a validation error").await;
     vt.shot("offer-validation-error").await;
     vt.fill("#f-statements-0--source", "Politie Midden-Nederland, zorgmelding").await;
@@ -384,8 +384,14 @@ async fn the_story_in_the_browser() {
 
     // A new message appears in the other desk; latency from the send's acknowledgement.
     lt.go(&case_url.replace(&origin(&url("vt-utrecht-caseworker")), &origin(&url("lt-woerden-caseworker")))).await;
-    vt.js("window.__seen = {}; window.addEventListener('desk:entry', e => { window.__seen[e.detail] = Date.now(); });", vec![]).await;
-    let acked = lt.js_async(SEND, vec![json!(format!("/cases/{case}/messages")), json!("Afspraak met moeder"), json!(10)]).await;
+    vt.js(
+        "window.__seen = {}; window.addEventListener('desk:entry', e => { window.__seen[e.detail] = Date.now(); });",
+        vec![],
+    )
+    .await;
+    let acked = lt
+        .js_async(SEND, vec![json!(format!("/cases/{case}/messages")), json!("Afspraak met moeder"), json!(10)])
+        .await;
     let acked: Vec<u64> = serde_json::from_value(acked).expect("ack times");
     let deadline = Instant::now() + WAIT;
     let seen = loop {

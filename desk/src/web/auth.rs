@@ -130,7 +130,8 @@ fn refused(lang: Lang) -> Response {
 /// Lets a request through only with a session, and a state-changing one only with its CSRF token from the
 /// desk's own origin. The session travels to the handler as a request extension.
 pub async fn require_session(State(app): State<App>, request: Request, next: Next) -> Response {
-    let Some((id, session)) = session_id(request.headers(), app.addr.port()).and_then(|id| app.sessions.get(&id).map(|s| (id, s)))
+    let Some((id, session)) =
+        session_id(request.headers(), app.addr.port()).and_then(|id| app.sessions.get(&id).map(|s| (id, s)))
     else {
         return refused(Lang::Nl);
     };

@@ -152,8 +152,7 @@ pub async fn thread(
     let stored = desk.store.thread(thread)?;
     let history_missing = stored.first().is_none_or(|e| e.seq > 1);
     let entries: Vec<_> = stored.iter().map(|e| views::entry(&desk.policy, e, &me)).collect();
-    let members: Vec<_> =
-        desk.client.members(thread).await?.iter().map(|m| views::who(&desk.policy, m, &me)).collect();
+    let members: Vec<_> = desk.client.members(thread).await?.iter().map(|m| views::who(&desk.policy, m, &me)).collect();
     let organisations: Vec<(String, String)> =
         desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
     let ctx = minijinja::context! {
@@ -273,11 +272,8 @@ fn render_offer(app: &App, session: &Session, page: OfferPage<'_>) -> WebResult<
     }
     let rows: BTreeMap<&str, Vec<usize>> =
         packet_form::SECTIONS.iter().map(|s| (*s, (0..packet_form::rows(page.values, s)).collect())).collect();
-    let errors: Vec<(String, String, String)> = page
-        .errors
-        .iter()
-        .map(|e| (e.path.clone(), packet_form::field_id(&e.path), e.problem.clone()))
-        .collect();
+    let errors: Vec<(String, String, String)> =
+        page.errors.iter().map(|e| (e.path.clone(), packet_form::field_id(&e.path), e.problem.clone())).collect();
     let ctx = minijinja::context! {
         case => page.thread.to_string(), v => page.values, errs, errors, rows, preview => page.preview,
         receivers => receivers(app), attachments => thread_attachments(app, page.thread)?,
@@ -323,14 +319,22 @@ fn offer_request(app: &App, v: &Values, errors: &mut Vec<FieldError>) -> Option<
         r.from == app.desk.identity.kind && r.to == receiver.kind && r.legal_bases.iter().any(|b| b == basis)
     });
     if !allowed {
-        fail(errors, "route_basis", "deze route en grondslag zijn niet toegestaan voor deze ontvanger / not allowed for this receiver");
+        fail(
+            errors,
+            "route_basis",
+            "deze route en grondslag zijn niet toegestaan voor deze ontvanger / not allowed for this receiver",
+        );
     }
     let justification = v.get("lawful_basis.justification").map(|j| j.trim().to_owned()).filter(|j| !j.is_empty());
     if needs_justification(app, basis) && justification.is_none() {
-        fail(errors, "lawful_basis.justification", "verplicht bij delen zonder toestemming / required when sharing without consent");
+        fail(
+            errors,
+            "lawful_basis.justification",
+            "verplicht bij delen zonder toestemming / required when sharing without consent",
+        );
     }
     let deadline = v.get("deadline").and_then(|d| d.parse::<Date>().ok());
-    let deadline_ms = deadline.map(|d| end_of_day(d));
+    let deadline_ms = deadline.map(end_of_day);
     if deadline_ms.is_none_or(|d| d <= now_ms()) {
         fail(errors, "deadline", "geef een datum in de toekomst / give a date in the future");
     }

@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use crate::desk::Desk;
 use crate::i18n::{self, Lang};
-pub use auth::Sessions;
 use auth::Session;
+pub use auth::Sessions;
 
 /// The Content-Security-Policy of every response: nothing but the desk itself.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \

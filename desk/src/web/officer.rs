@@ -77,7 +77,9 @@ fn case_filter(text: &str) -> WebResult<Option<ThreadId>> {
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse::<uuid::Uuid>().map(|u| Some(ThreadId(u))).map_err(|_| WebError::BadRequest(format!("{text:?} is not a case id")))
+    text.parse::<uuid::Uuid>()
+        .map(|u| Some(ThreadId(u)))
+        .map_err(|_| WebError::BadRequest(format!("{text:?} is not a case id")))
 }
 
 impl AuditForm {
@@ -127,11 +129,8 @@ pub async fn audit(
         Ok(entries) => {
             let fresh: Vec<&AuditEntry> = entries.iter().filter(|e| form.after_seq.is_none_or(|s| e.seq > s)).collect();
             let next = (fresh.len() > PAGE).then(|| fresh[PAGE - 1]).map(|e| (e.seq, e.record.at_ms));
-            let rows: Vec<Row> = fresh
-                .iter()
-                .take(PAGE)
-                .map(|e| Row { seq: e.seq, at_ms: e.record.at_ms, fields: fields(e) })
-                .collect();
+            let rows: Vec<Row> =
+                fresh.iter().take(PAGE).map(|e| Row { seq: e.seq, at_ms: e.record.at_ms, fields: fields(e) }).collect();
             (rows, next, None)
         }
         Err(e) => (Vec::new(), None, Some(e.to_string())),

@@ -234,7 +234,11 @@ impl Reader<'_> {
 
 /// The packet the form describes, or every problem found while reading it (the SDK's `validate` is the
 /// caller's next step, with the problems of a packet that reads).
-pub fn packet(values: &Values, frame: &Frame, attachments: &[AttachmentRef]) -> Result<HandoverPacket, Vec<FieldError>> {
+pub fn packet(
+    values: &Values,
+    frame: &Frame,
+    attachments: &[AttachmentRef],
+) -> Result<HandoverPacket, Vec<FieldError>> {
     let mut r = Reader { values, errors: Vec::new() };
     let receiver = Party { organisation: frame.receiver.clone(), worker: r.text("receiver.worker") };
     let packet = HandoverPacket {
@@ -261,13 +265,15 @@ pub fn packet(values: &Values, frame: &Frame, attachments: &[AttachmentRef]) -> 
         family_involvement: r.involvement(),
         family_view: FamilyView {
             view: r.text("family_view.view"),
-            disagreements: r.text("family_view.disagreements").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+            disagreements: r
+                .text("family_view.disagreements")
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
         },
-        attachments: attachments
-            .iter()
-            .filter(|a| r.text(&format!("attach.{}", a.blob.0)) == "on")
-            .cloned()
-            .collect(),
+        attachments: attachments.iter().filter(|a| r.text(&format!("attach.{}", a.blob.0)) == "on").cloned().collect(),
         receiver,
     };
     if r.errors.is_empty() {

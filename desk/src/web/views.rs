@@ -5,9 +5,7 @@
 //! a clock or an entry shows it the same way.
 
 use hub::policy::Policy;
-use ketenhub_sdk::{
-    ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberId, Offer, OfferState, Ownership,
-};
+use ketenhub_sdk::{ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberId, Offer, OfferState, Ownership};
 use serde::Serialize;
 use wire::handover::CaseClock;
 
@@ -231,7 +229,9 @@ pub struct EntryView {
 
 fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
     match event {
-        HandoverEvent::Offered { offer } => ("offered", Some(format!("{} — {}: {}", offer.route, offer.legal_basis, offer.reason))),
+        HandoverEvent::Offered { offer } => {
+            ("offered", Some(format!("{} — {}: {}", offer.route, offer.legal_basis, offer.reason)))
+        }
         HandoverEvent::Accepted { offer, by } => ("accepted", Some(format!("#{offer}: {by}"))),
         HandoverEvent::Declined { offer, reason } => ("declined", Some(format!("#{offer}: {reason}"))),
         HandoverEvent::Completed { offer, owner, family } => {
