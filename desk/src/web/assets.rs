@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// The templates, by name.
-pub const TEMPLATES: [(&str, &str); 13] = [
+pub const TEMPLATES: [(&str, &str); 14] = [
     ("layout.html", include_str!("../../templates/layout.html")),
     ("macros.html", include_str!("../../templates/macros.html")),
     ("cases.html", include_str!("../../templates/cases.html")),
@@ -23,6 +23,7 @@ pub const TEMPLATES: [(&str, &str); 13] = [
     ("review.html", include_str!("../../templates/review.html")),
     ("status.html", include_str!("../../templates/status.html")),
     ("offer_row.html", include_str!("../../templates/offer_row.html")),
+    ("inbox.html", include_str!("../../templates/inbox.html")),
 ];
 
 const ASSETS: [(&str, &str, &str); 2] = [
