@@ -41,11 +41,26 @@ fn action_text(action: AuditAction) -> &'static str {
     }
 }
 
-/// The access report for `case` as Markdown, from its audit entries (oldest first).
-pub fn markdown(case: ThreadId, entries: &[AuditEntry]) -> String {
-    let mut out = format!("# Access report for case {case}\n\n");
-    let _ =
-        writeln!(out, "Produced from the Ketenhub audit log ({} entries). It holds no case content.\n", entries.len());
+/// One person who had access to a case, as the access report lists them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Access {
+    /// Their organisation's name.
+    pub organisation: String,
+    /// Their worker id.
+    pub worker: String,
+    /// Their role's code.
+    pub role: String,
+    /// Their first allowed action on the case, ms since the Unix epoch.
+    pub first_ms: u64,
+    /// Their last one.
+    pub last_ms: u64,
+    /// How many allowed actions.
+    pub actions: usize,
+}
+
+/// Everyone who had access, from a case's audit entries: each person once, by organisation, worker and
+/// role, counting only what was allowed (refused attempts are in the timeline, not here).
+pub fn who_had_access(entries: &[AuditEntry]) -> Vec<Access> {
     let mut people: BTreeMap<(String, String, String), (u64, u64, usize)> = BTreeMap::new();
     for entry in entries.iter().filter(|e| e.record.outcome == AuditOutcome::Allowed) {
         if let Some(actor) = &entry.record.actor {
@@ -56,15 +71,37 @@ pub fn markdown(case: ThreadId, entries: &[AuditEntry]) -> String {
             seen.2 += 1;
         }
     }
+    people
+        .into_iter()
+        .map(|((organisation, worker, role), (first_ms, last_ms, actions))| Access {
+            organisation,
+            worker,
+            role,
+            first_ms,
+            last_ms,
+            actions,
+        })
+        .collect()
+}
+
+/// The access report for `case` as Markdown, from its audit entries (oldest first).
+pub fn markdown(case: ThreadId, entries: &[AuditEntry]) -> String {
+    let mut out = format!("# Access report for case {case}\n\n");
+    let _ =
+        writeln!(out, "Produced from the Ketenhub audit log ({} entries). It holds no case content.\n", entries.len());
     out.push_str(
         "## Who had access\n\n| organisation | person | role | first | last | actions |\n|---|---|---|---|---|---:|\n",
     );
-    for ((organisation, worker, role), (first, last, count)) in &people {
+    for a in who_had_access(entries) {
         let _ = writeln!(
             out,
-            "| {organisation} | {worker} | {role} | {} | {} | {count} |",
-            date_time(*first),
-            date_time(*last)
+            "| {} | {} | {} | {} | {} | {} |",
+            a.organisation,
+            a.worker,
+            a.role,
+            date_time(a.first_ms),
+            date_time(a.last_ms),
+            a.actions
         );
     }
     out.push_str("\n## Timeline, including refused attempts\n\n| when | organisation | person | role | what | legal basis | outcome |\n|---|---|---|---|---|---|---|\n");

@@ -239,6 +239,18 @@ impl Policy {
         self.routes.iter().find(|r| r.name == name)
     }
 
+    /// Every organisation the policy knows, by name (for a desk's choice of receiver).
+    pub fn organisations(&self) -> Vec<&Organisation> {
+        let mut all: Vec<&Organisation> = self.organisations.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Every handover route, in the policy's order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// Who acts: the caller, or for a `system` identity the worker of its own
     /// organisation it names. `Err` is the denial.
     pub fn actor(&self, caller: &Identity, on_behalf_of: Option<&MemberId>) -> Result<MemberId, Decision> {

@@ -1,0 +1,518 @@
+//! The caseworker's pages: my cases, the case thread, attachments and every handover step.
+//!
+//! Each step of the case's life is one handler that calls one SDK method and
+//! goes back to the case, so adding a step (reassignment, withdrawal, ...) is
+//! adding one handler, one route and one form in the thread's template.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form, Json};
+use ketenhub_sdk::packet::{AttachmentRef, Date, FieldError, Organisation, Party};
+use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ThreadId};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Session;
+use super::packet_form::{self, Frame, Values};
+use super::views::{self, OfferView};
+use super::{App, WebError, WebResult};
+use crate::store::{PendingPacket, Stored};
+
+use wire::calendar::DAY_MS;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn case_id(text: &str) -> WebResult<ThreadId> {
+    text.parse::<uuid::Uuid>().map(ThreadId).map_err(|_| WebError::NotFound)
+}
+
+fn to_case(thread: ThreadId) -> Redirect {
+    Redirect::to(&format!("/cases/{thread}"))
+}
+
+/// My cases, with the offers waiting for me.
+pub async fn cases(State(app): State<App>, Extension(session): Extension<Session>) -> WebResult {
+    let desk = &app.desk;
+    let me = desk.client.member_id();
+    let mut cases = Vec::new();
+    for summary in desk.client.threads().await? {
+        let ownership = desk.client.ownership(summary.thread).await?;
+        cases.push(views::case(&desk.policy, summary.thread.to_string(), &ownership, &me, now_ms()));
+    }
+    let inbox = inbox_offers(&app).await?;
+    Ok(app.render(&session, "cases.html", minijinja::context! { cases, inbox, page => "cases" })?.into_response())
+}
+
+#[derive(Serialize)]
+struct InboxOffer {
+    case: String,
+    offer: OfferView,
+}
+
+async fn inbox_offers(app: &App) -> WebResult<Vec<InboxOffer>> {
+    let me = app.desk.client.member_id();
+    Ok(app
+        .desk
+        .client
+        .pending_offers()
+        .await?
+        .iter()
+        .map(|(thread, o)| InboxOffer { case: thread.to_string(), offer: views::offer(&app.desk.policy, o, &me) })
+        .filter(|o| o.offer.to_me)
+        .collect())
+}
+
+/// The inbox of offers to me or my organisation.
+pub async fn inbox(State(app): State<App>, Extension(session): Extension<Session>) -> WebResult {
+    let inbox = inbox_offers(&app).await?;
+    Ok(app.render(&session, "offers.html", minijinja::context! { inbox, page => "offers" })?.into_response())
+}
+
+/// Opens a new case.
+pub async fn create(State(app): State<App>) -> WebResult<Redirect> {
+    Ok(to_case(app.desk.client.create_thread().await?))
+}
+
+#[derive(Serialize)]
+struct Choice {
+    value: String,
+    label: String,
+    justify: bool,
+}
+
+/// The organisations a case can go to from mine, with the route-and-basis pairs the policy allows to each.
+fn receivers(app: &App) -> Vec<(String, String, Vec<Choice>)> {
+    let policy = &app.desk.policy;
+    let kind = app.desk.identity.kind;
+    policy
+        .organisations()
+        .into_iter()
+        .filter(|org| org.oin != app.desk.identity.oin)
+        .filter_map(|org| {
+            let choices: Vec<Choice> = policy
+                .routes()
+                .iter()
+                .filter(|r| r.from == kind && r.to == org.kind)
+                .flat_map(|r| r.legal_bases.iter().map(move |b| (r, b)))
+                .map(|(r, b)| Choice {
+                    value: format!("{}|{b}", r.name),
+                    label: format!("{} — {b}", r.name),
+                    justify: needs_justification(app, b),
+                })
+                .collect();
+            (!choices.is_empty()).then(|| (org.oin.to_string(), org.name.clone(), choices))
+        })
+        .collect()
+}
+
+/// A basis that shares without consent needs a written justification: the policy says which do, and the
+/// SDK's packet check asks one for every basis but consent.
+fn needs_justification(app: &App, basis: &str) -> bool {
+    basis != ketenhub_sdk::packet::LawfulBasis::CONSENT
+        || app.desk.policy.legal_basis(basis).is_some_and(|b| b.without_consent)
+}
+
+/// The legal bases with their descriptions, for the add-member form.
+fn bases(app: &App) -> Vec<(String, bool)> {
+    let mut all: Vec<(String, bool)> = app
+        .desk
+        .policy
+        .routes()
+        .iter()
+        .flat_map(|r| r.legal_bases.iter())
+        .map(|b| (b.clone(), needs_justification(app, b)))
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+#[derive(Deserialize, Default)]
+pub struct ThreadQuery {
+    refused: Option<String>,
+}
+
+/// The case thread: ownership, offers, clocks, messages and every form of the case.
+pub async fn thread(
+    State(app): State<App>,
+    Extension(session): Extension<Session>,
+    Path(case): Path<String>,
+    Query(query): Query<ThreadQuery>,
+) -> WebResult {
+    let thread = case_id(&case)?;
+    let desk = &app.desk;
+    let me = desk.client.member_id();
+    let ownership = desk.client.ownership(thread).await?;
+    let view = views::case(&desk.policy, thread.to_string(), &ownership, &me, now_ms());
+    let stored = desk.store.thread(thread)?;
+    let history_missing = stored.first().is_none_or(|e| e.seq > 1);
+    let entries: Vec<_> = stored.iter().map(|e| views::entry(&desk.policy, e, &me)).collect();
+    let members: Vec<_> = desk.client.members(thread).await?.iter().map(|m| views::who(&desk.policy, m, &me)).collect();
+    let organisations: Vec<(String, String)> =
+        desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
+    let ctx = minijinja::context! {
+        case => view, case_id => thread.to_string(), entries, members, history_missing, organisations,
+        bases => bases(&app), refused => query.refused, page => "cases",
+    };
+    Ok(app.render(&session, "thread.html", ctx)?.into_response())
+}
+
+#[derive(Deserialize)]
+pub struct TextForm {
+    text: String,
+}
+
+/// Sends a message.
+pub async fn send(State(app): State<App>, Path(case): Path<String>, Form(form): Form<TextForm>) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    if form.text.trim().is_empty() {
+        return Err(WebError::BadRequest("empty message".into()));
+    }
+    app.desk.client.send_text(thread, form.text.trim()).await?;
+    Ok(Redirect::to(&format!("/cases/{thread}#compose")))
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    name: String,
+    #[serde(rename = "type")]
+    media_type: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Uploaded {
+    seq: u64,
+    sha256: String,
+    size: u64,
+}
+
+/// A file name without any path, or why it is not one.
+fn file_name(name: &str) -> WebResult<String> {
+    let name = name.trim();
+    let bad = name.is_empty() || name.len() > 200 || name.contains(['/', '\\', '\0']) || name.starts_with('.');
+    if bad {
+        return Err(WebError::BadRequest(format!("{name:?} is not a file name")));
+    }
+    Ok(name.to_owned())
+}
+
+/// Encrypts and uploads an attachment (the browser sends the file's bytes as the body).
+pub async fn upload(
+    State(app): State<App>,
+    Path(case): Path<String>,
+    Query(query): Query<UploadQuery>,
+    body: Bytes,
+) -> WebResult<Json<Uploaded>> {
+    let thread = case_id(&case)?;
+    let name = file_name(&query.name)?;
+    let media_type = query.media_type.filter(|t| !t.is_empty()).unwrap_or_else(|| "application/octet-stream".into());
+    let attachment =
+        app.desk.client.upload_attachment(thread, &name, &media_type, std::io::Cursor::new(body.to_vec())).await?;
+    let sent = app.desk.client.send_content(thread, Content::Attachment(attachment.clone())).await?;
+    Ok(Json(Uploaded { seq: sent.seq, sha256: attachment.sha256_hex(), size: attachment.size }))
+}
+
+/// Fetches, decrypts and verifies an attachment, and hands it to the browser with its verified hash.
+pub async fn download(State(app): State<App>, Path((case, seq)): Path<(String, u64)>) -> WebResult<Response> {
+    let thread = case_id(&case)?;
+    let Some(entry) = app.desk.store.entry(thread, seq)? else { return Err(WebError::NotFound) };
+    let Stored::Message(message) = entry.body else { return Err(WebError::NotFound) };
+    let Content::Attachment(attachment) = message.content else { return Err(WebError::NotFound) };
+    let dest = app.desk.files.join(format!("{}.verified", attachment.blob.0));
+    let fetched = app.desk.client.fetch_attachment(thread, &attachment, &dest).await?;
+    let bytes = tokio::fs::read(&fetched.path).await.map_err(|e| WebError::Other(e.to_string()))?;
+    let _ = tokio::fs::remove_file(&fetched.path).await;
+    let mut response = bytes.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    let ascii: String = attachment.name.chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&attachment.sha256_hex()) {
+        h.insert("x-ketenhub-sha256", v);
+    }
+    Ok(response)
+}
+
+/// The thread's attachments, as a packet may name them.
+fn thread_attachments(app: &App, thread: ThreadId) -> WebResult<Vec<AttachmentRef>> {
+    Ok(app
+        .desk
+        .store
+        .thread(thread)?
+        .into_iter()
+        .filter_map(|e| match e.body {
+            Stored::Message(m) => match m.content {
+                Content::Attachment(a) => Some(AttachmentRef::to(&a, a.name.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// What the offer form shows besides the values.
+struct OfferPage<'a> {
+    thread: ThreadId,
+    values: &'a Values,
+    errors: &'a [FieldError],
+    preview: Option<serde_json::Value>,
+}
+
+fn render_offer(app: &App, session: &Session, page: OfferPage<'_>) -> WebResult<Response> {
+    let mut errs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in page.errors {
+        errs.entry(e.path.as_str()).or_default().push(e.problem.as_str());
+    }
+    let rows: BTreeMap<&str, Vec<usize>> =
+        packet_form::SECTIONS.iter().map(|s| (*s, (0..packet_form::rows(page.values, s)).collect())).collect();
+    let errors: Vec<(String, String, String)> =
+        page.errors.iter().map(|e| (e.path.clone(), packet_form::field_id(&e.path), e.problem.clone())).collect();
+    let ctx = minijinja::context! {
+        case => page.thread.to_string(), v => page.values, errs, errors, rows, preview => page.preview,
+        receivers => receivers(app), attachments => thread_attachments(app, page.thread)?,
+        examples => app.desk.examples, page => "cases",
+    };
+    let status =
+        if page.errors.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::UNPROCESSABLE_ENTITY };
+    Ok((status, app.render(session, "offer.html", ctx)?).into_response())
+}
+
+/// The offer form with the packet, from the case's draft.
+pub async fn offer_form(
+    State(app): State<App>,
+    Extension(session): Extension<Session>,
+    Path(case): Path<String>,
+) -> WebResult {
+    let thread = case_id(&case)?;
+    app.desk.client.ownership(thread).await?;
+    let values = app.desk.store.draft(thread)?.unwrap_or_default();
+    render_offer(&app, &session, OfferPage { thread, values: &values, errors: &[], preview: None })
+}
+
+/// The last millisecond of a day (UTC, as the hub's clocks count).
+fn end_of_day(d: Date) -> u64 {
+    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into());
+    (days.max(0) as u64 + 1) * DAY_MS - 1
+}
+
+fn fail(errors: &mut Vec<FieldError>, path: &str, problem: &str) {
+    errors.push(FieldError { path: path.into(), problem: problem.into() });
+}
+
+/// The offer the form asks for, with the frame of its packet, or the problems at their fields.
+fn offer_request(app: &App, v: &Values, errors: &mut Vec<FieldError>) -> Option<(OfferRequest, Frame)> {
+    let policy = &app.desk.policy;
+    let receiver = v.get("receiver_oin").and_then(|oin| oin.parse().ok()).and_then(|oin| policy.organisation(&oin));
+    let (route, basis) = v.get("route_basis").and_then(|rb| rb.split_once('|')).unwrap_or_default();
+    let Some(receiver) = receiver else {
+        fail(errors, "receiver_oin", "kies een ontvanger / choose a receiver");
+        return None;
+    };
+    let allowed = policy.route(route).is_some_and(|r| {
+        r.from == app.desk.identity.kind && r.to == receiver.kind && r.legal_bases.iter().any(|b| b == basis)
+    });
+    if !allowed {
+        fail(
+            errors,
+            "route_basis",
+            "deze route en grondslag zijn niet toegestaan voor deze ontvanger / not allowed for this receiver",
+        );
+    }
+    let justification = v.get("lawful_basis.justification").map(|j| j.trim().to_owned()).filter(|j| !j.is_empty());
+    if needs_justification(app, basis) && justification.is_none() {
+        fail(
+            errors,
+            "lawful_basis.justification",
+            "verplicht bij delen zonder toestemming / required when sharing without consent",
+        );
+    }
+    let deadline = v.get("deadline").and_then(|d| d.parse::<Date>().ok());
+    let deadline_ms = deadline.map(end_of_day);
+    if deadline_ms.is_none_or(|d| d <= now_ms()) {
+        fail(errors, "deadline", "geef een datum in de toekomst / give a date in the future");
+    }
+    let worker = v.get("receiver.worker").map(|w| w.trim().to_owned()).filter(|w| !w.is_empty());
+    let request = OfferRequest {
+        to: receiver.oin.clone(),
+        to_worker: worker,
+        route: route.to_owned(),
+        legal_basis: basis.to_owned(),
+        reason: v.get("reason").map(|r| r.trim().to_owned()).unwrap_or_default(),
+        justification,
+        deadline_ms: deadline_ms.unwrap_or_default(),
+    };
+    let me = &app.desk.identity;
+    let org = |oin: &wire::Oin, name: &str, kind| Organisation { oin: oin.clone(), name: name.to_owned(), kind };
+    let frame = Frame {
+        sender: Party { organisation: org(&me.oin, &me.organisation, me.kind), worker: me.worker.clone() },
+        receiver: org(&receiver.oin, &receiver.name, receiver.kind),
+        route: route.to_owned(),
+        legal_basis: basis.to_owned(),
+    };
+    Some((request, frame))
+}
+
+/// The offer form's submission: add a row, preview, or offer the case with its packet.
+pub async fn offer(
+    State(app): State<App>,
+    Extension(session): Extension<Session>,
+    Path(case): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> WebResult {
+    let thread = case_id(&case)?;
+    let mut values: Values = form.into_iter().filter(|(k, _)| k != "_csrf" && k != "op").collect::<BTreeMap<_, _>>();
+    let op = values.remove("op_value").unwrap_or_default();
+    let op = if op.is_empty() { "preview".to_owned() } else { op };
+    if op == "example" && app.desk.examples {
+        values = crate::demo::example_draft(Date::from_unix_ms(now_ms()));
+        app.desk.store.save_draft(thread, &values).await?;
+        return render_offer(&app, &session, OfferPage { thread, values: &values, errors: &[], preview: None });
+    }
+    if let Some(section) = op.strip_prefix("add:") {
+        if packet_form::SECTIONS.contains(&section) {
+            packet_form::add_row(&mut values, section);
+        }
+        app.desk.store.save_draft(thread, &values).await?;
+        return render_offer(&app, &session, OfferPage { thread, values: &values, errors: &[], preview: None });
+    }
+    app.desk.store.save_draft(thread, &values).await?;
+    let mut errors = Vec::new();
+    let today = Date::from_unix_ms(now_ms());
+    let built = offer_request(&app, &values, &mut errors).map(|(request, frame)| {
+        let packet = thread_attachments(&app, thread).map(|a| packet_form::packet(&values, &frame, &a));
+        (request, packet)
+    });
+    let (request, packet) = match built {
+        Some((request, Ok(Ok(packet)))) => {
+            if let Err(problems) = packet.validate(today) {
+                errors.extend(problems.0);
+            }
+            (Some(request), Some(packet))
+        }
+        Some((_, Ok(Err(problems)))) => {
+            errors.extend(problems);
+            (None, None)
+        }
+        Some((_, Err(e))) => return Err(e),
+        None => (None, None),
+    };
+    let preview = packet.as_ref().and_then(|p| serde_json::to_value(p).ok());
+    let (Some(request), Some(packet), true, "send") = (request, packet, errors.is_empty(), op.as_str()) else {
+        return render_offer(&app, &session, OfferPage { thread, values: &values, errors: &errors, preview });
+    };
+    let pending = PendingPacket { reason: request.reason.clone(), legal_basis: request.legal_basis.clone(), packet };
+    let ownership = app.desk.client.offer_handover(thread, request).await?;
+    if let Some(made) = ownership.offers.last() {
+        app.desk.store.put_pending(thread, made.id, &pending).await?;
+    }
+    Ok(to_case(thread).into_response())
+}
+
+/// Accepts an offer: this worker joins the case; the sender's device then adds it and sends the packet.
+pub async fn accept(State(app): State<App>, Path((case, offer)): Path<(String, u32)>) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    app.desk.client.accept_offer(thread, offer).await?;
+    Ok(to_case(thread))
+}
+
+#[derive(Deserialize)]
+pub struct ReasonForm {
+    reason: String,
+}
+
+fn reason(form: &ReasonForm) -> WebResult<&str> {
+    let reason = form.reason.trim();
+    if reason.is_empty() {
+        return Err(WebError::BadRequest("a reason is required".into()));
+    }
+    Ok(reason)
+}
+
+/// Declines an offer with a reason.
+pub async fn decline(
+    State(app): State<App>,
+    Path((case, offer)): Path<(String, u32)>,
+    Form(form): Form<ReasonForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    app.desk.client.decline_offer(thread, offer, reason(&form)?).await?;
+    Ok(Redirect::to("/offers"))
+}
+
+#[derive(Deserialize)]
+pub struct CompleteForm {
+    family_told: String,
+    reason: Option<String>,
+}
+
+/// Completes an accepted handover: this worker takes regie.
+pub async fn complete(
+    State(app): State<App>,
+    Path((case, offer)): Path<(String, u32)>,
+    Form(form): Form<CompleteForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    let family = match form.family_told.as_str() {
+        "yes" => FamilyTold::Yes,
+        _ => FamilyTold::No { reason: form.reason.unwrap_or_default().trim().to_owned() },
+    };
+    if matches!(&family, FamilyTold::No { reason } if reason.is_empty()) {
+        return Err(WebError::BadRequest("say why the family was not told".into()));
+    }
+    app.desk.client.complete_handover(thread, offer, family).await?;
+    Ok(to_case(thread))
+}
+
+/// Leaves a case from the background role, with a reason.
+pub async fn leave(
+    State(app): State<App>,
+    Path(case): Path<String>,
+    Form(form): Form<ReasonForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    app.desk.client.leave_case(thread, reason(&form)?).await?;
+    Ok(Redirect::to("/cases"))
+}
+
+#[derive(Deserialize)]
+pub struct AddForm {
+    oin: String,
+    worker: String,
+    reason: String,
+    legal_basis: String,
+}
+
+/// Brings someone into the case; a refusal is shown on the case with the rule that decided it.
+pub async fn add(State(app): State<App>, Path(case): Path<String>, Form(form): Form<AddForm>) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    let member = MemberId::new(form.oin.trim(), form.worker.trim())
+        .map_err(|e| WebError::BadRequest(format!("not a member: {e}")))?;
+    let grounds = Grounds::new(form.reason.trim(), form.legal_basis.trim());
+    match app.desk.client.add_member(thread, member, &grounds).await {
+        Ok(_) => Ok(to_case(thread)),
+        Err(ketenhub_sdk::Error::Hub(e)) if !matches!(e.code, ketenhub_sdk::ErrorCode::NotFound) => {
+            let refused: String = url_encode(&e.message);
+            Ok(Redirect::to(&format!("/cases/{thread}?refused={refused}#add")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn url_encode(text: &str) -> String {
+    serde_urlencoded::to_string([("x", text)]).map(|s| s[2..].to_owned()).unwrap_or_default()
+}
+
+/// Reports a clock's work done (the first face-to-face contact, the safety plan).
+pub async fn clock_done(State(app): State<App>, Path((case, clock)): Path<(String, String)>) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    let kind = views::clock_kind(&clock).ok_or(WebError::NotFound)?;
+    app.desk.client.report_done(thread, kind).await?;
+    Ok(to_case(thread))
+}

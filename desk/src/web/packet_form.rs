@@ -1,0 +1,448 @@
+//! The handover packet as a form: every field of `HandoverPacket`, named by its path.
+//!
+//! Each control is named by the path the SDK's `validate` uses for the field
+//! (`family[1].gezag`, `plan.goals[0].evaluation_date`), so every problem the
+//! SDK finds is shown at its own control without a table that maps one name
+//! to another. Values that do not even parse (a date that is no date) are
+//! reported the same way, at their path. The form's values are kept as a flat
+//! map, so that a draft survives adding a row, a preview and a restart.
+
+use std::collections::BTreeMap;
+
+use ketenhub_sdk::packet::{
+    Assessment, AttachmentRef, Contact, Date, Factor, FamilyInvolvement, FamilyMember, FamilyRole, FamilyView,
+    FieldError, Gezag, Goal, GoalOwner, HandoverPacket, Intervention, LawfulBasis, LegalFrame, LegalStatus, Measure,
+    Organisation, Party, Plan, Statement, StatementKind, PACKET_VERSION,
+};
+
+/// The form's values, by field path.
+pub type Values = BTreeMap<String, String>;
+
+/// The repeated sections of the form, with the name of their row count.
+pub const SECTIONS: [&str; 6] =
+    ["family", "statements", "risks.assessed", "protective_factors.assessed", "interventions", "plan.goals"];
+
+/// What the packet takes from outside the form: both parties and the route.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The sender (this desk).
+    pub sender: Party,
+    /// The receiving organisation; the worker comes from the form.
+    pub receiver: Organisation,
+    /// The route chosen.
+    pub route: String,
+    /// The legal basis chosen.
+    pub legal_basis: String,
+}
+
+/// How many rows a repeated section has (at least one, so there is always a row to fill).
+pub fn rows(values: &Values, section: &str) -> usize {
+    values.get(&format!("{section}.count")).and_then(|c| c.parse().ok()).unwrap_or(1).clamp(1, 50)
+}
+
+/// Adds an empty row to a section.
+pub fn add_row(values: &mut Values, section: &str) {
+    let next = rows(values, section) + 1;
+    values.insert(format!("{section}.count"), next.to_string());
+}
+
+/// Reads a form's values into a packet, with every problem at its path.
+struct Reader<'a> {
+    values: &'a Values,
+    errors: Vec<FieldError>,
+}
+
+impl Reader<'_> {
+    fn text(&self, path: &str) -> String {
+        self.values.get(path).map(|v| v.trim().to_owned()).unwrap_or_default()
+    }
+
+    fn optional(&self, path: &str) -> Option<String> {
+        Some(self.text(path)).filter(|v| !v.is_empty())
+    }
+
+    fn fail(&mut self, path: &str, problem: impl Into<String>) {
+        self.errors.push(FieldError { path: path.to_owned(), problem: problem.into() });
+    }
+
+    fn date(&mut self, path: &str) -> Option<Date> {
+        let text = self.optional(path)?;
+        match text.parse() {
+            Ok(date) => Some(date),
+            Err(e) => {
+                self.fail(path, format!("{text:?} is not a date (YYYY-MM-DD): {e}"));
+                None
+            }
+        }
+    }
+
+    /// A date the packet requires; a missing one is reported, and a placeholder keeps reading going.
+    fn required_date(&mut self, path: &str) -> Date {
+        match self.date(path) {
+            Some(date) => date,
+            None => {
+                if self.optional(path).is_none() {
+                    self.fail(path, "is empty");
+                }
+                Date::from_unix_ms(0)
+            }
+        }
+    }
+
+    /// Whether any field of a row has a value: untouched rows are left out.
+    fn row_used(&self, prefix: &str) -> bool {
+        self.values.iter().any(|(k, v)| k.starts_with(prefix) && !k.ends_with(".count") && !v.trim().is_empty())
+    }
+
+    fn used_rows(&self, section: &str) -> Vec<String> {
+        (0..rows(self.values, section)).map(|i| format!("{section}[{i}]")).filter(|p| self.row_used(p)).collect()
+    }
+
+    fn family(&mut self) -> Vec<FamilyMember> {
+        let mut family = Vec::new();
+        for path in self.used_rows("family") {
+            let role = match self.text(&format!("{path}.role")).as_str() {
+                "child" => FamilyRole::Child,
+                "parent" => FamilyRole::Parent,
+                "step_parent" => FamilyRole::StepParent,
+                "foster_parent" => FamilyRole::FosterParent,
+                "grandparent" => FamilyRole::Grandparent,
+                _ => FamilyRole::Other(self.text(&format!("{path}.role_other"))),
+            };
+            let birth_year = match self.optional(&format!("{path}.birth_year")) {
+                None => None,
+                Some(year) => match year.parse() {
+                    Ok(year) => Some(year),
+                    Err(_) => {
+                        self.fail(&format!("{path}.birth_year"), format!("{year:?} is not a year"));
+                        None
+                    }
+                },
+            };
+            let gezag = match self.text(&format!("{path}.gezag")).as_str() {
+                "yes" => Gezag::Yes,
+                "no" => Gezag::No,
+                "not_applicable" => Gezag::NotApplicable,
+                _ => Gezag::Unknown,
+            };
+            family.push(FamilyMember {
+                id: self.text(&format!("{path}.id")),
+                name: self.text(&format!("{path}.name")),
+                role,
+                birth_year,
+                gezag,
+            });
+        }
+        family
+    }
+
+    fn statements(&mut self) -> Vec<Statement> {
+        let mut statements = Vec::new();
+        for path in self.used_rows("statements") {
+            let kind = match self.text(&format!("{path}.kind")).as_str() {
+                "fact" => StatementKind::Fact,
+                "suspicion" => StatementKind::Suspicion,
+                _ => StatementKind::Opinion,
+            };
+            statements.push(Statement {
+                kind,
+                text: self.text(&format!("{path}.text")),
+                source: self.optional(&format!("{path}.source")),
+                date: self.date(&format!("{path}.date")),
+            });
+        }
+        statements
+    }
+
+    fn assessment(&mut self, section: &str) -> Assessment {
+        if self.text(&format!("{section}.done")) == "no" {
+            return Assessment::NotAssessed { reason: self.text(&format!("{section}.not_assessed.reason")) };
+        }
+        let factors = self
+            .used_rows(&format!("{section}.assessed"))
+            .iter()
+            .map(|path| Factor {
+                text: self.text(&format!("{path}.text")),
+                members: self
+                    .text(&format!("{path}.members"))
+                    .split([',', ' '])
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            })
+            .collect();
+        Assessment::Assessed(factors)
+    }
+
+    fn interventions(&mut self) -> Vec<Intervention> {
+        let mut interventions = Vec::new();
+        for path in self.used_rows("interventions") {
+            interventions.push(Intervention {
+                what: self.text(&format!("{path}.what")),
+                by_organisation: self.text(&format!("{path}.by_organisation")),
+                from: self.required_date(&format!("{path}.from")),
+                until: self.date(&format!("{path}.until")),
+                result: self.text(&format!("{path}.result")),
+            });
+        }
+        interventions
+    }
+
+    fn goals(&mut self) -> Vec<Goal> {
+        let mut goals = Vec::new();
+        for path in self.used_rows("plan.goals") {
+            goals.push(Goal {
+                text: self.text(&format!("{path}.text")),
+                owner: GoalOwner {
+                    organisation: self.text(&format!("{path}.owner.organisation")),
+                    address: self.text(&format!("{path}.owner.address")),
+                },
+                evaluation_date: self.required_date(&format!("{path}.evaluation_date")),
+            });
+        }
+        goals
+    }
+
+    fn legal_frame(&mut self) -> LegalStatus {
+        let frame = [
+            LegalFrame::Vrijwillig,
+            LegalFrame::Drang,
+            LegalFrame::VoorlopigeMaatregel,
+            LegalFrame::Ots,
+            LegalFrame::Voogdij,
+            LegalFrame::JeugdReclassering,
+        ]
+        .into_iter()
+        .find(|f| f.code() == self.text("legal_frame.frame"))
+        .unwrap_or(LegalFrame::Vrijwillig);
+        let measure = frame.is_measure().then(|| Measure {
+            court_reference: self.text("legal_frame.measure.court_reference"),
+            start_date: self.required_date("legal_frame.measure.start_date"),
+            end_date: self.date("legal_frame.measure.end_date"),
+        });
+        LegalStatus { frame, measure }
+    }
+
+    fn involvement(&self) -> FamilyInvolvement {
+        match self.text("family_involvement.kind").as_str() {
+            "present" => FamilyInvolvement::Present,
+            "informed" => FamilyInvolvement::Informed,
+            _ => FamilyInvolvement::NotInformed { reason: self.text("family_involvement.not_informed.reason") },
+        }
+    }
+}
+
+/// The packet the form describes, or every problem found while reading it (the SDK's `validate` is the
+/// caller's next step, with the problems of a packet that reads).
+pub fn packet(
+    values: &Values,
+    frame: &Frame,
+    attachments: &[AttachmentRef],
+) -> Result<HandoverPacket, Vec<FieldError>> {
+    let mut r = Reader { values, errors: Vec::new() };
+    let receiver = Party { organisation: frame.receiver.clone(), worker: r.text("receiver.worker") };
+    let packet = HandoverPacket {
+        version: PACKET_VERSION,
+        sender: frame.sender.clone(),
+        route: frame.route.clone(),
+        reason: r.text("reason"),
+        legal_frame: r.legal_frame(),
+        lawful_basis: LawfulBasis {
+            code: frame.legal_basis.clone(),
+            justification: r.optional("lawful_basis.justification"),
+        },
+        family: r.family(),
+        statements: r.statements(),
+        risks: r.assessment("risks"),
+        protective_factors: r.assessment("protective_factors"),
+        interventions: r.interventions(),
+        plan: Plan { goals: r.goals() },
+        contact: Contact {
+            organisation: frame.receiver.clone(),
+            role_address: r.text("contact.role_address"),
+            worker_display_name: r.text("contact.worker_display_name"),
+        },
+        family_involvement: r.involvement(),
+        family_view: FamilyView {
+            view: r.text("family_view.view"),
+            disagreements: r
+                .text("family_view.disagreements")
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        },
+        attachments: attachments.iter().filter(|a| r.text(&format!("attach.{}", a.blob.0)) == "on").cloned().collect(),
+        receiver,
+    };
+    if r.errors.is_empty() {
+        Ok(packet)
+    } else {
+        Err(r.errors)
+    }
+}
+
+fn put(values: &mut Values, path: impl Into<String>, value: impl ToString) {
+    values.insert(path.into(), value.to_string());
+}
+
+fn put_rows(values: &mut Values, section: &str, count: usize) {
+    put(values, format!("{section}.count"), count.max(1));
+}
+
+/// The form's values for a packet: to start a draft from an existing packet (the demo's, or one being
+/// corrected). The inverse of [`packet`] for the fields the form holds.
+pub fn values(p: &HandoverPacket) -> Values {
+    let mut v = Values::new();
+    put(&mut v, "receiver.worker", &p.receiver.worker);
+    put(&mut v, "reason", &p.reason);
+    put(&mut v, "legal_frame.frame", p.legal_frame.frame.code());
+    if let Some(m) = &p.legal_frame.measure {
+        put(&mut v, "legal_frame.measure.court_reference", &m.court_reference);
+        put(&mut v, "legal_frame.measure.start_date", m.start_date);
+        if let Some(end) = m.end_date {
+            put(&mut v, "legal_frame.measure.end_date", end);
+        }
+    }
+    if let Some(j) = &p.lawful_basis.justification {
+        put(&mut v, "lawful_basis.justification", j);
+    }
+    put_rows(&mut v, "family", p.family.len());
+    for (i, m) in p.family.iter().enumerate() {
+        let path = format!("family[{i}]");
+        put(&mut v, format!("{path}.id"), &m.id);
+        put(&mut v, format!("{path}.name"), &m.name);
+        let role = match &m.role {
+            FamilyRole::Child => "child",
+            FamilyRole::Parent => "parent",
+            FamilyRole::StepParent => "step_parent",
+            FamilyRole::FosterParent => "foster_parent",
+            FamilyRole::Grandparent => "grandparent",
+            FamilyRole::Other(other) => {
+                put(&mut v, format!("{path}.role_other"), other);
+                "other"
+            }
+        };
+        put(&mut v, format!("{path}.role"), role);
+        if let Some(year) = m.birth_year {
+            put(&mut v, format!("{path}.birth_year"), year);
+        }
+        let gezag = match m.gezag {
+            Gezag::Yes => "yes",
+            Gezag::No => "no",
+            Gezag::Unknown => "unknown",
+            Gezag::NotApplicable => "not_applicable",
+        };
+        put(&mut v, format!("{path}.gezag"), gezag);
+    }
+    put_rows(&mut v, "statements", p.statements.len());
+    for (i, s) in p.statements.iter().enumerate() {
+        let path = format!("statements[{i}]");
+        let kind = match s.kind {
+            StatementKind::Fact => "fact",
+            StatementKind::Suspicion => "suspicion",
+            StatementKind::Opinion => "opinion",
+        };
+        put(&mut v, format!("{path}.kind"), kind);
+        put(&mut v, format!("{path}.text"), &s.text);
+        put(&mut v, format!("{path}.source"), s.source.clone().unwrap_or_default());
+        put(&mut v, format!("{path}.date"), s.date.map(|d| d.to_string()).unwrap_or_default());
+    }
+    for (section, assessment) in [("risks", &p.risks), ("protective_factors", &p.protective_factors)] {
+        match assessment {
+            Assessment::NotAssessed { reason } => {
+                put(&mut v, format!("{section}.done"), "no");
+                put(&mut v, format!("{section}.not_assessed.reason"), reason);
+            }
+            Assessment::Assessed(factors) => {
+                put(&mut v, format!("{section}.done"), "yes");
+                put_rows(&mut v, &format!("{section}.assessed"), factors.len());
+                for (i, f) in factors.iter().enumerate() {
+                    put(&mut v, format!("{section}.assessed[{i}].text"), &f.text);
+                    put(&mut v, format!("{section}.assessed[{i}].members"), f.members.join(", "));
+                }
+            }
+        }
+    }
+    put_rows(&mut v, "interventions", p.interventions.len());
+    for (i, x) in p.interventions.iter().enumerate() {
+        let path = format!("interventions[{i}]");
+        put(&mut v, format!("{path}.what"), &x.what);
+        put(&mut v, format!("{path}.by_organisation"), &x.by_organisation);
+        put(&mut v, format!("{path}.from"), x.from);
+        put(&mut v, format!("{path}.until"), x.until.map(|d| d.to_string()).unwrap_or_default());
+        put(&mut v, format!("{path}.result"), &x.result);
+    }
+    put_rows(&mut v, "plan.goals", p.plan.goals.len());
+    for (i, g) in p.plan.goals.iter().enumerate() {
+        let path = format!("plan.goals[{i}]");
+        put(&mut v, format!("{path}.text"), &g.text);
+        put(&mut v, format!("{path}.owner.organisation"), &g.owner.organisation);
+        put(&mut v, format!("{path}.owner.address"), &g.owner.address);
+        put(&mut v, format!("{path}.evaluation_date"), g.evaluation_date);
+    }
+    put(&mut v, "contact.role_address", &p.contact.role_address);
+    put(&mut v, "contact.worker_display_name", &p.contact.worker_display_name);
+    let involvement = match &p.family_involvement {
+        FamilyInvolvement::Present => "present",
+        FamilyInvolvement::Informed => "informed",
+        FamilyInvolvement::NotInformed { reason } => {
+            put(&mut v, "family_involvement.not_informed.reason", reason);
+            "not_informed"
+        }
+    };
+    put(&mut v, "family_involvement.kind", involvement);
+    put(&mut v, "family_view.view", &p.family_view.view);
+    put(&mut v, "family_view.disagreements", p.family_view.disagreements.join("\n"));
+    v
+}
+
+/// The HTML id of a field's control, from its path.
+pub fn field_id(path: &str) -> String {
+    let mut id = String::from("f-");
+    id.extend(path.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(p: &HandoverPacket) -> Frame {
+        Frame {
+            sender: p.sender.clone(),
+            receiver: p.receiver.organisation.clone(),
+            route: p.route.clone(),
+            legal_basis: p.lawful_basis.code.clone(),
+        }
+    }
+
+    #[test]
+    fn the_example_packet_survives_the_form() {
+        let today = Date::from_unix_ms(1_800_000_000_000);
+        let mut example = HandoverPacket::example(today);
+        let attachments = std::mem::take(&mut example.attachments);
+        let mut v = values(&example);
+        let back = packet(&v, &frame(&example), &attachments).expect("the form reads");
+        assert_eq!(back, example);
+        v.insert(format!("attach.{}", attachments[0].blob.0), "on".into());
+        assert_eq!(packet(&v, &frame(&example), &attachments).expect("reads").attachments, attachments);
+    }
+
+    #[test]
+    fn a_bad_date_is_reported_at_its_field() {
+        let example = HandoverPacket::example(Date::from_unix_ms(1_800_000_000_000));
+        let mut v = values(&example);
+        v.insert("statements[0].date".into(), "gisteren".into());
+        v.insert("family[0].birth_year".into(), "x".into());
+        let errors = packet(&v, &frame(&example), &[]).expect_err("refused");
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["family[0].birth_year", "statements[0].date"]);
+    }
+
+    #[test]
+    fn ids_are_safe_for_html() {
+        assert_eq!(field_id("family[1].gezag"), "f-family-1--gezag");
+    }
+}

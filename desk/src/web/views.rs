@@ -1,0 +1,312 @@
+//! What the templates are given: the SDK's types turned into plain, labelled values.
+//!
+//! Templates stay free of logic about handover states or clocks: each label
+//! key and status is decided here, once, and every page that shows an offer,
+//! a clock or an entry shows it the same way.
+
+use hub::policy::Policy;
+use ketenhub_sdk::{ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberId, Offer, OfferState, Ownership};
+use serde::Serialize;
+use wire::handover::CaseClock;
+
+use crate::store::{Entry, Stored};
+
+const DAY_MS: u64 = 86_400_000;
+
+/// A member, with their organisation's name.
+#[derive(Debug, Clone, Serialize)]
+pub struct Who {
+    /// The organisation's name (or OIN when the policy does not know it).
+    pub organisation: String,
+    /// The worker id.
+    pub worker: String,
+    /// Whether it is this desk's own identity.
+    pub me: bool,
+}
+
+/// Names a member by the policy's organisation names.
+pub fn who(policy: &Policy, member: &MemberId, me: &MemberId) -> Who {
+    let organisation = policy.organisation(&member.oin).map_or_else(|| member.oin.to_string(), |o| o.name.clone());
+    Who { organisation, worker: member.worker.clone(), me: member == me }
+}
+
+/// A clock with its due date and state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClockView {
+    /// `first_contact`, `safety_plan` or `rappel`.
+    pub kind: &'static str,
+    /// Due, ms since the Unix epoch.
+    pub due_ms: u64,
+    /// `done`, `running`, `due` (within a day) or `overdue`.
+    pub status: &'static str,
+    /// Escalations so far.
+    pub escalations: u32,
+}
+
+/// The code of a clock kind, as in URLs and string keys.
+pub fn clock_code(kind: ClockKind) -> &'static str {
+    match kind {
+        ClockKind::FirstContact => "first_contact",
+        ClockKind::SafetyPlan => "safety_plan",
+        ClockKind::Rappel => "rappel",
+    }
+}
+
+/// The clock kind of a code.
+pub fn clock_kind(code: &str) -> Option<ClockKind> {
+    [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel].into_iter().find(|k| clock_code(*k) == code)
+}
+
+fn clock(c: &CaseClock, now_ms: u64) -> ClockView {
+    let status = if c.done {
+        "done"
+    } else if c.due_ms <= now_ms || c.escalations > 0 {
+        "overdue"
+    } else if c.due_ms <= now_ms + DAY_MS {
+        "due"
+    } else {
+        "running"
+    };
+    ClockView { kind: clock_code(c.kind), due_ms: c.due_ms, status, escalations: c.escalations }
+}
+
+/// An offer with its parties named.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfferView {
+    /// Its number in the case.
+    pub id: u32,
+    /// Who offered it.
+    pub from: Who,
+    /// The receiving organisation's name.
+    pub to: String,
+    /// The receiving worker, if named.
+    pub to_worker: Option<String>,
+    /// The route.
+    pub route: String,
+    /// The legal basis code.
+    pub legal_basis: String,
+    /// Whether the basis shares without consent.
+    pub without_consent: bool,
+    /// Why.
+    pub reason: String,
+    /// The written justification.
+    pub justification: Option<String>,
+    /// The acceptance deadline.
+    pub deadline_ms: u64,
+    /// `offered`, `accepted`, `declined`, `expired` or `completed`.
+    pub state: &'static str,
+    /// Who answered, and the decline's reason or the completion's family note.
+    pub answer: Option<String>,
+    /// Whether this desk is the receiver who may answer it.
+    pub to_me: bool,
+    /// Whether this desk accepted it and may complete it.
+    pub mine_to_complete: bool,
+}
+
+/// Shows an offer.
+pub fn offer(policy: &Policy, o: &Offer, me: &MemberId) -> OfferView {
+    let to = policy.organisation(&o.to).map_or_else(|| o.to.to_string(), |org| org.name.clone());
+    let (state, answer) = match &o.state {
+        OfferState::Offered => ("offered", None),
+        OfferState::Accepted { by } => ("accepted", Some(by.to_string())),
+        OfferState::Declined { by, reason } => ("declined", Some(format!("{by}: {reason}"))),
+        OfferState::Expired => ("expired", None),
+        OfferState::Completed { by, family } => ("completed", Some(format!("{by}{}", family_note(family)))),
+    };
+    let to_me = o.to == me.oin && o.to_worker.as_ref().is_none_or(|w| *w == me.worker);
+    let mine_to_complete = matches!(&o.state, OfferState::Accepted { by } if by == me);
+    OfferView {
+        id: o.id,
+        from: who(policy, &o.from, me),
+        to,
+        to_worker: o.to_worker.clone(),
+        route: o.route.clone(),
+        legal_basis: o.legal_basis.clone(),
+        without_consent: policy.legal_basis(&o.legal_basis).is_some_and(|b| b.without_consent),
+        reason: o.reason.clone(),
+        justification: o.justification.clone(),
+        deadline_ms: o.deadline_ms,
+        state,
+        answer,
+        to_me: to_me && state == "offered",
+        mine_to_complete,
+    }
+}
+
+fn family_note(family: &FamilyTold) -> String {
+    match family {
+        FamilyTold::Yes => String::new(),
+        FamilyTold::No { reason } => format!(" ({reason})"),
+    }
+}
+
+/// A case's ownership as a caseworker sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseView {
+    /// The case id.
+    pub id: String,
+    /// Who holds regie.
+    pub owner: Who,
+    /// This desk's role: `owner`, `receiving`, `background`, `left` or `consultant`.
+    pub my_role: &'static str,
+    /// Every offer, newest first.
+    pub offers: Vec<OfferView>,
+    /// The open offer, if any.
+    pub open_offer: Option<OfferView>,
+    /// Every clock.
+    pub clocks: Vec<ClockView>,
+    /// Former owners in the background, with until when.
+    pub background: Vec<(Who, u64)>,
+    /// Former owners who left, with their reason.
+    pub left: Vec<(Who, String)>,
+}
+
+/// The role a member has on a case.
+pub fn role(ownership: &Ownership, me: &MemberId) -> &'static str {
+    if &ownership.owner == me {
+        "owner"
+    } else if ownership.background.iter().any(|b| &b.member == me) {
+        "background"
+    } else if ownership.left.iter().any(|(m, _)| m == me) {
+        "left"
+    } else if ownership.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == me)) {
+        "receiving"
+    } else {
+        "consultant"
+    }
+}
+
+/// Shows a case's ownership.
+pub fn case(policy: &Policy, id: String, ownership: &Ownership, me: &MemberId, now_ms: u64) -> CaseView {
+    let offers: Vec<OfferView> = ownership.offers.iter().rev().map(|o| offer(policy, o, me)).collect();
+    CaseView {
+        id,
+        owner: who(policy, &ownership.owner, me),
+        my_role: role(ownership, me),
+        open_offer: ownership.open_offer().map(|o| offer(policy, o, me)),
+        offers,
+        clocks: ownership.clocks.iter().map(|c| clock(c, now_ms)).collect(),
+        background: ownership.background.iter().map(|b| (who(policy, &b.member, me), b.until_ms)).collect(),
+        left: ownership.left.iter().map(|(m, r)| (who(policy, m, me), r.clone())).collect(),
+    }
+}
+
+/// An attachment as the thread shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachmentView {
+    /// The file name.
+    pub name: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256 as hex, which the download is checked against.
+    pub sha256: String,
+}
+
+/// One entry of a thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryView {
+    /// Its sequence number.
+    pub seq: u64,
+    /// `text`, `attachment`, `packet`, `bytes`, `member_added`, `member_removed`, `handover` or `unreadable`.
+    pub kind: &'static str,
+    /// Who sent it or took the step.
+    pub who: Who,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The text, or a step's description parameters.
+    pub text: Option<String>,
+    /// The attachment.
+    pub attachment: Option<AttachmentView>,
+    /// The packet, as its JSON shape for the packet template.
+    pub packet: Option<serde_json::Value>,
+    /// For a membership change: the member concerned.
+    pub member: Option<Who>,
+    /// For a handover step: its kind (`offered`, `accepted`, ...).
+    pub step: Option<&'static str>,
+}
+
+fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
+    match event {
+        HandoverEvent::Offered { offer } => {
+            ("offered", Some(format!("{} — {}: {}", offer.route, offer.legal_basis, offer.reason)))
+        }
+        HandoverEvent::Accepted { offer, by } => ("accepted", Some(format!("#{offer}: {by}"))),
+        HandoverEvent::Declined { offer, reason } => ("declined", Some(format!("#{offer}: {reason}"))),
+        HandoverEvent::Completed { offer, owner, family } => {
+            ("completed", Some(format!("#{offer}: {owner}{}", family_note(family))))
+        }
+        HandoverEvent::Escalated { escalation: Escalation::OfferExpired { offer, .. } } => {
+            ("expired", Some(format!("#{offer}")))
+        }
+        HandoverEvent::Escalated { escalation: Escalation::Overdue { clock, escalation, .. } } => {
+            ("overdue", Some(format!("{} ({escalation})", clock_code(*clock))))
+        }
+        HandoverEvent::Left { member, reason } => ("left", Some(format!("{member}: {reason}"))),
+        HandoverEvent::Scheduled { clock } => ("scheduled", Some(clock_code(*clock).to_owned())),
+        HandoverEvent::Done { clock } => ("done", Some(clock_code(*clock).to_owned())),
+    }
+}
+
+/// Shows a stored entry.
+pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
+    let mut view = EntryView {
+        seq: e.seq,
+        kind: "text",
+        who: who(policy, me, me),
+        at_ms: 0,
+        text: None,
+        attachment: None,
+        packet: None,
+        member: None,
+        step: None,
+    };
+    match &e.body {
+        Stored::Message(m) => {
+            view.who = who(policy, &m.sender, me);
+            view.at_ms = m.at_ms;
+            match &m.content {
+                Content::Text { text } => view.text = Some(text.clone()),
+                Content::Bytes { data } => {
+                    view.kind = "bytes";
+                    view.text = Some(data.len().to_string());
+                }
+                Content::Attachment(a) => {
+                    view.kind = "attachment";
+                    view.attachment = Some(AttachmentView {
+                        name: a.name.clone(),
+                        media_type: a.media_type.clone(),
+                        size: a.size,
+                        sha256: a.sha256_hex(),
+                    });
+                }
+                Content::HandoverPacket(p) => {
+                    view.kind = "packet";
+                    view.packet = serde_json::to_value(p).ok();
+                }
+            }
+        }
+        Stored::MemberAdded { member, by, at_ms } | Stored::MemberRemoved { member, by, at_ms } => {
+            view.kind = if matches!(e.body, Stored::MemberAdded { .. }) { "member_added" } else { "member_removed" };
+            view.who = who(policy, by, me);
+            view.member = Some(who(policy, member, me));
+            view.at_ms = *at_ms;
+        }
+        Stored::Handover { by, event, at_ms } => {
+            let (name, text) = step(event);
+            view.kind = "handover";
+            view.step = Some(name);
+            view.text = text;
+            view.who = who(policy, by, me);
+            view.at_ms = *at_ms;
+        }
+        Stored::Unreadable { sender, error, at_ms } => {
+            view.kind = "unreadable";
+            view.who = who(policy, sender, me);
+            view.text = Some(error.clone());
+            view.at_ms = *at_ms;
+        }
+    }
+    view
+}

@@ -1,0 +1,173 @@
+//! One desk over HTTP, without a browser: its door (token, session cookie,
+//! CSRF, Host and Content-Security-Policy) and its memory (a thread shows its
+//! history after a restart, because the desk keeps what it acknowledged).
+//!
+//! A real hub on loopback TLS with the dev PKI and sled, `ketenhub-desk serve`
+//! as a process (killed with SIGKILL and started again on the same state
+//! directory), and plain HTTP/1.1 requests on a socket.
+
+use std::time::{Duration, Instant};
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use hub::config::Limits;
+use hub::devhub::DevHub;
+use ketenhub_sdk::Grounds;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An HTTP answer: status, headers (lowercase names) and body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `ketenhub-desk serve` as a process: its address and the URL it printed.
+struct Desk {
+    child: Child,
+    addr: SocketAddr,
+    url: String,
+}
+
+impl Drop for Desk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(hub: &DevHub, dir: &std::path::Path, slug: &str) -> Desk {
+    let pki = hub.pki_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ketenhub-desk"))
+        .args(["serve", "--hub", &hub.url(), "--listen", "127.0.0.1:0"])
+        .arg("--ca")
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join(format!("{slug}.crt")))
+        .arg("--key")
+        .arg(pki.join(format!("{slug}.key")))
+        .arg("--state")
+        .arg(dir.join("desk-state"))
+        .arg("--policy")
+        .arg(dir.join("policy.toml"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ketenhub-desk serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("its first line");
+    let url = line.split_whitespace().nth(2).expect("desk WORKER URL").to_owned();
+    let addr = url.trim_start_matches("http://").split('/').next().and_then(|a| a.parse().ok()).expect("an address");
+    Desk { child, addr, url }
+}
+
+async fn http(desk: &Desk, request: &str) -> anyhow::Result<Answer> {
+    let mut socket = tokio::net::TcpStream::connect(desk.addr).await?;
+    socket.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Answer { status, headers, body: body.to_owned() })
+}
+
+fn get(desk: &Desk, path: &str, cookie: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n", desk.addr)
+}
+
+fn post(desk: &Desk, path: &str, cookie: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        desk.addr,
+        body.len()
+    )
+}
+
+/// Signs in with the printed URL and returns the session cookie.
+async fn sign_in(desk: &Desk) -> anyhow::Result<String> {
+    let path = desk.url.split_once(&desk.addr.to_string()).map(|(_, p)| p.to_owned()).unwrap_or_default();
+    let answer = http(desk, &get(desk, &path, "")).await?;
+    assert_eq!(answer.status, 303, "the token opens the desk");
+    let cookie = answer.header("set-cookie").expect("a session cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    Ok(cookie.split(';').next().unwrap_or_default().to_owned())
+}
+
+/// Waits until the thread's page shows `text`.
+async fn shows(desk: &Desk, page: &str, cookie: &str, text: &str) -> anyhow::Result<Answer> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = http(desk, &get(desk, page, cookie)).await?;
+        if answer.body.contains(text) {
+            return Ok(answer);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{page} never showed {text:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desk_guards_its_door_and_keeps_a_threads_history_across_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "lt-woerden-caseworker");
+    let vt = hub.client("vt-utrecht-caseworker").connect().await?;
+    let lt = ketenhub_sdk::MemberId::new("00000001800000000002", "sanne.bakker")?;
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt, &Grounds::new("voluntary support", "consent")).await?;
+    for text in ["eerste bericht", "tweede bericht", "derde bericht"] {
+        vt.send_text(thread, text).await?;
+    }
+
+    // The door: no session, a wrong token, another Host, a POST without its CSRF token.
+    let page = format!("/cases/{thread}");
+    assert_eq!(http(&desk, &get(&desk, &page, "")).await?.status, 401, "no session");
+    assert_eq!(http(&desk, &get(&desk, "/login?token=00", "")).await?.status, 401, "a wrong token");
+    let cookie = sign_in(&desk).await?;
+    let rebound = get(&desk, &page, &cookie).replace(&format!("Host: {}", desk.addr), "Host: evil.example");
+    assert_eq!(http(&desk, &rebound).await?.status, 421, "another Host name");
+    let forged = http(&desk, &post(&desk, &format!("{page}/messages"), &cookie, "text=hallo")).await?;
+    assert_eq!(forged.status, 403, "a POST without the CSRF token");
+    let wrong = http(&desk, &post(&desk, &format!("{page}/messages"), &cookie, "_csrf=00&text=hallo")).await?;
+    assert_eq!(wrong.status, 403, "a POST with a wrong CSRF token");
+
+    let shown = shows(&desk, &page, &cookie, "derde bericht").await?;
+    assert_eq!(shown.status, 200);
+    let csp = shown.header("content-security-policy").expect("a CSP");
+    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(!shown.body.contains("<script>") && !shown.body.contains(" style="), "no inline script or style");
+    assert!(shown.body.contains("derde bericht"));
+    let bad_case = http(&desk, &get(&desk, "/cases/not-a-case", &cookie)).await?;
+    assert_eq!(bad_case.status, 404, "bad input is a typed answer, not a panic");
+
+    // Killed and started again: the hub delivers nothing acknowledged again; the desk shows it from its store.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(desk);
+    let desk = serve(&hub, dir.path(), "lt-woerden-caseworker");
+    let cookie = sign_in(&desk).await?;
+    let shown = http(&desk, &get(&desk, &page, &cookie)).await?;
+    for text in ["eerste bericht", "tweede bericht", "derde bericht"] {
+        assert_eq!(shown.body.matches(text).count(), 1, "{text} is not shown once after the restart");
+    }
+    vt.send_text(thread, "na de herstart").await?;
+    shows(&desk, &page, &cookie, "na de herstart").await?;
+    drop(desk);
+    vt.close().await;
+    hub.stop().await
+}
