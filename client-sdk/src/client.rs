@@ -34,7 +34,7 @@ use wire::handover::{ClockKind, FamilyTold, Offer, OfferRequest, Ownership};
 
 use crate::builder::Settings;
 use crate::content::Content;
-use crate::device::{DecryptError, Device, DeviceError, Processed};
+use crate::device::{DecryptError, Device, DeviceError, Processed, Rejoin};
 use crate::dial::{dial, WsStream};
 use crate::event::{Event, EventStream, Message};
 use crate::{ClientBuilder, Error};
@@ -441,21 +441,21 @@ impl Client {
     /// process), and reports it as [`Event::Rejoined`]. What was sent before
     /// is not readable on this device.
     pub async fn rejoin(&self, thread: ThreadId) -> Result<u64, Error> {
-        match self.rejoin_at(thread, false).await? {
+        match self.rejoin_at(thread, Rejoin::Always).await? {
             Some((epoch, _)) => Ok(epoch),
             None => Err(Error::Protocol("the device made no rejoin".into())),
         }
     }
 
-    /// Rejoins (with `only_if_missing`, only when that is what it takes: see
-    /// [`Device::rejoin`]); returns the epoch joined and the rejoin's entry.
-    async fn rejoin_at(&self, thread: ThreadId, only_if_missing: bool) -> Result<Option<(u64, u64)>, Error> {
+    /// Rejoins when `mode` says so (see [`Rejoin`]); returns the epoch joined
+    /// and the rejoin's entry.
+    async fn rejoin_at(&self, thread: ThreadId, mode: Rejoin) -> Result<Option<(u64, u64)>, Error> {
         for _ in 0..COMMIT_ATTEMPTS {
             let (group_info, ratchet_tree) = match self.request(Request::GroupInfo { thread }).await? {
                 Reply::GroupInfo { group_info, ratchet_tree, .. } => (group_info, ratchet_tree),
                 other => return Err(unexpected(other)),
             };
-            let made = self.device().rejoin(thread, (&group_info, &ratchet_tree), only_if_missing);
+            let made = self.device().rejoin(thread, (&group_info, &ratchet_tree), mode);
             let Some(made) = made.map_err(unbound_or_device)? else { return Ok(None) };
             let request = Request::Rejoin { thread, commit: made.commit, group_info: made.group_info };
             let answer = self.request(request).await;
@@ -731,11 +731,14 @@ impl Client {
     }
 }
 
-/// `url` naming `device` in its query, with the path `/` when it has none.
+/// `url` naming `device` in its query (any other query kept), with the path
+/// `/` when it has none.
 fn with_device(url: &str, device: &wire::DeviceId) -> String {
-    let base = url.split('?').next().unwrap_or_default();
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let slash = if base.trim_start_matches("wss://").contains('/') { "" } else { "/" };
-    format!("{base}{slash}?device={device}")
+    let others: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("device=")).collect();
+    let others: String = others.iter().map(|p| format!("{p}&")).collect();
+    format!("{base}{slash}?{others}device={device}")
 }
 
 /// Threads waiting to be rejoined, at most; more are dropped until there is room.
@@ -753,8 +756,12 @@ async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Re
         match client.threads().await {
             Ok(threads) => {
                 for summary in threads {
-                    rejoined
-                        .extend(client.rejoin_and_tell(summary.thread, true).await.map(|seq| (summary.thread, seq)));
+                    rejoined.extend(
+                        client
+                            .rejoin_and_tell(summary.thread, Rejoin::IfMissing)
+                            .await
+                            .map(|seq| (summary.thread, seq)),
+                    );
                 }
             }
             Err(e) => debug!("cannot list threads to find groups this device misses: {e}"),
@@ -765,14 +772,14 @@ async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Re
         if rejoined.get(&thread).is_some_and(|seq| *seq > failed) {
             continue;
         }
-        rejoined.extend(client.rejoin_and_tell(thread, false).await.map(|seq| (thread, seq)));
+        rejoined.extend(client.rejoin_and_tell(thread, Rejoin::Recover).await.map(|seq| (thread, seq)));
     }
 }
 
 impl Client {
     /// Rejoins and reports it; returns the rejoin's entry.
-    async fn rejoin_and_tell(&self, thread: ThreadId, only_if_missing: bool) -> Option<u64> {
-        match self.rejoin_at(thread, only_if_missing).await {
+    async fn rejoin_and_tell(&self, thread: ThreadId, mode: Rejoin) -> Option<u64> {
+        match self.rejoin_at(thread, mode).await {
             Ok(Some((epoch, seq))) => {
                 let _ = self.inner.alarms.try_send(Event::Rejoined { thread, epoch });
                 Some(seq)

@@ -36,6 +36,7 @@ use certs::binding::{Binder, BindingError, Bound, SafetyNumber, Validity, Verifi
 
 use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::Member;
 use openmls::prelude::{
     BasicCredential, Credential, CredentialWithKey, Extensions, KeyPackage, LeafNode, LeafNodeIndex,
     LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
@@ -88,6 +89,10 @@ pub enum DeviceError {
     /// certificate; nothing was encrypted to it.
     #[error("refused an MLS leaf: {0}")]
     Unbound(#[from] BindingError),
+    /// A group offered to recover into holds an identity that is not in the
+    /// group this device holds (see [`Rejoin::Recover`]); it kept its group.
+    #[error("the group offered to rejoin holds {0}, who is not in this device's group; the application decides")]
+    Stranger(String),
 }
 
 /// The first bytes of an encrypted state file, then a nonce and the sealed
@@ -418,6 +423,26 @@ pub enum Processed {
     Nothing,
 }
 
+/// When [`Device::rejoin`] rejoins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejoin {
+    /// For a device that holds no group of the thread and was not told it
+    /// lost one: only when the tree holds a device of this identity but none
+    /// with this device's key. Not when it holds this device's key (it was
+    /// added, and its Welcome is on its way), nor when it holds no device of
+    /// the identity (not added yet: a rejoin would be refused).
+    IfMissing,
+    /// For a device that could not follow its group: always, but only into a
+    /// tree whose identities all are in the group it holds
+    /// ([`DeviceError::Stranger`] otherwise). A hostile hub that makes a
+    /// device fail a commit and then offers an older or forked group with
+    /// someone since removed gets nothing; someone rightly added meanwhile
+    /// makes the application decide ([`Rejoin::Always`]).
+    Recover,
+    /// When the application says so.
+    Always,
+}
+
 /// A commit this device made, TLS-encoded as the hub takes it.
 #[derive(Debug, Clone)]
 pub struct Commit {
@@ -628,16 +653,12 @@ impl Device {
     /// The group is in use at once; [`Self::forget`] it if the hub refuses the
     /// commit.
     ///
-    /// With `only_if_missing` (a device that holds no group and was not told
-    /// it lost one), `None` unless a rejoin is what it takes: when this device
-    /// holds a group, when the tree holds a leaf with this device's key (it was
-    /// added, and its Welcome is on its way), or when it holds no device of this
-    /// identity at all (it was not added yet, and a rejoin would be refused).
+    /// `mode` says when to rejoin at all (see [`Rejoin`]); `None` when not.
     pub fn rejoin(
         &mut self,
         thread: ThreadId,
         (group_info, ratchet_tree): (&[u8], &[u8]),
-        only_if_missing: bool,
+        mode: Rejoin,
     ) -> Result<Option<Commit>, DeviceError> {
         let info = match MlsMessageIn::tls_deserialize_exact(group_info).map_err(mls_error)?.extract() {
             MlsMessageBodyIn::GroupInfo(info) => info,
@@ -646,7 +667,8 @@ impl Device {
         if info.group_id() != &group_id(thread) {
             return Err(DeviceError::Mls("a GroupInfo of another thread".into()));
         }
-        if only_if_missing && !self.misses_group(thread, &info, ratchet_tree)? {
+        let offered = self.members_of_tree(&info, ratchet_tree)?;
+        if !self.should_rejoin(thread, &offered, mode)? {
             return Ok(None);
         }
         let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(mls_error)?;
@@ -678,24 +700,35 @@ impl Device {
         Ok(Some(out))
     }
 
-    /// Whether this device, holding no group of the thread, should rejoin the
-    /// group the hub describes (see [`Self::rejoin`]).
-    fn misses_group(&mut self, thread: ThreadId, info: &VerifiableGroupInfo, tree: &[u8]) -> Result<bool, DeviceError> {
-        if self.group(thread).is_some() {
-            return Ok(false);
-        }
+    /// The devices of the tree the hub offers, verified against its GroupInfo.
+    fn members_of_tree(&self, info: &VerifiableGroupInfo, tree: &[u8]) -> Result<Vec<Member>, DeviceError> {
         let tree = RatchetTreeIn::tls_deserialize_exact(tree).map_err(mls_error)?;
-        let (public, _) = PublicGroup::from_external(
-            self.provider.crypto(),
-            &MemoryStorage::default(),
-            tree,
-            info.clone(),
-            ProposalStore::new(),
-        )
-        .map_err(mls_error)?;
-        let mine = |m: &openmls::prelude::Member| m.signature_key == self.signer.public();
-        let ours = |m: &openmls::prelude::Member| m.credential == self.credential.credential;
-        Ok(!public.members().any(|m| mine(&m)) && public.members().any(|m| ours(&m)))
+        let storage = MemoryStorage::default();
+        let (public, _) =
+            PublicGroup::from_external(self.provider.crypto(), &storage, tree, info.clone(), ProposalStore::new())
+                .map_err(mls_error)?;
+        Ok(public.members().collect())
+    }
+
+    /// Whether to rejoin, by `mode`, the group whose devices are `offered`.
+    fn should_rejoin(&mut self, thread: ThreadId, offered: &[Member], mode: Rejoin) -> Result<bool, DeviceError> {
+        let held: Option<Vec<Credential>> = self.group(thread).map(|g| g.members().map(|m| m.credential).collect());
+        Ok(match (mode, held) {
+            (Rejoin::IfMissing, Some(_)) => false,
+            (Rejoin::IfMissing, None) => {
+                !offered.iter().any(|m| m.signature_key == self.signer.public())
+                    && offered.iter().any(|m| m.credential == self.credential.credential)
+            }
+            (Rejoin::Recover, Some(held)) => {
+                let strangers = offered.iter().filter(|m| !held.contains(&m.credential));
+                if let Some(stranger) = strangers.map(|m| m.credential.clone()).next() {
+                    let who = member_of(&stranger).map(|(m, _)| m.to_string()).unwrap_or_default();
+                    return Err(DeviceError::Stranger(who));
+                }
+                true
+            }
+            (Rejoin::Recover, None) | (Rejoin::Always, _) => true,
+        })
     }
 
     /// Drops this device's group of the thread, if it holds one.
@@ -1036,19 +1069,41 @@ mod tests {
         // Someone with a chain certificate but no device in the group, given the GroupInfo (by a hostile hub, say).
         let mut sanne = open(SANNE, None).unwrap();
         // Asked to rejoin only if that is what it takes, it does not: it has no device in the group.
-        assert!(sanne.rejoin(thread, (&info, &tree), true).unwrap().is_none());
-        let outsider = sanne.rejoin(thread, (&info, &tree), false).unwrap().unwrap();
+        assert!(sanne.rejoin(thread, (&info, &tree), Rejoin::IfMissing).unwrap().is_none());
+        let outsider = sanne.rejoin(thread, (&info, &tree), Rejoin::Always).unwrap().unwrap();
         let refused = anna.process(thread, &outsider.commit);
         assert!(matches!(refused, Err(DecryptError::RefusedRejoin(_))), "{refused:?}");
         assert_eq!(anna.epoch(thread), Some(0), "not applied");
         // Anna's laptop: same certificate, its own key, and a device of Anna's is in the group.
         let mut laptop = open(ANNA, None).unwrap();
-        let rejoin = laptop.rejoin(thread, (&info, &tree), true).unwrap().expect("a device of Anna's is in the group");
+        let rejoin = laptop
+            .rejoin(thread, (&info, &tree), Rejoin::IfMissing)
+            .unwrap()
+            .expect("a device of Anna's is in the group");
         assert!(matches!(anna.process(thread, &rejoin.commit), Ok(Processed::Commit { removed_self: false })));
         assert_eq!(anna.epoch(thread), laptop.epoch(thread));
         let sent = anna.encrypt(thread, b"voor beide apparaten").unwrap();
         let Ok(Processed::Application { plaintext, sender }) = laptop.process(thread, &sent) else { panic!() };
         assert_eq!((plaintext.as_slice(), sender), (&b"voor beide apparaten"[..], binder(ANNA).identity().member_id()));
+    }
+
+    #[test]
+    fn a_device_does_not_recover_into_a_group_with_someone_it_saw_removed() {
+        let thread = ThreadId::random();
+        let (mut anna, sanne) = pair_in_group(thread);
+        // What a hostile hub kept: the GroupInfo and tree of the epoch with Sanne in it.
+        let (group, provider, signer) = anna.group_parts(thread).unwrap();
+        let old_tree = group.export_ratchet_tree().tls_serialize_detached().unwrap();
+        let old_info = group.export_group_info(provider.crypto(), signer, false).unwrap();
+        let old_info = old_info.tls_serialize_detached().unwrap();
+        anna.remove(thread, &binder(SANNE).identity().member_id()).unwrap();
+        anna.commit_accepted(thread).unwrap();
+        drop(sanne);
+        // Told it lost the group, Anna's device is offered the old one back: it refuses and keeps its own.
+        let epoch = anna.epoch(thread);
+        let refused = anna.rejoin(thread, (&old_info, &old_tree), Rejoin::Recover);
+        assert!(matches!(refused, Err(DeviceError::Stranger(_))), "{refused:?}");
+        assert_eq!(anna.epoch(thread), epoch, "the group it held is kept");
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //!   first named device instead takes over the default cursors, so that an SDK
 //!   that named no device before loses nothing it had not acknowledged.
 //! - At most `limits.max_devices_per_identity` devices are kept. A new device
-//!   over that bound first makes room by forgetting the devices not seen for
-//!   `limits.device_idle_days`; if none is that old, it is refused.
+//!   forgets those not seen for `limits.device_idle_days`, and over the bound
+//!   takes the place of the one seen least recently (its records and cursors
+//!   go in the same write): a worker who reinstalls is never locked out.
 //! - Retention waits for every device seen within `device_idle_days`: a device
 //!   away longer no longer holds content back, and when it comes back it gets
 //!   what is left (expired entries as `expired`).
@@ -27,7 +28,7 @@ use wire::{DeviceId, MemberId, ThreadId};
 
 use crate::durability::{Write, WriteError};
 use crate::session::{Caller, Hub};
-use crate::store::{Store, StoreError};
+use crate::store::{DeviceWrite, Store, StoreError};
 
 /// How stale a device's `last_seen_ms` may get before a connection updates it.
 const SEEN_GRANULARITY_MS: u64 = 60 * 60 * 1000;
@@ -56,17 +57,6 @@ impl DeviceLimits {
     }
 }
 
-/// Why a device was not registered.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// The identity has as many devices as it may, none of them idle.
-    #[error("the identity has {0} devices, none idle; limits.max_devices_per_identity is {0}")]
-    TooMany(usize),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 impl Hub {
     /// Records, before its delivery starts, that the caller's device has
     /// connected; refused (`limit_exceeded`) when its identity has too many.
@@ -91,37 +81,37 @@ impl Hub {
     }
 }
 
-/// Records that `device` of `member` connected at `now_ms` (see the module's rules).
+/// Records that `device` of `member` connected at `now_ms` (see the module's
+/// rules), in one atomic write.
 pub fn register(
     store: &dyn Store,
     member: &MemberId,
     device: &DeviceId,
     now_ms: u64,
     limits: DeviceLimits,
-) -> Result<(), DeviceError> {
-    let known = store.devices(member)?;
+) -> Result<(), StoreError> {
+    let mut known = store.devices(member)?;
     if let Some((_, record)) = known.iter().find(|(d, _)| d == device) {
-        store.put_device(member, device, &DeviceRecord { last_seen_ms: now_ms, ..*record })?;
-        return Ok(());
-    }
-    let mut kept = known.len();
-    if kept >= limits.max {
-        for (idle, _) in known.iter().filter(|(_, r)| r.last_seen_ms < limits.idle_before(now_ms)) {
-            store.forget_device(member, idle)?;
-            kept -= 1;
-        }
-        if kept >= limits.max {
-            return Err(DeviceError::TooMany(limits.max));
-        }
+        let record = DeviceRecord { last_seen_ms: now_ms, ..*record };
+        return store.put_device(member, &DeviceWrite { device, record, starts: &[], forget: &[] });
     }
     let first_named = !device.is_default() && known.iter().all(|(d, _)| d.is_default());
-    if !first_named && !device.is_default() {
-        for thread in store.threads_of(member)? {
-            store.advance_cursor(member, device, thread, store.last_seq(thread)?)?;
-        }
-    }
-    store.put_device(member, device, &DeviceRecord { first_seen_ms: now_ms, last_seen_ms: now_ms })?;
-    Ok(())
+    let starts = if first_named || device.is_default() {
+        Vec::new()
+    } else {
+        store.threads_of(member)?.into_iter().map(|t| Ok((t, store.last_seq(t)?))).collect::<Result<_, StoreError>>()?
+    };
+    // Room is made by forgetting, least recently seen first, the devices idle
+    // long enough, then, if need be, others: a worker who reinstalls is never
+    // locked out, and the device forgotten is the one longest away.
+    known.sort_by_key(|(_, r)| r.last_seen_ms);
+    let idle = known.iter().filter(|(_, r)| r.last_seen_ms < limits.idle_before(now_ms)).count();
+    let over = (known.len() + 1).saturating_sub(limits.max.max(1));
+    // The default device is never forgotten (its cursors are every device's starting point).
+    let named = known.into_iter().filter(|(d, _)| !d.is_default());
+    let forget: Vec<DeviceId> = named.take(idle.max(over)).map(|(d, _)| d).collect();
+    let record = DeviceRecord { first_seen_ms: now_ms, last_seen_ms: now_ms };
+    store.put_device(member, &DeviceWrite { device, record, starts: &starts, forget: &forget })
 }
 
 /// How far `member` has received `thread` for retention: the lowest cursor of

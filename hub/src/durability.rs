@@ -451,14 +451,7 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             (Written::BlobChunk { blob: upload.blob, index: upload.index, duplicate }, Vec::new())
         }
         Write::RegisterDevice { member, device, limits } => {
-            crate::devices::register(store, &member, &device, at, limits).map_err(|e| match e {
-                crate::devices::DeviceError::TooMany(max) => WriteError::Refused(crate::quotas::exceeded(
-                    "limits.max_devices_per_identity",
-                    max,
-                    "too many devices for this identity, none idle",
-                )),
-                crate::devices::DeviceError::Store(e) => WriteError::Store(e),
-            })?;
+            crate::devices::register(store, &member, &device, at, limits)?;
             (Written::Audited, Vec::new())
         }
         Write::Cursor { member, device, thread, seq } => {

@@ -100,11 +100,8 @@ impl Store for FaultyStore {
     fn devices(&self, m: &MemberId) -> Result<Vec<(wire::DeviceId, hub::devices::DeviceRecord)>, StoreError> {
         self.inner.devices(m)
     }
-    fn put_device(&self, m: &MemberId, d: &wire::DeviceId, r: &hub::devices::DeviceRecord) -> Result<(), StoreError> {
-        self.inner.put_device(m, d, r)
-    }
-    fn forget_device(&self, m: &MemberId, d: &wire::DeviceId) -> Result<(), StoreError> {
-        self.inner.forget_device(m, d)
+    fn put_device(&self, m: &MemberId, w: &hub::store::DeviceWrite<'_>) -> Result<(), StoreError> {
+        self.inner.put_device(m, w)
     }
     fn group_state(&self, t: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
         assert!(!self.group_state_panics.load(Ordering::SeqCst), "injected: a bug while checking a write");

@@ -170,6 +170,19 @@ pub struct BlobRecord {
     pub created_at_ms: u64,
 }
 
+/// A device's registration (see [`Store::put_device`] and `crate::devices`).
+#[derive(Debug)]
+pub struct DeviceWrite<'a> {
+    /// The device.
+    pub device: &'a DeviceId,
+    /// What the hub keeps of it.
+    pub record: DeviceRecord,
+    /// Where its cursors start, per thread (empty for a known device).
+    pub starts: &'a [(ThreadId, u64)],
+    /// The member's devices it takes the place of.
+    pub forget: &'a [DeviceId],
+}
+
 /// KeyPackages handed out and not yet added that the hub remembers per claimer and thread.
 pub const MAX_OPEN_CLAIMS: usize = 64;
 
@@ -246,11 +259,10 @@ pub trait Store: Send + Sync + 'static {
     /// The member's devices the hub keeps (see `crate::devices`).
     fn devices(&self, member: &MemberId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError>;
 
-    /// Stores what the hub keeps of one of the member's devices.
-    fn put_device(&self, member: &MemberId, device: &DeviceId, record: &DeviceRecord) -> Result<(), StoreError>;
-
-    /// Forgets one of the member's devices.
-    fn forget_device(&self, member: &MemberId, device: &DeviceId) -> Result<(), StoreError>;
+    /// Stores a device's registration in one atomic batch: its record, its
+    /// starting cursors, and the devices it makes room by forgetting (their
+    /// records and cursors).
+    fn put_device(&self, member: &MemberId, write: &DeviceWrite<'_>) -> Result<(), StoreError>;
 
     /// The public state of the thread's MLS group, if registered.
     fn group_state(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError>;

@@ -55,7 +55,9 @@ use crate::devices::DeviceRecord;
 use wire::{BlobId, DeviceId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
 
 use super::chunk_files::ChunkFiles;
-use super::{AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, Store, StoreError};
+use super::{
+    AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, DeviceWrite, HandoverStep, Interval, Store, StoreError,
+};
 
 const THREAD: u8 = b'T';
 const MEMBER: u8 = b'M';
@@ -738,15 +740,23 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn put_device(&self, member: &MemberId, device: &DeviceId, record: &DeviceRecord) -> Result<(), StoreError> {
-        self.db
-            .insert(key(DEVICE, &[&member_key(member), device.as_str().as_bytes()]), encode(record))
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn forget_device(&self, member: &MemberId, device: &DeviceId) -> Result<(), StoreError> {
-        self.db.remove(key(DEVICE, &[&member_key(member), device.as_str().as_bytes()])).map_err(backend)?;
+    fn put_device(&self, member: &MemberId, write: &DeviceWrite<'_>) -> Result<(), StoreError> {
+        let mk = member_key(member);
+        let mut batch = sled::Batch::default();
+        batch.insert(key(DEVICE, &[&mk, write.device.as_str().as_bytes()]), encode(&write.record));
+        for (thread, seq) in write.starts {
+            let start = self.cursor(member, write.device, *thread)?.max(*seq);
+            batch.insert(cursor_key(&mk, write.device, *thread), &start.to_be_bytes()[..]);
+        }
+        if !write.forget.is_empty() {
+            let threads: Vec<ThreadId> =
+                self.threads_of(member)?.into_iter().chain(self.former_threads(member)?).collect();
+            for gone in write.forget.iter().filter(|d| !d.is_default()) {
+                batch.remove(key(DEVICE, &[&mk, gone.as_str().as_bytes()]));
+                threads.iter().for_each(|t| batch.remove(cursor_key(&mk, gone, *t)));
+            }
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
         Ok(())
     }
 
