@@ -25,13 +25,31 @@ async fn shows(events: &mut EventStream, thread: ThreadId, text: &str) -> anyhow
     }
 }
 
+/// A hub, and VT's desk (an SDK client with its own state) connected to it;
+/// the laptop's state directory is made but not used yet.
+struct Office {
+    _dir: tempfile::TempDir,
+    hub: DevHub,
+    _desk_state: tempfile::TempDir,
+    laptop_state: tempfile::TempDir,
+    desk: ketenhub_sdk::Client,
+    desk_events: EventStream,
+}
+
+impl Office {
+    async fn open() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let hub = DevHub::start(dir.path(), tests::limits()).await?;
+        let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
+        let desk_events = desk.events().expect("events");
+        Ok(Self { _dir: dir, hub, _desk_state: desk_state, laptop_state, desk, desk_events })
+    }
+}
+
 #[tokio::test]
 async fn a_second_device_joins_by_itself_and_each_device_shows_the_others_sends() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let hub = DevHub::start(dir.path(), tests::limits()).await?;
-    let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
-    let mut desk_events = desk.events().expect("events");
+    let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
     let lt = hub.client(LT).connect().await?;
     let mut lt_events = lt.events().expect("events");
     let thread = desk.create_thread().await?;
@@ -62,11 +80,7 @@ async fn a_second_device_joins_by_itself_and_each_device_shows_the_others_sends(
 
 #[tokio::test]
 async fn content_one_device_acknowledged_waits_for_the_other_device() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let hub = DevHub::start(dir.path(), tests::limits()).await?;
-    let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
-    let mut desk_events = desk.events().expect("events");
+    let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
     let lt = hub.client(LT).discard_events().connect().await?;
     let thread = desk.create_thread().await?;
     desk.add_member(thread, lt.member_id(), &tests::consent()).await?;
@@ -106,11 +120,7 @@ async fn content_one_device_acknowledged_waits_for_the_other_device() -> anyhow:
 
 #[tokio::test]
 async fn a_device_away_longer_than_the_idle_period_no_longer_holds_content_back() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let hub = DevHub::start(dir.path(), tests::limits()).await?;
-    let (desk_state, laptop_state) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let desk = hub.client(VT).state_dir(desk_state.path()).connect().await?;
-    let mut desk_events = desk.events().expect("events");
+    let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
     let thread = desk.create_thread().await?;
     let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
     let mut laptop_events = laptop.events().expect("events");
