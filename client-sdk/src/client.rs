@@ -121,7 +121,7 @@ struct Inner {
     /// The audit log's witness, for privacy officers and opted-in systems given the audit key.
     witness: Option<Arc<crate::witness::Witness>>,
     /// Where a failed witness check is reported as an event, besides the failing call.
-    alarms: mpsc::Sender<Event>,
+    alarms: mpsc::WeakSender<Event>,
 }
 
 /// A connection to the hub, shared by cloning.
@@ -189,7 +189,8 @@ impl Client {
             }
             None => None,
         };
-        let alarms = event_tx.clone();
+        // Weak, so that the stream ends when the driver stops (see `EventStream`).
+        let alarms = event_tx.downgrade();
         let (rejoins, rejoin_rx) = mpsc::channel(REJOIN_QUEUE);
         let driver = Driver::new(settings, command_rx, event_tx, device.clone(), own.clone(), member, rejoins);
         tokio::spawn(driver.run(ws));
@@ -676,7 +677,7 @@ impl Client {
     /// Reports a failed witness check as an event too, and turns it into the call's error.
     fn audit_alarm(&self, error: crate::witness::AuditError) -> Error {
         // An application that does not read events must not block the call; the error is returned anyway.
-        let _ = self.inner.alarms.try_send(Event::AuditAlarm(error.clone()));
+        self.alarm(Event::AuditAlarm(error.clone()));
         Error::Audit(error)
     }
 
@@ -777,11 +778,18 @@ async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Re
 }
 
 impl Client {
+    /// Reports an event from outside the driver, while the stream is open.
+    fn alarm(&self, event: Event) {
+        if let Some(events) = self.inner.alarms.upgrade() {
+            let _ = events.try_send(event);
+        }
+    }
+
     /// Rejoins and reports it; returns the rejoin's entry.
     async fn rejoin_and_tell(&self, thread: ThreadId, mode: Rejoin) -> Option<u64> {
         match self.rejoin_at(thread, mode).await {
             Ok(Some((epoch, seq))) => {
-                let _ = self.inner.alarms.try_send(Event::Rejoined { thread, epoch });
+                self.alarm(Event::Rejoined { thread, epoch });
                 Some(seq)
             }
             Ok(None) => None,

@@ -153,3 +153,18 @@ async fn threads_and_members_are_listed_for_members() -> anyhow::Result<()> {
     assert_eq!((threads[0].thread, threads[0].last_seq, threads[0].cursor), (thread, 5, 1));
     hub.stop().await
 }
+
+#[tokio::test]
+async fn the_event_stream_ends_when_the_client_closes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").connect().await?;
+    let mut events = vt.events().expect("events");
+    vt.close().await;
+    // The application still holds the client; the stream ends all the same.
+    let ended =
+        tokio::time::timeout(WAIT, async { while futures_util::StreamExt::next(&mut events).await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the stream did not end after close");
+    drop(vt);
+    hub.stop().await
+}
