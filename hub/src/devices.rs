@@ -59,7 +59,7 @@ impl DeviceLimits {
 
 impl Hub {
     /// Records, before its delivery starts, that the caller's device has
-    /// connected; refused (`limit_exceeded`) when its identity has too many.
+    /// connected (see [`register`]); fails only when the write does.
     pub async fn register_device(&self, caller: &Caller) -> Result<(), wire::WireError> {
         // A device seen lately needs no write: idleness counts in days, and a
         // write per connection would cost every reconnect a trip to the writer.
@@ -73,11 +73,8 @@ impl Hub {
             device: caller.device.clone(),
             limits: self.limits.devices(),
         };
-        match self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed)) {
-            Ok(_) => Ok(()),
-            Err(WriteError::Refused(refusal)) => Err(refusal),
-            Err(e) => Err(wire::WireError::new(wire::ErrorCode::Unavailable, format!("registering the device: {e}"))),
-        }
+        let written = self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed));
+        written.map(drop).map_err(crate::session::not_durable)
     }
 }
 
@@ -104,12 +101,12 @@ pub fn register(
     // Room is made by forgetting, least recently seen first, the devices idle
     // long enough, then, if need be, others: a worker who reinstalls is never
     // locked out, and the device forgotten is the one longest away.
-    known.sort_by_key(|(_, r)| r.last_seen_ms);
-    let idle = known.iter().filter(|(_, r)| r.last_seen_ms < limits.idle_before(now_ms)).count();
     let over = (known.len() + 1).saturating_sub(limits.max.max(1));
     // The default device is never forgotten (its cursors are every device's starting point).
-    let named = known.into_iter().filter(|(d, _)| !d.is_default());
-    let forget: Vec<DeviceId> = named.take(idle.max(over)).map(|(d, _)| d).collect();
+    known.retain(|(d, _)| !d.is_default());
+    known.sort_by_key(|(_, r)| r.last_seen_ms);
+    let idle = known.iter().filter(|(_, r)| r.last_seen_ms < limits.idle_before(now_ms)).count();
+    let forget: Vec<DeviceId> = known.into_iter().take(idle.max(over)).map(|(d, _)| d).collect();
     let record = DeviceRecord { first_seen_ms: now_ms, last_seen_ms: now_ms };
     store.put_device(member, &DeviceWrite { device, record, starts: &starts, forget: &forget })
 }
