@@ -43,6 +43,9 @@ pub const RVDK: SampleOrg =
     SampleOrg { oin: "00000001800000000004", name: "Raad voor de Kinderbescherming", kind: AgencyKind::Rvdk };
 /// SAVE, a regional certified institution (GI).
 pub const GI_SAVE: SampleOrg = SampleOrg { oin: "00000001800000000005", name: "SAVE Utrecht", kind: AgencyKind::Gi };
+/// A primary school: a limited recipient, which is told only what is deliberately shared with it.
+pub const SCHOOL: SampleOrg =
+    SampleOrg { oin: "00000001800000000006", name: "Basisschool De Regenboog", kind: AgencyKind::Other };
 
 /// A sample identity: the file stem it is written under and its subject.
 #[derive(Debug, Clone, Copy)]
@@ -62,10 +65,14 @@ pub const SAMPLE_IDENTITIES: &[SampleIdentity] = &[
     SampleIdentity { slug: "vt-utrecht-caseworker", org: VT_UTRECHT, worker: "anna.devries", role: Role::Caseworker },
     SampleIdentity { slug: "vt-utrecht-system", org: VT_UTRECHT, worker: "vt-casesystem", role: Role::System },
     SampleIdentity { slug: "vt-utrecht-privacy", org: VT_UTRECHT, worker: "fenna.jansen", role: Role::PrivacyOfficer },
+    SampleIdentity { slug: "vt-utrecht-colleague", org: VT_UTRECHT, worker: "bram.kok", role: Role::Caseworker },
+    SampleIdentity { slug: "vt-utrecht-teamlead", org: VT_UTRECHT, worker: "petra.vos", role: Role::Caseworker },
     SampleIdentity { slug: "lt-woerden-caseworker", org: LT_WOERDEN, worker: "sanne.bakker", role: Role::Caseworker },
+    SampleIdentity { slug: "lt-woerden-system", org: LT_WOERDEN, worker: "lt-casesystem", role: Role::System },
     SampleIdentity { slug: "lt-oudewater-caseworker", org: LT_OUDEWATER, worker: "joris.smit", role: Role::Caseworker },
     SampleIdentity { slug: "rvdk-caseworker", org: RVDK, worker: "mila.visser", role: Role::Caseworker },
     SampleIdentity { slug: "gi-save-caseworker", org: GI_SAVE, worker: "daan.mulder", role: Role::Caseworker },
+    SampleIdentity { slug: "school-mentor", org: SCHOOL, worker: "ib.deregenboog", role: Role::Caseworker },
 ];
 
 /// Looks up a sample identity by slug.

@@ -70,6 +70,11 @@ pub struct Organisation {
     pub kind: AgencyKind,
     /// Its region (gemeente or jeugdregio).
     pub region: String,
+    /// The workers (by worker id) who lead its teams: they may reassign a
+    /// case of the organisation to a colleague and take over a case whose
+    /// owner is away, and they receive the organisation's inbox.
+    #[serde(default)]
+    pub team_leads: Vec<String>,
 }
 
 /// A legal basis for sharing.
@@ -191,6 +196,9 @@ impl Policy {
             toml::from_str(text).map_err(|e| PolicyError::Parse { path: String::new(), message: e.to_string() })?;
         let mut organisations = HashMap::new();
         for org in file.organisations {
+            if let Some(bad) = org.team_leads.iter().find(|w| wire::identity::validate_worker(w).is_err()) {
+                return Err(PolicyError::Invalid(format!("team lead {bad:?} of {} is not a worker id", org.oin)));
+            }
             if let Some(old) = organisations.insert(org.oin.clone(), org) {
                 return Err(PolicyError::Invalid(format!("OIN {} is listed twice", old.oin)));
             }
@@ -244,6 +252,11 @@ impl Policy {
         let mut all: Vec<&Organisation> = self.organisations.values().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Whether `member` leads a team of its organisation (`team_leads` in the policy).
+    pub fn is_team_lead(&self, member: &MemberId) -> bool {
+        self.organisation(&member.oin).is_some_and(|o| o.team_leads.iter().any(|w| *w == member.worker))
     }
 
     /// Every handover route, in the policy's order.
