@@ -597,6 +597,28 @@ impl Client {
         self.ownership_request(Request::LeaveCase { thread, reason: reason.to_owned() }).await
     }
 
+    /// Withdraws an offer nobody answered yet, with a reason, as its sender or
+    /// the case's owner (a team lead withdraws the reassignment it offered).
+    pub async fn withdraw_offer(&self, thread: ThreadId, offer: u32, reason: &str) -> Result<Ownership, Error> {
+        self.ownership_request(Request::WithdrawOffer { thread, offer, reason: reason.to_owned() }).await
+    }
+
+    /// Cancels an accepted offer before completion, with a reason: as its
+    /// sender, the case's owner, or the receiver who accepted it. The owner
+    /// stays owner and the receiver leaves the case.
+    pub async fn cancel_offer(&self, thread: ThreadId, offer: u32, reason: &str) -> Result<Ownership, Error> {
+        self.ownership_request(Request::CancelOffer { thread, offer, reason: reason.to_owned() }).await
+    }
+
+    /// Takes a case of the caller's organisation over from an owner who is
+    /// away, as a team lead (`team_leads` in the hub's policy), with the reason
+    /// recorded and audited. The lead becomes owner at once; the former owner
+    /// keeps a background role. A member of the case then adds the lead's
+    /// device to the case's group with [`Client::add_member`].
+    pub async fn take_over(&self, thread: ThreadId, reason: &str) -> Result<Ownership, Error> {
+        self.ownership_request(Request::TakeOver { thread, reason: reason.to_owned() }).await
+    }
+
     /// Schedules a VT re-check (rappel) three months out; it escalates to the owner when due.
     pub async fn schedule_rappel(&self, thread: ThreadId) -> Result<Ownership, Error> {
         self.ownership_request(Request::ScheduleRappel { thread }).await

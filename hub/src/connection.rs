@@ -205,6 +205,9 @@ fn large_reply(request: &wire::Request) -> bool {
         | R::CompleteHandover { .. }
         | R::ReportDone { .. }
         | R::ScheduleRappel { .. }
+        | R::WithdrawOffer { .. }
+        | R::CancelOffer { .. }
+        | R::TakeOver { .. }
         | R::LeaveCase { .. } => true,
         R::OnBehalfOf { request, .. } => large_reply(request),
         _ => false,

@@ -26,8 +26,13 @@ use crate::store::{HandoverStep, Store};
 /// A handover step, applied by the writer thread.
 #[derive(Debug)]
 pub enum HandoverOp {
-    /// The owner offers the case.
-    Offer(OfferRequest),
+    /// The owner (or a team lead of its organisation, reassigning) offers the case.
+    Offer {
+        /// The offer.
+        request: OfferRequest,
+        /// Whether the actor leads a team of its organisation.
+        lead: bool,
+    },
     /// The receiver accepts or declines.
     Answer {
         /// The offer.
@@ -36,6 +41,29 @@ pub enum HandoverOp {
         accept: bool,
         /// Why, when declining.
         reason: Option<String>,
+        /// The working days the offer's route allows from acceptance to completion.
+        completion_days: Option<u32>,
+    },
+    /// The sender withdraws an unanswered offer.
+    Withdraw {
+        /// The offer.
+        offer: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Either side cancels an accepted offer.
+    Cancel {
+        /// The offer.
+        offer: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A team lead takes the case over from an absent owner.
+    TakeOver {
+        /// Why.
+        reason: String,
+        /// Whether the actor leads a team of its organisation.
+        lead: bool,
     },
     /// The receiver completes it.
     Complete {
@@ -52,9 +80,13 @@ pub enum HandoverOp {
     Leave(String),
 }
 
-/// Checks an offer against the policy's route table.
+/// Checks an offer against the policy's route table; an offer inside the
+/// actor's own organisation is a reassignment, on its own route.
 pub fn check_offer(policy: &Policy, by: &MemberId, offer: &OfferRequest) -> Decision {
     let deny = |rule, reason: String| Decision { allowed: false, rule, reason };
+    if offer.to == by.oin {
+        return check_reassignment(policy, offer);
+    }
     let Some(route) = policy.route(&offer.route) else {
         return deny("unknown-route", format!("no route {} in the policy", offer.route));
     };
@@ -80,10 +112,29 @@ pub fn check_offer(policy: &Policy, by: &MemberId, offer: &OfferRequest) -> Deci
     Decision { allowed: true, rule: "route-permits", reason: format!("route {}", route.name) }
 }
 
+/// A reassignment names the colleague, travels on the reserved route and
+/// states a basis the policy knows; it shares nothing outside the organisation.
+fn check_reassignment(policy: &Policy, offer: &OfferRequest) -> Decision {
+    let deny = |rule, reason: String| Decision { allowed: false, rule, reason };
+    if offer.route != wire::handover::REASSIGNMENT_ROUTE {
+        let route = wire::handover::REASSIGNMENT_ROUTE;
+        return deny("reassignment-route", format!("an offer inside the organisation travels on route {route}"));
+    }
+    if offer.to_worker.as_deref().is_none_or(|w| wire::identity::validate_worker(w).is_err()) {
+        return deny("reassign-to-a-colleague", "a reassignment names the colleague who takes the case".into());
+    }
+    if policy.legal_basis(&offer.legal_basis).is_none() {
+        return deny("unknown-legal-basis", format!("no legal basis {}", offer.legal_basis));
+    }
+    Decision { allowed: true, rule: "reassignment-within-organisation", reason: "a colleague takes the case".into() }
+}
+
 /// The rule recorded for an allowed offer: offers that share without consent
 /// go to the privacy officers' review queue, and the audit entry says so.
-pub fn offer_rule(policy: &Policy, offer: &OfferRequest) -> &'static str {
-    if needs_review(policy, &offer.legal_basis) {
+pub fn offer_rule(policy: &Policy, offer: &OfferRequest, decision: &Decision) -> &'static str {
+    if offer.route == wire::handover::REASSIGNMENT_ROUTE {
+        decision.rule
+    } else if needs_review(policy, &offer.legal_basis) {
         "route-permits; queued-for-privacy-review"
     } else {
         "route-permits"
@@ -101,7 +152,7 @@ fn refused(e: HandoverError) -> WriteError {
         HandoverError::NotReceiver(_) | HandoverError::NoSuchOffer(_) => {
             return WriteError::Refused(WireError::thread_not_found())
         }
-        HandoverError::NotOwner => ErrorCode::Forbidden,
+        HandoverError::NotOwner | HandoverError::NotTeamLead | HandoverError::NotParty(_) => ErrorCode::Forbidden,
         HandoverError::OfferOpen(_) | HandoverError::WrongState { .. } => ErrorCode::Conflict,
         _ => ErrorCode::Invalid,
     };
@@ -128,22 +179,35 @@ pub fn apply(
     };
     let mut admit = None;
     let event = match op {
-        HandoverOp::Offer(request) => {
-            let id = ownership.offer(by, request, now_ms).map_err(refused)?;
+        HandoverOp::Offer { request, lead } => {
+            let id = ownership.offer(by, lead, request, now_ms).map_err(refused)?;
             let offer = ownership.offers.iter().find(|o| o.id == id).cloned().expect("just made");
             HandoverEvent::Offered { offer: Box::new(offer) }
         }
-        HandoverOp::Answer { offer, accept: true, .. } => {
+        HandoverOp::Answer { offer, accept: true, completion_days, .. } => {
             ownership.accept(by, offer).map_err(refused)?;
-            let measure = ownership.offers.iter().any(|o| o.id == offer && o.route == wire::handover::MEASURE_ROUTE);
             // A repeated acceptance starts no second set of clocks.
-            if measure && ownership != before {
-                ownership.start_measure_clocks(calendar, now_ms);
+            if ownership != before {
+                start_clocks(&mut ownership, calendar, offer, completion_days, now_ms);
             }
             admit = Some(by);
             HandoverEvent::Accepted { offer, by: by.clone() }
         }
-        HandoverOp::Answer { offer, accept: false, reason } => {
+        HandoverOp::Withdraw { offer, reason } => {
+            ownership.withdraw(by, offer, &reason).map_err(refused)?;
+            HandoverEvent::Withdrawn { offer, reason }
+        }
+        HandoverOp::Cancel { offer, reason } => {
+            let receiver = ownership.cancel(by, offer, &reason).map_err(refused)?;
+            HandoverEvent::Cancelled { offer, by: by.clone(), receiver, reason }
+        }
+        HandoverOp::TakeOver { reason, lead } => {
+            let former = ownership.owner.clone();
+            ownership.take_over(by, lead, &reason, now_ms).map_err(refused)?;
+            admit = Some(by);
+            HandoverEvent::TakenOver { owner: by.clone(), former, reason }
+        }
+        HandoverOp::Answer { offer, accept: false, reason, .. } => {
             let reason = reason.unwrap_or_default();
             ownership.decline(by, offer, &reason).map_err(refused)?;
             HandoverEvent::Declined { offer, reason }
@@ -192,6 +256,17 @@ pub fn apply(
     let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, evict, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
     Ok((view(ownership), entries))
+}
+
+/// The clocks an acceptance starts: a measure's first-contact and safety-plan
+/// clocks, and the completion deadline of the offer's route.
+fn start_clocks(ownership: &mut Ownership, calendar: &Calendar, offer: u32, days: Option<u32>, now_ms: u64) {
+    if ownership.offers.iter().any(|o| o.id == offer && o.route == wire::handover::MEASURE_ROUTE) {
+        ownership.start_measure_clocks(calendar, now_ms);
+    }
+    if let Some(days) = days {
+        ownership.start_completion_clock(calendar, now_ms, days);
+    }
 }
 
 /// The case's state as a receiver outside it may see it: the one offer it

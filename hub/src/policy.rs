@@ -103,6 +103,10 @@ pub struct Route {
     pub to: AgencyKind,
     /// The legal bases allowed on it (codes from `legal_bases`).
     pub legal_bases: Vec<String>,
+    /// Working days from acceptance by which the receiver completes the
+    /// handover; past it the case escalates to the owner. None: no deadline.
+    #[serde(default)]
+    pub completion_days: Option<u32>,
 }
 
 /// How long the hub keeps things.
@@ -213,6 +217,12 @@ impl Policy {
         for route in &file.routes {
             if !names.insert(route.name.as_str()) {
                 return Err(PolicyError::Invalid(format!("route {} is listed twice", route.name)));
+            }
+            if route.name == wire::handover::REASSIGNMENT_ROUTE {
+                return Err(PolicyError::Invalid(format!("route name {} is reserved for reassignments", route.name)));
+            }
+            if route.completion_days == Some(0) {
+                return Err(PolicyError::Invalid(format!("route {} has a completion deadline of 0 days", route.name)));
             }
             if route.legal_bases.is_empty() {
                 return Err(PolicyError::Invalid(format!("route {} allows no legal basis", route.name)));

@@ -73,7 +73,10 @@ fn free_text(request: &Request) -> Vec<&str> {
         }
         Request::AnswerOffer { reason, .. } => reason.iter().map(String::as_str).collect(),
         Request::CompleteHandover { family: wire::handover::FamilyTold::No { reason }, .. } => vec![reason],
-        Request::LeaveCase { reason, .. } => vec![reason],
+        Request::LeaveCase { reason, .. }
+        | Request::WithdrawOffer { reason, .. }
+        | Request::CancelOffer { reason, .. }
+        | Request::TakeOver { reason, .. } => vec![reason],
         Request::OnBehalfOf { request, .. } => free_text(request),
         _ => Vec::new(),
     }

@@ -166,6 +166,9 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::CompleteHandover { .. }
         | Request::ReportDone { .. }
         | Request::ScheduleRappel { .. }
+        | Request::WithdrawOffer { .. }
+        | Request::CancelOffer { .. }
+        | Request::TakeOver { .. }
         | Request::LeaveCase { .. }
         | Request::GetOwnership { .. }
         | Request::ListOffers => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no handover state")),

@@ -78,6 +78,9 @@ fn every_kind() -> Vec<Request> {
         Request::ReportDone { thread: t, clock: ClockKind::FirstContact },
         Request::ScheduleRappel { thread: t },
         Request::LeaveCase { thread: t, reason: "done".into() },
+        Request::WithdrawOffer { thread: t, offer: 1, reason: "no longer needed".into() },
+        Request::CancelOffer { thread: t, offer: 1, reason: "family moved".into() },
+        Request::TakeOver { thread: t, reason: "owner sick".into() },
         Request::GetOwnership { thread: t },
         Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() }, known_size: 0 },
         Request::ListOffers,
@@ -139,6 +142,13 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::ReportDone { clock, .. } => vec![(Caseworker, Request::ReportDone { thread, clock })],
         Request::ScheduleRappel { .. } => vec![(Caseworker, Request::ScheduleRappel { thread })],
         Request::LeaveCase { reason, .. } => vec![(Caseworker, Request::LeaveCase { thread, reason })],
+        Request::WithdrawOffer { reason, .. } => {
+            vec![(Caseworker, Request::WithdrawOffer { thread, offer: t.offer, reason })]
+        }
+        Request::CancelOffer { reason, .. } => {
+            vec![(Caseworker, Request::CancelOffer { thread, offer: t.offer, reason })]
+        }
+        Request::TakeOver { reason, .. } => vec![(Caseworker, Request::TakeOver { thread, reason })],
         Request::GetOwnership { .. } => vec![(Caseworker, Request::GetOwnership { thread })],
     }
 }

@@ -319,6 +319,33 @@ pub enum Request {
         /// Why it leaves.
         reason: String,
     },
+    /// The offer's sender (or the owner) withdraws an offer nobody answered yet.
+    WithdrawOffer {
+        /// The case.
+        thread: ThreadId,
+        /// The offer's number.
+        offer: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Either side cancels an accepted offer before completion: the owner
+    /// stays owner and the receiver leaves the case.
+    CancelOffer {
+        /// The case.
+        thread: ThreadId,
+        /// The offer's number.
+        offer: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A team lead of the owner's organisation takes the case over from an
+    /// owner who is away, with a recorded reason.
+    TakeOver {
+        /// The case.
+        thread: ThreadId,
+        /// Why (sick, left the organisation, …).
+        reason: String,
+    },
     /// The owner schedules a VT re-check (rappel) three months out.
     ScheduleRappel {
         /// The case.

@@ -50,6 +50,9 @@ pub const BACKGROUND_DAYS: u64 = 30;
 /// The route type of a court measure handed to a certified institution, which starts the contact clock.
 pub const MEASURE_ROUTE: &str = "rvdk-gi-measure";
 
+/// The route of a reassignment: an offer to a named colleague in the owner's own organisation.
+pub const REASSIGNMENT_ROUTE: &str = "reassignment";
+
 /// Why a handover step is refused. Each names the rule, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandoverError {
@@ -59,9 +62,17 @@ pub enum HandoverError {
     /// A case has at most one open offer at a time.
     #[error("offer {0} is still open (rule one-open-offer)")]
     OfferOpen(u32),
-    /// The case cannot be offered to the owner's own organisation.
-    #[error("the case is already with this organisation (rule offer-to-another-organisation)")]
+    /// An offer inside the owner's own organisation must name the colleague it reassigns the case to.
+    #[error(
+        "the case is already with this organisation: a reassignment names a colleague (rule reassign-to-a-colleague)"
+    )]
     SameOrganisation,
+    /// Only a team lead of the owner's organisation takes a case over without an offer.
+    #[error("only a team lead of the owner's organisation takes over a case (rule team-lead-takes-over)")]
+    NotTeamLead,
+    /// Only the offer's sender or the case's owner withdraws an offer; the receiver who accepted may also cancel it.
+    #[error("offer {0} is not the caller's to withdraw or cancel (rule only-parties-cancel)")]
+    NotParty(u32),
     /// No such offer in this case.
     #[error("no offer {0} in this case")]
     NoSuchOffer(u32),
@@ -122,6 +133,23 @@ pub enum OfferState {
     },
     /// Not answered by the deadline; the sender stays owner.
     Expired,
+    /// Withdrawn by its sender before anyone answered; the owner stays owner.
+    Withdrawn {
+        /// Who withdrew it.
+        by: MemberId,
+        /// Why.
+        reason: String,
+    },
+    /// Accepted, then cancelled by either side before completion; the owner
+    /// stays owner and the receiver leaves the case.
+    Cancelled {
+        /// Who cancelled it.
+        by: MemberId,
+        /// The receiver who had accepted it.
+        receiver: MemberId,
+        /// Why.
+        reason: String,
+    },
     /// Completed: `by` became owner.
     Completed {
         /// The new owner.
@@ -153,6 +181,8 @@ impl OfferState {
             Self::Accepted { .. } => "accepted",
             Self::Declined { .. } => "declined",
             Self::Expired => "expired",
+            Self::Withdrawn { .. } => "withdrawn",
+            Self::Cancelled { .. } => "cancelled",
             Self::Completed { .. } => "completed",
         }
     }
@@ -220,6 +250,9 @@ pub enum ClockKind {
     SafetyPlan,
     /// A VT re-check (rappel) on the family.
     Rappel,
+    /// The completion of an accepted offer, within the working days its route
+    /// allows; stopped by completion or cancellation.
+    Completion,
 }
 
 /// Something the hub must raise: to the offer's sender, the sender's system
@@ -298,6 +331,33 @@ pub enum HandoverEvent {
     Done {
         /// Which clock.
         clock: ClockKind,
+    },
+    /// The sender withdrew an open offer.
+    Withdrawn {
+        /// The offer's number.
+        offer: u32,
+        /// Why.
+        reason: String,
+    },
+    /// An accepted offer was cancelled before completion; the owner stays owner.
+    Cancelled {
+        /// The offer's number.
+        offer: u32,
+        /// Who cancelled it (the sender, the owner or the receiver).
+        by: MemberId,
+        /// The receiver, who leaves the case.
+        receiver: MemberId,
+        /// Why.
+        reason: String,
+    },
+    /// A team lead took the case over from an owner who is away.
+    TakenOver {
+        /// The new owner: the team lead.
+        owner: MemberId,
+        /// The former owner, now in its background role.
+        former: MemberId,
+        /// Why (the owner is sick, has left the organisation, …).
+        reason: String,
     },
 }
 
@@ -415,9 +475,19 @@ impl Ownership {
         self.offers.iter_mut().find(|o| o.id == id).ok_or(HandoverError::NoSuchOffer(id))
     }
 
-    /// The owner offers the case; returns the offer's number.
-    pub fn offer(&mut self, by: &MemberId, request: OfferRequest, now_ms: u64) -> Result<u32, HandoverError> {
-        if by != &self.owner {
+    /// The owner offers the case; returns the offer's number. `lead` says
+    /// that `by` leads a team of the owner's organisation (the policy knows):
+    /// a team lead may reassign the case to a colleague without being its owner.
+    pub fn offer(
+        &mut self,
+        by: &MemberId,
+        lead: bool,
+        request: OfferRequest,
+        now_ms: u64,
+    ) -> Result<u32, HandoverError> {
+        let reassigns = request.to == self.owner.oin;
+        let lead_reassigns = lead && reassigns && by.oin == self.owner.oin;
+        if by != &self.owner && !lead_reassigns {
             return Err(HandoverError::NotOwner);
         }
         if let Some(latest) = self.offers.last().filter(|o| &o.from == by && o.requested() == request) {
@@ -427,7 +497,7 @@ impl Ownership {
         if let Some(open) = self.open_offer() {
             return Err(HandoverError::OfferOpen(open.id));
         }
-        if request.to == self.owner.oin {
+        if reassigns && request.to_worker.as_ref().is_none_or(|w| *w == self.owner.worker) {
             return Err(HandoverError::SameOrganisation);
         }
         if request.reason.trim().is_empty() {
@@ -478,7 +548,96 @@ impl Ownership {
 
     /// The receiver accepts: it joins the case; the sender stays owner until completion.
     pub fn accept(&mut self, by: &MemberId, id: u32) -> Result<(), HandoverError> {
-        self.answer(by, id, OfferState::Accepted { by: by.clone() })
+        self.answer(by, id, OfferState::Accepted { by: by.clone() })?;
+        // A receiver that once left the case comes back as a full member.
+        self.left.retain(|(m, _)| m != by);
+        Ok(())
+    }
+
+    /// Starts the completion clock of an accepted offer: due `days` working days from now.
+    pub fn start_completion_clock(&mut self, calendar: &Calendar, now_ms: u64, days: u32) {
+        let due_ms = calendar.after_working_days(now_ms, days);
+        self.clocks.retain(|c| c.kind != ClockKind::Completion || !c.done);
+        self.clocks.push(CaseClock { kind: ClockKind::Completion, due_ms, escalations: 0, done: false });
+    }
+
+    fn stop(&mut self, kind: ClockKind) {
+        self.clocks.iter_mut().filter(|c| c.kind == kind).for_each(|c| c.done = true);
+    }
+
+    /// The sender (or the owner) withdraws an offer nobody answered yet; the owner stays owner.
+    pub fn withdraw(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<(), HandoverError> {
+        let owner = self.owner.clone();
+        let offer = self.offer_mut(id)?;
+        if by != &offer.from && by != &owner {
+            return Err(HandoverError::NotParty(id));
+        }
+        let withdrawn = OfferState::Withdrawn { by: by.clone(), reason: reason.to_owned() };
+        if offer.state == withdrawn {
+            return Ok(());
+        }
+        if reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the offer is withdrawn"));
+        }
+        if offer.state != OfferState::Offered {
+            return Err(HandoverError::WrongState { offer: id, state: offer.state.name(), needed: "offered" });
+        }
+        offer.state = withdrawn;
+        Ok(())
+    }
+
+    /// Either side cancels an accepted offer before completion: the owner
+    /// stays owner, the receiver leaves the case, the completion clock stops.
+    /// Returns the receiver.
+    pub fn cancel(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<MemberId, HandoverError> {
+        let owner = self.owner.clone();
+        let offer = self.offer_mut(id)?;
+        let receiver = match &offer.state {
+            OfferState::Accepted { by: receiver } => receiver.clone(),
+            OfferState::Cancelled { by: who, receiver, reason: why } if who == by && why == reason => {
+                return Ok(receiver.clone());
+            }
+            other => return Err(HandoverError::WrongState { offer: id, state: other.name(), needed: "accepted" }),
+        };
+        if by != &offer.from && by != &owner && by != &receiver {
+            return Err(HandoverError::NotParty(id));
+        }
+        if reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the accepted offer is cancelled"));
+        }
+        offer.state = OfferState::Cancelled { by: by.clone(), receiver: receiver.clone(), reason: reason.to_owned() };
+        self.stop(ClockKind::Completion);
+        // A receiver that became owner meanwhile (a team lead who took over) stays.
+        if receiver != self.owner {
+            self.left.push((receiver.clone(), format!("offer {id} cancelled: {reason}")));
+        }
+        Ok(receiver)
+    }
+
+    /// A team lead of the owner's organisation takes the case over from an
+    /// owner who is away, with a recorded reason: the lead becomes owner at
+    /// once and the former owner keeps a background role. `lead` says that
+    /// `by` leads a team (the policy knows).
+    pub fn take_over(&mut self, by: &MemberId, lead: bool, reason: &str, now_ms: u64) -> Result<(), HandoverError> {
+        if !lead || by.oin != self.owner.oin {
+            return Err(HandoverError::NotTeamLead);
+        }
+        if by == &self.owner {
+            return Ok(());
+        }
+        if reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the team lead takes the case over"));
+        }
+        self.become_owner(by, now_ms);
+        Ok(())
+    }
+
+    /// Moves regie to `by`; the former owner keeps a background role for [`BACKGROUND_DAYS`].
+    fn become_owner(&mut self, by: &MemberId, now_ms: u64) {
+        let former = std::mem::replace(&mut self.owner, by.clone());
+        self.background.retain(|b| b.member != *by);
+        self.left.retain(|(m, _)| m != by);
+        self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
     }
 
     /// The receiver declines; the sender stays owner.
@@ -506,10 +665,8 @@ impl Ownership {
             other => return Err(HandoverError::WrongState { offer: id, state: other.name(), needed: "accepted" }),
         }
         offer.state = OfferState::Completed { by: by.clone(), family };
-        let former = std::mem::replace(&mut self.owner, by.clone());
-        self.background.retain(|b| b.member != *by);
-        self.left.retain(|(m, _)| m != by);
-        self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
+        self.stop(ClockKind::Completion);
+        self.become_owner(by, now_ms);
         Ok(())
     }
 
@@ -615,9 +772,9 @@ mod tests {
     fn the_sender_stays_owner_until_the_receiver_completes() {
         let (anna, sanne) = (member(VT, "anna"), member(LT, "sanne"));
         let mut case = Ownership::new(anna.clone());
-        let id = case.offer(&anna, request(LT, 10 * DAY_MS), 0).unwrap();
-        assert_eq!(case.offer(&anna, request(GI, 10 * DAY_MS), 0), Err(HandoverError::OfferOpen(id)));
-        assert_eq!(case.offer(&sanne, request(GI, 10 * DAY_MS), 0), Err(HandoverError::NotOwner));
+        let id = case.offer(&anna, false, request(LT, 10 * DAY_MS), 0).unwrap();
+        assert_eq!(case.offer(&anna, false, request(GI, 10 * DAY_MS), 0), Err(HandoverError::OfferOpen(id)));
+        assert_eq!(case.offer(&sanne, false, request(GI, 10 * DAY_MS), 0), Err(HandoverError::NotOwner));
         case.accept(&sanne, id).unwrap();
         assert_eq!(case.owner, anna, "accepting does not move regie");
         let empty = FamilyTold::No { reason: " ".into() };
@@ -625,6 +782,43 @@ mod tests {
         case.complete(&sanne, id, FamilyTold::Yes, DAY_MS).unwrap();
         assert_eq!(case.owner, sanne);
         assert_eq!(case.background, vec![Background { member: anna, until_ms: 31 * DAY_MS }]);
+    }
+
+    #[test]
+    fn a_team_lead_reassigns_or_takes_over_inside_the_organisation_only() {
+        let (anna, bram, petra, sanne) = (member(VT, "anna"), member(VT, "bram"), member(VT, "petra"), member(LT, "s"));
+        let mut case = Ownership::new(anna.clone());
+        let mut to_bram = request(VT, 10 * DAY_MS);
+        assert_eq!(case.offer(&anna, false, to_bram.clone(), 0), Err(HandoverError::SameOrganisation));
+        to_bram.to_worker = Some("bram".into());
+        assert_eq!(case.offer(&petra, false, to_bram.clone(), 0), Err(HandoverError::NotOwner), "not a lead");
+        assert_eq!(case.offer(&petra, true, request(LT, 10 * DAY_MS), 0), Err(HandoverError::NotOwner));
+        let id = case.offer(&petra, true, to_bram, 0).unwrap();
+        assert_eq!(case.accept(&sanne, id), Err(HandoverError::NotReceiver(id)));
+        case.accept(&bram, id).unwrap();
+        assert_eq!(case.cancel(&sanne, id, "x"), Err(HandoverError::NotParty(id)));
+        assert_eq!(case.cancel(&bram, id, "sick too").unwrap(), bram);
+        assert_eq!(case.owner, anna, "a cancelled offer leaves the owner as it was");
+        assert!(case.is_read_only(&bram), "the cancelled receiver leaves the case");
+        assert_eq!(case.take_over(&sanne, true, "owner sick", DAY_MS), Err(HandoverError::NotTeamLead));
+        assert_eq!(case.take_over(&petra, false, "owner sick", DAY_MS), Err(HandoverError::NotTeamLead));
+        assert!(matches!(case.take_over(&petra, true, " ", DAY_MS), Err(HandoverError::ReasonRequired(_))));
+        case.take_over(&petra, true, "owner sick", DAY_MS).unwrap();
+        assert_eq!(case.owner, petra);
+        assert!(case.is_read_only(&anna), "the absent owner keeps a background role");
+    }
+
+    #[test]
+    fn an_offer_is_withdrawn_only_while_unanswered_and_by_its_sender() {
+        let (anna, sanne) = (member(VT, "anna"), member(LT, "sanne"));
+        let mut case = Ownership::new(anna.clone());
+        let id = case.offer(&anna, false, request(LT, 10 * DAY_MS), 0).unwrap();
+        assert_eq!(case.withdraw(&sanne, id, "no"), Err(HandoverError::NotParty(id)));
+        assert!(matches!(case.withdraw(&anna, id, ""), Err(HandoverError::ReasonRequired(_))));
+        case.withdraw(&anna, id, "family moved away").unwrap();
+        assert!(case.open_offer().is_none(), "a withdrawn offer is closed");
+        case.withdraw(&anna, id, "family moved away").unwrap();
+        assert!(matches!(case.accept(&sanne, id), Err(HandoverError::WrongState { .. })));
     }
 
     #[test]
@@ -676,6 +870,15 @@ mod tests {
         Done {
             clock: usize,
         },
+        Withdraw {
+            by: usize,
+        },
+        Cancel {
+            by: usize,
+        },
+        TakeOver {
+            by: usize,
+        },
         Time {
             days: u64,
         },
@@ -690,6 +893,11 @@ mod tests {
             .collect()
     }
 
+    /// In the random histories, worker `b` of every organisation leads a team.
+    fn is_lead(member: &MemberId) -> bool {
+        member.worker == "b"
+    }
+
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0..8usize, 0..4usize, proptest::option::of(0..2usize)).prop_map(|(by, to, worker)| Step::Offer {
@@ -701,7 +909,10 @@ mod tests {
             (0..8usize).prop_map(|by| Step::Decline { by }),
             (0..8usize, any::<bool>()).prop_map(|(by, told)| Step::Complete { by, told }),
             Just(Step::Rappel),
-            (0..3usize).prop_map(|clock| Step::Done { clock }),
+            (0..4usize).prop_map(|clock| Step::Done { clock }),
+            (0..8usize).prop_map(|by| Step::Withdraw { by }),
+            (0..8usize).prop_map(|by| Step::Cancel { by }),
+            (0..8usize).prop_map(|by| Step::TakeOver { by }),
             (0..6u64).prop_map(|days| Step::Time { days }),
             Just(Step::Repeat),
             Just(Step::Repeat),
@@ -722,9 +933,20 @@ mod tests {
             Step::Offer { by, to, worker } => {
                 let mut req = request(orgs[*to].as_str(), *now + 3 * DAY_MS);
                 req.to_worker = worker.map(|w| ["a", "b"][w].to_owned());
-                case.offer(&people[*by], req, *now).map(|_| ())
+                case.offer(&people[*by], is_lead(&people[*by]), req, *now).map(|_| ())
             }
-            Step::Accept { by } => case.accept(&people[*by], open),
+            Step::Accept { by } => {
+                let before = case.clone();
+                let result = case.accept(&people[*by], open);
+                // As the hub does: a repeated acceptance starts no second clock.
+                if result.is_ok() && *case != before {
+                    case.start_completion_clock(&calendar, *now, 10);
+                }
+                result
+            }
+            Step::Withdraw { by } => case.withdraw(&people[*by], open, "no longer needed"),
+            Step::Cancel { by } => case.cancel(&people[*by], open, "family moved").map(|_| ()),
+            Step::TakeOver { by } => case.take_over(&people[*by], is_lead(&people[*by]), "owner is sick", *now),
             Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
             Step::Complete { by, told } => {
                 let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
@@ -735,7 +957,8 @@ mod tests {
                 Ok(())
             }
             Step::Done { clock } => {
-                let kind = [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel][*clock];
+                let kind =
+                    [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel, ClockKind::Completion][*clock];
                 if case.report_done(kind) {
                     Ok(())
                 } else {
@@ -789,14 +1012,27 @@ mod tests {
                         OfferState::Completed { by, .. } if by == &case.owner)
                         && before.offers.iter().any(|b| b.id == o.id && matches!(&b.state,
                             OfferState::Accepted { by } if by == &case.owner)));
-                    prop_assert!(completed, "ownership moved without a completed handover: {:?}", step);
+                    let taken = matches!(step, Step::TakeOver { .. })
+                        && is_lead(&case.owner) && case.owner.oin == before.owner.oin;
+                    prop_assert!(completed || taken, "ownership moved without a completed handover: {:?}", step);
                     prop_assert!(case.background.iter().any(|b| b.member == before.owner));
                 }
                 for offer in &case.offers {
                     if let OfferState::Accepted { by } | OfferState::Completed { by, .. } = &offer.state {
                         prop_assert_eq!(&by.oin, &offer.to, "someone outside the receiving organisation answered");
                     }
+                    if offer.to == offer.from.oin {
+                        prop_assert!(offer.to_worker.is_some(), "a reassignment that names no colleague");
+                    }
+                    if let OfferState::Cancelled { receiver, .. } = &offer.state {
+                        let gone = case.left.iter().any(|(m, _)| m == receiver) || receiver == &case.owner;
+                        prop_assert!(gone, "a cancelled receiver stayed on the case");
+                    }
                 }
+                // An accepted offer is the only thing a completion clock waits for.
+                let accepted = case.offers.iter().any(|o| matches!(o.state, OfferState::Accepted { .. }));
+                let running = case.clocks.iter().any(|c| c.kind == ClockKind::Completion && !c.done);
+                prop_assert!(!running || accepted, "a completion clock runs with no accepted offer");
             }
         }
     }

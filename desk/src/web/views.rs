@@ -49,12 +49,15 @@ pub fn clock_code(kind: ClockKind) -> &'static str {
         ClockKind::FirstContact => "first_contact",
         ClockKind::SafetyPlan => "safety_plan",
         ClockKind::Rappel => "rappel",
+        ClockKind::Completion => "completion",
     }
 }
 
 /// The clock kind of a code.
 pub fn clock_kind(code: &str) -> Option<ClockKind> {
-    [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel].into_iter().find(|k| clock_code(*k) == code)
+    [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel, ClockKind::Completion]
+        .into_iter()
+        .find(|k| clock_code(*k) == code)
 }
 
 fn clock(c: &CaseClock, now_ms: u64) -> ClockView {
@@ -111,6 +114,8 @@ pub fn offer(policy: &Policy, o: &Offer, me: &MemberId) -> OfferView {
         OfferState::Accepted { by } => ("accepted", Some(by.to_string())),
         OfferState::Declined { by, reason } => ("declined", Some(format!("{by}: {reason}"))),
         OfferState::Expired => ("expired", None),
+        OfferState::Withdrawn { by, reason } => ("withdrawn", Some(format!("{by}: {reason}"))),
+        OfferState::Cancelled { by, reason, .. } => ("cancelled", Some(format!("{by}: {reason}"))),
         OfferState::Completed { by, family } => ("completed", Some(format!("{by}{}", family_note(family)))),
     };
     let to_me = o.to == me.oin && o.to_worker.as_ref().is_none_or(|w| *w == me.worker);
@@ -246,6 +251,11 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
         HandoverEvent::Left { member, reason } => ("left", Some(format!("{member}: {reason}"))),
         HandoverEvent::Scheduled { clock } => ("scheduled", Some(clock_code(*clock).to_owned())),
         HandoverEvent::Done { clock } => ("done", Some(clock_code(*clock).to_owned())),
+        HandoverEvent::Withdrawn { offer, reason } => ("withdrawn", Some(format!("#{offer}: {reason}"))),
+        HandoverEvent::Cancelled { offer, by, reason, .. } => ("cancelled", Some(format!("#{offer}: {by}: {reason}"))),
+        HandoverEvent::TakenOver { owner, former, reason } => {
+            ("taken_over", Some(format!("{former} → {owner}: {reason}")))
+        }
     }
 }
 

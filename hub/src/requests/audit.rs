@@ -124,6 +124,18 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             record.purpose = Some(reason.clone());
             (AuditAction::Handover, Some(*thread), Some("leaves the case".into()))
         }
+        Request::WithdrawOffer { thread, offer, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some(format!("withdraw offer {offer}")))
+        }
+        Request::CancelOffer { thread, offer, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some(format!("cancel offer {offer}")))
+        }
+        Request::TakeOver { thread, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some("team lead takes the case over".into()))
+        }
         Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
         Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
     };

@@ -7,7 +7,7 @@
 //! here is what only the request knows: which step, when, and for whom.
 
 use tokio::task::JoinHandle;
-use wire::handover::OfferRequest;
+use wire::handover::{OfferRequest, OfferState};
 use wire::{Identity, MemberId, Reply, Request, ThreadId, WireError};
 
 use super::WriteKind;
@@ -30,7 +30,47 @@ impl Hub {
             let key = "limits.max_offers_per_case";
             return Err(crate::quotas::exceeded(key, self.limits.max_offers_per_case, "too many offers"));
         }
-        Ok(self.handover(thread, actor, HandoverOp::Offer(offer)))
+        let lead = self.policy.current().is_team_lead(actor);
+        Ok(self.handover(thread, actor, HandoverOp::Offer { request: offer, lead }))
+    }
+
+    /// A team lead's direct takeover of a case whose owner is away.
+    pub(super) fn take_over(
+        &self,
+        thread: ThreadId,
+        actor: &MemberId,
+        policy: &Policy,
+        reason: String,
+    ) -> (WriteKind, Write) {
+        let lead = policy.is_team_lead(actor);
+        self.handover(thread, actor, HandoverOp::TakeOver { reason, lead })
+    }
+
+    /// An answer to an offer; an acceptance starts the completion deadline of the offer's route.
+    pub(super) fn answer_offer(
+        &self,
+        thread: ThreadId,
+        actor: &MemberId,
+        policy: &Policy,
+        (offer, accept, reason): (u32, bool, Option<String>),
+    ) -> Result<(WriteKind, Write), WireError> {
+        // The route of an offer never changes, so it is read here, ahead of write order.
+        let route = self
+            .store
+            .ownership(thread)
+            .map_err(internal)?
+            .and_then(|o| o.offers.into_iter().find(|x| x.id == offer).map(|x| x.route));
+        let completion_days = route.and_then(|r| policy.route(&r).and_then(|r| r.completion_days));
+        Ok(self.handover(thread, actor, HandoverOp::Answer { offer, accept, reason, completion_days }))
+    }
+
+    /// Whether `actor` leads a team of the organisation that owns `thread`: it
+    /// may then take the case's handover steps without being on the case.
+    pub(super) fn leads_owner(&self, policy: &Policy, thread: ThreadId, actor: &MemberId) -> Result<bool, WireError> {
+        if !policy.is_team_lead(actor) {
+            return Ok(false);
+        }
+        Ok(self.store.ownership(thread).map_err(internal)?.is_some_and(|o| o.owner.oin == actor.oin))
     }
 
     pub(super) fn handover(&self, thread: ThreadId, actor: &MemberId, op: HandoverOp) -> (WriteKind, Write) {
@@ -58,16 +98,28 @@ impl Hub {
         tokio::task::spawn_blocking(move || list_offers(store.as_ref(), &policy, &identity, &actor))
     }
 
-    /// The answer to a resent `leave_case` from a member who has left: the
+    /// The answer to a resent `leave_case` from a member who has left, or a
+    /// resent `cancel_offer` from the receiver who cancelled and so left: the
     /// case's state as it stood when it left, so that the step reads as done
     /// without showing anything that happened after.
     pub(super) fn farewell(&self, actor: &Option<MemberId>, request: &Request, rule: &str) -> Option<Reply> {
-        let (Request::LeaveCase { thread, reason }, Some(actor), "not-a-member") = (request, actor, rule) else {
+        let (Some(actor), "not-a-member") = (actor, rule) else {
             return None;
         };
-        let ownership = self.store.farewell(*thread, actor).ok()??;
-        let recorded = ownership.left.iter().any(|(m, r)| m == actor && r == reason);
-        recorded.then(|| Reply::Ownership { ownership: Box::new(ownership) })
+        let thread = match request {
+            Request::LeaveCase { thread, .. } | Request::CancelOffer { thread, .. } => *thread,
+            _ => return None,
+        };
+        let ownership = self.store.farewell(thread, actor).ok()??;
+        let recorded = |ownership: &wire::handover::Ownership| match request {
+            Request::LeaveCase { reason, .. } => ownership.left.iter().any(|(m, r)| m == actor && r == reason),
+            Request::CancelOffer { offer, reason, .. } => ownership.offers.iter().any(|x| {
+                x.id == *offer
+                    && matches!(&x.state, OfferState::Cancelled { by, reason: r, .. } if by == actor && r == reason)
+            }),
+            _ => false,
+        };
+        recorded(&ownership).then(|| Reply::Ownership { ownership: Box::new(ownership) })
     }
 }
 

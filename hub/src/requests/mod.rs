@@ -207,7 +207,7 @@ impl Hub {
             }
             Request::OfferHandover { thread, offer } => self.offer_handover(thread, &actor, offer)?,
             Request::AnswerOffer { thread, offer, accept, reason } => {
-                self.handover(thread, &actor, HandoverOp::Answer { offer, accept, reason })
+                self.answer_offer(thread, &actor, policy, (offer, accept, reason))?
             }
             Request::CompleteHandover { thread, offer, family } => {
                 self.handover(thread, &actor, HandoverOp::Complete { offer, family })
@@ -215,6 +215,13 @@ impl Hub {
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
+            Request::WithdrawOffer { thread, offer, reason } => {
+                self.handover(thread, &actor, HandoverOp::Withdraw { offer, reason })
+            }
+            Request::CancelOffer { thread, offer, reason } => {
+                self.handover(thread, &actor, HandoverOp::Cancel { offer, reason })
+            }
+            Request::TakeOver { thread, reason } => self.take_over(thread, &actor, policy, reason),
             // These read through indexes that still grow with the organisation's
             // history: they run on a blocking thread, never on the async workers.
             Request::AuditQuery { filter, known_size } => {
@@ -270,6 +277,9 @@ impl Hub {
             | Request::CompleteHandover { thread, .. }
             | Request::ReportDone { thread, .. }
             | Request::ScheduleRappel { thread }
+            | Request::WithdrawOffer { thread, .. }
+            | Request::CancelOffer { thread, .. }
+            | Request::TakeOver { thread, .. }
             | Request::LeaveCase { thread, .. } => (Action::Handover, Some(*thread)),
             // The receiver is not on the case yet: the offer itself says whether it may answer.
             Request::AnswerOffer { .. } => (Action::Handover, None),
@@ -289,10 +299,12 @@ impl Hub {
         if !allowed.allowed {
             return Err((denied(&allowed), allowed.rule));
         }
+        let mut lead = false;
         if let Some(thread) = thread {
             // Not a member: the same answer as for a case that does not exist.
             let member = self.is_member(thread, actor).map_err(|e| (e, "store-failure"))?;
-            if !member {
+            lead = !member && self.lead_steps_in(policy, thread, actor, request)?;
+            if !member && !lead {
                 return Err((WireError::thread_not_found(), "not-a-member"));
             }
             // Former owners read; they change nothing, membership least of all.
@@ -309,9 +321,16 @@ impl Hub {
                 self.writable(thread, actor)?;
             }
         }
-        if let Request::AddMember { member, reason, legal_basis, .. } = request {
+        if let Request::AddMember { thread: case, member, reason, legal_basis } = request {
             wire::identity::validate_worker(&member.worker)
                 .map_err(|e| (WireError::new(ErrorCode::Invalid, e.to_string()), "invalid-member"))?;
+            // A member a handover step admitted (an acceptance, a takeover) is on the
+            // case already: any member who writes may bring its devices into the group,
+            // so that an absent owner does not keep the new one out.
+            let admitted = self.is_member(*case, member).map_err(|e| (e, "store-failure"))?;
+            if admitted && !reason.trim().is_empty() {
+                return Ok("admitted-by-handover");
+            }
             let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });
             if !decision.allowed {
                 return Err((denied(&decision), decision.rule));
@@ -323,9 +342,32 @@ impl Hub {
             if !decision.allowed {
                 return Err((denied(&decision), decision.rule));
             }
-            return Ok(handovers::offer_rule(policy, offer));
+            return Ok(if lead { "team-lead-of-owner" } else { handovers::offer_rule(policy, offer, &decision) });
         }
-        Ok(if thread.is_some() { "member-of-case" } else { allowed.rule })
+        Ok(match thread {
+            Some(_) if lead => "team-lead-of-owner",
+            Some(_) => "member-of-case",
+            None => allowed.rule,
+        })
+    }
+
+    /// Whether a team lead who is not on the case takes one of the steps a
+    /// lead takes for its organisation's cases: reassigning (offering to a
+    /// colleague, withdrawing or cancelling that offer) and taking over.
+    fn lead_steps_in(
+        &self,
+        policy: &Policy,
+        thread: ThreadId,
+        actor: &MemberId,
+        request: &Request,
+    ) -> Result<bool, (WireError, &'static str)> {
+        let step = match request {
+            // Inside its own organisation only; the offer itself is checked as anyone's.
+            Request::OfferHandover { offer, .. } => offer.to == actor.oin,
+            Request::WithdrawOffer { .. } | Request::CancelOffer { .. } | Request::TakeOver { .. } => true,
+            _ => false,
+        };
+        Ok(step && self.leads_owner(policy, thread, actor).map_err(|e| (e, "store-failure"))?)
     }
 
     /// Former owners in their background role, and those who left, only read.

@@ -1,0 +1,181 @@
+//! The handover life cycle beyond the happy path, through a real hub:
+//! reassignment to a colleague by a team lead, a team lead's takeover from an
+//! absent owner, offers withdrawn and cancelled, and the completion deadline
+//! that escalates.
+
+use std::time::Duration;
+
+use hub::clock::Clock;
+use ketenhub_sdk::{
+    AuditFilter, Client, ClockKind, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
+    OfferState,
+};
+use tests::{messages, next_event, refusal_rule, DevHub};
+use wire::handover::REASSIGNMENT_ROUTE;
+use wire::MemberId;
+
+const WAIT: Duration = Duration::from_secs(20);
+const DAY_MS: u64 = 86_400_000;
+
+fn offer(to: &MemberId, route: &str, deadline_ms: u64) -> OfferRequest {
+    OfferRequest {
+        to: to.oin.clone(),
+        to_worker: Some(to.worker.clone()),
+        route: route.into(),
+        legal_basis: "consent".into(),
+        reason: "the family needs support at home".into(),
+        justification: None,
+        deadline_ms,
+    }
+}
+
+async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
+    let client = hub.client(slug).connect().await?;
+    let events = client.events().expect("events");
+    Ok((client, events))
+}
+
+async fn handover_step(events: &mut EventStream, want: impl Fn(&HandoverEvent) -> bool) -> anyhow::Result<()> {
+    next_event(events, WAIT, |e| matches!(e, Event::Handover { event, .. } if want(event))).await.map(drop)
+}
+
+fn deadline() -> u64 {
+    hub::clock::now_ms() + 2 * DAY_MS
+}
+
+#[tokio::test]
+async fn a_team_lead_reassigns_the_case_of_a_sick_worker_to_a_colleague() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let (anna, _anna_events) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (sanne, _sanne_events) = connect(&hub, "lt-woerden-caseworker").await?;
+    let (bram, mut bram_events) = connect(&hub, "vt-utrecht-colleague").await?;
+    let (petra, _) = connect(&hub, "vt-utrecht-teamlead").await?;
+    let thread = anna.create_thread().await?;
+    anna.add_member(thread, sanne.member_id(), &Grounds::new("support at home", "consent")).await?;
+
+    // Anna is sick. A colleague who is no team lead may not reassign her case; the team lead may, unseen.
+    let to_bram = offer(&bram.member_id(), REASSIGNMENT_ROUTE, deadline());
+    assert_eq!(refusal_rule(bram.offer_handover(thread, to_bram.clone()).await), "NotFound");
+    let mut to_nobody = to_bram.clone();
+    to_nobody.to_worker = None;
+    assert_eq!(refusal_rule(petra.offer_handover(thread, to_nobody).await), "reassign-to-a-colleague");
+    let mut off_route = to_bram.clone();
+    off_route.route = "vt-lt-referral".into();
+    assert_eq!(refusal_rule(petra.offer_handover(thread, off_route).await), "reassignment-route");
+    let made = petra.offer_handover(thread, to_bram).await?;
+    assert_eq!(made.owner, anna.member_id(), "offering does not move regie");
+    let id = made.offers[0].id;
+    assert!(petra.members(thread).await.is_err(), "the team lead reassigns without reading the case");
+
+    bram.accept_offer(thread, id).await?;
+    // The owner is away: another member of the case brings the colleague's device into the group.
+    sanne.add_member(thread, bram.member_id(), &Grounds::new("the new worker of VT", "consent")).await?;
+    sanne.send_text(thread, "Welkom Bram; het gezin verwacht je donderdag.").await?;
+    let read = messages(&mut bram_events, 1, WAIT).await?;
+    assert_eq!(read[0].content.as_bytes(), "Welkom Bram; het gezin verwacht je donderdag.".as_bytes());
+
+    let done = bram.complete_handover(thread, id, FamilyTold::Yes).await?;
+    assert_eq!(done.owner, bram.member_id());
+    assert!(done.background.iter().any(|b| b.member == anna.member_id()), "the former owner keeps a background role");
+    assert_eq!(refusal_rule(anna.send_text(thread, "ik ben terug").await), "background-read-only");
+
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let log = officer.audit_query(AuditFilter { case: Some(thread), ..AuditFilter::default() }).await?;
+    let by_lead = log.iter().find(|e| {
+        e.record.actor.as_ref().is_some_and(|a| a.worker == "petra.vos") && e.record.rule == "team-lead-of-owner"
+    });
+    let object = by_lead.and_then(|e| e.record.object.as_deref());
+    assert!(object.is_some_and(|o| o.starts_with("offer to")), "the lead's offer is audited as the lead's: {object:?}");
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_team_lead_takes_over_directly_and_the_privacy_officer_sees_why() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let (anna, mut anna_events) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (bram, _) = connect(&hub, "vt-utrecht-colleague").await?;
+    let (petra, mut petra_events) = connect(&hub, "vt-utrecht-teamlead").await?;
+    let (sanne, _) = connect(&hub, "lt-woerden-caseworker").await?;
+    let thread = anna.create_thread().await?;
+    anna.add_member(thread, bram.member_id(), &Grounds::new("second worker on the case", "consent")).await?;
+
+    // A colleague on the case is no team lead; a team lead of another organisation's case sees nothing.
+    assert_eq!(refusal_rule(bram.take_over(thread, "anna is sick").await), "Forbidden");
+    let theirs = sanne.create_thread().await?;
+    assert_eq!(refusal_rule(petra.take_over(theirs, "anna is sick").await), "NotFound");
+    assert_eq!(refusal_rule(petra.take_over(thread, " ").await), "Invalid", "a takeover needs a reason");
+
+    let taken = petra.take_over(thread, "Anna is langdurig ziek").await?;
+    assert_eq!(taken.owner, petra.member_id());
+    assert!(taken.background.iter().any(|b| b.member == anna.member_id()));
+    handover_step(
+        &mut anna_events,
+        |e| matches!(e, HandoverEvent::TakenOver { owner, .. } if *owner == petra.member_id()),
+    )
+    .await?;
+    // The lead is on the case now; a member brings its device into the group, and it reads.
+    bram.add_member(thread, petra.member_id(), &Grounds::new("the team lead took the case over", "consent")).await?;
+    bram.send_text(thread, "Petra, het dossier staat hieronder.").await?;
+    messages(&mut petra_events, 1, WAIT).await?;
+
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let log = officer.audit_query(AuditFilter { case: Some(thread), ..AuditFilter::default() }).await?;
+    let takeover = log.iter().rev().find(|e| {
+        e.record.object.as_deref() == Some("team lead takes the case over") && e.record.rule == "team-lead-of-owner"
+    });
+    let takeover = takeover.expect("the takeover is in the log");
+    assert_eq!(takeover.record.purpose.as_deref(), Some("Anna is langdurig ziek"));
+    assert_eq!(takeover.record.actor.as_ref().map(|a| a.worker.as_str()), Some("petra.vos"));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn offers_are_withdrawn_and_cancelled_and_an_unfinished_one_escalates() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Clock::system();
+    let hub = DevHub::start_with_clock(dir.path(), tests::limits(), clock.clone()).await?;
+    let (anna, mut anna_events) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (sanne, _) = connect(&hub, "lt-woerden-caseworker").await?;
+    let thread = anna.create_thread().await?;
+    let lt = sanne.member_id();
+
+    let first = anna.offer_handover(thread, offer(&lt, "vt-lt-referral", clock.now_ms() + DAY_MS)).await?;
+    let id = first.offers[0].id;
+    assert_eq!(refusal_rule(sanne.withdraw_offer(thread, id, "niet de onze").await), "NotFound");
+    assert_eq!(refusal_rule(anna.withdraw_offer(thread, id, "").await), "Invalid");
+    let withdrawn = anna.withdraw_offer(thread, id, "verkeerde regio").await?;
+    assert!(matches!(withdrawn.offers[0].state, OfferState::Withdrawn { .. }));
+    anna.withdraw_offer(thread, id, "verkeerde regio").await?;
+    assert_eq!(refusal_rule(sanne.accept_offer(thread, id).await), "Conflict");
+    assert!(sanne.pending_offers().await?.is_empty(), "a withdrawn offer waits for nobody");
+
+    let second = anna.offer_handover(thread, offer(&lt, "vt-lt-referral", clock.now_ms() + 2 * DAY_MS)).await?;
+    let id = second.offers[1].id;
+    let accepted = sanne.accept_offer(thread, id).await?;
+    let completion = accepted.clocks.iter().find(|c| c.kind == ClockKind::Completion).expect("the route's deadline");
+    assert!(!completion.done);
+    let cancelled = sanne.cancel_offer(thread, id, "het gezin verhuist naar Gouda").await?;
+    assert_eq!(cancelled.owner, anna.member_id(), "the sender stays owner");
+    assert!(cancelled.clocks.iter().all(|c| c.kind != ClockKind::Completion || c.done));
+    handover_step(&mut anna_events, |e| matches!(e, HandoverEvent::Cancelled { receiver, .. } if *receiver == lt))
+        .await?;
+    assert!(!anna.members(thread).await?.contains(&lt), "the receiver of a cancelled offer leaves the case");
+    sanne.cancel_offer(thread, id, "het gezin verhuist naar Gouda").await.expect("a resent cancel reads as done");
+    assert_eq!(refusal_rule(sanne.members(thread).await), "NotFound", "and sees nothing more of it");
+
+    // Accepted and never completed: past the route's ten working days the owner hears of it.
+    let third = anna.offer_handover(thread, offer(&lt, "vt-lt-referral", clock.now_ms() + 3 * DAY_MS)).await?;
+    let id = third.offers[2].id;
+    sanne.accept_offer(thread, id).await?;
+    clock.advance(16 * DAY_MS);
+    hub.hub().fire_deadlines().await?;
+    let owner = anna.member_id();
+    handover_step(&mut anna_events, |e| {
+        matches!(e, HandoverEvent::Escalated { escalation: Escalation::Overdue { clock: ClockKind::Completion, owner: o, .. } } if *o == owner)
+    })
+    .await?;
+    assert_eq!(anna.ownership(thread).await?.owner, anna.member_id(), "the owner stays the family's contact");
+    hub.stop().await
+}
