@@ -125,6 +125,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let officer =
         hub.client("vt-utrecht-privacy").frame_tap(recorder.tap()).audit_public_key(audit_key).connect().await?;
     let system = connect("vt-utrecht-system").await?;
+    let lead = connect("vt-utrecht-teamlead").await?;
 
     // A case, a message, a handover offer, accepted; the receiver joins the MLS group.
     let thread = vt.create_thread().await?;
@@ -161,6 +162,13 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         matches!(e, ketenhub_sdk::Event::Handover { event: ketenhub_sdk::HandoverEvent::Declined { .. }, .. })
     })
     .await?;
+    // On the same case: an offer withdrawn, then one accepted and cancelled; then a team lead takes over.
+    let withdrawn = vt.offer_handover(second, offer(&lt, "consent", deadline + 1)).await?.offers[1].id;
+    vt.withdraw_offer(second, withdrawn, "sent to the wrong team").await?;
+    let cancelled = vt.offer_handover(second, offer(&lt, "consent", deadline + 2)).await?.offers[2].id;
+    lt.accept_offer(second, cancelled).await?;
+    lt.cancel_offer(second, cancelled, "the family moved").await?;
+    lead.take_over(second, "the owner is on sick leave").await?;
 
     // Refusals of several codes, a system acting for its worker, the privacy officer.
     assert_eq!(refusal_rule(lt.members(ThreadId::random()).await), "NotFound");
@@ -173,7 +181,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     assert!(!audit.is_empty());
     officer.audit_query(wire::audit::AuditFilter::default()).await?;
     officer.witness_audit().await?;
-    for client in [&vt, &lt, &officer, &system] {
+    for client in [&vt, &lt, &officer, &system, &lead] {
         client.close().await;
     }
     hub.stop().await?;
@@ -226,6 +234,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:report_done",
         "op:schedule_rappel",
         "op:leave_case",
+        "op:withdraw_offer",
+        "op:cancel_offer",
+        "op:take_over",
         "op:get_ownership",
         "op:list_offers",
         "kind:thread_created",
@@ -254,6 +265,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "step:left",
         "step:scheduled",
         "step:done",
+        "step:withdrawn",
+        "step:cancelled",
+        "step:taken_over",
         "code:forbidden",
         "code:not_found",
         "code:invalid",
