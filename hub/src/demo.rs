@@ -168,6 +168,32 @@ async fn hand_over(
     owner_line(line, to, thread).await
 }
 
+/// The owner is ill: the team lead, who is not on the case, reassigns it to a
+/// colleague, who accepts and completes; the ill worker keeps a background role.
+async fn reassign(
+    line: &Timeline,
+    clock: &Clock,
+    thread: ThreadId,
+    lead: &Party,
+    to: &mut Party,
+) -> anyhow::Result<()> {
+    let request = OfferRequest {
+        to: to.client.identity().oin.clone(),
+        to_worker: Some(to.client.identity().worker.clone()),
+        route: wire::handover::REASSIGNMENT_ROUTE.into(),
+        legal_basis: "consent".into(),
+        reason: "de casushouder is langdurig ziek".into(),
+        justification: None,
+        deadline_ms: clock.now_ms() + DAY_MS,
+    };
+    let offer = lead.client.offer_handover(thread, request).await?.offers.last().map(|o| o.id).unwrap_or_default();
+    line.say(&lead.name(), format!("team lead, not on the case: reassigns it to {} (owner on sick leave)", to.name()));
+    to.client.accept_offer(thread, offer).await?;
+    to.client.complete_handover(thread, offer, FamilyTold::Yes).await?;
+    line.say(&to.name(), "accepts, calls the mother to introduce himself, and completes: regie moves inside VT");
+    owner_line(line, to, thread).await
+}
+
 /// Runs the demo story; `data` keeps the hub's files in a chosen directory.
 pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
@@ -186,16 +212,23 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         ),
     );
 
-    let mut vt = Party::join(&hub, "vt-utrecht-caseworker", &line).await?;
+    let anna = Party::join(&hub, "vt-utrecht-caseworker", &line).await?;
+    let mut vt = Party::join(&hub, "vt-utrecht-colleague", &line).await?;
+    let lead = Party::join(&hub, "vt-utrecht-teamlead", &line).await?;
     let mut lt = Party::join(&hub, "lt-woerden-caseworker", &line).await?;
     let mut rvdk = Party::join(&hub, "rvdk-caseworker", &line).await?;
     let mut gi = Party::join(&hub, "gi-save-caseworker", &line).await?;
     let outsider = Party::join(&hub, "lt-oudewater-caseworker", &line).await?;
 
-    line.chapter("1. Veilig Thuis takes a report and offers the case to the local team");
-    let thread = vt.client.create_thread().await?;
-    line.say(&vt.name(), format!("opens case {thread} after a report; VT holds regie"));
-    vt.client.send_text(thread, "Melding: zorgen over de veiligheid van twee kinderen (8 en 11).").await?;
+    line.chapter("1. Veilig Thuis takes a report; its worker falls ill and the team lead reassigns the case");
+    let thread = anna.client.create_thread().await?;
+    line.say(&anna.name(), format!("opens case {thread} after a report; VT holds regie"));
+    anna.client.send_text(thread, "Melding: zorgen over de veiligheid van twee kinderen (8 en 11).").await?;
+    anna.client
+        .add_member(thread, vt.client.member_id(), &Grounds::new("tweede werker bij het onderzoek", "consent"))
+        .await?;
+    line.say(&anna.name(), format!("works the case in a pair with {}", vt.name()));
+    reassign(&line, &clock, thread, &lead, &mut vt).await?;
     let referral = Handover {
         route: "vt-lt-referral",
         legal_basis: "consent",
@@ -235,7 +268,8 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     hand_over(&line, &clock, thread, &mut rvdk, &mut gi, measure).await?;
     let clocks = gi.client.ownership(thread).await?.clocks;
     for c in &clocks {
-        line.say("hub", format!("clock {:?} due {}", c.kind, ketenhub_sdk::report::date_time(c.due_ms)));
+        let state = if c.done { " (done)" } else { "" };
+        line.say("hub", format!("clock {:?} due {}{state}", c.kind, ketenhub_sdk::report::date_time(c.due_ms)));
     }
     clock.advance(8 * DAY_MS);
     line.say("hub", "(eight days pass on the hub's deadline clock)");
@@ -251,8 +285,20 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     gi.client.report_done(thread, ClockKind::FirstContact).await?;
     line.say(&gi.name(), "reports the first face-to-face contact; the clock stops");
 
-    line.chapter("5. An offer nobody answers expires and escalates");
+    line.chapter("5. An offer withdrawn, and an offer nobody answers that expires and escalates");
     let second = vt.client.create_thread().await?;
+    let mistaken = OfferRequest {
+        to: lt.client.identity().oin.clone(),
+        to_worker: None,
+        route: "vt-lt-referral".into(),
+        legal_basis: "consent".into(),
+        reason: "another family, living in Woerden".into(),
+        justification: None,
+        deadline_ms: clock.now_ms() + 2 * DAY_MS,
+    };
+    let mistaken = vt.client.offer_handover(second, mistaken).await?.offers[0].id;
+    vt.client.withdraw_offer(second, mistaken, "het gezin blijkt in Oudewater te wonen").await?;
+    line.say(&vt.name(), format!("offers case {second} to Lokaal team Woerden, then withdraws it: wrong municipality"));
     let unanswered = OfferRequest {
         to: outsider.client.identity().oin.clone(),
         to_worker: None,
@@ -295,7 +341,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     for row in who_section.lines().filter(|l| !l.is_empty()) {
         println!("             {row}");
     }
-    for party in [vt, lt, rvdk, gi, outsider] {
+    for party in [anna, vt, lead, lt, rvdk, gi, outsider] {
         party.client.close().await;
     }
     officer.close().await;
