@@ -171,3 +171,50 @@ async fn the_desk_guards_its_door_and_keeps_a_threads_history_across_a_restart()
     vt.close().await;
     hub.stop().await
 }
+
+/// The CSRF token a page's forms carry.
+fn csrf(body: &str) -> String {
+    let at = body.find("name=\"_csrf\" value=\"").map(|i| i + "name=\"_csrf\" value=\"".len()).expect("a CSRF field");
+    body[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_accepts_and_then_cancels_an_offer_from_the_desk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "lt-woerden-caseworker");
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let offer = ketenhub_sdk::OfferRequest {
+        to: "00000001800000000002".parse()?,
+        to_worker: Some("sanne.bakker".into()),
+        route: "vt-lt-referral".into(),
+        legal_basis: "consent".into(),
+        reason: "ondersteuning thuis".into(),
+        justification: None,
+        deadline_ms: hub::clock::now_ms() + 86_400_000,
+    };
+    vt.offer_handover(thread, offer).await?;
+
+    let cookie = sign_in(&desk).await?;
+    let inbox = shows(&desk, "/offers", &cookie, "ondersteuning thuis").await?;
+    let token = csrf(&inbox.body);
+    let accept = post(&desk, &format!("/cases/{thread}/offers/1/accept"), &cookie, &format!("_csrf={token}"));
+    assert_eq!(http(&desk, &accept).await?.status, 303);
+    let page = shows(&desk, &format!("/cases/{thread}"), &cookie, "/offers/1/cancel").await?;
+    assert!(!page.body.contains("/offers/1/withdraw"), "only the sender withdraws");
+    let empty = post(&desk, &format!("/cases/{thread}/offers/1/cancel"), &cookie, &format!("_csrf={token}&reason="));
+    assert_eq!(http(&desk, &empty).await?.status, 400, "a cancel needs a reason");
+    let body = format!("_csrf={token}&reason=gezin+verhuist");
+    assert_eq!(
+        http(&desk, &post(&desk, &format!("/cases/{thread}/offers/1/cancel"), &cookie, &body)).await?.status,
+        303
+    );
+    let ownership = vt.ownership(thread).await?;
+    assert!(
+        matches!(&ownership.offers[0].state, ketenhub_sdk::OfferState::Cancelled { reason, .. } if reason == "gezin verhuist")
+    );
+    assert_eq!(ownership.owner, vt.member_id());
+    drop(desk);
+    hub.stop().await
+}

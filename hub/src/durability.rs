@@ -60,6 +60,10 @@ pub enum Write {
         member: MemberId,
         /// Members the thread may hold at most (`limits.max_members_per_thread`).
         max_members: usize,
+        /// Allowed because a handover step admitted `member` (rule
+        /// `admitted-by-handover`): then it must still be on the case in write
+        /// order, and the write only confirms that.
+        admitted: bool,
     },
     /// Append a message (see [`Store::append_message`]).
     Append {
@@ -423,8 +427,14 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             }
             applied
         }
-        Write::AddMember { thread, by, member, max_members } => {
+        Write::AddMember { thread, by, member, max_members, admitted } => {
             still_writes(store, thread, &by)?;
+            if admitted && !store.is_member(thread, &member)? {
+                return Err(WriteError::Refused(WireError::new(
+                    ErrorCode::Forbidden,
+                    "denied by rule admitted-by-handover: the member left the case before it could be added",
+                )));
+            }
             if !store.is_member(thread, &member)? && store.members(thread)?.len() >= max_members {
                 let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
                 return Err(WriteError::Refused(full));

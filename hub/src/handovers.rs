@@ -228,6 +228,13 @@ pub fn apply(
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
         }
         HandoverOp::Done(clock) => {
+            // Only completing or cancelling the offer stops its completion deadline.
+            if clock == ClockKind::Completion {
+                return Err(WriteError::Refused(WireError::new(
+                    ErrorCode::Invalid,
+                    "the completion deadline stops when the handover completes or is cancelled",
+                )));
+            }
             if !ownership.may_report(by) {
                 return Err(refused(HandoverError::NotOwner));
             }

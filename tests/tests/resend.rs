@@ -110,7 +110,8 @@ async fn every_handover_step_resent_after_a_dropped_connection_answers_as_the_fi
 
     let case = ownership(&hub, gi, thread).await?;
     let kinds: Vec<_> = case.clocks.iter().map(|c| c.kind).collect();
-    assert_eq!(kinds, [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel], "one clock each");
+    let each = [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Completion, ClockKind::Rappel];
+    assert_eq!(kinds, each, "one clock each");
     let steps = handover_steps(store.as_ref(), thread)?;
     let names: Vec<_> = steps
         .iter()

@@ -548,10 +548,30 @@ impl Ownership {
 
     /// The receiver accepts: it joins the case; the sender stays owner until completion.
     pub fn accept(&mut self, by: &MemberId, id: u32) -> Result<(), HandoverError> {
+        let before = self.offers.iter().find(|o| o.id == id).map(|o| o.state.clone());
         self.answer(by, id, OfferState::Accepted { by: by.clone() })?;
-        // A receiver that once left the case comes back as a full member.
-        self.left.retain(|(m, _)| m != by);
+        // A receiver that once left the case comes back as a full member; an acceptance resent changes nothing.
+        if before != Some(OfferState::Accepted { by: by.clone() }) {
+            self.left.retain(|(m, _)| m != by);
+        }
         Ok(())
+    }
+
+    /// Whether `by` is a party who may withdraw or cancel `offer`: the owner,
+    /// or its sender while it still writes (a former owner in its background
+    /// role, after a takeover, no longer does).
+    fn may_call_off(&self, by: &MemberId, offer: &Offer) -> bool {
+        by == &self.owner || (by == &offer.from && !self.is_read_only(by))
+    }
+
+    /// Whether `member` came onto the case by a handover step: the owner, or
+    /// the receiver of an accepted or completed offer. The hub lets any member
+    /// who writes bring such a member's devices into the MLS group.
+    pub fn admitted_by_handover(&self, member: &MemberId) -> bool {
+        member == &self.owner
+            || self.offers.iter().any(
+                |o| matches!(&o.state, OfferState::Accepted { by } | OfferState::Completed { by, .. } if by == member),
+            )
     }
 
     /// Starts the completion clock of an accepted offer: due `days` working days from now.
@@ -567,9 +587,9 @@ impl Ownership {
 
     /// The sender (or the owner) withdraws an offer nobody answered yet; the owner stays owner.
     pub fn withdraw(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<(), HandoverError> {
-        let owner = self.owner.clone();
+        let party = self.offers.iter().find(|o| o.id == id).is_some_and(|o| self.may_call_off(by, o));
         let offer = self.offer_mut(id)?;
-        if by != &offer.from && by != &owner {
+        if !party {
             return Err(HandoverError::NotParty(id));
         }
         let withdrawn = OfferState::Withdrawn { by: by.clone(), reason: reason.to_owned() };
@@ -590,7 +610,7 @@ impl Ownership {
     /// stays owner, the receiver leaves the case, the completion clock stops.
     /// Returns the receiver.
     pub fn cancel(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<MemberId, HandoverError> {
-        let owner = self.owner.clone();
+        let party = self.offers.iter().find(|o| o.id == id).is_some_and(|o| self.may_call_off(by, o));
         let offer = self.offer_mut(id)?;
         let receiver = match &offer.state {
             OfferState::Accepted { by: receiver } => receiver.clone(),
@@ -599,7 +619,7 @@ impl Ownership {
             }
             other => return Err(HandoverError::WrongState { offer: id, state: other.name(), needed: "accepted" }),
         };
-        if by != &offer.from && by != &owner && by != &receiver {
+        if !party && by != &receiver {
             return Err(HandoverError::NotParty(id));
         }
         if reason.trim().is_empty() {
@@ -819,6 +839,33 @@ mod tests {
         assert!(case.open_offer().is_none(), "a withdrawn offer is closed");
         case.withdraw(&anna, id, "family moved away").unwrap();
         assert!(matches!(case.accept(&sanne, id), Err(HandoverError::WrongState { .. })));
+    }
+
+    #[test]
+    fn after_a_takeover_the_absent_owner_calls_off_nothing() {
+        let (anna, petra, sanne) = (member(VT, "anna"), member(VT, "petra"), member(LT, "sanne"));
+        let mut case = Ownership::new(anna.clone());
+        let id = case.offer(&anna, false, request(LT, 10 * DAY_MS), 0).unwrap();
+        case.take_over(&petra, true, "owner sick", DAY_MS).unwrap();
+        assert_eq!(case.withdraw(&anna, id, "mine"), Err(HandoverError::NotParty(id)), "anna is read-only now");
+        case.accept(&sanne, id).unwrap();
+        assert_eq!(case.cancel(&anna, id, "mine"), Err(HandoverError::NotParty(id)));
+        case.cancel(&petra, id, "the new owner decides").unwrap();
+    }
+
+    #[test]
+    fn an_acceptance_resent_after_leaving_does_not_bring_the_member_back() {
+        let (anna, sanne) = (member(VT, "anna"), member(LT, "sanne"));
+        let mut case = Ownership::new(anna.clone());
+        let first = case.offer(&anna, false, request(LT, 10 * DAY_MS), 0).unwrap();
+        case.accept(&sanne, first).unwrap();
+        case.complete(&sanne, first, FamilyTold::Yes, DAY_MS).unwrap();
+        // Sanne offers the case back to VT; Anna, in her background role, accepts, then leaves.
+        let back = case.offer(&sanne, false, request(VT, 10 * DAY_MS), DAY_MS).unwrap();
+        case.accept(&anna, back).unwrap();
+        case.leave(&anna, "not mine any more").unwrap();
+        case.accept(&anna, back).unwrap();
+        assert!(case.is_read_only(&anna), "a resent acceptance undid a departure");
     }
 
     #[test]

@@ -446,6 +446,28 @@ pub async fn decline(
     Ok(Redirect::to("/offers"))
 }
 
+/// Withdraws an offer this worker sent and nobody answered yet.
+pub async fn withdraw(
+    State(app): State<App>,
+    Path((case, offer)): Path<(String, u32)>,
+    Form(form): Form<ReasonForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    app.desk.client.withdraw_offer(thread, offer, reason(&form)?).await?;
+    Ok(Redirect::to(&format!("/cases/{case}")))
+}
+
+/// Cancels an accepted offer before completion; the sender stays owner.
+pub async fn cancel(
+    State(app): State<App>,
+    Path((case, offer)): Path<(String, u32)>,
+    Form(form): Form<ReasonForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    app.desk.client.cancel_offer(thread, offer, reason(&form)?).await?;
+    Ok(Redirect::to(&format!("/cases/{case}")))
+}
+
 #[derive(Deserialize)]
 pub struct CompleteForm {
     family_told: String,

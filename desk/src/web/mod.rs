@@ -202,6 +202,8 @@ pub fn router(app: App) -> Router {
         .route("/cases/{case}/offers/{offer}/accept", post(caseworker::accept))
         .route("/cases/{case}/offers/{offer}/decline", post(caseworker::decline))
         .route("/cases/{case}/offers/{offer}/complete", post(caseworker::complete))
+        .route("/cases/{case}/offers/{offer}/withdraw", post(caseworker::withdraw))
+        .route("/cases/{case}/offers/{offer}/cancel", post(caseworker::cancel))
         .route("/cases/{case}/leave", post(caseworker::leave))
         .route("/cases/{case}/members", post(caseworker::add))
         .route("/cases/{case}/clocks/{clock}/done", post(caseworker::clock_done))

@@ -104,6 +104,10 @@ pub struct OfferView {
     pub to_me: bool,
     /// Whether this desk accepted it and may complete it.
     pub mine_to_complete: bool,
+    /// Whether this desk sent it and may still withdraw it.
+    pub mine_to_withdraw: bool,
+    /// Whether this desk sent or accepted it and may cancel it before completion.
+    pub mine_to_cancel: bool,
 }
 
 /// Shows an offer.
@@ -120,6 +124,8 @@ pub fn offer(policy: &Policy, o: &Offer, me: &MemberId) -> OfferView {
     };
     let to_me = o.to == me.oin && o.to_worker.as_ref().is_none_or(|w| *w == me.worker);
     let mine_to_complete = matches!(&o.state, OfferState::Accepted { by } if by == me);
+    let mine_to_withdraw = o.state == OfferState::Offered && o.from == *me;
+    let mine_to_cancel = matches!(&o.state, OfferState::Accepted { by } if by == me || o.from == *me);
     OfferView {
         id: o.id,
         from: who(policy, &o.from, me),
@@ -135,6 +141,8 @@ pub fn offer(policy: &Policy, o: &Offer, me: &MemberId) -> OfferView {
         answer,
         to_me: to_me && state == "offered",
         mine_to_complete,
+        mine_to_withdraw,
+        mine_to_cancel,
     }
 }
 

@@ -186,7 +186,7 @@ impl Hub {
     ) -> Result<Prepared, WireError> {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => self.create_thread(caller, actor, client_ref)?,
-            Request::AddMember { thread, member, .. } => self.add_member(thread, actor, member),
+            Request::AddMember { thread, member, .. } => self.add_member(thread, actor, member)?,
             Request::Send { thread, message, payload } => self.send(thread, actor, message, payload)?,
             Request::InitGroup { thread, group_info, ratchet_tree } => {
                 self.init_group(thread, actor, group_info, ratchet_tree)
@@ -327,8 +327,9 @@ impl Hub {
             // A member a handover step admitted (an acceptance, a takeover) is on the
             // case already: any member who writes may bring its devices into the group,
             // so that an absent owner does not keep the new one out.
-            let admitted = self.is_member(*case, member).map_err(|e| (e, "store-failure"))?;
-            if admitted && !reason.trim().is_empty() {
+            let admitted = self.admitted_by_handover(*case, member).map_err(|e| (e, "store-failure"))?;
+            let known_basis = policy.legal_basis(legal_basis).is_some();
+            if admitted && known_basis && !reason.trim().is_empty() {
                 return Ok("admitted-by-handover");
             }
             let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });

@@ -26,9 +26,26 @@ impl Hub {
         Ok((WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref }))
     }
 
-    pub(super) fn add_member(&self, thread: ThreadId, actor: MemberId, member: MemberId) -> (WriteKind, Write) {
+    pub(super) fn add_member(
+        &self,
+        thread: ThreadId,
+        actor: MemberId,
+        member: MemberId,
+    ) -> Result<(WriteKind, Write), WireError> {
         let max_members = self.limits.max_members_per_thread;
-        (WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members })
+        let admitted = self.admitted_by_handover(thread, &member)?;
+        Ok((WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members, admitted }))
+    }
+
+    /// Whether `member` is on the case because a handover step admitted it
+    /// (it accepted an offer, or took the case over): any member who writes
+    /// may then bring its devices into the group, whatever the route between
+    /// their organisations.
+    pub(super) fn admitted_by_handover(&self, thread: ThreadId, member: &MemberId) -> Result<bool, WireError> {
+        if !self.store.is_member(thread, member).map_err(internal)? {
+            return Ok(false);
+        }
+        Ok(self.store.ownership(thread).map_err(internal)?.is_some_and(|o| o.admitted_by_handover(member)))
     }
 
     pub(super) fn send(
