@@ -194,6 +194,19 @@ async fn reassign(
     owner_line(line, to, thread).await
 }
 
+/// A referral from VT to a local team as an organisation, with the family's consent.
+fn to_local_team(team: &Party, reason: &str, deadline_ms: u64) -> OfferRequest {
+    OfferRequest {
+        to: team.client.identity().oin.clone(),
+        to_worker: None,
+        route: "vt-lt-referral".into(),
+        legal_basis: "consent".into(),
+        reason: reason.into(),
+        justification: None,
+        deadline_ms,
+    }
+}
+
 /// Runs the demo story; `data` keeps the hub's files in a chosen directory.
 pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
@@ -287,27 +300,11 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
 
     line.chapter("5. An offer withdrawn, and an offer nobody answers that expires and escalates");
     let second = vt.client.create_thread().await?;
-    let mistaken = OfferRequest {
-        to: lt.client.identity().oin.clone(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
-        reason: "another family, living in Woerden".into(),
-        justification: None,
-        deadline_ms: clock.now_ms() + 2 * DAY_MS,
-    };
+    let mistaken = to_local_team(&lt, "another family, living in Woerden", clock.now_ms() + 2 * DAY_MS);
     let mistaken = vt.client.offer_handover(second, mistaken).await?.offers[0].id;
     vt.client.withdraw_offer(second, mistaken, "het gezin blijkt in Oudewater te wonen").await?;
     line.say(&vt.name(), format!("offers case {second} to Lokaal team Woerden, then withdraws it: wrong municipality"));
-    let unanswered = OfferRequest {
-        to: outsider.client.identity().oin.clone(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
-        reason: "another family, moved to Oudewater".into(),
-        justification: None,
-        deadline_ms: clock.now_ms() + 2 * HOUR_MS,
-    };
+    let unanswered = to_local_team(&outsider, "another family, moved to Oudewater", clock.now_ms() + 2 * HOUR_MS);
     vt.client.offer_handover(second, unanswered).await?;
     line.say(&vt.name(), format!("offers case {second} to Lokaal team Oudewater; deadline in 2 hours"));
     clock.advance(3 * HOUR_MS);

@@ -266,7 +266,7 @@ impl Policy {
 
     /// Whether `member` leads a team of its organisation (`team_leads` in the policy).
     pub fn is_team_lead(&self, member: &MemberId) -> bool {
-        self.organisation(&member.oin).is_some_and(|o| o.team_leads.iter().any(|w| *w == member.worker))
+        self.organisation(&member.oin).is_some_and(|o| o.team_leads.contains(&member.worker))
     }
 
     /// Every handover route, in the policy's order.

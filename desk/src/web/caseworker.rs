@@ -446,25 +446,21 @@ pub async fn decline(
     Ok(Redirect::to("/offers"))
 }
 
-/// Withdraws an offer this worker sent and nobody answered yet.
-pub async fn withdraw(
+/// Calls off an offer with a reason: `withdraw` one this worker sent and
+/// nobody answered yet, or `cancel` one accepted but not completed (the sender
+/// stays owner).
+pub async fn call_off(
     State(app): State<App>,
-    Path((case, offer)): Path<(String, u32)>,
+    Path((case, offer, step)): Path<(String, u32, String)>,
     Form(form): Form<ReasonForm>,
 ) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
-    app.desk.client.withdraw_offer(thread, offer, reason(&form)?).await?;
-    Ok(Redirect::to(&format!("/cases/{case}")))
-}
-
-/// Cancels an accepted offer before completion; the sender stays owner.
-pub async fn cancel(
-    State(app): State<App>,
-    Path((case, offer)): Path<(String, u32)>,
-    Form(form): Form<ReasonForm>,
-) -> WebResult<Redirect> {
-    let thread = case_id(&case)?;
-    app.desk.client.cancel_offer(thread, offer, reason(&form)?).await?;
+    let client = &app.desk.client;
+    match step.as_str() {
+        "withdraw" => client.withdraw_offer(thread, offer, reason(&form)?).await?,
+        "cancel" => client.cancel_offer(thread, offer, reason(&form)?).await?,
+        _ => return Err(WebError::NotFound),
+    };
     Ok(Redirect::to(&format!("/cases/{case}")))
 }
 
