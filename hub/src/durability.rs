@@ -429,13 +429,14 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
         }
         Write::AddMember { thread, by, member, max_members, admitted } => {
             still_writes(store, thread, &by)?;
-            if admitted && !store.is_member(thread, &member)? {
+            let present = store.is_member(thread, &member)?;
+            if admitted && !present {
                 return Err(WriteError::Refused(WireError::new(
                     ErrorCode::Forbidden,
                     "denied by rule admitted-by-handover: the member left the case before it could be added",
                 )));
             }
-            if !store.is_member(thread, &member)? && store.members(thread)?.len() >= max_members {
+            if !present && store.members(thread)?.len() >= max_members {
                 let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
                 return Err(WriteError::Refused(full));
             }

@@ -22,6 +22,7 @@ impl Hub {
         &self,
         thread: ThreadId,
         actor: &MemberId,
+        policy: &Policy,
         offer: OfferRequest,
     ) -> Result<(WriteKind, Write), WireError> {
         // Every offer stays in the case's state, which every `ownership` reply carries.
@@ -30,7 +31,7 @@ impl Hub {
             let key = "limits.max_offers_per_case";
             return Err(crate::quotas::exceeded(key, self.limits.max_offers_per_case, "too many offers"));
         }
-        let lead = self.policy.current().is_team_lead(actor);
+        let lead = policy.is_team_lead(actor);
         Ok(self.handover(thread, actor, HandoverOp::Offer { request: offer, lead }))
     }
 

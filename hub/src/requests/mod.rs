@@ -67,6 +67,11 @@ enum Prepared {
 }
 
 /// The identity a request acts as, when the policy lets it act at all.
+/// The rule that lets any member who writes bring into the MLS group someone a
+/// handover step put on the case; [`Hub::prepare`] marks such an add so that
+/// the writer checks again that the member is still on the case.
+const ADMITTED_BY_HANDOVER: &str = "admitted-by-handover";
+
 fn actor_of(policy: &Policy, caller: &Caller, on_behalf_of: &Option<MemberId>) -> Option<MemberId> {
     policy.actor(&caller.identity, on_behalf_of.as_ref()).ok()
 }
@@ -118,10 +123,10 @@ impl Hub {
             .actor(&caller.identity, on_behalf_of.as_ref())
             .map_err(|d| (denied(&d), d.rule))
             .and_then(|actor| Ok((self.authorize(&policy, caller, &actor, &request)?, actor)));
-        let actor = match decided {
+        let (actor, rule) = match decided {
             Ok((rule, actor)) => {
                 record.rule = rule.to_owned();
-                actor
+                (actor, rule)
             }
             Err((refusal, rule)) => {
                 if let Some(farewell) = self.farewell(&actor_of(&policy, caller, &on_behalf_of), &request, rule) {
@@ -139,7 +144,7 @@ impl Hub {
             // first, so that the reply's head covers them. One flush per query; queries are rare.
             let _ = self.writes.submit(Write::Seal, None).await.await;
         }
-        match self.prepare(&policy, caller, actor, request) {
+        match self.prepare(&policy, caller, (actor, rule), request) {
             Ok(Prepared::Write(kind, write)) => {
                 Ok(Outcome::Writing { kind, durable: self.writes.submit(write, Some(record)).await })
             }
@@ -181,12 +186,14 @@ impl Hub {
         &self,
         policy: &Policy,
         caller: &Caller,
-        actor: MemberId,
+        (actor, rule): (MemberId, &'static str),
         request: Request,
     ) -> Result<Prepared, WireError> {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => self.create_thread(caller, actor, client_ref)?,
-            Request::AddMember { thread, member, .. } => self.add_member(thread, actor, member)?,
+            Request::AddMember { thread, member, .. } => {
+                self.add_member(thread, actor, member, rule == ADMITTED_BY_HANDOVER)
+            }
             Request::Send { thread, message, payload } => self.send(thread, actor, message, payload)?,
             Request::InitGroup { thread, group_info, ratchet_tree } => {
                 self.init_group(thread, actor, group_info, ratchet_tree)
@@ -205,7 +212,7 @@ impl Hub {
             Request::PutBlobChunk { thread, blob, index, last, data } => {
                 self.put_blob_chunk(ChunkUpload { thread, uploader: actor, blob, index, last, data })
             }
-            Request::OfferHandover { thread, offer } => self.offer_handover(thread, &actor, offer)?,
+            Request::OfferHandover { thread, offer } => self.offer_handover(thread, &actor, policy, offer)?,
             Request::AnswerOffer { thread, offer, accept, reason } => {
                 self.answer_offer(thread, &actor, policy, (offer, accept, reason))?
             }
@@ -330,7 +337,7 @@ impl Hub {
             let admitted = self.admitted_by_handover(*case, member).map_err(|e| (e, "store-failure"))?;
             let known_basis = policy.legal_basis(legal_basis).is_some();
             if admitted && known_basis && !reason.trim().is_empty() {
-                return Ok("admitted-by-handover");
+                return Ok(ADMITTED_BY_HANDOVER);
             }
             let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });
             if !decision.allowed {

@@ -26,15 +26,16 @@ impl Hub {
         Ok((WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref }))
     }
 
+    /// `admitted`: allowed because a handover step put `member` on the case.
     pub(super) fn add_member(
         &self,
         thread: ThreadId,
         actor: MemberId,
         member: MemberId,
-    ) -> Result<(WriteKind, Write), WireError> {
+        admitted: bool,
+    ) -> (WriteKind, Write) {
         let max_members = self.limits.max_members_per_thread;
-        let admitted = self.admitted_by_handover(thread, &member)?;
-        Ok((WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members, admitted }))
+        (WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members, admitted })
     }
 
     /// Whether `member` is on the case because a handover step admitted it
