@@ -203,6 +203,8 @@ async fn a_receiver_accepts_and_then_cancels_an_offer_from_the_desk() -> anyhow:
     assert_eq!(http(&desk, &accept).await?.status, 303);
     let page = shows(&desk, &format!("/cases/{thread}"), &cookie, "/offers/1/cancel").await?;
     assert!(!page.body.contains("/offers/1/withdraw"), "only the sender withdraws");
+    assert!(page.body.contains("data-offer-state=\"accepted\""), "the offer shows as accepted");
+    assert!(!page.body.contains("/clocks/completion/done"), "only completing or cancelling stops that clock");
     let empty = post(&desk, &format!("/cases/{thread}/offers/1/cancel"), &cookie, &format!("_csrf={token}&reason="));
     assert_eq!(http(&desk, &empty).await?.status, 400, "a cancel needs a reason");
     let body = format!("_csrf={token}&reason=gezin+verhuist");
