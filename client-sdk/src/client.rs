@@ -30,7 +30,7 @@ use wire::{
     ThreadSummary, WireError,
 };
 
-use wire::handover::{ClockKind, FamilyTold, Offer, OfferRequest, Ownership};
+use wire::handover::{ClockKind, FamilyTold, Offer, OfferRequest, Ownership, Participant, ParticipantRole};
 
 use crate::builder::Settings;
 use crate::content::Content;
@@ -617,6 +617,26 @@ impl Client {
     /// device to the case's group with [`Client::add_member`].
     pub async fn take_over(&self, thread: ThreadId, reason: &str) -> Result<Ownership, Error> {
         self.ownership_request(Request::TakeOver { thread, reason: reason.to_owned() }).await
+    }
+
+    /// The owner brings `member` onto the case as a consultant (of another
+    /// organisation) or co-worker (of its own) until `until_ms`, for the
+    /// stated reason and legal basis, and adds its devices to the MLS group.
+    /// Called again for someone taking part, it changes the end date. At the
+    /// end date the hub ends the membership and this device is prompted
+    /// ([`crate::Event::MemberRemoved`]) to remove its devices.
+    pub async fn add_participant(
+        &self,
+        thread: ThreadId,
+        member: MemberId,
+        (role, until_ms): (ParticipantRole, u64),
+        grounds: &Grounds,
+    ) -> Result<Ownership, Error> {
+        let participant = Participant { member: member.clone(), role, until_ms, reason: grounds.reason.clone() };
+        let request = Request::AddParticipant { thread, participant, legal_basis: grounds.legal_basis.clone() };
+        self.ownership_request(request).await?;
+        self.add_member(thread, member, grounds).await?;
+        self.ownership(thread).await
     }
 
     /// Schedules a VT re-check (rappel) three months out; it escalates to the owner when due.

@@ -55,7 +55,8 @@ pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
-    ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership,
+    ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership, Participant,
+    ParticipantRole,
 };
 pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};
 pub use witness::AuditError;

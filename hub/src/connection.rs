@@ -208,6 +208,7 @@ fn large_reply(request: &wire::Request) -> bool {
         | R::WithdrawOffer { .. }
         | R::CancelOffer { .. }
         | R::TakeOver { .. }
+        | R::AddParticipant { .. }
         | R::LeaveCase { .. } => true,
         R::OnBehalfOf { request, .. } => large_reply(request),
         _ => false,

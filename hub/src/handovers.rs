@@ -76,8 +76,15 @@ pub enum HandoverOp {
     Done(ClockKind),
     /// The owner schedules a VT re-check (rappel) three months out.
     Rappel,
-    /// A former owner in its background role leaves, with a reason.
+    /// A former owner in its background role, or a participant, leaves, with a reason.
     Leave(String),
+    /// The owner brings in a consultant or co-worker until an end date.
+    Engage {
+        /// Who, in what role, until when, why.
+        participant: wire::handover::Participant,
+        /// The most members a thread may have.
+        max_members: usize,
+    },
 }
 
 /// Checks an offer against the policy's route table; an offer inside the
@@ -152,8 +159,13 @@ fn refused(e: HandoverError) -> WriteError {
         HandoverError::NotReceiver(_) | HandoverError::NoSuchOffer(_) => {
             return WriteError::Refused(WireError::thread_not_found())
         }
-        HandoverError::NotOwner | HandoverError::NotTeamLead | HandoverError::NotParty(_) => ErrorCode::Forbidden,
-        HandoverError::OfferOpen(_) | HandoverError::WrongState { .. } => ErrorCode::Conflict,
+        HandoverError::NotOwner
+        | HandoverError::NotTeamLead
+        | HandoverError::NotParty(_)
+        | HandoverError::Participant => ErrorCode::Forbidden,
+        HandoverError::OfferOpen(_) | HandoverError::WrongState { .. } | HandoverError::AlreadyOnCase => {
+            ErrorCode::Conflict
+        }
         _ => ErrorCode::Invalid,
     };
     WriteError::Refused(WireError::new(code, e.to_string()))
@@ -177,7 +189,7 @@ pub fn apply(
         HandoverOp::Answer { offer, .. } => Some(*offer),
         _ => None,
     };
-    let mut admit = None;
+    let mut admit: Option<MemberId> = None;
     let event = match op {
         HandoverOp::Offer { request, lead } => {
             let id = ownership.offer(by, lead, request, now_ms).map_err(refused)?;
@@ -190,7 +202,7 @@ pub fn apply(
             if ownership != before {
                 start_clocks(&mut ownership, calendar, offer, completion_days, now_ms);
             }
-            admit = Some(by);
+            admit = Some(by.clone());
             HandoverEvent::Accepted { offer, by: by.clone() }
         }
         HandoverOp::Withdraw { offer, reason } => {
@@ -204,7 +216,7 @@ pub fn apply(
         HandoverOp::TakeOver { reason, lead } => {
             let former = ownership.owner.clone();
             ownership.take_over(by, lead, &reason, now_ms).map_err(refused)?;
-            admit = Some(by);
+            admit = Some(by.clone());
             HandoverEvent::TakenOver { owner: by.clone(), former, reason }
         }
         HandoverOp::Answer { offer, accept: false, reason, .. } => {
@@ -215,6 +227,21 @@ pub fn apply(
         HandoverOp::Complete { offer, family } => {
             ownership.complete(by, offer, family.clone(), now_ms).map_err(refused)?;
             HandoverEvent::Completed { offer, owner: by.clone(), family }
+        }
+        HandoverOp::Engage { participant, max_members } => {
+            let member = participant.member.clone();
+            if !store.is_member(thread, &member)? && store.members(thread)?.len() >= max_members {
+                let key = "limits.max_members_per_thread";
+                return Err(WriteError::Refused(crate::quotas::exceeded(key, max_members, "the thread is full")));
+            }
+            let full = ownership.participant(&member).is_none() && !ownership.is_read_only(&member);
+            if full && store.is_member(thread, &member)? {
+                // Already a full member: taking part for a while would end a membership that has no end.
+                return Err(refused(HandoverError::AlreadyOnCase));
+            }
+            ownership.engage(by, participant.clone(), now_ms).map_err(refused)?;
+            admit = Some(member);
+            HandoverEvent::Engaged { participant }
         }
         HandoverOp::Leave(reason) => {
             ownership.leave(by, &reason).map_err(refused)?;
@@ -258,8 +285,9 @@ pub fn apply(
     }
     let evict = departures(store, thread, &mut ownership)?;
     for member in &evict {
-        audit.removal(thread, member, "left-the-case")?;
+        audit.removal(thread, member, removal_rule(&ownership, member, "left-the-case"))?;
     }
+    let admit = admit.as_ref();
     let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, evict, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
     Ok((view(ownership), entries))
@@ -311,6 +339,17 @@ fn departures(store: &dyn Store, thread: ThreadId, ownership: &mut Ownership) ->
     Ok(evict)
 }
 
+/// The rule recorded for ending `member`'s membership: what its recorded
+/// departure says, or `otherwise`.
+fn removal_rule(ownership: &Ownership, member: &MemberId, otherwise: &'static str) -> &'static str {
+    let reason = ownership.left.iter().rev().find(|(m, _)| m == member).map(|(_, r)| r.as_str());
+    match reason {
+        Some(wire::handover::PARTICIPATION_ENDED) => "participation-ended",
+        Some(wire::handover::REGIE_MOVED) => "co-worker-leaves-with-regie",
+        _ => otherwise,
+    }
+}
+
 /// Fires every deadline due at `now_ms` in every case: expired offers and
 /// overdue clocks become escalation entries in their threads.
 pub fn sweep(
@@ -353,7 +392,7 @@ pub fn sweep(
         );
         let evict = departures(store, thread, &mut ownership)?;
         for member in &evict {
-            audit.removal(thread, member, "background-role-ended")?;
+            audit.removal(thread, member, removal_rule(&ownership, member, "background-role-ended"))?;
         }
         let step = HandoverStep { thread, by: &by, ownership: &ownership, events, admit: None, evict, at_ms: now_ms };
         appended.extend(store.apply_handover(&step)?.into_iter().map(|e| (thread, e)));

@@ -124,6 +124,33 @@ fn five() -> u32 {
     5
 }
 
+/// How long consultants and co-workers may take part in a case before the
+/// owner renews their participation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Participation {
+    /// The longest a consultant's participation may run, in days from now.
+    #[serde(default = "ninety")]
+    pub consultant_max_days: u32,
+    /// The longest a co-worker's participation may run, in days from now.
+    #[serde(default = "a_year")]
+    pub co_worker_max_days: u32,
+}
+
+impl Default for Participation {
+    fn default() -> Self {
+        Self { consultant_max_days: ninety(), co_worker_max_days: a_year() }
+    }
+}
+
+fn ninety() -> u32 {
+    90
+}
+
+fn a_year() -> u32 {
+    365
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
@@ -136,6 +163,8 @@ struct PolicyFile {
     routes: Vec<Route>,
     #[serde(default)]
     roles: HashMap<String, BTreeSet<Action>>,
+    #[serde(default)]
+    participation: Participation,
 }
 
 /// A validated policy.
@@ -147,6 +176,8 @@ pub struct Policy {
     roles: HashMap<Role, BTreeSet<Action>>,
     /// The retention periods.
     pub retention: Retention,
+    /// The longest participations.
+    pub participation: Participation,
 }
 
 /// Why an add is justified, as the caller states it.
@@ -239,7 +270,11 @@ impl Policy {
         if file.retention.content_days == 0 || file.retention.audit_years == 0 {
             return Err(PolicyError::Invalid("retention periods must be greater than zero".into()));
         }
-        Ok(Self { organisations, bases, routes: file.routes, roles, retention: file.retention })
+        let participation = file.participation;
+        if participation.consultant_max_days == 0 || participation.co_worker_max_days == 0 {
+            return Err(PolicyError::Invalid("participation periods must be greater than zero".into()));
+        }
+        Ok(Self { organisations, bases, routes: file.routes, roles, retention: file.retention, participation })
     }
 
     /// The organisation with this OIN, if the policy knows it.
@@ -309,6 +344,22 @@ impl Policy {
         } else {
             Decision::deny("role-forbids", format!("role {} may not {action:?}", role.code()))
         }
+    }
+
+    /// Whether a participation in `role` may run `for_ms` from now (the
+    /// sharing itself is [`Policy::may_add`]'s to decide).
+    pub fn may_take_part(&self, for_ms: u64, role: wire::handover::ParticipantRole) -> Decision {
+        let days = match role {
+            wire::handover::ParticipantRole::Consultant => self.participation.consultant_max_days,
+            wire::handover::ParticipantRole::CoWorker => self.participation.co_worker_max_days,
+        };
+        if for_ms > u64::from(days) * wire::calendar::DAY_MS {
+            return Decision::deny(
+                "participation-too-long",
+                format!("a {role:?} takes part for at most {days} days at a time; renew it before it ends"),
+            );
+        }
+        Decision::allow("participation-within-limit", format!("at most {days} days"))
     }
 
     /// Whether `by` (of kind `from`) may bring `member` into a case on these grounds.

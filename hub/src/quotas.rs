@@ -66,6 +66,7 @@ impl Quotas {
 fn free_text(request: &Request) -> Vec<&str> {
     match request {
         Request::AddMember { reason, legal_basis, .. } => vec![reason, legal_basis],
+        Request::AddParticipant { participant, legal_basis, .. } => vec![&participant.reason, legal_basis],
         Request::OfferHandover { offer, .. } => {
             let mut texts = vec![offer.reason.as_str(), offer.legal_basis.as_str(), offer.route.as_str()];
             texts.extend(offer.justification.as_deref());

@@ -169,6 +169,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::WithdrawOffer { .. }
         | Request::CancelOffer { .. }
         | Request::TakeOver { .. }
+        | Request::AddParticipant { .. }
         | Request::LeaveCase { .. }
         | Request::GetOwnership { .. }
         | Request::ListOffers => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no handover state")),

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use anyhow::bail;
 use ketenhub_sdk::raw::{RawConnection, RawIncoming};
-use ketenhub_sdk::{ClockKind, FamilyTold, OfferRequest};
+use ketenhub_sdk::{ClockKind, FamilyTold, OfferRequest, Participant, ParticipantRole};
 use tests::DevHub;
 use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 27;
+const KINDS: usize = 28;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -40,11 +40,15 @@ enum Who {
     Officer,
 }
 
+fn member_of_lt() -> MemberId {
+    MemberId { oin: "00000001800000000002".parse().unwrap(), worker: "sanne.bakker".into() }
+}
+
 /// One request of every kind; [`probes`] aims each at a target.
 fn every_kind() -> Vec<Request> {
     let t = ThreadId::random();
     // Someone of no organisation the officer's scope covers, and a VT worker the VT system acts for.
-    let member = MemberId { oin: "00000001800000000002".parse().unwrap(), worker: "sanne.bakker".into() };
+    let member = member_of_lt();
     let colleague = MemberId { oin: "00000001800000000001".parse().unwrap(), worker: "anna.devries".into() };
     let offer = OfferRequest {
         to: "00000001800000000002".parse().unwrap(),
@@ -81,6 +85,16 @@ fn every_kind() -> Vec<Request> {
         Request::WithdrawOffer { thread: t, offer: 1, reason: "no longer needed".into() },
         Request::CancelOffer { thread: t, offer: 1, reason: "family moved".into() },
         Request::TakeOver { thread: t, reason: "owner sick".into() },
+        Request::AddParticipant {
+            thread: t,
+            participant: Participant {
+                member: member_of_lt(),
+                role: ParticipantRole::Consultant,
+                until_ms: u64::MAX / 2,
+                reason: "advice".into(),
+            },
+            legal_basis: "consent".into(),
+        },
         Request::GetOwnership { thread: t },
         Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() }, known_size: 0 },
         Request::ListOffers,
@@ -149,6 +163,9 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
             vec![(Caseworker, Request::CancelOffer { thread, offer: t.offer, reason })]
         }
         Request::TakeOver { reason, .. } => vec![(Caseworker, Request::TakeOver { thread, reason })],
+        Request::AddParticipant { participant, legal_basis, .. } => {
+            vec![(Caseworker, Request::AddParticipant { thread, participant, legal_basis })]
+        }
         Request::GetOwnership { .. } => vec![(Caseworker, Request::GetOwnership { thread })],
     }
 }

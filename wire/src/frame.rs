@@ -346,6 +346,18 @@ pub enum Request {
         /// Why (sick, left the organisation, …).
         reason: String,
     },
+    /// The owner brings a consultant (another organisation) or a co-worker (its
+    /// own) onto the case until an end date, or changes the end date of one
+    /// taking part. The member comes onto the membership table at once; the
+    /// owner's device then adds its devices to the MLS group with `add_member`.
+    AddParticipant {
+        /// The case.
+        thread: ThreadId,
+        /// The participant, its role, end date and reason.
+        participant: crate::handover::Participant,
+        /// The legal basis for sharing with it, as for `add_member`.
+        legal_basis: String,
+    },
     /// The owner schedules a VT re-check (rappel) three months out.
     ScheduleRappel {
         /// The case.

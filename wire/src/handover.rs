@@ -50,6 +50,15 @@ pub const BACKGROUND_DAYS: u64 = 30;
 /// The route type of a court measure handed to a certified institution, which starts the contact clock.
 pub const MEASURE_ROUTE: &str = "rvdk-gi-measure";
 
+/// The reason recorded for a former owner whose background role ran out.
+pub const BACKGROUND_ENDED: &str = "background role ended";
+
+/// The reason recorded for a consultant or co-worker whose end date passed.
+pub const PARTICIPATION_ENDED: &str = "participation ended";
+
+/// The reason recorded for a co-worker whose organisation handed the case on.
+pub const REGIE_MOVED: &str = "regie moved to another organisation";
+
 /// The route of a reassignment: an offer to a named colleague in the owner's own organisation.
 pub const REASSIGNMENT_ROUTE: &str = "reassignment";
 
@@ -98,6 +107,18 @@ pub enum HandoverError {
     /// The deadline is not in the future.
     #[error("the acceptance deadline must be in the future")]
     DeadlineInPast,
+    /// A participant's end date is not in the future.
+    #[error("a participation ends in the future (rule participation-has-an-end)")]
+    EndInPast,
+    /// A co-worker works for the owner's organisation.
+    #[error("a co-worker is a colleague of the owner; someone of another organisation is consulted (rule co-worker-inside-organisation)")]
+    CoWorkerOutside,
+    /// The member holds regie or is taking the case over; it cannot also be a participant.
+    #[error("the member is owner or receiver of the case already (rule already-on-the-case)")]
+    AlreadyOnCase,
+    /// A consultant or co-worker takes no handover step.
+    #[error("a consultant or co-worker takes part in the case but takes no handover step (rule participants-do-not-hand-over)")]
+    Participant,
 }
 
 /// What the receiver confirms on completion.
@@ -226,6 +247,31 @@ pub struct Background {
     pub until_ms: u64,
 }
 
+/// How someone takes part in a case without holding or receiving regie:
+/// "brings others in but does not hand over".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantRole {
+    /// Someone of another organisation (a behavioural expert, a school's
+    /// care coordinator) who reads and writes from joining until an end date.
+    Consultant,
+    /// A colleague of the owner who works the case beside it until an end date.
+    CoWorker,
+}
+
+/// A time-boxed participant of a case, brought in by the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// Who.
+    pub member: MemberId,
+    /// In what role.
+    pub role: ParticipantRole,
+    /// When the participation ends and the hub ends the membership, ms since the Unix epoch.
+    pub until_ms: u64,
+    /// Why they take part.
+    pub reason: String,
+}
+
 /// A clock that escalates when its work is not reported done in time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseClock {
@@ -321,6 +367,11 @@ pub enum HandoverEvent {
         member: MemberId,
         /// Why.
         reason: String,
+    },
+    /// The owner brought in a participant, or changed its end date.
+    Engaged {
+        /// The participant, its role, end date and reason.
+        participant: Participant,
     },
     /// The owner scheduled a clock (a VT re-check).
     Scheduled {
@@ -426,6 +477,9 @@ pub struct Ownership {
     /// each stays listed until that commit is accepted.
     #[serde(default)]
     pub removal_due: Vec<MemberId>,
+    /// Consultants and co-workers, each until its end date.
+    #[serde(default)]
+    pub participants: Vec<Participant>,
 }
 
 fn three_months_after(ms: u64) -> u64 {
@@ -443,6 +497,7 @@ impl Ownership {
             clocks: Vec::new(),
             left: Vec::new(),
             removal_due: Vec::new(),
+            participants: Vec::new(),
         }
     }
 
@@ -453,16 +508,59 @@ impl Ownership {
         self.background.iter().any(|b| &b.member == member) || self.left.iter().any(|(m, _)| m == member)
     }
 
-    /// A former owner in its background role leaves the case, with a reason.
+    /// A former owner in its background role, or a participant before its
+    /// end date, leaves the case, with a reason.
     pub fn leave(&mut self, member: &MemberId, reason: &str) -> Result<(), HandoverError> {
         if reason.trim().is_empty() {
-            return Err(HandoverError::ReasonRequired("why the former owner leaves the case"));
+            return Err(HandoverError::ReasonRequired("why the member leaves the case"));
         }
-        if !self.background.iter().any(|b| &b.member == member) {
+        if self.left.iter().any(|(m, r)| m == member && r == reason) {
+            return Ok(());
+        }
+        let background = self.background.iter().any(|b| &b.member == member);
+        if !background && self.participant(member).is_none() {
             return Err(HandoverError::NotInBackground);
         }
         self.background.retain(|b| &b.member != member);
+        self.participants.retain(|p| &p.member != member);
         self.left.push((member.clone(), reason.to_owned()));
+        Ok(())
+    }
+
+    /// `member`'s participation, if it is a consultant or co-worker of the case.
+    pub fn participant(&self, member: &MemberId) -> Option<&Participant> {
+        self.participants.iter().find(|p| &p.member == member)
+    }
+
+    /// The owner brings in a consultant or co-worker until an end date, or
+    /// changes the end date (or role, or reason) of one already taking part.
+    /// A former owner in its background role, or one who left, may so come
+    /// back to write; the owner and the receiver of an open offer cannot.
+    pub fn engage(&mut self, by: &MemberId, participant: Participant, now_ms: u64) -> Result<(), HandoverError> {
+        if by != &self.owner {
+            return Err(HandoverError::NotOwner);
+        }
+        if self.participant(&participant.member) == Some(&participant) {
+            return Ok(());
+        }
+        if participant.reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the participant is brought in"));
+        }
+        if participant.until_ms <= now_ms {
+            return Err(HandoverError::EndInPast);
+        }
+        if participant.role == ParticipantRole::CoWorker && participant.member.oin != self.owner.oin {
+            return Err(HandoverError::CoWorkerOutside);
+        }
+        let receiving =
+            self.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == &participant.member));
+        if participant.member == self.owner || receiving {
+            return Err(HandoverError::AlreadyOnCase);
+        }
+        self.background.retain(|b| b.member != participant.member);
+        self.left.retain(|(m, _)| m != &participant.member);
+        self.participants.retain(|p| p.member != participant.member);
+        self.participants.push(participant);
         Ok(())
     }
 
@@ -535,7 +633,11 @@ impl Ownership {
 
     /// Moves an offer addressed to `by` from offered to `answer`; the same answer again changes nothing.
     fn answer(&mut self, by: &MemberId, id: u32, answer: OfferState) -> Result<(), HandoverError> {
+        let participant = self.participant(by).is_some();
         let offer = self.addressed_to(by, id)?;
+        if participant {
+            return Err(HandoverError::Participant);
+        }
         if offer.state == answer {
             return Ok(());
         }
@@ -569,6 +671,7 @@ impl Ownership {
     /// who writes bring such a member's devices into the MLS group.
     pub fn admitted_by_handover(&self, member: &MemberId) -> bool {
         member == &self.owner
+            || self.participant(member).is_some()
             || self.offers.iter().any(
                 |o| matches!(&o.state, OfferState::Accepted { by } | OfferState::Completed { by, .. } if by == member),
             )
@@ -654,9 +757,20 @@ impl Ownership {
 
     /// Moves regie to `by`; the former owner keeps a background role for [`BACKGROUND_DAYS`].
     fn become_owner(&mut self, by: &MemberId, now_ms: u64) {
+        // A receiver who took the case over meanwhile (a team lead) completes as owner already.
+        if by == &self.owner {
+            return;
+        }
         let former = std::mem::replace(&mut self.owner, by.clone());
         self.background.retain(|b| b.member != *by);
         self.left.retain(|(m, _)| m != by);
+        self.participants.retain(|p| p.member != *by);
+        // Co-workers were the former owner's team: when regie leaves their organisation, so do they.
+        let (stay, go): (Vec<_>, Vec<_>) = std::mem::take(&mut self.participants)
+            .into_iter()
+            .partition(|p| p.role != ParticipantRole::CoWorker || p.member.oin == by.oin);
+        self.participants = stay;
+        self.left.extend(go.into_iter().map(|p| (p.member, REGIE_MOVED.to_owned())));
         self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
     }
 
@@ -754,11 +868,15 @@ impl Ownership {
                 _ => clock.done = true,
             }
         }
-        // A background role that ends becomes a recorded departure: the member stays read-only.
+        // A background role or a participation that ends becomes a recorded departure: the member stays read-only.
         for ended in self.background.iter().filter(|b| b.until_ms <= now_ms) {
-            self.left.push((ended.member.clone(), "background role ended".to_owned()));
+            self.left.push((ended.member.clone(), BACKGROUND_ENDED.to_owned()));
         }
         self.background.retain(|b| b.until_ms > now_ms);
+        for ended in self.participants.iter().filter(|p| p.until_ms <= now_ms) {
+            self.left.push((ended.member.clone(), PARTICIPATION_ENDED.to_owned()));
+        }
+        self.participants.retain(|p| p.until_ms > now_ms);
         raised
     }
 }
@@ -869,6 +987,54 @@ mod tests {
     }
 
     #[test]
+    fn a_consultant_takes_part_until_its_end_date_and_takes_no_handover_step() {
+        let (anna, sanne, bram) = (member(VT, "anna"), member(LT, "sanne"), member(VT, "bram"));
+        let mut case = Ownership::new(anna.clone());
+        let consultant = |member: &MemberId, role, until_ms| Participant {
+            member: member.clone(),
+            role,
+            until_ms,
+            reason: "behavioural advice".into(),
+        };
+        let sanne_until = consultant(&sanne, ParticipantRole::Consultant, 10 * DAY_MS);
+        assert_eq!(case.engage(&bram, sanne_until.clone(), 0), Err(HandoverError::NotOwner));
+        assert_eq!(
+            case.engage(&anna, consultant(&sanne, ParticipantRole::Consultant, 0), 0),
+            Err(HandoverError::EndInPast)
+        );
+        let outside = consultant(&sanne, ParticipantRole::CoWorker, DAY_MS);
+        assert_eq!(case.engage(&anna, outside, 0), Err(HandoverError::CoWorkerOutside));
+        case.engage(&anna, sanne_until.clone(), 0).unwrap();
+        case.engage(&anna, sanne_until, 0).unwrap();
+        assert_eq!(case.participants.len(), 1, "engaging again with the same terms changes nothing");
+        assert!(case.admitted_by_handover(&sanne) && !case.is_read_only(&sanne));
+        let id = case.offer(&anna, false, request(LT, 5 * DAY_MS), 0).unwrap();
+        assert_eq!(case.accept(&sanne, id), Err(HandoverError::Participant), "a consultant does not take the case");
+        case.engage(&anna, consultant(&bram, ParticipantRole::CoWorker, 3 * DAY_MS), 0).unwrap();
+        case.due(&Calendar::default(), 3 * DAY_MS);
+        assert_eq!(case.left, vec![(bram.clone(), PARTICIPATION_ENDED.to_owned())]);
+        assert!(case.is_read_only(&bram) && case.participant(&sanne).is_some());
+        case.leave(&sanne, "advice given").unwrap();
+        assert!(case.participants.is_empty() && case.is_read_only(&sanne));
+    }
+
+    #[test]
+    fn co_workers_leave_with_regie_and_consultants_stay() {
+        let (anna, bram, sanne, expert) =
+            (member(VT, "anna"), member(VT, "bram"), member(LT, "sanne"), member(GI, "expert"));
+        let mut case = Ownership::new(anna.clone());
+        for (who, role) in [(&bram, ParticipantRole::CoWorker), (&expert, ParticipantRole::Consultant)] {
+            let participant = Participant { member: who.clone(), role, until_ms: 60 * DAY_MS, reason: "team".into() };
+            case.engage(&anna, participant, 0).unwrap();
+        }
+        let id = case.offer(&anna, false, request(LT, 5 * DAY_MS), 0).unwrap();
+        case.accept(&sanne, id).unwrap();
+        case.complete(&sanne, id, FamilyTold::Yes, DAY_MS).unwrap();
+        assert_eq!(case.left, vec![(bram, REGIE_MOVED.to_owned())]);
+        assert_eq!(case.participants.iter().map(|p| &p.member).collect::<Vec<_>>(), vec![&expert]);
+    }
+
+    #[test]
     fn working_days_skip_weekends_and_holidays() {
         // 2026-11-23 is a Monday: day 20780.
         let monday = 20_780 * DAY_MS;
@@ -926,6 +1092,14 @@ mod tests {
         TakeOver {
             by: usize,
         },
+        Engage {
+            member: usize,
+            co_worker: bool,
+            days: u64,
+        },
+        Leave {
+            by: usize,
+        },
         Time {
             days: u64,
         },
@@ -960,6 +1134,12 @@ mod tests {
             (0..8usize).prop_map(|by| Step::Withdraw { by }),
             (0..8usize).prop_map(|by| Step::Cancel { by }),
             (0..8usize).prop_map(|by| Step::TakeOver { by }),
+            (0..8usize, any::<bool>(), 0..8u64).prop_map(|(member, co_worker, days)| Step::Engage {
+                member,
+                co_worker,
+                days
+            }),
+            (0..8usize).prop_map(|by| Step::Leave { by }),
             (0..6u64).prop_map(|days| Step::Time { days }),
             Just(Step::Repeat),
             Just(Step::Repeat),
@@ -994,6 +1174,15 @@ mod tests {
             Step::Withdraw { by } => case.withdraw(&people[*by], open, "no longer needed"),
             Step::Cancel { by } => case.cancel(&people[*by], open, "family moved").map(|_| ()),
             Step::TakeOver { by } => case.take_over(&people[*by], is_lead(&people[*by]), "owner is sick", *now),
+            Step::Engage { member, co_worker, days } => {
+                let role = if *co_worker { ParticipantRole::CoWorker } else { ParticipantRole::Consultant };
+                let until_ms = *now + days * DAY_MS;
+                let participant =
+                    Participant { member: people[*member].clone(), role, until_ms, reason: "advice".into() };
+                let owner = case.owner.clone();
+                case.engage(&owner, participant, *now)
+            }
+            Step::Leave { by } => case.leave(&people[*by], "done here"),
             Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
             Step::Complete { by, told } => {
                 let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
@@ -1071,10 +1260,22 @@ mod tests {
                     if offer.to == offer.from.oin {
                         prop_assert!(offer.to_worker.is_some(), "a reassignment that names no colleague");
                     }
+                    let was_accepted = before.offers.iter().any(|b| b.id == offer.id && b.state.name() == "accepted");
                     if let OfferState::Cancelled { receiver, .. } = &offer.state {
                         let gone = case.left.iter().any(|(m, _)| m == receiver) || receiver == &case.owner;
-                        prop_assert!(gone, "a cancelled receiver stayed on the case");
+                        prop_assert!(gone || !was_accepted, "a cancelled receiver stayed on the case");
                     }
+                }
+                for (i, p) in case.participants.iter().enumerate() {
+                    prop_assert!(p.member != case.owner, "the owner is also a participant");
+                    prop_assert!(!case.is_read_only(&p.member), "a participant is read-only");
+                    prop_assert!(p.until_ms > now, "a participation outlived its end date");
+                    prop_assert!(case.participants[..i].iter().all(|q| q.member != p.member), "a participant twice");
+                    if p.role == ParticipantRole::CoWorker {
+                        prop_assert_eq!(&p.member.oin, &case.owner.oin, "a co-worker outside the owner's organisation");
+                    }
+                    let receiving = case.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == &p.member));
+                    prop_assert!(!receiving, "a participant received the case");
                 }
                 // An accepted offer is the only thing a completion clock waits for.
                 let accepted = case.offers.iter().any(|o| matches!(o.state, OfferState::Accepted { .. }));

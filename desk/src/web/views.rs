@@ -5,7 +5,9 @@
 //! a clock or an entry shows it the same way.
 
 use hub::policy::Policy;
-use ketenhub_sdk::{ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberId, Offer, OfferState, Ownership};
+use ketenhub_sdk::{
+    ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberId, Offer, OfferState, Ownership, ParticipantRole,
+};
 use serde::Serialize;
 use wire::handover::CaseClock;
 
@@ -263,6 +265,14 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
         HandoverEvent::Cancelled { offer, by, reason, .. } => ("cancelled", Some(format!("#{offer}: {by}: {reason}"))),
         HandoverEvent::TakenOver { owner, former, reason } => {
             ("taken_over", Some(format!("{former} → {owner}: {reason}")))
+        }
+        HandoverEvent::Engaged { participant: p } => {
+            let until = ketenhub_sdk::report::date_time(p.until_ms);
+            let step = match p.role {
+                ParticipantRole::Consultant => "engaged_consultant",
+                ParticipantRole::CoWorker => "engaged_co_worker",
+            };
+            (step, Some(format!("{} → {until}: {}", p.member, p.reason)))
         }
     }
 }

@@ -136,6 +136,12 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             record.purpose = Some(reason.clone());
             (AuditAction::Handover, Some(*thread), Some("team lead takes the case over".into()))
         }
+        Request::AddParticipant { thread, participant, legal_basis } => {
+            record.purpose = Some(participant.reason.clone());
+            record.legal_basis = Some(legal_basis.clone());
+            let object = format!("{} as {:?} until {} ms", participant.member, participant.role, participant.until_ms);
+            (AuditAction::AddMember, Some(*thread), Some(object))
+        }
         Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
         Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
     };

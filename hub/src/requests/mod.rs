@@ -97,6 +97,12 @@ pub enum Outcome {
     },
 }
 
+/// A member id whose worker part is well formed.
+fn valid_worker(member: &MemberId) -> Result<(), (WireError, &'static str)> {
+    wire::identity::validate_worker(&member.worker)
+        .map_err(|e| (WireError::new(ErrorCode::Invalid, e.to_string()), "invalid-member"))
+}
+
 /// A policy denial as the caller sees it: the rule and why.
 fn denied(decision: &Decision) -> WireError {
     WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
@@ -229,6 +235,10 @@ impl Hub {
                 self.handover(thread, &actor, HandoverOp::Cancel { offer, reason })
             }
             Request::TakeOver { thread, reason } => self.take_over(thread, &actor, policy, reason),
+            Request::AddParticipant { thread, participant, .. } => {
+                let max_members = self.limits.max_members_per_thread;
+                self.handover(thread, &actor, HandoverOp::Engage { participant, max_members })
+            }
             // These read through indexes that still grow with the organisation's
             // history: they run on a blocking thread, never on the async workers.
             Request::AuditQuery { filter, known_size } => {
@@ -266,9 +276,9 @@ impl Hub {
     ) -> Result<&'static str, (WireError, &'static str)> {
         let (action, thread) = match request {
             Request::CreateThread { .. } => (Action::CreateThread, None),
-            Request::AddMember { thread, .. } | Request::ClaimKeyPackage { thread, .. } => {
-                (Action::AddMember, Some(*thread))
-            }
+            Request::AddMember { thread, .. }
+            | Request::ClaimKeyPackage { thread, .. }
+            | Request::AddParticipant { thread, .. } => (Action::AddMember, Some(*thread)),
             Request::Send { thread, .. }
             | Request::InitGroup { thread, .. }
             | Request::Commit { thread, .. }
@@ -322,6 +332,7 @@ impl Hub {
                     | Request::Commit { .. }
                     | Request::InitGroup { .. }
                     | Request::AddMember { .. }
+                    | Request::AddParticipant { .. }
                     | Request::ClaimKeyPackage { .. }
             );
             if writes {
@@ -329,8 +340,7 @@ impl Hub {
             }
         }
         if let Request::AddMember { thread: case, member, reason, legal_basis } = request {
-            wire::identity::validate_worker(&member.worker)
-                .map_err(|e| (WireError::new(ErrorCode::Invalid, e.to_string()), "invalid-member"))?;
+            valid_worker(member)?;
             // A member a handover step admitted (an acceptance, a takeover) is on the
             // case already: any member who writes may bring its devices into the group,
             // so that an absent owner does not keep the new one out.
@@ -339,11 +349,18 @@ impl Hub {
             if admitted && known_basis && !reason.trim().is_empty() {
                 return Ok(ADMITTED_BY_HANDOVER);
             }
-            let decision = policy.may_add(actor, member, Grounds { reason, legal_basis });
+            self.not_a_participant(*case, actor)?;
+            return self.may_add(policy, actor, member, Grounds { reason, legal_basis });
+        }
+        if let Request::AddParticipant { participant, legal_basis, .. } = request {
+            let until = participant.until_ms.saturating_sub(self.clock.now_ms());
+            let decision = policy.may_take_part(until, participant.role);
             if !decision.allowed {
                 return Err((denied(&decision), decision.rule));
             }
-            return Ok(decision.rule);
+            valid_worker(&participant.member)?;
+            let grounds = Grounds { reason: &participant.reason, legal_basis };
+            return self.may_add(policy, actor, &participant.member, grounds);
         }
         if let Request::OfferHandover { offer, .. } = request {
             let decision = handovers::check_offer(policy, actor, offer);
@@ -357,6 +374,35 @@ impl Hub {
             Some(_) => "member-of-case",
             None => allowed.rule,
         })
+    }
+
+    /// Whether the policy lets `actor` share the case with `member`.
+    fn may_add(
+        &self,
+        policy: &Policy,
+        actor: &MemberId,
+        member: &MemberId,
+        grounds: Grounds<'_>,
+    ) -> Result<&'static str, (WireError, &'static str)> {
+        let decision = policy.may_add(actor, member, grounds);
+        if !decision.allowed {
+            return Err((denied(&decision), decision.rule));
+        }
+        Ok(decision.rule)
+    }
+
+    /// Consultants and co-workers take part in the case; they bring nobody else in.
+    fn not_a_participant(&self, thread: ThreadId, actor: &MemberId) -> Result<(), (WireError, &'static str)> {
+        let ownership = self.store.ownership(thread).map_err(|e| (internal(e), "store-failure"))?;
+        if ownership.is_some_and(|o| o.participant(actor).is_some()) {
+            let rule = "participants-add-no-one";
+            let refusal = WireError::new(
+                ErrorCode::Forbidden,
+                format!("denied by rule {rule}: a consultant or co-worker brings nobody onto the case"),
+            );
+            return Err((refusal, rule));
+        }
+        Ok(())
     }
 
     /// Whether a team lead who is not on the case takes one of the steps a
