@@ -17,7 +17,7 @@ use std::time::Duration;
 use cddl::validator::{cbor::CBORValidator, Validator};
 use ciborium::Value;
 use ketenhub_sdk::raw::{Direction, FrameTap, RawConnection, RawIncoming};
-use ketenhub_sdk::{Client, ClockKind, FamilyTold, Grounds, OfferRequest};
+use ketenhub_sdk::{Client, ClockKind, FamilyTold, Grounds, OfferRequest, ParticipantRole};
 use tests::{messages, next_event, refusal_rule, DevHub};
 use wire::{ClientFrame, ErrorCode, HubFrame, RequestId, ThreadId};
 
@@ -168,6 +168,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let cancelled = vt.offer_handover(second, offer(&lt, "consent", deadline + 2)).await?.offers[2].id;
     lt.accept_offer(second, cancelled).await?;
     lt.cancel_offer(second, cancelled, "the family moved").await?;
+    let until = hub::clock::now_ms() + 7 * DAY_MS;
+    let advice = Grounds::new("advice on the family's network", "consent");
+    vt.add_participant(second, lt.member_id(), (ParticipantRole::Consultant, until), &advice).await?;
     lead.take_over(second, "the owner is on sick leave").await?;
 
     // Refusals of several codes, a system acting for its worker, the privacy officer.
@@ -237,6 +240,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:withdraw_offer",
         "op:cancel_offer",
         "op:take_over",
+        "op:add_participant",
         "op:get_ownership",
         "op:list_offers",
         "kind:thread_created",
@@ -268,6 +272,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "step:withdrawn",
         "step:cancelled",
         "step:taken_over",
+        "step:engaged",
         "code:forbidden",
         "code:not_found",
         "code:invalid",
