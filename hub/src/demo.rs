@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use ketenhub_sdk::packet::Date;
 use ketenhub_sdk::{
     Client, ClockKind, Content, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, HandoverPacket,
-    OfferRequest, ThreadId,
+    OfferRequest, ParticipantRole, ThreadId,
 };
 
 use crate::clock::Clock;
@@ -194,6 +194,47 @@ async fn reassign(
     owner_line(line, to, thread).await
 }
 
+/// The owner consults someone of another organisation for two weeks: the
+/// consultant reads and advises, and when the end date passes the hub ends
+/// the membership and the owner's device removes the consultant's devices.
+async fn consult(
+    line: &Timeline,
+    clock: &Clock,
+    thread: ThreadId,
+    owner: &mut Party,
+    consultant: &mut Party,
+) -> anyhow::Result<()> {
+    let member = consultant.client.member_id();
+    let grounds = Grounds::new("de vader woont in Oudewater; advies over zijn netwerk", "consent");
+    let until = clock.now_ms() + 14 * DAY_MS;
+    owner.client.add_participant(thread, member.clone(), (ParticipantRole::Consultant, until), &grounds).await?;
+    line.say(
+        &owner.name(),
+        format!("consults {} for two weeks, without handing over: {}", consultant.name(), grounds.reason),
+    );
+    owner.client.send_text(thread, "Wie kan de vader steunen bij het veiligheidsplan?").await?;
+    wait_for(&mut consultant.events, |e| matches!(e, Event::Message(m) if m.thread == thread).then_some(())).await?;
+    consultant.client.send_text(thread, "Zijn broer; die woont in de straat en is bereid mee te denken.").await?;
+    line.say(&consultant.name(), "reads the question and advises in the thread; it cannot offer, accept or add anyone");
+    clock.advance(15 * DAY_MS);
+    line.say("hub", "(fifteen days pass: the consultation's end date)");
+    wait_for(&mut owner.events, |e| match e {
+        Event::MemberRemoved { member: gone, devices_remain: true, .. } if gone == member => Some(()),
+        _ => None,
+    })
+    .await?;
+    line.say(
+        "hub",
+        format!(
+            "participation ended: {} is off the case, and the owner's device is asked to remove it",
+            consultant.name()
+        ),
+    );
+    owner.client.remove_member(thread, member).await?;
+    line.say(&owner.name(), "removes the consultant's devices from the MLS group: nothing sent after it reaches them");
+    Ok(())
+}
+
 /// A referral from VT to a local team as an organisation, with the family's consent.
 fn to_local_team(team: &Party, reason: &str, deadline_ms: u64) -> OfferRequest {
     OfferRequest {
@@ -231,7 +272,8 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let mut lt = Party::join(&hub, "lt-woerden-caseworker", &line).await?;
     let mut rvdk = Party::join(&hub, "rvdk-caseworker", &line).await?;
     let mut gi = Party::join(&hub, "gi-save-caseworker", &line).await?;
-    let outsider = Party::join(&hub, "lt-oudewater-caseworker", &line).await?;
+    let mut oudewater = Party::join(&hub, "lt-oudewater-caseworker", &line).await?;
+    let outsider = Party::join(&hub, "school-mentor", &line).await?;
 
     line.chapter("1. Veilig Thuis takes a report; its worker falls ill and the team lead reassigns the case");
     let thread = anna.client.create_thread().await?;
@@ -268,7 +310,9 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     rvdk.client.remove_member(thread, vt.client.member_id()).await?;
     line.say(&rvdk.name(), "removes VT's devices from the case's MLS group: VT can read nothing sent after it left");
 
-    line.chapter("4. After a court measure (OTS) the Raad hands the case to GI SAVE; the 5-day clock runs");
+    line.chapter(
+        "4. After a court measure (OTS) the Raad hands the case to GI SAVE; the 5-day clock runs; a consultant",
+    );
     let measure = Handover {
         route: "rvdk-gi-measure",
         legal_basis: "ots-measure",
@@ -297,6 +341,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     line.say("hub", format!("ESCALATION to {}: {:?} overdue (escalation {})", gi.name(), overdue.0, overdue.1));
     gi.client.report_done(thread, ClockKind::FirstContact).await?;
     line.say(&gi.name(), "reports the first face-to-face contact; the clock stops");
+    consult(&line, &clock, thread, &mut gi, &mut oudewater).await?;
 
     line.chapter("5. An offer withdrawn, and an offer nobody answers that expires and escalates");
     let second = vt.client.create_thread().await?;
@@ -304,7 +349,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let mistaken = vt.client.offer_handover(second, mistaken).await?.offers[0].id;
     vt.client.withdraw_offer(second, mistaken, "het gezin blijkt in Oudewater te wonen").await?;
     line.say(&vt.name(), format!("offers case {second} to Lokaal team Woerden, then withdraws it: wrong municipality"));
-    let unanswered = to_local_team(&outsider, "another family, moved to Oudewater", clock.now_ms() + 2 * HOUR_MS);
+    let unanswered = to_local_team(&oudewater, "another family, moved to Oudewater", clock.now_ms() + 2 * HOUR_MS);
     vt.client.offer_handover(second, unanswered).await?;
     line.say(&vt.name(), format!("offers case {second} to Lokaal team Oudewater; deadline in 2 hours"));
     clock.advance(3 * HOUR_MS);
@@ -321,7 +366,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     line.say("hub", format!("ESCALATION to {}: the offer expired; VT keeps regie and must act", vt.name()));
     owner_line(&line, &vt, second).await?;
 
-    line.chapter("6. A caseworker outside the case tries to read it");
+    line.chapter("6. Someone outside the case (the school's care coordinator) tries to read it");
     match outsider.client.members(thread).await {
         Err(e) if e.is_not_found() => line.say(
             &outsider.name(),
@@ -338,7 +383,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     for row in who_section.lines().filter(|l| !l.is_empty()) {
         println!("             {row}");
     }
-    for party in [anna, vt, lead, lt, rvdk, gi, outsider] {
+    for party in [anna, vt, lead, lt, rvdk, gi, oudewater, outsider] {
         party.client.close().await;
     }
     officer.close().await;
