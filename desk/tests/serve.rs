@@ -220,3 +220,41 @@ async fn a_receiver_accepts_and_then_cancels_an_offer_from_the_desk() -> anyhow:
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_consults_someone_until_an_end_date_from_the_desk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
+    // The consultant's device is online, so the owner's device can add it to the group.
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let cookie = sign_in(&desk).await?;
+    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
+    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
+    assert_eq!(created.status, 303);
+    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let page = shows(&desk, &case, &cookie, "name=\"role\"").await?;
+    let token = csrf(&page.body);
+
+    let form = |role: &str, until: &str| {
+        format!("_csrf={token}&oin=00000001800000000002&worker=sanne.bakker&reason=gedragsadvies&legal_basis=consent&role={role}&until={until}")
+    };
+    let missing = http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &form("consultant", ""))).await?;
+    assert_eq!(missing.status, 400, "a participant needs an end date");
+    let last_day = ketenhub_sdk::report::date_time(hub::clock::now_ms() + 10 * 86_400_000)[..10].to_owned();
+    let added = http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &form("consultant", &last_day))).await?;
+    assert_eq!(added.status, 303);
+    let page = shows(&desk, &case, &cookie, "data-member=\"sanne.bakker\"").await?;
+    let row = page
+        .body
+        .split("data-member=\"sanne.bakker\"")
+        .nth(1)
+        .and_then(|r| r.split("</li>").next())
+        .unwrap_or_default();
+    assert!(row.contains("Consulent") && row.contains(&last_day), "the member list shows the role and end date: {row}");
+    let thread: ketenhub_sdk::ThreadId = ketenhub_sdk::ThreadId(case.trim_start_matches("/cases/").parse()?);
+    let ownership = lt.ownership(thread).await?;
+    assert_eq!(ownership.participants.first().map(|p| p.role), Some(ketenhub_sdk::ParticipantRole::Consultant));
+    drop(desk);
+    hub.stop().await
+}

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Json};
 use ketenhub_sdk::packet::{AttachmentRef, Date, FieldError, Organisation, Party};
-use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ThreadId};
+use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ParticipantRole, ThreadId};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Session;
@@ -152,7 +152,7 @@ pub async fn thread(
     let stored = desk.store.thread(thread)?;
     let history_missing = stored.first().is_none_or(|e| e.seq > 1);
     let entries: Vec<_> = stored.iter().map(|e| views::entry(&desk.policy, e, &me)).collect();
-    let members: Vec<_> = desk.client.members(thread).await?.iter().map(|m| views::who(&desk.policy, m, &me)).collect();
+    let members = views::members(&desk.policy, &desk.client.members(thread).await?, &ownership, &me);
     let organisations: Vec<(String, String)> =
         desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
     let ctx = minijinja::context! {
@@ -505,16 +505,40 @@ pub struct AddForm {
     worker: String,
     reason: String,
     legal_basis: String,
+    /// `member` (no end), `consultant` or `co_worker`.
+    #[serde(default)]
+    role: String,
+    /// A participant's last day, `YYYY-MM-DD`.
+    #[serde(default)]
+    until: String,
 }
 
-/// Brings someone into the case; a refusal is shown on the case with the rule that decided it.
+/// The participation the add form asks for: none for a full member, else a role and its end (the last ms of its last day).
+fn participation(form: &AddForm) -> WebResult<Option<(ParticipantRole, u64)>> {
+    let role = match form.role.as_str() {
+        "" | "member" => return Ok(None),
+        "consultant" => ParticipantRole::Consultant,
+        "co_worker" => ParticipantRole::CoWorker,
+        other => return Err(WebError::BadRequest(format!("no role {other:?}"))),
+    };
+    let last_day =
+        super::day_ms(&form.until)?.ok_or_else(|| WebError::BadRequest("a participant needs an end date".into()))?;
+    Ok(Some((role, last_day + wire::calendar::DAY_MS - 1)))
+}
+
+/// Brings someone into the case, as a full member or a participant until an
+/// end date; a refusal is shown on the case with the rule that decided it.
 pub async fn add(State(app): State<App>, Path(case): Path<String>, Form(form): Form<AddForm>) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
     let member = MemberId::new(form.oin.trim(), form.worker.trim())
         .map_err(|e| WebError::BadRequest(format!("not a member: {e}")))?;
     let grounds = Grounds::new(form.reason.trim(), form.legal_basis.trim());
-    match app.desk.client.add_member(thread, member, &grounds).await {
-        Ok(_) => Ok(to_case(thread)),
+    let added = match participation(&form)? {
+        None => app.desk.client.add_member(thread, member, &grounds).await.map(drop),
+        Some(terms) => app.desk.client.add_participant(thread, member, terms, &grounds).await.map(drop),
+    };
+    match added {
+        Ok(()) => Ok(to_case(thread)),
         Err(ketenhub_sdk::Error::Hub(e)) if !matches!(e.code, ketenhub_sdk::ErrorCode::NotFound) => {
             let refused: String = url_encode(&e.message);
             Ok(Redirect::to(&format!("/cases/{thread}?refused={refused}#add")))

@@ -12,7 +12,6 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use hub::audit::chain::{to_json_line, ExportLine};
-use ketenhub_sdk::packet::Date;
 use ketenhub_sdk::{AuditEntry, AuditFilter, MemberId, ThreadId};
 use serde::{Deserialize, Serialize};
 
@@ -63,15 +62,6 @@ struct Row {
     fields: Vec<String>,
 }
 
-fn day_ms(text: &str) -> WebResult<Option<u64>> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    let d: Date = text.trim().parse().map_err(|e| WebError::BadRequest(format!("{text:?}: {e}")))?;
-    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into());
-    Ok(Some(days.max(0) as u64 * wire::calendar::DAY_MS))
-}
-
 fn case_filter(text: &str) -> WebResult<Option<ThreadId>> {
     let text = text.trim();
     if text.is_empty() {
@@ -92,12 +82,12 @@ impl AuditForm {
                     .map_err(|e| WebError::BadRequest(format!("worker: {e}")))?,
             )
         };
-        let since = day_ms(&self.since)?;
+        let since = super::day_ms(&self.since)?;
         Ok(AuditFilter {
             case: case_filter(&self.case)?,
             worker,
             since_ms: self.after_ms.or(since),
-            until_ms: day_ms(&self.until)?.map(|d| d + wire::calendar::DAY_MS),
+            until_ms: super::day_ms(&self.until)?.map(|d| d + wire::calendar::DAY_MS),
             limit: Some((PAGE + 1) as u32 + self.after_seq.map_or(0, |_| PAGE as u32)),
         })
     }

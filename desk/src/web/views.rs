@@ -32,6 +32,36 @@ pub fn who(policy: &Policy, member: &MemberId, me: &MemberId) -> Who {
     Who { organisation, worker: member.worker.clone(), me: member == me }
 }
 
+/// A member of a case as its member list shows it: a participant's role and end date beside its name.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// Who.
+    pub who: Who,
+    /// `consultant` or `co_worker` for a time-boxed participant.
+    pub role: Option<&'static str>,
+    /// A participant's end date, ms since the Unix epoch.
+    pub until_ms: Option<u64>,
+}
+
+/// The case's members, each with its participation if it has one.
+pub fn members(policy: &Policy, members: &[MemberId], ownership: &Ownership, me: &MemberId) -> Vec<MemberView> {
+    let role = |r| match r {
+        ParticipantRole::Consultant => "consultant",
+        ParticipantRole::CoWorker => "co_worker",
+    };
+    members
+        .iter()
+        .map(|m| {
+            let taking_part = ownership.participant(m);
+            MemberView {
+                who: who(policy, m, me),
+                role: taking_part.map(|p| role(p.role)),
+                until_ms: taking_part.map(|p| p.until_ms),
+            }
+        })
+        .collect()
+}
+
 /// A clock with its due date and state.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClockView {
@@ -162,7 +192,7 @@ pub struct CaseView {
     pub id: String,
     /// Who holds regie.
     pub owner: Who,
-    /// This desk's role: `owner`, `receiving`, `background`, `left` or `consultant`.
+    /// This desk's role: `owner`, `receiving`, `background`, `left`, `consultant`, `co_worker` or `member`.
     pub my_role: &'static str,
     /// Every offer, newest first.
     pub offers: Vec<OfferView>,
@@ -187,7 +217,11 @@ pub fn role(ownership: &Ownership, me: &MemberId) -> &'static str {
     } else if ownership.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == me)) {
         "receiving"
     } else {
-        "consultant"
+        match ownership.participant(me).map(|p| p.role) {
+            Some(ParticipantRole::Consultant) => "consultant",
+            Some(ParticipantRole::CoWorker) => "co_worker",
+            None => "member",
+        }
     }
 }
 
@@ -268,10 +302,7 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
         }
         HandoverEvent::Engaged { participant: p } => {
             let until = ketenhub_sdk::report::date_time(p.until_ms);
-            let step = match p.role {
-                ParticipantRole::Consultant => "engaged_consultant",
-                ParticipantRole::CoWorker => "engaged_co_worker",
-            };
+            let step = if p.role == ParticipantRole::Consultant { "engaged_consultant" } else { "engaged_co_worker" };
             (step, Some(format!("{} → {until}: {}", p.member, p.reason)))
         }
     }
