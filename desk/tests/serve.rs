@@ -224,10 +224,12 @@ async fn a_receiver_accepts_and_then_cancels_an_offer_from_the_desk() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_consults_someone_until_an_end_date_from_the_desk() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let clock = hub::clock::Clock::system();
+    let hub = DevHub::start_with_clock(dir.path(), Limits::default(), clock.clone()).await?;
     let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
-    // The consultant's device is online, so the owner's device can add it to the group.
+    // Both devices are online, so the owner's device can add them to the group.
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let bram = hub.client("vt-utrecht-colleague").discard_events().connect().await?;
     let cookie = sign_in(&desk).await?;
     let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
     let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
@@ -239,6 +241,8 @@ async fn the_owner_consults_someone_until_an_end_date_from_the_desk() -> anyhow:
     let form = |role: &str, until: &str| {
         format!("_csrf={token}&oin=00000001800000000002&worker=sanne.bakker&reason=gedragsadvies&legal_basis=consent&role={role}&until={until}")
     };
+    let colleague = format!("_csrf={token}&oin=00000001800000000001&worker=bram.kok&reason=tweede+werker&legal_basis=consent&role=member&until=");
+    assert_eq!(http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &colleague)).await?.status, 303);
     let missing = http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &form("consultant", ""))).await?;
     assert_eq!(missing.status, 400, "a participant needs an end date");
     let last_day = ketenhub_sdk::report::date_time(hub::clock::now_ms() + 10 * 86_400_000)[..10].to_owned();
@@ -255,6 +259,20 @@ async fn the_owner_consults_someone_until_an_end_date_from_the_desk() -> anyhow:
     let thread: ketenhub_sdk::ThreadId = ketenhub_sdk::ThreadId(case.trim_start_matches("/cases/").parse()?);
     let ownership = lt.ownership(thread).await?;
     assert_eq!(ownership.participants.first().map(|p| p.role), Some(ketenhub_sdk::ParticipantRole::Consultant));
+
+    // Past the last day the hub ends the membership, and the owner's desk removes the devices by itself.
+    clock.advance(11 * 86_400_000);
+    hub.hub().fire_deadlines().await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ownership = bram.ownership(thread).await?;
+        if ownership.participants.is_empty() && ownership.removal_due.is_empty() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the owner's desk never removed the devices: {ownership:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!bram.members(thread).await?.contains(&lt.member_id()));
     drop(desk);
     hub.stop().await
 }
