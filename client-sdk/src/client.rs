@@ -639,6 +639,21 @@ impl Client {
         self.ownership(thread).await
     }
 
+    /// The owner closes the case with an outcome code from the policy and a
+    /// reason: every member is told, clocks stop, and nobody writes in it until
+    /// it is reopened. After the policy's reopening period the hub archives it
+    /// and every membership ends.
+    pub async fn close_case(&self, thread: ThreadId, outcome: &str, reason: &str) -> Result<Ownership, Error> {
+        let request = Request::CloseCase { thread, outcome: outcome.to_owned(), reason: reason.to_owned() };
+        self.ownership_request(request).await
+    }
+
+    /// The owner, or a team lead of its organisation, reopens a closed case
+    /// within the policy's reopening period; the members are told and write again.
+    pub async fn reopen_case(&self, thread: ThreadId, reason: &str) -> Result<Ownership, Error> {
+        self.ownership_request(Request::ReopenCase { thread, reason: reason.to_owned() }).await
+    }
+
     /// Schedules a VT re-check (rappel) three months out; it escalates to the owner when due.
     pub async fn schedule_rappel(&self, thread: ThreadId) -> Result<Ownership, Error> {
         self.ownership_request(Request::ScheduleRappel { thread }).await

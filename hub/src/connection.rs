@@ -209,6 +209,8 @@ fn large_reply(request: &wire::Request) -> bool {
         | R::CancelOffer { .. }
         | R::TakeOver { .. }
         | R::AddParticipant { .. }
+        | R::CloseCase { .. }
+        | R::ReopenCase { .. }
         | R::LeaveCase { .. } => true,
         R::OnBehalfOf { request, .. } => large_reply(request),
         _ => false,

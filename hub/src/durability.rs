@@ -491,6 +491,7 @@ fn still_writes(store: &dyn Store, thread: ThreadId, member: &MemberId) -> Resul
     if !store.is_member(thread, member)? {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     }
+    crate::requests::open_case(store, thread).map_err(WriteError::Refused)?;
     if store.is_read_only(thread, member)? {
         return Err(refused(
             ErrorCode::Forbidden,

@@ -78,6 +78,22 @@ pub enum HandoverOp {
     Rappel,
     /// A former owner in its background role, or a participant, leaves, with a reason.
     Leave(String),
+    /// The owner closes the case.
+    Close {
+        /// The outcome code, checked against the policy.
+        outcome: String,
+        /// Why.
+        reason: String,
+        /// Until when it may be reopened.
+        reopen_until_ms: u64,
+    },
+    /// The owner (or a team lead of its organisation) reopens it.
+    Reopen {
+        /// Why.
+        reason: String,
+        /// Whether the actor leads a team of its organisation.
+        lead: bool,
+    },
     /// The owner brings in a consultant or co-worker until an end date.
     Engage {
         /// Who, in what role, until when, why.
@@ -163,9 +179,12 @@ fn refused(e: HandoverError) -> WriteError {
         | HandoverError::NotTeamLead
         | HandoverError::NotParty(_)
         | HandoverError::Participant => ErrorCode::Forbidden,
-        HandoverError::OfferOpen(_) | HandoverError::WrongState { .. } | HandoverError::AlreadyOnCase => {
-            ErrorCode::Conflict
-        }
+        HandoverError::OfferOpen(_)
+        | HandoverError::WrongState { .. }
+        | HandoverError::AlreadyOnCase
+        | HandoverError::Closed
+        | HandoverError::NotClosed
+        | HandoverError::ReopenPeriodOver => ErrorCode::Conflict,
         _ => ErrorCode::Invalid,
     };
     WriteError::Refused(WireError::new(code, e.to_string()))
@@ -243,6 +262,16 @@ pub fn apply(
             admit = Some(member);
             HandoverEvent::Engaged { participant }
         }
+        HandoverOp::Close { outcome, reason, reopen_until_ms } => {
+            ownership.close(by, (&outcome, &reason), now_ms, reopen_until_ms).map_err(refused)?;
+            let reopen_until_ms = ownership.closed().map_or(reopen_until_ms, |c| c.reopen_until_ms);
+            HandoverEvent::Closed { outcome, reason, reopen_until_ms }
+        }
+        HandoverOp::Reopen { reason, lead } => {
+            // A team lead reopens without joining: it takes the case over if the owner is still away.
+            ownership.reopen(by, lead, &reason, now_ms).map_err(refused)?;
+            HandoverEvent::Reopened { reason }
+        }
         HandoverOp::Leave(reason) => {
             ownership.leave(by, &reason).map_err(refused)?;
             HandoverEvent::Left { member: by.clone(), reason }
@@ -250,6 +279,9 @@ pub fn apply(
         HandoverOp::Rappel => {
             if by != &ownership.owner {
                 return Err(refused(HandoverError::NotOwner));
+            }
+            if ownership.closed().is_some() {
+                return Err(refused(HandoverError::Closed));
             }
             ownership.schedule_rappel(now_ms);
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
@@ -318,6 +350,11 @@ fn offer_only(ownership: Ownership, offer: u32) -> Ownership {
 /// the departure, so they receive nothing after it; where their devices are in
 /// the case's MLS group, they become due for removal by the owner's device.
 fn departures(store: &dyn Store, thread: ThreadId, ownership: &mut Ownership) -> Result<Vec<MemberId>, WriteError> {
+    if ownership.closed().is_some_and(|c| c.archived) {
+        // Nobody is left to remove devices from the group, and nobody may write in it.
+        ownership.removal_due.clear();
+        return Ok(store.members(thread)?);
+    }
     let mut evict = Vec::new();
     for (member, _) in &ownership.left {
         if store.is_member(thread, member)? {
@@ -339,9 +376,12 @@ fn departures(store: &dyn Store, thread: ThreadId, ownership: &mut Ownership) ->
     Ok(evict)
 }
 
-/// The rule recorded for ending `member`'s membership: what its recorded
-/// departure says, or `otherwise`.
+/// The rule recorded for ending `member`'s membership: the archiving of the
+/// case, what its recorded departure says, or `otherwise`.
 fn removal_rule(ownership: &Ownership, member: &MemberId, otherwise: &'static str) -> &'static str {
+    if ownership.closed().is_some_and(|c| c.archived) {
+        return "case-archived";
+    }
     let reason = ownership.left.iter().rev().find(|(m, _)| m == member).map(|(_, r)| r.as_str());
     match reason {
         Some(wire::handover::PARTICIPATION_ENDED) => "participation-ended",
@@ -361,10 +401,12 @@ pub fn sweep(
     let mut appended = Vec::new();
     let mut raised = Vec::new();
     for (thread, mut ownership) in store.ownerships()? {
+        let before = ownership.clone();
         let departed = ownership.left.len();
         let escalations = ownership.due(calendar, now_ms);
-        // A background role that ended is a departure, written now so that its membership ends on time.
-        if escalations.is_empty() && ownership.left.len() == departed {
+        // A background role or participation that ended is a departure, and a closed case past its
+        // reopening period is archived: each written now, so that memberships end on time.
+        if ownership == before {
             continue;
         }
         for escalation in &escalations {
@@ -390,6 +432,10 @@ pub fn sweep(
                 .iter()
                 .map(|(member, reason)| HandoverEvent::Left { member: member.clone(), reason: reason.clone() }),
         );
+        let archived = |o: &Ownership| o.closed().is_some_and(|c| c.archived);
+        if archived(&ownership) && !archived(&before) {
+            events.push(HandoverEvent::Archived);
+        }
         let evict = departures(store, thread, &mut ownership)?;
         for member in &evict {
             audit.removal(thread, member, removal_rule(&ownership, member, "background-role-ended"))?;

@@ -143,6 +143,36 @@ impl Default for Participation {
     }
 }
 
+/// How cases are closed: the outcomes an owner chooses from, and how long a
+/// closed case may be reopened before the hub archives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Closing {
+    /// The outcome codes, for example `safe-at-home`.
+    #[serde(default = "default_outcomes")]
+    pub outcomes: Vec<String>,
+    /// Days after closing in which the case may be reopened; then its memberships end.
+    #[serde(default = "fifteen_months")]
+    pub reopen_days: u32,
+}
+
+impl Default for Closing {
+    fn default() -> Self {
+        Self { outcomes: default_outcomes(), reopen_days: fifteen_months() }
+    }
+}
+
+fn default_outcomes() -> Vec<String> {
+    ["safe-at-home", "handed-to-regular-care", "moved-out-of-region", "came-of-age", "no-concern-found"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn fifteen_months() -> u32 {
+    // 31 % of cases return within 12 to 15 months: the reopening period covers that.
+    456
+}
+
 fn ninety() -> u32 {
     90
 }
@@ -165,6 +195,8 @@ struct PolicyFile {
     roles: HashMap<String, BTreeSet<Action>>,
     #[serde(default)]
     participation: Participation,
+    #[serde(default)]
+    closing: Closing,
 }
 
 /// A validated policy.
@@ -178,6 +210,8 @@ pub struct Policy {
     pub retention: Retention,
     /// The longest participations.
     pub participation: Participation,
+    /// The outcomes and reopening period of closed cases.
+    pub closing: Closing,
 }
 
 /// Why an add is justified, as the caller states it.
@@ -274,7 +308,12 @@ impl Policy {
         if participation.consultant_max_days == 0 || participation.co_worker_max_days == 0 {
             return Err(PolicyError::Invalid("participation periods must be greater than zero".into()));
         }
-        Ok(Self { organisations, bases, routes: file.routes, roles, retention: file.retention, participation })
+        let closing = file.closing;
+        if closing.outcomes.is_empty() || closing.reopen_days == 0 {
+            return Err(PolicyError::Invalid("closing needs at least one outcome and a reopening period".into()));
+        }
+        let retention = file.retention;
+        Ok(Self { organisations, bases, routes: file.routes, roles, retention, participation, closing })
     }
 
     /// The organisation with this OIN, if the policy knows it.
@@ -343,6 +382,15 @@ impl Policy {
             Decision::allow("role-permits", format!("role {} may {action:?}", role.code()))
         } else {
             Decision::deny("role-forbids", format!("role {} may not {action:?}", role.code()))
+        }
+    }
+
+    /// Whether `outcome` is one the policy lets a case close with.
+    pub fn may_close(&self, outcome: &str) -> Decision {
+        if self.closing.outcomes.iter().any(|o| o == outcome) {
+            Decision::allow("outcome-in-policy", format!("outcome {outcome}"))
+        } else {
+            Decision::deny("unknown-outcome", format!("{outcome:?} is not an outcome in the policy"))
         }
     }
 

@@ -77,7 +77,9 @@ fn free_text(request: &Request) -> Vec<&str> {
         Request::LeaveCase { reason, .. }
         | Request::WithdrawOffer { reason, .. }
         | Request::CancelOffer { reason, .. }
-        | Request::TakeOver { reason, .. } => vec![reason],
+        | Request::TakeOver { reason, .. }
+        | Request::ReopenCase { reason, .. } => vec![reason],
+        Request::CloseCase { outcome, reason, .. } => vec![outcome, reason],
         Request::OnBehalfOf { request, .. } => free_text(request),
         _ => Vec::new(),
     }

@@ -40,13 +40,14 @@ pub struct Swept {
 
 /// The lowest cursor among the thread's current members (each member's as
 /// `devices::received` counts its devices): every entry up to it has been
-/// received by all of them.
+/// received by all of them. A thread without members (an archived case) is
+/// waited on by nobody: all of it counts as received.
 fn received_by_all(store: &dyn Store, thread: ThreadId, now_ms: u64, devices: DeviceLimits) -> Result<u64, StoreError> {
     let mut lowest = u64::MAX;
     for member in store.members(thread)? {
         lowest = lowest.min(crate::devices::received(store, &member, thread, now_ms, devices)?);
     }
-    Ok(if lowest == u64::MAX { 0 } else { lowest })
+    Ok(if lowest == u64::MAX { store.last_seq(thread)? } else { lowest })
 }
 
 /// Deletes what the retention periods allow at `now_ms`. The audit log says

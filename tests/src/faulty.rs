@@ -152,6 +152,9 @@ impl Store for FaultyStore {
     fn is_read_only(&self, t: ThreadId, m: &MemberId) -> Result<bool, StoreError> {
         self.inner.is_read_only(t, m)
     }
+    fn is_closed(&self, t: ThreadId) -> Result<bool, StoreError> {
+        self.inner.is_closed(t)
+    }
     fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
         self.inner.offers_of(oin)
     }

@@ -170,6 +170,8 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::CancelOffer { .. }
         | Request::TakeOver { .. }
         | Request::AddParticipant { .. }
+        | Request::CloseCase { .. }
+        | Request::ReopenCase { .. }
         | Request::LeaveCase { .. }
         | Request::GetOwnership { .. }
         | Request::ListOffers => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no handover state")),

@@ -179,3 +179,76 @@ async fn offers_are_withdrawn_and_cancelled_and_an_unfinished_one_escalates() ->
     assert_eq!(anna.ownership(thread).await?.owner, anna.member_id(), "the owner stays the family's contact");
     hub.stop().await
 }
+
+#[tokio::test]
+async fn a_closed_case_is_read_only_for_everyone_reopens_in_its_period_and_is_archived_after_it() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let clock = Clock::system();
+    let hub = DevHub::start_with_clock(dir.path(), tests::limits(), clock.clone()).await?;
+    let (anna, _) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (sanne, mut sanne_events) = connect(&hub, "lt-woerden-caseworker").await?;
+    let (petra, _) = connect(&hub, "vt-utrecht-teamlead").await?;
+    let thread = anna.create_thread().await?;
+    anna.add_member(thread, sanne.member_id(), &Grounds::new("support at home", "consent")).await?;
+
+    // Only the owner closes, with an outcome the policy names, and not while an offer is open.
+    assert_eq!(refusal_rule(sanne.close_case(thread, "safe-at-home", "safe").await), "Forbidden");
+    assert_eq!(refusal_rule(anna.close_case(thread, "solved", "safe").await), "unknown-outcome");
+    let open = anna.offer_handover(thread, offer(&sanne.member_id(), "vt-lt-referral", deadline())).await?;
+    assert_eq!(refusal_rule(anna.close_case(thread, "safe-at-home", "safe").await), "Conflict");
+    anna.withdraw_offer(thread, open.offers[0].id, "not needed after all").await?;
+    let closed = anna.close_case(thread, "safe-at-home", "het gezin is veilig; de hulp is afgerond").await?;
+    let closure = closed.closed().expect("closed").clone();
+    assert_eq!(closure.reopen_until_ms, closure.at_ms + 456 * DAY_MS, "the policy's reopening period");
+    handover_step(
+        &mut sanne_events,
+        |e| matches!(e, HandoverEvent::Closed { outcome, .. } if outcome == "safe-at-home"),
+    )
+    .await?;
+    anna.close_case(thread, "safe-at-home", "het gezin is veilig; de hulp is afgerond").await.expect("a resend");
+
+    // Closed: everyone reads, nobody writes or brings anyone in.
+    assert_eq!(refusal_rule(sanne.send_text(thread, "nog iets").await), "case-closed");
+    assert_eq!(refusal_rule(anna.send_text(thread, "nog iets").await), "case-closed");
+    let refusal = anna.add_member(thread, petra.member_id(), &Grounds::new("a colleague", "consent")).await;
+    assert_eq!(refusal_rule(refusal), "case-closed");
+    let again = offer(&sanne.member_id(), "vt-lt-referral", deadline());
+    assert_eq!(refusal_rule(anna.offer_handover(thread, again).await), "Conflict");
+    assert!(sanne.members(thread).await?.contains(&anna.member_id()), "members still read the case");
+
+    // Within the period the team lead reopens it (the owner is away) without joining; members are told.
+    assert_eq!(refusal_rule(sanne.reopen_case(thread, "nieuwe melding").await), "Forbidden");
+    let reopened = petra.reopen_case(thread, "nieuwe melding over de jongste").await?;
+    assert!(reopened.closed().is_none());
+    handover_step(&mut sanne_events, |e| matches!(e, HandoverEvent::Reopened { .. })).await?;
+    assert_eq!(refusal_rule(petra.members(thread).await), "NotFound", "reopening does not make the lead a member");
+    sanne.send_text(thread, "Ik ken het gezin nog; ik help graag.").await?;
+
+    // Closed again and left past its period: archived, every membership ends, and it cannot be reopened.
+    anna.close_case(thread, "handed-to-regular-care", "de huisarts volgt het gezin").await?;
+    clock.advance(457 * DAY_MS);
+    hub.hub().fire_deadlines().await?;
+    handover_step(&mut sanne_events, |e| matches!(e, HandoverEvent::Archived)).await?;
+    next_event(
+        &mut sanne_events,
+        WAIT,
+        |e| matches!(e, Event::MemberRemoved { member, .. } if *member == sanne.member_id()),
+    )
+    .await?;
+    assert_eq!(refusal_rule(anna.members(thread).await), "NotFound", "the owner's membership ended too");
+    assert_eq!(refusal_rule(anna.reopen_case(thread, "te laat").await), "NotFound");
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let log = officer.audit_query(AuditFilter { case: Some(thread), ..AuditFilter::default() }).await?;
+    // The refused attempts are in the log too, each followed by its failure; the close that happened carries its reason.
+    assert!(log.iter().any(|e| e.record.object.as_deref() == Some("close the case: safe-at-home")
+        && e.record.purpose.as_deref() == Some("het gezin is veilig; de hulp is afgerond")));
+    assert!(log
+        .iter()
+        .any(|e| e.record.object.as_deref() == Some("reopen the case") && e.record.rule == "team-lead-of-owner"));
+    assert_eq!(log.iter().filter(|e| e.record.rule == "case-archived").count(), 2, "both memberships ended, audited");
+    // Nobody waits for an archived case's content: retention deletes it once its period has passed.
+    let swept = hub.hub().sweep_retention(clock.now_ms() + 31 * DAY_MS).await?;
+    assert_eq!(swept.messages, 1, "the one message of the archived case: {swept:?}");
+    hub.stop().await
+}

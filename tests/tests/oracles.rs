@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 28;
+const KINDS: usize = 30;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -95,6 +95,8 @@ fn every_kind() -> Vec<Request> {
             },
             legal_basis: "consent".into(),
         },
+        Request::CloseCase { thread: t, outcome: "safe-at-home".into(), reason: "safe".into() },
+        Request::ReopenCase { thread: t, reason: "a new report".into() },
         Request::GetOwnership { thread: t },
         Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() }, known_size: 0 },
         Request::ListOffers,
@@ -167,6 +169,10 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
             vec![(Caseworker, Request::AddParticipant { thread, participant, legal_basis })]
         }
         Request::GetOwnership { .. } => vec![(Caseworker, Request::GetOwnership { thread })],
+        Request::CloseCase { outcome, reason, .. } => {
+            vec![(Caseworker, Request::CloseCase { thread, outcome, reason })]
+        }
+        Request::ReopenCase { reason, .. } => vec![(Caseworker, Request::ReopenCase { thread, reason })],
     }
 }
 

@@ -358,6 +358,24 @@ pub enum Request {
         /// The legal basis for sharing with it, as for `add_member`.
         legal_basis: String,
     },
+    /// The owner closes the case with an outcome code from the policy and a
+    /// reason; every member is told, nobody writes in it until it is reopened.
+    CloseCase {
+        /// The case.
+        thread: ThreadId,
+        /// The outcome code (the policy's `[closing] outcomes`).
+        outcome: String,
+        /// Why.
+        reason: String,
+    },
+    /// The owner, or a team lead of its organisation, reopens a closed case
+    /// within the policy's reopening period.
+    ReopenCase {
+        /// The case.
+        thread: ThreadId,
+        /// Why (a new report, the family back in view).
+        reason: String,
+    },
     /// The owner schedules a VT re-check (rappel) three months out.
     ScheduleRappel {
         /// The case.

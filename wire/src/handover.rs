@@ -116,6 +116,15 @@ pub enum HandoverError {
     /// The member holds regie or is taking the case over; it cannot also be a participant.
     #[error("the member is owner or receiver of the case already (rule already-on-the-case)")]
     AlreadyOnCase,
+    /// The case is closed: nothing is offered, engaged or scheduled until it is reopened.
+    #[error("the case is closed; reopen it first (rule case-closed)")]
+    Closed,
+    /// The case is not closed.
+    #[error("the case is open (rule reopen-a-closed-case)")]
+    NotClosed,
+    /// The period in which a closed case may be reopened has passed.
+    #[error("the case was closed too long ago to reopen; open a new case (rule reopen-period-over)")]
+    ReopenPeriodOver,
     /// A consultant or co-worker takes no handover step.
     #[error("a consultant or co-worker takes part in the case but takes no handover step (rule participants-do-not-hand-over)")]
     Participant,
@@ -272,6 +281,37 @@ pub struct Participant {
     pub reason: String,
 }
 
+/// A case closed by its owner, with the outcome the policy names and a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closure {
+    /// The owner who closed it.
+    pub by: MemberId,
+    /// The outcome code from the policy (for example `safe-at-home`).
+    pub outcome: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Until when it may be reopened; after it the hub archives the case.
+    pub reopen_until_ms: u64,
+    /// Set when it was reopened.
+    pub reopened: Option<Reopening>,
+    /// Set once the reopening period passed: every membership ended.
+    #[serde(default)]
+    pub archived: bool,
+}
+
+/// The reopening of a closed case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reopening {
+    /// Who reopened it: the owner, or a team lead of the owner's organisation.
+    pub by: MemberId,
+    /// Why (the family is back in view, a new report).
+    pub reason: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// A clock that escalates when its work is not reported done in time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseClock {
@@ -401,6 +441,22 @@ pub enum HandoverEvent {
         /// Why.
         reason: String,
     },
+    /// The owner closed the case; every member reads it, nobody writes in it, until it is reopened.
+    Closed {
+        /// The outcome code.
+        outcome: String,
+        /// Why.
+        reason: String,
+        /// Until when it may be reopened.
+        reopen_until_ms: u64,
+    },
+    /// The case was reopened: members write again.
+    Reopened {
+        /// Why.
+        reason: String,
+    },
+    /// The reopening period of a closed case passed: every membership ends.
+    Archived,
     /// A team lead took the case over from an owner who is away.
     TakenOver {
         /// The new owner: the team lead.
@@ -480,6 +536,9 @@ pub struct Ownership {
     /// Consultants and co-workers, each until its end date.
     #[serde(default)]
     pub participants: Vec<Participant>,
+    /// Every closing of the case, in order; the last is in force unless reopened.
+    #[serde(default)]
+    pub closures: Vec<Closure>,
 }
 
 fn three_months_after(ms: u64) -> u64 {
@@ -498,7 +557,79 @@ impl Ownership {
             left: Vec::new(),
             removal_due: Vec::new(),
             participants: Vec::new(),
+            closures: Vec::new(),
         }
+    }
+
+    /// The closing in force, if the case is closed (archived or not).
+    pub fn closed(&self) -> Option<&Closure> {
+        self.closures.last().filter(|c| c.reopened.is_none())
+    }
+
+    fn refuse_if_closed(&self) -> Result<(), HandoverError> {
+        match self.closed() {
+            Some(_) => Err(HandoverError::Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// The owner closes the case with an outcome code and a reason: clocks stop,
+    /// nobody writes in it, and it may be reopened until `reopen_until_ms`. An
+    /// open offer is withdrawn or cancelled first. Closed again with the same
+    /// outcome and reason, it changes nothing.
+    pub fn close(
+        &mut self,
+        by: &MemberId,
+        (outcome, reason): (&str, &str),
+        now_ms: u64,
+        reopen_until_ms: u64,
+    ) -> Result<(), HandoverError> {
+        if by != &self.owner {
+            return Err(HandoverError::NotOwner);
+        }
+        if let Some(closed) = self.closed() {
+            if closed.outcome == outcome && closed.reason == reason {
+                return Ok(());
+            }
+            return Err(HandoverError::Closed);
+        }
+        if outcome.trim().is_empty() || reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("the outcome and why the case is closed"));
+        }
+        if let Some(open) = self.open_offer() {
+            return Err(HandoverError::OfferOpen(open.id));
+        }
+        self.clocks.iter_mut().for_each(|c| c.done = true);
+        self.closures.push(Closure {
+            by: by.clone(),
+            outcome: outcome.to_owned(),
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+            reopen_until_ms,
+            reopened: None,
+            archived: false,
+        });
+        Ok(())
+    }
+
+    /// The owner, or a team lead of its organisation (`lead`, which the policy
+    /// knows), reopens a closed case within its period; the members write again.
+    pub fn reopen(&mut self, by: &MemberId, lead: bool, reason: &str, now_ms: u64) -> Result<(), HandoverError> {
+        if by != &self.owner && !(lead && by.oin == self.owner.oin) {
+            return Err(HandoverError::NotOwner);
+        }
+        let last = self.closures.last_mut().ok_or(HandoverError::NotClosed)?;
+        if let Some(done) = &last.reopened {
+            return if &done.by == by && done.reason == reason { Ok(()) } else { Err(HandoverError::NotClosed) };
+        }
+        if last.archived || now_ms >= last.reopen_until_ms {
+            return Err(HandoverError::ReopenPeriodOver);
+        }
+        if reason.trim().is_empty() {
+            return Err(HandoverError::ReasonRequired("why the case is reopened"));
+        }
+        last.reopened = Some(Reopening { by: by.clone(), reason: reason.to_owned(), at_ms: now_ms });
+        Ok(())
     }
 
     /// Whether `member` may only read the case: a former owner in its
@@ -543,6 +674,7 @@ impl Ownership {
         if self.participant(&participant.member) == Some(&participant) {
             return Ok(());
         }
+        self.refuse_if_closed()?;
         if participant.reason.trim().is_empty() {
             return Err(HandoverError::ReasonRequired("why the participant is brought in"));
         }
@@ -592,6 +724,7 @@ impl Ownership {
             // A resend: whatever became of that offer since, it is not made twice.
             return Ok(latest.id);
         }
+        self.refuse_if_closed()?;
         if let Some(open) = self.open_offer() {
             return Err(HandoverError::OfferOpen(open.id));
         }
@@ -745,6 +878,9 @@ impl Ownership {
         if !lead || by.oin != self.owner.oin {
             return Err(HandoverError::NotTeamLead);
         }
+        if self.closed().is_some_and(|c| c.archived) {
+            return Err(HandoverError::Closed);
+        }
         if by == &self.owner {
             return Ok(());
         }
@@ -823,7 +959,7 @@ impl Ownership {
     /// Schedules a VT re-check (rappel) three months out. One runs at a time:
     /// while one is running, this changes nothing.
     pub fn schedule_rappel(&mut self, now_ms: u64) {
-        if self.clocks.iter().any(|c| c.kind == ClockKind::Rappel && !c.done) {
+        if self.closed().is_some() || self.clocks.iter().any(|c| c.kind == ClockKind::Rappel && !c.done) {
             return;
         }
         self.clocks.push(CaseClock {
@@ -873,6 +1009,10 @@ impl Ownership {
             self.left.push((ended.member.clone(), BACKGROUND_ENDED.to_owned()));
         }
         self.background.retain(|b| b.until_ms > now_ms);
+        if let Some(closure) = self.closures.last_mut().filter(|c| c.reopened.is_none() && !c.archived) {
+            // Past its reopening period the case is archived: the hub ends every membership.
+            closure.archived = closure.reopen_until_ms <= now_ms;
+        }
         for ended in self.participants.iter().filter(|p| p.until_ms <= now_ms) {
             self.left.push((ended.member.clone(), PARTICIPATION_ENDED.to_owned()));
         }
@@ -1035,6 +1175,33 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_case_takes_no_new_step_and_reopens_only_within_its_period() {
+        let (anna, sanne, petra) = (member(VT, "anna"), member(LT, "sanne"), member(VT, "petra"));
+        let mut case = Ownership::new(anna.clone());
+        let closing = ("safe-at-home", "the family is safe; support ended");
+        let id = case.offer(&anna, false, request(LT, 5 * DAY_MS), 0).unwrap();
+        assert_eq!(case.close(&anna, closing, 0, 30 * DAY_MS), Err(HandoverError::OfferOpen(id)));
+        case.withdraw(&anna, id, "not needed").unwrap();
+        case.schedule_rappel(0);
+        assert_eq!(case.close(&sanne, closing, 0, 30 * DAY_MS), Err(HandoverError::NotOwner));
+        case.close(&anna, closing, DAY_MS, 30 * DAY_MS).unwrap();
+        case.close(&anna, closing, 2 * DAY_MS, 40 * DAY_MS).unwrap();
+        assert_eq!(case.closures.len(), 1, "closing again changes nothing");
+        assert!(case.clocks.iter().all(|c| c.done), "closing stops the clocks");
+        assert_eq!(case.offer(&anna, false, request(LT, 9 * DAY_MS), 2 * DAY_MS), Err(HandoverError::Closed));
+        assert_eq!(case.reopen(&sanne, true, "new report", 3 * DAY_MS), Err(HandoverError::NotOwner));
+        case.reopen(&petra, true, "a new report about the youngest", 3 * DAY_MS).unwrap();
+        assert!(case.closed().is_none());
+        case.offer(&anna, false, request(LT, 9 * DAY_MS), 3 * DAY_MS).unwrap();
+
+        let mut later = Ownership::new(anna.clone());
+        later.close(&anna, closing, 0, 10 * DAY_MS).unwrap();
+        later.due(&Calendar::default(), 10 * DAY_MS);
+        assert!(later.closed().is_some_and(|c| c.archived));
+        assert_eq!(later.reopen(&anna, false, "too late", 10 * DAY_MS), Err(HandoverError::ReopenPeriodOver));
+    }
+
+    #[test]
     fn working_days_skip_weekends_and_holidays() {
         // 2026-11-23 is a Monday: day 20780.
         let monday = 20_780 * DAY_MS;
@@ -1100,6 +1267,12 @@ mod tests {
         Leave {
             by: usize,
         },
+        Close {
+            by: usize,
+        },
+        Reopen {
+            by: usize,
+        },
         Time {
             days: u64,
         },
@@ -1140,6 +1313,8 @@ mod tests {
                 days
             }),
             (0..8usize).prop_map(|by| Step::Leave { by }),
+            (0..8usize).prop_map(|by| Step::Close { by }),
+            (0..8usize).prop_map(|by| Step::Reopen { by }),
             (0..6u64).prop_map(|days| Step::Time { days }),
             Just(Step::Repeat),
             Just(Step::Repeat),
@@ -1183,6 +1358,8 @@ mod tests {
                 case.engage(&owner, participant, *now)
             }
             Step::Leave { by } => case.leave(&people[*by], "done here"),
+            Step::Close { by } => case.close(&people[*by], ("safe", "the family is safe"), *now, *now + 10 * DAY_MS),
+            Step::Reopen { by } => case.reopen(&people[*by], is_lead(&people[*by]), "a new report", *now),
             Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
             Step::Complete { by, told } => {
                 let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
@@ -1281,6 +1458,15 @@ mod tests {
                 let accepted = case.offers.iter().any(|o| matches!(o.state, OfferState::Accepted { .. }));
                 let running = case.clocks.iter().any(|c| c.kind == ClockKind::Completion && !c.done);
                 prop_assert!(!running || accepted, "a completion clock runs with no accepted offer");
+                if let Some(closure) = case.closed() {
+                    prop_assert!(case.open_offer().is_none(), "a closed case has an open offer");
+                    prop_assert!(case.clocks.iter().all(|c| c.done), "a clock runs on a closed case");
+                    prop_assert_eq!(closure.archived, closure.reopen_until_ms <= now, "archived at the wrong time");
+                }
+                if matches!(step, Step::Reopen { .. }) && before.closed().is_some() && case.closed().is_none() {
+                    let closure = before.closed().unwrap();
+                    prop_assert!(!closure.archived && now < closure.reopen_until_ms, "reopened after its period");
+                }
             }
         }
     }

@@ -300,6 +300,12 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
         HandoverEvent::TakenOver { owner, former, reason } => {
             ("taken_over", Some(format!("{former} → {owner}: {reason}")))
         }
+        HandoverEvent::Closed { outcome, reason, reopen_until_ms } => {
+            let until = ketenhub_sdk::report::date_time(*reopen_until_ms);
+            ("closed", Some(format!("{outcome}: {reason} (→ {until})")))
+        }
+        HandoverEvent::Reopened { reason } => ("reopened", Some(reason.clone())),
+        HandoverEvent::Archived => ("archived", None),
         HandoverEvent::Engaged { participant: p } => {
             let until = ketenhub_sdk::report::date_time(p.until_ms);
             let step = if p.role == ParticipantRole::Consultant { "engaged_consultant" } else { "engaged_co_worker" };

@@ -142,6 +142,14 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             let object = format!("{} as {:?} until {} ms", participant.member, participant.role, participant.until_ms);
             (AuditAction::AddMember, Some(*thread), Some(object))
         }
+        Request::CloseCase { thread, outcome, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some(format!("close the case: {outcome}")))
+        }
+        Request::ReopenCase { thread, reason } => {
+            record.purpose = Some(reason.clone());
+            (AuditAction::Handover, Some(*thread), Some("reopen the case".into()))
+        }
         Request::GetOwnership { thread } => (AuditAction::ListMembers, Some(*thread), Some("ownership".into())),
         Request::ListOffers => (AuditAction::Handover, None, Some("list offers".into())),
     };

@@ -97,6 +97,18 @@ pub enum Outcome {
     },
 }
 
+/// Refuses what would write something new in a closed case. Also checked in
+/// write order (see `durability`), since a close may land between the two.
+pub(crate) fn open_case(store: &dyn crate::store::Store, thread: ThreadId) -> Result<(), WireError> {
+    if store.is_closed(thread).map_err(internal)? {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            "denied by rule case-closed: the case is closed; its owner reopens it to write in it again",
+        ));
+    }
+    Ok(())
+}
+
 /// A member id whose worker part is well formed.
 fn valid_worker(member: &MemberId) -> Result<(), (WireError, &'static str)> {
     wire::identity::validate_worker(&member.worker)
@@ -235,6 +247,15 @@ impl Hub {
                 self.handover(thread, &actor, HandoverOp::Cancel { offer, reason })
             }
             Request::TakeOver { thread, reason } => self.take_over(thread, &actor, policy, reason),
+            Request::CloseCase { thread, outcome, reason } => {
+                let reopen_until_ms =
+                    self.clock.now_ms() + u64::from(policy.closing.reopen_days) * wire::calendar::DAY_MS;
+                self.handover(thread, &actor, HandoverOp::Close { outcome, reason, reopen_until_ms })
+            }
+            Request::ReopenCase { thread, reason } => {
+                let lead = policy.is_team_lead(&actor);
+                self.handover(thread, &actor, HandoverOp::Reopen { reason, lead })
+            }
             Request::AddParticipant { thread, participant, .. } => {
                 let max_members = self.limits.max_members_per_thread;
                 self.handover(thread, &actor, HandoverOp::Engage { participant, max_members })
@@ -297,6 +318,8 @@ impl Hub {
             | Request::WithdrawOffer { thread, .. }
             | Request::CancelOffer { thread, .. }
             | Request::TakeOver { thread, .. }
+            | Request::CloseCase { thread, .. }
+            | Request::ReopenCase { thread, .. }
             | Request::LeaveCase { thread, .. } => (Action::Handover, Some(*thread)),
             // The receiver is not on the case yet: the offer itself says whether it may answer.
             Request::AnswerOffer { .. } => (Action::Handover, None),
@@ -338,6 +361,18 @@ impl Hub {
             if writes {
                 self.writable(thread, actor)?;
             }
+            // A closed case is read; nothing new is written or shared in it (commits still remove devices).
+            let adds = matches!(
+                request,
+                Request::Send { .. }
+                    | Request::PutBlobChunk { .. }
+                    | Request::AddMember { .. }
+                    | Request::AddParticipant { .. }
+                    | Request::ClaimKeyPackage { .. }
+            );
+            if adds {
+                open_case(&*self.store, thread).map_err(|e| (e, "case-closed"))?;
+            }
         }
         if let Request::AddMember { thread: case, member, reason, legal_basis } = request {
             valid_worker(member)?;
@@ -351,6 +386,12 @@ impl Hub {
             }
             self.not_a_participant(*case, actor)?;
             return self.may_add(policy, actor, member, Grounds { reason, legal_basis });
+        }
+        if let Request::CloseCase { outcome, .. } = request {
+            let decision = policy.may_close(outcome);
+            if !decision.allowed {
+                return Err((denied(&decision), decision.rule));
+            }
         }
         if let Request::AddParticipant { participant, legal_basis, .. } = request {
             let until = participant.until_ms.saturating_sub(self.clock.now_ms());
@@ -418,7 +459,10 @@ impl Hub {
         let step = match request {
             // Inside its own organisation only; the offer itself is checked as anyone's.
             Request::OfferHandover { offer, .. } => offer.to == actor.oin,
-            Request::WithdrawOffer { .. } | Request::CancelOffer { .. } | Request::TakeOver { .. } => true,
+            Request::WithdrawOffer { .. }
+            | Request::CancelOffer { .. }
+            | Request::TakeOver { .. }
+            | Request::ReopenCase { .. } => true,
             _ => false,
         };
         Ok(step && self.leads_owner(policy, thread, actor).map_err(|e| (e, "store-failure"))?)

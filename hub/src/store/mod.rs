@@ -325,6 +325,9 @@ pub trait Store: Send + Sync + 'static {
     /// organisation `oin`, from an index kept with each handover step.
     fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError>;
 
+    /// Whether the case is closed (and not reopened): nobody sends, uploads or adds in it.
+    fn is_closed(&self, thread: ThreadId) -> Result<bool, StoreError>;
+
     /// Whether `member` only reads `thread` (a former owner: see
     /// [`wire::handover::Ownership::is_read_only`]). Answered without decoding
     /// the ownership state, because every send asks.

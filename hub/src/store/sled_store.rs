@@ -84,6 +84,8 @@ const INDEX_VERSION: u8 = b'V';
 const CLAIM: u8 = b'J';
 const AUDIT_NODE: u8 = b'H';
 const LATEST_HEAD: u8 = b'Q';
+/// Cases closed by their owner (and not reopened): nobody writes in them.
+const CLOSED: u8 = b'Z';
 /// The first byte of an audit entry in the current layout; CBOR maps (the layout before) never start with it.
 const AUDIT_LAYOUT: u8 = 0x01;
 /// Bytes before the record in an audit entry's value.
@@ -890,6 +892,10 @@ impl Store for SledStore {
         self.db.get(key(OWNERSHIP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| decode(&v)).transpose()
     }
 
+    fn is_closed(&self, thread: ThreadId) -> Result<bool, StoreError> {
+        self.db.contains_key(key(CLOSED, &[thread.0.as_bytes()])).map_err(backend)
+    }
+
     fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
         self.db.contains_key(key(READ_ONLY, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)
     }
@@ -952,6 +958,10 @@ impl Store for SledStore {
             step.ownership.background.iter().map(|b| &b.member).chain(step.ownership.left.iter().map(|(m, _)| m));
         for member in read_only {
             batch.insert(key(READ_ONLY, &[thread.0.as_bytes(), &member_key(member)]), &[][..]);
+        }
+        match step.ownership.closed() {
+            Some(_) => batch.insert(key(CLOSED, &[thread.0.as_bytes()]), &[][..]),
+            None => batch.remove(key(CLOSED, &[thread.0.as_bytes()])),
         }
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
