@@ -153,6 +153,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     lt.schedule_rappel(thread).await?;
     lt.report_done(thread, ClockKind::Rappel).await?;
     lt.ownership(thread).await?;
+    lt.close_case(thread, "safe-at-home", "the family is safe").await?;
+    assert_eq!(refusal_rule(lt.send_text(thread, "after closing").await), "case-closed");
+    lt.reopen_case(thread, "a new report").await?;
 
     // A declined offer on a second case.
     let second = vt.create_thread().await?;
@@ -241,6 +244,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:cancel_offer",
         "op:take_over",
         "op:add_participant",
+        "op:close_case",
+        "op:reopen_case",
         "op:get_ownership",
         "op:list_offers",
         "kind:thread_created",
@@ -273,6 +278,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "step:cancelled",
         "step:taken_over",
         "step:engaged",
+        "step:closed",
+        "step:reopened",
         "code:forbidden",
         "code:not_found",
         "code:invalid",
