@@ -235,6 +235,33 @@ async fn consult(
     Ok(())
 }
 
+/// The owner closes a case with an outcome and reopens it within the policy's period when a new report comes in.
+async fn close_and_reopen(line: &Timeline, clock: &Clock, thread: ThreadId, owner: &mut Party) -> anyhow::Result<()> {
+    let closed = owner
+        .client
+        .close_case(thread, "moved-out-of-region", "het gezin is verhuisd; de nieuwe gemeente is ingelicht")
+        .await?;
+    let until = closed.closed().map(|c| ketenhub_sdk::report::date_time(c.reopen_until_ms)).unwrap_or_default();
+    line.say(
+        &owner.name(),
+        format!("closes case {thread} (outcome moved-out-of-region); it may be reopened until {until}"),
+    );
+    match owner.client.send_text(thread, "nog een notitie").await {
+        Err(e) => line.say(&owner.name(), format!("tries to write in the closed case: refused ({e})")),
+        Ok(_) => anyhow::bail!("a closed case took a message"),
+    }
+    clock.advance(120 * DAY_MS);
+    line.say("hub", "(four months pass)");
+    owner.client.reopen_case(thread, "nieuwe melding: het gezin woont weer in Utrecht").await?;
+    wait_for(&mut owner.events, |e| match e {
+        Event::Handover { event: HandoverEvent::Reopened { .. }, thread: t, .. } if t == thread => Some(()),
+        _ => None,
+    })
+    .await?;
+    line.say(&owner.name(), "reopens it after a new report: the members are told, the history is still there");
+    Ok(())
+}
+
 /// A referral from VT to a local team as an organisation, with the family's consent.
 fn to_local_team(team: &Party, reason: &str, deadline_ms: u64) -> OfferRequest {
     OfferRequest {
@@ -366,7 +393,10 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     line.say("hub", format!("ESCALATION to {}: the offer expired; VT keeps regie and must act", vt.name()));
     owner_line(&line, &vt, second).await?;
 
-    line.chapter("6. Someone outside the case (the school's care coordinator) tries to read it");
+    line.chapter("6. VT closes the second case; months later a new report reopens it");
+    close_and_reopen(&line, &clock, second, &mut vt).await?;
+
+    line.chapter("7. Someone outside the case (the school's care coordinator) tries to read it");
     match outsider.client.members(thread).await {
         Err(e) if e.is_not_found() => line.say(
             &outsider.name(),
@@ -375,7 +405,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         other => anyhow::bail!("an outsider could see the case: {other:?}"),
     }
 
-    line.chapter("7. The family asks who saw their data; the audit chain is verified");
+    line.chapter("8. The family asks who saw their data; the audit chain is verified");
     let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
     line.say(&who(&officer), "prints the family's access report (GDPR art. 15):");
     let report = officer.access_report(thread).await?;
