@@ -276,3 +276,29 @@ async fn the_owner_consults_someone_until_an_end_date_from_the_desk() -> anyhow:
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_closes_and_reopens_a_case_from_the_desk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
+    let cookie = sign_in(&desk).await?;
+    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
+    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
+    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let page = shows(&desk, &case, &cookie, "id=\"close-form\"").await?;
+    let token = csrf(&page.body);
+    assert!(page.body.contains("value=\"safe-at-home\""), "the outcomes come from the policy");
+
+    let closing = format!("_csrf={token}&outcome=safe-at-home&reason=het+gezin+is+veilig");
+    assert_eq!(http(&desk, &post(&desk, &format!("{case}/close"), &cookie, &closing)).await?.status, 303);
+    let page = shows(&desk, &case, &cookie, "id=\"closed-notice\"").await?;
+    assert!(!page.body.contains("id=\"compose-form\""), "nobody writes in a closed case");
+    assert!(page.body.contains("id=\"reopen-form\"") && !page.body.contains("id=\"close-form\""));
+    let reopening = format!("_csrf={token}&reason=nieuwe+melding");
+    assert_eq!(http(&desk, &post(&desk, &format!("{case}/reopen"), &cookie, &reopening)).await?.status, 303);
+    let page = shows(&desk, &case, &cookie, "id=\"compose-form\"").await?;
+    assert!(!page.body.contains("id=\"closed-notice\""), "reopened");
+    drop(desk);
+    hub.stop().await
+}

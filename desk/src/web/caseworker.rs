@@ -157,7 +157,7 @@ pub async fn thread(
         desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
     let ctx = minijinja::context! {
         case => view, case_id => thread.to_string(), entries, members, history_missing, organisations,
-        bases => bases(&app), refused => query.refused, page => "cases",
+        bases => bases(&app), refused => query.refused, page => "cases", outcomes => &desk.policy.closing.outcomes,
     };
     Ok(app.render(&session, "thread.html", ctx)?.into_response())
 }
@@ -433,6 +433,35 @@ fn reason(form: &ReasonForm) -> WebResult<&str> {
         return Err(WebError::BadRequest("a reason is required".into()));
     }
     Ok(reason)
+}
+
+#[derive(Deserialize)]
+pub struct CloseForm {
+    outcome: String,
+    reason: String,
+}
+
+/// The owner closes the case with an outcome from the policy and a reason.
+pub async fn close(
+    State(app): State<App>,
+    Path(case): Path<String>,
+    Form(form): Form<CloseForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    let why = reason(&ReasonForm { reason: form.reason })?.to_owned();
+    app.desk.client.close_case(thread, form.outcome.trim(), &why).await?;
+    Ok(to_case(thread))
+}
+
+/// The owner reopens a closed case within its period, with a reason.
+pub async fn reopen(
+    State(app): State<App>,
+    Path(case): Path<String>,
+    Form(form): Form<ReasonForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    app.desk.client.reopen_case(thread, reason(&form)?).await?;
+    Ok(to_case(thread))
 }
 
 /// Declines an offer with a reason.

@@ -215,6 +215,8 @@ pub fn router(app: App) -> Router {
         .route("/cases/{case}/offers/{offer}/complete", post(caseworker::complete))
         .route("/cases/{case}/offers/{offer}/{step}", post(caseworker::call_off))
         .route("/cases/{case}/leave", post(caseworker::leave))
+        .route("/cases/{case}/close", post(caseworker::close))
+        .route("/cases/{case}/reopen", post(caseworker::reopen))
         .route("/cases/{case}/members", post(caseworker::add))
         .route("/cases/{case}/clocks/{clock}/done", post(caseworker::clock_done))
         .route("/offers", get(caseworker::inbox))

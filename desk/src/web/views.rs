@@ -204,6 +204,8 @@ pub struct CaseView {
     pub background: Vec<(Who, u64)>,
     /// Former owners who left, with their reason.
     pub left: Vec<(Who, String)>,
+    /// While closed: the outcome, and until when it may be reopened (ms since the Unix epoch).
+    pub closed: Option<(String, u64)>,
 }
 
 /// The role a member has on a case.
@@ -237,6 +239,7 @@ pub fn case(policy: &Policy, id: String, ownership: &Ownership, me: &MemberId, n
         clocks: ownership.clocks.iter().map(|c| clock(c, now_ms)).collect(),
         background: ownership.background.iter().map(|b| (who(policy, &b.member, me), b.until_ms)).collect(),
         left: ownership.left.iter().map(|(m, r)| (who(policy, m, me), r.clone())).collect(),
+        closed: ownership.closed().map(|c| (c.outcome.clone(), c.reopen_until_ms)),
     }
 }
 
