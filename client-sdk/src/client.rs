@@ -527,6 +527,36 @@ impl Client {
         Err(Error::Hub(WireError::new(ErrorCode::StaleEpoch, "the group kept changing; try again")))
     }
 
+    /// Re-shares earlier messages, on purpose, with the members who joined
+    /// after them (MLS gives a new member no history): the hub first audits
+    /// the disclosure (which entries, to whom, never their content), then the
+    /// items travel end to end encrypted as one [`Content::HistoryShare`],
+    /// in their original order. Every current member's device receives it, and
+    /// the hub names as recipients those whose membership began after one of
+    /// the items; they are returned with the send.
+    pub async fn share_history(
+        &self,
+        thread: ThreadId,
+        mut items: Vec<crate::content::SharedItem>,
+    ) -> Result<(Sent, Vec<MemberId>), Error> {
+        items.sort_by_key(|i| i.seq);
+        items.dedup_by_key(|i| i.seq);
+        if items.is_empty() || items.iter().any(|i| matches!(i.content, Content::HistoryShare(_))) {
+            return Err(Error::Invalid(
+                "a history share holds one or more earlier messages, and no other share".into(),
+            ));
+        }
+        let message = MessageId::new();
+        let seqs = items.iter().map(|i| i.seq).collect();
+        let recipients = match self.request(Request::RecordHistoryShare { thread, message, seqs }).await? {
+            Reply::HistoryShareRecorded { recipients } => recipients,
+            other => return Err(unexpected(other)),
+        };
+        let sent =
+            self.send_with_id(thread, message, Content::HistoryShare(crate::content::HistoryShare { items })).await?;
+        Ok((sent, recipients))
+    }
+
     /// Sends a handover packet after checking it is complete and consistent on
     /// `today`: an incomplete packet is refused with every missing or wrong field.
     pub async fn send_packet(

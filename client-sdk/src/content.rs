@@ -29,6 +29,44 @@ pub enum Content {
     Attachment(Attachment),
     /// A handover packet: what the receiving organisation needs to take the case over.
     HandoverPacket(Box<crate::packet::HandoverPacket>),
+    /// Earlier messages re-shared on purpose to members who joined later (MLS gives them no history).
+    HistoryShare(HistoryShare),
+}
+
+/// Earlier messages of a thread, re-shared with their original ids, seqs,
+/// senders and times; see [`crate::Client::share_history`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryShare {
+    /// The items, in their original order.
+    pub items: Vec<SharedItem>,
+}
+
+/// One earlier message in a history share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedItem {
+    /// Its original id.
+    pub id: wire::MessageId,
+    /// Its original seq in the thread.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: wire::MemberId,
+    /// When the hub stored it.
+    pub at_ms: u64,
+    /// Its content: text, bytes, an attachment (whose key travels with it) or a packet; never another share.
+    pub content: Content,
+}
+
+impl SharedItem {
+    /// An earlier message as received, to re-share.
+    pub fn of(message: &crate::Message) -> Self {
+        Self {
+            id: message.id,
+            seq: message.seq,
+            sender: message.sender.clone(),
+            at_ms: message.at_ms,
+            content: message.content.clone(),
+        }
+    }
 }
 
 impl Content {
@@ -48,7 +86,7 @@ impl Content {
         match self {
             Self::Bytes { data } => data,
             Self::Text { text } => text.as_bytes(),
-            Self::Attachment(_) | Self::HandoverPacket(_) => &[],
+            Self::Attachment(_) | Self::HandoverPacket(_) | Self::HistoryShare(_) => &[],
         }
     }
 }

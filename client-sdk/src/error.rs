@@ -22,6 +22,10 @@ pub enum Error {
     /// every request is idempotent, so it is safe to repeat).
     #[error("no answer from the hub within the request timeout")]
     Timeout,
+    /// The caller asked for something the SDK will not send (an empty history
+    /// share, or one that holds another).
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// The hub sent something this SDK does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -48,7 +48,7 @@ pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
 pub use certs::binding::{BindingError, Bound, SafetyNumber};
 pub use client::{Client, Grounds, Sent};
-pub use content::Content;
+pub use content::{Content, HistoryShare, SharedItem};
 pub use device::{DecryptError, StateKey};
 pub use error::Error;
 pub use event::{Event, EventStream, Message};

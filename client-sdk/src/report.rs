@@ -38,6 +38,7 @@ fn action_text(action: AuditAction) -> &'static str {
         AuditAction::PolicyReload => "changed the hub's policy",
         AuditAction::Retention => "deleted content past its retention period",
         AuditAction::Handover => "took a handover step",
+        AuditAction::ShareHistory => "shared earlier messages with members who joined later",
     }
 }
 

@@ -171,6 +171,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::TakeOver { .. }
         | Request::AddParticipant { .. }
         | Request::CloseCase { .. }
+        | Request::RecordHistoryShare { .. }
         | Request::ReopenCase { .. }
         | Request::LeaveCase { .. }
         | Request::GetOwnership { .. }

@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 30;
+const KINDS: usize = 31;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -97,6 +97,7 @@ fn every_kind() -> Vec<Request> {
         },
         Request::CloseCase { thread: t, outcome: "safe-at-home".into(), reason: "safe".into() },
         Request::ReopenCase { thread: t, reason: "a new report".into() },
+        Request::RecordHistoryShare { thread: t, message: MessageId::new(), seqs: vec![1] },
         Request::GetOwnership { thread: t },
         Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() }, known_size: 0 },
         Request::ListOffers,
@@ -173,6 +174,9 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
             vec![(Caseworker, Request::CloseCase { thread, outcome, reason })]
         }
         Request::ReopenCase { reason, .. } => vec![(Caseworker, Request::ReopenCase { thread, reason })],
+        Request::RecordHistoryShare { message, seqs, .. } => {
+            vec![(Caseworker, Request::RecordHistoryShare { thread, message, seqs })]
+        }
     }
 }
 

@@ -67,6 +67,8 @@ pub enum AuditAction {
     Retention,
     /// A warm-handover step: offer, answer, completion, report, escalation.
     Handover,
+    /// Earlier messages of a case re-shared, end to end encrypted, to members who joined later.
+    ShareHistory,
 }
 
 impl AuditAction {
@@ -90,6 +92,7 @@ impl AuditAction {
             Self::PolicyReload => "policy_reload",
             Self::Retention => "retention",
             Self::Handover => "handover",
+            Self::ShareHistory => "share_history",
         }
     }
 }

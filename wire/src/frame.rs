@@ -376,6 +376,18 @@ pub enum Request {
         /// Why (a new report, the family back in view).
         reason: String,
     },
+    /// Records, before the member's device sends it, that message `message`
+    /// re-shares the earlier entries `seqs` of the case (their content, end to
+    /// end encrypted, as a history share). The hub audits the disclosure to
+    /// every current member whose membership began after one of them.
+    RecordHistoryShare {
+        /// The case.
+        thread: ThreadId,
+        /// The id the history share will be sent under.
+        message: MessageId,
+        /// The earlier entries it re-shares.
+        seqs: Vec<u64>,
+    },
     /// The owner schedules a VT re-check (rappel) three months out.
     ScheduleRappel {
         /// The case.
@@ -500,6 +512,11 @@ pub enum Reply {
     MemberAdded {
         /// The sequence number of the membership entry.
         seq: u64,
+    },
+    /// A history share's disclosure is in the audit log: the members it discloses to.
+    HistoryShareRecorded {
+        /// The current members who did not hold every entry it re-shares.
+        recipients: Vec<MemberId>,
     },
     /// The message is durable at `seq`.
     Sent {

@@ -277,6 +277,31 @@ pub struct EntryView {
     pub member: Option<Who>,
     /// For a handover step: its kind (`offered`, `accepted`, ...).
     pub step: Option<&'static str>,
+    /// For a history share: the earlier messages it re-shares, in their original order.
+    pub shared: Vec<SharedView>,
+}
+
+/// One earlier message in a history share, as the thread shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedView {
+    /// Its original seq.
+    pub seq: u64,
+    /// Who sent it.
+    pub who: Who,
+    /// When.
+    pub at_ms: u64,
+    /// Its text, or what it was (a file's name, a packet).
+    pub text: String,
+}
+
+fn summary(content: &Content) -> String {
+    match content {
+        Content::Text { text } => text.clone(),
+        Content::Bytes { data } => format!("{} bytes", data.len()),
+        Content::Attachment(a) => a.name.clone(),
+        Content::HandoverPacket(p) => format!("handover packet v{}", p.version),
+        Content::HistoryShare(s) => format!("{} items", s.items.len()),
+    }
 }
 
 fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
@@ -329,6 +354,7 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
         packet: None,
         member: None,
         step: None,
+        shared: Vec::new(),
     };
     match &e.body {
         Stored::Message(m) => {
@@ -352,6 +378,19 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
                 Content::HandoverPacket(p) => {
                     view.kind = "packet";
                     view.packet = serde_json::to_value(p).ok();
+                }
+                Content::HistoryShare(share) => {
+                    view.kind = "history_share";
+                    view.shared = share
+                        .items
+                        .iter()
+                        .map(|i| SharedView {
+                            seq: i.seq,
+                            who: who(policy, &i.sender, me),
+                            at_ms: i.at_ms,
+                            text: summary(&i.content),
+                        })
+                        .collect();
                 }
             }
         }

@@ -142,6 +142,10 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             let object = format!("{} as {:?} until {} ms", participant.member, participant.role, participant.until_ms);
             (AuditAction::AddMember, Some(*thread), Some(object))
         }
+        Request::RecordHistoryShare { thread, message, seqs } => {
+            let object = format!("history share {message} of {} earlier entries", seqs.len());
+            (AuditAction::ShareHistory, Some(*thread), Some(object))
+        }
         Request::CloseCase { thread, outcome, reason } => {
             record.purpose = Some(reason.clone());
             (AuditAction::Handover, Some(*thread), Some(format!("close the case: {outcome}")))

@@ -185,6 +185,13 @@ impl Hub {
 
     /// Releases a read's answer once its audit entry, saying whether it failed, is durable.
     async fn answered(&self, mut record: AuditRecord, reply: Result<Reply, WireError>) -> Outcome {
+        if let Ok(Reply::HistoryShareRecorded { recipients }) = &reply {
+            // The disclosure names whom it reaches, as the access report must.
+            let to: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+            record.object = record
+                .object
+                .map(|o| format!("{o} to {}", if to.is_empty() { "nobody new".into() } else { to.join(", ") }));
+        }
         if let Err(e) = &reply {
             record.outcome = AuditOutcome::Failed;
             record.rule = format!("{}; failed: {:?}", record.rule, e.code);
@@ -266,6 +273,10 @@ impl Hub {
                 return Ok(Prepared::Slow(self.spawn_audit_query(caller, filter, known_size)));
             }
             Request::ListOffers => return Ok(Prepared::Slow(self.spawn_list_offers(caller, actor))),
+            Request::RecordHistoryShare { thread, seqs, .. } => {
+                // Only the audit entry is written, and the reply waits for it to be durable.
+                return Ok(Prepared::Read(self.history_share(thread, &actor, &seqs)));
+            }
             read => return Ok(Prepared::Read(self.read(caller, &actor, read))),
         };
         Ok(Prepared::Write(kind, write))
@@ -301,6 +312,7 @@ impl Hub {
             | Request::ClaimKeyPackage { thread, .. }
             | Request::AddParticipant { thread, .. } => (Action::AddMember, Some(*thread)),
             Request::Send { thread, .. }
+            | Request::RecordHistoryShare { thread, .. }
             | Request::InitGroup { thread, .. }
             | Request::Commit { thread, .. }
             | Request::PutBlobChunk { thread, .. } => (Action::Send, Some(*thread)),
@@ -351,6 +363,7 @@ impl Hub {
             let writes = matches!(
                 request,
                 Request::Send { .. }
+                    | Request::RecordHistoryShare { .. }
                     | Request::PutBlobChunk { .. }
                     | Request::Commit { .. }
                     | Request::InitGroup { .. }
@@ -365,6 +378,7 @@ impl Hub {
             let adds = matches!(
                 request,
                 Request::Send { .. }
+                    | Request::RecordHistoryShare { .. }
                     | Request::PutBlobChunk { .. }
                     | Request::AddMember { .. }
                     | Request::AddParticipant { .. }

@@ -49,6 +49,39 @@ impl Hub {
         Ok(self.store.ownership(thread).map_err(internal)?.is_some_and(|o| o.admitted_by_handover(member)))
     }
 
+    /// The members a history share of `seqs` discloses to: everyone on the case
+    /// now, but the sharer, whose current membership began after one of them.
+    pub(super) fn history_share(&self, thread: ThreadId, actor: &MemberId, seqs: &[u64]) -> Result<Reply, WireError> {
+        let max = self.limits.max_history_share_items;
+        if seqs.is_empty() || seqs.len() > max {
+            return Err(crate::quotas::exceeded(
+                "limits.max_history_share_items",
+                max,
+                "a history share names 1 to that many entries",
+            ));
+        }
+        let last = self.store.last_seq(thread).map_err(internal)?;
+        if seqs.iter().any(|s| *s == 0 || *s > last) {
+            return Err(WireError::new(ErrorCode::Invalid, format!("a history share names entries 1 to {last}")));
+        }
+        let earliest = seqs.iter().copied().min().unwrap_or_default();
+        let mut recipients = Vec::new();
+        for member in self.store.members(thread).map_err(internal)?.into_iter().filter(|m| m != actor) {
+            let joined = self
+                .store
+                .intervals(thread, &member)
+                .map_err(internal)?
+                .iter()
+                .filter(|i| i.until.is_none())
+                .map(|i| i.from)
+                .max();
+            if joined.is_some_and(|from| from > earliest) {
+                recipients.push(member);
+            }
+        }
+        Ok(Reply::HistoryShareRecorded { recipients })
+    }
+
     pub(super) fn send(
         &self,
         thread: ThreadId,
