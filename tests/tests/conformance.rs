@@ -153,6 +153,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     lt.schedule_rappel(thread).await?;
     lt.report_done(thread, ClockKind::Rappel).await?;
     lt.ownership(thread).await?;
+    let earlier = ketenhub_sdk::SharedItem::of(&got[0]);
+    lt.share_history(thread, vec![earlier]).await?;
     lt.close_case(thread, "safe-at-home", "the family is safe").await?;
     assert_eq!(refusal_rule(lt.send_text(thread, "after closing").await), "case-closed");
     lt.reopen_case(thread, "a new report").await?;
@@ -245,6 +247,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:take_over",
         "op:add_participant",
         "op:close_case",
+        "op:record_history_share",
+        "kind:history_share_recorded",
         "op:reopen_case",
         "op:get_ownership",
         "op:list_offers",
