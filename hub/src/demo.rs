@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use ketenhub_sdk::packet::Date;
 use ketenhub_sdk::{
     Client, ClockKind, Content, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, HandoverPacket,
-    OfferRequest, ParticipantRole, ThreadId,
+    OfferRequest, ParticipantRole, SharedItem, ThreadId,
 };
 
 use crate::clock::Clock;
@@ -84,6 +84,8 @@ struct Handover<'a> {
     reason: &'a str,
     justification: Option<&'a str>,
     packet: Content,
+    /// An earlier message the sender re-shares with the receiver before it completes.
+    history: Option<&'a ketenhub_sdk::Message>,
 }
 
 async fn owner_line(line: &Timeline, party: &Party, thread: ThreadId) -> anyhow::Result<()> {
@@ -163,6 +165,9 @@ async fn hand_over(
     })
     .await?;
     line.say(&to.name(), format!("reads, end-to-end encrypted: {}", describe(&received, today)?));
+    if let Some(earlier) = handover.history {
+        share_history(line, thread, from, to, earlier).await?;
+    }
     to.client.complete_handover(thread, offer, FamilyTold::Yes).await?;
     line.say(&to.name(), "met the family, told them who their contact is now, and completes the handover");
     owner_line(line, to, thread).await
@@ -262,6 +267,36 @@ async fn close_and_reopen(line: &Timeline, clock: &Clock, thread: ThreadId, owne
     Ok(())
 }
 
+/// The former owner re-shares an earlier message with the receiver, which MLS gave no history: on purpose and audited.
+async fn share_history(
+    line: &Timeline,
+    thread: ThreadId,
+    from: &Party,
+    to: &mut Party,
+    earlier: &ketenhub_sdk::Message,
+) -> anyhow::Result<()> {
+    let (sent, recipients) = from.client.share_history(thread, vec![SharedItem::of(earlier)]).await?;
+    let names: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+    line.say(
+        &from.name(),
+        format!(
+            "re-shares the report of the home visit (#{}); the hub audits the disclosure to {}",
+            earlier.seq,
+            names.join(", ")
+        ),
+    );
+    let shared = wait_for(&mut to.events, |e| match e {
+        Event::Message(m) if m.id == sent.id => Some(m.content),
+        _ => None,
+    })
+    .await?;
+    let Content::HistoryShare(share) = shared else { anyhow::bail!("the receiver got no history share") };
+    let first =
+        share.items.first().map(|i| String::from_utf8_lossy(i.content.as_bytes()).into_owned()).unwrap_or_default();
+    line.say(&to.name(), format!("reads {} earlier message(s), marked as shared by VT: {first:?}", share.items.len()));
+    Ok(())
+}
+
 /// A referral from VT to a local team as an organisation, with the family's consent.
 fn to_local_team(team: &Party, reason: &str, deadline_ms: u64) -> OfferRequest {
     OfferRequest {
@@ -310,6 +345,12 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         .add_member(thread, vt.client.member_id(), &Grounds::new("tweede werker bij het onderzoek", "consent"))
         .await?;
     line.say(&anna.name(), format!("works the case in a pair with {}", vt.name()));
+    anna.client.send_text(thread, "Huisbezoek: moeder wil hulp thuis; vader was er niet.").await?;
+    let visit = wait_for(&mut vt.events, |e| match e {
+        Event::Message(m) if m.thread == thread => Some(m),
+        _ => None,
+    })
+    .await?;
     reassign(&line, &clock, thread, &lead, &mut vt).await?;
     let referral = Handover {
         route: "vt-lt-referral",
@@ -317,8 +358,9 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         reason: "voluntary support at home; the mother agrees",
         justification: None,
         packet: Content::HandoverPacket(Box::new(HandoverPacket::example(Date::from_unix_ms(clock.now_ms())))),
+        history: Some(&visit),
     };
-    line.chapter("2. The local team accepts, meets the family and completes; VT stays in the background");
+    line.chapter("2. The local team accepts, meets the family and completes; VT shares what went before and stays in the background");
     hand_over(&line, &clock, thread, &mut vt, &mut lt, referral).await?;
 
     line.chapter("3. Later the local team asks the Raad voor de Kinderbescherming to investigate");
@@ -330,6 +372,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         packet: Content::Text {
             text: "Onderzoeksvraag aan de Raad; eerdere interventies en hun resultaat; visie van het gezin".into(),
         },
+        history: None,
     };
     hand_over(&line, &clock, thread, &mut lt, &mut rvdk, request).await?;
     vt.client.leave_case(thread, "de Raad onderzoekt nu; de rol van Veilig Thuis is afgerond").await?;
@@ -348,6 +391,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         packet: Content::Text {
             text: "Maatregel OTS met zaaknummer en data; veiligheidsplan nog op te stellen".into(),
         },
+        history: None,
     };
     hand_over(&line, &clock, thread, &mut rvdk, &mut gi, measure).await?;
     let clocks = gi.client.ownership(thread).await?.clocks;
