@@ -202,6 +202,8 @@ pub struct Limits {
     pub max_offers_per_case: usize,
     /// Earlier entries one history share may name.
     pub max_history_share_items: usize,
+    /// Times one case may be closed over its life (each closing stays in its ownership state).
+    pub max_closures_per_case: usize,
     /// Attachment uploads a thread may have open (not yet sealed) at once.
     pub max_open_blobs_per_thread: usize,
     /// Bytes of all attachment blobs of one thread together.
@@ -240,6 +242,7 @@ impl Default for Limits {
             key_package_uploads_per_minute: 20,
             max_offers_per_case: 100,
             max_history_share_items: 256,
+            max_closures_per_case: 20,
             max_open_blobs_per_thread: 16,
             max_blob_bytes_per_thread: 2 << 30,
             max_handshakes_per_address: 32,
@@ -293,6 +296,7 @@ impl Limits {
             ("limits.key_package_uploads_per_minute", self.key_package_uploads_per_minute as u64),
             ("limits.max_offers_per_case", self.max_offers_per_case as u64),
             ("limits.max_history_share_items", self.max_history_share_items as u64),
+            ("limits.max_closures_per_case", self.max_closures_per_case as u64),
             ("limits.max_open_blobs_per_thread", self.max_open_blobs_per_thread as u64),
             ("limits.max_blob_bytes_per_thread", self.max_blob_bytes_per_thread),
             ("limits.max_handshakes_per_address", self.max_handshakes_per_address as u64),

@@ -428,7 +428,7 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             applied
         }
         Write::AddMember { thread, by, member, max_members, admitted } => {
-            still_writes(store, thread, &by)?;
+            still_adds(store, thread, &by)?;
             let present = store.is_member(thread, &member)?;
             if admitted && !present {
                 return Err(WriteError::Refused(WireError::new(
@@ -443,7 +443,7 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             appended(thread, store.add_member(thread, &by, &member, at)?)
         }
         Write::Append { thread, sender, id, payload, epoch } => {
-            still_writes(store, thread, &sender)?;
+            still_adds(store, thread, &sender)?;
             let current = groups.of(store, thread)?;
             if epoch != current {
                 return Err(WriteError::Refused(crate::groups::stale(current)));
@@ -454,10 +454,11 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             (Written::KeyPackages { stock: store.add_key_packages(&member, &packages)? }, Vec::new())
         }
         Write::TakeKeyPackage { thread, claimer, member } => {
+            crate::requests::open_case(store, thread).map_err(WriteError::Refused)?;
             (Written::KeyPackage(store.claim_key_package(thread, &claimer, &member, at)?), Vec::new())
         }
         Write::PutBlobChunk { upload, limits } => {
-            still_writes(store, upload.thread, &upload.uploader)?;
+            still_adds(store, upload.thread, &upload.uploader)?;
             let duplicate = crate::blobs::put_chunk(store, &upload, limits, at)?;
             (Written::BlobChunk { blob: upload.blob, index: upload.index, duplicate }, Vec::new())
         }
@@ -484,6 +485,13 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
     })
 }
 
+/// Checks, in write order, that `member` still writes something new in
+/// `thread`: as [`still_writes`], and the case is not closed meanwhile.
+fn still_adds(store: &dyn Store, thread: ThreadId, member: &MemberId) -> Result<(), WriteError> {
+    still_writes(store, thread, member)?;
+    crate::requests::open_case(store, thread).map_err(WriteError::Refused)
+}
+
 /// Checks, in write order, that `member` still writes in `thread`: the check at
 /// the enforcement point read state that an earlier write in the same batch
 /// (a removal, a completed handover) may have changed since.
@@ -491,7 +499,6 @@ fn still_writes(store: &dyn Store, thread: ThreadId, member: &MemberId) -> Resul
     if !store.is_member(thread, member)? {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     }
-    crate::requests::open_case(store, thread).map_err(WriteError::Refused)?;
     if store.is_read_only(thread, member)? {
         return Err(refused(
             ErrorCode::Forbidden,
@@ -574,6 +581,10 @@ fn apply_commit(
             "owner-stays",
             format!("{owner} holds regie over the case; ownership moves only by a completed handover"),
         ));
+    }
+    let participant = ownership.as_ref().is_some_and(|o| o.participant(caller).is_some());
+    if participant && checked.removes_devices_of.iter().any(|m| m != caller) {
+        return Err(forbidden("participants-remove-no-one", "a consultant or co-worker removes only its own devices"));
     }
     if checked.added.is_empty() != welcome.is_none() {
         return Err(refused(ErrorCode::Invalid, "a commit that adds members needs a Welcome, and only then"));

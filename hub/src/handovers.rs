@@ -268,7 +268,7 @@ pub fn apply(
             HandoverEvent::Closed { outcome, reason, reopen_until_ms }
         }
         HandoverOp::Reopen { reason, lead } => {
-            // A team lead reopens without joining: it takes the case over if the owner is still away.
+            // A team lead reopens without joining the case; to work it, it takes it over.
             ownership.reopen(by, lead, &reason, now_ms).map_err(refused)?;
             HandoverEvent::Reopened { reason }
         }
@@ -312,7 +312,13 @@ pub fn apply(
         Some(offer) => offer_only(ownership, offer),
         None => ownership,
     };
-    if ownership == before {
+    // A member a step admits again (a participant renewed after a commit removed it) is written even
+    // when the state is as it was.
+    let readmits = match &admit {
+        Some(member) => !store.is_member(thread, member)?,
+        None => false,
+    };
+    if ownership == before && !readmits {
         return Ok((view(ownership), Vec::new()));
     }
     let evict = departures(store, thread, &mut ownership)?;

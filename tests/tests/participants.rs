@@ -11,6 +11,7 @@ use ketenhub_sdk::{
 };
 use tests::{messages, next_event, refusal_rule, DevHub};
 use wire::handover::PARTICIPATION_ENDED;
+use wire::MemberId;
 
 const WAIT: Duration = Duration::from_secs(20);
 const DAY_MS: u64 = 86_400_000;
@@ -63,9 +64,20 @@ async fn a_consultant_takes_part_until_its_end_date_and_then_the_owner_removes_i
     sanne.send_text(thread, "Angst bij harde geluiden; ik adviseer een observatie.").await?;
     messages(&mut anna_events, 1, WAIT).await?;
 
-    // A consultant brings nobody in and does not take the case over, even when it is offered to its organisation.
+    // A colleague of the owner is a co-worker, not a consultant; a full member is not made a participant.
+    let petra = MemberId { oin: anna.identity().oin.clone(), worker: "petra.vos".into() };
+    let refusal = anna.add_participant(thread, petra, consultant, &advice).await;
+    assert_eq!(refused_by(refusal, "consultant-from-another-organisation"), Some(ErrorCode::Invalid));
+
+    // A consultant brings nobody in, throws nobody out, and does not take the case over, even when it is
+    // offered to its organisation.
     let refusal = sanne.add_member(thread, bram.member_id(), &Grounds::new("a colleague", "consent")).await;
     assert_eq!(refusal_rule(refusal), "participants-add-no-one");
+    anna.add_member(thread, bram.member_id(), &Grounds::new("tweede werker", "consent")).await?;
+    let refusal = anna.add_participant(thread, bram.member_id(), (ParticipantRole::CoWorker, until), &advice).await;
+    assert_eq!(refused_by(refusal, "already-on-the-case"), Some(ErrorCode::Conflict));
+    assert_eq!(refusal_rule(sanne.remove_member(thread, bram.member_id()).await), "participants-remove-no-one");
+    assert!(anna.members(thread).await?.contains(&bram.member_id()));
     let to_lt = OfferRequest {
         to: sanne.identity().oin.clone(),
         to_worker: None,

@@ -113,6 +113,9 @@ pub enum HandoverError {
     /// A co-worker works for the owner's organisation.
     #[error("a co-worker is a colleague of the owner; someone of another organisation is consulted (rule co-worker-inside-organisation)")]
     CoWorkerOutside,
+    /// A consultant comes from another organisation than the owner's.
+    #[error("a colleague of the owner takes part as a co-worker, not a consultant (rule consultant-from-another-organisation)")]
+    ConsultantInside,
     /// The member holds regie or is taking the case over; it cannot also be a participant.
     #[error("the member is owner or receiver of the case already (rule already-on-the-case)")]
     AlreadyOnCase,
@@ -648,6 +651,10 @@ impl Ownership {
         if self.left.iter().any(|(m, r)| m == member && r == reason) {
             return Ok(());
         }
+        // The hub's own departures are told apart by their reasons, in the audit log too.
+        if [BACKGROUND_ENDED, PARTICIPATION_ENDED, REGIE_MOVED].contains(&reason) {
+            return Err(HandoverError::ReasonRequired("a reason of the member's own"));
+        }
         let background = self.background.iter().any(|b| &b.member == member);
         if !background && self.participant(member).is_none() {
             return Err(HandoverError::NotInBackground);
@@ -684,6 +691,9 @@ impl Ownership {
         if participant.role == ParticipantRole::CoWorker && participant.member.oin != self.owner.oin {
             return Err(HandoverError::CoWorkerOutside);
         }
+        if participant.role == ParticipantRole::Consultant && participant.member.oin == self.owner.oin {
+            return Err(HandoverError::ConsultantInside);
+        }
         let receiving =
             self.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == &participant.member));
         if participant.member == self.owner || receiving {
@@ -691,6 +701,7 @@ impl Ownership {
         }
         self.background.retain(|b| b.member != participant.member);
         self.left.retain(|(m, _)| m != &participant.member);
+        self.removal_due.retain(|m| m != &participant.member);
         self.participants.retain(|p| p.member != participant.member);
         self.participants.push(participant);
         Ok(())

@@ -255,6 +255,17 @@ impl Hub {
             }
             Request::TakeOver { thread, reason } => self.take_over(thread, &actor, policy, reason),
             Request::CloseCase { thread, outcome, reason } => {
+                let closed = self.store.ownership(thread).map_err(internal)?.map_or(0, |o| {
+                    if o.closed().is_some() {
+                        0
+                    } else {
+                        o.closures.len()
+                    }
+                });
+                let max = self.limits.max_closures_per_case;
+                if closed >= max {
+                    return Err(crate::quotas::exceeded("limits.max_closures_per_case", max, "closed too often"));
+                }
                 let reopen_until_ms =
                     self.clock.now_ms() + u64::from(policy.closing.reopen_days) * wire::calendar::DAY_MS;
                 self.handover(thread, &actor, HandoverOp::Close { outcome, reason, reopen_until_ms })
