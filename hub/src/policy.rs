@@ -107,6 +107,11 @@ pub struct Route {
     /// handover; past it the case escalates to the owner. None: no deadline.
     #[serde(default)]
     pub completion_days: Option<u32>,
+    /// Separation of duties: the offering worker must never have taken part in
+    /// the case in these roles (the court request is filed by someone outside
+    /// the safety team, who worked the case as co-workers).
+    #[serde(default)]
+    pub offerer_not_among: Vec<wire::handover::ParticipantRole>,
 }
 
 /// How long the hub keeps things.

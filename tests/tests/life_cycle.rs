@@ -8,7 +8,7 @@ use std::time::Duration;
 use hub::clock::Clock;
 use ketenhub_sdk::{
     AuditFilter, Client, ClockKind, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
-    OfferState,
+    OfferState, ParticipantRole,
 };
 use tests::{messages, next_event, refusal_rule, DevHub};
 use wire::handover::REASSIGNMENT_ROUTE;
@@ -250,5 +250,38 @@ async fn a_closed_case_is_read_only_for_everyone_reopens_in_its_period_and_is_ar
     // Nobody waits for an archived case's content: retention deletes it once its period has passed.
     let swept = hub.hub().sweep_retention(clock.now_ms() + 31 * DAY_MS).await?;
     assert_eq!(swept.messages, 1, "the one message of the archived case: {swept:?}");
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_route_that_keeps_duties_apart_refuses_an_offer_by_a_former_co_worker() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let (anna, _) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (bram, _) = connect(&hub, "vt-utrecht-colleague").await?;
+    let (rvdk, _) = connect(&hub, "rvdk-caseworker").await?;
+    let thread = anna.create_thread().await?;
+    let until = hub::clock::now_ms() + 20 * DAY_MS;
+    let team = Grounds::new("veiligheidsteam", "consent");
+    anna.add_participant(thread, bram.member_id(), (ParticipantRole::CoWorker, until), &team).await?;
+
+    let mut to_raad = offer(&rvdk.member_id(), "vt-rvdk-request", deadline());
+    to_raad.legal_basis = "vt-safety".into();
+    to_raad.justification = Some("aanhoudende onveiligheid ondanks het veiligheidsplan".into());
+    // Anna never worked the case as a co-worker: she may file the request.
+    let filed = anna.offer_handover(thread, to_raad.clone()).await?;
+    anna.withdraw_offer(thread, filed.offers[0].id, "eerst de reassignment").await?;
+
+    // Bram leaves the team and the case is reassigned to him; as a former co-worker he may not file it.
+    bram.leave_case(thread, "het veiligheidsteam is klaar").await?;
+    let id = anna.offer_handover(thread, offer(&bram.member_id(), REASSIGNMENT_ROUTE, deadline())).await?.offers[1].id;
+    bram.accept_offer(thread, id).await?;
+    bram.complete_handover(thread, id, FamilyTold::Yes).await?;
+    to_raad.deadline_ms += 1;
+    assert_eq!(refusal_rule(bram.offer_handover(thread, to_raad).await), "separation-of-duties");
+    let mut to_local_team = offer(&rvdk.member_id(), "vt-lt-referral", deadline());
+    to_local_team.to = "00000001800000000002".parse()?;
+    to_local_team.to_worker = None;
+    bram.offer_handover(thread, to_local_team).await.expect("other routes keep no such rule");
     hub.stop().await
 }

@@ -542,6 +542,10 @@ pub struct Ownership {
     /// Every closing of the case, in order; the last is in force unless reopened.
     #[serde(default)]
     pub closures: Vec<Closure>,
+    /// Everyone who ever took part as consultant or co-worker, with the role,
+    /// for routes that keep duties apart (see [`Ownership::has_served_as`]).
+    #[serde(default)]
+    pub served: Vec<(MemberId, ParticipantRole)>,
 }
 
 fn three_months_after(ms: u64) -> u64 {
@@ -561,7 +565,13 @@ impl Ownership {
             removal_due: Vec::new(),
             participants: Vec::new(),
             closures: Vec::new(),
+            served: Vec::new(),
         }
+    }
+
+    /// Whether `member` takes or took part in the case in `role`.
+    pub fn has_served_as(&self, member: &MemberId, role: ParticipantRole) -> bool {
+        self.served.iter().any(|(m, r)| m == member && *r == role)
     }
 
     /// The closing in force, if the case is closed (archived or not).
@@ -703,6 +713,9 @@ impl Ownership {
         self.left.retain(|(m, _)| m != &participant.member);
         self.removal_due.retain(|m| m != &participant.member);
         self.participants.retain(|p| p.member != participant.member);
+        if !self.has_served_as(&participant.member, participant.role) {
+            self.served.push((participant.member.clone(), participant.role));
+        }
         self.participants.push(participant);
         Ok(())
     }
@@ -1456,6 +1469,7 @@ mod tests {
                 }
                 for (i, p) in case.participants.iter().enumerate() {
                     prop_assert!(p.member != case.owner, "the owner is also a participant");
+                    prop_assert!(case.has_served_as(&p.member, p.role), "a participation left no trace in `served`");
                     prop_assert!(!case.is_read_only(&p.member), "a participant is read-only");
                     prop_assert!(p.until_ms > now, "a participation outlived its end date");
                     prop_assert!(case.participants[..i].iter().all(|q| q.member != p.member), "a participant twice");

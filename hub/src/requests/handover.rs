@@ -26,7 +26,21 @@ impl Hub {
         offer: OfferRequest,
     ) -> Result<(WriteKind, Write), WireError> {
         // Every offer stays in the case's state, which every `ownership` reply carries.
-        let made = self.store.ownership(thread).map_err(internal)?.map_or(0, |o| o.offers.len());
+        let ownership = self.store.ownership(thread).map_err(internal)?;
+        let made = ownership.as_ref().map_or(0, |o| o.offers.len());
+        let route = policy.route(&offer.route);
+        let served = route.and_then(|r| {
+            r.offerer_not_among.iter().find(|role| ownership.as_ref().is_some_and(|o| o.has_served_as(actor, **role)))
+        });
+        if let Some(role) = served {
+            return Err(WireError::new(
+                wire::ErrorCode::Forbidden,
+                format!(
+                    "denied by rule separation-of-duties: route {} is offered by someone who never took part in the case as {role:?}",
+                    offer.route
+                ),
+            ));
+        }
         if made >= self.limits.max_offers_per_case {
             let key = "limits.max_offers_per_case";
             return Err(crate::quotas::exceeded(key, self.limits.max_offers_per_case, "too many offers"));
