@@ -567,6 +567,10 @@ fn apply_commit(
             "an identity would have too many devices in the group",
         )));
     }
+    if !checked.added.is_empty() {
+        // KeyPackages claimed before a close bring no new device into a closed case.
+        crate::requests::open_case(store, thread).map_err(WriteError::Refused)?;
+    }
     for added in &checked.added {
         if !store.is_member(thread, added)? {
             return Err(WriteError::Refused(WireError::new(

@@ -688,10 +688,10 @@ impl Ownership {
         if by != &self.owner {
             return Err(HandoverError::NotOwner);
         }
+        self.refuse_if_closed()?;
         if self.participant(&participant.member) == Some(&participant) {
             return Ok(());
         }
-        self.refuse_if_closed()?;
         if participant.reason.trim().is_empty() {
             return Err(HandoverError::ReasonRequired("why the participant is brought in"));
         }

@@ -143,7 +143,9 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             (AuditAction::AddMember, Some(*thread), Some(object))
         }
         Request::RecordHistoryShare { thread, message, seqs } => {
-            let object = format!("history share {message} of {} earlier entries", seqs.len());
+            // Which entries, each once: the access report says what was disclosed, never what it said.
+            let named: std::collections::BTreeSet<&u64> = seqs.iter().collect();
+            let object = format!("history share {message} of {} earlier entries {named:?}", named.len());
             (AuditAction::ShareHistory, Some(*thread), Some(object))
         }
         Request::CloseCase { thread, outcome, reason } => {

@@ -53,11 +53,14 @@ impl Hub {
     /// now, but the sharer, whose current membership began after one of them.
     pub(super) fn history_share(&self, thread: ThreadId, actor: &MemberId, seqs: &[u64]) -> Result<Reply, WireError> {
         let max = self.limits.max_history_share_items;
-        if seqs.is_empty() || seqs.len() > max {
+        if seqs.is_empty() {
+            return Err(WireError::new(ErrorCode::Invalid, "a history share names at least one earlier entry"));
+        }
+        if seqs.len() > max {
             return Err(crate::quotas::exceeded(
                 "limits.max_history_share_items",
                 max,
-                "a history share names 1 to that many entries",
+                "a history share names that many entries at most",
             ));
         }
         let last = self.store.last_seq(thread).map_err(internal)?;
