@@ -77,7 +77,14 @@ impl Content {
 
     /// Reads content from an MLS plaintext.
     pub fn decode(plaintext: &[u8]) -> Result<Self, String> {
-        wire::decode(plaintext).map_err(|e| format!("not Ketenhub message content: {e}"))
+        let content: Self = wire::decode(plaintext).map_err(|e| format!("not Ketenhub message content: {e}"))?;
+        if let Self::HistoryShare(share) = &content {
+            // A share of shares would let a sharer pass off items as re-shared by someone else.
+            if share.items.iter().any(|i| matches!(i.content, Self::HistoryShare(_))) {
+                return Err("a history share holds another history share".into());
+            }
+        }
+        Ok(content)
     }
 
     /// The bytes of a `Bytes` message, or the UTF-8 of a `Text` message;
@@ -101,5 +108,20 @@ mod tests {
             assert_eq!(Content::decode(&content.encode()).unwrap(), content);
         }
         assert!(Content::decode(b"plain bytes").is_err());
+    }
+
+    #[test]
+    fn a_history_share_round_trips_and_one_inside_another_is_refused() {
+        let item = |content| SharedItem {
+            id: wire::MessageId::new(),
+            seq: 3,
+            sender: wire::MemberId { oin: "00000001800000000001".parse().unwrap(), worker: "anna".into() },
+            at_ms: 1,
+            content,
+        };
+        let share = Content::HistoryShare(HistoryShare { items: vec![item(Content::Text { text: "eerder".into() })] });
+        assert_eq!(Content::decode(&share.encode()).unwrap(), share);
+        let nested = Content::HistoryShare(HistoryShare { items: vec![item(share)] });
+        assert!(Content::decode(&nested.encode()).is_err());
     }
 }
