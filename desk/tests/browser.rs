@@ -164,6 +164,17 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
+        // A live update may re-render the page between finding the element and clicking it: find it again.
+        for _ in 0..5 {
+            match self.find(css).await.click().await {
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other.expect("click"),
+            }
+        }
         self.find(css).await.click().await.expect("click");
     }
 
