@@ -436,10 +436,7 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
                     "denied by rule admitted-by-handover: the member left the case before it could be added",
                 )));
             }
-            if !present && store.members(thread)?.len() >= max_members {
-                let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
-                return Err(WriteError::Refused(full));
-            }
+            room_for(store, thread, present, max_members)?;
             appended(thread, store.add_member(thread, &by, &member, at)?)
         }
         Write::Append { thread, sender, id, payload, epoch } => {
@@ -483,6 +480,20 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             (Written::Swept(crate::retention::sweep(store, &retention, devices, now_ms, audit)?), Vec::new())
         }
     })
+}
+
+/// Refuses a new member (one not `present` yet) once the thread holds `max_members`.
+pub(crate) fn room_for(
+    store: &dyn Store,
+    thread: ThreadId,
+    present: bool,
+    max_members: usize,
+) -> Result<(), WriteError> {
+    if !present && store.members(thread)?.len() >= max_members {
+        let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
+        return Err(WriteError::Refused(full));
+    }
+    Ok(())
 }
 
 /// Checks, in write order, that `member` still writes something new in

@@ -249,12 +249,10 @@ pub fn apply(
         }
         HandoverOp::Engage { participant, max_members } => {
             let member = participant.member.clone();
-            if !store.is_member(thread, &member)? && store.members(thread)?.len() >= max_members {
-                let key = "limits.max_members_per_thread";
-                return Err(WriteError::Refused(crate::quotas::exceeded(key, max_members, "the thread is full")));
-            }
+            let present = store.is_member(thread, &member)?;
+            crate::durability::room_for(store, thread, present, max_members)?;
             let full = ownership.participant(&member).is_none() && !ownership.is_read_only(&member);
-            if full && store.is_member(thread, &member)? {
+            if full && present {
                 // Already a full member: taking part for a while would end a membership that has no end.
                 return Err(refused(HandoverError::AlreadyOnCase));
             }
@@ -280,10 +278,7 @@ pub fn apply(
             if by != &ownership.owner {
                 return Err(refused(HandoverError::NotOwner));
             }
-            if ownership.closed().is_some() {
-                return Err(refused(HandoverError::Closed));
-            }
-            ownership.schedule_rappel(now_ms);
+            ownership.schedule_rappel(now_ms).map_err(refused)?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
         }
         HandoverOp::Done(clock) => {
@@ -408,7 +403,6 @@ pub fn sweep(
     let mut raised = Vec::new();
     for (thread, mut ownership) in store.ownerships()? {
         let before = ownership.clone();
-        let departed = ownership.left.len();
         let escalations = ownership.due(calendar, now_ms);
         // A background role or participation that ended is a departure, and a closed case past its
         // reopening period is archived: each written now, so that memberships end on time.
@@ -434,7 +428,7 @@ pub fn sweep(
         let mut events: Vec<HandoverEvent> =
             escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
         events.extend(
-            ownership.left[departed..since]
+            ownership.left[before.left.len()..since]
                 .iter()
                 .map(|(member, reason)| HandoverEvent::Left { member: member.clone(), reason: reason.clone() }),
         );

@@ -981,10 +981,11 @@ impl Ownership {
     }
 
     /// Schedules a VT re-check (rappel) three months out. One runs at a time:
-    /// while one is running, this changes nothing.
-    pub fn schedule_rappel(&mut self, now_ms: u64) {
-        if self.closed().is_some() || self.clocks.iter().any(|c| c.kind == ClockKind::Rappel && !c.done) {
-            return;
+    /// while one is running, this changes nothing. A closed case schedules none.
+    pub fn schedule_rappel(&mut self, now_ms: u64) -> Result<(), HandoverError> {
+        self.refuse_if_closed()?;
+        if self.clocks.iter().any(|c| c.kind == ClockKind::Rappel && !c.done) {
+            return Ok(());
         }
         self.clocks.push(CaseClock {
             kind: ClockKind::Rappel,
@@ -992,6 +993,7 @@ impl Ownership {
             escalations: 0,
             done: false,
         });
+        Ok(())
     }
 
     /// Reports a clock's work done (for example, the first contact took place);
@@ -1206,13 +1208,14 @@ mod tests {
         let id = case.offer(&anna, false, request(LT, 5 * DAY_MS), 0).unwrap();
         assert_eq!(case.close(&anna, closing, 0, 30 * DAY_MS), Err(HandoverError::OfferOpen(id)));
         case.withdraw(&anna, id, "not needed").unwrap();
-        case.schedule_rappel(0);
+        case.schedule_rappel(0).unwrap();
         assert_eq!(case.close(&sanne, closing, 0, 30 * DAY_MS), Err(HandoverError::NotOwner));
         case.close(&anna, closing, DAY_MS, 30 * DAY_MS).unwrap();
         case.close(&anna, closing, 2 * DAY_MS, 40 * DAY_MS).unwrap();
         assert_eq!(case.closures.len(), 1, "closing again changes nothing");
         assert!(case.clocks.iter().all(|c| c.done), "closing stops the clocks");
         assert_eq!(case.offer(&anna, false, request(LT, 9 * DAY_MS), 2 * DAY_MS), Err(HandoverError::Closed));
+        assert_eq!(case.schedule_rappel(2 * DAY_MS), Err(HandoverError::Closed));
         assert_eq!(case.reopen(&sanne, true, "new report", 3 * DAY_MS), Err(HandoverError::NotOwner));
         case.reopen(&petra, true, "a new report about the youngest", 3 * DAY_MS).unwrap();
         assert!(case.closed().is_none());
@@ -1389,10 +1392,7 @@ mod tests {
                 let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
                 case.complete(&people[*by], open, family, *now)
             }
-            Step::Rappel => {
-                case.schedule_rappel(*now);
-                Ok(())
-            }
+            Step::Rappel => case.schedule_rappel(*now),
             Step::Done { clock } => {
                 let kind =
                     [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel, ClockKind::Completion][*clock];

@@ -65,6 +65,13 @@ fn audit_head(
         wire::merkle::consistency_proof(known_size, head.size, &mut audit::node_source(store)).map_err(internal)?;
     Ok((Some(head), wire::audit::Proof::from_hashes(proof)))
 }
+/// Completes a history share's record with whom it discloses to, as the access report must name them.
+pub(super) fn disclosed_to(record: &mut AuditRecord, recipients: &[MemberId]) {
+    let to: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+    let to = if to.is_empty() { "nobody new".to_owned() } else { to.join(", ") };
+    record.object = record.object.take().map(|o| format!("{o} to {to}"));
+}
+
 /// What the audit log records about a request, before the policy decides.
 pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, request: &Request) -> AuditRecord {
     let mut record = AuditRecord {

@@ -120,6 +120,15 @@ fn denied(decision: &Decision) -> WireError {
     WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", decision.rule, decision.reason))
 }
 
+/// The rule that allowed, or the denial with the rule that refused.
+fn decided(decision: Decision) -> Result<&'static str, (WireError, &'static str)> {
+    if decision.allowed {
+        Ok(decision.rule)
+    } else {
+        Err((denied(&decision), decision.rule))
+    }
+}
+
 impl Hub {
     /// Applies a request. Requests applied one after another are written in
     /// that order; this waits only for room on the write path, not for disk.
@@ -186,11 +195,7 @@ impl Hub {
     /// Releases a read's answer once its audit entry, saying whether it failed, is durable.
     async fn answered(&self, mut record: AuditRecord, reply: Result<Reply, WireError>) -> Outcome {
         if let Ok(Reply::HistoryShareRecorded { recipients }) = &reply {
-            // The disclosure names whom it reaches, as the access report must.
-            let to: Vec<String> = recipients.iter().map(ToString::to_string).collect();
-            record.object = record
-                .object
-                .map(|o| format!("{o} to {}", if to.is_empty() { "nobody new".into() } else { to.join(", ") }));
+            audit::disclosed_to(&mut record, recipients);
         }
         if let Err(e) = &reply {
             record.outcome = AuditOutcome::Failed;
@@ -358,10 +363,7 @@ impl Hub {
             }
         };
         crate::quotas::check_text(&self.limits, request).map_err(|e| (e, "max-text-bytes"))?;
-        let allowed = policy.role_allows(caller.identity.role, action);
-        if !allowed.allowed {
-            return Err((denied(&allowed), allowed.rule));
-        }
+        let role_rule = decided(policy.role_allows(caller.identity.role, action))?;
         let mut lead = false;
         if let Some(thread) = thread {
             // Not a member: the same answer as for a case that does not exist.
@@ -386,47 +388,40 @@ impl Hub {
                 self.writable(thread, actor)?;
             }
             // A closed case is read; nothing new is written or shared in it (commits still remove devices).
-            let adds = matches!(
-                request,
-                Request::Send { .. }
-                    | Request::RecordHistoryShare { .. }
-                    | Request::PutBlobChunk { .. }
-                    | Request::AddMember { .. }
-                    | Request::AddParticipant { .. }
-                    | Request::ClaimKeyPackage { .. }
-            );
+            let adds = writes && !matches!(request, Request::Commit { .. } | Request::InitGroup { .. });
             if adds {
                 open_case(&*self.store, thread).map_err(|e| (e, "case-closed"))?;
             }
         }
         if let Request::AddMember { thread: case, member, reason, legal_basis } = request {
             valid_worker(member)?;
+            let store_failure = |e| (internal(e), "store-failure");
+            let ownership = self.store.ownership(*case).map_err(store_failure)?;
             // A member a handover step admitted (an acceptance, a takeover) is on the
             // case already: any member who writes may bring its devices into the group,
             // so that an absent owner does not keep the new one out.
-            let admitted = self.admitted_by_handover(*case, member).map_err(|e| (e, "store-failure"))?;
+            let admitted = ownership.as_ref().is_some_and(|o| o.admitted_by_handover(member))
+                && self.store.is_member(*case, member).map_err(store_failure)?;
             let known_basis = policy.legal_basis(legal_basis).is_some();
             if admitted && known_basis && !reason.trim().is_empty() {
                 return Ok(ADMITTED_BY_HANDOVER);
             }
-            self.not_a_participant(*case, actor)?;
-            return self.may_add(policy, actor, member, Grounds { reason, legal_basis });
+            if ownership.is_some_and(|o| o.participant(actor).is_some()) {
+                let rule = "participants-add-no-one";
+                let why = format!("denied by rule {rule}: a consultant or co-worker brings nobody onto the case");
+                return Err((WireError::new(ErrorCode::Forbidden, why), rule));
+            }
+            return decided(policy.may_add(actor, member, Grounds { reason, legal_basis }));
         }
         if let Request::CloseCase { outcome, .. } = request {
-            let decision = policy.may_close(outcome);
-            if !decision.allowed {
-                return Err((denied(&decision), decision.rule));
-            }
+            decided(policy.may_close(outcome))?;
         }
         if let Request::AddParticipant { participant, legal_basis, .. } = request {
             let until = participant.until_ms.saturating_sub(self.clock.now_ms());
-            let decision = policy.may_take_part(until, participant.role);
-            if !decision.allowed {
-                return Err((denied(&decision), decision.rule));
-            }
+            decided(policy.may_take_part(until, participant.role))?;
             valid_worker(&participant.member)?;
             let grounds = Grounds { reason: &participant.reason, legal_basis };
-            return self.may_add(policy, actor, &participant.member, grounds);
+            return decided(policy.may_add(actor, &participant.member, grounds));
         }
         if let Request::OfferHandover { offer, .. } = request {
             let decision = handovers::check_offer(policy, actor, offer);
@@ -438,37 +433,8 @@ impl Hub {
         Ok(match thread {
             Some(_) if lead => "team-lead-of-owner",
             Some(_) => "member-of-case",
-            None => allowed.rule,
+            None => role_rule,
         })
-    }
-
-    /// Whether the policy lets `actor` share the case with `member`.
-    fn may_add(
-        &self,
-        policy: &Policy,
-        actor: &MemberId,
-        member: &MemberId,
-        grounds: Grounds<'_>,
-    ) -> Result<&'static str, (WireError, &'static str)> {
-        let decision = policy.may_add(actor, member, grounds);
-        if !decision.allowed {
-            return Err((denied(&decision), decision.rule));
-        }
-        Ok(decision.rule)
-    }
-
-    /// Consultants and co-workers take part in the case; they bring nobody else in.
-    fn not_a_participant(&self, thread: ThreadId, actor: &MemberId) -> Result<(), (WireError, &'static str)> {
-        let ownership = self.store.ownership(thread).map_err(|e| (internal(e), "store-failure"))?;
-        if ownership.is_some_and(|o| o.participant(actor).is_some()) {
-            let rule = "participants-add-no-one";
-            let refusal = WireError::new(
-                ErrorCode::Forbidden,
-                format!("denied by rule {rule}: a consultant or co-worker brings nobody onto the case"),
-            );
-            return Err((refusal, rule));
-        }
-        Ok(())
     }
 
     /// Whether a team lead who is not on the case takes one of the steps a

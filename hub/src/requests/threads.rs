@@ -38,17 +38,6 @@ impl Hub {
         (WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members, admitted })
     }
 
-    /// Whether `member` is on the case because a handover step admitted it
-    /// (it accepted an offer, or took the case over): any member who writes
-    /// may then bring its devices into the group, whatever the route between
-    /// their organisations.
-    pub(super) fn admitted_by_handover(&self, thread: ThreadId, member: &MemberId) -> Result<bool, WireError> {
-        if !self.store.is_member(thread, member).map_err(internal)? {
-            return Ok(false);
-        }
-        Ok(self.store.ownership(thread).map_err(internal)?.is_some_and(|o| o.admitted_by_handover(member)))
-    }
-
     /// The members a history share of `seqs` discloses to: everyone on the case
     /// now, but the sharer, whose current membership began after one of them.
     pub(super) fn history_share(&self, thread: ThreadId, actor: &MemberId, seqs: &[u64]) -> Result<Reply, WireError> {
