@@ -245,6 +245,8 @@ async fn the_owner_consults_someone_until_an_end_date_from_the_desk() -> anyhow:
     assert_eq!(http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &colleague)).await?.status, 303);
     let missing = http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &form("consultant", ""))).await?;
     assert_eq!(missing.status, 400, "a participant needs an end date");
+    let unknown = http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &form("boss", "2030-01-01"))).await?;
+    assert_eq!(unknown.status, 400, "no such role");
     let last_day = ketenhub_sdk::report::date_time(hub::clock::now_ms() + 10 * 86_400_000)[..10].to_owned();
     let added = http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &form("consultant", &last_day))).await?;
     assert_eq!(added.status, 303);

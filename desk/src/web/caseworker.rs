@@ -544,12 +544,11 @@ pub struct AddForm {
 
 /// The participation the add form asks for: none for a full member, else a role and its end (the last ms of its last day).
 fn participation(form: &AddForm) -> WebResult<Option<(ParticipantRole, u64)>> {
-    let role = match form.role.as_str() {
-        "" | "member" => return Ok(None),
-        "consultant" => ParticipantRole::Consultant,
-        "co_worker" => ParticipantRole::CoWorker,
-        other => return Err(WebError::BadRequest(format!("no role {other:?}"))),
-    };
+    if matches!(form.role.as_str(), "" | "member") {
+        return Ok(None);
+    }
+    let role =
+        views::participant_role(&form.role).ok_or_else(|| WebError::BadRequest(format!("no role {:?}", form.role)))?;
     let last_day =
         super::day_ms(&form.until)?.ok_or_else(|| WebError::BadRequest("a participant needs an end date".into()))?;
     Ok(Some((role, last_day + wire::calendar::DAY_MS - 1)))

@@ -43,19 +43,28 @@ pub struct MemberView {
     pub until_ms: Option<u64>,
 }
 
-/// The case's members, each with its participation if it has one.
-pub fn members(policy: &Policy, members: &[MemberId], ownership: &Ownership, me: &MemberId) -> Vec<MemberView> {
-    let role = |r| match r {
+/// A participant role's code, as forms send it and label keys name it (`role_consultant`).
+pub fn participant_code(role: ParticipantRole) -> &'static str {
+    match role {
         ParticipantRole::Consultant => "consultant",
         ParticipantRole::CoWorker => "co_worker",
-    };
+    }
+}
+
+/// The participant role a form's code names.
+pub fn participant_role(code: &str) -> Option<ParticipantRole> {
+    [ParticipantRole::Consultant, ParticipantRole::CoWorker].into_iter().find(|r| participant_code(*r) == code)
+}
+
+/// The case's members, each with its participation if it has one.
+pub fn members(policy: &Policy, members: &[MemberId], ownership: &Ownership, me: &MemberId) -> Vec<MemberView> {
     members
         .iter()
         .map(|m| {
             let taking_part = ownership.participant(m);
             MemberView {
                 who: who(policy, m, me),
-                role: taking_part.map(|p| role(p.role)),
+                role: taking_part.map(|p| participant_code(p.role)),
                 until_ms: taking_part.map(|p| p.until_ms),
             }
         })
@@ -219,11 +228,7 @@ pub fn role(ownership: &Ownership, me: &MemberId) -> &'static str {
     } else if ownership.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == me)) {
         "receiving"
     } else {
-        match ownership.participant(me).map(|p| p.role) {
-            Some(ParticipantRole::Consultant) => "consultant",
-            Some(ParticipantRole::CoWorker) => "co_worker",
-            None => "member",
-        }
+        ownership.participant(me).map_or("member", |p| participant_code(p.role))
     }
 }
 
