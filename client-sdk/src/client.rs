@@ -325,7 +325,40 @@ impl Client {
     /// Creates a case thread with this client as its first member, and the
     /// thread's MLS group.
     pub async fn create_thread(&self) -> Result<ThreadId, Error> {
-        let thread = match self.request(Request::CreateThread { client_ref: Uuid::new_v4() }).await? {
+        self.open_thread(Request::CreateThread { client_ref: Uuid::new_v4() }).await
+    }
+
+    /// Opens a side thread of `case`, which this client owns, for `purpose`:
+    /// a thread with its own MLS group in which a limited recipient (a school,
+    /// a GP) is added with [`Client::add_member`] and receives only what is
+    /// sent there. The case's audit entries and access report include it.
+    pub async fn open_side_thread(&self, case: ThreadId, purpose: &str) -> Result<ThreadId, Error> {
+        let request = Request::OpenSideThread { case, client_ref: Uuid::new_v4(), purpose: purpose.to_owned() };
+        self.open_thread(request).await
+    }
+
+    /// Brings the case's owner into every side thread of `case` this client
+    /// is on and the owner is not: what a former owner's device does once
+    /// regie moved (a completed handover, a takeover), because the new owner
+    /// cannot join a group by itself and the limited recipient may not know
+    /// of the move. Returns the side threads it brought the owner into.
+    pub async fn follow_owner(&self, case: ThreadId) -> Result<Vec<ThreadId>, Error> {
+        let owner = self.ownership(case).await?.owner;
+        let grounds = Grounds::new("regie over the case moved to its new owner", wire::handover::FOLLOWS_OWNER_BASIS);
+        let mut brought = Vec::new();
+        for summary in self.threads().await? {
+            let of_case = summary.side.as_ref().is_some_and(|s| s.case == case);
+            if of_case && owner != self.member_id() && !self.device().has_member(summary.thread, &owner) {
+                self.add_member(summary.thread, owner.clone(), &grounds).await?;
+                brought.push(summary.thread);
+            }
+        }
+        Ok(brought)
+    }
+
+    /// Creates a thread by `request` and then its MLS group.
+    async fn open_thread(&self, request: Request) -> Result<ThreadId, Error> {
+        let thread = match self.request(request).await? {
             Reply::ThreadCreated { thread } => thread,
             other => return Err(unexpected(other)),
         };

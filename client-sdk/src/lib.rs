@@ -58,5 +58,7 @@ pub use wire::handover::{
     ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership, Participant,
     ParticipantRole,
 };
-pub use wire::{AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, ThreadId, ThreadSummary, WireError};
+pub use wire::{
+    AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, SideThread, ThreadId, ThreadSummary, WireError,
+};
 pub use witness::AuditError;

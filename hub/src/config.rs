@@ -204,6 +204,8 @@ pub struct Limits {
     pub max_history_share_items: usize,
     /// Times one case may be closed over its life (each closing stays in its ownership state).
     pub max_closures_per_case: usize,
+    /// The most side threads one case may have.
+    pub max_side_threads_per_case: usize,
     /// Attachment uploads a thread may have open (not yet sealed) at once.
     pub max_open_blobs_per_thread: usize,
     /// Bytes of all attachment blobs of one thread together.
@@ -243,6 +245,7 @@ impl Default for Limits {
             max_offers_per_case: 100,
             max_history_share_items: 256,
             max_closures_per_case: 20,
+            max_side_threads_per_case: 16,
             max_open_blobs_per_thread: 16,
             max_blob_bytes_per_thread: 2 << 30,
             max_handshakes_per_address: 32,

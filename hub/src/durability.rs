@@ -40,6 +40,20 @@ const MAX_BATCH: usize = 4096;
 /// How long a stalled writer waits before it tries the failed flush again.
 const FLUSH_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Why an add was allowed, which the writer checks again in write order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The policy allowed the adder to bring the member in: the adder must still write.
+    Granted,
+    /// A handover step admitted the member (rule `admitted-by-handover`): it
+    /// must still be on the case, and the write only confirms that.
+    Handover,
+    /// The member is the owner of the side thread's case (rule
+    /// `side-thread-follows-owner`), whom any member of the side thread brings
+    /// in, a former owner included: it must still be the owner.
+    CaseOwner,
+}
+
 /// A write to apply.
 #[derive(Debug)]
 pub enum Write {
@@ -49,6 +63,17 @@ pub enum Write {
         creator: MemberId,
         /// The creator's idempotency reference.
         client_ref: Uuid,
+    },
+    /// Open a side thread of a case (see [`Store::create_side_thread`]).
+    OpenSideThread {
+        /// The case's owner, its first member.
+        creator: MemberId,
+        /// The creator's idempotency reference.
+        client_ref: Uuid,
+        /// The case and the purpose.
+        side: wire::SideThread,
+        /// Side threads the case may have at most (`limits.max_side_threads_per_case`).
+        max_sides: usize,
     },
     /// Add a member (see [`Store::add_member`]).
     AddMember {
@@ -60,10 +85,8 @@ pub enum Write {
         member: MemberId,
         /// Members the thread may hold at most (`limits.max_members_per_thread`).
         max_members: usize,
-        /// Allowed because a handover step admitted `member` (rule
-        /// `admitted-by-handover`): then it must still be on the case in write
-        /// order, and the write only confirms that.
-        admitted: bool,
+        /// Which rule allowed it, and so what the writer checks again.
+        admission: Admission,
     },
     /// Append a message (see [`Store::append_message`]).
     Append {
@@ -427,10 +450,32 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             }
             applied
         }
-        Write::AddMember { thread, by, member, max_members, admitted } => {
-            still_adds(store, thread, &by)?;
+        Write::OpenSideThread { creator, client_ref, side, max_sides } => {
+            if let Some(thread) = store.created_by_ref(&creator, client_ref)? {
+                return Ok((Written::Thread { thread }, Vec::new()));
+            }
+            still_adds(store, side.case, &creator)?;
+            if store.ownership(side.case)?.is_none_or(|o| o.owner != creator) {
+                return Err(forbidden("side-thread-by-owner", "only the case's owner opens a side thread"));
+            }
+            if store.side_threads(side.case)?.len() >= max_sides {
+                let full = "the case has that many side threads";
+                return Err(WriteError::Refused(crate::quotas::exceeded(
+                    "limits.max_side_threads_per_case",
+                    max_sides,
+                    full,
+                )));
+            }
+            let c = store.create_side_thread(&side, &creator, client_ref, at)?;
+            (Written::Thread { thread: c.thread }, c.entry.map(|e| (c.thread, e)).into_iter().collect())
+        }
+        Write::AddMember { thread, by, member, max_members, admission } => {
+            match admission {
+                Admission::CaseOwner => follows_owner(store, thread, &by, &member)?,
+                Admission::Granted | Admission::Handover => still_adds(store, thread, &by)?,
+            }
             let present = store.is_member(thread, &member)?;
-            if admitted && !present {
+            if admission == Admission::Handover && !present {
                 return Err(WriteError::Refused(WireError::new(
                     ErrorCode::Forbidden,
                     "denied by rule admitted-by-handover: the member left the case before it could be added",
@@ -470,7 +515,7 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
         Write::Handover { thread, by, op, calendar, now_ms } => {
             let (ownership, entries) = crate::handovers::apply(store, &calendar, thread, &by, op, now_ms, audit)?;
-            (Written::Ownership(Box::new(ownership)), entries.into_iter().map(|e| (thread, e)).collect())
+            (Written::Ownership(Box::new(ownership)), entries)
         }
         Write::HandoverDeadlines { calendar, now_ms } => {
             let (raised, entries) = crate::handovers::sweep(store, &calendar, now_ms, audit)?;
@@ -494,6 +539,29 @@ pub(crate) fn room_for(
         return Err(WriteError::Refused(full));
     }
     Ok(())
+}
+
+/// Checks, in write order, that `by` (a member of side thread `thread`, who may
+/// only read) still brings in the owner of the thread's case: `member` is
+/// that owner, and the case is open.
+fn follows_owner(store: &dyn Store, thread: ThreadId, by: &MemberId, member: &MemberId) -> Result<(), WriteError> {
+    if !store.is_member(thread, by)? {
+        return Err(WriteError::Refused(WireError::thread_not_found()));
+    }
+    crate::requests::open_case(store, thread).map_err(WriteError::Refused)?;
+    if case_owner(store, thread)?.as_ref() != Some(member) {
+        return Err(forbidden("side-thread-follows-owner", format!("{member} no longer holds regie over the case")));
+    }
+    Ok(())
+}
+
+/// The owner of a side thread's case; None for a thread that is no side thread.
+fn case_owner(store: &dyn Store, thread: ThreadId) -> Result<Option<MemberId>, WriteError> {
+    let case = store.case_of(thread)?;
+    if case == thread {
+        return Ok(None);
+    }
+    Ok(store.ownership(case)?.map(|o| o.owner))
 }
 
 /// Checks, in write order, that `member` still writes something new in
@@ -555,8 +623,14 @@ fn apply_commit(
 ) -> Result<Applied, WriteError> {
     let ProposedCommit { thread, caller, kind, may_change_membership, commit, welcome, group_info, max_devices } =
         proposed;
+    let side_owner = case_owner(store, thread)?;
+    // In a side thread a former owner's device still brings the case's new owner in, and does nothing else.
+    let mut read_only = None;
     match kind {
-        CommitKind::Member => still_writes(store, thread, caller)?,
+        CommitKind::Member => match still_writes(store, thread, caller) {
+            Err(refusal) if side_owner.is_some() && store.is_member(thread, caller)? => read_only = Some(refusal),
+            other => other?,
+        },
         // Whoever may read the case may get its group back, former owners included.
         CommitKind::Rejoin if !store.is_member(thread, caller)? => {
             return Err(WriteError::Refused(WireError::thread_not_found()))
@@ -567,6 +641,12 @@ fn apply_commit(
     let checked =
         crate::groups::check_commit(identities, &state, thread, caller, commit, kind).map_err(WriteError::Refused)?;
     let changes_membership = !checked.added.is_empty() || !checked.removes_devices_of.is_empty();
+    let adds_only_owner = !checked.added.is_empty()
+        && checked.removes_devices_of.is_empty()
+        && checked.added.iter().all(|m| Some(m) == side_owner.as_ref());
+    if let Some(refusal) = read_only.filter(|_| !adds_only_owner) {
+        return Err(refusal);
+    }
     // A rejoin removes only the caller's own stale devices (checked in `groups`): no membership changes.
     if changes_membership && !may_change_membership && kind == CommitKind::Member {
         return Err(forbidden("role-forbids", "this role may not add or remove members"));
@@ -591,14 +671,19 @@ fn apply_commit(
         }
     }
     let mut ownership = store.ownership(thread)?;
-    if let Some(owner) = ownership.as_ref().map(|o| &o.owner).filter(|o| checked.removes_devices_of.contains(o)) {
+    let owner = ownership.as_ref().map(|o| &o.owner).or(side_owner.as_ref());
+    if let Some(owner) = owner.filter(|o| checked.removes_devices_of.contains(o)) {
         return Err(forbidden(
             "owner-stays",
             format!("{owner} holds regie over the case; ownership moves only by a completed handover"),
         ));
     }
+    let others_removed = checked.removes_devices_of.iter().any(|m| m != caller);
+    if side_owner.as_ref().is_some_and(|o| o != caller) && others_removed {
+        return Err(forbidden("side-thread-owner-removes", "in a side thread only the case's owner removes others"));
+    }
     let participant = ownership.as_ref().is_some_and(|o| o.participant(caller).is_some());
-    if participant && checked.removes_devices_of.iter().any(|m| m != caller) {
+    if participant && others_removed {
         return Err(forbidden("participants-remove-no-one", "a consultant or co-worker removes only its own devices"));
     }
     if checked.added.is_empty() != welcome.is_none() {

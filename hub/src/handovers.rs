@@ -116,6 +116,9 @@ pub fn check_offer(policy: &Policy, by: &MemberId, offer: &OfferRequest) -> Deci
     let (Some(from), Some(to)) = (policy.organisation(&by.oin), policy.organisation(&offer.to)) else {
         return deny("member-unknown-organisation", format!("{} is not in the policy", offer.to));
     };
+    if route.limited {
+        return deny("limited-route", format!("route {} leads to a limited recipient, who takes no case", route.name));
+    }
     if route.from != from.kind || route.to != to.kind {
         return deny(
             "route-does-not-fit",
@@ -199,7 +202,7 @@ pub fn apply(
     op: HandoverOp,
     now_ms: u64,
     audit: &mut Auditor<'_>,
-) -> Result<(Ownership, Vec<wire::Entry>), WriteError> {
+) -> Result<(Ownership, Vec<(ThreadId, wire::Entry)>), WriteError> {
     let Some(mut ownership) = store.ownership(thread)? else {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     };
@@ -320,8 +323,10 @@ pub fn apply(
     for member in &evict {
         audit.removal(thread, member, removal_rule(&ownership, member, "left-the-case"))?;
     }
+    let evict_sides = side_departures(store, (thread, &ownership), &evict, "left-the-case", audit)?;
     let admit = admit.as_ref();
-    let step = HandoverStep { thread, by, ownership: &ownership, events: vec![event], admit, evict, at_ms: now_ms };
+    let events = vec![event];
+    let step = HandoverStep { thread, by, ownership: &ownership, events, admit, evict, evict_sides, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
     Ok((view(ownership), entries))
 }
@@ -375,6 +380,33 @@ fn departures(store: &dyn Store, thread: ThreadId, ownership: &mut Ownership) ->
         }
     }
     Ok(evict)
+}
+
+/// The memberships in the case's side threads that end with the step: those
+/// of the members who leave the case, and every one when it is archived. Each
+/// is audited with the rule the case's departure has (`otherwise` by default).
+fn side_departures(
+    store: &dyn Store,
+    (case, ownership): (ThreadId, &Ownership),
+    evict: &[MemberId],
+    otherwise: &'static str,
+    audit: &mut Auditor<'_>,
+) -> Result<Vec<(ThreadId, Vec<MemberId>)>, WriteError> {
+    let archived = ownership.closed().is_some_and(|c| c.archived);
+    if evict.is_empty() && !archived {
+        return Ok(Vec::new());
+    }
+    let mut sides = Vec::new();
+    for side in store.side_threads(case)? {
+        let members: Vec<_> = store.members(side)?.into_iter().filter(|m| archived || evict.contains(m)).collect();
+        for member in &members {
+            audit.removal(side, member, removal_rule(ownership, member, otherwise))?;
+        }
+        if !members.is_empty() {
+            sides.push((side, members));
+        }
+    }
+    Ok(sides)
 }
 
 /// The rule recorded for ending `member`'s membership: the archiving of the
@@ -440,8 +472,18 @@ pub fn sweep(
         for member in &evict {
             audit.removal(thread, member, removal_rule(&ownership, member, "background-role-ended"))?;
         }
-        let step = HandoverStep { thread, by: &by, ownership: &ownership, events, admit: None, evict, at_ms: now_ms };
-        appended.extend(store.apply_handover(&step)?.into_iter().map(|e| (thread, e)));
+        let evict_sides = side_departures(store, (thread, &ownership), &evict, "background-role-ended", audit)?;
+        let step = HandoverStep {
+            thread,
+            by: &by,
+            ownership: &ownership,
+            events,
+            admit: None,
+            evict,
+            evict_sides,
+            at_ms: now_ms,
+        };
+        appended.extend(store.apply_handover(&step)?);
     }
     Ok((raised, appended))
 }

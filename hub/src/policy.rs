@@ -112,6 +112,11 @@ pub struct Route {
     /// the safety team, who worked the case as co-workers).
     #[serde(default)]
     pub offerer_not_among: Vec<wire::handover::ParticipantRole>,
+    /// A route to a limited recipient (a school, a GP, the police): who it
+    /// brings in receives only what is shared in a side thread of the case,
+    /// never the case thread itself, and no case is offered on it.
+    #[serde(default)]
+    pub limited: bool,
 }
 
 /// How long the hub keeps things.
@@ -291,6 +296,9 @@ impl Policy {
             if route.name == wire::handover::REASSIGNMENT_ROUTE {
                 return Err(PolicyError::Invalid(format!("route name {} is reserved for reassignments", route.name)));
             }
+            if route.limited && (route.completion_days.is_some() || !route.offerer_not_among.is_empty()) {
+                return Err(PolicyError::Invalid(format!("route {} is limited: no case is offered on it", route.name)));
+            }
             if route.completion_days == Some(0) {
                 return Err(PolicyError::Invalid(format!("route {} has a completion deadline of 0 days", route.name)));
             }
@@ -415,8 +423,9 @@ impl Policy {
         Decision::allow("participation-within-limit", format!("at most {days} days"))
     }
 
-    /// Whether `by` (of kind `from`) may bring `member` into a case on these grounds.
-    pub fn may_add(&self, by: &MemberId, member: &MemberId, grounds: Grounds<'_>) -> Decision {
+    /// Whether `by` (of kind `from`) may bring `member` into a case, or into
+    /// one of its side threads (`side`), on these grounds.
+    pub fn may_add(&self, by: &MemberId, member: &MemberId, grounds: Grounds<'_>, side: bool) -> Decision {
         if grounds.reason.trim().is_empty() {
             return Decision::deny("add-needs-reason", "adding a member needs a reason");
         }
@@ -439,7 +448,16 @@ impl Policy {
                 format!("no route from {} to {} in the policy", from.kind.code(), target.kind.code()),
             );
         }
-        match routes.iter().find(|r| r.legal_bases.iter().any(|b| b == grounds.legal_basis)) {
+        let fits: Vec<&&Route> =
+            routes.iter().filter(|r| r.legal_bases.iter().any(|b| b == grounds.legal_basis)).collect();
+        match fits.iter().find(|r| side || !r.limited).or(fits.first()) {
+            Some(route) if route.limited && !side => Decision::deny(
+                "limited-recipient",
+                format!(
+                    "route {} is limited: its recipients receive only what a side thread of the case shares",
+                    route.name
+                ),
+            ),
             Some(route) => Decision::allow("route-permits", format!("route {}", route.name)),
             None => Decision::deny(
                 "basis-not-on-route",
@@ -534,14 +552,29 @@ mod tests {
         let policy = example();
         let (vt, lt, gi) = (member(VT, "a"), member(LT, "b"), member(GI, "c"));
         let grounds = |basis| Grounds { reason: "referral after a report", legal_basis: basis };
-        assert_eq!(policy.may_add(&vt, &lt, grounds("consent")).rule, "route-permits");
-        assert_eq!(policy.may_add(&vt, &lt, Grounds { reason: " ", legal_basis: "consent" }).rule, "add-needs-reason");
-        assert_eq!(policy.may_add(&vt, &gi, grounds("consent")).rule, "no-route");
-        assert_eq!(policy.may_add(&vt, &lt, grounds("ots-measure")).rule, "basis-not-on-route");
-        assert_eq!(policy.may_add(&vt, &lt, grounds("made-up")).rule, "unknown-legal-basis");
-        assert_eq!(policy.may_add(&vt, &member(VT, "z"), grounds("consent")).rule, "same-organisation");
+        assert_eq!(policy.may_add(&vt, &lt, grounds("consent"), false).rule, "route-permits");
+        assert_eq!(
+            policy.may_add(&vt, &lt, Grounds { reason: " ", legal_basis: "consent" }, false).rule,
+            "add-needs-reason"
+        );
+        assert_eq!(policy.may_add(&vt, &gi, grounds("consent"), false).rule, "no-route");
+        assert_eq!(policy.may_add(&vt, &lt, grounds("ots-measure"), false).rule, "basis-not-on-route");
+        assert_eq!(policy.may_add(&vt, &lt, grounds("made-up"), false).rule, "unknown-legal-basis");
+        assert_eq!(policy.may_add(&vt, &member(VT, "z"), grounds("consent"), false).rule, "same-organisation");
         let stranger = member("00000009999999999999", "x");
-        assert_eq!(policy.may_add(&vt, &stranger, grounds("consent")).rule, "member-unknown-organisation");
+        assert_eq!(policy.may_add(&vt, &stranger, grounds("consent"), false).rule, "member-unknown-organisation");
+    }
+
+    #[test]
+    fn a_limited_recipient_is_added_to_a_side_thread_only() {
+        let policy = example();
+        let (vt, school) = (member(VT, "a"), member("00000001800000000006", "mentor"));
+        let grounds = Grounds { reason: "attendance question", legal_basis: "consent" };
+        assert_eq!(policy.may_add(&vt, &school, grounds, false).rule, "limited-recipient");
+        assert_eq!(policy.may_add(&vt, &school, grounds, true).rule, "route-permits");
+        // A side thread is no way around the routes: the basis must still be on one.
+        let unlisted = Grounds { reason: "attendance question", legal_basis: "ots-measure" };
+        assert_eq!(policy.may_add(&vt, &school, unlisted, true).rule, "basis-not-on-route");
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn free_text(request: &Request) -> Vec<&str> {
         | Request::TakeOver { reason, .. }
         | Request::ReopenCase { reason, .. } => vec![reason],
         Request::CloseCase { outcome, reason, .. } => vec![outcome, reason],
+        Request::OpenSideThread { purpose, .. } => vec![purpose],
         Request::OnBehalfOf { request, .. } => free_text(request),
         _ => Vec::new(),
     }

@@ -51,6 +51,27 @@ impl Store for FaultyStore {
     fn create_thread(&self, c: &MemberId, r: Uuid, at: u64) -> Result<Created, StoreError> {
         self.inner.create_thread(c, r, at)
     }
+    fn create_side_thread(
+        &self,
+        side: &wire::SideThread,
+        c: &MemberId,
+        r: Uuid,
+        at: u64,
+    ) -> Result<Created, StoreError> {
+        self.inner.create_side_thread(side, c, r, at)
+    }
+    fn created_by_ref(&self, c: &MemberId, r: Uuid) -> Result<Option<ThreadId>, StoreError> {
+        self.inner.created_by_ref(c, r)
+    }
+    fn side(&self, t: ThreadId) -> Result<Option<wire::SideThread>, StoreError> {
+        self.inner.side(t)
+    }
+    fn case_of(&self, t: ThreadId) -> Result<ThreadId, StoreError> {
+        self.inner.case_of(t)
+    }
+    fn side_threads(&self, case: ThreadId) -> Result<Vec<ThreadId>, StoreError> {
+        self.inner.side_threads(case)
+    }
     fn add_member(&self, t: ThreadId, b: &MemberId, m: &MemberId, at: u64) -> Result<Appended, StoreError> {
         self.inner.add_member(t, b, m, at)
     }
@@ -164,7 +185,7 @@ impl Store for FaultyStore {
     fn ownerships(&self) -> Result<Vec<(ThreadId, Ownership)>, StoreError> {
         self.inner.ownerships()
     }
-    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
+    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError> {
         self.inner.apply_handover(step)
     }
     fn expire_messages(&self, t: ThreadId, u: u64, b: u64) -> Result<u64, StoreError> {

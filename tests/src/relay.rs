@@ -102,7 +102,7 @@ where
 
 async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply, WireError> {
     Ok(match request {
-        Request::CreateThread { .. } => {
+        Request::CreateThread { .. } | Request::OpenSideThread { .. } => {
             let thread = ThreadId::random();
             state.threads.lock().unwrap().insert(thread, vec![me.clone()]);
             Reply::ThreadCreated { thread }

@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 31;
+const KINDS: usize = 32;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -61,6 +61,7 @@ fn every_kind() -> Vec<Request> {
     };
     vec![
         Request::CreateThread { client_ref: uuid::Uuid::new_v4() },
+        Request::OpenSideThread { case: t, client_ref: uuid::Uuid::new_v4(), purpose: "school attendance".into() },
         Request::AddMember { thread: t, member: member.clone(), reason: "r".into(), legal_basis: "consent".into() },
         Request::Send { thread: t, message: MessageId::new(), payload: vec![1, 2, 3] },
         Request::ListThreads,
@@ -116,6 +117,9 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::ListOffers => Vec::new(),
         // The log's head names no case: the same for everyone.
         Request::AuditHead { .. } => Vec::new(),
+        Request::OpenSideThread { client_ref, purpose, .. } => {
+            vec![(Caseworker, Request::OpenSideThread { case: thread, client_ref, purpose })]
+        }
         Request::AddMember { member, reason, legal_basis, .. } => {
             vec![(Caseworker, Request::AddMember { thread, member, reason, legal_basis })]
         }

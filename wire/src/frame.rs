@@ -156,6 +156,19 @@ pub enum Request {
         /// A random reference chosen by the client.
         client_ref: Uuid,
     },
+    /// Opens a side thread of a case: a thread with its own MLS group, linked
+    /// to the case for ownership, audit and the access report, in which a
+    /// limited recipient (a school, a GP) receives only what is shared in it.
+    /// Only the case's owner opens one; idempotent by `client_ref` as
+    /// [`Request::CreateThread`].
+    OpenSideThread {
+        /// The case it belongs to.
+        case: ThreadId,
+        /// A random reference chosen by the client.
+        client_ref: Uuid,
+        /// What it is for (recorded in the audit log, shown to its members).
+        purpose: String,
+    },
     /// Adds a member to a thread the caller is a member of.
     AddMember {
         /// The thread.
@@ -630,6 +643,18 @@ pub struct ThreadSummary {
     pub last_seq: u64,
     /// The member's acknowledged cursor.
     pub cursor: u64,
+    /// Set for a side thread: the case it belongs to and what it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<SideThread>,
+}
+
+/// What links a side thread to its case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideThread {
+    /// The case (thread) it belongs to.
+    pub case: ThreadId,
+    /// What it is for.
+    pub purpose: String,
 }
 
 /// One entry of a thread's log.

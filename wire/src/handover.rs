@@ -56,6 +56,11 @@ pub const BACKGROUND_ENDED: &str = "background role ended";
 /// The reason recorded for a consultant or co-worker whose end date passed.
 pub const PARTICIPATION_ENDED: &str = "participation ended";
 
+/// The legal basis a former owner's device states when it brings the case's
+/// new owner into a side thread: the handover that moved regie, audited with
+/// its own basis, is what entitles the owner.
+pub const FOLLOWS_OWNER_BASIS: &str = "regie-moved";
+
 /// The reason recorded for a co-worker whose organisation handed the case on.
 pub const REGIE_MOVED: &str = "regie moved to another organisation";
 

@@ -237,7 +237,12 @@ pub fn query(
     let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
     let mut seqs = std::collections::BTreeSet::new();
     match filter.case {
-        Some(case) if cases.contains(&case) => seqs.extend(store.audit_index(AuditIndex::Case(case))?),
+        // A case's side threads answer to it: its access report includes them.
+        Some(case) if cases.contains(&case) => {
+            for thread in std::iter::once(case).chain(store.side_threads(case)?) {
+                seqs.extend(store.audit_index(AuditIndex::Case(thread))?);
+            }
+        }
         Some(_) => {}
         None => {
             for case in cases {
@@ -248,6 +253,8 @@ pub fn query(
     }
     // Entries newer than the head come with the next one; the officer is told there may be more.
     let beyond = seqs.range(covered.saturating_add(1)..).next().is_some();
+    // The indexes chose the case (and its side threads); the rest of the filter is matched below.
+    let filter = &AuditFilter { case: None, ..filter.clone() };
     let mut found = Vec::new();
     for seq in seqs.into_iter().filter(|seq| *seq <= covered) {
         let Some(entry) = store.audit_entries(seq, 1)?.into_iter().next().filter(|e| e.seq == seq) else { continue };

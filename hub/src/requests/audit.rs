@@ -81,6 +81,10 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
     };
     let (action, case, object) = match request {
         Request::CreateThread { .. } => (AuditAction::CreateThread, None, None),
+        Request::OpenSideThread { case, purpose, .. } => {
+            record.purpose = Some(purpose.clone());
+            (AuditAction::CreateThread, Some(*case), Some("side thread".into()))
+        }
         Request::AddMember { thread, member, reason, legal_basis } => {
             record.purpose = Some(reason.clone());
             record.legal_basis = Some(legal_basis.clone());

@@ -18,6 +18,7 @@ mod audit;
 mod blobs;
 mod handover;
 mod mls;
+mod side;
 mod threads;
 
 use tracing::error;
@@ -27,7 +28,7 @@ use wire::{ErrorCode, MemberId, Reply, Request, ThreadId, WireError};
 use serde_bytes::ByteBuf;
 
 use crate::blobs::ChunkUpload;
-use crate::durability::{Durable, Write, WriteError, Written};
+use crate::durability::{Admission, Durable, Write, WriteError, Written};
 use crate::groups::CommitKind;
 use crate::handovers::{self, HandoverOp};
 use crate::policy::{Action, Decision, Grounds, Policy};
@@ -222,7 +223,15 @@ impl Hub {
         let (kind, write) = match request {
             Request::CreateThread { client_ref } => self.create_thread(caller, actor, client_ref)?,
             Request::AddMember { thread, member, .. } => {
-                self.add_member(thread, actor, member, rule == ADMITTED_BY_HANDOVER)
+                let admission = match rule {
+                    ADMITTED_BY_HANDOVER => Admission::Handover,
+                    side::FOLLOWS_OWNER => Admission::CaseOwner,
+                    _ => Admission::Granted,
+                };
+                self.add_member(thread, actor, member, admission)
+            }
+            Request::OpenSideThread { case, client_ref, purpose } => {
+                self.open_side_thread(caller, actor, wire::SideThread { case, purpose }, client_ref)?
             }
             Request::Send { thread, message, payload } => self.send(thread, actor, message, payload)?,
             Request::InitGroup { thread, group_info, ratchet_tree } => {
@@ -324,6 +333,7 @@ impl Hub {
     ) -> Result<&'static str, (WireError, &'static str)> {
         let (action, thread) = match request {
             Request::CreateThread { .. } => (Action::CreateThread, None),
+            Request::OpenSideThread { case, .. } => (Action::CreateThread, Some(*case)),
             Request::AddMember { thread, .. }
             | Request::ClaimKeyPackage { thread, .. }
             | Request::AddParticipant { thread, .. } => (Action::AddMember, Some(*thread)),
@@ -364,7 +374,7 @@ impl Hub {
         };
         crate::quotas::check_text(&self.limits, request).map_err(|e| (e, "max-text-bytes"))?;
         let role_rule = decided(policy.role_allows(caller.identity.role, action))?;
-        let mut lead = false;
+        let (mut lead, mut side) = (false, false);
         if let Some(thread) = thread {
             // Not a member: the same answer as for a case that does not exist.
             let member = self.is_member(thread, actor).map_err(|e| (e, "store-failure"))?;
@@ -372,10 +382,18 @@ impl Hub {
             if !member && !lead {
                 return Err((WireError::thread_not_found(), "not-a-member"));
             }
+            let case = self.store.case_of(thread).map_err(|e| (internal(e), "store-failure"))?;
+            side = case != thread;
+            if side {
+                if let Some(rule) = self.in_side_thread(case, actor, request)? {
+                    return Ok(rule);
+                }
+            }
             // Former owners read; they change nothing, membership least of all.
             let writes = matches!(
                 request,
                 Request::Send { .. }
+                    | Request::OpenSideThread { .. }
                     | Request::RecordHistoryShare { .. }
                     | Request::PutBlobChunk { .. }
                     | Request::Commit { .. }
@@ -384,7 +402,8 @@ impl Hub {
                     | Request::AddParticipant { .. }
                     | Request::ClaimKeyPackage { .. }
             );
-            if writes {
+            // In a side thread the writer decides a commit: a former owner's may still bring the new owner in.
+            if writes && !(side && matches!(request, Request::Commit { .. })) {
                 self.writable(thread, actor)?;
             }
             // A closed case is read; nothing new is written or shared in it (commits still remove devices).
@@ -411,7 +430,10 @@ impl Hub {
                 let why = format!("denied by rule {rule}: a consultant or co-worker brings nobody onto the case");
                 return Err((WireError::new(ErrorCode::Forbidden, why), rule));
             }
-            return decided(policy.may_add(actor, member, Grounds { reason, legal_basis }));
+            return decided(policy.may_add(actor, member, Grounds { reason, legal_basis }, side));
+        }
+        if let Request::OpenSideThread { case, .. } = request {
+            self.owns_case(*case, actor)?;
         }
         if let Request::CloseCase { outcome, .. } = request {
             decided(policy.may_close(outcome))?;
@@ -421,7 +443,7 @@ impl Hub {
             decided(policy.may_take_part(until, participant.role))?;
             valid_worker(&participant.member)?;
             let grounds = Grounds { reason: &participant.reason, legal_basis };
-            return decided(policy.may_add(actor, &participant.member, grounds));
+            return decided(policy.may_add(actor, &participant.member, grounds, false));
         }
         if let Request::OfferHandover { offer, .. } = request {
             let decision = handovers::check_offer(policy, actor, offer);

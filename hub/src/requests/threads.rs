@@ -9,7 +9,7 @@ use uuid::Uuid;
 use wire::{ErrorCode, MemberId, MessageId, Reply, ThreadId, ThreadSummary, WireError};
 
 use super::WriteKind;
-use crate::durability::Write;
+use crate::durability::{Admission, Write};
 use crate::policy::Action;
 use crate::session::{internal, Caller, Hub};
 use crate::store::StoreError;
@@ -26,16 +26,29 @@ impl Hub {
         Ok((WriteKind::CreateThread, Write::CreateThread { creator: actor, client_ref }))
     }
 
-    /// `admitted`: allowed because a handover step put `member` on the case.
+    /// `admission`: the rule that allowed it, which the writer checks again.
     pub(super) fn add_member(
         &self,
         thread: ThreadId,
         actor: MemberId,
         member: MemberId,
-        admitted: bool,
+        admission: Admission,
     ) -> (WriteKind, Write) {
         let max_members = self.limits.max_members_per_thread;
-        (WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members, admitted })
+        (WriteKind::AddMember, Write::AddMember { thread, by: actor, member, max_members, admission })
+    }
+
+    /// A side thread of `case`, opened by its owner (checked in write order).
+    pub(super) fn open_side_thread(
+        &self,
+        caller: &Caller,
+        actor: MemberId,
+        side: wire::SideThread,
+        client_ref: Uuid,
+    ) -> Result<(WriteKind, Write), WireError> {
+        self.quotas.create_thread(&self.limits, &caller.member, self.clock.now_ms())?;
+        let max_sides = self.limits.max_side_threads_per_case;
+        Ok((WriteKind::CreateThread, Write::OpenSideThread { creator: actor, client_ref, side, max_sides }))
     }
 
     /// The members a history share of `seqs` discloses to: everyone on the case
@@ -95,6 +108,7 @@ impl Hub {
                 thread,
                 last_seq: self.store.last_seq(thread)?,
                 cursor: self.store.cursor(actor, &device, thread)?,
+                side: self.store.side(thread)?,
             })
         };
         let threads = self.store.threads_of(actor).and_then(|t| t.into_iter().map(summary).collect());

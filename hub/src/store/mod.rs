@@ -117,6 +117,8 @@ pub struct HandoverStep<'a> {
     /// Members whose membership ends with the step (those who left the case),
     /// each with a `member_removed` entry after the step's own entries.
     pub evict: Vec<MemberId>,
+    /// Memberships of the case's side threads that end with it (when it is archived).
+    pub evict_sides: Vec<(ThreadId, Vec<MemberId>)>,
     /// The hub's time.
     pub at_ms: u64,
 }
@@ -191,6 +193,29 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a thread whose first entry records `creator` as its first member.
     /// The same creator with the same `client_ref` gets the same thread back.
     fn create_thread(&self, creator: &MemberId, client_ref: Uuid, at_ms: u64) -> Result<Created, StoreError>;
+
+    /// Creates a side thread of `side.case`, as [`Store::create_thread`] does a
+    /// thread, linked to the case: it has no ownership state of its own, and
+    /// answers [`Store::is_closed`] and [`Store::is_read_only`] as its case does.
+    fn create_side_thread(
+        &self,
+        side: &wire::SideThread,
+        creator: &MemberId,
+        client_ref: Uuid,
+        at_ms: u64,
+    ) -> Result<Created, StoreError>;
+
+    /// The thread `creator` created with `client_ref`, if any.
+    fn created_by_ref(&self, creator: &MemberId, client_ref: Uuid) -> Result<Option<ThreadId>, StoreError>;
+
+    /// What links `thread` to its case, if it is a side thread.
+    fn side(&self, thread: ThreadId) -> Result<Option<wire::SideThread>, StoreError>;
+
+    /// The case `thread` belongs to: its own id, or for a side thread its case's.
+    fn case_of(&self, thread: ThreadId) -> Result<ThreadId, StoreError>;
+
+    /// The side threads of `case`, in no particular order.
+    fn side_threads(&self, case: ThreadId) -> Result<Vec<ThreadId>, StoreError>;
 
     /// Adds `member` to `thread`, recording a membership entry; the new
     /// member's cursor starts just before that entry, so it receives no earlier
@@ -325,20 +350,23 @@ pub trait Store: Send + Sync + 'static {
     /// organisation `oin`, from an index kept with each handover step.
     fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError>;
 
-    /// Whether the case is closed (and not reopened): nobody sends, uploads or adds in it.
+    /// Whether the case is closed (and not reopened): nobody sends, uploads or
+    /// adds in it, nor in its side threads.
     fn is_closed(&self, thread: ThreadId) -> Result<bool, StoreError>;
 
     /// Whether `member` only reads `thread` (a former owner: see
-    /// [`wire::handover::Ownership::is_read_only`]). Answered without decoding
-    /// the ownership state, because every send asks.
+    /// [`wire::handover::Ownership::is_read_only`]), or a side thread of a case
+    /// it only reads. Answered without decoding the ownership state, because
+    /// every send asks.
     fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError>;
 
     /// The case's ownership state as it stood when `member`'s membership ended
     /// by a departure (a step with `evict`): the answer to a resent `leave_case`.
     fn farewell(&self, thread: ThreadId, member: &MemberId) -> Result<Option<wire::handover::Ownership>, StoreError>;
 
-    /// Stores a handover step in one atomic write; returns the entries appended.
-    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError>;
+    /// Stores a handover step in one atomic write; returns the entries
+    /// appended, each with its thread (the case's, then its side threads').
+    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError>;
 
     /// Replaces the content of `thread`'s messages up to `up_to` stored before
     /// `before_ms` with [`wire::EntryBody::Expired`]; returns how many.

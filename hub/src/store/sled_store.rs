@@ -86,6 +86,8 @@ const AUDIT_NODE: u8 = b'H';
 const LATEST_HEAD: u8 = b'Q';
 /// Cases closed by their owner (and not reopened): nobody writes in them.
 const CLOSED: u8 = b'Z';
+/// A case's side threads: case id then side thread id.
+const SIDE: u8 = b's';
 /// The first byte of an audit entry in the current layout; CBOR maps (the layout before) never start with it.
 const AUDIT_LAYOUT: u8 = 0x01;
 /// Bytes before the record in an audit entry's value.
@@ -97,6 +99,9 @@ const INDEXES: u8 = 1;
 struct ThreadRecord {
     creator: MemberId,
     created_at_ms: u64,
+    /// Set for a side thread.
+    #[serde(default)]
+    side: Option<wire::SideThread>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +116,8 @@ struct MembershipRecord {
 struct ThreadLog {
     next_seq: u64,
     durable_seq: u64,
+    /// For a side thread, its case: asked by every send (closed? read-only?), so kept beside the log.
+    case: Option<ThreadId>,
 }
 
 /// The sled-backed store.
@@ -344,9 +351,10 @@ impl SledStore {
         if let Some(log) = lock(&self.logs).get(&thread) {
             return Ok(log.clone());
         }
-        if !self.db.contains_key(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? {
+        let Some(record) = self.db.get(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? else {
             return Err(StoreError::NoSuchThread);
-        }
+        };
+        let case = decode::<ThreadRecord>(&record)?.side.map(|s| s.case);
         let last = match self.db.scan_prefix(key(ENTRY, &[thread.0.as_bytes()])).next_back() {
             Some(item) => {
                 let (k, _) = item.map_err(backend)?;
@@ -357,7 +365,7 @@ impl SledStore {
         let mut logs = lock(&self.logs);
         let log = logs
             .entry(thread)
-            .or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last })));
+            .or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last, case })));
         Ok(log.clone())
     }
 
@@ -425,6 +433,53 @@ impl SledStore {
             &until.to_be_bytes()[..],
         );
         Ok(true)
+    }
+
+    /// Creates a thread, or a side thread of `side.case`; see [`Store::create_thread`].
+    fn create(
+        &self,
+        creator: &MemberId,
+        client_ref: Uuid,
+        side: Option<&wire::SideThread>,
+        at_ms: u64,
+    ) -> Result<Created, StoreError> {
+        let _one_at_a_time = lock(&self.creating);
+        if let Some(thread) = self.created_by_ref(creator, client_ref)? {
+            return Ok(Created { thread, entry: None });
+        }
+        let thread = ThreadId::random();
+        let record = MembershipRecord { added_by: creator.clone(), added_seq: 1, added_at_ms: at_ms };
+        let entry = Entry {
+            seq: 1,
+            id: MessageId::new(),
+            sender: creator.clone(),
+            at_ms,
+            body: EntryBody::MemberAdded { member: creator.clone() },
+        };
+        let mut batch = sled::Batch::default();
+        let side = side.cloned();
+        let case = side.as_ref().map(|s| s.case);
+        batch.insert(
+            key(THREAD, &[thread.0.as_bytes()]),
+            encode(&ThreadRecord { creator: creator.clone(), created_at_ms: at_ms, side }),
+        );
+        self.membership_writes(&mut batch, thread, creator, &record)?;
+        batch.insert(Self::entry_key(thread, 1), encode(&entry));
+        batch.insert(key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()]), &thread.0.as_bytes()[..]);
+        match case {
+            // A side thread answers for ownership to its case.
+            Some(case) => batch.insert(key(SIDE, &[case.0.as_bytes(), thread.0.as_bytes()]), &[][..]),
+            // The creator holds regie from the first moment: a case is never without an owner.
+            None => batch.insert(
+                key(OWNERSHIP, &[thread.0.as_bytes()]),
+                encode(&wire::handover::Ownership::new(creator.clone())),
+            ),
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
+        let log = ThreadLog { next_seq: 2, durable_seq: 0, case };
+        lock(&self.logs).insert(thread, Arc::new(Mutex::new(log)));
+        lock(&self.dirty).insert(thread);
+        Ok(Created { thread, entry: Some(entry) })
     }
 
     /// The threads named by the keys under `prefix`, whose thread id sits
@@ -531,34 +586,41 @@ fn sha256(bytes: &[u8]) -> Hash {
 
 impl Store for SledStore {
     fn create_thread(&self, creator: &MemberId, client_ref: Uuid, at_ms: u64) -> Result<Created, StoreError> {
-        let _one_at_a_time = lock(&self.creating);
-        let ref_key = key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()]);
-        if let Some(existing) = self.db.get(&ref_key).map_err(backend)? {
-            return Ok(Created { thread: ThreadId(uuid_from(&existing)?), entry: None });
+        self.create(creator, client_ref, None, at_ms)
+    }
+
+    fn create_side_thread(
+        &self,
+        side: &wire::SideThread,
+        creator: &MemberId,
+        client_ref: Uuid,
+        at_ms: u64,
+    ) -> Result<Created, StoreError> {
+        self.create(creator, client_ref, Some(side), at_ms)
+    }
+
+    fn created_by_ref(&self, creator: &MemberId, client_ref: Uuid) -> Result<Option<ThreadId>, StoreError> {
+        let found = self.db.get(key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()])).map_err(backend)?;
+        found.map(|t| uuid_from(&t).map(ThreadId)).transpose()
+    }
+
+    fn side(&self, thread: ThreadId) -> Result<Option<wire::SideThread>, StoreError> {
+        match self.db.get(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? {
+            Some(record) => Ok(decode::<ThreadRecord>(&record)?.side),
+            None => Ok(None),
         }
-        let thread = ThreadId::random();
-        let record = MembershipRecord { added_by: creator.clone(), added_seq: 1, added_at_ms: at_ms };
-        let entry = Entry {
-            seq: 1,
-            id: MessageId::new(),
-            sender: creator.clone(),
-            at_ms,
-            body: EntryBody::MemberAdded { member: creator.clone() },
-        };
-        let mut batch = sled::Batch::default();
-        batch.insert(
-            key(THREAD, &[thread.0.as_bytes()]),
-            encode(&ThreadRecord { creator: creator.clone(), created_at_ms: at_ms }),
-        );
-        self.membership_writes(&mut batch, thread, creator, &record)?;
-        batch.insert(Self::entry_key(thread, 1), encode(&entry));
-        batch.insert(ref_key, &thread.0.as_bytes()[..]);
-        // The creator holds regie from the first moment: a case is never without an owner.
-        batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(&wire::handover::Ownership::new(creator.clone())));
-        self.db.apply_batch(batch).map_err(backend)?;
-        lock(&self.logs).insert(thread, Arc::new(Mutex::new(ThreadLog { next_seq: 2, durable_seq: 0 })));
-        lock(&self.dirty).insert(thread);
-        Ok(Created { thread, entry: Some(entry) })
+    }
+
+    fn case_of(&self, thread: ThreadId) -> Result<ThreadId, StoreError> {
+        match self.log(thread) {
+            Ok(log) => Ok(lock(&log).case.unwrap_or(thread)),
+            Err(StoreError::NoSuchThread) => Ok(thread),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn side_threads(&self, case: ThreadId) -> Result<Vec<ThreadId>, StoreError> {
+        Ok(self.threads_under(&key(SIDE, &[case.0.as_bytes()]), 0)?.into_iter().collect())
     }
 
     fn add_member(
@@ -893,11 +955,13 @@ impl Store for SledStore {
     }
 
     fn is_closed(&self, thread: ThreadId) -> Result<bool, StoreError> {
-        self.db.contains_key(key(CLOSED, &[thread.0.as_bytes()])).map_err(backend)
+        let case = self.case_of(thread)?;
+        self.db.contains_key(key(CLOSED, &[case.0.as_bytes()])).map_err(backend)
     }
 
     fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
-        self.db.contains_key(key(READ_ONLY, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)
+        let case = self.case_of(thread)?;
+        self.db.contains_key(key(READ_ONLY, &[case.0.as_bytes(), &member_key(member)])).map_err(backend)
     }
 
     fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError> {
@@ -915,7 +979,7 @@ impl Store for SledStore {
         found.map(|v| decode(&v)).transpose()
     }
 
-    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<Entry>, StoreError> {
+    fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError> {
         let thread = step.thread;
         let log = self.log(thread)?;
         let mut log = lock(&log);
@@ -963,10 +1027,39 @@ impl Store for SledStore {
             Some(_) => batch.insert(key(CLOSED, &[thread.0.as_bytes()]), &[][..]),
             None => batch.remove(key(CLOSED, &[thread.0.as_bytes()])),
         }
+        // Each side log stays locked until the batch is applied, as the case's does.
+        let side_logs = step
+            .evict_sides
+            .iter()
+            .map(|(side, members)| Ok((*side, self.log(*side)?, members)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut side_entries = Vec::new();
+        let mut locked = Vec::new();
+        for (side, side_log, members) in &side_logs {
+            let mut side_log = lock(side_log);
+            for member in members.iter() {
+                let seq = side_log.next_seq;
+                let removed = Entry {
+                    seq,
+                    id: MessageId::new(),
+                    sender: step.by.clone(),
+                    at_ms: step.at_ms,
+                    body: EntryBody::MemberRemoved { member: member.clone() },
+                };
+                if self.end_membership(&mut batch, *side, member, seq)? {
+                    batch.insert(Self::entry_key(*side, seq), encode(&removed));
+                    side_log.next_seq += 1;
+                    side_entries.push((*side, removed));
+                }
+            }
+            locked.push((*side, side_log));
+        }
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
-        lock(&self.dirty).insert(thread);
-        Ok(entries)
+        let mut dirty = lock(&self.dirty);
+        dirty.insert(thread);
+        dirty.extend(locked.iter().map(|(side, _)| *side));
+        Ok(entries.into_iter().map(|e| (thread, e)).chain(side_entries).collect())
     }
 
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
