@@ -85,6 +85,19 @@ pub fn who_had_access(entries: &[AuditEntry]) -> Vec<Access> {
         .collect()
 }
 
+/// What an entry did, and where when it was in a side thread of the case.
+fn what(case: ThreadId, record: &wire::audit::AuditRecord) -> String {
+    match record.case {
+        Some(thread) if thread != case => format!("{} (side thread {})", action_text(record.action), short(thread)),
+        _ => action_text(record.action).to_owned(),
+    }
+}
+
+/// The first 8 hex digits of a thread id, as the desk shows cases.
+fn short(thread: ThreadId) -> String {
+    thread.0.simple().to_string()[..8].to_owned()
+}
+
 /// The access report for `case` as Markdown, from its audit entries (oldest first).
 pub fn markdown(case: ThreadId, entries: &[AuditEntry]) -> String {
     let mut out = format!("# Access report for case {case}\n\n");
@@ -125,7 +138,7 @@ pub fn markdown(case: ThreadId, entries: &[AuditEntry]) -> String {
             out,
             "| {} | {organisation} | {person} | {role} | {} | {} | {outcome} |",
             date_time(record.at_ms),
-            action_text(record.action),
+            what(case, record),
             record.legal_basis.as_deref().unwrap_or("-"),
         );
     }

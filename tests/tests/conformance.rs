@@ -126,6 +126,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         hub.client("vt-utrecht-privacy").frame_tap(recorder.tap()).audit_public_key(audit_key).connect().await?;
     let system = connect("vt-utrecht-system").await?;
     let lead = connect("vt-utrecht-teamlead").await?;
+    let school = connect("school-mentor").await?;
 
     // A case, a message, a handover offer, accepted; the receiver joins the MLS group.
     let thread = vt.create_thread().await?;
@@ -176,7 +177,13 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let until = hub::clock::now_ms() + 7 * DAY_MS;
     let advice = Grounds::new("advice on the family's network", "consent");
     vt.add_participant(second, lt.member_id(), (ParticipantRole::Consultant, until), &advice).await?;
+    // A side thread for the school, which follows regie when the team lead takes over.
+    let side = vt.open_side_thread(second, "attendance").await?;
+    vt.add_member(side, school.member_id(), &Grounds::new("attendance question", "consent")).await?;
+    school.send_text(side, "Three absences this month.").await?;
+    assert!(school.threads().await?.iter().any(|t| t.side.as_ref().is_some_and(|s| s.case == second)));
     lead.take_over(second, "the owner is on sick leave").await?;
+    vt.follow_owner(second).await?;
 
     // Refusals of several codes, a system acting for its worker, the privacy officer.
     assert_eq!(refusal_rule(lt.members(ThreadId::random()).await), "NotFound");
@@ -189,7 +196,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     assert!(!audit.is_empty());
     officer.audit_query(wire::audit::AuditFilter::default()).await?;
     officer.witness_audit().await?;
-    for client in [&vt, &lt, &officer, &system, &lead] {
+    for client in [&vt, &lt, &officer, &system, &lead, &school] {
         client.close().await;
     }
     hub.stop().await?;
@@ -223,6 +230,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "type:request",
         "type:ack",
         "op:create_thread",
+        "op:open_side_thread",
         "op:send",
         "op:add_member",
         "op:list_threads",

@@ -126,6 +126,7 @@ async fn a_limited_recipient_receives_only_what_its_side_thread_shares() -> anyh
     assert_eq!(school_added.record.purpose.as_deref(), Some("schoolverzuim van Daan navragen"));
     let report = officer.access_report(case).await?;
     assert!(report.contains("ib.deregenboog"), "{report}");
+    assert!(report.contains(&format!("(side thread {})", &side.0.simple().to_string()[..8])), "{report}");
     Ok(())
 }
 
