@@ -136,6 +136,14 @@ impl Desk {
                     }
                 });
             }
+            // Regie moved: the new owner cannot join the case's side threads by itself.
+            HandoverEvent::Completed { .. } | HandoverEvent::TakenOver { .. } => {
+                tokio::spawn(async move {
+                    if let Err(e) = desk.client.follow_owner(thread).await {
+                        tracing::error!("cannot bring the new owner of {thread} into its side threads: {e}");
+                    }
+                });
+            }
             HandoverEvent::Left { member, .. } => {
                 tokio::spawn(async move {
                     if let Ok(ownership) = desk.client.ownership(thread).await {

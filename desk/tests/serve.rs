@@ -304,3 +304,62 @@ async fn the_owner_closes_and_reopens_a_case_from_the_desk() -> anyhow::Result<(
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_asks_a_school_in_a_side_thread_from_the_desk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
+    let school = hub.client("school-mentor").connect().await?;
+    let mut school_events = school.events().expect("events");
+    let cookie = sign_in(&desk).await?;
+    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
+    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
+    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let page = shows(&desk, &case, &cookie, "id=\"side-form\"").await?;
+    let token = csrf(&page.body);
+
+    // The school is refused on the case itself, with the rule shown.
+    let add = |path: &str| {
+        let body = format!(
+            "_csrf={token}&oin=00000001800000000006&worker=ib.deregenboog&reason=aanwezigheid&legal_basis=consent"
+        );
+        post(&desk, &format!("{path}/members"), &cookie, &body)
+    };
+    let refused = http(&desk, &add(&case)).await?;
+    assert!(
+        refused.header("location").is_some_and(|l| l.contains("limited-recipient")),
+        "{:?}",
+        refused.header("location")
+    );
+
+    // A side thread, with the school on it alone.
+    let opening = format!("_csrf={token}&purpose=aanwezigheid+op+school");
+    let opened = http(&desk, &post(&desk, &format!("{case}/side"), &cookie, &opening)).await?;
+    let side = opened.header("location").expect("a redirect to the side thread").to_owned();
+    assert_ne!(side, case);
+    let page = shows(&desk, &side, &cookie, "aanwezigheid op school").await?;
+    assert!(page.body.contains(&format!("href=\"{case}\"")), "the side thread links to its case");
+    assert!(!page.body.contains("id=\"close-form\"") && !page.body.contains("name=\"role\""));
+    assert_eq!(http(&desk, &add(&side)).await?.status, 303);
+    shows(&desk, &side, &cookie, "data-member=\"ib.deregenboog\"").await?;
+    let text = format!("_csrf={token}&text=Hoe+is+de+aanwezigheid%3F");
+    assert_eq!(http(&desk, &post(&desk, &format!("{side}/messages"), &cookie, &text)).await?.status, 303);
+    let question = tokio::time::timeout(WAIT, async {
+        loop {
+            match futures_util::StreamExt::next(&mut school_events).await {
+                Some(ketenhub_sdk::Event::Message(m)) => return Some(m),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await?
+    .expect("the question reaches the school");
+    assert_eq!(question.content.as_bytes(), "Hoe is de aanwezigheid?".as_bytes());
+    school.send_text(question.thread, "Drie keer afwezig.").await?;
+    shows(&desk, &side, &cookie, "Drie keer afwezig.").await?;
+    shows(&desk, "/cases", &cookie, "data-side=").await?;
+    drop(desk);
+    hub.stop().await
+}

@@ -242,7 +242,12 @@ async fn consult(
 
 /// The owner cannot put a limited recipient (the school) on the case; it opens a side thread for it instead, in
 /// which only the question and its answer travel, and the school still cannot read the case.
-async fn ask_the_school(line: &Timeline, thread: ThreadId, owner: &mut Party, school: &mut Party) -> anyhow::Result<()> {
+async fn ask_the_school(
+    line: &Timeline,
+    thread: ThreadId,
+    owner: &mut Party,
+    school: &mut Party,
+) -> anyhow::Result<()> {
     let grounds = Grounds::new("aanwezigheid van de kinderen op school", "consent");
     match owner.client.add_member(thread, school.client.member_id(), &grounds).await {
         Err(ketenhub_sdk::Error::Hub(e)) if e.message.contains("limited-recipient") => line.say(

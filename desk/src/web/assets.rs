@@ -9,12 +9,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// The templates, by name.
-pub const TEMPLATES: [(&str, &str); 14] = [
+pub const TEMPLATES: [(&str, &str); 16] = [
     ("layout.html", include_str!("../../templates/layout.html")),
     ("macros.html", include_str!("../../templates/macros.html")),
     ("cases.html", include_str!("../../templates/cases.html")),
     ("offers.html", include_str!("../../templates/offers.html")),
     ("thread.html", include_str!("../../templates/thread.html")),
+    ("side.html", include_str!("../../templates/side.html")),
+    ("conversation.html", include_str!("../../templates/conversation.html")),
     ("entry.html", include_str!("../../templates/entry.html")),
     ("packet.html", include_str!("../../templates/packet.html")),
     ("offer.html", include_str!("../../templates/offer.html")),

@@ -39,13 +39,26 @@ fn to_case(thread: ThreadId) -> Redirect {
 pub async fn cases(State(app): State<App>, Extension(session): Extension<Session>) -> WebResult {
     let desk = &app.desk;
     let me = desk.client.member_id();
-    let mut cases = Vec::new();
+    let (mut cases, mut sides) = (Vec::new(), Vec::new());
     for summary in desk.client.threads().await? {
+        if let Some(side) = summary.side {
+            sides.push(SideView { id: summary.thread.to_string(), case: side.case.to_string(), purpose: side.purpose });
+            continue;
+        }
         let ownership = desk.client.ownership(summary.thread).await?;
         cases.push(views::case(&desk.policy, summary.thread.to_string(), &ownership, &me, now_ms()));
     }
     let inbox = inbox_offers(&app).await?;
-    Ok(app.render(&session, "cases.html", minijinja::context! { cases, inbox, page => "cases" })?.into_response())
+    let ctx = minijinja::context! { cases, sides, inbox, page => "cases" };
+    Ok(app.render(&session, "cases.html", ctx)?.into_response())
+}
+
+/// A side thread in my cases: its id, its case's and what it is for.
+#[derive(Serialize)]
+struct SideView {
+    id: String,
+    case: String,
+    purpose: String,
 }
 
 #[derive(Serialize)]
@@ -147,19 +160,75 @@ pub async fn thread(
     let thread = case_id(&case)?;
     let desk = &app.desk;
     let me = desk.client.member_id();
+    let summaries = desk.client.threads().await?;
+    if let Some(side) = summaries.iter().find(|s| s.thread == thread).and_then(|s| s.side.clone()) {
+        let in_case = summaries.iter().any(|s| s.thread == side.case);
+        return side_thread(&app, &session, (thread, side, in_case), query).await;
+    }
     let ownership = desk.client.ownership(thread).await?;
     let view = views::case(&desk.policy, thread.to_string(), &ownership, &me, now_ms());
+    let members = views::members(&desk.policy, &desk.client.members(thread).await?, Some(&ownership), &me);
+    let writes = !matches!(view.my_role, "background" | "left") && view.closed.is_none();
+    let ctx = minijinja::context! {
+        case => view, members, outcomes => &desk.policy.closing.outcomes,
+        writes, adds => writes, participants => ownership.owner == me,
+        ..conversation(&app, thread, query.refused)?
+    };
+    Ok(app.render(&session, "thread.html", ctx)?.into_response())
+}
+
+/// What the messages and the forms under them need, for a case and a side thread alike.
+fn conversation(app: &App, thread: ThreadId, refused: Option<String>) -> WebResult<minijinja::Value> {
+    let desk = &app.desk;
+    let me = desk.client.member_id();
     let stored = desk.store.thread(thread)?;
     let history_missing = stored.first().is_none_or(|e| e.seq > 1);
     let entries: Vec<_> = stored.iter().map(|e| views::entry(&desk.policy, e, &me)).collect();
-    let members = views::members(&desk.policy, &desk.client.members(thread).await?, &ownership, &me);
     let organisations: Vec<(String, String)> =
         desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
+    Ok(minijinja::context! {
+        case_id => thread.to_string(), entries, history_missing, organisations, bases => bases(app), refused,
+        page => "cases",
+    })
+}
+
+/// A side thread of a case: its messages, its members, and for the case's owner the add form. A member who is
+/// not on the case (the limited recipient) sees nothing of the case but its id.
+async fn side_thread(
+    app: &App,
+    session: &Session,
+    (thread, side, in_case): (ThreadId, ketenhub_sdk::SideThread, bool),
+    query: ThreadQuery,
+) -> WebResult {
+    let desk = &app.desk;
+    let me = desk.client.member_id();
+    let ownership = if in_case { Some(desk.client.ownership(side.case).await?) } else { None };
+    let adds = ownership.as_ref().is_some_and(|o| o.owner == me && o.closed().is_none());
+    let writes = ownership.as_ref().is_none_or(|o| o.closed().is_none() && !o.is_read_only(&me));
+    let members = views::members(&desk.policy, &desk.client.members(thread).await?, None, &me);
+    let side = minijinja::context! { case => side.case.to_string(), purpose => side.purpose };
     let ctx = minijinja::context! {
-        case => view, case_id => thread.to_string(), entries, members, history_missing, organisations,
-        bases => bases(&app), refused => query.refused, page => "cases", outcomes => &desk.policy.closing.outcomes,
+        side, in_case, members, writes, adds, participants => false, ..conversation(app, thread, query.refused)?
     };
-    Ok(app.render(&session, "thread.html", ctx)?.into_response())
+    Ok(app.render(session, "side.html", ctx)?.into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PurposeForm {
+    purpose: String,
+}
+
+/// Opens a side thread of the case for a limited recipient, and goes to it.
+pub async fn open_side(
+    State(app): State<App>,
+    Path(case): Path<String>,
+    Form(form): Form<PurposeForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    if form.purpose.trim().is_empty() {
+        return Err(WebError::BadRequest("a side thread needs a purpose".into()));
+    }
+    Ok(to_case(app.desk.client.open_side_thread(thread, form.purpose.trim()).await?))
 }
 
 #[derive(Deserialize)]

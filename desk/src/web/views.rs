@@ -57,11 +57,11 @@ pub fn participant_role(code: &str) -> Option<ParticipantRole> {
 }
 
 /// The case's members, each with its participation if it has one.
-pub fn members(policy: &Policy, members: &[MemberId], ownership: &Ownership, me: &MemberId) -> Vec<MemberView> {
+pub fn members(policy: &Policy, members: &[MemberId], ownership: Option<&Ownership>, me: &MemberId) -> Vec<MemberView> {
     members
         .iter()
         .map(|m| {
-            let taking_part = ownership.participant(m);
+            let taking_part = ownership.and_then(|o| o.participant(m));
             MemberView {
                 who: who(policy, m, me),
                 role: taking_part.map(|p| participant_code(p.role)),
