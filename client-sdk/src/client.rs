@@ -1321,6 +1321,7 @@ impl Driver {
                 }
             },
             EntryBody::Handover { event } => Some(Event::Handover { thread, seq, by: entry.sender, event }),
+            EntryBody::Notice { case, notice } => Some(Event::Notice { inbox: thread, seq, case, notice }),
             EntryBody::Welcome { .. } | EntryBody::Expired => None,
         }
     }

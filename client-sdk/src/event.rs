@@ -76,6 +76,19 @@ pub enum Event {
         /// What happened.
         event: wire::handover::HandoverEvent,
     },
+    /// A notice in this identity's organisation inbox (for its system
+    /// identities, team leads and on-call workers): an offer to the
+    /// organisation, or an escalation in one of its cases.
+    Notice {
+        /// The inbox thread ([`wire::ThreadId::inbox_of`] the organisation).
+        inbox: ThreadId,
+        /// The entry's sequence number.
+        seq: u64,
+        /// The case it is about.
+        case: ThreadId,
+        /// What it says.
+        notice: wire::handover::Notice,
+    },
     /// This device joined the thread's MLS group and reads it from now on.
     Joined {
         /// The thread.
@@ -140,6 +153,7 @@ impl Event {
             | Self::MemberRemoved { thread, seq, .. }
             | Self::Unreadable { thread, seq, .. }
             | Self::Handover { thread, seq, .. } => Some((*thread, *seq)),
+            Self::Notice { inbox, seq, .. } => Some((*inbox, *seq)),
             Self::GroupLost { .. }
             | Self::Rejoined { .. }
             | Self::Joined { .. }

@@ -169,17 +169,23 @@ pub enum Write {
         by: MemberId,
         /// The step.
         op: crate::handovers::HandoverOp,
-        /// The working-day calendar.
-        calendar: wire::handover::Calendar,
+        /// The calendar and the urgency of offers.
+        rules: crate::handovers::Rules,
         /// The time of the step.
         now_ms: u64,
     },
     /// Fires handover deadlines (see [`crate::handovers::sweep`]).
     HandoverDeadlines {
-        /// The working-day calendar.
-        calendar: wire::handover::Calendar,
+        /// The calendar and the urgency of offers.
+        rules: crate::handovers::Rules,
         /// The time to fire at.
         now_ms: u64,
+    },
+    /// Makes each organisation's inbox hold exactly the members the policy
+    /// names for it (see [`crate::inbox::sync`]).
+    Inboxes {
+        /// Per organisation, who receives its inbox.
+        members: Vec<(wire::Oin, Vec<MemberId>)>,
     },
     /// Deletes what the retention periods allow (see [`crate::retention::sweep`]).
     Retention {
@@ -513,14 +519,15 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             (Written::Cursor, Vec::new())
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
-        Write::Handover { thread, by, op, calendar, now_ms } => {
-            let (ownership, entries) = crate::handovers::apply(store, &calendar, thread, &by, op, now_ms, audit)?;
+        Write::Handover { thread, by, op, rules, now_ms } => {
+            let (ownership, entries) = crate::handovers::apply(store, &rules, thread, &by, op, now_ms, audit)?;
             (Written::Ownership(Box::new(ownership)), entries)
         }
-        Write::HandoverDeadlines { calendar, now_ms } => {
-            let (raised, entries) = crate::handovers::sweep(store, &calendar, now_ms, audit)?;
+        Write::HandoverDeadlines { rules, now_ms } => {
+            let (raised, entries) = crate::handovers::sweep(store, &rules, now_ms, audit)?;
             (Written::Escalated(raised), entries)
         }
+        Write::Inboxes { members } => (Written::Audited, crate::inbox::sync(store, &members, at, audit)?),
         Write::Retention { retention, devices, now_ms } => {
             (Written::Swept(crate::retention::sweep(store, &retention, devices, now_ms, audit)?), Vec::new())
         }

@@ -22,6 +22,59 @@ use wire::audit::{AuditAction, AuditOutcome, AuditRecord};
 use crate::durability::{Auditor, WriteError};
 use crate::policy::{Decision, Policy};
 use crate::store::{HandoverStep, Store};
+use wire::handover::Notice;
+use wire::Oin;
+
+/// What the policy says about handover steps, carried to the writer with each
+/// of them: the working-day calendar, and from when an offer is urgent.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The working-day calendar.
+    pub calendar: Calendar,
+    /// An offer whose deadline is at most this long after it was made is urgent (`[inbox] urgent_hours`).
+    pub urgent_ms: u64,
+}
+
+impl Rules {
+    fn urgent(&self, offer: &wire::handover::Offer) -> bool {
+        offer.made_ms > 0 && offer.deadline_ms.saturating_sub(offer.made_ms) <= self.urgent_ms
+    }
+
+    /// The notices an offer gives: one to the receiving organisation's inbox
+    /// when it names no worker, or is urgent.
+    fn offer_notices(&self, offer: &wire::handover::Offer) -> Vec<(Oin, Notice)> {
+        let urgent = self.urgent(offer);
+        if offer.to_worker.is_some() && !urgent {
+            return Vec::new();
+        }
+        vec![(offer.to.clone(), Notice::Offered { offer: Box::new(offer.clone()), urgent })]
+    }
+
+    /// The notices an escalation gives: one to the inbox of the organisation
+    /// that answers for it, and for an urgent offer that expired one to the
+    /// receiving organisation's too.
+    fn escalation_notices(&self, ownership: &Ownership, escalation: &Escalation) -> Vec<(Oin, Notice)> {
+        let notice = || Notice::Escalated { escalation: escalation.clone() };
+        match escalation {
+            Escalation::OfferExpired { offer, sender } => {
+                let mut to = vec![(sender.oin.clone(), notice())];
+                let urgent = ownership.offers.iter().find(|o| o.id == *offer).filter(|o| self.urgent(o));
+                to.extend(urgent.filter(|o| o.to != sender.oin).map(|o| (o.to.clone(), notice())));
+                to
+            }
+            Escalation::Overdue { owner, .. } => vec![(owner.oin.clone(), notice())],
+        }
+    }
+}
+
+/// The inboxes of `notices`, made where missing, with their notices.
+fn to_inboxes(
+    store: &dyn Store,
+    notices: Vec<(Oin, Notice)>,
+    at_ms: u64,
+) -> Result<Vec<(ThreadId, Notice)>, WriteError> {
+    notices.into_iter().map(|(oin, notice)| Ok((store.ensure_inbox(&oin, at_ms)?, notice))).collect()
+}
 
 /// A handover step, applied by the writer thread.
 #[derive(Debug)]
@@ -196,7 +249,7 @@ fn refused(e: HandoverError) -> WriteError {
 /// Applies one step to a case; returns the new state and the entries appended.
 pub fn apply(
     store: &dyn Store,
-    calendar: &Calendar,
+    rules: &Rules,
     thread: ThreadId,
     by: &MemberId,
     op: HandoverOp,
@@ -222,7 +275,7 @@ pub fn apply(
             ownership.accept(by, offer).map_err(refused)?;
             // A repeated acceptance starts no second set of clocks.
             if ownership != before {
-                start_clocks(&mut ownership, calendar, offer, completion_days, now_ms);
+                start_clocks(&mut ownership, &rules.calendar, offer, completion_days, now_ms);
             }
             admit = Some(by.clone());
             HandoverEvent::Accepted { offer, by: by.clone() }
@@ -324,9 +377,14 @@ pub fn apply(
         audit.removal(thread, member, removal_rule(&ownership, member, "left-the-case"))?;
     }
     let evict_sides = side_departures(store, (thread, &ownership), &evict, "left-the-case", audit)?;
+    let notices = match &event {
+        HandoverEvent::Offered { offer } => to_inboxes(store, rules.offer_notices(offer), now_ms)?,
+        _ => Vec::new(),
+    };
     let admit = admit.as_ref();
     let events = vec![event];
-    let step = HandoverStep { thread, by, ownership: &ownership, events, admit, evict, evict_sides, at_ms: now_ms };
+    let step =
+        HandoverStep { thread, by, ownership: &ownership, events, admit, evict, evict_sides, notices, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
     Ok((view(ownership), entries))
 }
@@ -425,17 +483,12 @@ fn removal_rule(ownership: &Ownership, member: &MemberId, otherwise: &'static st
 
 /// Fires every deadline due at `now_ms` in every case: expired offers and
 /// overdue clocks become escalation entries in their threads.
-pub fn sweep(
-    store: &dyn Store,
-    calendar: &Calendar,
-    now_ms: u64,
-    audit: &mut Auditor<'_>,
-) -> Result<Swept, WriteError> {
+pub fn sweep(store: &dyn Store, rules: &Rules, now_ms: u64, audit: &mut Auditor<'_>) -> Result<Swept, WriteError> {
     let mut appended = Vec::new();
     let mut raised = Vec::new();
     for (thread, mut ownership) in store.ownerships()? {
         let before = ownership.clone();
-        let escalations = ownership.due(calendar, now_ms);
+        let escalations = ownership.due(&rules.calendar, now_ms);
         // A background role or participation that ended is a departure, and a closed case past its
         // reopening period is archived: each written now, so that memberships end on time.
         if ownership == before {
@@ -457,6 +510,8 @@ pub fn sweep(
         };
         let since = ownership.left.len();
         raised.extend(escalations.iter().map(|e| (thread, e.clone())));
+        let notices = escalations.iter().flat_map(|e| rules.escalation_notices(&ownership, e)).collect();
+        let notices = to_inboxes(store, notices, now_ms)?;
         let mut events: Vec<HandoverEvent> =
             escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
         events.extend(
@@ -481,6 +536,7 @@ pub fn sweep(
             admit: None,
             evict,
             evict_sides,
+            notices,
             at_ms: now_ms,
         };
         appended.extend(store.apply_handover(&step)?);

@@ -30,6 +30,7 @@ pub mod devices;
 pub mod durability;
 pub mod groups;
 pub mod handovers;
+pub mod inbox;
 pub mod outbox;
 pub mod policy;
 pub mod quotas;

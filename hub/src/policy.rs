@@ -75,6 +75,44 @@ pub struct Organisation {
     /// owner is away, and they receive the organisation's inbox.
     #[serde(default)]
     pub team_leads: Vec<String>,
+    /// The workers who answer urgent offers (the on-call role): they receive
+    /// the organisation's inbox.
+    #[serde(default)]
+    pub on_call: Vec<String>,
+    /// The worker ids of the organisation's `system` identities (its case
+    /// systems): they receive the organisation's inbox.
+    #[serde(default)]
+    pub systems: Vec<String>,
+}
+
+impl Organisation {
+    /// Who receives the organisation's inbox: its system identities, team
+    /// leads and on-call workers, each once.
+    pub fn inbox(&self) -> Vec<MemberId> {
+        let workers: BTreeSet<&String> = self.systems.iter().chain(&self.team_leads).chain(&self.on_call).collect();
+        workers.into_iter().map(|w| MemberId { oin: self.oin.clone(), worker: w.clone() }).collect()
+    }
+}
+
+/// How the organisation inbox treats offers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbox {
+    /// An offer whose deadline is at most this many hours away is urgent: it
+    /// reaches the receiving organisation's inbox even when it names a
+    /// worker, and when it expires the escalation reaches that inbox too.
+    #[serde(default = "four")]
+    pub urgent_hours: u32,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self { urgent_hours: four() }
+    }
+}
+
+fn four() -> u32 {
+    4
 }
 
 /// A legal basis for sharing.
@@ -207,6 +245,8 @@ struct PolicyFile {
     participation: Participation,
     #[serde(default)]
     closing: Closing,
+    #[serde(default)]
+    inbox: Inbox,
 }
 
 /// A validated policy.
@@ -222,6 +262,8 @@ pub struct Policy {
     pub participation: Participation,
     /// The outcomes and reopening period of closed cases.
     pub closing: Closing,
+    /// How the organisation inbox treats offers.
+    pub inbox: Inbox,
 }
 
 /// Why an add is justified, as the caller states it.
@@ -275,8 +317,9 @@ impl Policy {
             toml::from_str(text).map_err(|e| PolicyError::Parse { path: String::new(), message: e.to_string() })?;
         let mut organisations = HashMap::new();
         for org in file.organisations {
-            if let Some(bad) = org.team_leads.iter().find(|w| wire::identity::validate_worker(w).is_err()) {
-                return Err(PolicyError::Invalid(format!("team lead {bad:?} of {} is not a worker id", org.oin)));
+            let workers = org.team_leads.iter().chain(&org.on_call).chain(&org.systems);
+            if let Some(bad) = workers.into_iter().find(|w| wire::identity::validate_worker(w).is_err()) {
+                return Err(PolicyError::Invalid(format!("{bad:?} of {} is not a worker id", org.oin)));
             }
             if let Some(old) = organisations.insert(org.oin.clone(), org) {
                 return Err(PolicyError::Invalid(format!("OIN {} is listed twice", old.oin)));
@@ -326,7 +369,11 @@ impl Policy {
             return Err(PolicyError::Invalid("closing needs at least one outcome and a reopening period".into()));
         }
         let retention = file.retention;
-        Ok(Self { organisations, bases, routes: file.routes, roles, retention, participation, closing })
+        let inbox = file.inbox;
+        if inbox.urgent_hours == 0 {
+            return Err(PolicyError::Invalid("[inbox] urgent_hours must be greater than zero".into()));
+        }
+        Ok(Self { organisations, bases, routes: file.routes, roles, retention, participation, closing, inbox })
     }
 
     /// The organisation with this OIN, if the policy knows it.
@@ -349,6 +396,16 @@ impl Policy {
         let mut all: Vec<&Organisation> = self.organisations.values().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Who receives each organisation's inbox.
+    pub fn inboxes(&self) -> Vec<(Oin, Vec<MemberId>)> {
+        self.organisations.values().map(|o| (o.oin.clone(), o.inbox())).collect()
+    }
+
+    /// Whether an offer made at `now_ms` with this deadline is urgent.
+    pub fn is_urgent(&self, deadline_ms: u64, now_ms: u64) -> bool {
+        deadline_ms.saturating_sub(now_ms) <= u64::from(self.inbox.urgent_hours) * 3_600_000
     }
 
     /// Whether `member` leads a team of its organisation (`team_leads` in the policy).

@@ -237,6 +237,7 @@ impl Server {
     /// Accepts connections until `shutdown` is cancelled, then drains and flushes.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let tracker = TaskTracker::new();
+        self.hub.sync_inboxes().await;
         tokio::spawn(reload_on_sighup(self.hub.clone(), shutdown.clone()));
         tokio::spawn(checkpoint_ticks(self.hub.clone(), shutdown.clone()));
         tokio::spawn(retention_sweeps(self.hub.clone(), self.sweep_every, shutdown.clone()));

@@ -177,6 +177,17 @@ impl Hub {
         let after = self.policy.current();
         self.registry.revoke(no_longer_admits(&before, &after));
         tracing::info!(file = %path, "policy reloaded");
+        self.sync_inboxes().await;
+    }
+
+    /// Makes the organisations' inboxes hold the members the policy in force
+    /// names; a failure is logged, and the next start or reload tries again.
+    pub async fn sync_inboxes(&self) {
+        let members = self.policy.current().inboxes();
+        let written = self.writes.submit(Write::Inboxes { members }, None).await;
+        if let Err(e) = written.await.unwrap_or(Err(WriteError::Closed)) {
+            error!(error = %e, "cannot bring the organisations' inboxes in line with the policy");
+        }
     }
 
     /// The result of rereading `object`; a failure is logged and audited

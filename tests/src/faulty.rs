@@ -72,6 +72,15 @@ impl Store for FaultyStore {
     fn side_threads(&self, case: ThreadId) -> Result<Vec<ThreadId>, StoreError> {
         self.inner.side_threads(case)
     }
+    fn ensure_inbox(&self, oin: &wire::Oin, at: u64) -> Result<ThreadId, StoreError> {
+        self.inner.ensure_inbox(oin, at)
+    }
+    fn is_inbox(&self, t: ThreadId) -> Result<bool, StoreError> {
+        self.inner.is_inbox(t)
+    }
+    fn remove_members(&self, t: ThreadId, b: &MemberId, m: &[MemberId], at: u64) -> Result<Vec<Entry>, StoreError> {
+        self.inner.remove_members(t, b, m, at)
+    }
     fn add_member(&self, t: ThreadId, b: &MemberId, m: &MemberId, at: u64) -> Result<Appended, StoreError> {
         self.inner.add_member(t, b, m, at)
     }

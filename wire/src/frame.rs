@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Identity, MemberId, WireError};
+use crate::{Identity, MemberId, Oin, WireError};
 
 /// A client-chosen number that pairs a reply with its request.
 pub type RequestId = u64;
@@ -26,6 +26,18 @@ impl ThreadId {
     /// A fresh random thread id.
     pub fn random() -> Self {
         Self(Uuid::new_v4())
+    }
+
+    /// The inbox thread of organisation `oin`: the same id at every hub and in
+    /// every client, derived from the OIN (SHA-256 of a label and the OIN, as a
+    /// version-8 UUID), so that a client knows its organisation's inbox
+    /// without asking. Only its members learn that it exists.
+    pub fn inbox_of(oin: &Oin) -> Self {
+        let digest =
+            ring::digest::digest(&ring::digest::SHA256, format!("ketenhub-inbox-v1\0{}", oin.as_str()).as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_ref()[..16]);
+        Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
     }
 }
 
@@ -646,6 +658,9 @@ pub struct ThreadSummary {
     /// Set for a side thread: the case it belongs to and what it is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub side: Option<SideThread>,
+    /// Set for the caller's organisation's inbox (see [`ThreadId::inbox_of`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inbox: bool,
 }
 
 /// What links a side thread to its case.
@@ -704,6 +719,14 @@ pub enum EntryBody {
     Handover {
         /// What happened.
         event: crate::handover::HandoverEvent,
+    },
+    /// A notice in an organisation's inbox: an offer to it, or an escalation
+    /// in one of its cases (metadata only, written by the hub alone).
+    Notice {
+        /// The case it is about.
+        case: ThreadId,
+        /// What it says.
+        notice: crate::handover::Notice,
     },
     /// A message whose content the hub deleted under its retention policy,
     /// after every member had received it.

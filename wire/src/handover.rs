@@ -251,6 +251,9 @@ pub struct Offer {
     pub justification: Option<String>,
     /// When the offer escalates if unanswered, ms since the Unix epoch.
     pub deadline_ms: u64,
+    /// When it was made, ms since the Unix epoch (0 for offers stored before this was kept).
+    #[serde(default)]
+    pub made_ms: u64,
     /// Where it stands.
     pub state: OfferState,
 }
@@ -369,6 +372,28 @@ pub enum Escalation {
         escalation: u32,
         /// The owner who answers for it.
         owner: MemberId,
+    },
+}
+
+/// What an organisation's inbox tells its system identities, team leads and
+/// on-call workers, who are not on the case: the hub pushes it to them, and
+/// keeps it for them while they are offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+pub enum Notice {
+    /// A case was offered to the organisation with no worker named, or urgently.
+    Offered {
+        /// The offer.
+        offer: Box<Offer>,
+        /// Whether its deadline is within the policy's `urgent_hours`: the
+        /// on-call worker answers, and when nobody does the escalation reaches
+        /// the receiving organisation's inbox too.
+        urgent: bool,
+    },
+    /// Something in one of the organisation's cases was not done in time.
+    Escalated {
+        /// What.
+        escalation: Escalation,
     },
 }
 
@@ -777,6 +802,7 @@ impl Ownership {
             reason: request.reason,
             justification: request.justification,
             deadline_ms: request.deadline_ms,
+            made_ms: now_ms,
             state: OfferState::Offered,
         });
         Ok(id)

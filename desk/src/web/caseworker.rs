@@ -40,7 +40,8 @@ pub async fn cases(State(app): State<App>, Extension(session): Extension<Session
     let desk = &app.desk;
     let me = desk.client.member_id();
     let (mut cases, mut sides) = (Vec::new(), Vec::new());
-    for summary in desk.client.threads().await? {
+    // The organisation's inbox is no case: its offers are in the inbox of offers below.
+    for summary in desk.client.threads().await?.into_iter().filter(|s| !s.inbox) {
         if let Some(side) = summary.side {
             sides.push(SideView { id: summary.thread.to_string(), case: side.case.to_string(), purpose: side.purpose });
             continue;

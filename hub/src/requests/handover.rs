@@ -89,14 +89,20 @@ impl Hub {
     }
 
     pub(super) fn handover(&self, thread: ThreadId, actor: &MemberId, op: HandoverOp) -> (WriteKind, Write) {
-        let (calendar, now_ms) = (self.calendar.clone(), self.clock.now_ms());
-        (WriteKind::Handover, Write::Handover { thread, by: actor.clone(), op, calendar, now_ms })
+        let now_ms = self.clock.now_ms();
+        (WriteKind::Handover, Write::Handover { thread, by: actor.clone(), op, rules: self.rules(), now_ms })
+    }
+
+    /// The policy's rules for handover steps, as the writer applies them.
+    fn rules(&self) -> crate::handovers::Rules {
+        let urgent_ms = u64::from(self.policy.current().inbox.urgent_hours) * 3_600_000;
+        crate::handovers::Rules { calendar: self.calendar.clone(), urgent_ms }
     }
 
     /// Fires handover deadlines due by the hub's clock; each escalation is
     /// recorded in the audit log before it is written to its thread.
     pub async fn fire_deadlines(&self) -> Result<(), WireError> {
-        let write = Write::HandoverDeadlines { calendar: self.calendar.clone(), now_ms: self.clock.now_ms() };
+        let write = Write::HandoverDeadlines { rules: self.rules(), now_ms: self.clock.now_ms() };
         let written = self.writes.submit(write, None).await.await.unwrap_or(Err(WriteError::Closed));
         written.map(drop).map_err(not_durable)
     }

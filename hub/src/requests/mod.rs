@@ -382,7 +382,12 @@ impl Hub {
             if !member && !lead {
                 return Err((WireError::thread_not_found(), "not-a-member"));
             }
-            let case = self.store.case_of(thread).map_err(|e| (internal(e), "store-failure"))?;
+            let store_failure = |e| (internal(e), "store-failure");
+            if self.store.is_inbox(thread).map_err(store_failure)? && !matches!(request, Request::ListMembers { .. }) {
+                let why = "denied by rule inbox-is-read-only: the hub alone writes in an organisation's inbox";
+                return Err((WireError::new(ErrorCode::Forbidden, why), "inbox-is-read-only"));
+            }
+            let case = self.store.case_of(thread).map_err(store_failure)?;
             side = case != thread;
             if side {
                 if let Some(rule) = self.in_side_thread(case, actor, request)? {

@@ -117,8 +117,12 @@ pub struct HandoverStep<'a> {
     /// Members whose membership ends with the step (those who left the case),
     /// each with a `member_removed` entry after the step's own entries.
     pub evict: Vec<MemberId>,
-    /// Memberships of the case's side threads that end with it (when it is archived).
+    /// Memberships of the case's side threads that end with it (its members'
+    /// departures, or all of them when it is archived).
     pub evict_sides: Vec<(ThreadId, Vec<MemberId>)>,
+    /// Notices to organisations' inboxes (see [`Store::ensure_inbox`]), each
+    /// appended there as a `notice` entry about the case.
+    pub notices: Vec<(ThreadId, wire::handover::Notice)>,
     /// The hub's time.
     pub at_ms: u64,
 }
@@ -185,6 +189,9 @@ pub struct DeviceWrite<'a> {
     pub forget: &'a [DeviceId],
 }
 
+/// The worker recorded as the writer of an organisation's inbox: the hub itself, never a member.
+pub const INBOX_WRITER: &str = "ketenhub-inbox";
+
 /// KeyPackages handed out and not yet added that the hub remembers per claimer and thread.
 pub const MAX_OPEN_CLAIMS: usize = 64;
 
@@ -213,6 +220,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// The case `thread` belongs to: its own id, or for a side thread its case's.
     fn case_of(&self, thread: ThreadId) -> Result<ThreadId, StoreError>;
+
+    /// The inbox thread of organisation `oin` ([`ThreadId::inbox_of`]),
+    /// created (without members or owner) if it does not exist yet.
+    fn ensure_inbox(&self, oin: &Oin, at_ms: u64) -> Result<ThreadId, StoreError>;
+
+    /// Whether `thread` is an organisation's inbox, which only the hub writes.
+    fn is_inbox(&self, thread: ThreadId) -> Result<bool, StoreError>;
+
+    /// Ends the memberships of `members` in `thread` (those who are members),
+    /// each with a `member_removed` entry by `by`; returns the entries.
+    fn remove_members(
+        &self,
+        thread: ThreadId,
+        by: &MemberId,
+        members: &[MemberId],
+        at_ms: u64,
+    ) -> Result<Vec<Entry>, StoreError>;
 
     /// The side threads of `case`, in no particular order.
     fn side_threads(&self, case: ThreadId) -> Result<Vec<ThreadId>, StoreError>;

@@ -41,7 +41,7 @@
 //! a durable watermark, advanced only after a flush that covered the entry, and
 //! reads never go past it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -102,6 +102,9 @@ struct ThreadRecord {
     /// Set for a side thread.
     #[serde(default)]
     side: Option<wire::SideThread>,
+    /// Set for an organisation's inbox.
+    #[serde(default)]
+    inbox: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +114,14 @@ struct MembershipRecord {
     added_at_ms: u64,
 }
 
+/// An entry a handover step appends to a thread beside its case.
+enum Beside<'a> {
+    /// A membership of a side thread ends.
+    Evict(&'a MemberId),
+    /// A notice to an organisation's inbox.
+    Notice(&'a wire::handover::Notice),
+}
+
 /// Where a thread's log stands: the next seq to assign and the highest durable one.
 #[derive(Debug)]
 struct ThreadLog {
@@ -118,6 +129,8 @@ struct ThreadLog {
     durable_seq: u64,
     /// For a side thread, its case: asked by every send (closed? read-only?), so kept beside the log.
     case: Option<ThreadId>,
+    /// Whether it is an organisation's inbox, which only the hub writes.
+    inbox: bool,
 }
 
 /// The sled-backed store.
@@ -354,7 +367,8 @@ impl SledStore {
         let Some(record) = self.db.get(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? else {
             return Err(StoreError::NoSuchThread);
         };
-        let case = decode::<ThreadRecord>(&record)?.side.map(|s| s.case);
+        let record: ThreadRecord = decode(&record)?;
+        let (case, inbox) = (record.side.map(|s| s.case), record.inbox);
         let last = match self.db.scan_prefix(key(ENTRY, &[thread.0.as_bytes()])).next_back() {
             Some(item) => {
                 let (k, _) = item.map_err(backend)?;
@@ -365,7 +379,7 @@ impl SledStore {
         let mut logs = lock(&self.logs);
         let log = logs
             .entry(thread)
-            .or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last, case })));
+            .or_insert_with(|| Arc::new(Mutex::new(ThreadLog { next_seq: last + 1, durable_seq: last, case, inbox })));
         Ok(log.clone())
     }
 
@@ -461,7 +475,7 @@ impl SledStore {
         let case = side.as_ref().map(|s| s.case);
         batch.insert(
             key(THREAD, &[thread.0.as_bytes()]),
-            encode(&ThreadRecord { creator: creator.clone(), created_at_ms: at_ms, side }),
+            encode(&ThreadRecord { creator: creator.clone(), created_at_ms: at_ms, side, inbox: false }),
         );
         self.membership_writes(&mut batch, thread, creator, &record)?;
         batch.insert(Self::entry_key(thread, 1), encode(&entry));
@@ -476,7 +490,7 @@ impl SledStore {
             ),
         }
         self.db.apply_batch(batch).map_err(backend)?;
-        let log = ThreadLog { next_seq: 2, durable_seq: 0, case };
+        let log = ThreadLog { next_seq: 2, durable_seq: 0, case, inbox: false };
         lock(&self.logs).insert(thread, Arc::new(Mutex::new(log)));
         lock(&self.dirty).insert(thread);
         Ok(Created { thread, entry: Some(entry) })
@@ -617,6 +631,53 @@ impl Store for SledStore {
             Err(StoreError::NoSuchThread) => Ok(thread),
             Err(e) => Err(e),
         }
+    }
+
+    fn ensure_inbox(&self, oin: &Oin, at_ms: u64) -> Result<ThreadId, StoreError> {
+        let thread = ThreadId::inbox_of(oin);
+        let _one_at_a_time = lock(&self.creating);
+        let record_key = key(THREAD, &[thread.0.as_bytes()]);
+        if !self.db.contains_key(&record_key).map_err(backend)? {
+            // The hub writes it; no one creates it, and it has no owner.
+            let creator = MemberId { oin: oin.clone(), worker: super::INBOX_WRITER.to_owned() };
+            let record = ThreadRecord { creator, created_at_ms: at_ms, side: None, inbox: true };
+            self.db.insert(record_key, encode(&record)).map_err(backend)?;
+        }
+        Ok(thread)
+    }
+
+    fn is_inbox(&self, thread: ThreadId) -> Result<bool, StoreError> {
+        match self.log(thread) {
+            Ok(log) => Ok(lock(&log).inbox),
+            Err(StoreError::NoSuchThread) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_members(
+        &self,
+        thread: ThreadId,
+        by: &MemberId,
+        members: &[MemberId],
+        at_ms: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let log = self.log(thread)?;
+        let mut log = lock(&log);
+        let mut batch = sled::Batch::default();
+        let mut removed = Vec::new();
+        for member in members {
+            let seq = log.next_seq + removed.len() as u64;
+            if self.end_membership(&mut batch, thread, member, seq)? {
+                let body = EntryBody::MemberRemoved { member: member.clone() };
+                let entry = Entry { seq, id: MessageId::new(), sender: by.clone(), at_ms, body };
+                batch.insert(Self::entry_key(thread, seq), encode(&entry));
+                removed.push(entry);
+            }
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
+        log.next_seq += removed.len() as u64;
+        lock(&self.dirty).insert(thread);
+        Ok(removed)
     }
 
     fn side_threads(&self, case: ThreadId) -> Result<Vec<ThreadId>, StoreError> {
@@ -1027,39 +1088,45 @@ impl Store for SledStore {
             Some(_) => batch.insert(key(CLOSED, &[thread.0.as_bytes()]), &[][..]),
             None => batch.remove(key(CLOSED, &[thread.0.as_bytes()])),
         }
-        // Each side log stays locked until the batch is applied, as the case's does.
-        let side_logs = step
-            .evict_sides
-            .iter()
-            .map(|(side, members)| Ok((*side, self.log(*side)?, members)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut side_entries = Vec::new();
-        let mut locked = Vec::new();
-        for (side, side_log, members) in &side_logs {
-            let mut side_log = lock(side_log);
-            for member in members.iter() {
-                let seq = side_log.next_seq;
-                let removed = Entry {
-                    seq,
-                    id: MessageId::new(),
-                    sender: step.by.clone(),
-                    at_ms: step.at_ms,
-                    body: EntryBody::MemberRemoved { member: member.clone() },
+        // What the step appends beside the case: departures from its side threads, notices to inboxes.
+        let mut beside: BTreeMap<ThreadId, Vec<Beside<'_>>> = BTreeMap::new();
+        for (side, members) in &step.evict_sides {
+            beside.entry(*side).or_default().extend(members.iter().map(Beside::Evict));
+        }
+        for (inbox, notice) in &step.notices {
+            beside.entry(*inbox).or_default().push(Beside::Notice(notice));
+        }
+        let logs = beside.keys().map(|t| Ok((*t, self.log(*t)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        // Each of those logs stays locked until the batch is applied, as the case's does.
+        let mut held = Vec::new();
+        let mut appended: Vec<(ThreadId, Entry)> = entries.iter().map(|e| (thread, e.clone())).collect();
+        for ((other, other_log), items) in logs.iter().zip(beside.values()) {
+            let guard = lock(other_log);
+            let mut seq = guard.next_seq;
+            for item in items {
+                let body = match item {
+                    Beside::Evict(member) if self.end_membership(&mut batch, *other, member, seq)? => {
+                        EntryBody::MemberRemoved { member: (*member).clone() }
+                    }
+                    Beside::Evict(_) => continue,
+                    Beside::Notice(notice) => EntryBody::Notice { case: thread, notice: (*notice).clone() },
                 };
-                if self.end_membership(&mut batch, *side, member, seq)? {
-                    batch.insert(Self::entry_key(*side, seq), encode(&removed));
-                    side_log.next_seq += 1;
-                    side_entries.push((*side, removed));
-                }
+                let entry = Entry { seq, id: MessageId::new(), sender: step.by.clone(), at_ms: step.at_ms, body };
+                batch.insert(Self::entry_key(*other, seq), encode(&entry));
+                appended.push((*other, entry));
+                seq += 1;
             }
-            locked.push((*side, side_log));
+            held.push((guard, seq));
         }
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
+        for (mut guard, next_seq) in held {
+            guard.next_seq = next_seq;
+        }
         let mut dirty = lock(&self.dirty);
         dirty.insert(thread);
-        dirty.extend(locked.iter().map(|(side, _)| *side));
-        Ok(entries.into_iter().map(|e| (thread, e)).chain(side_entries).collect())
+        dirty.extend(beside.keys().copied());
+        Ok(appended)
     }
 
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
