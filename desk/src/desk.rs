@@ -146,17 +146,31 @@ impl Desk {
             }
             HandoverEvent::Left { member, .. } => {
                 tokio::spawn(async move {
-                    if let Ok(ownership) = desk.client.ownership(thread).await {
-                        if ownership.owner == desk.client.member_id() && ownership.removal_due.contains(&member) {
-                            if let Err(e) = desk.client.remove_member(thread, member).await {
-                                tracing::error!("cannot remove a member who left {thread}: {e}");
-                            }
+                    let Ok(ownership) = desk.client.ownership(thread).await else { return };
+                    if ownership.owner != desk.client.member_id() {
+                        return;
+                    }
+                    if ownership.removal_due.contains(&member) {
+                        if let Err(e) = desk.client.remove_member(thread, member.clone()).await {
+                            tracing::error!("cannot remove a member who left {thread}: {e}");
+                        }
+                    }
+                    // The hub ended its side-thread memberships too; their groups still hold its devices.
+                    for side in desk.side_threads(thread).await {
+                        if let Err(e) = desk.client.remove_member(side, member.clone()).await {
+                            tracing::error!("cannot remove a member who left {thread} from side thread {side}: {e}");
                         }
                     }
                 });
             }
             _ => {}
         }
+    }
+
+    /// The side threads of `case` this desk is on.
+    async fn side_threads(&self, case: ThreadId) -> Vec<ThreadId> {
+        let threads = self.client.threads().await.unwrap_or_default();
+        threads.into_iter().filter(|t| t.side.as_ref().is_some_and(|s| s.case == case)).map(|t| t.thread).collect()
     }
 
     async fn share_packet(&self, thread: ThreadId, offer: u32, by: ketenhub_sdk::MemberId) -> anyhow::Result<()> {

@@ -458,6 +458,9 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
         }
         Write::OpenSideThread { creator, client_ref, side, max_sides } => {
             if let Some(thread) = store.created_by_ref(&creator, client_ref)? {
+                if store.side(thread)?.is_none_or(|s| s.case != side.case) {
+                    return Err(refused(ErrorCode::Conflict, "client_ref already names another thread of the caller"));
+                }
                 return Ok((Written::Thread { thread }, Vec::new()));
             }
             still_adds(store, side.case, &creator)?;
@@ -552,7 +555,7 @@ pub(crate) fn room_for(
 /// only read) still brings in the owner of the thread's case: `member` is
 /// that owner, and the case is open.
 fn follows_owner(store: &dyn Store, thread: ThreadId, by: &MemberId, member: &MemberId) -> Result<(), WriteError> {
-    if !store.is_member(thread, by)? {
+    if !store.is_member(thread, by)? || !store.is_member(store.case_of(thread)?, by)? {
         return Err(WriteError::Refused(WireError::thread_not_found()));
     }
     crate::requests::open_case(store, thread).map_err(WriteError::Refused)?;
@@ -721,6 +724,18 @@ fn apply_commit(
         o.removal_due.len() != due
     };
     let ownership = ownership.as_mut().and_then(|o| done(o).then_some(&*o));
+    // Whom a commit removes from the case leaves its side threads with it.
+    let evict_sides = match side_owner {
+        Some(_) => Vec::new(),
+        None if removed.is_empty() => Vec::new(),
+        None => crate::handovers::leave_side_threads(
+            store,
+            thread,
+            |m| removed.contains(m),
+            |_| "removed-by-commit",
+            audit,
+        )?,
+    };
     let accepted = AcceptedCommit {
         thread,
         by: caller,
@@ -731,13 +746,16 @@ fn apply_commit(
         redeemed: &checked.added_packages,
         removed: &removed,
         welcome: welcome.as_deref().map(|w| (checked.added.as_slice(), w)),
+        evict_sides: &evict_sides,
         ownership,
         at_ms,
     };
     let entries = store.apply_commit(&accepted)?;
-    let seq =
-        entries.iter().find(|e| matches!(e.body, wire::EntryBody::Commit { .. })).map(|e| e.seq).unwrap_or_default();
-    Ok((Written::Commit { epoch: checked.epoch, seq }, entries.into_iter().map(|e| (thread, e)).collect()))
+    let seq = entries
+        .iter()
+        .find(|(t, e)| *t == thread && matches!(e.body, wire::EntryBody::Commit { .. }))
+        .map_or(0, |(_, e)| e.seq);
+    Ok((Written::Commit { epoch: checked.epoch, seq }, entries))
 }
 
 /// One applied batch: each write's reply channel and what applying it produced.

@@ -441,8 +441,8 @@ fn departures(store: &dyn Store, thread: ThreadId, ownership: &mut Ownership) ->
 }
 
 /// The memberships in the case's side threads that end with the step: those
-/// of the members who leave the case, and every one when it is archived. Each
-/// is audited with the rule the case's departure has (`otherwise` by default).
+/// of the members who leave the case or left it before (a side thread never
+/// holds someone the case no longer does), and every one when it is archived.
 fn side_departures(
     store: &dyn Store,
     (case, ownership): (ThreadId, &Ownership),
@@ -451,14 +451,33 @@ fn side_departures(
     audit: &mut Auditor<'_>,
 ) -> Result<Vec<(ThreadId, Vec<MemberId>)>, WriteError> {
     let archived = ownership.closed().is_some_and(|c| c.archived);
-    if evict.is_empty() && !archived {
-        return Ok(Vec::new());
-    }
+    let left = ownership.left.iter().map(|(m, _)| m);
+    let leaving: Vec<&MemberId> = evict.iter().chain(left).collect();
+    let leaves = |m: &MemberId| archived || leaving.contains(&m);
+    leave_side_threads(store, case, leaves, |m| removal_rule(ownership, m, otherwise), audit)
+}
+
+/// Ends the memberships of the side threads of `case` held by members who
+/// `leave`, each audited with its `rule` (as a record of the hub, which holds
+/// nothing of the request that caused it: a side thread's members do not learn
+/// the case's reasons). Returns them per side thread, for the write.
+pub(crate) fn leave_side_threads(
+    store: &dyn Store,
+    case: ThreadId,
+    leaves: impl Fn(&MemberId) -> bool,
+    rule: impl Fn(&MemberId) -> &'static str,
+    audit: &mut Auditor<'_>,
+) -> Result<Vec<(ThreadId, Vec<MemberId>)>, WriteError> {
     let mut sides = Vec::new();
     for side in store.side_threads(case)? {
-        let members: Vec<_> = store.members(side)?.into_iter().filter(|m| archived || evict.contains(m)).collect();
+        let members: Vec<_> = store.members(side)?.into_iter().filter(|m| leaves(m)).collect();
         for member in &members {
-            audit.removal(side, member, removal_rule(ownership, member, otherwise))?;
+            audit.record(AuditRecord {
+                case: Some(side),
+                object: Some(member.to_string()),
+                rule: rule(member).to_owned(),
+                ..crate::audit::hub_record(AuditAction::RemoveMember)
+            })?;
         }
         if !members.is_empty() {
             sides.push((side, members));

@@ -352,6 +352,16 @@ impl Policy {
                 return Err(PolicyError::Invalid(format!("route {} names unknown legal basis {unknown}", route.name)));
             }
         }
+        for route in file.routes.iter().filter(|r| r.limited) {
+            // Else a limited recipient could be put on the case on the other route between the same kinds.
+            let other = file.routes.iter().find(|o| !o.limited && o.from == route.from && o.to == route.to);
+            if let Some(other) = other {
+                let (limited, open) = (&route.name, &other.name);
+                return Err(PolicyError::Invalid(format!(
+                    "route {limited} is limited and {open} between the same kinds is not"
+                )));
+            }
+        }
         let mut roles = HashMap::new();
         for (key, actions) in file.roles {
             let role = role_from_key(&key).ok_or_else(|| PolicyError::Invalid(format!("unknown role {key}")))?;
@@ -632,6 +642,15 @@ mod tests {
         // A side thread is no way around the routes: the basis must still be on one.
         let unlisted = Grounds { reason: "attendance question", legal_basis: "ots-measure" };
         assert_eq!(policy.may_add(&vt, &school, unlisted, true).rule, "basis-not-on-route");
+    }
+
+    #[test]
+    fn a_limited_route_has_no_open_route_beside_it() {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.toml")).unwrap();
+        let open_beside = format!("{text}\n[[routes]]\nname = \"vt-gp-referral\"\nfrom = \"VT\"\nto = \"OTHER\"\nlegal_bases = [\"consent\"]\n");
+        let refused = Policy::parse(&open_beside).unwrap_err().to_string();
+        assert!(refused.contains("vt-school-question is limited and vt-gp-referral"), "{refused}");
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Store for FaultyStore {
     fn init_group(&self, t: ThreadId, s: &[u8], g: &[u8]) -> Result<(), StoreError> {
         self.inner.init_group(t, s, g)
     }
-    fn apply_commit(&self, c: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError> {
+    fn apply_commit(&self, c: &AcceptedCommit<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError> {
         self.inner.apply_commit(c)
     }
     fn add_key_packages(&self, m: &MemberId, p: &[Vec<u8>]) -> Result<u64, StoreError> {

@@ -127,6 +127,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let system = connect("vt-utrecht-system").await?;
     let lead = connect("vt-utrecht-teamlead").await?;
     let school = connect("school-mentor").await?;
+    // LT's case system receives LT's inbox: the offers below name no worker.
+    let lt_system = connect("lt-woerden-system").await?;
+    let mut lt_inbox = lt_system.events().unwrap();
 
     // A case, a message, a handover offer, accepted; the receiver joins the MLS group.
     let thread = vt.create_thread().await?;
@@ -134,6 +137,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let deadline = hub::clock::now_ms() + 2 * DAY_MS;
     let id = vt.offer_handover(thread, offer(&lt, "consent", deadline)).await?.offers[0].id;
     assert_eq!(lt.pending_offers().await?.len(), 1);
+    next_event(&mut lt_inbox, WAIT, |e| matches!(e, ketenhub_sdk::Event::Notice { .. })).await?;
     lt.accept_offer(thread, id).await?;
     vt.add_member(thread, lt.member_id(), &Grounds::new("accepted handover", "consent")).await?;
     vt.send_text(thread, "welkom").await?;
@@ -196,7 +200,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     assert!(!audit.is_empty());
     officer.audit_query(wire::audit::AuditFilter::default()).await?;
     officer.witness_audit().await?;
-    for client in [&vt, &lt, &officer, &system, &lead, &school] {
+    for client in [&vt, &lt, &officer, &system, &lead, &school, &lt_system] {
         client.close().await;
     }
     hub.stop().await?;
@@ -279,6 +283,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "kind:handover",
         "kind:commit",
         "kind:welcome",
+        "kind:notice",
         "step:offered",
         "step:accepted",
         "step:declined",

@@ -7,9 +7,12 @@
 use std::time::Duration;
 
 use hub::clock::Clock;
-use ketenhub_sdk::{AuditFilter, Client, Event, EventStream, FamilyTold, Grounds, OfferRequest};
+use ketenhub_sdk::{
+    AuditFilter, Client, ErrorCode, Event, EventStream, FamilyTold, Grounds, OfferRequest, ParticipantRole,
+};
 use tests::{messages, next_event, refusal_rule, DevHub};
 use wire::audit::{AuditAction, AuditOutcome};
+use wire::{Reply, Request};
 
 const WAIT: Duration = Duration::from_secs(20);
 const DAY_MS: u64 = 86_400_000;
@@ -89,6 +92,20 @@ async fn a_limited_recipient_receives_only_what_its_side_thread_shares() -> anyh
     assert_eq!(refusal_rule(school.remove_member(side, bram.member_id()).await), "side-thread-owner-removes");
     anna.remove_member(side, bram.member_id()).await?;
 
+    // A client_ref names one thread: reused for another case it opens nothing.
+    let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
+    let client_ref = uuid::Uuid::new_v4();
+    let open = |case| Request::OpenSideThread { case, client_ref, purpose: "huisarts".into() };
+    let Ok(Reply::ThreadCreated { thread: first }) = tests::raw_reply(&mut raw, open(case)).await? else {
+        panic!("the first opening is answered with the thread")
+    };
+    let Ok(Reply::ThreadCreated { thread: again }) = tests::raw_reply(&mut raw, open(case)).await? else {
+        panic!("a resend is answered with the same thread")
+    };
+    assert_eq!(first, again);
+    let other = anna.create_thread().await?;
+    assert_eq!(tests::raw_refusal(&mut raw, open(other)).await?.code, ErrorCode::Conflict);
+
     // A side thread has no handover of its own, and no side threads.
     let now_ms = Clock::system().now_ms();
     assert_eq!(refusal_rule(anna.offer_handover(side, to_lt(now_ms)).await), "side-thread-no-handover");
@@ -149,24 +166,39 @@ async fn the_side_thread_follows_regie_and_ends_with_the_case() -> anyhow::Resul
     anna.add_member(case, sanne.member_id(), &Grounds::new("support at home", "consent")).await?;
     sanne.complete_handover(case, offer, FamilyTold::Yes).await?;
     assert_eq!(refusal_rule(anna.send_text(side, "nog een vraag").await), "background-read-only");
+    // The school, who sees no case, cannot tell who the new owner is: it brings no one in.
+    let guess = school.add_member(side, sanne.member_id(), &question()).await;
+    assert_eq!(refusal_rule(guess), "side-thread-owner-adds");
+    let guess = school.claim_key_package(side, sanne.member_id()).await;
+    assert_eq!(refusal_rule(guess), "side-thread-owner-adds");
     // Its device still brings the new owner in, and nobody else.
     let brought = anna.add_member(side, bram.member_id(), &question()).await;
     assert_eq!(refusal_rule(brought), "side-thread-owner-adds");
     assert_eq!(anna.follow_owner(case).await?, vec![side]);
     assert!(anna.follow_owner(case).await?.is_empty(), "the owner is brought in once");
-    // That is all it may still do there: it removes no one.
+    // That is all it may still do there: it removes no one, nor takes the owner's KeyPackages once it is in.
     assert_eq!(refusal_rule(anna.remove_member(side, school.member_id()).await), "background-read-only");
+    let drained = anna.claim_key_package(side, sanne.member_id()).await;
+    assert_eq!(refusal_rule(drained), "side-thread-follows-owner");
     sanne.send_text(side, "Ik ben de nieuwe contactpersoon van het gezin.").await?;
     let got = messages(&mut school_events, 1, WAIT).await?;
     assert_eq!(got[0].thread, side);
     school.send_text(side, "Welkom.").await?;
     assert_eq!(messages(&mut sanne_events, 1, WAIT).await?[0].thread, side);
 
-    // The background role ends: the former owner leaves the side thread with the case.
-    clock.advance(31 * DAY_MS);
-    hub.hub().fire_deadlines().await?;
+    // Removed from the case by a commit, the former owner leaves its side threads in the same write.
+    sanne.remove_member(case, anna.member_id()).await?;
     assert!(!sanne.members(side).await?.contains(&anna.member_id()));
     assert_eq!(refusal_rule(anna.members(side).await), "NotFound");
+    // A participant whose end date passes leaves the side thread with the case.
+    let until = clock.now_ms() + 10 * DAY_MS;
+    let advice = Grounds::new("advies", "consent");
+    sanne.add_participant(case, bram.member_id(), (ParticipantRole::Consultant, until), &advice).await?;
+    sanne.add_member(case, bram.member_id(), &advice).await?;
+    sanne.add_member(side, bram.member_id(), &advice).await?;
+    clock.advance(31 * DAY_MS);
+    hub.hub().fire_deadlines().await?;
+    assert!(!sanne.members(side).await?.contains(&bram.member_id()));
 
     // Closed and past its reopening period, the case is archived: every side membership ends.
     sanne.close_case(case, "safe-at-home", "het gaat goed").await?;

@@ -237,9 +237,10 @@ pub fn query(
     let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
     let mut seqs = std::collections::BTreeSet::new();
     match filter.case {
-        // A case's side threads answer to it: its access report includes them.
+        // A case's side threads answer to it: its access report includes those in the officer's scope.
         Some(case) if cases.contains(&case) => {
-            for thread in std::iter::once(case).chain(store.side_threads(case)?) {
+            let sides = store.side_threads(case)?.into_iter().filter(|side| cases.contains(side));
+            for thread in std::iter::once(case).chain(sides) {
                 seqs.extend(store.audit_index(AuditIndex::Case(thread))?);
             }
         }

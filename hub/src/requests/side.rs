@@ -30,7 +30,7 @@ impl Hub {
     /// usual rules decide.
     pub(super) fn in_side_thread(
         &self,
-        case: ThreadId,
+        (side, case): (ThreadId, ThreadId),
         actor: &MemberId,
         request: &Request,
     ) -> Result<Option<&'static str>, Refusal> {
@@ -57,12 +57,19 @@ impl Hub {
             _ => return Ok(None),
         };
         let owner = self.case_owner(case)?;
-        if member == &owner {
+        let store_failure = |e| (internal(e), "store-failure");
+        // Only someone on the case knows that regie moved: a limited recipient learns nothing of the owner here.
+        if member == &owner && actor != &owner && self.store.is_member(case, actor).map_err(store_failure)? {
             super::open_case(&*self.store, case).map_err(|e| (e, "case-closed"))?;
-            if let Request::AddMember { reason, .. } = request {
-                if reason.trim().is_empty() {
+            match request {
+                Request::AddMember { reason, .. } if reason.trim().is_empty() => {
                     return Err(forbidden("add-needs-reason", "adding a member needs a reason"));
                 }
+                // Once a device of the owner is in the group, its KeyPackages are not for the taking.
+                Request::ClaimKeyPackage { .. } if self.owner_in_group(side, &owner)? => {
+                    return Err(forbidden(FOLLOWS_OWNER, "the case's owner is in the side thread's group already"));
+                }
+                _ => {}
             }
             return Ok(Some(FOLLOWS_OWNER));
         }
@@ -80,10 +87,19 @@ impl Hub {
         Ok(())
     }
 
+    fn owner_in_group(&self, side: ThreadId, owner: &MemberId) -> Result<bool, Refusal> {
+        let Some(state) = self.store.group_state(side).map_err(|e| (internal(e), "store-failure"))? else {
+            return Ok(false);
+        };
+        let devices = crate::groups::devices_of(&state, side).map_err(|e| (e, "store-failure"))?;
+        Ok(devices.contains(owner))
+    }
+
     fn case_owner(&self, case: ThreadId) -> Result<MemberId, Refusal> {
         match self.store.ownership(case).map_err(|e| (internal(e), "store-failure"))? {
             Some(ownership) => Ok(ownership.owner),
-            None => Err(forbidden("side-thread-of-a-case", "a side thread belongs to a case and has none of its own")),
+            // A side thread has no side threads (refused before this, unless the thread was a case a moment ago).
+            None => Err(forbidden("side-thread-by-owner", "only the case's owner opens a side thread")),
         }
     }
 }

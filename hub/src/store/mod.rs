@@ -92,6 +92,8 @@ pub struct AcceptedCommit<'a> {
     pub removed: &'a [MemberId],
     /// The Welcome and the members it is for.
     pub welcome: Option<(&'a [MemberId], &'a [u8])>,
+    /// The memberships of the case's side threads that end with the commit's removals.
+    pub evict_sides: &'a [(ThreadId, Vec<MemberId>)],
     /// The case's ownership state, when the commit changes it (it removes
     /// devices that were due for removal).
     pub ownership: Option<&'a wire::handover::Ownership>,
@@ -326,7 +328,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores an accepted commit in one atomic write: the new group state and
     /// GroupInfo, the commit entry, a `MemberRemoved` entry per removal (ending the membership
     /// itself), and the Welcome entry. Returns the entries, in order.
-    fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError>;
+    fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError>;
 
     /// Adds MLS KeyPackages (already verified) for `member`; returns how many it holds now.
     fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError>;

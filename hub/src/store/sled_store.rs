@@ -122,6 +122,24 @@ enum Beside<'a> {
     Notice(&'a wire::handover::Notice),
 }
 
+/// What a write appends beside its own thread, by thread.
+type BesideMap<'a> = BTreeMap<ThreadId, Vec<Beside<'a>>>;
+
+/// Side-thread departures and inbox notices, grouped by the thread they go to.
+fn beside<'a>(
+    evict_sides: &'a [(ThreadId, Vec<MemberId>)],
+    notices: &'a [(ThreadId, wire::handover::Notice)],
+) -> BesideMap<'a> {
+    let mut beside: BesideMap<'a> = BTreeMap::new();
+    for (side, members) in evict_sides {
+        beside.entry(*side).or_default().extend(members.iter().map(Beside::Evict));
+    }
+    for (inbox, notice) in notices {
+        beside.entry(*inbox).or_default().push(Beside::Notice(notice));
+    }
+    beside
+}
+
 /// Where a thread's log stands: the next seq to assign and the highest durable one.
 #[derive(Debug)]
 struct ThreadLog {
@@ -447,6 +465,54 @@ impl SledStore {
             &until.to_be_bytes()[..],
         );
         Ok(true)
+    }
+
+    /// The logs of the threads a write appends to beside its own.
+    fn logs_of(&self, beside: &BesideMap<'_>) -> Result<Vec<Arc<Mutex<ThreadLog>>>, StoreError> {
+        beside.keys().map(|t| self.log(*t)).collect()
+    }
+
+    /// Adds to `batch` what a write about `case` by `by` appends beside its own
+    /// thread, each of those logs locked (as the write's own is) until the batch
+    /// is applied; returns the locks with each log's next seq, and the entries.
+    fn write_beside<'l>(
+        &self,
+        batch: &mut sled::Batch,
+        logs: &'l [Arc<Mutex<ThreadLog>>],
+        beside: &BesideMap<'_>,
+        (case, by, at_ms): (ThreadId, &MemberId, u64),
+    ) -> Result<(Vec<(MutexGuard<'l, ThreadLog>, u64)>, Vec<(ThreadId, Entry)>), StoreError> {
+        let mut held = Vec::new();
+        let mut appended = Vec::new();
+        for (other_log, (other, items)) in logs.iter().zip(beside) {
+            let guard = lock(other_log);
+            let mut seq = guard.next_seq;
+            for item in items {
+                let body = match item {
+                    Beside::Evict(member) if self.end_membership(batch, *other, member, seq)? => {
+                        EntryBody::MemberRemoved { member: (*member).clone() }
+                    }
+                    Beside::Evict(_) => continue,
+                    Beside::Notice(notice) => EntryBody::Notice { case, notice: (*notice).clone() },
+                };
+                let entry = Entry { seq, id: MessageId::new(), sender: by.clone(), at_ms, body };
+                batch.insert(Self::entry_key(*other, seq), encode(&entry));
+                appended.push((*other, entry));
+                seq += 1;
+            }
+            held.push((guard, seq));
+        }
+        Ok((held, appended))
+    }
+
+    /// After the batch is applied: the logs beside `thread` move on, and all are to be flushed.
+    fn released(&self, held: Vec<(MutexGuard<'_, ThreadLog>, u64)>, thread: ThreadId, beside: &BesideMap<'_>) {
+        for (mut guard, next_seq) in held {
+            guard.next_seq = next_seq;
+        }
+        let mut dirty = lock(&self.dirty);
+        dirty.insert(thread);
+        dirty.extend(beside.keys().copied());
     }
 
     /// Creates a thread, or a side thread of `side.case`; see [`Store::create_thread`].
@@ -901,7 +967,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<Entry>, StoreError> {
+    fn apply_commit(&self, commit: &AcceptedCommit<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError> {
         let thread = commit.thread;
         let log = self.log(thread)?;
         let mut log = lock(&log);
@@ -935,10 +1001,13 @@ impl Store for SledStore {
         if let Some(ownership) = commit.ownership {
             batch.insert(key(OWNERSHIP, &[thread.0.as_bytes()]), encode(ownership));
         }
+        let beside = beside(commit.evict_sides, &[]);
+        let logs = self.logs_of(&beside)?;
+        let (held, others) = self.write_beside(&mut batch, &logs, &beside, (thread, commit.by, commit.at_ms))?;
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
-        lock(&self.dirty).insert(thread);
-        Ok(entries)
+        self.released(held, thread, &beside);
+        Ok(entries.into_iter().map(|e| (thread, e)).chain(others).collect())
     }
 
     fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError> {
@@ -1088,45 +1157,14 @@ impl Store for SledStore {
             Some(_) => batch.insert(key(CLOSED, &[thread.0.as_bytes()]), &[][..]),
             None => batch.remove(key(CLOSED, &[thread.0.as_bytes()])),
         }
-        // What the step appends beside the case: departures from its side threads, notices to inboxes.
-        let mut beside: BTreeMap<ThreadId, Vec<Beside<'_>>> = BTreeMap::new();
-        for (side, members) in &step.evict_sides {
-            beside.entry(*side).or_default().extend(members.iter().map(Beside::Evict));
-        }
-        for (inbox, notice) in &step.notices {
-            beside.entry(*inbox).or_default().push(Beside::Notice(notice));
-        }
-        let logs = beside.keys().map(|t| Ok((*t, self.log(*t)?))).collect::<Result<Vec<_>, StoreError>>()?;
-        // Each of those logs stays locked until the batch is applied, as the case's does.
-        let mut held = Vec::new();
-        let mut appended: Vec<(ThreadId, Entry)> = entries.iter().map(|e| (thread, e.clone())).collect();
-        for ((other, other_log), items) in logs.iter().zip(beside.values()) {
-            let guard = lock(other_log);
-            let mut seq = guard.next_seq;
-            for item in items {
-                let body = match item {
-                    Beside::Evict(member) if self.end_membership(&mut batch, *other, member, seq)? => {
-                        EntryBody::MemberRemoved { member: (*member).clone() }
-                    }
-                    Beside::Evict(_) => continue,
-                    Beside::Notice(notice) => EntryBody::Notice { case: thread, notice: (*notice).clone() },
-                };
-                let entry = Entry { seq, id: MessageId::new(), sender: step.by.clone(), at_ms: step.at_ms, body };
-                batch.insert(Self::entry_key(*other, seq), encode(&entry));
-                appended.push((*other, entry));
-                seq += 1;
-            }
-            held.push((guard, seq));
-        }
+        // Departures from its side threads and notices to inboxes go in the same batch.
+        let beside = beside(&step.evict_sides, &step.notices);
+        let logs = self.logs_of(&beside)?;
+        let (held, others) = self.write_beside(&mut batch, &logs, &beside, (thread, step.by, step.at_ms))?;
         self.db.apply_batch(batch).map_err(backend)?;
         log.next_seq += entries.len() as u64;
-        for (mut guard, next_seq) in held {
-            guard.next_seq = next_seq;
-        }
-        let mut dirty = lock(&self.dirty);
-        dirty.insert(thread);
-        dirty.extend(beside.keys().copied());
-        Ok(appended)
+        self.released(held, thread, &beside);
+        Ok(entries.into_iter().map(|e| (thread, e)).chain(others).collect())
     }
 
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
@@ -1441,6 +1479,7 @@ mod tests {
             redeemed: &[piets],
             removed: &[],
             welcome: None,
+            evict_sides: &[],
             ownership: None,
             at_ms: 5,
         };
