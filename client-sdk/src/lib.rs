@@ -55,7 +55,7 @@ pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
-    ClockKind, Escalation, FamilyTold, HandoverEvent, Offer, OfferRequest, OfferState, Ownership, Participant,
+    ClockKind, Escalation, FamilyTold, HandoverEvent, Notice, Offer, OfferRequest, OfferState, Ownership, Participant,
     ParticipantRole,
 };
 pub use wire::{

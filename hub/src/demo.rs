@@ -363,7 +363,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
 
     let anna = Party::join(&hub, "vt-utrecht-caseworker", &line).await?;
     let mut vt = Party::join(&hub, "vt-utrecht-colleague", &line).await?;
-    let lead = Party::join(&hub, "vt-utrecht-teamlead", &line).await?;
+    let mut lead = Party::join(&hub, "vt-utrecht-teamlead", &line).await?;
     let mut lt = Party::join(&hub, "lt-woerden-caseworker", &line).await?;
     let mut rvdk = Party::join(&hub, "rvdk-caseworker", &line).await?;
     let mut gi = Party::join(&hub, "gi-save-caseworker", &line).await?;
@@ -468,6 +468,12 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     })
     .await?;
     line.say("hub", format!("ESCALATION to {}: the offer expired; VT keeps regie and must act", vt.name()));
+    wait_for(&mut lead.events, |e| match e {
+        Event::Notice { case, notice: ketenhub_sdk::Notice::Escalated { .. }, .. } if case == second => Some(()),
+        _ => None,
+    })
+    .await?;
+    line.say(&lead.name(), "is told too, through VT's inbox (with VT's case system), though not on the case");
     owner_line(&line, &vt, second).await?;
 
     line.chapter("6. VT closes the second case; months later a new report reopens it");
