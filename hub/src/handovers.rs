@@ -25,19 +25,25 @@ use crate::store::{HandoverStep, Store};
 use wire::handover::Notice;
 use wire::Oin;
 
-/// What the policy says about handover steps, carried to the writer with each
-/// of them: the working-day calendar, and from when an offer is urgent.
+/// What a handover step is applied with, carried to the writer with each of
+/// them: the working-day calendar, and the policy in force when it was asked
+/// for (its routes' clocks, the background role, when an offer is urgent).
 #[derive(Debug, Clone)]
 pub struct Rules {
     /// The working-day calendar.
     pub calendar: Calendar,
-    /// An offer whose deadline is at most this long after it was made is urgent (`[inbox] urgent_hours`).
-    pub urgent_ms: u64,
+    /// The policy in force.
+    pub policy: std::sync::Arc<Policy>,
 }
 
 impl Rules {
     fn urgent(&self, offer: &wire::handover::Offer) -> bool {
-        offer.made_ms > 0 && offer.deadline_ms.saturating_sub(offer.made_ms) <= self.urgent_ms
+        offer.made_ms > 0 && self.policy.is_urgent(offer.deadline_ms, offer.made_ms)
+    }
+
+    /// The route of offer `id` of the case.
+    fn route_of<'a>(ownership: &'a Ownership, id: u32) -> &'a str {
+        ownership.offers.iter().find(|o| o.id == id).map_or("", |o| o.route.as_str())
     }
 
     /// The notices an offer gives: one to the receiving organisation's inbox
@@ -94,8 +100,6 @@ pub enum HandoverOp {
         accept: bool,
         /// Why, when declining.
         reason: Option<String>,
-        /// The working days the offer's route allows from acceptance to completion.
-        completion_days: Option<u32>,
     },
     /// The sender withdraws an unanswered offer.
     Withdraw {
@@ -271,11 +275,12 @@ pub fn apply(
             let offer = ownership.offers.iter().find(|o| o.id == id).cloned().expect("just made");
             HandoverEvent::Offered { offer: Box::new(offer) }
         }
-        HandoverOp::Answer { offer, accept: true, completion_days, .. } => {
+        HandoverOp::Answer { offer, accept: true, .. } => {
             ownership.accept(by, offer).map_err(refused)?;
             // A repeated acceptance starts no second set of clocks.
             if ownership != before {
-                start_clocks(&mut ownership, &rules.calendar, offer, completion_days, now_ms);
+                let clocks = rules.policy.route_clocks(Rules::route_of(&ownership, offer));
+                ownership.start_clocks(&rules.calendar, now_ms, &clocks);
             }
             admit = Some(by.clone());
             HandoverEvent::Accepted { offer, by: by.clone() }
@@ -290,7 +295,8 @@ pub fn apply(
         }
         HandoverOp::TakeOver { reason, lead } => {
             let former = ownership.owner.clone();
-            ownership.take_over(by, lead, &reason, now_ms).map_err(refused)?;
+            let background_days = rules.policy.clocks.background_days;
+            ownership.take_over(by, lead, &reason, (now_ms, background_days)).map_err(refused)?;
             admit = Some(by.clone());
             HandoverEvent::TakenOver { owner: by.clone(), former, reason }
         }
@@ -300,7 +306,8 @@ pub fn apply(
             HandoverEvent::Declined { offer, reason }
         }
         HandoverOp::Complete { offer, family } => {
-            ownership.complete(by, offer, family.clone(), now_ms).map_err(refused)?;
+            let background_days = rules.policy.background_days(Rules::route_of(&ownership, offer));
+            ownership.complete(by, (offer, family.clone()), (now_ms, background_days)).map_err(refused)?;
             HandoverEvent::Completed { offer, owner: by.clone(), family }
         }
         HandoverOp::Engage { participant, max_members } => {
@@ -334,7 +341,7 @@ pub fn apply(
             if by != &ownership.owner {
                 return Err(refused(HandoverError::NotOwner));
             }
-            ownership.schedule_rappel(now_ms).map_err(refused)?;
+            ownership.schedule_rappel(now_ms, rules.policy.clocks.rappel_days).map_err(refused)?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
         }
         HandoverOp::Done(clock) => {
@@ -387,17 +394,6 @@ pub fn apply(
         HandoverStep { thread, by, ownership: &ownership, events, admit, evict, evict_sides, notices, at_ms: now_ms };
     let entries = store.apply_handover(&step)?;
     Ok((view(ownership), entries))
-}
-
-/// The clocks an acceptance starts: a measure's first-contact and safety-plan
-/// clocks, and the completion deadline of the offer's route.
-fn start_clocks(ownership: &mut Ownership, calendar: &Calendar, offer: u32, days: Option<u32>, now_ms: u64) {
-    if ownership.offers.iter().any(|o| o.id == offer && o.route == wire::handover::MEASURE_ROUTE) {
-        ownership.start_measure_clocks(calendar, now_ms);
-    }
-    if let Some(days) = days {
-        ownership.start_completion_clock(calendar, now_ms, days);
-    }
 }
 
 /// The case's state as a receiver outside it may see it: the one offer it

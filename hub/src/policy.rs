@@ -94,6 +94,33 @@ impl Organisation {
     }
 }
 
+/// The durations the policy sets for every case, beside those of each route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clocks {
+    /// Days a former owner keeps its background role, unless its route says otherwise (30).
+    #[serde(default = "thirty")]
+    pub background_days: u32,
+    /// Days from scheduling to a VT re-check (rappel; 91, three months).
+    #[serde(default = "ninety_one")]
+    pub rappel_days: u32,
+}
+
+impl Default for Clocks {
+    fn default() -> Self {
+        Self { background_days: thirty(), rappel_days: ninety_one() }
+    }
+}
+
+fn thirty() -> u32 {
+    30
+}
+
+fn ninety_one() -> u32 {
+    // Three months as the field counts them, independent of month lengths.
+    91
+}
+
 /// How the organisation inbox treats offers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +177,19 @@ pub struct Route {
     /// the safety team, who worked the case as co-workers).
     #[serde(default)]
     pub offerer_not_among: Vec<wire::handover::ParticipantRole>,
+    /// Working days from acceptance to the first face-to-face contact, escalated then (a court measure: 5).
+    #[serde(default)]
+    pub first_contact_days: Option<u32>,
+    /// Working days after that escalation until a second one (a court measure: 5 more).
+    #[serde(default)]
+    pub first_contact_again_days: Option<u32>,
+    /// Days from acceptance to the safety plan, escalated then (a court measure: 91, three months).
+    #[serde(default)]
+    pub safety_plan_days: Option<u32>,
+    /// Days the former owner keeps its background role after completion; the
+    /// `[clocks] background_days` when left out.
+    #[serde(default)]
+    pub background_days: Option<u32>,
     /// A route to a limited recipient (a school, a GP, the police): who it
     /// brings in receives only what is shared in a side thread of the case,
     /// never the case thread itself, and no case is offered on it.
@@ -247,6 +287,8 @@ struct PolicyFile {
     closing: Closing,
     #[serde(default)]
     inbox: Inbox,
+    #[serde(default)]
+    clocks: Clocks,
 }
 
 /// A validated policy.
@@ -264,6 +306,8 @@ pub struct Policy {
     pub closing: Closing,
     /// How the organisation inbox treats offers.
     pub inbox: Inbox,
+    /// The durations for every case.
+    pub clocks: Clocks,
 }
 
 /// Why an add is justified, as the caller states it.
@@ -339,11 +383,24 @@ impl Policy {
             if route.name == wire::handover::REASSIGNMENT_ROUTE {
                 return Err(PolicyError::Invalid(format!("route name {} is reserved for reassignments", route.name)));
             }
-            if route.limited && (route.completion_days.is_some() || !route.offerer_not_among.is_empty()) {
+            let durations = [
+                route.completion_days,
+                route.first_contact_days,
+                route.first_contact_again_days,
+                route.safety_plan_days,
+                route.background_days,
+            ];
+            if route.limited && (durations.iter().any(Option::is_some) || !route.offerer_not_among.is_empty()) {
                 return Err(PolicyError::Invalid(format!("route {} is limited: no case is offered on it", route.name)));
             }
-            if route.completion_days == Some(0) {
-                return Err(PolicyError::Invalid(format!("route {} has a completion deadline of 0 days", route.name)));
+            if durations.contains(&Some(0)) {
+                return Err(PolicyError::Invalid(format!("route {} has a clock of 0 days", route.name)));
+            }
+            if route.first_contact_again_days.is_some() && route.first_contact_days.is_none() {
+                let name = &route.name;
+                return Err(PolicyError::Invalid(format!(
+                    "route {name} repeats a first-contact clock it does not start"
+                )));
             }
             if route.legal_bases.is_empty() {
                 return Err(PolicyError::Invalid(format!("route {} allows no legal basis", route.name)));
@@ -383,7 +440,12 @@ impl Policy {
         if inbox.urgent_hours == 0 {
             return Err(PolicyError::Invalid("[inbox] urgent_hours must be greater than zero".into()));
         }
-        Ok(Self { organisations, bases, routes: file.routes, roles, retention, participation, closing, inbox })
+        let clocks = file.clocks;
+        if clocks.background_days == 0 || clocks.rappel_days == 0 {
+            return Err(PolicyError::Invalid("[clocks] periods must be greater than zero".into()));
+        }
+        let routes = file.routes;
+        Ok(Self { organisations, bases, routes, roles, retention, participation, closing, inbox, clocks })
     }
 
     /// The organisation with this OIN, if the policy knows it.
@@ -411,6 +473,21 @@ impl Policy {
     /// Who receives each organisation's inbox.
     pub fn inboxes(&self) -> Vec<(Oin, Vec<MemberId>)> {
         self.organisations.values().map(|o| (o.oin.clone(), o.inbox())).collect()
+    }
+
+    /// The clocks an accepted offer on route `name` starts (none for an unknown route or a reassignment).
+    pub fn route_clocks(&self, name: &str) -> wire::handover::RouteClocks {
+        self.route(name).map_or_else(Default::default, |r| wire::handover::RouteClocks {
+            first_contact_days: r.first_contact_days,
+            first_contact_again_days: r.first_contact_again_days,
+            safety_plan_days: r.safety_plan_days,
+            completion_days: r.completion_days,
+        })
+    }
+
+    /// The days of the background role after a handover on route `name`.
+    pub fn background_days(&self, name: &str) -> u32 {
+        self.route(name).and_then(|r| r.background_days).unwrap_or(self.clocks.background_days)
     }
 
     /// Whether an offer made at `now_ms` with this deadline is urgent.
@@ -662,5 +739,18 @@ mod tests {
         assert!(matches!(Policy::parse(&unknown), Err(PolicyError::Invalid(m)) if m.contains("nope")));
         assert!(matches!(Policy::parse("[retention]\ncontent_dayz = 1\n"), Err(PolicyError::Parse { .. })));
         assert!(matches!(Policy::parse(&format!("{base}[roles]\nboss = []\n")), Err(PolicyError::Invalid(_))));
+        let basis = "[[legal_bases]]\ncode = \"a\"\ndescription = \"\"\n";
+        let route = |clocks: &str| {
+            format!(
+                "{base}{basis}[[routes]]\nname = \"r\"\nfrom = \"VT\"\nto = \"LT\"\nlegal_bases = [\"a\"]\n{clocks}"
+            )
+        };
+        let zero = route("safety_plan_days = 0\n");
+        assert!(matches!(Policy::parse(&zero), Err(PolicyError::Invalid(m)) if m.contains("0 days")));
+        let again = route("first_contact_again_days = 5\n");
+        assert!(matches!(Policy::parse(&again), Err(PolicyError::Invalid(m)) if m.contains("does not start")));
+        let never = format!("{base}[clocks]\nrappel_days = 0\n");
+        assert!(matches!(Policy::parse(&never), Err(PolicyError::Invalid(m)) if m.contains("[clocks]")));
+        assert!(Policy::parse(&route("first_contact_days = 5\nfirst_contact_again_days = 5\n")).is_ok());
     }
 }

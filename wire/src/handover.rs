@@ -15,15 +15,18 @@
 //! - the receiver accepts (it joins the thread) and then completes the
 //!   handover, confirming that the family was told who their contact is now, or
 //!   recording why not. Only completion moves ownership, in one step;
-//! - the former owner stays in a background role for a while (30 days by
-//!   default), or leaves with a recorded reason.
+//! - the former owner stays in a background role for a while (the policy's
+//!   days; 30 in the example), or leaves with a recorded reason.
 //!
-//! Clocks run beside it: an offer's acceptance deadline, and for a court
-//! measure handed to a certified institution (GI) the first face-to-face
-//! contact within 5 working days (escalated at day 5 and day 10), the safety
-//! plan (veiligheidsplan) due 3 months after the measure starts, and a VT
-//! re-check (rappel) that can be scheduled. [`Ownership::due`] fires what is
-//! due at a given time; the hub calls it with its clock, tests with theirs.
+//! Clocks run beside it: an offer's acceptance deadline, and those the
+//! policy declares for a route ([`RouteClocks`]): for a court measure handed
+//! to a certified institution (GI) the first face-to-face contact within 5
+//! working days (escalated at day 5 and day 10), the safety plan
+//! (veiligheidsplan) due 3 months after the measure starts, and the
+//! completion of the handover; and a VT re-check (rappel) that can be
+//! scheduled. The durations come in as parameters, so that the rules stay
+//! here and the numbers in the policy. [`Ownership::due`] fires what is due at
+//! a given time; the hub calls it with its clock, tests with theirs.
 //!
 //! Everything here is a pure function of the state, the request and the time,
 //! so that the writer thread applies it atomically and a property test can
@@ -44,11 +47,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::calendar::DAY_MS;
 
-/// How long a former owner keeps its background role by default.
-pub const BACKGROUND_DAYS: u64 = 30;
-
-/// The route type of a court measure handed to a certified institution, which starts the contact clock.
-pub const MEASURE_ROUTE: &str = "rvdk-gi-measure";
+/// The clocks an accepted offer starts, as the policy declares them for its route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteClocks {
+    /// Working days from acceptance to the first face-to-face contact (5 for a court measure).
+    pub first_contact_days: Option<u32>,
+    /// Working days after the first escalation of the first contact until the second (5 more).
+    pub first_contact_again_days: Option<u32>,
+    /// Days from acceptance to the safety plan (veiligheidsplan; 91, three months).
+    pub safety_plan_days: Option<u32>,
+    /// Working days from acceptance to completion.
+    pub completion_days: Option<u32>,
+}
 
 /// The reason recorded for a former owner whose background role ran out.
 pub const BACKGROUND_ENDED: &str = "background role ended";
@@ -334,6 +344,15 @@ pub struct CaseClock {
     pub escalations: u32,
     /// Set when the work was reported done; the clock stops.
     pub done: bool,
+    /// Working days after the first escalation until a second one; none: one escalation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub again_days: Option<u32>,
+}
+
+impl CaseClock {
+    fn new(kind: ClockKind, due_ms: u64) -> Self {
+        Self { kind, due_ms, escalations: 0, done: false, again_days: None }
+    }
 }
 
 /// The kinds of case clocks.
@@ -576,11 +595,6 @@ pub struct Ownership {
     /// for routes that keep duties apart (see [`Ownership::has_served_as`]).
     #[serde(default)]
     pub served: Vec<(MemberId, ParticipantRole)>,
-}
-
-fn three_months_after(ms: u64) -> u64 {
-    // 91 days: three months as the field counts them, independent of month lengths.
-    ms + 91 * DAY_MS
 }
 
 impl Ownership {
@@ -865,11 +879,22 @@ impl Ownership {
             )
     }
 
-    /// Starts the completion clock of an accepted offer: due `days` working days from now.
-    pub fn start_completion_clock(&mut self, calendar: &Calendar, now_ms: u64, days: u32) {
-        let due_ms = calendar.after_working_days(now_ms, days);
-        self.clocks.retain(|c| c.kind != ClockKind::Completion || !c.done);
-        self.clocks.push(CaseClock { kind: ClockKind::Completion, due_ms, escalations: 0, done: false });
+    /// Starts the clocks an accepted offer's route declares, from now: the
+    /// completion deadline, and for a court measure handed to a GI the first
+    /// face-to-face contact and the safety plan.
+    pub fn start_clocks(&mut self, calendar: &Calendar, now_ms: u64, clocks: &RouteClocks) {
+        if let Some(days) = clocks.completion_days {
+            self.clocks.retain(|c| c.kind != ClockKind::Completion || !c.done);
+            self.clocks.push(CaseClock::new(ClockKind::Completion, calendar.after_working_days(now_ms, days)));
+        }
+        if let Some(days) = clocks.first_contact_days {
+            let due_ms = calendar.after_working_days(now_ms, days);
+            let again_days = clocks.first_contact_again_days;
+            self.clocks.push(CaseClock { again_days, ..CaseClock::new(ClockKind::FirstContact, due_ms) });
+        }
+        if let Some(days) = clocks.safety_plan_days {
+            self.clocks.push(CaseClock::new(ClockKind::SafetyPlan, now_ms + u64::from(days) * DAY_MS));
+        }
     }
 
     fn stop(&mut self, kind: ClockKind) {
@@ -929,7 +954,13 @@ impl Ownership {
     /// owner who is away, with a recorded reason: the lead becomes owner at
     /// once and the former owner keeps a background role. `lead` says that
     /// `by` leads a team (the policy knows).
-    pub fn take_over(&mut self, by: &MemberId, lead: bool, reason: &str, now_ms: u64) -> Result<(), HandoverError> {
+    pub fn take_over(
+        &mut self,
+        by: &MemberId,
+        lead: bool,
+        reason: &str,
+        (now_ms, background_days): (u64, u32),
+    ) -> Result<(), HandoverError> {
         if !lead || by.oin != self.owner.oin {
             return Err(HandoverError::NotTeamLead);
         }
@@ -942,12 +973,12 @@ impl Ownership {
         if reason.trim().is_empty() {
             return Err(HandoverError::ReasonRequired("why the team lead takes the case over"));
         }
-        self.become_owner(by, now_ms);
+        self.become_owner(by, now_ms, background_days);
         Ok(())
     }
 
-    /// Moves regie to `by`; the former owner keeps a background role for [`BACKGROUND_DAYS`].
-    fn become_owner(&mut self, by: &MemberId, now_ms: u64) {
+    /// Moves regie to `by`; the former owner keeps a background role for `background_days`.
+    fn become_owner(&mut self, by: &MemberId, now_ms: u64, background_days: u32) {
         // A receiver who took the case over meanwhile (a team lead) completes as owner already.
         if by == &self.owner {
             return;
@@ -962,7 +993,8 @@ impl Ownership {
             .partition(|p| p.role != ParticipantRole::CoWorker || p.member.oin == by.oin);
         self.participants = stay;
         self.left.extend(go.into_iter().map(|p| (p.member, REGIE_MOVED.to_owned())));
-        self.background.push(Background { member: former, until_ms: now_ms + BACKGROUND_DAYS * DAY_MS });
+        let until_ms = now_ms + u64::from(background_days) * DAY_MS;
+        self.background.push(Background { member: former, until_ms });
     }
 
     /// The receiver declines; the sender stays owner.
@@ -975,8 +1007,14 @@ impl Ownership {
     }
 
     /// The receiver who accepted completes the handover and becomes owner; the
-    /// former owner keeps a background role for [`BACKGROUND_DAYS`].
-    pub fn complete(&mut self, by: &MemberId, id: u32, family: FamilyTold, now_ms: u64) -> Result<(), HandoverError> {
+    /// former owner keeps a background role for `background_days` (the
+    /// policy's, for the offer's route).
+    pub fn complete(
+        &mut self,
+        by: &MemberId,
+        (id, family): (u32, FamilyTold),
+        (now_ms, background_days): (u64, u32),
+    ) -> Result<(), HandoverError> {
         if let FamilyTold::No { reason } = &family {
             if reason.trim().is_empty() {
                 return Err(HandoverError::ReasonRequired("why the family was not told who their contact is"));
@@ -991,17 +1029,8 @@ impl Ownership {
         }
         offer.state = OfferState::Completed { by: by.clone(), family };
         self.stop(ClockKind::Completion);
-        self.become_owner(by, now_ms);
+        self.become_owner(by, now_ms, background_days);
         Ok(())
-    }
-
-    /// Starts the clocks of a measure handed to a GI, from its acceptance: the
-    /// first face-to-face contact and the safety plan.
-    pub fn start_measure_clocks(&mut self, calendar: &Calendar, now_ms: u64) {
-        let due_ms = calendar.after_working_days(now_ms, 5);
-        self.clocks.push(CaseClock { kind: ClockKind::FirstContact, due_ms, escalations: 0, done: false });
-        let due_ms = three_months_after(now_ms);
-        self.clocks.push(CaseClock { kind: ClockKind::SafetyPlan, due_ms, escalations: 0, done: false });
     }
 
     /// Who may report a clock's work done: the owner, and the receiver who
@@ -1011,19 +1040,15 @@ impl Ownership {
             || self.offers.iter().any(|o| matches!(&o.state, OfferState::Accepted { by } if by == member))
     }
 
-    /// Schedules a VT re-check (rappel) three months out. One runs at a time:
-    /// while one is running, this changes nothing. A closed case schedules none.
-    pub fn schedule_rappel(&mut self, now_ms: u64) -> Result<(), HandoverError> {
+    /// Schedules a VT re-check (rappel) `days` out (the policy's `rappel_days`).
+    /// One runs at a time: while one is running, this changes nothing. A closed
+    /// case schedules none.
+    pub fn schedule_rappel(&mut self, now_ms: u64, days: u32) -> Result<(), HandoverError> {
         self.refuse_if_closed()?;
         if self.clocks.iter().any(|c| c.kind == ClockKind::Rappel && !c.done) {
             return Ok(());
         }
-        self.clocks.push(CaseClock {
-            kind: ClockKind::Rappel,
-            due_ms: three_months_after(now_ms),
-            escalations: 0,
-            done: false,
-        });
+        self.clocks.push(CaseClock::new(ClockKind::Rappel, now_ms + u64::from(days) * DAY_MS));
         Ok(())
     }
 
@@ -1054,9 +1079,9 @@ impl Ownership {
                 escalation: clock.escalations,
                 owner: self.owner.clone(),
             });
-            match clock.kind {
-                ClockKind::FirstContact if clock.escalations == 1 => {
-                    clock.due_ms = calendar.after_working_days(clock.due_ms - DAY_MS, 5);
+            match clock.again_days {
+                Some(days) if clock.escalations == 1 => {
+                    clock.due_ms = calendar.after_working_days(clock.due_ms - DAY_MS, days);
                 }
                 _ => clock.done = true,
             }
@@ -1088,6 +1113,14 @@ mod tests {
     }
 
     const VT: &str = "00000001800000000001";
+
+    /// The clocks of a court measure handed to a GI, as the example policy declares them.
+    const MEASURE: RouteClocks = RouteClocks {
+        first_contact_days: Some(5),
+        first_contact_again_days: Some(5),
+        safety_plan_days: Some(91),
+        completion_days: None,
+    };
     const LT: &str = "00000001800000000002";
     const GI: &str = "00000001800000000005";
 
@@ -1113,8 +1146,8 @@ mod tests {
         case.accept(&sanne, id).unwrap();
         assert_eq!(case.owner, anna, "accepting does not move regie");
         let empty = FamilyTold::No { reason: " ".into() };
-        assert!(matches!(case.complete(&sanne, id, empty, DAY_MS), Err(HandoverError::ReasonRequired(_))));
-        case.complete(&sanne, id, FamilyTold::Yes, DAY_MS).unwrap();
+        assert!(matches!(case.complete(&sanne, (id, empty), (DAY_MS, 30)), Err(HandoverError::ReasonRequired(_))));
+        case.complete(&sanne, (id, FamilyTold::Yes), (DAY_MS, 30)).unwrap();
         assert_eq!(case.owner, sanne);
         assert_eq!(case.background, vec![Background { member: anna, until_ms: 31 * DAY_MS }]);
     }
@@ -1135,10 +1168,10 @@ mod tests {
         assert_eq!(case.cancel(&bram, id, "sick too").unwrap(), bram);
         assert_eq!(case.owner, anna, "a cancelled offer leaves the owner as it was");
         assert!(case.is_read_only(&bram), "the cancelled receiver leaves the case");
-        assert_eq!(case.take_over(&sanne, true, "owner sick", DAY_MS), Err(HandoverError::NotTeamLead));
-        assert_eq!(case.take_over(&petra, false, "owner sick", DAY_MS), Err(HandoverError::NotTeamLead));
-        assert!(matches!(case.take_over(&petra, true, " ", DAY_MS), Err(HandoverError::ReasonRequired(_))));
-        case.take_over(&petra, true, "owner sick", DAY_MS).unwrap();
+        assert_eq!(case.take_over(&sanne, true, "owner sick", (DAY_MS, 30)), Err(HandoverError::NotTeamLead));
+        assert_eq!(case.take_over(&petra, false, "owner sick", (DAY_MS, 30)), Err(HandoverError::NotTeamLead));
+        assert!(matches!(case.take_over(&petra, true, " ", (DAY_MS, 30)), Err(HandoverError::ReasonRequired(_))));
+        case.take_over(&petra, true, "owner sick", (DAY_MS, 30)).unwrap();
         assert_eq!(case.owner, petra);
         assert!(case.is_read_only(&anna), "the absent owner keeps a background role");
     }
@@ -1161,7 +1194,7 @@ mod tests {
         let (anna, petra, sanne) = (member(VT, "anna"), member(VT, "petra"), member(LT, "sanne"));
         let mut case = Ownership::new(anna.clone());
         let id = case.offer(&anna, false, request(LT, 10 * DAY_MS), 0).unwrap();
-        case.take_over(&petra, true, "owner sick", DAY_MS).unwrap();
+        case.take_over(&petra, true, "owner sick", (DAY_MS, 30)).unwrap();
         assert_eq!(case.withdraw(&anna, id, "mine"), Err(HandoverError::NotParty(id)), "anna is read-only now");
         case.accept(&sanne, id).unwrap();
         assert_eq!(case.cancel(&anna, id, "mine"), Err(HandoverError::NotParty(id)));
@@ -1174,7 +1207,7 @@ mod tests {
         let mut case = Ownership::new(anna.clone());
         let first = case.offer(&anna, false, request(LT, 10 * DAY_MS), 0).unwrap();
         case.accept(&sanne, first).unwrap();
-        case.complete(&sanne, first, FamilyTold::Yes, DAY_MS).unwrap();
+        case.complete(&sanne, (first, FamilyTold::Yes), (DAY_MS, 30)).unwrap();
         // Sanne offers the case back to VT; Anna, in her background role, accepts, then leaves.
         let back = case.offer(&sanne, false, request(VT, 10 * DAY_MS), DAY_MS).unwrap();
         case.accept(&anna, back).unwrap();
@@ -1226,7 +1259,7 @@ mod tests {
         }
         let id = case.offer(&anna, false, request(LT, 5 * DAY_MS), 0).unwrap();
         case.accept(&sanne, id).unwrap();
-        case.complete(&sanne, id, FamilyTold::Yes, DAY_MS).unwrap();
+        case.complete(&sanne, (id, FamilyTold::Yes), (DAY_MS, 30)).unwrap();
         assert_eq!(case.left, vec![(bram, REGIE_MOVED.to_owned())]);
         assert_eq!(case.participants.iter().map(|p| &p.member).collect::<Vec<_>>(), vec![&expert]);
     }
@@ -1239,14 +1272,14 @@ mod tests {
         let id = case.offer(&anna, false, request(LT, 5 * DAY_MS), 0).unwrap();
         assert_eq!(case.close(&anna, closing, 0, 30 * DAY_MS), Err(HandoverError::OfferOpen(id)));
         case.withdraw(&anna, id, "not needed").unwrap();
-        case.schedule_rappel(0).unwrap();
+        case.schedule_rappel(0, 91).unwrap();
         assert_eq!(case.close(&sanne, closing, 0, 30 * DAY_MS), Err(HandoverError::NotOwner));
         case.close(&anna, closing, DAY_MS, 30 * DAY_MS).unwrap();
         case.close(&anna, closing, 2 * DAY_MS, 40 * DAY_MS).unwrap();
         assert_eq!(case.closures.len(), 1, "closing again changes nothing");
         assert!(case.clocks.iter().all(|c| c.done), "closing stops the clocks");
         assert_eq!(case.offer(&anna, false, request(LT, 9 * DAY_MS), 2 * DAY_MS), Err(HandoverError::Closed));
-        assert_eq!(case.schedule_rappel(2 * DAY_MS), Err(HandoverError::Closed));
+        assert_eq!(case.schedule_rappel(2 * DAY_MS, 91), Err(HandoverError::Closed));
         assert_eq!(case.reopen(&sanne, true, "new report", 3 * DAY_MS), Err(HandoverError::NotOwner));
         case.reopen(&petra, true, "a new report about the youngest", 3 * DAY_MS).unwrap();
         assert!(case.closed().is_none());
@@ -1275,7 +1308,7 @@ mod tests {
         let calendar = Calendar::default();
         let monday = 20_780 * DAY_MS;
         let mut case = Ownership::new(member(GI, "daan"));
-        case.start_measure_clocks(&calendar, monday);
+        case.start_clocks(&calendar, monday, &MEASURE);
         assert!(case.due(&calendar, monday + 7 * DAY_MS).is_empty());
         let day5 = case.due(&calendar, calendar.after_working_days(monday, 5));
         assert!(matches!(day5[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 1, .. }]));
@@ -1284,6 +1317,19 @@ mod tests {
         let plan = case.due(&calendar, monday + 100 * DAY_MS);
         assert!(matches!(plan[..], [Escalation::Overdue { clock: ClockKind::SafetyPlan, escalation: 1, .. }]));
         assert!(case.due(&calendar, monday + 200 * DAY_MS).is_empty());
+    }
+
+    #[test]
+    fn a_route_declares_its_clocks_and_a_clock_escalates_again_only_when_declared() {
+        let calendar = Calendar::default();
+        let monday = 20_780 * DAY_MS;
+        let mut case = Ownership::new(member(GI, "daan"));
+        let once = RouteClocks { first_contact_days: Some(3), ..RouteClocks::default() };
+        case.start_clocks(&calendar, monday, &once);
+        assert_eq!(case.clocks.len(), 1, "no safety plan, no completion: the route declares none");
+        let day3 = case.due(&calendar, calendar.after_working_days(monday, 3));
+        assert!(matches!(day3[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 1, .. }]));
+        assert!(case.due(&calendar, monday + 60 * DAY_MS).is_empty(), "escalated once: no repeat declared");
     }
 
     /// One step of a random history.
@@ -1400,13 +1446,17 @@ mod tests {
                 let result = case.accept(&people[*by], open);
                 // As the hub does: a repeated acceptance starts no second clock.
                 if result.is_ok() && *case != before {
-                    case.start_completion_clock(&calendar, *now, 10);
+                    case.start_clocks(
+                        &calendar,
+                        *now,
+                        &RouteClocks { completion_days: Some(10), ..RouteClocks::default() },
+                    );
                 }
                 result
             }
             Step::Withdraw { by } => case.withdraw(&people[*by], open, "no longer needed"),
             Step::Cancel { by } => case.cancel(&people[*by], open, "family moved").map(|_| ()),
-            Step::TakeOver { by } => case.take_over(&people[*by], is_lead(&people[*by]), "owner is sick", *now),
+            Step::TakeOver { by } => case.take_over(&people[*by], is_lead(&people[*by]), "owner is sick", (*now, 30)),
             Step::Engage { member, co_worker, days } => {
                 let role = if *co_worker { ParticipantRole::CoWorker } else { ParticipantRole::Consultant };
                 let until_ms = *now + days * DAY_MS;
@@ -1421,9 +1471,9 @@ mod tests {
             Step::Decline { by } => case.decline(&people[*by], open, "not our region"),
             Step::Complete { by, told } => {
                 let family = if *told { FamilyTold::Yes } else { FamilyTold::No { reason: "not reached".into() } };
-                case.complete(&people[*by], open, family, *now)
+                case.complete(&people[*by], (open, family), (*now, 30))
             }
-            Step::Rappel => case.schedule_rappel(*now),
+            Step::Rappel => case.schedule_rappel(*now, 91),
             Step::Done { clock } => {
                 let kind =
                     [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel, ClockKind::Completion][*clock];

@@ -61,24 +61,6 @@ impl Hub {
         self.handover(thread, actor, HandoverOp::TakeOver { reason, lead })
     }
 
-    /// An answer to an offer; an acceptance starts the completion deadline of the offer's route.
-    pub(super) fn answer_offer(
-        &self,
-        thread: ThreadId,
-        actor: &MemberId,
-        policy: &Policy,
-        (offer, accept, reason): (u32, bool, Option<String>),
-    ) -> Result<(WriteKind, Write), WireError> {
-        // The route of an offer never changes, so it is read here, ahead of write order.
-        let route = self
-            .store
-            .ownership(thread)
-            .map_err(internal)?
-            .and_then(|o| o.offers.into_iter().find(|x| x.id == offer).map(|x| x.route));
-        let completion_days = route.and_then(|r| policy.route(&r).and_then(|r| r.completion_days));
-        Ok(self.handover(thread, actor, HandoverOp::Answer { offer, accept, reason, completion_days }))
-    }
-
     /// Whether `actor` leads a team of the organisation that owns `thread`: it
     /// may then take the case's handover steps without being on the case.
     pub(super) fn leads_owner(&self, policy: &Policy, thread: ThreadId, actor: &MemberId) -> Result<bool, WireError> {
@@ -95,8 +77,7 @@ impl Hub {
 
     /// The policy's rules for handover steps, as the writer applies them.
     fn rules(&self) -> crate::handovers::Rules {
-        let urgent_ms = u64::from(self.policy.current().inbox.urgent_hours) * 3_600_000;
-        crate::handovers::Rules { calendar: self.calendar.clone(), urgent_ms }
+        crate::handovers::Rules { calendar: self.calendar.clone(), policy: self.policy.current() }
     }
 
     /// Fires handover deadlines due by the hub's clock; each escalation is

@@ -253,7 +253,7 @@ impl Hub {
             }
             Request::OfferHandover { thread, offer } => self.offer_handover(thread, &actor, policy, offer)?,
             Request::AnswerOffer { thread, offer, accept, reason } => {
-                self.answer_offer(thread, &actor, policy, (offer, accept, reason))?
+                self.handover(thread, &actor, HandoverOp::Answer { offer, accept, reason })
             }
             Request::CompleteHandover { thread, offer, family } => {
                 self.handover(thread, &actor, HandoverOp::Complete { offer, family })
