@@ -30,7 +30,7 @@ use wire::{
     ThreadSummary, WireError,
 };
 
-use wire::handover::{ClockKind, FamilyTold, Offer, OfferRequest, Ownership, Participant, ParticipantRole};
+use wire::handover::{ClockKind, FamilyTold, Measure, Offer, OfferRequest, Ownership, Participant, ParticipantRole};
 
 use crate::builder::Settings;
 use crate::content::Content;
@@ -717,7 +717,22 @@ impl Client {
         self.ownership_request(Request::ReopenCase { thread, reason: reason.to_owned() }).await
     }
 
-    /// Schedules a VT re-check (rappel) three months out; it escalates to the owner when due.
+    /// Registers the court measure's period, or a new end date (an
+    /// extension), on a case this client owns or accepted: the renewal clock is
+    /// due the policy's days before the end. The hub sees the dates only.
+    pub async fn set_measure(&self, thread: ThreadId, measure: Measure) -> Result<Ownership, Error> {
+        self.ownership_request(Request::SetMeasure { thread, measure }).await
+    }
+
+    /// Registers a plan evaluation date (from the plan, which the hub never
+    /// sees) on a case this client owns or accepted: a clock that escalates if
+    /// it is not reported done (`report_done(thread, ClockKind::Evaluation)`,
+    /// which stops the earliest one running) by then.
+    pub async fn schedule_evaluation(&self, thread: ThreadId, due_ms: u64) -> Result<Ownership, Error> {
+        self.ownership_request(Request::ScheduleEvaluation { thread, due_ms }).await
+    }
+
+    /// Schedules a VT re-check (rappel) the policy's `rappel_days` out; it escalates to the owner when due.
     pub async fn schedule_rappel(&self, thread: ThreadId) -> Result<Ownership, Error> {
         self.ownership_request(Request::ScheduleRappel { thread }).await
     }

@@ -55,8 +55,8 @@ pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
-    ClockKind, Escalation, FamilyTold, HandoverEvent, Notice, Offer, OfferRequest, OfferState, Ownership, Participant,
-    ParticipantRole,
+    ClockKind, Escalation, FamilyTold, HandoverEvent, Measure, Notice, Offer, OfferRequest, OfferState, Ownership,
+    Participant, ParticipantRole,
 };
 pub use wire::{
     AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, SideThread, ThreadId, ThreadSummary, WireError,

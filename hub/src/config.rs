@@ -206,6 +206,8 @@ pub struct Limits {
     pub max_closures_per_case: usize,
     /// The most side threads one case may have.
     pub max_side_threads_per_case: usize,
+    /// The most clocks one case holds over its life (plan evaluations add one each).
+    pub max_clocks_per_case: usize,
     /// Attachment uploads a thread may have open (not yet sealed) at once.
     pub max_open_blobs_per_thread: usize,
     /// Bytes of all attachment blobs of one thread together.
@@ -246,6 +248,7 @@ impl Default for Limits {
             max_history_share_items: 256,
             max_closures_per_case: 20,
             max_side_threads_per_case: 16,
+            max_clocks_per_case: 64,
             max_open_blobs_per_thread: 16,
             max_blob_bytes_per_thread: 2 << 30,
             max_handshakes_per_address: 32,

@@ -427,6 +427,13 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
         history: None,
     };
     hand_over(&line, &clock, thread, &mut rvdk, &mut gi, measure).await?;
+    let (start_ms, end_ms) = (clock.now_ms(), clock.now_ms() + 365 * DAY_MS);
+    gi.client.set_measure(thread, ketenhub_sdk::Measure { start_ms, end_ms }).await?;
+    gi.client.schedule_evaluation(thread, clock.now_ms() + 42 * DAY_MS).await?;
+    line.say(
+        &gi.name(),
+        "registers the OTS's dates (one year) and the plan's first evaluation; the hub sees dates, never the plan",
+    );
     let clocks = gi.client.ownership(thread).await?.clocks;
     for c in &clocks {
         let state = if c.done { " (done)" } else { "" };

@@ -22,6 +22,7 @@ use wire::audit::{AuditAction, AuditOutcome, AuditRecord};
 use crate::durability::{Auditor, WriteError};
 use crate::policy::{Decision, Policy};
 use crate::store::{HandoverStep, Store};
+use wire::calendar::DAY_MS;
 use wire::handover::Notice;
 use wire::Oin;
 
@@ -131,8 +132,17 @@ pub enum HandoverOp {
     },
     /// The owner (or the receiver who accepted) reports a clock's work done.
     Done(ClockKind),
-    /// The owner schedules a VT re-check (rappel) three months out.
+    /// The owner schedules a VT re-check (rappel), the policy's days out.
     Rappel,
+    /// The owner (or the receiver who accepted) registers the measure's period, or an extension.
+    Measure(wire::handover::Measure),
+    /// The owner (or the receiver who accepted) registers a plan evaluation date.
+    Evaluation {
+        /// When, ms since the Unix epoch.
+        due_ms: u64,
+        /// Clocks a case holds at most (`limits.max_clocks_per_case`).
+        max_clocks: usize,
+    },
     /// A former owner in its background role, or a participant, leaves, with a reason.
     Leave(String),
     /// The owner closes the case.
@@ -306,7 +316,8 @@ pub fn apply(
             HandoverEvent::Declined { offer, reason }
         }
         HandoverOp::Complete { offer, family } => {
-            let background_days = rules.policy.background_days(Rules::route_of(&ownership, offer));
+            let to_end = ownership.days_to_measure_end(now_ms);
+            let background_days = rules.policy.background_days(Rules::route_of(&ownership, offer), to_end);
             ownership.complete(by, (offer, family.clone()), (now_ms, background_days)).map_err(refused)?;
             HandoverEvent::Completed { offer, owner: by.clone(), family }
         }
@@ -343,6 +354,32 @@ pub fn apply(
             }
             ownership.schedule_rappel(now_ms, rules.policy.clocks.rappel_days).map_err(refused)?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
+        }
+        HandoverOp::Measure(measure) => {
+            let clocks = &rules.policy.clocks;
+            if measure.end_ms.saturating_sub(measure.start_ms) > u64::from(clocks.measure_max_days) * DAY_MS {
+                return Err(WriteError::Refused(WireError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "a measure is registered for {} days at most (rule measure-dates)",
+                        clocks.measure_max_days
+                    ),
+                )));
+            }
+            ownership.set_measure(by, measure, (now_ms, clocks.renewal_days_before)).map_err(refused)?;
+            HandoverEvent::MeasureSet { measure }
+        }
+        HandoverOp::Evaluation { due_ms, max_clocks } => {
+            if ownership.clocks.len() >= max_clocks {
+                let full = "the case holds that many clocks";
+                return Err(WriteError::Refused(crate::quotas::exceeded(
+                    "limits.max_clocks_per_case",
+                    max_clocks,
+                    full,
+                )));
+            }
+            ownership.schedule_evaluation(by, due_ms, now_ms).map_err(refused)?;
+            HandoverEvent::EvaluationScheduled { due_ms }
         }
         HandoverOp::Done(clock) => {
             // Only completing or cancelling the offer stops its completion deadline.

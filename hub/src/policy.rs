@@ -104,12 +104,29 @@ pub struct Clocks {
     /// Days from scheduling to a VT re-check (rappel; 91, three months).
     #[serde(default = "ninety_one")]
     pub rappel_days: u32,
+    /// Days before a measure ends that the renewal (or ending) is due (56: the
+    /// court needs the request weeks before the end).
+    #[serde(default = "fifty_six")]
+    pub renewal_days_before: u32,
+    /// The longest period a measure, or an extension, is registered for
+    /// (a measure runs six months to a year at a time).
+    #[serde(default = "a_year")]
+    pub measure_max_days: u32,
 }
 
 impl Default for Clocks {
     fn default() -> Self {
-        Self { background_days: thirty(), rappel_days: ninety_one() }
+        Self {
+            background_days: thirty(),
+            rappel_days: ninety_one(),
+            renewal_days_before: fifty_six(),
+            measure_max_days: a_year(),
+        }
     }
+}
+
+fn fifty_six() -> u32 {
+    56
 }
 
 fn thirty() -> u32 {
@@ -190,6 +207,10 @@ pub struct Route {
     /// `[clocks] background_days` when left out.
     #[serde(default)]
     pub background_days: Option<u32>,
+    /// The former owner keeps its background role until the measure ends
+    /// (from the dates the case system registered), instead of for a number of days.
+    #[serde(default)]
+    pub background_until_measure_ends: bool,
     /// A route to a limited recipient (a school, a GP, the police): who it
     /// brings in receives only what is shared in a side thread of the case,
     /// never the case thread itself, and no case is offered on it.
@@ -396,6 +417,12 @@ impl Policy {
             if durations.contains(&Some(0)) {
                 return Err(PolicyError::Invalid(format!("route {} has a clock of 0 days", route.name)));
             }
+            if route.background_until_measure_ends && route.background_days.is_some() {
+                let name = &route.name;
+                return Err(PolicyError::Invalid(format!(
+                    "route {name} sets background_days and until the measure ends"
+                )));
+            }
             if route.first_contact_again_days.is_some() && route.first_contact_days.is_none() {
                 let name = &route.name;
                 return Err(PolicyError::Invalid(format!(
@@ -441,7 +468,8 @@ impl Policy {
             return Err(PolicyError::Invalid("[inbox] urgent_hours must be greater than zero".into()));
         }
         let clocks = file.clocks;
-        if clocks.background_days == 0 || clocks.rappel_days == 0 {
+        let periods = [clocks.background_days, clocks.rappel_days, clocks.renewal_days_before, clocks.measure_max_days];
+        if periods.contains(&0) {
             return Err(PolicyError::Invalid("[clocks] periods must be greater than zero".into()));
         }
         let routes = file.routes;
@@ -485,9 +513,14 @@ impl Policy {
         })
     }
 
-    /// The days of the background role after a handover on route `name`.
-    pub fn background_days(&self, name: &str) -> u32 {
-        self.route(name).and_then(|r| r.background_days).unwrap_or(self.clocks.background_days)
+    /// The days of the background role after a handover on route `name` of a
+    /// case whose measure ends in `to_measure_end` days, if registered.
+    pub fn background_days(&self, name: &str, to_measure_end: Option<u32>) -> u32 {
+        let route = self.route(name);
+        match (route.is_some_and(|r| r.background_until_measure_ends), to_measure_end) {
+            (true, Some(days)) => days,
+            _ => route.and_then(|r| r.background_days).unwrap_or(self.clocks.background_days),
+        }
     }
 
     /// Whether an offer made at `now_ms` with this deadline is urgent.

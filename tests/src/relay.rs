@@ -166,6 +166,8 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::CompleteHandover { .. }
         | Request::ReportDone { .. }
         | Request::ScheduleRappel { .. }
+        | Request::SetMeasure { .. }
+        | Request::ScheduleEvaluation { .. }
         | Request::WithdrawOffer { .. }
         | Request::CancelOffer { .. }
         | Request::TakeOver { .. }

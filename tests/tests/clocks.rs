@@ -2,9 +2,11 @@
 //! and safety-plan clocks and its background role, and the rappel period, come
 //! from the policy file, and follow it when it is reloaded.
 
+use std::time::Duration;
+
 use hub::clock::Clock;
-use ketenhub_sdk::{ClockKind, FamilyTold, Grounds, OfferRequest};
-use tests::DevHub;
+use ketenhub_sdk::{ClockKind, Escalation, Event, FamilyTold, Grounds, HandoverEvent, Measure, OfferRequest};
+use tests::{next_event, refusal_rule, DevHub};
 use wire::calendar::DAY_MS;
 use wire::handover::Calendar;
 
@@ -52,5 +54,79 @@ async fn a_routes_clocks_and_background_follow_the_policy_in_force() -> anyhow::
     let rappel = sanne.schedule_rappel(case).await?.clocks.into_iter().find(|c| c.kind == ClockKind::Rappel);
     let rappel = rappel.expect("a rappel").due_ms;
     assert!(rappel <= clock.now_ms() + 14 * DAY_MS && rappel > clock.now_ms() + 13 * DAY_MS);
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_measure_has_a_renewal_clock_and_a_plan_its_evaluations() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Clock::system();
+    let hub = DevHub::start_with_clock(dir.path(), tests::limits(), clock.clone()).await?;
+    // On this route the Raad keeps its background role until the measure ends.
+    let policy = dir.path().join("policy.toml");
+    let text = std::fs::read_to_string(&policy)?.replacen(
+        "safety_plan_days = 91\n",
+        "safety_plan_days = 91\nbackground_until_measure_ends = true\n",
+        1,
+    );
+    std::fs::write(&policy, text)?;
+    hub.hub().reload_policy().await;
+    let rvdk = hub.client("rvdk-caseworker").discard_events().connect().await?;
+    let gi = hub.client("gi-save-caseworker").connect().await?;
+    let mut gi_events = gi.events().expect("events");
+    let case = rvdk.create_thread().await?;
+    let offer = OfferRequest {
+        to: gi.identity().oin.clone(),
+        to_worker: None,
+        route: "rvdk-gi-measure".into(),
+        legal_basis: "ots-measure".into(),
+        reason: "OTS ordered".into(),
+        justification: Some("court reference C/16/1 JE RK 26-1".into()),
+        deadline_ms: clock.now_ms() + 2 * DAY_MS,
+    };
+    let id = rvdk.offer_handover(case, offer).await?.offers[0].id;
+    gi.accept_offer(case, id).await?;
+
+    // Dates that make no period, or a longer one than the policy allows, are refused.
+    let now = clock.now_ms();
+    let backwards = Measure { start_ms: now, end_ms: now - DAY_MS };
+    assert_eq!(refusal_rule(gi.set_measure(case, backwards).await), "Invalid");
+    let too_long = Measure { start_ms: now, end_ms: now + 400 * DAY_MS };
+    assert_eq!(refusal_rule(gi.set_measure(case, too_long).await), "Invalid");
+    assert_eq!(refusal_rule(gi.schedule_evaluation(case, now - DAY_MS).await), "Invalid");
+
+    // The measure's end brings its renewal clock; an extension moves it.
+    let measure = Measure { start_ms: now, end_ms: now + 180 * DAY_MS };
+    let renewal = |o: &ketenhub_sdk::Ownership| {
+        o.clocks.iter().filter(|c| c.kind == ClockKind::Renewal && !c.done).map(|c| c.due_ms).collect::<Vec<_>>()
+    };
+    let ownership = gi.set_measure(case, measure).await?;
+    assert_eq!(renewal(&ownership), vec![measure.end_ms - 56 * DAY_MS]);
+    let extended = Measure { start_ms: measure.end_ms, end_ms: measure.end_ms + 180 * DAY_MS };
+    let ownership = gi.set_measure(case, extended).await?;
+    assert_eq!(renewal(&ownership), vec![extended.end_ms - 56 * DAY_MS], "one renewal clock runs, for the new end");
+
+    // Plan evaluations are clocks of their own; reporting one done stops the earliest.
+    gi.schedule_evaluation(case, now + 30 * DAY_MS).await?;
+    gi.schedule_evaluation(case, now + 60 * DAY_MS).await?;
+    let running = gi.report_done(case, ClockKind::Evaluation).await?.clocks;
+    let evaluations: Vec<(u64, bool)> =
+        running.iter().filter(|c| c.kind == ClockKind::Evaluation).map(|c| (c.due_ms, c.done)).collect();
+    assert_eq!(evaluations, vec![(now + 30 * DAY_MS, true), (now + 60 * DAY_MS, false)]);
+
+    // Completed, the Raad stays in the background until the measure ends.
+    rvdk.add_member(case, gi.member_id(), &Grounds::new("accepted", "ots-measure")).await?;
+    let ownership = gi.complete_handover(case, id, FamilyTold::Yes).await?;
+    let background = ownership.background.iter().find(|b| b.member == rvdk.member_id()).expect("background");
+    assert!((extended.end_ms..extended.end_ms + DAY_MS).contains(&background.until_ms), "{background:?}");
+
+    // The evaluation date passes without a report: it escalates to the owner.
+    clock.advance(61 * DAY_MS);
+    hub.hub().fire_deadlines().await?;
+    next_event(&mut gi_events, Duration::from_secs(20), |e| {
+        matches!(e, Event::Handover { event: HandoverEvent::Escalated {
+            escalation: Escalation::Overdue { clock: ClockKind::Evaluation, .. } }, thread, .. } if *thread == case)
+    })
+    .await?;
     hub.stop().await
 }

@@ -157,6 +157,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     vt.leave_case(thread, "LT has regie").await?;
     lt.schedule_rappel(thread).await?;
     lt.report_done(thread, ClockKind::Rappel).await?;
+    let now = hub::clock::now_ms();
+    lt.set_measure(thread, ketenhub_sdk::Measure { start_ms: now, end_ms: now + 180 * DAY_MS }).await?;
+    lt.schedule_evaluation(thread, now + 30 * DAY_MS).await?;
     lt.ownership(thread).await?;
     let earlier = ketenhub_sdk::SharedItem::of(&got[0]);
     lt.share_history(thread, vec![earlier]).await?;
@@ -262,6 +265,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:record_history_share",
         "kind:history_share_recorded",
         "op:reopen_case",
+        "op:set_measure",
+        "op:schedule_evaluation",
         "op:get_ownership",
         "op:list_offers",
         "kind:thread_created",
@@ -297,6 +302,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "step:engaged",
         "step:closed",
         "step:reopened",
+        "step:measure_set",
+        "step:evaluation_scheduled",
         "code:forbidden",
         "code:not_found",
         "code:invalid",

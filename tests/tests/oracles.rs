@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 32;
+const KINDS: usize = 34;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -82,6 +82,8 @@ fn every_kind() -> Vec<Request> {
         Request::CompleteHandover { thread: t, offer: 1, family: FamilyTold::Yes },
         Request::ReportDone { thread: t, clock: ClockKind::FirstContact },
         Request::ScheduleRappel { thread: t },
+        Request::SetMeasure { thread: t, measure: wire::handover::Measure { start_ms: 1, end_ms: u64::MAX / 2 } },
+        Request::ScheduleEvaluation { thread: t, due_ms: u64::MAX / 2 },
         Request::LeaveCase { thread: t, reason: "done".into() },
         Request::WithdrawOffer { thread: t, offer: 1, reason: "no longer needed".into() },
         Request::CancelOffer { thread: t, offer: 1, reason: "family moved".into() },
@@ -162,6 +164,10 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         }
         Request::ReportDone { clock, .. } => vec![(Caseworker, Request::ReportDone { thread, clock })],
         Request::ScheduleRappel { .. } => vec![(Caseworker, Request::ScheduleRappel { thread })],
+        Request::SetMeasure { measure, .. } => vec![(Caseworker, Request::SetMeasure { thread, measure })],
+        Request::ScheduleEvaluation { due_ms, .. } => {
+            vec![(Caseworker, Request::ScheduleEvaluation { thread, due_ms })]
+        }
         Request::LeaveCase { reason, .. } => vec![(Caseworker, Request::LeaveCase { thread, reason })],
         Request::WithdrawOffer { reason, .. } => {
             vec![(Caseworker, Request::WithdrawOffer { thread, offer: t.offer, reason })]

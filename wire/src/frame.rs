@@ -413,7 +413,24 @@ pub enum Request {
         /// The earlier entries it re-shares.
         seqs: Vec<u64>,
     },
-    /// The owner schedules a VT re-check (rappel) three months out.
+    /// Registers a court measure's period, or a new end date (an extension),
+    /// on a case the caller owns or accepted: the renewal clock is due the
+    /// policy's days before the end.
+    SetMeasure {
+        /// The case.
+        thread: ThreadId,
+        /// The period.
+        measure: crate::handover::Measure,
+    },
+    /// Registers a plan evaluation date on a case the caller owns or accepted:
+    /// a clock that escalates when it is not reported done by then.
+    ScheduleEvaluation {
+        /// The case.
+        thread: ThreadId,
+        /// When, ms since the Unix epoch.
+        due_ms: u64,
+    },
+    /// The owner schedules a VT re-check (rappel), the policy's days out.
     ScheduleRappel {
         /// The case.
         thread: ThreadId,

@@ -134,6 +134,12 @@ pub enum HandoverError {
     /// The member holds regie or is taking the case over; it cannot also be a participant.
     #[error("the member is owner or receiver of the case already (rule already-on-the-case)")]
     AlreadyOnCase,
+    /// A measure's dates do not make a period that ends in the future.
+    #[error("a measure ends after it starts, and in the future (rule measure-dates)")]
+    MeasureDates,
+    /// A date to watch lies in the past.
+    #[error("an evaluation date lies in the future (rule evaluation-in-future)")]
+    EvaluationInPast,
     /// The case is closed: nothing is offered, engaged or scheduled until it is reopened.
     #[error("the case is closed; reopen it first (rule case-closed)")]
     Closed,
@@ -369,6 +375,22 @@ pub enum ClockKind {
     /// The completion of an accepted offer, within the working days its route
     /// allows; stopped by completion or cancellation.
     Completion,
+    /// The request to renew (or end) a court measure, due the policy's days
+    /// before the measure ends; a new end date (an extension) moves it.
+    Renewal,
+    /// An evaluation of the plan on a date the owner's case system registered
+    /// (the hub sees the date, never the plan); each is reported done on its own.
+    Evaluation,
+}
+
+/// A court measure's period, as the owner's case system registers it (the
+/// hub sees the dates, never the order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measure {
+    /// When it started, ms since the Unix epoch.
+    pub start_ms: u64,
+    /// When it ends, ms since the Unix epoch, unless it is extended.
+    pub end_ms: u64,
 }
 
 /// Something the hub must raise: to the offer's sender, the sender's system
@@ -509,6 +531,16 @@ pub enum HandoverEvent {
     },
     /// The reopening period of a closed case passed: every membership ends.
     Archived,
+    /// The measure's period was registered, or extended.
+    MeasureSet {
+        /// Its period.
+        measure: Measure,
+    },
+    /// A plan evaluation date was registered.
+    EvaluationScheduled {
+        /// When.
+        due_ms: u64,
+    },
     /// A team lead took the case over from an owner who is away.
     TakenOver {
         /// The new owner: the team lead.
@@ -595,6 +627,9 @@ pub struct Ownership {
     /// for routes that keep duties apart (see [`Ownership::has_served_as`]).
     #[serde(default)]
     pub served: Vec<(MemberId, ParticipantRole)>,
+    /// The court measure's period, once registered.
+    #[serde(default)]
+    pub measure: Option<Measure>,
 }
 
 impl Ownership {
@@ -610,6 +645,7 @@ impl Ownership {
             participants: Vec::new(),
             closures: Vec::new(),
             served: Vec::new(),
+            measure: None,
         }
     }
 
@@ -1052,11 +1088,69 @@ impl Ownership {
         Ok(())
     }
 
+    /// The owner, or the receiver who accepted, registers the measure's
+    /// period, or a new end (an extension): the renewal clock is due
+    /// `renewal_days_before` its end, replacing a running one. The same period
+    /// again changes nothing.
+    pub fn set_measure(
+        &mut self,
+        by: &MemberId,
+        measure: Measure,
+        (now_ms, renewal_days_before): (u64, u32),
+    ) -> Result<(), HandoverError> {
+        if !self.may_report(by) {
+            return Err(HandoverError::NotOwner);
+        }
+        self.refuse_if_closed()?;
+        if self.measure == Some(measure) {
+            return Ok(());
+        }
+        if measure.end_ms <= measure.start_ms || measure.end_ms <= now_ms {
+            return Err(HandoverError::MeasureDates);
+        }
+        self.stop(ClockKind::Renewal);
+        let due_ms = measure.end_ms.saturating_sub(u64::from(renewal_days_before) * DAY_MS).max(now_ms);
+        self.clocks.push(CaseClock::new(ClockKind::Renewal, due_ms));
+        self.measure = Some(measure);
+        Ok(())
+    }
+
+    /// The owner, or the receiver who accepted, registers a plan evaluation
+    /// date. The same date while its clock runs changes nothing.
+    pub fn schedule_evaluation(&mut self, by: &MemberId, due_ms: u64, now_ms: u64) -> Result<(), HandoverError> {
+        if !self.may_report(by) {
+            return Err(HandoverError::NotOwner);
+        }
+        self.refuse_if_closed()?;
+        if self.clocks.iter().any(|c| c.kind == ClockKind::Evaluation && !c.done && c.due_ms == due_ms) {
+            return Ok(());
+        }
+        if due_ms <= now_ms {
+            return Err(HandoverError::EvaluationInPast);
+        }
+        self.clocks.push(CaseClock::new(ClockKind::Evaluation, due_ms));
+        Ok(())
+    }
+
+    /// The days from `now_ms` to the end of the measure, at least one; none without a measure.
+    pub fn days_to_measure_end(&self, now_ms: u64) -> Option<u32> {
+        let left = self.measure?.end_ms.saturating_sub(now_ms);
+        Some(u32::try_from(left.div_ceil(DAY_MS)).unwrap_or(u32::MAX).max(1))
+    }
+
     /// Reports a clock's work done (for example, the first contact took place);
     /// false when no clock of that kind was ever started. A clock already
     /// stopped stays as it is.
     pub fn report_done(&mut self, kind: ClockKind) -> bool {
         let mut started = false;
+        if kind == ClockKind::Evaluation {
+            // Evaluations come one after another: the earliest still running is the one done.
+            let next = self.clocks.iter_mut().filter(|c| c.kind == kind && !c.done).min_by_key(|c| c.due_ms);
+            if let Some(clock) = next {
+                clock.done = true;
+                return true;
+            }
+        }
         for clock in self.clocks.iter_mut().filter(|c| c.kind == kind) {
             clock.done = true;
             started = true;
@@ -1351,6 +1445,15 @@ mod tests {
             told: bool,
         },
         Rappel,
+        Measure {
+            by: usize,
+            from: i64,
+            days: u64,
+        },
+        Evaluation {
+            by: usize,
+            days: u64,
+        },
         Done {
             clock: usize,
         },
@@ -1407,7 +1510,9 @@ mod tests {
             (0..8usize).prop_map(|by| Step::Decline { by }),
             (0..8usize, any::<bool>()).prop_map(|(by, told)| Step::Complete { by, told }),
             Just(Step::Rappel),
-            (0..4usize).prop_map(|clock| Step::Done { clock }),
+            (0..8usize, -3..3i64, 0..200u64).prop_map(|(by, from, days)| Step::Measure { by, from, days }),
+            (0..8usize, 0..40u64).prop_map(|(by, days)| Step::Evaluation { by, days }),
+            (0..6usize).prop_map(|clock| Step::Done { clock }),
             (0..8usize).prop_map(|by| Step::Withdraw { by }),
             (0..8usize).prop_map(|by| Step::Cancel { by }),
             (0..8usize).prop_map(|by| Step::TakeOver { by }),
@@ -1474,9 +1579,21 @@ mod tests {
                 case.complete(&people[*by], (open, family), (*now, 30))
             }
             Step::Rappel => case.schedule_rappel(*now, 91),
+            Step::Measure { by, from, days } => {
+                let start_ms = now.saturating_add_signed(from * 30 * DAY_MS as i64);
+                let measure = Measure { start_ms, end_ms: start_ms + days * DAY_MS };
+                case.set_measure(&people[*by], measure, (*now, 56))
+            }
+            Step::Evaluation { by, days } => case.schedule_evaluation(&people[*by], *now + days * DAY_MS, *now),
             Step::Done { clock } => {
-                let kind =
-                    [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel, ClockKind::Completion][*clock];
+                let kind = [
+                    ClockKind::FirstContact,
+                    ClockKind::SafetyPlan,
+                    ClockKind::Rappel,
+                    ClockKind::Completion,
+                    ClockKind::Renewal,
+                    ClockKind::Evaluation,
+                ][*clock];
                 if case.report_done(kind) {
                     Ok(())
                 } else {
@@ -1524,6 +1641,15 @@ mod tests {
                     prop_assert_eq!(&case, &before, "a refused step changed the case");
                 }
                 prop_assert!(case.offers.iter().filter(|o| o.state.is_open()).count() <= 1);
+                let renewals = case.clocks.iter().filter(|c| c.kind == ClockKind::Renewal && !c.done).count();
+                prop_assert!(renewals <= 1, "two renewal clocks run");
+                if let Some(m) = case.measure.filter(|m| Some(*m) != before.measure) {
+                    prop_assert!(m.end_ms > m.start_ms && m.end_ms > now, "a measure that ends before it starts, or in the past");
+                    prop_assert_eq!(renewals, 1, "a registered measure without its renewal clock");
+                }
+                if matches!(step, Step::Evaluation { .. }) && result.is_ok() && case != before {
+                    prop_assert!(case.clocks.last().is_some_and(|c| c.kind == ClockKind::Evaluation && c.due_ms > now));
+                }
                 prop_assert!(!case.is_read_only(&case.owner), "the owner is read-only");
                 if case.owner != before.owner {
                     let completed = case.offers.iter().any(|o| matches!(&o.state,

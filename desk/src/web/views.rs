@@ -91,14 +91,23 @@ pub fn clock_code(kind: ClockKind) -> &'static str {
         ClockKind::SafetyPlan => "safety_plan",
         ClockKind::Rappel => "rappel",
         ClockKind::Completion => "completion",
+        ClockKind::Renewal => "renewal",
+        ClockKind::Evaluation => "evaluation",
     }
 }
 
 /// The clock kind of a code.
 pub fn clock_kind(code: &str) -> Option<ClockKind> {
-    [ClockKind::FirstContact, ClockKind::SafetyPlan, ClockKind::Rappel, ClockKind::Completion]
-        .into_iter()
-        .find(|k| clock_code(*k) == code)
+    [
+        ClockKind::FirstContact,
+        ClockKind::SafetyPlan,
+        ClockKind::Rappel,
+        ClockKind::Completion,
+        ClockKind::Renewal,
+        ClockKind::Evaluation,
+    ]
+    .into_iter()
+    .find(|k| clock_code(*k) == code)
 }
 
 fn clock(c: &CaseClock, now_ms: u64) -> ClockView {
@@ -339,6 +348,14 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
         }
         HandoverEvent::Reopened { reason } => ("reopened", Some(reason.clone())),
         HandoverEvent::Archived => ("archived", None),
+        HandoverEvent::MeasureSet { measure } => {
+            let (from, until) = (measure.start_ms, measure.end_ms);
+            let (from, until) = (ketenhub_sdk::report::date_time(from), ketenhub_sdk::report::date_time(until));
+            ("measure_set", Some(format!("{from} → {until}")))
+        }
+        HandoverEvent::EvaluationScheduled { due_ms } => {
+            ("evaluation_scheduled", Some(ketenhub_sdk::report::date_time(*due_ms)))
+        }
         HandoverEvent::Engaged { participant: p } => {
             let until = ketenhub_sdk::report::date_time(p.until_ms);
             let step = if p.role == ParticipantRole::Consultant { "engaged_consultant" } else { "engaged_co_worker" };

@@ -131,6 +131,13 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
         }
         Request::ScheduleRappel { thread } => (AuditAction::Handover, Some(*thread), Some("rappel scheduled".into())),
+        Request::SetMeasure { thread, measure } => {
+            let object = format!("measure from {} ms until {} ms", measure.start_ms, measure.end_ms);
+            (AuditAction::Handover, Some(*thread), Some(object))
+        }
+        Request::ScheduleEvaluation { thread, due_ms } => {
+            (AuditAction::Handover, Some(*thread), Some(format!("plan evaluation due {due_ms} ms")))
+        }
         Request::LeaveCase { thread, reason } => {
             record.purpose = Some(reason.clone());
             (AuditAction::Handover, Some(*thread), Some("leaves the case".into()))

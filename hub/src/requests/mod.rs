@@ -260,6 +260,11 @@ impl Hub {
             }
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
+            Request::SetMeasure { thread, measure } => self.handover(thread, &actor, HandoverOp::Measure(measure)),
+            Request::ScheduleEvaluation { thread, due_ms } => {
+                let max_clocks = self.limits.max_clocks_per_case;
+                self.handover(thread, &actor, HandoverOp::Evaluation { due_ms, max_clocks })
+            }
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
             Request::WithdrawOffer { thread, offer, reason } => {
                 self.handover(thread, &actor, HandoverOp::Withdraw { offer, reason })
@@ -353,6 +358,8 @@ impl Hub {
             | Request::CompleteHandover { thread, .. }
             | Request::ReportDone { thread, .. }
             | Request::ScheduleRappel { thread }
+            | Request::SetMeasure { thread, .. }
+            | Request::ScheduleEvaluation { thread, .. }
             | Request::WithdrawOffer { thread, .. }
             | Request::CancelOffer { thread, .. }
             | Request::TakeOver { thread, .. }

@@ -40,6 +40,8 @@ impl Hub {
             | Request::CompleteHandover { .. }
             | Request::ReportDone { .. }
             | Request::ScheduleRappel { .. }
+            | Request::SetMeasure { .. }
+            | Request::ScheduleEvaluation { .. }
             | Request::WithdrawOffer { .. }
             | Request::CancelOffer { .. }
             | Request::TakeOver { .. }
