@@ -43,7 +43,7 @@ impl Rules {
     }
 
     /// The route of offer `id` of the case.
-    fn route_of<'a>(ownership: &'a Ownership, id: u32) -> &'a str {
+    fn route_of(ownership: &Ownership, id: u32) -> &str {
         ownership.offers.iter().find(|o| o.id == id).map_or("", |o| o.route.as_str())
     }
 

@@ -125,6 +125,9 @@ enum Beside<'a> {
 /// What a write appends beside its own thread, by thread.
 type BesideMap<'a> = BTreeMap<ThreadId, Vec<Beside<'a>>>;
 
+/// The logs a write holds locked beside its own, each with the next seq it moves to once applied.
+type Held<'l> = Vec<(MutexGuard<'l, ThreadLog>, u64)>;
+
 /// Side-thread departures and inbox notices, grouped by the thread they go to.
 fn beside<'a>(
     evict_sides: &'a [(ThreadId, Vec<MemberId>)],
@@ -481,7 +484,7 @@ impl SledStore {
         logs: &'l [Arc<Mutex<ThreadLog>>],
         beside: &BesideMap<'_>,
         (case, by, at_ms): (ThreadId, &MemberId, u64),
-    ) -> Result<(Vec<(MutexGuard<'l, ThreadLog>, u64)>, Vec<(ThreadId, Entry)>), StoreError> {
+    ) -> Result<(Held<'l>, Vec<(ThreadId, Entry)>), StoreError> {
         let mut held = Vec::new();
         let mut appended = Vec::new();
         for (other_log, (other, items)) in logs.iter().zip(beside) {
@@ -506,7 +509,7 @@ impl SledStore {
     }
 
     /// After the batch is applied: the logs beside `thread` move on, and all are to be flushed.
-    fn released(&self, held: Vec<(MutexGuard<'_, ThreadLog>, u64)>, thread: ThreadId, beside: &BesideMap<'_>) {
+    fn released(&self, held: Held<'_>, thread: ThreadId, beside: &BesideMap<'_>) {
         for (mut guard, next_seq) in held {
             guard.next_seq = next_seq;
         }
