@@ -28,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let by = MemberId::new("00000001800000000001", "anna").expect("a valid member id");
     let member = MemberId::new("00000001800000000002", "piet").expect("a valid member id");
     for legal_basis in ["vt-safety", "consent", ""] {
-        let _ = policy.may_add(&by, &member, Grounds { reason: "onderzoek", legal_basis });
+        for side in [false, true] {
+            let _ = policy.may_add(&by, &member, Grounds { reason: "onderzoek", legal_basis }, side);
+        }
     }
+    let _ = (policy.route_clocks("rvdk-gi-measure"), policy.background_days("rvdk-gi-measure", Some(3)));
+    let _ = (policy.inboxes(), policy.is_urgent(u64::MAX, 0));
 });
