@@ -383,6 +383,18 @@ pub enum ClockKind {
     Evaluation,
 }
 
+impl ClockKind {
+    /// Every kind of clock.
+    pub const ALL: [ClockKind; 6] = [
+        ClockKind::FirstContact,
+        ClockKind::SafetyPlan,
+        ClockKind::Rappel,
+        ClockKind::Completion,
+        ClockKind::Renewal,
+        ClockKind::Evaluation,
+    ];
+}
+
 /// A court measure's period, as the owner's case system registers it (the
 /// hub sees the dates, never the order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1586,14 +1598,7 @@ mod tests {
             }
             Step::Evaluation { by, days } => case.schedule_evaluation(&people[*by], *now + days * DAY_MS, *now),
             Step::Done { clock } => {
-                let kind = [
-                    ClockKind::FirstContact,
-                    ClockKind::SafetyPlan,
-                    ClockKind::Rappel,
-                    ClockKind::Completion,
-                    ClockKind::Renewal,
-                    ClockKind::Evaluation,
-                ][*clock];
+                let kind = ClockKind::ALL[*clock];
                 if case.report_done(kind) {
                     Ok(())
                 } else {

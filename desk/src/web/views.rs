@@ -98,16 +98,7 @@ pub fn clock_code(kind: ClockKind) -> &'static str {
 
 /// The clock kind of a code.
 pub fn clock_kind(code: &str) -> Option<ClockKind> {
-    [
-        ClockKind::FirstContact,
-        ClockKind::SafetyPlan,
-        ClockKind::Rappel,
-        ClockKind::Completion,
-        ClockKind::Renewal,
-        ClockKind::Evaluation,
-    ]
-    .into_iter()
-    .find(|k| clock_code(*k) == code)
+    ClockKind::ALL.into_iter().find(|k| clock_code(*k) == code)
 }
 
 fn clock(c: &CaseClock, now_ms: u64) -> ClockView {

@@ -397,7 +397,7 @@ impl Hub {
             let case = self.store.case_of(thread).map_err(store_failure)?;
             side = case != thread;
             if side {
-                if let Some(rule) = self.in_side_thread((thread, case), actor, request)? {
+                if let Some(rule) = self.in_side_thread((thread, case), actor, (action, request))? {
                     return Ok(rule);
                 }
             }

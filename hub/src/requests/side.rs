@@ -13,6 +13,7 @@
 
 use wire::{ErrorCode, MemberId, Request, ThreadId, WireError};
 
+use crate::policy::Action;
 use crate::session::{internal, Hub};
 
 /// The rule that lets any member of a side thread bring in its case's owner.
@@ -32,30 +33,21 @@ impl Hub {
         &self,
         (side, case): (ThreadId, ThreadId),
         actor: &MemberId,
-        request: &Request,
+        (action, request): (Action, &Request),
     ) -> Result<Option<&'static str>, Refusal> {
+        // Every handover step is the case's, and so are its ownership, participants and side threads.
+        let case_step = matches!(
+            request,
+            Request::GetOwnership { .. } | Request::AddParticipant { .. } | Request::OpenSideThread { .. }
+        );
+        if action == Action::Handover || case_step {
+            return Err(forbidden(
+                "side-thread-no-handover",
+                "a side thread has no handover of its own: its case is handed over, closed and reopened",
+            ));
+        }
         let member = match request {
             Request::AddMember { member, .. } | Request::ClaimKeyPackage { member, .. } => member,
-            Request::OfferHandover { .. }
-            | Request::CompleteHandover { .. }
-            | Request::ReportDone { .. }
-            | Request::ScheduleRappel { .. }
-            | Request::SetMeasure { .. }
-            | Request::ScheduleEvaluation { .. }
-            | Request::WithdrawOffer { .. }
-            | Request::CancelOffer { .. }
-            | Request::TakeOver { .. }
-            | Request::CloseCase { .. }
-            | Request::ReopenCase { .. }
-            | Request::LeaveCase { .. }
-            | Request::GetOwnership { .. }
-            | Request::AddParticipant { .. }
-            | Request::OpenSideThread { .. } => {
-                return Err(forbidden(
-                    "side-thread-no-handover",
-                    "a side thread has no handover of its own: its case is handed over, closed and reopened",
-                ));
-            }
             _ => return Ok(None),
         };
         let owner = self.case_owner(case)?;
