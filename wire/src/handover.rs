@@ -931,10 +931,6 @@ impl Ownership {
     /// completion deadline, and for a court measure handed to a GI the first
     /// face-to-face contact and the safety plan.
     pub fn start_clocks(&mut self, calendar: &Calendar, now_ms: u64, clocks: &RouteClocks) {
-        if let Some(days) = clocks.completion_days {
-            self.clocks.retain(|c| c.kind != ClockKind::Completion || !c.done);
-            self.clocks.push(CaseClock::new(ClockKind::Completion, calendar.after_working_days(now_ms, days)));
-        }
         if let Some(days) = clocks.first_contact_days {
             let due_ms = calendar.after_working_days(now_ms, days);
             let again_days = clocks.first_contact_again_days;
@@ -942,6 +938,10 @@ impl Ownership {
         }
         if let Some(days) = clocks.safety_plan_days {
             self.clocks.push(CaseClock::new(ClockKind::SafetyPlan, now_ms + u64::from(days) * DAY_MS));
+        }
+        if let Some(days) = clocks.completion_days {
+            self.clocks.retain(|c| c.kind != ClockKind::Completion || !c.done);
+            self.clocks.push(CaseClock::new(ClockKind::Completion, calendar.after_working_days(now_ms, days)));
         }
     }
 
