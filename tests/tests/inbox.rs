@@ -6,14 +6,16 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use hub::clock::Clock;
 use ketenhub_sdk::{Client, Escalation, Event, EventStream, OfferRequest};
 use tests::{next_event, refusal_rule, DevHub};
 use wire::handover::Notice;
-use wire::ThreadId;
+use wire::{EntryBody, ThreadId};
 
 const WAIT: Duration = Duration::from_secs(20);
 const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
 const LT: &str = "00000001800000000002";
 const VT: &str = "00000001800000000001";
 
@@ -130,5 +132,13 @@ async fn offers_and_escalations_reach_the_organisations_inbox_online_or_later() 
     assert_eq!(refusal_rule(lead.members(vt_inbox).await), "NotFound");
     let members = hub.store().members(vt_inbox)?;
     assert_eq!(members.iter().map(|m| m.worker.as_str()).collect::<Vec<_>>(), ["vt-casesystem"]);
+
+    // A notice every member received goes with retention, as content does; one not yet received stays.
+    hub.hub().sweep_retention(clock.now_ms() + 31 * DAY_MS).await?;
+    let body = |seq: u64| -> anyhow::Result<EntryBody> {
+        Ok(hub.store().entries_after(vt_inbox, seq - 1, 1)?.into_iter().next().context("the entry")?.body)
+    };
+    assert_eq!(body(seq)?, EntryBody::Expired);
+    assert!(matches!(body(seq + 1)?, EntryBody::Notice { .. }), "not yet acknowledged: kept");
     Ok(())
 }

@@ -394,8 +394,9 @@ pub trait Store: Send + Sync + 'static {
     /// appended, each with its thread (the case's, then its side threads').
     fn apply_handover(&self, step: &HandoverStep<'_>) -> Result<Vec<(ThreadId, Entry)>, StoreError>;
 
-    /// Replaces the content of `thread`'s messages up to `up_to` stored before
-    /// `before_ms` with [`wire::EntryBody::Expired`]; returns how many.
+    /// Replaces the content of `thread`'s messages (and an inbox's notices) up
+    /// to `up_to` stored before `before_ms` with [`wire::EntryBody::Expired`];
+    /// returns how many.
     fn expire_messages(&self, thread: ThreadId, up_to: u64, before_ms: u64) -> Result<u64, StoreError>;
 
     /// The blobs of one thread with their records.

@@ -1180,7 +1180,9 @@ impl Store for SledStore {
         for item in self.db.range(range) {
             let (key, value) = item.map_err(backend)?;
             let mut entry: Entry = decode(&value)?;
-            if matches!(entry.body, EntryBody::Message { .. }) && entry.at_ms < before_ms {
+            // A notice copies an offer's or an escalation's metadata into an inbox: it goes like content.
+            let delivered_only = matches!(entry.body, EntryBody::Message { .. } | EntryBody::Notice { .. });
+            if delivered_only && entry.at_ms < before_ms {
                 entry.body = EntryBody::Expired;
                 self.db.insert(key, encode(&entry)).map_err(backend)?;
                 expired += 1;
