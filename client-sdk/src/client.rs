@@ -30,7 +30,10 @@ use wire::{
     ThreadSummary, WireError,
 };
 
-use wire::handover::{ClockKind, FamilyTold, Measure, Offer, OfferRequest, Ownership, Participant, ParticipantRole};
+use wire::handover::{
+    ClockKind, FamilyTold, Invitation, Measure, Offer, OfferRequest, Ownership, Participant, ParticipantRole,
+    RegieDecision,
+};
 
 use crate::builder::Settings;
 use crate::content::Content;
@@ -715,6 +718,35 @@ impl Client {
     /// within the policy's reopening period; the members are told and write again.
     pub async fn reopen_case(&self, thread: ThreadId, reason: &str) -> Result<Ownership, Error> {
         self.ownership_request(Request::ReopenCase { thread, reason: reason.to_owned() }).await
+    }
+
+    /// Calls a case conference (jeugdbeschermingstafel) on a case this client
+    /// owns: each invitee takes part until `until_ms`, for its reason, on
+    /// `legal_basis` (allowed for each as for an add). The invitees join the
+    /// membership at once; this client's device then brings their devices into
+    /// the group with [`Client::add_member`]. Returns the case's state.
+    pub async fn call_conference(
+        &self,
+        thread: ThreadId,
+        (topic, until_ms): (&str, u64),
+        invited: Vec<Invitation>,
+        legal_basis: &str,
+    ) -> Result<Ownership, Error> {
+        let topic = topic.to_owned();
+        let request = Request::CallConference { thread, topic, until_ms, invited, legal_basis: legal_basis.to_owned() };
+        self.ownership_request(request).await
+    }
+
+    /// Records a case conference's regie decision on a case this client owns
+    /// (a fact; regie moves only by a completed handover). The minutes travel
+    /// as [`Content::Minutes`] with [`Client::send_content`].
+    pub async fn record_decision(
+        &self,
+        thread: ThreadId,
+        conference: u32,
+        decision: RegieDecision,
+    ) -> Result<Ownership, Error> {
+        self.ownership_request(Request::RecordDecision { thread, conference, decision }).await
     }
 
     /// Registers the court measure's period, or a new end date (an

@@ -31,6 +31,13 @@ pub enum Content {
     HandoverPacket(Box<crate::packet::HandoverPacket>),
     /// Earlier messages re-shared on purpose to members who joined later (MLS gives them no history).
     HistoryShare(HistoryShare),
+    /// The minutes of a case conference (its number in the case's state), end to end encrypted.
+    Minutes {
+        /// The conference's number.
+        conference: u32,
+        /// The minutes.
+        text: String,
+    },
 }
 
 /// Earlier messages of a thread, re-shared with their original ids, seqs,
@@ -92,7 +99,7 @@ impl Content {
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Self::Bytes { data } => data,
-            Self::Text { text } => text.as_bytes(),
+            Self::Text { text } | Self::Minutes { text, .. } => text.as_bytes(),
             Self::Attachment(_) | Self::HandoverPacket(_) | Self::HistoryShare(_) => &[],
         }
     }

@@ -55,8 +55,8 @@ pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
 pub use wire::handover::{
-    ClockKind, Escalation, FamilyTold, HandoverEvent, Measure, Notice, Offer, OfferRequest, OfferState, Ownership,
-    Participant, ParticipantRole,
+    ClockKind, Conference, Escalation, FamilyTold, HandoverEvent, Invitation, Measure, Notice, Offer, OfferRequest,
+    OfferState, Ownership, Participant, ParticipantRole, RegieDecision,
 };
 pub use wire::{
     AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, SideThread, ThreadId, ThreadSummary, WireError,

@@ -208,6 +208,10 @@ pub struct Limits {
     pub max_side_threads_per_case: usize,
     /// The most clocks one case holds over its life (plan evaluations add one each).
     pub max_clocks_per_case: usize,
+    /// The most case conferences one case holds over its life.
+    pub max_conferences_per_case: usize,
+    /// The most people one case conference invites.
+    pub max_conference_invitees: usize,
     /// Attachment uploads a thread may have open (not yet sealed) at once.
     pub max_open_blobs_per_thread: usize,
     /// Bytes of all attachment blobs of one thread together.
@@ -249,6 +253,8 @@ impl Default for Limits {
             max_closures_per_case: 20,
             max_side_threads_per_case: 16,
             max_clocks_per_case: 64,
+            max_conferences_per_case: 20,
+            max_conference_invitees: 12,
             max_open_blobs_per_thread: 16,
             max_blob_bytes_per_thread: 2 << 30,
             max_handshakes_per_address: 32,

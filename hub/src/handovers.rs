@@ -134,6 +134,24 @@ pub enum HandoverOp {
     Done(ClockKind),
     /// The owner schedules a VT re-check (rappel), the policy's days out.
     Rappel,
+    /// The owner calls a case conference.
+    Conference {
+        /// What it is about.
+        topic: String,
+        /// When the invitees' participation ends.
+        until_ms: u64,
+        /// Who, and why.
+        invited: Vec<wire::handover::Invitation>,
+        /// Members a thread may hold, and conferences a case, at most.
+        max: (usize, usize),
+    },
+    /// The owner records a conference's regie decision.
+    Decide {
+        /// The conference.
+        conference: u32,
+        /// What it decided.
+        decision: wire::handover::RegieDecision,
+    },
     /// The owner (or the receiver who accepted) registers the measure's period, or an extension.
     Measure(wire::handover::Measure),
     /// The owner (or the receiver who accepted) registers a plan evaluation date.
@@ -254,7 +272,8 @@ fn refused(e: HandoverError) -> WriteError {
         | HandoverError::AlreadyOnCase
         | HandoverError::Closed
         | HandoverError::NotClosed
-        | HandoverError::ReopenPeriodOver => ErrorCode::Conflict,
+        | HandoverError::ReopenPeriodOver
+        | HandoverError::Decided(_) => ErrorCode::Conflict,
         _ => ErrorCode::Invalid,
     };
     WriteError::Refused(WireError::new(code, e.to_string()))
@@ -278,7 +297,7 @@ pub fn apply(
         HandoverOp::Answer { offer, .. } => Some(*offer),
         _ => None,
     };
-    let mut admit: Option<MemberId> = None;
+    let mut admit: Vec<MemberId> = Vec::new();
     let event = match op {
         HandoverOp::Offer { request, lead } => {
             let id = ownership.offer(by, lead, request, now_ms).map_err(refused)?;
@@ -292,7 +311,7 @@ pub fn apply(
                 let clocks = rules.policy.route_clocks(Rules::route_of(&ownership, offer));
                 ownership.start_clocks(&rules.calendar, now_ms, &clocks);
             }
-            admit = Some(by.clone());
+            admit = vec![by.clone()];
             HandoverEvent::Accepted { offer, by: by.clone() }
         }
         HandoverOp::Withdraw { offer, reason } => {
@@ -307,7 +326,7 @@ pub fn apply(
             let former = ownership.owner.clone();
             let background_days = rules.policy.clocks.background_days;
             ownership.take_over(by, lead, &reason, (now_ms, background_days)).map_err(refused)?;
-            admit = Some(by.clone());
+            admit = vec![by.clone()];
             HandoverEvent::TakenOver { owner: by.clone(), former, reason }
         }
         HandoverOp::Answer { offer, accept: false, reason, .. } => {
@@ -331,7 +350,7 @@ pub fn apply(
                 return Err(refused(HandoverError::AlreadyOnCase));
             }
             ownership.engage(by, participant.clone(), now_ms).map_err(refused)?;
-            admit = Some(member);
+            admit = vec![member];
             HandoverEvent::Engaged { participant }
         }
         HandoverOp::Close { outcome, reason, reopen_until_ms } => {
@@ -354,6 +373,40 @@ pub fn apply(
             }
             ownership.schedule_rappel(now_ms, rules.policy.clocks.rappel_days).map_err(refused)?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
+        }
+        HandoverOp::Conference { topic, until_ms, invited, max: (max_members, max_conferences) } => {
+            if ownership.conferences.len() >= max_conferences {
+                let full = "the case held that many conferences";
+                return Err(WriteError::Refused(crate::quotas::exceeded(
+                    "limits.max_conferences_per_case",
+                    max_conferences,
+                    full,
+                )));
+            }
+            let mut newcomers = 0;
+            for invitation in &invited {
+                let present = store.is_member(thread, &invitation.member)?;
+                if present
+                    && ownership.participant(&invitation.member).is_none()
+                    && !ownership.is_read_only(&invitation.member)
+                {
+                    // Already a full member: it sits at the table without an end to its membership.
+                    return Err(refused(HandoverError::AlreadyOnCase));
+                }
+                newcomers += usize::from(!present);
+            }
+            if store.members(thread)?.len() + newcomers > max_members {
+                let full = crate::quotas::exceeded("limits.max_members_per_thread", max_members, "the thread is full");
+                return Err(WriteError::Refused(full));
+            }
+            let id = ownership.call_conference(by, (&topic, until_ms, &invited), now_ms).map_err(refused)?;
+            admit = invited.iter().map(|i| i.member.clone()).collect();
+            let conference = ownership.conferences.iter().find(|c| c.id == id).cloned().expect("just called");
+            HandoverEvent::ConferenceCalled { conference: Box::new(conference) }
+        }
+        HandoverOp::Decide { conference, decision } => {
+            ownership.decide(by, conference, decision.clone()).map_err(refused)?;
+            HandoverEvent::Decided { conference, decision }
         }
         HandoverOp::Measure(measure) => {
             let clocks = &rules.policy.clocks;
@@ -402,17 +455,17 @@ pub fn apply(
         }
     };
     // A receiver that is not on the case sees only the offer it answered.
-    let outsider = answered.is_some() && admit.is_none() && !store.is_member(thread, by)?;
+    let outsider = answered.is_some() && admit.is_empty() && !store.is_member(thread, by)?;
     let view = |ownership: Ownership| match answered.filter(|_| outsider) {
         Some(offer) => offer_only(ownership, offer),
         None => ownership,
     };
     // A member a step admits again (a participant renewed after a commit removed it) is written even
     // when the state is as it was.
-    let readmits = match &admit {
-        Some(member) => !store.is_member(thread, member)?,
-        None => false,
-    };
+    let mut readmits = false;
+    for member in &admit {
+        readmits |= !store.is_member(thread, member)?;
+    }
     if ownership == before && !readmits {
         return Ok((view(ownership), Vec::new()));
     }
@@ -425,7 +478,7 @@ pub fn apply(
         HandoverEvent::Offered { offer } => to_inboxes(store, rules.offer_notices(offer), now_ms)?,
         _ => Vec::new(),
     };
-    let admit = admit.as_ref();
+    let admit = admit.as_slice();
     let events = vec![event];
     let step =
         HandoverStep { thread, by, ownership: &ownership, events, admit, evict, evict_sides, notices, at_ms: now_ms };
@@ -585,7 +638,7 @@ pub fn sweep(store: &dyn Store, rules: &Rules, now_ms: u64, audit: &mut Auditor<
             by: &by,
             ownership: &ownership,
             events,
-            admit: None,
+            admit: &[],
             evict,
             evict_sides,
             notices,

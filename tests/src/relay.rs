@@ -167,6 +167,8 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         | Request::ReportDone { .. }
         | Request::ScheduleRappel { .. }
         | Request::SetMeasure { .. }
+        | Request::CallConference { .. }
+        | Request::RecordDecision { .. }
         | Request::ScheduleEvaluation { .. }
         | Request::WithdrawOffer { .. }
         | Request::CancelOffer { .. }

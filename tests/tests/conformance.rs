@@ -160,6 +160,11 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let now = hub::clock::now_ms();
     lt.set_measure(thread, ketenhub_sdk::Measure { start_ms: now, end_ms: now + 180 * DAY_MS }).await?;
     lt.schedule_evaluation(thread, now + 30 * DAY_MS).await?;
+    let table = vec![ketenhub_sdk::Invitation { member: vt.member_id(), reason: "knows the report".into() }];
+    lt.call_conference(thread, ("safety at home", now + 2 * DAY_MS), table, "consent").await?;
+    let decision =
+        ketenhub_sdk::RegieDecision { regie_with: lt.identity().oin.clone(), reason: "voluntary help".into() };
+    lt.record_decision(thread, 1, decision).await?;
     lt.ownership(thread).await?;
     let earlier = ketenhub_sdk::SharedItem::of(&got[0]);
     lt.share_history(thread, vec![earlier]).await?;
@@ -267,6 +272,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:reopen_case",
         "op:set_measure",
         "op:schedule_evaluation",
+        "op:call_conference",
+        "op:record_decision",
         "op:get_ownership",
         "op:list_offers",
         "kind:thread_created",
@@ -304,6 +311,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "step:reopened",
         "step:measure_set",
         "step:evaluation_scheduled",
+        "step:conference_called",
+        "step:decided",
         "code:forbidden",
         "code:not_found",
         "code:invalid",

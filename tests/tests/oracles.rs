@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 34;
+const KINDS: usize = 36;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -84,6 +84,21 @@ fn every_kind() -> Vec<Request> {
         Request::ScheduleRappel { thread: t },
         Request::SetMeasure { thread: t, measure: wire::handover::Measure { start_ms: 1, end_ms: u64::MAX / 2 } },
         Request::ScheduleEvaluation { thread: t, due_ms: u64::MAX / 2 },
+        Request::CallConference {
+            thread: t,
+            topic: "safety at home".into(),
+            until_ms: u64::MAX / 2,
+            invited: vec![wire::handover::Invitation { member: member_of_lt(), reason: "knows the family".into() }],
+            legal_basis: "consent".into(),
+        },
+        Request::RecordDecision {
+            thread: t,
+            conference: 1,
+            decision: wire::handover::RegieDecision {
+                regie_with: "00000001800000000002".parse().unwrap(),
+                reason: "the local team".into(),
+            },
+        },
         Request::LeaveCase { thread: t, reason: "done".into() },
         Request::WithdrawOffer { thread: t, offer: 1, reason: "no longer needed".into() },
         Request::CancelOffer { thread: t, offer: 1, reason: "family moved".into() },
@@ -165,6 +180,12 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::ReportDone { clock, .. } => vec![(Caseworker, Request::ReportDone { thread, clock })],
         Request::ScheduleRappel { .. } => vec![(Caseworker, Request::ScheduleRappel { thread })],
         Request::SetMeasure { measure, .. } => vec![(Caseworker, Request::SetMeasure { thread, measure })],
+        Request::CallConference { topic, until_ms, invited, legal_basis, .. } => {
+            vec![(Caseworker, Request::CallConference { thread, topic, until_ms, invited, legal_basis })]
+        }
+        Request::RecordDecision { conference, decision, .. } => {
+            vec![(Caseworker, Request::RecordDecision { thread, conference, decision })]
+        }
         Request::ScheduleEvaluation { due_ms, .. } => {
             vec![(Caseworker, Request::ScheduleEvaluation { thread, due_ms })]
         }

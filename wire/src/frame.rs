@@ -413,6 +413,30 @@ pub enum Request {
         /// The earlier entries it re-shares.
         seqs: Vec<u64>,
     },
+    /// Calls a case conference (jeugdbeschermingstafel) on a case the caller
+    /// owns: each invitee takes part until `until_ms`, for its reason, on
+    /// `legal_basis` (decided for each as an add).
+    CallConference {
+        /// The case.
+        thread: ThreadId,
+        /// What it is about.
+        topic: String,
+        /// When the invitees' participation ends.
+        until_ms: u64,
+        /// Who is invited, and why.
+        invited: Vec<crate::handover::Invitation>,
+        /// The legal basis for sharing the case with them.
+        legal_basis: String,
+    },
+    /// Records a case conference's regie decision, on a case the caller owns.
+    RecordDecision {
+        /// The case.
+        thread: ThreadId,
+        /// The conference's number.
+        conference: u32,
+        /// What it decided.
+        decision: crate::handover::RegieDecision,
+    },
     /// Registers a court measure's period, or a new end date (an extension),
     /// on a case the caller owns or accepted: the renewal clock is due the
     /// policy's days before the end.

@@ -134,6 +134,17 @@ pub enum HandoverError {
     /// The member holds regie or is taking the case over; it cannot also be a participant.
     #[error("the member is owner or receiver of the case already (rule already-on-the-case)")]
     AlreadyOnCase,
+    /// No such case conference.
+    #[error("no case conference {0} in this case")]
+    NoSuchConference(u32),
+    /// The conference's regie decision is recorded already, otherwise.
+    #[error("case conference {0} recorded another decision already (rule one-decision)")]
+    Decided(u32),
+    /// A conference invites someone, and ends in the future.
+    #[error(
+        "a case conference invites someone, each for a reason, and ends in the future (rule conference-needs-invitees)"
+    )]
+    NoInvitees,
     /// A measure's dates do not make a period that ends in the future.
     #[error("a measure ends after it starts, and in the future (rule measure-dates)")]
     MeasureDates,
@@ -395,6 +406,43 @@ impl ClockKind {
     ];
 }
 
+/// Someone the owner invites to a case conference, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// Who.
+    pub member: MemberId,
+    /// Why they are needed at the table.
+    pub reason: String,
+}
+
+/// A case conference (jeugdbeschermingstafel): named people take part in the
+/// case until its end, each for a recorded reason, and the regie decision it
+/// reaches is recorded as a fact; the minutes travel as content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conference {
+    /// Its number within the case, from 1.
+    pub id: u32,
+    /// What it is about.
+    pub topic: String,
+    /// When the invitees' participation ends, ms since the Unix epoch.
+    pub until_ms: u64,
+    /// Who was invited, and why.
+    pub invited: Vec<Invitation>,
+    /// Its regie decision, once recorded.
+    pub decision: Option<RegieDecision>,
+}
+
+/// What a case conference decided about regie: which organisation holds it
+/// from now on. A fact in the case's state; regie itself moves only by a
+/// completed handover (or a takeover), which the decision may call for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegieDecision {
+    /// The organisation that holds regie by the decision.
+    pub regie_with: Oin,
+    /// Why, in the conference's words.
+    pub reason: String,
+}
+
 /// A court measure's period, as the owner's case system registers it (the
 /// hub sees the dates, never the order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -553,6 +601,18 @@ pub enum HandoverEvent {
         /// When.
         due_ms: u64,
     },
+    /// The owner called a case conference; its invitees take part until its end.
+    ConferenceCalled {
+        /// The conference.
+        conference: Box<Conference>,
+    },
+    /// A case conference's regie decision was recorded.
+    Decided {
+        /// The conference's number.
+        conference: u32,
+        /// What it decided.
+        decision: RegieDecision,
+    },
     /// A team lead took the case over from an owner who is away.
     TakenOver {
         /// The new owner: the team lead.
@@ -642,6 +702,9 @@ pub struct Ownership {
     /// The court measure's period, once registered.
     #[serde(default)]
     pub measure: Option<Measure>,
+    /// Every case conference, in order.
+    #[serde(default)]
+    pub conferences: Vec<Conference>,
 }
 
 impl Ownership {
@@ -658,6 +721,7 @@ impl Ownership {
             closures: Vec::new(),
             served: Vec::new(),
             measure: None,
+            conferences: Vec::new(),
         }
     }
 
@@ -810,6 +874,65 @@ impl Ownership {
         }
         self.participants.push(participant);
         Ok(())
+    }
+
+    /// The owner calls a case conference about `topic` until `until_ms`: each
+    /// invitee takes part as a participant until then (a consultant from
+    /// another organisation, a co-worker from the owner's), all or none.
+    /// Returns its number; the same call again changes nothing.
+    pub fn call_conference(
+        &mut self,
+        by: &MemberId,
+        (topic, until_ms, invited): (&str, u64, &[Invitation]),
+        now_ms: u64,
+    ) -> Result<u32, HandoverError> {
+        if by != &self.owner {
+            return Err(HandoverError::NotOwner);
+        }
+        let same = |c: &&Conference| c.topic == topic && c.until_ms == until_ms && c.invited == invited;
+        if let Some(latest) = self.conferences.last().filter(same) {
+            return Ok(latest.id);
+        }
+        self.refuse_if_closed()?;
+        let distinct: BTreeSet<&MemberId> = invited.iter().map(|i| &i.member).collect();
+        let unreasoned = invited.iter().any(|i| i.reason.trim().is_empty());
+        if topic.trim().is_empty() || invited.is_empty() || unreasoned || distinct.len() != invited.len() {
+            return Err(HandoverError::NoInvitees);
+        }
+        let mut after = self.clone();
+        for invitation in invited {
+            let role = if invitation.member.oin == self.owner.oin {
+                ParticipantRole::CoWorker
+            } else {
+                ParticipantRole::Consultant
+            };
+            let member = invitation.member.clone();
+            after.engage(by, Participant { member, role, until_ms, reason: invitation.reason.clone() }, now_ms)?;
+        }
+        let id = after.conferences.len() as u32 + 1;
+        let invited = invited.to_vec();
+        after.conferences.push(Conference { id, topic: topic.to_owned(), until_ms, invited, decision: None });
+        *self = after;
+        Ok(id)
+    }
+
+    /// The owner records conference `id`'s regie decision; the same decision again changes nothing.
+    pub fn decide(&mut self, by: &MemberId, id: u32, decision: RegieDecision) -> Result<(), HandoverError> {
+        if by != &self.owner {
+            return Err(HandoverError::NotOwner);
+        }
+        let conference = self.conferences.iter_mut().find(|c| c.id == id).ok_or(HandoverError::NoSuchConference(id))?;
+        match &conference.decision {
+            Some(recorded) if *recorded == decision => Ok(()),
+            Some(_) => Err(HandoverError::Decided(id)),
+            None if decision.reason.trim().is_empty() => {
+                Err(HandoverError::ReasonRequired("why the conference decided so"))
+            }
+            None => {
+                conference.decision = Some(decision);
+                Ok(())
+            }
+        }
     }
 
     /// The open offer (offered or accepted), if any.
@@ -1466,6 +1589,15 @@ mod tests {
             by: usize,
             days: u64,
         },
+        Conference {
+            invited: (usize, usize),
+            days: u64,
+        },
+        Decide {
+            by: usize,
+            conference: u32,
+            to: usize,
+        },
         Done {
             clock: usize,
         },
@@ -1524,6 +1656,8 @@ mod tests {
             Just(Step::Rappel),
             (0..8usize, -3..3i64, 0..200u64).prop_map(|(by, from, days)| Step::Measure { by, from, days }),
             (0..8usize, 0..40u64).prop_map(|(by, days)| Step::Evaluation { by, days }),
+            (0..8usize, 0..8usize, 0..6u64).prop_map(|(a, b, days)| Step::Conference { invited: (a, b), days }),
+            (0..8usize, 1..3u32, 0..4usize).prop_map(|(by, conference, to)| Step::Decide { by, conference, to }),
             (0..6usize).prop_map(|clock| Step::Done { clock }),
             (0..8usize).prop_map(|by| Step::Withdraw { by }),
             (0..8usize).prop_map(|by| Step::Cancel { by }),
@@ -1597,6 +1731,18 @@ mod tests {
                 case.set_measure(&people[*by], measure, (*now, 56))
             }
             Step::Evaluation { by, days } => case.schedule_evaluation(&people[*by], *now + days * DAY_MS, *now),
+            Step::Conference { invited: (a, b), days } => {
+                let invited: Vec<Invitation> = [a, b]
+                    .iter()
+                    .map(|i| Invitation { member: people[**i].clone(), reason: "at the table".into() })
+                    .collect();
+                let owner = case.owner.clone();
+                case.call_conference(&owner, ("safety at home", *now + days * DAY_MS, &invited), *now).map(drop)
+            }
+            Step::Decide { by, conference, to } => {
+                let decision = RegieDecision { regie_with: orgs[*to].clone(), reason: "the table decided".into() };
+                case.decide(&people[*by], *conference, decision)
+            }
             Step::Done { clock } => {
                 let kind = ClockKind::ALL[*clock];
                 if case.report_done(kind) {
@@ -1646,6 +1792,16 @@ mod tests {
                     prop_assert_eq!(&case, &before, "a refused step changed the case");
                 }
                 prop_assert!(case.offers.iter().filter(|o| o.state.is_open()).count() <= 1);
+                for decided in before.conferences.iter().filter(|c| c.decision.is_some()) {
+                    prop_assert_eq!(&case.conferences[decided.id as usize - 1].decision, &decided.decision, "a decision changed");
+                }
+                if let (Step::Conference { .. }, Ok(()), true) = (&step, &result, case.conferences.len() > before.conferences.len()) {
+                    let called = case.conferences.last().expect("just called");
+                    for invited in &called.invited {
+                        let taking_part = case.participant(&invited.member);
+                        prop_assert_eq!(taking_part.map(|p| p.until_ms), Some(called.until_ms), "an invitee not at the table");
+                    }
+                }
                 let renewals = case.clocks.iter().filter(|c| c.kind == ClockKind::Renewal && !c.done).count();
                 prop_assert!(renewals <= 1, "two renewal clocks run");
                 if let Some(m) = case.measure.filter(|m| Some(*m) != before.measure) {

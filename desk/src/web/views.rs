@@ -302,6 +302,7 @@ pub struct SharedView {
 fn summary(content: &Content) -> String {
     match content {
         Content::Text { text } => text.clone(),
+        Content::Minutes { conference, text } => format!("#{conference}: {text}"),
         Content::Bytes { data } => format!("{} bytes", data.len()),
         Content::Attachment(a) => a.name.clone(),
         Content::HandoverPacket(p) => format!("handover packet v{}", p.version),
@@ -344,6 +345,14 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
             let (from, until) = (ketenhub_sdk::report::date_time(from), ketenhub_sdk::report::date_time(until));
             ("measure_set", Some(format!("{from} → {until}")))
         }
+        HandoverEvent::ConferenceCalled { conference: c } => {
+            let who: Vec<String> = c.invited.iter().map(|i| format!("{} ({})", i.member, i.reason)).collect();
+            let until = ketenhub_sdk::report::date_time(c.until_ms);
+            ("conference_called", Some(format!("#{}: {} → {until}: {}", c.id, c.topic, who.join(", "))))
+        }
+        HandoverEvent::Decided { conference, decision } => {
+            ("decided", Some(format!("#{conference}: {}: {}", decision.regie_with.as_str(), decision.reason)))
+        }
         HandoverEvent::EvaluationScheduled { due_ms } => {
             ("evaluation_scheduled", Some(ketenhub_sdk::report::date_time(*due_ms)))
         }
@@ -375,6 +384,10 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
             view.at_ms = m.at_ms;
             match &m.content {
                 Content::Text { text } => view.text = Some(text.clone()),
+                Content::Minutes { conference, text } => {
+                    view.kind = "minutes";
+                    view.text = Some(format!("#{conference}: {text}"));
+                }
                 Content::Bytes { data } => {
                     view.kind = "bytes";
                     view.text = Some(data.len().to_string());

@@ -131,6 +131,21 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
         }
         Request::ScheduleRappel { thread } => (AuditAction::Handover, Some(*thread), Some("rappel scheduled".into())),
+        Request::CallConference { thread, topic, until_ms, invited, legal_basis } => {
+            record.purpose = Some(topic.clone());
+            record.legal_basis = Some(legal_basis.clone());
+            let who: Vec<String> = invited.iter().map(|i| format!("{} ({})", i.member, i.reason)).collect();
+            (
+                AuditAction::AddMember,
+                Some(*thread),
+                Some(format!("case conference until {until_ms} ms: {}", who.join(", "))),
+            )
+        }
+        Request::RecordDecision { thread, conference, decision } => {
+            record.purpose = Some(decision.reason.clone());
+            let object = format!("conference {conference} decided: regie with {}", decision.regie_with.as_str());
+            (AuditAction::Handover, Some(*thread), Some(object))
+        }
         Request::SetMeasure { thread, measure } => {
             let object = format!("measure from {} ms until {} ms", measure.start_ms, measure.end_ms);
             (AuditAction::Handover, Some(*thread), Some(object))

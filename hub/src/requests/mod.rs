@@ -261,6 +261,13 @@ impl Hub {
             Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             Request::SetMeasure { thread, measure } => self.handover(thread, &actor, HandoverOp::Measure(measure)),
+            Request::CallConference { thread, topic, until_ms, invited, .. } => {
+                let max = (self.limits.max_members_per_thread, self.limits.max_conferences_per_case);
+                self.handover(thread, &actor, HandoverOp::Conference { topic, until_ms, invited, max })
+            }
+            Request::RecordDecision { thread, conference, decision } => {
+                self.handover(thread, &actor, HandoverOp::Decide { conference, decision })
+            }
             Request::ScheduleEvaluation { thread, due_ms } => {
                 let max_clocks = self.limits.max_clocks_per_case;
                 self.handover(thread, &actor, HandoverOp::Evaluation { due_ms, max_clocks })
@@ -341,7 +348,8 @@ impl Hub {
             Request::OpenSideThread { case, .. } => (Action::CreateThread, Some(*case)),
             Request::AddMember { thread, .. }
             | Request::ClaimKeyPackage { thread, .. }
-            | Request::AddParticipant { thread, .. } => (Action::AddMember, Some(*thread)),
+            | Request::AddParticipant { thread, .. }
+            | Request::CallConference { thread, .. } => (Action::AddMember, Some(*thread)),
             Request::Send { thread, .. }
             | Request::RecordHistoryShare { thread, .. }
             | Request::InitGroup { thread, .. }
@@ -359,6 +367,7 @@ impl Hub {
             | Request::ReportDone { thread, .. }
             | Request::ScheduleRappel { thread }
             | Request::SetMeasure { thread, .. }
+            | Request::RecordDecision { thread, .. }
             | Request::ScheduleEvaluation { thread, .. }
             | Request::WithdrawOffer { thread, .. }
             | Request::CancelOffer { thread, .. }
@@ -412,6 +421,7 @@ impl Hub {
                     | Request::InitGroup { .. }
                     | Request::AddMember { .. }
                     | Request::AddParticipant { .. }
+                    | Request::CallConference { .. }
                     | Request::ClaimKeyPackage { .. }
             );
             // In a side thread the writer decides a commit: a former owner's may still bring the new owner in.
@@ -457,6 +467,9 @@ impl Hub {
             let grounds = Grounds { reason: &participant.reason, legal_basis };
             return decided(policy.may_add(actor, &participant.member, grounds, false));
         }
+        if let Request::CallConference { until_ms, invited, legal_basis, .. } = request {
+            return self.may_confer(policy, actor, (*until_ms, invited), legal_basis);
+        }
         if let Request::OfferHandover { offer, .. } = request {
             let decision = handovers::check_offer(policy, actor, offer);
             if !decision.allowed {
@@ -469,6 +482,42 @@ impl Hub {
             Some(_) => "member-of-case",
             None => role_rule,
         })
+    }
+
+    /// Whether the sharing with every invitee of a case conference is allowed,
+    /// as each were added as a participant until the conference ends.
+    fn may_confer(
+        &self,
+        policy: &Policy,
+        actor: &MemberId,
+        (until_ms, invited): (u64, &[wire::handover::Invitation]),
+        legal_basis: &str,
+    ) -> Result<&'static str, (WireError, &'static str)> {
+        let max = self.limits.max_conference_invitees;
+        if invited.len() > max {
+            let many = "a conference invites that many people at most";
+            return Err((
+                crate::quotas::exceeded("limits.max_conference_invitees", max, many),
+                "max-conference-invitees",
+            ));
+        }
+        let mut rule = "route-permits";
+        for invitation in invited {
+            valid_worker(&invitation.member)?;
+            let role = if invitation.member.oin == actor.oin {
+                wire::handover::ParticipantRole::CoWorker
+            } else {
+                wire::handover::ParticipantRole::Consultant
+            };
+            decided(policy.may_take_part(until_ms.saturating_sub(self.clock.now_ms()), role))?;
+            rule = decided(policy.may_add(
+                actor,
+                &invitation.member,
+                Grounds { reason: &invitation.reason, legal_basis },
+                false,
+            ))?;
+        }
+        Ok(rule)
     }
 
     /// Whether a team lead who is not on the case takes one of the steps a

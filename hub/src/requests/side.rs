@@ -38,7 +38,10 @@ impl Hub {
         // Every handover step is the case's, and so are its ownership, participants and side threads.
         let case_step = matches!(
             request,
-            Request::GetOwnership { .. } | Request::AddParticipant { .. } | Request::OpenSideThread { .. }
+            Request::GetOwnership { .. }
+                | Request::AddParticipant { .. }
+                | Request::CallConference { .. }
+                | Request::OpenSideThread { .. }
         );
         if action == Action::Handover || case_step {
             return Err(forbidden(

@@ -114,8 +114,8 @@ pub struct HandoverStep<'a> {
     pub ownership: &'a wire::handover::Ownership,
     /// The entries to append, in order.
     pub events: Vec<wire::handover::HandoverEvent>,
-    /// A member to add (the receiver who accepted), unless already a member.
-    pub admit: Option<&'a MemberId>,
+    /// Members to add (the receiver who accepted, a conference's invitees), those not members yet.
+    pub admit: &'a [MemberId],
     /// Members whose membership ends with the step (those who left the case),
     /// each with a `member_removed` entry after the step's own entries.
     pub evict: Vec<MemberId>,

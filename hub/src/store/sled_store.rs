@@ -1128,7 +1128,7 @@ impl Store for SledStore {
         for event in &step.events {
             next(&mut batch, EntryBody::Handover { event: event.clone() });
         }
-        if let Some(member) = step.admit {
+        for member in step.admit {
             if self.db.get(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)?.is_none() {
                 let seq = next(&mut batch, EntryBody::MemberAdded { member: member.clone() });
                 let record = MembershipRecord { added_by: step.by.clone(), added_seq: seq, added_at_ms: step.at_ms };

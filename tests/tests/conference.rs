@@ -1,0 +1,92 @@
+//! The case conference (jeugdbeschermingstafel) through a real hub: the owner
+//! invites named people, each for a reason, until the conference ends; they
+//! read and write in the case meanwhile and then leave by themselves; the regie
+//! decision is a fact in the case's state, and the minutes travel end to end
+//! encrypted.
+
+use std::time::Duration;
+
+use hub::clock::Clock;
+use ketenhub_sdk::{Client, Content, Event, EventStream, Grounds, HandoverEvent, Invitation, RegieDecision};
+use tests::{messages, next_event, refusal_rule, DevHub};
+use wire::calendar::DAY_MS;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
+    let client = hub.client(slug).connect().await?;
+    let events = client.events().expect("events");
+    Ok((client, events))
+}
+
+#[tokio::test]
+async fn a_case_conference_invites_for_a_while_records_its_decision_and_sends_minutes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Clock::system();
+    let hub = DevHub::start_with_clock(dir.path(), tests::limits(), clock.clone()).await?;
+    let (anna, mut anna_events) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (sanne, mut sanne_events) = connect(&hub, "lt-woerden-caseworker").await?;
+    let (bram, _) = connect(&hub, "vt-utrecht-colleague").await?;
+    let (school, _) = connect(&hub, "school-mentor").await?;
+    let case = anna.create_thread().await?;
+    let until = clock.now_ms() + 2 * DAY_MS;
+    let invite = |member: &Client, reason: &str| Invitation { member: member.member_id(), reason: reason.into() };
+    let table = vec![invite(&sanne, "kent het gezin uit het wijkteam"), invite(&bram, "tweede werker VT")];
+
+    // Only the owner calls one; every invitee needs a reason and a route; a limited recipient never sits at it.
+    let topic = ("veiligheid thuis na de melding", until);
+    assert_eq!(refusal_rule(sanne.call_conference(case, topic, table.clone(), "consent").await), "NotFound");
+    let no_reason = vec![Invitation { member: sanne.member_id(), reason: " ".into() }];
+    assert_eq!(refusal_rule(anna.call_conference(case, topic, no_reason, "consent").await), "add-needs-reason");
+    let with_school = vec![invite(&school, "aanwezigheid")];
+    assert_eq!(refusal_rule(anna.call_conference(case, topic, with_school, "consent").await), "limited-recipient");
+    let too_long = ("veiligheid", clock.now_ms() + 400 * DAY_MS);
+    assert_eq!(
+        refusal_rule(anna.call_conference(case, too_long, table.clone(), "consent").await),
+        "participation-too-long"
+    );
+
+    let ownership = anna.call_conference(case, topic, table.clone(), "consent").await?;
+    let conference = ownership.conferences.last().expect("a conference").clone();
+    assert_eq!((conference.id, conference.invited.len(), conference.decision.clone()), (1, 2, None));
+    for member in [sanne.member_id(), bram.member_id()] {
+        let p = ownership.participant(&member).expect("each invitee takes part");
+        assert_eq!(p.until_ms, until);
+    }
+    // Called again, it changes nothing.
+    assert_eq!(anna.call_conference(case, topic, table.clone(), "consent").await?.conferences.len(), 1);
+
+    // The owner's device brings the invitees into the group; they read what is said at the table.
+    for member in [sanne.member_id(), bram.member_id()] {
+        anna.add_member(case, member, &Grounds::new("invited to the case conference", "consent")).await?;
+    }
+    anna.send_text(case, "Welkom aan tafel.").await?;
+    assert_eq!(messages(&mut sanne_events, 1, WAIT).await?[0].content.as_bytes(), "Welkom aan tafel.".as_bytes());
+
+    // The decision is the owner's to record, once; the minutes are content.
+    let decision =
+        RegieDecision { regie_with: sanne.identity().oin.clone(), reason: "vrijwillige hulp via het wijkteam".into() };
+    assert_eq!(refusal_rule(sanne.record_decision(case, 1, decision.clone()).await), "Forbidden");
+    assert_eq!(refusal_rule(anna.record_decision(case, 2, decision.clone()).await), "Invalid");
+    let ownership = anna.record_decision(case, 1, decision.clone()).await?;
+    assert_eq!(ownership.conferences[0].decision.as_ref(), Some(&decision));
+    anna.record_decision(case, 1, decision.clone()).await?;
+    let other = RegieDecision { regie_with: anna.identity().oin.clone(), reason: "toch VT".into() };
+    assert_eq!(refusal_rule(anna.record_decision(case, 1, other).await), "Conflict");
+    let minutes = Content::Minutes { conference: 1, text: "Besluit: regie naar het wijkteam.".into() };
+    anna.send_content(case, minutes.clone()).await?;
+    let got = next_event(&mut sanne_events, WAIT, |e| matches!(e, Event::Message(m) if m.content == minutes)).await?;
+    assert!(matches!(got, Event::Message(m) if m.sender == anna.member_id()));
+    next_event(&mut anna_events, WAIT, |e| {
+        matches!(e, Event::Handover { event: HandoverEvent::Decided { conference: 1, .. }, .. })
+    })
+    .await?;
+
+    // When the conference ends, so does the invitees' participation.
+    clock.advance(3 * DAY_MS);
+    hub.hub().fire_deadlines().await?;
+    let after = anna.ownership(case).await?;
+    assert!(after.participants.is_empty(), "{:?}", after.participants);
+    assert!(!anna.members(case).await?.contains(&sanne.member_id()));
+    hub.stop().await
+}
