@@ -240,6 +240,39 @@ async fn consult(
     Ok(())
 }
 
+/// The owner calls a case conference with a former owner for a day: it writes again until the conference ends,
+/// the regie decision is recorded, and the minutes are sent end to end encrypted.
+async fn confer(
+    line: &Timeline,
+    clock: &Clock,
+    thread: ThreadId,
+    owner: &Party,
+    guest: &mut Party,
+) -> anyhow::Result<()> {
+    let reason = "kent het gezin uit de vrijwillige hulp".to_owned();
+    let invited = vec![ketenhub_sdk::Invitation { member: guest.client.member_id(), reason }];
+    let until_ms = clock.now_ms() + DAY_MS;
+    let ownership = owner.client.call_conference(thread, ("veiligheidsplan", until_ms), invited, "consent").await?;
+    line.say(
+        &owner.name(),
+        format!("calls a case conference (jeugdbeschermingstafel) for a day with {}", guest.name()),
+    );
+    let conference = ownership.conferences.last().map_or(1, |c| c.id);
+    let decision = ketenhub_sdk::RegieDecision {
+        regie_with: owner.client.identity().oin.clone(),
+        reason: "de GI houdt de regie; het wijkteam ondersteunt thuis".into(),
+    };
+    owner.client.record_decision(thread, conference, decision).await?;
+    let minutes = Content::Minutes { conference, text: "Veiligheidsplan besproken; GI houdt regie.".into() };
+    owner.client.send_content(thread, minutes).await?;
+    line.say(&owner.name(), "records the conference's decision (regie stays with the GI) and sends the minutes");
+    let minutes =
+        |e: Event| matches!(e, Event::Message(m) if matches!(m.content, Content::Minutes { .. })).then_some(());
+    wait_for(&mut guest.events, minutes).await?;
+    line.say(&guest.name(), "reads the minutes at the table; its participation ends with the conference");
+    Ok(())
+}
+
 /// The owner cannot put a limited recipient (the school) on the case; it opens a side thread for it instead, in
 /// which only the question and its answer travel, and the school still cannot read the case.
 async fn ask_the_school(
@@ -453,6 +486,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     gi.client.report_done(thread, ClockKind::FirstContact).await?;
     line.say(&gi.name(), "reports the first face-to-face contact; the clock stops");
     consult(&line, &clock, thread, &mut gi, &mut oudewater).await?;
+    confer(&line, &clock, thread, &gi, &mut lt).await?;
 
     line.chapter("5. An offer withdrawn, and an offer nobody answers that expires and escalates");
     let second = vt.client.create_thread().await?;
