@@ -923,7 +923,8 @@ async fn rejoin_in_background(client: std::sync::Weak<Inner>, mut lost: mpsc::Re
     if let Some(client) = upgrade(&client) {
         match client.threads().await {
             Ok(threads) => {
-                for summary in threads {
+                // An organisation inbox has no MLS group: the hub alone writes in it.
+                for summary in threads.into_iter().filter(|s| !s.inbox) {
                     rejoined.extend(
                         client
                             .rejoin_and_tell(summary.thread, Rejoin::IfMissing)

@@ -51,10 +51,15 @@ impl Rules {
     /// when it names no worker, or is urgent.
     fn offer_notices(&self, offer: &wire::handover::Offer) -> Vec<(Oin, Notice)> {
         let urgent = self.urgent(offer);
-        if offer.to_worker.is_some() && !urgent {
-            return Vec::new();
-        }
-        vec![(offer.to.clone(), Notice::Offered { offer: Box::new(offer.clone()), urgent })]
+        let notice = match &offer.to_worker {
+            None => Notice::Offered { offer: Box::new(offer.clone()), urgent },
+            // Only the worker named reads the offer: its colleagues learn that it waits, and until when.
+            Some(worker) if urgent => {
+                Notice::Urgent { offer: offer.id, to_worker: worker.clone(), deadline_ms: offer.deadline_ms }
+            }
+            Some(_) => return Vec::new(),
+        };
+        vec![(offer.to.clone(), notice)]
     }
 
     /// The notices an escalation gives: one to the inbox of the organisation
@@ -74,13 +79,26 @@ impl Rules {
     }
 }
 
-/// The inboxes of `notices`, made where missing, with their notices.
+/// The inboxes of `notices` about `case`, made where missing, with their
+/// notices; each disclosure is audited on the case, so that its access report
+/// shows it. An organisation the policy no longer holds gets none.
 fn to_inboxes(
     store: &dyn Store,
+    (rules, case): (&Rules, ThreadId),
     notices: Vec<(Oin, Notice)>,
-    at_ms: u64,
+    (at_ms, audit): (u64, &mut Auditor<'_>),
 ) -> Result<Vec<(ThreadId, Notice)>, WriteError> {
-    notices.into_iter().map(|(oin, notice)| Ok((store.ensure_inbox(&oin, at_ms)?, notice))).collect()
+    let mut to = Vec::new();
+    for (oin, notice) in notices.into_iter().filter(|(oin, _)| rules.policy.organisation(oin).is_some()) {
+        audit.record(AuditRecord {
+            case: Some(case),
+            object: Some(format!("notice to the inbox of {}", oin.as_str())),
+            rule: "inbox-notice".into(),
+            ..crate::audit::hub_record(AuditAction::Handover)
+        })?;
+        to.push((store.ensure_inbox(&oin, at_ms)?, notice));
+    }
+    Ok(to)
 }
 
 /// A handover step, applied by the writer thread.
@@ -475,7 +493,9 @@ pub fn apply(
     }
     let evict_sides = side_departures(store, (thread, &ownership), &evict, "left-the-case", audit)?;
     let notices = match &event {
-        HandoverEvent::Offered { offer } => to_inboxes(store, rules.offer_notices(offer), now_ms)?,
+        HandoverEvent::Offered { offer } => {
+            to_inboxes(store, (rules, thread), rules.offer_notices(offer), (now_ms, audit))?
+        }
         _ => Vec::new(),
     };
     let admit = admit.as_slice();
@@ -616,7 +636,7 @@ pub fn sweep(store: &dyn Store, rules: &Rules, now_ms: u64, audit: &mut Auditor<
         let since = ownership.left.len();
         raised.extend(escalations.iter().map(|e| (thread, e.clone())));
         let notices = escalations.iter().flat_map(|e| rules.escalation_notices(&ownership, e)).collect();
-        let notices = to_inboxes(store, notices, now_ms)?;
+        let notices = to_inboxes(store, (rules, thread), notices, (now_ms, audit))?;
         let mut events: Vec<HandoverEvent> =
             escalations.into_iter().map(|escalation| HandoverEvent::Escalated { escalation }).collect();
         events.extend(

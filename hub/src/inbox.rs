@@ -34,6 +34,7 @@ pub fn sync(
     let mut appended = Vec::new();
     for (oin, wanted) in members {
         let inbox = store.ensure_inbox(oin, at_ms)?;
+        let writer = MemberId { oin: oin.clone(), worker: crate::store::INBOX_WRITER.to_owned() };
         let current = store.members(inbox)?;
         for member in wanted.iter().filter(|m| !current.contains(m)) {
             audit.record(AuditRecord {
@@ -42,13 +43,12 @@ pub fn sync(
                 rule: RULE.into(),
                 ..crate::audit::hub_record(AuditAction::AddMember)
             })?;
-            appended.extend(store.add_member(inbox, member, member, at_ms)?.entry.map(|e| (inbox, e)));
+            appended.extend(store.add_member(inbox, &writer, member, at_ms)?.entry.map(|e| (inbox, e)));
         }
         let gone: Vec<MemberId> = current.into_iter().filter(|m| !wanted.contains(m)).collect();
         for member in &gone {
             audit.removal(inbox, member, RULE)?;
         }
-        let writer = MemberId { oin: oin.clone(), worker: crate::store::INBOX_WRITER.to_owned() };
         appended.extend(store.remove_members(inbox, &writer, &gone, at_ms)?.into_iter().map(|e| (inbox, e)));
     }
     Ok(appended)

@@ -138,6 +138,10 @@ fn ninety_one() -> u32 {
     91
 }
 
+/// The longest period any clock or duration of the policy may have: ten
+/// years, so that counting working days always ends soon.
+const MAX_DAYS: u32 = 3_650;
+
 /// How the organisation inbox treats offers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -414,8 +418,9 @@ impl Policy {
             if route.limited && (durations.iter().any(Option::is_some) || !route.offerer_not_among.is_empty()) {
                 return Err(PolicyError::Invalid(format!("route {} is limited: no case is offered on it", route.name)));
             }
-            if durations.contains(&Some(0)) {
-                return Err(PolicyError::Invalid(format!("route {} has a clock of 0 days", route.name)));
+            if durations.iter().flatten().any(|d| !(1..=MAX_DAYS).contains(d)) {
+                let name = &route.name;
+                return Err(PolicyError::Invalid(format!("route {name} has a clock of 0 days or over {MAX_DAYS}")));
             }
             if route.background_until_measure_ends && route.background_days.is_some() {
                 let name = &route.name;
@@ -464,13 +469,13 @@ impl Policy {
         }
         let retention = file.retention;
         let inbox = file.inbox;
-        if inbox.urgent_hours == 0 {
-            return Err(PolicyError::Invalid("[inbox] urgent_hours must be greater than zero".into()));
+        if inbox.urgent_hours == 0 || inbox.urgent_hours > 24 * MAX_DAYS {
+            return Err(PolicyError::Invalid("[inbox] urgent_hours is 1 hour to ten years".into()));
         }
         let clocks = file.clocks;
         let periods = [clocks.background_days, clocks.rappel_days, clocks.renewal_days_before, clocks.measure_max_days];
-        if periods.contains(&0) {
-            return Err(PolicyError::Invalid("[clocks] periods must be greater than zero".into()));
+        if periods.iter().any(|d| !(1..=MAX_DAYS).contains(d)) {
+            return Err(PolicyError::Invalid(format!("[clocks] periods are 1 to {MAX_DAYS} days")));
         }
         let routes = file.routes;
         Ok(Self { organisations, bases, routes, roles, retention, participation, closing, inbox, clocks })
@@ -780,6 +785,8 @@ mod tests {
         };
         let zero = route("safety_plan_days = 0\n");
         assert!(matches!(Policy::parse(&zero), Err(PolicyError::Invalid(m)) if m.contains("0 days")));
+        let forever = route("completion_days = 4000000000\n");
+        assert!(matches!(Policy::parse(&forever), Err(PolicyError::Invalid(m)) if m.contains("over 3650")));
         let again = route("first_contact_again_days = 5\n");
         assert!(matches!(Policy::parse(&again), Err(PolicyError::Invalid(m)) if m.contains("does not start")));
         let never = format!("{base}[clocks]\nrappel_days = 0\n");

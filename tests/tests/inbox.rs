@@ -83,14 +83,20 @@ async fn offers_and_escalations_reach_the_organisations_inbox_online_or_later() 
     let got = notice_about(&mut lt_events, open).await?;
     assert_eq!(got, Notice::Offered { offer: Box::new(offer), urgent: false });
 
-    // An offer to a named worker does not, unless it is urgent; then it does, marked so.
+    // An offer to a named worker does not, unless it is urgent; then the colleagues learn only that it waits.
     let named = anna.create_thread().await?;
     anna.offer_handover(named, to_lt(Some("sanne.bakker"), deadline)).await?;
     let urgent = anna.create_thread().await?;
     anna.offer_handover(urgent, to_lt(Some("sanne.bakker"), clock.now_ms() + 2 * HOUR_MS)).await?;
     let (case, notice) = next_notice(&mut lt_events).await?;
     assert_eq!(case, urgent, "the named, unhurried offer gave no notice");
-    assert!(matches!(notice, Notice::Offered { urgent: true, .. }), "{notice:?}");
+    assert!(matches!(&notice, Notice::Urgent { offer: 1, to_worker, .. } if to_worker == "sanne.bakker"), "{notice:?}");
+
+    // Each notice is a disclosure of the case: its audit (and so the family's access report) shows it.
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let log = officer.audit_query(ketenhub_sdk::AuditFilter { case: Some(urgent), ..Default::default() }).await?;
+    let told = format!("notice to the inbox of {LT}");
+    assert!(log.iter().any(|e| e.record.object.as_deref() == Some(told.as_str())), "{log:?}");
 
     // VT's case system is offline when nobody answers the urgent offer in time.
     vt_system.close().await;

@@ -491,6 +491,17 @@ pub enum Notice {
         /// the receiving organisation's inbox too.
         urgent: bool,
     },
+    /// An urgent offer to one of the organisation's workers waits for that
+    /// worker's answer: the on-call worker or team lead reaches the worker. It
+    /// says no more, since only the worker named may answer or read the offer.
+    Urgent {
+        /// The offer's number in the case.
+        offer: u32,
+        /// The worker it is addressed to.
+        to_worker: String,
+        /// Its deadline, ms since the Unix epoch.
+        deadline_ms: u64,
+    },
     /// Something in one of the organisation's cases was not done in time.
     Escalated {
         /// What.

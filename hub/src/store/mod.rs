@@ -191,8 +191,9 @@ pub struct DeviceWrite<'a> {
     pub forget: &'a [DeviceId],
 }
 
-/// The worker recorded as the writer of an organisation's inbox: the hub itself, never a member.
-pub const INBOX_WRITER: &str = "ketenhub-inbox";
+/// The worker recorded as the writer of an organisation's inbox: the hub
+/// itself. Not a valid worker id (the colon), so no certificate or policy names it.
+pub const INBOX_WRITER: &str = "ketenhub:inbox";
 
 /// KeyPackages handed out and not yet added that the hub remembers per claimer and thread.
 pub const MAX_OPEN_CLAIMS: usize = 64;
