@@ -35,6 +35,8 @@ pub struct Rules {
     pub calendar: Calendar,
     /// The policy in force.
     pub policy: std::sync::Arc<Policy>,
+    /// Clocks a case holds at most (`limits.max_clocks_per_case`).
+    pub max_clocks: usize,
 }
 
 impl Rules {
@@ -77,6 +79,14 @@ impl Rules {
             Escalation::Overdue { owner, .. } => vec![(owner.oin.clone(), notice())],
         }
     }
+}
+
+/// Refuses a step that would add one more to the `held` a case has, past `max` (the limit `key`).
+fn at_most(held: usize, max: usize, key: &str) -> Result<(), WriteError> {
+    if held >= max {
+        return Err(WriteError::Refused(crate::quotas::exceeded(key, max, "the case holds that many already")));
+    }
+    Ok(())
 }
 
 /// The inboxes of `notices` about `case`, made where missing, with their
@@ -176,8 +186,6 @@ pub enum HandoverOp {
     Evaluation {
         /// When, ms since the Unix epoch.
         due_ms: u64,
-        /// Clocks a case holds at most (`limits.max_clocks_per_case`).
-        max_clocks: usize,
     },
     /// A former owner in its background role, or a participant, leaves, with a reason.
     Leave(String),
@@ -389,18 +397,12 @@ pub fn apply(
             if by != &ownership.owner {
                 return Err(refused(HandoverError::NotOwner));
             }
+            at_most(ownership.clocks.len(), rules.max_clocks, "limits.max_clocks_per_case")?;
             ownership.schedule_rappel(now_ms, rules.policy.clocks.rappel_days).map_err(refused)?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
         }
         HandoverOp::Conference { topic, until_ms, invited, max: (max_members, max_conferences) } => {
-            if ownership.conferences.len() >= max_conferences {
-                let full = "the case held that many conferences";
-                return Err(WriteError::Refused(crate::quotas::exceeded(
-                    "limits.max_conferences_per_case",
-                    max_conferences,
-                    full,
-                )));
-            }
+            at_most(ownership.conferences.len(), max_conferences, "limits.max_conferences_per_case")?;
             let mut newcomers = 0;
             for invitation in &invited {
                 let present = store.is_member(thread, &invitation.member)?;
@@ -437,18 +439,12 @@ pub fn apply(
                     ),
                 )));
             }
+            at_most(ownership.clocks.len(), rules.max_clocks, "limits.max_clocks_per_case")?;
             ownership.set_measure(by, measure, (now_ms, clocks.renewal_days_before)).map_err(refused)?;
             HandoverEvent::MeasureSet { measure }
         }
-        HandoverOp::Evaluation { due_ms, max_clocks } => {
-            if ownership.clocks.len() >= max_clocks {
-                let full = "the case holds that many clocks";
-                return Err(WriteError::Refused(crate::quotas::exceeded(
-                    "limits.max_clocks_per_case",
-                    max_clocks,
-                    full,
-                )));
-            }
+        HandoverOp::Evaluation { due_ms } => {
+            at_most(ownership.clocks.len(), rules.max_clocks, "limits.max_clocks_per_case")?;
             ownership.schedule_evaluation(by, due_ms, now_ms).map_err(refused)?;
             HandoverEvent::EvaluationScheduled { due_ms }
         }

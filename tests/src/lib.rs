@@ -191,6 +191,13 @@ pub fn spawn_listening_with_stderr(mut command: Command, stderr: Stdio) -> anyho
     }
 }
 
+/// A client of the sample identity `slug` connected to `hub`, with its event stream.
+pub async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(ketenhub_sdk::Client, EventStream)> {
+    let client = hub.client(slug).connect().await?;
+    let events = client.events().context("a client's events are taken once")?;
+    Ok((client, events))
+}
+
 /// Waits for the next event that satisfies `want`, up to `limit`.
 pub async fn next_event(
     events: &mut EventStream,

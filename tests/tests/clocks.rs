@@ -61,7 +61,8 @@ async fn a_routes_clocks_and_background_follow_the_policy_in_force() -> anyhow::
 async fn a_measure_has_a_renewal_clock_and_a_plan_its_evaluations() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let clock = Clock::system();
-    let hub = DevHub::start_with_clock(dir.path(), tests::limits(), clock.clone()).await?;
+    let limits = hub::config::Limits { max_clocks_per_case: 12, ..tests::limits() };
+    let hub = DevHub::start_with_clock(dir.path(), limits, clock.clone()).await?;
     // On this route the Raad keeps its background role until the measure ends.
     let policy = dir.path().join("policy.toml");
     let text = std::fs::read_to_string(&policy)?.replacen(
@@ -119,6 +120,17 @@ async fn a_measure_has_a_renewal_clock_and_a_plan_its_evaluations() -> anyhow::R
     let ownership = gi.complete_handover(case, id, FamilyTold::Yes).await?;
     let background = ownership.background.iter().find(|b| b.member == rvdk.member_id()).expect("background");
     assert!((extended.end_ms..extended.end_ms + DAY_MS).contains(&background.until_ms), "{background:?}");
+
+    // Extensions keep each renewal clock they replace: the case's clocks are bounded, extensions too.
+    let mut end_ms = extended.end_ms;
+    let bounded = loop {
+        end_ms += DAY_MS;
+        match gi.set_measure(case, Measure { start_ms: end_ms - 100 * DAY_MS, end_ms }).await {
+            Ok(o) => anyhow::ensure!(o.clocks.len() <= 12, "more clocks than the limit"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(bounded.code(), Some(ketenhub_sdk::ErrorCode::LimitExceeded), "{bounded}");
 
     // The evaluation date passes without a report: it escalates to the owner.
     clock.advance(61 * DAY_MS);

@@ -7,17 +7,11 @@
 use std::time::Duration;
 
 use hub::clock::Clock;
-use ketenhub_sdk::{Client, Content, Event, EventStream, Grounds, HandoverEvent, Invitation, RegieDecision};
-use tests::{messages, next_event, refusal_rule, DevHub};
+use ketenhub_sdk::{Client, Content, Event, Grounds, HandoverEvent, Invitation, RegieDecision};
+use tests::{connect, messages, next_event, refusal_rule, DevHub};
 use wire::calendar::DAY_MS;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
-    let client = hub.client(slug).connect().await?;
-    let events = client.events().expect("events");
-    Ok((client, events))
-}
 
 #[tokio::test]
 async fn a_case_conference_invites_for_a_while_records_its_decision_and_sends_minutes() -> anyhow::Result<()> {

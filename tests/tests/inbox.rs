@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hub::clock::Clock;
-use ketenhub_sdk::{Client, Escalation, Event, EventStream, OfferRequest};
-use tests::{next_event, refusal_rule, DevHub};
+use ketenhub_sdk::{Escalation, Event, EventStream, OfferRequest};
+use tests::{connect, next_event, refusal_rule, DevHub};
 use wire::handover::Notice;
 use wire::{EntryBody, ThreadId};
 
@@ -18,12 +18,6 @@ const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 const LT: &str = "00000001800000000002";
 const VT: &str = "00000001800000000001";
-
-async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
-    let client = hub.client(slug).connect().await?;
-    let events = client.events().expect("events");
-    Ok((client, events))
-}
 
 fn to_lt(worker: Option<&str>, deadline_ms: u64) -> OfferRequest {
     OfferRequest {

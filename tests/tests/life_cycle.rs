@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use hub::clock::Clock;
 use ketenhub_sdk::{
-    AuditFilter, Client, ClockKind, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
+    AuditFilter, ClockKind, Escalation, Event, EventStream, FamilyTold, Grounds, HandoverEvent, OfferRequest,
     OfferState, ParticipantRole,
 };
-use tests::{messages, next_event, refusal_rule, DevHub};
+use tests::{connect, messages, next_event, refusal_rule, DevHub};
 use wire::handover::REASSIGNMENT_ROUTE;
 use wire::MemberId;
 
@@ -27,12 +27,6 @@ fn offer(to: &MemberId, route: &str, deadline_ms: u64) -> OfferRequest {
         justification: None,
         deadline_ms,
     }
-}
-
-async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
-    let client = hub.client(slug).connect().await?;
-    let events = client.events().expect("events");
-    Ok((client, events))
 }
 
 async fn handover_step(events: &mut EventStream, want: impl Fn(&HandoverEvent) -> bool) -> anyhow::Result<()> {

@@ -6,21 +6,13 @@
 use std::time::Duration;
 
 use hub::clock::Clock;
-use ketenhub_sdk::{
-    AuditFilter, Client, ErrorCode, Event, EventStream, Grounds, HandoverEvent, OfferRequest, ParticipantRole,
-};
-use tests::{messages, next_event, refusal_rule, DevHub};
+use ketenhub_sdk::{AuditFilter, ErrorCode, Event, Grounds, HandoverEvent, OfferRequest, ParticipantRole};
+use tests::{connect, messages, next_event, refusal_rule, DevHub};
 use wire::handover::PARTICIPATION_ENDED;
 use wire::MemberId;
 
 const WAIT: Duration = Duration::from_secs(20);
 const DAY_MS: u64 = 86_400_000;
-
-async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
-    let client = hub.client(slug).connect().await?;
-    let events = client.events().expect("events");
-    Ok((client, events))
-}
 
 /// The refusal's code and whether its message names `rule`.
 fn refused_by(result: Result<impl std::fmt::Debug, ketenhub_sdk::Error>, rule: &str) -> Option<ErrorCode> {

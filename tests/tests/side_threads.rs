@@ -7,21 +7,13 @@
 use std::time::Duration;
 
 use hub::clock::Clock;
-use ketenhub_sdk::{
-    AuditFilter, Client, ErrorCode, Event, EventStream, FamilyTold, Grounds, OfferRequest, ParticipantRole,
-};
-use tests::{messages, next_event, refusal_rule, DevHub};
+use ketenhub_sdk::{AuditFilter, ErrorCode, Event, FamilyTold, Grounds, OfferRequest, ParticipantRole};
+use tests::{connect, messages, next_event, refusal_rule, DevHub};
 use wire::audit::{AuditAction, AuditOutcome};
 use wire::{Reply, Request};
 
 const WAIT: Duration = Duration::from_secs(20);
 const DAY_MS: u64 = 86_400_000;
-
-async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(Client, EventStream)> {
-    let client = hub.client(slug).connect().await?;
-    let events = client.events().expect("events");
-    Ok((client, events))
-}
 
 fn question() -> Grounds {
     Grounds::new("schoolverzuim van Daan navragen", "consent")

@@ -77,7 +77,8 @@ impl Hub {
 
     /// The policy's rules for handover steps, as the writer applies them.
     fn rules(&self) -> crate::handovers::Rules {
-        crate::handovers::Rules { calendar: self.calendar.clone(), policy: self.policy.current() }
+        let max_clocks = self.limits.max_clocks_per_case;
+        crate::handovers::Rules { calendar: self.calendar.clone(), policy: self.policy.current(), max_clocks }
     }
 
     /// Fires handover deadlines due by the hub's clock; each escalation is

@@ -269,8 +269,7 @@ impl Hub {
                 self.handover(thread, &actor, HandoverOp::Decide { conference, decision })
             }
             Request::ScheduleEvaluation { thread, due_ms } => {
-                let max_clocks = self.limits.max_clocks_per_case;
-                self.handover(thread, &actor, HandoverOp::Evaluation { due_ms, max_clocks })
+                self.handover(thread, &actor, HandoverOp::Evaluation { due_ms })
             }
             Request::LeaveCase { thread, reason } => self.handover(thread, &actor, HandoverOp::Leave(reason)),
             Request::WithdrawOffer { thread, offer, reason } => {
