@@ -420,7 +420,10 @@ pub fn apply(
                 return Err(WriteError::Refused(full));
             }
             let id = ownership.call_conference(by, (&topic, until_ms, &invited), now_ms).map_err(refused)?;
-            admit = invited.iter().map(|i| i.member.clone()).collect();
+            // A resent call admits no one again: an invitee who left since stays gone.
+            if ownership != before {
+                admit = invited.iter().map(|i| i.member.clone()).collect();
+            }
             let conference = ownership.conferences.iter().find(|c| c.id == id).cloned().expect("just called");
             HandoverEvent::ConferenceCalled { conference: Box::new(conference) }
         }

@@ -62,6 +62,8 @@ async fn a_case_conference_invites_for_a_while_records_its_decision_and_sends_mi
         RegieDecision { regie_with: sanne.identity().oin.clone(), reason: "vrijwillige hulp via het wijkteam".into() };
     assert_eq!(refusal_rule(sanne.record_decision(case, 1, decision.clone()).await), "Forbidden");
     assert_eq!(refusal_rule(anna.record_decision(case, 2, decision.clone()).await), "Invalid");
+    let nowhere = RegieDecision { regie_with: "00000009999999999999".parse()?, reason: "elders".into() };
+    assert_eq!(refusal_rule(anna.record_decision(case, 1, nowhere).await), "member-unknown-organisation");
     let ownership = anna.record_decision(case, 1, decision.clone()).await?;
     assert_eq!(ownership.conferences[0].decision.as_ref(), Some(&decision));
     anna.record_decision(case, 1, decision.clone()).await?;
@@ -75,6 +77,11 @@ async fn a_case_conference_invites_for_a_while_records_its_decision_and_sends_mi
         matches!(e, Event::Handover { event: HandoverEvent::Decided { conference: 1, .. }, .. })
     })
     .await?;
+
+    // An invitee who leaves early is not brought back by the call sent again.
+    bram.leave_case(case, "mijn deel is gedaan").await?;
+    anna.call_conference(case, topic, table.clone(), "consent").await?;
+    assert!(!anna.members(case).await?.contains(&bram.member_id()), "a resent call readmitted a departed invitee");
 
     // When the conference ends, so does the invitees' participation.
     clock.advance(3 * DAY_MS);

@@ -466,6 +466,13 @@ impl Hub {
             let grounds = Grounds { reason: &participant.reason, legal_basis };
             return decided(policy.may_add(actor, &participant.member, grounds, false));
         }
+        if let Request::RecordDecision { decision, .. } = request {
+            if policy.organisation(&decision.regie_with).is_none() {
+                let rule = "member-unknown-organisation";
+                let why = format!("denied by rule {rule}: {} is not in the policy", decision.regie_with.as_str());
+                return Err((WireError::new(ErrorCode::Forbidden, why), rule));
+            }
+        }
         if let Request::CallConference { until_ms, invited, legal_basis, .. } = request {
             return self.may_confer(policy, actor, (*until_ms, invited), legal_basis);
         }
