@@ -77,7 +77,6 @@ pub(crate) type Answer = oneshot::Receiver<Result<Reply, Error>>;
 
 enum Command {
     Request { request: Request, reply: oneshot::Sender<Result<Reply, Error>> },
-    Ack { thread: ThreadId, seq: u64 },
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -88,6 +87,34 @@ type SharedDevice = Arc<std::sync::Mutex<Device>>;
 /// Plaintexts of this client's own recent messages, by id: MLS cannot decrypt
 /// one's own messages, so their echo is shown from here.
 type OwnMessages = Arc<std::sync::Mutex<HashMap<MessageId, Content>>>;
+
+/// Acknowledgements the application gave that wait for the device state to be
+/// saved, highest seq per thread. They bypass the request queue: an event loop
+/// that acknowledges what it read must never wait for a driver that is itself
+/// waiting for that loop to take the next event.
+#[derive(Default)]
+struct Acks {
+    unsent: std::sync::Mutex<HashMap<ThreadId, u64>>,
+    given: tokio::sync::Notify,
+}
+
+impl Acks {
+    fn give(&self, thread: ThreadId, seq: u64) {
+        let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        let highest = unsent.entry(thread).or_default();
+        *highest = (*highest).max(seq);
+        drop(unsent);
+        self.given.notify_one();
+    }
+
+    fn any(&self) -> bool {
+        !self.unsent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    fn take(&self) -> HashMap<ThreadId, u64> {
+        std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// Own plaintexts kept for their echo, at most.
 const OWN_MESSAGES: usize = 4096;
@@ -115,6 +142,7 @@ fn unbound_or_device(e: DeviceError) -> Error {
 
 struct Inner {
     commands: mpsc::Sender<Command>,
+    acks: Arc<Acks>,
     identity: Identity,
     device: SharedDevice,
     own: OwnMessages,
@@ -195,11 +223,14 @@ impl Client {
         // Weak, so that the stream ends when the driver stops (see `EventStream`).
         let alarms = event_tx.downgrade();
         let (rejoins, rejoin_rx) = mpsc::channel(REJOIN_QUEUE);
-        let driver = Driver::new(settings, command_rx, event_tx, device.clone(), own.clone(), member, rejoins);
+        let acks = Arc::new(Acks::default());
+        let channels = Channels { commands: command_rx, events: event_tx, acks: acks.clone(), rejoins };
+        let driver = Driver::new(settings, channels, device.clone(), own.clone(), member);
         tokio::spawn(driver.run(ws));
         let client = Self {
             inner: Arc::new(Inner {
                 commands,
+                acks,
                 identity: hello.identity,
                 device,
                 own,
@@ -886,15 +917,28 @@ impl Client {
 
     /// Acknowledges every entry of `thread` up to `seq`: after a reconnect the
     /// hub resumes after it.
+    /// It never waits for the connection, so an event loop may call it for
+    /// every event it reads.
     pub async fn ack(&self, thread: ThreadId, seq: u64) -> Result<(), Error> {
-        self.inner.commands.send(Command::Ack { thread, seq }).await.map_err(|_| Error::Closed)
+        if self.inner.commands.is_closed() {
+            return Err(Error::Closed);
+        }
+        lock_device(&self.inner.device).acknowledge(thread, seq);
+        self.inner.acks.give(thread, seq);
+        Ok(())
     }
 
-    /// Closes the connection politely; other clones of this client stop working.
+    /// Closes the connection politely, waiting at most the request timeout
+    /// for the hub to take what is queued; other clones of this client stop working.
     pub async fn close(&self) {
         let (done, closed) = oneshot::channel();
-        if self.inner.commands.send(Command::Shutdown { done }).await.is_ok() {
-            let _ = closed.await;
+        let polite = async {
+            if self.inner.commands.send(Command::Shutdown { done }).await.is_ok() {
+                let _ = closed.await;
+            }
+        };
+        if timeout(self.inner.request_timeout, polite).await.is_err() {
+            warn!("the client did not close within the request timeout; its connection is dropped");
         }
     }
 }
@@ -1023,7 +1067,7 @@ struct Driver {
     next_id: u64,
     acks: HashMap<ThreadId, u64>,
     /// Acknowledgements the application gave that wait for the device state to be saved.
-    unsent_acks: HashMap<ThreadId, u64>,
+    unsent_acks: Arc<Acks>,
     /// Entries read since the device state was last saved.
     unsaved: usize,
     /// How long to wait before saving: [`SAVE_IDLE`], longer after failures.
@@ -1035,16 +1079,17 @@ struct Driver {
     rejoins: mpsc::Sender<(ThreadId, u64)>,
 }
 
+/// What connects a driver to its client.
+struct Channels {
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    acks: Arc<Acks>,
+    rejoins: mpsc::Sender<(ThreadId, u64)>,
+}
+
 impl Driver {
-    fn new(
-        settings: Settings,
-        commands: mpsc::Receiver<Command>,
-        events: mpsc::Sender<Event>,
-        device: SharedDevice,
-        own: OwnMessages,
-        me: MemberId,
-        rejoins: mpsc::Sender<(ThreadId, u64)>,
-    ) -> Self {
+    fn new(settings: Settings, channels: Channels, device: SharedDevice, own: OwnMessages, me: MemberId) -> Self {
+        let Channels { commands, events, acks, rejoins } = channels;
         Self {
             settings,
             commands,
@@ -1052,7 +1097,7 @@ impl Driver {
             pending: BTreeMap::new(),
             next_id: 1,
             acks: HashMap::new(),
-            unsent_acks: HashMap::new(),
+            unsent_acks: acks,
             unsaved: 0,
             save_wait: SAVE_IDLE,
             device,
@@ -1140,13 +1185,6 @@ impl Driver {
                 self.pending.insert(id, Pending { frame: frame.clone(), reply });
                 Some(frame)
             }
-            Command::Ack { thread, seq } => {
-                // Sent once the device has saved what it covers (see `save`).
-                lock_device(&self.device).acknowledge(thread, seq);
-                let unsent = self.unsent_acks.entry(thread).or_default();
-                *unsent = (*unsent).max(seq);
-                None
-            }
             Command::Shutdown { .. } => None,
         }
     }
@@ -1199,6 +1237,8 @@ impl Driver {
                 // Once the burst is over (nothing else ready for a moment), or every
                 // SAVE_BURST entries while it lasts.
                 () = tokio::time::sleep(self.save_wait), if self.must_save() => backlog.extend(self.save()),
+                // An acknowledgement given while nothing else happens starts the wait above.
+                () = self.unsent_acks.given.notified(), if !self.must_save() => {}
             }
             if self.unsaved >= SAVE_BURST {
                 backlog.extend(self.save());
@@ -1266,7 +1306,7 @@ impl Driver {
 
     /// Whether something read or acknowledged waits to be saved.
     fn must_save(&self) -> bool {
-        self.unsaved > 0 || !self.unsent_acks.is_empty()
+        self.unsaved > 0 || self.unsent_acks.any()
     }
 
     /// Writes what reading changed to the device state in one write, and only
@@ -1276,14 +1316,17 @@ impl Driver {
     /// Returns the acknowledgement frames to send.
     fn save(&mut self) -> Vec<Vec<u8>> {
         self.unsaved = 0;
+        // Taken before the write, so that the write covers the device's record of each.
+        let given = self.unsent_acks.take();
         if let Err(e) = lock_device(&self.device).save() {
             warn!("cannot save the device state; acknowledgements wait: {e}");
             self.save_wait = (self.save_wait * 2).min(SAVE_RETRY_MAX);
+            given.into_iter().for_each(|(thread, seq)| self.unsent_acks.give(thread, seq));
             return Vec::new();
         }
         self.save_wait = SAVE_IDLE;
-        self.unsent_acks
-            .drain()
+        given
+            .into_iter()
             .map(|(thread, seq)| {
                 let acked = self.acks.entry(thread).or_default();
                 *acked = (*acked).max(seq);

@@ -168,3 +168,42 @@ async fn the_event_stream_ends_when_the_client_closes() -> anyhow::Result<()> {
     drop(vt);
     hub.stop().await
 }
+
+/// The pattern every application uses, an event loop that acknowledges what it
+/// read, must not stall the client when the event buffer and the request queue
+/// are both full: the driver waits for the loop to take an event while the loop
+/// would wait for the driver to take its acknowledgement.
+#[tokio::test]
+async fn acknowledging_from_the_event_loop_never_stalls_a_busy_client() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").event_buffer(1).connect().await?;
+    let mut events = vt.events().expect("events");
+    let acker = vt.clone();
+    let reader = tokio::spawn(async move {
+        let mut read = 0usize;
+        while let Some(event) = futures_util::StreamExt::next(&mut events).await {
+            if let Event::Message(m) = event {
+                acker.ack(m.thread, m.seq).await?;
+                read += 1;
+            }
+        }
+        anyhow::Ok(read)
+    });
+    let thread = vt.create_thread().await?;
+    // More sends in flight than the client's request queue holds.
+    let sends: Vec<_> = (0..1_000)
+        .map(|i| {
+            let vt = vt.clone();
+            tokio::spawn(async move { vt.send(thread, format!("{i}").into_bytes()).await })
+        })
+        .collect();
+    let all_sent = tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(sends)).await;
+    assert!(all_sent.is_ok(), "the client stalled with its event loop acknowledging");
+    for sent in all_sent.unwrap_or_default() {
+        sent??;
+    }
+    vt.close().await;
+    assert!(tokio::time::timeout(WAIT, reader).await.is_ok(), "the event loop did not end after close");
+    hub.stop().await
+}
