@@ -34,6 +34,9 @@ const WINDOW: usize = 8;
 /// Messages a client receives between acknowledgements.
 const ACK_EVERY: u32 = 64;
 
+/// Sends of one latency sender waiting for their answer at once.
+const LATENCY_IN_FLIGHT: usize = 32;
+
 /// How long and how big a run is.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
@@ -303,6 +306,8 @@ fn start_relay(dir: &Path) -> anyhow::Result<Target> {
 #[derive(Default)]
 struct Tally {
     delivered: AtomicU64,
+    /// Devices that joined a thread's group from a Welcome.
+    joined: AtomicU64,
     recording: AtomicBool,
     latencies_us: Mutex<Vec<u32>>,
 }
@@ -325,6 +330,9 @@ impl Swarm {
                 // Acknowledge as a real client does, every so many messages.
                 let mut unacked = 0u32;
                 while let Some(event) = events.next().await {
+                    if let Event::Joined { .. } = event {
+                        tally.joined.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Event::Message(m) = event {
                         tally.delivered.fetch_add(1, Ordering::Relaxed);
                         unacked += 1;
@@ -351,6 +359,16 @@ impl Swarm {
             }
             members.extend(group.iter().map(|c| (c.clone(), thread)));
         }
+        // A device that has not joined yet cannot encrypt: its senders would fail at once, without end.
+        let added = (SENDERS - SENDERS.div_ceil(THREAD_SIZE)) as u64;
+        let all_joined = async {
+            while tally.joined.load(Ordering::Relaxed) < added {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all_joined)
+            .await
+            .context("members did not join their threads")?;
         Ok(Self { clients: members, tally })
     }
 
@@ -374,8 +392,10 @@ async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f
             let (stop, measuring, acked) = (stop.clone(), measuring.clone(), acked.clone());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if client.send(thread, payload()).await.is_ok() && measuring.load(Ordering::Relaxed) {
-                        acked.fetch_add(1, Ordering::Relaxed);
+                    match client.send(thread, payload()).await {
+                        Ok(_) if measuring.load(Ordering::Relaxed) => _ = acked.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => {}
+                        Err(_) => back_off().await,
                     }
                 }
             }));
@@ -399,6 +419,12 @@ async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f
     Ok((acked.load(Ordering::Relaxed) as f64 / elapsed, delivered as f64 / elapsed, cores))
 }
 
+/// After a failed call: a call that fails before its first await would
+/// otherwise loop without yielding and starve the runtime's few workers.
+async fn back_off() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
 /// Delivery latency percentiles (ms) at `rate` messages per second in total.
 async fn latency(target: &Target, rate: f64, window: Duration) -> anyhow::Result<[f64; 3]> {
     let swarm = Swarm::connect(target, Crew::Latency).await?;
@@ -410,20 +436,34 @@ async fn latency(target: &Target, rate: f64, window: Duration) -> anyhow::Result
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            // Sends wait for their answer in parallel, up to a bound: an overloaded
+            // server slows the senders down instead of growing an unbounded queue.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(LATENCY_IN_FLIGHT));
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let client = client.clone();
-                tokio::spawn(async move { client.send(thread, payload()).await });
+                let (client, permit) = (client.clone(), in_flight.clone().acquire_owned().await?);
+                tokio::spawn(async move {
+                    let _ = client.send(thread, payload()).await;
+                    drop(permit);
+                });
             }
+            anyhow::Ok(())
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     swarm.tally.recording.store(true, Ordering::Relaxed);
     tokio::time::sleep(window).await;
+    // A slow machine may deliver nothing within a smoke run's short window: record until the first sample.
+    let first_sample = async {
+        while swarm.tally.latencies_us.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), first_sample).await;
     swarm.tally.recording.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
-        task.await?;
+        task.await??;
     }
     let mut samples = std::mem::take(&mut *swarm.tally.latencies_us.lock().unwrap());
     swarm.close().await;
@@ -446,8 +486,9 @@ async fn handshakes(target: &Target, window: Duration) -> anyhow::Result<(f64, f
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if builder.clone().connect_raw().await.is_ok() {
-                    done.fetch_add(1, Ordering::Relaxed);
+                match builder.clone().connect_raw().await {
+                    Ok(_) => _ = done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => back_off().await,
                 }
             }
         }));
@@ -863,9 +904,14 @@ async fn catch_up_figures(hub: &Target, dir: &Path, count: usize) -> anyhow::Res
     let mut raw = hub.client(Crew::Idle, 4).connect_raw().await?;
     let mut read = 0;
     while read < count {
-        let incoming = tokio::time::timeout(Duration::from_secs(60), raw.next()).await??;
-        if let ketenhub_sdk::raw::RawIncoming::Frame(wire::HubFrame::Event { entry, .. }) = incoming {
-            read += usize::from(matches!(entry.body, wire::EntryBody::Message { .. }));
+        use ketenhub_sdk::raw::RawIncoming;
+        match tokio::time::timeout(Duration::from_secs(60), raw.next()).await?? {
+            RawIncoming::Frame(wire::HubFrame::Event { entry, .. }) => {
+                read += usize::from(matches!(entry.body, wire::EntryBody::Message { .. }));
+            }
+            RawIncoming::Frame(_) => {}
+            // Reading again would answer at once, for ever.
+            ended => anyhow::bail!("the raw reader's connection ended after {read} messages: {ended:?}"),
         }
     }
     let raw_rate = count as f64 / started.elapsed().as_secs_f64();

@@ -79,9 +79,12 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let started = std::time::Instant::now();
-    match runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| {
+    let result = runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| {
         eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64())
-    })) {
+    }));
+    // Tasks a failed phase left behind must not keep the process from ending.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(figures) => {
             println!("{}", bench::table(&figures));
             if cli.json {
