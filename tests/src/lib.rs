@@ -281,6 +281,20 @@ pub fn consent() -> ketenhub_sdk::Grounds {
     ketenhub_sdk::Grounds::new("working together on the case (test)", "consent")
 }
 
+/// The example policy's usual offer: a referral from VT to the local team of
+/// Woerden on the family's consent, open for answers until `deadline_ms`.
+pub fn referral_to_lt(deadline_ms: u64) -> ketenhub_sdk::OfferRequest {
+    ketenhub_sdk::OfferRequest {
+        to: "00000001800000000002".parse().expect("the local team's OIN"),
+        to_worker: None,
+        route: "vt-lt-referral".into(),
+        legal_basis: "consent".into(),
+        reason: "support at home".into(),
+        justification: None,
+        deadline_ms,
+    }
+}
+
 /// The `commit` request for a commit an SDK device made.
 pub fn commit_request(thread: wire::ThreadId, made: ketenhub_sdk::device::Commit) -> wire::Request {
     wire::Request::Commit {

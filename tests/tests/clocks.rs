@@ -27,15 +27,7 @@ async fn a_routes_clocks_and_background_follow_the_policy_in_force() -> anyhow::
     let anna = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let sanne = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
     let case = anna.create_thread().await?;
-    let offer = OfferRequest {
-        to: sanne.identity().oin.clone(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
-        reason: "support at home".into(),
-        justification: None,
-        deadline_ms: clock.now_ms() + 2 * DAY_MS,
-    };
+    let offer = tests::referral_to_lt(clock.now_ms() + 2 * DAY_MS);
     let id = anna.offer_handover(case, offer).await?.offers[0].id;
     let accepted_at = clock.now_ms();
     let clocks = sanne.accept_offer(case, id).await?.clocks;

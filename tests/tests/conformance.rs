@@ -100,15 +100,7 @@ fn kinds(frames: &[(Direction, Vec<u8>)]) -> BTreeSet<String> {
 }
 
 fn offer(to: &Client, basis: &str, deadline_ms: u64) -> OfferRequest {
-    OfferRequest {
-        to: to.identity().oin.clone(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: basis.into(),
-        reason: "the family needs support at home".into(),
-        justification: None,
-        deadline_ms,
-    }
+    OfferRequest { to: to.identity().oin.clone(), legal_basis: basis.into(), ..tests::referral_to_lt(deadline_ms) }
 }
 
 #[tokio::test]

@@ -20,15 +20,7 @@ const LT: &str = "00000001800000000002";
 const VT: &str = "00000001800000000001";
 
 fn to_lt(worker: Option<&str>, deadline_ms: u64) -> OfferRequest {
-    OfferRequest {
-        to: LT.parse().unwrap(),
-        to_worker: worker.map(str::to_owned),
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
-        reason: "support at home".into(),
-        justification: None,
-        deadline_ms,
-    }
+    OfferRequest { to: LT.parse().unwrap(), to_worker: worker.map(str::to_owned), ..tests::referral_to_lt(deadline_ms) }
 }
 
 /// The next notice about `case` in `events`.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hub::clock::Clock;
-use ketenhub_sdk::{AuditFilter, ErrorCode, Event, Grounds, HandoverEvent, OfferRequest, ParticipantRole};
+use ketenhub_sdk::{AuditFilter, ErrorCode, Event, Grounds, HandoverEvent, ParticipantRole};
 use tests::{connect, messages, next_event, refusal_rule, DevHub};
 use wire::handover::PARTICIPATION_ENDED;
 use wire::MemberId;
@@ -70,15 +70,7 @@ async fn a_consultant_takes_part_until_its_end_date_and_then_the_owner_removes_i
     assert_eq!(refused_by(refusal, "already-on-the-case"), Some(ErrorCode::Conflict));
     assert_eq!(refusal_rule(sanne.remove_member(thread, bram.member_id()).await), "participants-remove-no-one");
     assert!(anna.members(thread).await?.contains(&bram.member_id()));
-    let to_lt = OfferRequest {
-        to: sanne.identity().oin.clone(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
-        reason: "support at home".into(),
-        justification: None,
-        deadline_ms: clock.now_ms() + 2 * DAY_MS,
-    };
+    let to_lt = tests::referral_to_lt(clock.now_ms() + 2 * DAY_MS);
     let offer = anna.offer_handover(thread, to_lt).await?.offers[0].id;
     let refusal = sanne.accept_offer(thread, offer).await;
     assert_eq!(refused_by(refusal, "participants-do-not-hand-over"), Some(ErrorCode::Forbidden));

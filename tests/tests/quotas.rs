@@ -44,12 +44,8 @@ async fn members_threads_and_free_text_are_bounded() -> anyhow::Result<()> {
     let offered = vt.create_thread().await?;
     let offer = |reason: &str| ketenhub_sdk::OfferRequest {
         to: woerden.identity().oin.clone(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
         reason: reason.into(),
-        justification: None,
-        deadline_ms: hub::clock::now_ms() + 86_400_000,
+        ..tests::referral_to_lt(hub::clock::now_ms() + 86_400_000)
     };
     let id = vt.offer_handover(offered, offer("first")).await?.offers[0].id;
     woerden.decline_offer(offered, id, "no capacity").await?;

@@ -20,15 +20,7 @@ fn question() -> Grounds {
 }
 
 fn to_lt(now_ms: u64) -> OfferRequest {
-    OfferRequest {
-        to: "00000001800000000002".parse().unwrap(),
-        to_worker: None,
-        route: "vt-lt-referral".into(),
-        legal_basis: "consent".into(),
-        reason: "support at home".into(),
-        justification: None,
-        deadline_ms: now_ms + 2 * DAY_MS,
-    }
+    tests::referral_to_lt(now_ms + 2 * DAY_MS)
 }
 
 #[tokio::test]
