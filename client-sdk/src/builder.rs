@@ -197,7 +197,10 @@ impl ClientBuilder {
     }
 
     /// How many events may wait for the application before the SDK stops
-    /// reading from the hub (default 1024).
+    /// reading from the hub (default 1024). While it waits, answers to requests
+    /// wait too: read the stream from the moment the client connects (or call
+    /// [`ClientBuilder::discard_events`]). [`crate::Client::ack`] never waits,
+    /// so the loop that reads may acknowledge every event.
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.event_buffer = events.max(1);
         self
