@@ -927,11 +927,13 @@ impl Ownership {
         Ok(id)
     }
 
-    /// The owner records conference `id`'s regie decision; the same decision again changes nothing.
+    /// The owner records conference `id`'s regie decision while the case is
+    /// open; the same decision again changes nothing, even once it is closed.
     pub fn decide(&mut self, by: &MemberId, id: u32, decision: RegieDecision) -> Result<(), HandoverError> {
         if by != &self.owner {
             return Err(HandoverError::NotOwner);
         }
+        let closed = self.closed().is_some();
         let conference = self.conferences.iter_mut().find(|c| c.id == id).ok_or(HandoverError::NoSuchConference(id))?;
         match &conference.decision {
             Some(recorded) if *recorded == decision => Ok(()),
@@ -939,6 +941,7 @@ impl Ownership {
             None if decision.reason.trim().is_empty() => {
                 Err(HandoverError::ReasonRequired("why the conference decided so"))
             }
+            None if closed => Err(HandoverError::Closed),
             None => {
                 conference.decision = Some(decision);
                 Ok(())
@@ -1374,6 +1377,20 @@ mod tests {
             justification: None,
             deadline_ms,
         }
+    }
+
+    #[test]
+    fn a_closed_case_takes_no_new_decision_but_a_resent_one_is_answered_the_same() {
+        let (anna, sanne) = (member(VT, "anna"), member(LT, "sanne"));
+        let mut case = Ownership::new(anna.clone());
+        let invited = [Invitation { member: sanne, reason: "the family's support".into() }];
+        let first = case.call_conference(&anna, ("safety at home", DAY_MS, &invited), 0).unwrap();
+        let second = case.call_conference(&anna, ("school", 2 * DAY_MS, &invited), 0).unwrap();
+        let decision = RegieDecision { regie_with: LT.parse().unwrap(), reason: "closest to the family".into() };
+        case.decide(&anna, first, decision.clone()).unwrap();
+        case.close(&anna, ("closed", "support ended"), 3 * DAY_MS, 400 * DAY_MS).unwrap();
+        assert_eq!(case.decide(&anna, first, decision.clone()), Ok(()), "a resend after closing");
+        assert_eq!(case.decide(&anna, second, decision), Err(HandoverError::Closed));
     }
 
     #[test]
