@@ -82,8 +82,11 @@ impl Rules {
 }
 
 /// Refuses a step that would add one more to the `held` a case has, past `max` (the limit `key`).
-fn at_most(held: usize, max: usize, key: &str) -> Result<(), WriteError> {
-    if held >= max {
+/// Refuses a step that made the case hold more than `max`; checked after the
+/// step, so that who may not take it at all hears so, and a resend that
+/// changes nothing gets its first answer again.
+fn at_most((before, after): (usize, usize), max: usize, key: &str) -> Result<(), WriteError> {
+    if after > before && after > max {
         return Err(WriteError::Refused(crate::quotas::exceeded(key, max, "the case holds that many already")));
     }
     Ok(())
@@ -397,12 +400,11 @@ pub fn apply(
             if by != &ownership.owner {
                 return Err(refused(HandoverError::NotOwner));
             }
-            at_most(ownership.clocks.len(), rules.max_clocks, "limits.max_clocks_per_case")?;
             ownership.schedule_rappel(now_ms, rules.policy.clocks.rappel_days).map_err(refused)?;
+            at_most((before.clocks.len(), ownership.clocks.len()), rules.max_clocks, "limits.max_clocks_per_case")?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
         }
         HandoverOp::Conference { topic, until_ms, invited, max: (max_members, max_conferences) } => {
-            at_most(ownership.conferences.len(), max_conferences, "limits.max_conferences_per_case")?;
             let mut newcomers = 0;
             for invitation in &invited {
                 let present = store.is_member(thread, &invitation.member)?;
@@ -420,6 +422,11 @@ pub fn apply(
                 return Err(WriteError::Refused(full));
             }
             let id = ownership.call_conference(by, (&topic, until_ms, &invited), now_ms).map_err(refused)?;
+            at_most(
+                (before.conferences.len(), ownership.conferences.len()),
+                max_conferences,
+                "limits.max_conferences_per_case",
+            )?;
             // A resent call admits no one again: an invitee who left since stays gone.
             if ownership != before {
                 admit = invited.iter().map(|i| i.member.clone()).collect();
@@ -442,13 +449,13 @@ pub fn apply(
                     ),
                 )));
             }
-            at_most(ownership.clocks.len(), rules.max_clocks, "limits.max_clocks_per_case")?;
             ownership.set_measure(by, measure, (now_ms, clocks.renewal_days_before)).map_err(refused)?;
+            at_most((before.clocks.len(), ownership.clocks.len()), rules.max_clocks, "limits.max_clocks_per_case")?;
             HandoverEvent::MeasureSet { measure }
         }
         HandoverOp::Evaluation { due_ms } => {
-            at_most(ownership.clocks.len(), rules.max_clocks, "limits.max_clocks_per_case")?;
             ownership.schedule_evaluation(by, due_ms, now_ms).map_err(refused)?;
+            at_most((before.clocks.len(), ownership.clocks.len()), rules.max_clocks, "limits.max_clocks_per_case")?;
             HandoverEvent::EvaluationScheduled { due_ms }
         }
         HandoverOp::Done(clock) => {

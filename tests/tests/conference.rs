@@ -91,3 +91,26 @@ async fn a_case_conference_invites_for_a_while_records_its_decision_and_sends_mi
     assert!(!anna.members(case).await?.contains(&sanne.member_id()));
     hub.stop().await
 }
+
+/// A resent request whose first answer was lost gets that answer again, even
+/// at a limit; and a limit tells no one who may not make the request at all.
+#[tokio::test]
+async fn at_its_limits_a_case_answers_a_resend_the_same_and_a_stranger_forbidden() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = hub::config::Limits { max_conferences_per_case: 1, max_clocks_per_case: 1, ..tests::limits() };
+    let clock = Clock::system();
+    let hub = DevHub::start_with_clock(dir.path(), limits, clock.clone()).await?;
+    let (anna, _) = connect(&hub, "vt-utrecht-caseworker").await?;
+    let (sanne, _) = connect(&hub, "lt-woerden-caseworker").await?;
+    let case = anna.create_thread().await?;
+    let table = vec![Invitation { member: sanne.member_id(), reason: "kent het gezin".into() }];
+    let topic = ("veiligheid thuis", clock.now_ms() + DAY_MS);
+    let called = anna.call_conference(case, topic, table.clone(), "consent").await?;
+    assert_eq!(anna.call_conference(case, topic, table.clone(), "consent").await?, called, "the resend");
+    assert_eq!(refusal_rule(sanne.call_conference(case, ("elders", topic.1), table, "consent").await), "Forbidden");
+    let scheduled = anna.schedule_rappel(case).await?;
+    assert_eq!(anna.schedule_rappel(case).await?, scheduled, "the resend");
+    assert_eq!(refusal_rule(sanne.schedule_rappel(case).await), "Forbidden");
+    assert_eq!(refusal_rule(anna.schedule_evaluation(case, clock.now_ms() + DAY_MS).await), "LimitExceeded");
+    hub.stop().await
+}
