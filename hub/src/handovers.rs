@@ -440,11 +440,15 @@ pub fn apply(
         }
         HandoverOp::Measure(measure) => {
             let clocks = &rules.policy.clocks;
-            if measure.end_ms.saturating_sub(measure.start_ms) > u64::from(clocks.measure_max_days) * DAY_MS {
+            let max_ms = u64::from(clocks.measure_max_days) * DAY_MS;
+            // A start far ahead would keep a former owner in the background for as long.
+            if measure.end_ms.saturating_sub(measure.start_ms) > max_ms
+                || measure.start_ms > now_ms.saturating_add(max_ms)
+            {
                 return Err(WriteError::Refused(WireError::new(
                     ErrorCode::Invalid,
                     format!(
-                        "a measure is registered for {} days at most (rule measure-dates)",
+                        "a measure is registered for {} days at most, starting within as many (rule measure-dates)",
                         clocks.measure_max_days
                     ),
                 )));

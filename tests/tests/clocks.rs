@@ -86,6 +86,8 @@ async fn a_measure_has_a_renewal_clock_and_a_plan_its_evaluations() -> anyhow::R
     assert_eq!(refusal_rule(gi.set_measure(case, backwards).await), "Invalid");
     let too_long = Measure { start_ms: now, end_ms: now + 400 * DAY_MS };
     assert_eq!(refusal_rule(gi.set_measure(case, too_long).await), "Invalid");
+    let far_ahead = Measure { start_ms: now + 3_650 * DAY_MS, end_ms: now + 3_700 * DAY_MS };
+    assert_eq!(refusal_rule(gi.set_measure(case, far_ahead).await), "Invalid", "a background for a decade");
     assert_eq!(refusal_rule(gi.schedule_evaluation(case, now - DAY_MS).await), "Invalid");
 
     // The measure's end brings its renewal clock; an extension moves it.
