@@ -338,7 +338,7 @@ pub fn apply(
             // A repeated acceptance starts no second set of clocks.
             if ownership != before {
                 let clocks = rules.policy.route_clocks(Rules::route_of(&ownership, offer));
-                ownership.start_clocks(&rules.calendar, now_ms, &clocks);
+                ownership.start_clocks(&rules.calendar, now_ms, (&clocks, offer));
             }
             admit = vec![by.clone()];
             HandoverEvent::Accepted { offer, by: by.clone() }

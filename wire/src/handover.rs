@@ -364,11 +364,15 @@ pub struct CaseClock {
     /// Working days after the first escalation until a second one; none: one escalation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub again_days: Option<u32>,
+    /// The offer whose acceptance started it, for a route's clock: cancelling
+    /// that offer stops it. None for a clock the case's owner set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<u32>,
 }
 
 impl CaseClock {
     fn new(kind: ClockKind, due_ms: u64) -> Self {
-        Self { kind, due_ms, escalations: 0, done: false, again_days: None }
+        Self { kind, due_ms, escalations: 0, done: false, again_days: None, offer: None }
     }
 }
 
@@ -1067,18 +1071,19 @@ impl Ownership {
     /// Starts the clocks an accepted offer's route declares, from now: the
     /// completion deadline, and for a court measure handed to a GI the first
     /// face-to-face contact and the safety plan.
-    pub fn start_clocks(&mut self, calendar: &Calendar, now_ms: u64, clocks: &RouteClocks) {
+    pub fn start_clocks(&mut self, calendar: &Calendar, now_ms: u64, (clocks, offer): (&RouteClocks, u32)) {
+        let of_offer = |kind, due_ms| CaseClock { offer: Some(offer), ..CaseClock::new(kind, due_ms) };
         if let Some(days) = clocks.first_contact_days {
             let due_ms = calendar.after_working_days(now_ms, days);
             let again_days = clocks.first_contact_again_days;
-            self.clocks.push(CaseClock { again_days, ..CaseClock::new(ClockKind::FirstContact, due_ms) });
+            self.clocks.push(CaseClock { again_days, ..of_offer(ClockKind::FirstContact, due_ms) });
         }
         if let Some(days) = clocks.safety_plan_days {
-            self.clocks.push(CaseClock::new(ClockKind::SafetyPlan, now_ms + u64::from(days) * DAY_MS));
+            self.clocks.push(of_offer(ClockKind::SafetyPlan, now_ms + u64::from(days) * DAY_MS));
         }
         if let Some(days) = clocks.completion_days {
             self.clocks.retain(|c| c.kind != ClockKind::Completion || !c.done);
-            self.clocks.push(CaseClock::new(ClockKind::Completion, calendar.after_working_days(now_ms, days)));
+            self.clocks.push(of_offer(ClockKind::Completion, calendar.after_working_days(now_ms, days)));
         }
     }
 
@@ -1108,7 +1113,8 @@ impl Ownership {
     }
 
     /// Either side cancels an accepted offer before completion: the owner
-    /// stays owner, the receiver leaves the case, the completion clock stops.
+    /// stays owner, the receiver leaves the case, the clocks its acceptance
+    /// started stop.
     /// Returns the receiver.
     pub fn cancel(&mut self, by: &MemberId, id: u32, reason: &str) -> Result<MemberId, HandoverError> {
         let party = self.offers.iter().find(|o| o.id == id).is_some_and(|o| self.may_call_off(by, o));
@@ -1127,7 +1133,9 @@ impl Ownership {
             return Err(HandoverError::ReasonRequired("why the accepted offer is cancelled"));
         }
         offer.state = OfferState::Cancelled { by: by.clone(), receiver: receiver.clone(), reason: reason.to_owned() };
+        // The completion deadline of a clock stored before clocks named their offer too.
         self.stop(ClockKind::Completion);
+        self.clocks.iter_mut().filter(|c| c.offer == Some(id)).for_each(|c| c.done = true);
         // A receiver that became owner meanwhile (a team lead who took over) stays.
         if receiver != self.owner {
             self.left.push((receiver.clone(), format!("offer {id} cancelled: {reason}")));
@@ -1565,7 +1573,7 @@ mod tests {
         let calendar = Calendar::default();
         let monday = 20_780 * DAY_MS;
         let mut case = Ownership::new(member(GI, "daan"));
-        case.start_clocks(&calendar, monday, &MEASURE);
+        case.start_clocks(&calendar, monday, (&MEASURE, 1));
         assert!(case.due(&calendar, monday + 7 * DAY_MS).is_empty());
         let day5 = case.due(&calendar, calendar.after_working_days(monday, 5));
         assert!(matches!(day5[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 1, .. }]));
@@ -1577,12 +1585,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_acceptance_stops_the_clocks_it_started_and_only_those() {
+        let calendar = Calendar::default();
+        let monday = 20_780 * DAY_MS;
+        let (raad, daan, gi) = (member(VT, "raad"), member(GI, "daan"), member(GI, "eva"));
+        let mut case = Ownership::new(raad.clone());
+        let own = RouteClocks { safety_plan_days: Some(30), ..RouteClocks::default() };
+        case.start_clocks(&calendar, monday, (&own, 99));
+        let id = case.offer(&raad, false, request(GI, monday + 10 * DAY_MS), monday).unwrap();
+        case.accept(&daan, id).unwrap();
+        case.start_clocks(&calendar, monday, (&MEASURE, id));
+        case.cancel(&gi, id, "x").unwrap_err();
+        case.cancel(&daan, id, "wrong region").unwrap();
+        let due = case.due(&calendar, monday + 100 * DAY_MS);
+        assert_eq!(due.len(), 1, "only the owner's own clock is left: {due:?}");
+        assert!(matches!(due[..], [Escalation::Overdue { clock: ClockKind::SafetyPlan, escalation: 1, .. }]));
+    }
+
+    #[test]
     fn a_route_declares_its_clocks_and_a_clock_escalates_again_only_when_declared() {
         let calendar = Calendar::default();
         let monday = 20_780 * DAY_MS;
         let mut case = Ownership::new(member(GI, "daan"));
         let once = RouteClocks { first_contact_days: Some(3), ..RouteClocks::default() };
-        case.start_clocks(&calendar, monday, &once);
+        case.start_clocks(&calendar, monday, (&once, 1));
         assert_eq!(case.clocks.len(), 1, "no safety plan, no completion: the route declares none");
         let day3 = case.due(&calendar, calendar.after_working_days(monday, 3));
         assert!(matches!(day3[..], [Escalation::Overdue { clock: ClockKind::FirstContact, escalation: 1, .. }]));
@@ -1725,11 +1751,8 @@ mod tests {
                 let result = case.accept(&people[*by], open);
                 // As the hub does: a repeated acceptance starts no second clock.
                 if result.is_ok() && *case != before {
-                    case.start_clocks(
-                        &calendar,
-                        *now,
-                        &RouteClocks { completion_days: Some(10), ..RouteClocks::default() },
-                    );
+                    let clocks = RouteClocks { completion_days: Some(10), ..RouteClocks::default() };
+                    case.start_clocks(&calendar, *now, (&clocks, open));
                 }
                 result
             }
