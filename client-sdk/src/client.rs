@@ -143,6 +143,8 @@ fn unbound_or_device(e: DeviceError) -> Error {
 struct Inner {
     commands: mpsc::Sender<Command>,
     acks: Arc<Acks>,
+    /// Stops the connection when closing politely takes too long.
+    driver: tokio::task::AbortHandle,
     identity: Identity,
     device: SharedDevice,
     own: OwnMessages,
@@ -226,11 +228,12 @@ impl Client {
         let acks = Arc::new(Acks::default());
         let channels = Channels { commands: command_rx, events: event_tx, acks: acks.clone(), rejoins };
         let driver = Driver::new(settings, channels, device.clone(), own.clone(), member);
-        tokio::spawn(driver.run(ws));
+        let driver = tokio::spawn(driver.run(ws)).abort_handle();
         let client = Self {
             inner: Arc::new(Inner {
                 commands,
                 acks,
+                driver,
                 identity: hello.identity,
                 device,
                 own,
@@ -939,6 +942,7 @@ impl Client {
         };
         if timeout(self.inner.request_timeout, polite).await.is_err() {
             warn!("the client did not close within the request timeout; its connection is dropped");
+            self.inner.driver.abort();
         }
     }
 }
@@ -1206,6 +1210,9 @@ impl Driver {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let mut writer = tokio::spawn(write_frames(sink, outbox_rx));
         let stop = loop {
+            // Read once: the application gives acknowledgements from other threads, and
+            // one given between two reads would leave both branches below off.
+            let must_save = self.must_save();
             tokio::select! {
                 biased;
                 message = stream.next() => match message {
@@ -1236,9 +1243,9 @@ impl Driver {
                 },
                 // Once the burst is over (nothing else ready for a moment), or every
                 // SAVE_BURST entries while it lasts.
-                () = tokio::time::sleep(self.save_wait), if self.must_save() => backlog.extend(self.save()),
+                () = tokio::time::sleep(self.save_wait), if must_save => backlog.extend(self.save()),
                 // An acknowledgement given while nothing else happens starts the wait above.
-                () = self.unsent_acks.given.notified(), if !self.must_save() => {}
+                () = self.unsent_acks.given.notified(), if !must_save => {}
             }
             if self.unsaved >= SAVE_BURST {
                 backlog.extend(self.save());
