@@ -206,7 +206,8 @@ pub struct Limits {
     pub max_closures_per_case: usize,
     /// The most side threads one case may have.
     pub max_side_threads_per_case: usize,
-    /// The most clocks one case holds over its life (plan evaluations add one each).
+    /// The most clocks running at once on one case (plan evaluations add one each); as many stopped
+    /// rappels, renewals and evaluations are kept, older ones forgotten.
     pub max_clocks_per_case: usize,
     /// The most case conferences one case holds over its life.
     pub max_conferences_per_case: usize,

@@ -35,7 +35,7 @@ pub struct Rules {
     pub calendar: Calendar,
     /// The policy in force.
     pub policy: std::sync::Arc<Policy>,
-    /// Clocks a case holds at most (`limits.max_clocks_per_case`).
+    /// Clocks that run at once on a case at most (`limits.max_clocks_per_case`).
     pub max_clocks: usize,
 }
 
@@ -89,6 +89,14 @@ fn at_most((before, after): (usize, usize), max: usize, key: &str) -> Result<(),
     if after > before && after > max {
         return Err(WriteError::Refused(crate::quotas::exceeded(key, max, "the case holds that many already")));
     }
+    Ok(())
+}
+
+/// Refuses a step that made more than `max` clocks run; then forgets stopped
+/// ones beyond as many, so that what a case stores stays bounded too.
+fn clock_quota(before: &Ownership, after: &mut Ownership, max: usize) -> Result<(), WriteError> {
+    at_most((before.running_clocks(), after.running_clocks()), max, "limits.max_clocks_per_case")?;
+    after.forget_stopped(max);
     Ok(())
 }
 
@@ -401,7 +409,7 @@ pub fn apply(
                 return Err(refused(HandoverError::NotOwner));
             }
             ownership.schedule_rappel(now_ms, rules.policy.clocks.rappel_days).map_err(refused)?;
-            at_most((before.clocks.len(), ownership.clocks.len()), rules.max_clocks, "limits.max_clocks_per_case")?;
+            clock_quota(&before, &mut ownership, rules.max_clocks)?;
             HandoverEvent::Scheduled { clock: ClockKind::Rappel }
         }
         HandoverOp::Conference { topic, until_ms, invited, max: (max_members, max_conferences) } => {
@@ -454,12 +462,12 @@ pub fn apply(
                 )));
             }
             ownership.set_measure(by, measure, (now_ms, clocks.renewal_days_before)).map_err(refused)?;
-            at_most((before.clocks.len(), ownership.clocks.len()), rules.max_clocks, "limits.max_clocks_per_case")?;
+            clock_quota(&before, &mut ownership, rules.max_clocks)?;
             HandoverEvent::MeasureSet { measure }
         }
         HandoverOp::Evaluation { due_ms } => {
             ownership.schedule_evaluation(by, due_ms, now_ms).map_err(refused)?;
-            at_most((before.clocks.len(), ownership.clocks.len()), rules.max_clocks, "limits.max_clocks_per_case")?;
+            clock_quota(&before, &mut ownership, rules.max_clocks)?;
             HandoverEvent::EvaluationScheduled { due_ms }
         }
         HandoverOp::Done(clock) => {

@@ -1087,6 +1087,25 @@ impl Ownership {
         }
     }
 
+    /// The clocks still running: what `limits.max_clocks_per_case` bounds.
+    pub fn running_clocks(&self) -> usize {
+        self.clocks.iter().filter(|c| !c.done).count()
+    }
+
+    /// Forgets the oldest stopped rappels, renewals and evaluations beyond
+    /// `keep`, so that a case's clocks stay bounded however often a measure is
+    /// extended. The clocks a handover started stay: they are its record.
+    pub fn forget_stopped(&mut self, keep: usize) {
+        let set_on_the_case =
+            |c: &CaseClock| c.done && matches!(c.kind, ClockKind::Rappel | ClockKind::Renewal | ClockKind::Evaluation);
+        let mut excess = self.clocks.iter().filter(|c| set_on_the_case(c)).count().saturating_sub(keep);
+        self.clocks.retain(|c| {
+            let forget = excess > 0 && set_on_the_case(c);
+            excess -= usize::from(forget);
+            !forget
+        });
+    }
+
     fn stop(&mut self, kind: ClockKind) {
         self.clocks.iter_mut().filter(|c| c.kind == kind).for_each(|c| c.done = true);
     }
