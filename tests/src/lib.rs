@@ -191,6 +191,40 @@ pub fn spawn_listening_with_stderr(mut command: Command, stderr: Stdio) -> anyho
     }
 }
 
+/// Runs `command` to its end like [`Command::output`], but for at most
+/// `limit`: a process that hangs is stopped, with every process it started (its
+/// own process group), and the error shows what it wrote to stderr, so that a
+/// hang fails its test instead of holding up the whole run.
+pub fn output_within(command: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir()?;
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = command
+        .stdout(Stdio::from(std::fs::File::create(&out)?))
+        .stderr(Stdio::from(std::fs::File::create(&err)?))
+        .process_group(0)
+        .spawn()?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            // The group is the child's own (process_group(0)); never ours, whose id this cannot be.
+            let group = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw);
+            match group.filter(|g| g.as_raw_nonzero().get() > 1) {
+                Some(group) => rustix::process::kill_process_group(group, rustix::process::Signal::KILL)?,
+                None => child.kill()?,
+            }
+            child.wait()?;
+            let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+            bail!("{command:?} did not finish in {limit:?}; it wrote to stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok(std::process::Output { status, stdout: std::fs::read(&out)?, stderr: std::fs::read(&err)? })
+}
+
 /// A client of the sample identity `slug` connected to `hub`, with its event stream.
 pub async fn connect(hub: &DevHub, slug: &str) -> anyhow::Result<(ketenhub_sdk::Client, EventStream)> {
     let client = hub.client(slug).connect().await?;
@@ -421,4 +455,28 @@ pub fn write_audit_log(data: &Path, entries: u64) -> anyhow::Result<String> {
     }
     store.flush()?;
     Ok(public)
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_hangs_is_stopped_with_what_it_started_and_its_stderr_shown() -> anyhow::Result<()> {
+        let marker = tempfile::tempdir()?;
+        let pid_file = marker.path().join("child");
+        let script = format!("echo started >&2; sleep 60 & echo $! > {}; wait", pid_file.display());
+        let started = std::time::Instant::now();
+        let error = output_within(Command::new("sh").args(["-c", &script]), Duration::from_secs(1)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30), "not stopped at its limit");
+        assert!(error.to_string().contains("did not finish") && error.to_string().contains("started"), "{error}");
+        let child = std::fs::read_to_string(&pid_file)?.trim().to_owned();
+        // Killed, it is gone or a zombie its new parent has not reaped yet.
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let running = state.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(!running, "the process it started still runs: {state}");
+        let done = output_within(Command::new("sh").args(["-c", "echo done"]), Duration::from_secs(30))?;
+        assert_eq!((done.status.success(), done.stdout), (true, b"done\n".to_vec()));
+        Ok(())
+    }
 }

@@ -1,9 +1,8 @@
 //! The benchmark keeps working: a seconds-long run of every phase produces
 //! every figure, for both servers where both apply.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// A smoke run takes seconds; one that takes this long hangs, and is stopped
 /// with its progress shown rather than left to hold up the whole test run.
@@ -11,29 +10,10 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 #[test]
 fn every_benchmark_phase_runs_and_reports() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_hub-bench"))
-        .args(["--smoke", "--json"])
-        .stdout(Stdio::from(std::fs::File::create(&out)?))
-        .stderr(Stdio::from(std::fs::File::create(&err)?))
-        // Its own process group, so that a hung run is stopped with the servers it started.
-        .process_group(0)
-        .spawn()?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = bench.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > LIMIT {
-            Command::new("kill").args(["-9", &format!("-{}", bench.id())]).status()?;
-            bench.wait()?;
-            panic!("hub-bench --smoke did not finish in {LIMIT:?}; its progress:\n{}", std::fs::read_to_string(&err)?);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = std::fs::read_to_string(&out)?;
-    assert!(status.success(), "hub-bench failed:\n{stdout}\n{}", std::fs::read_to_string(&err)?);
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_hub-bench"));
+    let output = tests::output_within(bench.args(["--smoke", "--json"]), LIMIT)?;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert!(output.status.success(), "hub-bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
     let figures = report["figures"].as_array().expect("figures");
     let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 const HUB: &str = env!("CARGO_BIN_EXE_ketenhub-hub");
 
 fn hub(args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(HUB).args(args).output()?)
+    tests::output_within(Command::new(HUB).args(args), std::time::Duration::from_secs(600))
 }
 
 fn text(output: &Output) -> String {
