@@ -688,7 +688,14 @@ impl Client {
     /// Reports a clock's work done, for example the first face-to-face contact
     /// (by the owner, or by the receiver who accepted the case).
     pub async fn report_done(&self, thread: ThreadId, clock: ClockKind) -> Result<Ownership, Error> {
-        self.ownership_request(Request::ReportDone { thread, clock }).await
+        self.ownership_request(Request::ReportDone { thread, clock, due_ms: None }).await
+    }
+
+    /// Reports the plan evaluation due at `due_ms` done: while several
+    /// evaluations run, the hub needs to know which one.
+    pub async fn report_evaluation_done(&self, thread: ThreadId, due_ms: u64) -> Result<Ownership, Error> {
+        let clock = ClockKind::Evaluation;
+        self.ownership_request(Request::ReportDone { thread, clock, due_ms: Some(due_ms) }).await
     }
 
     /// Leaves a case this worker handed over (from its background role), with a

@@ -170,7 +170,7 @@ pub enum HandoverOp {
         family: FamilyTold,
     },
     /// The owner (or the receiver who accepted) reports a clock's work done.
-    Done(ClockKind),
+    Done(ClockKind, Option<u64>),
     /// The owner schedules a VT re-check (rappel), the policy's days out.
     Rappel,
     /// The owner calls a case conference.
@@ -470,7 +470,7 @@ pub fn apply(
             clock_quota(&before, &mut ownership, rules.max_clocks)?;
             HandoverEvent::EvaluationScheduled { due_ms }
         }
-        HandoverOp::Done(clock) => {
+        HandoverOp::Done(clock, due_ms) => {
             // Only completing or cancelling the offer stops its completion deadline.
             if clock == ClockKind::Completion {
                 return Err(WriteError::Refused(WireError::new(
@@ -481,12 +481,7 @@ pub fn apply(
             if !ownership.may_report(by) {
                 return Err(refused(HandoverError::NotOwner));
             }
-            if !ownership.report_done(clock) {
-                return Err(WriteError::Refused(WireError::new(
-                    ErrorCode::Invalid,
-                    "no clock of that kind was started in this case",
-                )));
-            }
+            ownership.report_done(clock, due_ms).map_err(refused)?;
             HandoverEvent::Done { clock }
         }
     };

@@ -104,7 +104,9 @@ async fn a_measure_has_a_renewal_clock_and_a_plan_its_evaluations() -> anyhow::R
     // Plan evaluations are clocks of their own; reporting one done stops the earliest.
     gi.schedule_evaluation(case, now + 30 * DAY_MS).await?;
     gi.schedule_evaluation(case, now + 60 * DAY_MS).await?;
-    let running = gi.report_done(case, ClockKind::Evaluation).await?.clocks;
+    assert_eq!(refusal_rule(gi.report_done(case, ClockKind::Evaluation).await), "Invalid", "which one?");
+    let running = gi.report_evaluation_done(case, now + 30 * DAY_MS).await?.clocks;
+    assert_eq!(gi.report_evaluation_done(case, now + 30 * DAY_MS).await?.clocks, running, "a resend");
     let evaluations: Vec<(u64, bool)> =
         running.iter().filter(|c| c.kind == ClockKind::Evaluation).map(|c| (c.due_ms, c.done)).collect();
     assert_eq!(evaluations, vec![(now + 30 * DAY_MS, true), (now + 60 * DAY_MS, false)]);

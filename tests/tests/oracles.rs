@@ -80,7 +80,7 @@ fn every_kind() -> Vec<Request> {
         Request::OfferHandover { thread: t, offer },
         Request::AnswerOffer { thread: t, offer: 1, accept: true, reason: None },
         Request::CompleteHandover { thread: t, offer: 1, family: FamilyTold::Yes },
-        Request::ReportDone { thread: t, clock: ClockKind::FirstContact },
+        Request::ReportDone { thread: t, clock: ClockKind::FirstContact, due_ms: None },
         Request::ScheduleRappel { thread: t },
         Request::SetMeasure { thread: t, measure: wire::handover::Measure { start_ms: 1, end_ms: u64::MAX / 2 } },
         Request::ScheduleEvaluation { thread: t, due_ms: u64::MAX / 2 },
@@ -177,7 +177,7 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::CompleteHandover { family, .. } => {
             vec![(Caseworker, Request::CompleteHandover { thread, offer: t.offer, family })]
         }
-        Request::ReportDone { clock, .. } => vec![(Caseworker, Request::ReportDone { thread, clock })],
+        Request::ReportDone { clock, due_ms, .. } => vec![(Caseworker, Request::ReportDone { thread, clock, due_ms })],
         Request::ScheduleRappel { .. } => vec![(Caseworker, Request::ScheduleRappel { thread })],
         Request::SetMeasure { measure, .. } => vec![(Caseworker, Request::SetMeasure { thread, measure })],
         Request::CallConference { topic, until_ms, invited, legal_basis, .. } => {

@@ -100,7 +100,7 @@ async fn every_handover_step_resent_after_a_dropped_connection_answers_as_the_fi
     resend(&hub, rvdk, offer, rvdk, thread, |o| o.offers.len() == 1).await?;
     let accept = Request::AnswerOffer { thread, offer: 1, accept: true, reason: None };
     resend(&hub, gi, accept, rvdk, thread, gi_member).await?;
-    let done = Request::ReportDone { thread, clock: ClockKind::FirstContact };
+    let done = Request::ReportDone { thread, clock: ClockKind::FirstContact, due_ms: None };
     let contact_done = |o: &Ownership| o.clocks.iter().any(|c| c.kind == ClockKind::FirstContact && c.done);
     resend(&hub, gi, done, rvdk, thread, contact_done).await?;
     let complete = Request::CompleteHandover { thread, offer: 1, family: FamilyTold::Yes };

@@ -334,6 +334,9 @@ pub enum Request {
         thread: ThreadId,
         /// Which clock.
         clock: crate::handover::ClockKind,
+        /// Which one of that kind, by its due date: needed for an evaluation while several run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_ms: Option<u64>,
     },
     /// A former owner in its background role leaves the case, with a reason. It
     /// stays able to read what it already has; the owner's device removes it

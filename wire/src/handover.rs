@@ -151,6 +151,12 @@ pub enum HandoverError {
     /// A date to watch lies in the past.
     #[error("an evaluation date lies in the future (rule evaluation-in-future)")]
     EvaluationInPast,
+    /// No clock of that kind (or, for an evaluation, of that date) was started.
+    #[error("no clock of that kind was started in this case")]
+    NoSuchClock,
+    /// Several evaluations run: the report names the one done by its date.
+    #[error("several evaluations are running: name the one done by its due_ms (rule evaluation-by-date)")]
+    WhichEvaluation,
     /// The case is closed: nothing is offered, engaged or scheduled until it is reopened.
     #[error("the case is closed; reopen it first (rule case-closed)")]
     Closed,
@@ -1317,21 +1323,25 @@ impl Ownership {
     /// Reports a clock's work done (for example, the first contact took place);
     /// false when no clock of that kind was ever started. A clock already
     /// stopped stays as it is.
-    pub fn report_done(&mut self, kind: ClockKind) -> bool {
-        let mut started = false;
-        if kind == ClockKind::Evaluation {
-            // Evaluations come one after another: the earliest still running is the one done.
-            let next = self.clocks.iter_mut().filter(|c| c.kind == kind && !c.done).min_by_key(|c| c.due_ms);
-            if let Some(clock) = next {
-                clock.done = true;
-                return true;
-            }
+    /// `due_ms` names one clock of the kind by its date; without it, every
+    /// clock of the kind stops, except that of several running evaluations the
+    /// report must name one: reported again, a report changes nothing more.
+    pub fn report_done(&mut self, kind: ClockKind, due_ms: Option<u64>) -> Result<(), HandoverError> {
+        let named = |c: &CaseClock| c.kind == kind && due_ms.is_none_or(|due| c.due_ms == due);
+        let running = self.clocks.iter().filter(|c| named(c) && !c.done).count();
+        if kind == ClockKind::Evaluation && due_ms.is_none() && running > 1 {
+            return Err(HandoverError::WhichEvaluation);
         }
-        for clock in self.clocks.iter_mut().filter(|c| c.kind == kind) {
+        let mut started = false;
+        for clock in self.clocks.iter_mut().filter(|c| named(c)) {
             clock.done = true;
             started = true;
         }
-        started
+        if started {
+            Ok(())
+        } else {
+            Err(HandoverError::NoSuchClock)
+        }
     }
 
     /// Fires everything due at `now_ms`: open offers past their deadline expire,
@@ -1813,14 +1823,7 @@ mod tests {
                 let decision = RegieDecision { regie_with: orgs[*to].clone(), reason: "the table decided".into() };
                 case.decide(&people[*by], *conference, decision)
             }
-            Step::Done { clock } => {
-                let kind = ClockKind::ALL[*clock];
-                if case.report_done(kind) {
-                    Ok(())
-                } else {
-                    Err(HandoverError::NoSuchOffer(0))
-                }
-            }
+            Step::Done { clock } => case.report_done(ClockKind::ALL[*clock], None),
             Step::Time { days } => {
                 *now += days * DAY_MS;
                 case.due(&calendar, *now);

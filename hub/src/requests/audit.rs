@@ -127,7 +127,7 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
         Request::CompleteHandover { thread, offer, .. } => {
             (AuditAction::Handover, Some(*thread), Some(format!("complete offer {offer}")))
         }
-        Request::ReportDone { thread, clock } => {
+        Request::ReportDone { thread, clock, .. } => {
             (AuditAction::Handover, Some(*thread), Some(format!("{clock:?} done")))
         }
         Request::ScheduleRappel { thread } => (AuditAction::Handover, Some(*thread), Some("rappel scheduled".into())),

@@ -258,7 +258,9 @@ impl Hub {
             Request::CompleteHandover { thread, offer, family } => {
                 self.handover(thread, &actor, HandoverOp::Complete { offer, family })
             }
-            Request::ReportDone { thread, clock } => self.handover(thread, &actor, HandoverOp::Done(clock)),
+            Request::ReportDone { thread, clock, due_ms } => {
+                self.handover(thread, &actor, HandoverOp::Done(clock, due_ms))
+            }
             Request::ScheduleRappel { thread } => self.handover(thread, &actor, HandoverOp::Rappel),
             Request::SetMeasure { thread, measure } => self.handover(thread, &actor, HandoverOp::Measure(measure)),
             Request::CallConference { thread, topic, until_ms, invited, .. } => {
