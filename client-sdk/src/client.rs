@@ -927,6 +927,7 @@ impl Client {
 
     /// Acknowledges every entry of `thread` up to `seq`: after a reconnect the
     /// hub resumes after it.
+    ///
     /// It never waits for the connection, so an event loop may call it for
     /// every event it reads.
     pub async fn ack(&self, thread: ThreadId, seq: u64) -> Result<(), Error> {

@@ -81,8 +81,7 @@ impl Rules {
     }
 }
 
-/// Refuses a step that would add one more to the `held` a case has, past `max` (the limit `key`).
-/// Refuses a step that made the case hold more than `max`; checked after the
+/// Refuses a step that made the case hold more than `max` (the limit `key`); checked after the
 /// step, so that who may not take it at all hears so, and a resend that
 /// changes nothing gets its first answer again.
 fn at_most((before, after): (usize, usize), max: usize, key: &str) -> Result<(), WriteError> {

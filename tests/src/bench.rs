@@ -361,14 +361,13 @@ impl Swarm {
         }
         // A device that has not joined yet cannot encrypt: its senders would fail at once, without end.
         let added = (SENDERS - SENDERS.div_ceil(THREAD_SIZE)) as u64;
-        let all_joined = async {
-            while tally.joined.load(Ordering::Relaxed) < added {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), all_joined)
-            .await
-            .context("members did not join their threads")?;
+        let tally_ref = &tally;
+        crate::eventually(
+            Duration::from_secs(60),
+            || async move { Ok(tally_ref.joined.load(Ordering::Relaxed) >= added) },
+        )
+        .await
+        .context("members did not join their threads")?;
         Ok(Self { clients: members, tally })
     }
 
@@ -454,12 +453,10 @@ async fn latency(target: &Target, rate: f64, window: Duration) -> anyhow::Result
     swarm.tally.recording.store(true, Ordering::Relaxed);
     tokio::time::sleep(window).await;
     // A slow machine may deliver nothing within a smoke run's short window: record until the first sample.
-    let first_sample = async {
-        while swarm.tally.latencies_us.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(30), first_sample).await;
+    let tally = &swarm.tally;
+    let sampled = || async move { Ok(!tally.latencies_us.lock().unwrap().is_empty()) };
+    // Without a sample after all, the phase fails below, naming it.
+    let _ = crate::eventually(Duration::from_secs(30), sampled).await;
     swarm.tally.recording.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {

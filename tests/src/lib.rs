@@ -191,6 +191,10 @@ pub fn spawn_listening_with_stderr(mut command: Command, stderr: Stdio) -> anyho
     }
 }
 
+/// How long a test lets a real binary run to its end (the demo, a smoke run of
+/// the benchmark) before [`output_within`] calls it hung: they take seconds.
+pub const RUN_LIMIT: Duration = Duration::from_secs(600);
+
 /// Runs `command` to its end like [`Command::output`], but for at most
 /// `limit`: a process that hangs is stopped, with every process it started (its
 /// own process group), and the error shows what it wrote to stderr, so that a

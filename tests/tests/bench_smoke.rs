@@ -2,16 +2,11 @@
 //! every figure, for both servers where both apply.
 
 use std::process::Command;
-use std::time::Duration;
-
-/// A smoke run takes seconds; one that takes this long hangs, and is stopped
-/// with its progress shown rather than left to hold up the whole test run.
-const LIMIT: Duration = Duration::from_secs(600);
 
 #[test]
 fn every_benchmark_phase_runs_and_reports() -> anyhow::Result<()> {
     let mut bench = Command::new(env!("CARGO_BIN_EXE_hub-bench"));
-    let output = tests::output_within(bench.args(["--smoke", "--json"]), LIMIT)?;
+    let output = tests::output_within(bench.args(["--smoke", "--json"]), tests::RUN_LIMIT)?;
     let stdout = String::from_utf8(output.stdout)?;
     assert!(output.status.success(), "hub-bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 const HUB: &str = env!("CARGO_BIN_EXE_ketenhub-hub");
 
 fn hub(args: &[&str]) -> anyhow::Result<Output> {
-    tests::output_within(Command::new(HUB).args(args), std::time::Duration::from_secs(600))
+    tests::output_within(Command::new(HUB).args(args), tests::RUN_LIMIT)
 }
 
 fn text(output: &Output) -> String {

@@ -28,8 +28,7 @@ async fn the_sdk_examples_run_against_a_hub() -> anyhow::Result<()> {
 
 #[test]
 fn the_demo_runs_and_exits_zero() -> anyhow::Result<()> {
-    let output =
-        tests::output_within(Command::new(env!("CARGO_BIN_EXE_ketenhub-hub")).arg("demo"), Duration::from_secs(600))?;
+    let output = tests::output_within(Command::new(env!("CARGO_BIN_EXE_ketenhub-hub")).arg("demo"), tests::RUN_LIMIT)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("listening on"), "{stdout}");

@@ -36,8 +36,7 @@ fn files(dir: &Path, base: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
 fn every_kind_of_record_after_the_demo_is_documented() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut demo = Command::new(env!("CARGO_BIN_EXE_ketenhub-hub"));
-    let output =
-        tests::output_within(demo.arg("demo").arg("--data").arg(dir.path()), std::time::Duration::from_secs(600))?;
+    let output = tests::output_within(demo.arg("demo").arg("--data").arg(dir.path()), tests::RUN_LIMIT)?;
     anyhow::ensure!(output.status.success(), "demo failed: {}", String::from_utf8_lossy(&output.stderr));
     let data = dir.path().join("data");
 

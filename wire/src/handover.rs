@@ -1158,7 +1158,7 @@ impl Ownership {
             return Err(HandoverError::ReasonRequired("why the accepted offer is cancelled"));
         }
         offer.state = OfferState::Cancelled { by: by.clone(), receiver: receiver.clone(), reason: reason.to_owned() };
-        // The completion deadline of a clock stored before clocks named their offer too.
+        // By kind too: a completion clock stored before clocks named their offer has none.
         self.stop(ClockKind::Completion);
         self.clocks.iter_mut().filter(|c| c.offer == Some(id)).for_each(|c| c.done = true);
         // A receiver that became owner meanwhile (a team lead who took over) stays.
@@ -1321,9 +1321,8 @@ impl Ownership {
     }
 
     /// Reports a clock's work done (for example, the first contact took place);
-    /// false when no clock of that kind was ever started. A clock already
-    /// stopped stays as it is.
-    /// `due_ms` names one clock of the kind by its date; without it, every
+    /// `NoSuchClock` when none such was ever started. A clock already stopped
+    /// stays as it is. `due_ms` names one clock of the kind by its date; without it, every
     /// clock of the kind stops, except that of several running evaluations the
     /// report must name one: reported again, a report changes nothing more.
     pub fn report_done(&mut self, kind: ClockKind, due_ms: Option<u64>) -> Result<(), HandoverError> {
