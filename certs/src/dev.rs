@@ -31,21 +31,21 @@ pub struct SampleOrg {
 
 /// Veilig Thuis Utrecht.
 pub const VT_UTRECHT: SampleOrg =
-    SampleOrg { oin: "00000001800000000001", name: "Veilig Thuis Utrecht", kind: AgencyKind::Vt };
+    SampleOrg { oin: "00000001800000000001", name: "Veilig Thuis Utrecht", kind: AgencyKind::VT };
 /// The local team of Woerden (Woerden Wijzer).
 pub const LT_WOERDEN: SampleOrg =
-    SampleOrg { oin: "00000001800000000002", name: "Lokaal team Woerden", kind: AgencyKind::Lt };
+    SampleOrg { oin: "00000001800000000002", name: "Lokaal team Woerden", kind: AgencyKind::LT };
 /// The local team of Oudewater.
 pub const LT_OUDEWATER: SampleOrg =
-    SampleOrg { oin: "00000001800000000003", name: "Lokaal team Oudewater", kind: AgencyKind::Lt };
+    SampleOrg { oin: "00000001800000000003", name: "Lokaal team Oudewater", kind: AgencyKind::LT };
 /// The Raad voor de Kinderbescherming.
 pub const RVDK: SampleOrg =
-    SampleOrg { oin: "00000001800000000004", name: "Raad voor de Kinderbescherming", kind: AgencyKind::Rvdk };
+    SampleOrg { oin: "00000001800000000004", name: "Raad voor de Kinderbescherming", kind: AgencyKind::RVDK };
 /// SAVE, a regional certified institution (GI).
-pub const GI_SAVE: SampleOrg = SampleOrg { oin: "00000001800000000005", name: "SAVE Utrecht", kind: AgencyKind::Gi };
+pub const GI_SAVE: SampleOrg = SampleOrg { oin: "00000001800000000005", name: "SAVE Utrecht", kind: AgencyKind::GI };
 /// A primary school: a limited recipient, which is told only what is deliberately shared with it.
 pub const SCHOOL: SampleOrg =
-    SampleOrg { oin: "00000001800000000006", name: "Basisschool De Regenboog", kind: AgencyKind::Other };
+    SampleOrg { oin: "00000001800000000006", name: "Basisschool De Regenboog", kind: AgencyKind::OTHER };
 
 /// A sample identity: the file stem it is written under and its subject.
 #[derive(Debug, Clone, Copy)]

@@ -995,7 +995,7 @@ mod tests {
         for bytes in packages {
             let verified = wire::mls::verify_key_package(&bytes).unwrap();
             assert_eq!(verified.member, binder(ANNA).identity().member_id());
-            assert_eq!(verified.kind, wire::AgencyKind::Vt);
+            assert_eq!(verified.kind, wire::AgencyKind::VT);
             let bound = verifier().verify_leaf(verified.key_package.leaf_node(), Validity::Now).unwrap();
             assert_eq!(bound.safety_number, device.safety_number().unwrap());
         }

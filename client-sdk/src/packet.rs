@@ -904,12 +904,12 @@ impl HandoverPacket {
         let vt = Organisation {
             oin: example_oin("00000001800000000001"),
             name: "Veilig Thuis Utrecht".into(),
-            kind: AgencyKind::Vt,
+            kind: AgencyKind::VT,
         };
         let lt = Organisation {
             oin: example_oin("00000001800000000002"),
             name: "Lokaal team Woerden".into(),
-            kind: AgencyKind::Lt,
+            kind: AgencyKind::LT,
         };
         let day = |offset: i64| today.add_days(offset);
         let year = today.year();

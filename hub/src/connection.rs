@@ -80,7 +80,8 @@ fn hello(hub: &Hub, caller: &Caller) -> HubFrame {
 pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: CancellationToken) {
     let record = hub.delivery_record(&caller);
     let member = caller.member.clone();
-    let registration = match hub.registry.register(member, caller.identity.role, caller.certificate.clone(), record) {
+    let registration = match hub.registry.register(member, caller.identity.clone(), caller.certificate.clone(), record)
+    {
         Ok(registration) => registration,
         Err(e) => {
             warn!(peer = %caller.peer, identity = %caller.identity, "refused: {e}");
@@ -101,9 +102,8 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         return refuse_certificate(&hub, ws, &refusal).await;
     }
     let policy = hub.policy.current();
-    if policy.organisation(&caller.identity.oin).is_none() {
-        let error =
-            WireError::new(ErrorCode::Forbidden, "denied by rule unknown-organisation: not in the policy in force");
+    if let Err(denied) = policy.admits(&caller.identity) {
+        let error = WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", denied.rule, denied.reason));
         refuse(&hub, ws, error, "the connection is not admitted").await;
         return;
     }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use certs::revocation::{CertRefusal, CertValidity};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
-use wire::{DeviceId, Entry, EntryBody, ErrorCode, HubFrame, MemberId, Role, ThreadId, WireError};
+use wire::{DeviceId, Entry, EntryBody, ErrorCode, HubFrame, Identity, MemberId, ThreadId, WireError};
 
 use wire::audit::AuditRecord;
 
@@ -149,8 +149,8 @@ type ConnectionId = u64;
 #[derive(Debug)]
 struct Online {
     id: ConnectionId,
-    /// The role of its certificate: the same worker may hold certificates of several roles.
-    role: Role,
+    /// Its certificate's identity: the same worker may hold certificates of several roles.
+    identity: Identity,
     /// Its audit record, for entries about the connection itself.
     record: AuditRecord,
     /// Its certificate's validity, to check again when the CRLs change.
@@ -163,8 +163,8 @@ struct Online {
 pub struct Open<'a> {
     /// Whose connection it is.
     pub member: &'a MemberId,
-    /// The role of its certificate.
-    pub role: Role,
+    /// Its certificate's identity (role and kind included).
+    pub identity: &'a Identity,
     /// Its certificate.
     pub certificate: &'a CertValidity,
 }
@@ -275,12 +275,12 @@ impl Registry {
         })
     }
 
-    /// Registers a connection of `member` with `certificate` of `role`, and
+    /// Registers a connection of `member` with `certificate` of `identity`, and
     /// `record` for the audit entries about it; dropping the result unregisters it.
     pub fn register(
         self: &Arc<Self>,
         member: MemberId,
-        role: Role,
+        identity: Identity,
         certificate: CertValidity,
         record: AuditRecord,
     ) -> Result<Registration, TooManyConnections> {
@@ -291,7 +291,7 @@ impl Registry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
-        connections.push(Online { id, role, record, certificate, mailbox: mailbox.clone() });
+        connections.push(Online { id, identity, record, certificate, mailbox: mailbox.clone() });
         Ok(Registration { registry: self.clone(), member, id, mailbox })
     }
 
@@ -314,7 +314,7 @@ impl Registry {
         let online = lock(&self.online);
         for (member, connections) in online.iter() {
             for connection in connections {
-                let open = Open { member, role: connection.role, certificate: &connection.certificate };
+                let open = Open { member, identity: &connection.identity, certificate: &connection.certificate };
                 if let Some(farewell) = refuses(open) {
                     visit(connection, farewell);
                 }

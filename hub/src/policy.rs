@@ -10,7 +10,7 @@
 //! denies by default: an action is allowed only when a rule says so, and every
 //! decision carries the name of the rule that made it, for the audit log.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -163,6 +163,17 @@ fn four() -> u32 {
     4
 }
 
+/// A kind of agency the chain knows: routes and organisations name it, and a
+/// certificate's `OU` carries its code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kind {
+    /// Its code, for example `VT`.
+    pub code: AgencyKind,
+    /// Its name as the desk and the reports show it, for example `Veilig Thuis`.
+    pub name: String,
+}
+
 /// A legal basis for sharing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +310,8 @@ fn a_year() -> u32 {
 struct PolicyFile {
     retention: Retention,
     #[serde(default)]
+    kinds: Vec<Kind>,
+    #[serde(default)]
     organisations: Vec<Organisation>,
     #[serde(default)]
     legal_bases: Vec<LegalBasis>,
@@ -319,6 +332,7 @@ struct PolicyFile {
 /// A validated policy.
 #[derive(Debug)]
 pub struct Policy {
+    kinds: BTreeMap<AgencyKind, Kind>,
     organisations: HashMap<Oin, Organisation>,
     bases: HashMap<String, LegalBasis>,
     routes: Vec<Route>,
@@ -365,6 +379,27 @@ impl Decision {
     }
 }
 
+/// The kinds the file declares, once each, and every kind an organisation or a
+/// route names among them: a typo in a kind would otherwise be a route no one can take.
+fn declared_kinds(file: &PolicyFile) -> Result<BTreeMap<AgencyKind, Kind>, PolicyError> {
+    let mut kinds = BTreeMap::new();
+    for kind in &file.kinds {
+        if kinds.insert(kind.code, kind.clone()).is_some() {
+            return Err(PolicyError::Invalid(format!("kind {} is listed twice", kind.code)));
+        }
+    }
+    let named = file.organisations.iter().map(|o| (o.kind, format!("organisation {}", o.oin)));
+    let named = named.chain(
+        file.routes.iter().flat_map(|r| [(r.from, format!("route {}", r.name)), (r.to, format!("route {}", r.name))]),
+    );
+    for (kind, by) in named {
+        if !kinds.contains_key(&kind) {
+            return Err(PolicyError::Invalid(format!("{by} names kind {kind}, which [[kinds]] does not declare")));
+        }
+    }
+    Ok(kinds)
+}
+
 fn role_from_key(key: &str) -> Option<Role> {
     [Role::Caseworker, Role::System, Role::PrivacyOfficer, Role::Admin].into_iter().find(|r| r.code() == key)
 }
@@ -384,6 +419,7 @@ impl Policy {
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile =
             toml::from_str(text).map_err(|e| PolicyError::Parse { path: String::new(), message: e.to_string() })?;
+        let kinds = declared_kinds(&file)?;
         let mut organisations = HashMap::new();
         for org in file.organisations {
             let workers = org.team_leads.iter().chain(&org.on_call).chain(&org.systems);
@@ -478,7 +514,28 @@ impl Policy {
             return Err(PolicyError::Invalid(format!("[clocks] periods are 1 to {MAX_DAYS} days")));
         }
         let routes = file.routes;
-        Ok(Self { organisations, bases, routes, roles, retention, participation, closing, inbox, clocks })
+        Ok(Self { kinds, organisations, bases, routes, roles, retention, participation, closing, inbox, clocks })
+    }
+
+    /// The kind of agency with this code, if the policy declares it.
+    pub fn kind(&self, code: &AgencyKind) -> Option<&Kind> {
+        self.kinds.get(code)
+    }
+
+    /// Whether a certificate with this identity may connect at all: its
+    /// organisation is in the policy, and the certificate's kind (`OU`) is the
+    /// one the policy gives that organisation. The hub decides routes by the
+    /// policy's kind; a certificate claiming another would make the audit log
+    /// and the MLS credentials name a kind the organisation is not.
+    pub fn admits(&self, identity: &Identity) -> Result<(), Decision> {
+        let Some(org) = self.organisation(&identity.oin) else {
+            return Err(Decision::deny("unknown-organisation", format!("{} is not in the policy", identity.oin)));
+        };
+        if org.kind != identity.kind {
+            let why = format!("the certificate says {}, the policy says {} is {}", identity.kind, org.name, org.kind);
+            return Err(Decision::deny("kind-mismatch", why));
+        }
+        Ok(())
     }
 
     /// The organisation with this OIN, if the policy knows it.
@@ -691,12 +748,12 @@ impl PolicySource {
         Ok(())
     }
 
-    /// Whether an open connection of `member` with a certificate of `role`,
-    /// admitted under `before`, stays open under `after`: its organisation is
-    /// still in the policy, and a role that received case entries may still read.
-    pub fn keeps(before: &Policy, after: &Policy, member: &MemberId, role: Role) -> bool {
-        let reads = |policy: &Policy| policy.role_allows(role, Action::Read).allowed;
-        after.organisation(&member.oin).is_some() && (!reads(before) || reads(after))
+    /// Whether an open connection with a certificate of `identity`, admitted
+    /// under `before`, stays open under `after`: `after` still admits it (its
+    /// organisation, of the same kind), and a role that received case entries may still read.
+    pub fn keeps(before: &Policy, after: &Policy, identity: &Identity) -> bool {
+        let reads = |policy: &Policy| policy.role_allows(identity.role, Action::Read).allowed;
+        after.admits(identity).is_ok() && (!reads(before) || reads(after))
     }
 
     /// The policy file.
@@ -770,7 +827,7 @@ mod tests {
 
     #[test]
     fn contradictions_are_refused() {
-        let base = "[retention]\ncontent_days = 30\n";
+        let base = "[retention]\ncontent_days = 30\n[[kinds]]\ncode = \"VT\"\nname = \"\"\n[[kinds]]\ncode = \"LT\"\nname = \"\"\n";
         let twice = format!("{base}[[legal_bases]]\ncode = \"a\"\ndescription = \"\"\n[[legal_bases]]\ncode = \"a\"\ndescription = \"\"\n");
         assert!(matches!(Policy::parse(&twice), Err(PolicyError::Invalid(m)) if m.contains("twice")));
         let unknown = format!("{base}[[routes]]\nname = \"r\"\nfrom = \"VT\"\nto = \"LT\"\nlegal_bases = [\"nope\"]\n");
@@ -792,5 +849,20 @@ mod tests {
         let never = format!("{base}[clocks]\nrappel_days = 0\n");
         assert!(matches!(Policy::parse(&never), Err(PolicyError::Invalid(m)) if m.contains("[clocks]")));
         assert!(Policy::parse(&route("first_contact_days = 5\nfirst_contact_again_days = 5\n")).is_ok());
+    }
+
+    #[test]
+    fn kinds_are_declared_once_and_everything_names_a_declared_one() {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.toml")).unwrap();
+        let policy = Policy::parse(&text).unwrap();
+        assert_eq!(policy.kind(&AgencyKind::RVDK).map(|k| k.name.as_str()), Some("Raad voor de Kinderbescherming"));
+        let twice = format!("{text}\n[[kinds]]\ncode = \"GI\"\nname = \"again\"\n");
+        assert!(Policy::parse(&twice).unwrap_err().to_string().contains("kind GI is listed twice"));
+        let typo = text.replacen("to = \"GI\"", "to = \"Gi\"", 1);
+        let refused = Policy::parse(&typo).unwrap_err().to_string();
+        assert!(refused.contains("names kind Gi, which [[kinds]] does not declare"), "{refused}");
+        let malformed = text.replacen("code = \"OTHER\"", "code = \"OVER IG\"", 1);
+        assert!(matches!(Policy::parse(&malformed), Err(PolicyError::Parse { .. })));
     }
 }

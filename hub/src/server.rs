@@ -369,11 +369,11 @@ async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdo
         let full = WireError::new(ErrorCode::TooManyConnections, "the hub is at its connection limit; retry later");
         return connection::refuse(&hub, ws, full, "the hub is at its connection limit").await;
     };
-    let known = hub.policy.current().organisation(&caller.identity.oin).is_some();
-    let (outcome, rule) = if known {
-        (AuditOutcome::Allowed, "authenticated".to_owned())
-    } else {
-        (AuditOutcome::Denied, format!("unknown-organisation: {} is not in the policy", caller.identity.oin))
+    let admitted = hub.policy.current().admits(&caller.identity);
+    let known = admitted.is_ok();
+    let (outcome, rule) = match admitted {
+        Ok(()) => (AuditOutcome::Allowed, "authenticated".to_owned()),
+        Err(denied) => (AuditOutcome::Denied, format!("{}: {}", denied.rule, denied.reason)),
     };
     // The connection is served only once its entry is durable.
     let audited = hub.audit_connection(Some(&caller), peer, AuditAction::Connect, outcome, &rule).await;

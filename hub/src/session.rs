@@ -108,7 +108,7 @@ fn no_longer_admits<'a>(
     before: &'a Policy,
     after: &'a Policy,
 ) -> impl Fn(crate::delivery::Open<'_>) -> Option<Farewell> + 'a {
-    move |open| (!PolicySource::keeps(before, after, open.member, open.role)).then(Farewell::policy)
+    move |open| (!PolicySource::keeps(before, after, open.identity)).then(Farewell::policy)
 }
 
 /// A refusal from the writer thread reaches the caller as it stands; any other failure only says to retry.

@@ -421,7 +421,7 @@ pub fn audit_record(i: u64) -> wire::audit::AuditRecord {
         actor: Some(AuditActor {
             oin: "00000001800000000001".parse().expect("a valid OIN"),
             organisation: "Veilig Thuis Utrecht".into(),
-            kind: wire::AgencyKind::Vt,
+            kind: wire::AgencyKind::VT,
             worker: format!("worker.{}", i % 7),
             role: wire::Role::Caseworker,
             certificate: "ab".repeat(32),

@@ -182,7 +182,7 @@ async fn a_privacy_officer_sees_its_organisations_scope_and_no_more() -> anyhow:
     assert!(!cases.contains(&theirs), "the officer sees a case of another organisation");
     let lt_in_ours = seen
         .iter()
-        .any(|e| e.record.case == Some(ours) && e.record.actor.as_ref().is_some_and(|a| a.kind == AgencyKind::Lt));
+        .any(|e| e.record.case == Some(ours) && e.record.actor.as_ref().is_some_and(|a| a.kind == AgencyKind::LT));
     assert!(lt_in_ours, "what LT did in VT's case is in scope");
 
     // By worker and by time range.

@@ -178,7 +178,7 @@ async fn a_commit_that_changes_a_leafs_agency_kind_is_refused_by_the_hub() -> an
     // The same worker of LT Woerden, certified under another agency kind too.
     let other_kind = ExtraClient {
         slug: "lt-woerden-as-vt".into(),
-        org: SampleOrg { kind: wire::AgencyKind::Vt, ..LT_WOERDEN },
+        org: SampleOrg { kind: wire::AgencyKind::VT, ..LT_WOERDEN },
         worker: "sanne.bakker".into(),
         role: wire::Role::Caseworker,
     };

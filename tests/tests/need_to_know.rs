@@ -249,7 +249,7 @@ async fn a_certificate_whose_role_may_not_read_receives_no_entries() -> anyhow::
 async fn an_organisation_dropped_from_the_policy_is_closed_off_and_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // An organisation the policy never knew is refused right after the handshake.
-    let stranger = SampleOrg { oin: "00000009999999999999", name: "Onbekende stichting", kind: AgencyKind::Lt };
+    let stranger = SampleOrg { oin: "00000009999999999999", name: "Onbekende stichting", kind: AgencyKind::LT };
     let extra = ExtraClient { slug: "stranger".into(), org: stranger, worker: "s.one".into(), role: Role::Caseworker };
     DevPki::generate_with(&[extra])?.write_to(&dir.path().join("pki"))?;
     let hub = HubProcess::start(env!("CARGO_BIN_EXE_ketenhub-hub").as_ref(), dir.path(), "127.0.0.1:0", "")?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use certs::dev::{DevPki, ExtraClient, SampleOrg};
 use ketenhub_sdk::{AgencyKind, Client, Error, ErrorCode, Grounds, MemberId, Role};
 use tests::{refusal_rule, DevHub, HubProcess};
+use wire::audit::{AuditAction, AuditOutcome};
 use wire::Request;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -15,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn every_denial_names_its_rule() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // One organisation the policy does not know.
-    let stranger = SampleOrg { oin: "00000009999999999999", name: "Onbekende stichting", kind: AgencyKind::Lt };
+    let stranger = SampleOrg { oin: "00000009999999999999", name: "Onbekende stichting", kind: AgencyKind::LT };
     let extra = ExtraClient { slug: "stranger".into(), org: stranger, worker: "s.one".into(), role: Role::Caseworker };
     DevPki::generate_with(&[extra])?.write_to(&dir.path().join("pki"))?;
     let hub = DevHub::start(dir.path(), tests::limits()).await?;
@@ -154,4 +155,81 @@ async fn the_policy_reloads_on_sighup_and_a_bad_file_changes_nothing() -> anyhow
     let message = format!("{:#}", refused.err().expect("the hub started on a broken policy"));
     assert!(message.contains("retention periods must be greater than zero"), "{message}");
     Ok(())
+}
+
+/// A kind of agency the example policy does not know, with a limited route from VT.
+const POLICE: &str = r#"
+[[kinds]]
+code = "POLITIE"
+name = "Politie"
+
+[[organisations]]
+oin = "00000001800000000007"
+name = "Politie Midden-Nederland"
+kind = "POLITIE"
+region = "Midden-Nederland"
+
+[[routes]]
+name = "vt-police-question"
+from = "VT"
+to = "POLITIE"
+limited = true
+legal_bases = ["vt-safety"]
+"#;
+
+/// The kinds of agency are policy data: a kind only the policy file declares
+/// connects and takes its route with no new hub. A certificate whose `OU`
+/// names another kind than the policy gives its organisation is not let in,
+/// and a reload that changes an organisation's kind ends its connections.
+#[tokio::test]
+async fn kinds_of_agency_are_policy_data_and_a_certificate_must_carry_its_own() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let police = SampleOrg { oin: "00000001800000000007", name: "Politie Midden-Nederland", kind: "POLITIE".parse()? };
+    let posing = SampleOrg { kind: AgencyKind::LT, ..certs::dev::VT_UTRECHT };
+    let extra = [
+        ExtraClient { slug: "police".into(), org: police, worker: "agent.jansen".into(), role: Role::Caseworker },
+        ExtraClient { slug: "posing".into(), org: posing, worker: "x.posing".into(), role: Role::Caseworker },
+    ];
+    DevPki::generate_with(&extra)?.write_to(&dir.path().join("pki"))?;
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(&policy_file, format!("{}{POLICE}", hub::devhub::DEV_POLICY))?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+
+    // VT's own OIN, under a certificate that says it is a local team.
+    assert_eq!(refusal_rule(hub.client("posing").discard_events().connect().await), "kind-mismatch");
+
+    let (anna, _) = tests::connect(&hub, "vt-utrecht-caseworker").await?;
+    let (agent, mut agent_events) = tests::connect(&hub, "police").await?;
+    let grounds = Grounds::new("navraag bij de politie over eerdere meldingen", "vt-safety");
+    let case = anna.create_thread().await?;
+    assert_eq!(refusal_rule(anna.add_member(case, agent.member_id(), &grounds).await), "limited-recipient");
+    let side = anna.open_side_thread(case, "politie").await?;
+    anna.add_member(side, agent.member_id(), &grounds).await?;
+    anna.send_text(side, "Zijn er eerdere meldingen op dit adres?").await?;
+    let got = tests::messages(&mut agent_events, 1, WAIT).await?;
+    assert_eq!(got[0].content.as_bytes(), b"Zijn er eerdere meldingen op dit adres?");
+
+    // The policy now calls the police OTHER: the open connection ends, and the certificate is not let in again.
+    let renamed = std::fs::read_to_string(&policy_file)?.replace("kind = \"POLITIE\"", "kind = \"OTHER\"");
+    std::fs::write(&policy_file, renamed)?;
+    hub.hub().reload_policy().await;
+    tests::next_event(&mut agent_events, WAIT, |e| matches!(e, ketenhub_sdk::Event::Disconnected { .. })).await?;
+    assert_eq!(refusal_rule(hub.client("police").discard_events().connect().await), "kind-mismatch");
+
+    // Each refusal is audited with its rule: the posing certificate's one
+    // attempt, and the police's closed connection and its redials since.
+    let mut refused = std::collections::BTreeMap::<(String, String), usize>::new();
+    hub::audit::scan(hub.store().as_ref(), |e| {
+        let r = &e.record;
+        if let (AuditAction::Connect, AuditOutcome::Denied, Some(actor)) = (r.action, r.outcome, &r.actor) {
+            let rule = r.rule.split(':').next().unwrap_or_default().to_owned();
+            *refused.entry((actor.worker.clone(), rule)).or_default() += 1;
+        }
+        true
+    })?;
+    let count = |worker: &str, rule: &str| refused.get(&(worker.to_owned(), rule.to_owned())).copied();
+    assert_eq!(count("x.posing", "kind-mismatch"), Some(1), "{refused:?}");
+    assert_eq!(count("agent.jansen", "policy-no-longer-admits"), Some(1), "{refused:?}");
+    assert!(count("agent.jansen", "kind-mismatch").is_some(), "{refused:?}");
+    hub.stop().await
 }

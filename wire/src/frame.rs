@@ -857,7 +857,7 @@ mod tests {
         let identity = Identity {
             oin: "00000001234567890000".parse().unwrap(),
             organisation: "Veilig Thuis Utrecht".into(),
-            kind: AgencyKind::Vt,
+            kind: AgencyKind::VT,
             worker: "anna.devries".into(),
             role: Role::Caseworker,
         };

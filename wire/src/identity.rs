@@ -17,8 +17,8 @@ pub enum IdentityError {
     /// The OIN is not 20 ASCII digits.
     #[error("OIN must be 20 digits, got {0:?}")]
     BadOin(String),
-    /// The agency kind is not one of VT, LT, RvdK, GI, OTHER.
-    #[error("unknown agency kind {0:?} (expected VT, LT, RvdK, GI or OTHER)")]
+    /// The agency kind is not 1-16 ASCII letters, digits or `-`, starting with a letter.
+    #[error("agency kind must be 1-16 characters of [A-Za-z0-9-] starting with a letter, got {0:?}")]
     BadKind(String),
     /// The role is not one of the known roles.
     #[error("unknown role {0:?} (expected caseworker, system, privacy-officer or admin)")]
@@ -76,49 +76,93 @@ impl fmt::Display for Oin {
 }
 
 /// The kind of agency in the youth-protection chain (the certificate's `OU`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum AgencyKind {
-    /// Veilig Thuis: the advice and reporting centre for domestic violence and child abuse.
-    #[serde(rename = "VT")]
-    Vt,
-    /// A lokaal team (wijkteam): the municipality's voluntary help.
-    #[serde(rename = "LT")]
-    Lt,
-    /// The Raad voor de Kinderbescherming: investigates and asks the court for measures.
-    #[serde(rename = "RvdK")]
-    Rvdk,
-    /// A Gecertificeerde Instelling: carries out court measures (OTS, voogdij, jeugdreclassering).
-    #[serde(rename = "GI")]
-    Gi,
-    /// Any other party (jeugdhulp provider, police, GP); never a full member by default.
-    #[serde(rename = "OTHER")]
-    Other,
+///
+/// Which kinds exist is policy data, not code: the hub's policy file declares
+/// them (`[[kinds]]`), and routes and organisations name them. The wire only
+/// checks the code's form, so a new kind of agency (a jeugdhulp provider, the
+/// police) needs a policy reload, not a new release. The chain's four agencies
+/// have constants because the sample certificates and the tests name them.
+///
+/// The code is held inline, so a kind is `Copy` like the enum it replaced.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgencyKind {
+    // Zero-padded: ASCII codes never hold a zero byte, so the order is the codes' order.
+    bytes: [u8; AgencyKind::MAX_LEN],
+    len: u8,
 }
 
 impl AgencyKind {
-    /// The code used in certificates and policy files.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Vt => "VT",
-            Self::Lt => "LT",
-            Self::Rvdk => "RvdK",
-            Self::Gi => "GI",
-            Self::Other => "OTHER",
+    /// Veilig Thuis: the advice and reporting centre for domestic violence and child abuse.
+    pub const VT: Self = Self::known("VT");
+    /// A lokaal team (wijkteam): the municipality's voluntary help.
+    pub const LT: Self = Self::known("LT");
+    /// The Raad voor de Kinderbescherming: investigates and asks the court for measures.
+    pub const RVDK: Self = Self::known("RvdK");
+    /// A Gecertificeerde Instelling: carries out court measures (OTS, voogdij, jeugdreclassering).
+    pub const GI: Self = Self::known("GI");
+    /// Any other party (a school, a GP, the police), as the sample policy names them.
+    pub const OTHER: Self = Self::known("OTHER");
+
+    /// The longest code accepted, in bytes.
+    pub const MAX_LEN: usize = 16;
+
+    /// A kind from a code written in the source; a malformed one fails to compile.
+    const fn known(code: &'static str) -> Self {
+        match Self::from_bytes(code.as_bytes()) {
+            Some(kind) => kind,
+            None => panic!("malformed agency kind"),
         }
+    }
+
+    /// 1 to [`AgencyKind::MAX_LEN`] ASCII letters, digits or `-`, starting with a letter:
+    /// short enough for a certificate field, plain enough for a log line or a file name.
+    const fn from_bytes(code: &[u8]) -> Option<Self> {
+        if code.is_empty() || code.len() > Self::MAX_LEN || !code[0].is_ascii_alphabetic() {
+            return None;
+        }
+        let mut bytes = [0; Self::MAX_LEN];
+        let mut i = 0;
+        while i < code.len() {
+            if !(code[i].is_ascii_alphanumeric() || code[i] == b'-') {
+                return None;
+            }
+            bytes[i] = code[i];
+            i += 1;
+        }
+        Some(Self { bytes, len: code.len() as u8 })
+    }
+
+    /// The code used in certificates and policy files.
+    pub fn code(&self) -> &str {
+        // Only ASCII is ever stored, so this never falls back.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for AgencyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AgencyKind({:?})", self.code())
+    }
+}
+
+impl TryFrom<String> for AgencyKind {
+    type Error = IdentityError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::from_bytes(value.as_bytes()).ok_or(IdentityError::BadKind(value))
+    }
+}
+
+impl From<AgencyKind> for String {
+    fn from(kind: AgencyKind) -> Self {
+        kind.code().to_owned()
     }
 }
 
 impl FromStr for AgencyKind {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "VT" => Ok(Self::Vt),
-            "LT" => Ok(Self::Lt),
-            "RvdK" => Ok(Self::Rvdk),
-            "GI" => Ok(Self::Gi),
-            "OTHER" => Ok(Self::Other),
-            other => Err(IdentityError::BadKind(other.to_owned())),
-        }
+        Self::try_from(s.to_owned())
     }
 }
 
@@ -256,8 +300,12 @@ mod tests {
 
     #[test]
     fn kinds_and_roles_round_trip_their_codes() {
-        for kind in [AgencyKind::Vt, AgencyKind::Lt, AgencyKind::Rvdk, AgencyKind::Gi, AgencyKind::Other] {
+        for kind in [AgencyKind::VT, AgencyKind::LT, AgencyKind::RVDK, AgencyKind::GI, AgencyKind::OTHER] {
             assert_eq!(kind.code().parse::<AgencyKind>().unwrap(), kind);
+        }
+        assert_eq!("JH".parse::<AgencyKind>().unwrap().code(), "JH");
+        for bad in ["", "1VT", "V T", "VT;", &"A".repeat(17)] {
+            assert!(bad.parse::<AgencyKind>().is_err(), "{bad:?}");
         }
         for role in [Role::Caseworker, Role::System, Role::PrivacyOfficer, Role::Admin] {
             assert_eq!(role.code().parse::<Role>().unwrap(), role);

@@ -157,18 +157,20 @@ mod tests {
         let identity = Identity {
             oin: "00000001800000000001".parse().unwrap(),
             organisation: "Veilig Thuis Utrecht".into(),
-            kind: AgencyKind::Vt,
+            kind: AgencyKind::VT,
             worker: "anna.devries".into(),
             role: Role::Caseworker,
         };
         let bytes = credential_identity(&identity);
         assert_eq!(bytes, b"ketenhub/1/00000001800000000001/VT/anna.devries");
-        assert_eq!(credential_member(&bytes), Some((identity.member_id(), AgencyKind::Vt)));
+        assert_eq!(credential_member(&bytes), Some((identity.member_id(), AgencyKind::VT)));
         for bad in [
             &b"alice"[..],
             b"ketenhub/2/00000001800000000001/VT/anna.devries",
             b"ketenhub/1/0001/VT/anna.devries",
-            b"ketenhub/1/00000001800000000001/XX/anna.devries",
+            b"ketenhub/1/00000001800000000001/9X/anna.devries",
+            b"ketenhub/1/00000001800000000001//anna.devries",
+            b"ketenhub/1/00000001800000000001/V_T/anna.devries",
             b"ketenhub/1/00000001800000000001/VT/anna devries",
             b"ketenhub/1/00000001800000000001/VT/anna/extra",
         ] {

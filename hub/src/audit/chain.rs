@@ -710,7 +710,7 @@ mod tests {
         let actor = (i % 7 != 3).then(|| AuditActor {
             oin: oin(1234),
             organisation: "Veilig Thuis Utrecht".to_owned(),
-            kind: AgencyKind::Vt,
+            kind: AgencyKind::VT,
             worker: format!("worker-{}", i % 5),
             role: if i.is_multiple_of(4) { Role::System } else { Role::Caseworker },
             certificate: "ab".repeat(32),

@@ -261,7 +261,7 @@ fn audit(seeds: &mut Seeds<'_>) -> anyhow::Result<()> {
     let actor = AuditActor {
         oin: "00000001800000000001".parse()?,
         organisation: "Veilig Thuis Utrecht".into(),
-        kind: AgencyKind::Vt,
+        kind: AgencyKind::VT,
         worker: "anna.devries".into(),
         role: Role::System,
         certificate: "ab".repeat(32),
