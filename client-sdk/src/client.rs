@@ -889,6 +889,17 @@ impl Client {
         Error::Audit(error)
     }
 
+    /// Marks audit entry `entry`, an offer or add without the family's consent
+    /// in this privacy officer's scope, as reviewed with `note`. The review is
+    /// an audit entry on the entry's case; [`crate::report::review_queue`]
+    /// pairs them. Returns the case.
+    pub async fn mark_reviewed(&self, entry: u64, note: impl Into<String>) -> Result<ThreadId, Error> {
+        match self.request(Request::MarkReviewed { entry, note: note.into() }).await? {
+            Reply::Reviewed { case, .. } => Ok(case),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The access report for one case (GDPR article 15), as Markdown.
     pub async fn access_report(&self, case: ThreadId) -> Result<String, Error> {
         let filter = wire::audit::AuditFilter { case: Some(case), ..Default::default() };

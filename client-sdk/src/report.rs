@@ -39,7 +39,48 @@ fn action_text(action: AuditAction) -> &'static str {
         AuditAction::Retention => "deleted content past its retention period",
         AuditAction::Handover => "took a handover step",
         AuditAction::ShareHistory => "shared earlier messages with members who joined later",
+        AuditAction::Review => "reviewed a share made without the family's consent",
     }
+}
+
+/// A share without the family's consent, as a privacy officer's review queue holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewItem {
+    /// The offer or add that shared.
+    pub share: AuditEntry,
+    /// Its reviews by the officer's own organisation, oldest first.
+    pub reviews: Vec<AuditEntry>,
+}
+
+/// The review queue from audit entries (oldest first): every allowed offer
+/// or add on a basis `without_consent` names, with the reviews people of
+/// `organisation` (an OIN) gave it. Another organisation's review of the same
+/// share does not count as ours, nor does a refused attempt.
+pub fn review_queue(
+    entries: &[AuditEntry],
+    organisation: &wire::Oin,
+    without_consent: impl Fn(&str) -> bool,
+) -> Vec<ReviewItem> {
+    let mut reviews: BTreeMap<u64, Vec<AuditEntry>> = BTreeMap::new();
+    // A refused or failed attempt at a review is in the log too, and reviews nothing.
+    let ours = |e: &&AuditEntry| {
+        e.record.outcome == AuditOutcome::Allowed && e.record.actor.as_ref().is_some_and(|a| &a.oin == organisation)
+    };
+    for entry in entries.iter().filter(ours) {
+        if let Some(reviewed) = wire::audit::reviewed_entry(&entry.record) {
+            reviews.entry(reviewed).or_default().push(entry.clone());
+        }
+    }
+    entries
+        .iter()
+        .filter(|e| {
+            let r = &e.record;
+            matches!(r.action, AuditAction::Handover | AuditAction::AddMember)
+                && r.outcome == AuditOutcome::Allowed
+                && r.legal_basis.as_deref().is_some_and(&without_consent)
+        })
+        .map(|share| ReviewItem { share: share.clone(), reviews: reviews.remove(&share.seq).unwrap_or_default() })
+        .collect()
 }
 
 /// One person who had access to a case, as the access report lists them.

@@ -363,3 +363,57 @@ async fn the_owner_asks_a_school_in_a_side_thread_from_the_desk() -> anyhow::Res
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privacy_officer_marks_a_share_without_consent_as_reviewed_from_the_desk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "vt-utrecht-privacy");
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let offer = ketenhub_sdk::OfferRequest {
+        to: "00000001800000000002".parse()?,
+        to_worker: None,
+        route: "vt-lt-referral".into(),
+        legal_basis: "vt-safety".into(),
+        reason: "veiligheid van de kinderen".into(),
+        justification: Some("acuut gevaar, ouders weigeren contact".into()),
+        deadline_ms: hub::clock::now_ms() + 86_400_000,
+    };
+    vt.offer_handover(thread, offer).await?;
+
+    let cookie = sign_in(&desk).await?;
+    let queue = shows(&desk, "/review", &cookie, "acuut gevaar, ouders weigeren contact").await?;
+    let open = queue.body.split("<h2>").nth(1).unwrap_or_default();
+    assert!(open.contains("Nog te beoordelen (1)") && open.contains(&thread.to_string()), "{open}");
+    let entry: u64 = open
+        .split("action=\"/review/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a review form names its entry");
+    let token = csrf(&queue.body);
+    let blank = post(&desk, &format!("/review/{entry}"), &cookie, &format!("_csrf={token}&note=+"));
+    assert_eq!(http(&desk, &blank).await?.status, 400, "a review needs a note");
+    let forged = post(&desk, &format!("/review/{entry}"), &cookie, "note=goed");
+    assert_eq!(http(&desk, &forged).await?.status, 403, "a review without the CSRF token is refused");
+    let body = format!("_csrf={token}&note=onderbouwing+volstaat");
+    assert_eq!(http(&desk, &post(&desk, &format!("/review/{entry}"), &cookie, &body)).await?.status, 303);
+
+    let page = shows(&desk, "/review", &cookie, "onderbouwing volstaat").await?;
+    assert!(page.body.contains("Nog te beoordelen (0)") && page.body.contains("Beoordeeld (1)"), "{}", page.body);
+    // The review is in the audit log, on the case, with the note as its purpose.
+    let mut reviews = Vec::new();
+    hub::audit::scan(hub.store().as_ref(), |e| {
+        if e.record.action == ketenhub_sdk::AuditAction::Review {
+            reviews.push((e.record.case, e.record.purpose.clone(), e.record.outcome));
+        }
+        true
+    })?;
+    assert!(
+        reviews.contains(&(Some(thread), Some("onderbouwing volstaat".into()), ketenhub_sdk::AuditOutcome::Allowed)),
+        "{reviews:?}"
+    );
+    drop(desk);
+    hub.stop().await
+}

@@ -81,6 +81,7 @@ fn free_text(request: &Request) -> Vec<&str> {
         | Request::ReopenCase { reason, .. } => vec![reason],
         Request::CloseCase { outcome, reason, .. } => vec![outcome, reason],
         Request::OpenSideThread { purpose, .. } => vec![purpose],
+        Request::MarkReviewed { note, .. } => vec![note],
         Request::CallConference { topic, invited, legal_basis, .. } => {
             let mut texts = vec![topic.as_str(), legal_basis.as_str()];
             texts.extend(invited.iter().map(|i| i.reason.as_str()));

@@ -158,7 +158,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         }
         // The relay enforces no policy and keeps no audit log.
         Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,
-        Request::AuditQuery { .. } | Request::AuditHead { .. } => {
+        Request::AuditQuery { .. } | Request::AuditHead { .. } | Request::MarkReviewed { .. } => {
             return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no audit log"))
         }
         Request::OfferHandover { .. }

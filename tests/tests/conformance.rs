@@ -173,7 +173,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     })
     .await?;
     // On the same case: an offer withdrawn, then one accepted and cancelled; then a team lead takes over.
-    let withdrawn = vt.offer_handover(second, offer(&lt, "consent", deadline + 1)).await?.offers[1].id;
+    let without_consent =
+        OfferRequest { justification: Some("acute risk".into()), ..offer(&lt, "vt-safety", deadline + 1) };
+    let withdrawn = vt.offer_handover(second, without_consent).await?.offers[1].id;
     vt.withdraw_offer(second, withdrawn, "sent to the wrong team").await?;
     let cancelled = vt.offer_handover(second, offer(&lt, "consent", deadline + 2)).await?.offers[2].id;
     lt.accept_offer(second, cancelled).await?;
@@ -198,7 +200,11 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     officer.pending_offers().await?;
     let audit = officer.audit_query(wire::audit::AuditFilter { case: Some(thread), ..Default::default() }).await?;
     assert!(!audit.is_empty());
-    officer.audit_query(wire::audit::AuditFilter::default()).await?;
+    let handovers = wire::audit::AuditFilter { action: Some(wire::audit::AuditAction::Handover), ..Default::default() };
+    let handovers = officer.audit_query(handovers).await?;
+    let queue = ketenhub_sdk::report::review_queue(&handovers, &officer.identity().oin, |b| b == "vt-safety");
+    let share = queue.first().ok_or_else(|| anyhow::anyhow!("no share to review"))?;
+    officer.mark_reviewed(share.share.seq, "justified").await?;
     officer.witness_audit().await?;
     for client in [&vt, &lt, &officer, &system, &lead, &school, &lt_system] {
         client.close().await;
@@ -248,6 +254,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:on_behalf_of",
         "op:audit_query",
         "op:audit_head",
+        "op:mark_reviewed",
+        "kind:reviewed",
         "op:offer_handover",
         "op:answer_offer",
         "op:complete_handover",

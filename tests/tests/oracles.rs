@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 36;
+const KINDS: usize = 37;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -26,6 +26,8 @@ struct Target {
     thread: ThreadId,
     offer: u32,
     blob: BlobId,
+    /// An audit entry: at the real case, its offer's (which shares without consent).
+    entry: u64,
 }
 
 /// Who sends a probe: each kind goes out from an outsider whose role may send it,
@@ -120,6 +122,7 @@ fn every_kind() -> Vec<Request> {
         Request::AuditQuery { filter: AuditFilter { case: Some(t), ..AuditFilter::default() }, known_size: 0 },
         Request::ListOffers,
         Request::AuditHead { known_size: 0 },
+        Request::MarkReviewed { entry: 1, note: "justified".into() },
     ]
 }
 
@@ -163,6 +166,7 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
             .into_iter()
             .map(|(_, inner)| (System, Request::OnBehalfOf { member: member.clone(), request: Box::new(inner) }))
             .collect(),
+        Request::MarkReviewed { note, .. } => vec![(Officer, Request::MarkReviewed { entry: t.entry, note })],
         Request::AuditQuery { filter, known_size } => {
             vec![(Officer, Request::AuditQuery { filter: AuditFilter { case: Some(thread), ..filter }, known_size })]
         }
@@ -209,6 +213,19 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
             vec![(Caseworker, Request::RecordHistoryShare { thread, message, seqs })]
         }
     }
+}
+
+/// The sequence number of the audit entry of the offer on `case`.
+fn offer_entry(hub: &DevHub, case: ThreadId) -> anyhow::Result<u64> {
+    let mut found = None;
+    hub::audit::scan(hub.store().as_ref(), |e| {
+        let offered = e.record.object.as_deref().is_some_and(|o| o.starts_with("offer to"));
+        if e.record.case == Some(case) && offered {
+            found = Some(e.seq);
+        }
+        found.is_none()
+    })?;
+    found.ok_or_else(|| anyhow::anyhow!("the offer left no audit entry"))
 }
 
 /// The hub's encoded reply to `request`, with the request id zeroed.
@@ -258,8 +275,9 @@ async fn an_outsider_gets_the_same_bytes_for_a_real_case_as_for_random_ids() -> 
     let mut raw_rvdk = hub.client("rvdk-caseworker").connect_raw().await?;
     let sealed = Request::PutBlobChunk { thread, blob, index: 0, last: true, data: vec![7; 64] };
     assert!(tests::raw_reply(&mut raw_rvdk, sealed).await?.is_ok());
-    let real = Target { thread, offer, blob };
-    let random = Target { thread: ThreadId::random(), offer, blob: BlobId::random() };
+    let entry = offer_entry(&hub, thread)?;
+    let real = Target { thread, offer, blob, entry };
+    let random = Target { thread: ThreadId::random(), offer, blob: BlobId::random(), entry: entry + 1_000_000 };
 
     // Outsiders: no organisation of theirs is on the case.
     let mut caseworker = hub.client("lt-oudewater-caseworker").connect_raw().await?;

@@ -69,6 +69,9 @@ pub enum AuditAction {
     Handover,
     /// Earlier messages of a case re-shared, end to end encrypted, to members who joined later.
     ShareHistory,
+    /// A privacy officer marked a share without consent as reviewed (the
+    /// object names the entry, the purpose holds the officer's note).
+    Review,
 }
 
 impl AuditAction {
@@ -93,6 +96,7 @@ impl AuditAction {
             Self::Retention => "retention",
             Self::Handover => "handover",
             Self::ShareHistory => "share_history",
+            Self::Review => "review",
         }
     }
 }
@@ -273,6 +277,17 @@ impl Proof {
     }
 }
 
+/// The object of a [`AuditAction::Review`] entry: it names the reviewed entry.
+pub fn review_object(entry: u64) -> String {
+    format!("review of entry {entry}")
+}
+
+/// The entry a [`AuditAction::Review`] record reviewed.
+pub fn reviewed_entry(record: &AuditRecord) -> Option<u64> {
+    let object = record.object.as_deref().filter(|_| record.action == AuditAction::Review)?;
+    object.strip_prefix("review of entry ")?.parse().ok()
+}
+
 /// Which entries a privacy officer asks for; every filter narrows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditFilter {
@@ -286,4 +301,7 @@ pub struct AuditFilter {
     pub until_ms: Option<u64>,
     /// At most this many entries (the hub caps it).
     pub limit: Option<u32>,
+    /// Only entries of this action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<AuditAction>,
 }

@@ -470,6 +470,15 @@ pub enum Request {
     /// Offers waiting for the caller's organisation; for a privacy officer, the
     /// offers to or from its organisation made without consent (the review queue).
     ListOffers,
+    /// Marks audit entry `entry`, an offer or an add on a legal basis
+    /// without consent within the caller's scope, as reviewed, with the
+    /// privacy officer's note; the review is itself an audit entry.
+    MarkReviewed {
+        /// The reviewed entry's sequence number in the audit log.
+        entry: u64,
+        /// What the officer found.
+        note: String,
+    },
     /// Asks for audit entries within the caller's scope (privacy officers).
     AuditQuery {
         /// What to select.
@@ -581,6 +590,13 @@ pub enum Reply {
     MemberAdded {
         /// The sequence number of the membership entry.
         seq: u64,
+    },
+    /// The review of audit entry `entry` is in the audit log.
+    Reviewed {
+        /// The reviewed entry.
+        entry: u64,
+        /// The case it is about.
+        case: ThreadId,
     },
     /// A history share's disclosure is in the audit log: the members it discloses to.
     HistoryShareRecorded {

@@ -225,6 +225,7 @@ pub fn router(app: App) -> Router {
         .route("/audit/report", get(officer::report))
         .route("/audit/status", get(officer::status))
         .route("/review", get(officer::review))
+        .route("/review/{entry}", post(officer::mark_reviewed))
         .route("/events", get(live::events))
         .route("/language", post(auth::language))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth::require_session));

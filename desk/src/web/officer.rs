@@ -12,11 +12,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use hub::audit::chain::{to_json_line, ExportLine};
-use ketenhub_sdk::{AuditEntry, AuditFilter, MemberId, ThreadId};
+use ketenhub_sdk::{AuditAction, AuditEntry, AuditFilter, MemberId, ThreadId};
+
 use serde::{Deserialize, Serialize};
 
 use super::auth::Session;
-use super::views;
 use super::{App, WebError, WebResult};
 
 /// Entries per page of the audit query.
@@ -89,6 +89,7 @@ impl AuditForm {
             since_ms: self.after_ms.or(since),
             until_ms: super::day_ms(&self.until)?.map(|d| d + wire::calendar::DAY_MS),
             limit: Some((PAGE + 1) as u32 + self.after_seq.map_or(0, |_| PAGE as u32)),
+            action: None,
         })
     }
 }
@@ -223,18 +224,79 @@ pub async fn report(
     Ok(response)
 }
 
-/// The review queue: offers that share without consent, with their justification.
+/// One share without consent on the review page, with its reviews by this organisation.
+#[derive(Serialize)]
+struct ReviewRow {
+    seq: u64,
+    at_ms: u64,
+    case: String,
+    actor: String,
+    action: &'static str,
+    object: String,
+    legal_basis: String,
+    purpose: String,
+    reviews: Vec<(String, u64, String)>,
+}
+
+impl ReviewRow {
+    fn of(item: &ketenhub_sdk::report::ReviewItem) -> Self {
+        let record = &item.share.record;
+        let who = |r: &wire::audit::AuditRecord| {
+            r.actor.as_ref().map_or_else(String::new, |a| format!("{} ({})", a.organisation, a.worker))
+        };
+        Self {
+            seq: item.share.seq,
+            at_ms: record.at_ms,
+            case: record.case.map(|c| c.to_string()).unwrap_or_default(),
+            actor: who(record),
+            action: record.action.code(),
+            object: record.object.clone().unwrap_or_default(),
+            legal_basis: record.legal_basis.clone().unwrap_or_default(),
+            purpose: record.purpose.clone().unwrap_or_default(),
+            reviews: item
+                .reviews
+                .iter()
+                .map(|r| (who(&r.record), r.record.at_ms, r.record.purpose.clone().unwrap_or_default()))
+                .collect(),
+        }
+    }
+}
+
+/// The review queue: every offer and add in scope that shared without the
+/// family's consent, from the audit log, each with the reviews this
+/// organisation's officers gave it; the unreviewed ones first.
 pub async fn review(State(app): State<App>, Extension(session): Extension<Session>) -> WebResult {
-    let me = app.desk.client.member_id();
-    let offers: Vec<(String, views::OfferView)> = app
-        .desk
-        .client
-        .pending_offers()
-        .await?
-        .iter()
-        .map(|(case, o)| (case.to_string(), views::offer(&app.desk.policy, o, &me)))
-        .collect();
-    Ok(app.render(&session, "review.html", minijinja::context! { offers, page => "review" })?.into_response())
+    let client = &app.desk.client;
+    let mut entries = Vec::new();
+    for action in [AuditAction::Handover, AuditAction::AddMember, AuditAction::Review] {
+        entries.extend(client.audit_query(AuditFilter { action: Some(action), ..Default::default() }).await?);
+    }
+    entries.sort_by_key(|e| e.seq);
+    let policy = &app.desk.policy;
+    let without_consent = |basis: &str| policy.legal_basis(basis).is_some_and(|b| b.without_consent);
+    let queue = ketenhub_sdk::report::review_queue(&entries, &client.identity().oin, without_consent);
+    let (open, done): (Vec<_>, Vec<_>) = queue.iter().map(ReviewRow::of).partition(|r| r.reviews.is_empty());
+    Ok(app.render(&session, "review.html", minijinja::context! { open, done, page => "review" })?.into_response())
+}
+
+/// The note a privacy officer gives with a review.
+#[derive(Deserialize)]
+pub struct ReviewForm {
+    note: String,
+}
+
+/// Marks a share as reviewed with the officer's note: an audit entry at the hub.
+pub async fn mark_reviewed(
+    State(app): State<App>,
+    axum::extract::Path(entry): axum::extract::Path<u64>,
+    axum::Form(form): axum::Form<ReviewForm>,
+) -> WebResult<axum::response::Redirect> {
+    let note = form.note.trim();
+    if note.is_empty() {
+        return Err(WebError::BadRequest("a review needs a note".into()));
+    }
+    app.desk.client.mark_reviewed(entry, note).await?;
+    Ok(axum::response::Redirect::to("/review"))
 }
 
 #[derive(Deserialize)]

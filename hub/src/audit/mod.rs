@@ -212,6 +212,7 @@ pub fn scan(store: &dyn Store, mut visit: impl FnMut(AuditEntry) -> bool) -> Res
 pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
     let record = &entry.record;
     filter.case.is_none_or(|case| record.case == Some(case))
+        && filter.action.is_none_or(|action| record.action == action)
         && filter.since_ms.is_none_or(|since| record.at_ms >= since)
         && filter.until_ms.is_none_or(|until| record.at_ms < until)
         && filter.worker.as_ref().is_none_or(|worker| {

@@ -9,6 +9,7 @@ use wire::audit::{AuditAction, AuditFilter, AuditRecord};
 use wire::{ErrorCode, MemberId, Reply, Request, WireError};
 
 use crate::audit;
+use crate::policy::Policy;
 use crate::session::{internal, Caller, Hub};
 use crate::store::Store;
 
@@ -21,6 +22,18 @@ impl Hub {
     ) -> JoinHandle<Result<Reply, WireError>> {
         let (store, oin) = (self.store.clone(), caller.identity.oin.clone());
         tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter, known_size))
+    }
+
+    /// Checks, off the runtime, that a privacy officer's review names a share
+    /// without consent within its scope.
+    pub(super) fn spawn_review(
+        &self,
+        caller: &Caller,
+        entry: u64,
+        note: String,
+    ) -> JoinHandle<Result<Reply, WireError>> {
+        let (store, policy, oin) = (self.store.clone(), self.policy.current(), caller.identity.oin.clone());
+        tokio::task::spawn_blocking(move || reviewable(store.as_ref(), &policy, &oin, entry, &note))
     }
 
     pub(super) fn signed_head(&self, known_size: u64) -> Result<Reply, WireError> {
@@ -52,6 +65,34 @@ fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_s
         })
         .collect::<Result<_, _>>()?;
     Ok(Reply::AuditEntries { entries, truncated, head: head.map(Box::new), proofs, consistency })
+}
+
+/// The answer to a review of audit entry `entry`: an offer or add on a basis
+/// without consent about one of the officer's organisation's cases. Another
+/// entry, or one that does not exist, is refused as one outside the scope.
+fn reviewable(store: &dyn Store, policy: &Policy, oin: &wire::Oin, entry: u64, note: &str) -> Result<Reply, WireError> {
+    if note.trim().is_empty() {
+        return Err(WireError::new(ErrorCode::Invalid, "a review needs a note"));
+    }
+    let outside = || {
+        WireError::new(
+            ErrorCode::Forbidden,
+            "denied by rule audit-outside-scope: not an entry of your organisation's cases",
+        )
+    };
+    let found = store.audit_entries(entry, 1).map_err(internal)?.into_iter().find(|e| e.seq == entry);
+    let record = found.ok_or_else(outside)?.record;
+    let case = record.case.ok_or_else(outside)?;
+    if !store.organisation_cases(oin).map_err(internal)?.contains(&case) {
+        return Err(outside());
+    }
+    let share = matches!(record.action, AuditAction::Handover | AuditAction::AddMember)
+        && record.outcome == wire::audit::AuditOutcome::Allowed
+        && record.legal_basis.as_deref().is_some_and(|basis| crate::handovers::needs_review(policy, basis));
+    if !share {
+        return Err(WireError::new(ErrorCode::Invalid, format!("entry {entry} is not a share without consent")));
+    }
+    Ok(Reply::Reviewed { entry, case })
 }
 
 /// The latest signed tree head and the consistency proof to it from the tree of `known_size` entries (empty
@@ -114,7 +155,11 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
         }
         Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
         Request::OfferHandover { thread, offer } => {
-            record.purpose = Some(offer.reason.clone());
+            // Why the family's consent was not asked is what a privacy officer reviews.
+            record.purpose = Some(match &offer.justification {
+                Some(why) => format!("{} (justification: {why})", offer.reason),
+                None => offer.reason.clone(),
+            });
             record.legal_basis = Some(offer.legal_basis.clone());
             let object = format!("offer to {} on route {}", offer.to.as_str(), offer.route);
             (AuditAction::Handover, Some(*thread), Some(object))
@@ -180,6 +225,10 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
             let named: std::collections::BTreeSet<&u64> = seqs.iter().collect();
             let object = format!("history share {message} of {} earlier entries {named:?}", named.len());
             (AuditAction::ShareHistory, Some(*thread), Some(object))
+        }
+        Request::MarkReviewed { entry, note } => {
+            record.purpose = Some(note.clone());
+            (AuditAction::Review, None, Some(wire::audit::review_object(*entry)))
         }
         Request::CloseCase { thread, outcome, reason } => {
             record.purpose = Some(reason.clone());

@@ -195,8 +195,11 @@ impl Hub {
 
     /// Releases a read's answer once its audit entry, saying whether it failed, is durable.
     async fn answered(&self, mut record: AuditRecord, reply: Result<Reply, WireError>) -> Outcome {
-        if let Ok(Reply::HistoryShareRecorded { recipients }) = &reply {
-            audit::disclosed_to(&mut record, recipients);
+        match &reply {
+            Ok(Reply::HistoryShareRecorded { recipients }) => audit::disclosed_to(&mut record, recipients),
+            // The review is filed on the reviewed entry's case, so that the case's queries show it.
+            Ok(Reply::Reviewed { case, .. }) => record.case = Some(*case),
+            _ => {}
         }
         if let Err(e) = &reply {
             record.outcome = AuditOutcome::Failed;
@@ -311,6 +314,7 @@ impl Hub {
                 return Ok(Prepared::Slow(self.spawn_audit_query(caller, filter, known_size)));
             }
             Request::ListOffers => return Ok(Prepared::Slow(self.spawn_list_offers(caller, actor))),
+            Request::MarkReviewed { entry, note } => return Ok(Prepared::Slow(self.spawn_review(caller, entry, note))),
             Request::RecordHistoryShare { thread, seqs, .. } => {
                 // Only the audit entry is written, and the reply waits for it to be durable.
                 return Ok(Prepared::Read(self.history_share(thread, &actor, &seqs)));
@@ -362,7 +366,7 @@ impl Hub {
             | Request::GroupInfo { thread }
             | Request::Rejoin { thread, .. } => (Action::Read, Some(*thread)),
             Request::ListThreads | Request::UploadKeyPackages { .. } => (Action::Read, None),
-            Request::AuditQuery { .. } => (Action::AuditQuery, None),
+            Request::AuditQuery { .. } | Request::MarkReviewed { .. } => (Action::AuditQuery, None),
             Request::OfferHandover { thread, .. }
             | Request::CompleteHandover { thread, .. }
             | Request::ReportDone { thread, .. }
