@@ -73,12 +73,7 @@ pub fn review_queue(
     }
     entries
         .iter()
-        .filter(|e| {
-            let r = &e.record;
-            matches!(r.action, AuditAction::Handover | AuditAction::AddMember)
-                && r.outcome == AuditOutcome::Allowed
-                && r.legal_basis.as_deref().is_some_and(&without_consent)
-        })
+        .filter(|e| wire::audit::is_share_without_consent(&e.record, &without_consent))
         .map(|share| ReviewItem { share: share.clone(), reviews: reviews.remove(&share.seq).unwrap_or_default() })
         .collect()
 }

@@ -277,6 +277,14 @@ impl Proof {
     }
 }
 
+/// Whether `record` is a share a privacy officer reviews: an allowed offer or
+/// add on a legal basis that `without_consent` says needs no consent.
+pub fn is_share_without_consent(record: &AuditRecord, without_consent: impl Fn(&str) -> bool) -> bool {
+    matches!(record.action, AuditAction::Handover | AuditAction::AddMember)
+        && record.outcome == AuditOutcome::Allowed
+        && record.legal_basis.as_deref().is_some_and(without_consent)
+}
+
 /// The object of a [`AuditAction::Review`] entry: it names the reviewed entry.
 pub fn review_object(entry: u64) -> String {
     format!("review of entry {entry}")

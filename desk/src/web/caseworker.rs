@@ -127,8 +127,7 @@ fn receivers(app: &App) -> Vec<(String, String, Vec<Choice>)> {
 /// A basis that shares without consent needs a written justification: the policy says which do, and the
 /// SDK's packet check asks one for every basis but consent.
 fn needs_justification(app: &App, basis: &str) -> bool {
-    basis != ketenhub_sdk::packet::LawfulBasis::CONSENT
-        || app.desk.policy.legal_basis(basis).is_some_and(|b| b.without_consent)
+    basis != ketenhub_sdk::packet::LawfulBasis::CONSENT || hub::handovers::needs_review(&app.desk.policy, basis)
 }
 
 /// The legal bases with their descriptions, for the add-member form.

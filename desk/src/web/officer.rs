@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use hub::audit::chain::{to_json_line, ExportLine};
 use ketenhub_sdk::{AuditAction, AuditEntry, AuditFilter, MemberId, ThreadId};
-
 use serde::{Deserialize, Serialize};
 
 use super::auth::Session;
@@ -273,7 +272,7 @@ pub async fn review(State(app): State<App>, Extension(session): Extension<Sessio
     }
     entries.sort_by_key(|e| e.seq);
     let policy = &app.desk.policy;
-    let without_consent = |basis: &str| policy.legal_basis(basis).is_some_and(|b| b.without_consent);
+    let without_consent = |basis: &str| hub::handovers::needs_review(policy, basis);
     let queue = ketenhub_sdk::report::review_queue(&entries, &client.identity().oin, without_consent);
     let (open, done): (Vec<_>, Vec<_>) = queue.iter().map(ReviewRow::of).partition(|r| r.reviews.is_empty());
     Ok(app.render(&session, "review.html", minijinja::context! { open, done, page => "review" })?.into_response())

@@ -174,7 +174,7 @@ pub fn offer(policy: &Policy, o: &Offer, me: &MemberId) -> OfferView {
         to_worker: o.to_worker.clone(),
         route: o.route.clone(),
         legal_basis: o.legal_basis.clone(),
-        without_consent: policy.legal_basis(&o.legal_basis).is_some_and(|b| b.without_consent),
+        without_consent: hub::handovers::needs_review(policy, &o.legal_basis),
         reason: o.reason.clone(),
         justification: o.justification.clone(),
         deadline_ms: o.deadline_ms,

@@ -86,10 +86,7 @@ fn reviewable(store: &dyn Store, policy: &Policy, oin: &wire::Oin, entry: u64, n
     if !store.organisation_cases(oin).map_err(internal)?.contains(&case) {
         return Err(outside());
     }
-    let share = matches!(record.action, AuditAction::Handover | AuditAction::AddMember)
-        && record.outcome == wire::audit::AuditOutcome::Allowed
-        && record.legal_basis.as_deref().is_some_and(|basis| crate::handovers::needs_review(policy, basis));
-    if !share {
+    if !wire::audit::is_share_without_consent(&record, |basis| crate::handovers::needs_review(policy, basis)) {
         return Err(WireError::new(ErrorCode::Invalid, format!("entry {entry} is not a share without consent")));
     }
     Ok(Reply::Reviewed { entry, case })
