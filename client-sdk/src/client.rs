@@ -26,8 +26,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, warn};
 use uuid::Uuid;
 use wire::{
-    ClientFrame, EntryBody, ErrorCode, HubFrame, Identity, MemberId, MessageId, Reply, Request, ThreadId,
-    ThreadSummary, WireError,
+    ClientFrame, EntryBody, ErrorCode, HubFrame, Identity, MemberDelivery, MemberId, MessageId, Reply, Request,
+    ThreadId, ThreadSummary, WireError,
 };
 
 use wire::handover::{
@@ -918,6 +918,16 @@ impl Client {
     pub async fn members(&self, thread: ThreadId) -> Result<Vec<MemberId>, Error> {
         match self.request(Request::ListMembers { thread }).await? {
             Reply::Members { members } => Ok(members),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// How far each current member of a thread has received it: a message
+    /// with sequence number `seq` has reached a member's device when
+    /// `any_device >= seq`. The cursors move when devices acknowledge.
+    pub async fn delivery(&self, thread: ThreadId) -> Result<Vec<MemberDelivery>, Error> {
+        match self.request(Request::DeliveryStatus { thread }).await? {
+            Reply::Delivery { members } => Ok(members),
             other => Err(unexpected(other)),
         }
     }

@@ -59,6 +59,7 @@ pub use wire::handover::{
     OfferState, Ownership, Participant, ParticipantRole, RegieDecision,
 };
 pub use wire::{
-    AgencyKind, ErrorCode, Identity, MemberId, MessageId, Role, SideThread, ThreadId, ThreadSummary, WireError,
+    AgencyKind, ErrorCode, Identity, MemberDelivery, MemberId, MessageId, Role, SideThread, ThreadId, ThreadSummary,
+    WireError,
 };
 pub use witness::AuditError;

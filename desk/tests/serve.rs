@@ -417,3 +417,62 @@ async fn a_privacy_officer_marks_a_share_without_consent_as_reviewed_from_the_de
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_shows_which_members_have_each_message_on_a_device() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "lt-woerden-caseworker");
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let state = tempfile::tempdir()?;
+    let away = || hub.client("lt-oudewater-caseworker").state_dir(state.path());
+    let oudewater = away().discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let consent = Grounds::new("voluntary support", "consent");
+    vt.add_member(thread, ketenhub_sdk::MemberId::new("00000001800000000002", "sanne.bakker")?, &consent).await?;
+    vt.add_member(thread, oudewater.member_id(), &consent).await?;
+    let deadline = Instant::now() + WAIT;
+    while oudewater.epoch(thread) != vt.epoch(thread) {
+        anyhow::ensure!(Instant::now() < deadline, "Oudewater never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    oudewater.close().await;
+    drop(oudewater);
+
+    // The desk has VT's message; Oudewater's only device is away.
+    vt.send_text(thread, "wie leest mee").await?;
+    let cookie = sign_in(&desk).await?;
+    let page = format!("/cases/{thread}");
+    let waiting = "Nog niet ontvangen door: Lokaal team Oudewater (joris.smit)";
+    let shown = shows(&desk, &page, &cookie, waiting).await?;
+    assert!(shown.body.contains("Ontvangen door: Lokaal team Woerden (sanne.bakker)"), "{}", shown.body);
+    assert_eq!(shown.body.matches("class=\"delivery\"").count(), 1, "only the message has a delivery line");
+
+    // Oudewater's device comes back, processes the message and acknowledges
+    // it: nobody is waiting any more.
+    let oudewater = away().connect().await?;
+    let mut events = oudewater.events().expect("events");
+    let deadline = Instant::now() + WAIT;
+    let seq = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, futures_util::StreamExt::next(&mut events)).await {
+            Ok(Some(ketenhub_sdk::Event::Message(m))) if m.thread == thread => break m.seq,
+            Ok(Some(_)) => continue,
+            other => anyhow::bail!("Oudewater never read the message: {other:?}"),
+        }
+    };
+    oudewater.ack(thread, seq).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = http(&desk, &get(&desk, &page, &cookie)).await?.body;
+        // Still a member, so off the waiting list means on the received one.
+        if !body.contains("Nog niet ontvangen door") && body.contains("class=\"delivered\"") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the desk never showed Oudewater's delivery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    oudewater.close().await;
+    drop(desk);
+    hub.stop().await
+}

@@ -24,7 +24,7 @@
 
 use serde::{Deserialize, Serialize};
 use wire::calendar::DAY_MS;
-use wire::{DeviceId, MemberId, ThreadId};
+use wire::{DeviceId, MemberDelivery, MemberId, ThreadId};
 
 use crate::durability::{Write, WriteError};
 use crate::session::{Caller, Hub};
@@ -121,12 +121,21 @@ pub fn received(
     now_ms: u64,
     limits: DeviceLimits,
 ) -> Result<u64, StoreError> {
+    Ok(delivery(store, member, thread, now_ms, limits)?.every_device)
+}
+
+/// How far `member` has received `thread` on any device, and on every
+/// device seen within the idle period (on any, when none was).
+pub fn delivery(
+    store: &dyn Store,
+    member: &MemberId,
+    thread: ThreadId,
+    now_ms: u64,
+    limits: DeviceLimits,
+) -> Result<MemberDelivery, StoreError> {
     let devices = store.devices(member)?;
-    if devices.is_empty() {
-        return store.cursor(member, &DeviceId::default(), thread);
-    }
     let mut active = None::<u64>;
-    let mut any = 0;
+    let mut any = if devices.is_empty() { store.cursor(member, &DeviceId::default(), thread)? } else { 0 };
     for (device, record) in &devices {
         let cursor = store.cursor(member, device, thread)?;
         any = any.max(cursor);
@@ -134,5 +143,5 @@ pub fn received(
             active = Some(active.map_or(cursor, |lowest| lowest.min(cursor)));
         }
     }
-    Ok(active.unwrap_or(any))
+    Ok(MemberDelivery { member: member.clone(), any_device: any, every_device: active.unwrap_or(any) })
 }

@@ -156,6 +156,7 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         Request::GroupInfo { .. } | Request::Rejoin { .. } => {
             return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no group state"))
         }
+        Request::DeliveryStatus { .. } => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no cursors")),
         // The relay enforces no policy and keeps no audit log.
         Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,
         Request::AuditQuery { .. } | Request::AuditHead { .. } | Request::MarkReviewed { .. } => {

@@ -197,6 +197,7 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     assert_eq!(refusal_rule(lt.leave_case(thread, "the owner does not leave this way").await), "Invalid");
     assert_eq!(refusal_rule(system.create_thread().await), "system-names-worker");
     system.on_behalf_of("anna.devries").threads().await?;
+    assert!(!lt.delivery(thread).await?.is_empty());
     officer.pending_offers().await?;
     let audit = officer.audit_query(wire::audit::AuditFilter { case: Some(thread), ..Default::default() }).await?;
     assert!(!audit.is_empty());
@@ -245,6 +246,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:add_member",
         "op:list_threads",
         "op:list_members",
+        "op:delivery_status",
+        "kind:delivery",
         "op:init_group",
         "op:commit",
         "op:upload_key_packages",

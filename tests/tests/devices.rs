@@ -164,3 +164,77 @@ fn entry(hub: &DevHub, thread: ThreadId, seq: u64) -> anyhow::Result<EntryBody> 
     let entries = hub.store().entries_after(thread, seq - 1, 1)?;
     Ok(entries.into_iter().next().ok_or_else(|| anyhow::anyhow!("no entry {seq}"))?.body)
 }
+
+#[tokio::test]
+async fn members_see_on_which_members_devices_a_message_arrived_and_outsiders_see_nothing() -> anyhow::Result<()> {
+    let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
+    let lt = hub.client(LT).connect().await?;
+    let mut lt_events = lt.events().expect("events");
+    let thread = desk.create_thread().await?;
+    desk.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
+    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+    let mut laptop_events = laptop.events().expect("events");
+    next_event(&mut laptop_events, WAIT, |e| matches!(e, Event::Rejoined { thread: t, .. } if *t == thread)).await?;
+    tests::eventually(WAIT, || async { Ok(desk.epoch(thread) == laptop.epoch(thread)) }).await?;
+    laptop.close().await;
+    drop(laptop_events);
+
+    // A device has a message once it has processed (acknowledged) it. The desk
+    // acknowledges its own send; LT's device and VT's laptop have not yet.
+    let sent = desk.send_text(thread, "wie heeft dit?").await?;
+    let (vt_id, lt_id) = (desk.member_id(), lt.member_id());
+    // (members listed, VT's (any, every), LT's (any, every)) as `c` sees them.
+    let status = |c: &ketenhub_sdk::Client| {
+        let (c, vt_id, lt_id) = (c.clone(), vt_id.clone(), lt_id.clone());
+        async move {
+            let all = c.delivery(thread).await?;
+            let of = |m: wire::MemberId| all.iter().find(|d| d.member == m).map(|d| (d.any_device, d.every_device));
+            anyhow::Ok((all.len(), of(vt_id), of(lt_id)))
+        }
+    };
+    let (seq, _) = shows(&mut desk_events, thread, "wie heeft dit?").await?;
+    assert_eq!(seq, sent.seq);
+    desk.ack(thread, seq).await?;
+    tests::eventually(WAIT, || async {
+        let (count, vt, lt_now) = status(&desk).await?;
+        Ok(count == 2
+            && vt.is_some_and(|(any, every)| any >= seq && every < seq)
+            && lt_now.is_some_and(|(any, _)| any < seq))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("VT's desk has it, VT's laptop and LT do not: {e}"))?;
+
+    let (lt_seq, _) = shows(&mut lt_events, thread, "wie heeft dit?").await?;
+    lt.ack(thread, lt_seq).await?;
+    tests::eventually(WAIT, || async {
+        let (_, vt, lt_now) = status(&desk).await?;
+        Ok(vt.is_some_and(|(_, every)| every < seq) && lt_now.is_some_and(|(any, every)| any >= seq && every >= seq))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("LT's only device has it: {e}"))?;
+
+    // The laptop comes back and catches up: now every device of VT has it.
+    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+    let mut laptop_events = laptop.events().expect("events");
+    let (laptop_seq, _) = shows(&mut laptop_events, thread, "wie heeft dit?").await?;
+    laptop.ack(thread, laptop_seq).await?;
+    tests::eventually(WAIT, || async {
+        let (_, vt, _) = status(&lt).await?;
+        Ok(vt.is_some_and(|(any, every)| any >= seq && every >= seq))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("both of VT's devices have it: {e}"))?;
+    drop(lt_events);
+
+    // Someone not on the case learns nothing, not even that the case exists.
+    let outsider = hub.client("gi-save-caseworker").discard_events().connect().await?;
+    let refused = outsider.delivery(thread).await;
+    let unknown = outsider.delivery(ThreadId::random()).await;
+    assert_eq!(format!("{refused:?}"), format!("{unknown:?}"));
+    assert!(
+        matches!(refused, Err(ketenhub_sdk::Error::Hub(ref e)) if e.code == wire::ErrorCode::NotFound),
+        "{refused:?}"
+    );
+    hub.stop().await
+}

@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 37;
+const KINDS: usize = 38;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]
@@ -68,6 +68,7 @@ fn every_kind() -> Vec<Request> {
         Request::Send { thread: t, message: MessageId::new(), payload: vec![1, 2, 3] },
         Request::ListThreads,
         Request::ListMembers { thread: t },
+        Request::DeliveryStatus { thread: t },
         Request::InitGroup { thread: t, group_info: vec![1], ratchet_tree: vec![2] },
         Request::Commit { thread: t, commit: vec![3], welcome: None, group_info: None },
         Request::GroupInfo { thread: t },
@@ -145,6 +146,7 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         }
         Request::Send { message, payload, .. } => vec![(Caseworker, Request::Send { thread, message, payload })],
         Request::ListMembers { .. } => vec![(Caseworker, Request::ListMembers { thread })],
+        Request::DeliveryStatus { .. } => vec![(Caseworker, Request::DeliveryStatus { thread })],
         Request::InitGroup { group_info, ratchet_tree, .. } => {
             vec![(Caseworker, Request::InitGroup { thread, group_info, ratchet_tree })]
         }

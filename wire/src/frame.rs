@@ -210,6 +210,12 @@ pub enum Request {
         /// The thread.
         thread: ThreadId,
     },
+    /// How far each member of a thread the caller is a member of has
+    /// received it, so that a sender sees who has a message.
+    DeliveryStatus {
+        /// The thread.
+        thread: ThreadId,
+    },
     /// Stores MLS KeyPackages (TLS-encoded) for the caller. Each must be valid
     /// and carry the caller's own credential; otherwise none is stored. An
     /// empty list only asks how many the hub holds.
@@ -620,6 +626,11 @@ pub enum Reply {
         /// The members, in no particular order.
         members: Vec<MemberId>,
     },
+    /// How far each current member of a thread has received it.
+    Delivery {
+        /// One per member, in no particular order.
+        members: Vec<MemberDelivery>,
+    },
     /// How many KeyPackages of the caller the hub holds after an upload.
     KeyPackagesStored {
         /// The number held.
@@ -721,6 +732,19 @@ pub struct ThreadSummary {
     /// Set for the caller's organisation's inbox (see [`ThreadId::inbox_of`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inbox: bool,
+}
+
+/// How far one member has received a thread: the entries up to `any_device`
+/// were acknowledged by at least one of its devices, those up to
+/// `every_device` by each device seen within the idle period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberDelivery {
+    /// The member.
+    pub member: MemberId,
+    /// The highest entry any of its devices acknowledged.
+    pub any_device: u64,
+    /// The highest entry every recently seen device acknowledged.
+    pub every_device: u64,
 }
 
 /// What links a side thread to its case.

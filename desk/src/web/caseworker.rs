@@ -172,18 +172,23 @@ pub async fn thread(
     let ctx = minijinja::context! {
         case => view, members, outcomes => &desk.policy.closing.outcomes,
         writes, adds => writes, participants => ownership.owner == me,
-        ..conversation(&app, thread, query.refused)?
+        ..conversation(&app, thread, query.refused).await?
     };
     Ok(app.render(&session, "thread.html", ctx)?.into_response())
 }
 
 /// What the messages and the forms under them need, for a case and a side thread alike.
-fn conversation(app: &App, thread: ThreadId, refused: Option<String>) -> WebResult<minijinja::Value> {
+async fn conversation(app: &App, thread: ThreadId, refused: Option<String>) -> WebResult<minijinja::Value> {
     let desk = &app.desk;
     let me = desk.client.member_id();
+    let status = desk.client.delivery(thread).await?;
     let stored = desk.store.thread(thread)?;
     let history_missing = stored.first().is_none_or(|e| e.seq > 1);
-    let entries: Vec<_> = stored.iter().map(|e| views::entry(&desk.policy, e, &me)).collect();
+    let view = |e| views::EntryView {
+        delivery: views::delivery(&desk.policy, &status, e, &me),
+        ..views::entry(&desk.policy, e, &me)
+    };
+    let entries: Vec<_> = stored.iter().map(view).collect();
     let organisations: Vec<(String, String)> =
         desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
     Ok(minijinja::context! {
@@ -208,7 +213,7 @@ async fn side_thread(
     let members = views::members(&desk.policy, &desk.client.members(thread).await?, None, &me);
     let side = minijinja::context! { case => side.case.to_string(), purpose => side.purpose };
     let ctx = minijinja::context! {
-        side, in_case, members, writes, adds, participants => false, ..conversation(app, thread, query.refused)?
+        side, in_case, members, writes, adds, participants => false, ..conversation(app, thread, query.refused).await?
     };
     Ok(app.render(session, "side.html", ctx)?.into_response())
 }

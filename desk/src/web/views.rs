@@ -6,7 +6,8 @@
 
 use hub::policy::Policy;
 use ketenhub_sdk::{
-    ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberId, Offer, OfferState, Ownership, ParticipantRole,
+    ClockKind, Content, Escalation, FamilyTold, HandoverEvent, MemberDelivery, MemberId, Offer, OfferState, Ownership,
+    ParticipantRole,
 };
 use serde::Serialize;
 use wire::handover::CaseClock;
@@ -284,6 +285,28 @@ pub struct EntryView {
     pub step: Option<&'static str>,
     /// For a history share: the earlier messages it re-shares, in their original order.
     pub shared: Vec<SharedView>,
+    /// For a message: which of the other members have it on a device, as the page was made.
+    pub delivery: Option<DeliveryView>,
+}
+
+/// The other current members of a thread, split by whether a message reached one of their devices.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliveryView {
+    /// Members whose device acknowledged it.
+    pub received: Vec<Who>,
+    /// Members whose devices have not yet.
+    pub waiting: Vec<Who>,
+}
+
+/// Where message `e` has arrived, from the hub's delivery status; none for other entries.
+pub fn delivery(policy: &Policy, status: &[MemberDelivery], e: &Entry, me: &MemberId) -> Option<DeliveryView> {
+    let Stored::Message(message) = &e.body else { return None };
+    let mut view = DeliveryView::default();
+    for member in status.iter().filter(|d| d.member != message.sender) {
+        let list = if member.any_device >= e.seq { &mut view.received } else { &mut view.waiting };
+        list.push(who(policy, &member.member, me));
+    }
+    Some(view)
 }
 
 /// One earlier message in a history share, as the thread shows it.
@@ -377,6 +400,7 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
         member: None,
         step: None,
         shared: Vec::new(),
+        delivery: None,
     };
     match &e.body {
         Stored::Message(m) => {

@@ -146,6 +146,7 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
         }
         Request::ListThreads => (AuditAction::ListThreads, None, None),
         Request::ListMembers { thread } => (AuditAction::ListMembers, Some(*thread), None),
+        Request::DeliveryStatus { thread } => (AuditAction::ListMembers, Some(*thread), Some("delivery status".into())),
         Request::AuditQuery { filter, .. } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
         Request::AuditHead { known_size } => {
             (AuditAction::AuditQuery, None, Some(format!("tree head from {known_size}")))

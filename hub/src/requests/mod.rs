@@ -332,6 +332,7 @@ impl Hub {
             Request::ListThreads => self.list_threads(caller, actor),
             Request::GroupInfo { thread } => self.group_info(thread),
             Request::ListMembers { thread } => self.list_members(thread),
+            Request::DeliveryStatus { thread } => self.delivery_status(thread),
             Request::GetOwnership { thread } => self.ownership(thread),
             Request::AuditHead { known_size } => self.signed_head(known_size),
             other => Err(WireError::new(ErrorCode::Internal, format!("not a read: {other:?}"))),
@@ -362,6 +363,7 @@ impl Hub {
             | Request::PutBlobChunk { thread, .. } => (Action::Send, Some(*thread)),
             // Getting the group back is part of reading the case.
             Request::ListMembers { thread }
+            | Request::DeliveryStatus { thread }
             | Request::GetBlobChunk { thread, .. }
             | Request::GroupInfo { thread }
             | Request::Rejoin { thread, .. } => (Action::Read, Some(*thread)),

@@ -120,6 +120,16 @@ impl Hub {
         Ok(Reply::Members { members: self.store.members(thread).map_err(internal)? })
     }
 
+    /// How far each current member has received `thread`: cursors the hub
+    /// keeps anyway, shown to the members so a sender sees who has a message.
+    pub(super) fn delivery_status(&self, thread: ThreadId) -> Result<Reply, WireError> {
+        let now_ms = self.clock.now_ms();
+        let of =
+            |member: MemberId| crate::devices::delivery(&*self.store, &member, thread, now_ms, self.limits.devices());
+        let members = self.store.members(thread).and_then(|all| all.into_iter().map(of).collect());
+        Ok(Reply::Delivery { members: members.map_err(internal)? })
+    }
+
     /// Records that the caller processed `thread` up to `seq`. The cursor
     /// becomes durable with the next flush; losing it in a crash only means
     /// entries are delivered again.
