@@ -61,6 +61,15 @@ impl Grounds {
     }
 }
 
+/// One answer to an audit query: the entries, oldest first, and whether more matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    /// The entries, each verified when the client witnesses the log.
+    pub entries: Vec<wire::audit::AuditEntry>,
+    /// Whether more entries matched than were returned: ask again after the last one's seq.
+    pub truncated: bool,
+}
+
 /// The answer to a send: where the message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
@@ -831,21 +840,43 @@ impl Client {
         }
     }
 
-    /// Audit entries within this privacy officer's scope: about cases its
-    /// organisation is or was in, or by its own people. Entries carry no case
-    /// content. A query outside the scope is refused, and recorded.
+    /// Every audit entry within this privacy officer's scope that matches `filter`: about cases its
+    /// organisation is or was in, or by its own people. Entries carry no case content. A query outside
+    /// the scope is refused, and recorded.
+    ///
+    /// The hub answers at most 10,000 entries at a time; this follows every truncated answer with
+    /// the next page (`after_seq`), up to `filter.limit` entries in all when it is set, so nothing that
+    /// matched is silently left out. Narrow the filter for a large scope; [`Client::audit_page`] reads one page.
+    pub async fn audit_query(&self, filter: wire::audit::AuditFilter) -> Result<Vec<wire::audit::AuditEntry>, Error> {
+        let wanted = filter.limit.map_or(usize::MAX, |l| l as usize);
+        let mut all = Vec::new();
+        let mut filter = filter;
+        loop {
+            filter.limit = u32::try_from(wanted - all.len()).ok();
+            let page = self.audit_page(filter.clone()).await?;
+            let Some(last) = page.entries.last().map(|e| e.seq) else { return Ok(all) };
+            all.extend(page.entries);
+            if !page.truncated || all.len() >= wanted {
+                return Ok(all);
+            }
+            filter.after_seq = Some(last);
+        }
+    }
+
+    /// One page of [`Client::audit_query`]: at most `filter.limit` entries (the hub caps it) after
+    /// `filter.after_seq`, and whether more matched.
     ///
     /// A witnessing client (see [`crate::ClientBuilder::audit_public_key`]) checks the reply's signed head
     /// against the one it holds and every entry's inclusion proof, and fails with [`Error::Audit`] when
     /// they do not verify; the hub returns only entries its latest signed head covers.
-    pub async fn audit_query(&self, filter: wire::audit::AuditFilter) -> Result<Vec<wire::audit::AuditEntry>, Error> {
+    pub async fn audit_page(&self, filter: wire::audit::AuditFilter) -> Result<AuditPage, Error> {
         let _turn = match &self.inner.witness {
             Some(witness) => Some(witness.turn.lock().await),
             None => None,
         };
         let known_size = self.inner.witness.as_ref().map_or(0, |w| w.known_size());
         match self.request(Request::AuditQuery { filter, known_size }).await? {
-            Reply::AuditEntries { entries, head, proofs, consistency, .. } => {
+            Reply::AuditEntries { entries, head, proofs, consistency, truncated } => {
                 if let Some(witness) = &self.inner.witness {
                     let checked = match &head {
                         Some(head) => witness.accept(head, &consistency, &entries, &proofs),
@@ -854,7 +885,7 @@ impl Client {
                     };
                     checked.map_err(|e| self.audit_alarm(e))?;
                 }
-                Ok(entries)
+                Ok(AuditPage { entries, truncated })
             }
             other => Err(unexpected(other)),
         }

@@ -47,7 +47,7 @@ pub mod witness;
 pub use attachment::{Attachment, AttachmentError, Fetched};
 pub use builder::ClientBuilder;
 pub use certs::binding::{BindingError, Bound, SafetyNumber};
-pub use client::{Client, Grounds, Sent};
+pub use client::{AuditPage, Client, Grounds, Sent};
 pub use content::{Content, HistoryShare, SharedItem};
 pub use device::{DecryptError, StateKey};
 pub use error::Error;

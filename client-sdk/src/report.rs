@@ -71,9 +71,19 @@ pub fn review_queue(
             reviews.entry(reviewed).or_default().push(entry.clone());
         }
     }
+    // A share whose action then failed (an offer the case's state refused) shared nothing.
+    let mut failures: BTreeMap<u64, Vec<&AuditEntry>> = BTreeMap::new();
+    for entry in entries {
+        if let Some(undone) = wire::audit::undone_entry(&entry.record) {
+            failures.entry(undone).or_default().push(entry);
+        }
+    }
+    let took_effect =
+        |share: &&AuditEntry| !failures.get(&share.seq).is_some_and(|f| f.iter().any(|f| wire::audit::undoes(f, share)));
     entries
         .iter()
         .filter(|e| wire::audit::is_share_without_consent(&e.record, &without_consent))
+        .filter(took_effect)
         .map(|share| ReviewItem { share: share.clone(), reviews: reviews.remove(&share.seq).unwrap_or_default() })
         .collect()
 }

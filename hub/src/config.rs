@@ -224,6 +224,8 @@ pub struct Limits {
     /// Refused handshakes of one address for one reason are recorded once per
     /// this interval, then as one entry with their count.
     pub refused_handshake_audit_ms: u64,
+    /// Audit entries one query answers at most; more are read a page at a time (`after_seq`).
+    pub max_audit_query_entries: usize,
 }
 
 impl Default for Limits {
@@ -261,6 +263,7 @@ impl Default for Limits {
             max_handshakes_per_address: 32,
             max_pending_handshakes: 1_024,
             refused_handshake_audit_ms: 10_000,
+            max_audit_query_entries: 10_000,
         }
     }
 }
@@ -315,6 +318,7 @@ impl Limits {
             ("limits.max_handshakes_per_address", self.max_handshakes_per_address as u64),
             ("limits.max_pending_handshakes", self.max_pending_handshakes as u64),
             ("limits.refused_handshake_audit_ms", self.refused_handshake_audit_ms),
+            ("limits.max_audit_query_entries", self.max_audit_query_entries as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

@@ -385,9 +385,9 @@ impl<'a> Auditor<'a> {
         Self { store, recorder, request: None }
     }
 
-    /// Appends `record` to the chain; the write that asked is refused if it cannot be.
-    pub fn record(&mut self, record: AuditRecord) -> Result<(), WriteError> {
-        self.recorder.record(self.store, record).map(drop).map_err(|e| {
+    /// Appends `record` to the chain and returns its seq; the write that asked is refused if it cannot be.
+    pub fn record(&mut self, record: AuditRecord) -> Result<u64, WriteError> {
+        self.recorder.record(self.store, record).map(|entry| entry.seq).map_err(|e| {
             error!(error = %e, "cannot write an audit entry; the action is refused");
             WriteError::Store(e)
         })
@@ -411,7 +411,7 @@ impl<'a> Auditor<'a> {
                 ..crate::audit::hub_record(AuditAction::RemoveMember)
             },
         };
-        self.record(record)
+        self.record(record).map(drop)
     }
 }
 
@@ -772,14 +772,15 @@ fn apply_audited(
     audit: Option<AuditRecord>,
 ) -> Result<Applied, WriteError> {
     let mut auditor = Auditor { store, recorder, request: audit.as_ref() };
-    if let Some(record) = &audit {
-        auditor.record(record.clone())?;
-    }
+    let recorded = match &audit {
+        Some(record) => auditor.record(record.clone())?,
+        None => 0,
+    };
     let result = apply(store, groups, write, &mut auditor);
     if let (Err(e), Some(record)) = (&result, &audit) {
         let failed = AuditRecord {
             outcome: AuditOutcome::Failed,
-            rule: format!("{}; failed: {e}", record.rule),
+            rule: wire::audit::failure_rule(&record.rule, e, recorded),
             at_ms: now_ms(),
             ..record.clone()
         };

@@ -83,3 +83,47 @@ async fn an_officer_marks_its_own_organisations_shares_without_consent_as_review
     assert!(reviews.len() >= 4, "the refusals of VT's own people are in its scope: {reviews:?}");
     hub.stop().await
 }
+
+#[tokio::test]
+async fn an_offer_that_failed_shared_nothing_and_a_queue_longer_than_one_answer_is_read_to_its_end(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Small answers, so that a handful of entries already spans several pages.
+    let limits = hub::config::Limits { max_audit_query_entries: 3, ..tests::limits() };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let case = vt.create_thread().await?;
+    vt.offer_handover(case, safety_referral()).await?;
+    // Offering again while the offer is open passes the policy, is recorded as allowed, then fails
+    // in the case's state: a flood of such attempts must not flood the officer's queue.
+    for _ in 0..8 {
+        let again = vt.offer_handover(case, safety_referral()).await;
+        assert!(matches!(&again, Err(ketenhub_sdk::Error::Hub(e)) if e.code == wire::ErrorCode::Conflict), "{again:?}");
+    }
+    let later = vt.create_thread().await?;
+    vt.offer_handover(later, safety_referral()).await?;
+
+    let filter = AuditFilter { action: Some(AuditAction::Handover), ..Default::default() };
+    let page = officer.audit_page(filter.clone()).await?;
+    assert!(page.truncated && page.entries.len() == 3, "one answer holds three entries: {page:?}");
+    let next = officer.audit_page(AuditFilter { after_seq: page.entries.last().map(|e| e.seq), ..filter.clone() }).await?;
+    assert!(next.entries.first().is_some_and(|e| e.seq > page.entries[2].seq), "the next page reads on: {next:?}");
+
+    let entries = officer.audit_query(filter).await?;
+    assert!(entries.len() >= 18, "every attempt and its failure, across pages: {}", entries.len());
+    let queue = review_queue(&entries, &officer.identity().oin, |basis| basis == "vt-safety");
+    let cases: Vec<_> = queue.iter().map(|item| item.share.record.case).collect();
+    assert_eq!(cases, [Some(case), Some(later)], "only the offers that took effect: {queue:?}");
+
+    // The hub, too, refuses to have a failed attempt reviewed.
+    let attempt = entries
+        .iter()
+        .find(|e| e.record.outcome == wire::audit::AuditOutcome::Allowed && e.seq > queue[0].share.seq)
+        .expect("an allowed-then-failed attempt");
+    assert_eq!(attempt.record.case, Some(case));
+    let refused = officer.mark_reviewed(attempt.seq, "nothing to see").await;
+    assert!(matches!(&refused, Err(ketenhub_sdk::Error::Hub(e)) if e.code == wire::ErrorCode::Invalid), "{refused:?}");
+    officer.mark_reviewed(queue[0].share.seq, "justified").await?;
+    hub.stop().await
+}

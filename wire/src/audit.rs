@@ -285,6 +285,29 @@ pub fn is_share_without_consent(record: &AuditRecord, without_consent: impl Fn(&
         && record.legal_basis.as_deref().is_some_and(without_consent)
 }
 
+/// The rule of the entry the hub writes when an action it recorded as allowed (entry `entry`)
+/// then failed to take effect: the allowed entry stays in the chain, and this one undoes it.
+pub fn failure_rule(rule: &str, error: impl std::fmt::Display, entry: u64) -> String {
+    format!("{rule}; failed: {error}; entry {entry} did not take effect")
+}
+
+/// Whether `later` is the hub's record that `entry`'s action failed to take effect (see
+/// [`failure_rule`]): the same action by the same actor on the same object, written after it.
+/// An allowed share that was undone this way shared nothing and needs no review.
+pub fn undoes(later: &AuditEntry, entry: &AuditEntry) -> bool {
+    let (a, b) = (&later.record, &entry.record);
+    later.seq > entry.seq
+        && undone_entry(a) == Some(entry.seq)
+        && (a.action, &a.actor, &a.on_behalf_of, a.case, &a.object) == (b.action, &b.actor, &b.on_behalf_of, b.case, &b.object)
+        && a.rule.starts_with(&format!("{}; failed: ", b.rule))
+}
+
+/// The entry a failed record says did not take effect (see [`failure_rule`]), unchecked: confirm with [`undoes`].
+pub fn undone_entry(record: &AuditRecord) -> Option<u64> {
+    let rest = record.rule.strip_suffix(" did not take effect").filter(|_| record.outcome == AuditOutcome::Failed)?;
+    rest.rsplit_once("; entry ")?.1.parse().ok()
+}
+
 /// The object of a [`AuditAction::Review`] entry: it names the reviewed entry.
 pub fn review_object(entry: u64) -> String {
     format!("review of entry {entry}")
@@ -312,4 +335,8 @@ pub struct AuditFilter {
     /// Only entries of this action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<AuditAction>,
+    /// Only entries after this seq: the last seq of the previous page, to read on where a
+    /// truncated answer stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
 }

@@ -49,9 +49,8 @@ pub struct AuditForm {
     since: String,
     #[serde(default)]
     until: String,
-    /// The last seq and time of the previous page.
+    /// The last seq of the previous page.
     after_seq: Option<u64>,
-    after_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -85,10 +84,11 @@ impl AuditForm {
         Ok(AuditFilter {
             case: case_filter(&self.case)?,
             worker,
-            since_ms: self.after_ms.or(since),
+            since_ms: since,
             until_ms: super::day_ms(&self.until)?.map(|d| d + wire::calendar::DAY_MS),
-            limit: Some((PAGE + 1) as u32 + self.after_seq.map_or(0, |_| PAGE as u32)),
+            limit: Some(PAGE as u32),
             action: None,
+            after_seq: self.after_seq,
         })
     }
 }
@@ -115,22 +115,21 @@ pub async fn audit(
     Query(form): Query<AuditForm>,
 ) -> WebResult {
     let filter = form.filter()?;
-    let (rows, next, error) = match app.desk.client.audit_query(filter).await {
-        Ok(entries) => {
-            let fresh: Vec<&AuditEntry> = entries.iter().filter(|e| form.after_seq.is_none_or(|s| e.seq > s)).collect();
-            let next = (fresh.len() > PAGE).then(|| fresh[PAGE - 1]).map(|e| (e.seq, e.record.at_ms));
+    let (rows, next, error) = match app.desk.client.audit_page(filter).await {
+        Ok(page) => {
+            let next = page.entries.last().filter(|_| page.truncated).map(|e| e.seq);
             let rows: Vec<Row> =
-                fresh.iter().take(PAGE).map(|e| Row { seq: e.seq, at_ms: e.record.at_ms, fields: fields(e) }).collect();
+                page.entries.iter().map(|e| Row { seq: e.seq, at_ms: e.record.at_ms, fields: fields(e) }).collect();
             (rows, next, None)
         }
         Err(e) => (Vec::new(), None, Some(e.to_string())),
     };
     let organisations: Vec<(String, String)> =
         app.desk.policy.organisations().iter().map(|o| (o.oin.to_string(), o.name.clone())).collect();
-    let next_query = next.map(|(seq, ms)| {
+    let next_query = next.map(|seq| {
         let mut q = serde_urlencoded::to_string(&form).unwrap_or_default();
         q = q.split('&').filter(|p| !p.starts_with("after_")).collect::<Vec<_>>().join("&");
-        format!("{q}&after_seq={seq}&after_ms={ms}")
+        format!("{q}&after_seq={seq}")
     });
     let ctx = minijinja::context! {
         form, rows, columns => COLUMNS, next_query, error, organisations, page => "audit",
@@ -144,21 +143,9 @@ pub struct ReportQuery {
     download: Option<String>,
 }
 
-/// Every entry about a case, across pages. Only a full page (the hub's cap) is followed by another: each
-/// query is itself an entry about the case, so "until nothing new" would never end.
+/// Every entry about a case, across pages.
 async fn case_entries(app: &App, case: ThreadId) -> WebResult<Vec<AuditEntry>> {
-    let mut all: Vec<AuditEntry> = Vec::new();
-    loop {
-        let since_ms = all.last().map(|e| e.record.at_ms);
-        let filter = AuditFilter { case: Some(case), since_ms, ..Default::default() };
-        let last_seq = all.last().map_or(0, |e| e.seq);
-        let answer = app.desk.client.audit_query(filter).await?;
-        let full = answer.len() >= hub::audit::MAX_QUERY_ENTRIES;
-        all.extend(answer.into_iter().filter(|e| e.seq > last_seq));
-        if !full || all.last().map_or(0, |e| e.seq) == last_seq {
-            return Ok(all);
-        }
-    }
+    Ok(app.desk.client.audit_query(AuditFilter { case: Some(case), ..Default::default() }).await?)
 }
 
 #[derive(Serialize)]

@@ -47,9 +47,6 @@ impl Default for CheckpointSettings {
     }
 }
 
-/// Entries a privacy officer receives per query at most.
-pub const MAX_QUERY_ENTRIES: usize = 10_000;
-
 /// Audit entries read from the store per step when scanning.
 const SCAN_STEP: usize = 4096;
 
@@ -213,6 +210,7 @@ pub fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
     let record = &entry.record;
     filter.case.is_none_or(|case| record.case == Some(case))
         && filter.action.is_none_or(|action| record.action == action)
+        && filter.after_seq.is_none_or(|after| entry.seq > after)
         && filter.since_ms.is_none_or(|since| record.at_ms >= since)
         && filter.until_ms.is_none_or(|until| record.at_ms < until)
         && filter.worker.as_ref().is_none_or(|worker| {
@@ -233,9 +231,9 @@ pub fn query(
     oin: &Oin,
     cases: &HashSet<ThreadId>,
     filter: &AuditFilter,
-    covered: u64,
+    (covered, most): (u64, usize),
 ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
-    let limit = filter.limit.map_or(MAX_QUERY_ENTRIES, |l| (l as usize).min(MAX_QUERY_ENTRIES));
+    let limit = filter.limit.map_or(most, |l| (l as usize).min(most));
     let mut seqs = std::collections::BTreeSet::new();
     match filter.case {
         // A case's side threads answer to it: its access report includes those in the officer's scope.
@@ -258,7 +256,8 @@ pub fn query(
     // The indexes chose the case (and its side threads); the rest of the filter is matched below.
     let filter = &AuditFilter { case: None, ..filter.clone() };
     let mut found = Vec::new();
-    for seq in seqs.into_iter().filter(|seq| *seq <= covered) {
+    let first = filter.after_seq.map_or(0, |after| after.saturating_add(1));
+    for seq in seqs.into_iter().filter(|seq| (first..=covered).contains(seq)) {
         let Some(entry) = store.audit_entries(seq, 1)?.into_iter().next().filter(|e| e.seq == seq) else { continue };
         if matches(&entry, filter) {
             if found.len() == limit {

@@ -20,8 +20,8 @@ impl Hub {
         filter: AuditFilter,
         known_size: u64,
     ) -> JoinHandle<Result<Reply, WireError>> {
-        let (store, oin) = (self.store.clone(), caller.identity.oin.clone());
-        tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter, known_size))
+        let (store, oin, most) = (self.store.clone(), caller.identity.oin.clone(), self.limits.max_audit_query_entries);
+        tokio::task::spawn_blocking(move || audit_query(store.as_ref(), &oin, &filter, (known_size, most)))
     }
 
     /// Checks, off the runtime, that a privacy officer's review names a share
@@ -45,7 +45,12 @@ impl Hub {
 }
 
 /// A privacy officer's query, within the scope of its organisation.
-fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_size: u64) -> Result<Reply, WireError> {
+fn audit_query(
+    store: &dyn Store,
+    oin: &wire::Oin,
+    filter: &AuditFilter,
+    (known_size, most): (u64, usize),
+) -> Result<Reply, WireError> {
     let cases = store.organisation_cases(oin).map_err(internal)?;
     // Outside the organisation's cases, a case and a non-case look the same.
     if filter.case.is_some_and(|case| !cases.contains(&case)) {
@@ -56,7 +61,7 @@ fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_s
     }
     let (head, consistency) = audit_head(store, known_size)?;
     let covered = head.as_ref().map_or(0, |h| h.size);
-    let (entries, truncated) = audit::query(store, oin, &cases, filter, covered).map_err(internal)?;
+    let (entries, truncated) = audit::query(store, oin, &cases, filter, (covered, most)).map_err(internal)?;
     let proofs = entries
         .iter()
         .map(|entry| {
@@ -66,6 +71,10 @@ fn audit_query(store: &dyn Store, oin: &wire::Oin, filter: &AuditFilter, known_s
         .collect::<Result<_, _>>()?;
     Ok(Reply::AuditEntries { entries, truncated, head: head.map(Box::new), proofs, consistency })
 }
+
+/// How many entries after an attempt the hub's record of its failure may lie: only the entries the
+/// failed write itself made (its departures) come between.
+const FAILURE_WITHIN: usize = 64;
 
 /// The answer to a review of audit entry `entry`: an offer or add on a basis
 /// without consent about one of the officer's organisation's cases. Another
@@ -80,13 +89,15 @@ fn reviewable(store: &dyn Store, policy: &Policy, oin: &wire::Oin, entry: u64, n
             "denied by rule audit-outside-scope: not an entry of your organisation's cases",
         )
     };
-    let found = store.audit_entries(entry, 1).map_err(internal)?.into_iter().find(|e| e.seq == entry);
-    let record = found.ok_or_else(outside)?.record;
-    let case = record.case.ok_or_else(outside)?;
+    // The hub records a failure right after the attempt, within the same write.
+    let around = store.audit_entries(entry, 1 + FAILURE_WITHIN).map_err(internal)?;
+    let found = around.iter().find(|e| e.seq == entry).ok_or_else(outside)?;
+    let case = found.record.case.ok_or_else(outside)?;
     if !store.organisation_cases(oin).map_err(internal)?.contains(&case) {
         return Err(outside());
     }
-    if !wire::audit::is_share_without_consent(&record, |basis| crate::handovers::needs_review(policy, basis)) {
+    let undone = around.iter().any(|later| wire::audit::undoes(later, found));
+    if undone || !wire::audit::is_share_without_consent(&found.record, |basis| crate::handovers::needs_review(policy, basis)) {
         return Err(WireError::new(ErrorCode::Invalid, format!("entry {entry} is not a share without consent")));
     }
     Ok(Reply::Reviewed { entry, case })
