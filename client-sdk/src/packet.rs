@@ -484,8 +484,324 @@ impl AttachmentRef {
 pub struct FieldError {
     /// Where, in the JSON's terms: `family[1].gezag`, `legal_frame.measure.court_reference`.
     pub path: String,
-    /// What is wrong, in a sentence a worker can act on.
-    pub problem: String,
+    /// What is wrong: its English sentence is its `Display`, its `code` and values (serialized, tagged
+    /// `code`) let an application word it in its own language.
+    pub problem: Problem,
+}
+
+impl FieldError {
+    /// The problem `problem` at `path`.
+    pub fn new(path: impl Into<String>, problem: Problem) -> Self {
+        Self { path: path.into(), problem }
+    }
+}
+
+/// What is wrong with one field, in a sentence a worker can act on. Serialized as an object with the
+/// snake_case `code` and the values the sentence names, so that a desk can say it in Dutch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Problem {
+    /// The packet's version is not the one this SDK writes.
+    #[error("is {found}; this SDK writes version {writes}")]
+    WrongVersion {
+        /// The packet's version.
+        found: u16,
+        /// The version this SDK writes.
+        writes: u16,
+    },
+    /// The receiver is the sender's own organisation.
+    #[error("is the sender's organisation; a handover goes to another one")]
+    SameOrganisation,
+    /// A text that must say something is empty or blank.
+    #[error("is empty")]
+    Empty,
+    /// A code (route, lawful basis) is not spelled as codes are.
+    #[error("{value:?} is not a code of lowercase letters, digits, '.', '_' and '-'")]
+    NotACode {
+        /// The code as given.
+        value: String,
+    },
+    /// A date that may not lie in the future does.
+    #[error("{date} is after today ({today})")]
+    AfterToday {
+        /// The date.
+        date: String,
+        /// The day the packet is sent.
+        today: String,
+    },
+    /// A worker id is not 1-64 characters of letters, digits, '.', '_' and '-'.
+    #[error("{value:?} is not a worker id of 1-64 letters, digits, '.', '_' and '-'")]
+    NotAWorker {
+        /// The worker id as given.
+        value: String,
+    },
+    /// A court measure's details are missing.
+    #[error("is missing; {frame} is a court measure")]
+    MeasureMissing {
+        /// The legal frame's code.
+        frame: String,
+    },
+    /// Measure details are given for a frame that is no court measure.
+    #[error("must be absent; {frame} is not a court measure")]
+    MeasureNotAllowed {
+        /// The legal frame's code.
+        frame: String,
+    },
+    /// A measure ends on or before its start.
+    #[error("{end} is not after the start date {start}")]
+    EndNotAfterStart {
+        /// The end date.
+        end: String,
+        /// The start date.
+        start: String,
+    },
+    /// A measure with a fixed term has no end date.
+    #[error("is missing; {frame} has a fixed term")]
+    EndMissing {
+        /// The legal frame's code.
+        frame: String,
+    },
+    /// Sharing without consent, and no justification.
+    #[error("is missing; sharing without consent needs a written justification for privacy review")]
+    JustificationMissing,
+    /// No family member at all.
+    #[error("is empty; a handover is about at least one child")]
+    NoFamily,
+    /// Family members, but no child.
+    #[error("has no member with role child; a handover is about at least one")]
+    NoChild,
+    /// A member's id is not 1-64 characters of [A-Za-z0-9._-].
+    #[error("{value:?} is not 1-64 characters of [A-Za-z0-9._-]")]
+    NotAnId {
+        /// The id as given.
+        value: String,
+    },
+    /// A member's id looks like a BSN, which must not travel in the packet.
+    #[error("looks like a BSN; use an id local to the packet")]
+    LooksLikeBsn,
+    /// Two members share an id.
+    #[error("{value:?} is also the id of an earlier member")]
+    DuplicateId {
+        /// The id.
+        value: String,
+    },
+    /// A member's role is `other` without a description.
+    #[error("other needs a description of the member's role")]
+    RoleUndescribed,
+    /// A birth year after this year.
+    #[error("{year} is after this year ({this_year})")]
+    BornLater {
+        /// The year given.
+        year: u16,
+        /// This year.
+        this_year: u16,
+    },
+    /// A birth year implausibly long ago.
+    #[error("{year} is more than {most} years ago")]
+    BornTooLongAgo {
+        /// The year given.
+        year: u16,
+        /// The most years ago a birth year may lie.
+        most: u16,
+    },
+    /// A child with gezag other than not_applicable.
+    #[error("must be not_applicable for a child")]
+    ChildGezag,
+    /// Someone other than a child with gezag not_applicable.
+    #[error("must be yes, no or unknown for anyone but a child; not_applicable is for children")]
+    AdultGezag,
+    /// No fact, suspicion or opinion.
+    #[error("is empty; the analysis needs at least one fact, suspicion or opinion")]
+    NoStatements,
+    /// A fact without its source.
+    #[error("is missing; a fact needs its source")]
+    SourceMissing,
+    /// A fact without the date it was established.
+    #[error("is missing; a fact needs the date it was established")]
+    DateMissing,
+    /// An assessment with no factor at all.
+    #[error("is empty; write a finding of nothing as a factor, or use not_assessed with a reason")]
+    NoFactors,
+    /// A factor names someone who is not in the family.
+    #[error("{member:?} is not in family")]
+    NotInFamily {
+        /// The id named.
+        member: String,
+    },
+    /// An intervention that ends before it started.
+    #[error("{until} is before from ({from})")]
+    UntilBeforeFrom {
+        /// The end.
+        until: String,
+        /// The start.
+        from: String,
+    },
+    /// An intervention's end in the future.
+    #[error("{until} is after today; leave it out while ongoing")]
+    UntilAfterToday {
+        /// The end.
+        until: String,
+    },
+    /// A plan without goals.
+    #[error("is empty; the plan needs at least one goal")]
+    NoGoals,
+    /// An evaluation date already past.
+    #[error("{date} is before today ({today})")]
+    BeforeToday {
+        /// The date.
+        date: String,
+        /// The day the packet is sent.
+        today: String,
+    },
+    /// The contact is not with the receiving organisation.
+    #[error("is not the receiver's organisation, which takes over the case")]
+    ContactNotReceiver,
+    /// The contact address names a worker.
+    #[error("looks like a worker's personal address; give a role address")]
+    PersonalAddress,
+    /// The family's view is unknown although they were present or informed.
+    #[error("is unknown, but the family was present or informed; record its view")]
+    ViewMissing,
+    /// Disagreements listed while the view is unknown.
+    #[error("lists disagreements although the family's view is unknown")]
+    DisagreementsWithoutView,
+    /// Two attachments name the same blob.
+    #[error("refers to the same blob as an earlier attachment")]
+    DuplicateBlob,
+    /// A file name with a path in it.
+    #[error("contains a path; give the file's name only")]
+    NameHasPath,
+    /// Not a SHA-256 in lowercase hex.
+    #[error("is not a SHA-256 as 64 lowercase hex digits")]
+    NotSha256,
+    /// A form field that should hold a date does not (for forms that build a packet).
+    #[error("{value:?} is not a date (YYYY-MM-DD)")]
+    NotADate {
+        /// The text given.
+        value: String,
+    },
+    /// A form field that should hold a year does not.
+    #[error("{value:?} is not a year")]
+    NotAYear {
+        /// The text given.
+        value: String,
+    },
+    /// A choice the form requires was not made (or not among the offered ones).
+    #[error("is not chosen")]
+    NotChosen,
+    /// A route and legal basis that the policy does not allow towards the chosen receiver.
+    #[error("is not allowed for this receiver")]
+    NotAllowedForReceiver,
+    /// A date that must lie in the future does not.
+    #[error("is not a date in the future")]
+    NotInFuture,
+}
+
+impl Problem {
+    /// One problem of each kind, with example values: an application that words problems in its own
+    /// language checks with it that it has words for every one.
+    pub fn every_kind() -> Vec<Problem> {
+        let (d, t, v) = (|| "2026-03-16".to_owned(), || "2026-03-17".to_owned(), || "x".to_owned());
+        let every = vec![
+            Problem::WrongVersion { found: 9, writes: PACKET_VERSION },
+            Problem::SameOrganisation,
+            Problem::Empty,
+            Problem::NotACode { value: v() },
+            Problem::AfterToday { date: t(), today: d() },
+            Problem::NotAWorker { value: v() },
+            Problem::MeasureMissing { frame: v() },
+            Problem::MeasureNotAllowed { frame: v() },
+            Problem::EndNotAfterStart { end: d(), start: t() },
+            Problem::EndMissing { frame: v() },
+            Problem::JustificationMissing,
+            Problem::NoFamily,
+            Problem::NoChild,
+            Problem::NotAnId { value: v() },
+            Problem::LooksLikeBsn,
+            Problem::DuplicateId { value: v() },
+            Problem::RoleUndescribed,
+            Problem::BornLater { year: 2030, this_year: 2026 },
+            Problem::BornTooLongAgo { year: 1800, most: MAX_AGE_YEARS },
+            Problem::ChildGezag,
+            Problem::AdultGezag,
+            Problem::NoStatements,
+            Problem::SourceMissing,
+            Problem::DateMissing,
+            Problem::NoFactors,
+            Problem::NotInFamily { member: v() },
+            Problem::UntilBeforeFrom { until: d(), from: t() },
+            Problem::UntilAfterToday { until: t() },
+            Problem::NoGoals,
+            Problem::BeforeToday { date: d(), today: t() },
+            Problem::ContactNotReceiver,
+            Problem::PersonalAddress,
+            Problem::ViewMissing,
+            Problem::DisagreementsWithoutView,
+            Problem::DuplicateBlob,
+            Problem::NameHasPath,
+            Problem::NotSha256,
+            Problem::NotADate { value: v() },
+            Problem::NotAYear { value: v() },
+            Problem::NotChosen,
+            Problem::NotAllowedForReceiver,
+            Problem::NotInFuture,
+        ];
+        // A new kind does not compile here until it is listed: the reminder to give it an example above.
+        for problem in &every {
+            match problem {
+                Problem::WrongVersion { .. }
+                | Problem::SameOrganisation
+                | Problem::Empty
+                | Problem::NotACode { .. }
+                | Problem::AfterToday { .. }
+                | Problem::NotAWorker { .. }
+                | Problem::MeasureMissing { .. }
+                | Problem::MeasureNotAllowed { .. }
+                | Problem::EndNotAfterStart { .. }
+                | Problem::EndMissing { .. }
+                | Problem::JustificationMissing
+                | Problem::NoFamily
+                | Problem::NoChild
+                | Problem::NotAnId { .. }
+                | Problem::LooksLikeBsn
+                | Problem::DuplicateId { .. }
+                | Problem::RoleUndescribed
+                | Problem::BornLater { .. }
+                | Problem::BornTooLongAgo { .. }
+                | Problem::ChildGezag
+                | Problem::AdultGezag
+                | Problem::NoStatements
+                | Problem::SourceMissing
+                | Problem::DateMissing
+                | Problem::NoFactors
+                | Problem::NotInFamily { .. }
+                | Problem::UntilBeforeFrom { .. }
+                | Problem::UntilAfterToday { .. }
+                | Problem::NoGoals
+                | Problem::BeforeToday { .. }
+                | Problem::ContactNotReceiver
+                | Problem::PersonalAddress
+                | Problem::ViewMissing
+                | Problem::DisagreementsWithoutView
+                | Problem::DuplicateBlob
+                | Problem::NameHasPath
+                | Problem::NotSha256
+                | Problem::NotADate { .. }
+                | Problem::NotAYear { .. }
+                | Problem::NotChosen
+                | Problem::NotAllowedForReceiver
+                | Problem::NotInFuture => {}
+            }
+        }
+        every
+    }
+
+    /// The problem's snake_case code, as it is serialized.
+    pub fn code(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        value["code"].as_str().unwrap_or_default().to_owned()
+    }
 }
 
 /// Every problem [`HandoverPacket::validate`] found, in the order of the packet's fields; never empty.
@@ -541,12 +857,12 @@ impl HandoverPacket {
     pub fn validate(&self, today: Date) -> Result<(), PacketErrors> {
         let mut check = Checker::default();
         if self.version != PACKET_VERSION {
-            check.fail("version", format!("is {}; this SDK writes version {PACKET_VERSION}", self.version));
+            check.fail("version", Problem::WrongVersion { found: self.version, writes: PACKET_VERSION });
         }
         check.party("sender", &self.sender);
         check.party("receiver", &self.receiver);
         if self.sender.organisation.oin == self.receiver.organisation.oin {
-            check.fail("receiver.organisation.oin", "is the sender's organisation; a handover goes to another one");
+            check.fail("receiver.organisation.oin", Problem::SameOrganisation);
         }
         // The route is a free code for the region's configuration; only its spelling is checked.
         let _ = check.code("route", &self.route);
@@ -580,13 +896,13 @@ struct Checker {
 }
 
 impl Checker {
-    fn fail(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.errors.push(FieldError { path: path.into(), problem: problem.into() });
+    fn fail(&mut self, path: impl Into<String>, problem: Problem) {
+        self.errors.push(FieldError::new(path, problem));
     }
 
     fn text(&mut self, path: impl Into<String>, value: &str) {
         if value.trim().is_empty() {
-            self.fail(path, "is empty");
+            self.fail(path, Problem::Empty);
         }
     }
 
@@ -595,10 +911,10 @@ impl Checker {
     /// Returns whether the code is well formed.
     fn code(&mut self, path: &str, value: &str) -> bool {
         if value.is_empty() {
-            self.fail(path, "is empty");
+            self.fail(path, Problem::Empty);
             false
         } else if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
-            self.fail(path, format!("{value:?} is not a code of lowercase letters, digits, '.', '_' and '-'"));
+            self.fail(path, Problem::NotACode { value: value.to_owned() });
             false
         } else {
             true
@@ -607,14 +923,14 @@ impl Checker {
 
     fn not_after(&mut self, path: impl Into<String>, date: Date, today: Date) {
         if date > today {
-            self.fail(path, format!("{date} is after today ({today})"));
+            self.fail(path, Problem::AfterToday { date: date.to_string(), today: today.to_string() });
         }
     }
 
     fn party(&mut self, path: &str, party: &Party) {
         self.text(format!("{path}.organisation.name"), &party.organisation.name);
-        if let Err(e) = wire::identity::validate_worker(&party.worker) {
-            self.fail(format!("{path}.worker"), e.to_string());
+        if wire::identity::validate_worker(&party.worker).is_err() {
+            self.fail(format!("{path}.worker"), Problem::NotAWorker { value: party.worker.clone() });
         }
     }
 
@@ -623,21 +939,21 @@ impl Checker {
         match (&legal.measure, frame.is_measure()) {
             (None, false) => {}
             (None, true) => {
-                self.fail("legal_frame.measure", format!("is missing; {frame} is a court measure"));
+                self.fail("legal_frame.measure", Problem::MeasureMissing { frame: frame.to_string() });
             }
             (Some(_), false) => {
-                self.fail("legal_frame.measure", format!("must be absent; {frame} is not a court measure"));
+                self.fail("legal_frame.measure", Problem::MeasureNotAllowed { frame: frame.to_string() });
             }
             (Some(measure), true) => {
                 self.text("legal_frame.measure.court_reference", &measure.court_reference);
                 match measure.end_date {
                     Some(end) if end <= measure.start_date => {
-                        let start = measure.start_date;
-                        self.fail("legal_frame.measure.end_date", format!("{end} is not after the start date {start}"));
+                        let (end, start) = (end.to_string(), measure.start_date.to_string());
+                        self.fail("legal_frame.measure.end_date", Problem::EndNotAfterStart { end, start });
                     }
                     Some(_) => {}
                     None if frame.has_fixed_term() => {
-                        self.fail("legal_frame.measure.end_date", format!("is missing; {frame} has a fixed term"));
+                        self.fail("legal_frame.measure.end_date", Problem::EndMissing { frame: frame.to_string() });
                     }
                     None => {}
                 }
@@ -651,11 +967,8 @@ impl Checker {
             return;
         }
         match &basis.justification {
-            None if !basis.is_consent() => self.fail(
-                "lawful_basis.justification",
-                "is missing; sharing without consent needs a written justification for privacy review",
-            ),
-            Some(text) if text.trim().is_empty() => self.fail("lawful_basis.justification", "is empty"),
+            None if !basis.is_consent() => self.fail("lawful_basis.justification", Problem::JustificationMissing),
+            Some(text) if text.trim().is_empty() => self.fail("lawful_basis.justification", Problem::Empty),
             _ => {}
         }
     }
@@ -663,43 +976,40 @@ impl Checker {
     /// Returns the members' ids, for checking references to them.
     fn family<'a>(&mut self, family: &'a [FamilyMember], today: Date) -> HashSet<&'a str> {
         if family.is_empty() {
-            self.fail("family", "is empty; a handover is about at least one child");
+            self.fail("family", Problem::NoFamily);
         } else if !family.iter().any(|m| m.role.is_child()) {
-            self.fail("family", "has no member with role child; a handover is about at least one");
+            self.fail("family", Problem::NoChild);
         }
         let mut ids = HashSet::new();
         for (i, member) in family.iter().enumerate() {
             let path = format!("family[{i}]");
             let id = member.id.as_str();
             if id.is_empty() {
-                self.fail(format!("{path}.id"), "is empty");
+                self.fail(format!("{path}.id"), Problem::Empty);
             } else if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) || id.len() > 64 {
-                self.fail(format!("{path}.id"), format!("{id:?} is not 1-64 characters of [A-Za-z0-9._-]"));
+                self.fail(format!("{path}.id"), Problem::NotAnId { value: id.to_owned() });
             } else if looks_like_bsn(id) {
-                self.fail(format!("{path}.id"), "looks like a BSN; use an id local to the packet");
+                self.fail(format!("{path}.id"), Problem::LooksLikeBsn);
             } else if !ids.insert(id) {
-                self.fail(format!("{path}.id"), format!("{id:?} is also the id of an earlier member"));
+                self.fail(format!("{path}.id"), Problem::DuplicateId { value: id.to_owned() });
             }
             self.text(format!("{path}.name"), &member.name);
             if let FamilyRole::Other(description) = &member.role {
                 if description.trim().is_empty() {
-                    self.fail(format!("{path}.role"), "other needs a description of the member's role");
+                    self.fail(format!("{path}.role"), Problem::RoleUndescribed);
                 }
             }
             if let Some(year) = member.birth_year {
                 if year > today.year() {
-                    self.fail(format!("{path}.birth_year"), format!("{year} is after this year ({})", today.year()));
+                    self.fail(format!("{path}.birth_year"), Problem::BornLater { year, this_year: today.year() });
                 } else if year < today.year().saturating_sub(MAX_AGE_YEARS) {
-                    self.fail(format!("{path}.birth_year"), format!("{year} is more than {MAX_AGE_YEARS} years ago"));
+                    self.fail(format!("{path}.birth_year"), Problem::BornTooLongAgo { year, most: MAX_AGE_YEARS });
                 }
             }
             match (member.role.is_child(), member.gezag) {
                 (true, Gezag::NotApplicable) | (false, Gezag::Yes | Gezag::No | Gezag::Unknown) => {}
-                (true, _) => self.fail(format!("{path}.gezag"), "must be not_applicable for a child"),
-                (false, _) => self.fail(
-                    format!("{path}.gezag"),
-                    "must be yes, no or unknown for anyone but a child; not_applicable is for children",
-                ),
+                (true, _) => self.fail(format!("{path}.gezag"), Problem::ChildGezag),
+                (false, _) => self.fail(format!("{path}.gezag"), Problem::AdultGezag),
             }
         }
         ids
@@ -707,21 +1017,19 @@ impl Checker {
 
     fn statements(&mut self, statements: &[Statement], today: Date) {
         if statements.is_empty() {
-            self.fail("statements", "is empty; the analysis needs at least one fact, suspicion or opinion");
+            self.fail("statements", Problem::NoStatements);
         }
         for (i, statement) in statements.iter().enumerate() {
             let path = format!("statements[{i}]");
             let fact = statement.kind == StatementKind::Fact;
             self.text(format!("{path}.text"), &statement.text);
             match &statement.source {
-                None if fact => self.fail(format!("{path}.source"), "is missing; a fact needs its source"),
-                Some(source) if source.trim().is_empty() => self.fail(format!("{path}.source"), "is empty"),
+                None if fact => self.fail(format!("{path}.source"), Problem::SourceMissing),
+                Some(source) if source.trim().is_empty() => self.fail(format!("{path}.source"), Problem::Empty),
                 _ => {}
             }
             match statement.date {
-                None if fact => {
-                    self.fail(format!("{path}.date"), "is missing; a fact needs the date it was established")
-                }
+                None if fact => self.fail(format!("{path}.date"), Problem::DateMissing),
                 Some(date) => self.not_after(format!("{path}.date"), date, today),
                 None => {}
             }
@@ -731,19 +1039,16 @@ impl Checker {
     fn assessment(&mut self, path: &str, assessment: &Assessment, ids: &HashSet<&str>) {
         match assessment {
             Assessment::NotAssessed { reason } => self.text(format!("{path}.not_assessed.reason"), reason),
-            Assessment::Assessed(factors) if factors.is_empty() => self.fail(
-                format!("{path}.assessed"),
-                "is empty; write a finding of nothing as a factor, or use not_assessed with a reason",
-            ),
+            Assessment::Assessed(factors) if factors.is_empty() => {
+                self.fail(format!("{path}.assessed"), Problem::NoFactors)
+            }
             Assessment::Assessed(factors) => {
                 for (i, factor) in factors.iter().enumerate() {
                     self.text(format!("{path}.assessed[{i}].text"), &factor.text);
                     for (j, member) in factor.members.iter().enumerate() {
                         if !ids.contains(member.as_str()) {
-                            self.fail(
-                                format!("{path}.assessed[{i}].members[{j}]"),
-                                format!("{member:?} is not in family"),
-                            );
+                            let problem = Problem::NotInFamily { member: member.clone() };
+                            self.fail(format!("{path}.assessed[{i}].members[{j}]"), problem);
                         }
                     }
                 }
@@ -759,9 +1064,10 @@ impl Checker {
             self.not_after(format!("{path}.from"), intervention.from, today);
             if let Some(until) = intervention.until {
                 if until < intervention.from {
-                    self.fail(format!("{path}.until"), format!("{until} is before from ({})", intervention.from));
+                    let (until, from) = (until.to_string(), intervention.from.to_string());
+                    self.fail(format!("{path}.until"), Problem::UntilBeforeFrom { until, from });
                 } else if until > today {
-                    self.fail(format!("{path}.until"), format!("{until} is after today; leave it out while ongoing"));
+                    self.fail(format!("{path}.until"), Problem::UntilAfterToday { until: until.to_string() });
                 }
             }
             self.text(format!("{path}.result"), &intervention.result);
@@ -770,7 +1076,7 @@ impl Checker {
 
     fn plan(&mut self, plan: &Plan, today: Date) {
         if plan.goals.is_empty() {
-            self.fail("plan.goals", "is empty; the plan needs at least one goal");
+            self.fail("plan.goals", Problem::NoGoals);
         }
         for (i, goal) in plan.goals.iter().enumerate() {
             let path = format!("plan.goals[{i}]");
@@ -778,8 +1084,8 @@ impl Checker {
             self.text(format!("{path}.owner.organisation"), &goal.owner.organisation);
             self.text(format!("{path}.owner.address"), &goal.owner.address);
             if goal.evaluation_date < today {
-                let date = goal.evaluation_date;
-                self.fail(format!("{path}.evaluation_date"), format!("{date} is before today ({today})"));
+                let (date, today) = (goal.evaluation_date.to_string(), today.to_string());
+                self.fail(format!("{path}.evaluation_date"), Problem::BeforeToday { date, today });
             }
         }
     }
@@ -787,12 +1093,12 @@ impl Checker {
     fn contact(&mut self, contact: &Contact, receiver: &Party, workers: &[&str]) {
         self.text("contact.organisation.name", &contact.organisation.name);
         if contact.organisation != receiver.organisation {
-            self.fail("contact.organisation", "is not the receiver's organisation, which takes over the case");
+            self.fail("contact.organisation", Problem::ContactNotReceiver);
         }
         if contact.role_address.trim().is_empty() {
-            self.fail("contact.role_address", "is empty");
+            self.fail("contact.role_address", Problem::Empty);
         } else if looks_personal(&contact.role_address, &contact.worker_display_name, workers) {
-            self.fail("contact.role_address", "looks like a worker's personal address; give a role address");
+            self.fail("contact.role_address", Problem::PersonalAddress);
         }
         self.text("contact.worker_display_name", &contact.worker_display_name);
     }
@@ -801,10 +1107,10 @@ impl Checker {
         self.text("family_view.view", &view.view);
         if view.is_unknown() {
             if !matches!(involvement, FamilyInvolvement::NotInformed { .. }) {
-                self.fail("family_view.view", "is unknown, but the family was present or informed; record its view");
+                self.fail("family_view.view", Problem::ViewMissing);
             }
             if !view.disagreements.is_empty() {
-                self.fail("family_view.disagreements", "lists disagreements although the family's view is unknown");
+                self.fail("family_view.disagreements", Problem::DisagreementsWithoutView);
             }
         }
         for (i, disagreement) in view.disagreements.iter().enumerate() {
@@ -817,16 +1123,16 @@ impl Checker {
         for (i, attachment) in attachments.iter().enumerate() {
             let path = format!("attachments[{i}]");
             if !blobs.insert(attachment.blob) {
-                self.fail(format!("{path}.blob"), "refers to the same blob as an earlier attachment");
+                self.fail(format!("{path}.blob"), Problem::DuplicateBlob);
             }
             if attachment.name.trim().is_empty() {
-                self.fail(format!("{path}.name"), "is empty");
+                self.fail(format!("{path}.name"), Problem::Empty);
             } else if attachment.name.contains(['/', '\\']) {
-                self.fail(format!("{path}.name"), "contains a path; give the file's name only");
+                self.fail(format!("{path}.name"), Problem::NameHasPath);
             }
             let sha = &attachment.sha256_hex;
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                self.fail(format!("{path}.sha256_hex"), "is not a SHA-256 as 64 lowercase hex digits");
+                self.fail(format!("{path}.sha256_hex"), Problem::NotSha256);
             }
             self.text(format!("{path}.description"), &attachment.description);
         }
@@ -1246,6 +1552,17 @@ mod tests {
             let today: Date = day.parse().unwrap();
             HandoverPacket::example(today).validate(today).unwrap();
         }
+    }
+
+    #[test]
+    fn each_kind_of_problem_has_its_own_code_and_serializes_its_values_beside_it() {
+        let every = Problem::every_kind();
+        let codes: HashSet<String> = every.iter().map(Problem::code).collect();
+        assert_eq!(codes.len(), every.len(), "two kinds share a code");
+        assert!(codes.iter().all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+        let value = serde_json::to_value(Problem::BornLater { year: 2030, this_year: 2026 }).unwrap();
+        assert_eq!(value, serde_json::json!({ "code": "born_later", "year": 2030, "this_year": 2026 }));
+        assert_eq!(Problem::BornLater { year: 2030, this_year: 2026 }.to_string(), "2030 is after this year (2026)");
     }
 
     #[test]

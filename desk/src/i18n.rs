@@ -64,9 +64,36 @@ pub fn word(lang: Lang, key: &str) -> String {
     strings(lang).get(key).cloned().unwrap_or_else(|| key.to_owned())
 }
 
+/// A packet problem in a language: the template `problem_CODE` with each `{name}` filled from the
+/// problem's values; the SDK's English sentence when a template is missing (which the test rules out).
+pub fn problem(lang: Lang, problem: &ketenhub_sdk::packet::Problem) -> String {
+    let Some(template) = strings(lang).get(&format!("problem_{}", problem.code())) else { return problem.to_string() };
+    let values = serde_json::to_value(problem).unwrap_or_default();
+    let mut text = template.clone();
+    for (name, value) in values.as_object().into_iter().flatten() {
+        let value = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+        text = text.replace(&format!("{{{name}}}"), &value);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_of_packet_problem_is_worded_in_both_languages_with_every_value_filled_in() {
+        for lang in [Lang::Nl, Lang::En] {
+            for kind in ketenhub_sdk::packet::Problem::every_kind() {
+                let key = format!("problem_{}", kind.code());
+                assert!(strings(lang).contains_key(&key), "{lang:?} has no {key}");
+                let text = problem(lang, &kind);
+                assert!(!text.contains('{') && !text.contains('}'), "{lang:?} {key} leaves a placeholder: {text}");
+            }
+        }
+        let born = ketenhub_sdk::packet::Problem::BornLater { year: 2030, this_year: 2026 };
+        assert_eq!(problem(Lang::Nl, &born), "2030 ligt na dit jaar (2026)");
+    }
 
     #[test]
     fn both_languages_parse_and_have_the_same_keys() {

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Json};
-use ketenhub_sdk::packet::{AttachmentRef, Date, FieldError, Organisation, Party};
+use ketenhub_sdk::packet::{AttachmentRef, Date, FieldError, Organisation, Party, Problem};
 use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ParticipantRole, ThreadId};
 use serde::{Deserialize, Serialize};
 
@@ -340,14 +340,15 @@ struct OfferPage<'a> {
 }
 
 fn render_offer(app: &App, session: &Session, page: OfferPage<'_>) -> WebResult<Response> {
-    let mut errs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let say = |e: &FieldError| crate::i18n::problem(session.lang, &e.problem);
+    let mut errs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for e in page.errors {
-        errs.entry(e.path.as_str()).or_default().push(e.problem.as_str());
+        errs.entry(e.path.as_str()).or_default().push(say(e));
     }
     let rows: BTreeMap<&str, Vec<usize>> =
         packet_form::SECTIONS.iter().map(|s| (*s, (0..packet_form::rows(page.values, s)).collect())).collect();
     let errors: Vec<(String, String, String)> =
-        page.errors.iter().map(|e| (e.path.clone(), packet_form::field_id(&e.path), e.problem.clone())).collect();
+        page.errors.iter().map(|e| (e.path.clone(), packet_form::field_id(&e.path), say(e))).collect();
     let ctx = minijinja::context! {
         case => page.thread.to_string(), v => page.values, errs, errors, rows, preview => page.preview,
         receivers => receivers(app), attachments => thread_attachments(app, page.thread)?,
@@ -376,8 +377,8 @@ fn end_of_day(d: Date) -> u64 {
     (days.max(0) as u64 + 1) * DAY_MS - 1
 }
 
-fn fail(errors: &mut Vec<FieldError>, path: &str, problem: &str) {
-    errors.push(FieldError { path: path.into(), problem: problem.into() });
+fn fail(errors: &mut Vec<FieldError>, path: &str, problem: Problem) {
+    errors.push(FieldError::new(path, problem));
 }
 
 /// The offer the form asks for, with the frame of its packet, or the problems at their fields.
@@ -386,31 +387,23 @@ fn offer_request(app: &App, v: &Values, errors: &mut Vec<FieldError>) -> Option<
     let receiver = v.get("receiver_oin").and_then(|oin| oin.parse().ok()).and_then(|oin| policy.organisation(&oin));
     let (route, basis) = v.get("route_basis").and_then(|rb| rb.split_once('|')).unwrap_or_default();
     let Some(receiver) = receiver else {
-        fail(errors, "receiver_oin", "kies een ontvanger / choose a receiver");
+        fail(errors, "receiver_oin", Problem::NotChosen);
         return None;
     };
     let allowed = policy.route(route).is_some_and(|r| {
         r.from == app.desk.identity.kind && r.to == receiver.kind && r.legal_bases.iter().any(|b| b == basis)
     });
     if !allowed {
-        fail(
-            errors,
-            "route_basis",
-            "deze route en grondslag zijn niet toegestaan voor deze ontvanger / not allowed for this receiver",
-        );
+        fail(errors, "route_basis", Problem::NotAllowedForReceiver);
     }
     let justification = v.get("lawful_basis.justification").map(|j| j.trim().to_owned()).filter(|j| !j.is_empty());
     if needs_justification(app, basis) && justification.is_none() {
-        fail(
-            errors,
-            "lawful_basis.justification",
-            "verplicht bij delen zonder toestemming / required when sharing without consent",
-        );
+        fail(errors, "lawful_basis.justification", Problem::JustificationMissing);
     }
     let deadline = v.get("deadline").and_then(|d| d.parse::<Date>().ok());
     let deadline_ms = deadline.map(end_of_day);
     if deadline_ms.is_none_or(|d| d <= now_ms()) {
-        fail(errors, "deadline", "geef een datum in de toekomst / give a date in the future");
+        fail(errors, "deadline", Problem::NotInFuture);
     }
     let worker = v.get("receiver.worker").map(|w| w.trim().to_owned()).filter(|w| !w.is_empty());
     let request = OfferRequest {

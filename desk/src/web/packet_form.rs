@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use ketenhub_sdk::packet::{
     Assessment, AttachmentRef, Contact, Date, Factor, FamilyInvolvement, FamilyMember, FamilyRole, FamilyView,
-    FieldError, Gezag, Goal, GoalOwner, HandoverPacket, Intervention, LawfulBasis, LegalFrame, LegalStatus, Measure,
+    FieldError, Gezag, Problem, Goal, GoalOwner, HandoverPacket, Intervention, LawfulBasis, LegalFrame, LegalStatus, Measure,
     Organisation, Party, Plan, Statement, StatementKind, PACKET_VERSION,
 };
 
@@ -61,16 +61,16 @@ impl Reader<'_> {
         Some(self.text(path)).filter(|v| !v.is_empty())
     }
 
-    fn fail(&mut self, path: &str, problem: impl Into<String>) {
-        self.errors.push(FieldError { path: path.to_owned(), problem: problem.into() });
+    fn fail(&mut self, path: &str, problem: Problem) {
+        self.errors.push(FieldError::new(path, problem));
     }
 
     fn date(&mut self, path: &str) -> Option<Date> {
         let text = self.optional(path)?;
         match text.parse() {
             Ok(date) => Some(date),
-            Err(e) => {
-                self.fail(path, format!("{text:?} is not a date (YYYY-MM-DD): {e}"));
+            Err(_) => {
+                self.fail(path, Problem::NotADate { value: text });
                 None
             }
         }
@@ -82,7 +82,7 @@ impl Reader<'_> {
             Some(date) => date,
             None => {
                 if self.optional(path).is_none() {
-                    self.fail(path, "is empty");
+                    self.fail(path, Problem::Empty);
                 }
                 Date::from_unix_ms(0)
             }
@@ -114,7 +114,7 @@ impl Reader<'_> {
                 Some(year) => match year.parse() {
                     Ok(year) => Some(year),
                     Err(_) => {
-                        self.fail(&format!("{path}.birth_year"), format!("{year:?} is not a year"));
+                        self.fail(&format!("{path}.birth_year"), Problem::NotAYear { value: year.clone() });
                         None
                     }
                 },
