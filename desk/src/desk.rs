@@ -167,6 +167,21 @@ impl Desk {
         }
     }
 
+    /// A reassignment carries no packet: once the colleague accepts, the owner's desk brings its
+    /// device into the case's group on the offer's own grounds, so that it reads the case.
+    async fn admit_colleague(&self, thread: ThreadId, offer: u32, by: ketenhub_sdk::MemberId) -> anyhow::Result<()> {
+        let ownership = self.client.ownership(thread).await?;
+        let Some(made) = ownership.offers.iter().find(|o| o.id == offer) else { return Ok(()) };
+        let mine = ownership.owner == self.client.member_id() && made.route == wire::handover::REASSIGNMENT_ROUTE;
+        if !mine {
+            tracing::debug!("offer {offer} of {thread} was accepted; no packet waits for it here");
+            return Ok(());
+        }
+        let grounds = Grounds::new(made.reason.clone(), made.legal_basis.clone());
+        self.client.add_member(thread, by, &grounds).await?;
+        Ok(())
+    }
+
     /// The side threads of `case` this desk is on.
     async fn side_threads(&self, case: ThreadId) -> Vec<ThreadId> {
         let threads = self.client.threads().await.unwrap_or_default();
@@ -175,8 +190,7 @@ impl Desk {
 
     async fn share_packet(&self, thread: ThreadId, offer: u32, by: ketenhub_sdk::MemberId) -> anyhow::Result<()> {
         let Some(pending) = self.store.pending(thread, offer)? else {
-            tracing::debug!("offer {offer} of {thread} was accepted; no packet waits for it here");
-            return Ok(());
+            return self.admit_colleague(thread, offer, by).await;
         };
         tracing::debug!("offer {offer} of {thread} was accepted; adding the receiver and sending the packet");
         let grounds = Grounds::new(pending.reason, pending.legal_basis);

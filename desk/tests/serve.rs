@@ -476,3 +476,84 @@ async fn a_thread_shows_which_members_have_each_message_on_a_device() -> anyhow:
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_lead_takes_over_a_colleagues_case_from_the_desk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let lead = serve(&hub, dir.path(), "vt-utrecht-teamlead");
+    let anna = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = anna.create_thread().await?;
+    let cookie = sign_in(&lead).await?;
+    let cases = shows(&lead, "/cases", &cookie, "id=\"take-over-form\"").await?;
+    let token = csrf(&cases.body);
+    assert!(!cases.body.contains(&thread.to_string()[..8]), "the lead is not on the case yet");
+
+    // Without a reason, or for a case that does not exist, nothing changes.
+    let take = |case: String, reason: &str| format!("_csrf={token}&case={case}&reason={reason}");
+    let blank = http(&lead, &post(&lead, "/take-over", &cookie, &take(thread.to_string(), "+"))).await?;
+    assert_eq!(blank.status, 400, "{}", blank.body);
+    let unknown = take(wire::ThreadId::random().to_string(), "ziek");
+    assert_eq!(http(&lead, &post(&lead, "/take-over", &cookie, &unknown)).await?.status, 404);
+    assert_eq!(anna.ownership(thread).await?.owner, anna.member_id());
+
+    let taken = http(&lead, &post(&lead, "/take-over", &cookie, &take(thread.to_string(), "anna+is+ziek"))).await?;
+    assert_eq!(taken.status, 303, "{}", taken.body);
+    assert_eq!(taken.header("location"), Some(format!("/cases/{thread}").as_str()));
+    let page = shows(&lead, &format!("/cases/{thread}"), &cookie, "petra.vos").await?;
+    assert_eq!(anna.ownership(thread).await?.owner.worker, "petra.vos", "{}", page.body);
+    let listed = shows(&lead, "/cases", &cookie, &thread.to_string()[..8]).await?;
+    assert!(listed.body.contains("badge-me"), "the lead's cases show it as its own");
+    drop(lead);
+    hub.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_reassigns_a_case_to_a_colleague_whose_device_the_desk_then_brings_in() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
+    let bram = hub.client("vt-utrecht-colleague").connect().await?;
+    let mut bram_events = bram.events().expect("events");
+    let cookie = sign_in(&desk).await?;
+    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
+    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
+    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let page = shows(&desk, &case, &cookie, "id=\"reassign-form\"").await?;
+    let token = csrf(&page.body);
+    let thread = wire::ThreadId(case.trim_start_matches("/cases/").parse()?);
+
+    let tomorrow = ketenhub_sdk::packet::Date::from_unix_ms(hub::clock::now_ms() + 2 * wire::calendar::DAY_MS).to_string();
+    let form = |worker: &str, deadline: &str| {
+        format!("_csrf={token}&worker={worker}&reason=werkverdeling&legal_basis=consent&justification=&deadline={deadline}")
+    };
+    let late = http(&desk, &post(&desk, &format!("{case}/reassign"), &cookie, &form("bram.kok", "2001-01-01"))).await?;
+    assert_eq!(late.status, 400, "a deadline in the past is refused");
+    // Offering the case to oneself is no reassignment: the hub's rule is shown at the form.
+    let to_self = http(&desk, &post(&desk, &format!("{case}/reassign"), &cookie, &form("anna.devries", &tomorrow))).await?;
+    let back = to_self.header("location").expect("back to the form").to_owned();
+    let refused = shows(&desk, &back, &cookie, "id=\"reassign-refusal\"").await?;
+    assert!(refused.body.contains("reassign-to-a-colleague"), "{}", refused.body);
+
+    let made = http(&desk, &post(&desk, &format!("{case}/reassign"), &cookie, &form("bram.kok", &tomorrow))).await?;
+    assert_eq!(made.status, 303);
+    let ownership = bram.pending_offers().await?;
+    let (_, offer) = ownership.iter().find(|(t, _)| *t == thread).expect("the colleague sees the offer");
+    assert_eq!(offer.route, wire::handover::REASSIGNMENT_ROUTE);
+    bram.accept_offer(thread, offer.id).await?;
+    // The owner's desk brings the colleague's device into the case's group by itself.
+    let joined = tokio::time::timeout(WAIT, async {
+        loop {
+            match futures_util::StreamExt::next(&mut bram_events).await {
+                Some(ketenhub_sdk::Event::Joined { thread: t, .. }) if t == thread => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(joined, Ok(true), "the colleague's device never joined the case");
+    shows(&desk, &case, &cookie, "data-offer-state=\"accepted\"").await?;
+    drop(desk);
+    hub.stop().await
+}

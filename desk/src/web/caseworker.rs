@@ -50,7 +50,8 @@ pub async fn cases(State(app): State<App>, Extension(session): Extension<Session
         cases.push(views::case(&desk.policy, summary.thread.to_string(), &ownership, &me, now_ms()));
     }
     let inbox = inbox_offers(&app).await?;
-    let ctx = minijinja::context! { cases, sides, inbox, page => "cases" };
+    let team_lead = desk.policy.is_team_lead(&me);
+    let ctx = minijinja::context! { cases, sides, inbox, team_lead, page => "cases" };
     Ok(app.render(&session, "cases.html", ctx)?.into_response())
 }
 
@@ -148,6 +149,7 @@ fn bases(app: &App) -> Vec<(String, bool)> {
 #[derive(Deserialize, Default)]
 pub struct ThreadQuery {
     refused: Option<String>,
+    reassign_refused: Option<String>,
 }
 
 /// The case thread: ownership, offers, clocks, messages and every form of the case.
@@ -171,7 +173,7 @@ pub async fn thread(
     let writes = !matches!(view.my_role, "background" | "left") && view.closed.is_none();
     let ctx = minijinja::context! {
         case => view, members, outcomes => &desk.policy.closing.outcomes,
-        writes, adds => writes, participants => ownership.owner == me,
+        writes, adds => writes, participants => ownership.owner == me, reassign_refused => query.reassign_refused,
         ..conversation(&app, thread, query.refused).await?
     };
     Ok(app.render(&session, "thread.html", ctx)?.into_response())
@@ -517,6 +519,59 @@ pub async fn close(
     let thread = case_id(&case)?;
     let why = reason(&ReasonForm { reason: form.reason })?.to_owned();
     app.desk.client.close_case(thread, form.outcome.trim(), &why).await?;
+    Ok(to_case(thread))
+}
+
+#[derive(Deserialize)]
+pub struct ReassignForm {
+    worker: String,
+    reason: String,
+    legal_basis: String,
+    #[serde(default)]
+    justification: String,
+    deadline: String,
+}
+
+/// The owner offers the case to a colleague of its own organisation (a reassignment: no packet,
+/// since the case stays within the organisation's files). A refusal is shown at the form.
+pub async fn reassign(
+    State(app): State<App>,
+    Path(case): Path<String>,
+    Form(form): Form<ReassignForm>,
+) -> WebResult<Redirect> {
+    let thread = case_id(&case)?;
+    let deadline = form.deadline.trim().parse::<Date>().map(end_of_day).ok().filter(|d| *d > now_ms());
+    let deadline_ms = deadline.ok_or_else(|| WebError::BadRequest("give a deadline in the future".into()))?;
+    let justification = Some(form.justification.trim().to_owned()).filter(|j| !j.is_empty());
+    let request = OfferRequest {
+        to: app.desk.identity.oin.clone(),
+        to_worker: Some(form.worker.trim().to_owned()),
+        route: wire::handover::REASSIGNMENT_ROUTE.into(),
+        legal_basis: form.legal_basis.trim().to_owned(),
+        reason: reason(&ReasonForm { reason: form.reason })?.to_owned(),
+        justification,
+        deadline_ms,
+    };
+    match app.desk.client.offer_handover(thread, request).await {
+        Ok(_) => Ok(to_case(thread)),
+        Err(ketenhub_sdk::Error::Hub(e)) if !matches!(e.code, ketenhub_sdk::ErrorCode::NotFound) => {
+            Ok(Redirect::to(&format!("/cases/{thread}?reassign_refused={}#reassign", url_encode(&e.message))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TakeOverForm {
+    case: String,
+    reason: String,
+}
+
+/// A team lead takes over a case of its organisation whose owner is away; the
+/// lead need not be on the case, so the case is named by its id.
+pub async fn take_over(State(app): State<App>, Form(form): Form<TakeOverForm>) -> WebResult<Redirect> {
+    let thread = case_id(form.case.trim())?;
+    app.desk.client.take_over(thread, reason(&ReasonForm { reason: form.reason })?).await?;
     Ok(to_case(thread))
 }
 
