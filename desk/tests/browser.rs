@@ -339,6 +339,10 @@ async fn the_story_in_the_browser() {
     vt.wait_text("#messages", "verslag-huisbezoek.pdf").await;
     vt.axe("case thread (VT)").await;
     vt.shot("thread").await;
+    vt.go(&format!("{case_url}/share")).await;
+    vt.wait_text("#share-form", "huisbezoek gepland").await;
+    vt.axe("history share form").await;
+    vt.go(&case_url).await;
 
     // LT's desk is open on My cases before the offer is made.
     let lt = browser(port, &axe).await;

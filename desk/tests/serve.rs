@@ -557,3 +557,58 @@ async fn the_owner_reassigns_a_case_to_a_colleague_whose_device_the_desk_then_br
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_shares_earlier_messages_with_a_member_who_joined_later() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
+    let sanne = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut sanne_events = sanne.events().expect("events");
+    let cookie = sign_in(&desk).await?;
+    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
+    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
+    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let page = shows(&desk, &case, &cookie, "id=\"compose-form\"").await?;
+    let token = csrf(&page.body);
+    let text = format!("_csrf={token}&text=vader+woont+sinds+maart+apart");
+    assert_eq!(http(&desk, &post(&desk, &format!("{case}/messages"), &cookie, &text)).await?.status, 303);
+    let add = format!(
+        "_csrf={token}&oin=00000001800000000002&worker=sanne.bakker&reason=ondersteuning+thuis&legal_basis=consent"
+    );
+    assert_eq!(http(&desk, &post(&desk, &format!("{case}/members"), &cookie, &add)).await?.status, 303);
+
+    let form = shows(&desk, &format!("{case}/share"), &cookie, "vader woont sinds maart apart").await?;
+    let seq = form.body.split("name=\"seq\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a choice");
+    let none = http(&desk, &post(&desk, &format!("{case}/share"), &cookie, &format!("_csrf={token}"))).await?;
+    assert_eq!(none.status, 400, "a share of nothing is refused");
+    // Sanne's device must be in the group before the share is sent, or it cannot read it.
+    let joined = tokio::time::timeout(WAIT, async {
+        while let Some(event) = futures_util::StreamExt::next(&mut sanne_events).await {
+            if matches!(event, ketenhub_sdk::Event::Joined { .. }) {
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(joined.await, Ok(true), "Sanne never joined");
+    let shared = http(&desk, &post(&desk, &format!("{case}/share"), &cookie, &format!("_csrf={token}&seq={seq}"))).await?;
+    assert_eq!(shared.status, 200, "{}", shared.body);
+    assert!(shared.body.contains("Gedeeld met: Lokaal team Woerden (sanne.bakker)"), "{}", shared.body);
+    let received = tokio::time::timeout(WAIT, async {
+        while let Some(event) = futures_util::StreamExt::next(&mut sanne_events).await {
+            if let ketenhub_sdk::Event::Message(m) = event {
+                if let ketenhub_sdk::Content::HistoryShare(share) = m.content {
+                    return Some(share.items);
+                }
+            }
+        }
+        None
+    })
+    .await?
+    .expect("the share");
+    let texts: Vec<_> = received.iter().map(|i| i.content.clone()).collect();
+    assert_eq!(texts, [ketenhub_sdk::Content::Text { text: "vader woont sinds maart apart".into() }]);
+    drop(desk);
+    hub.stop().await
+}

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// The templates, by name.
-pub const TEMPLATES: [(&str, &str); 16] = [
+pub const TEMPLATES: [(&str, &str); 17] = [
     ("layout.html", include_str!("../../templates/layout.html")),
     ("macros.html", include_str!("../../templates/macros.html")),
     ("cases.html", include_str!("../../templates/cases.html")),
@@ -26,6 +26,7 @@ pub const TEMPLATES: [(&str, &str); 16] = [
     ("status.html", include_str!("../../templates/status.html")),
     ("offer_row.html", include_str!("../../templates/offer_row.html")),
     ("inbox.html", include_str!("../../templates/inbox.html")),
+    ("share.html", include_str!("../../templates/share.html")),
 ];
 
 const ASSETS: [(&str, &str, &str); 2] = [

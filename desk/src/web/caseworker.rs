@@ -12,7 +12,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Json};
 use ketenhub_sdk::packet::{AttachmentRef, Date, FieldError, Organisation, Party, Problem};
-use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ParticipantRole, ThreadId};
+use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ParticipantRole, SharedItem, ThreadId};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Session;
@@ -520,6 +520,49 @@ pub async fn close(
     let why = reason(&ReasonForm { reason: form.reason })?.to_owned();
     app.desk.client.close_case(thread, form.outcome.trim(), &why).await?;
     Ok(to_case(thread))
+}
+
+/// The earlier messages this desk holds that may be shared again: every message but a share.
+fn shareable(app: &App, thread: ThreadId) -> WebResult<Vec<SharedItem>> {
+    let entries = app.desk.store.thread(thread)?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Stored::Message(m) if !matches!(m.content, Content::HistoryShare(_)) => Some(SharedItem::of(m)),
+            _ => None,
+        })
+        .collect())
+}
+
+fn render_share(app: &App, session: &Session, thread: ThreadId, shared: Option<Vec<views::Who>>) -> WebResult {
+    let me = app.desk.client.member_id();
+    let items: Vec<_> = shareable(app, thread)?.iter().map(|i| views::shared(&app.desk.policy, i, &me)).collect();
+    let ctx = minijinja::context! { case_id => thread.to_string(), items, shared, page => "cases" };
+    Ok(app.render(session, "share.html", ctx)?.into_response())
+}
+
+/// The case's earlier messages, to choose which to share again with members who joined after them.
+pub async fn share_form(State(app): State<App>, Extension(session): Extension<Session>, Path(case): Path<String>) -> WebResult {
+    render_share(&app, &session, case_id(&case)?, None)
+}
+
+/// Shares the chosen messages again (a history share: the hub audits which, to whom), and says with whom.
+pub async fn share(
+    State(app): State<App>,
+    Extension(session): Extension<Session>,
+    Path(case): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> WebResult {
+    let thread = case_id(&case)?;
+    let chosen: Vec<u64> = fields.iter().filter(|(k, _)| k == "seq").filter_map(|(_, v)| v.parse().ok()).collect();
+    let items: Vec<SharedItem> = shareable(&app, thread)?.into_iter().filter(|i| chosen.contains(&i.seq)).collect();
+    if items.is_empty() {
+        return Err(WebError::BadRequest("choose one or more messages to share".into()));
+    }
+    let (_, recipients) = app.desk.client.share_history(thread, items).await?;
+    let me = app.desk.client.member_id();
+    let shared = recipients.iter().map(|r| views::who(&app.desk.policy, r, &me)).collect();
+    render_share(&app, &session, thread, Some(shared))
 }
 
 #[derive(Deserialize)]

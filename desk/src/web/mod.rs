@@ -218,6 +218,7 @@ pub fn router(app: App) -> Router {
         .route("/cases/{case}/close", post(caseworker::close))
         .route("/cases/{case}/reopen", post(caseworker::reopen))
         .route("/cases/{case}/reassign", post(caseworker::reassign))
+        .route("/cases/{case}/share", get(caseworker::share_form).post(caseworker::share))
         .route("/cases/{case}/members", post(caseworker::add))
         .route("/cases/{case}/side", post(caseworker::open_side))
         .route("/cases/{case}/clocks/{clock}/done", post(caseworker::clock_done))

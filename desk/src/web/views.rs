@@ -322,6 +322,11 @@ pub struct SharedView {
     pub text: String,
 }
 
+/// An earlier message as a history share shows it, or offers it to be shared.
+pub fn shared(policy: &Policy, item: &ketenhub_sdk::SharedItem, me: &MemberId) -> SharedView {
+    SharedView { seq: item.seq, who: who(policy, &item.sender, me), at_ms: item.at_ms, text: summary(&item.content) }
+}
+
 fn summary(content: &Content) -> String {
     match content {
         Content::Text { text } => text.clone(),
@@ -431,16 +436,7 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
                 }
                 Content::HistoryShare(share) => {
                     view.kind = "history_share";
-                    view.shared = share
-                        .items
-                        .iter()
-                        .map(|i| SharedView {
-                            seq: i.seq,
-                            who: who(policy, &i.sender, me),
-                            at_ms: i.at_ms,
-                            text: summary(&i.content),
-                        })
-                        .collect();
+                    view.shared = share.items.iter().map(|i| shared(policy, i, me)).collect();
                 }
             }
         }
