@@ -66,6 +66,10 @@ async fn an_officer_marks_its_own_organisations_shares_without_consent_as_review
     let stranger = hub.client("lt-oudewater-privacy").discard_events().connect().await?;
     assert_eq!(tests::refusal_rule(stranger.mark_reviewed(share.seq, "seen").await), "audit-outside-scope");
     assert_eq!(tests::refusal_rule(stranger.mark_reviewed(u64::MAX / 2, "seen").await), "audit-outside-scope");
+    // Its own log shows both attempts as denied, not as failures of the hub.
+    let attempts = stranger.audit_query(AuditFilter { action: Some(AuditAction::Review), ..Default::default() }).await?;
+    let outcomes: Vec<_> = attempts.iter().map(|e| e.record.outcome).collect();
+    assert_eq!(outcomes, [wire::audit::AuditOutcome::Denied; 2], "{attempts:?}");
 
     assert_eq!(officer.mark_reviewed(share.seq, "justified: the safety assessment").await?, other);
     let queue = queue_now().await?;

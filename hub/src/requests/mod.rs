@@ -202,8 +202,10 @@ impl Hub {
             _ => {}
         }
         if let Err(e) = &reply {
-            record.outcome = AuditOutcome::Failed;
-            record.rule = format!("{}; failed: {:?}", record.rule, e.code);
+            // A read the scope refuses (a review outside it) is a denial, as the policy's own refusals are.
+            let denied = e.code == ErrorCode::Forbidden;
+            record.outcome = if denied { AuditOutcome::Denied } else { AuditOutcome::Failed };
+            record.rule = format!("{}; {}: {:?}", record.rule, if denied { "refused" } else { "failed" }, e.code);
         }
         Outcome::Audited { reply, durable: self.writes.submit(Write::Audit, Some(record)).await }
     }
