@@ -203,7 +203,7 @@ async fn a_privacy_officer_sees_its_organisations_scope_and_no_more() -> anyhow:
     hub::audit::scan(hub.store().as_ref(), |e| {
         recorded |= e.record.action == AuditAction::AuditQuery
             && e.record.case == Some(theirs)
-            && e.record.outcome == AuditOutcome::Failed;
+            && e.record.outcome == AuditOutcome::Denied;
         true
     })?;
     assert!(recorded, "the refused query is not in the log");
