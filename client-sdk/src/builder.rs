@@ -55,6 +55,7 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     connect_timeout: Duration,
     backoff: (Duration, Duration),
+    refused_backoff: Duration,
     event_buffer: usize,
     keep_events: bool,
     resumption: bool,
@@ -78,6 +79,7 @@ impl Default for ClientBuilder {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             backoff: (Duration::from_millis(50), Duration::from_secs(5)),
+            refused_backoff: Duration::from_secs(300),
             event_buffer: 1024,
             keep_events: true,
             resumption: true,
@@ -109,6 +111,8 @@ pub(crate) struct Settings {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub backoff: (Duration, Duration),
+    /// The pause after the hub refused this identity by its policy.
+    pub refused_backoff: Duration,
     pub event_buffer: usize,
     pub keep_events: bool,
     pub max_frame_bytes: usize,
@@ -193,6 +197,14 @@ impl ClientBuilder {
     /// The first and the largest pause between reconnection attempts (default 50 ms, 5 s).
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.backoff = (first, max.max(first));
+        self
+    }
+
+    /// The pause before trying again once the hub's policy refused this identity (default 5 min):
+    /// a revoked certificate or an organisation the policy no longer admits will not be let in by
+    /// retrying, and every attempt is an audit entry at the hub.
+    pub fn refused_backoff(mut self, pause: Duration) -> Self {
+        self.refused_backoff = pause;
         self
     }
 
@@ -295,6 +307,7 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
             backoff: self.backoff,
+            refused_backoff: self.refused_backoff,
             event_buffer: self.event_buffer,
             keep_events: self.keep_events,
             max_frame_bytes: self.max_frame_bytes,

@@ -1123,6 +1123,16 @@ enum Stop {
     Lost(String),
 }
 
+/// Why a reconnection attempt did not connect.
+enum Redial {
+    /// The application closed the client (answer `done` when it waits).
+    Stop(Option<oneshot::Sender<()>>),
+    /// The hub could not be reached or the attempt failed: try again soon.
+    Retry,
+    /// The hub's policy refused this identity: try again only after a long pause.
+    Refused(String),
+}
+
 struct Driver {
     settings: Settings,
     commands: mpsc::Receiver<Command>,
@@ -1199,20 +1209,27 @@ impl Driver {
                 }
                 None => match self.redial(backoff).await {
                     Ok(ws) => connection = Some(ws),
-                    Err(Some(done)) => {
-                        let _ = done.send(());
+                    Err(Redial::Stop(done)) => {
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
                         return;
                     }
-                    Err(None) if self.commands.is_closed() => return,
-                    Err(None) => backoff = (backoff * 2).min(self.settings.backoff.1),
+                    Err(_) if self.commands.is_closed() => return,
+                    Err(Redial::Retry) => backoff = (backoff * 2).min(self.settings.backoff.1),
+                    Err(Redial::Refused(why)) => {
+                        backoff = self.settings.refused_backoff;
+                        let reason = format!("the hub refuses this identity ({why}); trying again in {backoff:?}");
+                        warn!("{reason}");
+                        self.emit(Event::Disconnected { reason }).await;
+                    }
                 },
             }
         }
     }
 
-    /// Waits `backoff`, then dials, while still taking commands. `Err(Some)` or
-    /// `Err(None)` with closed commands means stop; plain `Err(None)` retry.
-    async fn redial(&mut self, backoff: Duration) -> Result<WsStream, Option<oneshot::Sender<()>>> {
+    /// Waits `backoff`, then dials, while still taking commands.
+    async fn redial(&mut self, backoff: Duration) -> Result<WsStream, Redial> {
         let settings = self.settings.clone();
         let attempt = async move {
             tokio::time::sleep(backoff).await;
@@ -1223,14 +1240,15 @@ impl Driver {
             tokio::select! {
                 dialed = &mut attempt => return match dialed {
                     Ok((ws, _hello)) => Ok(ws),
+                    Err(Error::Hub(e)) if e.code == ErrorCode::Forbidden => Err(Redial::Refused(e.message)),
                     Err(e) => {
                         debug!("reconnect failed: {e}");
-                        Err(None)
+                        Err(Redial::Retry)
                     }
                 },
                 command = self.commands.recv() => match command {
-                    None => return Err(None),
-                    Some(Command::Shutdown { done }) => return Err(Some(done)),
+                    None => return Err(Redial::Stop(None)),
+                    Some(Command::Shutdown { done }) => return Err(Redial::Stop(Some(done))),
                     Some(command) => {
                         self.queue(command);
                     }
