@@ -85,9 +85,7 @@ impl CertRefusal {
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds.
 pub fn utc(secs: i64) -> String {
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = wire::calendar::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest / 60 % 60, rest % 60)
+    wire::calendar::format_seconds(secs)
 }
 
 fn hex(bytes: &[u8]) -> String {

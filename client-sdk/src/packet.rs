@@ -1448,7 +1448,8 @@ impl Date {
 
     /// Days since 1970-01-01 (see [`wire::calendar`]).
     fn days_since_epoch(self) -> i64 {
-        wire::calendar::days_from_civil(i64::from(self.year), i64::from(self.month), i64::from(self.day))
+        // A Date is valid by construction, so the fallback is never taken.
+        wire::calendar::days_from_civil(i64::from(self.year), i64::from(self.month), i64::from(self.day)).unwrap_or(0)
     }
 
     /// The inverse of [`days_since_epoch`](Self::days_since_epoch); the caller keeps `days` between
@@ -1559,7 +1560,9 @@ mod tests {
         let every = Problem::every_kind();
         let codes: HashSet<String> = every.iter().map(Problem::code).collect();
         assert_eq!(codes.len(), every.len(), "two kinds share a code");
-        assert!(codes.iter().all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+        assert!(codes
+            .iter()
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
         let value = serde_json::to_value(Problem::BornLater { year: 2030, this_year: 2026 }).unwrap();
         assert_eq!(value, serde_json::json!({ "code": "born_later", "year": 2030, "this_year": 2026 }));
         assert_eq!(Problem::BornLater { year: 2030, this_year: 2026 }.to_string(), "2030 is after this year (2026)");

@@ -15,9 +15,7 @@ use wire::ThreadId;
 
 /// A time as `YYYY-MM-DD HH:MM UTC`.
 pub fn date_time(at_ms: u64) -> String {
-    let rem = at_ms / 1000 % 86_400;
-    let (y, m, d) = wire::calendar::civil_from_ms(at_ms);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    wire::calendar::format_minutes(at_ms)
 }
 
 fn action_text(action: AuditAction) -> &'static str {
@@ -78,8 +76,9 @@ pub fn review_queue(
             failures.entry(undone).or_default().push(entry);
         }
     }
-    let took_effect =
-        |share: &&AuditEntry| !failures.get(&share.seq).is_some_and(|f| f.iter().any(|f| wire::audit::undoes(f, share)));
+    let took_effect = |share: &&AuditEntry| {
+        !failures.get(&share.seq).is_some_and(|f| f.iter().any(|f| wire::audit::undoes(f, share)))
+    };
     entries
         .iter()
         .filter(|e| wire::audit::is_share_without_consent(&e.record, &without_consent))

@@ -357,7 +357,10 @@ async fn the_story_in_the_browser() {
     vt.find("#f-statements-0--source").await.clear().await.expect("cleared");
     vt.submit("button[value='preview']").await;
     let error = vt.wait_text("#f-statements-0--source-error", "").await;
-    assert!(error.contains("bij een feit hoort de bron"), "the missing source is reported at its field, in Dutch: {error}");
+    assert!(
+        error.contains("bij een feit hoort de bron"),
+        "the missing source is reported at its field, in Dutch: {error}"
+    );
     assert_eq!(vt.find("#f-statements-0--source").await.attr("aria-invalid").await.expect("attr"), Some("true".into()));
     vt.axe("offer form with a validation error").await;
     vt.shot("offer-validation-error").await;

@@ -523,14 +523,18 @@ async fn the_owner_reassigns_a_case_to_a_colleague_whose_device_the_desk_then_br
     let token = csrf(&page.body);
     let thread = wire::ThreadId(case.trim_start_matches("/cases/").parse()?);
 
-    let tomorrow = ketenhub_sdk::packet::Date::from_unix_ms(hub::clock::now_ms() + 2 * wire::calendar::DAY_MS).to_string();
+    let tomorrow =
+        ketenhub_sdk::packet::Date::from_unix_ms(hub::clock::now_ms() + 2 * wire::calendar::DAY_MS).to_string();
     let form = |worker: &str, deadline: &str| {
-        format!("_csrf={token}&worker={worker}&reason=werkverdeling&legal_basis=consent&justification=&deadline={deadline}")
+        format!(
+            "_csrf={token}&worker={worker}&reason=werkverdeling&legal_basis=consent&justification=&deadline={deadline}"
+        )
     };
     let late = http(&desk, &post(&desk, &format!("{case}/reassign"), &cookie, &form("bram.kok", "2001-01-01"))).await?;
     assert_eq!(late.status, 400, "a deadline in the past is refused");
     // Offering the case to oneself is no reassignment: the hub's rule is shown at the form.
-    let to_self = http(&desk, &post(&desk, &format!("{case}/reassign"), &cookie, &form("anna.devries", &tomorrow))).await?;
+    let to_self =
+        http(&desk, &post(&desk, &format!("{case}/reassign"), &cookie, &form("anna.devries", &tomorrow))).await?;
     let back = to_self.header("location").expect("back to the form").to_owned();
     let refused = shows(&desk, &back, &cookie, "id=\"reassign-refusal\"").await?;
     assert!(refused.body.contains("reassign-to-a-colleague"), "{}", refused.body);
@@ -592,7 +596,8 @@ async fn the_owner_shares_earlier_messages_with_a_member_who_joined_later() -> a
         false
     });
     assert_eq!(joined.await, Ok(true), "Sanne never joined");
-    let shared = http(&desk, &post(&desk, &format!("{case}/share"), &cookie, &format!("_csrf={token}&seq={seq}"))).await?;
+    let shared =
+        http(&desk, &post(&desk, &format!("{case}/share"), &cookie, &format!("_csrf={token}&seq={seq}"))).await?;
     assert_eq!(shared.status, 200, "{}", shared.body);
     assert!(shared.body.contains("Gedeeld met: Lokaal team Woerden (sanne.bakker)"), "{}", shared.body);
     let received = tokio::time::timeout(WAIT, async {

@@ -46,5 +46,5 @@ pub fn parse_date(text: &str) -> Result<u64, String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
         return Err(format!("{text}: not a date"));
     }
-    Ok(wire::calendar::days_from_civil(y, m, d) as u64)
+    wire::calendar::days_from_civil(y, m, d).map(|days| days as u64).ok_or_else(|| format!("{text}: not a date"))
 }

@@ -217,9 +217,7 @@ async fn kinds_of_agency_are_policy_data_and_a_certificate_must_carry_its_own() 
     assert_eq!(refusal_rule(hub.client("police").discard_events().connect().await), "kind-mismatch");
     // The agent's client tries once more, is refused by the policy, and then pauses for minutes rather
     // than redialling (and filling the audit log) every few seconds.
-    let paused = |e: &ketenhub_sdk::Event| {
-        matches!(e, ketenhub_sdk::Event::Disconnected { reason } if reason.contains("refuses this identity"))
-    };
+    let paused = |e: &ketenhub_sdk::Event| matches!(e, ketenhub_sdk::Event::Disconnected { reason } if reason.contains("refuses this identity"));
     tests::next_event(&mut agent_events, WAIT, paused).await?;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 

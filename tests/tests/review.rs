@@ -67,7 +67,8 @@ async fn an_officer_marks_its_own_organisations_shares_without_consent_as_review
     assert_eq!(tests::refusal_rule(stranger.mark_reviewed(share.seq, "seen").await), "audit-outside-scope");
     assert_eq!(tests::refusal_rule(stranger.mark_reviewed(u64::MAX / 2, "seen").await), "audit-outside-scope");
     // Its own log shows both attempts as denied, not as failures of the hub.
-    let attempts = stranger.audit_query(AuditFilter { action: Some(AuditAction::Review), ..Default::default() }).await?;
+    let attempts =
+        stranger.audit_query(AuditFilter { action: Some(AuditAction::Review), ..Default::default() }).await?;
     let outcomes: Vec<_> = attempts.iter().map(|e| e.record.outcome).collect();
     assert_eq!(outcomes, [wire::audit::AuditOutcome::Denied; 2], "{attempts:?}");
 
@@ -111,7 +112,8 @@ async fn an_offer_that_failed_shared_nothing_and_a_queue_longer_than_one_answer_
     let filter = AuditFilter { action: Some(AuditAction::Handover), ..Default::default() };
     let page = officer.audit_page(filter.clone()).await?;
     assert!(page.truncated && page.entries.len() == 3, "one answer holds three entries: {page:?}");
-    let next = officer.audit_page(AuditFilter { after_seq: page.entries.last().map(|e| e.seq), ..filter.clone() }).await?;
+    let next =
+        officer.audit_page(AuditFilter { after_seq: page.entries.last().map(|e| e.seq), ..filter.clone() }).await?;
     assert!(next.entries.first().is_some_and(|e| e.seq > page.entries[2].seq), "the next page reads on: {next:?}");
 
     let entries = officer.audit_query(filter).await?;

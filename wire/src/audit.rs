@@ -298,7 +298,8 @@ pub fn undoes(later: &AuditEntry, entry: &AuditEntry) -> bool {
     let (a, b) = (&later.record, &entry.record);
     later.seq > entry.seq
         && undone_entry(a) == Some(entry.seq)
-        && (a.action, &a.actor, &a.on_behalf_of, a.case, &a.object) == (b.action, &b.actor, &b.on_behalf_of, b.case, &b.object)
+        && (a.action, &a.actor, &a.on_behalf_of, a.case, &a.object)
+            == (b.action, &b.actor, &b.on_behalf_of, b.case, &b.object)
         && a.rule.starts_with(&format!("{}; failed: ", b.rule))
 }
 

@@ -375,7 +375,7 @@ pub async fn offer_form(
 
 /// The last millisecond of a day (UTC, as the hub's clocks count).
 fn end_of_day(d: Date) -> u64 {
-    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into());
+    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into()).unwrap_or(0);
     (days.max(0) as u64 + 1) * DAY_MS - 1
 }
 
@@ -542,7 +542,11 @@ fn render_share(app: &App, session: &Session, thread: ThreadId, shared: Option<V
 }
 
 /// The case's earlier messages, to choose which to share again with members who joined after them.
-pub async fn share_form(State(app): State<App>, Extension(session): Extension<Session>, Path(case): Path<String>) -> WebResult {
+pub async fn share_form(
+    State(app): State<App>,
+    Extension(session): Extension<Session>,
+    Path(case): Path<String>,
+) -> WebResult {
     render_share(&app, &session, case_id(&case)?, None)
 }
 

@@ -105,7 +105,7 @@ fn day_ms(text: &str) -> WebResult<Option<u64>> {
     }
     let d: ketenhub_sdk::packet::Date =
         text.trim().parse().map_err(|e| WebError::BadRequest(format!("{text:?}: {e}")))?;
-    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into());
+    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into()).unwrap_or(0);
     Ok(Some(days.max(0) as u64 * wire::calendar::DAY_MS))
 }
 

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use ketenhub_sdk::packet::{
     Assessment, AttachmentRef, Contact, Date, Factor, FamilyInvolvement, FamilyMember, FamilyRole, FamilyView,
-    FieldError, Gezag, Problem, Goal, GoalOwner, HandoverPacket, Intervention, LawfulBasis, LegalFrame, LegalStatus, Measure,
-    Organisation, Party, Plan, Statement, StatementKind, PACKET_VERSION,
+    FieldError, Gezag, Goal, GoalOwner, HandoverPacket, Intervention, LawfulBasis, LegalFrame, LegalStatus, Measure,
+    Organisation, Party, Plan, Problem, Statement, StatementKind, PACKET_VERSION,
 };
 
 /// The form's values, by field path.

@@ -97,7 +97,9 @@ fn reviewable(store: &dyn Store, policy: &Policy, oin: &wire::Oin, entry: u64, n
         return Err(outside());
     }
     let undone = around.iter().any(|later| wire::audit::undoes(later, found));
-    if undone || !wire::audit::is_share_without_consent(&found.record, |basis| crate::handovers::needs_review(policy, basis)) {
+    if undone
+        || !wire::audit::is_share_without_consent(&found.record, |basis| crate::handovers::needs_review(policy, basis))
+    {
         return Err(WireError::new(ErrorCode::Invalid, format!("entry {entry} is not a share without consent")));
     }
     Ok(Reply::Reviewed { entry, case })
