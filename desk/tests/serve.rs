@@ -122,6 +122,13 @@ async fn shows(desk: &Desk, page: &str, cookie: &str, text: &str) -> anyhow::Res
     }
 }
 
+/// Opens a case from the desk's "new case" button; returns its page's path.
+async fn new_case(desk: &Desk, cookie: &str) -> anyhow::Result<String> {
+    let cases = shows(desk, "/cases", cookie, "_csrf").await?;
+    let created = http(desk, &post(desk, "/cases", cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
+    Ok(created.header("location").ok_or_else(|| anyhow::anyhow!("no redirect to the new case"))?.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_desk_guards_its_door_and_keeps_a_threads_history_across_a_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -285,9 +292,7 @@ async fn the_owner_closes_and_reopens_a_case_from_the_desk() -> anyhow::Result<(
     let hub = DevHub::start(dir.path(), Limits::default()).await?;
     let desk = serve(&hub, dir.path(), "vt-utrecht-caseworker");
     let cookie = sign_in(&desk).await?;
-    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
-    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
-    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let case = new_case(&desk, &cookie).await?;
     let page = shows(&desk, &case, &cookie, "id=\"close-form\"").await?;
     let token = csrf(&page.body);
     assert!(page.body.contains("value=\"safe-at-home\""), "the outcomes come from the policy");
@@ -313,9 +318,7 @@ async fn the_owner_asks_a_school_in_a_side_thread_from_the_desk() -> anyhow::Res
     let school = hub.client("school-mentor").connect().await?;
     let mut school_events = school.events().expect("events");
     let cookie = sign_in(&desk).await?;
-    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
-    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
-    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let case = new_case(&desk, &cookie).await?;
     let page = shows(&desk, &case, &cookie, "id=\"side-form\"").await?;
     let token = csrf(&page.body);
 
@@ -516,9 +519,7 @@ async fn the_owner_reassigns_a_case_to_a_colleague_whose_device_the_desk_then_br
     let bram = hub.client("vt-utrecht-colleague").connect().await?;
     let mut bram_events = bram.events().expect("events");
     let cookie = sign_in(&desk).await?;
-    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
-    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
-    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let case = new_case(&desk, &cookie).await?;
     let page = shows(&desk, &case, &cookie, "id=\"reassign-form\"").await?;
     let token = csrf(&page.body);
     let thread = wire::ThreadId(case.trim_start_matches("/cases/").parse()?);
@@ -570,9 +571,7 @@ async fn the_owner_shares_earlier_messages_with_a_member_who_joined_later() -> a
     let sanne = hub.client("lt-woerden-caseworker").connect().await?;
     let mut sanne_events = sanne.events().expect("events");
     let cookie = sign_in(&desk).await?;
-    let cases = shows(&desk, "/cases", &cookie, "_csrf").await?;
-    let created = http(&desk, &post(&desk, "/cases", &cookie, &format!("_csrf={}", csrf(&cases.body)))).await?;
-    let case = created.header("location").expect("a redirect to the new case").to_owned();
+    let case = new_case(&desk, &cookie).await?;
     let page = shows(&desk, &case, &cookie, "id=\"compose-form\"").await?;
     let token = csrf(&page.body);
     let text = format!("_csrf={token}&text=vader+woont+sinds+maart+apart");

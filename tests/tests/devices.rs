@@ -47,20 +47,40 @@ impl Office {
     }
 }
 
-#[tokio::test]
-async fn a_second_device_joins_by_itself_and_each_device_shows_the_others_sends() -> anyhow::Result<()> {
-    let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
+/// A case VT's desk opened with LT's caseworker in it, once LT's device joined.
+async fn case_with_lt(
+    hub: &DevHub,
+    desk: &ketenhub_sdk::Client,
+) -> anyhow::Result<(ketenhub_sdk::Client, EventStream, ThreadId)> {
     let lt = hub.client(LT).connect().await?;
     let mut lt_events = lt.events().expect("events");
     let thread = desk.create_thread().await?;
     desk.add_member(thread, lt.member_id(), &tests::consent()).await?;
     next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
+    Ok((lt, lt_events, thread))
+}
 
-    // The laptop: the same certificate, its own state; nobody adds it.
-    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
+/// VT's laptop (the same certificate, its own state) connects and joins `thread` by itself.
+async fn laptop_joins(
+    hub: &DevHub,
+    state: &std::path::Path,
+    desk: &ketenhub_sdk::Client,
+    thread: ThreadId,
+) -> anyhow::Result<(ketenhub_sdk::Client, EventStream)> {
+    let laptop = hub.client(VT).state_dir(state).connect().await?;
     let mut laptop_events = laptop.events().expect("events");
     next_event(&mut laptop_events, WAIT, |e| matches!(e, Event::Rejoined { thread: t, .. } if *t == thread)).await?;
     tests::eventually(WAIT, || async { Ok(desk.epoch(thread) == laptop.epoch(thread)) }).await?;
+    Ok((laptop, laptop_events))
+}
+
+#[tokio::test]
+async fn a_second_device_joins_by_itself_and_each_device_shows_the_others_sends() -> anyhow::Result<()> {
+    let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
+    let (_lt, mut lt_events, thread) = case_with_lt(&hub, &desk).await?;
+
+    // The laptop: the same certificate, its own state; nobody adds it.
+    let (laptop, mut laptop_events) = laptop_joins(&hub, laptop_state.path(), &desk, thread).await?;
     let vt_devices =
         desk.devices(thread).into_iter().filter(|d| d.as_ref().is_ok_and(|b| b.member == desk.member_id()));
     assert_eq!(vt_devices.count(), 2, "the desk and the laptop, each bound to VT's certificate");
@@ -168,15 +188,8 @@ fn entry(hub: &DevHub, thread: ThreadId, seq: u64) -> anyhow::Result<EntryBody> 
 #[tokio::test]
 async fn members_see_on_which_members_devices_a_message_arrived_and_outsiders_see_nothing() -> anyhow::Result<()> {
     let Office { _dir, hub, _desk_state, laptop_state, desk, mut desk_events } = Office::open().await?;
-    let lt = hub.client(LT).connect().await?;
-    let mut lt_events = lt.events().expect("events");
-    let thread = desk.create_thread().await?;
-    desk.add_member(thread, lt.member_id(), &tests::consent()).await?;
-    next_event(&mut lt_events, WAIT, |e| matches!(e, Event::Joined { .. })).await?;
-    let laptop = hub.client(VT).state_dir(laptop_state.path()).connect().await?;
-    let mut laptop_events = laptop.events().expect("events");
-    next_event(&mut laptop_events, WAIT, |e| matches!(e, Event::Rejoined { thread: t, .. } if *t == thread)).await?;
-    tests::eventually(WAIT, || async { Ok(desk.epoch(thread) == laptop.epoch(thread)) }).await?;
+    let (lt, mut lt_events, thread) = case_with_lt(&hub, &desk).await?;
+    let (laptop, laptop_events) = laptop_joins(&hub, laptop_state.path(), &desk, thread).await?;
     laptop.close().await;
     drop(laptop_events);
 

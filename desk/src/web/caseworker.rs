@@ -148,7 +148,7 @@ fn bases(app: &App) -> Vec<(String, bool)> {
 
 #[derive(Deserialize, Default)]
 pub struct ThreadQuery {
-    refused: Option<String>,
+    add_refused: Option<String>,
     reassign_refused: Option<String>,
 }
 
@@ -174,7 +174,7 @@ pub async fn thread(
     let ctx = minijinja::context! {
         case => view, members, outcomes => &desk.policy.closing.outcomes,
         writes, adds => writes, participants => ownership.owner == me, reassign_refused => query.reassign_refused,
-        ..conversation(&app, thread, query.refused).await?
+        ..conversation(&app, thread, query.add_refused).await?
     };
     Ok(app.render(&session, "thread.html", ctx)?.into_response())
 }
@@ -215,7 +215,7 @@ async fn side_thread(
     let members = views::members(&desk.policy, &desk.client.members(thread).await?, None, &me);
     let side = minijinja::context! { case => side.case.to_string(), purpose => side.purpose };
     let ctx = minijinja::context! {
-        side, in_case, members, writes, adds, participants => false, ..conversation(app, thread, query.refused).await?
+        side, in_case, members, writes, adds, participants => false, ..conversation(app, thread, query.add_refused).await?
     };
     Ok(app.render(session, "side.html", ctx)?.into_response())
 }
@@ -599,13 +599,7 @@ pub async fn reassign(
         justification,
         deadline_ms,
     };
-    match app.desk.client.offer_handover(thread, request).await {
-        Ok(_) => Ok(to_case(thread)),
-        Err(ketenhub_sdk::Error::Hub(e)) if !matches!(e.code, ketenhub_sdk::ErrorCode::NotFound) => {
-            Ok(Redirect::to(&format!("/cases/{thread}?reassign_refused={}#reassign", url_encode(&e.message))))
-        }
-        Err(e) => Err(e.into()),
-    }
+    refusal_at(thread, "reassign", app.desk.client.offer_handover(thread, request).await.map(drop))
 }
 
 #[derive(Deserialize)]
@@ -734,11 +728,16 @@ pub async fn add(State(app): State<App>, Path(case): Path<String>, Form(form): F
         None => app.desk.client.add_member(thread, member, &grounds).await.map(drop),
         Some(terms) => app.desk.client.add_participant(thread, member, terms, &grounds).await.map(drop),
     };
-    match added {
+    refusal_at(thread, "add", added)
+}
+
+/// Back to the case after a step its form names (`add`, `reassign`): a refusal by the hub (not an
+/// unknown case) is shown at that form with its rule, through the page's `FORM_refused` parameter.
+fn refusal_at(thread: ThreadId, form: &str, done: Result<(), ketenhub_sdk::Error>) -> WebResult<Redirect> {
+    match done {
         Ok(()) => Ok(to_case(thread)),
         Err(ketenhub_sdk::Error::Hub(e)) if !matches!(e.code, ketenhub_sdk::ErrorCode::NotFound) => {
-            let refused: String = url_encode(&e.message);
-            Ok(Redirect::to(&format!("/cases/{thread}?refused={refused}#add")))
+            Ok(Redirect::to(&format!("/cases/{thread}?{form}_refused={}#{form}", url_encode(&e.message))))
         }
         Err(e) => Err(e.into()),
     }
