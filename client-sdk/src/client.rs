@@ -68,6 +68,8 @@ pub struct AuditPage {
     pub entries: Vec<wire::audit::AuditEntry>,
     /// Whether more entries matched than were returned: ask again after the last one's seq.
     pub truncated: bool,
+    /// The size of the signed head the entries are proven against (0 without one): no entry lies beyond it.
+    pub head_size: u64,
 }
 
 /// The answer to a send: where the message landed.
@@ -849,14 +851,23 @@ impl Client {
     /// matched is silently left out. Narrow the filter for a large scope; [`Client::audit_page`] reads one page.
     pub async fn audit_query(&self, filter: wire::audit::AuditFilter) -> Result<Vec<wire::audit::AuditEntry>, Error> {
         let wanted = filter.limit.map_or(usize::MAX, |l| l as usize);
-        let mut all = Vec::new();
+        let mut all: Vec<wire::audit::AuditEntry> = Vec::new();
         let mut filter = filter;
+        // The log as the first answer's head saw it: entries written since (this very query's own among
+        // them, or a member's reads while it runs) wait for the next query, so that reading ends.
+        let mut bound = None;
         loop {
             filter.limit = u32::try_from(wanted - all.len()).ok();
             let page = self.audit_page(filter.clone()).await?;
+            let bound = *bound.get_or_insert(page.head_size);
+            let after = filter.after_seq.unwrap_or(0);
+            let ordered = page.entries.windows(2).all(|w| w[0].seq < w[1].seq);
+            if !ordered || page.entries.first().is_some_and(|e| e.seq <= after) {
+                return Err(Error::Protocol("the hub's audit page does not read on after the previous one".into()));
+            }
             let Some(last) = page.entries.last().map(|e| e.seq) else { return Ok(all) };
-            all.extend(page.entries);
-            if !page.truncated || all.len() >= wanted {
+            all.extend(page.entries.into_iter().filter(|e| e.seq <= bound));
+            if !page.truncated || all.len() >= wanted || last >= bound {
                 return Ok(all);
             }
             filter.after_seq = Some(last);
@@ -885,7 +896,7 @@ impl Client {
                     };
                     checked.map_err(|e| self.audit_alarm(e))?;
                 }
-                Ok(AuditPage { entries, truncated })
+                Ok(AuditPage { entries, truncated, head_size: head.as_ref().map_or(0, |h| h.size) })
             }
             other => Err(unexpected(other)),
         }

@@ -133,3 +133,32 @@ async fn an_offer_that_failed_shared_nothing_and_a_queue_longer_than_one_answer_
     officer.mark_reviewed(queue[0].share.seq, "justified").await?;
     hub.stop().await
 }
+
+#[tokio::test]
+async fn a_members_steady_reads_do_not_keep_the_officers_report_from_ending() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = hub::config::Limits { max_audit_query_entries: 2, ..tests::limits() };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let case = vt.create_thread().await?;
+    for _ in 0..4 {
+        vt.members(case).await?;
+    }
+    // While the officer reads, the member keeps reading the case: each read is a new entry about it.
+    let reader = vt.clone();
+    let reads = tokio::spawn(async move {
+        loop {
+            if reader.members(case).await.is_err() {
+                return;
+            }
+        }
+    });
+    let filter = AuditFilter { case: Some(case), ..Default::default() };
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), officer.audit_query(filter)).await;
+    reads.abort();
+    let entries = read.map_err(|_| anyhow::anyhow!("the officer's query never ended"))??;
+    assert!(entries.len() >= 5, "the case's entries up to the first answer's head: {}", entries.len());
+    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    hub.stop().await
+}
