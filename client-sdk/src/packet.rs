@@ -1433,6 +1433,11 @@ impl Date {
         self.day
     }
 
+    /// The first millisecond of this day (UTC) since the Unix epoch; 0 for a day before 1970.
+    pub fn unix_ms(self) -> u64 {
+        self.days_since_epoch().max(0) as u64 * wire::calendar::DAY_MS
+    }
+
     /// The UTC date of a moment given in milliseconds since the Unix epoch.
     pub fn from_unix_ms(at_ms: u64) -> Date {
         let days = (at_ms / wire::calendar::DAY_MS) as i64;

@@ -376,8 +376,12 @@ pub async fn offer_form(
 
 /// The last millisecond of a day (UTC, as the hub's clocks count).
 fn end_of_day(d: Date) -> u64 {
-    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into()).unwrap_or(0);
-    (days.max(0) as u64 + 1) * DAY_MS - 1
+    d.unix_ms() + DAY_MS - 1
+}
+
+/// A deadline given as a date: the end of that day, if it is still to come.
+fn future_deadline(text: &str) -> Option<u64> {
+    text.trim().parse::<Date>().ok().map(end_of_day).filter(|d| *d > now_ms())
 }
 
 fn fail(errors: &mut Vec<FieldError>, path: &str, problem: Problem) {
@@ -403,9 +407,8 @@ fn offer_request(app: &App, v: &Values, errors: &mut Vec<FieldError>) -> Option<
     if needs_justification(app, basis) && justification.is_none() {
         fail(errors, "lawful_basis.justification", Problem::JustificationMissing);
     }
-    let deadline = v.get("deadline").and_then(|d| d.parse::<Date>().ok());
-    let deadline_ms = deadline.map(end_of_day);
-    if deadline_ms.is_none_or(|d| d <= now_ms()) {
+    let deadline_ms = v.get("deadline").and_then(|d| future_deadline(d));
+    if deadline_ms.is_none() {
         fail(errors, "deadline", Problem::NotInFuture);
     }
     let worker = v.get("receiver.worker").map(|w| w.trim().to_owned()).filter(|w| !w.is_empty());
@@ -497,8 +500,8 @@ pub struct ReasonForm {
     reason: String,
 }
 
-fn reason(form: &ReasonForm) -> WebResult<&str> {
-    let reason = form.reason.trim();
+fn reason(text: &str) -> WebResult<&str> {
+    let reason = text.trim();
     if reason.is_empty() {
         return Err(WebError::BadRequest("a reason is required".into()));
     }
@@ -518,8 +521,7 @@ pub async fn close(
     Form(form): Form<CloseForm>,
 ) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
-    let why = reason(&ReasonForm { reason: form.reason })?.to_owned();
-    app.desk.client.close_case(thread, form.outcome.trim(), &why).await?;
+    app.desk.client.close_case(thread, form.outcome.trim(), reason(&form.reason)?).await?;
     Ok(to_case(thread))
 }
 
@@ -535,9 +537,15 @@ fn shareable(app: &App, thread: ThreadId) -> WebResult<Vec<SharedItem>> {
         .collect())
 }
 
-fn render_share(app: &App, session: &Session, thread: ThreadId, shared: Option<Vec<views::Who>>) -> WebResult {
+/// The share page: `items` to choose from, and whom a share just made reached.
+fn render_share(
+    app: &App,
+    session: &Session,
+    thread: ThreadId,
+    (items, shared): (&[SharedItem], Option<Vec<views::Who>>),
+) -> WebResult {
     let me = app.desk.client.member_id();
-    let items: Vec<_> = shareable(app, thread)?.iter().map(|i| views::shared(&app.desk.policy, i, &me)).collect();
+    let items: Vec<_> = items.iter().map(|i| views::shared(&app.desk.policy, i, &me)).collect();
     let ctx = minijinja::context! { case_id => thread.to_string(), items, shared, page => "cases" };
     Ok(app.render(session, "share.html", ctx)?.into_response())
 }
@@ -548,7 +556,8 @@ pub async fn share_form(
     Extension(session): Extension<Session>,
     Path(case): Path<String>,
 ) -> WebResult {
-    render_share(&app, &session, case_id(&case)?, None)
+    let thread = case_id(&case)?;
+    render_share(&app, &session, thread, (&shareable(&app, thread)?, None))
 }
 
 /// Shares the chosen messages again (a history share: the hub audits which, to whom), and says with whom.
@@ -560,14 +569,15 @@ pub async fn share(
 ) -> WebResult {
     let thread = case_id(&case)?;
     let chosen: Vec<u64> = fields.iter().filter(|(k, _)| k == "seq").filter_map(|(_, v)| v.parse().ok()).collect();
-    let items: Vec<SharedItem> = shareable(&app, thread)?.into_iter().filter(|i| chosen.contains(&i.seq)).collect();
+    let all = shareable(&app, thread)?;
+    let items: Vec<SharedItem> = all.iter().filter(|i| chosen.contains(&i.seq)).cloned().collect();
     if items.is_empty() {
         return Err(WebError::BadRequest("choose one or more messages to share".into()));
     }
     let (_, recipients) = app.desk.client.share_history(thread, items).await?;
     let me = app.desk.client.member_id();
     let shared = recipients.iter().map(|r| views::who(&app.desk.policy, r, &me)).collect();
-    render_share(&app, &session, thread, Some(shared))
+    render_share(&app, &session, thread, (&all, Some(shared)))
 }
 
 #[derive(Deserialize)]
@@ -588,15 +598,15 @@ pub async fn reassign(
     Form(form): Form<ReassignForm>,
 ) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
-    let deadline = form.deadline.trim().parse::<Date>().map(end_of_day).ok().filter(|d| *d > now_ms());
-    let deadline_ms = deadline.ok_or_else(|| WebError::BadRequest("give a deadline in the future".into()))?;
+    let deadline_ms =
+        future_deadline(&form.deadline).ok_or_else(|| WebError::BadRequest("give a deadline in the future".into()))?;
     let justification = Some(form.justification.trim().to_owned()).filter(|j| !j.is_empty());
     let request = OfferRequest {
         to: app.desk.identity.oin.clone(),
         to_worker: Some(form.worker.trim().to_owned()),
         route: wire::handover::REASSIGNMENT_ROUTE.into(),
         legal_basis: form.legal_basis.trim().to_owned(),
-        reason: reason(&ReasonForm { reason: form.reason })?.to_owned(),
+        reason: reason(&form.reason)?.to_owned(),
         justification,
         deadline_ms,
     };
@@ -613,7 +623,7 @@ pub struct TakeOverForm {
 /// lead need not be on the case, so the case is named by its id.
 pub async fn take_over(State(app): State<App>, Form(form): Form<TakeOverForm>) -> WebResult<Redirect> {
     let thread = case_id(form.case.trim())?;
-    app.desk.client.take_over(thread, reason(&ReasonForm { reason: form.reason })?).await?;
+    app.desk.client.take_over(thread, reason(&form.reason)?).await?;
     Ok(to_case(thread))
 }
 
@@ -624,7 +634,7 @@ pub async fn reopen(
     Form(form): Form<ReasonForm>,
 ) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
-    app.desk.client.reopen_case(thread, reason(&form)?).await?;
+    app.desk.client.reopen_case(thread, reason(&form.reason)?).await?;
     Ok(to_case(thread))
 }
 
@@ -635,7 +645,7 @@ pub async fn decline(
     Form(form): Form<ReasonForm>,
 ) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
-    app.desk.client.decline_offer(thread, offer, reason(&form)?).await?;
+    app.desk.client.decline_offer(thread, offer, reason(&form.reason)?).await?;
     Ok(Redirect::to("/offers"))
 }
 
@@ -650,8 +660,8 @@ pub async fn call_off(
     let thread = case_id(&case)?;
     let client = &app.desk.client;
     match step.as_str() {
-        "withdraw" => client.withdraw_offer(thread, offer, reason(&form)?).await?,
-        "cancel" => client.cancel_offer(thread, offer, reason(&form)?).await?,
+        "withdraw" => client.withdraw_offer(thread, offer, reason(&form.reason)?).await?,
+        "cancel" => client.cancel_offer(thread, offer, reason(&form.reason)?).await?,
         _ => return Err(WebError::NotFound),
     };
     Ok(Redirect::to(&format!("/cases/{case}")))
@@ -688,7 +698,7 @@ pub async fn leave(
     Form(form): Form<ReasonForm>,
 ) -> WebResult<Redirect> {
     let thread = case_id(&case)?;
-    app.desk.client.leave_case(thread, reason(&form)?).await?;
+    app.desk.client.leave_case(thread, reason(&form.reason)?).await?;
     Ok(Redirect::to("/cases"))
 }
 

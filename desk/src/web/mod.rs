@@ -97,7 +97,6 @@ impl IntoResponse for WebError {
     }
 }
 
-/// Escapes text for an HTML page built without a template (error pages).
 /// The start of a day given as `YYYY-MM-DD` in a form (UTC), ms since the Unix epoch; `None` when left empty.
 fn day_ms(text: &str) -> WebResult<Option<u64>> {
     if text.trim().is_empty() {
@@ -105,10 +104,10 @@ fn day_ms(text: &str) -> WebResult<Option<u64>> {
     }
     let d: ketenhub_sdk::packet::Date =
         text.trim().parse().map_err(|e| WebError::BadRequest(format!("{text:?}: {e}")))?;
-    let days = wire::calendar::days_from_civil(d.year().into(), d.month().into(), d.day().into()).unwrap_or(0);
-    Ok(Some(days.max(0) as u64 * wire::calendar::DAY_MS))
+    Ok(Some(d.unix_ms()))
 }
 
+/// Escapes text for an HTML page built without a template (error pages).
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
