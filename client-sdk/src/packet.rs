@@ -48,8 +48,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use wire::{AgencyKind, BlobId, MemberId, Oin};
 
-/// The version of the packet's shape that this SDK writes and reads.
-pub const PACKET_VERSION: u16 = 1;
+mod consent;
+
+pub use consent::{Consent, FamilyReview, Informed, Recipient, Told, ALONE_AGE, OWN_SAY_AGE};
+
+/// The version of the packet's shape that this SDK writes: 2 added consent, information and review per
+/// person ([`consent`]) and the household's children who are not the handover's subject.
+pub const PACKET_VERSION: u16 = 2;
+
+/// The versions this SDK reads. A version 1 packet reads with no consent, information or review
+/// records and every family member concerned; [`HandoverPacket::validate`] checks version 2 only,
+/// since it is the check before sending.
+pub const READS_VERSIONS: std::ops::RangeInclusive<u16> = 1..=PACKET_VERSION;
 
 /// The values of [`FamilyView::view`] that mean "the family's view is not known" (compared without
 /// regard to case or surrounding spaces). Allowed only when the family was not informed.
@@ -69,7 +79,7 @@ const MAX_AGE_YEARS: u16 = 130;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandoverPacket {
-    /// The shape's version; must be [`PACKET_VERSION`].
+    /// The shape's version: [`PACKET_VERSION`] when written, any of [`READS_VERSIONS`] when read.
     pub version: u16,
     /// Who hands the case over, and stays responsible until the receiver accepts.
     pub sender: Party,
@@ -83,8 +93,18 @@ pub struct HandoverPacket {
     pub legal_frame: LegalStatus,
     /// The legal ground on which this packet may be shared with the receiver.
     pub lawful_basis: LawfulBasis,
-    /// Each family member separately, with their own role and gezag.
+    /// Each family member separately, with their own role and gezag: every child of the household,
+    /// also siblings the handover is not about (so that nobody overlooks them).
     pub family: Vec<FamilyMember>,
+    /// The family members' consents to sharing, carried from packet to packet of the case (version 2).
+    #[serde(default)]
+    pub consents: Vec<Consent>,
+    /// What each family member was told about the decisions of this handover, or why not (version 2).
+    #[serde(default)]
+    pub informed: Vec<Informed>,
+    /// Whether the family saw this packet before it was sent; required from version 2.
+    #[serde(default)]
+    pub family_review: Option<FamilyReview>,
     /// The analysis: facts, suspicions and opinions, each labelled as such.
     pub statements: Vec<Statement>,
     /// What threatens the children's safety or development.
@@ -216,6 +236,10 @@ pub struct LawfulBasis {
     /// Why sharing is justified; required for every basis except `consent`, because sharing
     /// without consent is reviewed by a privacy officer, who needs the written reasoning.
     pub justification: Option<String>,
+    /// The ids of the [`Consent`]s this sharing relies on. A `consent` basis names one in force, for
+    /// the receiver, from everyone whose consent it needs ([`HandoverPacket::consent_needed`]).
+    #[serde(default)]
+    pub consents: Vec<String>,
 }
 
 impl LawfulBasis {
@@ -242,6 +266,15 @@ pub struct FamilyMember {
     pub birth_year: Option<u16>,
     /// Whether this member holds gezag over the children.
     pub gezag: Gezag,
+    /// Whether the handover is about this member. A sibling in the household whom the handover does
+    /// not concern is listed with `false`, so the receiver knows the child is there; at least one
+    /// child is concerned. Version 1 packets read as concerned.
+    #[serde(default = "concerned_by_default")]
+    pub concerned: bool,
+}
+
+fn concerned_by_default() -> bool {
+    true
 }
 
 /// A family member's place in the family.
@@ -581,7 +614,7 @@ pub enum Problem {
     #[error("looks like a BSN; use an id local to the packet")]
     LooksLikeBsn,
     /// Two members share an id.
-    #[error("{value:?} is also the id of an earlier member")]
+    #[error("{value:?} is also the id of an earlier item")]
     DuplicateId {
         /// The id.
         value: String,
@@ -696,6 +729,63 @@ pub enum Problem {
     /// A date that must lie in the future does not.
     #[error("is not a date in the future")]
     NotInFuture,
+    /// Children in the family, but the handover concerns none of them.
+    #[error("concerns no child; mark the child or children the handover is about")]
+    NoConcernedChild,
+    /// A consent that names no recipient.
+    #[error("is empty; a consent names the organisations or kinds of agency it allows")]
+    NoRecipients,
+    /// A lawful basis names a consent the packet does not hold.
+    #[error("{id:?} is not the id of a consent in consents")]
+    NoSuchConsent {
+        /// The id named.
+        id: String,
+    },
+    /// A named consent was withdrawn.
+    #[error("was withdrawn on {on}")]
+    ConsentWithdrawn {
+        /// The day of the withdrawal.
+        on: String,
+    },
+    /// A named consent is not in force today.
+    #[error("is not in force today (given {from}, until {until})")]
+    ConsentNotInForce {
+        /// The day it was given.
+        from: String,
+        /// The last day it held, if limited.
+        until: String,
+    },
+    /// A named consent does not name the receiver.
+    #[error("does not name the receiving organisation or its kind")]
+    ConsentNotForReceiver,
+    /// Someone whose consent the basis needs did not give one.
+    #[error("has no consent in force for this receiver from {name} ({member})")]
+    ConsentMissing {
+        /// The member's id.
+        member: String,
+        /// The member's name.
+        name: String,
+    },
+    /// Someone who must be informed has no information record.
+    #[error("says nothing about informing {name} ({member}); record what they were told or why not")]
+    InformedMissing {
+        /// The member's id.
+        member: String,
+        /// The member's name.
+        name: String,
+    },
+    /// The family was present or informed, but nobody is recorded as told.
+    #[error("records nobody as told, but the family was present or informed")]
+    NobodyTold,
+    /// No record of whether the family saw the packet.
+    #[error("is missing; record whether the family saw the packet, or why not")]
+    ReviewMissing,
+    /// A consent's recipient is neither an OIN nor a kind of agency (for forms that build a packet).
+    #[error("{value:?} is neither an OIN of 20 digits nor a kind of agency such as LT or GI")]
+    NotARecipient {
+        /// The text given.
+        value: String,
+    },
 }
 
 impl Problem {
@@ -746,6 +836,17 @@ impl Problem {
             Problem::NotChosen,
             Problem::NotAllowedForReceiver,
             Problem::NotInFuture,
+            Problem::NoConcernedChild,
+            Problem::NoRecipients,
+            Problem::NoSuchConsent { id: v() },
+            Problem::ConsentWithdrawn { on: d() },
+            Problem::ConsentNotInForce { from: d(), until: t() },
+            Problem::ConsentNotForReceiver,
+            Problem::ConsentMissing { member: v(), name: v() },
+            Problem::InformedMissing { member: v(), name: v() },
+            Problem::NobodyTold,
+            Problem::ReviewMissing,
+            Problem::NotARecipient { value: v() },
         ];
         // A new kind does not compile here until it is listed: the reminder to give it an example above.
         for problem in &every {
@@ -791,7 +892,18 @@ impl Problem {
                 | Problem::NotAYear { .. }
                 | Problem::NotChosen
                 | Problem::NotAllowedForReceiver
-                | Problem::NotInFuture => {}
+                | Problem::NotInFuture
+                | Problem::NoConcernedChild
+                | Problem::NoRecipients
+                | Problem::NoSuchConsent { .. }
+                | Problem::ConsentWithdrawn { .. }
+                | Problem::ConsentNotInForce { .. }
+                | Problem::ConsentNotForReceiver
+                | Problem::ConsentMissing { .. }
+                | Problem::InformedMissing { .. }
+                | Problem::NobodyTold
+                | Problem::ReviewMissing
+                | Problem::NotARecipient { .. } => {}
             }
         }
         every
@@ -837,7 +949,7 @@ pub enum PacketError {
     #[error("not a handover packet: {0}")]
     Json(#[from] serde_json::Error),
     /// A packet of a version this SDK does not read.
-    #[error("handover packet version {found} is not supported (this SDK reads version {PACKET_VERSION})")]
+    #[error("handover packet version {found} is not supported (this SDK reads versions 1 to {PACKET_VERSION})")]
     UnsupportedVersion {
         /// The version the packet says it is.
         found: u16,
@@ -870,6 +982,8 @@ impl HandoverPacket {
         check.legal_frame(&self.legal_frame);
         check.lawful_basis(&self.lawful_basis);
         let ids = check.family(&self.family, today);
+        check.consents(&self.consents, &ids, today);
+        check.consent_basis(self, today);
         check.statements(&self.statements, today);
         check.assessment("risks", &self.risks, &ids);
         check.assessment("protective_factors", &self.protective_factors, &ids);
@@ -879,6 +993,8 @@ impl HandoverPacket {
         if let FamilyInvolvement::NotInformed { reason } = &self.family_involvement {
             check.text("family_involvement.not_informed.reason", reason);
         }
+        check.informed(self, &ids, today);
+        check.review(self.family_review.as_ref(), &ids, today);
         check.family_view(&self.family_view, &self.family_involvement);
         check.attachments(&self.attachments);
         if check.errors.is_empty() {
@@ -979,18 +1095,14 @@ impl Checker {
             self.fail("family", Problem::NoFamily);
         } else if !family.iter().any(|m| m.role.is_child()) {
             self.fail("family", Problem::NoChild);
+        } else if !family.iter().any(|m| m.role.is_child() && m.concerned) {
+            self.fail("family", Problem::NoConcernedChild);
         }
         let mut ids = HashSet::new();
         for (i, member) in family.iter().enumerate() {
             let path = format!("family[{i}]");
             let id = member.id.as_str();
-            if id.is_empty() {
-                self.fail(format!("{path}.id"), Problem::Empty);
-            } else if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) || id.len() > 64 {
-                self.fail(format!("{path}.id"), Problem::NotAnId { value: id.to_owned() });
-            } else if looks_like_bsn(id) {
-                self.fail(format!("{path}.id"), Problem::LooksLikeBsn);
-            } else if !ids.insert(id) {
+            if self.local_id(&format!("{path}.id"), id) && !ids.insert(id) {
                 self.fail(format!("{path}.id"), Problem::DuplicateId { value: id.to_owned() });
             }
             self.text(format!("{path}.name"), &member.name);
@@ -1013,6 +1125,21 @@ impl Checker {
             }
         }
         ids
+    }
+
+    /// An id local to the packet (a member's, a consent's); returns whether it is well formed.
+    fn local_id(&mut self, path: &str, id: &str) -> bool {
+        let problem = if id.is_empty() {
+            Problem::Empty
+        } else if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) || id.len() > 64 {
+            Problem::NotAnId { value: id.to_owned() }
+        } else if looks_like_bsn(id) {
+            Problem::LooksLikeBsn
+        } else {
+            return true;
+        };
+        self.fail(path, problem);
+        false
     }
 
     fn statements(&mut self, statements: &[Statement], today: Date) {
@@ -1191,7 +1318,7 @@ impl HandoverPacket {
             version: u16,
         }
         let Versioned { version } = serde_json::from_str(text)?;
-        if version != PACKET_VERSION {
+        if !READS_VERSIONS.contains(&version) {
             return Err(PacketError::UnsupportedVersion { found: version });
         }
         Ok(serde_json::from_str(text)?)
@@ -1225,6 +1352,7 @@ impl HandoverPacket {
             role,
             birth_year: Some(year.saturating_sub(age)),
             gezag,
+            concerned: true,
         };
         let statement = |kind: StatementKind, text: &str, source: Option<&str>, date: Option<Date>| Statement {
             kind,
@@ -1251,13 +1379,60 @@ impl HandoverPacket {
                      heeft vrijwillige hulp nodig en het veiligheidsplan moet worden gevolgd."
                 .into(),
             legal_frame: LegalStatus { frame: LegalFrame::Vrijwillig, measure: None },
-            lawful_basis: LawfulBasis { code: LawfulBasis::CONSENT.into(), justification: None },
+            lawful_basis: LawfulBasis {
+                code: LawfulBasis::CONSENT.into(),
+                justification: None,
+                consents: vec!["c1".into(), "c2".into()],
+            },
             family: vec![
                 member("p1", "Linda de Vries", FamilyRole::Parent, 38, Gezag::Yes),
                 member("p2", "Mark Jansen", FamilyRole::Parent, 41, Gezag::No),
                 member("k1", "Sem Jansen", FamilyRole::Child, 9, Gezag::NotApplicable),
                 member("k2", "Noor Jansen", FamilyRole::Child, 6, Gezag::NotApplicable),
+                member("k3", "Lotte de Vries", FamilyRole::Child, 14, Gezag::NotApplicable),
             ],
+            consents: vec![
+                Consent {
+                    id: "c1".into(),
+                    member: "p1".into(),
+                    recipients: vec![Recipient::Kind(AgencyKind::LT), Recipient::Kind(AgencyKind::GI)],
+                    purpose: "Hulp en bescherming voor Sem, Noor en Lotte na het onderzoek van Veilig Thuis".into(),
+                    given_on: day(-10),
+                    recorded_by: "Veilig Thuis Utrecht, team onderzoek".into(),
+                    until: None,
+                    withdrawn_on: None,
+                },
+                Consent {
+                    id: "c2".into(),
+                    member: "k3".into(),
+                    recipients: vec![Recipient::Organisation(lt.oin.clone())],
+                    purpose: "Hulp voor het gezin en een eigen gesprek voor Lotte".into(),
+                    given_on: day(-10),
+                    recorded_by: "Veilig Thuis Utrecht, team onderzoek".into(),
+                    until: Some(day(365)),
+                    withdrawn_on: None,
+                },
+            ],
+            informed: [("p1", -7), ("p2", -6), ("k3", -7), ("k1", -7)]
+                .into_iter()
+                .map(|(member, days)| Informed {
+                    member: member.into(),
+                    decision: "Overdracht aan Lokaal team Woerden".into(),
+                    outcome: Told::Told {
+                        on: day(days),
+                        by: "Veilig Thuis Utrecht, team onderzoek".into(),
+                        what: "Het lokaal team neemt de hulp over; het team jeugd is vanaf nu het aanspreekpunt."
+                            .into(),
+                    },
+                })
+                .collect(),
+            family_review: Some(FamilyReview::Shown {
+                to: vec!["p1".into(), "p2".into(), "k3".into()],
+                on: day(-5),
+                response: "Moeder en Lotte hebben geen opmerkingen; vader is het oneens met één punt (zie hun \
+                           mening)."
+                    .into(),
+            }),
             statements: vec![
                 statement(
                     StatementKind::Fact,
@@ -1576,7 +1751,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once_with_its_path() {
         let mut p = HandoverPacket::example(today());
-        p.version = 2;
+        p.version = 3;
         p.reason = "  ".into();
         p.legal_frame.frame = LegalFrame::Ots;
         p.family[1].gezag = Gezag::NotApplicable;
@@ -1613,7 +1788,7 @@ mod tests {
         let text = errors.to_string();
         assert_eq!(text.lines().count(), errors.0.len());
         assert!(text.lines().all(|line| line.contains(": ")), "{text}");
-        assert!(text.starts_with("version: is 2;"), "{text}");
+        assert!(text.starts_with("version: is 3;"), "{text}");
     }
 
     type Mutation = fn(&mut HandoverPacket);
@@ -1664,14 +1839,17 @@ mod tests {
             (
                 |p| {
                     p.family.clear();
+                    keep_records_of_family(p);
                     p.risks = Assessment::NotAssessed { reason: "onderzoek afgebroken".into() };
                     p.protective_factors = Assessment::NotAssessed { reason: "onderzoek afgebroken".into() };
                 },
-                &["family"],
+                // With nobody in the family, nobody can have been told.
+                &["family", "informed"],
             ),
             (
                 |p| {
                     p.family.truncate(2);
+                    keep_records_of_family(p);
                     p.risks = Assessment::Assessed(vec![Factor { text: "Ruzie".into(), members: vec![] }]);
                     p.protective_factors =
                         Assessment::Assessed(vec![Factor { text: "Netwerk".into(), members: vec![] }]);
@@ -1683,9 +1861,14 @@ mod tests {
                 |p| p.family[0].id = String::new(),
                 &[
                     "family[0].id",
+                    "consents[0].member",
+                    "lawful_basis.consents",
                     "risks.assessed[0].members[0]",
                     "protective_factors.assessed[0].members[0]",
                     "protective_factors.assessed[1].members[0]",
+                    "informed[0].member",
+                    "informed",
+                    "family_review.shown.to[0]",
                 ],
             ),
             (|p| p.family[3].id = "k 2".into(), &["family[3].id", "protective_factors.assessed[2].members[0]"]),
@@ -1796,6 +1979,7 @@ mod tests {
         unseen.lawful_basis = LawfulBasis {
             code: "vt-safety".into(),
             justification: Some("Informeren van vader brengt moeder in gevaar; delen zonder toestemming.".into()),
+            consents: Vec::new(),
         };
         unseen.family_involvement = FamilyInvolvement::NotInformed { reason: "Vader is dreigend".into() };
         unseen.family_view = FamilyView { view: "unknown".into(), disagreements: vec![] };
@@ -1854,8 +2038,8 @@ mod tests {
         let json = HandoverPacket::example(today()).to_json();
         assert!(matches!(HandoverPacket::from_json("not json"), Err(PacketError::Json(_))));
         assert!(matches!(HandoverPacket::from_json("{}"), Err(PacketError::Json(_))));
-        let newer = json.replacen("\"version\": 1", "\"version\": 2", 1);
-        assert!(matches!(HandoverPacket::from_json(&newer), Err(PacketError::UnsupportedVersion { found: 2 })));
+        let newer = json.replacen("\"version\": 2", "\"version\": 3", 1);
+        assert!(matches!(HandoverPacket::from_json(&newer), Err(PacketError::UnsupportedVersion { found: 3 })));
         let bad_date = json.replacen("\"date\": \"2026-02-02\"", "\"date\": \"2026-02-30\"", 1);
         let error = HandoverPacket::from_json(&bad_date).unwrap_err().to_string();
         assert!(error.contains("2026-02-30 is not a calendar day"), "{error}");
@@ -1884,6 +2068,21 @@ mod tests {
         let mut packet = HandoverPacket::example(today());
         packet.attachments.push(reference);
         packet.validate(today()).unwrap();
+    }
+
+    /// Drops the consent, information and review records of members no longer in the family.
+    fn keep_records_of_family(p: &mut HandoverPacket) {
+        let ids: Vec<String> = p.family.iter().map(|m| m.id.clone()).collect();
+        p.consents.retain(|c| ids.contains(&c.member));
+        let kept: Vec<String> = p.consents.iter().map(|c| c.id.clone()).collect();
+        p.lawful_basis.consents.retain(|id| kept.contains(id));
+        p.informed.retain(|r| ids.contains(&r.member));
+        if let Some(FamilyReview::Shown { to, .. }) = &mut p.family_review {
+            to.retain(|m| ids.contains(m));
+            if to.is_empty() {
+                p.family_review = Some(FamilyReview::NotShown { reason: "niemand om het aan voor te leggen".into() });
+            }
+        }
     }
 
     fn measure(start: i64, end: Option<i64>) -> Measure {

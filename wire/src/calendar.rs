@@ -59,6 +59,26 @@ pub fn format_minutes(at_ms: u64) -> String {
     moment(at_ms).format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).unwrap_or_default()
 }
 
+/// The same moment `months` calendar months later (UTC), on the month's last day when it is shorter:
+/// 31 January plus one month is 28 or 29 February. Held at the last representable day.
+pub fn add_months(at_ms: u64, months: u32) -> u64 {
+    let at = moment(at_ms);
+    let date = at.date();
+    let index = i64::from(date.year()) * 12 + i64::from(u8::from(date.month())) - 1 + i64::from(months);
+    let (Ok(year), Ok(month)) = (i32::try_from(index.div_euclid(12)), u8::try_from(index.rem_euclid(12) + 1)) else {
+        return u64::MAX;
+    };
+    let Ok(month) = Month::try_from(month) else { return u64::MAX };
+    let day = date.day().min(time::util::days_in_month(month, year));
+    match Date::from_calendar_date(year, month, day) {
+        Ok(later) => {
+            let nanos = later.with_time(at.time()).assume_utc().unix_timestamp_nanos() / 1_000_000;
+            u64::try_from(nanos).unwrap_or(u64::MAX)
+        }
+        Err(_) => u64::MAX,
+    }
+}
+
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_seconds(secs: i64) -> String {
     let at = OffsetDateTime::from_unix_timestamp(secs)
@@ -84,6 +104,16 @@ mod tests {
         }
         assert_eq!(civil_from_ms(1_700_000_000_123), (2023, 11, 14));
         assert_eq!(civil_from_days(i64::MAX), (9999, 12, 31), "held to the last representable day");
+    }
+
+    #[test]
+    fn months_are_added_on_the_calendar() {
+        let ms = |y, m, d| days_from_civil(y, m, d).unwrap() as u64 * DAY_MS;
+        assert_eq!(add_months(ms(2026, 1, 31), 1), ms(2026, 2, 28));
+        assert_eq!(add_months(ms(2024, 1, 31), 1), ms(2024, 2, 29));
+        assert_eq!(add_months(ms(2026, 3, 16), 12), ms(2027, 3, 16));
+        assert_eq!(add_months(ms(2026, 11, 30) + 5, 15), ms(2028, 2, 29) + 5);
+        assert_eq!(add_months(ms(9999, 12, 1), 1), u64::MAX);
     }
 
     #[test]

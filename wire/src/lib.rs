@@ -12,6 +12,7 @@ pub mod audit;
 pub mod calendar;
 pub mod codec;
 pub mod error;
+pub mod figures;
 pub mod frame;
 pub mod handover;
 pub mod hex;

@@ -10,17 +10,26 @@
 use std::collections::BTreeMap;
 
 use ketenhub_sdk::packet::{
-    Assessment, AttachmentRef, Contact, Date, Factor, FamilyInvolvement, FamilyMember, FamilyRole, FamilyView,
-    FieldError, Gezag, Goal, GoalOwner, HandoverPacket, Intervention, LawfulBasis, LegalFrame, LegalStatus, Measure,
-    Organisation, Party, Plan, Problem, Statement, StatementKind, PACKET_VERSION,
+    Assessment, AttachmentRef, Consent, Contact, Date, Factor, FamilyInvolvement, FamilyMember, FamilyReview,
+    FamilyRole, FamilyView, FieldError, Gezag, Goal, GoalOwner, HandoverPacket, Informed, Intervention, LawfulBasis,
+    LegalFrame, LegalStatus, Measure, Organisation, Party, Plan, Problem, Recipient, Statement, StatementKind, Told,
+    PACKET_VERSION,
 };
 
 /// The form's values, by field path.
 pub type Values = BTreeMap<String, String>;
 
 /// The repeated sections of the form, with the name of their row count.
-pub const SECTIONS: [&str; 6] =
-    ["family", "statements", "risks.assessed", "protective_factors.assessed", "interventions", "plan.goals"];
+pub const SECTIONS: [&str; 8] = [
+    "family",
+    "consents",
+    "informed",
+    "statements",
+    "risks.assessed",
+    "protective_factors.assessed",
+    "interventions",
+    "plan.goals",
+];
 
 /// What the packet takes from outside the form: both parties and the route.
 #[derive(Debug, Clone)]
@@ -89,6 +98,11 @@ impl Reader<'_> {
         }
     }
 
+    /// A list of ids separated by commas or spaces.
+    fn ids(&self, path: &str) -> Vec<String> {
+        self.text(path).split([',', ' ']).filter(|m| !m.is_empty()).map(str::to_owned).collect()
+    }
+
     /// Whether any field of a row has a value: untouched rows are left out.
     fn row_used(&self, prefix: &str) -> bool {
         self.values.iter().any(|(k, v)| k.starts_with(prefix) && !k.ends_with(".count") && !v.trim().is_empty())
@@ -131,9 +145,67 @@ impl Reader<'_> {
                 role,
                 birth_year,
                 gezag,
+                concerned: self.text(&format!("{path}.concerned")) != "no",
             });
         }
         family
+    }
+
+    fn consents(&mut self) -> Vec<Consent> {
+        let mut consents = Vec::new();
+        for path in self.used_rows("consents") {
+            let mut recipients = Vec::new();
+            for token in self.ids(&format!("{path}.recipients")) {
+                match token.parse::<Recipient>() {
+                    Ok(recipient) => recipients.push(recipient),
+                    Err(problem) => self.fail(&format!("{path}.recipients"), problem),
+                }
+            }
+            consents.push(Consent {
+                id: self.text(&format!("{path}.id")),
+                member: self.text(&format!("{path}.member")),
+                recipients,
+                purpose: self.text(&format!("{path}.purpose")),
+                given_on: self.required_date(&format!("{path}.given_on")),
+                recorded_by: self.text(&format!("{path}.recorded_by")),
+                until: self.date(&format!("{path}.until")),
+                withdrawn_on: self.date(&format!("{path}.withdrawn_on")),
+            });
+        }
+        consents
+    }
+
+    fn informed(&mut self) -> Vec<Informed> {
+        let mut informed = Vec::new();
+        for path in self.used_rows("informed") {
+            let outcome = if self.text(&format!("{path}.outcome")) == "not_told" {
+                Told::NotTold { reason: self.text(&format!("{path}.outcome.not_told.reason")) }
+            } else {
+                Told::Told {
+                    on: self.required_date(&format!("{path}.outcome.told.on")),
+                    by: self.text(&format!("{path}.outcome.told.by")),
+                    what: self.text(&format!("{path}.outcome.told.what")),
+                }
+            };
+            informed.push(Informed {
+                member: self.text(&format!("{path}.member")),
+                decision: self.text(&format!("{path}.decision")),
+                outcome,
+            });
+        }
+        informed
+    }
+
+    fn review(&mut self) -> Option<FamilyReview> {
+        match self.text("family_review.kind").as_str() {
+            "shown" => Some(FamilyReview::Shown {
+                to: self.ids("family_review.shown.to"),
+                on: self.required_date("family_review.shown.on"),
+                response: self.text("family_review.shown.response"),
+            }),
+            "not_shown" => Some(FamilyReview::NotShown { reason: self.text("family_review.not_shown.reason") }),
+            _ => None,
+        }
     }
 
     fn statements(&mut self) -> Vec<Statement> {
@@ -163,12 +235,7 @@ impl Reader<'_> {
             .iter()
             .map(|path| Factor {
                 text: self.text(&format!("{path}.text")),
-                members: self
-                    .text(&format!("{path}.members"))
-                    .split([',', ' '])
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+                members: self.ids(&format!("{path}.members")),
             })
             .collect();
         Assessment::Assessed(factors)
@@ -250,8 +317,12 @@ pub fn packet(
         lawful_basis: LawfulBasis {
             code: frame.legal_basis.clone(),
             justification: r.optional("lawful_basis.justification"),
+            consents: r.ids("lawful_basis.consents"),
         },
         family: r.family(),
+        consents: r.consents(),
+        informed: r.informed(),
+        family_review: r.review(),
         statements: r.statements(),
         risks: r.assessment("risks"),
         protective_factors: r.assessment("protective_factors"),
@@ -335,6 +406,23 @@ pub fn values(p: &HandoverPacket) -> Values {
             Gezag::NotApplicable => "not_applicable",
         };
         put(&mut v, format!("{path}.gezag"), gezag);
+        put(&mut v, format!("{path}.concerned"), if m.concerned { "yes" } else { "no" });
+    }
+    put(&mut v, "lawful_basis.consents", p.lawful_basis.consents.join(", "));
+    put_consents(&mut v, &p.consents);
+    put_informed(&mut v, &p.informed);
+    match &p.family_review {
+        Some(FamilyReview::Shown { to, on, response }) => {
+            put(&mut v, "family_review.kind", "shown");
+            put(&mut v, "family_review.shown.to", to.join(", "));
+            put(&mut v, "family_review.shown.on", on);
+            put(&mut v, "family_review.shown.response", response);
+        }
+        Some(FamilyReview::NotShown { reason }) => {
+            put(&mut v, "family_review.kind", "not_shown");
+            put(&mut v, "family_review.not_shown.reason", reason);
+        }
+        None => {}
     }
     put_rows(&mut v, "statements", p.statements.len());
     for (i, s) in p.statements.iter().enumerate() {
@@ -396,6 +484,43 @@ pub fn values(p: &HandoverPacket) -> Values {
     put(&mut v, "family_view.view", &p.family_view.view);
     put(&mut v, "family_view.disagreements", p.family_view.disagreements.join("\n"));
     v
+}
+
+fn put_consents(v: &mut Values, consents: &[Consent]) {
+    put_rows(v, "consents", consents.len());
+    for (i, c) in consents.iter().enumerate() {
+        let path = format!("consents[{i}]");
+        put(v, format!("{path}.id"), &c.id);
+        put(v, format!("{path}.member"), &c.member);
+        let recipients: Vec<String> = c.recipients.iter().map(ToString::to_string).collect();
+        put(v, format!("{path}.recipients"), recipients.join(", "));
+        put(v, format!("{path}.purpose"), &c.purpose);
+        put(v, format!("{path}.given_on"), c.given_on);
+        put(v, format!("{path}.recorded_by"), &c.recorded_by);
+        put(v, format!("{path}.until"), c.until.map(|d| d.to_string()).unwrap_or_default());
+        put(v, format!("{path}.withdrawn_on"), c.withdrawn_on.map(|d| d.to_string()).unwrap_or_default());
+    }
+}
+
+fn put_informed(v: &mut Values, informed: &[Informed]) {
+    put_rows(v, "informed", informed.len());
+    for (i, record) in informed.iter().enumerate() {
+        let path = format!("informed[{i}]");
+        put(v, format!("{path}.member"), &record.member);
+        put(v, format!("{path}.decision"), &record.decision);
+        match &record.outcome {
+            Told::Told { on, by, what } => {
+                put(v, format!("{path}.outcome"), "told");
+                put(v, format!("{path}.outcome.told.on"), on);
+                put(v, format!("{path}.outcome.told.by"), by);
+                put(v, format!("{path}.outcome.told.what"), what);
+            }
+            Told::NotTold { reason } => {
+                put(v, format!("{path}.outcome"), "not_told");
+                put(v, format!("{path}.outcome.not_told.reason"), reason);
+            }
+        }
+    }
 }
 
 /// The HTML id of a field's control, from its path.
