@@ -874,6 +874,21 @@ impl Client {
         }
     }
 
+    /// The chain figures over the cases in this privacy officer's scope, from the first moment of `since`
+    /// up to the first moment of `until` (UTC days): per organisation, region and route, with the cells
+    /// below the hub's minimum count suppressed. See `wire::figures` for the definitions.
+    pub async fn chain_figures(
+        &self,
+        since: crate::packet::Date,
+        until: crate::packet::Date,
+    ) -> Result<wire::figures::ChainReport, Error> {
+        let request = Request::ChainFigures { since_ms: since.unix_ms(), until_ms: until.unix_ms() };
+        match self.request(request).await? {
+            Reply::ChainFigures { report } => Ok(*report),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// One page of [`Client::audit_query`]: at most `filter.limit` entries (the hub caps it) after
     /// `filter.after_seq`, and whether more matched.
     ///

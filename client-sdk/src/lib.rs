@@ -54,6 +54,7 @@ pub use error::Error;
 pub use event::{Event, EventStream, Message};
 pub use packet::HandoverPacket;
 pub use wire::audit::{AuditAction, AuditEntry, AuditFilter, AuditOutcome};
+pub use wire::figures::ChainReport;
 pub use wire::handover::{
     ClockKind, Conference, Escalation, FamilyTold, HandoverEvent, Invitation, Measure, Notice, Offer, OfferRequest,
     OfferState, Ownership, Participant, ParticipantRole, RegieDecision,

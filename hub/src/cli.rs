@@ -1,5 +1,5 @@
 //! The `hub` command line: `serve` runs a hub, `demo` tells the story,
-//! `audit` inspects a stopped hub's audit log.
+//! `audit` inspects a stopped hub's audit log, `report chain` prints the chain's figures.
 //!
 //! The log goes to stderr without ever blocking the hub: a supervisor that
 //! stops reading the hub's stderr (a full pipe) must not stop the hub. Lines
@@ -33,6 +33,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: crate::audit::command::AuditCommand,
+    },
+    /// Reports the chain's figures from a stopped hub's data.
+    Report {
+        #[command(subcommand)]
+        command: crate::chain_figures::ReportCommand,
     },
     /// Runs the demonstration story on loopback with a fresh dev PKI, then exits.
     Demo {
@@ -202,6 +207,13 @@ fn run(cli: Cli) -> ExitCode {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("hub audit: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Report { command } => match crate::chain_figures::run(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hub report: {e:#}");
                 ExitCode::from(2)
             }
         },

@@ -226,6 +226,9 @@ pub struct Limits {
     pub refused_handshake_audit_ms: u64,
     /// Audit entries one query answers at most; more are read a page at a time (`after_seq`).
     pub max_audit_query_entries: usize,
+    /// The smallest count a cell of the chain figures shows; smaller cells are suppressed, so that no
+    /// family can be recognised from a small number.
+    pub min_figure_count: u64,
 }
 
 impl Default for Limits {
@@ -264,6 +267,7 @@ impl Default for Limits {
             max_pending_handshakes: 1_024,
             refused_handshake_audit_ms: 10_000,
             max_audit_query_entries: 10_000,
+            min_figure_count: wire::figures::DEFAULT_MIN_COUNT,
         }
     }
 }
@@ -319,6 +323,7 @@ impl Limits {
             ("limits.max_pending_handshakes", self.max_pending_handshakes as u64),
             ("limits.refused_handshake_audit_ms", self.refused_handshake_audit_ms),
             ("limits.max_audit_query_entries", self.max_audit_query_entries as u64),
+            ("limits.min_figure_count", self.min_figure_count),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

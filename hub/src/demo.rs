@@ -24,6 +24,9 @@ use crate::devhub::DevHub;
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
+/// The smallest count a cell of the chain figures shows in the demo (10 by default).
+const DEMO_MIN_FIGURE_COUNT: u64 = 2;
+
 /// Prints timeline lines with the time since the demo started.
 struct Timeline {
     start: Instant,
@@ -95,6 +98,27 @@ async fn owner_line(line: &Timeline, party: &Party, thread: ThreadId) -> anyhow:
         if background.is_empty() { String::new() } else { format!("; background: {}", background.join(", ")) };
     line.say("hub", format!("regie now with {}{background}", ownership.owner));
     Ok(())
+}
+
+/// One line per chain figure: the chain's cell, and how many cells of the breakdowns show or are suppressed.
+fn chain_lines(report: &ketenhub_sdk::ChainReport) -> Vec<String> {
+    report
+        .figures
+        .iter()
+        .map(|figure| {
+            let (all, parts) = figure.cells.split_first().map_or((None, &[][..]), |(all, rest)| (Some(all), rest));
+            let chain = match all {
+                Some(cell) if !cell.suppressed() => {
+                    let values: Vec<String> =
+                        figure.measures.iter().zip(&cell.values).map(|(m, v)| format!("{m} {v}")).collect();
+                    format!("n={}: {}", cell.count.unwrap_or_default(), values.join(", "))
+                }
+                _ => "suppressed".to_owned(),
+            };
+            let hidden = parts.iter().filter(|c| c.suppressed()).count();
+            format!("{:<27} {chain}  [{} cells shown, {hidden} suppressed]", figure.code, parts.len() - hidden)
+        })
+        .collect()
 }
 
 /// A line about what a receiver read.
@@ -382,7 +406,10 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = data.unwrap_or_else(|| temp.path().to_owned());
     let line = Timeline { start: Instant::now() };
     let clock = Clock::system();
-    let hub = DevHub::start_with_clock(&dir, Limits::default(), clock.clone()).await?;
+    // Two cases make few figures: the demo shows cells from 2 up, so that some show and some are suppressed.
+    let limits = Limits { min_figure_count: DEMO_MIN_FIGURE_COUNT, ..Limits::default() };
+    let started = Date::from_unix_ms(clock.now_ms());
+    let hub = DevHub::start_with_clock(&dir, limits, clock.clone()).await?;
     // Name the data directory itself: it is what `hub audit --data` takes.
     line.say(
         "hub",
@@ -525,18 +552,31 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
 
     line.chapter("8. The family asks who saw their data; the audit chain is verified");
     let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let who_name = who(&officer);
     line.say(&who(&officer), "prints the family's access report (GDPR art. 15):");
     let report = officer.access_report(thread).await?;
     let who_section = report.split("## Timeline").next().unwrap_or_default();
     for row in who_section.lines().filter(|l| !l.is_empty()) {
         println!("             {row}");
     }
+    let until = Date::from_unix_ms(clock.now_ms()).add_days(1);
+    let figures = officer.chain_figures(started, until).await?;
     for party in [anna, vt, lead, lt, rvdk, gi, oudewater, school] {
         party.client.close().await;
     }
     officer.close().await;
     let verified = hub.stop_and_verify_audit().await?;
     line.say("hub", "stopped cleanly; every acknowledged step was on disk first");
+    line.say(
+        &who_name,
+        format!(
+            "prints the chain figures of this history (cells under {} suppressed; 10 by default), no case or worker named:",
+            figures.min_count
+        ),
+    );
+    for row in chain_lines(&figures) {
+        println!("             {row}");
+    }
     match verified {
         Ok(v) => {
             line.say(

@@ -19,6 +19,7 @@
 pub mod admission;
 pub mod audit;
 pub mod blobs;
+pub mod chain_figures;
 pub mod cli;
 pub mod clock;
 pub mod config;

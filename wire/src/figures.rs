@@ -147,19 +147,38 @@ const DURATION: &[&str] = &["median_days", "p90_days"];
 
 /// The figures over `cases` for the window and settings given.
 pub fn compute(cases: &[CaseEvents], directory: &dyn Directory, settings: &Settings) -> ChainReport {
-    let mut observations = Vec::new();
+    let mut tally = Tally::default();
     for case in cases {
-        CaseTrack::of(case, settings.until_ms).observe(directory, settings, &mut observations);
+        tally.add(case, directory, settings);
     }
-    let figures = FIGURES
-        .iter()
-        .map(|(code, measures)| figure(code, measures, &observations, directory, settings.min_count))
-        .collect();
-    let day = |ms: u64| {
-        let (y, m, d) = crate::calendar::civil_from_ms(ms);
-        format!("{y:04}-{m:02}-{d:02}")
-    };
-    ChainReport { since: day(settings.since_ms), until: day(settings.until_ms), min_count: settings.min_count, figures }
+    tally.report(directory, settings)
+}
+
+/// The figures gathered one case at a time, so that a hub reads its cases without holding them all.
+#[derive(Default)]
+pub struct Tally {
+    observations: Vec<Observation>,
+}
+
+impl Tally {
+    /// Counts one case.
+    pub fn add(&mut self, case: &CaseEvents, directory: &dyn Directory, settings: &Settings) {
+        CaseTrack::of(case, settings.until_ms).observe(directory, settings, &mut self.observations);
+    }
+
+    /// The report over the cases counted.
+    pub fn report(&self, directory: &dyn Directory, settings: &Settings) -> ChainReport {
+        let figures = FIGURES
+            .iter()
+            .map(|(code, measures)| figure(code, measures, &self.observations, directory, settings.min_count))
+            .collect();
+        let day = |ms: u64| {
+            let (y, m, d) = crate::calendar::civil_from_ms(ms);
+            format!("{y:04}-{m:02}-{d:02}")
+        };
+        let (since, until) = (day(settings.since_ms), day(settings.until_ms));
+        ChainReport { since, until, min_count: settings.min_count, figures }
+    }
 }
 
 /// One offer's course through a case.

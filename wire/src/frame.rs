@@ -494,6 +494,14 @@ pub enum Request {
         #[serde(default)]
         known_size: u64,
     },
+    /// Asks for the chain figures over the cases in the caller's scope (privacy officers), for the
+    /// period from `since_ms` up to `until_ms`; cells below `limits.min_figure_count` are suppressed.
+    ChainFigures {
+        /// The first moment counted, ms since the Unix epoch.
+        since_ms: u64,
+        /// The end of the period (not counted), ms since the Unix epoch.
+        until_ms: u64,
+    },
     /// Asks for the latest signed tree head of the audit log and its consistency proof from `known_size`
     /// (privacy officers and `system` identities, which witness the log).
     AuditHead {
@@ -695,6 +703,11 @@ pub enum Reply {
         proofs: Vec<crate::audit::Proof>,
         /// The consistency proof from the tree of the request's `known_size` to `head`.
         consistency: crate::audit::Proof,
+    },
+    /// The chain figures asked for. (Boxed: replies stay small.)
+    ChainFigures {
+        /// The figures.
+        report: Box<crate::figures::ChainReport>,
     },
     /// The latest signed tree head.
     AuditHead {

@@ -118,7 +118,8 @@ fn require_hub_data(data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_store(data: &Path) -> anyhow::Result<SledStore> {
+/// The store of a stopped hub's data directory, refusing a directory that holds none.
+pub(crate) fn open_store(data: &Path) -> anyhow::Result<SledStore> {
     require_hub_data(data)?;
     SledStore::open(&data.join("store"))
         .with_context(|| format!("cannot open the store in {} (is the hub still running?)", data.display()))

@@ -36,6 +36,31 @@ impl Hub {
         tokio::task::spawn_blocking(move || reviewable(store.as_ref(), &policy, &oin, entry, &note))
     }
 
+    /// The chain figures over the officer's organisation's cases, computed off the runtime.
+    pub(super) fn spawn_chain_figures(
+        &self,
+        caller: &Caller,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> JoinHandle<Result<Reply, WireError>> {
+        let (store, policy, oin) = (self.store.clone(), self.policy.current(), caller.identity.oin.clone());
+        let settings = wire::figures::Settings {
+            since_ms,
+            until_ms,
+            min_count: self.limits.min_figure_count,
+            calendar: self.calendar.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if since_ms >= until_ms {
+                return Err(WireError::new(ErrorCode::Invalid, "since_ms must lie before until_ms"));
+            }
+            let cases = store.organisation_cases(&oin).map_err(internal)?;
+            let report = crate::chain_figures::report(store.as_ref(), &policy, &settings, &|case| cases.contains(&case))
+                .map_err(internal)?;
+            Ok(Reply::ChainFigures { report: Box::new(report) })
+        })
+    }
+
     pub(super) fn signed_head(&self, known_size: u64) -> Result<Reply, WireError> {
         let (head, consistency) = audit_head(self.store.as_ref(), known_size)?;
         let head =
@@ -163,6 +188,10 @@ pub(super) fn access_record(caller: &Caller, on_behalf_of: Option<MemberId>, req
         Request::AuditQuery { filter, .. } => (AuditAction::AuditQuery, filter.case, Some(format!("{filter:?}"))),
         Request::AuditHead { known_size } => {
             (AuditAction::AuditQuery, None, Some(format!("tree head from {known_size}")))
+        }
+        Request::ChainFigures { since_ms, until_ms } => {
+            let (since, until) = (wire::calendar::format_ms(*since_ms), wire::calendar::format_ms(*until_ms));
+            (AuditAction::AuditQuery, None, Some(format!("chain figures {since}..{until}")))
         }
         Request::OnBehalfOf { .. } => (AuditAction::ListThreads, None, Some("nested on_behalf_of".into())),
         Request::OfferHandover { thread, offer } => {

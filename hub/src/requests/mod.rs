@@ -316,6 +316,9 @@ impl Hub {
                 return Ok(Prepared::Slow(self.spawn_audit_query(caller, filter, known_size)));
             }
             Request::ListOffers => return Ok(Prepared::Slow(self.spawn_list_offers(caller, actor))),
+            Request::ChainFigures { since_ms, until_ms } => {
+                return Ok(Prepared::Slow(self.spawn_chain_figures(caller, since_ms, until_ms)));
+            }
             Request::MarkReviewed { entry, note } => return Ok(Prepared::Slow(self.spawn_review(caller, entry, note))),
             Request::RecordHistoryShare { thread, seqs, .. } => {
                 // Only the audit entry is written, and the reply waits for it to be durable.
@@ -370,7 +373,9 @@ impl Hub {
             | Request::GroupInfo { thread }
             | Request::Rejoin { thread, .. } => (Action::Read, Some(*thread)),
             Request::ListThreads | Request::UploadKeyPackages { .. } => (Action::Read, None),
-            Request::AuditQuery { .. } | Request::MarkReviewed { .. } => (Action::AuditQuery, None),
+            Request::AuditQuery { .. } | Request::MarkReviewed { .. } | Request::ChainFigures { .. } => {
+                (Action::AuditQuery, None)
+            }
             Request::OfferHandover { thread, .. }
             | Request::CompleteHandover { thread, .. }
             | Request::ReportDone { thread, .. }
