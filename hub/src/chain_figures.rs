@@ -25,7 +25,11 @@ struct PolicyDirectory<'a>(&'a Policy);
 
 impl Directory for PolicyDirectory<'_> {
     fn organisation(&self, oin: &Oin) -> Option<OrganisationFacts> {
-        self.0.organisation(oin).map(|o| OrganisationFacts { name: o.name.clone(), region: o.region.clone(), kind: o.kind })
+        self.0.organisation(oin).map(|o| OrganisationFacts {
+            name: o.name.clone(),
+            region: o.region.clone(),
+            kind: o.kind,
+        })
     }
 
     fn route_clocks(&self, route: &str) -> RouteClocks {

@@ -159,7 +159,10 @@ async fn handle(state: &State, me: &MemberId, request: Request) -> Result<Reply,
         Request::DeliveryStatus { .. } => return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no cursors")),
         // The relay enforces no policy and keeps no audit log.
         Request::OnBehalfOf { request, .. } => return Box::pin(handle(state, me, *request)).await,
-        Request::AuditQuery { .. } | Request::AuditHead { .. } | Request::MarkReviewed { .. } => {
+        Request::AuditQuery { .. }
+        | Request::AuditHead { .. }
+        | Request::MarkReviewed { .. }
+        | Request::ChainFigures { .. } => {
             return Err(WireError::new(ErrorCode::Invalid, "the relay keeps no audit log"))
         }
         Request::OfferHandover { .. }

@@ -207,6 +207,9 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
     let share = queue.first().ok_or_else(|| anyhow::anyhow!("no share to review"))?;
     officer.mark_reviewed(share.share.seq, "justified").await?;
     officer.witness_audit().await?;
+    let today = ketenhub_sdk::packet::Date::from_unix_ms(hub::clock::now_ms());
+    let figures = officer.chain_figures(today.add_days(-1), today.add_days(30)).await?;
+    assert!(figures.figures.iter().any(|f| f.cells.iter().any(|c| c.suppressed())), "a small history is suppressed");
     for client in [&vt, &lt, &officer, &system, &lead, &school, &lt_system] {
         client.close().await;
     }
@@ -259,6 +262,8 @@ async fn every_frame_of_a_full_scenario_matches_the_cddl_in_protocol_md() -> any
         "op:audit_head",
         "op:mark_reviewed",
         "kind:reviewed",
+        "op:chain_figures",
+        "kind:chain_figures",
         "op:offer_handover",
         "op:answer_offer",
         "op:complete_handover",

@@ -55,8 +55,9 @@ impl Hub {
                 return Err(WireError::new(ErrorCode::Invalid, "since_ms must lie before until_ms"));
             }
             let cases = store.organisation_cases(&oin).map_err(internal)?;
-            let report = crate::chain_figures::report(store.as_ref(), &policy, &settings, &|case| cases.contains(&case))
-                .map_err(internal)?;
+            let report =
+                crate::chain_figures::report(store.as_ref(), &policy, &settings, &|case| cases.contains(&case))
+                    .map_err(internal)?;
             Ok(Reply::ChainFigures { report: Box::new(report) })
         })
     }
