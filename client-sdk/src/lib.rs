@@ -39,6 +39,7 @@ pub mod device;
 mod dial;
 mod error;
 mod event;
+pub mod family;
 pub mod packet;
 pub mod raw;
 pub mod report;

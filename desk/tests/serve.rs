@@ -616,3 +616,39 @@ async fn the_owner_shares_earlier_messages_with_a_member_who_joined_later() -> a
     drop(desk);
     hub.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiving_desk_prints_the_familys_summary_of_a_packet() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), Limits::default()).await?;
+    let desk = serve(&hub, dir.path(), "lt-woerden-caseworker");
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    let lt = wire::MemberId { oin: "00000001800000000002".parse()?, worker: "sanne.bakker".into() };
+    let cookie = sign_in(&desk).await?;
+    shows(&desk, "/cases", &cookie, "_csrf").await?;
+    vt.add_member(thread, lt, &ketenhub_sdk::Grounds::new("overdracht na onderzoek", "consent")).await?;
+    vt.send_text(thread, "Eerst een bericht.").await?;
+    let today = ketenhub_sdk::packet::Date::from_unix_ms(hub::clock::now_ms());
+    vt.send_packet(thread, ketenhub_sdk::HandoverPacket::example(today), today).await?;
+
+    let page = shows(&desk, &format!("/cases/{thread}"), &cookie, "/family-summary/").await?;
+    let link = page.body.split("href=\"").find(|s| s.contains("/family-summary/")).and_then(|s| s.split('"').next());
+    let link = link.ok_or_else(|| anyhow::anyhow!("no link to the family's summary"))?.to_owned();
+    assert!(page.body.contains("Lotte de Vries") && page.body.contains("c2"), "the packet shows its consents");
+    let summary = http(&desk, &get(&desk, &link, &cookie)).await?;
+    assert_eq!(summary.status, 200);
+    assert!(summary.body.contains("Uw contactpersoon is Sanne Bakker van Lokaal team Woerden"), "{}", summary.body);
+    assert!(summary.body.contains("href=\"/assets/family.css\"") && !summary.body.contains("<style>"));
+    assert!(summary.header("content-security-policy").is_some_and(|csp| csp.contains("style-src 'self'")));
+    let style = http(&desk, &get(&desk, "/assets/family.css", &cookie)).await?;
+    assert!(style.status == 200 && style.body.contains("@media print"));
+    // The text message is no packet; a seq past the thread is nothing.
+    let text_seq = link.rsplit('/').next().and_then(|s| s.parse::<u64>().ok()).unwrap_or_default() - 1;
+    for seq in [text_seq, 999] {
+        let path = format!("/cases/{thread}/family-summary/{seq}");
+        assert_eq!(http(&desk, &get(&desk, &path, &cookie)).await?.status, 404, "{path}");
+    }
+    drop(desk);
+    hub.stop().await
+}

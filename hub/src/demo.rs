@@ -127,10 +127,13 @@ fn describe(content: &Content, today: Date) -> anyhow::Result<String> {
         Content::HandoverPacket(packet) => {
             packet.validate(today).map_err(|e| anyhow::anyhow!("the packet does not validate:\n{e}"))?;
             format!(
-                "handover packet v{} ({} family members with their gezag, {} statements with facts, suspicions and \
-                 opinions apart, {} plan goals; contact {}) — complete and valid",
+                "handover packet v{} ({} family members with their gezag, consent from {} of them covering everyone \
+                 who must consent, {} told in person, {} statements with facts, suspicions and opinions apart, {} plan \
+                 goals; contact {}) — complete and valid",
                 packet.version,
                 packet.family.len(),
+                packet.consents.len(),
+                packet.informed.len(),
                 packet.statements.len(),
                 packet.plan.goals.len(),
                 packet.contact.role_address
@@ -189,6 +192,12 @@ async fn hand_over(
     })
     .await?;
     line.say(&to.name(), format!("reads, end-to-end encrypted: {}", describe(&received, today)?));
+    if let Content::HandoverPacket(packet) = &received {
+        line.say(&to.name(), "prints the family's own summary from it, in plain Dutch (the hub never sees it):");
+        for row in ketenhub_sdk::family::summary_text(packet, today).lines() {
+            println!("             | {row}");
+        }
+    }
     if let Some(earlier) = handover.history {
         share_history(line, thread, from, to, earlier).await?;
     }

@@ -29,8 +29,9 @@ pub const TEMPLATES: [(&str, &str); 17] = [
     ("share.html", include_str!("../../templates/share.html")),
 ];
 
-const ASSETS: [(&str, &str, &str); 2] = [
+const ASSETS: [(&str, &str, &str); 3] = [
     ("desk.css", "text/css; charset=utf-8", include_str!("../../assets/desk.css")),
+    ("family.css", "text/css; charset=utf-8", ketenhub_sdk::family::STYLE),
     ("desk.js", "text/javascript; charset=utf-8", include_str!("../../assets/desk.js")),
 ];
 

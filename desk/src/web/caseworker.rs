@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Json};
 use ketenhub_sdk::packet::{AttachmentRef, Date, FieldError, Organisation, Party, Problem};
 use ketenhub_sdk::{Content, FamilyTold, Grounds, MemberId, OfferRequest, ParticipantRole, SharedItem, ThreadId};
@@ -315,6 +315,17 @@ pub async fn download(State(app): State<App>, Path((case, seq)): Path<(String, u
         h.insert("x-ketenhub-sha256", v);
     }
     Ok(response)
+}
+
+/// The family's own summary of the packet at `seq`, in plain Dutch and printable, made here from the
+/// decrypted packet: the hub never sees it.
+pub async fn family_summary(Path((case, seq)): Path<(String, u64)>, State(app): State<App>) -> WebResult<Response> {
+    let thread = case_id(&case)?;
+    let Some(entry) = app.desk.store.entry(thread, seq)? else { return Err(WebError::NotFound) };
+    let Stored::Message(message) = entry.body else { return Err(WebError::NotFound) };
+    let Content::HandoverPacket(packet) = message.content else { return Err(WebError::NotFound) };
+    let today = Date::from_unix_ms(now_ms());
+    Ok(Html(ketenhub_sdk::family::summary_html_linked(&packet, today, "/assets/family.css")).into_response())
 }
 
 /// The thread's attachments, as a packet may name them.

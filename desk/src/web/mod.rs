@@ -208,6 +208,7 @@ pub fn router(app: App) -> Router {
         .route("/cases/{case}/messages", post(caseworker::send))
         .route("/cases/{case}/attachments", post(caseworker::upload))
         .route("/cases/{case}/attachments/{seq}", get(caseworker::download))
+        .route("/cases/{case}/family-summary/{seq}", get(caseworker::family_summary))
         .route("/cases/{case}/offer", get(caseworker::offer_form).post(caseworker::offer))
         .route("/cases/{case}/offers/{offer}/accept", post(caseworker::accept))
         .route("/cases/{case}/offers/{offer}/decline", post(caseworker::decline))
