@@ -963,6 +963,18 @@ impl Client {
         Ok(crate::report::markdown(case, &self.audit_query(filter).await?))
     }
 
+    /// The access report for one case as the family reads it: plain Dutch, per organisation and role,
+    /// no worker named, every share without consent with its reason; one printable HTML page.
+    /// `glossary` words the legal bases and names the organisations (a hub's policy gives it).
+    pub async fn family_access_report(
+        &self,
+        case: ThreadId,
+        glossary: &crate::report::Glossary,
+    ) -> Result<String, Error> {
+        let filter = wire::audit::AuditFilter { case: Some(case), ..Default::default() };
+        Ok(crate::report::family_html(case, &self.audit_query(filter).await?, glossary))
+    }
+
     /// The threads this client is a member of.
     pub async fn threads(&self) -> Result<Vec<ThreadSummary>, Error> {
         match self.request(Request::ListThreads).await? {

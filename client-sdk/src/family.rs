@@ -17,6 +17,18 @@ use crate::packet::{Consent, Date, FamilyReview, HandoverPacket, Recipient, Told
 /// children and parents in youth care and youth protection, free of charge.
 pub const AKJ: &str = "het AKJ (Advies- en Klachtenbureau Jeugdzorg): telefoon 088 555 1000, www.akj.nl";
 
+const TITLE: &str = "Wat er nu gebeurt";
+
+/// The stylesheet inside the page, for a standalone file.
+pub(crate) fn inline_style() -> String {
+    format!("<style>\n{STYLE}</style>")
+}
+
+/// A link to the stylesheet served at `href`.
+pub(crate) fn linked_style(href: &str) -> String {
+    format!("<link rel=\"stylesheet\" href=\"{}\">", escape(href))
+}
+
 const MONTHS: [&str; 12] = [
     "januari",
     "februari",
@@ -41,13 +53,13 @@ pub fn dutch_date(date: Date) -> String {
 /// The summary as one standalone HTML page, its print stylesheet inside, for the family of `packet`,
 /// made on `today`.
 pub fn summary_html(packet: &HandoverPacket, today: Date) -> String {
-    summary(packet, today).page(&format!("<style>\n{STYLE}</style>"))
+    summary(packet, today).page(TITLE, &inline_style())
 }
 
 /// The summary as an HTML page that links its stylesheet from `href` (serve [`STYLE`] there), for a
 /// web application whose Content-Security-Policy admits no inline style.
 pub fn summary_html_linked(packet: &HandoverPacket, today: Date, href: &str) -> String {
-    summary(packet, today).page(&format!("<link rel=\"stylesheet\" href=\"{}\">", escape(href)))
+    summary(packet, today).page(TITLE, &linked_style(href))
 }
 
 /// The summary as plain text (headings underlined, list items with a dash), for a letter or a terminal.
@@ -243,27 +255,28 @@ enum Block {
     List(Vec<String>),
 }
 
-/// The page being written, as blocks that render to HTML or to text.
+/// A page for the family being written, as blocks that render to HTML or to text (the access report
+/// for the family is written with it too).
 #[derive(Default)]
-struct Page {
+pub(crate) struct Page {
     blocks: Vec<Block>,
 }
 
 impl Page {
-    fn heading(&mut self, level: u8, text: &str) {
+    pub(crate) fn heading(&mut self, level: u8, text: &str) {
         self.blocks.push(Block::Heading(level, text.to_owned()));
     }
 
-    fn para(&mut self, text: &str) {
+    pub(crate) fn para(&mut self, text: &str) {
         self.blocks.push(Block::Para(text.to_owned()));
     }
 
-    fn list(&mut self, items: &[String]) {
+    pub(crate) fn list(&mut self, items: &[String]) {
         self.blocks.push(Block::List(items.to_vec()));
     }
 
-    /// The whole page, with `style` (an inline stylesheet or a link to one) in its head.
-    fn page(self, style: &str) -> String {
+    /// The whole page titled `title`, with `style` (an inline stylesheet or a link to one) in its head.
+    pub(crate) fn page(self, title: &str, style: &str) -> String {
         let mut body = String::new();
         for block in &self.blocks {
             match block {
@@ -279,11 +292,12 @@ impl Page {
             }
         }
         format!(
-            "<!doctype html>\n<html lang=\"nl\">\n<head>\n<meta charset=\"utf-8\">\n<title>Wat er nu gebeurt</title>\n{style}\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n"
+            "<!doctype html>\n<html lang=\"nl\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n{style}\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n",
+            escape(title)
         )
     }
 
-    fn text(self) -> String {
+    pub(crate) fn text(self) -> String {
         let mut out = String::new();
         for block in &self.blocks {
             match block {

@@ -13,6 +13,10 @@ use std::fmt::Write;
 use wire::audit::{AuditAction, AuditEntry, AuditOutcome};
 use wire::ThreadId;
 
+mod for_family;
+
+pub use for_family::{family_html, family_html_linked, Glossary};
+
 /// A time as `YYYY-MM-DD HH:MM UTC`.
 pub fn date_time(at_ms: u64) -> String {
     wire::calendar::format_minutes(at_ms)
@@ -69,7 +73,15 @@ pub fn review_queue(
             reviews.entry(reviewed).or_default().push(entry.clone());
         }
     }
-    // A share whose action then failed (an offer the case's state refused) shared nothing.
+    shares_without_consent(entries, without_consent)
+        .into_iter()
+        .map(|share| ReviewItem { share: share.clone(), reviews: reviews.remove(&share.seq).unwrap_or_default() })
+        .collect()
+}
+
+/// The offers and adds on a basis `without_consent` names that took effect: a share whose action
+/// then failed (an offer the case's state refused) shared nothing.
+pub fn shares_without_consent(entries: &[AuditEntry], without_consent: impl Fn(&str) -> bool) -> Vec<&AuditEntry> {
     let mut failures: BTreeMap<u64, Vec<&AuditEntry>> = BTreeMap::new();
     for entry in entries {
         if let Some(undone) = wire::audit::undone_entry(&entry.record) {
@@ -83,7 +95,6 @@ pub fn review_queue(
         .iter()
         .filter(|e| wire::audit::is_share_without_consent(&e.record, &without_consent))
         .filter(took_effect)
-        .map(|share| ReviewItem { share: share.clone(), reviews: reviews.remove(&share.seq).unwrap_or_default() })
         .collect()
 }
 

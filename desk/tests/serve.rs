@@ -417,6 +417,25 @@ async fn a_privacy_officer_marks_a_share_without_consent_as_reviewed_from_the_de
         reviews.contains(&(Some(thread), Some("onderbouwing volstaat".into()), ketenhub_sdk::AuditOutcome::Allowed)),
         "{reviews:?}"
     );
+
+    // The family's version of the access report: plain Dutch, the share with its reason, nobody's id.
+    let report = shows(&desk, &format!("/audit/report?case={thread}"), &cookie, "/audit/report/family").await?;
+    assert!(report.body.contains(&format!("href=\"/audit/report/family?case={thread}\"")));
+    let family = http(&desk, &get(&desk, &format!("/audit/report/family?case={thread}"), &cookie)).await?;
+    assert_eq!(family.status, 200);
+    for expected in [
+        "Wie heeft uw gegevens gezien",
+        "Veilig Thuis Utrecht: medewerkers (1 persoon)",
+        "Bood de zaak aan een andere organisatie aan",
+        "gaf uw gegevens aan Lokaal team Woerden. Grond: door Veilig Thuis, om onveiligheid te stoppen",
+        "Reden: veiligheid van de kinderen. acuut gevaar, ouders weigeren contact.",
+        "Veilig Thuis Utrecht: functionaris gegevensbescherming",
+    ] {
+        assert!(family.body.contains(expected), "{expected:?} missing in:\n{}", family.body);
+    }
+    for hidden in ["anna.devries", "fenna.jansen", "00000001800000000002"] {
+        assert!(!family.body.contains(hidden), "{hidden} in the family's report");
+    }
     drop(desk);
     hub.stop().await
 }

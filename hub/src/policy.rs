@@ -186,6 +186,10 @@ pub struct LegalBasis {
     /// grounds): such a share needs a written justification and review.
     #[serde(default)]
     pub without_consent: bool,
+    /// What it means, in plain words for the family's access report (in the
+    /// family's language, Dutch in the sample); `description` when absent.
+    #[serde(default)]
+    pub family_words: Option<String>,
 }
 
 /// A handover route between agency kinds.
@@ -546,6 +550,27 @@ impl Policy {
     /// A legal basis by code.
     pub fn legal_basis(&self, code: &str) -> Option<&LegalBasis> {
         self.bases.get(code)
+    }
+
+    /// Every legal basis, by code.
+    pub fn legal_bases(&self) -> Vec<&LegalBasis> {
+        let mut all: Vec<&LegalBasis> = self.bases.values().collect();
+        all.sort_by(|a, b| a.code.cmp(&b.code));
+        all
+    }
+
+    /// What the family's access report needs from the policy: its legal bases in words and its
+    /// organisations' names; `answered_by` is the officer's organisation.
+    pub fn glossary(&self, answered_by: &str) -> ketenhub_sdk::report::Glossary {
+        let bases = self
+            .legal_bases()
+            .into_iter()
+            .map(|b| {
+                (b.code.clone(), (b.family_words.clone().unwrap_or_else(|| b.description.clone()), b.without_consent))
+            })
+            .collect();
+        let organisations = self.organisations.values().map(|o| (o.oin.to_string(), o.name.clone())).collect();
+        ketenhub_sdk::report::Glossary { bases, organisations, answered_by: answered_by.to_owned() }
     }
 
     /// A route by name.

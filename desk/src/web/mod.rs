@@ -226,6 +226,7 @@ pub fn router(app: App) -> Router {
         .route("/take-over", post(caseworker::take_over))
         .route("/audit", get(officer::audit))
         .route("/audit/report", get(officer::report))
+        .route("/audit/report/family", get(officer::family_report))
         .route("/audit/status", get(officer::status))
         .route("/review", get(officer::review))
         .route("/review/{entry}", post(officer::mark_reviewed))
