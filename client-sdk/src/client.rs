@@ -696,6 +696,34 @@ impl Client {
         self.ownership_request(Request::CompleteHandover { thread, offer, family }).await
     }
 
+    /// Completes an accepted handover with what each family member was told, or why not, instead of one
+    /// yes or no for the whole family. The records go into the case's thread first, end to end
+    /// encrypted, then the completion tells the hub whether the family was told, referring to them:
+    /// told when anyone was, and otherwise why not, pointing at the records' message. Returns the
+    /// records' message and the case's ownership.
+    pub async fn complete_informed(
+        &self,
+        thread: ThreadId,
+        offer: u32,
+        records: Vec<crate::packet::Informed>,
+    ) -> Result<(Sent, Ownership), Error> {
+        let incomplete = |why: &str| Error::Invalid(format!("the information records are incomplete: {why}"));
+        if records.is_empty() {
+            return Err(incomplete("none given"));
+        }
+        if let Some(record) = records.iter().find(|r| !crate::packet::Informed::is_complete(r)) {
+            return Err(incomplete(&format!("the record of {:?} leaves a field empty", record.member)));
+        }
+        let told = records.iter().any(|r| r.outcome.was_told());
+        let sent = self.send_content(thread, Content::Informed { offer, records }).await?;
+        let family = if told {
+            FamilyTold::Yes
+        } else {
+            FamilyTold::No { reason: format!("nobody could be told yet; why is recorded in message {}", sent.id) }
+        };
+        Ok((sent, self.complete_handover(thread, offer, family).await?))
+    }
+
     /// Reports a clock's work done, for example the first face-to-face contact
     /// (by the owner, or by the receiver who accepted the case).
     pub async fn report_done(&self, thread: ThreadId, clock: ClockKind) -> Result<Ownership, Error> {

@@ -38,6 +38,14 @@ pub enum Content {
         /// The minutes.
         text: String,
     },
+    /// What each family member was told when the receiver completed a handover (its offer number),
+    /// or why not: the records the completion refers to (see [`crate::Client::complete_informed`]).
+    Informed {
+        /// The offer completed.
+        offer: u32,
+        /// One record per family member and decision.
+        records: Vec<crate::packet::Informed>,
+    },
 }
 
 /// Earlier messages of a thread, re-shared with their original ids, seqs,
@@ -100,7 +108,7 @@ impl Content {
         match self {
             Self::Bytes { data } => data,
             Self::Text { text } | Self::Minutes { text, .. } => text.as_bytes(),
-            Self::Attachment(_) | Self::HandoverPacket(_) | Self::HistoryShare(_) => &[],
+            Self::Attachment(_) | Self::HandoverPacket(_) | Self::HistoryShare(_) | Self::Informed { .. } => &[],
         }
     }
 }

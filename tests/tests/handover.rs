@@ -263,3 +263,58 @@ async fn deadlines_fire_after_a_restart_on_the_hubs_clock() -> anyhow::Result<()
     rvdk.schedule_rappel(measure).await?;
     hub.stop().await
 }
+
+/// The receiver completes with what each family member was told: the records travel encrypted in the
+/// thread, and the completion the hub keeps says whether the family was told, pointing at them if not.
+#[tokio::test]
+async fn a_completion_refers_to_what_each_family_member_was_told() -> anyhow::Result<()> {
+    use ketenhub_sdk::packet::{Informed, Told};
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").connect().await?;
+    let mut vt_events = vt.events().unwrap();
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let today = Date::from_unix_ms(hub::clock::now_ms());
+    let record = |member: &str, outcome: Told| Informed {
+        member: member.into(),
+        decision: "Overdracht aan Lokaal team Woerden".into(),
+        outcome,
+    };
+    let told = |member| {
+        record(
+            member,
+            Told::Told { on: today, by: "lokaal team, team jeugd".into(), what: "wie het aanspreekpunt is".into() },
+        )
+    };
+    let not_told = |member| record(member, Told::NotTold { reason: "nog niet bereikt".into() });
+
+    let mut completions = Vec::new();
+    for records in [vec![told("p1"), not_told("p2")], vec![not_told("p1")]] {
+        let thread = vt.create_thread().await?;
+        let deadline = hub::clock::now_ms() + 2 * DAY_MS;
+        let id = vt.offer_handover(thread, offer(&lt, "vt-lt-referral", "consent", deadline)).await?.offers[0].id;
+        lt.accept_offer(thread, id).await?;
+        vt.add_member(thread, lt.member_id(), &Grounds::new("accepted handover", "consent")).await?;
+        let empty = lt.complete_informed(thread, id, Vec::new()).await;
+        assert!(matches!(empty, Err(Error::Invalid(_))), "no records: {empty:?}");
+        let blank = lt.complete_informed(thread, id, vec![record("p1", Told::NotTold { reason: " ".into() })]).await;
+        assert!(matches!(blank, Err(Error::Invalid(_))), "a record without its reason: {blank:?}");
+        let (sent, ownership) = lt.complete_informed(thread, id, records.clone()).await?;
+        assert_eq!(ownership.owner, lt.member_id(), "regie moved");
+        let shown = next_event(
+            &mut vt_events,
+            WAIT,
+            |e| matches!(e, Event::Message(m) if m.thread == thread && m.id == sent.id),
+        )
+        .await?;
+        let Event::Message(message) = shown else { unreachable!() };
+        assert_eq!(message.content, ketenhub_sdk::Content::Informed { offer: id, records });
+        completions.push((sent.id, ownership.offers[0].state.clone()));
+    }
+    assert!(matches!(&completions[0].1, OfferState::Completed { family: FamilyTold::Yes, .. }));
+    let OfferState::Completed { family: FamilyTold::No { reason }, .. } = &completions[1].1 else {
+        panic!("nobody was told: {:?}", completions[1].1)
+    };
+    assert!(reason.contains(&completions[1].0.to_string()), "the reason points at the records: {reason}");
+    hub.stop().await
+}

@@ -124,6 +124,7 @@ fn every_kind() -> Vec<Request> {
         Request::ListOffers,
         Request::AuditHead { known_size: 0 },
         Request::MarkReviewed { entry: 1, note: "justified".into() },
+        Request::ChainFigures { since_ms: 0, until_ms: 1 },
     ]
 }
 
@@ -138,6 +139,8 @@ fn probes(kind: Request, t: Target) -> Vec<(Who, Request)> {
         Request::ListOffers => Vec::new(),
         // The log's head names no case: the same for everyone.
         Request::AuditHead { .. } => Vec::new(),
+        // Figures name no case and count the officer's own organisation's cases only (tests/figures.rs).
+        Request::ChainFigures { .. } => Vec::new(),
         Request::OpenSideThread { client_ref, purpose, .. } => {
             vec![(Caseworker, Request::OpenSideThread { case: thread, client_ref, purpose })]
         }

@@ -113,6 +113,19 @@ pub struct Informed {
     pub outcome: Told,
 }
 
+impl Informed {
+    /// Whether every field that must say something does.
+    pub fn is_complete(&self) -> bool {
+        let filled = |text: &str| !text.trim().is_empty();
+        filled(&self.member)
+            && filled(&self.decision)
+            && match &self.outcome {
+                Told::Told { by, what, .. } => filled(by) && filled(what),
+                Told::NotTold { reason } => filled(reason),
+            }
+    }
+}
+
 /// Whether a family member was told about a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

@@ -335,7 +335,20 @@ fn summary(content: &Content) -> String {
         Content::Attachment(a) => a.name.clone(),
         Content::HandoverPacket(p) => format!("handover packet v{}", p.version),
         Content::HistoryShare(s) => format!("{} items", s.items.len()),
+        Content::Informed { offer, records } => informed(*offer, records),
     }
+}
+
+/// The information records of a completion on one line: who was told on which day, who not and why.
+fn informed(offer: u32, records: &[ketenhub_sdk::packet::Informed]) -> String {
+    let each: Vec<String> = records
+        .iter()
+        .map(|r| match &r.outcome {
+            ketenhub_sdk::packet::Told::Told { on, by, what } => format!("{} ({on}, {by}): {what}", r.member),
+            ketenhub_sdk::packet::Told::NotTold { reason } => format!("{}: — {reason}", r.member),
+        })
+        .collect();
+    format!("#{offer}: {}", each.join("; "))
 }
 
 fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
@@ -416,6 +429,10 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
                 Content::Minutes { conference, text } => {
                     view.kind = "minutes";
                     view.text = Some(format!("#{conference}: {text}"));
+                }
+                Content::Informed { offer, records } => {
+                    view.kind = "informed";
+                    view.text = Some(informed(*offer, records));
                 }
                 Content::Bytes { data } => {
                     view.kind = "bytes";
