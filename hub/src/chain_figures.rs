@@ -37,21 +37,24 @@ impl Directory for PolicyDirectory<'_> {
     }
 }
 
-/// The chain figures over the cases `scope` admits (every case when it admits all).
+/// The chain figures over `cases` (threads without handover entries, such as side threads, add nothing).
 pub fn report(
     store: &dyn Store,
     policy: &Policy,
     settings: &Settings,
-    scope: &dyn Fn(ThreadId) -> bool,
+    cases: impl IntoIterator<Item = ThreadId>,
 ) -> Result<ChainReport, StoreError> {
     let directory = PolicyDirectory(policy);
     let mut tally = Tally::default();
-    for (case, _) in store.ownerships()? {
-        if scope(case) {
-            tally.add(&handover_events(store, case)?, &directory, settings);
-        }
+    for case in cases {
+        tally.add(&handover_events(store, case)?, &directory, settings);
     }
     Ok(tally.report(&directory, settings))
+}
+
+/// Every case of the hub, for the operator's report.
+pub fn all_cases(store: &dyn Store) -> Result<Vec<ThreadId>, StoreError> {
+    Ok(store.ownerships()?.into_iter().map(|(case, _)| case).collect())
 }
 
 /// A case's handover entries, with the hub's time of each.
@@ -136,7 +139,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(since_ms < until_ms, "--since {since} is not before --until");
     let store = crate::audit::command::open_store(&data)?;
     let settings = Settings { since_ms, until_ms, min_count, calendar };
-    let report = report(&store, &policy, &settings, &|_| true)?;
+    let report = report(&store, &policy, &settings, all_cases(&store)?)?;
     match format {
         Format::Md => print!("{}", report.to_markdown()),
         Format::Csv => print!("{}", report.to_csv()),

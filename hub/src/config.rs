@@ -229,6 +229,9 @@ pub struct Limits {
     /// The smallest count a cell of the chain figures shows; smaller cells are suppressed, so that no
     /// family can be recognised from a small number.
     pub min_figure_count: u64,
+    /// The most cases one privacy officer's request for the chain figures reads (each case's handover
+    /// entries are read off the runtime); beyond it the request is `limit_exceeded`.
+    pub max_figure_cases: usize,
 }
 
 impl Default for Limits {
@@ -268,6 +271,7 @@ impl Default for Limits {
             refused_handshake_audit_ms: 10_000,
             max_audit_query_entries: 10_000,
             min_figure_count: wire::figures::DEFAULT_MIN_COUNT,
+            max_figure_cases: 50_000,
         }
     }
 }
@@ -324,6 +328,7 @@ impl Limits {
             ("limits.refused_handshake_audit_ms", self.refused_handshake_audit_ms),
             ("limits.max_audit_query_entries", self.max_audit_query_entries as u64),
             ("limits.min_figure_count", self.min_figure_count),
+            ("limits.max_figure_cases", self.max_figure_cases as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });

@@ -123,3 +123,27 @@ async fn an_officer_sees_its_own_cases_figures_and_the_command_the_whole_chain()
     assert!(std::fs::read_dir(empty.path())?.next().is_none(), "and nothing is created in it");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_officer_whose_organisation_has_too_many_cases_is_sent_to_the_operator() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = hub::config::Limits { max_figure_cases: 2, ..tests::limits() };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let officer = hub.client("vt-utrecht-privacy").discard_events().connect().await?;
+    let today = Date::from_unix_ms(hub::clock::now_ms());
+    officer.chain_figures(today, today.add_days(1)).await?;
+    for _ in 0..3 {
+        vt.create_thread().await?;
+    }
+    match officer.chain_figures(today, today.add_days(1)).await {
+        Err(ketenhub_sdk::Error::Hub(e)) => {
+            assert_eq!(e.code, wire::ErrorCode::LimitExceeded, "{e:?}");
+            assert!(e.message.contains("hub report chain"), "{}", e.message);
+        }
+        other => anyhow::bail!("three cases are over a limit of two: {other:?}"),
+    }
+    vt.close().await;
+    officer.close().await;
+    hub.stop().await
+}

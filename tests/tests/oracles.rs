@@ -18,7 +18,7 @@ use wire::audit::AuditFilter;
 use wire::{BlobId, ClientFrame, HubFrame, MemberId, MessageId, Reply, Request, ThreadId, WireError};
 
 /// Request kinds in [`wire::Request`]; [`every_kind`] holds one of each.
-const KINDS: usize = 38;
+const KINDS: usize = 39;
 
 /// What a probe is aimed at.
 #[derive(Clone, Copy)]

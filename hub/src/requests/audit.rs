@@ -50,14 +50,21 @@ impl Hub {
             min_count: self.limits.min_figure_count,
             calendar: self.calendar.clone(),
         };
+        let most = self.limits.max_figure_cases;
         tokio::task::spawn_blocking(move || {
             if since_ms >= until_ms {
                 return Err(WireError::new(ErrorCode::Invalid, "since_ms must lie before until_ms"));
             }
             let cases = store.organisation_cases(&oin).map_err(internal)?;
-            let report =
-                crate::chain_figures::report(store.as_ref(), &policy, &settings, &|case| cases.contains(&case))
-                    .map_err(internal)?;
+            if cases.len() > most {
+                let why = format!(
+                    "the organisation has {} cases, more than limits.max_figure_cases ({most}) for one request; \
+                     the operator reports on all of them with `hub report chain`",
+                    cases.len()
+                );
+                return Err(WireError::new(ErrorCode::LimitExceeded, why));
+            }
+            let report = crate::chain_figures::report(store.as_ref(), &policy, &settings, cases).map_err(internal)?;
             Ok(Reply::ChainFigures { report: Box::new(report) })
         })
     }
