@@ -328,6 +328,18 @@ pub async fn family_summary(Path((case, seq)): Path<(String, u64)>, State(app): 
     Ok(Html(ketenhub_sdk::family::summary_html_linked(&packet, today, "/assets/family.css")).into_response())
 }
 
+/// The case's latest handover packet this desk holds, sent or received: its family and consents carry
+/// over to the next handover, so the family is not asked again.
+fn latest_packet(app: &App, thread: ThreadId) -> WebResult<Option<ketenhub_sdk::HandoverPacket>> {
+    Ok(app.desk.store.thread(thread)?.into_iter().rev().find_map(|e| match e.body {
+        Stored::Message(m) => match m.content {
+            Content::HandoverPacket(packet) => Some(*packet),
+            _ => None,
+        },
+        _ => None,
+    }))
+}
+
 /// The thread's attachments, as a packet may name them.
 fn thread_attachments(app: &App, thread: ThreadId) -> WebResult<Vec<AttachmentRef>> {
     Ok(app
@@ -366,7 +378,7 @@ fn render_offer(app: &App, session: &Session, page: OfferPage<'_>) -> WebResult<
     let ctx = minijinja::context! {
         case => page.thread.to_string(), v => page.values, errs, errors, rows, preview => page.preview,
         receivers => receivers(app), attachments => thread_attachments(app, page.thread)?,
-        examples => app.desk.examples, page => "cases",
+        examples => app.desk.examples, page => "cases", earlier => latest_packet(app, page.thread)?.is_some(),
     };
     let status =
         if page.errors.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::UNPROCESSABLE_ENTITY };
@@ -456,6 +468,13 @@ pub async fn offer(
     let op = if op.is_empty() { "preview".to_owned() } else { op };
     if op == "example" && app.desk.examples {
         values = crate::demo::example_draft(Date::from_unix_ms(now_ms()));
+        app.desk.store.save_draft(thread, &values).await?;
+        return render_offer(&app, &session, OfferPage { thread, values: &values, errors: &[], preview: None });
+    }
+    if op == "carry" {
+        if let Some(earlier) = latest_packet(&app, thread)? {
+            packet_form::carry(&mut values, &earlier, Date::from_unix_ms(now_ms()));
+        }
         app.desk.store.save_draft(thread, &values).await?;
         return render_offer(&app, &session, OfferPage { thread, values: &values, errors: &[], preview: None });
     }

@@ -523,6 +523,19 @@ fn put_informed(v: &mut Values, informed: &[Informed]) {
     }
 }
 
+/// Takes the family and its consents from an earlier packet of the case into the draft, replacing
+/// what the draft had there, and names as the lawful basis's consents those in force on `today`.
+pub fn carry(values: &mut Values, earlier: &HandoverPacket, today: Date) {
+    let from = self::values(earlier);
+    let carried = |key: &str| {
+        key.starts_with("family[") || key.starts_with("consents[") || key == "family.count" || key == "consents.count"
+    };
+    values.retain(|key, _| !carried(key));
+    values.extend(from.into_iter().filter(|(key, _)| carried(key)));
+    let in_force: Vec<&str> = earlier.consents.iter().filter(|c| c.in_force(today)).map(|c| c.id.as_str()).collect();
+    put(values, "lawful_basis.consents", in_force.join(", "));
+}
+
 /// The HTML id of a field's control, from its path.
 pub fn field_id(path: &str) -> String {
     let mut id = String::from("f-");
@@ -564,6 +577,23 @@ mod tests {
         let errors = packet(&v, &frame(&example), &[]).expect_err("refused");
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["family[0].birth_year", "statements[0].date"]);
+    }
+
+    #[test]
+    fn a_later_handover_takes_the_family_and_its_consents_in_force() {
+        let today = Date::from_unix_ms(1_800_000_000_000);
+        let mut earlier = HandoverPacket::example(today);
+        earlier.consents[1].withdrawn_on = Some(today);
+        let mut draft = Values::new();
+        draft.insert("reason".into(), "verder naar de GI".into());
+        draft.insert("family[7].name".into(), "a row of an older draft".into());
+        carry(&mut draft, &earlier, today);
+        assert_eq!(draft["reason"], "verder naar de GI", "the rest of the draft stays");
+        assert!(!draft.contains_key("family[7].name"));
+        assert_eq!(draft["family[4].name"], "Lotte de Vries");
+        assert_eq!(draft["consents[0].recipients"], "LT, GI");
+        assert_eq!(draft["consents.count"], "2");
+        assert_eq!(draft["lawful_basis.consents"], "c1", "the withdrawn consent is not relied on");
     }
 
     #[test]
