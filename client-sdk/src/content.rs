@@ -93,6 +93,15 @@ impl Content {
     /// Reads content from an MLS plaintext.
     pub fn decode(plaintext: &[u8]) -> Result<Self, String> {
         let content: Self = wire::decode(plaintext).map_err(|e| format!("not Ketenhub message content: {e}"))?;
+        match &content {
+            Self::HandoverPacket(packet) if !crate::packet::READS_VERSIONS.contains(&packet.version) => {
+                return Err(format!("a handover packet of version {}, which this SDK does not read", packet.version));
+            }
+            Self::Informed { records, .. } if records.is_empty() => {
+                return Err("information records without a record".into());
+            }
+            _ => {}
+        }
         if let Self::HistoryShare(share) = &content {
             // A share of shares would let a sharer pass off items as re-shared by someone else.
             if share.items.iter().any(|i| matches!(i.content, Self::HistoryShare(_))) {
@@ -116,6 +125,17 @@ impl Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packet_of_an_unknown_version_and_empty_information_are_refused() {
+        let today = crate::packet::Date::new(2026, 3, 16).unwrap();
+        let mut packet = crate::packet::HandoverPacket::example(today);
+        assert!(Content::decode(&Content::HandoverPacket(Box::new(packet.clone())).encode()).is_ok());
+        packet.version = 3;
+        let error = Content::decode(&Content::HandoverPacket(Box::new(packet)).encode()).unwrap_err();
+        assert!(error.contains("version 3"), "{error}");
+        assert!(Content::decode(&Content::Informed { offer: 1, records: Vec::new() }.encode()).is_err());
+    }
 
     #[test]
     fn content_round_trips_and_foreign_bytes_are_refused() {

@@ -147,9 +147,14 @@ fn summary(packet: &HandoverPacket, today: Date) -> Page {
     page
 }
 
-/// The names of the family members, as the letter addresses them.
+/// The names of the family members the letter is for: not those recorded as not told (a parent who
+/// must not learn of the handover for someone's safety, say) and told nothing since.
 fn family_names(packet: &HandoverPacket) -> String {
-    let names: Vec<&str> = packet.family.iter().map(|m| m.name.as_str()).collect();
+    let kept_out = |id: &str| {
+        let records: Vec<_> = packet.informed.iter().filter(|r| r.member == id).collect();
+        !records.is_empty() && records.iter().all(|r| !r.outcome.was_told())
+    };
+    let names: Vec<&str> = packet.family.iter().filter(|m| !kept_out(&m.id)).map(|m| m.name.as_str()).collect();
     match names.split_last() {
         None => "uw gezin".into(),
         Some((last, [])) => (*last).to_owned(),
@@ -179,8 +184,12 @@ fn consents(page: &mut Page, packet: &HandoverPacket, today: Date) {
     let lines: Vec<String> = in_force
         .iter()
         .map(|c| {
-            let who =
-                packet.family.iter().find(|m| m.id == c.member).map_or("Iemand uit het gezin", |m| m.name.as_str());
+            let member = packet.family.iter().find(|m| m.id == c.member);
+            let who = member.map_or("Iemand uit het gezin", |m| m.name.as_str());
+            // A child's own consent is the child's: the letter the parents read says that it was given, not what for.
+            if member.is_none_or(|m| m.role.is_child()) {
+                return format!("{who} gaf ook zelf toestemming.");
+            }
             let until = c.until.map(|d| format!(" Dit geldt tot en met {}.", dutch_date(d))).unwrap_or_default();
             format!(
                 "{who} gaf op {} toestemming om gegevens te delen met {}. Waarvoor: {}.{until}",
@@ -387,7 +396,20 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; meer"));
         assert!(!html.contains("<script>"));
         assert!(!html.contains("Linda de Vries gaf op"), "the withdrawn consent is not listed");
-        assert!(html.contains("Lotte de Vries gaf op"));
+        assert!(html.contains("Lotte de Vries gaf ook zelf toestemming."));
+        assert!(!html.contains("een eigen gesprek voor Lotte"), "what a child consented to is the child's");
+    }
+
+    #[test]
+    fn a_member_recorded_as_not_told_is_not_addressed() {
+        let mut packet = HandoverPacket::example(today());
+        packet.informed[1].outcome = Told::NotTold { reason: "vader is dreigend".into() };
+        let html = summary_html(&packet, today());
+        assert!(
+            html.contains("Deze brief is voor Linda de Vries, Sem Jansen, Noor Jansen en Lotte de Vries."),
+            "{html}"
+        );
+        assert!(!html.contains("vader is dreigend"));
     }
 
     #[test]

@@ -662,6 +662,13 @@ async fn the_receiving_desk_prints_the_familys_summary_of_a_packet() -> anyhow::
     assert!(summary.header("content-security-policy").is_some_and(|csp| csp.contains("style-src 'self'")));
     let style = http(&desk, &get(&desk, "/assets/family.css", &cookie)).await?;
     assert!(style.status == 200 && style.body.contains("@media print"));
+    assert!(!page.body.contains("voldoet niet aan de regels"), "the sender's SDK checked this one");
+    // A member's own software may send a packet that breaks the rules: the desk says so.
+    let mut unchecked = ketenhub_sdk::HandoverPacket::example(today);
+    unchecked.lawful_basis.consents.clear();
+    vt.send_content(thread, ketenhub_sdk::Content::HandoverPacket(Box::new(unchecked))).await?;
+    let warned = shows(&desk, &format!("/cases/{thread}"), &cookie, "voldoet niet aan de regels").await?;
+    assert!(warned.body.contains("lawful_basis.consents"), "the warning names the field");
     // The text message is no packet; a seq past the thread is nothing.
     let text_seq = link.rsplit('/').next().and_then(|s| s.parse::<u64>().ok()).unwrap_or_default() - 1;
     for seq in [text_seq, 999] {

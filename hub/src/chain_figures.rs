@@ -17,8 +17,9 @@ use wire::{Oin, ThreadId};
 use crate::policy::Policy;
 use crate::store::{Store, StoreError};
 
-/// How many entries of a thread are read at a time.
-const PAGE: usize = 1_000;
+/// How many entries of a thread are read at a time: entries carry ciphertext up to the frame limit,
+/// so a page is kept small.
+const PAGE: usize = 64;
 
 /// The policy as the figures see it.
 struct PolicyDirectory<'a>(&'a Policy);

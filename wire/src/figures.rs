@@ -24,7 +24,7 @@
 //! - `reopened`: cases closed in the window, reopened within 12 months, within 12 to 15 months, not
 //!   within 15 months, or too recent to tell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,10 @@ enum Outcome {
 /// One unit counted: a figure, where it belongs and what came of it.
 struct Observation {
     figure: &'static str,
+    /// Which case it comes from (its position in the tally), so that cells count families, not events.
+    case: usize,
+    /// Its position among all observations, to tell it from another of the same case.
+    id: usize,
     organisation: Oin,
     route: String,
     outcome: Outcome,
@@ -158,12 +162,19 @@ pub fn compute(cases: &[CaseEvents], directory: &dyn Directory, settings: &Setti
 #[derive(Default)]
 pub struct Tally {
     observations: Vec<Observation>,
+    cases: usize,
 }
 
 impl Tally {
     /// Counts one case.
     pub fn add(&mut self, case: &CaseEvents, directory: &dyn Directory, settings: &Settings) {
+        let from = self.observations.len();
         CaseTrack::of(case, settings.until_ms).observe(directory, settings, &mut self.observations);
+        for (offset, observation) in self.observations[from..].iter_mut().enumerate() {
+            observation.case = self.cases;
+            observation.id = from + offset;
+        }
+        self.cases += 1;
     }
 
     /// The report over the cases counted.
@@ -190,6 +201,7 @@ struct OfferTrack {
     completed_ms: Option<u64>,
     expired: bool,
     withdrawn: bool,
+    cancelled: bool,
 }
 
 /// What the figures read from one case's entries.
@@ -210,6 +222,8 @@ impl CaseTrack {
         for (at, event) in case.iter().filter(|(at, _)| *at < until_ms) {
             let at = *at;
             match event {
+                // A reassignment stays inside one organisation: the chain's figures are about handovers.
+                HandoverEvent::Offered { offer } if offer.route == crate::handover::REASSIGNMENT_ROUTE => {}
                 HandoverEvent::Offered { offer } => {
                     let made_ms = if offer.made_ms == 0 { at } else { offer.made_ms };
                     let t = OfferTrack {
@@ -220,6 +234,7 @@ impl CaseTrack {
                         completed_ms: None,
                         expired: false,
                         withdrawn: false,
+                        cancelled: false,
                     };
                     track.offers.insert(offer.id, t);
                 }
@@ -242,6 +257,11 @@ impl CaseTrack {
                 HandoverEvent::Withdrawn { offer: id, .. } => {
                     if let Some(t) = track.offers.get_mut(id) {
                         t.withdrawn = true;
+                    }
+                }
+                HandoverEvent::Cancelled { offer: id, .. } => {
+                    if let Some(t) = track.offers.get_mut(id) {
+                        t.cancelled = true;
                     }
                 }
                 HandoverEvent::Escalated { escalation } => {
@@ -275,7 +295,8 @@ impl CaseTrack {
     fn observe(&self, directory: &dyn Directory, s: &Settings, out: &mut Vec<Observation>) {
         let within = |at: u64| (s.since_ms..s.until_ms).contains(&at);
         let mut push = |figure, organisation: &Oin, route: &str, outcome| {
-            out.push(Observation { figure, organisation: organisation.clone(), route: route.to_owned(), outcome });
+            let (organisation, route) = (organisation.clone(), route.to_owned());
+            out.push(Observation { figure, case: 0, id: 0, organisation, route, outcome });
         };
         for t in self.offers.values() {
             let (to, route) = (&t.offer.to, t.offer.route.as_str());
@@ -285,12 +306,16 @@ impl CaseTrack {
                     push("offer_to_accept", to, route, Outcome::Days(days(t.made_ms, accepted)));
                 }
             }
-            let Some(accepted) = t.accepted_ms.filter(|a| within(*a)) else { continue };
+            // A cancelled acceptance stopped its clocks: the receiver never took the case on.
+            let Some(accepted) = t.accepted_ms.filter(|a| within(*a) && !t.cancelled) else { continue };
             if let Some(completed) = t.completed_ms {
                 push("accept_to_complete", to, route, Outcome::Days(days(accepted, completed)));
             }
             let clocks = directory.route_clocks(route);
-            let start = self.measure_start_ms.unwrap_or(accepted).min(accepted);
+            // A measure counts from its start when that lies before the acceptance, and within a year of it:
+            // an owner cannot push its figures with a start far in the past.
+            let start =
+                self.measure_start_ms.filter(|m| *m <= accepted && accepted - m <= 365 * DAY_MS).unwrap_or(accepted);
             let contact = self.first_done(ClockKind::FirstContact, accepted);
             if clocks.first_contact_days.is_some() {
                 push(
@@ -396,34 +421,162 @@ fn clock_code(clock: ClockKind) -> &'static str {
 /// How a breakdown names the cell an observation belongs to.
 type KeyOf<'a> = dyn Fn(&Observation) -> String + 'a;
 
+/// The breakdowns after the chain's own cell, by their dimension's name.
+const BREAKDOWNS: [&str; 3] = ["organisation", "region", "route"];
+
+/// One cell while its suppression is decided: the observations in it and the cases they come from.
+struct Group<'a> {
+    dimension: usize,
+    key: String,
+    members: Vec<&'a Observation>,
+    cases: BTreeSet<usize>,
+    suppressed: bool,
+}
+
 /// One figure from the observations, with every cell and its suppression.
 fn figure(code: &str, measures: &[&str], all: &[Observation], directory: &dyn Directory, k: u64) -> Figure {
     let observations: Vec<&Observation> = all.iter().filter(|o| o.figure == code).collect();
-    let name = |oin: &Oin| directory.organisation(oin).map_or_else(|| oin.to_string(), |o| o.name);
+    // An organisation the policy does not know (any more) is not named by its OIN.
+    let name = |oin: &Oin| directory.organisation(oin).map_or_else(|| "unknown".to_owned(), |o| o.name);
     let region = |oin: &Oin| directory.organisation(oin).map_or_else(|| "unknown".to_owned(), |o| o.region);
-    let mut cells = vec![cell("all", "all", &observations, measures, k)];
-    let breakdowns: [(&str, &KeyOf); 3] = [
-        ("organisation", &|o| name(&o.organisation)),
-        ("region", &|o| region(&o.organisation)),
-        ("route", &|o| o.route.clone()),
-    ];
-    for (dimension, key_of) in breakdowns {
-        let mut groups: BTreeMap<String, Vec<&Observation>> = BTreeMap::new();
+    let key_of: [&KeyOf; 3] = [&|o| name(&o.organisation), &|o| region(&o.organisation), &|o| o.route.clone()];
+    let mut groups = vec![Group {
+        dimension: 0,
+        key: "all".into(),
+        cases: observations.iter().map(|o| o.case).collect(),
+        members: observations.clone(),
+        suppressed: false,
+    }];
+    for (dimension, key_of) in key_of.iter().enumerate() {
+        let mut by_key: BTreeMap<String, Vec<&Observation>> = BTreeMap::new();
         for o in &observations {
-            groups.entry(key_of(o)).or_default().push(o);
+            by_key.entry(key_of(o)).or_default().push(o);
         }
-        let mut row: Vec<Cell> = groups.iter().map(|(key, group)| cell(dimension, key, group, measures, k)).collect();
-        suppress_complement(&mut row);
-        cells.extend(row);
+        groups.extend(by_key.into_iter().map(|(key, members)| Group {
+            dimension: dimension + 1,
+            key,
+            cases: members.iter().map(|o| o.case).collect(),
+            members,
+            suppressed: false,
+        }));
     }
+    suppress(&mut groups, k as usize);
+    let cells = groups
+        .iter()
+        .map(|g| Cell {
+            dimension: if g.dimension == 0 { "all".into() } else { BREAKDOWNS[g.dimension - 1].into() },
+            key: g.key.clone(),
+            count: (!g.suppressed).then_some(g.members.len() as u64),
+            values: if g.suppressed { Vec::new() } else { values(&g.members, measures) },
+        })
+        .collect();
     Figure { code: code.to_owned(), measures: measures.iter().map(|m| (*m).to_owned()).collect(), cells }
 }
 
-fn cell(dimension: &str, key: &str, group: &[&Observation], measures: &[&str], k: u64) -> Cell {
-    let count = group.len() as u64;
-    let suppressed = count < k;
-    let values = if suppressed { Vec::new() } else { values(group, measures) };
-    Cell { dimension: dimension.to_owned(), key: key.to_owned(), count: (!suppressed).then_some(count), values }
+/// Decides which cells are suppressed, so that no cell, and no difference of shown cells, rests on
+/// fewer than `k` cases:
+/// - a cell of fewer than `k` cases is suppressed;
+/// - within a breakdown, the suppressed cells together cover `k` cases or more (else the chain's cell
+///   minus the shown ones would reveal them): the smallest shown cell is suppressed until they do;
+/// - across breakdowns (an organisation lies in one region, a route crosses organisations), a shown
+///   cell whose observations in another breakdown's suppressed cells come from fewer than `k` cases
+///   is suppressed, since subtracting the shown cells it shares would reveal them; and when what the
+///   shown cells do not hold of those suppressed cells comes from fewer than `k` cases, the shown cell
+///   holding most of them is suppressed too.
+///
+/// Repeated until nothing changes; each round suppresses at least one more cell or ends.
+fn suppress(groups: &mut [Group<'_>], k: usize) {
+    for g in groups.iter_mut() {
+        g.suppressed = g.cases.len() < k;
+    }
+    loop {
+        let mut changed = false;
+        for dimension in 1..=BREAKDOWNS.len() {
+            changed |= complete_row(groups, dimension, k);
+        }
+        for hidden in 1..=BREAKDOWNS.len() {
+            for across in (1..=BREAKDOWNS.len()).filter(|d| *d != hidden) {
+                changed |= guard_across(groups, hidden, across, k);
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// Keeps breakdown `across` from revealing the suppressed cells of breakdown `hidden`: what a shown cell
+/// of `across` holds of them could be had by subtraction, so it must come from `k` cases or more, and so
+/// must what remains of them beyond all shown cells. Returns whether it suppressed any.
+fn guard_across(groups: &mut [Group<'_>], hidden: usize, across: usize, k: usize) -> bool {
+    let hidden_ids = hidden_observations(groups, hidden);
+    if hidden_ids.is_empty() {
+        return false;
+    }
+    let mut changed = false;
+    let mut revealed: BTreeSet<usize> = BTreeSet::new();
+    let mut largest: Option<(usize, usize)> = None;
+    for (index, g) in groups.iter_mut().enumerate().filter(|(_, g)| g.dimension == across && !g.suppressed) {
+        let overlap: Vec<&Observation> = g.members.iter().copied().filter(|o| hidden_ids.contains(&o.id)).collect();
+        let cases: BTreeSet<usize> = overlap.iter().map(|o| o.case).collect();
+        if cases.is_empty() {
+            continue;
+        }
+        if cases.len() < k {
+            g.suppressed = true;
+            changed = true;
+            continue;
+        }
+        revealed.extend(overlap.iter().map(|o| o.id));
+        if largest.is_none_or(|(_, size)| overlap.len() > size) {
+            largest = Some((index, overlap.len()));
+        }
+    }
+    let rest: BTreeSet<usize> = groups
+        .iter()
+        .filter(|g| g.dimension == hidden && g.suppressed)
+        .flat_map(|g| g.members.iter().filter(|o| !revealed.contains(&o.id)).map(|o| o.case))
+        .collect();
+    if !rest.is_empty() && rest.len() < k {
+        if let Some((index, _)) = largest {
+            groups[index].suppressed = true;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Suppresses the smallest shown cells of a breakdown until its suppressed cells cover `k` cases;
+/// returns whether it suppressed any.
+fn complete_row(groups: &mut [Group<'_>], dimension: usize, k: usize) -> bool {
+    let mut changed = false;
+    loop {
+        let row = || groups.iter().filter(|g| g.dimension == dimension);
+        let hidden: BTreeSet<usize> = row().filter(|g| g.suppressed).flat_map(|g| g.cases.iter().copied()).collect();
+        if hidden.is_empty() || hidden.len() >= k {
+            return changed;
+        }
+        let smallest = groups
+            .iter_mut()
+            .filter(|g| g.dimension == dimension && !g.suppressed)
+            .min_by_key(|g| (g.cases.len(), g.key.clone()));
+        match smallest {
+            Some(g) => {
+                g.suppressed = true;
+                changed = true;
+            }
+            None => return changed,
+        }
+    }
+}
+
+/// The observations in the suppressed cells of one breakdown.
+fn hidden_observations(groups: &[Group<'_>], dimension: usize) -> BTreeSet<usize> {
+    groups
+        .iter()
+        .filter(|g| g.dimension == dimension && g.suppressed)
+        .flat_map(|g| g.members.iter().map(|o| o.id))
+        .collect()
 }
 
 fn values(group: &[&Observation], measures: &[&str]) -> Vec<f64> {
@@ -444,18 +597,6 @@ fn percentile(sorted: &[f64], p: usize) -> f64 {
     }
     let rank = (p * sorted.len()).div_ceil(100).max(1);
     (sorted[rank - 1] * 10.0).round() / 10.0
-}
-
-/// When exactly one cell of a breakdown is suppressed, the total minus the others reveals it: the
-/// smallest other cell is suppressed too.
-fn suppress_complement(row: &mut [Cell]) {
-    if row.iter().filter(|c| c.suppressed()).count() != 1 {
-        return;
-    }
-    if let Some(smallest) = row.iter_mut().filter(|c| !c.suppressed()).min_by_key(|c| c.count) {
-        smallest.count = None;
-        smallest.values.clear();
-    }
 }
 
 impl ChainReport {
@@ -495,7 +636,7 @@ impl ChainReport {
                     Some(_) => cell.values.iter().map(|v| format!("{v}")).collect(),
                 };
                 let count = cell.count.map_or_else(|| format!("< {}", self.min_count), |c| c.to_string());
-                let key = cell.key.replace('|', "/");
+                let key = cell.key.replace('|', "/").replace(['\n', '\r'], " ");
                 out.push_str(&format!("| {} | {key} | {count} | {} |\n", cell.dimension, values.join(" | ")));
             }
         }
@@ -503,11 +644,14 @@ impl ChainReport {
     }
 }
 
+/// A CSV field, quoted when it must be, and with a leading `=`, `+`, `-` or `@` defused so that a
+/// spreadsheet does not run it as a formula.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
+    let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_owned() };
+    if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text
     }
 }
 
@@ -521,6 +665,7 @@ mod tests {
     const VT: &str = "00000001800000000001";
     const GI: &str = "00000001800000000005";
     const LT: &str = "00000001800000000002";
+    const LT_UTRECHT: &str = "00000001800000000009";
 
     struct Chain;
 
@@ -530,6 +675,7 @@ mod tests {
                 VT => ("Veilig Thuis Utrecht", "Utrecht", AgencyKind::VT),
                 GI => ("SAVE Midden-Nederland", "Midden-Nederland", AgencyKind::GI),
                 LT => ("Lokaal team Woerden", "Woerden", AgencyKind::LT),
+                LT_UTRECHT => ("Lokaal team Utrecht", "Utrecht", AgencyKind::LT),
                 _ => return None,
             };
             Some(OrganisationFacts { name: name.into(), region: region.into(), kind })
@@ -666,6 +812,81 @@ mod tests {
         assert!(csv.lines().skip(1).all(|l| l.contains(",suppressed,")), "{csv}");
         let markdown = report.to_markdown();
         assert!(markdown.contains("| route | vt-lt-safety | < 10 |"), "{markdown}");
+    }
+
+    #[test]
+    fn one_family_with_many_events_does_not_fill_a_cell() {
+        let owner = member(GI, "jan.worker");
+        let overdue = |n| HandoverEvent::Escalated {
+            escalation: Escalation::Overdue { clock: ClockKind::Evaluation, escalation: n, owner: owner.clone() },
+        };
+        let events: Vec<(u64, HandoverEvent)> =
+            (1..=12).map(|n| (monday() + u64::from(n) * DAY_MS, overdue(n))).collect();
+        let report = compute(&[case(monday(), GI, "rvdk-gi-measure", &events)], &Chain, &settings(10));
+        assert!(cell(&report, "escalations", "all", "all").suppressed(), "12 escalations, but one family");
+    }
+
+    /// Veilig Thuis and a second local team lie in one region: with the local team's 3 offers suppressed,
+    /// the region's cell minus Veilig Thuis's would give them back, and so would the chain's cell minus
+    /// the shown organisations once the 12 of Woerden (a region of one organisation) were shown.
+    #[test]
+    fn a_cell_suppressed_in_one_breakdown_cannot_be_had_from_another() {
+        let mut cases = Vec::new();
+        for (to, n) in [(LT_UTRECHT, 3), (VT, 40), (LT, 12), (GI, 25)] {
+            for i in 0..n {
+                cases.push(case(monday() + i * 3_600_000, to, "one-route", &[]));
+            }
+        }
+        let report = compute(&cases, &Chain, &settings(10));
+        let shown = |dimension: &str, key: &str| !cell(&report, "offer_answered", dimension, key).suppressed();
+        assert!(!shown("organisation", "Lokaal team Utrecht"), "3 offers");
+        assert!(!shown("organisation", "Lokaal team Woerden"), "the complement of the 3");
+        assert!(shown("organisation", "Veilig Thuis Utrecht") && shown("organisation", "SAVE Midden-Nederland"));
+        assert!(!shown("region", "Utrecht"), "Utrecht minus Veilig Thuis would be the 3");
+        assert!(!shown("region", "Woerden"), "Woerden is the local team of Woerden, whose count gives the 3 back");
+        assert!(shown("region", "Midden-Nederland"));
+        // What is shown adds up only to sums of at least 10 cases: 80 in all, 65 shown organisations.
+        assert_eq!(cell(&report, "offer_answered", "all", "all").count, Some(80));
+    }
+
+    #[test]
+    fn cancelled_acceptances_reassignments_and_far_measures_do_not_bend_the_figures() {
+        let accepted = monday() + DAY_MS;
+        let contact = (accepted + 3_600_000, HandoverEvent::Done { clock: ClockKind::FirstContact });
+        let cancelled = HandoverEvent::Cancelled {
+            offer: 1,
+            by: member(GI, "jan.worker"),
+            receiver: member(GI, "jan.worker"),
+            reason: "r".into(),
+        };
+        let long_ago = Measure { start_ms: 0, end_ms: accepted + 300 * DAY_MS };
+        let mut reassigned = case(monday(), VT, crate::handover::REASSIGNMENT_ROUTE, &[]);
+        if let HandoverEvent::Offered { offer } = &mut reassigned[0].1 {
+            offer.to = VT.parse().unwrap();
+        }
+        let cases = [
+            case(monday(), GI, "rvdk-gi-measure", &[(accepted + DAY_MS, cancelled)]),
+            case(
+                monday(),
+                GI,
+                "rvdk-gi-measure",
+                &[(accepted, HandoverEvent::MeasureSet { measure: long_ago }), contact],
+            ),
+            reassigned,
+        ];
+        let report = compute(&cases, &Chain, &settings(1));
+        // The cancelled acceptance is no first contact at all; the measure set in 1970 does not count.
+        assert_eq!(cell(&report, "first_contact", "all", "all").values, [1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(cell(&report, "offer_answered", "all", "all").count, Some(2), "the reassignment is not a handover");
+    }
+
+    #[test]
+    fn csv_defuses_formulas_and_quotes_line_breaks() {
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_field("-1,2"), "\"'-1,2\"");
+        assert_eq!(csv_field("a\rb"), "\"a\rb\"");
+        assert_eq!(csv_field("Lokaal team \"Noord\""), "\"Lokaal team \"\"Noord\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
     }
 
     #[test]

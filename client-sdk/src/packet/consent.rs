@@ -175,17 +175,32 @@ pub enum FamilyReview {
 
 impl HandoverPacket {
     /// The family members whose consent a `consent` basis needs on `today` (see the module's text).
+    ///
+    /// Only the birth year is known, so a child is somewhere between two ages; each rule takes the side
+    /// that asks more consent: a child has its own say from the year it may have turned 12, and decides
+    /// alone only once it has surely turned 16.
     pub fn consent_needed(&self, today: Date) -> Vec<&FamilyMember> {
-        let age = |m: &FamilyMember| m.birth_year.map(|year| today.year().saturating_sub(year));
-        let concerned = || self.family.iter().filter(|m| m.role.is_child() && m.concerned);
+        let oldest = |m: &FamilyMember| m.birth_year.map(|year| today.year().saturating_sub(year));
+        let youngest = |m: &FamilyMember| oldest(m).map(|age| age.saturating_sub(1));
+        let concerned = || self.family.iter().filter(|m| m.role.is_child() && self.concerns(m));
         // A child whose age is not known is treated as a young child: its parents decide.
-        let parents_decide = concerned().any(|child| age(child).is_none_or(|age| age < ALONE_AGE));
+        let parents_decide = concerned().any(|child| youngest(child).is_none_or(|age| age < ALONE_AGE));
         let holders = self
             .family
             .iter()
             .filter(|m| parents_decide && !m.role.is_child() && matches!(m.gezag, Gezag::Yes | Gezag::Unknown));
-        let own_say = concerned().filter(|child| age(child).is_some_and(|age| age >= OWN_SAY_AGE));
+        let own_say = concerned().filter(|child| oldest(child).is_some_and(|age| age >= OWN_SAY_AGE));
         holders.chain(own_say).collect()
+    }
+
+    /// Whether the handover concerns `member`: it says so, or the analysis names it (a risk or protective
+    /// factor about a child is about that child, whatever its flag says).
+    pub fn concerns(&self, member: &FamilyMember) -> bool {
+        let named = |assessment: &super::Assessment| match assessment {
+            super::Assessment::Assessed(factors) => factors.iter().any(|f| f.members.contains(&member.id)),
+            super::Assessment::NotAssessed { .. } => false,
+        };
+        member.concerned || named(&self.risks) || named(&self.protective_factors)
     }
 
     /// The family members who must be informed of the handover: everyone who consents, and every parent.
@@ -427,6 +442,18 @@ mod tests {
                 },
                 vec![],
             ),
+            // Flagging the young children as not concerned does not drop the mother's consent while the
+            // analysis is about them: Sem is named in a risk.
+            (
+                |p| {
+                    let year = today().year();
+                    p.family[2].concerned = false;
+                    p.family[3].concerned = false;
+                    p.family[4].birth_year = Some(year - 17);
+                    p.lawful_basis.consents = vec!["c2".into()];
+                },
+                vec![("lawful_basis.consents", "consent_missing")],
+            ),
             (
                 |p| p.family.iter_mut().filter(|m| m.role.is_child()).for_each(|m| m.concerned = false),
                 vec![("family", "no_concerned_child")],
@@ -557,9 +584,16 @@ mod tests {
         for child in packet.family.iter_mut().filter(|m| m.role.is_child()) {
             child.birth_year = Some(year - ALONE_AGE);
         }
-        // From 16 the young people consent alone.
+        // Born 16 years ago, they may still be 15: the mother decides with them.
+        assert_eq!(ids(&packet), ["p1", "k1", "k2", "k3"]);
+        for child in packet.family.iter_mut().filter(|m| m.role.is_child()) {
+            child.birth_year = Some(year - ALONE_AGE - 1);
+        }
+        // Surely 16, the young people consent alone.
         assert_eq!(ids(&packet), ["k1", "k2", "k3"]);
         packet.family[2].birth_year = None;
+        packet.family[2].concerned = false;
+        // Sem's flag says the handover is not about him, but a risk names him: it is, and his mother decides.
         // A child whose age is not known is treated as young: the mother decides for it.
         assert_eq!(ids(&packet), ["p1", "k2", "k3"]);
         // Everyone is informed who consents, and every parent, with gezag or without.

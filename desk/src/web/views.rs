@@ -279,6 +279,9 @@ pub struct EntryView {
     pub attachment: Option<AttachmentView>,
     /// The packet, as its JSON shape for the packet template.
     pub packet: Option<serde_json::Value>,
+    /// The fields of a received packet that break the packet's rules on the day it was sent (a sender's
+    /// SDK checks them, but a member's own software need not have): shown as a warning.
+    pub packet_problems: Vec<String>,
     /// For a membership change: the member concerned.
     pub member: Option<Who>,
     /// For a handover step: its kind (`offered`, `accepted`, ...).
@@ -415,6 +418,7 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
         text: None,
         attachment: None,
         packet: None,
+        packet_problems: Vec::new(),
         member: None,
         step: None,
         shared: Vec::new(),
@@ -450,6 +454,10 @@ pub fn entry(policy: &Policy, e: &Entry, me: &MemberId) -> EntryView {
                 Content::HandoverPacket(p) => {
                     view.kind = "packet";
                     view.packet = serde_json::to_value(p).ok();
+                    let sent_on = ketenhub_sdk::packet::Date::from_unix_ms(m.at_ms);
+                    if let Err(problems) = p.validate(sent_on) {
+                        view.packet_problems = problems.paths().into_iter().map(str::to_owned).collect();
+                    }
                 }
                 Content::HistoryShare(share) => {
                     view.kind = "history_share";

@@ -52,8 +52,11 @@ impl Hub {
         };
         let most = self.limits.max_figure_cases;
         tokio::task::spawn_blocking(move || {
-            if since_ms >= until_ms {
-                return Err(WireError::new(ErrorCode::Invalid, "since_ms must lie before until_ms"));
+            // Whole days only: periods that differ by a moment would tell single events apart.
+            let whole = |ms: u64| ms.is_multiple_of(wire::calendar::DAY_MS);
+            if since_ms >= until_ms || !whole(since_ms) || !whole(until_ms) {
+                let why = "a period of whole days (UTC midnights), since_ms before until_ms";
+                return Err(WireError::new(ErrorCode::Invalid, why));
             }
             let cases = store.organisation_cases(&oin).map_err(internal)?;
             if cases.len() > most {

@@ -373,9 +373,14 @@ impl Hub {
             | Request::GroupInfo { thread }
             | Request::Rejoin { thread, .. } => (Action::Read, Some(*thread)),
             Request::ListThreads | Request::UploadKeyPackages { .. } => (Action::Read, None),
-            Request::AuditQuery { .. } | Request::MarkReviewed { .. } | Request::ChainFigures { .. } => {
-                (Action::AuditQuery, None)
+            Request::AuditQuery { .. } | Request::MarkReviewed { .. } => (Action::AuditQuery, None),
+            // Figures are for the officers who answer for an organisation's cases, whatever else a policy
+            // lets query the audit log.
+            Request::ChainFigures { .. } if caller.identity.role != wire::Role::PrivacyOfficer => {
+                let why = "denied by rule role-forbids: chain figures are for privacy officers";
+                return Err((WireError::new(ErrorCode::Forbidden, why), "role-forbids"));
             }
+            Request::ChainFigures { .. } => (Action::AuditQuery, None),
             Request::OfferHandover { thread, .. }
             | Request::CompleteHandover { thread, .. }
             | Request::ReportDone { thread, .. }
