@@ -116,6 +116,9 @@ struct Seen {
     bases: BTreeSet<String>,
 }
 
+/// One organisation's people in one role: who they are (counted, never shown) and what they did.
+type Group = (BTreeSet<String>, BTreeMap<Kind, Seen>);
+
 /// The family's report as one standalone HTML page with its print stylesheet.
 pub fn family_html(case: ThreadId, entries: &[AuditEntry], glossary: &Glossary) -> String {
     family_page(case, entries, glossary).page(TITLE, &inline_style())
@@ -171,7 +174,7 @@ fn family_page(case: ThreadId, entries: &[AuditEntry], glossary: &Glossary) -> P
 }
 
 fn organisations(page: &mut Page, allowed: &[&AuditEntry], glossary: &Glossary) {
-    let mut groups: BTreeMap<(String, &'static str), (BTreeSet<String>, BTreeMap<Kind, Seen>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, &'static str), Group> = BTreeMap::new();
     for entry in allowed {
         let record = &entry.record;
         let (Some(actor), Some(kind)) = (&record.actor, Kind::of(record)) else { continue };
