@@ -337,7 +337,7 @@ impl CaseTrack {
         for (at, escalation) in self.escalations.iter().filter(|(at, _)| within(*at)) {
             let (organisation, kind) = match escalation {
                 Escalation::OfferExpired { sender, .. } => (&sender.oin, "offer_expired"),
-                Escalation::Overdue { clock, owner, .. } => (&owner.oin, clock_code(*clock)),
+                Escalation::Overdue { clock, owner, .. } => (&owner.oin, clock.code()),
             };
             push("escalations", organisation, &self.route_at(*at), Outcome::Bucket(kind));
         }
@@ -404,17 +404,6 @@ fn reopening(closed_ms: u64, reopened_ms: Option<u64>, until_ms: u64) -> &'stati
         Some(at) if at <= fifteen => "within_15_months",
         _ if until_ms > fifteen => "not_within_15_months",
         _ => "too_recent",
-    }
-}
-
-fn clock_code(clock: ClockKind) -> &'static str {
-    match clock {
-        ClockKind::FirstContact => "first_contact",
-        ClockKind::SafetyPlan => "safety_plan",
-        ClockKind::Rappel => "rappel",
-        ClockKind::Completion => "completion",
-        ClockKind::Renewal => "renewal",
-        ClockKind::Evaluation => "evaluation",
     }
 }
 

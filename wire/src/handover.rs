@@ -405,6 +405,18 @@ pub enum ClockKind {
 }
 
 impl ClockKind {
+    /// The kind's snake_case code, as it is serialized (for URLs, keys and reports).
+    pub fn code(self) -> &'static str {
+        match self {
+            ClockKind::FirstContact => "first_contact",
+            ClockKind::SafetyPlan => "safety_plan",
+            ClockKind::Rappel => "rappel",
+            ClockKind::Completion => "completion",
+            ClockKind::Renewal => "renewal",
+            ClockKind::Evaluation => "evaluation",
+        }
+    }
+
     /// Every kind of clock.
     pub const ALL: [ClockKind; 6] = [
         ClockKind::FirstContact,

@@ -85,21 +85,9 @@ pub struct ClockView {
     pub escalations: u32,
 }
 
-/// The code of a clock kind, as in URLs and string keys.
-pub fn clock_code(kind: ClockKind) -> &'static str {
-    match kind {
-        ClockKind::FirstContact => "first_contact",
-        ClockKind::SafetyPlan => "safety_plan",
-        ClockKind::Rappel => "rappel",
-        ClockKind::Completion => "completion",
-        ClockKind::Renewal => "renewal",
-        ClockKind::Evaluation => "evaluation",
-    }
-}
-
 /// The clock kind of a code.
 pub fn clock_kind(code: &str) -> Option<ClockKind> {
-    ClockKind::ALL.into_iter().find(|k| clock_code(*k) == code)
+    ClockKind::ALL.into_iter().find(|k| k.code() == code)
 }
 
 fn clock(c: &CaseClock, now_ms: u64) -> ClockView {
@@ -112,7 +100,7 @@ fn clock(c: &CaseClock, now_ms: u64) -> ClockView {
     } else {
         "running"
     };
-    ClockView { kind: clock_code(c.kind), due_ms: c.due_ms, status, escalations: c.escalations }
+    ClockView { kind: c.kind.code(), due_ms: c.due_ms, status, escalations: c.escalations }
 }
 
 /// An offer with its parties named.
@@ -368,11 +356,11 @@ fn step(event: &HandoverEvent) -> (&'static str, Option<String>) {
             ("expired", Some(format!("#{offer}")))
         }
         HandoverEvent::Escalated { escalation: Escalation::Overdue { clock, escalation, .. } } => {
-            ("overdue", Some(format!("{} ({escalation})", clock_code(*clock))))
+            ("overdue", Some(format!("{} ({escalation})", clock.code())))
         }
         HandoverEvent::Left { member, reason } => ("left", Some(format!("{member}: {reason}"))),
-        HandoverEvent::Scheduled { clock } => ("scheduled", Some(clock_code(*clock).to_owned())),
-        HandoverEvent::Done { clock } => ("done", Some(clock_code(*clock).to_owned())),
+        HandoverEvent::Scheduled { clock } => ("scheduled", Some(clock.code().to_owned())),
+        HandoverEvent::Done { clock } => ("done", Some(clock.code().to_owned())),
         HandoverEvent::Withdrawn { offer, reason } => ("withdrawn", Some(format!("#{offer}: {reason}"))),
         HandoverEvent::Cancelled { offer, by, reason, .. } => ("cancelled", Some(format!("#{offer}: {by}: {reason}"))),
         HandoverEvent::TakenOver { owner, former, reason } => {
