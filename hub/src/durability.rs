@@ -789,6 +789,33 @@ fn apply_audited(
     result
 }
 
+/// How much of a write's Debug form a fault while applying it logs.
+const WHAT_CHARS: usize = 80;
+
+/// The first `chars` characters of `value`'s Debug form, formatting no further than that.
+fn debug_prefix(value: &impl std::fmt::Debug, chars: usize) -> String {
+    struct Prefix {
+        text: String,
+        room: usize,
+    }
+    impl std::fmt::Write for Prefix {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for c in s.chars() {
+                if self.room == 0 {
+                    // An error ends the formatting: nothing past the prefix is produced.
+                    return Err(std::fmt::Error);
+                }
+                self.text.push(c);
+                self.room -= 1;
+            }
+            Ok(())
+        }
+    }
+    let mut prefix = Prefix { text: String::with_capacity(chars), room: chars };
+    let _ = std::fmt::Write::write_fmt(&mut prefix, format_args!("{value:?}"));
+    prefix.text
+}
+
 /// Applies a write as [`apply_audited`] does, but a panic while checking or
 /// applying it fails that write alone: the writer thread serves on. Every
 /// change a write makes is one atomic store batch (or none), and the chain
@@ -801,7 +828,9 @@ fn apply_guarded(
     write: Write,
     audit: Option<AuditRecord>,
 ) -> Result<Applied, WriteError> {
-    let what = format!("{write:?}").chars().take(80).collect::<String>();
+    // Only the start is kept for the log, and only that much is formatted: the writer thread does
+    // this for every write, and a message's Debug form spells out its whole payload.
+    let what = debug_prefix(&write, WHAT_CHARS);
     let applied =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_audited(store, groups, recorder, write, audit)));
     applied.unwrap_or_else(|_| {
@@ -913,5 +942,34 @@ fn flush_loop(
                 let _ = reply.send(answer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts how much of a value's Debug form is produced.
+    struct Counted(std::cell::Cell<usize>);
+
+    impl std::fmt::Debug for Counted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            for _ in 0..10_000 {
+                self.0.set(self.0.get() + 1);
+                f.write_str("0, ")?;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_writes_description_is_its_debug_prefix_formatted_no_further() {
+        let payload = vec![7u8; 4096];
+        let full = format!("{payload:?}");
+        assert_eq!(debug_prefix(&payload, WHAT_CHARS), full.chars().take(WHAT_CHARS).collect::<String>());
+        assert_eq!(debug_prefix(&"é".repeat(100), 3), "\"éé");
+        let counted = Counted(std::cell::Cell::new(0));
+        assert_eq!(debug_prefix(&counted, WHAT_CHARS).len(), WHAT_CHARS);
+        assert!(counted.0.get() <= WHAT_CHARS / 3 + 1, "formatting went on: {} pieces", counted.0.get());
     }
 }

@@ -33,5 +33,12 @@ fn the_demo_runs_and_exits_zero() -> anyhow::Result<()> {
     assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("listening on"), "{stdout}");
     assert!(stdout.contains("refused"), "the demo shows an outsider being refused:\n{stdout}");
+    assert!(stdout.contains("Uw contactpersoon is Sanne Bakker"), "the demo prints the family's summary:\n{stdout}");
+    let figures = stdout.find("prints the chain figures").expect("the demo prints the chain figures");
+    let verified = stdout.find("chain verified").expect("the demo verifies the audit chain");
+    assert!(figures < verified, "the figures come just before the audit verification");
+    let shown = &stdout[figures..verified];
+    assert!(shown.contains(" suppressed]") && shown.contains("n="), "some cells shown, some suppressed:\n{shown}");
+    assert!(!shown.contains("anna.devries") && !shown.contains("00000001800000000001"), "no worker or OIN:\n{shown}");
     Ok(())
 }
