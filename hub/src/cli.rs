@@ -162,6 +162,7 @@ fn init_logging(default: &str, always_report: bool) -> anyhow::Result<Option<Log
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let server = Server::bind(&config).await?;
+    crate::stages::report_if_asked();
     println!("listening on {}", server.local_addr());
     let shutdown = crate::shutdown::on_signals();
     server.run(shutdown).await?;

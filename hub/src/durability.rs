@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
@@ -31,6 +32,7 @@ use crate::audit::Recorder;
 use crate::clock::now_ms;
 use crate::delivery::Registry;
 use crate::groups::CommitKind;
+use crate::stages::{self, Stage};
 use crate::store::{AcceptedCommit, Store, StoreError};
 
 /// Writes waiting for the writer thread before submitters wait for room.
@@ -299,6 +301,8 @@ struct Job {
     write: Write,
     audit: Option<AuditRecord>,
     reply: Option<oneshot::Sender<Result<Written, WriteError>>>,
+    /// When it was submitted, for the queue's stage timing.
+    queued: Instant,
 }
 
 /// A handle to the write path; cheap to clone.
@@ -337,13 +341,13 @@ impl WriteLog {
     pub async fn submit(&self, write: Write, audit: Option<AuditRecord>) -> Durable {
         let (reply, durable) = oneshot::channel();
         // If the writer is gone the reply sender is dropped and `durable` says so.
-        let _ = self.jobs.send(Job { write, audit, reply: Some(reply) }).await;
+        let _ = self.jobs.send(Job { write, audit, reply: Some(reply), queued: Instant::now() }).await;
         durable
     }
 
     /// Queues a write whose result nobody waits for.
     pub async fn submit_unanswered(&self, write: Write, audit: Option<AuditRecord>) {
-        let _ = self.jobs.send(Job { write, audit, reply: None }).await;
+        let _ = self.jobs.send(Job { write, audit, reply: None, queued: Instant::now() }).await;
     }
 }
 
@@ -761,6 +765,9 @@ fn apply_commit(
 /// One applied batch: each write's reply channel and what applying it produced.
 type Batch = Vec<(Option<oneshot::Sender<Result<Written, WriteError>>>, Result<Applied, WriteError>)>;
 
+/// A batch on its way to the flusher, with when its last write was applied.
+type Handed = (Instant, Batch);
+
 /// Applies a write together with its audit entry. The entry goes first: an
 /// action whose entry cannot be written is refused before it takes effect. A
 /// write that then fails gets a second entry saying so.
@@ -849,7 +856,7 @@ fn apply_loop(
     mut recorder: Recorder,
     identities: Arc<Verifier>,
     mut jobs: mpsc::Receiver<Job>,
-    batches: std::sync::mpsc::SyncSender<Batch>,
+    batches: std::sync::mpsc::SyncSender<Handed>,
     stalled: &AtomicBool,
 ) {
     let mut groups = Groups { epochs: HashMap::new(), identities };
@@ -857,7 +864,7 @@ fn apply_loop(
         let mut batch = Vec::with_capacity(64);
         let mut job = Some(first);
         let mut seal = false;
-        while let Some(Job { write, audit, reply }) = job.take() {
+        while let Some(Job { write, audit, reply, queued }) = job.take() {
             if stalled.load(Ordering::SeqCst) {
                 // Refused unapplied: nothing new may pile up behind writes that are not yet durable.
                 if let Some(reply) = reply {
@@ -867,7 +874,10 @@ fn apply_loop(
                 continue;
             }
             seal |= matches!(write, Write::Seal);
+            let started = Instant::now();
+            stages::record_time(Stage::Queue, started - queued);
             batch.push((reply, apply_guarded(store.as_ref(), &mut groups, &mut recorder, write, audit)));
+            stages::record_time(Stage::Apply, started.elapsed());
             if batch.len() < MAX_BATCH {
                 job = jobs.try_recv().ok();
             }
@@ -875,7 +885,7 @@ fn apply_loop(
         if let Err(e) = recorder.checkpoint_if_due(store.as_ref(), now_ms(), seal) {
             error!(error = %e, "cannot store an audit checkpoint; retrying with the next batch");
         }
-        if batches.send(batch).is_err() {
+        if batches.send((Instant::now(), batch)).is_err() {
             return;
         }
     }
@@ -890,15 +900,15 @@ fn apply_loop(
 fn flush_loop(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    batches: std::sync::mpsc::Receiver<Batch>,
+    batches: std::sync::mpsc::Receiver<Handed>,
     stalled: &AtomicBool,
 ) {
     let mut waiting: Vec<(ThreadId, wire::Entry)> = Vec::new();
     loop {
-        let batch = if stalled.load(Ordering::SeqCst) {
+        let (handed, batch) = if stalled.load(Ordering::SeqCst) {
             match batches.recv_timeout(FLUSH_RETRY) {
                 Ok(batch) => batch,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => (Instant::now(), Vec::new()),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
         } else {
@@ -907,7 +917,12 @@ fn flush_loop(
                 Err(_) => return,
             }
         };
+        let flushing = Instant::now();
+        stages::record_time(Stage::Handoff, flushing - handed);
+        stages::record(Stage::Batch, batch.len() as u64);
         let flushed = store.flush();
+        let answering = Instant::now();
+        stages::record_time(Stage::Flush, answering - flushing);
         match &flushed {
             Ok(()) => {
                 if stalled.swap(false, Ordering::SeqCst) {
@@ -942,6 +957,7 @@ fn flush_loop(
                 let _ = reply.send(answer);
             }
         }
+        stages::record_time(Stage::Answer, answering.elapsed());
     }
 }
 

@@ -42,5 +42,6 @@ pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod stages;
 pub mod store;
 pub mod tls;

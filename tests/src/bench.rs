@@ -195,6 +195,8 @@ pub struct Target {
     url: String,
     pki: PathBuf,
     pid: u32,
+    /// Where the hub writes its stage timings (`hub::stages`); none for the relay.
+    stages: Option<PathBuf>,
     _process: Process,
 }
 
@@ -222,6 +224,13 @@ impl Target {
     /// Resident memory of the server process, in bytes.
     fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.pid)
+    }
+
+    /// The hub's latest stage timings, written every 200 ms; waits for a fresh one.
+    async fn stage_snapshot(&self) -> Option<hub::stages::Snapshot> {
+        let path = self.stages.as_ref()?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        hub::stages::Snapshot::read(path).ok()
     }
 
     /// CPU time (user + system) the server process has used.
@@ -284,9 +293,11 @@ outbound_total_bytes = 2000000000000\n";
 
 fn start_hub(dir: &Path) -> anyhow::Result<Target> {
     let mut command = Command::new(std::env::current_exe()?);
-    command.arg("hub");
+    let stages = dir.join("stages.json");
+    command.arg("hub").env("KETENHUB_STAGES", &stages);
     let hub = HubProcess::spawn(command, dir, "127.0.0.1:0", HUB_BENCH_CONFIG)?;
-    Ok(Target { name: "hub", url: hub.url(), pki: dir.join("pki"), pid: hub.pid(), _process: Process::Hub(hub) })
+    let (url, pid, pki) = (hub.url(), hub.pid(), dir.join("pki"));
+    Ok(Target { name: "hub", url, pki, pid, stages: Some(stages), _process: Process::Hub(hub) })
 }
 
 fn start_relay(dir: &Path) -> anyhow::Result<Target> {
@@ -298,6 +309,7 @@ fn start_relay(dir: &Path) -> anyhow::Result<Target> {
         url: format!("wss://localhost:{}", addr.port()),
         pki: dir.join("pki"),
         pid: child.id(),
+        stages: None,
         _process: Process::Relay(child),
     })
 }
@@ -716,7 +728,11 @@ async fn latency_figures(
 ) -> anyhow::Result<()> {
     progress(&format!("latency at {offered:.0} msg/s"));
     let relay_lat = latency(relay, offered, window).await?;
+    let before = hub.stage_snapshot().await;
     let hub_lat = latency(hub, offered, window).await?;
+    if let (Some(before), Some(after)) = (before, hub.stage_snapshot().await) {
+        figures.extend(stage_figures(&after.since(&before), offered));
+    }
     for (i, name) in ["p50", "p99", "p999"].iter().enumerate() {
         figures.push(Figure::new(
             format!("delivery latency {name} at {offered:.0} msg/s offered"),
@@ -727,6 +743,22 @@ async fn latency_figures(
         ));
     }
     Ok(())
+}
+
+/// The hub's write path during the latency phase, stage by stage (`hub::stages`): where a message's
+/// time goes before it is published. Bucket upper bounds, so a figure is at most that value.
+fn stage_figures(window: &hub::stages::Snapshot, offered: f64) -> Vec<Figure> {
+    use hub::stages::Stage;
+    let mut figures = Vec::new();
+    for stage in Stage::ALL {
+        let unit = if stage == Stage::Batch { "writes" } else { "µs" };
+        for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+            let value = window.quantile(stage, q) as f64;
+            let what = format!("hub write path at {offered:.0} msg/s: {} {name} (bucket bound)", stage.name());
+            figures.push(Figure::new(what, unit, value, None, Better::Lower));
+        }
+    }
+    figures
 }
 
 /// MLS costs measured on devices in this process, against plain AES-GCM on

@@ -12,11 +12,21 @@ fn every_benchmark_phase_runs_and_reports() -> anyhow::Result<()> {
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
     let figures = report["figures"].as_array().expect("figures");
     let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();
-    for wanted in
-        ["durable routed messages/s", "delivery latency p99", "handshakes", "memory per idle", "until first delivery"]
-    {
+    for wanted in [
+        "durable routed messages/s",
+        "delivery latency p99",
+        "handshakes",
+        "memory per idle",
+        "until first delivery",
+        "hub write path",
+    ] {
         assert!(names.iter().any(|n| n.contains(wanted)), "no figure for {wanted}: {names:?}");
     }
+    // The write path's stages come from the hub process itself: a flush was timed during the latency phase.
+    let flush = figures
+        .iter()
+        .find(|f| f["name"].as_str().is_some_and(|n| n.contains("write path") && n.contains("flush p99")));
+    assert!(flush.and_then(|f| f["hub"].as_f64()).is_some_and(|us| us > 0.0), "no flush timed: {flush:?}");
     for figure in figures {
         let hub = figure["hub"].as_f64().expect("a hub value");
         assert!(hub.is_finite() && hub >= 0.0, "bad hub value: {figure}");
