@@ -74,7 +74,7 @@ fn bucket_top(index: usize) -> u64 {
     }
     let log = (index - 1) / 2;
     let base = 1u64 << log;
-    if (index - 1) % 2 == 0 && log > 0 {
+    if (index - 1).is_multiple_of(2) && log > 0 {
         base + base / 2 - 1
     } else {
         base.checked_mul(2).map_or(u64::MAX, |next| next - 1)
