@@ -469,6 +469,11 @@ async fn write_loop(
             sink.flush().await
         })
         .await;
+        if matches!(sent, Ok(Ok(()))) {
+            for published in written.iter().filter_map(|frame| frame.published) {
+                crate::stages::record_time(crate::stages::Stage::Deliver, published.elapsed());
+            }
+        }
         drop(written);
         match sent {
             Ok(Ok(())) => {}

@@ -183,6 +183,8 @@ pub struct Frame {
     adds: Option<MemberId>,
     /// The member this entry removes from the thread, if it does.
     removes: Option<MemberId>,
+    /// When it was published, for the delivery's stage timings; none for a frame read from the store.
+    published: Option<std::time::Instant>,
 }
 
 impl Frame {
@@ -197,7 +199,8 @@ impl Frame {
             _ => (None, None),
         };
         let seq = entry.seq;
-        Self { seq, bytes: wire::encode(&HubFrame::Event { thread, entry }).into(), to, adds, removes }
+        let bytes = wire::encode(&HubFrame::Event { thread, entry }).into();
+        Self { seq, bytes, to, adds, removes, published: None }
     }
 
     fn is_for(&self, member: &MemberId) -> bool {
@@ -337,7 +340,7 @@ impl Registry {
                 }
             },
         };
-        let frame = Frame::of(thread, entry);
+        let frame = Frame { published: Some(std::time::Instant::now()), ..Frame::of(thread, entry) };
         // A removed member still hears of its removal, and a Welcome goes only to its addressees.
         let mut audience: Vec<MemberId> = members.iter().filter(|m| frame.is_for(m)).cloned().collect();
         if let Some(removed) = &frame.removes {
@@ -548,7 +551,10 @@ async fn deliver(
                 if mailbox.is_revoked() {
                     return Err(PumpStopped::Closed);
                 }
-                out.send(frame.bytes).await.map_err(|_| PumpStopped::Closed)?;
+                if let Some(published) = frame.published {
+                    crate::stages::record_time(crate::stages::Stage::Pump, published.elapsed());
+                }
+                out.send_published(frame.bytes, frame.published).await.map_err(|_| PumpStopped::Closed)?;
                 sent = Some((sent.map_or(frame.seq, |(first, _)| first), frame.seq));
             }
             if track.finished() {
@@ -566,7 +572,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: u64, size: usize) -> Frame {
-        Frame { seq, bytes: Bytes::from(vec![seq as u8; size]), to: None, adds: None, removes: None }
+        Frame { seq, bytes: Bytes::from(vec![seq as u8; size]), to: None, adds: None, removes: None, published: None }
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Reserved {
 pub struct Queued {
     /// The encoded frame.
     pub bytes: Bytes,
+    /// When its entry was published, for an event frame (the delivery's stage timings).
+    pub published: Option<std::time::Instant>,
     _reserved: Option<Reserved>,
 }
 
@@ -77,11 +79,16 @@ impl Outbox {
     /// (under [`SMALL_FRAME_BYTES`]) is bounded by the queue's frame count
     /// alone, so a short reply or error never waits for bytes.
     pub async fn send(&self, bytes: Bytes) -> Result<(), Closed> {
+        self.send_published(bytes, None).await
+    }
+
+    /// Queues an event frame as [`send`](Self::send) does, with when its entry was published.
+    pub async fn send_published(&self, bytes: Bytes, published: Option<std::time::Instant>) -> Result<(), Closed> {
         if bytes.len() < SMALL_FRAME_BYTES {
-            return self.frames.send(Queued { bytes, _reserved: None }).await.map_err(|_| Closed);
+            return self.frames.send(Queued { bytes, published, _reserved: None }).await.map_err(|_| Closed);
         }
         let reserved = self.reserve(bytes.len()).await?;
-        self.send_reserved(bytes, reserved).await
+        self.queue(Queued { bytes, published, _reserved: Some(reserved) }).await
     }
 
     /// Queues a frame whose share was reserved earlier; a frame larger than the
@@ -93,7 +100,11 @@ impl Outbox {
         } else {
             reserved
         };
-        self.frames.send(Queued { bytes, _reserved: Some(reserved) }).await.map_err(|_| Closed)
+        self.queue(Queued { bytes, published: None, _reserved: Some(reserved) }).await
+    }
+
+    async fn queue(&self, queued: Queued) -> Result<(), Closed> {
+        self.frames.send(queued).await.map_err(|_| Closed)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Timings of the write path's stages, for finding where a message's latency comes from.
 //!
 //! Every write waits in the writer's queue, is applied, waits for the flusher, is made durable by a
-//! flush shared with its batch, and is answered and published. Each of those is recorded here in a
+//! flush shared with its batch, and is answered and published; each member's delivery pump then
+//! queues the entry for its connection, which writes it to the socket. Each of those is recorded here in a
 //! lock-free histogram (buckets of half powers of two), cheap enough to stay on in production.
 //! With `KETENHUB_STAGES=PATH` in its environment the hub writes the cumulative histograms to PATH
 //! every 200 ms (written aside, then renamed), so that a benchmark can take two snapshots around
@@ -27,11 +28,24 @@ pub enum Stage {
     Answer,
     /// Writes per flushed batch (a count, not a time).
     Batch,
+    /// From publishing an entry until a member's delivery pump queues it for the connection (µs).
+    Pump,
+    /// From publishing an entry until its frame is flushed to a member's socket (µs).
+    Deliver,
 }
 
 impl Stage {
     /// Every stage, in the order a write passes them.
-    pub const ALL: [Stage; 6] = [Stage::Queue, Stage::Apply, Stage::Handoff, Stage::Flush, Stage::Answer, Stage::Batch];
+    pub const ALL: [Stage; 8] = [
+        Stage::Queue,
+        Stage::Apply,
+        Stage::Handoff,
+        Stage::Flush,
+        Stage::Answer,
+        Stage::Batch,
+        Stage::Pump,
+        Stage::Deliver,
+    ];
 
     /// Its name in snapshots.
     pub fn name(self) -> &'static str {
@@ -42,6 +56,8 @@ impl Stage {
             Stage::Flush => "flush",
             Stage::Answer => "answer",
             Stage::Batch => "batch",
+            Stage::Pump => "pump",
+            Stage::Deliver => "deliver",
         }
     }
 }

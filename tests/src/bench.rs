@@ -754,7 +754,7 @@ fn stage_figures(window: &hub::stages::Snapshot, offered: f64) -> Vec<Figure> {
         let unit = if stage == Stage::Batch { "writes" } else { "µs" };
         for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
             let value = window.quantile(stage, q) as f64;
-            let what = format!("hub write path at {offered:.0} msg/s: {} {name} (bucket bound)", stage.name());
+            let what = format!("hub path at {offered:.0} msg/s: {} {name} (bucket bound)", stage.name());
             figures.push(Figure::new(what, unit, value, None, Better::Lower));
         }
     }
