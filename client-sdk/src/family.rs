@@ -247,10 +247,11 @@ fn review(page: &mut Page, packet: &HandoverPacket) {
     page.para("Weet u iets niet, of klopt er iets niet? Vraag het uw contactpersoon.");
 }
 
-/// Ends a text with a full stop, so that the letter's sentences stay sentences.
-fn sentence(text: &str) -> String {
+/// Ends a text with a full stop, so that the letter's sentences stay sentences (an empty text stays
+/// empty). The family's access report words its reasons with it too.
+pub(crate) fn sentence(text: &str) -> String {
     let text = text.trim();
-    if text.ends_with(['.', '!', '?']) {
+    if text.is_empty() || text.ends_with(['.', '!', '?']) {
         text.to_owned()
     } else {
         format!("{text}.")

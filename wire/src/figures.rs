@@ -168,12 +168,7 @@ pub struct Tally {
 impl Tally {
     /// Counts one case.
     pub fn add(&mut self, case: &CaseEvents, directory: &dyn Directory, settings: &Settings) {
-        let from = self.observations.len();
-        CaseTrack::of(case, settings.until_ms).observe(directory, settings, &mut self.observations);
-        for (offset, observation) in self.observations[from..].iter_mut().enumerate() {
-            observation.case = self.cases;
-            observation.id = from + offset;
-        }
+        CaseTrack::of(case, settings.until_ms).observe(self.cases, directory, settings, &mut self.observations);
         self.cases += 1;
     }
 
@@ -292,11 +287,12 @@ impl CaseTrack {
         accepted.map_or_else(|| "none".to_owned(), |t| t.offer.route.clone())
     }
 
-    fn observe(&self, directory: &dyn Directory, s: &Settings, out: &mut Vec<Observation>) {
+    /// Adds the case's observations to `out`, as case number `case`.
+    fn observe(&self, case: usize, directory: &dyn Directory, s: &Settings, out: &mut Vec<Observation>) {
         let within = |at: u64| (s.since_ms..s.until_ms).contains(&at);
         let mut push = |figure, organisation: &Oin, route: &str, outcome| {
             let (organisation, route) = (organisation.clone(), route.to_owned());
-            out.push(Observation { figure, case: 0, id: 0, organisation, route, outcome });
+            out.push(Observation { figure, case, id: out.len(), organisation, route, outcome });
         };
         for t in self.offers.values() {
             let (to, route) = (&t.offer.to, t.offer.route.as_str());

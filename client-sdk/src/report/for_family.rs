@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use wire::audit::{AuditAction, AuditEntry, AuditOutcome, AuditRecord};
 use wire::{Role, ThreadId};
 
-use crate::family::{dutch_date, inline_style, linked_style, Page};
+use crate::family::{dutch_date, inline_style, linked_style, sentence, Page};
 use crate::packet::Date;
 
 /// What the report needs to say things in words: the policy's legal bases and organisations.
@@ -260,15 +260,6 @@ fn recipient(record: &AuditRecord, glossary: &Glossary) -> String {
 fn capitalised(text: &str) -> String {
     let mut chars = text.chars();
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
-}
-
-fn sentence(text: &str) -> String {
-    let text = text.trim();
-    if text.is_empty() || text.ends_with(['.', '!', '?']) {
-        text.to_owned()
-    } else {
-        format!("{text}.")
-    }
 }
 
 #[cfg(test)]

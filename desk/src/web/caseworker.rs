@@ -328,33 +328,27 @@ pub async fn family_summary(Path((case, seq)): Path<(String, u64)>, State(app): 
     Ok(Html(ketenhub_sdk::family::summary_html_linked(&packet, today, "/assets/family.css")).into_response())
 }
 
-/// The case's latest handover packet this desk holds, sent or received: its family and consents carry
-/// over to the next handover, so the family is not asked again.
-fn latest_packet(app: &App, thread: ThreadId) -> WebResult<Option<ketenhub_sdk::HandoverPacket>> {
-    Ok(app.desk.store.thread(thread)?.into_iter().rev().find_map(|e| match e.body {
-        Stored::Message(m) => match m.content {
-            Content::HandoverPacket(packet) => Some(*packet),
-            _ => None,
-        },
-        _ => None,
-    }))
+/// What the offer form draws from the case's thread, read once: the attachments a packet may name,
+/// and the latest handover packet this desk holds, sent or received, whose family and consents carry
+/// over to the next handover so that the family is not asked again.
+#[derive(Default)]
+struct ThreadMaterial {
+    attachments: Vec<AttachmentRef>,
+    latest_packet: Option<ketenhub_sdk::HandoverPacket>,
 }
 
-/// The thread's attachments, as a packet may name them.
-fn thread_attachments(app: &App, thread: ThreadId) -> WebResult<Vec<AttachmentRef>> {
-    Ok(app
-        .desk
-        .store
-        .thread(thread)?
-        .into_iter()
-        .filter_map(|e| match e.body {
-            Stored::Message(m) => match m.content {
-                Content::Attachment(a) => Some(AttachmentRef::to(&a, a.name.clone())),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect())
+fn thread_material(app: &App, thread: ThreadId) -> WebResult<ThreadMaterial> {
+    let mut material = ThreadMaterial::default();
+    for entry in app.desk.store.thread(thread)? {
+        if let Stored::Message(message) = entry.body {
+            match message.content {
+                Content::Attachment(a) => material.attachments.push(AttachmentRef::to(&a, a.name.clone())),
+                Content::HandoverPacket(packet) => material.latest_packet = Some(*packet),
+                _ => {}
+            }
+        }
+    }
+    Ok(material)
 }
 
 /// What the offer form shows besides the values.
@@ -375,10 +369,11 @@ fn render_offer(app: &App, session: &Session, page: OfferPage<'_>) -> WebResult<
         packet_form::SECTIONS.iter().map(|s| (*s, (0..packet_form::rows(page.values, s)).collect())).collect();
     let errors: Vec<(String, String, String)> =
         page.errors.iter().map(|e| (e.path.clone(), packet_form::field_id(&e.path), say(e))).collect();
+    let material = thread_material(app, page.thread)?;
     let ctx = minijinja::context! {
         case => page.thread.to_string(), v => page.values, errs, errors, rows, preview => page.preview,
-        receivers => receivers(app), attachments => thread_attachments(app, page.thread)?,
-        examples => app.desk.examples, page => "cases", earlier => latest_packet(app, page.thread)?.is_some(),
+        receivers => receivers(app), attachments => material.attachments,
+        examples => app.desk.examples, page => "cases", earlier => material.latest_packet.is_some(),
     };
     let status =
         if page.errors.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::UNPROCESSABLE_ENTITY };
@@ -472,7 +467,7 @@ pub async fn offer(
         return render_offer(&app, &session, OfferPage { thread, values: &values, errors: &[], preview: None });
     }
     if op == "carry" {
-        if let Some(earlier) = latest_packet(&app, thread)? {
+        if let Some(earlier) = thread_material(&app, thread)?.latest_packet {
             packet_form::carry(&mut values, &earlier, Date::from_unix_ms(now_ms()));
         }
         app.desk.store.save_draft(thread, &values).await?;
@@ -489,7 +484,7 @@ pub async fn offer(
     let mut errors = Vec::new();
     let today = Date::from_unix_ms(now_ms());
     let built = offer_request(&app, &values, &mut errors).map(|(request, frame)| {
-        let packet = thread_attachments(&app, thread).map(|a| packet_form::packet(&values, &frame, &a));
+        let packet = thread_material(&app, thread).map(|m| packet_form::packet(&values, &frame, &m.attachments));
         (request, packet)
     });
     let (request, packet) = match built {

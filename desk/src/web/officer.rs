@@ -218,14 +218,7 @@ pub async fn family_report(State(app): State<App>, Query(query): Query<ReportQue
     let organisation = app.desk.client.identity().organisation.clone();
     let glossary = app.desk.policy.glossary(&organisation);
     let html = ketenhub_sdk::report::family_html_linked(case, &entries, &glossary, "/assets/family.css");
-    let mut response = axum::response::Html(html).into_response();
-    if query.download.is_some() {
-        let name = format!("attachment; filename=\"inzage-voor-het-gezin-{case}.html\"");
-        if let Ok(v) = HeaderValue::from_str(&name) {
-            response.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-        }
-    }
-    Ok(response)
+    Ok(axum::response::Html(html).into_response())
 }
 
 /// One share without consent on the review page, with its reviews by this organisation.
