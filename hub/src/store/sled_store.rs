@@ -44,6 +44,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
@@ -175,6 +176,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How long `open` waits for a lock that is still being released.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens sled's database, waiting briefly for its file lock. sled's background
+/// writers hold the lock file a moment after the last handle of an earlier
+/// open in this process is dropped, so an immediate reopen (a command after a
+/// migration, a test after it wrote a store) would otherwise fail now and then.
+/// Another process holding the store still fails, after the wait.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let started = Instant::now();
+    loop {
+        match sled::Config::new().path(dir).cache_capacity(256 << 20).open() {
+            // sled reports a held lock only in its message, as an `Other` I/O error.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_RELEASE_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.map_err(backend),
+        }
+    }
+}
+
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -300,7 +324,7 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let private = |e: std::io::Error| StoreError::Backend(format!("store directory {}: {e}", dir.display()));
         certs::private::create_dir_all(dir).map_err(private)?;
-        let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open().map_err(backend)?;
+        let db = open_db(dir)?;
         certs::private::narrow_tree(dir).map_err(private)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
         let store = Self {
@@ -1504,5 +1528,30 @@ mod tests {
             store.append_message(thread, &member("anna"), MessageId::new(), b"x", 1),
             Err(StoreError::NoSuchThread)
         ));
+    }
+
+    #[test]
+    fn a_store_reopened_at_once_in_the_same_process_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let anna = member("anna");
+        let body = vec![7u8; 4096];
+        for round in 0..20 {
+            let store = SledStore::open(dir.path()).unwrap_or_else(|e| panic!("reopen {round}: {e}"));
+            let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+            for _ in 0..200 {
+                store.append_message(thread, &anna, MessageId::new(), &body, 2).unwrap();
+            }
+            store.flush().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_store_another_handle_holds_is_refused_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SledStore::open(dir.path()).unwrap();
+        let started = Instant::now();
+        let refused = SledStore::open(dir.path()).err().expect("a second open while the first holds the store");
+        assert!(refused.to_string().contains("lock"), "{refused}");
+        assert!(started.elapsed() >= LOCK_RELEASE_WAIT, "refused before the wait: {:?}", started.elapsed());
     }
 }
