@@ -572,6 +572,16 @@ impl Client {
         self.send_content(thread, Content::Bytes { data: data.into() }).await
     }
 
+    /// The MLS ciphertext a [`Client::send`] of `data` would carry, without
+    /// sending it: for a client that sends it itself over a
+    /// [`RawConnection`](crate::raw::RawConnection), such as a load generator that
+    /// measures the hub's routing without the cost of encryption. Each call
+    /// uses up one generation of the device's sending ratchet, as a send does.
+    pub fn encrypt(&self, thread: ThreadId, data: impl Into<Vec<u8>>) -> Result<Vec<u8>, Error> {
+        let plaintext = Content::Bytes { data: data.into() }.encode();
+        self.device().encrypt(thread, &plaintext).map_err(device_error)
+    }
+
     /// Sends a text message.
     pub async fn send_text(&self, thread: ThreadId, text: &str) -> Result<Sent, Error> {
         self.send_content(thread, Content::Text { text: text.to_owned() }).await

@@ -23,6 +23,8 @@ use wire::{MemberId, MessageId, Role};
 
 use crate::{client_for, spawn_listening, HubProcess};
 
+mod replay;
+
 /// Distinct bench identities, and the senders of the throughput workload.
 pub const SENDERS: usize = 64;
 /// Members per thread.
@@ -117,12 +119,65 @@ pub struct Figure {
     pub ratio: Option<f64>,
     /// Which direction is better.
     pub better: Better,
+    /// With more than one round: the spread of each value over the rounds,
+    /// whose medians are the values above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<Spread>,
+}
+
+/// Minimum, median and maximum of a figure over the rounds of a run, for the hub,
+/// the relay and their ratio (taken within each round, as the servers ran side by side).
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    /// How many rounds.
+    pub count: usize,
+    /// The hub's value: min, median, max.
+    pub hub: [f64; 3],
+    /// The relay's value: min, median, max.
+    pub relay: Option<[f64; 3]>,
+    /// hub / relay: min, median, max.
+    pub ratio: Option<[f64; 3]>,
+}
+
+/// Min, median (the lower middle of an even count) and max; `None` when empty.
+fn min_median_max(mut values: Vec<f64>) -> Option<[f64; 3]> {
+    values.sort_by(f64::total_cmp);
+    Some([*values.first()?, values[(values.len() - 1) / 2], *values.last()?])
+}
+
+/// Folds the figures of several rounds of the same phases into one row each:
+/// the median as its value and the spread beside it. Rounds report the same
+/// figures in the same order; a round that differs is an error.
+pub fn fold_rounds(rounds: Vec<Vec<Figure>>) -> anyhow::Result<Vec<Figure>> {
+    let Some(first) = rounds.first() else { anyhow::bail!("no rounds") };
+    let mut folded = Vec::with_capacity(first.len());
+    for (i, figure) in first.iter().enumerate() {
+        let column = |value: &dyn Fn(&Figure) -> Option<f64>| -> anyhow::Result<Option<[f64; 3]>> {
+            let mut values = Vec::with_capacity(rounds.len());
+            for round in &rounds {
+                let same = round.get(i).filter(|f| f.name == figure.name);
+                let same = same.with_context(|| format!("a round did not report {:?} in its place", figure.name))?;
+                values.extend(value(same));
+            }
+            Ok(min_median_max(values))
+        };
+        let hub = column(&|f| Some(f.hub))?.context("a hub value")?;
+        let (relay, ratio) = (column(&|f| f.relay)?, column(&|f| f.ratio)?);
+        folded.push(Figure {
+            hub: hub[1],
+            relay: relay.map(|r| r[1]),
+            ratio: ratio.map(|r| r[1]),
+            rounds: Some(Spread { count: rounds.len(), hub, relay, ratio }),
+            ..figure.clone()
+        });
+    }
+    Ok(folded)
 }
 
 impl Figure {
     fn new(name: impl Into<String>, unit: &'static str, hub: f64, relay: Option<f64>, better: Better) -> Self {
         let ratio = relay.filter(|r| *r != 0.0).map(|r| hub / r);
-        Self { name: name.into(), unit, hub, relay, ratio, better }
+        Self { name: name.into(), unit, hub, relay, ratio, better, rounds: None }
     }
 }
 
@@ -156,16 +211,19 @@ enum Crew {
     Latency,
     /// Identities in no thread, for the connection phases.
     Idle,
+    /// The raw connections of the replay phase (`replay`).
+    Replay,
 }
 
 impl Crew {
-    const ALL: [Crew; 3] = [Crew::Throughput, Crew::Latency, Crew::Idle];
+    const ALL: [Crew; 4] = [Crew::Throughput, Crew::Latency, Crew::Idle, Crew::Replay];
 
     fn name(self) -> &'static str {
         match self {
             Crew::Throughput => "bench",
             Crew::Latency => "lat",
             Crew::Idle => "idle",
+            Crew::Replay => "route",
         }
     }
 
@@ -569,6 +627,8 @@ pub enum Phase {
     Throughput,
     /// Delivery latency at half the hub's throughput.
     Latency,
+    /// Routing capacity: pre-built MLS messages replayed through raw connections.
+    Routing,
     /// Full handshakes per second.
     Handshakes,
     /// Memory per idle connection.
@@ -640,6 +700,10 @@ pub async fn run(
         ));
     }
 
+    if wanted(Phase::Routing) {
+        progress("routing: raw replay");
+        figures.extend(routing_figures(&relay, &hub, scale.window).await?);
+    }
     if let Some(offered) = offered.or(hub_rate.map(|r| r / 2.0)).filter(|_| wanted(Phase::Latency)) {
         latency_figures(&mut figures, &relay, &hub, offered, scale.window, &progress).await?;
     }
@@ -718,6 +782,36 @@ pub async fn run(
     Ok(figures)
 }
 
+/// The replay phase's rows: what the servers route when no client encrypts.
+async fn routing_figures(relay: &Target, hub: &Target, window: Duration) -> anyhow::Result<Vec<Figure>> {
+    let relay_routing = replay::routing(relay, window).await?;
+    let hub_routing = replay::routing(hub, window).await?;
+    let per_message = |r: &replay::Routing| r.cores * 1e6 / r.sent.max(1.0);
+    Ok(vec![
+        Figure::new(
+            format!("routing capacity: pre-built MLS messages replayed raw ({SENDERS} connections, msg/s)"),
+            "msg/s",
+            hub_routing.sent,
+            Some(relay_routing.sent),
+            Better::Higher,
+        ),
+        Figure::new(
+            "routing: deliveries/s (to every member)",
+            "msg/s",
+            hub_routing.delivered,
+            Some(relay_routing.delivered),
+            Better::Higher,
+        ),
+        Figure::new(
+            "routing: server CPU per routed message",
+            "µs",
+            per_message(&hub_routing),
+            Some(per_message(&relay_routing)),
+            Better::Lower,
+        ),
+    ])
+}
+
 async fn latency_figures(
     figures: &mut Vec<Figure>,
     relay: &Target,
@@ -731,11 +825,12 @@ async fn latency_figures(
     let before = hub.stage_snapshot().await;
     let hub_lat = latency(hub, offered, window).await?;
     if let (Some(before), Some(after)) = (before, hub.stage_snapshot().await) {
-        figures.extend(stage_figures(&after.since(&before), offered));
+        figures.extend(stage_figures(&after.since(&before)));
     }
+    figures.push(Figure::new("latency phase: offered load (both servers)", "msg/s", offered, None, Better::Higher));
     for (i, name) in ["p50", "p99", "p999"].iter().enumerate() {
         figures.push(Figure::new(
-            format!("delivery latency {name} at {offered:.0} msg/s offered"),
+            format!("delivery latency {name} at the offered load"),
             "ms",
             hub_lat[i],
             Some(relay_lat[i]),
@@ -747,14 +842,14 @@ async fn latency_figures(
 
 /// The hub's write path during the latency phase, stage by stage (`hub::stages`): where a message's
 /// time goes before it is published. Bucket upper bounds, so a figure is at most that value.
-fn stage_figures(window: &hub::stages::Snapshot, offered: f64) -> Vec<Figure> {
+fn stage_figures(window: &hub::stages::Snapshot) -> Vec<Figure> {
     use hub::stages::Stage;
     let mut figures = Vec::new();
     for stage in Stage::ALL {
         let unit = if stage == Stage::Batch { "writes" } else { "µs" };
         for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
             let value = window.quantile(stage, q) as f64;
-            let what = format!("hub path at {offered:.0} msg/s: {} {name} (bucket bound)", stage.name());
+            let what = format!("hub path in the latency phase: {} {name} (bucket bound)", stage.name());
             figures.push(Figure::new(what, unit, value, None, Better::Lower));
         }
     }
@@ -1163,15 +1258,64 @@ fn aes_gcm_mib_per_s(path: &Path) -> anyhow::Result<f64> {
 /// Formats the report as a table.
 pub fn table(figures: &[Figure]) -> String {
     let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") };
-    let mut out = format!("{:<78} {:>12} {:>12} {:>10}\n", "figure", "hub", "relay", "hub/relay");
+    let spread = |s: Option<[f64; 3]>, fmt: &dyn Fn(f64) -> String| {
+        s.map(|[min, _, max]| format!("{}–{}", fmt(min), fmt(max))).unwrap_or_else(|| "-".into())
+    };
+    let ratio = |r: f64| format!("{r:.2}");
+    let rounds = figures.iter().find_map(|f| f.rounds.as_ref()).map(|s| s.count);
+    let mut out = format!("{:<78} {:>12} {:>12} {:>10}", "figure", "hub", "relay", "hub/relay");
+    if let Some(count) = rounds {
+        out.push_str(&format!("   spread over {count} rounds (min–max): hub | relay | hub/relay"));
+    }
+    out.push('\n');
     for f in figures {
         out.push_str(&format!(
-            "{:<78} {:>12} {:>12} {:>10}\n",
+            "{:<78} {:>12} {:>12} {:>10}",
             format!("{} [{}]", f.name, f.unit),
             fmt(f.hub),
             f.relay.map(fmt).unwrap_or_else(|| "-".into()),
-            f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+            f.ratio.map(ratio).unwrap_or_else(|| "-".into()),
         ));
+        if let Some(s) = &f.rounds {
+            let hub = spread(Some(s.hub), &fmt);
+            out.push_str(&format!("   {hub} | {} | {}", spread(s.relay, &fmt), spread(s.ratio, &ratio)));
+        }
+        out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(hub: f64, relay: f64) -> Vec<Figure> {
+        vec![
+            Figure::new("rate", "msg/s", hub, Some(relay), Better::Higher),
+            Figure::new("restart", "s", hub / 100.0, None, Better::Lower),
+        ]
+    }
+
+    #[test]
+    fn rounds_fold_into_their_medians_with_the_spread_and_ratios_per_round() {
+        let folded = fold_rounds(vec![round(300.0, 1000.0), round(100.0, 400.0), round(200.0, 200.0)]).unwrap();
+        let rate = &folded[0];
+        assert_eq!((rate.hub, rate.relay, rate.ratio), (200.0, Some(400.0), Some(0.3)));
+        let spread = rate.rounds.as_ref().unwrap();
+        assert_eq!((spread.count, spread.hub, spread.relay), (3, [100.0, 200.0, 300.0], Some([200.0, 400.0, 1000.0])));
+        // The ratio's spread is of the ratios within each round, not of the medians' ratio.
+        assert_eq!(spread.ratio, Some([0.25, 0.3, 1.0]));
+        assert_eq!((folded[1].hub, folded[1].relay, folded[1].rounds.as_ref().unwrap().relay), (2.0, None, None));
+        let table = table(&folded);
+        assert!(table.contains("spread over 3 rounds") && table.contains("100–300 | 200–1000 | 0.25–1.00"), "{table}");
+    }
+
+    #[test]
+    fn rounds_that_report_different_figures_are_refused() {
+        let mut other = round(1.0, 1.0);
+        other[1].name = "something else".into();
+        let refused = fold_rounds(vec![round(1.0, 1.0), other]).unwrap_err();
+        assert!(refused.to_string().contains("restart"), "{refused}");
+        assert!(fold_rounds(Vec::new()).is_err());
+    }
 }

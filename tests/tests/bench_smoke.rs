@@ -14,6 +14,7 @@ fn every_benchmark_phase_runs_and_reports() -> anyhow::Result<()> {
     let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();
     for wanted in [
         "durable routed messages/s",
+        "routing capacity",
         "delivery latency p99",
         "handshakes",
         "memory per idle",

@@ -1,7 +1,7 @@
 //! `hub-bench`: the hub against the bare relay, in one run.
 //!
 //! ```text
-//! cargo run --release -p tests --bin hub-bench -- [--quick] [--json]
+//! cargo run --release -p tests --bin hub-bench -- [--quick] [--json] [--rounds N] [--only PHASE]...
 //! ```
 //!
 //! The binary also serves as the two servers under test, so that each runs in
@@ -34,6 +34,10 @@ struct Cli {
     /// (default: half the hub's measured throughput).
     #[arg(long)]
     offered: Option<f64>,
+    /// Run everything this many times, each round with fresh servers, and
+    /// report each figure's median with its spread (min–max) over the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
 }
 
 #[derive(Parser)]
@@ -79,9 +83,20 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let started = std::time::Instant::now();
-    let result = runtime.block_on(bench::run(scale, &cli.only, cli.offered, |phase| {
-        eprintln!("[{:6.1}s] {phase}", started.elapsed().as_secs_f64())
-    }));
+    let result = runtime.block_on(async {
+        let mut rounds = Vec::new();
+        for round in 1..=cli.rounds {
+            let figures = bench::run(scale, &cli.only, cli.offered, |phase| {
+                eprintln!("[{:6.1}s] round {round}/{}: {phase}", started.elapsed().as_secs_f64(), cli.rounds)
+            })
+            .await?;
+            rounds.push(figures);
+        }
+        if cli.rounds == 1 {
+            return Ok(rounds.remove(0));
+        }
+        bench::fold_rounds(rounds)
+    });
     // Tasks a failed phase left behind must not keep the process from ending.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
