@@ -235,22 +235,30 @@ pub fn query(
 ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
     let limit = filter.limit.map_or(most, |l| (l as usize).min(most));
     let mut seqs = std::collections::BTreeSet::new();
+    let mut threads = HashSet::new();
     match filter.case {
         // A case's side threads answer to it: its access report includes those in the officer's scope.
         Some(case) if cases.contains(&case) => {
             let sides = store.side_threads(case)?.into_iter().filter(|side| cases.contains(side));
-            for thread in std::iter::once(case).chain(sides) {
-                seqs.extend(store.audit_index(AuditIndex::Case(thread))?);
-            }
+            threads.extend(std::iter::once(case).chain(sides));
         }
         Some(_) => {}
-        None => {
-            for case in cases {
-                seqs.extend(store.audit_index(AuditIndex::Case(*case))?);
-            }
-            seqs.extend(store.audit_index(AuditIndex::Organisation(oin))?);
-        }
+        None => threads.clone_from(cases),
     }
+    for thread in &threads {
+        seqs.extend(store.audit_index(AuditIndex::Case(*thread))?);
+    }
+    let own_organisation = filter.case.is_none();
+    if own_organisation {
+        seqs.extend(store.audit_index(AuditIndex::Organisation(oin))?);
+    }
+    // An index key may outlive a crash that lost its entry, and the seq then
+    // holds another entry (see `Store::append_audit`): each entry is checked
+    // against the scope it was looked up for.
+    let in_scope = |entry: &AuditEntry| match entry.record.case {
+        Some(case) => threads.contains(&case),
+        None => own_organisation && audit_organisations(&entry.record).any(|o| o == oin),
+    };
     // Entries newer than the head come with the next one; the officer is told there may be more.
     let beyond = seqs.range(covered.saturating_add(1)..).next().is_some();
     // The indexes chose the case (and its side threads); the rest of the filter is matched below.
@@ -258,7 +266,10 @@ pub fn query(
     let mut found = Vec::new();
     let first = filter.after_seq.map_or(0, |after| after.saturating_add(1));
     for seq in seqs.into_iter().filter(|seq| (first..=covered).contains(seq)) {
-        let Some(entry) = store.audit_entries(seq, 1)?.into_iter().next().filter(|e| e.seq == seq) else { continue };
+        let Some(entry) = store.audit_entries(seq, 1)?.into_iter().next().filter(|e| e.seq == seq && in_scope(e))
+        else {
+            continue;
+        };
         if matches(&entry, filter) {
             if found.len() == limit {
                 return Ok((found, true));
@@ -267,4 +278,9 @@ pub fn query(
         }
     }
     Ok((found, beyond))
+}
+
+/// The organisations an entry without a case is indexed under: its actor's and the one it acted for.
+pub fn audit_organisations(record: &AuditRecord) -> impl Iterator<Item = &Oin> {
+    record.actor.iter().map(|a| &a.oin).chain(record.on_behalf_of.iter().map(|m| &m.oin))
 }

@@ -417,8 +417,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an audit entry (its seq follows the last one), indexed by its
     /// case, or when it has none, by the organisations of its actor, with the
-    /// Merkle tree nodes it completes, all in one atomic batch: after a crash
-    /// the tree always matches the entries.
+    /// Merkle tree nodes it completes. The nodes and index keys are written
+    /// before the entry: after a crash every stored entry has its nodes, so the
+    /// tree always matches the entries, but an entry lost in the crash may
+    /// leave its nodes and index keys. The next entry of that seq overwrites
+    /// the nodes (the same positions in the tree); a stale index key is not
+    /// removed, so readers of [`Store::audit_index`] check each entry against
+    /// the case or organisation they looked up.
     fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError>;
 
     /// The hash of the perfect subtree `index` of `level` of the audit tree (see `wire::merkle`).

@@ -5,7 +5,9 @@
 //! is two plain inserts, because it is the hot path and sled batches cost several
 //! times more than inserts: its de-duplication key first, its entry second, so
 //! that a crash can lose the entry but never keep an entry without its key; a key
-//! whose entry is missing is ignored. Keys start with a one-byte tag:
+//! whose entry is missing is ignored. An audit entry, on the path of every
+//! message too, is plain inserts in the same way: its tree nodes and index keys
+//! first, the entry last (see [`Store::append_audit`]). Keys start with a one-byte tag:
 //!
 //! | tag | key after the tag | value |
 //! |---|---|---|
@@ -252,8 +254,7 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
     if let Some(case) = record.case {
         return vec![key(AUDIT_OF_CASE, &[case.0.as_bytes(), &seq])];
     }
-    let mut oins: Vec<&Oin> =
-        record.actor.iter().map(|a| &a.oin).chain(record.on_behalf_of.iter().map(|m| &m.oin)).collect();
+    let mut oins: Vec<&Oin> = crate::audit::audit_organisations(record).collect();
     oins.dedup();
     oins.into_iter().map(|oin| key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes(), &seq])).collect()
 }
@@ -1268,15 +1269,18 @@ impl Store for SledStore {
     }
 
     fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry));
-        for index in audit_index_keys(entry) {
-            batch.insert(index, &[][..]);
-        }
+        // Plain inserts, the entry last: a sled batch costs several times its
+        // inserts and takes sled's global lock, on the path of every message.
+        // sled recovers a prefix of the inserts, so a crash keeps the entry
+        // only with its nodes and index keys.
         for node in nodes {
-            batch.insert(node_key(node.level, node.index), &node.hash[..]);
+            self.db.insert(node_key(node.level, node.index), &node.hash[..]).map_err(backend)?;
         }
-        self.db.apply_batch(batch).map_err(backend)
+        for index in audit_index_keys(entry) {
+            self.db.insert(index, &[][..]).map_err(backend)?;
+        }
+        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry)).map_err(backend)?;
+        Ok(())
     }
 
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
@@ -1553,5 +1557,31 @@ mod tests {
         let refused = SledStore::open(dir.path()).err().expect("a second open while the first holds the store");
         assert!(refused.to_string().contains("lock"), "{refused}");
         assert!(started.elapsed() >= LOCK_RELEASE_WAIT, "refused before the wait: {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn an_index_key_a_crash_left_behind_does_not_show_the_entry_that_took_its_seq() {
+        use crate::audit::{chain::AuditKey, CheckpointSettings, Recorder};
+        use wire::audit::{AuditAction, AuditFilter};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (ours, theirs) = (ThreadId(Uuid::new_v4()), ThreadId(Uuid::new_v4()));
+        let oin: Oin = "00000001800000000001".parse().unwrap();
+        // A crash after entry 1's index key (an entry about `theirs`) and before the entry itself:
+        store.db.insert(key(AUDIT_OF_CASE, &[theirs.0.as_bytes(), &1u64.to_be_bytes()]), &[][..]).unwrap();
+        let key = Arc::new(AuditKey::generate().unwrap());
+        let mut recorder = Recorder::resume(&store, key, CheckpointSettings::default()).unwrap();
+        let about_ours = AuditRecord { case: Some(ours), ..crate::audit::blank_record(AuditAction::Send, None) };
+        assert_eq!(recorder.record(&store, about_ours).unwrap().seq, 1);
+        store.flush().unwrap();
+        let scope = HashSet::from([theirs]);
+        for filter in [AuditFilter { case: Some(theirs), ..AuditFilter::default() }, AuditFilter::default()] {
+            let (found, _) = crate::audit::query(&store, &oin, &scope, &filter, (u64::MAX, 100)).unwrap();
+            assert!(found.is_empty(), "an officer of {theirs:?} was shown {found:?} through {filter:?}");
+        }
+        let ours_only = HashSet::from([ours]);
+        let (found, _) =
+            crate::audit::query(&store, &oin, &ours_only, &AuditFilter::default(), (u64::MAX, 100)).unwrap();
+        assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
     }
 }
