@@ -1554,7 +1554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _held = SledStore::open(dir.path()).unwrap();
         let started = Instant::now();
-        let refused = SledStore::open(dir.path()).err().expect("a second open while the first holds the store");
+        let Err(refused) = SledStore::open(dir.path()) else { panic!("a second open while the first holds the store") };
         assert!(refused.to_string().contains("lock"), "{refused}");
         assert!(started.elapsed() >= LOCK_RELEASE_WAIT, "refused before the wait: {:?}", started.elapsed());
     }
