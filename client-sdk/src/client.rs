@@ -576,7 +576,12 @@ impl Client {
     /// sending it: for a client that sends it itself over a
     /// [`RawConnection`](crate::raw::RawConnection), such as a load generator that
     /// measures the hub's routing without the cost of encryption. Each call
-    /// uses up one generation of the device's sending ratchet, as a send does.
+    /// uses up one generation of the device's sending ratchet, as a send does,
+    /// so ciphertexts should be sent, and in the order they were made: the
+    /// members' devices accept only a few out of order, and skip at most a
+    /// thousand generations. A ciphertext is for the group's current epoch;
+    /// after a commit the hub refuses it as `stale_epoch`, and unlike
+    /// [`Client::send`] nothing encrypts it again.
     pub fn encrypt(&self, thread: ThreadId, data: impl Into<Vec<u8>>) -> Result<Vec<u8>, Error> {
         let plaintext = Content::Bytes { data: data.into() }.encode();
         self.device().encrypt(thread, &plaintext).map_err(device_error)

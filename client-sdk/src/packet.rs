@@ -53,7 +53,7 @@ mod consent;
 pub use consent::{Consent, FamilyReview, Informed, Recipient, Told, ALONE_AGE, OWN_SAY_AGE};
 
 /// The version of the packet's shape that this SDK writes: 2 added consent, information and review per
-/// person ([`consent`]) and the household's children who are not the handover's subject.
+/// person (the `consent` module) and the household's children who are not the handover's subject.
 pub const PACKET_VERSION: u16 = 2;
 
 /// The versions this SDK reads. A version 1 packet reads with no consent, information or review

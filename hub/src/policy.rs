@@ -6,7 +6,8 @@
 //! and audit entries are kept. The hub loads it at start and on SIGHUP; a file
 //! that does not validate is refused and the policy in force stays.
 //!
-//! [`Policy::decide`] is the only place a request is allowed or denied. It
+//! The [`Policy`]'s checks (such as [`Policy::may_add`] and [`Policy::role_allows`]) are
+//! the only place a request is allowed or denied. It
 //! denies by default: an action is allowed only when a rule says so, and every
 //! decision carries the name of the rule that made it, for the audit log.
 

@@ -12,7 +12,7 @@
 //! Dataverwerkingen (LDV), with a `nen7513.` extension for what NEN 7513 adds, so that existing LDV
 //! tooling can read them ([`to_json_line`], [`from_json_line`]). A filtered export (one case, one
 //! worker) replaces the entries it leaves out by their links and record digests
-//! ([`ExportLine::Omitted`]), so every link stays checkable without revealing other cases; [`verify`] checks an export against the public key.
+//! ([`ExportLine::Omitted`]), so every link stays checkable without revealing other cases; [`super::verify`] checks an export against the public key.
 
 use std::fs;
 use std::io::{self, Write as _};

@@ -9,7 +9,7 @@
 //! caller outside a thread gets exactly the answer it would get for a thread
 //! that does not exist.
 //!
-//! Every request passes [`Hub::authorize`] here before any family module sees
+//! Every request passes `Hub::authorize` here before any family module sees
 //! it, so that a new kind of request cannot bypass the policy by living in its
 //! own file: the modules below only turn an allowed request into its write or
 //! its answer, one family each (threads, MLS, blobs, handovers, audit).

@@ -22,7 +22,7 @@
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
-//! | `A` | seq (u64 BE) | audit entry: `0x01`, seq, prev hash, hash, then the record's CBOR (see [`encode_audit`]) |
+//! | `A` | seq (u64 BE) | audit entry: `0x01`, seq, prev hash, hash, then the record's CBOR (see `encode_audit`) |
 //! | `H` | last leaf (u64 BE), level (u8) | a perfect subtree's hash in the audit Merkle tree (its last leaf, then its height), written with the entry that completes it |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
