@@ -475,10 +475,17 @@ mod process_tests {
         assert!(started.elapsed() < Duration::from_secs(30), "not stopped at its limit");
         assert!(error.to_string().contains("did not finish") && error.to_string().contains("started"), "{error}");
         let child = std::fs::read_to_string(&pid_file)?.trim().to_owned();
-        // Killed, it is gone or a zombie its new parent has not reaped yet.
-        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        let running = state.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'));
-        assert!(!running, "the process it started still runs: {state}");
+        // Killed, it is gone or a zombie its new parent has not reaped yet. A
+        // signalled process may still show as running for a moment before the
+        // kernel has it exit, so it gets a few seconds.
+        let state = || std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let running = |state: &str| state.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        let waited = std::time::Instant::now();
+        while running(&state()) && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let state = state();
+        assert!(!running(&state), "the process it started still runs: {state}");
         let done = output_within(Command::new("sh").args(["-c", "echo done"]), Duration::from_secs(30))?;
         assert_eq!((done.status.success(), done.stdout), (true, b"done\n".to_vec()));
         Ok(())
