@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub enum Stage {
     /// From submitting a write until the writer thread takes it (µs).
     Queue,
-    /// Applying one write: checks and the store batch (µs).
+    /// Applying one write: its checks, its audit entry and its store writes (µs).
     Apply,
     /// From a batch's last write applied until the flusher takes the batch (µs).
     Handoff,

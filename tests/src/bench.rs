@@ -291,6 +291,17 @@ impl Target {
         hub::stages::Snapshot::read(path).ok()
     }
 
+    /// Keeps `measuring` set for `window` and returns the seconds that took and
+    /// the server's CPU over them, in cores: the measurement window of a load phase.
+    async fn measure(&self, window: Duration, measuring: &AtomicBool) -> anyhow::Result<(f64, f64)> {
+        measuring.store(true, Ordering::Relaxed);
+        let (start, cpu_before) = (Instant::now(), self.cpu()?);
+        tokio::time::sleep(window).await;
+        measuring.store(false, Ordering::Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        Ok((elapsed, (self.cpu()? - cpu_before).as_secs_f64() / elapsed))
+    }
+
     /// CPU time (user + system) the server process has used.
     fn cpu(&self) -> anyhow::Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
@@ -472,13 +483,7 @@ async fn throughput(target: &Target, window: Duration) -> anyhow::Result<(f64, f
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let delivered_before = swarm.tally.delivered.load(Ordering::Relaxed);
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    let cpu_before = target.cpu()?;
-    tokio::time::sleep(window).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    let cores = (target.cpu()? - cpu_before).as_secs_f64() / elapsed;
+    let (elapsed, cores) = target.measure(window, &measuring).await?;
     let delivered = swarm.tally.delivered.load(Ordering::Relaxed) - delivered_before;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {

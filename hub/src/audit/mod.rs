@@ -235,17 +235,21 @@ pub fn query(
 ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
     let limit = filter.limit.map_or(most, |l| (l as usize).min(most));
     let mut seqs = std::collections::BTreeSet::new();
-    let mut threads = HashSet::new();
-    match filter.case {
+    let case_and_sides: HashSet<ThreadId>;
+    let threads = match filter.case {
         // A case's side threads answer to it: its access report includes those in the officer's scope.
         Some(case) if cases.contains(&case) => {
             let sides = store.side_threads(case)?.into_iter().filter(|side| cases.contains(side));
-            threads.extend(std::iter::once(case).chain(sides));
+            case_and_sides = std::iter::once(case).chain(sides).collect();
+            &case_and_sides
         }
-        Some(_) => {}
-        None => threads.clone_from(cases),
-    }
-    for thread in &threads {
+        Some(_) => {
+            case_and_sides = HashSet::new();
+            &case_and_sides
+        }
+        None => cases,
+    };
+    for thread in threads {
         seqs.extend(store.audit_index(AuditIndex::Case(*thread))?);
     }
     let own_organisation = filter.case.is_none();
@@ -257,7 +261,7 @@ pub fn query(
     // against the scope it was looked up for.
     let in_scope = |entry: &AuditEntry| match entry.record.case {
         Some(case) => threads.contains(&case),
-        None => own_organisation && audit_organisations(&entry.record).any(|o| o == oin),
+        None => own_organisation && indexed_organisations(&entry.record).any(|o| o == oin),
     };
     // Entries newer than the head come with the next one; the officer is told there may be more.
     let beyond = seqs.range(covered.saturating_add(1)..).next().is_some();
@@ -281,6 +285,6 @@ pub fn query(
 }
 
 /// The organisations an entry without a case is indexed under: its actor's and the one it acted for.
-pub fn audit_organisations(record: &AuditRecord) -> impl Iterator<Item = &Oin> {
+pub fn indexed_organisations(record: &AuditRecord) -> impl Iterator<Item = &Oin> {
     record.actor.iter().map(|a| &a.oin).chain(record.on_behalf_of.iter().map(|m| &m.oin))
 }

@@ -259,7 +259,7 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
     if let Some(case) = record.case {
         return vec![key(AUDIT_OF_CASE, &[case.0.as_bytes(), &seq])];
     }
-    let mut oins: Vec<&Oin> = crate::audit::audit_organisations(record).collect();
+    let mut oins: Vec<&Oin> = crate::audit::indexed_organisations(record).collect();
     oins.dedup();
     oins.into_iter().map(|oin| key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes(), &seq])).collect()
 }

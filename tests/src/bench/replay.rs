@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ketenhub_sdk::raw::{RawConnection, RawIncoming};
 use wire::{ClientFrame, HubFrame, MessageId, Request, ThreadId};
@@ -62,12 +62,7 @@ pub(super) async fn routing(target: &Target, window: Duration) -> anyhow::Result
         tasks.push(tokio::spawn(replay(connection, thread, ciphertexts, counters.clone())));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    counters.measuring.store(true, Ordering::Relaxed);
-    let (start, cpu_before) = (Instant::now(), target.cpu()?);
-    tokio::time::sleep(window).await;
-    counters.measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    let cores = (target.cpu()? - cpu_before).as_secs_f64() / elapsed;
+    let (elapsed, cores) = target.measure(window, &counters.measuring).await?;
     counters.stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await??;
