@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use futures_util::stream::{FuturesUnordered, SplitSink};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -75,10 +75,24 @@ fn hello(hub: &Hub, caller: &Caller) -> HubFrame {
     })
 }
 
-/// Serves an authenticated connection until it closes, the hub shuts down, or
-/// a limit ends it.
-pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: CancellationToken) {
-    let record = hub.delivery_record(&caller);
+/// An admitted connection, opened: registered for delivery, its writer and
+/// delivery pump running, its Hello queued.
+pub struct Session {
+    registration: delivery::Registration,
+    mailbox: Arc<delivery::Mailbox>,
+    stream: SplitStream<WsStream>,
+    outbox: Outbox,
+    close: oneshot::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+    pump: Option<tokio::task::JoinHandle<()>>,
+    broken: CancellationToken,
+}
+
+/// Registers an authenticated connection and starts its writer and delivery
+/// pump; `None` once it is refused (too many connections of the identity, a
+/// certificate no longer good, an identity the policy no longer admits).
+pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Session> {
+    let record = hub.delivery_record(caller);
     let member = caller.member.clone();
     let registration = match hub.registry.register(member, caller.identity.clone(), caller.certificate.clone(), record)
     {
@@ -86,8 +100,8 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
         Err(e) => {
             warn!(peer = %caller.peer, identity = %caller.identity, "refused: {e}");
             let error = WireError::new(ErrorCode::TooManyConnections, e.to_string());
-            refuse(&hub, ws, error, "too many connections for this identity").await;
-            return;
+            refuse(hub, ws, error, "too many connections for this identity").await;
+            return None;
         }
     };
     let mailbox = registration.mailbox();
@@ -97,26 +111,25 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
     if let Err(refusal) = hub.certificates.check(&caller.certificate) {
         warn!(peer = %caller.peer, identity = %caller.identity, "refused connection: {refusal}");
         let why = format!("{}: {refusal}", refusal.rule());
-        let _ =
-            hub.audit_connection(Some(&caller), caller.peer, AuditAction::Connect, AuditOutcome::Denied, &why).await;
-        return refuse_certificate(&hub, ws, &refusal).await;
+        let _ = hub.audit_connection(Some(caller), caller.peer, AuditAction::Connect, AuditOutcome::Denied, &why).await;
+        refuse_certificate(hub, ws, &refusal).await;
+        return None;
     }
     let policy = hub.policy.current();
     if let Err(denied) = policy.admits(&caller.identity) {
         let error = WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", denied.rule, denied.reason));
-        refuse(&hub, ws, error, "the connection is not admitted").await;
-        return;
+        refuse(hub, ws, error, "the connection is not admitted").await;
+        return None;
     }
     let (sink, stream) = ws.split();
     let limits = &hub.limits;
     let (outbox, frames_rx) =
         Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes, hub.outbound.clone());
-    let (close_tx, close_rx) = mpsc::channel(1);
+    // A oneshot, not a channel: an mpsc allocates room for 32 messages at once, for every connection.
+    let (close, close_rx) = oneshot::channel();
     let broken = CancellationToken::new();
     // Nothing else is queued yet, so the Hello is always the first frame.
-    if outbox.send(wire::encode(&hello(&hub, &caller)).into()).await.is_err() {
-        return;
-    }
+    outbox.send(wire::encode(&hello(hub, caller)).into()).await.ok()?;
     let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
@@ -128,7 +141,7 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
             (caller.member.clone(), caller.device.clone()),
             mailbox.clone(),
             outbox.clone(),
-            delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(&caller) },
+            delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(caller) },
         );
         let broken = broken.clone();
         tokio::spawn(async move {
@@ -138,16 +151,24 @@ pub async fn serve(hub: Arc<Hub>, ws: WsStream, caller: Caller, shutdown: Cancel
             broken.cancel();
         })
     });
+    Some(Session { registration, mailbox, stream, outbox, close, writer, pump, broken })
+}
 
-    let closing = Reader::new(&hub, &caller, outbox).run(stream, &shutdown, &broken, &mailbox).await;
+/// Serves an opened connection until it closes, the hub shuts down, or a
+/// limit ends it.
+pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: CancellationToken) {
+    let Session { registration, mailbox, stream, outbox, close, writer, pump, broken } = session;
+    let closing = Reader::new(&hub, caller, outbox).run(stream, &shutdown, &broken, &mailbox).await;
     if let Some(pump) = pump {
         pump.abort();
     }
-    if let Some(closing) = closing {
-        debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
-        let _ = close_tx.send(closing.message()).await;
+    match closing {
+        Some(closing) => {
+            debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
+            let _ = close.send(closing.message());
+        }
+        None => drop(close),
     }
-    drop(close_tx);
     let _ = writer.await;
     drop(registration);
 }
@@ -263,7 +284,7 @@ impl<'a> Reader<'a> {
                 }
                 reserved = out.reserve(large), if waiting.is_some() => match (reserved, waiting.take()) {
                     (Ok(reserved), Some((id, request))) => {
-                        let outcome = self.hub.apply(self.caller, request).await;
+                        let outcome = self.apply(request).await;
                         inflight.push(settled(self.hub.clone(), id, outcome, Some(reserved)));
                     }
                     _ => break None,
@@ -273,7 +294,7 @@ impl<'a> Reader<'a> {
                     match self.on_message(message).await {
                         Ok(Some((id, request))) if large_reply(&request) => waiting = Some((id, request)),
                         Ok(Some((id, request))) => {
-                            let outcome = self.hub.apply(self.caller, request).await;
+                            let outcome = self.apply(request).await;
                             inflight.push(settled(self.hub.clone(), id, outcome, None));
                         }
                         Ok(None) => {}
@@ -292,6 +313,20 @@ impl<'a> Reader<'a> {
             }
         }
         closing
+    }
+
+    /// Applies a request. Its future is boxed: inline, the largest of all the
+    /// requests' futures would be part of every open connection's state
+    /// (several KiB each, idle or not), where a box costs one allocation per request.
+    async fn apply(&self, request: wire::Request) -> crate::requests::Outcome {
+        let applying = Box::pin(self.hub.apply(self.caller, request));
+        applying.await
+    }
+
+    /// Records an acknowledgement, boxed as [`Reader::apply`] is.
+    async fn ack(&self, thread: wire::ThreadId, seq: u64) -> Result<(), WireError> {
+        let acking = Box::pin(self.hub.ack(self.caller, thread, seq));
+        acking.await
     }
 
     /// Ends the connection with `farewell`: its error frame, if any, then close 1008.
@@ -345,7 +380,7 @@ impl<'a> Reader<'a> {
         }
         match frame {
             ClientFrame::Request { id, request } => Ok(Some((id, request))),
-            ClientFrame::Ack { thread, seq } => match self.hub.ack(self.caller, thread, seq).await {
+            ClientFrame::Ack { thread, seq } => match self.ack(thread, seq).await {
                 Ok(()) => Ok(None),
                 Err(error) => self.send(HubFrame::Error { error }).await.map(|_| None),
             },
@@ -419,7 +454,7 @@ impl<'a> Reader<'a> {
 async fn write_loop(
     mut sink: Sink,
     mut frames: mpsc::Receiver<Queued>,
-    mut close: mpsc::Receiver<Message>,
+    mut close: oneshot::Receiver<Message>,
     hub: Arc<Hub>,
     broken: CancellationToken,
 ) {
@@ -439,8 +474,8 @@ async fn write_loop(
                     continue;
                 }
             },
-            message = close.recv() => {
-                if let Some(message) = message {
+            message = &mut close => {
+                if let Ok(message) = message {
                     let _ = timeout(limits.write_timeout(), sink.send(message)).await;
                 }
                 break;

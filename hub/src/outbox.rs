@@ -31,7 +31,9 @@ pub struct Queued {
     pub bytes: Bytes,
     /// When its entry was published, for an event frame (the delivery's stage timings).
     pub published: Option<std::time::Instant>,
-    _reserved: Option<Reserved>,
+    /// Boxed: only frames over [`SMALL_FRAME_BYTES`] hold a reservation, and the
+    /// queue's channel allocates a block of slots per connection up front.
+    _reserved: Option<Box<Reserved>>,
 }
 
 /// Frames smaller than this are bounded by the queue's frame count alone
@@ -88,7 +90,7 @@ impl Outbox {
             return self.frames.send(Queued { bytes, published, _reserved: None }).await.map_err(|_| Closed);
         }
         let reserved = self.reserve(bytes.len()).await?;
-        self.queue(Queued { bytes, published, _reserved: Some(reserved) }).await
+        self.queue(Queued { bytes, published, _reserved: Some(Box::new(reserved)) }).await
     }
 
     /// Queues a frame whose share was reserved earlier; a frame larger than the
@@ -100,7 +102,7 @@ impl Outbox {
         } else {
             reserved
         };
-        self.queue(Queued { bytes, published: None, _reserved: Some(reserved) }).await
+        self.queue(Queued { bytes, published: None, _reserved: Some(Box::new(reserved)) }).await
     }
 
     async fn queue(&self, queued: Queued) -> Result<(), Closed> {

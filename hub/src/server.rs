@@ -348,26 +348,55 @@ struct Accepted {
     slots: Arc<Semaphore>,
 }
 
+/// Serves a connection once it is admitted.
 async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdown: CancellationToken) {
+    // Both phases are boxed, each in a statement of its own. Inline, a task is
+    // as large as its largest state, and the admission's (handshakes, refusals,
+    // the audit entry) and the served connection's together made every open
+    // connection's task about 25 KiB. A future boxed within the statement that
+    // awaits it stays in the task's state too: a temporary lives to the
+    // statement's end, past the await.
+    let admission = Box::pin(admit(&hub, acceptor, accepted));
+    let Some((ws, caller, _slot)) = admission.await else { return };
+    let opening = Box::pin(connection::open(&hub, ws, &caller));
+    let Some(session) = opening.await else { return };
+    let serving = Box::pin(connection::serve(hub, session, &caller, shutdown));
+    serving.await;
+    info!(peer = %caller.peer, identity = %caller.identity, "disconnected");
+}
+
+/// Takes a connection through its handshakes and admission: the connection,
+/// its caller and its slot among the open connections; `None` once it is refused.
+async fn admit(
+    hub: &Hub,
+    acceptor: TlsAcceptor,
+    accepted: Accepted,
+) -> Option<(WsStream, Caller, tokio::sync::OwnedSemaphorePermit)> {
     let Accepted { tcp, peer, pending, slots } = accepted;
-    let shaken = handshake(&hub, acceptor, tcp, peer).await;
+    let shaken = handshake(hub, acceptor, tcp, peer).await;
     drop(pending);
     let (ws, caller) = match shaken {
         Ok((ws, caller, Ok(()), Ok(device))) => (ws, Caller { device, ..caller }),
         Ok((ws, _, Ok(()), Err(bad))) => {
             let refusal = WireError::new(ErrorCode::Invalid, format!("the WebSocket request's device: {bad}"));
-            return connection::refuse(&hub, ws, refusal, "the device id is malformed").await;
+            connection::refuse(hub, ws, refusal, "the device id is malformed").await;
+            return None;
         }
         Ok((ws, _, Err(refusal), _)) => {
-            refused_handshake(&hub, peer, &format!("{}: {refusal}", refusal.rule())).await;
-            return connection::refuse_certificate(&hub, ws, &refusal).await;
+            refused_handshake(hub, peer, &format!("{}: {refusal}", refusal.rule())).await;
+            connection::refuse_certificate(hub, ws, &refusal).await;
+            return None;
         }
-        Err(refusal) => return refused_handshake(&hub, peer, &refusal.to_string()).await,
+        Err(refusal) => {
+            refused_handshake(hub, peer, &refusal.to_string()).await;
+            return None;
+        }
     };
-    let Ok(_slot) = slots.try_acquire_owned() else {
+    let Ok(slot) = slots.try_acquire_owned() else {
         warn!(%peer, "refused connection: the hub is at its connection limit");
         let full = WireError::new(ErrorCode::TooManyConnections, "the hub is at its connection limit; retry later");
-        return connection::refuse(&hub, ws, full, "the hub is at its connection limit").await;
+        connection::refuse(hub, ws, full, "the hub is at its connection limit").await;
+        return None;
     };
     let admitted = hub.policy.current().admits(&caller.identity);
     let known = admitted.is_ok();
@@ -384,14 +413,14 @@ async fn handle(hub: Arc<Hub>, acceptor: TlsAcceptor, accepted: Accepted, shutdo
     };
     if let Some(refusal) = refusal {
         warn!(%peer, identity = %caller.identity, reason = %refusal.message, "refused connection");
-        connection::refuse(&hub, ws, refusal, "the connection is not admitted").await;
-        return;
+        connection::refuse(hub, ws, refusal, "the connection is not admitted").await;
+        return None;
     }
     if let Err(refusal) = hub.register_device(&caller).await {
         warn!(%peer, identity = %caller.identity, device = %caller.device, reason = %refusal.message, "refused device");
-        return connection::refuse(&hub, ws, refusal, "the device is not admitted").await;
+        connection::refuse(hub, ws, refusal, "the device is not admitted").await;
+        return None;
     }
     info!(%peer, identity = %caller.identity, device = %caller.device, fingerprint = %caller.fingerprint, "connected");
-    connection::serve(hub, ws, caller.clone(), shutdown).await;
-    info!(%peer, identity = %caller.identity, "disconnected");
+    Some((ws, caller, slot))
 }
