@@ -9,6 +9,8 @@
 //! or reach another connection: every bad frame becomes a typed error frame or
 //! a close with a reason.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
@@ -272,7 +274,8 @@ impl<'a> Reader<'a> {
                     let (caller, record) = (self.caller, self.hub.delivery_record(self.caller));
                     warn!(peer = %caller.peer, identity = %caller.identity, "closing connection: {refusal}");
                     // Closed whether or not the entry can be written: an expired certificate must not stay connected.
-                    let _ = self.hub.audit_all(vec![farewell.record(record)]).await;
+                    let auditing = Box::pin(self.hub.audit_all(vec![farewell.record(record)]));
+                    let _ = auditing.await;
                     break Some(self.farewell(farewell).await);
                 }
                 _ = broken.cancelled() => break None,
@@ -415,16 +418,19 @@ impl<'a> Reader<'a> {
         result: Result<wire::Reply, WireError>,
         reserved: Option<Reserved>,
     ) -> Result<(), Option<Closing>> {
-        let bytes = self.encode(HubFrame::Reply { id, result });
-        match reserved {
-            Some(reserved) => self.out.send_reserved(bytes.into(), reserved).await.map_err(|_| None),
-            None => self.out.send(bytes.into()).await.map_err(|_| None),
-        }
+        let bytes = self.encode(HubFrame::Reply { id, result }).into();
+        // Boxed, as every queueing of the reader is: inline, each await on the
+        // queue would add its future to every open connection's state.
+        let queueing = match reserved {
+            Some(reserved) => Box::pin(self.out.send_reserved(bytes, reserved)) as Pin<Box<dyn Future<Output = _> + Send + '_>>,
+            None => Box::pin(self.out.send(bytes)),
+        };
+        queueing.await.map_err(|_| None)
     }
 
     async fn send(&self, frame: HubFrame) -> Result<(), Option<Closing>> {
-        let bytes = self.encode(frame);
-        self.out.send(bytes.into()).await.map_err(|_| None)
+        let queueing = Box::pin(self.out.send(self.encode(frame).into()));
+        queueing.await.map_err(|_| None)
     }
 
     /// The largest reply a request can get: the largest hub frame.

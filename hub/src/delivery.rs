@@ -184,7 +184,7 @@ pub struct Frame {
     /// The member this entry removes from the thread, if it does.
     removes: Option<MemberId>,
     /// When it was published, for the delivery's stage timings; none for a frame read from the store.
-    published: Option<std::time::Instant>,
+    published: Option<crate::stages::Stamp>,
 }
 
 impl Frame {
@@ -340,7 +340,7 @@ impl Registry {
                 }
             },
         };
-        let frame = Frame { published: Some(std::time::Instant::now()), ..Frame::of(thread, entry) };
+        let frame = Frame { published: Some(crate::stages::Stamp::now()), ..Frame::of(thread, entry) };
         // A removed member still hears of its removal, and a Welcome goes only to its addressees.
         let mut audience: Vec<MemberId> = members.iter().filter(|m| frame.is_for(m)).cloned().collect();
         if let Some(removed) = &frame.removes {
@@ -432,7 +432,10 @@ impl DeliveryLog {
             object: Some(format!("seq {first}-{last}")),
             ..self.template.clone()
         };
-        self.writes.submit_unanswered(Write::Audit, Some(record)).await;
+        // Boxed: inline, the submission (a write and its record) would be part
+        // of every open connection's pump, idle or not.
+        let submitting = Box::pin(self.writes.submit_unanswered(Write::Audit, Some(record)));
+        submitting.await;
     }
 }
 
@@ -554,7 +557,9 @@ async fn deliver(
                 if let Some(published) = frame.published {
                     crate::stages::record_time(crate::stages::Stage::Pump, published.elapsed());
                 }
-                out.send_published(frame.bytes, frame.published).await.map_err(|_| PumpStopped::Closed)?;
+                // Boxed: inline, the queueing would be part of every open connection's pump.
+                let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
+                queueing.await.map_err(|_| PumpStopped::Closed)?;
                 sent = Some((sent.map_or(frame.seq, |(first, _)| first), frame.seq));
             }
             if track.finished() {

@@ -30,7 +30,7 @@ pub struct Queued {
     /// The encoded frame.
     pub bytes: Bytes,
     /// When its entry was published, for an event frame (the delivery's stage timings).
-    pub published: Option<std::time::Instant>,
+    pub published: Option<crate::stages::Stamp>,
     /// Boxed: only frames over [`SMALL_FRAME_BYTES`] hold a reservation, and the
     /// queue's channel allocates a block of slots per connection up front.
     _reserved: Option<Box<Reserved>>,
@@ -85,7 +85,7 @@ impl Outbox {
     }
 
     /// Queues an event frame as [`send`](Self::send) does, with when its entry was published.
-    pub async fn send_published(&self, bytes: Bytes, published: Option<std::time::Instant>) -> Result<(), Closed> {
+    pub async fn send_published(&self, bytes: Bytes, published: Option<crate::stages::Stamp>) -> Result<(), Closed> {
         if bytes.len() < SMALL_FRAME_BYTES {
             return self.frames.send(Queued { bytes, published, _reserved: None }).await.map_err(|_| Closed);
         }

@@ -8,8 +8,10 @@
 //! every 200 ms (written aside, then renamed), so that a benchmark can take two snapshots around
 //! its measurement window and report the stages of that window alone ([`Snapshot::since`]).
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +110,32 @@ pub fn record_time(stage: Stage, elapsed: Duration) {
     record(stage, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
 }
 
+/// The process's epoch for [`Stamp`]s.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// When an entry was published, in eight bytes: nanoseconds since the
+/// process's epoch. An [`Instant`] takes sixteen, and every connection's queue
+/// allocates a block of 32 frame slots up front, each carrying one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(NonZeroU64);
+
+impl Stamp {
+    /// Now.
+    pub fn now() -> Self {
+        let nanos = u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Self(NonZeroU64::new(nanos).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// The time since this stamp.
+    pub fn elapsed(self) -> Duration {
+        Stamp::now().since(self)
+    }
+
+    fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_nanos(self.0.get().saturating_sub(earlier.0.get()))
+    }
+}
+
 /// The histograms at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -196,6 +224,16 @@ pub fn report_if_asked() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamp_measures_the_time_since_it_and_never_goes_negative() {
+        let stamp = Stamp::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let elapsed = stamp.elapsed();
+        assert!(elapsed >= Duration::from_millis(5), "{elapsed:?}");
+        assert_eq!(stamp.since(Stamp::now()), Duration::ZERO);
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 8);
+    }
 
     #[test]
     fn every_stage_has_its_own_histogram() {
