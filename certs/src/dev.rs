@@ -124,6 +124,9 @@ pub struct DevPki {
     pub expired: PemPair,
     /// A complete identity issued by a CA the hub does not trust.
     pub intruder: PemPair,
+    /// That untrusted CA's certificate, PEM (another name than the chain CA's),
+    /// for tests that trust a second CA.
+    pub rogue_ca: String,
     /// Signed by the chain CA but without the identity attributes.
     pub noattrs: PemPair,
     /// Signed by the chain CA and then revoked in `ca.crl`.
@@ -304,7 +307,8 @@ impl DevPki {
         let crl = revocation_list(&chain_ca, vec![SerialNumber::from(revoked_serial)], now + Duration::days(30))?;
 
         let ca = PemPair { cert: chain_ca.pem(), key: chain_ca.key().serialize_pem() };
-        Ok(Self { ca, hub, clients, expired, intruder, noattrs, revoked, crl })
+        let rogue_ca = rogue_ca.pem();
+        Ok(Self { ca, hub, clients, expired, intruder, rogue_ca, noattrs, revoked, crl })
     }
 
     /// The chain CA as an issuer again, from its key: to sign what a test
@@ -393,6 +397,28 @@ mod tests {
 
     fn der(pem: &str) -> Vec<u8> {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_partitioned_list_is_refused_rather_than_read_as_complete() {
+        let pki = DevPki::generate().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint { uris: vec!["http://crl.example/part1".into()] },
+                scope: Some(rcgen::CrlScope::UserCertsOnly),
+            }),
+            revoked_certs: vec![],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let partitioned = params.signed_by(&pki.chain_issuer().unwrap()).unwrap().der().to_vec();
+        let refused = crate::revocation::RevocationList::signed_by(&partitioned, &[der(&pki.ca.cert)]).unwrap_err();
+        assert_eq!(refused, crate::revocation::Unreadable::Unsupported);
+        let whole = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pki.crl.as_bytes()).unwrap();
+        crate::revocation::RevocationList::signed_by(&whole, &[der(&pki.ca.cert)]).unwrap();
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! CRL published later. The hub therefore checks the certificate itself after
 //! every handshake and again whenever its CRLs change, with [`RevocationLists::check`].
 //!
-//! Nothing here verifies a signature: a certificate read here has passed
-//! rustls's chain verification when its session was first established, and a
-//! CRL is verified by rustls when the hub loads it (a list rustls refuses is
-//! never put in force). What is read here are the facts that change with time.
+//! The same check runs inside every full handshake, after rustls has verified
+//! the chain, so that a CRL's signature is verified once, when it is loaded
+//! ([`RevocationList::signed_by`]), rather than in every handshake as rustls's
+//! own CRL support does. Certificates are not verified here: one read here
+//! has passed rustls's chain verification when its session was first
+//! established. What is read here are the facts that change with time.
 
 use std::collections::HashSet;
 
@@ -39,6 +41,20 @@ pub enum Unreadable {
     /// Not a DER X.509 CRL.
     #[error("not a DER X.509 revocation list: {0}")]
     RevocationList(String),
+    /// A CRL that no trusted CA of its issuer's name signed (or one whose key
+    /// may not sign CRLs): a forgery, or a list of a CA the hub does not trust.
+    #[error("no trusted CA named as its issuer signed this revocation list")]
+    Unsigned,
+    /// Two trusted CAs with different keys carry the list's issuer name: a
+    /// list is matched to certificates by that name, so it cannot tell whose
+    /// certificates it covers.
+    #[error("two trusted CAs with different keys carry this revocation list's issuer name")]
+    AmbiguousIssuer,
+    /// A CRL with a critical extension (a partitioned, delta or indirect list):
+    /// read as a complete list of its issuer, it would pass certificates it
+    /// does not cover.
+    #[error("the revocation list has a critical extension (partitioned, delta or indirect lists are not supported)")]
+    Unsupported,
 }
 
 /// Why a certificate may no longer be used.
@@ -62,6 +78,10 @@ pub enum CertRefusal {
         /// The serial number, hex.
         serial: String,
     },
+    /// No CRL in force is its issuer's, while lists are in force: its
+    /// revocation status is unknown, and unknown is refused.
+    #[error("no revocation list in force covers the client certificate's issuer")]
+    UnknownStatus,
     /// The issuer's CRL in force is past its `nextUpdate`, so the certificate's
     /// revocation status is unknown.
     #[error("the revocation list of the certificate's issuer is out of date (next update was due {})", utc(*next_update))]
@@ -78,6 +98,7 @@ impl CertRefusal {
             Self::Expired { .. } => "certificate-expired",
             Self::NotYetValid { .. } => "certificate-not-yet-valid",
             Self::Revoked { .. } => "certificate-revoked",
+            Self::UnknownStatus => "revocation-status-unknown",
             Self::StaleRevocationList { .. } => "revocation-list-out-of-date",
         }
     }
@@ -132,6 +153,15 @@ impl CertValidity {
     }
 }
 
+/// A CA's key usage, where stated, must include signing CRLs (RFC 5280, 4.2.1.3).
+fn may_sign_crls(ca: &X509Certificate<'_>) -> bool {
+    match ca.key_usage() {
+        Ok(Some(usage)) => usage.value.crl_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 /// One CRL's facts: whose certificates it covers, until when, and which it revokes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationList {
@@ -141,15 +171,37 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
-    /// Reads the facts from a DER CRL.
-    pub fn from_der(der: &[u8]) -> Result<Self, Unreadable> {
+    /// Reads the facts from a DER CRL whose signature one of `authorities`
+    /// (DER CA certificates: the hub's trust anchors) made: one named as the
+    /// list's issuer, whose key usage, if stated, allows signing CRLs.
+    pub fn signed_by(der: &[u8], authorities: &[impl AsRef<[u8]>]) -> Result<Self, Unreadable> {
         let (_, crl) =
             CertificateRevocationList::from_der(der).map_err(|e| Unreadable::RevocationList(e.to_string()))?;
-        Ok(Self {
+        let critical =
+            |extensions: &[x509_parser::extensions::X509Extension<'_>]| extensions.iter().any(|e| e.critical);
+        if critical(crl.extensions()) || crl.iter_revoked_certificates().any(|r| critical(r.extensions())) {
+            return Err(Unreadable::Unsupported);
+        }
+        let named: Vec<_> = authorities
+            .iter()
+            .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, ca)| ca))
+            .filter(|ca| ca.subject().as_raw() == crl.issuer().as_raw())
+            .collect();
+        if named.iter().any(|ca| ca.public_key().raw != named[0].public_key().raw) {
+            return Err(Unreadable::AmbiguousIssuer);
+        }
+        if !named.iter().any(|ca| may_sign_crls(ca) && crl.verify_signature(ca.public_key()).is_ok()) {
+            return Err(Unreadable::Unsigned);
+        }
+        Ok(Self::of(&crl))
+    }
+
+    fn of(crl: &CertificateRevocationList<'_>) -> Self {
+        Self {
             issuer: crl.issuer().as_raw().to_vec(),
             next_update: crl.next_update().map(|t| t.timestamp()),
             revoked: crl.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()).collect(),
-        })
+        }
     }
 
     /// When the next CRL is due (Unix seconds), if the list says.
@@ -182,11 +234,16 @@ impl RevocationLists {
     }
 
     /// Checks a certificate at `now` (Unix seconds): its validity period, then
-    /// each list of its issuer (as rustls does, lists of other issuers do not
-    /// concern it): not stale unless allowed, and not listing it.
+    /// each list of its issuer: not stale unless allowed, and not listing it.
+    /// While any list is in force, a certificate whose issuer has none is
+    /// refused (its status is unknown), as rustls refuses it by default.
     pub fn check(&self, cert: &CertValidity, now: i64) -> Result<(), CertRefusal> {
         cert.check_period(now)?;
-        for list in self.lists.iter().filter(|l| l.issuer == cert.issuer) {
+        let mut own = self.lists.iter().filter(|l| l.issuer == cert.issuer).peekable();
+        if own.peek().is_none() && !self.lists.is_empty() {
+            return Err(CertRefusal::UnknownStatus);
+        }
+        for list in own {
             if !self.allow_stale && list.is_stale(now) {
                 return Err(CertRefusal::StaleRevocationList { next_update: list.next_update.unwrap_or_default() });
             }
@@ -209,8 +266,16 @@ mod tests {
         CertValidity::from_der(&CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap()
     }
 
-    fn list(pem: &str) -> RevocationList {
-        RevocationList::from_der(&CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap()
+    fn der(pem: &str) -> CertificateRevocationListDer<'static> {
+        CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    fn ca(pki: &DevPki) -> Vec<CertificateDer<'static>> {
+        vec![CertificateDer::from_pem_slice(pki.ca.cert.as_bytes()).unwrap()]
+    }
+
+    fn list(pki: &DevPki, pem: &str) -> RevocationList {
+        RevocationList::signed_by(&der(pem), &ca(pki)).unwrap()
     }
 
     fn now() -> i64 {
@@ -220,7 +285,7 @@ mod tests {
     #[test]
     fn the_dev_crl_revokes_the_revoked_certificate_only() {
         let pki = DevPki::generate().unwrap();
-        let lists = RevocationLists::new(vec![list(&pki.crl)], false);
+        let lists = RevocationLists::new(vec![list(&pki, &pki.crl)], false);
         let refusal = lists.check(&cert(&pki.revoked.cert), now()).unwrap_err();
         assert_eq!(refusal.rule(), "certificate-revoked", "{refusal}");
         lists.check(&cert(&pki.client("vt-utrecht-caseworker").unwrap().cert), now()).unwrap();
@@ -231,14 +296,28 @@ mod tests {
     fn a_stale_list_refuses_unless_allowed_and_concerns_only_its_issuer() {
         let pki = DevPki::generate().unwrap();
         let good = cert(&pki.client("vt-utrecht-caseworker").unwrap().cert);
-        let later = list(&pki.crl).next_update().unwrap() + 1;
-        let strict = RevocationLists::new(vec![list(&pki.crl)], false);
+        let later = list(&pki, &pki.crl).next_update().unwrap() + 1;
+        let strict = RevocationLists::new(vec![list(&pki, &pki.crl)], false);
         let refusal = strict.check(&CertValidity { not_after: later + 10, ..good.clone() }, later).unwrap_err();
         assert_eq!(refusal.rule(), "revocation-list-out-of-date", "{refusal}");
-        let lenient = RevocationLists::new(vec![list(&pki.crl)], true);
+        let lenient = RevocationLists::new(vec![list(&pki, &pki.crl)], true);
         lenient.check(&CertValidity { not_after: later + 10, ..good.clone() }, later).unwrap();
         let foreign = CertValidity { not_after: later + 10, issuer: b"another issuer".to_vec(), ..good };
-        strict.check(&foreign, later).unwrap();
+        assert_eq!(lenient.check(&foreign, later).unwrap_err().rule(), "revocation-status-unknown");
+        RevocationLists::default().check(&foreign, later).unwrap();
+    }
+
+    #[test]
+    fn a_list_counts_only_when_its_issuers_key_signed_it() {
+        let (pki, impostor) = (DevPki::generate().unwrap(), DevPki::generate().unwrap());
+        RevocationList::signed_by(&der(&pki.crl), &ca(&pki)).unwrap();
+        let forged = RevocationList::signed_by(&der(&impostor.crl), &ca(&pki)).unwrap_err();
+        assert_eq!(forged, Unreadable::Unsigned);
+        let both = [ca(&impostor), ca(&pki)].concat();
+        assert_eq!(RevocationList::signed_by(&der(&pki.crl), &both).unwrap_err(), Unreadable::AmbiguousIssuer);
+        let rogue = CertificateDer::from_pem_slice(pki.rogue_ca.as_bytes()).unwrap();
+        RevocationList::signed_by(&der(&pki.crl), &[rogue, ca(&pki)[0].clone()]).unwrap();
+        assert!(RevocationList::signed_by(&der(&pki.crl), &[] as &[&[u8]]).is_err());
     }
 
     #[test]

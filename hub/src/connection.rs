@@ -422,7 +422,9 @@ impl<'a> Reader<'a> {
         // Boxed, as every queueing of the reader is: inline, each await on the
         // queue would add its future to every open connection's state.
         let queueing = match reserved {
-            Some(reserved) => Box::pin(self.out.send_reserved(bytes, reserved)) as Pin<Box<dyn Future<Output = _> + Send + '_>>,
+            Some(reserved) => {
+                Box::pin(self.out.send_reserved(bytes, reserved)) as Pin<Box<dyn Future<Output = _> + Send + '_>>
+            }
             None => Box::pin(self.out.send(bytes)),
         };
         queueing.await.map_err(|_| None)

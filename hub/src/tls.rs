@@ -1,12 +1,18 @@
 //! TLS 1.3 with mandatory client certificates, and who the peer is.
 //!
-//! rustls (ring provider) checks the chain to the configured CA, the validity
-//! period and, when CRLs are configured, revocation. On top of that the
-//! [`IdentityVerifier`] refuses, still inside the handshake, any certificate
-//! whose subject does not carry a complete Ketenhub identity. A connection that
-//! completes the handshake therefore always has an identity, which
-//! [`peer_identity`] reads back. This module must never accept a connection
-//! without a verified client certificate.
+//! rustls (ring provider) checks the chain to the configured CA and the
+//! validity period. On top of that the [`IdentityVerifier`] refuses, still
+//! inside the handshake, any certificate that the CRLs in force revoke (or
+//! whose status they leave unknown), and any whose subject does not carry a
+//! complete Ketenhub identity. A connection that completes the handshake
+//! therefore always has an identity, which [`peer_identity`] reads back. This
+//! module must never accept a connection without a verified client certificate.
+//!
+//! The revocation check is the hub's own ([`RevocationLists`]) rather than
+//! rustls's: rustls verifies a CRL's signature in every handshake that uses it,
+//! about a tenth of a handshake's cost, where the hub verifies each list once,
+//! when it loads it, against the CA file's certificates, and refuses a list
+//! that none of them signed.
 //!
 //! The CRLs can be read again while the hub runs ([`Certificates`]): a reload
 //! builds a whole new [`ServerConfig`] and swaps it in, so every handshake
@@ -76,18 +82,23 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// Builds a root store from a CA file.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    roots_of(path, load_certs(path)?)
+}
+
+fn roots_of(path: &Path, authorities: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
+    for cert in authorities {
         roots.add(cert).map_err(|e| load_error(path, e))?;
     }
     Ok(roots)
 }
 
-/// Reads every CRL of every file, with what each says; a file without a CRL
-/// is an error, not an empty list (a garbled file must never mean "nothing is
-/// revoked").
+/// Reads every CRL of every file, with what each says, each verified against
+/// `authorities`; a file without a CRL is an error, not an empty list (a
+/// garbled file must never mean "nothing is revoked").
 fn load_crls(
     paths: &[impl AsRef<Path>],
+    authorities: &[CertificateDer<'static>],
 ) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<RevocationList>), TlsError> {
     let (mut ders, mut lists) = (Vec::new(), Vec::new());
     for path in paths {
@@ -95,7 +106,7 @@ fn load_crls(
         let before = ders.len();
         for crl in CertificateRevocationListDer::pem_file_iter(path).map_err(|e| load_error(path, e))? {
             let crl = crl.map_err(|e| load_error(path, e))?;
-            lists.push(RevocationList::from_der(&crl).map_err(|e| load_error(path, e))?);
+            lists.push(RevocationList::signed_by(&crl, authorities).map_err(|e| load_error(path, e))?);
             ders.push(crl);
         }
         if ders.len() == before {
@@ -126,8 +137,8 @@ pub fn server_config(
 pub struct InForce {
     /// What new handshakes use.
     pub server: Arc<ServerConfig>,
-    /// The lists, as the hub's own certificate checks read them.
-    pub lists: RevocationLists,
+    /// The lists, as the handshakes and the hub's later certificate checks read them.
+    pub lists: Arc<RevocationLists>,
     /// The lists' bytes, to tell a reload that changed something from one that did not.
     ders: Vec<CertificateRevocationListDer<'static>>,
 }
@@ -150,6 +161,8 @@ struct Sources {
     identities: Arc<certs::binding::Verifier>,
     crl_files: Vec<PathBuf>,
     allow_stale: bool,
+    /// The CA file's certificates: the anchors of every chain and the signers of the CRLs.
+    authorities: Arc<[CertificateDer<'static>]>,
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -169,22 +182,26 @@ pub fn now_secs() -> i64 {
 
 impl Sources {
     fn read(&self) -> Result<InForce, TlsError> {
-        let (ders, lists) = load_crls(&self.crl_files)?;
-        let provider = provider();
-        let mut verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-            .with_crls(ders.iter().cloned());
-        if !self.allow_stale {
-            verifier = verifier.enforce_revocation_expiration();
-        }
-        let inner = verifier.build().map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let (ders, lists) = load_crls(&self.crl_files, &self.authorities)?;
+        let lists = Arc::new(RevocationLists::new(lists, self.allow_stale));
+        let verifier = self.verifier(lists.clone())?;
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(Arc::new(IdentityVerifier { inner }))
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         config.session_storage = self.sessions.clone();
-        Ok(InForce { server: Arc::new(config), lists: RevocationLists::new(lists, self.allow_stale), ders })
+        Ok(InForce { server: Arc::new(config), lists, ders })
+    }
+}
+
+impl Sources {
+    fn verifier(&self, lists: Arc<RevocationLists>) -> Result<IdentityVerifier, TlsError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(IdentityVerifier { inner, lists, anchors: self.authorities.clone() })
     }
 }
 
@@ -204,9 +221,11 @@ impl Certificates {
         crl_files: Vec<PathBuf>,
         allow_stale: bool,
     ) -> Result<Self, TlsError> {
+        let authorities = load_certs(ca)?;
         let sources = Sources {
             identities: Arc::new(identity_ca(ca)?),
-            roots: Arc::new(load_roots(ca)?),
+            roots: Arc::new(roots_of(ca, authorities.clone())?),
+            authorities: authorities.into(),
             chain: load_certs(cert)?,
             key: load_key(key)?,
             crl_files,
@@ -285,10 +304,53 @@ impl std::fmt::Display for NoIdentity {
 
 impl std::error::Error for NoIdentity {}
 
-/// Wraps the WebPKI verifier and also requires a complete Ketenhub identity.
+/// Wraps the WebPKI verifier (the chain, the validity period) and also checks
+/// the CRLs in force and requires a complete Ketenhub identity.
 #[derive(Debug)]
 pub struct IdentityVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    lists: Arc<RevocationLists>,
+    /// Presented certificates that are anchors themselves are not checked, as rustls does not.
+    anchors: Arc<[CertificateDer<'static>]>,
+}
+
+impl IdentityVerifier {
+    /// The end entity and every presented intermediate that is not an anchor
+    /// must pass the lists, as rustls checks a whole chain. An intermediate
+    /// the client sends but the chain does not use is checked too: stricter,
+    /// never laxer.
+    fn check_revocation(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates.iter().filter(|c| !self.anchors.iter().any(|a| a.as_ref() == c.as_ref())));
+        for cert in chain {
+            let validity = CertValidity::from_der(cert).map_err(|_| CertificateError::BadEncoding)?;
+            self.lists.check(&validity, secs).map_err(|refusal| refused(refusal, now))?;
+        }
+        Ok(())
+    }
+}
+
+/// rustls's error for a refusal of the lists, as its own CRL check would say it.
+fn refused(refusal: CertRefusal, now: UnixTime) -> rustls::Error {
+    let error = match refusal {
+        CertRefusal::Revoked { .. } => CertificateError::Revoked,
+        CertRefusal::UnknownStatus => CertificateError::UnknownRevocationStatus,
+        CertRefusal::StaleRevocationList { next_update } => CertificateError::ExpiredRevocationListContext {
+            time: now,
+            next_update: UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                u64::try_from(next_update).unwrap_or_default(),
+            )),
+        },
+        CertRefusal::Expired { .. } => CertificateError::Expired,
+        CertRefusal::NotYetValid { .. } => CertificateError::NotValidYet,
+    };
+    rustls::Error::InvalidCertificate(error)
 }
 
 impl ClientCertVerifier for IdentityVerifier {
@@ -311,6 +373,7 @@ impl ClientCertVerifier for IdentityVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.check_revocation(end_entity, intermediates, now)?;
         certs::identity_from_der(end_entity).map_err(|e| {
             rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NoIdentity(e)))))
         })?;
@@ -337,5 +400,76 @@ impl ClientCertVerifier for IdentityVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certs::dev::DevPki;
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    /// A hub trusting the chain CA and a second one (the dev PKI's rogue CA),
+    /// with only the chain CA's CRL in force.
+    fn two_cas(dir: &Path) -> (DevPki, Result<Certificates, TlsError>) {
+        let pki = DevPki::generate().unwrap();
+        pki.write_to(dir).unwrap();
+        std::fs::write(dir.join("cas.crt"), format!("{}{}", pki.ca.cert, pki.rogue_ca)).unwrap();
+        let (cert, key, crls) = (dir.join("hub.crt"), dir.join("hub.key"), vec![dir.join("ca.crl")]);
+        let certificates = Certificates::load(&dir.join("cas.crt"), &cert, &key, crls, false);
+        (pki, certificates)
+    }
+
+    #[test]
+    fn the_handshake_refuses_what_the_lists_revoke_or_leave_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, certificates) = two_cas(dir.path());
+        let certificates = certificates.unwrap();
+        let verifier = certificates.sources.verifier(certificates.current().lists.clone()).unwrap();
+        let verify = |pem: &str| verifier.verify_client_cert(&der(pem), &[], UnixTime::now()).map(|_| ());
+        verify(&pki.client("vt-utrecht-caseworker").unwrap().cert).unwrap();
+        let revoked = verify(&pki.revoked.cert).unwrap_err();
+        assert_eq!(revoked, rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        let unknown = verify(&pki.intruder.cert).unwrap_err();
+        assert_eq!(unknown, rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus));
+    }
+
+    #[test]
+    fn without_lists_only_the_chain_and_the_identity_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, certificates) = two_cas(dir.path());
+        let certificates = certificates.unwrap();
+        let verifier = certificates.sources.verifier(Arc::default()).unwrap();
+        let verify = |pem: &str| verifier.verify_client_cert(&der(pem), &[], UnixTime::now()).map(|_| ());
+        verify(&pki.revoked.cert).unwrap();
+        verify(&pki.intruder.cert).unwrap();
+        let stranger = DevPki::generate().unwrap();
+        assert!(verify(&stranger.intruder.cert).is_err(), "a CA the hub does not trust");
+    }
+
+    #[test]
+    fn a_list_no_trusted_ca_signed_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, certificates) = two_cas(dir.path());
+        let certificates = certificates.unwrap();
+        let impostor = DevPki::generate().unwrap();
+        std::fs::write(dir.path().join("ca.crl"), &impostor.crl).unwrap();
+        let refused = certificates.read_again().err().expect("a forged list loaded");
+        assert!(refused.to_string().contains("no trusted CA"), "{refused}");
+    }
+
+    #[test]
+    fn two_trusted_cas_of_one_name_make_their_list_ambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, impostor) = (DevPki::generate().unwrap(), DevPki::generate().unwrap());
+        pki.write_to(dir.path()).unwrap();
+        std::fs::write(dir.path().join("cas.crt"), format!("{}{}", pki.ca.cert, impostor.ca.cert)).unwrap();
+        let (cert, key, crls) =
+            (dir.path().join("hub.crt"), dir.path().join("hub.key"), vec![dir.path().join("ca.crl")]);
+        let refused = Certificates::load(&dir.path().join("cas.crt"), &cert, &key, crls, false).err().expect("loaded");
+        assert!(refused.to_string().contains("different keys"), "{refused}");
     }
 }

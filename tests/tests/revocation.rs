@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use certs::dev::{DevPki, ExtraClient, VT_UTRECHT};
 use certs::time::{Duration as Span, OffsetDateTime};
 use futures_util::StreamExt;
@@ -311,5 +312,32 @@ async fn a_garbled_crl_on_reload_keeps_the_lists_in_force_and_the_hub_serving() 
     vt.close().await;
     let audit = audit_log(&mut hub, dir.path())?;
     assert_eq!(audit.matches("crl-reload-refused").count(), 2, "each refused reload is audited");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crl_signed_by_another_key_in_the_cas_name_is_refused_and_the_lists_in_force_stay() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki_in(dir.path())?;
+    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", "[tls]\ncrl_reload_seconds = 0\n")?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+
+    // Another dev PKI names its CA as ours does, with a key of its own: its
+    // list, revoking our caseworker, must count for nothing.
+    let impostor = DevPki::generate()?;
+    let ours = pki.client("vt-utrecht-caseworker").context("no VT caseworker")?;
+    let forged = impostor.revocation_list(&[&ours.cert], in_thirty_days())?;
+    publish_crl(dir.path(), &forged)?;
+    tests::sighup(hub.pid())?;
+    tests::eventually(WAIT, || async { Ok(hub.log().contains("CRL reload refused")) }).await?;
+    vt.send_text(thread, "still connected").await?;
+    let again = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    again.close().await;
+    let revoked = hub.client("revoked").connect_timeout(WAIT).connect().await;
+    assert!(matches!(revoked, Err(Error::Refused(_))), "the CRL in force still revokes: {revoked:?}");
+    vt.close().await;
+    let audit = audit_log(&mut hub, dir.path())?;
+    assert_eq!(audit.matches("crl-reload-refused").count(), 1, "the refused reload is audited");
     Ok(())
 }
