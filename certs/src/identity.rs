@@ -7,6 +7,7 @@
 //! This function never trusts a certificate by itself: chain, validity and
 //! revocation are checked by rustls before it is called.
 
+use crate::revocation::CertValidity;
 use wire::{Identity, IdentityError};
 use x509_parser::oid_registry::{
     Oid, OID_X509_COMMON_NAME, OID_X509_ORGANIZATIONAL_UNIT, OID_X509_ORGANIZATION_NAME, OID_X509_SERIALNUMBER,
@@ -30,7 +31,22 @@ pub enum CertIdentityError {
 
 /// Reads the identity from a DER-encoded certificate.
 pub fn identity_from_der(der: &[u8]) -> Result<Identity, CertIdentityError> {
+    identity_of(&parse(der)?)
+}
+
+/// Reads the identity and the validity facts from a DER-encoded certificate,
+/// parsing it once: the handshake needs both for every connection.
+pub fn identity_and_validity(der: &[u8]) -> Result<(Identity, CertValidity), CertIdentityError> {
+    let cert = parse(der)?;
+    Ok((identity_of(&cert)?, CertValidity::of(&cert)))
+}
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertIdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertIdentityError::NotDer(e.to_string()))?;
+    Ok(cert)
+}
+
+fn identity_of(cert: &X509Certificate<'_>) -> Result<Identity, CertIdentityError> {
     let subject = cert.subject();
     let attribute = |oid: &Oid<'static>, name: &'static str| -> Result<String, CertIdentityError> {
         let mut values = subject.iter_attributes().filter(|a| a.attr_type() == oid);

@@ -19,5 +19,5 @@ pub mod identity;
 pub mod private;
 pub mod revocation;
 
-pub use identity::{fingerprint, identity_from_der, CertIdentityError};
+pub use identity::{fingerprint, identity_and_validity, identity_from_der, CertIdentityError};
 pub use time;

@@ -117,13 +117,18 @@ impl CertValidity {
     /// Reads the facts from a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, Unreadable> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| Unreadable::Certificate(e.to_string()))?;
+        Ok(Self::of(&cert))
+    }
+
+    /// The facts of a parsed certificate.
+    pub fn of(cert: &X509Certificate<'_>) -> Self {
         let validity = cert.validity();
-        Ok(Self {
+        Self {
             issuer: cert.issuer().as_raw().to_vec(),
             serial: cert.raw_serial().to_vec(),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
-        })
+        }
     }
 
     /// The last second (Unix) in which the certificate is valid.

@@ -5,7 +5,7 @@
 //! inside the handshake, any certificate that the CRLs in force revoke (or
 //! whose status they leave unknown), and any whose subject does not carry a
 //! complete Ketenhub identity. A connection that completes the handshake
-//! therefore always has an identity, which [`peer_identity`] reads back. This
+//! therefore always has an identity, which [`peer`] reads back. This
 //! module must never accept a connection without a verified client certificate.
 //!
 //! The revocation check is the hub's own ([`RevocationLists`]) rather than
@@ -273,17 +273,14 @@ impl Certificates {
     }
 }
 
-/// The identity of a connection that completed the handshake.
-pub fn peer_identity(conn: &ServerConnection) -> Option<(Identity, String)> {
+/// Who the peer of a connection that completed the handshake is, what its
+/// certificate says about its validity (after a resumed handshake: the
+/// certificate of the session's first, full handshake) and the certificate's
+/// fingerprint.
+pub fn peer(conn: &ServerConnection) -> Option<(Identity, CertValidity, String)> {
     let leaf = conn.peer_certificates()?.first()?;
-    let identity = certs::identity_from_der(leaf).ok()?;
-    Some((identity, certs::fingerprint(leaf)))
-}
-
-/// What the peer's certificate says about its validity: after a resumed
-/// handshake, the certificate of the session's first, full handshake.
-pub fn peer_validity(conn: &ServerConnection) -> Option<CertValidity> {
-    CertValidity::from_der(conn.peer_certificates()?.first()?).ok()
+    let (identity, validity) = certs::identity_and_validity(leaf).ok()?;
+    Some((identity, validity, certs::fingerprint(leaf)))
 }
 
 /// A certificate without a usable identity. rustls prints wrapped errors with
@@ -321,16 +318,15 @@ impl IdentityVerifier {
     /// never laxer.
     fn check_revocation(
         &self,
-        end_entity: &CertificateDer<'_>,
+        end_entity: &CertValidity,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
         let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let chain = std::iter::once(end_entity)
-            .chain(intermediates.iter().filter(|c| !self.anchors.iter().any(|a| a.as_ref() == c.as_ref())));
-        for cert in chain {
-            let validity = CertValidity::from_der(cert).map_err(|_| CertificateError::BadEncoding)?;
-            self.lists.check(&validity, secs).map_err(|refusal| refused(refusal, now))?;
+        let check = |validity: &CertValidity| self.lists.check(validity, secs).map_err(|refusal| refused(refusal, now));
+        check(end_entity)?;
+        for cert in intermediates.iter().filter(|c| !self.anchors.iter().any(|a| a.as_ref() == c.as_ref())) {
+            check(&CertValidity::from_der(cert).map_err(|_| CertificateError::BadEncoding)?)?;
         }
         Ok(())
     }
@@ -373,10 +369,10 @@ impl ClientCertVerifier for IdentityVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        self.check_revocation(end_entity, intermediates, now)?;
-        certs::identity_from_der(end_entity).map_err(|e| {
+        let (_, validity) = certs::identity_and_validity(end_entity).map_err(|e| {
             rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NoIdentity(e)))))
         })?;
+        self.check_revocation(&validity, intermediates, now)?;
         Ok(verified)
     }
 

@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let Ok(tls) = acceptor.accept(tcp).await else { return };
-            let Some((identity, _)) = hub::tls::peer_identity(tls.get_ref().1) else { return };
+            let Some((identity, _, _)) = hub::tls::peer(tls.get_ref().1) else { return };
             let config = hub::server::websocket_config(4 << 20);
             let Ok(ws) = tokio_tungstenite::accept_async_with_config(tls, Some(config)).await else { return };
             connection(state, ws, identity).await;
