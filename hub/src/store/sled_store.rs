@@ -194,7 +194,12 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         // log, showed in the benchmark's delivery tail (docs/benchmarks.md).
         // What only a timed flush made durable (a cursor after the last write)
         // is delivered again after a crash, as the ack's contract allows.
-        match sled::Config::new().path(dir).cache_capacity(256 << 20).flush_every_ms(None).open() {
+        // High-throughput mode: sled's default (low space) rewrites segments
+        // early to reclaim disk, work on the writer's path that cost about a
+        // fifth of the CPU per routed message (docs/benchmarks.md); the space
+        // is reclaimed later instead.
+        let config = sled::Config::new().path(dir).cache_capacity(256 << 20).mode(sled::Mode::HighThroughput);
+        match config.flush_every_ms(None).open() {
             // sled reports a held lock only in its message, as an `Other` I/O error.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_RELEASE_WAIT =>
