@@ -160,10 +160,9 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
 /// limit ends it.
 pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: CancellationToken) {
     let Session { registration, mailbox, stream, outbox, close, writer, pump, broken } = session;
-    let closing = Reader::new(&hub, caller, outbox).run(stream, &shutdown, &broken, &mailbox).await;
-    if let Some(pump) = pump {
-        pump.abort();
-    }
+    let closing = Reader::new(&hub, caller, &mailbox, outbox).run(stream, &shutdown, &broken).await;
+    // The pump sends nothing more from here; it records what it sent and ends.
+    mailbox.close();
     match closing {
         Some(closing) => {
             debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
@@ -172,8 +171,20 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         None => drop(close),
     }
     let _ = writer.await;
+    if let Some(mut pump) = pump {
+        // A pump waiting for the hub's share of outbound bytes would wait for
+        // other connections: it gets a moment, then its unsent records are given up.
+        let stopping = Box::pin(tokio::time::timeout(PUMP_GRACE, &mut pump));
+        if stopping.await.is_err() {
+            warn!(peer = %caller.peer, "the delivery pump did not stop; its last delivery records are lost");
+            pump.abort();
+        }
+    }
     drop(registration);
 }
+
+/// How long a closing connection's pump may take to record its deliveries.
+const PUMP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Refuses an authenticated connection: an error frame saying why, then a
 /// policy close.
@@ -196,6 +207,7 @@ pub async fn refuse_certificate(hub: &Hub, ws: WsStream, refusal: &CertRefusal) 
 struct Reader<'a> {
     hub: &'a Arc<Hub>,
     caller: &'a Caller,
+    mailbox: &'a delivery::Mailbox,
     out: Outbox,
     bucket: TokenBucket,
     strikes: u32,
@@ -241,9 +253,9 @@ fn large_reply(request: &wire::Request) -> bool {
 }
 
 impl<'a> Reader<'a> {
-    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, out: Outbox) -> Self {
+    fn new(hub: &'a Arc<Hub>, caller: &'a Caller, mailbox: &'a delivery::Mailbox, out: Outbox) -> Self {
         let bucket = TokenBucket::new(hub.limits.frames_per_second, hub.limits.frames_burst);
-        Self { hub, caller, out, bucket, strikes: 0 }
+        Self { hub, caller, mailbox, out, bucket, strikes: 0 }
     }
 
     /// Runs until the connection should end; returns the close to send, if any.
@@ -252,9 +264,8 @@ impl<'a> Reader<'a> {
         mut stream: futures_util::stream::SplitStream<WsStream>,
         shutdown: &CancellationToken,
         broken: &CancellationToken,
-        mailbox: &delivery::Mailbox,
     ) -> Option<Closing> {
-        let limits = &self.hub.limits;
+        let (limits, mailbox) = (&self.hub.limits, self.mailbox);
         let mut inflight = FuturesUnordered::new();
         // A request whose reply may be large waits here for room for that reply
         // before it is applied, and nothing more is read meanwhile: waiting in
@@ -326,9 +337,17 @@ impl<'a> Reader<'a> {
         applying.await
     }
 
-    /// Records an acknowledgement, boxed as [`Reader::apply`] is.
+    /// Records an acknowledgement, boxed as [`Reader::apply`] is, after the
+    /// record of the deliveries it acknowledges.
     async fn ack(&self, thread: wire::ThreadId, seq: u64) -> Result<(), WireError> {
-        let acking = Box::pin(self.hub.ack(self.caller, thread, seq));
+        let log = || delivery::DeliveryLog {
+            writes: self.hub.writes.clone(),
+            template: self.hub.delivery_record(self.caller),
+        };
+        let acking = Box::pin(async move {
+            let _recorded = self.mailbox.before_ack(log, thread).await;
+            self.hub.ack(self.caller, thread, seq).await
+        });
         acking.await
     }
 

@@ -14,7 +14,7 @@
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use certs::revocation::{CertRefusal, CertValidity};
@@ -93,6 +93,12 @@ pub struct Mailbox {
     revoked: tokio_util::sync::CancellationToken,
     /// Why, once revoked.
     farewell: Mutex<Option<Farewell>>,
+    /// Set when the connection closes: the pump records what it sent and stops.
+    closed: AtomicBool,
+    /// Deliveries not yet recorded, per thread: the first and last seq sent.
+    /// An async lock, held while records are submitted, so that an ack waits
+    /// for the record of what it acknowledges (see [`Mailbox::before_ack`]).
+    unrecorded: tokio::sync::Mutex<HashMap<ThreadId, (u64, u64)>>,
 }
 
 impl Mailbox {
@@ -109,6 +115,41 @@ impl Mailbox {
         self.revoked.is_cancelled()
     }
 
+    /// Stops the pump because the connection closes: it sends nothing more,
+    /// records the deliveries it has not recorded yet and ends.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Holds the connection's delivery records while an ack of `thread` is
+    /// submitted, having submitted the record of the thread's unrecorded
+    /// deliveries first: the writer applies writes in order, so no cursor is
+    /// ever durable before the record of the deliveries it acknowledges.
+    pub async fn before_ack(
+        &self,
+        log: impl FnOnce() -> DeliveryLog,
+        thread: ThreadId,
+    ) -> tokio::sync::MutexGuard<'_, HashMap<ThreadId, (u64, u64)>> {
+        let mut unrecorded = self.unrecorded.lock().await;
+        if let Some((first, last)) = unrecorded.remove(&thread) {
+            log().delivered(thread, first, last).await;
+        }
+        unrecorded
+    }
+
+    /// Notes that `seq` of `thread` is being sent; noted before it is queued,
+    /// so that no ack of it can come before.
+    async fn sending(&self, thread: ThreadId, seq: u64) {
+        let mut unrecorded = self.unrecorded.lock().await;
+        unrecorded.entry(thread).and_modify(|(_, last)| *last = seq).or_insert((seq, seq));
+    }
+
+    /// Whether the pump must send nothing more.
+    fn is_stopped(&self) -> bool {
+        self.is_revoked() || self.closed.load(Ordering::SeqCst)
+    }
+
     /// Resolves when the hub stops this connection, with the reason.
     pub async fn revoked(&self) -> Farewell {
         self.revoked.cancelled().await;
@@ -121,11 +162,15 @@ impl Mailbox {
         self.wake.notify_one();
     }
 
-    async fn take(&self) -> Vec<ThreadId> {
+    /// The threads with news; none once the pump must stop.
+    async fn take(&self) -> Option<Vec<ThreadId>> {
         loop {
+            if self.is_stopped() {
+                return None;
+            }
             let threads: Vec<ThreadId> = lock(&self.pending).drain().collect();
             if !threads.is_empty() {
-                return threads;
+                return Some(threads);
             }
             self.wake.notified().await;
         }
@@ -412,10 +457,14 @@ pub enum PumpStopped {
     Store(#[from] StoreError),
 }
 
-/// Records deliveries in the audit log: one entry per thread for each burst of
-/// entries sent to a connection. Deliveries are recorded after the fact and not
-/// awaited, unlike requests: holding every event until its entry is flushed
-/// would add a flush to each delivery.
+/// Records deliveries in the audit log: one entry per thread for the entries
+/// sent to a connection within [`RECORD_WINDOW`] of the first not yet recorded,
+/// and for the rest when the connection closes. Deliveries are recorded after
+/// the fact and not awaited, unlike requests: holding every event until its
+/// entry is flushed would add a flush to each delivery. The window merges the
+/// bursts of a busy thread, each of which was an entry of its own: at load,
+/// nearly every delivery is a burst, so a message cost an audit entry per
+/// receiving connection besides its own.
 #[derive(Debug, Clone)]
 pub struct DeliveryLog {
     /// The write path.
@@ -424,8 +473,48 @@ pub struct DeliveryLog {
     pub template: AuditRecord,
 }
 
+/// How long a delivery waits to be recorded together with the next ones of its
+/// connection. A crash loses at most this much of the record of what was sent
+/// (the entries are delivered again from the cursor, and recorded then).
+pub const RECORD_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// When the pump records its connection's deliveries next: [`RECORD_WINDOW`]
+/// after the first one it noted since it last recorded them. Boxed, and only
+/// while something waits: an idle connection holds no timer.
+#[derive(Debug, Default)]
+struct Unrecorded {
+    due: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Unrecorded {
+    async fn add(&mut self, mailbox: &Mailbox, thread: ThreadId, seq: u64) {
+        mailbox.sending(thread, seq).await;
+        if self.due.is_none() {
+            self.due = Some(Box::pin(tokio::time::sleep(RECORD_WINDOW)));
+        }
+    }
+
+    /// Resolves when the deliveries noted must be recorded; never while none waits.
+    async fn due(&mut self) {
+        match self.due.as_mut() {
+            Some(sleep) => sleep.await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl DeliveryLog {
-    async fn delivered(&self, thread: ThreadId, first: u64, last: u64) {
+    /// Records every delivery of the connection not yet recorded (some may
+    /// have been, by an ack since).
+    async fn record(&self, mailbox: &Mailbox, unrecorded: &mut Unrecorded) {
+        unrecorded.due = None;
+        let mut pending = mailbox.unrecorded.lock().await;
+        for (thread, (first, last)) in pending.drain() {
+            self.delivered(thread, first, last).await;
+        }
+    }
+
+    pub(crate) async fn delivered(&self, thread: ThreadId, first: u64, last: u64) {
         let record = AuditRecord {
             at_ms: crate::clock::now_ms(),
             case: Some(thread),
@@ -489,22 +578,46 @@ impl Track {
 /// membership intervals, in order and encoded as event frames, for as long as
 /// the connection lives: first the backlog of its threads (the current ones,
 /// and the rest of any interval that ended while it was away), then news as
-/// the mailbox reports it.
+/// the mailbox reports it. However it stops, it records what it sent.
 pub async fn pump(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    (member, device): (MemberId, DeviceId),
+    member: (MemberId, DeviceId),
     mailbox: Arc<Mailbox>,
     out: Outbox,
     log: DeliveryLog,
+) -> Result<(), PumpStopped> {
+    let mut unrecorded = Unrecorded::default();
+    let result = pump_recording(store, &registry, member, &mailbox, &out, &log, &mut unrecorded).await;
+    let recording = Box::pin(log.record(&mailbox, &mut unrecorded));
+    recording.await;
+    result
+}
+
+async fn pump_recording(
+    store: Arc<dyn Store>,
+    registry: &Registry,
+    (member, device): (MemberId, DeviceId),
+    mailbox: &Mailbox,
+    out: &Outbox,
+    log: &DeliveryLog,
+    unrecorded: &mut Unrecorded,
 ) -> Result<(), PumpStopped> {
     for thread in store.threads_of(&member)?.into_iter().chain(store.former_threads(&member)?) {
         mailbox.mark(thread);
     }
     let mut tracks: HashMap<ThreadId, Track> = HashMap::new();
     loop {
-        for thread in mailbox.take().await {
-            if mailbox.is_revoked() {
+        let threads = tokio::select! {
+            threads = mailbox.take() => threads.ok_or(PumpStopped::Closed)?,
+            () = unrecorded.due() => {
+                let recording = Box::pin(log.record(mailbox, unrecorded));
+                recording.await;
+                continue;
+            }
+        };
+        for thread in threads {
+            if mailbox.is_stopped() {
                 return Err(PumpStopped::Closed);
             }
             let track = match tracks.entry(thread) {
@@ -514,30 +627,28 @@ pub async fn pump(
                     _ => continue,
                 },
             };
-            let sent = deliver(store.as_ref(), &registry, &member, &mailbox, &out, thread, track).await?;
+            // Boxed: inline, a burst's state would be part of every idle connection's pump.
+            let delivering =
+                Box::pin(deliver(store.as_ref(), registry, (&member, mailbox, out), thread, track, unrecorded));
+            delivering.await?;
             if track.finished() {
                 // A later mark (the member added again) loads it afresh.
                 tracks.remove(&thread);
-            }
-            if let Some((first, last)) = sent {
-                log.delivered(thread, first, last).await;
             }
         }
     }
 }
 
-/// Sends one thread's frames after `track.after` that the member may receive;
-/// returns the first and last seq sent.
+/// Sends one thread's frames after `track.after` that the member may receive,
+/// noting each one sent in `unrecorded`.
 async fn deliver(
     store: &dyn Store,
     registry: &Registry,
-    member: &MemberId,
-    mailbox: &Mailbox,
-    out: &Outbox,
+    (member, mailbox, out): (&MemberId, &Mailbox, &Outbox),
     thread: ThreadId,
     track: &mut Track,
-) -> Result<Option<(u64, u64)>, PumpStopped> {
-    let mut sent: Option<(u64, u64)> = None;
+    unrecorded: &mut Unrecorded,
+) -> Result<(), PumpStopped> {
     loop {
         let (frames, complete) = match registry.recent_after(thread, track.after) {
             Some(frames) => (frames, true),
@@ -551,23 +662,23 @@ async fn deliver(
             track.after = frame.seq;
             track.observe(&frame, member);
             if track.wants(frame.seq) && frame.is_for(member) {
-                if mailbox.is_revoked() {
+                if mailbox.is_stopped() {
                     return Err(PumpStopped::Closed);
                 }
                 if let Some(published) = frame.published {
                     crate::stages::record_time(crate::stages::Stage::Pump, published.elapsed());
                 }
+                unrecorded.add(mailbox, thread, frame.seq).await;
                 // Boxed: inline, the queueing would be part of every open connection's pump.
                 let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
                 queueing.await.map_err(|_| PumpStopped::Closed)?;
-                sent = Some((sent.map_or(frame.seq, |(first, _)| first), frame.seq));
             }
             if track.finished() {
-                return Ok(sent);
+                return Ok(());
             }
         }
         if complete {
-            return Ok(sent);
+            return Ok(());
         }
     }
 }

@@ -306,3 +306,77 @@ async fn refusals_before_the_write_path_are_audited_too() -> anyhow::Result<()> 
     assert_eq!(found, (true, true), "(non-MLS send, foreign KeyPackage) audited");
     hub.stop().await
 }
+
+/// The seq ranges of `worker`'s delivery records in `thread`.
+fn deliveries_to(store: &dyn Store, thread: ThreadId, worker: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    hub::audit::scan(store, |e| {
+        let to_worker = e.record.actor.as_ref().is_some_and(|a| a.worker == worker);
+        if e.record.action == AuditAction::Deliver && e.record.case == Some(thread) && to_worker {
+            let range = e.record.object.as_deref().and_then(|o| o.strip_prefix("seq ")).and_then(|r| r.split_once('-'));
+            if let Some((first, last)) = range.and_then(|(f, l)| Some((f.parse().ok()?, l.parse().ok()?))) {
+                ranges.push((first, last));
+            }
+        }
+        true
+    })?;
+    Ok(ranges)
+}
+
+#[tokio::test]
+async fn deliveries_close_together_are_one_record_and_a_closing_connection_records_the_rest() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = DevHub::start(dir.path(), tests::limits()).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut events = lt.events().unwrap();
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    let mut seqs = Vec::new();
+    for i in 0..10 {
+        seqs.push(vt.send_text(thread, &format!("note {i}")).await?.seq);
+    }
+    let last = *seqs.last().unwrap();
+    tests::next_event(&mut events, Duration::from_secs(30), |e| e.position() == Some((thread, last))).await?;
+    // Closed at once, inside the window: what it was sent is recorded on the way out.
+    lt.close().await;
+    let worker = lt.member_id().worker.clone();
+    let covered = |ranges: &[(u64, u64)]| seqs.iter().all(|s| ranges.iter().any(|(f, l)| f <= s && s <= l));
+    tests::eventually(Duration::from_secs(30), || async {
+        Ok(covered(&deliveries_to(hub.store().as_ref(), thread, &worker)?))
+    })
+    .await?;
+    let ranges = deliveries_to(hub.store().as_ref(), thread, &worker)?;
+    // Ten sends one after the other were ten bursts, each its own record.
+    assert!(ranges.len() <= 5, "the bursts were not merged: {ranges:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_acknowledged_delivery_is_recorded_by_the_time_its_cursor_is_durable() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut hub = HubProcess::start(HUB.as_ref(), dir.path(), "127.0.0.1:0", "")?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").connect().await?;
+    let mut events = lt.events().unwrap();
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    let seq = vt.send_text(thread, "to be acknowledged").await?.seq;
+    tests::next_event(&mut events, Duration::from_secs(30), |e| e.position() == Some((thread, seq))).await?;
+    lt.ack(thread, seq).await?;
+    let acked = |members: &[ketenhub_sdk::MemberDelivery]| {
+        members.iter().any(|m| m.member == lt.member_id() && m.any_device >= seq)
+    };
+    tests::eventually(Duration::from_secs(30), || async { Ok(acked(&vt.delivery(thread).await?)) }).await?;
+    // A write after the cursor's, answered once durable: the cursor is durable too,
+    // well inside the window in which the delivery's record could still be waiting.
+    vt.send_text(thread, "after the ack").await?;
+    hub.kill_9()?;
+
+    let store = hub::store::SledStore::open(&dir.path().join("data/store"))?;
+    let cursor = store.cursor(&lt.member_id(), &lt.device_id(), thread)?;
+    assert!(cursor >= seq, "the cursor is not durable ({cursor} < {seq}); the test shows nothing");
+    let recorded = deliveries_to(&store, thread, &lt.member_id().worker)?;
+    assert!(recorded.iter().any(|(f, l)| *f <= seq && seq <= *l), "acknowledged without a record: {recorded:?}");
+    Ok(())
+}
