@@ -55,6 +55,13 @@ pub enum Unreadable {
     /// does not cover.
     #[error("the revocation list has a critical extension (partitioned, delta or indirect lists are not supported)")]
     Unsupported,
+    /// A CRL signed with an algorithm rustls would not accept (SHA-1, say), or
+    /// whose signed part names another algorithm than its signature.
+    #[error("the revocation list's signature algorithm is not accepted")]
+    Algorithm,
+    /// A CRL without `nextUpdate` would never be stale.
+    #[error("the revocation list has no nextUpdate")]
+    NoNextUpdate,
 }
 
 /// Why a certificate may no longer be used.
@@ -158,6 +165,18 @@ impl CertValidity {
     }
 }
 
+/// The signature algorithms a CRL may use: those rustls's ring provider
+/// verifies for certificates (no SHA-1).
+const ACCEPTED_SIGNATURES: [x509_parser::oid_registry::Oid<'static>; 7] = [
+    x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256,
+    x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA384,
+    x509_parser::oid_registry::OID_SIG_ED25519,
+    x509_parser::oid_registry::OID_PKCS1_SHA256WITHRSA,
+    x509_parser::oid_registry::OID_PKCS1_SHA384WITHRSA,
+    x509_parser::oid_registry::OID_PKCS1_SHA512WITHRSA,
+    x509_parser::oid_registry::OID_PKCS1_RSASSAPSS,
+];
+
 /// A CA's key usage, where stated, must include signing CRLs (RFC 5280, 4.2.1.3).
 fn may_sign_crls(ca: &X509Certificate<'_>) -> bool {
     match ca.key_usage() {
@@ -171,6 +190,9 @@ fn may_sign_crls(ca: &X509Certificate<'_>) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationList {
     issuer: Vec<u8>,
+    /// The key that signed it (DER SubjectPublicKeyInfo): a CA of the same
+    /// name with another key is not the list's issuer.
+    signer: Vec<u8>,
     next_update: Option<i64>,
     revoked: HashSet<Vec<u8>>,
 }
@@ -187,6 +209,13 @@ impl RevocationList {
         if critical(crl.extensions()) || crl.iter_revoked_certificates().any(|r| critical(r.extensions())) {
             return Err(Unreadable::Unsupported);
         }
+        let algorithm = &crl.signature_algorithm;
+        if algorithm != &crl.tbs_cert_list.signature || !ACCEPTED_SIGNATURES.contains(&algorithm.algorithm) {
+            return Err(Unreadable::Algorithm);
+        }
+        if crl.next_update().is_none() {
+            return Err(Unreadable::NoNextUpdate);
+        }
         let named: Vec<_> = authorities
             .iter()
             .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, ca)| ca))
@@ -195,15 +224,15 @@ impl RevocationList {
         if named.iter().any(|ca| ca.public_key().raw != named[0].public_key().raw) {
             return Err(Unreadable::AmbiguousIssuer);
         }
-        if !named.iter().any(|ca| may_sign_crls(ca) && crl.verify_signature(ca.public_key()).is_ok()) {
-            return Err(Unreadable::Unsigned);
-        }
-        Ok(Self::of(&crl))
+        let signer = named.iter().find(|ca| may_sign_crls(ca) && crl.verify_signature(ca.public_key()).is_ok());
+        let signer = signer.ok_or(Unreadable::Unsigned)?.public_key().raw.to_vec();
+        Ok(Self::of(&crl, signer))
     }
 
-    fn of(crl: &CertificateRevocationList<'_>) -> Self {
+    fn of(crl: &CertificateRevocationList<'_>, signer: Vec<u8>) -> Self {
         Self {
             issuer: crl.issuer().as_raw().to_vec(),
+            signer,
             next_update: crl.next_update().map(|t| t.timestamp()),
             revoked: crl.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()).collect(),
         }
@@ -236,6 +265,19 @@ impl RevocationLists {
     /// The lists.
     pub fn lists(&self) -> &[RevocationList] {
         &self.lists
+    }
+
+    /// Checks an intermediate a client presented (DER, not one of the hub's
+    /// anchors) at `now`: as [`check`](Self::check), and, where a list names
+    /// it as issuer but another key signed that list, its status is unknown:
+    /// the list is another CA's of the same name, not the intermediate's.
+    pub fn check_intermediate(&self, der: &[u8], now: i64) -> Result<(), CertRefusal> {
+        let Ok((_, cert)) = X509Certificate::from_der(der) else { return Err(CertRefusal::UnknownStatus) };
+        let (subject, key) = (cert.subject().as_raw(), cert.public_key().raw);
+        if self.lists.iter().any(|l| l.issuer == subject && l.signer != key) {
+            return Err(CertRefusal::UnknownStatus);
+        }
+        self.check(&CertValidity::of(&cert), now)
     }
 
     /// Checks a certificate at `now` (Unix seconds): its validity period, then
@@ -310,6 +352,20 @@ mod tests {
         let foreign = CertValidity { not_after: later + 10, issuer: b"another issuer".to_vec(), ..good };
         assert_eq!(lenient.check(&foreign, later).unwrap_err().rule(), "revocation-status-unknown");
         RevocationLists::default().check(&foreign, later).unwrap();
+    }
+
+    #[test]
+    fn an_intermediate_named_as_a_lists_issuer_but_with_another_key_has_no_known_status() {
+        let (pki, impostor) = (DevPki::generate().unwrap(), DevPki::generate().unwrap());
+        let lists = RevocationLists::new(vec![list(&pki, &pki.crl)], false);
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        lists.check_intermediate(&der(&pki.ca.cert), now()).unwrap();
+        let other_key = lists.check_intermediate(&der(&impostor.ca.cert), now()).unwrap_err();
+        assert_eq!(other_key.rule(), "revocation-status-unknown");
+        assert_eq!(
+            lists.check_intermediate(b"not a certificate", now()).unwrap_err().rule(),
+            "revocation-status-unknown"
+        );
     }
 
     #[test]

@@ -176,10 +176,14 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         // other connections: it gets a moment, then its unsent records are given up.
         let stopping = Box::pin(tokio::time::timeout(PUMP_GRACE, &mut pump));
         if stopping.await.is_err() {
-            warn!(peer = %caller.peer, "the delivery pump did not stop; its last delivery records are lost");
+            warn!(peer = %caller.peer, "the delivery pump did not stop in time; recording its deliveries for it");
             pump.abort();
         }
     }
+    // What an aborted pump left unrecorded (nothing, when it ended by itself).
+    let log = delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(caller) };
+    let recording = Box::pin(log.record_left(&mailbox));
+    recording.await;
     drop(registration);
 }
 
@@ -338,13 +342,20 @@ impl<'a> Reader<'a> {
     }
 
     /// Records an acknowledgement, boxed as [`Reader::apply`] is, after the
-    /// record of the deliveries it acknowledges.
+    /// record of the deliveries it acknowledges: this connection's, and those
+    /// of the identity's other connections (one device may have two, one of
+    /// them on its way out), whose cursor it may move too.
     async fn ack(&self, thread: wire::ThreadId, seq: u64) -> Result<(), WireError> {
         let log = || delivery::DeliveryLog {
             writes: self.hub.writes.clone(),
             template: self.hub.delivery_record(self.caller),
         };
         let acking = Box::pin(async move {
+            for other in self.hub.registry.mailboxes_of(&self.caller.member) {
+                if !std::ptr::eq(other.as_ref(), self.mailbox) {
+                    drop(other.before_ack(log, thread).await);
+                }
+            }
             let _recorded = self.mailbox.before_ack(log, thread).await;
             self.hub.ack(self.caller, thread, seq).await
         });

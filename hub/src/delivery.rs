@@ -139,10 +139,22 @@ impl Mailbox {
     }
 
     /// Notes that `seq` of `thread` is being sent; noted before it is queued,
-    /// so that no ack of it can come before.
-    async fn sending(&self, thread: ThreadId, seq: u64) {
+    /// so that no ack of it can come before. Returns what to restore if the
+    /// frame is not queued after all.
+    async fn sending(&self, thread: ThreadId, seq: u64) -> Option<(u64, u64)> {
         let mut unrecorded = self.unrecorded.lock().await;
-        unrecorded.entry(thread).and_modify(|(_, last)| *last = seq).or_insert((seq, seq));
+        let before = unrecorded.get(&thread).copied();
+        unrecorded.insert(thread, before.map_or((seq, seq), |(first, _)| (first, seq)));
+        before
+    }
+
+    /// Takes back a seq [`sending`](Self::sending) noted for a frame that was not queued.
+    async fn not_sent(&self, thread: ThreadId, before: Option<(u64, u64)>) {
+        let mut unrecorded = self.unrecorded.lock().await;
+        match before {
+            Some(range) => unrecorded.insert(thread, range),
+            None => unrecorded.remove(&thread),
+        };
     }
 
     /// Whether the pump must send nothing more.
@@ -343,6 +355,11 @@ impl Registry {
         Ok(Registration { registry: self.clone(), member, id, mailbox })
     }
 
+    /// The mailboxes of `member`'s open connections.
+    pub fn mailboxes_of(&self, member: &MemberId) -> Vec<Arc<Mailbox>> {
+        lock(&self.online).get(member).map_or_else(Vec::new, |c| c.iter().map(|o| o.mailbox.clone()).collect())
+    }
+
     /// The audit records of closing the open connections that `refuses`
     /// refuses (after a reload of the policy or the CRLs): the connections to close.
     pub fn refused_by(&self, refuses: impl Fn(Open<'_>) -> Option<Farewell>) -> Vec<AuditRecord> {
@@ -487,11 +504,16 @@ struct Unrecorded {
 }
 
 impl Unrecorded {
-    async fn add(&mut self, mailbox: &Mailbox, thread: ThreadId, seq: u64) {
-        mailbox.sending(thread, seq).await;
+    async fn add(&mut self, mailbox: &Mailbox, thread: ThreadId, seq: u64) -> Option<(u64, u64)> {
         if self.due.is_none() {
             self.due = Some(Box::pin(tokio::time::sleep(RECORD_WINDOW)));
         }
+        mailbox.sending(thread, seq).await
+    }
+
+    /// Whether the window has passed: a long burst records on its way, not only at its end.
+    fn is_due(&self) -> bool {
+        self.due.as_ref().is_some_and(|sleep| sleep.is_elapsed())
     }
 
     /// Resolves when the deliveries noted must be recorded; never while none waits.
@@ -508,9 +530,20 @@ impl DeliveryLog {
     /// have been, by an ack since).
     async fn record(&self, mailbox: &Mailbox, unrecorded: &mut Unrecorded) {
         unrecorded.due = None;
+        self.record_left(mailbox).await;
+    }
+
+    /// Records what the mailbox holds unrecorded. Each range leaves it only
+    /// once submitted, so that a pump aborted halfway leaves the rest to
+    /// whoever records after it (the connection, when it ends).
+    pub async fn record_left(&self, mailbox: &Mailbox) {
         let mut pending = mailbox.unrecorded.lock().await;
-        for (thread, (first, last)) in pending.drain() {
-            self.delivered(thread, first, last).await;
+        let threads: Vec<ThreadId> = pending.keys().copied().collect();
+        for thread in threads {
+            if let Some(&(first, last)) = pending.get(&thread) {
+                self.delivered(thread, first, last).await;
+                pending.remove(&thread);
+            }
         }
     }
 
@@ -629,7 +662,7 @@ async fn pump_recording(
             };
             // Boxed: inline, a burst's state would be part of every idle connection's pump.
             let delivering =
-                Box::pin(deliver(store.as_ref(), registry, (&member, mailbox, out), thread, track, unrecorded));
+                Box::pin(deliver(store.as_ref(), registry, (&member, mailbox, out, log), thread, track, unrecorded));
             delivering.await?;
             if track.finished() {
                 // A later mark (the member added again) loads it afresh.
@@ -644,7 +677,7 @@ async fn pump_recording(
 async fn deliver(
     store: &dyn Store,
     registry: &Registry,
-    (member, mailbox, out): (&MemberId, &Mailbox, &Outbox),
+    (member, mailbox, out, log): (&MemberId, &Mailbox, &Outbox, &DeliveryLog),
     thread: ThreadId,
     track: &mut Track,
     unrecorded: &mut Unrecorded,
@@ -668,10 +701,17 @@ async fn deliver(
                 if let Some(published) = frame.published {
                     crate::stages::record_time(crate::stages::Stage::Pump, published.elapsed());
                 }
-                unrecorded.add(mailbox, thread, frame.seq).await;
+                let before = unrecorded.add(mailbox, thread, frame.seq).await;
                 // Boxed: inline, the queueing would be part of every open connection's pump.
                 let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
-                queueing.await.map_err(|_| PumpStopped::Closed)?;
+                if queueing.await.is_err() {
+                    mailbox.not_sent(thread, before).await;
+                    return Err(PumpStopped::Closed);
+                }
+                if unrecorded.is_due() {
+                    let recording = Box::pin(log.record(mailbox, unrecorded));
+                    recording.await;
+                }
             }
             if track.finished() {
                 return Ok(());

@@ -323,10 +323,9 @@ impl IdentityVerifier {
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
         let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let check = |validity: &CertValidity| self.lists.check(validity, secs).map_err(|refusal| refused(refusal, now));
-        check(end_entity)?;
+        self.lists.check(end_entity, secs).map_err(|refusal| refused(refusal, now))?;
         for cert in intermediates.iter().filter(|c| !self.anchors.iter().any(|a| a.as_ref() == c.as_ref())) {
-            check(&CertValidity::from_der(cert).map_err(|_| CertificateError::BadEncoding)?)?;
+            self.lists.check_intermediate(cert, secs).map_err(|refusal| refused(refusal, now))?;
         }
         Ok(())
     }
