@@ -30,6 +30,32 @@ pub struct CertValidity {
     not_before: i64,
     /// Unix seconds; the certificate is valid through this second.
     not_after: i64,
+    /// The CA certificates the client presented with it that are not the
+    /// hub's anchors (none, usually): they are checked with it, in the
+    /// handshake, after a resumed one and when the lists change.
+    intermediates: Vec<Intermediate>,
+}
+
+/// A CA certificate a client presented between its own and the hub's anchors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intermediate {
+    validity: CertValidity,
+    /// Its subject name, as DER (what the lists of its certificates name as issuer).
+    subject: Vec<u8>,
+    /// Its key (DER SubjectPublicKeyInfo).
+    key: Vec<u8>,
+}
+
+impl Intermediate {
+    /// Reads an intermediate from DER.
+    pub fn from_der(der: &[u8]) -> Result<Self, Unreadable> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Unreadable::Certificate(e.to_string()))?;
+        Ok(Self {
+            validity: CertValidity::of(&cert),
+            subject: cert.subject().as_raw().to_vec(),
+            key: cert.public_key().raw.to_vec(),
+        })
+    }
 }
 
 /// A certificate or CRL that cannot be read.
@@ -135,7 +161,13 @@ impl CertValidity {
             serial: cert.raw_serial().to_vec(),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
+            intermediates: Vec::new(),
         }
+    }
+
+    /// These facts with the intermediates the client presented with the certificate.
+    pub fn with_intermediates(self, intermediates: Vec<Intermediate>) -> Self {
+        Self { intermediates, ..self }
     }
 
     /// The last second (Unix) in which the certificate is valid.
@@ -272,19 +304,28 @@ impl RevocationLists {
     /// it as issuer but another key signed that list, its status is unknown:
     /// the list is another CA's of the same name, not the intermediate's.
     pub fn check_intermediate(&self, der: &[u8], now: i64) -> Result<(), CertRefusal> {
-        let Ok((_, cert)) = X509Certificate::from_der(der) else { return Err(CertRefusal::UnknownStatus) };
-        let (subject, key) = (cert.subject().as_raw(), cert.public_key().raw);
-        if self.lists.iter().any(|l| l.issuer == subject && l.signer != key) {
-            return Err(CertRefusal::UnknownStatus);
-        }
-        self.check(&CertValidity::of(&cert), now)
+        let intermediate = Intermediate::from_der(der).map_err(|_| CertRefusal::UnknownStatus)?;
+        self.check_presented(&intermediate, now)
     }
 
-    /// Checks a certificate at `now` (Unix seconds): its validity period, then
-    /// each list of its issuer: not stale unless allowed, and not listing it.
+    fn check_presented(&self, intermediate: &Intermediate, now: i64) -> Result<(), CertRefusal> {
+        if self.lists.iter().any(|l| l.issuer == intermediate.subject && l.signer != intermediate.key) {
+            return Err(CertRefusal::UnknownStatus);
+        }
+        self.check_one(&intermediate.validity, now)
+    }
+
+    /// Checks a certificate at `now` (Unix seconds), with the intermediates
+    /// presented with it: each one's validity period, then each list of its
+    /// issuer: not stale unless allowed, and not listing it.
     /// While any list is in force, a certificate whose issuer has none is
     /// refused (its status is unknown), as rustls refuses it by default.
     pub fn check(&self, cert: &CertValidity, now: i64) -> Result<(), CertRefusal> {
+        self.check_one(cert, now)?;
+        cert.intermediates.iter().try_for_each(|intermediate| self.check_presented(intermediate, now))
+    }
+
+    fn check_one(&self, cert: &CertValidity, now: i64) -> Result<(), CertRefusal> {
         cert.check_period(now)?;
         let mut own = self.lists.iter().filter(|l| l.issuer == cert.issuer).peekable();
         if own.peek().is_none() && !self.lists.is_empty() {
@@ -352,6 +393,23 @@ mod tests {
         let foreign = CertValidity { not_after: later + 10, issuer: b"another issuer".to_vec(), ..good };
         assert_eq!(lenient.check(&foreign, later).unwrap_err().rule(), "revocation-status-unknown");
         RevocationLists::default().check(&foreign, later).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_is_refused_with_a_revoked_or_expired_intermediate_it_was_presented_with() {
+        let pki = DevPki::generate().unwrap();
+        let lists = RevocationLists::new(vec![list(&pki, &pki.crl)], false);
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let leaf = cert(&pki.client("vt-utrecht-caseworker").unwrap().cert);
+        // The dev PKI has no intermediate CA; the revoked and the expired leaf
+        // stand in for one, which is all the lists look at.
+        let revoked = Intermediate::from_der(&der(&pki.revoked.cert)).unwrap();
+        let expired = Intermediate::from_der(&der(&pki.expired.cert)).unwrap();
+        lists.check(&leaf, now()).unwrap();
+        let refusal = lists.check(&leaf.clone().with_intermediates(vec![revoked]), now()).unwrap_err();
+        assert_eq!(refusal.rule(), "certificate-revoked");
+        let refusal = lists.check(&leaf.with_intermediates(vec![expired]), now()).unwrap_err();
+        assert_eq!(refusal.rule(), "certificate-expired");
     }
 
     #[test]

@@ -317,7 +317,9 @@ async fn handshake(hub: &Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: Socke
     let _ = tcp.set_nodelay(true);
     let steps = async {
         let tls = acceptor.accept(tcp).await.map_err(Refusal::Tls)?;
-        let (identity, certificate, fingerprint) = tls::peer(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
+        let (identity, leaf, fingerprint) = tls::peer(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
+        let presented = hub.certificates.presented(tls.get_ref().1).ok_or(Refusal::NoIdentity)?;
+        let certificate = leaf.with_intermediates(presented);
         // A resumed session was not verified in this handshake: the certificate
         // may have expired or been revoked since the session began.
         let verdict = hub.certificates.check(&certificate);

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use certs::revocation::{CertRefusal, CertValidity, RevocationList, RevocationLists};
+use certs::revocation::{CertRefusal, CertValidity, Intermediate, RevocationList, RevocationLists};
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -265,6 +265,16 @@ impl Certificates {
     /// Puts `candidate` in force for every handshake from now on.
     pub fn install(&self, candidate: InForce) {
         *self.in_force.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(candidate);
+    }
+
+    /// The CA certificates the peer presented that are not anchors, to be
+    /// checked with its own after every handshake (a resumed one runs no
+    /// verifier) and when the CRLs change; `None` if one cannot be read.
+    pub fn presented(&self, conn: &ServerConnection) -> Option<Vec<Intermediate>> {
+        let anchors = &self.sources.authorities;
+        let chain = conn.peer_certificates()?.get(1..)?;
+        let foreign = chain.iter().filter(|c| !anchors.iter().any(|a| a.as_ref() == c.as_ref()));
+        foreign.map(|der| Intermediate::from_der(der).ok()).collect()
     }
 
     /// Checks a peer's certificate against its validity period and the CRLs in force, now.
