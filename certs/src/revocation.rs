@@ -225,6 +225,8 @@ pub struct RevocationList {
     /// The key that signed it (DER SubjectPublicKeyInfo): a CA of the same
     /// name with another key is not the list's issuer.
     signer: Vec<u8>,
+    /// Unix seconds.
+    this_update: i64,
     next_update: Option<i64>,
     revoked: HashSet<Vec<u8>>,
 }
@@ -265,6 +267,7 @@ impl RevocationList {
         Self {
             issuer: crl.issuer().as_raw().to_vec(),
             signer,
+            this_update: crl.last_update().timestamp(),
             next_update: crl.next_update().map(|t| t.timestamp()),
             revoked: crl.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()).collect(),
         }
@@ -273,6 +276,11 @@ impl RevocationList {
     /// When the next CRL is due (Unix seconds), if the list says.
     pub fn next_update(&self) -> Option<i64> {
         self.next_update
+    }
+
+    /// When the list was issued (its `thisUpdate`, Unix seconds).
+    pub fn this_update(&self) -> i64 {
+        self.this_update
     }
 
     /// Whether the list is past its `nextUpdate` at `now`.
@@ -297,6 +305,15 @@ impl RevocationLists {
     /// The lists.
     pub fn lists(&self) -> &[RevocationList] {
         &self.lists
+    }
+
+    /// The first of these lists that is older (an earlier `thisUpdate`) than a
+    /// list of the same issuer in `in_force`: a reread must not roll back a
+    /// revocation by putting an old list over a newer one.
+    pub fn older_than(&self, in_force: &RevocationLists) -> Option<&RevocationList> {
+        self.lists.iter().find(|candidate| {
+            in_force.lists.iter().any(|l| l.issuer == candidate.issuer && l.this_update > candidate.this_update)
+        })
     }
 
     /// Checks an intermediate a client presented (DER, not one of the hub's

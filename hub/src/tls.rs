@@ -53,6 +53,12 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("invalid TLS configuration: {0}")]
     Config(String),
+    /// A reread CRL is older than the one of its issuer in force.
+    #[error("a revocation list issued {issued} is older than the one in force")]
+    Older {
+        /// The older list's `thisUpdate`.
+        issued: String,
+    },
 }
 
 /// Sessions the hub remembers for resumption, shared by every configuration a
@@ -259,7 +265,11 @@ impl Certificates {
     /// Reads the CRL files again into a complete new configuration; nothing
     /// changes until it is [installed](Self::install).
     pub fn read_again(&self) -> Result<InForce, TlsError> {
-        self.sources.read()
+        let candidate = self.sources.read()?;
+        if let Some(older) = candidate.lists.older_than(&self.current().lists) {
+            return Err(TlsError::Older { issued: certs::revocation::utc(older.this_update()) });
+        }
+        Ok(candidate)
     }
 
     /// Puts `candidate` in force for every handshake from now on.

@@ -341,3 +341,28 @@ async fn a_crl_signed_by_another_key_in_the_cas_name_is_refused_and_the_lists_in
     assert_eq!(audit.matches("crl-reload-refused").count(), 1, "the refused reload is audited");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reread_that_would_put_an_older_crl_over_a_newer_one_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki_in(dir.path())?;
+    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", "[tls]\ncrl_reload_seconds = 0\n")?;
+    // Lists count time in seconds: the newer one must be issued a second later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ours = pki.client("vt-utrecht-caseworker").context("no VT caseworker")?;
+    publish_crl(dir.path(), &pki.revocation_list(&[&pki.revoked.cert, &ours.cert], in_thirty_days())?)?;
+    tests::sighup(hub.pid())?;
+    tests::eventually(WAIT, || async { Ok(hub.log().contains("revocation lists reloaded")) }).await?;
+    let revoked = hub.client("vt-utrecht-caseworker").connect_timeout(WAIT).connect().await;
+    assert!(matches!(revoked, Err(Error::Refused(_))), "the newer list does not revoke: {revoked:?}");
+
+    // The list of the start, which does not list the caseworker, published again.
+    publish_crl(dir.path(), &pki.crl)?;
+    tests::sighup(hub.pid())?;
+    tests::eventually(WAIT, || async { Ok(hub.log().contains("CRL reload refused")) }).await?;
+    let still = hub.client("vt-utrecht-caseworker").connect_timeout(WAIT).connect().await;
+    assert!(matches!(still, Err(Error::Refused(_))), "the older list rolled the revocation back: {still:?}");
+    let audit = audit_log(&mut hub, dir.path())?;
+    assert_eq!(audit.matches("crl-reload-refused").count(), 1, "the refused reread is audited");
+    Ok(())
+}
