@@ -316,15 +316,10 @@ impl RevocationLists {
         })
     }
 
-    /// Checks an intermediate a client presented (DER, not one of the hub's
+    /// Checks an intermediate a client presented (not one of the hub's
     /// anchors) at `now`: as [`check`](Self::check), and, where a list names
     /// it as issuer but another key signed that list, its status is unknown:
     /// the list is another CA's of the same name, not the intermediate's.
-    pub fn check_intermediate(&self, der: &[u8], now: i64) -> Result<(), CertRefusal> {
-        let intermediate = Intermediate::from_der(der).map_err(|_| CertRefusal::UnknownStatus)?;
-        self.check_presented(&intermediate, now)
-    }
-
     fn check_presented(&self, intermediate: &Intermediate, now: i64) -> Result<(), CertRefusal> {
         if self.lists.iter().any(|l| l.issuer == intermediate.subject && l.signer != intermediate.key) {
             return Err(CertRefusal::UnknownStatus);
@@ -434,13 +429,12 @@ mod tests {
         let (pki, impostor) = (DevPki::generate().unwrap(), DevPki::generate().unwrap());
         let lists = RevocationLists::new(vec![list(&pki, &pki.crl)], false);
         let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        lists.check_intermediate(&der(&pki.ca.cert), now()).unwrap();
-        let other_key = lists.check_intermediate(&der(&impostor.ca.cert), now()).unwrap_err();
+        let leaf = cert(&pki.client("vt-utrecht-caseworker").unwrap().cert);
+        let presenting = |ca: &str| leaf.clone().with_intermediates(vec![Intermediate::from_der(&der(ca)).unwrap()]);
+        lists.check(&presenting(&pki.ca.cert), now()).unwrap();
+        let other_key = lists.check(&presenting(&impostor.ca.cert), now()).unwrap_err();
         assert_eq!(other_key.rule(), "revocation-status-unknown");
-        assert_eq!(
-            lists.check_intermediate(b"not a certificate", now()).unwrap_err().rule(),
-            "revocation-status-unknown"
-        );
+        assert!(Intermediate::from_der(b"not a certificate").is_err());
     }
 
     #[test]

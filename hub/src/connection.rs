@@ -143,7 +143,7 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
             (caller.member.clone(), caller.device.clone()),
             mailbox.clone(),
             outbox.clone(),
-            delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(caller) },
+            hub.delivery_log(caller),
         );
         let broken = broken.clone();
         tokio::spawn(async move {
@@ -181,7 +181,7 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         }
     }
     // What an aborted pump left unrecorded (nothing, when it ended by itself).
-    let log = delivery::DeliveryLog { writes: hub.writes.clone(), template: hub.delivery_record(caller) };
+    let log = hub.delivery_log(caller);
     let recording = Box::pin(log.record_left(&mailbox));
     recording.await;
     drop(registration);
@@ -346,17 +346,14 @@ impl<'a> Reader<'a> {
     /// of the identity's other connections (one device may have two, one of
     /// them on its way out), whose cursor it may move too.
     async fn ack(&self, thread: wire::ThreadId, seq: u64) -> Result<(), WireError> {
-        let log = || delivery::DeliveryLog {
-            writes: self.hub.writes.clone(),
-            template: self.hub.delivery_record(self.caller),
-        };
+        let log = || self.hub.delivery_log(self.caller);
         let acking = Box::pin(async move {
             for other in self.hub.registry.mailboxes_of(&self.caller.member) {
                 if !std::ptr::eq(other.as_ref(), self.mailbox) {
-                    drop(other.before_ack(log, thread).await);
+                    other.before_ack(log, thread).await;
                 }
             }
-            let _recorded = self.mailbox.before_ack(log, thread).await;
+            self.mailbox.before_ack(log, thread).await;
             self.hub.ack(self.caller, thread, seq).await
         });
         acking.await

@@ -122,20 +122,17 @@ impl Mailbox {
         self.wake.notify_one();
     }
 
-    /// Holds the connection's delivery records while an ack of `thread` is
-    /// submitted, having submitted the record of the thread's unrecorded
-    /// deliveries first: the writer applies writes in order, so no cursor is
-    /// ever durable before the record of the deliveries it acknowledges.
-    pub async fn before_ack(
-        &self,
-        log: impl FnOnce() -> DeliveryLog,
-        thread: ThreadId,
-    ) -> tokio::sync::MutexGuard<'_, HashMap<ThreadId, (u64, u64)>> {
+    /// Submits the record of the thread's unrecorded deliveries before an ack
+    /// of `thread` is submitted: the writer applies writes in order, so no
+    /// cursor is ever durable before the record of the deliveries it
+    /// acknowledges. Every delivery an ack can cover is noted before its frame
+    /// is queued, and a range leaves the map only once submitted, so once the
+    /// lock is had, the thread's deliveries are in the map or recorded.
+    pub async fn before_ack(&self, log: impl FnOnce() -> DeliveryLog, thread: ThreadId) {
         let mut unrecorded = self.unrecorded.lock().await;
         if let Some((first, last)) = unrecorded.remove(&thread) {
             log().delivered(thread, first, last).await;
         }
-        unrecorded
     }
 
     /// Notes that `seq` of `thread` is being sent; noted before it is queued,
@@ -499,11 +496,11 @@ pub const RECORD_WINDOW: std::time::Duration = std::time::Duration::from_millis(
 /// after the first one it noted since it last recorded them. Boxed, and only
 /// while something waits: an idle connection holds no timer.
 #[derive(Debug, Default)]
-struct Unrecorded {
+struct RecordTimer {
     due: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Unrecorded {
+impl RecordTimer {
     async fn add(&mut self, mailbox: &Mailbox, thread: ThreadId, seq: u64) -> Option<(u64, u64)> {
         if self.due.is_none() {
             self.due = Some(Box::pin(tokio::time::sleep(RECORD_WINDOW)));
@@ -528,8 +525,8 @@ impl Unrecorded {
 impl DeliveryLog {
     /// Records every delivery of the connection not yet recorded (some may
     /// have been, by an ack since).
-    async fn record(&self, mailbox: &Mailbox, unrecorded: &mut Unrecorded) {
-        unrecorded.due = None;
+    async fn record(&self, mailbox: &Mailbox, timer: &mut RecordTimer) {
+        timer.due = None;
         self.record_left(mailbox).await;
     }
 
@@ -620,9 +617,9 @@ pub async fn pump(
     out: Outbox,
     log: DeliveryLog,
 ) -> Result<(), PumpStopped> {
-    let mut unrecorded = Unrecorded::default();
-    let result = pump_recording(store, &registry, member, &mailbox, &out, &log, &mut unrecorded).await;
-    let recording = Box::pin(log.record(&mailbox, &mut unrecorded));
+    let mut timer = RecordTimer::default();
+    let result = pump_recording(store, &registry, member, &mailbox, &out, &log, &mut timer).await;
+    let recording = Box::pin(log.record(&mailbox, &mut timer));
     recording.await;
     result
 }
@@ -634,7 +631,7 @@ async fn pump_recording(
     mailbox: &Mailbox,
     out: &Outbox,
     log: &DeliveryLog,
-    unrecorded: &mut Unrecorded,
+    timer: &mut RecordTimer,
 ) -> Result<(), PumpStopped> {
     for thread in store.threads_of(&member)?.into_iter().chain(store.former_threads(&member)?) {
         mailbox.mark(thread);
@@ -643,8 +640,8 @@ async fn pump_recording(
     loop {
         let threads = tokio::select! {
             threads = mailbox.take() => threads.ok_or(PumpStopped::Closed)?,
-            () = unrecorded.due() => {
-                let recording = Box::pin(log.record(mailbox, unrecorded));
+            () = timer.due() => {
+                let recording = Box::pin(log.record(mailbox, timer));
                 recording.await;
                 continue;
             }
@@ -662,7 +659,7 @@ async fn pump_recording(
             };
             // Boxed: inline, a burst's state would be part of every idle connection's pump.
             let delivering =
-                Box::pin(deliver(store.as_ref(), registry, (&member, mailbox, out, log), thread, track, unrecorded));
+                Box::pin(deliver(store.as_ref(), registry, (&member, mailbox, out, log), thread, track, timer));
             delivering.await?;
             if track.finished() {
                 // A later mark (the member added again) loads it afresh.
@@ -673,14 +670,14 @@ async fn pump_recording(
 }
 
 /// Sends one thread's frames after `track.after` that the member may receive,
-/// noting each one sent in `unrecorded`.
+/// noting each one sent in the mailbox's unrecorded deliveries.
 async fn deliver(
     store: &dyn Store,
     registry: &Registry,
     (member, mailbox, out, log): (&MemberId, &Mailbox, &Outbox, &DeliveryLog),
     thread: ThreadId,
     track: &mut Track,
-    unrecorded: &mut Unrecorded,
+    timer: &mut RecordTimer,
 ) -> Result<(), PumpStopped> {
     loop {
         let (frames, complete) = match registry.recent_after(thread, track.after) {
@@ -701,15 +698,15 @@ async fn deliver(
                 if let Some(published) = frame.published {
                     crate::stages::record_time(crate::stages::Stage::Pump, published.elapsed());
                 }
-                let before = unrecorded.add(mailbox, thread, frame.seq).await;
+                let before = timer.add(mailbox, thread, frame.seq).await;
                 // Boxed: inline, the queueing would be part of every open connection's pump.
                 let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
                 if queueing.await.is_err() {
                     mailbox.not_sent(thread, before).await;
                     return Err(PumpStopped::Closed);
                 }
-                if unrecorded.is_due() {
-                    let recording = Box::pin(log.record(mailbox, unrecorded));
+                if timer.is_due() {
+                    let recording = Box::pin(log.record(mailbox, timer));
                     recording.await;
                 }
             }

@@ -229,6 +229,11 @@ impl Hub {
         }
     }
 
+    /// The recorder of the deliveries to `caller`'s connection.
+    pub fn delivery_log(&self, caller: &Caller) -> crate::delivery::DeliveryLog {
+        crate::delivery::DeliveryLog { writes: self.writes.clone(), template: self.delivery_record(caller) }
+    }
+
     /// The audit record of deliveries to this caller's connection.
     pub fn delivery_record(&self, caller: &Caller) -> AuditRecord {
         AuditRecord {

@@ -200,9 +200,7 @@ impl Sources {
         config.session_storage = self.sessions.clone();
         Ok(InForce { server: Arc::new(config), lists, ders })
     }
-}
 
-impl Sources {
     fn verifier(&self, lists: Arc<RevocationLists>) -> Result<IdentityVerifier, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
@@ -281,10 +279,7 @@ impl Certificates {
     /// checked with its own after every handshake (a resumed one runs no
     /// verifier) and when the CRLs change; `None` if one cannot be read.
     pub fn presented(&self, conn: &ServerConnection) -> Option<Vec<Intermediate>> {
-        let anchors = &self.sources.authorities;
-        let chain = conn.peer_certificates()?.get(1..)?;
-        let foreign = chain.iter().filter(|c| !anchors.iter().any(|a| a.as_ref() == c.as_ref()));
-        foreign.map(|der| Intermediate::from_der(der).ok()).collect()
+        beyond_anchors(&self.sources.authorities, conn.peer_certificates()?.get(1..)?)
     }
 
     /// Checks a peer's certificate against its validity period and the CRLs in force, now.
@@ -338,17 +333,24 @@ impl IdentityVerifier {
     /// never laxer.
     fn check_revocation(
         &self,
-        end_entity: &CertValidity,
+        end_entity: CertValidity,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
         let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        self.lists.check(end_entity, secs).map_err(|refusal| refused(refusal, now))?;
-        for cert in intermediates.iter().filter(|c| !self.anchors.iter().any(|a| a.as_ref() == c.as_ref())) {
-            self.lists.check_intermediate(cert, secs).map_err(|refusal| refused(refusal, now))?;
-        }
-        Ok(())
+        // An intermediate that cannot be read has no known status.
+        let presented = beyond_anchors(&self.anchors, intermediates).ok_or(CertRefusal::UnknownStatus);
+        let chain = presented.map(|presented| end_entity.with_intermediates(presented));
+        chain.and_then(|chain| self.lists.check(&chain, secs)).map_err(|refusal| refused(refusal, now))
     }
+}
+
+/// The certificates a client presented besides its own that are not among
+/// `anchors` (rustls does not check an anchor either), read; `None` if one
+/// cannot be read.
+fn beyond_anchors(anchors: &[CertificateDer<'_>], presented: &[CertificateDer<'_>]) -> Option<Vec<Intermediate>> {
+    let foreign = presented.iter().filter(|c| !anchors.iter().any(|a| a.as_ref() == c.as_ref()));
+    foreign.map(|der| Intermediate::from_der(der).ok()).collect()
 }
 
 /// rustls's error for a refusal of the lists, as its own CRL check would say it.
@@ -391,7 +393,7 @@ impl ClientCertVerifier for IdentityVerifier {
         let (_, validity) = certs::identity_and_validity(end_entity).map_err(|e| {
             rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NoIdentity(e)))))
         })?;
-        self.check_revocation(&validity, intermediates, now)?;
+        self.check_revocation(validity, intermediates, now)?;
         Ok(verified)
     }
 
@@ -448,6 +450,11 @@ mod tests {
         verify(&pki.client("vt-utrecht-caseworker").unwrap().cert).unwrap();
         let revoked = verify(&pki.revoked.cert).unwrap_err();
         assert_eq!(revoked, rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        // A presented intermediate that cannot be read has no known status.
+        let leaf = CertValidity::from_der(&der(&pki.client("vt-utrecht-caseworker").unwrap().cert)).unwrap();
+        let junk = CertificateDer::from(b"not a certificate".to_vec());
+        let unreadable = verifier.check_revocation(leaf, &[junk], UnixTime::now()).unwrap_err();
+        assert_eq!(unreadable, rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus));
         let unknown = verify(&pki.intruder.cert).unwrap_err();
         assert_eq!(unknown, rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus));
     }
