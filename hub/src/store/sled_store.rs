@@ -23,7 +23,7 @@
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
 //! | `A` | seq (u64 BE) | audit entry: `0x01`, seq, prev hash, hash, then the record's CBOR (see `encode_audit`) |
-//! | `H` | last leaf (u64 BE), level (u8) | a perfect subtree's hash in the audit Merkle tree (its last leaf, then its height), written with the entry that completes it |
+//! | `H` | last leaf (u64 BE) | the hashes of the perfect subtrees of the audit Merkle tree that end at this leaf, 32 bytes per height from 0 up, written with the entry that completes them |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | size (u64 BE), at_ms (u64 BE) | signed tree head of the audit log |
@@ -96,7 +96,8 @@ const AUDIT_LAYOUT: u8 = 0x01;
 /// Bytes before the record in an audit entry's value.
 const AUDIT_HEADER: usize = 1 + 8 + 32 + 32;
 /// The indexes' layout; a store written before them gets them on opening.
-const INDEXES: u8 = 1;
+/// 2: the tree nodes an append completes are one value (1 had a key per node).
+const INDEXES: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -305,11 +306,37 @@ fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
     }
 }
 
-/// A subtree's key leads with its last leaf, so that every node an append completes sorts after every node
-/// stored before: sled then appends at the end of the range, as it does for entries.
-fn node_key(level: u8, index: u64) -> Vec<u8> {
-    let last_leaf = ((index + 1) << level) - 1;
-    key(AUDIT_NODE, &[&last_leaf.to_be_bytes(), &[level]])
+/// The key of the nodes an append completes: the last leaf they all share.
+/// Keys so sort in the order of appends, and sled appends at the end of the
+/// range, as it does for entries.
+fn nodes_key(last_leaf: u64) -> Vec<u8> {
+    key(AUDIT_NODE, &[&last_leaf.to_be_bytes()])
+}
+
+/// The last leaf of the perfect subtree `index` of `level`.
+fn last_leaf(level: u8, index: u64) -> u64 {
+    ((index + 1) << level) - 1
+}
+
+/// The layout before, one key per node: its last leaf, then its level.
+fn is_node_key_before(key: &[u8]) -> bool {
+    key.len() == 1 + 8 + 1 && key[0] == AUDIT_NODE
+}
+
+/// Nodes, given by last leaf, level and hash, grouped by the last leaf they
+/// are stored under: each value holds a hash per level from 0 up, the levels of one append being
+/// 0 to its height (a level not given stays zero, which no reader asks for).
+fn node_values(nodes: impl IntoIterator<Item = (u64, u8, Hash)>) -> BTreeMap<u64, Vec<u8>> {
+    let mut values: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (leaf, level, hash) in nodes {
+        let value = values.entry(leaf).or_default();
+        let at = usize::from(level) * 32;
+        if value.len() < at + 32 {
+            value.resize(at + 32, 0);
+        }
+        value[at..at + 32].copy_from_slice(&hash);
+    }
+    values
 }
 
 fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -350,7 +377,8 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Writes the offer and audit indexes of a store that predates them.
+    /// Writes the offer and audit indexes of a store that predates them, and
+    /// regroups the tree nodes of one that stored a key per node.
     fn build_indexes(&self) -> Result<(), StoreError> {
         if self.db.get([INDEX_VERSION]).map_err(backend)?.as_deref() == Some(&[INDEXES][..]) {
             return Ok(());
@@ -370,6 +398,7 @@ impl SledStore {
                 }
             }
         }
+        self.regroup_nodes()?;
         self.db.insert([INDEX_VERSION], &[INDEXES][..]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
@@ -391,15 +420,45 @@ impl SledStore {
                     entry.seq
                 )));
             }
-            for node in tree.append(wire::merkle::leaf_hash(&entry.hash)) {
-                self.db.insert(node_key(node.level, node.index), &node.hash[..]).map_err(backend)?;
-            }
+            self.put_nodes(&tree.append(wire::merkle::leaf_hash(&entry.hash)))?;
         }
         for item in self.db.scan_prefix([CHECKPOINT]) {
             self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
         }
         self.db.remove([LATEST_HEAD]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    /// Stores the nodes an append completes as one value: one insert instead
+    /// of one per level, on the path of every audit entry.
+    fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
+        for (leaf, value) in node_values(nodes.iter().map(|n| (last_leaf(n.level, n.index), n.level, n.hash))) {
+            self.db.insert(nodes_key(leaf), value).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the tree nodes of the layout before (a key per node) as a
+    /// value per append. Each append's nodes are written before the keys they
+    /// replace are removed, so a crash midway leaves keys the next opening
+    /// rewrites again, to the same value.
+    fn regroup_nodes(&self) -> Result<(), StoreError> {
+        let mut before = Vec::new();
+        for item in self.db.scan_prefix([AUDIT_NODE]) {
+            let (key, value) = item.map_err(backend)?;
+            if is_node_key_before(&key) {
+                let hash = Hash::try_from(&value[..])
+                    .map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?;
+                before.push((seq_from(&key[1..9])?, key[9], hash, key));
+            }
+        }
+        for (leaf, value) in node_values(before.iter().map(|(leaf, level, hash, _)| (*leaf, *level, *hash))) {
+            self.db.insert(nodes_key(leaf), value).map_err(backend)?;
+        }
+        for (_, _, _, key) in before {
+            self.db.remove(key).map_err(backend)?;
+        }
         Ok(())
     }
 
@@ -1283,9 +1342,7 @@ impl Store for SledStore {
         // inserts and takes sled's global lock, on the path of every message.
         // sled recovers a prefix of the inserts, so a crash keeps the entry
         // only with its nodes and index keys.
-        for node in nodes {
-            self.db.insert(node_key(node.level, node.index), &node.hash[..]).map_err(backend)?;
-        }
+        self.put_nodes(nodes)?;
         for index in audit_index_keys(entry) {
             self.db.insert(index, &[][..]).map_err(backend)?;
         }
@@ -1294,10 +1351,10 @@ impl Store for SledStore {
     }
 
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
-        let Some(value) = self.db.get(node_key(level, index)).map_err(backend)? else { return Ok(None) };
-        let hash =
-            Hash::try_from(&value[..]).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?;
-        Ok(Some(hash))
+        let Some(value) = self.db.get(nodes_key(last_leaf(level, index))).map_err(backend)? else { return Ok(None) };
+        let at = usize::from(level) * 32;
+        let Some(hash) = value.get(at..at + 32) else { return Ok(None) };
+        Ok(Some(Hash::try_from(hash).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?))
     }
 
     fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
@@ -1593,5 +1650,43 @@ mod tests {
         let (found, _) =
             crate::audit::query(&store, &oin, &ours_only, &AuditFilter::default(), (u64::MAX, 100)).unwrap();
         assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_tree_stored_a_key_per_node_is_regrouped_when_opened_and_reads_the_same() {
+        use crate::audit::{chain::AuditKey, CheckpointSettings, Recorder};
+        use wire::audit::AuditAction;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut recorder =
+            Recorder::resume(&store, Arc::new(AuditKey::generate().unwrap()), CheckpointSettings::default()).unwrap();
+        for _ in 0..7 {
+            recorder.record(&store, crate::audit::blank_record(AuditAction::Send, None)).unwrap();
+        }
+        // Every perfect subtree of the seven leaves: (level, index).
+        let subtrees: Vec<(u8, u64)> = (0..7u64)
+            .flat_map(|leaf| (0..=leaf.trailing_ones() as u8).map(move |l| (l, ((leaf + 1) >> l) - 1)))
+            .collect();
+        let read =
+            |store: &SledStore| subtrees.iter().map(|&(l, i)| store.audit_node(l, i).unwrap()).collect::<Vec<_>>();
+        let hashes = read(&store);
+        assert!(hashes.iter().all(Option::is_some), "{hashes:?}");
+        // Back to the layout before: a key per node, and the index version it had.
+        for item in store.db.scan_prefix([AUDIT_NODE]) {
+            store.db.remove(item.unwrap().0).unwrap();
+        }
+        for (&(level, index), hash) in subtrees.iter().zip(&hashes) {
+            let old = key(AUDIT_NODE, &[&last_leaf(level, index).to_be_bytes(), &[level]]);
+            store.db.insert(old, &hash.unwrap()[..]).unwrap();
+        }
+        store.db.insert([INDEX_VERSION], &[1][..]).unwrap();
+        // Pruned, as a retention run does: the tree can no longer be rebuilt from the entries.
+        store.db.remove(key(AUDIT, &[&1u64.to_be_bytes()])).unwrap();
+        assert!(store.audit_node(0, 0).unwrap().is_none(), "the layout before is not read as it is");
+        store.flush().unwrap();
+        drop((recorder, store));
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(read(&store), hashes);
+        assert!(store.db.scan_prefix([AUDIT_NODE]).keys().all(|k| !is_node_key_before(&k.unwrap())));
     }
 }
