@@ -46,15 +46,25 @@ const WRITE_BATCH: usize = 64;
 struct Closing {
     code: CloseCode,
     reason: String,
+    /// An error frame written just before the close, however much is queued:
+    /// a farewell saying why.
+    error: Option<Vec<u8>>,
 }
 
 impl Closing {
     fn new(code: CloseCode, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+        Self { code, reason: reason.into(), error: None }
     }
 
-    fn message(self) -> Message {
-        Message::Close(Some(CloseFrame { code: self.code, reason: self.reason.into() }))
+    /// A policy close after an error frame that says why.
+    fn refusal(error: WireError, reason: impl Into<String>) -> Self {
+        Self { error: Some(wire::encode(&HubFrame::Error { error })), ..Self::new(CloseCode::Policy, reason) }
+    }
+
+    /// The error frame, if any, then the close.
+    fn messages(self) -> impl Iterator<Item = Message> {
+        let close = Message::Close(Some(CloseFrame { code: self.code, reason: self.reason.into() }));
+        self.error.map(|bytes| Message::Binary(bytes.into())).into_iter().chain([close])
     }
 }
 
@@ -84,7 +94,7 @@ pub struct Session {
     mailbox: Arc<delivery::Mailbox>,
     stream: SplitStream<WsStream>,
     outbox: Outbox,
-    close: oneshot::Sender<Message>,
+    close: oneshot::Sender<Closing>,
     writer: tokio::task::JoinHandle<()>,
     pump: Option<tokio::task::JoinHandle<()>>,
     broken: CancellationToken,
@@ -132,7 +142,8 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
     let broken = CancellationToken::new();
     // Nothing else is queued yet, so the Hello is always the first frame.
     outbox.send(wire::encode(&hello(hub, caller)).into()).await.ok()?;
-    let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, hub.clone(), broken.clone()));
+    let ends = (close_rx, mailbox.revocation(), broken.clone());
+    let writer = tokio::spawn(write_loop(sink, frames_rx, ends, hub.clone()));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
     let reads = policy.role_allows(caller.identity.role, crate::policy::Action::Read).allowed;
@@ -166,7 +177,7 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
     match closing {
         Some(closing) => {
             debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
-            let _ = close.send(closing.message());
+            let _ = close.send(closing);
         }
         None => drop(close),
     }
@@ -193,12 +204,18 @@ const PUMP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Refuses an authenticated connection: an error frame saying why, then a
 /// policy close.
 pub async fn refuse(hub: &Hub, mut ws: WsStream, error: WireError, reason: &str) {
-    let frame = HubFrame::Error { error };
-    let _ = timeout(hub.limits.write_timeout(), async {
-        ws.send(Message::Binary(wire::encode(&frame).into())).await?;
-        ws.send(Closing::new(CloseCode::Policy, reason).message()).await
-    })
-    .await;
+    let _ = timeout(hub.limits.write_timeout(), say(&mut ws, Closing::refusal(error, reason))).await;
+}
+
+/// Writes a closing's frames, whatever else waits.
+async fn say<S: futures_util::Sink<Message, Error = WsError> + Unpin>(
+    ws: &mut S,
+    closing: Closing,
+) -> Result<(), WsError> {
+    for message in closing.messages() {
+        ws.feed(message).await?;
+    }
+    ws.flush().await
 }
 
 /// Refuses a connection whose certificate is no longer good (a resumed
@@ -283,15 +300,17 @@ impl<'a> Reader<'a> {
         let closing = loop {
             tokio::select! {
                 biased;
-                farewell = mailbox.revoked() => break Some(self.farewell(farewell).await),
+                farewell = mailbox.revoked() => break Some(self.farewell(farewell)),
                 refusal = &mut expiry => {
                     let farewell = Farewell::certificate(&refusal);
+                    // As a revocation does: nothing more is delivered, nothing queued is written.
+                    mailbox.revoke(farewell.clone());
                     let (caller, record) = (self.caller, self.hub.delivery_record(self.caller));
                     warn!(peer = %caller.peer, identity = %caller.identity, "closing connection: {refusal}");
                     // Closed whether or not the entry can be written: an expired certificate must not stay connected.
                     let auditing = Box::pin(self.hub.audit_all(vec![farewell.record(record)]));
                     let _ = auditing.await;
-                    break Some(self.farewell(farewell).await);
+                    break Some(self.farewell(farewell));
                 }
                 _ = broken.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
@@ -322,8 +341,9 @@ impl<'a> Reader<'a> {
                 _ = sleep_until(idle_deadline) => break Some(Closing::new(CloseCode::Away, "idle timeout")),
             }
         };
-        // Requests already applied still get their answer when the client is there to read it.
-        if closing.is_some() {
+        // Requests already applied still get their answer when the client is
+        // there to read it, unless its certificate is no longer good.
+        if closing.is_some() && !mailbox.is_revoked() {
             while let Some((id, result, reserved)) = inflight.next().await {
                 if self.reply(id, result, reserved).await.is_err() {
                     break;
@@ -360,11 +380,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Ends the connection with `farewell`: its error frame, if any, then close 1008.
-    async fn farewell(&self, farewell: Farewell) -> Closing {
-        if let Some(error) = farewell.error {
-            let _ = self.send(HubFrame::Error { error }).await;
+    fn farewell(&self, farewell: Farewell) -> Closing {
+        match farewell.error {
+            Some(error) => Closing::refusal(error, farewell.close),
+            None => Closing::new(CloseCode::Policy, farewell.close),
         }
-        Closing::new(CloseCode::Policy, farewell.close)
     }
 
     /// Handles one message; `Ok(Some(..))` is a request to apply.
@@ -485,13 +505,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Sends frames in batches, pings, and gives up on a client that stops reading.
+/// Sends frames in batches, pings, and gives up on a client that stops
+/// reading. Once the connection is revoked (its certificate revoked or
+/// expired, its identity no longer admitted), nothing queued is written: the
+/// closing's farewell follows at once.
 async fn write_loop(
     mut sink: Sink,
     mut frames: mpsc::Receiver<Queued>,
-    mut close: oneshot::Receiver<Message>,
+    (mut close, revoked, broken): (oneshot::Receiver<Closing>, CancellationToken, CancellationToken),
     hub: Arc<Hub>,
-    broken: CancellationToken,
 ) {
     let limits = &hub.limits;
     let mut ping = interval(limits.idle_timeout() / 3);
@@ -502,6 +524,12 @@ async fn write_loop(
         // Queued frames go before the close, so replies to applied requests are not cut off.
         let first = tokio::select! {
             biased;
+            () = revoked.cancelled(), if frames_open => {
+                frames.close();
+                while frames.try_recv().is_ok() {}
+                frames_open = false;
+                continue;
+            }
             frame = frames.recv(), if frames_open => match frame {
                 Some(frame) => Some(frame),
                 None => {
@@ -509,9 +537,9 @@ async fn write_loop(
                     continue;
                 }
             },
-            message = &mut close => {
-                if let Ok(message) = message {
-                    let _ = timeout(limits.write_timeout(), sink.send(message)).await;
+            closing = &mut close => {
+                if let Ok(closing) = closing {
+                    let _ = timeout(limits.write_timeout(), say(&mut sink, closing)).await;
                 }
                 break;
             }
@@ -527,7 +555,7 @@ async fn write_loop(
                 }
                 None => sink.feed(Message::Ping(Default::default())).await?,
             }
-            while written.len() < WRITE_BATCH {
+            while written.len() < WRITE_BATCH && !revoked.is_cancelled() {
                 match frames.try_recv() {
                     Ok(frame) => {
                         sink.feed(Message::Binary(frame.bytes.clone())).await?;

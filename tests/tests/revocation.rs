@@ -366,3 +366,72 @@ async fn a_reread_that_would_put_an_older_crl_over_a_newer_one_is_refused() -> a
     assert_eq!(audit.matches("crl-reload-refused").count(), 1, "the refused reread is audited");
     Ok(())
 }
+
+/// A member that asked for a large blob chunk many times and read none of the
+/// replies is revoked: what the hub had queued for it and not yet written is
+/// not written after the revocation; it gets the farewell, not the chunks.
+/// Before, every queued reply went out ahead of the close.
+#[tokio::test]
+async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revocation() -> anyhow::Result<()> {
+    use ketenhub_sdk::raw::RawIncoming;
+    use wire::{BlobId, ClientFrame, Request};
+    // Chunks far larger than the loopback sockets' buffers, so that only a few
+    // fit there; room for every reply in the connection's queue (a reply that
+    // may be a frame holds a frame's room), so that the hub reads every request.
+    const ASKED: u64 = 40;
+    const CHUNK: usize = 2 << 20;
+    let config = "[tls]\ncrl_reload_seconds = 0\n[limits]\nmax_frame_bytes = 4194304\n\
+                  max_blob_bytes = 4194304\noutbound_queue_bytes = 200000000\n\
+                  max_connections_per_identity = 2\noutbound_total_bytes = 800000000\n";
+    let dir = tempfile::tempdir()?;
+    let pki = pki_in(dir.path())?;
+    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", config)?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    let mut raw = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    let blob = BlobId::random();
+    let put = Request::PutBlobChunk { thread, blob, index: 0, last: true, data: vec![7; CHUNK] };
+    raw.send_frame(&ClientFrame::Request { id: 0, request: put }).await?;
+    loop {
+        match raw.next().await? {
+            RawIncoming::Frame(HubFrame::Reply { id: 0, result }) => {
+                break anyhow::ensure!(result.is_ok(), "{result:?}")
+            }
+            RawIncoming::Frame(_) => {}
+            ended => anyhow::bail!("the connection ended: {ended:?}"),
+        }
+    }
+    for id in 1..=ASKED {
+        raw.send_frame(&ClientFrame::Request { id, request: Request::GetBlobChunk { thread, blob, index: 0 } }).await?;
+    }
+    // The replies pile up in the hub's queue for the connection while nothing reads them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cert = &pki.client("lt-woerden-caseworker").expect("a sample identity").cert;
+    publish_crl(dir.path(), &pki.revocation_list(&[cert, &pki.revoked.cert], in_thirty_days())?)?;
+    tests::sighup(hub.pid())?;
+    logged(&hub, &["revocation lists reloaded"]).await?;
+
+    let (mut chunks, mut farewell) = (0, None);
+    let reading = async {
+        loop {
+            match raw.next().await? {
+                RawIncoming::Frame(HubFrame::Reply { result: Ok(_), .. }) => chunks += 1,
+                RawIncoming::Frame(HubFrame::Error { error }) => farewell = Some(error),
+                RawIncoming::Frame(_) => {}
+                ended => return anyhow::Ok(ended),
+            }
+        }
+    };
+    let ended = tokio::time::timeout(WAIT, reading).await.context("the connection stayed open")??;
+    assert_denied(farewell.as_ref(), "certificate-revoked");
+    assert!(matches!(ended, RawIncoming::Closed { code: 1008, .. }), "{ended:?}");
+    // What the sockets held before the revocation still arrives (a few chunks), not the rest of the queue.
+    assert!(chunks < ASKED / 2, "{chunks} of {ASKED} chunks were written to the revoked connection");
+    vt.close().await;
+    lt.close().await;
+    drop(raw);
+    anyhow::ensure!(hub.terminate()?.success(), "the hub did not stop cleanly:\n{}", hub.log());
+    Ok(())
+}
