@@ -150,9 +150,15 @@ impl Mailbox {
         before
     }
 
-    /// Takes back a seq [`sending`](Self::sending) noted for a frame that was not queued.
-    async fn not_sent(&self, thread: ThreadId, before: Option<(u64, u64)>) {
+    /// Takes back `seq`, which [`sending`](Self::sending) noted for a frame
+    /// that was not queued after all; unless it was recorded meanwhile (by an
+    /// ack, by the shutdown): that record stands, overstating, never the reverse.
+    async fn not_sent(&self, thread: ThreadId, seq: u64, before: Option<(u64, u64)>) {
         let mut unrecorded = self.unrecorded.lock().await;
+        let noted = before.map_or((seq, seq), |(first, _)| (first, seq));
+        if unrecorded.get(&thread) != Some(&noted) {
+            return;
+        }
         match before {
             Some(range) => unrecorded.insert(thread, range),
             None => unrecorded.remove(&thread),
@@ -355,6 +361,12 @@ impl Registry {
         let mailbox = Arc::new(Mailbox::default());
         connections.push(Online { id, identity, record, certificate, mailbox: mailbox.clone() });
         Ok(Registration { registry: self.clone(), member, id, mailbox })
+    }
+
+    /// Every open connection's mailbox, with the audit record of its deliveries.
+    pub fn open_mailboxes(&self) -> Vec<(Arc<Mailbox>, AuditRecord)> {
+        let online = lock(&self.online);
+        online.values().flatten().map(|o| (o.mailbox.clone(), o.record.clone())).collect()
     }
 
     /// The mailboxes of `member`'s open connections.
@@ -704,10 +716,15 @@ async fn deliver(
                     crate::stages::record_time(crate::stages::Stage::Pump, published.elapsed());
                 }
                 let before = timer.add(mailbox, thread, frame.seq).await;
+                // Stopped while noting (the shutdown records what is noted once it stops us): not sent.
+                if mailbox.is_stopped() {
+                    mailbox.not_sent(thread, frame.seq, before).await;
+                    return Err(PumpStopped::Closed);
+                }
                 // Boxed: inline, the queueing would be part of every open connection's pump.
                 let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
                 if queueing.await.is_err() {
-                    mailbox.not_sent(thread, before).await;
+                    mailbox.not_sent(thread, frame.seq, before).await;
                     return Err(PumpStopped::Closed);
                 }
                 if timer.is_due() {

@@ -281,6 +281,8 @@ impl Server {
         if timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
             warn!("connections still open after {SHUTDOWN_GRACE:?}; stopping anyway");
         }
+        // Before the seal, so that the final checkpoint covers what they were sent.
+        self.hub.record_open_deliveries().await;
         // The log ends on a signed checkpoint, durable before the process exits.
         let _ = self.hub.writes.submit(crate::durability::Write::Seal, None).await.await;
         self.hub.store.flush()?;

@@ -229,6 +229,18 @@ impl Hub {
         }
     }
 
+    /// Stops delivery on every connection still open and records what each
+    /// delivered and has not recorded yet: at shutdown, before the log is
+    /// sealed, for connections that outlast the grace (a client that does not
+    /// read holds its writer and pump).
+    pub async fn record_open_deliveries(&self) {
+        for (mailbox, template) in self.registry.open_mailboxes() {
+            mailbox.close();
+            let log = crate::delivery::DeliveryLog { writes: self.writes.clone(), template };
+            log.record_left(&mailbox).await;
+        }
+    }
+
     /// The recorder of the deliveries to `caller`'s connection.
     pub fn delivery_log(&self, caller: &Caller) -> crate::delivery::DeliveryLog {
         crate::delivery::DeliveryLog { writes: self.writes.clone(), template: self.delivery_record(caller) }

@@ -380,3 +380,57 @@ async fn an_acknowledged_delivery_is_recorded_by_the_time_its_cursor_is_durable(
     assert!(recorded.iter().any(|(f, l)| *f <= seq && seq <= *l), "acknowledged without a record: {recorded:?}");
     Ok(())
 }
+
+/// A connection that does not read holds the hub's shutdown past its grace:
+/// its writer waits on the socket, its pump on the full queue, with deliveries
+/// noted and not yet recorded. The hub records them before it seals the log,
+/// so the final signed head covers them. Before, they were lost with the process.
+#[tokio::test]
+async fn deliveries_of_a_connection_still_open_at_shutdown_are_recorded_before_the_seal() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The stuck writer outlasts the shutdown's grace by far.
+    let mut hub = HubProcess::start(HUB.as_ref(), dir.path(), "127.0.0.1:0", "[limits]\nwrite_timeout_ms = 120000\n")?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
+    let thread = vt.create_thread().await?;
+    vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
+    lt.close().await;
+    // More than the sockets' buffers and the connection's queue hold, waiting
+    // before it connects: the pump queues at once, well inside the record window.
+    let text = "x".repeat(500_000);
+    let mut sent = Vec::new();
+    for _ in 0..40 {
+        sent.push(vt.send_text(thread, &text).await?.seq);
+    }
+    vt.close().await;
+    // Connected, never read.
+    let stuck = hub.client("lt-woerden-caseworker").connect_raw().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    anyhow::ensure!(hub.terminate()?.success(), "the hub did not stop cleanly:\n{}", hub.log());
+    drop(stuck);
+    assert!(hub.log().contains("connections still open"), "the connection did not outlast the grace:\n{}", hub.log());
+
+    let store = hub::store::SledStore::open(&dir.path().join("data/store"))?;
+    let sealed = store.latest_head()?.map_or(0, |head| head.size);
+    let mut recorded = Vec::new();
+    hub::audit::scan(&store, |e| {
+        let to_lt = e.record.actor.as_ref().is_some_and(|a| a.worker == lt.member_id().worker);
+        if e.record.action == AuditAction::Deliver && e.record.case == Some(thread) && to_lt {
+            recorded.push((e.seq, e.record.object.clone()));
+        }
+        true
+    })?;
+    let first = sent[0];
+    let covers = |object: &Option<String>| {
+        let range = object.as_deref().and_then(|o| o.strip_prefix("seq ")).and_then(|r| r.split_once('-'));
+        range
+            .and_then(|(f, l)| Some((f.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+            .is_some_and(|(f, l)| f <= first && first <= l)
+    };
+    let record = recorded.iter().find(|(_, object)| covers(object));
+    let Some((at, _)) = record else {
+        panic!("no delivery record of seq {first} to the stuck connection: {recorded:?}")
+    };
+    assert!(*at <= sealed, "the delivery record (entry {at}) came after the final signed head (size {sealed})");
+    Ok(())
+}
