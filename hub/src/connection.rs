@@ -61,6 +61,14 @@ impl Closing {
         Self { error: Some(wire::encode(&HubFrame::Error { error })), ..Self::new(CloseCode::Policy, reason) }
     }
 
+    /// The close of a connection the hub stops ([`Farewell`]): its error frame, if any, then close 1008.
+    fn farewell(farewell: Farewell) -> Self {
+        match farewell.error {
+            Some(error) => Self::refusal(error, farewell.close),
+            None => Self::new(CloseCode::Policy, farewell.close),
+        }
+    }
+
     /// The error frame, if any, then the close.
     fn messages(self) -> impl Iterator<Item = Message> {
         let close = Message::Close(Some(CloseFrame { code: self.code, reason: self.reason.into() }));
@@ -142,7 +150,7 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
     let broken = CancellationToken::new();
     // Nothing else is queued yet, so the Hello is always the first frame.
     outbox.send(wire::encode(&hello(hub, caller)).into()).await.ok()?;
-    let ends = (close_rx, mailbox.revocation(), broken.clone());
+    let ends = (close_rx, mailbox.clone(), broken.clone());
     let writer = tokio::spawn(write_loop(sink, frames_rx, ends, hub.clone()));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
@@ -170,8 +178,8 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
 /// Serves an opened connection until it closes, the hub shuts down, or a
 /// limit ends it.
 pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: CancellationToken) {
-    let Session { registration, mailbox, stream, outbox, close, writer, pump, broken } = session;
-    let closing = Reader::new(&hub, caller, &mailbox, outbox).run(stream, &shutdown, &broken).await;
+    let Session { registration, mailbox, mut stream, outbox, close, writer, pump, broken } = session;
+    let closing = Reader::new(&hub, caller, &mailbox, outbox).run(&mut stream, &shutdown, &broken).await;
     // The pump sends nothing more from here; it records what it sent and ends.
     mailbox.close();
     match closing {
@@ -182,6 +190,7 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         None => drop(close),
     }
     let _ = writer.await;
+    linger(stream).await;
     if let Some(mut pump) = pump {
         // A pump waiting for the hub's share of outbound bytes would wait for
         // other connections: it gets a moment, then its unsent records are given up.
@@ -197,6 +206,17 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
     recording.await;
     drop(registration);
 }
+
+/// Reads and drops what the client still sends, until it ends the connection
+/// or [`LINGER`] has passed. Closing a socket with unread input makes TCP
+/// reset it, and a reset discards what the client had not read yet: the
+/// farewell of a client that pipelines requests, above all.
+async fn linger(mut stream: SplitStream<WsStream>) {
+    let _ = timeout(LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+}
+
+/// How long a closed connection waits for its client to end it too.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a closing connection's pump may take to record its deliveries.
 const PUMP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -282,7 +302,7 @@ impl<'a> Reader<'a> {
     /// Runs until the connection should end; returns the close to send, if any.
     async fn run(
         mut self,
-        mut stream: futures_util::stream::SplitStream<WsStream>,
+        stream: &mut futures_util::stream::SplitStream<WsStream>,
         shutdown: &CancellationToken,
         broken: &CancellationToken,
     ) -> Option<Closing> {
@@ -300,7 +320,7 @@ impl<'a> Reader<'a> {
         let closing = loop {
             tokio::select! {
                 biased;
-                farewell = mailbox.revoked() => break Some(self.farewell(farewell)),
+                farewell = mailbox.revoked() => break Some(Closing::farewell(farewell)),
                 refusal = &mut expiry => {
                     let farewell = Farewell::certificate(&refusal);
                     // As a revocation does: nothing more is delivered, nothing queued is written.
@@ -310,7 +330,7 @@ impl<'a> Reader<'a> {
                     // Closed whether or not the entry can be written: an expired certificate must not stay connected.
                     let auditing = Box::pin(self.hub.audit_all(vec![farewell.record(record)]));
                     let _ = auditing.await;
-                    break Some(self.farewell(farewell));
+                    break Some(Closing::farewell(farewell));
                 }
                 _ = broken.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some(Closing::new(CloseCode::Away, "hub shutting down")),
@@ -377,14 +397,6 @@ impl<'a> Reader<'a> {
             self.hub.ack(self.caller, thread, seq).await
         });
         acking.await
-    }
-
-    /// Ends the connection with `farewell`: its error frame, if any, then close 1008.
-    fn farewell(&self, farewell: Farewell) -> Closing {
-        match farewell.error {
-            Some(error) => Closing::refusal(error, farewell.close),
-            None => Closing::new(CloseCode::Policy, farewell.close),
-        }
     }
 
     /// Handles one message; `Ok(Some(..))` is a request to apply.
@@ -507,12 +519,14 @@ impl<'a> Reader<'a> {
 
 /// Sends frames in batches, pings, and gives up on a client that stops
 /// reading. Once the connection is revoked (its certificate revoked or
-/// expired, its identity no longer admitted), nothing queued is written: the
-/// closing's farewell follows at once.
+/// expired, its identity no longer admitted), no frame it has not begun to
+/// write is written: it drops them and writes the farewell itself, whatever
+/// the reader is doing (one waiting for room in the queue it just closed
+/// would otherwise end without one).
 async fn write_loop(
     mut sink: Sink,
     mut frames: mpsc::Receiver<Queued>,
-    (mut close, revoked, broken): (oneshot::Receiver<Closing>, CancellationToken, CancellationToken),
+    (mut close, mailbox, broken): (oneshot::Receiver<Closing>, Arc<delivery::Mailbox>, CancellationToken),
     hub: Arc<Hub>,
 ) {
     let limits = &hub.limits;
@@ -524,11 +538,12 @@ async fn write_loop(
         // Queued frames go before the close, so replies to applied requests are not cut off.
         let first = tokio::select! {
             biased;
-            () = revoked.cancelled(), if frames_open => {
+            farewell = mailbox.revoked() => {
                 frames.close();
-                while frames.try_recv().is_ok() {}
-                frames_open = false;
-                continue;
+                // Until every sender that had room has put its frame: each holds bytes of the budget.
+                while frames.recv().await.is_some() {}
+                let _ = timeout(limits.write_timeout(), say(&mut sink, Closing::farewell(farewell))).await;
+                break;
             }
             frame = frames.recv(), if frames_open => match frame {
                 Some(frame) => Some(frame),
@@ -555,7 +570,7 @@ async fn write_loop(
                 }
                 None => sink.feed(Message::Ping(Default::default())).await?,
             }
-            while written.len() < WRITE_BATCH && !revoked.is_cancelled() {
+            while written.len() < WRITE_BATCH && !mailbox.is_revoked() {
                 match frames.try_recv() {
                     Ok(frame) => {
                         sink.feed(Message::Binary(frame.bytes.clone())).await?;

@@ -110,11 +110,6 @@ impl Mailbox {
         self.wake.notify_one();
     }
 
-    /// Cancelled when delivery to this connection is stopped, for its writer.
-    pub fn revocation(&self) -> tokio_util::sync::CancellationToken {
-        self.revoked.clone()
-    }
-
     /// Whether delivery to this connection was stopped.
     pub fn is_revoked(&self) -> bool {
         self.revoked.is_cancelled()

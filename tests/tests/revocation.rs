@@ -367,32 +367,39 @@ async fn a_reread_that_would_put_an_older_crl_over_a_newer_one_is_refused() -> a
     Ok(())
 }
 
-/// A member that asked for a large blob chunk many times and read none of the
-/// replies is revoked: what the hub had queued for it and not yet written is
-/// not written after the revocation; it gets the farewell, not the chunks.
-/// Before, every queued reply went out ahead of the close.
-#[tokio::test]
-async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revocation() -> anyhow::Result<()> {
+/// What a revoked connection was sent after it had sent its requests.
+struct AfterRevocation {
+    /// The blob chunks it was sent.
+    chunks: u64,
+    /// The error frame, if one came.
+    farewell: Option<WireError>,
+    /// How the connection ended.
+    ended: ketenhub_sdk::raw::RawIncoming,
+}
+
+/// Chunks far larger than the loopback sockets' buffers, so that only a few fit there.
+const BIG_CHUNK: usize = 2 << 20;
+
+/// Starts a hub with `limits` (its `[limits]` lines), puts a `BIG_CHUNK` blob
+/// into a case between VT and LT, and on a raw LT connection asks for it
+/// `chunks` times and for a case's delivery status `small` times, reading
+/// nothing. Then LT's certificate is revoked and the connection read to its end.
+async fn revoked_while_asking(limits: &str, chunks: u64, small: u64) -> anyhow::Result<AfterRevocation> {
     use ketenhub_sdk::raw::RawIncoming;
     use wire::{BlobId, ClientFrame, Request};
-    // Chunks far larger than the loopback sockets' buffers, so that only a few
-    // fit there; room for every reply in the connection's queue (a reply that
-    // may be a frame holds a frame's room), so that the hub reads every request.
-    const ASKED: u64 = 40;
-    const CHUNK: usize = 2 << 20;
-    let config = "[tls]\ncrl_reload_seconds = 0\n[limits]\nmax_frame_bytes = 4194304\n\
-                  max_blob_bytes = 4194304\noutbound_queue_bytes = 200000000\n\
-                  max_connections_per_identity = 2\noutbound_total_bytes = 800000000\n";
+    let config = format!(
+        "[tls]\ncrl_reload_seconds = 0\n[limits]\nmax_frame_bytes = 4194304\nmax_blob_bytes = 4194304\n{limits}"
+    );
     let dir = tempfile::tempdir()?;
     let pki = pki_in(dir.path())?;
-    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", config)?;
+    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", &config)?;
     let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
     let lt = hub.client("lt-woerden-caseworker").discard_events().connect().await?;
     let thread = vt.create_thread().await?;
     vt.add_member(thread, lt.member_id(), &tests::consent()).await?;
     let mut raw = hub.client("lt-woerden-caseworker").connect_raw().await?;
     let blob = BlobId::random();
-    let put = Request::PutBlobChunk { thread, blob, index: 0, last: true, data: vec![7; CHUNK] };
+    let put = Request::PutBlobChunk { thread, blob, index: 0, last: true, data: vec![7; BIG_CHUNK] };
     raw.send_frame(&ClientFrame::Request { id: 0, request: put }).await?;
     loop {
         match raw.next().await? {
@@ -403,8 +410,10 @@ async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revoc
             ended => anyhow::bail!("the connection ended: {ended:?}"),
         }
     }
-    for id in 1..=ASKED {
-        raw.send_frame(&ClientFrame::Request { id, request: Request::GetBlobChunk { thread, blob, index: 0 } }).await?;
+    let asks = (1..=chunks).map(|_| Request::GetBlobChunk { thread, blob, index: 0 });
+    let statuses = (0..small).map(|_| Request::DeliveryStatus { thread });
+    for (id, request) in (1..).zip(asks.chain(statuses)) {
+        raw.send_frame(&ClientFrame::Request { id, request }).await?;
     }
     // The replies pile up in the hub's queue for the connection while nothing reads them.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -413,11 +422,11 @@ async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revoc
     tests::sighup(hub.pid())?;
     logged(&hub, &["revocation lists reloaded"]).await?;
 
-    let (mut chunks, mut farewell) = (0, None);
+    let (mut sent, mut farewell) = (0, None);
     let reading = async {
         loop {
             match raw.next().await? {
-                RawIncoming::Frame(HubFrame::Reply { result: Ok(_), .. }) => chunks += 1,
+                RawIncoming::Frame(HubFrame::Reply { result: Ok(wire::Reply::BlobChunk { .. }), .. }) => sent += 1,
                 RawIncoming::Frame(HubFrame::Error { error }) => farewell = Some(error),
                 RawIncoming::Frame(_) => {}
                 ended => return anyhow::Ok(ended),
@@ -425,13 +434,39 @@ async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revoc
         }
     };
     let ended = tokio::time::timeout(WAIT, reading).await.context("the connection stayed open")??;
-    assert_denied(farewell.as_ref(), "certificate-revoked");
-    assert!(matches!(ended, RawIncoming::Closed { code: 1008, .. }), "{ended:?}");
-    // What the sockets held before the revocation still arrives (a few chunks), not the rest of the queue.
-    assert!(chunks < ASKED / 2, "{chunks} of {ASKED} chunks were written to the revoked connection");
     vt.close().await;
     lt.close().await;
     drop(raw);
     anyhow::ensure!(hub.terminate()?.success(), "the hub did not stop cleanly:\n{}", hub.log());
+    Ok(AfterRevocation { chunks: sent, farewell, ended })
+}
+
+/// A member that asked for a large blob chunk many times and read none of the
+/// replies is revoked: what the hub had queued for it and not yet written is
+/// not written after the revocation; it gets the farewell, not the chunks.
+/// Before, every queued reply went out ahead of the close.
+#[tokio::test]
+async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revocation() -> anyhow::Result<()> {
+    const ASKED: u64 = 40;
+    // Room for every reply in the connection's queue (a reply that may be a
+    // frame holds a frame's room), so that the hub reads every request.
+    let room = "outbound_queue_bytes = 200000000\nmax_connections_per_identity = 2\noutbound_total_bytes = 800000000\n";
+    let after = revoked_while_asking(room, ASKED, 0).await?;
+    assert_denied(after.farewell.as_ref(), "certificate-revoked");
+    assert!(matches!(after.ended, ketenhub_sdk::raw::RawIncoming::Closed { code: 1008, .. }), "{:?}", after.ended);
+    // What the sockets held before the revocation still arrives (a few chunks), not the rest of the queue.
+    assert!(after.chunks < ASKED * 3 / 4, "{} of {ASKED} chunks were written to the revoked connection", after.chunks);
+    Ok(())
+}
+
+/// As above, with the connection's queue full of small replies, so that its
+/// reader waits for room when the revocation comes: the farewell still comes,
+/// though the queue it waited on is gone.
+#[tokio::test]
+async fn a_revoked_connection_whose_queue_is_full_still_gets_its_farewell() -> anyhow::Result<()> {
+    let room = "outbound_queue_bytes = 200000000\nmax_connections_per_identity = 2\noutbound_total_bytes = 800000000\n";
+    let after = revoked_while_asking(room, 10, 600).await?;
+    assert_denied(after.farewell.as_ref(), "certificate-revoked");
+    assert!(matches!(after.ended, ketenhub_sdk::raw::RawIncoming::Closed { code: 1008, .. }), "{:?}", after.ended);
     Ok(())
 }
