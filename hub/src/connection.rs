@@ -119,8 +119,8 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
         Ok(registration) => registration,
         Err(e) => {
             warn!(peer = %caller.peer, identity = %caller.identity, "refused: {e}");
-            let error = WireError::new(ErrorCode::TooManyConnections, e.to_string());
-            refuse(hub, ws, error, "too many connections for this identity").await;
+            let (code, reason) = e.code_and_reason();
+            refuse(hub, ws, WireError::new(code, e.to_string()), reason).await;
             return None;
         }
     };
@@ -190,7 +190,7 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         None => drop(close),
     }
     let _ = writer.await;
-    linger(stream).await;
+    linger(stream, hub.limits.frames_burst as usize).await;
     if let Some(mut pump) = pump {
         // A pump waiting for the hub's share of outbound bytes would wait for
         // other connections: it gets a moment, then its unsent records are given up.
@@ -207,12 +207,15 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
     drop(registration);
 }
 
-/// Reads and drops what the client still sends, until it ends the connection
-/// or [`LINGER`] has passed. Closing a socket with unread input makes TCP
+/// Reads and drops what the client still sends, until it ends the
+/// connection, [`LINGER`] has passed or it read `frames`
+/// (`limits.frames_burst`, the most a client may send at once, each at most
+/// `limits.max_frame_bytes`). Closing a socket with unread input makes TCP
 /// reset it, and a reset discards what the client had not read yet: the
 /// farewell of a client that pipelines requests, above all.
-async fn linger(mut stream: SplitStream<WsStream>) {
-    let _ = timeout(LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+async fn linger(stream: SplitStream<WsStream>, frames: usize) {
+    let draining = stream.take(frames).take_while(|read| std::future::ready(read.is_ok())).for_each(|_| async {});
+    let _ = timeout(LINGER, draining).await;
 }
 
 /// How long a closed connection waits for its client to end it too.

@@ -192,14 +192,32 @@ impl Mailbox {
     }
 }
 
-/// Refused registration: the identity already has its maximum of connections.
+/// A refused registration.
 #[derive(Debug, thiserror::Error)]
-#[error("{member} already has {limit} open connections")]
-pub struct TooManyConnections {
-    /// The identity.
-    pub member: MemberId,
-    /// The limit.
-    pub limit: usize,
+pub enum NotRegistered {
+    /// The identity already has its maximum of connections.
+    #[error("{member} already has {limit} open connections")]
+    TooManyConnections {
+        /// The identity.
+        member: MemberId,
+        /// The limit.
+        limit: usize,
+    },
+    /// The hub is shutting down: its last deliveries are being recorded.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+impl NotRegistered {
+    /// The error frame's code and the close's reason.
+    pub fn code_and_reason(&self) -> (ErrorCode, &'static str) {
+        match self {
+            Self::TooManyConnections { .. } => {
+                (ErrorCode::TooManyConnections, "too many connections for this identity")
+            }
+            Self::ShuttingDown => (ErrorCode::Unavailable, "hub shutting down"),
+        }
+    }
 }
 
 /// Tells one connection's registration from another's.
@@ -322,6 +340,8 @@ impl NewsCache {
 #[derive(Debug)]
 pub struct Registry {
     online: Mutex<HashMap<MemberId, Connections>>,
+    /// Set, under `online`'s lock, once no connection may register.
+    closed: AtomicBool,
     news: Mutex<NewsCache>,
     next_id: AtomicU64,
     per_identity: usize,
@@ -332,6 +352,7 @@ impl Registry {
     pub fn new(per_identity: usize) -> Arc<Self> {
         Arc::new(Self {
             online: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
             news: Mutex::new(NewsCache::default()),
             next_id: AtomicU64::new(1),
             per_identity,
@@ -346,11 +367,14 @@ impl Registry {
         identity: Identity,
         certificate: CertValidity,
         record: AuditRecord,
-    ) -> Result<Registration, TooManyConnections> {
+    ) -> Result<Registration, NotRegistered> {
         let mut online = lock(&self.online);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(NotRegistered::ShuttingDown);
+        }
         let connections = online.entry(member.clone()).or_default();
         if connections.len() >= self.per_identity {
-            return Err(TooManyConnections { member, limit: self.per_identity });
+            return Err(NotRegistered::TooManyConnections { member, limit: self.per_identity });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
@@ -358,9 +382,12 @@ impl Registry {
         Ok(Registration { registry: self.clone(), member, id, mailbox })
     }
 
-    /// Every open connection's mailbox, with the audit record of its deliveries.
-    pub fn open_mailboxes(&self) -> Vec<(Arc<Mailbox>, AuditRecord)> {
+    /// Takes no more connections (at shutdown, before the last deliveries
+    /// are recorded) and returns every open connection's mailbox, with the
+    /// audit record of its deliveries: none registers after this snapshot.
+    pub fn close_registrations(&self) -> Vec<(Arc<Mailbox>, AuditRecord)> {
         let online = lock(&self.online);
+        self.closed.store(true, Ordering::SeqCst);
         online.values().flatten().map(|o| (o.mailbox.clone(), o.record.clone())).collect()
     }
 

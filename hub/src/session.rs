@@ -229,12 +229,12 @@ impl Hub {
         }
     }
 
-    /// Stops delivery on every connection still open and records what each
+    /// Takes no more connections, stops delivery on every one still open and records what each
     /// delivered and has not recorded yet: at shutdown, before the log is
     /// sealed, for connections that outlast the grace (a client that does not
     /// read holds its writer and pump).
     pub async fn record_open_deliveries(&self) {
-        for (mailbox, template) in self.registry.open_mailboxes() {
+        for (mailbox, template) in self.registry.close_registrations() {
             mailbox.close();
             let log = crate::delivery::DeliveryLog { writes: self.writes.clone(), template };
             log.record_left(&mailbox).await;

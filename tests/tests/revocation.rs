@@ -377,6 +377,12 @@ struct AfterRevocation {
     ended: ketenhub_sdk::raw::RawIncoming,
 }
 
+/// Room for every reply in the connection's queue (a reply that may be a
+/// frame holds a frame's room), so that the hub reads every request, and a
+/// writer that waits on the socket far longer than the test takes.
+const ROOM: &str = "outbound_queue_bytes = 200000000\nmax_connections_per_identity = 2\n\
+                    outbound_total_bytes = 800000000\nwrite_timeout_ms = 120000\n";
+
 /// Chunks far larger than the loopback sockets' buffers, so that only a few fit there.
 const BIG_CHUNK: usize = 2 << 20;
 
@@ -448,14 +454,12 @@ async fn revoked_while_asking(limits: &str, chunks: u64, small: u64) -> anyhow::
 #[tokio::test]
 async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revocation() -> anyhow::Result<()> {
     const ASKED: u64 = 40;
-    // Room for every reply in the connection's queue (a reply that may be a
-    // frame holds a frame's room), so that the hub reads every request.
-    let room = "outbound_queue_bytes = 200000000\nmax_connections_per_identity = 2\noutbound_total_bytes = 800000000\n";
+    let room = ROOM;
     let after = revoked_while_asking(room, ASKED, 0).await?;
     assert_denied(after.farewell.as_ref(), "certificate-revoked");
     assert!(matches!(after.ended, ketenhub_sdk::raw::RawIncoming::Closed { code: 1008, .. }), "{:?}", after.ended);
     // What the sockets held before the revocation still arrives (a few chunks), not the rest of the queue.
-    assert!(after.chunks < ASKED * 3 / 4, "{} of {ASKED} chunks were written to the revoked connection", after.chunks);
+    assert!(after.chunks < ASKED / 4, "{} of {ASKED} chunks were written to the revoked connection", after.chunks);
     Ok(())
 }
 
@@ -464,7 +468,7 @@ async fn what_was_queued_for_a_revoked_connection_is_not_written_after_the_revoc
 /// though the queue it waited on is gone.
 #[tokio::test]
 async fn a_revoked_connection_whose_queue_is_full_still_gets_its_farewell() -> anyhow::Result<()> {
-    let room = "outbound_queue_bytes = 200000000\nmax_connections_per_identity = 2\noutbound_total_bytes = 800000000\n";
+    let room = ROOM;
     let after = revoked_while_asking(room, 10, 600).await?;
     assert_denied(after.farewell.as_ref(), "certificate-revoked");
     assert!(matches!(after.ended, ketenhub_sdk::raw::RawIncoming::Closed { code: 1008, .. }), "{:?}", after.ended);
