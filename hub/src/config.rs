@@ -177,6 +177,9 @@ pub struct Limits {
     pub outbound_total_bytes: usize,
     /// A client that does not take a frame within this time is disconnected.
     pub write_timeout_ms: u64,
+    /// Bytes a closed connection still reads and drops, for at most 2 s, so
+    /// that its close is not lost to a TCP reset.
+    pub linger_bytes: usize,
     /// Consecutive malformed frames after which a connection is closed.
     pub max_protocol_errors: u32,
     /// Largest attachment blob, in bytes of ciphertext (100 MiB of content plus
@@ -249,6 +252,7 @@ impl Default for Limits {
             outbound_queue_bytes: 8 << 20,
             outbound_total_bytes: 256 << 20,
             write_timeout_ms: 10_000,
+            linger_bytes: 16 << 20,
             max_protocol_errors: 16,
             max_blob_bytes: 101 << 20,
             max_members_per_thread: 64,
@@ -310,6 +314,7 @@ impl Limits {
             ("limits.outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("limits.outbound_total_bytes", self.outbound_total_bytes as u64),
             ("limits.write_timeout_ms", self.write_timeout_ms),
+            ("limits.linger_bytes", self.linger_bytes as u64),
             ("limits.max_protocol_errors", self.max_protocol_errors as u64),
             ("limits.max_blob_bytes", self.max_blob_bytes),
             ("limits.max_members_per_thread", self.max_members_per_thread as u64),

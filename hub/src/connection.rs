@@ -103,7 +103,7 @@ pub struct Session {
     stream: SplitStream<WsStream>,
     outbox: Outbox,
     close: oneshot::Sender<Closing>,
-    writer: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<Sink>,
     pump: Option<tokio::task::JoinHandle<()>>,
     broken: CancellationToken,
 }
@@ -189,8 +189,9 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         }
         None => drop(close),
     }
-    let _ = writer.await;
-    linger(stream, hub.limits.frames_burst as usize).await;
+    if let Ok(sink) = writer.await {
+        linger(stream, sink, hub.limits.linger_bytes).await;
+    }
     if let Some(mut pump) = pump {
         // A pump waiting for the hub's share of outbound bytes would wait for
         // other connections: it gets a moment, then its unsent records are given up.
@@ -208,13 +209,24 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
 }
 
 /// Reads and drops what the client still sends, until it ends the
-/// connection, [`LINGER`] has passed or it read `frames`
-/// (`limits.frames_burst`, the most a client may send at once, each at most
-/// `limits.max_frame_bytes`). Closing a socket with unread input makes TCP
+/// connection, [`LINGER`] has passed or it read `bytes`
+/// (`limits.linger_bytes`). Closing a socket with unread input makes TCP
 /// reset it, and a reset discards what the client had not read yet: the
-/// farewell of a client that pipelines requests, above all.
-async fn linger(stream: SplitStream<WsStream>, frames: usize) {
-    let draining = stream.take(frames).take_while(|read| std::future::ready(read.is_ok())).for_each(|_| async {});
+/// farewell of a client that pipelines requests, or the `frame_too_large`
+/// of one still sending its oversized frame. Read below the WebSocket layer,
+/// which reads nothing more after an error.
+async fn linger(stream: SplitStream<WsStream>, sink: Sink, bytes: usize) {
+    let Ok(mut ws) = stream.reunite(sink) else { return };
+    let draining = async {
+        let mut buffer = vec![0; 16 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(ws.get_mut(), &mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => left = left.saturating_sub(read),
+            }
+        }
+    };
     let _ = timeout(LINGER, draining).await;
 }
 
@@ -531,7 +543,7 @@ async fn write_loop(
     mut frames: mpsc::Receiver<Queued>,
     (mut close, mailbox, broken): (oneshot::Receiver<Closing>, Arc<delivery::Mailbox>, CancellationToken),
     hub: Arc<Hub>,
-) {
+) -> Sink {
     let limits = &hub.limits;
     let mut ping = interval(limits.idle_timeout() / 3);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -605,4 +617,5 @@ async fn write_loop(
     }
     broken.cancel();
     let _ = timeout(limits.write_timeout(), sink.close()).await;
+    sink
 }

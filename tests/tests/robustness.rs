@@ -92,6 +92,27 @@ async fn a_stream_of_malformed_frames_is_closed_with_a_reason() -> anyhow::Resul
     hub.stop().await
 }
 
+/// A frame far over the limit: the hub refuses it at its header, while the
+/// client is still sending the rest. The client still gets the typed error
+/// and the close, not a TCP reset (which, before, cut off even its own send).
+#[tokio::test]
+async fn a_frame_far_over_the_limit_still_gets_its_typed_error_and_close() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = hub::config::Limits { max_frame_bytes: 64 * 1024, ..tests::limits() };
+    let hub = DevHub::start(dir.path(), limits).await?;
+    let vt = hub.client("vt-utrecht-caseworker").discard_events().connect().await?;
+    let own = vt.create_thread().await?;
+    let mut raw = hub.client("vt-utrecht-caseworker").connect_raw().await?;
+    let huge = ClientFrame::Request {
+        id: 1,
+        request: Request::Send { thread: own, message: MessageId::new(), payload: vec![0; 4 << 20] },
+    };
+    raw.send_frame(&huge).await?;
+    assert_eq!(next_error(&mut raw).await.code, ErrorCode::FrameTooLarge);
+    assert!(matches!(next(&mut raw).await, RawIncoming::Closed { code: 1009, .. }));
+    hub.stop().await
+}
+
 #[tokio::test]
 async fn an_oversized_frame_is_refused_with_a_close_reason() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
