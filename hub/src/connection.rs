@@ -150,8 +150,7 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
     let broken = CancellationToken::new();
     // Nothing else is queued yet, so the Hello is always the first frame.
     outbox.send(wire::encode(&hello(hub, caller)).into()).await.ok()?;
-    let ends = (close_rx, mailbox.clone(), broken.clone());
-    let writer = tokio::spawn(write_loop(sink, frames_rx, ends, hub.clone()));
+    let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, mailbox.clone(), hub.clone(), broken.clone()));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
     let reads = policy.role_allows(caller.identity.role, crate::policy::Action::Read).allowed;
@@ -541,8 +540,10 @@ impl<'a> Reader<'a> {
 async fn write_loop(
     mut sink: Sink,
     mut frames: mpsc::Receiver<Queued>,
-    (mut close, mailbox, broken): (oneshot::Receiver<Closing>, Arc<delivery::Mailbox>, CancellationToken),
+    mut close: oneshot::Receiver<Closing>,
+    mailbox: Arc<delivery::Mailbox>,
     hub: Arc<Hub>,
+    broken: CancellationToken,
 ) -> Sink {
     let limits = &hub.limits;
     let mut ping = interval(limits.idle_timeout() / 3);

@@ -141,7 +141,7 @@ impl Mailbox {
     async fn sending(&self, thread: ThreadId, seq: u64) -> Option<(u64, u64)> {
         let mut unrecorded = self.unrecorded.lock().await;
         let before = unrecorded.get(&thread).copied();
-        unrecorded.insert(thread, before.map_or((seq, seq), |(first, _)| (first, seq)));
+        unrecorded.insert(thread, noted(before, seq));
         before
     }
 
@@ -150,8 +150,7 @@ impl Mailbox {
     /// ack, by the shutdown): that record stands, overstating, never the reverse.
     async fn not_sent(&self, thread: ThreadId, seq: u64, before: Option<(u64, u64)>) {
         let mut unrecorded = self.unrecorded.lock().await;
-        let noted = before.map_or((seq, seq), |(first, _)| (first, seq));
-        if unrecorded.get(&thread) != Some(&noted) {
+        if unrecorded.get(&thread) != Some(&noted(before, seq)) {
             return;
         }
         match before {
@@ -190,6 +189,11 @@ impl Mailbox {
             self.wake.notified().await;
         }
     }
+}
+
+/// The range of unrecorded deliveries once `seq` is noted after `before`.
+fn noted(before: Option<(u64, u64)>, seq: u64) -> (u64, u64) {
+    before.map_or((seq, seq), |(first, _)| (first, seq))
 }
 
 /// A refused registration.
@@ -739,13 +743,12 @@ async fn deliver(
                 }
                 let before = timer.add(mailbox, thread, frame.seq).await;
                 // Stopped while noting (the shutdown records what is noted once it stops us): not sent.
-                if mailbox.is_stopped() {
-                    mailbox.not_sent(thread, frame.seq, before).await;
-                    return Err(PumpStopped::Closed);
-                }
-                // Boxed: inline, the queueing would be part of every open connection's pump.
-                let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
-                if queueing.await.is_err() {
+                let queued = !mailbox.is_stopped() && {
+                    // Boxed: inline, the queueing would be part of every open connection's pump.
+                    let queueing = Box::pin(out.send_published(frame.bytes, frame.published));
+                    queueing.await.is_ok()
+                };
+                if !queued {
                     mailbox.not_sent(thread, frame.seq, before).await;
                     return Err(PumpStopped::Closed);
                 }

@@ -236,14 +236,18 @@ impl Hub {
     pub async fn record_open_deliveries(&self) {
         for (mailbox, template) in self.registry.close_registrations() {
             mailbox.close();
-            let log = crate::delivery::DeliveryLog { writes: self.writes.clone(), template };
-            log.record_left(&mailbox).await;
+            self.recorder(template).record_left(&mailbox).await;
         }
     }
 
     /// The recorder of the deliveries to `caller`'s connection.
     pub fn delivery_log(&self, caller: &Caller) -> crate::delivery::DeliveryLog {
-        crate::delivery::DeliveryLog { writes: self.writes.clone(), template: self.delivery_record(caller) }
+        self.recorder(self.delivery_record(caller))
+    }
+
+    /// The recorder of deliveries whose entries start from `template`.
+    fn recorder(&self, template: AuditRecord) -> crate::delivery::DeliveryLog {
+        crate::delivery::DeliveryLog { writes: self.writes.clone(), template }
     }
 
     /// The audit record of deliveries to this caller's connection.

@@ -98,6 +98,8 @@ const AUDIT_HEADER: usize = 1 + 8 + 32 + 32;
 /// The indexes' layout; a store written before them gets them on opening.
 /// 2: the tree nodes an append completes are one value (1 had a key per node).
 const INDEXES: u8 = 2;
+/// The first layout with the offer and audit indexes.
+const INDEXED: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct ThreadRecord {
@@ -339,6 +341,10 @@ fn node_values(nodes: impl IntoIterator<Item = (u64, u8, Hash)>) -> BTreeMap<u64
     values
 }
 
+fn node_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))
+}
+
 fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt("seq is not 8 bytes".into()))?;
     Ok(u64::from_be_bytes(array))
@@ -380,9 +386,21 @@ impl SledStore {
     /// Writes the offer and audit indexes of a store that predates them, and
     /// regroups the tree nodes of one that stored a key per node.
     fn build_indexes(&self) -> Result<(), StoreError> {
-        if self.db.get([INDEX_VERSION]).map_err(backend)?.as_deref() == Some(&[INDEXES][..]) {
+        let version = self.db.get([INDEX_VERSION]).map_err(backend)?.and_then(|v| v.first().copied());
+        if version == Some(INDEXES) {
             return Ok(());
         }
+        if version != Some(INDEXED) {
+            self.write_indexes()?;
+        }
+        self.regroup_nodes()?;
+        self.db.insert([INDEX_VERSION], &[INDEXES][..]).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    /// The offer and audit indexes, written from the entries and ownerships.
+    fn write_indexes(&self) -> Result<(), StoreError> {
         for item in self.db.scan_prefix([AUDIT]) {
             let entry = decode_audit(&item.map_err(backend)?.1)?;
             for index in audit_index_keys(&entry) {
@@ -398,9 +416,6 @@ impl SledStore {
                 }
             }
         }
-        self.regroup_nodes()?;
-        self.db.insert([INDEX_VERSION], &[INDEXES][..]).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
         Ok(())
     }
 
@@ -448,9 +463,7 @@ impl SledStore {
         for item in self.db.scan_prefix([AUDIT_NODE]) {
             let (key, value) = item.map_err(backend)?;
             if is_node_key_before(&key) {
-                let hash = Hash::try_from(&value[..])
-                    .map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?;
-                before.push((seq_from(&key[1..9])?, key[9], hash, key));
+                before.push((seq_from(&key[1..9])?, key[9], node_hash(&value)?, key));
             }
         }
         for (leaf, value) in node_values(before.iter().map(|(leaf, level, hash, _)| (*leaf, *level, *hash))) {
@@ -1353,8 +1366,7 @@ impl Store for SledStore {
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
         let Some(value) = self.db.get(nodes_key(last_leaf(level, index))).map_err(backend)? else { return Ok(None) };
         let at = usize::from(level) * 32;
-        let Some(hash) = value.get(at..at + 32) else { return Ok(None) };
-        Ok(Some(Hash::try_from(hash).map_err(|_| StoreError::Corrupt("audit tree node is not 32 bytes".into()))?))
+        value.get(at..at + 32).map(node_hash).transpose()
     }
 
     fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
