@@ -188,9 +188,7 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
         }
         None => drop(close),
     }
-    if let Ok(sink) = writer.await {
-        linger(stream, sink, hub.limits.linger_bytes).await;
-    }
+    let sink = writer.await;
     if let Some(mut pump) = pump {
         // A pump waiting for the hub's share of outbound bytes would wait for
         // other connections: it gets a moment, then its unsent records are given up.
@@ -204,7 +202,11 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
     let log = hub.delivery_log(caller);
     let recording = Box::pin(log.record_left(&mailbox));
     recording.await;
+    // Before the linger: a client reconnecting at once is not refused for a socket on its way out.
     drop(registration);
+    if let Ok(sink) = sink {
+        linger(stream, sink, hub.limits.linger_bytes).await;
+    }
 }
 
 /// Reads and drops what the client still sends, until it ends the
@@ -213,17 +215,24 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
 /// reset it, and a reset discards what the client had not read yet: the
 /// farewell of a client that pipelines requests, or the `frame_too_large`
 /// of one still sending its oversized frame. Read below the WebSocket layer,
-/// which reads nothing more after an error.
+/// which reads nothing more after an error. It first ends its own side (TLS
+/// close_notify, then a TCP half-close), so that a client waiting for the
+/// hub to close goes at once; it reads through TLS's own buffer, with none of
+/// its own.
 async fn linger(stream: SplitStream<WsStream>, sink: Sink, bytes: usize) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let Ok(mut ws) = stream.reunite(sink) else { return };
+    let tls = ws.get_mut();
     let draining = async {
-        let mut buffer = vec![0; 16 * 1024];
+        let _ = tls.shutdown().await;
         let mut left = bytes;
         while left > 0 {
-            match tokio::io::AsyncReadExt::read(ws.get_mut(), &mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => left = left.saturating_sub(read),
-            }
+            let read = match tls.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(read) => read.len(),
+            };
+            tls.consume(read);
+            left = left.saturating_sub(read);
         }
     };
     let _ = timeout(LINGER, draining).await;

@@ -110,6 +110,9 @@ async fn a_frame_far_over_the_limit_still_gets_its_typed_error_and_close() -> an
     raw.send_frame(&huge).await?;
     assert_eq!(next_error(&mut raw).await.code, ErrorCode::FrameTooLarge);
     assert!(matches!(next(&mut raw).await, RawIncoming::Closed { code: 1009, .. }));
+    // The hub ends its side at once, rather than after lingering its whole while.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(1), raw.next()).await;
+    assert!(matches!(ended, Ok(Ok(RawIncoming::Ended))), "{ended:?}");
     hub.stop().await
 }
 
