@@ -828,9 +828,8 @@ fn debug_prefix(value: &impl std::fmt::Debug, chars: usize) -> String {
 /// change a write makes is one atomic store batch (or none), except a message
 /// and an audit entry, whose plain inserts end with the entry itself; and the
 /// chain advances only after its entry is stored. A write interrupted by a
-/// panic thus leaves at most what a crash leaves (an audit entry's tree nodes,
-/// which the next entry of that seq overwrites, and an index key, which
-/// queries check against the entry; see [`Store::append_audit`]).
+/// panic thus leaves at most what a crash leaves (an audit entry's index key,
+/// which queries check against the entry; see [`Store::append_audit`]).
 fn apply_guarded(
     store: &dyn Store,
     groups: &mut Groups,

@@ -222,19 +222,24 @@ async fn an_entry_changed_on_disk_fails_its_inclusion_proof_in_the_sdk() -> anyh
     assert!(hub.terminate()?.success());
 
     // Rewrite the entry as someone with write access but without the key could: new record, recomputed
-    // chain hash, in the store's layout (0x01, seq, prev hash, hash, record CBOR).
+    // chain hash, in the store's layout (0x02, seq, prev hash, hash, the tree nodes kept as they were,
+    // record CBOR).
     {
         let db = sled::open(dir.path().join("data/store"))?;
+        let mut key = vec![b'A'];
+        key.extend_from_slice(&target.seq.to_be_bytes());
+        let stored = db.get(&key)?.expect("the entry is stored");
+        assert_eq!(stored[0], 0x02, "the store's current layout");
+        let nodes = &stored[73..74 + 32 * usize::from(stored[73])];
         let mut record = target.record.clone();
         record.purpose = Some("rewritten afterwards".into());
         let hash = wire::audit::entry_hash(target.seq, &target.prev_hash, &record);
-        let mut value = vec![0x01];
+        let mut value = vec![0x02];
         value.extend_from_slice(&target.seq.to_be_bytes());
         value.extend_from_slice(&target.prev_hash);
         value.extend_from_slice(&hash);
+        value.extend_from_slice(nodes);
         value.extend_from_slice(&wire::encode(&record));
-        let mut key = vec![b'A'];
-        key.extend_from_slice(&target.seq.to_be_bytes());
         assert!(db.insert(key, value)?.is_some());
         db.flush()?;
     }

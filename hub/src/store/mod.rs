@@ -417,11 +417,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an audit entry (its seq follows the last one), indexed by its
     /// case, or when it has none, by the organisations of its actor, with the
-    /// Merkle tree nodes it completes. The nodes and index keys are written
-    /// before the entry: after a crash every stored entry has its nodes, so the
-    /// tree always matches the entries, but an entry lost in the crash may
-    /// leave its nodes and index keys. The next entry of that seq overwrites
-    /// the nodes (the same positions in the tree); a stale index key is not
+    /// Merkle tree nodes it completes. The nodes are written with the entry or
+    /// before it, and the index keys before it: after a crash every stored
+    /// entry has its nodes, so the tree always matches the entries, but an
+    /// entry lost in the crash may leave its index keys (and, in a backend that
+    /// writes the nodes apart, its nodes, which the next entry of that seq
+    /// overwrites: the same positions in the tree). A stale index key is not
     /// removed, so readers of [`Store::audit_index`] check each entry against
     /// the case or organisation they looked up.
     fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError>;

@@ -6,8 +6,9 @@
 //! times more than inserts: its de-duplication key first, its entry second, so
 //! that a crash can lose the entry but never keep an entry without its key; a key
 //! whose entry is missing is ignored. An audit entry, on the path of every
-//! message too, is plain inserts in the same way: its tree nodes and index keys
-//! first, the entry last (see [`Store::append_audit`]). Keys start with a one-byte tag:
+//! message too, is plain inserts in the same way: its index keys first, then
+//! the entry with the tree nodes it completes (see [`Store::append_audit`]).
+//! Keys start with a one-byte tag:
 //!
 //! | tag | key after the tag | value |
 //! |---|---|---|
@@ -22,8 +23,8 @@
 //! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
-//! | `A` | seq (u64 BE) | audit entry: `0x01`, seq, prev hash, hash, then the record's CBOR (see `encode_audit`) |
-//! | `H` | last leaf (u64 BE) | the hashes of the perfect subtrees of the audit Merkle tree that end at this leaf, 32 bytes per height from 0 up, written with the entry that completes them |
+//! | `A` | seq (u64 BE) | audit entry: `0x02`, seq, prev hash, hash, a count of levels, the hashes of the perfect subtrees of the audit Merkle tree that end at its leaf (32 bytes per level from 0 up), then the record's CBOR (see `encode_audit`; `0x01` entries, from before, have no levels) |
+//! | `H` | last leaf (u64 BE) | the hashes of the perfect subtrees that end at this leaf, as in an `A` value: kept for entries pruned, or written before the nodes moved into the entry |
 //! | `O` | thread | the case's ownership (regie) and handover state, written with the thread |
 //! | `Y` | thread, member | (empty): a former owner who only reads, kept with the ownership state |
 //! | `P` | size (u64 BE), at_ms (u64 BE) | signed tree head of the audit log |
@@ -91,9 +92,12 @@ const LATEST_HEAD: u8 = b'Q';
 const CLOSED: u8 = b'Z';
 /// A case's side threads: case id then side thread id.
 const SIDE: u8 = b's';
-/// The first byte of an audit entry in the current layout; CBOR maps (the layout before) never start with it.
-const AUDIT_LAYOUT: u8 = 0x01;
-/// Bytes before the record in an audit entry's value.
+/// The first byte of an audit entry that holds its tree nodes (the current layout).
+const AUDIT_LAYOUT: u8 = 0x02;
+/// The first byte of an audit entry whose tree nodes are `H` values; CBOR maps
+/// (the layout before that) never start with either.
+const AUDIT_LAYOUT_BEFORE: u8 = 0x01;
+/// Bytes before the levels (current layout) or the record (the layout before) in an audit entry's value.
 const AUDIT_HEADER: usize = 1 + 8 + 32 + 32;
 /// The indexes' layout; a store written before them gets them on opening.
 /// 2: the tree nodes an append completes are one value (1 had a key per node).
@@ -272,25 +276,40 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
     oins.into_iter().map(|oin| key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes(), &seq])).collect()
 }
 
-/// An audit entry as stored: a layout byte, seq, prev hash and hash, then the record's CBOR as it is hashed.
-/// Keeping the hashed bytes as they are lets verification hash them without decoding the record.
-fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
+/// An audit entry as stored: a layout byte, seq, prev hash and hash, the tree
+/// nodes that end at its leaf (a count of levels, then 32 bytes per level), and
+/// the record's CBOR as it is hashed. Keeping the hashed bytes as they are lets
+/// verification hash them without decoding the record. The nodes ride in the
+/// entry because every append completes at least its leaf: a key of their own
+/// was one more sled insert on the path of every message.
+fn encode_audit(entry: &AuditEntry, levels: &[u8]) -> Vec<u8> {
     let record = encode(&entry.record);
-    let mut value = Vec::with_capacity(AUDIT_HEADER + record.len());
+    let mut value = Vec::with_capacity(AUDIT_HEADER + 1 + levels.len() + record.len());
     value.push(AUDIT_LAYOUT);
     value.extend_from_slice(&entry.seq.to_be_bytes());
     value.extend_from_slice(&entry.prev_hash);
     value.extend_from_slice(&entry.hash);
+    value.push((levels.len() / 32) as u8);
+    value.extend_from_slice(levels);
     value.extend_from_slice(&record);
     value
 }
 
-/// A stored audit entry's seq, prev hash, hash and record CBOR.
-type AuditParts<'a> = (u64, Hash, Hash, &'a [u8]);
+/// A stored audit entry's parts.
+struct AuditParts<'a> {
+    seq: u64,
+    prev: Hash,
+    hash: Hash,
+    /// The tree nodes that end at its leaf, 32 bytes per level; empty in the layout before.
+    levels: &'a [u8],
+    /// The record's CBOR.
+    record: &'a [u8],
+}
 
-/// The header of a stored audit entry and its record's CBOR; `None` for the layout before (a CBOR entry).
+/// The parts of a stored audit entry; `None` for the first layout (a CBOR entry).
 fn split_audit(value: &[u8]) -> Result<Option<AuditParts<'_>>, StoreError> {
-    if value.first() != Some(&AUDIT_LAYOUT) {
+    let layout = value.first().copied();
+    if layout != Some(AUDIT_LAYOUT) && layout != Some(AUDIT_LAYOUT_BEFORE) {
         return Ok(None);
     }
     let short = || StoreError::Corrupt("short audit entry".into());
@@ -298,14 +317,27 @@ fn split_audit(value: &[u8]) -> Result<Option<AuditParts<'_>>, StoreError> {
     let seq = seq_from(&header[..8])?;
     let prev: Hash = header[8..40].try_into().map_err(|_| short())?;
     let hash: Hash = header[40..72].try_into().map_err(|_| short())?;
-    Ok(Some((seq, prev, hash, &value[AUDIT_HEADER..])))
+    let (levels, record) = if layout == Some(AUDIT_LAYOUT) {
+        let count = usize::from(*value.get(AUDIT_HEADER).ok_or_else(short)?);
+        let end = AUDIT_HEADER + 1 + count * 32;
+        (value.get(AUDIT_HEADER + 1..end).ok_or_else(short)?, &value[end..])
+    } else {
+        (&[][..], &value[AUDIT_HEADER..])
+    };
+    Ok(Some(AuditParts { seq, prev, hash, levels, record }))
 }
 
 fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
     match split_audit(value)? {
-        Some((seq, prev_hash, hash, record)) => Ok(AuditEntry { seq, prev_hash, hash, record: decode(record)? }),
+        Some(p) => Ok(AuditEntry { seq: p.seq, prev_hash: p.prev, hash: p.hash, record: decode(p.record)? }),
         None => decode(value),
     }
+}
+
+/// The node of `level` in a value of nodes (32 bytes per level), if it holds that level.
+fn level_in(levels: &[u8], level: u8) -> Result<Option<Hash>, StoreError> {
+    let at = usize::from(level) * 32;
+    levels.get(at..at + 32).map(node_hash).transpose()
 }
 
 /// The key of the nodes an append completes: the last leaf they all share.
@@ -749,7 +781,7 @@ fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -
 /// The link of one stored entry, hashing the record's CBOR as stored.
 fn link_of(value: &[u8]) -> Result<(Link, Option<AuditRecord>), StoreError> {
     match split_audit(value)? {
-        Some((seq, prev_hash, hash, record)) => {
+        Some(AuditParts { seq, prev: prev_hash, hash, record, .. }) => {
             let digest = sha256(record);
             // Every retention record's CBOR holds its action's name; decoding only those keeps the rest cheap.
             let retention = record.windows(RETENTION.len()).any(|w| w == RETENTION);
@@ -1335,6 +1367,11 @@ impl Store for SledStore {
             if entry.record.at_ms >= before_ms {
                 break;
             }
+            // The tree's nodes outlive the entry: they move to a key of their own before it goes.
+            if let Some(parts) = split_audit(&value)?.filter(|p| !p.levels.is_empty()) {
+                let leaf = parts.seq.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
+                self.db.insert(nodes_key(leaf), parts.levels).map_err(backend)?;
+            }
             self.db.remove(key).map_err(backend)?;
             for index in audit_index_keys(&entry) {
                 self.db.remove(index).map_err(backend)?;
@@ -1354,19 +1391,34 @@ impl Store for SledStore {
         // Plain inserts, the entry last: a sled batch costs several times its
         // inserts and takes sled's global lock, on the path of every message.
         // sled recovers a prefix of the inserts, so a crash keeps the entry
-        // only with its nodes and index keys.
-        self.put_nodes(nodes)?;
+        // only with its index keys.
+        let leaf = entry.seq.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
+        let mut values = node_values(nodes.iter().map(|n| (last_leaf(n.level, n.index), n.level, n.hash)));
+        let levels = values.remove(&leaf).unwrap_or_default();
+        // Every node an append completes ends at its own leaf; any other would be a caller's
+        // mistake, and is still kept where a reader finds it.
+        for (other, value) in values {
+            self.db.insert(nodes_key(other), value).map_err(backend)?;
+        }
         for index in audit_index_keys(entry) {
             self.db.insert(index, &[][..]).map_err(backend)?;
         }
-        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry)).map_err(backend)?;
+        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, &levels)).map_err(backend)?;
         Ok(())
     }
 
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
-        let Some(value) = self.db.get(nodes_key(last_leaf(level, index))).map_err(backend)? else { return Ok(None) };
-        let at = usize::from(level) * 32;
-        value.get(at..at + 32).map(node_hash).transpose()
+        let leaf = last_leaf(level, index);
+        if let Some(value) = self.db.get(key(AUDIT, &[&(leaf + 1).to_be_bytes()])).map_err(backend)? {
+            if let Some(parts) = split_audit(&value)? {
+                if let Some(hash) = level_in(parts.levels, level)? {
+                    return Ok(Some(hash));
+                }
+            }
+        }
+        // A pruned entry's nodes, or nodes written before they moved into the entry.
+        let Some(value) = self.db.get(nodes_key(leaf)).map_err(backend)? else { return Ok(None) };
+        level_in(&value, level)
     }
 
     fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
@@ -1664,26 +1716,107 @@ mod tests {
         assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
     }
 
-    #[test]
-    fn a_tree_stored_a_key_per_node_is_regrouped_when_opened_and_reads_the_same() {
+    /// A store with seven audit entries (at times 1 to 7 ms), and every perfect subtree of their tree as
+    /// (level, index).
+    fn seven_entries(dir: &Path) -> (SledStore, Vec<(u8, u64)>) {
         use crate::audit::{chain::AuditKey, CheckpointSettings, Recorder};
-        use wire::audit::AuditAction;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir).unwrap();
         let mut recorder =
             Recorder::resume(&store, Arc::new(AuditKey::generate().unwrap()), CheckpointSettings::default()).unwrap();
-        for _ in 0..7 {
-            recorder.record(&store, crate::audit::blank_record(AuditAction::Send, None)).unwrap();
+        for at_ms in 1..=7 {
+            let record = AuditRecord { at_ms, ..crate::audit::blank_record(wire::audit::AuditAction::Send, None) };
+            recorder.record(&store, record).unwrap();
         }
-        // Every perfect subtree of the seven leaves: (level, index).
-        let subtrees: Vec<(u8, u64)> = (0..7u64)
+        let subtrees = (0..7u64)
             .flat_map(|leaf| (0..=leaf.trailing_ones() as u8).map(move |l| (l, ((leaf + 1) >> l) - 1)))
             .collect();
-        let read =
-            |store: &SledStore| subtrees.iter().map(|&(l, i)| store.audit_node(l, i).unwrap()).collect::<Vec<_>>();
-        let hashes = read(&store);
+        (store, subtrees)
+    }
+
+    fn tree_nodes(store: &SledStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
+        subtrees.iter().map(|&(l, i)| store.audit_node(l, i).unwrap()).collect()
+    }
+
+    /// Rewrites the audit entries as the layout before stored them: `0x01` entries without nodes, and
+    /// each append's nodes as an `H` value.
+    fn to_layout_before(store: &SledStore) {
+        for item in store.db.scan_prefix([AUDIT]) {
+            let (key, value) = item.unwrap();
+            let parts = split_audit(&value).unwrap().unwrap();
+            store.db.insert(nodes_key(parts.seq - 1), parts.levels).unwrap();
+            let mut before = vec![AUDIT_LAYOUT_BEFORE];
+            before.extend_from_slice(&value[1..AUDIT_HEADER]);
+            before.extend_from_slice(parts.record);
+            store.db.insert(key, before).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_audit_entry_holds_the_tree_nodes_it_completes_and_no_key_of_their_own_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, subtrees) = seven_entries(dir.path());
+        let nodes = tree_nodes(&store, &subtrees);
+        assert!(nodes.iter().all(Option::is_some), "{nodes:?}");
+        assert_eq!(store.db.scan_prefix([AUDIT_NODE]).count(), 0, "one insert per entry, its nodes inside it");
+        let last = store.db.get(key(AUDIT, &[&7u64.to_be_bytes()])).unwrap().unwrap();
+        // Leaf 6 completes its own node only; leaf 7 (seq 8) would complete three.
+        assert_eq!(split_audit(&last).unwrap().unwrap().levels.len(), 32);
+    }
+
+    #[test]
+    fn the_nodes_of_pruned_audit_entries_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, subtrees) = seven_entries(dir.path());
+        let nodes = tree_nodes(&store, &subtrees);
+        assert_eq!(store.prune_audit(5).unwrap(), (4, 5));
+        assert_eq!(store.audit_entries(0, 10).unwrap().first().map(|e| e.seq), Some(5));
+        assert_eq!(tree_nodes(&store, &subtrees), nodes);
+        store.flush().unwrap();
+        drop(store);
+        assert_eq!(tree_nodes(&SledStore::open(dir.path()).unwrap(), &subtrees), nodes);
+    }
+
+    #[test]
+    fn a_log_stored_in_the_layout_before_reads_the_same_and_grows_in_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, subtrees) = seven_entries(dir.path());
+        let (nodes, entries) = (tree_nodes(&store, &subtrees), store.audit_entries(0, 10).unwrap());
+        to_layout_before(&store);
+        assert_eq!(store.db.get(key(AUDIT, &[&1u64.to_be_bytes()])).unwrap().unwrap()[0], AUDIT_LAYOUT_BEFORE);
+        assert_eq!(tree_nodes(&store, &subtrees), nodes);
+        assert_eq!(store.audit_entries(0, 10).unwrap(), entries);
+        store.flush().unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut links = Vec::new();
+        store
+            .audit_links(&mut |link, _| {
+                links.push(link);
+                true
+            })
+            .unwrap();
+        assert_eq!(links.len(), 7);
+        let mut recorder = crate::audit::Recorder::resume(
+            &store,
+            Arc::new(crate::audit::chain::AuditKey::generate().unwrap()),
+            crate::audit::CheckpointSettings::default(),
+        )
+        .unwrap();
+        recorder.record(&store, crate::audit::blank_record(wire::audit::AuditAction::Send, None)).unwrap();
+        // Leaf 7 completes the subtrees of levels 0 to 3, from the nodes of the layout before.
+        let eighth = store.db.get(key(AUDIT, &[&8u64.to_be_bytes()])).unwrap().unwrap();
+        assert_eq!(split_audit(&eighth).unwrap().unwrap().levels.len(), 4 * 32);
+        assert!((0..4).all(|level| store.audit_node(level, (8 >> level) - 1).unwrap().is_some()));
+    }
+
+    #[test]
+    fn a_tree_stored_a_key_per_node_is_regrouped_when_opened_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, subtrees) = seven_entries(dir.path());
+        let hashes = tree_nodes(&store, &subtrees);
         assert!(hashes.iter().all(Option::is_some), "{hashes:?}");
-        // Back to the layout before: a key per node, and the index version it had.
+        // Back to the layout of index version 1: entries without nodes, a key per node.
+        to_layout_before(&store);
         for item in store.db.scan_prefix([AUDIT_NODE]) {
             store.db.remove(item.unwrap().0).unwrap();
         }
@@ -1696,9 +1829,9 @@ mod tests {
         store.db.remove(key(AUDIT, &[&1u64.to_be_bytes()])).unwrap();
         assert!(store.audit_node(0, 0).unwrap().is_none(), "the layout before is not read as it is");
         store.flush().unwrap();
-        drop((recorder, store));
+        drop(store);
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(read(&store), hashes);
+        assert_eq!(tree_nodes(&store, &subtrees), hashes);
         assert!(store.db.scan_prefix([AUDIT_NODE]).keys().all(|k| !is_node_key_before(&k.unwrap())));
     }
 }
