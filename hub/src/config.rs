@@ -360,6 +360,16 @@ impl Limits {
                 message: format!("must hold two of the largest hub frames ({largest} bytes each)"),
             });
         }
+        // A close after a frame the hub stops reading (one over the limit, or the requests behind a
+        // revocation) reaches the client only if the rest of that frame is drained first.
+        if self.linger_bytes < self.max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.linger_bytes",
+                message: "must be at least limits.max_frame_bytes, or a close after the largest frame is lost to a \
+                          TCP reset"
+                    .into(),
+            });
+        }
         if self.frames_burst < self.frames_per_second {
             return Err(ConfigError::Invalid {
                 key: "limits.frames_burst",
@@ -434,6 +444,17 @@ mod tests {
         .unwrap();
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.idle_timeout_ms", .. })));
         config.limits.idle_timeout_ms = 1;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_linger_shorter_than_the_largest_frame_is_refused() {
+        let mut config: Config = toml::from_str(
+            "listen = \"127.0.0.1:1\"\ndata = \"d\"\npolicy = \"p\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nmax_frame_bytes = 2097152\nlinger_bytes = 2097151\n",
+        )
+        .unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.linger_bytes", .. })));
+        config.limits.linger_bytes = config.limits.max_frame_bytes;
         config.validate().unwrap();
     }
 
