@@ -412,7 +412,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the oldest audit entries recorded before `before_ms`, and the
     /// heads they alone covered; returns how many entries, and the seq below
     /// which every entry is now gone (0 when none was deleted). The tree's
-    /// nodes stay: they are hashes, and later proofs and heads need them.
+    /// nodes stay (a backend that keeps them inside the entries keeps them
+    /// apart first): they are hashes, and later proofs and heads need them.
     fn prune_audit(&self, before_ms: u64) -> Result<(u64, u64), StoreError>;
 
     /// Appends an audit entry (its seq follows the last one), indexed by its
@@ -421,8 +422,8 @@ pub trait Store: Send + Sync + 'static {
     /// before it, and the index keys before it: after a crash every stored
     /// entry has its nodes, so the tree always matches the entries, but an
     /// entry lost in the crash may leave its index keys (and, in a backend that
-    /// writes the nodes apart, its nodes, which the next entry of that seq
-    /// overwrites: the same positions in the tree). A stale index key is not
+    /// writes the nodes apart, its nodes, which readers must not prefer to the
+    /// nodes the next entry of that seq brings). A stale index key is not
     /// removed, so readers of [`Store::audit_index`] check each entry against
     /// the case or organisation they looked up.
     fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError>;

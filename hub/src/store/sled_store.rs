@@ -282,17 +282,19 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
 /// verification hash them without decoding the record. The nodes ride in the
 /// entry because every append completes at least its leaf: a key of their own
 /// was one more sled insert on the path of every message.
-fn encode_audit(entry: &AuditEntry, levels: &[u8]) -> Vec<u8> {
+fn encode_audit(entry: &AuditEntry, levels: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let count =
+        u8::try_from(levels.len() / 32).map_err(|_| StoreError::Corrupt("an audit tree over 255 levels".into()))?;
     let record = encode(&entry.record);
     let mut value = Vec::with_capacity(AUDIT_HEADER + 1 + levels.len() + record.len());
     value.push(AUDIT_LAYOUT);
     value.extend_from_slice(&entry.seq.to_be_bytes());
     value.extend_from_slice(&entry.prev_hash);
     value.extend_from_slice(&entry.hash);
-    value.push((levels.len() / 32) as u8);
+    value.push(count);
     value.extend_from_slice(levels);
     value.extend_from_slice(&record);
-    value
+    Ok(value)
 }
 
 /// A stored audit entry's parts.
@@ -349,7 +351,9 @@ fn nodes_key(last_leaf: u64) -> Vec<u8> {
 
 /// The last leaf of the perfect subtree `index` of `level`.
 fn last_leaf(level: u8, index: u64) -> u64 {
-    ((index + 1) << level) - 1
+    // Saturating: no tree the hub can hold reaches it, and a reader asking past the end finds nothing.
+    let span = 1u64.checked_shl(u32::from(level));
+    span.and_then(|span| index.checked_add(1)?.checked_mul(span)).map_or(u64::MAX, |end| end - 1)
 }
 
 /// The layout before, one key per node: its last leaf, then its level.
@@ -455,7 +459,8 @@ impl SledStore {
     /// over chain hashes, which no verifier checks any more; the next head signs the tree).
     fn build_tree(&self) -> Result<(), StoreError> {
         let Some((last, _)) = self.last_audit()? else { return Ok(()) };
-        if self.audit_node(0, last - 1)?.is_some() {
+        let leaf = last.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
+        if self.audit_node(0, leaf)?.is_some() {
             return Ok(());
         }
         let mut tree = wire::merkle::CompactRange::new();
@@ -477,8 +482,8 @@ impl SledStore {
         Ok(())
     }
 
-    /// Stores the nodes an append completes as one value: one insert instead
-    /// of one per level, on the path of every audit entry.
+    /// Stores nodes as `H` values, one per last leaf: the tree rebuilt for a
+    /// store from before the tree, whose entries are not rewritten.
     fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
         for (leaf, value) in node_values(nodes.iter().map(|n| (last_leaf(n.level, n.index), n.level, n.hash))) {
             self.db.insert(nodes_key(leaf), value).map_err(backend)?;
@@ -748,7 +753,8 @@ fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -
             scope.spawn(move || {
                 for chunk in (reader..chunks).step_by(READERS as usize) {
                     let from = low + chunk * step;
-                    let range = key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&(from + step).to_be_bytes()]);
+                    let range =
+                        key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&from.saturating_add(step).to_be_bytes()]);
                     let batch: Result<Batch, StoreError> = db
                         .range(range)
                         .map(|item| item.map_err(backend).and_then(|(_, value)| link_of(&value)))
@@ -1367,6 +1373,9 @@ impl Store for SledStore {
             if entry.record.at_ms >= before_ms {
                 break;
             }
+            if key.get(1..).map(seq_from).transpose()? != Some(entry.seq) {
+                return Err(StoreError::Corrupt(format!("the audit entry stored at {key:?} says {}", entry.seq)));
+            }
             // The tree's nodes outlive the entry: they move to a key of their own before it goes.
             if let Some(parts) = split_audit(&value)?.filter(|p| !p.levels.is_empty()) {
                 let leaf = parts.seq.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
@@ -1403,14 +1412,20 @@ impl Store for SledStore {
         for index in audit_index_keys(entry) {
             self.db.insert(index, &[][..]).map_err(backend)?;
         }
-        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, &levels)).map_err(backend)?;
+        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, &levels)?).map_err(backend)?;
         Ok(())
     }
 
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
         let leaf = last_leaf(level, index);
-        if let Some(value) = self.db.get(key(AUDIT, &[&(leaf + 1).to_be_bytes()])).map_err(backend)? {
+        let Some(seq) = leaf.checked_add(1) else { return Ok(None) };
+        // The entry first: an `H` value of the layout before may be stale (its entry lost in a crash,
+        // the next entry of that seq holding its own nodes), while an entry and its nodes are one insert.
+        if let Some(value) = self.db.get(key(AUDIT, &[&seq.to_be_bytes()])).map_err(backend)? {
             if let Some(parts) = split_audit(&value)? {
+                if parts.seq != seq {
+                    return Err(StoreError::Corrupt(format!("the audit entry stored at {seq} says {}", parts.seq)));
+                }
                 if let Some(hash) = level_in(parts.levels, level)? {
                     return Ok(Some(hash));
                 }
@@ -1737,6 +1752,18 @@ mod tests {
         subtrees.iter().map(|&(l, i)| store.audit_node(l, i).unwrap()).collect()
     }
 
+    /// The perfect subtrees' hashes as a tree built afresh from the stored entries' hashes has them.
+    fn tree_from_entries(store: &SledStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
+        let mut tree = wire::merkle::CompactRange::new();
+        let mut nodes = HashMap::new();
+        for entry in store.audit_entries(0, 100).unwrap() {
+            for node in tree.append(wire::merkle::leaf_hash(&entry.hash)) {
+                nodes.insert((node.level, node.index), node.hash);
+            }
+        }
+        subtrees.iter().map(|at| nodes.get(at).copied()).collect()
+    }
+
     /// Rewrites the audit entries as the layout before stored them: `0x01` entries without nodes, and
     /// each append's nodes as an `H` value.
     fn to_layout_before(store: &SledStore) {
@@ -1757,6 +1784,7 @@ mod tests {
         let (store, subtrees) = seven_entries(dir.path());
         let nodes = tree_nodes(&store, &subtrees);
         assert!(nodes.iter().all(Option::is_some), "{nodes:?}");
+        assert_eq!(nodes, tree_from_entries(&store, &subtrees));
         assert_eq!(store.db.scan_prefix([AUDIT_NODE]).count(), 0, "one insert per entry, its nodes inside it");
         let last = store.db.get(key(AUDIT, &[&7u64.to_be_bytes()])).unwrap().unwrap();
         // Leaf 6 completes its own node only; leaf 7 (seq 8) would complete three.
@@ -1782,6 +1810,8 @@ mod tests {
         let (store, subtrees) = seven_entries(dir.path());
         let (nodes, entries) = (tree_nodes(&store, &subtrees), store.audit_entries(0, 10).unwrap());
         to_layout_before(&store);
+        // What a crash left under the layout before: nodes for an eighth entry that was lost.
+        store.db.insert(nodes_key(7), &[0xee; 4 * 32][..]).unwrap();
         assert_eq!(store.db.get(key(AUDIT, &[&1u64.to_be_bytes()])).unwrap().unwrap()[0], AUDIT_LAYOUT_BEFORE);
         assert_eq!(tree_nodes(&store, &subtrees), nodes);
         assert_eq!(store.audit_entries(0, 10).unwrap(), entries);
@@ -1803,10 +1833,37 @@ mod tests {
         )
         .unwrap();
         recorder.record(&store, crate::audit::blank_record(wire::audit::AuditAction::Send, None)).unwrap();
-        // Leaf 7 completes the subtrees of levels 0 to 3, from the nodes of the layout before.
+        // Leaf 7 completes the subtrees of levels 0 to 3, from the nodes of the layout before; the
+        // stale nodes the crash left are neither read nor kept once the entry is pruned.
         let eighth = store.db.get(key(AUDIT, &[&8u64.to_be_bytes()])).unwrap().unwrap();
         assert_eq!(split_audit(&eighth).unwrap().unwrap().levels.len(), 4 * 32);
-        assert!((0..4).all(|level| store.audit_node(level, (8 >> level) - 1).unwrap().is_some()));
+        let all: Vec<(u8, u64)> =
+            subtrees.iter().copied().chain((0..4).map(|level| (level, (8 >> level) - 1))).collect();
+        let expected = tree_from_entries(&store, &all);
+        assert!(expected.iter().all(Option::is_some));
+        assert_eq!(tree_nodes(&store, &all), expected);
+        store.prune_audit(u64::MAX).unwrap();
+        assert_eq!(tree_nodes(&store, &all), expected);
+    }
+
+    #[test]
+    fn a_hostile_audit_value_is_a_typed_error() {
+        let mut value = vec![AUDIT_LAYOUT];
+        value.extend_from_slice(&1u64.to_be_bytes());
+        value.extend_from_slice(&[0; 64]);
+        value.push(5);
+        value.extend_from_slice(&[0; 32]);
+        assert!(matches!(split_audit(&value), Err(StoreError::Corrupt(_))), "five levels promised, one there");
+        assert!(matches!(split_audit(&value[..40]), Err(StoreError::Corrupt(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = seven_entries(dir.path());
+        // An entry moved to another seq, as a rewrite of the disk could.
+        let third = store.db.get(key(AUDIT, &[&3u64.to_be_bytes()])).unwrap().unwrap();
+        store.db.insert(key(AUDIT, &[&2u64.to_be_bytes()]), third).unwrap();
+        assert!(matches!(store.audit_node(0, 1), Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.prune_audit(u64::MAX), Err(StoreError::Corrupt(_))));
+        assert_eq!(store.audit_node(0, u64::MAX).unwrap(), None);
+        assert_eq!(store.audit_node(200, 5).unwrap(), None);
     }
 
     #[test]
