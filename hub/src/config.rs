@@ -436,12 +436,16 @@ mod tests {
         assert!(err.to_string().contains("max_frame_byts"), "{err}");
     }
 
+    /// A configuration with every required setting and `limits` as given.
+    fn with_limits(limits: &str) -> Config {
+        let required =
+            "listen = \"127.0.0.1:1\"\ndata = \"d\"\npolicy = \"p\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        toml::from_str(&format!("{required}[limits]\n{limits}")).unwrap()
+    }
+
     #[test]
     fn zero_limits_are_refused() {
-        let mut config: Config = toml::from_str(
-            "listen = \"127.0.0.1:1\"\ndata = \"d\"\npolicy = \"p\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nidle_timeout_ms = 0\n",
-        )
-        .unwrap();
+        let mut config = with_limits("idle_timeout_ms = 0\n");
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.idle_timeout_ms", .. })));
         config.limits.idle_timeout_ms = 1;
         config.validate().unwrap();
@@ -449,10 +453,7 @@ mod tests {
 
     #[test]
     fn a_linger_shorter_than_the_largest_frame_is_refused() {
-        let mut config: Config = toml::from_str(
-            "listen = \"127.0.0.1:1\"\ndata = \"d\"\npolicy = \"p\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nmax_frame_bytes = 2097152\nlinger_bytes = 2097151\n",
-        )
-        .unwrap();
+        let mut config = with_limits("max_frame_bytes = 2097152\nlinger_bytes = 2097151\n");
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.linger_bytes", .. })));
         config.limits.linger_bytes = config.limits.max_frame_bytes;
         config.validate().unwrap();

@@ -1731,9 +1731,10 @@ mod tests {
         assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
     }
 
-    /// A store with seven audit entries (at times 1 to 7 ms), and every perfect subtree of their tree as
-    /// (level, index).
-    fn seven_entries(dir: &Path) -> (SledStore, Vec<(u8, u64)>) {
+    /// A store with seven audit entries (at times 1 to 7 ms), every perfect subtree of their tree as
+    /// (level, index), and the subtrees' hashes as the store reads them, which match a tree rebuilt from
+    /// the entries.
+    fn seven_entries(dir: &Path) -> (SledStore, Vec<(u8, u64)>, Vec<Option<Hash>>) {
         use crate::audit::{chain::AuditKey, CheckpointSettings, Recorder};
         let store = SledStore::open(dir).unwrap();
         let mut recorder =
@@ -1742,10 +1743,13 @@ mod tests {
             let record = AuditRecord { at_ms, ..crate::audit::blank_record(wire::audit::AuditAction::Send, None) };
             recorder.record(&store, record).unwrap();
         }
-        let subtrees = (0..7u64)
+        let subtrees: Vec<(u8, u64)> = (0..7u64)
             .flat_map(|leaf| (0..=leaf.trailing_ones() as u8).map(move |l| (l, ((leaf + 1) >> l) - 1)))
             .collect();
-        (store, subtrees)
+        let nodes = tree_nodes(&store, &subtrees);
+        assert!(nodes.iter().all(Option::is_some), "{nodes:?}");
+        assert_eq!(nodes, tree_from_entries(&store, &subtrees));
+        (store, subtrees, nodes)
     }
 
     fn tree_nodes(store: &SledStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
@@ -1781,10 +1785,7 @@ mod tests {
     #[test]
     fn an_audit_entry_holds_the_tree_nodes_it_completes_and_no_key_of_their_own_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, subtrees) = seven_entries(dir.path());
-        let nodes = tree_nodes(&store, &subtrees);
-        assert!(nodes.iter().all(Option::is_some), "{nodes:?}");
-        assert_eq!(nodes, tree_from_entries(&store, &subtrees));
+        let (store, _, _) = seven_entries(dir.path());
         assert_eq!(store.db.scan_prefix([AUDIT_NODE]).count(), 0, "one insert per entry, its nodes inside it");
         let last = store.db.get(key(AUDIT, &[&7u64.to_be_bytes()])).unwrap().unwrap();
         // Leaf 6 completes its own node only; leaf 7 (seq 8) would complete three.
@@ -1794,8 +1795,7 @@ mod tests {
     #[test]
     fn the_nodes_of_pruned_audit_entries_stay_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, subtrees) = seven_entries(dir.path());
-        let nodes = tree_nodes(&store, &subtrees);
+        let (store, subtrees, nodes) = seven_entries(dir.path());
         assert_eq!(store.prune_audit(5).unwrap(), (4, 5));
         assert_eq!(store.audit_entries(0, 10).unwrap().first().map(|e| e.seq), Some(5));
         assert_eq!(tree_nodes(&store, &subtrees), nodes);
@@ -1807,8 +1807,8 @@ mod tests {
     #[test]
     fn a_log_stored_in_the_layout_before_reads_the_same_and_grows_in_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, subtrees) = seven_entries(dir.path());
-        let (nodes, entries) = (tree_nodes(&store, &subtrees), store.audit_entries(0, 10).unwrap());
+        let (store, subtrees, nodes) = seven_entries(dir.path());
+        let entries = store.audit_entries(0, 10).unwrap();
         to_layout_before(&store);
         // What a crash left under the layout before: nodes for an eighth entry that was lost.
         store.db.insert(nodes_key(7), &[0xee; 4 * 32][..]).unwrap();
@@ -1856,7 +1856,7 @@ mod tests {
         assert!(matches!(split_audit(&value), Err(StoreError::Corrupt(_))), "five levels promised, one there");
         assert!(matches!(split_audit(&value[..40]), Err(StoreError::Corrupt(_))));
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = seven_entries(dir.path());
+        let (store, _, _) = seven_entries(dir.path());
         // An entry moved to another seq, as a rewrite of the disk could.
         let third = store.db.get(key(AUDIT, &[&3u64.to_be_bytes()])).unwrap().unwrap();
         store.db.insert(key(AUDIT, &[&2u64.to_be_bytes()]), third).unwrap();
@@ -1869,9 +1869,7 @@ mod tests {
     #[test]
     fn a_tree_stored_a_key_per_node_is_regrouped_when_opened_and_reads_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, subtrees) = seven_entries(dir.path());
-        let hashes = tree_nodes(&store, &subtrees);
-        assert!(hashes.iter().all(Option::is_some), "{hashes:?}");
+        let (store, subtrees, hashes) = seven_entries(dir.path());
         // Back to the layout of index version 1: entries without nodes, a key per node.
         to_layout_before(&store);
         for item in store.db.scan_prefix([AUDIT_NODE]) {
