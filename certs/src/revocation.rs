@@ -218,6 +218,31 @@ fn may_sign_crls(ca: &X509Certificate<'_>) -> bool {
     }
 }
 
+/// How new a list of one issuer was: its DER name and the list's `thisUpdate`
+/// (Unix seconds). A hub keeps the newest it has had in force per issuer, so
+/// that no later reread or restart puts an older list in force.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mark {
+    /// The issuer's DER name.
+    #[serde(with = "serde_bytes")]
+    pub issuer: Vec<u8>,
+    /// The list's `thisUpdate`.
+    pub this_update: i64,
+}
+
+/// `marks` with `newer` merged in: per issuer, the later `thisUpdate`. An
+/// issuer whose list is no longer given keeps its mark.
+pub fn merge_marks(marks: &[Mark], newer: &[Mark]) -> Vec<Mark> {
+    let mut merged = marks.to_vec();
+    for mark in newer {
+        match merged.iter_mut().find(|m| m.issuer == mark.issuer) {
+            Some(kept) => kept.this_update = kept.this_update.max(mark.this_update),
+            None => merged.push(mark.clone()),
+        }
+    }
+    merged
+}
+
 /// One CRL's facts: whose certificates it covers, until when, and which it revokes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationList {
@@ -278,6 +303,11 @@ impl RevocationList {
         self.next_update
     }
 
+    /// Whether the list's issuer has this DER name.
+    pub fn issued_by(&self, issuer: &[u8]) -> bool {
+        self.issuer == issuer
+    }
+
     /// When the list was issued (its `thisUpdate`, Unix seconds).
     pub fn this_update(&self) -> i64 {
         self.this_update
@@ -311,8 +341,19 @@ impl RevocationLists {
     /// list of the same issuer in `in_force`: a reread must not roll back a
     /// revocation by putting an old list over a newer one.
     pub fn older_than(&self, in_force: &RevocationLists) -> Option<&RevocationList> {
+        self.older_than_marks(&in_force.marks())
+    }
+
+    /// Each list's issuer (its DER name) and `thisUpdate`: what a later start
+    /// compares its lists with (see [`older_than_marks`](Self::older_than_marks)).
+    pub fn marks(&self) -> Vec<Mark> {
+        self.lists.iter().map(|l| Mark { issuer: l.issuer.clone(), this_update: l.this_update }).collect()
+    }
+
+    /// The first of these lists that is older than a mark of the same issuer.
+    pub fn older_than_marks(&self, marks: &[Mark]) -> Option<&RevocationList> {
         self.lists.iter().find(|candidate| {
-            in_force.lists.iter().any(|l| l.issuer == candidate.issuer && l.this_update > candidate.this_update)
+            marks.iter().any(|m| m.issuer == candidate.issuer && m.this_update > candidate.this_update)
         })
     }
 
@@ -380,6 +421,14 @@ mod tests {
 
     fn now() -> i64 {
         time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    #[test]
+    fn merged_marks_keep_the_newest_date_of_each_issuer_and_every_issuer() {
+        let mark = |issuer: &[u8], this_update| Mark { issuer: issuer.to_vec(), this_update };
+        let kept = [mark(b"a", 10), mark(b"b", 20)];
+        let merged = merge_marks(&kept, &[mark(b"a", 5), mark(b"b", 30), mark(b"c", 1)]);
+        assert_eq!(merged, [mark(b"a", 10), mark(b"b", 30), mark(b"c", 1)]);
     }
 
     #[test]

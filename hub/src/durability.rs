@@ -159,6 +159,11 @@ pub enum Write {
     },
     /// Nothing but the audit entry that comes with it (reads, denials, connects).
     Audit,
+    /// Remembers the CRLs a reread puts in force (see [`Store::revocation_marks`]).
+    RevocationMarks {
+        /// Each new list's issuer and `thisUpdate`.
+        newer: Vec<certs::revocation::Mark>,
+    },
     /// Nothing: wakes the writer so that a due checkpoint is signed while idle.
     Tick,
     /// Signs a checkpoint now, due or not (at shutdown, so the log ends signed).
@@ -526,6 +531,11 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
             (Written::Cursor, Vec::new())
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
+        Write::RevocationMarks { newer } => {
+            let marks = certs::revocation::merge_marks(&store.revocation_marks()?, &newer);
+            store.put_revocation_marks(&marks)?;
+            (Written::Audited, Vec::new())
+        }
         Write::Handover { thread, by, op, rules, now_ms } => {
             let (ownership, entries) = crate::handovers::apply(store, &rules, thread, &by, op, now_ms, audit)?;
             (Written::Ownership(Box::new(ownership)), entries)

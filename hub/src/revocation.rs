@@ -15,14 +15,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certs::revocation::{utc, CertRefusal, CertValidity, RevocationLists};
+use certs::revocation::{merge_marks, utc, CertRefusal, CertValidity, RevocationLists};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use wire::audit::AuditOutcome;
 
 use crate::delivery::{Farewell, Open};
+use crate::durability::{Write, WriteError};
 use crate::session::{reload_record, Hub, Refused};
-use crate::tls::{now_secs, InForce};
+use crate::store::Store;
+use crate::tls::{now_secs, InForce, TlsError};
 
 /// Resolves once `certificate` has expired, with the refusal to close its
 /// connection with. It sleeps at most a day at a time, so a wall clock that was
@@ -38,6 +40,25 @@ pub async fn expired(certificate: &CertValidity) -> CertRefusal {
         let left = certificate.not_after().saturating_add(1).saturating_sub(now);
         tokio::time::sleep(Duration::from_secs(left.clamp(1, 86_400) as u64)).await;
     }
+}
+
+/// Refuses to start on a list older than one of its issuer the hub had in
+/// force before, and otherwise remembers the lists it starts on, durably. It
+/// writes to the store directly: it runs before the writer thread starts, so
+/// nothing else writes.
+pub fn start_no_older(store: &dyn Store, lists: &RevocationLists) -> Result<(), crate::server::ServeError> {
+    let before = store.revocation_marks()?;
+    if let Some(older) = lists.older_than_marks(&before) {
+        let newest = before.iter().filter(|m| older.issued_by(&m.issuer)).map(|m| m.this_update).max();
+        return Err(TlsError::OlderThanBefore {
+            issued: utc(older.this_update()),
+            before: newest.map(utc).unwrap_or_default(),
+        }
+        .into());
+    }
+    store.put_revocation_marks(&merge_marks(&before, &lists.marks()))?;
+    store.flush()?;
+    Ok(())
 }
 
 /// Says, in the log, which lists in force are past their `nextUpdate`, and
@@ -78,6 +99,12 @@ impl Hub {
         records.extend(self.registry.refused_by(refused_under(&candidate.lists, now)));
         if let Err(e) = self.audit_all(records).await {
             error!(error = %e, "cannot audit the CRL reload; the revocation lists in force stay");
+            return;
+        }
+        // Remembered before they take effect, so that a restart on an older list is refused.
+        let remembered = self.writes.submit(Write::RevocationMarks { newer: candidate.lists.marks() }, None).await;
+        if let Err(e) = remembered.await.unwrap_or(Err(WriteError::Closed)) {
+            error!(error = %e, "cannot store which revocation lists are in force; the lists in force stay");
             return;
         }
         let lists = candidate.lists.clone();

@@ -209,6 +209,7 @@ impl Server {
             &certificates.crl_files(),
             config.tls.allow_stale_crl,
         );
+        crate::revocation::start_no_older(store.as_ref(), &certificates.current().lists)?;
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|source| ServeError::Io { what: format!("listen on {}", resolved.listen), source })?;

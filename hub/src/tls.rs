@@ -59,6 +59,18 @@ pub enum TlsError {
         /// The older list's `thisUpdate`.
         issued: String,
     },
+    /// A CRL at start is older than one of its issuer this hub had in force
+    /// before: starting on it would undo the revocations published since.
+    #[error(
+        "a revocation list issued {issued} is older than the one of its issuer this hub had in force before \
+         (issued {before}); publish a list at least as new"
+    )]
+    OlderThanBefore {
+        /// The older list's `thisUpdate`.
+        issued: String,
+        /// The `thisUpdate` of the newest list of that issuer the hub had in force.
+        before: String,
+    },
 }
 
 /// Sessions the hub remembers for resumption, shared by every configuration a

@@ -233,6 +233,12 @@ impl Store for FaultyStore {
     fn checkpoints(&self) -> Result<Vec<SignedTreeHead>, StoreError> {
         self.inner.checkpoints()
     }
+    fn revocation_marks(&self) -> Result<Vec<certs::revocation::Mark>, StoreError> {
+        self.inner.revocation_marks()
+    }
+    fn put_revocation_marks(&self, marks: &[certs::revocation::Mark]) -> Result<(), StoreError> {
+        self.inner.put_revocation_marks(marks)
+    }
     fn flush(&self) -> Result<(), StoreError> {
         if self.flush_fails.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("injected: the disk did not confirm the write".into()));

@@ -364,6 +364,40 @@ async fn a_reread_that_would_put_an_older_crl_over_a_newer_one_is_refused() -> a
     assert!(matches!(still, Err(Error::Refused(_))), "the older list rolled the revocation back: {still:?}");
     let audit = audit_log(&mut hub, dir.path())?;
     assert_eq!(audit.matches("crl-reload-refused").count(), 1, "the refused reread is audited");
+
+    // Nor does a restart on it: the hub remembered the newer list it had put in force.
+    refused_start_on_an_older_list(dir.path(), "[tls]\ncrl_reload_seconds = 0\n")
+}
+
+/// Starts a hub on `dir` and requires it to refuse to, naming the older list.
+fn refused_start_on_an_older_list(dir: &Path, config: &str) -> anyhow::Result<()> {
+    let restarted = HubProcess::start(binary(), dir, "127.0.0.1:0", config);
+    let error = format!("{:#}", restarted.err().context("the hub started on the older list")?);
+    anyhow::ensure!(error.contains("older than the one of its issuer this hub had in force before"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restart_on_an_older_crl_than_the_one_the_hub_started_on_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki_in(dir.path())?;
+    // Lists count time in seconds: the newer one must be issued a second later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ours = pki.client("vt-utrecht-caseworker").context("no VT caseworker")?;
+    publish_crl(dir.path(), &pki.revocation_list(&[&pki.revoked.cert, &ours.cert], in_thirty_days())?)?;
+    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", "")?;
+    assert!(hub.terminate()?.success(), "{}", hub.log());
+
+    // The list of the PKI's start, which does not list the caseworker, put back while the hub was stopped.
+    publish_crl(dir.path(), &pki.crl)?;
+    refused_start_on_an_older_list(dir.path(), "")?;
+
+    // A list at least as new as the one remembered starts it again.
+    publish_crl(dir.path(), &pki.revocation_list(&[&pki.revoked.cert, &ours.cert], in_thirty_days())?)?;
+    let mut hub = HubProcess::start(binary(), dir.path(), "127.0.0.1:0", "")?;
+    let revoked = hub.client("vt-utrecht-caseworker").connect_timeout(WAIT).connect().await;
+    assert!(matches!(revoked, Err(Error::Refused(_))), "the list in force does not revoke: {revoked:?}");
+    assert!(hub.terminate()?.success());
     Ok(())
 }
 

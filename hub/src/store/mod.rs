@@ -456,6 +456,13 @@ pub trait Store: Send + Sync + 'static {
     /// The latest (largest) signed tree head.
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError>;
 
+    /// The newest `thisUpdate` of each CRL issuer the hub has had in force, so
+    /// that neither a reread nor a restart puts an older list in force.
+    fn revocation_marks(&self) -> Result<Vec<certs::revocation::Mark>, StoreError>;
+
+    /// Replaces the marks of [`Store::revocation_marks`].
+    fn put_revocation_marks(&self, marks: &[certs::revocation::Mark]) -> Result<(), StoreError>;
+
     /// Makes every write made before this call durable, and visible to reads.
     fn flush(&self) -> Result<(), StoreError>;
 }

@@ -34,6 +34,7 @@
 //! | `N` | thread, seq (u64 BE) | (empty): an audit entry about the case |
 //! | `U` | OIN, seq (u64 BE) | (empty): an audit entry about no case by the organisation's people |
 //! | `V` | (none) | the version of the indexes above; a store without it has them rebuilt when opened |
+//! | `r` | (none) | per CRL issuer, the newest `thisUpdate` the hub has had in force |
 //!
 //! Attachment chunks are files in `DIR/attachments` (see [`super::chunk_files`]).
 //!
@@ -92,6 +93,8 @@ const LATEST_HEAD: u8 = b'Q';
 const CLOSED: u8 = b'Z';
 /// A case's side threads: case id then side thread id.
 const SIDE: u8 = b's';
+/// The newest CRL of each issuer the hub has had in force.
+const REVOCATION_MARKS: u8 = b'r';
 /// The first byte of an audit entry that holds its tree nodes (the current layout).
 const AUDIT_LAYOUT: u8 = 0x02;
 /// The first byte of an audit entry whose tree nodes are `H` values; CBOR maps
@@ -1494,6 +1497,14 @@ impl Store for SledStore {
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
         // One look-up per query instead of a reverse scan over every head.
         self.db.get([LATEST_HEAD]).map_err(backend)?.map(|value| decode(&value)).transpose()
+    }
+
+    fn revocation_marks(&self) -> Result<Vec<certs::revocation::Mark>, StoreError> {
+        self.db.get([REVOCATION_MARKS]).map_err(backend)?.map_or(Ok(Vec::new()), |value| decode(&value))
+    }
+
+    fn put_revocation_marks(&self, marks: &[certs::revocation::Mark]) -> Result<(), StoreError> {
+        self.db.insert([REVOCATION_MARKS], encode(&marks)).map(|_| ()).map_err(backend)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
