@@ -230,6 +230,26 @@ pub struct Mark {
     pub this_update: i64,
 }
 
+/// A list that would roll revocations back: its `thisUpdate`, and the later
+/// one of its issuer that was in force (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The older list's `thisUpdate`.
+    pub issued: i64,
+    /// The `thisUpdate` of its issuer's list that was in force.
+    pub in_force: i64,
+}
+
+/// The first issuer whose newest list in `newer` is older than its mark in
+/// `kept`. Only the newest list of each issuer is compared: all of an issuer's
+/// lists count together, so an older one beside a newer one takes nothing back.
+pub fn rolled_back(newer: &[Mark], kept: &[Mark]) -> Option<RolledBack> {
+    merge_marks(&[], newer).into_iter().find_map(|new| {
+        let kept = kept.iter().find(|k| k.issuer == new.issuer && k.this_update > new.this_update)?;
+        Some(RolledBack { issued: new.this_update, in_force: kept.this_update })
+    })
+}
+
 /// `marks` with `newer` merged in: per issuer, the later `thisUpdate`. An
 /// issuer whose list is no longer given keeps its mark.
 pub fn merge_marks(marks: &[Mark], newer: &[Mark]) -> Vec<Mark> {
@@ -303,11 +323,6 @@ impl RevocationList {
         self.next_update
     }
 
-    /// Whether the list's issuer has this DER name.
-    pub fn issued_by(&self, issuer: &[u8]) -> bool {
-        self.issuer == issuer
-    }
-
     /// When the list was issued (its `thisUpdate`, Unix seconds).
     pub fn this_update(&self) -> i64 {
         self.this_update
@@ -340,21 +355,14 @@ impl RevocationLists {
     /// The first of these lists that is older (an earlier `thisUpdate`) than a
     /// list of the same issuer in `in_force`: a reread must not roll back a
     /// revocation by putting an old list over a newer one.
-    pub fn older_than(&self, in_force: &RevocationLists) -> Option<&RevocationList> {
-        self.older_than_marks(&in_force.marks())
+    pub fn older_than(&self, in_force: &RevocationLists) -> Option<RolledBack> {
+        rolled_back(&self.marks(), &in_force.marks())
     }
 
     /// Each list's issuer (its DER name) and `thisUpdate`: what a later start
     /// compares its lists with (see [`older_than_marks`](Self::older_than_marks)).
     pub fn marks(&self) -> Vec<Mark> {
         self.lists.iter().map(|l| Mark { issuer: l.issuer.clone(), this_update: l.this_update }).collect()
-    }
-
-    /// The first of these lists that is older than a mark of the same issuer.
-    pub fn older_than_marks(&self, marks: &[Mark]) -> Option<&RevocationList> {
-        self.lists.iter().find(|candidate| {
-            marks.iter().any(|m| m.issuer == candidate.issuer && m.this_update > candidate.this_update)
-        })
     }
 
     /// Checks an intermediate a client presented (not one of the hub's
@@ -421,6 +429,18 @@ mod tests {
 
     fn now() -> i64 {
         time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    #[test]
+    fn a_roll_back_is_an_issuers_newest_list_older_than_its_mark_even_with_no_list_in_force() {
+        let mark = |issuer: &[u8], this_update| Mark { issuer: issuer.to_vec(), this_update };
+        let kept = [mark(b"a", 10), mark(b"b", 20)];
+        // b's newest list is older than b's mark, though a's list (the only one in force, say) is newer.
+        let back = rolled_back(&[mark(b"a", 11), mark(b"b", 15)], &kept);
+        assert_eq!(back, Some(RolledBack { issued: 15, in_force: 20 }));
+        // An older list of b beside a list as new as the mark takes nothing back.
+        assert_eq!(rolled_back(&[mark(b"b", 5), mark(b"b", 20)], &kept), None);
+        assert_eq!(rolled_back(&[mark(b"c", 1)], &kept), None, "an issuer without a mark is new");
     }
 
     #[test]

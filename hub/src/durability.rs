@@ -532,8 +532,17 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
         }
         Write::Audit | Write::Tick | Write::Seal => (Written::Audited, Vec::new()),
         Write::RevocationMarks { newer } => {
-            let marks = certs::revocation::merge_marks(&store.revocation_marks()?, &newer);
-            store.put_revocation_marks(&marks)?;
+            let kept = store.revocation_marks()?;
+            if let Some(older) = certs::revocation::rolled_back(&newer, &kept) {
+                let (issued, before) = (certs::revocation::utc(older.issued), certs::revocation::utc(older.in_force));
+                return Err(refused(
+                    ErrorCode::Conflict,
+                    &format!(
+                        "a revocation list issued {issued} is older than one of its issuer in force before ({before})"
+                    ),
+                ));
+            }
+            store.put_revocation_marks(&certs::revocation::merge_marks(&kept, &newer))?;
             (Written::Audited, Vec::new())
         }
         Write::Handover { thread, by, op, rules, now_ms } => {

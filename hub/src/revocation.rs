@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certs::revocation::{merge_marks, utc, CertRefusal, CertValidity, RevocationLists};
+use certs::revocation::{merge_marks, rolled_back, utc, CertRefusal, CertValidity, RevocationLists};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use wire::audit::AuditOutcome;
@@ -23,7 +23,7 @@ use wire::audit::AuditOutcome;
 use crate::delivery::{Farewell, Open};
 use crate::durability::{Write, WriteError};
 use crate::session::{reload_record, Hub, Refused};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tls::{now_secs, InForce, TlsError};
 
 /// Resolves once `certificate` has expired, with the refusal to close its
@@ -47,14 +47,9 @@ pub async fn expired(certificate: &CertValidity) -> CertRefusal {
 /// writes to the store directly: it runs before the writer thread starts, so
 /// nothing else writes.
 pub fn start_no_older(store: &dyn Store, lists: &RevocationLists) -> Result<(), crate::server::ServeError> {
-    let before = store.revocation_marks()?;
-    if let Some(older) = lists.older_than_marks(&before) {
-        let newest = before.iter().filter(|m| older.issued_by(&m.issuer)).map(|m| m.this_update).max();
-        return Err(TlsError::OlderThanBefore {
-            issued: utc(older.this_update()),
-            before: newest.map(utc).unwrap_or_default(),
-        }
-        .into());
+    let before = store.revocation_marks().map_err(|e| StoreError::Corrupt(format!("revocation marks (tag r): {e}")))?;
+    if let Some(older) = rolled_back(&lists.marks(), &before) {
+        return Err(TlsError::OlderThanBefore { issued: utc(older.issued), before: utc(older.in_force) }.into());
     }
     store.put_revocation_marks(&merge_marks(&before, &lists.marks()))?;
     store.flush()?;
@@ -86,25 +81,28 @@ impl Hub {
     /// connection they refuse, are audited before they take effect; from then
     /// on new handshakes use them and those connections receive nothing more.
     pub async fn reload_crls(&self) {
+        let _alone = self.certificates.rereading().await;
         let files = self.certificates.crl_files();
         let refused = Refused { what: "CRL reload refused", stays: "the revocation lists in force stay" };
         let Some(candidate) = self.reread(&files, self.certificates.read_again(), refused).await else { return };
         warn_if_stale(&candidate, &files, self.certificates.allows_stale());
         let now = now_secs();
         let changed = !candidate.same_lists(&self.certificates.current());
-        let mut records = Vec::new();
         if changed {
-            records.push(reload_record(&files, AuditOutcome::Allowed, "crl-reloaded".to_owned()));
+            // Checked against and merged into the newest lists the hub has had in force, in the
+            // writer, before they take effect: a list of an issuer with none in force now (its
+            // file dropped, then put back) must not be older either, and a restart on an older
+            // list is refused. A refusal is audited as the reload's failure.
+            let record = reload_record(&files, AuditOutcome::Allowed, "crl-reloaded".to_owned());
+            let marks = Write::RevocationMarks { newer: candidate.lists.marks() };
+            if let Err(e) = self.writes.submit(marks, Some(record)).await.await.unwrap_or(Err(WriteError::Closed)) {
+                error!(files, "CRL reload refused, the revocation lists in force stay: {e}");
+                return;
+            }
         }
-        records.extend(self.registry.refused_by(refused_under(&candidate.lists, now)));
+        let records = self.registry.refused_by(refused_under(&candidate.lists, now));
         if let Err(e) = self.audit_all(records).await {
             error!(error = %e, "cannot audit the CRL reload; the revocation lists in force stay");
-            return;
-        }
-        // Remembered before they take effect, so that a restart on an older list is refused.
-        let remembered = self.writes.submit(Write::RevocationMarks { newer: candidate.lists.marks() }, None).await;
-        if let Err(e) = remembered.await.unwrap_or(Err(WriteError::Closed)) {
-            error!(error = %e, "cannot store which revocation lists are in force; the lists in force stay");
             return;
         }
         let lists = candidate.lists.clone();

@@ -191,6 +191,9 @@ struct Sources {
 pub struct Certificates {
     sources: Sources,
     in_force: RwLock<Arc<InForce>>,
+    /// Held through a reread, from reading the files to installing the lists:
+    /// two at once (SIGHUP and the timer) could otherwise install in the wrong order.
+    rereading: tokio::sync::Mutex<()>,
 }
 
 /// Seconds since the Unix epoch, as certificates count time.
@@ -249,7 +252,7 @@ impl Certificates {
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
         };
         let first = sources.read()?;
-        Ok(Self { sources, in_force: RwLock::new(Arc::new(first)) })
+        Ok(Self { sources, in_force: RwLock::new(Arc::new(first)), rereading: tokio::sync::Mutex::new(()) })
     }
 
     /// The verifier of MLS leaf bindings against the chain CA.
@@ -267,6 +270,11 @@ impl Certificates {
         self.sources.allow_stale
     }
 
+    /// Waits until no other reread runs, and keeps others waiting while held.
+    pub async fn rereading(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.rereading.lock().await
+    }
+
     /// What is in force now.
     pub fn current(&self) -> Arc<InForce> {
         self.in_force.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
@@ -277,7 +285,7 @@ impl Certificates {
     pub fn read_again(&self) -> Result<InForce, TlsError> {
         let candidate = self.sources.read()?;
         if let Some(older) = candidate.lists.older_than(&self.current().lists) {
-            return Err(TlsError::Older { issued: certs::revocation::utc(older.this_update()) });
+            return Err(TlsError::Older { issued: certs::revocation::utc(older.issued) });
         }
         Ok(candidate)
     }
