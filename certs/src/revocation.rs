@@ -360,7 +360,7 @@ impl RevocationLists {
     }
 
     /// Each list's issuer (its DER name) and `thisUpdate`: what a later start
-    /// compares its lists with (see [`older_than_marks`](Self::older_than_marks)).
+    /// or reread compares its lists with (see [`rolled_back`]).
     pub fn marks(&self) -> Vec<Mark> {
         self.lists.iter().map(|l| Mark { issuer: l.issuer.clone(), this_update: l.this_update }).collect()
     }

@@ -534,13 +534,7 @@ fn apply(store: &dyn Store, groups: &mut Groups, write: Write, audit: &mut Audit
         Write::RevocationMarks { newer } => {
             let kept = store.revocation_marks()?;
             if let Some(older) = certs::revocation::rolled_back(&newer, &kept) {
-                let (issued, before) = (certs::revocation::utc(older.issued), certs::revocation::utc(older.in_force));
-                return Err(refused(
-                    ErrorCode::Conflict,
-                    &format!(
-                        "a revocation list issued {issued} is older than one of its issuer in force before ({before})"
-                    ),
-                ));
+                return Err(refused(ErrorCode::Conflict, &crate::tls::TlsError::rolled_back(older).to_string()));
             }
             store.put_revocation_marks(&certs::revocation::merge_marks(&kept, &newer))?;
             (Written::Audited, Vec::new())

@@ -48,10 +48,11 @@ pub async fn expired(certificate: &CertValidity) -> CertRefusal {
 /// nothing else writes.
 pub fn start_no_older(store: &dyn Store, lists: &RevocationLists) -> Result<(), crate::server::ServeError> {
     let before = store.revocation_marks().map_err(|e| StoreError::Corrupt(format!("revocation marks (tag r): {e}")))?;
-    if let Some(older) = rolled_back(&lists.marks(), &before) {
-        return Err(TlsError::OlderThanBefore { issued: utc(older.issued), before: utc(older.in_force) }.into());
+    let now = lists.marks();
+    if let Some(older) = rolled_back(&now, &before) {
+        return Err(TlsError::rolled_back(older).into());
     }
-    store.put_revocation_marks(&merge_marks(&before, &lists.marks()))?;
+    store.put_revocation_marks(&merge_marks(&before, &now))?;
     store.flush()?;
     Ok(())
 }

@@ -59,8 +59,9 @@ pub enum TlsError {
         /// The older list's `thisUpdate`.
         issued: String,
     },
-    /// A CRL at start is older than one of its issuer this hub had in force
-    /// before: starting on it would undo the revocations published since.
+    /// A CRL at a start or a reread is older than one of its issuer this hub
+    /// had in force before: putting it in force would undo the revocations
+    /// published since.
     #[error(
         "a revocation list issued {issued} is older than the one of its issuer this hub had in force before \
          (issued {before}); publish a list at least as new"
@@ -71,6 +72,15 @@ pub enum TlsError {
         /// The `thisUpdate` of the newest list of that issuer the hub had in force.
         before: String,
     },
+}
+
+impl TlsError {
+    /// The refusal of a list that would roll revocations back, found against
+    /// the newest lists the hub has had in force (at a start or a reread).
+    pub fn rolled_back(older: certs::revocation::RolledBack) -> Self {
+        let utc = certs::revocation::utc;
+        Self::OlderThanBefore { issued: utc(older.issued), before: utc(older.in_force) }
+    }
 }
 
 /// Sessions the hub remembers for resumption, shared by every configuration a

@@ -11,7 +11,7 @@ use wire::{ErrorCode, MemberId, Reply, Request, WireError};
 use crate::audit;
 use crate::policy::Policy;
 use crate::session::{internal, Caller, Hub};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 impl Hub {
     pub(super) fn spawn_audit_query(
@@ -101,11 +101,8 @@ fn audit_query(
     let proofs = entries
         .iter()
         .map(|entry| {
-            // Stored seqs start at 1; a 0 is a corrupt store, answered as the hub's own failure.
-            let leaf = entry
-                .seq
-                .checked_sub(1)
-                .ok_or_else(|| internal(StoreError::Corrupt("an audit entry with seq 0".into())))?;
+            // A seq 0 is a corrupt store, answered as the hub's own failure.
+            let leaf = crate::store::leaf_of(entry.seq).map_err(internal)?;
             let path = wire::merkle::inclusion_proof(leaf, covered, &mut audit::node_source(store));
             path.map(wire::audit::Proof::from_hashes).map_err(internal)
         })

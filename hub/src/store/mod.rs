@@ -195,6 +195,12 @@ pub struct DeviceWrite<'a> {
 /// itself. Not a valid worker id (the colon), so no certificate or policy names it.
 pub const INBOX_WRITER: &str = "ketenhub:inbox";
 
+/// The audit tree's leaf of the entry `seq`: leaves count from 0, entries from 1,
+/// so a stored entry 0 is a corrupt store.
+pub fn leaf_of(seq: u64) -> Result<u64, StoreError> {
+    seq.checked_sub(1).ok_or_else(|| StoreError::Corrupt("an audit entry with seq 0".into()))
+}
+
 /// KeyPackages handed out and not yet added that the hub remembers per claimer and thread.
 pub const MAX_OPEN_CLAIMS: usize = 64;
 

@@ -61,7 +61,8 @@ use wire::{BlobId, DeviceId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadI
 
 use super::chunk_files::ChunkFiles;
 use super::{
-    AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, DeviceWrite, HandoverStep, Interval, Store, StoreError,
+    leaf_of, AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, DeviceWrite, HandoverStep, Interval, Store,
+    StoreError,
 };
 
 const THREAD: u8 = b'T';
@@ -462,7 +463,7 @@ impl SledStore {
     /// over chain hashes, which no verifier checks any more; the next head signs the tree).
     fn build_tree(&self) -> Result<(), StoreError> {
         let Some((last, _)) = self.last_audit()? else { return Ok(()) };
-        let leaf = last.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
+        let leaf = leaf_of(last)?;
         if self.audit_node(0, leaf)?.is_some() {
             return Ok(());
         }
@@ -1381,8 +1382,7 @@ impl Store for SledStore {
             }
             // The tree's nodes outlive the entry: they move to a key of their own before it goes.
             if let Some(parts) = split_audit(&value)?.filter(|p| !p.levels.is_empty()) {
-                let leaf = parts.seq.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
-                self.db.insert(nodes_key(leaf), parts.levels).map_err(backend)?;
+                self.db.insert(nodes_key(leaf_of(parts.seq)?), parts.levels).map_err(backend)?;
             }
             self.db.remove(key).map_err(backend)?;
             for index in audit_index_keys(&entry) {
@@ -1404,7 +1404,7 @@ impl Store for SledStore {
         // inserts and takes sled's global lock, on the path of every message.
         // sled recovers a prefix of the inserts, so a crash keeps the entry
         // only with its index keys.
-        let leaf = entry.seq.checked_sub(1).ok_or_else(|| StoreError::Corrupt("audit entry 0".into()))?;
+        let leaf = leaf_of(entry.seq)?;
         let mut values = node_values(nodes.iter().map(|n| (last_leaf(n.level, n.index), n.level, n.hash)));
         let levels = values.remove(&leaf).unwrap_or_default();
         // Every node an append completes ends at its own leaf; any other would be a caller's
