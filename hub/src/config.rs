@@ -44,13 +44,16 @@ pub enum ConfigError {
     },
 }
 
+/// The smallest engine cache: below it every read of the hot path would go to disk.
+const MIN_CACHE_BYTES: u64 = 1 << 20;
+
 /// The whole configuration of a hub.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The address to listen on, for example `127.0.0.1:7443`.
     pub listen: Option<SocketAddr>,
-    /// The data directory (the sled store lives in `DIR/store`).
+    /// The data directory (the store lives in `DIR/store`).
     pub data: Option<PathBuf>,
     /// The need-to-know policy file (see `deploy/policy.toml`); required.
     pub policy: Option<PathBuf>,
@@ -69,6 +72,9 @@ pub struct Config {
     /// Handover deadlines: public holidays and how often deadlines are checked.
     #[serde(default)]
     pub handover: HandoverSettings,
+    /// The storage engine of a new store, and its cache.
+    #[serde(default)]
+    pub store: crate::store::engine::EngineSettings,
 }
 
 /// Handover deadlines. Keys under `[handover]`.
@@ -391,6 +397,12 @@ impl Config {
     /// Checks that everything needed to serve is present and in range.
     pub fn validate(&self) -> Result<Resolved<'_>, ConfigError> {
         self.limits.validate()?;
+        if self.store.cache_bytes < MIN_CACHE_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "store.cache_bytes",
+                message: format!("must be at least {MIN_CACHE_BYTES}"),
+            });
+        }
         Ok(Resolved {
             listen: self.listen.ok_or(ConfigError::Missing("listen"))?,
             data: self.data.as_deref().ok_or(ConfigError::Missing("data"))?,
@@ -457,6 +469,18 @@ mod tests {
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "limits.linger_bytes", .. })));
         config.limits.linger_bytes = config.limits.max_frame_bytes;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_store_engine_is_named_and_a_cache_too_small_is_refused() {
+        let mut config = with_limits("");
+        assert_eq!(config.store.engine, crate::store::engine::EngineKind::Fjall);
+        config.store = toml::from_str("engine = \"sled\"\ncache_bytes = 1048575\n").unwrap();
+        assert_eq!(config.store.engine, crate::store::engine::EngineKind::Sled);
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "store.cache_bytes", .. })));
+        config.store.cache_bytes += 1;
+        config.validate().unwrap();
+        assert!(toml::from_str::<Config>("[store]\nengine = \"rocksdb\"\n").is_err());
     }
 
     #[test]

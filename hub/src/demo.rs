@@ -423,7 +423,7 @@ pub async fn run(data: Option<PathBuf>) -> anyhow::Result<()> {
     line.say(
         "hub",
         format!(
-            "listening on {} (dev PKI in {}, sled store in {})",
+            "listening on {} (dev PKI in {}, store in {})",
             hub.addr(),
             hub.pki_dir().display(),
             hub.data_dir().display()

@@ -3,7 +3,7 @@
 //!
 //! The hub acknowledges a write only after it is on disk. Flushing once per
 //! write would cap throughput at the disk's sync rate, and letting the async
-//! workers write to sled themselves lets them block inside the storage engine
+//! workers write to the store themselves lets them block inside the storage engine
 //! while it writes its log. So every write goes, in the order a connection
 //! submitted it, to one dedicated thread. That thread applies all writes that
 //! are waiting and passes the batch to a second thread, which makes it durable

@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, WsStream};
 use crate::session::{Caller, Hub};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{KvStore, Store, StoreError};
 use crate::tls::{self, TlsError};
 use certs::revocation::CertRefusal;
 
@@ -189,11 +189,11 @@ impl Server {
         let data = config.validate()?.data;
         std::fs::create_dir_all(data)
             .map_err(|source| ServeError::Io { what: format!("create {}", data.display()), source })?;
-        Self::bind_with_store(config, Arc::new(SledStore::open(&data.join("store"))?), clock).await
+        Self::bind_with_store(config, Arc::new(KvStore::open_with(&data.join("store"), &config.store)?), clock).await
     }
 
     /// Like [`Server::bind`], on a store opened by the caller (fault-injection
-    /// tests wrap the sled store to make chosen writes fail) and with a clock
+    /// tests wrap the embedded store to make chosen writes fail) and with a clock
     /// for handover deadlines that tests can move.
     pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>, clock: Clock) -> Result<Self, ServeError> {
         let resolved = config.validate()?;

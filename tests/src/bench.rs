@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use certs::dev::{DevPki, ExtraClient, SampleOrg, GI_SAVE, LT_OUDEWATER, LT_WOERDEN, RVDK, VT_UTRECHT};
 use futures_util::StreamExt;
-use hub::store::{SledStore, Store};
+use hub::store::{KvStore, Store};
 use ketenhub_sdk::{Client, ClientBuilder, Event, ThreadId};
 use serde::Serialize;
 use wire::{MemberId, MessageId, Role};
@@ -598,7 +598,7 @@ async fn restart(dir: &Path, pki: &DevPki, messages: usize) -> anyhow::Result<(f
     write_setup(pki, dir)?;
     let member = MemberId::new(ORGS[0].oin, "bench.00")?;
     {
-        let store = SledStore::open(&dir.join("data").join("store"))?;
+        let store = KvStore::open(&dir.join("data").join("store"))?;
         let threads = 100;
         let body = vec![7u8; PAYLOAD];
         for t in 0..threads {
@@ -1137,15 +1137,15 @@ fn audit_record(i: usize) -> wire::audit::AuditRecord {
 }
 
 /// Audit entries appended durably (a flush per 256, as the hub's group commit
-/// does under load) against plain sled inserts of the same records with the
-/// same flushes; and a full verification against hashing the same bytes.
+/// does under load) against plain inserts of the same records, into the
+/// store's own engine, with the same flushes; and a full verification against hashing the same bytes.
 fn audit_figures(dir: &Path, entries: usize) -> anyhow::Result<Vec<Figure>> {
     use hub::audit::chain::AuditKey;
     use hub::audit::{CheckpointSettings, Recorder};
     const FLUSH_EVERY: usize = 256;
     let records: Vec<_> = (0..entries).map(audit_record).collect();
 
-    let plain = sled::open(dir.join("plain"))?;
+    let plain = hub::store::engine::Engine::open(&dir.join("plain"), &Default::default())?;
     let started = Instant::now();
     for (i, record) in records.iter().enumerate() {
         plain.insert((i as u64).to_be_bytes(), wire::encode(record))?;
@@ -1156,7 +1156,7 @@ fn audit_figures(dir: &Path, entries: usize) -> anyhow::Result<Vec<Figure>> {
     plain.flush()?;
     let plain_rate = entries as f64 / started.elapsed().as_secs_f64();
 
-    let store = SledStore::open(&dir.join("store"))?;
+    let store = KvStore::open(&dir.join("store"))?;
     let key = AuditKey::generate()?;
     let public = key.public_key();
     let mut recorder = Recorder::resume(&store, Arc::new(key), CheckpointSettings::default())?;
@@ -1185,7 +1185,7 @@ fn audit_figures(dir: &Path, entries: usize) -> anyhow::Result<Vec<Figure>> {
     let hash_rate = entries as f64 / started.elapsed().as_secs_f64();
     Ok(vec![
         Figure::new(
-            format!("audit entries appended durably, {entries} (relay column: plain sled inserts, same flushes)"),
+            format!("audit entries appended durably, {entries} (relay column: plain inserts into the same engine, same flushes)"),
             "1/s",
             append_rate,
             Some(plain_rate),
@@ -1210,7 +1210,7 @@ fn audit_figures(dir: &Path, entries: usize) -> anyhow::Result<Vec<Figure>> {
 
 /// Verification the way it was done before the Merkle tree, measured on the same store in the same run:
 /// every entry decoded into an export line, its record encoded again to hash it, the chain followed.
-fn legacy_verify_rate(store: &SledStore) -> anyhow::Result<f64> {
+fn legacy_verify_rate(store: &KvStore) -> anyhow::Result<f64> {
     use hub::audit::chain::ExportLine;
     let started = Instant::now();
     let mut lines = Vec::new();

@@ -1,10 +1,10 @@
-//! The real sled store with faults injected on demand, for tests of what the
+//! The real embedded store with faults injected on demand, for tests of what the
 //! hub does when its disk fails: audit appends that fail (as on a full disk),
-//! and flushes that fail. Everything else passes through to sled.
+//! and flushes that fail. Everything else passes through to the store.
 
 use hub::audit::verify::Link;
 use hub::store::{
-    AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, SledStore, Store, StoreError,
+    AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, KvStore, Store, StoreError,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -16,10 +16,10 @@ use wire::handover::Ownership;
 use wire::merkle::{Hash, Node};
 use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
 
-/// The real sled store, with failures switched on and off by the test.
+/// The real embedded store, with failures switched on and off by the test.
 pub struct FaultyStore {
     /// The store underneath.
-    pub inner: SledStore,
+    pub inner: KvStore,
     /// While set, every audit append fails.
     pub audit_fails: AtomicBool,
     /// While set, every flush fails.
@@ -30,10 +30,10 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
-    /// Opens the sled store in `dir`, with no fault switched on.
+    /// Opens the embedded store in `dir`, with no fault switched on.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            inner: SledStore::open(dir)?,
+            inner: KvStore::open(dir)?,
             audit_fails: AtomicBool::new(false),
             flush_fails: AtomicBool::new(false),
             group_state_panics: AtomicBool::new(false),

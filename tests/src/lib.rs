@@ -3,7 +3,7 @@
 //! Tests run real hubs: either in-process through [`hub::devhub::DevHub`] or as
 //! a separate operating-system process through [`HubProcess`], which the fault
 //! tests kill with SIGKILL. Both use a real dev PKI, real TLS on loopback and a
-//! real sled store on disk.
+//! real store on disk.
 #![forbid(unsafe_code)]
 
 pub mod bench;
@@ -189,6 +189,14 @@ pub fn spawn_listening_with_stderr(mut command: Command, stderr: Stdio) -> anyho
             bail!("process did not report listening on stdout");
         }
     }
+}
+
+/// The key-value engine of the stopped hub's store in `store`, for tests that
+/// read or rewrite its records as someone with access to the files could.
+/// Refuses a directory without a store, so that a test never tampers with a new, empty one.
+pub fn store_engine(store: &Path) -> anyhow::Result<hub::store::engine::Engine> {
+    anyhow::ensure!(hub::store::engine::existing(store).is_some(), "no store in {}", store.display());
+    Ok(hub::store::engine::Engine::open(store, &Default::default())?)
 }
 
 /// How long a test lets a real binary run to its end (the demo, a smoke run of
@@ -450,7 +458,7 @@ pub fn write_audit_log(data: &Path, entries: u64) -> anyhow::Result<String> {
     use hub::store::Store as _;
     let key = AuditKey::load_or_create(&hub::server::audit_key_path(data))?;
     let public = key.public_key_hex();
-    let store = hub::store::SledStore::open(&data.join("store"))?;
+    let store = hub::store::KvStore::open(&data.join("store"))?;
     let settings = CheckpointSettings { every_entries: 1000, every_ms: u64::MAX, key: None };
     let mut recorder = Recorder::resume(&store, std::sync::Arc::new(key), settings)?;
     for i in 1..=entries {

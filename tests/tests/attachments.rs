@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hub::store::{SledStore, Store};
+use hub::store::{KvStore, Store};
 use ketenhub_sdk::{Attachment, AttachmentError, Client, Content, Error, ErrorCode, Event, EventStream};
 use tests::{next_event, DevHub, HubProcess};
 use wire::{BlobId, ClientFrame, Request, ThreadId};
@@ -129,7 +129,7 @@ async fn a_flipped_bit_in_a_stored_chunk_is_reported_as_tampered() -> anyhow::Re
     // Whoever holds the disk flips one bit of the second chunk.
     assert!(hub.terminate()?.success());
     {
-        let store = SledStore::open(&dir.path().join("data/store"))?;
+        let store = KvStore::open(&dir.path().join("data/store"))?;
         let record = store.blob(thread, attachment.blob)?.expect("the blob is stored");
         let mut chunk = store.blob_chunk(thread, attachment.blob, 1)?.expect("chunk 1 is stored");
         chunk[100] ^= 0x04;

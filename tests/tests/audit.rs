@@ -373,7 +373,7 @@ async fn an_acknowledged_delivery_is_recorded_by_the_time_its_cursor_is_durable(
     vt.send_text(thread, "after the ack").await?;
     hub.kill_9()?;
 
-    let store = hub::store::SledStore::open(&dir.path().join("data/store"))?;
+    let store = hub::store::KvStore::open(&dir.path().join("data/store"))?;
     let cursor = store.cursor(&lt.member_id(), &lt.device_id(), thread)?;
     assert!(cursor >= seq, "the cursor is not durable ({cursor} < {seq}); the test shows nothing");
     let recorded = deliveries_to(&store, thread, &lt.member_id().worker)?;
@@ -411,7 +411,7 @@ async fn deliveries_of_a_connection_still_open_at_shutdown_are_recorded_before_t
     drop(stuck);
     assert!(hub.log().contains("connections still open"), "the connection did not outlast the grace:\n{}", hub.log());
 
-    let store = hub::store::SledStore::open(&dir.path().join("data/store"))?;
+    let store = hub::store::KvStore::open(&dir.path().join("data/store"))?;
     let sealed = store.latest_head()?.map_or(0, |head| head.size);
     let mut recorded = Vec::new();
     hub::audit::scan(&store, |e| {

@@ -2,14 +2,14 @@
 //! SDK) and `hub audit verify --witness` catch a log whose newest entries were
 //! deleted on disk, the hub refuses to start without the log's own key, the SDK
 //! refuses an entry that is not in the signed tree, and every kind of tampering
-//! with an export is named. Real hub processes, real sled files, real TLS.
+//! with an export is named. Real hub processes, real store files, real TLS.
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use hub::audit::chain::AuditKey;
-use hub::store::{SledStore, Store};
+use hub::store::{KvStore, Store};
 use ketenhub_sdk::{AuditAction, AuditError, AuditFilter, Error, Event};
 use tests::HubProcess;
 use wire::ThreadId;
@@ -36,9 +36,9 @@ fn public_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Deletes, as someone with access to a stopped hub's files could, every audit entry after `keep` and every
-/// signed head over more entries, straight in the sled files.
+/// signed head over more entries, straight in the store's files.
 fn truncate_audit_log(store: &Path, keep: u64) -> anyhow::Result<u64> {
-    let db = sled::open(store)?;
+    let db = tests::store_engine(store)?;
     let mut removed = 0;
     for item in db.scan_prefix([b'A']) {
         let (key, _) = item?;
@@ -225,7 +225,7 @@ async fn an_entry_changed_on_disk_fails_its_inclusion_proof_in_the_sdk() -> anyh
     // chain hash, in the store's layout (0x02, seq, prev hash, hash, the tree nodes kept as they were,
     // record CBOR).
     {
-        let db = sled::open(dir.path().join("data/store"))?;
+        let db = tests::store_engine(&dir.path().join("data/store"))?;
         let mut key = vec![b'A'];
         key.extend_from_slice(&target.seq.to_be_bytes());
         let stored = db.get(&key)?.expect("the entry is stored");
@@ -240,7 +240,7 @@ async fn an_entry_changed_on_disk_fails_its_inclusion_proof_in_the_sdk() -> anyh
         value.extend_from_slice(&hash);
         value.extend_from_slice(nodes);
         value.extend_from_slice(&wire::encode(&record));
-        assert!(db.insert(key, value)?.is_some());
+        db.insert(key, value)?;
         db.flush()?;
     }
 
@@ -260,7 +260,7 @@ fn every_kind_of_export_tampering_is_named() -> anyhow::Result<()> {
     std::fs::write(dir.path().join("audit.pub"), tests::write_audit_log(&data, ENTRIES)?)?;
     let witness = dir.path().join("witness.json");
     {
-        let store = SledStore::open(&data.join("store"))?;
+        let store = KvStore::open(&data.join("store"))?;
         // A witness kept the last head, as an officer's SDK would.
         let last = store.latest_head()?.expect("a head");
         assert_eq!(last.size, ENTRIES);

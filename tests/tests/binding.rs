@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use hub::store::sled_store::SledStore;
+use hub::store::kv_store::KvStore;
 use hub::store::Store;
 use ketenhub_sdk::{BindingError, Error, Event};
 use tests::forged::ForgedDevice;
@@ -29,7 +29,7 @@ fn substitute_key_packages(
     member: &MemberId,
     substitutes: &[Vec<u8>],
 ) -> anyhow::Result<()> {
-    let store = SledStore::open(&data_dir.join("store"))?;
+    let store = KvStore::open(&data_dir.join("store"))?;
     let scratch = ThreadId::random();
     while store.claim_key_package(scratch, member, member, 0)?.is_some() {}
     store.add_key_packages(member, substitutes)?;

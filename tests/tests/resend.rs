@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use hub::store::{SledStore, Store};
+use hub::store::{KvStore, Store};
 use ketenhub_sdk::{ClockKind, FamilyTold, HandoverEvent, OfferRequest, OfferState, Ownership};
 use tests::DevHub;
 use wire::{ClientFrame, EntryBody, Reply, Request, ThreadId};
@@ -69,7 +69,7 @@ fn handover_steps(store: &dyn Store, thread: ThreadId) -> anyhow::Result<Vec<Han
 /// A dev hub on a store the test can read as well.
 async fn start(dir: &Path) -> anyhow::Result<(DevHub, Arc<dyn Store>)> {
     std::fs::create_dir_all(dir.join("data"))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("data/store"))?);
+    let store: Arc<dyn Store> = Arc::new(KvStore::open(&dir.join("data/store"))?);
     Ok((DevHub::start_with_store(dir, tests::limits(), store.clone()).await?, store))
 }
 

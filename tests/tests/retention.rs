@@ -8,7 +8,7 @@ use hub::audit::chain::AuditKey;
 use hub::audit::Recorder;
 use hub::durability::Auditor;
 use hub::policy::Policy;
-use hub::store::{SledStore, Store};
+use hub::store::{KvStore, Store};
 use ketenhub_sdk::{Content, Event};
 use tests::{messages, next_event, HubProcess};
 use wire::EntryBody;
@@ -46,7 +46,7 @@ async fn content_received_by_all_expires_and_audit_entries_outlive_it() -> anyho
     let policy = Policy::load(&dir.path().join("policy.toml"))?;
     let now = hub::clock::now_ms();
     {
-        let store = SledStore::open(&data.join("store"))?;
+        let store = KvStore::open(&data.join("store"))?;
         let key = std::sync::Arc::new(AuditKey::load_or_create(&hub::server::audit_key_path(&data))?);
         let mut recorder = Recorder::resume(&store, key.clone(), Default::default())?;
         let mut audit = Auditor::new(&store, &mut recorder);

@@ -1,7 +1,7 @@
 //! `hub audit`: export, verify and report on an audit log from the command line.
 //!
 //! These read the store directly, so they run against a stopped hub's data
-//! directory (or a copy of it); sled allows one process at a time. Exit codes:
+//! directory (or a copy of it); the store allows one process at a time. Exit codes:
 //! 0 intact; for a verification failure, which names the kind of tampering and
 //! the sequence number, 10 changed, 11 deleted, 12 inserted, 13 reordered,
 //! 14 forged head, 15 rewritten (a head's root does not match), 16 truncated at
@@ -21,7 +21,7 @@ use wire::ThreadId;
 use super::chain::AuditKey;
 use super::export;
 use super::verify::{Verified, VerifyError};
-use crate::store::{SledStore, Store};
+use crate::store::{KvStore, Store};
 
 /// The `hub audit` subcommands.
 #[derive(clap::Subcommand)]
@@ -110,7 +110,7 @@ fn parse_time(text: &str) -> anyhow::Result<u64> {
 fn require_hub_data(data: &Path) -> anyhow::Result<()> {
     let store = data.join("store");
     anyhow::ensure!(
-        SledStore::exists(&store),
+        KvStore::exists(&store),
         "no hub store in {} (expected {}): give the data directory of a hub (`hub serve --data`)",
         data.display(),
         store.display()
@@ -119,9 +119,9 @@ fn require_hub_data(data: &Path) -> anyhow::Result<()> {
 }
 
 /// The store of a stopped hub's data directory, refusing a directory that holds none.
-pub(crate) fn open_store(data: &Path) -> anyhow::Result<SledStore> {
+pub(crate) fn open_store(data: &Path) -> anyhow::Result<KvStore> {
     require_hub_data(data)?;
-    SledStore::open(&data.join("store"))
+    KvStore::open(&data.join("store"))
         .with_context(|| format!("cannot open the store in {} (is the hub still running?)", data.display()))
 }
 

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
     use crate::audit::chain::AuditKey;
     use crate::audit::{hub_record, CheckpointSettings, Recorder};
-    use crate::store::SledStore;
+    use crate::store::KvStore;
     use std::sync::Arc;
 
     fn record(at_ms: u64) -> wire::audit::AuditRecord {
@@ -185,8 +185,8 @@ mod tests {
     }
 
     /// A store of 300 entries (heads every 50) whose first 120 were pruned, with or without the prune's record.
-    fn pruned_store(dir: &std::path::Path, recorded: bool) -> (SledStore, [u8; 32]) {
-        let store = SledStore::open(dir).unwrap();
+    fn pruned_store(dir: &std::path::Path, recorded: bool) -> (KvStore, [u8; 32]) {
+        let store = KvStore::open(dir).unwrap();
         let key = AuditKey::generate().unwrap();
         let public = key.public_key();
         let settings = CheckpointSettings { every_entries: 50, every_ms: u64::MAX, key: None };
@@ -206,7 +206,7 @@ mod tests {
         (store, public)
     }
 
-    fn export_lines(store: &SledStore) -> Vec<ExportLine> {
+    fn export_lines(store: &KvStore) -> Vec<ExportLine> {
         let mut out = Vec::new();
         export(store, &AuditFilter::default(), &mut out).unwrap();
         read_lines(&out[..]).unwrap()

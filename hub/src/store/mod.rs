@@ -1,6 +1,6 @@
 //! Durable storage of case threads, behind one trait.
 //!
-//! The rest of the hub talks to a [`Store`]; [`sled_store::SledStore`] is the
+//! The rest of the hub talks to a [`Store`]; [`kv_store::KvStore`] is the
 //! embedded default, and other backends (PostgreSQL for several hub instances)
 //! implement the same trait. A store owns three promises that callers rely on:
 //!
@@ -10,11 +10,12 @@
 //! - reads of thread entries see only durable entries, so nothing is ever
 //!   delivered that a crash could take back.
 //!
-//! Methods are synchronous: sled answers from memory in microseconds, and the
+//! Methods are synchronous: the engine answers from memory in microseconds, and the
 //! one slow call, `flush`, runs on a blocking thread (see `durability`).
 
 pub mod chunk_files;
-pub mod sled_store;
+pub mod engine;
+pub mod kv_store;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -27,7 +28,7 @@ use crate::audit::verify::Link;
 use crate::devices::DeviceRecord;
 use wire::{BlobId, DeviceId, Entry, MemberId, MessageId, Oin, ThreadId};
 
-pub use sled_store::SledStore;
+pub use kv_store::KvStore;
 
 /// A storage failure. The action that hit it did not take effect.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -439,7 +440,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored audit entry in order as [`Link`]s, with the record decoded
     /// only for retention entries; stops when `visit` returns false. For
-    /// verification: the sled store hashes records without decoding them.
+    /// verification: the embedded store hashes records without decoding them.
     fn audit_links(&self, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError>;
 
     /// The seqs of the audit entries about `case`, or about no case by people

@@ -1,6 +1,7 @@
-//! The embedded [`Store`] backend, on sled.
+//! The embedded [`Store`] backend, on an ordered key-value [`Engine`]
+//! (fjall for new stores, sled for stores written before; see [`super::engine`]).
 //!
-//! Everything lives in one sled tree. A change of several keys (a new thread,
+//! Everything lives in one ordered key space. A change of several keys (a new thread,
 //! a new member with its entry, index and cursor) is one atomic batch. A message
 //! is two plain inserts, because it is the hot path and sled batches cost several
 //! times more than inserts: its de-duplication key first, its entry second, so
@@ -20,7 +21,7 @@
 //! | `X` | member, thread | (empty): the member's threads |
 //! | `C` | member, thread | cursor seq; kept when the membership ends, so the rest of the interval is still delivered |
 //! | `R` | member, client ref | thread: idempotent creation |
-//! | `K` | member, sled id (u64 BE) | an MLS KeyPackage, oldest first |
+//! | `K` | member, id (u64 BE, above every stored one) | an MLS KeyPackage, oldest first |
 //! | `G` | thread | the public state of the thread's MLS group |
 //! | `B` | thread, blob | blob record (per thread: another case's blob id names nothing) |
 //! | `A` | seq (u64 BE) | audit entry: `0x02`, seq, prev hash, hash, a count of levels, the hashes of the perfect subtrees of the audit Merkle tree that end at its leaf (32 bytes per level from 0 up), then the record's CBOR (see `encode_audit`; `0x01` entries, from before, have no levels) |
@@ -47,8 +48,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
@@ -60,6 +61,7 @@ use crate::devices::DeviceRecord;
 use wire::{BlobId, DeviceId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
 
 use super::chunk_files::ChunkFiles;
+use super::engine::{self, Batch, Engine, EngineSettings};
 use super::{
     leaf_of, AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, DeviceWrite, HandoverStep, Interval, Store,
     StoreError,
@@ -168,18 +170,20 @@ struct ThreadLog {
     inbox: bool,
 }
 
-/// The sled-backed store.
-pub struct SledStore {
-    db: sled::Db,
+/// The store, on an ordered key-value [`Engine`].
+pub struct KvStore {
+    db: Engine,
+    /// The id of the next KeyPackage stored: above every stored one, so that they stay oldest first.
+    next_package: AtomicU64,
     chunks: ChunkFiles,
     logs: Mutex<HashMap<ThreadId, Arc<Mutex<ThreadLog>>>>,
     dirty: Mutex<HashSet<ThreadId>>,
     creating: Mutex<()>,
 }
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").finish_non_exhaustive()
+        f.debug_struct("KvStore").finish_non_exhaustive()
     }
 }
 
@@ -187,43 +191,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave the data half-updated
     // (every update is a single assignment), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// How long `open` waits for a lock that is still being released.
-const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
-
-/// Opens sled's database, waiting briefly for its file lock. sled's background
-/// writers hold the lock file a moment after the last handle of an earlier
-/// open in this process is dropped, so an immediate reopen (a command after a
-/// migration, a test after it wrote a store) would otherwise fail now and then.
-/// Another process holding the store still fails, after the wait.
-fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    let started = Instant::now();
-    loop {
-        // No flushes of sled's own every 500 ms: the writer flushes every batch
-        // before it answers, and sled's timed flush, contending with it for the
-        // log, showed in the benchmark's delivery tail (docs/benchmarks.md).
-        // What only a timed flush made durable (a cursor after the last write)
-        // is delivered again after a crash, as the ack's contract allows.
-        // High-throughput mode: sled's default (low space) rewrites segments
-        // early to reclaim disk, work on the writer's path that cost about a
-        // fifth of the CPU per routed message (docs/benchmarks.md); the space
-        // is reclaimed later instead.
-        let config = sled::Config::new().path(dir).cache_capacity(256 << 20).mode(sled::Mode::HighThroughput);
-        match config.flush_every_ms(None).open() {
-            // sled reports a held lock only in its message, as an `Other` I/O error.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_RELEASE_WAIT =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            result => return result.map_err(backend),
-        }
-    }
-}
-
-fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -285,7 +252,7 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
 /// the record's CBOR as it is hashed. Keeping the hashed bytes as they are lets
 /// verification hash them without decoding the record. The nodes ride in the
 /// entry because every append completes at least its leaf: a key of their own
-/// was one more sled insert on the path of every message.
+/// was one more insert on the path of every message.
 fn encode_audit(entry: &AuditEntry, levels: &[u8]) -> Result<Vec<u8>, StoreError> {
     let count =
         u8::try_from(levels.len() / 32).map_err(|_| StoreError::Corrupt("an audit tree over 255 levels".into()))?;
@@ -347,8 +314,7 @@ fn level_in(levels: &[u8], level: u8) -> Result<Option<Hash>, StoreError> {
 }
 
 /// The key of the nodes an append completes: the last leaf they all share.
-/// Keys so sort in the order of appends, and sled appends at the end of the
-/// range, as it does for entries.
+/// Keys so sort in the order of appends, as entries do.
 fn nodes_key(last_leaf: u64) -> Vec<u8> {
     key(AUDIT_NODE, &[&last_leaf.to_be_bytes()])
 }
@@ -390,29 +356,47 @@ fn seq_from(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// The highest KeyPackage id stored, of any member: a key ends with it.
+fn last_package_id(db: &Engine) -> Result<Option<u64>, StoreError> {
+    let mut last = None;
+    for key in db.scan_prefix([KEY_PACKAGE]).keys() {
+        let key = key?;
+        let id = seq_from(key.get(key.len().saturating_sub(8)..).unwrap_or_default())?;
+        last = last.max(Some(id));
+    }
+    Ok(last)
+}
+
 fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
     Uuid::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-impl SledStore {
-    /// Whether `dir` holds a store (sled's configuration and database files),
-    /// for commands that must read an existing store and never create one.
+impl KvStore {
+    /// Whether `dir` holds a store (an engine's files), for commands that
+    /// must read an existing store and never create one.
     pub fn exists(dir: &Path) -> bool {
-        dir.join("conf").is_file() && dir.join("db").is_file()
+        engine::existing(dir).is_some()
+    }
+
+    /// Opens (or creates) the store in `dir` with the default settings.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &EngineSettings::default())
     }
 
     /// Opens (or creates) the store in `dir`, owner-only: `dir` is created (or
-    /// narrowed to) 0700 before sled writes anything into it, so no other user
-    /// can open the files it creates, and the files already there (sled makes
+    /// narrowed to) 0700 before the engine writes anything into it, so no other user
+    /// can open the files it creates, and the files already there (the engines make
     /// them with the default mode, an older hub left them so) are narrowed to 0600.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open_with(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
         let private = |e: std::io::Error| StoreError::Backend(format!("store directory {}: {e}", dir.display()));
         certs::private::create_dir_all(dir).map_err(private)?;
-        let db = open_db(dir)?;
+        let db = Engine::open(dir, settings)?;
         certs::private::narrow_tree(dir).map_err(private)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
+        let next_package = AtomicU64::new(last_package_id(&db)?.map_or(0, |id| id.saturating_add(1)));
         let store = Self {
             db,
+            next_package,
             chunks,
             logs: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
@@ -426,7 +410,7 @@ impl SledStore {
     /// Writes the offer and audit indexes of a store that predates them, and
     /// regroups the tree nodes of one that stored a key per node.
     fn build_indexes(&self) -> Result<(), StoreError> {
-        let version = self.db.get([INDEX_VERSION]).map_err(backend)?.and_then(|v| v.first().copied());
+        let version = self.db.get([INDEX_VERSION])?.and_then(|v| v.first().copied());
         if version == Some(INDEXES) {
             return Ok(());
         }
@@ -434,17 +418,17 @@ impl SledStore {
             self.write_indexes()?;
         }
         self.regroup_nodes()?;
-        self.db.insert([INDEX_VERSION], &[INDEXES][..]).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        self.db.insert([INDEX_VERSION], &[INDEXES][..])?;
+        self.db.flush()?;
         Ok(())
     }
 
     /// The offer and audit indexes, written from the entries and ownerships.
     fn write_indexes(&self) -> Result<(), StoreError> {
         for item in self.db.scan_prefix([AUDIT]) {
-            let entry = decode_audit(&item.map_err(backend)?.1)?;
+            let entry = decode_audit(&item?.1)?;
             for index in audit_index_keys(&entry) {
-                self.db.insert(index, &[][..]).map_err(backend)?;
+                self.db.insert(index, &[][..])?;
             }
         }
         for (thread, ownership) in self.ownerships()? {
@@ -452,7 +436,7 @@ impl SledStore {
                 for oin in [&offer.to, &offer.from.oin] {
                     self.db
                         .insert(key(OFFERS_OF, &[oin.as_str().as_bytes(), thread.0.as_bytes()]), &[][..])
-                        .map_err(backend)?;
+                        ?;
                 }
             }
         }
@@ -469,7 +453,7 @@ impl SledStore {
         }
         let mut tree = wire::merkle::CompactRange::new();
         for item in self.db.scan_prefix([AUDIT]) {
-            let entry = decode_audit(&item.map_err(backend)?.1)?;
+            let entry = decode_audit(&item?.1)?;
             if entry.seq != tree.size() + 1 {
                 return Err(StoreError::Corrupt(format!(
                     "the audit log starts at entry {} and has no Merkle tree: a pruned log from before the tree cannot be rebuilt",
@@ -479,10 +463,10 @@ impl SledStore {
             self.put_nodes(&tree.append(wire::merkle::leaf_hash(&entry.hash)))?;
         }
         for item in self.db.scan_prefix([CHECKPOINT]) {
-            self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
+            self.db.remove(item?.0)?;
         }
-        self.db.remove([LATEST_HEAD]).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        self.db.remove([LATEST_HEAD])?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -490,7 +474,7 @@ impl SledStore {
     /// store from before the tree, whose entries are not rewritten.
     fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
         for (leaf, value) in node_values(nodes.iter().map(|n| (last_leaf(n.level, n.index), n.level, n.hash))) {
-            self.db.insert(nodes_key(leaf), value).map_err(backend)?;
+            self.db.insert(nodes_key(leaf), value)?;
         }
         Ok(())
     }
@@ -502,16 +486,16 @@ impl SledStore {
     fn regroup_nodes(&self) -> Result<(), StoreError> {
         let mut before = Vec::new();
         for item in self.db.scan_prefix([AUDIT_NODE]) {
-            let (key, value) = item.map_err(backend)?;
+            let (key, value) = item?;
             if is_node_key_before(&key) {
                 before.push((seq_from(&key[1..9])?, key[9], node_hash(&value)?, key));
             }
         }
         for (leaf, value) in node_values(before.iter().map(|(leaf, level, hash, _)| (*leaf, *level, *hash))) {
-            self.db.insert(nodes_key(leaf), value).map_err(backend)?;
+            self.db.insert(nodes_key(leaf), value)?;
         }
         for (_, _, _, key) in before {
-            self.db.remove(key).map_err(backend)?;
+            self.db.remove(key)?;
         }
         Ok(())
     }
@@ -522,7 +506,7 @@ impl SledStore {
 
     /// The message id stored at `seq`, if there is an entry there.
     fn entry_id(&self, thread: ThreadId, seq: u64) -> Result<Option<MessageId>, StoreError> {
-        match self.db.get(Self::entry_key(thread, seq)).map_err(backend)? {
+        match self.db.get(Self::entry_key(thread, seq))? {
             Some(bytes) => Ok(Some(decode::<Entry>(&bytes)?.id)),
             None => Ok(None),
         }
@@ -533,14 +517,14 @@ impl SledStore {
         if let Some(log) = lock(&self.logs).get(&thread) {
             return Ok(log.clone());
         }
-        let Some(record) = self.db.get(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? else {
+        let Some(record) = self.db.get(key(THREAD, &[thread.0.as_bytes()]))? else {
             return Err(StoreError::NoSuchThread);
         };
         let record: ThreadRecord = decode(&record)?;
         let (case, inbox) = (record.side.map(|s| s.case), record.inbox);
         let last = match self.db.scan_prefix(key(ENTRY, &[thread.0.as_bytes()])).next_back() {
             Some(item) => {
-                let (k, _) = item.map_err(backend)?;
+                let (k, _) = item?;
                 seq_from(&k[17..])?
             }
             None => 0,
@@ -558,19 +542,19 @@ impl SledStore {
     fn append(
         &self,
         thread: ThreadId,
-        prepare: impl FnOnce(u64, &mut sled::Batch) -> Result<Option<u64>, StoreError>,
+        prepare: impl FnOnce(u64, &mut Batch) -> Result<Option<u64>, StoreError>,
         entry: impl FnOnce(u64) -> Entry,
     ) -> Result<Appended, StoreError> {
         let log = self.log(thread)?;
         let mut log = lock(&log);
         let seq = log.next_seq;
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         if let Some(existing) = prepare(seq, &mut batch)? {
             return Ok(Appended { seq: existing, entry: None });
         }
         let entry = entry(seq);
         batch.insert(Self::entry_key(thread, seq), encode(&entry));
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         log.next_seq = seq + 1;
         lock(&self.dirty).insert(thread);
         Ok(Appended { seq, entry: Some(entry) })
@@ -581,7 +565,7 @@ impl SledStore {
     /// acknowledged is still delivered; delivery skips the entries in between.
     fn membership_writes(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         thread: ThreadId,
         member: &MemberId,
         record: &MembershipRecord,
@@ -590,7 +574,7 @@ impl SledStore {
         batch.insert(key(MEMBER, &[thread.0.as_bytes(), &mk]), encode(record));
         batch.insert(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]), &[][..]);
         let cursor = cursor_key(&mk, &DeviceId::default(), thread);
-        if !self.db.contains_key(&cursor).map_err(backend)? {
+        if !self.db.contains_key(&cursor)? {
             batch.insert(cursor, &(record.added_seq - 1).to_be_bytes()[..]);
         }
         Ok(())
@@ -600,14 +584,14 @@ impl SledStore {
     /// `member_removed` entry); false when it is not a member.
     fn end_membership(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         thread: ThreadId,
         member: &MemberId,
         until: u64,
     ) -> Result<bool, StoreError> {
         let mk = member_key(member);
         let record_key = key(MEMBER, &[thread.0.as_bytes(), &mk]);
-        let Some(record) = self.db.get(&record_key).map_err(backend)? else { return Ok(false) };
+        let Some(record) = self.db.get(&record_key)? else { return Ok(false) };
         let record: MembershipRecord = decode(&record)?;
         batch.remove(record_key);
         batch.remove(key(MEMBER_THREAD, &[&mk, thread.0.as_bytes()]));
@@ -628,7 +612,7 @@ impl SledStore {
     /// is applied; returns the locks with each log's next seq, and the entries.
     fn write_beside<'l>(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         logs: &'l [Arc<Mutex<ThreadLog>>],
         beside: &BesideMap<'_>,
         (case, by, at_ms): (ThreadId, &MemberId, u64),
@@ -687,7 +671,7 @@ impl SledStore {
             at_ms,
             body: EntryBody::MemberAdded { member: creator.clone() },
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let side = side.cloned();
         let case = side.as_ref().map(|s| s.case);
         batch.insert(
@@ -706,7 +690,7 @@ impl SledStore {
                 encode(&wire::handover::Ownership::new(creator.clone())),
             ),
         }
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         let log = ThreadLog { next_seq: 2, durable_seq: 0, case, inbox: false };
         lock(&self.logs).insert(thread, Arc::new(Mutex::new(log)));
         lock(&self.dirty).insert(thread);
@@ -720,7 +704,7 @@ impl SledStore {
             .scan_prefix(prefix)
             .keys()
             .map(|k| {
-                let k = k.map_err(backend)?;
+                let k = k?;
                 let end = k.len().checked_sub(tail).ok_or_else(|| StoreError::Corrupt("short key".into()))?;
                 let start = end.checked_sub(16).ok_or_else(|| StoreError::Corrupt("short key".into()))?;
                 Ok(ThreadId(uuid_from(&k[start..end])?))
@@ -736,11 +720,11 @@ const LINK_BATCH: usize = 1024;
 /// record's stored CBOR (decoding only retention entries, whose record the verifier reads), the entry and its
 /// leaf; this thread takes the chunks in order, alternately from each, and is left only the tree's inner
 /// nodes and the links between entries. Verification then runs on both cores instead of one.
-fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
+fn audit_links(db: &Engine, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> bool) -> Result<(), StoreError> {
     type Batch = Vec<(Link, Option<AuditRecord>)>;
     const READERS: u64 = 2;
-    let seq_of = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| -> Result<Option<u64>, StoreError> {
-        item.map(|item| seq_from(item.map_err(backend)?.0.get(1..9).unwrap_or_default())).transpose()
+    let seq_of = |item: Option<engine::Item>| -> Result<Option<u64>, StoreError> {
+        item.map(|item| seq_from(item?.0.get(1..9).unwrap_or_default())).transpose()
     };
     let (Some(low), Some(high)) =
         (seq_of(db.scan_prefix([AUDIT]).next())?, seq_of(db.scan_prefix([AUDIT]).next_back())?)
@@ -761,7 +745,7 @@ fn audit_links(db: &sled::Db, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -
                         key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&from.saturating_add(step).to_be_bytes()]);
                     let batch: Result<Batch, StoreError> = db
                         .range(range)
-                        .map(|item| item.map_err(backend).and_then(|(_, value)| link_of(&value)))
+                        .map(|item| item.and_then(|(_, value)| link_of(&value)))
                         .collect();
                     let failed = batch.is_err();
                     // A closed channel means the verifier stopped: nothing more to read.
@@ -816,7 +800,7 @@ fn sha256(bytes: &[u8]) -> Hash {
     out
 }
 
-impl Store for SledStore {
+impl Store for KvStore {
     fn create_thread(&self, creator: &MemberId, client_ref: Uuid, at_ms: u64) -> Result<Created, StoreError> {
         self.create(creator, client_ref, None, at_ms)
     }
@@ -832,12 +816,12 @@ impl Store for SledStore {
     }
 
     fn created_by_ref(&self, creator: &MemberId, client_ref: Uuid) -> Result<Option<ThreadId>, StoreError> {
-        let found = self.db.get(key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()])).map_err(backend)?;
+        let found = self.db.get(key(CREATE_REF, &[&member_key(creator), client_ref.as_bytes()]))?;
         found.map(|t| uuid_from(&t).map(ThreadId)).transpose()
     }
 
     fn side(&self, thread: ThreadId) -> Result<Option<wire::SideThread>, StoreError> {
-        match self.db.get(key(THREAD, &[thread.0.as_bytes()])).map_err(backend)? {
+        match self.db.get(key(THREAD, &[thread.0.as_bytes()]))? {
             Some(record) => Ok(decode::<ThreadRecord>(&record)?.side),
             None => Ok(None),
         }
@@ -855,11 +839,11 @@ impl Store for SledStore {
         let thread = ThreadId::inbox_of(oin);
         let _one_at_a_time = lock(&self.creating);
         let record_key = key(THREAD, &[thread.0.as_bytes()]);
-        if !self.db.contains_key(&record_key).map_err(backend)? {
+        if !self.db.contains_key(&record_key)? {
             // The hub writes it; no one creates it, and it has no owner.
             let creator = MemberId { oin: oin.clone(), worker: super::INBOX_WRITER.to_owned() };
             let record = ThreadRecord { creator, created_at_ms: at_ms, side: None, inbox: true };
-            self.db.insert(record_key, encode(&record)).map_err(backend)?;
+            self.db.insert(record_key, encode(&record))?;
         }
         Ok(thread)
     }
@@ -881,7 +865,7 @@ impl Store for SledStore {
     ) -> Result<Vec<Entry>, StoreError> {
         let log = self.log(thread)?;
         let mut log = lock(&log);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut removed = Vec::new();
         for member in members {
             let seq = log.next_seq + removed.len() as u64;
@@ -892,7 +876,7 @@ impl Store for SledStore {
                 removed.push(entry);
             }
         }
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         log.next_seq += removed.len() as u64;
         lock(&self.dirty).insert(thread);
         Ok(removed)
@@ -913,7 +897,7 @@ impl Store for SledStore {
         self.append(
             thread,
             |seq, batch| {
-                if let Some(existing) = self.db.get(&member_record_key).map_err(backend)? {
+                if let Some(existing) = self.db.get(&member_record_key)? {
                     return Ok(Some(decode::<MembershipRecord>(&existing)?.added_seq));
                 }
                 let record = MembershipRecord { added_by: by.clone(), added_seq: seq, added_at_ms: at_ms };
@@ -941,7 +925,7 @@ impl Store for SledStore {
         let log = self.log(thread)?;
         let mut log = lock(&log);
         let dedup_key = key(DEDUP, &[thread.0.as_bytes(), id.0.as_bytes()]);
-        if let Some(existing) = self.db.get(&dedup_key).map_err(backend)? {
+        if let Some(existing) = self.db.get(&dedup_key)? {
             let seq = seq_from(&existing)?;
             if self.entry_id(thread, seq)? == Some(id) {
                 return Ok(Appended { seq, entry: None });
@@ -954,22 +938,22 @@ impl Store for SledStore {
         // Two single inserts rather than one batch: sled batches cost several
         // times more. The de-duplication key goes first, so a crash can leave a
         // key without its entry (checked above) but never an entry without its key.
-        self.db.insert(dedup_key, &seq.to_be_bytes()[..]).map_err(backend)?;
-        self.db.insert(Self::entry_key(thread, seq), encode(&entry)).map_err(backend)?;
+        self.db.insert(dedup_key, &seq.to_be_bytes()[..])?;
+        self.db.insert(Self::entry_key(thread, seq), encode(&entry))?;
         log.next_seq = seq + 1;
         lock(&self.dirty).insert(thread);
         Ok(Appended { seq, entry: Some(entry) })
     }
 
     fn is_member(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
-        self.db.contains_key(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)
+        self.db.contains_key(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)]))
     }
 
     fn members(&self, thread: ThreadId) -> Result<Vec<MemberId>, StoreError> {
         self.db
             .scan_prefix(key(MEMBER, &[thread.0.as_bytes()]))
             .map(|item| {
-                let (k, _) = item.map_err(backend)?;
+                let (k, _) = item?;
                 let mk = &k[17..];
                 let (oin, rest) = mk.split_at(20.min(mk.len()));
                 let worker = rest.get(1..).ok_or_else(|| StoreError::Corrupt("member key too short".into()))?;
@@ -985,7 +969,7 @@ impl Store for SledStore {
         self.db
             .scan_prefix(&prefix)
             .map(|item| {
-                let (k, _) = item.map_err(backend)?;
+                let (k, _) = item?;
                 Ok(ThreadId(uuid_from(&k[prefix.len()..])?))
             })
             .collect()
@@ -997,12 +981,12 @@ impl Store for SledStore {
             .db
             .scan_prefix(key(FORMER, &[&mk, thread.0.as_bytes()]))
             .map(|item| {
-                let (k, v) = item.map_err(backend)?;
+                let (k, v) = item?;
                 let from = seq_from(k.get(k.len().saturating_sub(8)..).unwrap_or_default())?;
                 Ok(Interval { from, until: Some(seq_from(&v)?) })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        if let Some(open) = self.db.get(key(MEMBER, &[thread.0.as_bytes(), &mk])).map_err(backend)? {
+        if let Some(open) = self.db.get(key(MEMBER, &[thread.0.as_bytes(), &mk]))? {
             intervals.push(Interval { from: decode::<MembershipRecord>(&open)?.added_seq, until: None });
         }
         Ok(intervals)
@@ -1029,7 +1013,7 @@ impl Store for SledStore {
         self.db
             .range(Self::entry_key(thread, after + 1)..=Self::entry_key(thread, durable))
             .take(limit)
-            .map(|item| decode(&item.map_err(backend)?.1))
+            .map(|item| decode(&item?.1))
             .collect()
     }
 
@@ -1043,10 +1027,10 @@ impl Store for SledStore {
 
     fn cursor(&self, member: &MemberId, device: &DeviceId, thread: ThreadId) -> Result<u64, StoreError> {
         let mk = member_key(member);
-        let own = self.db.get(cursor_key(&mk, device, thread)).map_err(backend)?;
+        let own = self.db.get(cursor_key(&mk, device, thread))?;
         let found = match own {
             None if !device.is_default() => {
-                self.db.get(cursor_key(&mk, &DeviceId::default(), thread)).map_err(backend)?
+                self.db.get(cursor_key(&mk, &DeviceId::default(), thread))?
             }
             found => found,
         };
@@ -1061,13 +1045,10 @@ impl Store for SledStore {
         seq: u64,
     ) -> Result<(), StoreError> {
         let from = self.cursor(member, device, thread)?;
-        self.db
-            .fetch_and_update(cursor_key(&member_key(member), device, thread), |old| {
-                let current = old.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(from);
-                Some(current.max(seq).to_be_bytes().to_vec())
-            })
-            .map_err(backend)?;
-        Ok(())
+        self.db.update(cursor_key(&member_key(member), device, thread), |old| {
+            let current = old.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(from);
+            current.max(seq).to_be_bytes().to_vec()
+        })
     }
 
     fn devices(&self, member: &MemberId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError> {
@@ -1075,7 +1056,7 @@ impl Store for SledStore {
         self.db
             .scan_prefix(&prefix)
             .map(|item| {
-                let (k, v) = item.map_err(backend)?;
+                let (k, v) = item?;
                 let id =
                     String::from_utf8(k[prefix.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok((DeviceId::try_from(id).map_err(StoreError::Corrupt)?, decode(&v)?))
@@ -1085,7 +1066,7 @@ impl Store for SledStore {
 
     fn put_device(&self, member: &MemberId, write: &DeviceWrite<'_>) -> Result<(), StoreError> {
         let mk = member_key(member);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(key(DEVICE, &[&mk, write.device.as_str().as_bytes()]), encode(&write.record));
         for (thread, seq) in write.starts {
             let start = self.cursor(member, write.device, *thread)?.max(*seq);
@@ -1099,23 +1080,23 @@ impl Store for SledStore {
                 threads.iter().for_each(|t| batch.remove(cursor_key(&mk, gone, *t)));
             }
         }
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         Ok(())
     }
 
     fn group_state(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key(GROUP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self.db.get(key(GROUP, &[thread.0.as_bytes()]))?.map(|v| v.to_vec()))
     }
 
     fn group_info(&self, thread: ThreadId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key(GROUP_INFO, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self.db.get(key(GROUP_INFO, &[thread.0.as_bytes()]))?.map(|v| v.to_vec()))
     }
 
     fn init_group(&self, thread: ThreadId, state: &[u8], group_info: &[u8]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(key(GROUP, &[thread.0.as_bytes()]), state);
         batch.insert(key(GROUP_INFO, &[thread.0.as_bytes()]), group_info);
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         Ok(())
     }
 
@@ -1123,7 +1104,7 @@ impl Store for SledStore {
         let thread = commit.thread;
         let log = self.log(thread)?;
         let mut log = lock(&log);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut entries = Vec::new();
         let mut next = |body: EntryBody| {
             let seq = log.next_seq + entries.len() as u64;
@@ -1156,7 +1137,7 @@ impl Store for SledStore {
         let beside = beside(commit.evict_sides, &[]);
         let logs = self.logs_of(&beside)?;
         let (held, others) = self.write_beside(&mut batch, &logs, &beside, (thread, commit.by, commit.at_ms))?;
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         log.next_seq += entries.len() as u64;
         self.released(held, thread, &beside);
         Ok(entries.into_iter().map(|e| (thread, e)).chain(others).collect())
@@ -1164,12 +1145,12 @@ impl Store for SledStore {
 
     fn add_key_packages(&self, member: &MemberId, packages: &[Vec<u8>]) -> Result<u64, StoreError> {
         let mk = member_key(member);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for package in packages {
-            let id = self.db.generate_id().map_err(backend)?;
+            let id = self.next_package.fetch_add(1, Ordering::Relaxed);
             batch.insert(key(KEY_PACKAGE, &[&mk, &id.to_be_bytes()]), package.as_slice());
         }
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         self.key_package_stock(member)
     }
 
@@ -1183,15 +1164,15 @@ impl Store for SledStore {
         let Some(first) = self.db.scan_prefix(key(KEY_PACKAGE, &[&member_key(member)])).next() else {
             return Ok(None);
         };
-        let (k, package) = first.map_err(backend)?;
-        let mut batch = sled::Batch::default();
+        let (k, package) = first?;
+        let mut batch = Batch::default();
         batch.remove(k);
         let open = key(CLAIM, &[thread.0.as_bytes(), &member_key(claimer)]);
         let mut claims = self
             .db
             .scan_prefix(&open)
             .map(|item| {
-                let (k, v) = item.map_err(backend)?;
+                let (k, v) = item?;
                 Ok((u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()), k))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -1201,13 +1182,13 @@ impl Store for SledStore {
         }
         let digest = crate::groups::key_package_digest(&package);
         batch.insert(key(CLAIM, &[&open[1..], &digest]), &at_ms.to_be_bytes()[..]);
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         Ok(Some(package.to_vec()))
     }
 
     fn holds_claims(&self, thread: ThreadId, claimer: &MemberId, digests: &[[u8; 32]]) -> Result<bool, StoreError> {
         for digest in digests {
-            if !self.db.contains_key(claim_key(thread, claimer, digest)).map_err(backend)? {
+            if !self.db.contains_key(claim_key(thread, claimer, digest))? {
                 return Ok(false);
             }
         }
@@ -1219,12 +1200,12 @@ impl Store for SledStore {
     }
 
     fn blob(&self, thread: ThreadId, blob: BlobId) -> Result<Option<BlobRecord>, StoreError> {
-        self.db.get(blob_key(thread, blob)).map_err(backend)?.map(|bytes| decode(&bytes)).transpose()
+        self.db.get(blob_key(thread, blob))?.map(|bytes| decode(&bytes)).transpose()
     }
 
     fn put_blob_chunk(&self, blob: BlobId, record: &BlobRecord, index: u32, data: &[u8]) -> Result<(), StoreError> {
         self.chunks.write(record.thread, blob, index, data)?;
-        self.db.insert(blob_key(record.thread, blob), encode(record)).map_err(backend)?;
+        self.db.insert(blob_key(record.thread, blob), encode(record))?;
         Ok(())
     }
 
@@ -1233,31 +1214,31 @@ impl Store for SledStore {
     }
 
     fn ownership(&self, thread: ThreadId) -> Result<Option<wire::handover::Ownership>, StoreError> {
-        self.db.get(key(OWNERSHIP, &[thread.0.as_bytes()])).map_err(backend)?.map(|v| decode(&v)).transpose()
+        self.db.get(key(OWNERSHIP, &[thread.0.as_bytes()]))?.map(|v| decode(&v)).transpose()
     }
 
     fn is_closed(&self, thread: ThreadId) -> Result<bool, StoreError> {
         let case = self.case_of(thread)?;
-        self.db.contains_key(key(CLOSED, &[case.0.as_bytes()])).map_err(backend)
+        self.db.contains_key(key(CLOSED, &[case.0.as_bytes()]))
     }
 
     fn is_read_only(&self, thread: ThreadId, member: &MemberId) -> Result<bool, StoreError> {
         let case = self.case_of(thread)?;
-        self.db.contains_key(key(READ_ONLY, &[case.0.as_bytes(), &member_key(member)])).map_err(backend)
+        self.db.contains_key(key(READ_ONLY, &[case.0.as_bytes(), &member_key(member)]))
     }
 
     fn ownerships(&self) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError> {
         self.db
             .scan_prefix([OWNERSHIP])
             .map(|item| {
-                let (k, v) = item.map_err(backend)?;
+                let (k, v) = item?;
                 Ok((ThreadId(uuid_from(&k[1..])?), decode(&v)?))
             })
             .collect()
     }
 
     fn farewell(&self, thread: ThreadId, member: &MemberId) -> Result<Option<wire::handover::Ownership>, StoreError> {
-        let found = self.db.get(key(FAREWELL, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)?;
+        let found = self.db.get(key(FAREWELL, &[thread.0.as_bytes(), &member_key(member)]))?;
         found.map(|v| decode(&v)).transpose()
     }
 
@@ -1265,9 +1246,9 @@ impl Store for SledStore {
         let thread = step.thread;
         let log = self.log(thread)?;
         let mut log = lock(&log);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut entries: Vec<Entry> = Vec::new();
-        let mut next = |batch: &mut sled::Batch, body: EntryBody| {
+        let mut next = |batch: &mut Batch, body: EntryBody| {
             let seq = log.next_seq + entries.len() as u64;
             let entry = Entry { seq, id: MessageId::new(), sender: step.by.clone(), at_ms: step.at_ms, body };
             batch.insert(Self::entry_key(thread, seq), encode(&entry));
@@ -1278,14 +1259,14 @@ impl Store for SledStore {
             next(&mut batch, EntryBody::Handover { event: event.clone() });
         }
         for member in step.admit {
-            if self.db.get(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)?.is_none() {
+            if self.db.get(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)]))?.is_none() {
                 let seq = next(&mut batch, EntryBody::MemberAdded { member: member.clone() });
                 let record = MembershipRecord { added_by: step.by.clone(), added_seq: seq, added_at_ms: step.at_ms };
                 self.membership_writes(&mut batch, thread, member, &record)?;
             }
         }
         for member in &step.evict {
-            if self.db.contains_key(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)])).map_err(backend)? {
+            if self.db.contains_key(key(MEMBER, &[thread.0.as_bytes(), &member_key(member)]))? {
                 let until = next(&mut batch, EntryBody::MemberRemoved { member: member.clone() });
                 self.end_membership(&mut batch, thread, member, until)?;
                 batch.insert(key(FAREWELL, &[thread.0.as_bytes(), &member_key(member)]), encode(step.ownership));
@@ -1298,7 +1279,7 @@ impl Store for SledStore {
             }
         }
         for stale in self.db.scan_prefix(key(READ_ONLY, &[thread.0.as_bytes()])).keys() {
-            batch.remove(stale.map_err(backend)?);
+            batch.remove(stale?);
         }
         let read_only =
             step.ownership.background.iter().map(|b| &b.member).chain(step.ownership.left.iter().map(|(m, _)| m));
@@ -1313,27 +1294,27 @@ impl Store for SledStore {
         let beside = beside(&step.evict_sides, &step.notices);
         let logs = self.logs_of(&beside)?;
         let (held, others) = self.write_beside(&mut batch, &logs, &beside, (thread, step.by, step.at_ms))?;
-        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.apply(batch)?;
         log.next_seq += entries.len() as u64;
         self.released(held, thread, &beside);
         Ok(entries.into_iter().map(|e| (thread, e)).chain(others).collect())
     }
 
     fn threads(&self) -> Result<Vec<ThreadId>, StoreError> {
-        self.db.scan_prefix([THREAD]).map(|item| Ok(ThreadId(uuid_from(&item.map_err(backend)?.0[1..])?))).collect()
+        self.db.scan_prefix([THREAD]).map(|item| Ok(ThreadId(uuid_from(&item?.0[1..])?))).collect()
     }
 
     fn expire_messages(&self, thread: ThreadId, up_to: u64, before_ms: u64) -> Result<u64, StoreError> {
         let mut expired = 0;
         let range = Self::entry_key(thread, 1)..=Self::entry_key(thread, up_to.max(1));
         for item in self.db.range(range) {
-            let (key, value) = item.map_err(backend)?;
+            let (key, value) = item?;
             let mut entry: Entry = decode(&value)?;
             // A notice copies an offer's or an escalation's metadata into an inbox: it goes like content.
             let delivered_only = matches!(entry.body, EntryBody::Message { .. } | EntryBody::Notice { .. });
             if delivered_only && entry.at_ms < before_ms {
                 entry.body = EntryBody::Expired;
-                self.db.insert(key, encode(&entry)).map_err(backend)?;
+                self.db.insert(key, encode(&entry))?;
                 expired += 1;
             }
         }
@@ -1344,7 +1325,7 @@ impl Store for SledStore {
         self.db
             .scan_prefix(key(BLOB, &[thread.0.as_bytes()]))
             .map(|item| {
-                let (key, value) = item.map_err(backend)?;
+                let (key, value) = item?;
                 let blob = key.get(17..).ok_or_else(|| StoreError::Corrupt("short blob key".into()))?;
                 Ok((BlobId(uuid_from(blob)?), decode(&value)?))
             })
@@ -1355,7 +1336,7 @@ impl Store for SledStore {
         self.db
             .scan_prefix([BLOB])
             .map(|item| {
-                let (key, value) = item.map_err(backend)?;
+                let (key, value) = item?;
                 let blob = key.get(17..).ok_or_else(|| StoreError::Corrupt("short blob key".into()))?;
                 Ok((BlobId(uuid_from(blob)?), decode(&value)?))
             })
@@ -1364,7 +1345,7 @@ impl Store for SledStore {
 
     fn delete_blob(&self, thread: ThreadId, blob: BlobId) -> Result<(), StoreError> {
         self.chunks.remove(thread, blob)?;
-        self.db.remove(blob_key(thread, blob)).map_err(backend)?;
+        self.db.remove(blob_key(thread, blob))?;
         Ok(())
     }
 
@@ -1372,7 +1353,7 @@ impl Store for SledStore {
         let mut pruned = 0;
         let mut last_pruned = 0;
         for item in self.db.scan_prefix([AUDIT]) {
-            let (key, value) = item.map_err(backend)?;
+            let (key, value) = item?;
             let entry = decode_audit(&value)?;
             if entry.record.at_ms >= before_ms {
                 break;
@@ -1382,11 +1363,11 @@ impl Store for SledStore {
             }
             // The tree's nodes outlive the entry: they move to a key of their own before it goes.
             if let Some(parts) = split_audit(&value)?.filter(|p| !p.levels.is_empty()) {
-                self.db.insert(nodes_key(leaf_of(parts.seq)?), parts.levels).map_err(backend)?;
+                self.db.insert(nodes_key(leaf_of(parts.seq)?), parts.levels)?;
             }
-            self.db.remove(key).map_err(backend)?;
+            self.db.remove(key)?;
             for index in audit_index_keys(&entry) {
-                self.db.remove(index).map_err(backend)?;
+                self.db.remove(index)?;
             }
             pruned += 1;
             last_pruned = entry.seq;
@@ -1394,7 +1375,7 @@ impl Store for SledStore {
         // Heads over only pruned entries can no longer be checked against entries; the tree prefix replaces them.
         let covered = key(CHECKPOINT, &[&0u64.to_be_bytes()])..key(CHECKPOINT, &[&last_pruned.to_be_bytes()]);
         for item in self.db.range(covered) {
-            self.db.remove(item.map_err(backend)?.0).map_err(backend)?;
+            self.db.remove(item?.0)?;
         }
         Ok((pruned, if pruned == 0 { 0 } else { last_pruned + 1 }))
     }
@@ -1402,7 +1383,7 @@ impl Store for SledStore {
     fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError> {
         // Plain inserts, the entry last: a sled batch costs several times its
         // inserts and takes sled's global lock, on the path of every message.
-        // sled recovers a prefix of the inserts, so a crash keeps the entry
+        // Both engines recover a prefix of the inserts, so a crash keeps the entry
         // only with its index keys.
         let leaf = leaf_of(entry.seq)?;
         let mut values = node_values(nodes.iter().map(|n| (last_leaf(n.level, n.index), n.level, n.hash)));
@@ -1410,12 +1391,12 @@ impl Store for SledStore {
         // Every node an append completes ends at its own leaf; any other would be a caller's
         // mistake, and is still kept where a reader finds it.
         for (other, value) in values {
-            self.db.insert(nodes_key(other), value).map_err(backend)?;
+            self.db.insert(nodes_key(other), value)?;
         }
         for index in audit_index_keys(entry) {
-            self.db.insert(index, &[][..]).map_err(backend)?;
+            self.db.insert(index, &[][..])?;
         }
-        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, &levels)?).map_err(backend)?;
+        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, &levels)?)?;
         Ok(())
     }
 
@@ -1424,7 +1405,7 @@ impl Store for SledStore {
         let Some(seq) = leaf.checked_add(1) else { return Ok(None) };
         // The entry first: an `H` value of the layout before may be stale (its entry lost in a crash,
         // the next entry of that seq holding its own nodes), while an entry and its nodes are one insert.
-        if let Some(value) = self.db.get(key(AUDIT, &[&seq.to_be_bytes()])).map_err(backend)? {
+        if let Some(value) = self.db.get(key(AUDIT, &[&seq.to_be_bytes()]))? {
             if let Some(parts) = split_audit(&value)? {
                 if parts.seq != seq {
                     return Err(StoreError::Corrupt(format!("the audit entry stored at {seq} says {}", parts.seq)));
@@ -1435,7 +1416,7 @@ impl Store for SledStore {
             }
         }
         // A pruned entry's nodes, or nodes written before they moved into the entry.
-        let Some(value) = self.db.get(nodes_key(leaf)).map_err(backend)? else { return Ok(None) };
+        let Some(value) = self.db.get(nodes_key(leaf))? else { return Ok(None) };
         level_in(&value, level)
     }
 
@@ -1451,7 +1432,7 @@ impl Store for SledStore {
         self.db
             .scan_prefix(&prefix)
             .keys()
-            .map(|k| seq_from(k.map_err(backend)?.get(prefix.len()..).unwrap_or_default()))
+            .map(|k| seq_from(k?.get(prefix.len()..).unwrap_or_default()))
             .collect()
     }
 
@@ -1470,13 +1451,13 @@ impl Store for SledStore {
         self.db
             .range(key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&u64::MAX.to_be_bytes()]))
             .take(limit)
-            .map(|item| decode_audit(&item.map_err(backend)?.1))
+            .map(|item| decode_audit(&item?.1))
             .collect()
     }
 
     fn last_audit(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let Some(last) = self.db.scan_prefix([AUDIT]).next_back() else { return Ok(None) };
-        let entry = decode_audit(&last.map_err(backend)?.1)?;
+        let entry = decode_audit(&last?.1)?;
         Ok(Some((entry.seq, entry.hash)))
     }
 
@@ -1484,27 +1465,27 @@ impl Store for SledStore {
         let at = key(CHECKPOINT, &[&head.size.to_be_bytes(), &head.at_ms.to_be_bytes()]);
         // Only the writer (and `rotate-key` on a stopped hub) signs heads, always over the current tree: the
         // head stored last is the latest, even when it is smaller than one before it (a truncated log).
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(at, encode(head));
         batch.insert(&[LATEST_HEAD][..], encode(head));
-        self.db.apply_batch(batch).map_err(backend)
+        self.db.apply(batch)
     }
 
     fn checkpoints(&self) -> Result<Vec<SignedTreeHead>, StoreError> {
-        self.db.scan_prefix([CHECKPOINT]).map(|item| decode(&item.map_err(backend)?.1)).collect()
+        self.db.scan_prefix([CHECKPOINT]).map(|item| decode(&item?.1)).collect()
     }
 
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
         // One look-up per query instead of a reverse scan over every head.
-        self.db.get([LATEST_HEAD]).map_err(backend)?.map(|value| decode(&value)).transpose()
+        self.db.get([LATEST_HEAD])?.map(|value| decode(&value)).transpose()
     }
 
     fn revocation_marks(&self) -> Result<Vec<certs::revocation::Mark>, StoreError> {
-        self.db.get([REVOCATION_MARKS]).map_err(backend)?.map_or(Ok(Vec::new()), |value| decode(&value))
+        self.db.get([REVOCATION_MARKS])?.map_or(Ok(Vec::new()), |value| decode(&value))
     }
 
     fn put_revocation_marks(&self, marks: &[certs::revocation::Mark]) -> Result<(), StoreError> {
-        self.db.insert([REVOCATION_MARKS], encode(&marks)).map(|_| ()).map_err(backend)
+        self.db.insert([REVOCATION_MARKS], encode(&marks)).map(|_| ())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -1521,7 +1502,7 @@ impl Store for SledStore {
         if let Err(e) = self.db.flush() {
             // Nothing is known to be durable: the threads stay dirty for the next flush.
             lock(&self.dirty).extend(marks.iter().map(|(thread, _, _)| *thread));
-            return Err(backend(e));
+            return Err(e);
         }
         for (_, log, written) in marks {
             let mut log = lock(&log);
@@ -1542,7 +1523,7 @@ mod tests {
     #[test]
     fn entries_become_visible_only_after_flush() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let anna = member("anna");
         let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
         store.append_message(thread, &anna, MessageId::new(), b"x", 2).unwrap();
@@ -1555,7 +1536,7 @@ mod tests {
     #[test]
     fn a_message_id_is_stored_once_per_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let anna = member("anna");
         let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
         let id = MessageId::new();
@@ -1569,7 +1550,7 @@ mod tests {
     #[test]
     fn a_dedup_key_whose_entry_was_lost_does_not_swallow_the_resend() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let anna = member("anna");
         let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
         let id = MessageId::new();
@@ -1589,7 +1570,7 @@ mod tests {
     #[test]
     fn creation_is_idempotent_per_creator_and_reference() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let reference = Uuid::new_v4();
         let first = store.create_thread(&member("anna"), reference, 1).unwrap();
         let again = store.create_thread(&member("anna"), reference, 1).unwrap();
@@ -1604,7 +1585,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (anna, piet) = (member("anna"), member("piet"));
         let thread = {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = KvStore::open(dir.path()).unwrap();
             let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
             store.add_member(thread, &anna, &piet, 2).unwrap();
             store.append_message(thread, &anna, MessageId::new(), b"x", 3).unwrap();
@@ -1612,7 +1593,7 @@ mod tests {
             store.flush().unwrap();
             thread
         };
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         assert_eq!(store.last_seq(thread).unwrap(), 3);
         assert!(store.is_member(thread, &piet).unwrap());
         assert_eq!(store.threads_of(&piet).unwrap(), vec![thread]);
@@ -1627,7 +1608,7 @@ mod tests {
     #[test]
     fn a_new_member_starts_at_its_own_entry_and_cursors_never_go_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let (anna, piet) = (member("anna"), member("piet"));
         let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
         store.append_message(thread, &anna, MessageId::new(), b"before", 2).unwrap();
@@ -1643,7 +1624,7 @@ mod tests {
     #[test]
     fn key_packages_are_handed_out_once_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let (anna, piet) = (member("anna"), member("piet"));
         assert_eq!(store.add_key_packages(&anna, &[b"one".to_vec(), b"two".to_vec()]).unwrap(), 2);
         assert_eq!(store.add_key_packages(&piet, &[b"piet".to_vec()]).unwrap(), 1);
@@ -1682,7 +1663,7 @@ mod tests {
     #[test]
     fn unknown_threads_are_reported_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let thread = ThreadId::random();
         assert!(!store.is_member(thread, &member("anna")).unwrap());
         assert!(matches!(
@@ -1697,7 +1678,7 @@ mod tests {
         let anna = member("anna");
         let body = vec![7u8; 4096];
         for round in 0..20 {
-            let store = SledStore::open(dir.path()).unwrap_or_else(|e| panic!("reopen {round}: {e}"));
+            let store = KvStore::open(dir.path()).unwrap_or_else(|e| panic!("reopen {round}: {e}"));
             let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
             for _ in 0..200 {
                 store.append_message(thread, &anna, MessageId::new(), &body, 2).unwrap();
@@ -1708,10 +1689,12 @@ mod tests {
 
     #[test]
     fn a_store_another_handle_holds_is_refused_after_the_wait() {
+        use super::super::engine::LOCK_RELEASE_WAIT;
+        use std::time::Instant;
         let dir = tempfile::tempdir().unwrap();
-        let _held = SledStore::open(dir.path()).unwrap();
+        let _held = KvStore::open(dir.path()).unwrap();
         let started = Instant::now();
-        let Err(refused) = SledStore::open(dir.path()) else { panic!("a second open while the first holds the store") };
+        let Err(refused) = KvStore::open(dir.path()) else { panic!("a second open while the first holds the store") };
         assert!(refused.to_string().contains("lock"), "{refused}");
         assert!(started.elapsed() >= LOCK_RELEASE_WAIT, "refused before the wait: {:?}", started.elapsed());
     }
@@ -1721,7 +1704,7 @@ mod tests {
         use crate::audit::{chain::AuditKey, CheckpointSettings, Recorder};
         use wire::audit::{AuditAction, AuditFilter};
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let (ours, theirs) = (ThreadId(Uuid::new_v4()), ThreadId(Uuid::new_v4()));
         let oin: Oin = "00000001800000000001".parse().unwrap();
         // A crash after entry 1's index key (an entry about `theirs`) and before the entry itself:
@@ -1745,9 +1728,9 @@ mod tests {
     /// A store with seven audit entries (at times 1 to 7 ms), every perfect subtree of their tree as
     /// (level, index), and the subtrees' hashes as the store reads them, which match a tree rebuilt from
     /// the entries.
-    fn seven_entries(dir: &Path) -> (SledStore, Vec<(u8, u64)>, Vec<Option<Hash>>) {
+    fn seven_entries(dir: &Path) -> (KvStore, Vec<(u8, u64)>, Vec<Option<Hash>>) {
         use crate::audit::{chain::AuditKey, CheckpointSettings, Recorder};
-        let store = SledStore::open(dir).unwrap();
+        let store = KvStore::open(dir).unwrap();
         let mut recorder =
             Recorder::resume(&store, Arc::new(AuditKey::generate().unwrap()), CheckpointSettings::default()).unwrap();
         for at_ms in 1..=7 {
@@ -1763,12 +1746,12 @@ mod tests {
         (store, subtrees, nodes)
     }
 
-    fn tree_nodes(store: &SledStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
+    fn tree_nodes(store: &KvStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
         subtrees.iter().map(|&(l, i)| store.audit_node(l, i).unwrap()).collect()
     }
 
     /// The perfect subtrees' hashes as a tree built afresh from the stored entries' hashes has them.
-    fn tree_from_entries(store: &SledStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
+    fn tree_from_entries(store: &KvStore, subtrees: &[(u8, u64)]) -> Vec<Option<Hash>> {
         let mut tree = wire::merkle::CompactRange::new();
         let mut nodes = HashMap::new();
         for entry in store.audit_entries(0, 100).unwrap() {
@@ -1781,7 +1764,7 @@ mod tests {
 
     /// Rewrites the audit entries as the layout before stored them: `0x01` entries without nodes, and
     /// each append's nodes as an `H` value.
-    fn to_layout_before(store: &SledStore) {
+    fn to_layout_before(store: &KvStore) {
         for item in store.db.scan_prefix([AUDIT]) {
             let (key, value) = item.unwrap();
             let parts = split_audit(&value).unwrap().unwrap();
@@ -1812,7 +1795,7 @@ mod tests {
         assert_eq!(tree_nodes(&store, &subtrees), nodes);
         store.flush().unwrap();
         drop(store);
-        assert_eq!(tree_nodes(&SledStore::open(dir.path()).unwrap(), &subtrees), nodes);
+        assert_eq!(tree_nodes(&KvStore::open(dir.path()).unwrap(), &subtrees), nodes);
     }
 
     #[test]
@@ -1828,7 +1811,7 @@ mod tests {
         assert_eq!(store.audit_entries(0, 10).unwrap(), entries);
         store.flush().unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         let mut links = Vec::new();
         store
             .audit_links(&mut |link, _| {
@@ -1896,7 +1879,7 @@ mod tests {
         assert!(store.audit_node(0, 0).unwrap().is_none(), "the layout before is not read as it is");
         store.flush().unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
         assert_eq!(tree_nodes(&store, &subtrees), hashes);
         assert!(store.db.scan_prefix([AUDIT_NODE]).keys().all(|k| !is_node_key_before(&k.unwrap())));
     }

@@ -1,0 +1,446 @@
+//! The ordered key-value engines the embedded store runs on.
+//!
+//! [`super::kv_store::KvStore`] keeps its threads, audit log and indexes as
+//! tagged keys in one ordered key space; it needs of an engine only what this
+//! module offers: point reads and writes, atomic batches, ordered scans (both
+//! ways) and a flush that makes every earlier write durable. Two engines offer it:
+//!
+//! - **fjall** (an LSM tree with a write-ahead journal), the engine of new
+//!   stores. A write appends to the journal and a sorted in-memory table, so
+//!   the path of a routed message writes each key once, where sled copies a
+//!   whole leaf per insert (`docs/benchmarks.md` has both measured).
+//! - **sled**, the engine of stores written before fjall; such a store is
+//!   opened with sled, so an upgrade needs no migration.
+//!
+//! Both keep a crash's losses to a suffix of the writes since the last flush:
+//! a write that survives has every earlier write with it. The store's
+//! ordering of plain inserts (a de-duplication key before its entry) relies on that.
+//!
+//! fjall takes no lock of its own on its files, so the engine holds an
+//! exclusive lock on `DIR/lock` for as long as it is open: a second process
+//! (an audit command beside a running hub) is refused as it is by sled.
+
+use std::fs::File;
+use std::ops::{Deref, RangeBounds};
+use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// fjall, the engine of new stores.
+    #[default]
+    Fjall,
+    /// sled, the engine of stores written before fjall.
+    Sled,
+}
+
+/// How a store's engine is opened (`[store]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// The engine a new store is created with. An existing store is always
+    /// opened with the engine that wrote it.
+    pub engine: EngineKind,
+    /// Bytes of memory the engine may keep as its cache of stored data.
+    pub cache_bytes: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self { engine: EngineKind::default(), cache_bytes: 256 << 20 }
+    }
+}
+
+/// A stored key or value, borrowed from the engine without a copy.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// Held by sled.
+    Sled(sled::IVec),
+    /// Held by fjall.
+    Fjall(fjall::Slice),
+}
+
+impl Deref for Value {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Sled(v) => v,
+            Value::Fjall(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+/// One key and its value, from a scan.
+pub type Item = Result<(Value, Value), StoreError>;
+
+/// An ordered scan, readable from either end.
+pub struct Iter(Box<dyn DoubleEndedIterator<Item = Item>>);
+
+impl Iterator for Iter {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        self.0.next()
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Item> {
+        self.0.next_back()
+    }
+}
+
+impl Iter {
+    /// The keys alone.
+    pub fn keys(self) -> impl DoubleEndedIterator<Item = Result<Value, StoreError>> {
+        self.map(|item| item.map(|(key, _)| key))
+    }
+}
+
+/// Writes applied together or not at all.
+#[derive(Debug, Default)]
+pub struct Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Batch {
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.0.push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.0.push((key.as_ref().to_vec(), None));
+    }
+}
+
+/// fjall's key space, with the lock that keeps other processes out of it.
+#[derive(Clone)]
+pub struct Fjall {
+    keyspace: fjall::Keyspace,
+    items: fjall::PartitionHandle,
+    /// Held by a read-modify-write, which fjall has no single call for.
+    updating: Arc<Mutex<()>>,
+    /// Released when the last handle is dropped, after the key space (fields drop in order).
+    _lock: Arc<File>,
+}
+
+/// An open engine. Cloning it is cheap and shares it.
+#[derive(Clone)]
+pub enum Engine {
+    /// A store on sled.
+    Sled(sled::Db),
+    /// A store on fjall.
+    Fjall(Fjall),
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.kind() {
+            EngineKind::Fjall => "Engine::Fjall",
+            EngineKind::Sled => "Engine::Sled",
+        })
+    }
+}
+
+/// How long `open` waits for a lock that is still being released.
+pub(crate) const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// The one partition of a fjall store: the tags in the keys keep its records apart.
+const PARTITION: &str = "items";
+
+fn sled_error(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn fjall_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn fjall_dir(dir: &Path) -> PathBuf {
+    dir.join("fjall")
+}
+
+/// The engine whose files `dir` holds, if any.
+pub fn existing(dir: &Path) -> Option<EngineKind> {
+    if fjall_dir(dir).join("version").is_file() {
+        Some(EngineKind::Fjall)
+    } else if dir.join("conf").is_file() && dir.join("db").is_file() {
+        Some(EngineKind::Sled)
+    } else {
+        None
+    }
+}
+
+/// Retries `open` while it reports a lock still held, up to [`LOCK_RELEASE_WAIT`]:
+/// an earlier open in this process (a command after a migration, a test after
+/// it wrote a store) may still be letting go. Another process holding the
+/// store still fails, after the wait.
+fn waiting_for_lock<T>(mut open: impl FnMut() -> Result<T, (bool, StoreError)>) -> Result<T, StoreError> {
+    let started = Instant::now();
+    loop {
+        match open() {
+            Err((true, _)) if started.elapsed() < LOCK_RELEASE_WAIT => std::thread::sleep(Duration::from_millis(20)),
+            result => return result.map_err(|(_, e)| e),
+        }
+    }
+}
+
+impl Engine {
+    /// Opens the store's engine in `dir`: the one whose files are there, or
+    /// for a new store the one `settings` names.
+    pub fn open(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
+        match existing(dir).unwrap_or(settings.engine) {
+            EngineKind::Sled => Self::open_sled(dir, settings.cache_bytes),
+            EngineKind::Fjall => Self::open_fjall(dir, settings.cache_bytes),
+        }
+    }
+
+    fn open_sled(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        waiting_for_lock(|| {
+            // No flushes of sled's own every 500 ms: the writer flushes every batch
+            // before it answers, and sled's timed flush, contending with it for the
+            // log, showed in the benchmark's delivery tail (docs/benchmarks.md).
+            // High-throughput mode: sled's default (low space) rewrites segments
+            // early to reclaim disk, work on the writer's path (docs/benchmarks.md).
+            let config = sled::Config::new().path(dir).cache_capacity(cache_bytes).mode(sled::Mode::HighThroughput);
+            match config.flush_every_ms(None).open() {
+                // sled reports a held lock only in its message, as an `Other` I/O error.
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    Err((true, sled_error(sled::Error::Io(e))))
+                }
+                result => result.map(Engine::Sled).map_err(|e| (false, sled_error(e))),
+            }
+        })
+    }
+
+    fn open_fjall(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(|e| StoreError::Backend(format!("store lock {}: {e}", dir.join("lock").display())))?;
+        waiting_for_lock(|| match lock.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err((true, StoreError::Backend(format!("store {} is locked by another process", dir.display()))))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err((false, fjall_error(e))),
+        })?;
+        // The hub makes writes durable itself, with one flush per batch of
+        // writes before it answers any of them; fjall's own flush after every
+        // write would be a system call per key. Ciphertext does not compress,
+        // so lz4 would only cost CPU.
+        let keyspace = fjall::Config::new(fjall_dir(dir))
+            .manual_journal_persist(true)
+            .cache_size(cache_bytes)
+            .flush_workers(1)
+            .compaction_workers(1)
+            .open()
+            .map_err(fjall_error)?;
+        let options = fjall::PartitionCreateOptions::default()
+            .manual_journal_persist(true)
+            .compression(fjall::CompressionType::None);
+        let items = keyspace.open_partition(PARTITION, options).map_err(fjall_error)?;
+        Ok(Engine::Fjall(Fjall { keyspace, items, updating: Arc::default(), _lock: Arc::new(lock) }))
+    }
+
+    /// Which engine this is.
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Sled(_) => EngineKind::Sled,
+            Engine::Fjall(_) => EngineKind::Fjall,
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>, StoreError> {
+        match self {
+            Engine::Sled(db) => Ok(db.get(key).map_err(sled_error)?.map(Value::Sled)),
+            Engine::Fjall(f) => Ok(f.items.get(key).map_err(fjall_error)?.map(Value::Fjall)),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        match self {
+            Engine::Sled(db) => db.contains_key(key).map_err(sled_error),
+            Engine::Fjall(f) => f.items.contains_key(key).map_err(fjall_error),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => db.insert(key.as_ref(), value.as_ref()).map(drop).map_err(sled_error),
+            Engine::Fjall(f) => f.items.insert(key.as_ref(), value.as_ref()).map_err(fjall_error),
+        }
+    }
+
+    /// Removes `key`.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => db.remove(key).map(drop).map_err(sled_error),
+            Engine::Fjall(f) => f.items.remove(key.as_ref()).map_err(fjall_error),
+        }
+    }
+
+    /// Sets `key` to what `change` makes of its value (`None` when it has
+    /// none), atomically with respect to other updates.
+    pub fn update(&self, key: impl AsRef<[u8]>, change: impl Fn(Option<&[u8]>) -> Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => db.fetch_and_update(key, |old| Some(change(old))).map(drop).map_err(sled_error),
+            Engine::Fjall(f) => {
+                let _held = f.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let old = f.items.get(key.as_ref()).map_err(fjall_error)?;
+                f.items.insert(key.as_ref(), change(old.as_deref())).map_err(fjall_error)
+            }
+        }
+    }
+
+    /// Applies every write of `batch`, or none of them.
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => {
+                let mut writes = sled::Batch::default();
+                for (key, value) in batch.0 {
+                    match value {
+                        Some(value) => writes.insert(key, value),
+                        None => writes.remove(key),
+                    }
+                }
+                db.apply_batch(writes).map_err(sled_error)
+            }
+            Engine::Fjall(f) => {
+                let mut writes = f.keyspace.batch();
+                for (key, value) in batch.0 {
+                    match value {
+                        Some(value) => writes.insert(&f.items, key, value),
+                        None => writes.remove(&f.items, key),
+                    }
+                }
+                writes.commit().map_err(fjall_error)
+            }
+        }
+    }
+
+    /// The keys starting with `prefix`, in order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        match self {
+            Engine::Sled(db) => Iter(Box::new(db.scan_prefix(prefix).map(sled_item))),
+            Engine::Fjall(f) => Iter(Box::new(f.items.prefix(prefix.as_ref()).map(fjall_item))),
+        }
+    }
+
+    /// The keys in `range`, in order.
+    pub fn range(&self, range: impl RangeBounds<Vec<u8>> + 'static) -> Iter {
+        match self {
+            Engine::Sled(db) => Iter(Box::new(db.range(range).map(sled_item))),
+            Engine::Fjall(f) => Iter(Box::new(f.items.range(range).map(fjall_item))),
+        }
+    }
+
+    /// Makes every write made before this call durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => db.flush().map(drop).map_err(sled_error),
+            Engine::Fjall(f) => f.keyspace.persist(fjall::PersistMode::SyncAll).map_err(fjall_error),
+        }
+    }
+}
+
+fn sled_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Item {
+    item.map(|(k, v)| (Value::Sled(k), Value::Sled(v))).map_err(sled_error)
+}
+
+fn fjall_item(item: fjall::Result<fjall::KvPair>) -> Item {
+    item.map(|(k, v)| (Value::Fjall(k), Value::Fjall(v))).map_err(fjall_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn each_engine(test: impl Fn(Engine)) {
+        for engine in [EngineKind::Fjall, EngineKind::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            test(Engine::open(dir.path(), &EngineSettings { engine, ..Default::default() }).unwrap());
+        }
+    }
+
+    #[test]
+    fn scans_are_ordered_both_ways_and_bounded_by_their_prefix_or_range() {
+        each_engine(|db| {
+            for key in [&b"b2"[..], b"a1", b"b1", b"c1", b"b3"] {
+                db.insert(key, key).unwrap();
+            }
+            let keys = |iter: Iter| iter.keys().map(|k| k.unwrap().to_vec()).collect::<Vec<_>>();
+            assert_eq!(keys(db.scan_prefix(b"b")), [b"b1".to_vec(), b"b2".to_vec(), b"b3".to_vec()]);
+            assert_eq!(&*db.scan_prefix(b"b").next_back().unwrap().unwrap().0, b"b3");
+            assert_eq!(keys(db.range(b"a1".to_vec()..b"b3".to_vec())), [b"a1".to_vec(), b"b1".to_vec(), b"b2".to_vec()]);
+        });
+    }
+
+    #[test]
+    fn a_batch_applies_its_inserts_and_removals_together() {
+        each_engine(|db| {
+            db.insert(b"gone", b"x").unwrap();
+            let mut batch = Batch::default();
+            batch.insert(b"new", b"y");
+            batch.remove(b"gone");
+            db.apply(batch).unwrap();
+            assert!(!db.contains_key(b"gone").unwrap());
+            assert_eq!(&*db.get(b"new").unwrap().unwrap(), b"y");
+        });
+    }
+
+    #[test]
+    fn a_store_is_opened_with_the_engine_that_wrote_it_whatever_the_settings_say() {
+        for (wrote, asked) in [(EngineKind::Sled, EngineKind::Fjall), (EngineKind::Fjall, EngineKind::Sled)] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Engine::open(dir.path(), &EngineSettings { engine: wrote, ..Default::default() }).unwrap();
+            db.insert(b"k", b"v").unwrap();
+            db.flush().unwrap();
+            drop(db);
+            assert_eq!(existing(dir.path()), Some(wrote));
+            let db = Engine::open(dir.path(), &EngineSettings { engine: asked, ..Default::default() }).unwrap();
+            assert_eq!(db.kind(), wrote);
+            assert_eq!(&*db.get(b"k").unwrap().unwrap(), b"v");
+        }
+    }
+}
