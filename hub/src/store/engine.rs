@@ -22,9 +22,9 @@
 
 use std::fs::File;
 use std::ops::{Deref, RangeBounds};
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -180,6 +180,16 @@ impl std::fmt::Debug for Engine {
 /// How long `open` waits for a lock that is still being released.
 pub(crate) const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
 
+/// How much fjall gathers in memory before writing it out as a sorted file.
+/// The write-out competes with the hub's own flushes for the disk (on ext4 a
+/// flush may wait for it), so large tables put long stalls in the delivery
+/// tail, and small ones many short ones: measured, 8 MiB was the best of
+/// 2, 4, 8, 16 and 64 (docs/benchmarks.md).
+const MEMTABLE_BYTES: u32 = 8 << 20;
+
+/// Memory all tables not yet written out may hold together before writes wait.
+const WRITE_BUFFER_BYTES: u64 = 8 * MEMTABLE_BYTES as u64;
+
 /// The one partition of a fjall store: the tags in the keys keep its records apart.
 const PARTITION: &str = "items";
 
@@ -269,13 +279,15 @@ impl Engine {
         let keyspace = fjall::Config::new(fjall_dir(dir))
             .manual_journal_persist(true)
             .cache_size(cache_bytes)
+            .max_write_buffer_size(WRITE_BUFFER_BYTES)
             .flush_workers(1)
             .compaction_workers(1)
             .open()
             .map_err(fjall_error)?;
         let options = fjall::PartitionCreateOptions::default()
             .manual_journal_persist(true)
-            .compression(fjall::CompressionType::None);
+            .compression(fjall::CompressionType::None)
+            .max_memtable_size(MEMTABLE_BYTES);
         let items = keyspace.open_partition(PARTITION, options).map_err(fjall_error)?;
         Ok(Engine::Fjall(Fjall { keyspace, items, updating: Arc::default(), _lock: Arc::new(lock) }))
     }
@@ -412,7 +424,10 @@ mod tests {
             let keys = |iter: Iter| iter.keys().map(|k| k.unwrap().to_vec()).collect::<Vec<_>>();
             assert_eq!(keys(db.scan_prefix(b"b")), [b"b1".to_vec(), b"b2".to_vec(), b"b3".to_vec()]);
             assert_eq!(&*db.scan_prefix(b"b").next_back().unwrap().unwrap().0, b"b3");
-            assert_eq!(keys(db.range(b"a1".to_vec()..b"b3".to_vec())), [b"a1".to_vec(), b"b1".to_vec(), b"b2".to_vec()]);
+            assert_eq!(
+                keys(db.range(b"a1".to_vec()..b"b3".to_vec())),
+                [b"a1".to_vec(), b"b1".to_vec(), b"b2".to_vec()]
+            );
         });
     }
 

@@ -434,9 +434,7 @@ impl KvStore {
         for (thread, ownership) in self.ownerships()? {
             for offer in &ownership.offers {
                 for oin in [&offer.to, &offer.from.oin] {
-                    self.db
-                        .insert(key(OFFERS_OF, &[oin.as_str().as_bytes(), thread.0.as_bytes()]), &[][..])
-                        ?;
+                    self.db.insert(key(OFFERS_OF, &[oin.as_str().as_bytes(), thread.0.as_bytes()]), &[][..])?;
                 }
             }
         }
@@ -743,10 +741,8 @@ fn audit_links(db: &Engine, visit: &mut dyn FnMut(Link, Option<AuditRecord>) -> 
                     let from = low + chunk * step;
                     let range =
                         key(AUDIT, &[&from.to_be_bytes()])..key(AUDIT, &[&from.saturating_add(step).to_be_bytes()]);
-                    let batch: Result<Batch, StoreError> = db
-                        .range(range)
-                        .map(|item| item.and_then(|(_, value)| link_of(&value)))
-                        .collect();
+                    let batch: Result<Batch, StoreError> =
+                        db.range(range).map(|item| item.and_then(|(_, value)| link_of(&value))).collect();
                     let failed = batch.is_err();
                     // A closed channel means the verifier stopped: nothing more to read.
                     if batches.send(batch).is_err() || failed {
@@ -1029,9 +1025,7 @@ impl Store for KvStore {
         let mk = member_key(member);
         let own = self.db.get(cursor_key(&mk, device, thread))?;
         let found = match own {
-            None if !device.is_default() => {
-                self.db.get(cursor_key(&mk, &DeviceId::default(), thread))?
-            }
+            None if !device.is_default() => self.db.get(cursor_key(&mk, &DeviceId::default(), thread))?,
             found => found,
         };
         found.map_or(Ok(0), |v| seq_from(&v))
@@ -1429,11 +1423,7 @@ impl Store for KvStore {
             AuditIndex::Case(thread) => key(AUDIT_OF_CASE, &[thread.0.as_bytes()]),
             AuditIndex::Organisation(oin) => key(AUDIT_OF_ORGANISATION, &[oin.as_str().as_bytes()]),
         };
-        self.db
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| seq_from(k?.get(prefix.len()..).unwrap_or_default()))
-            .collect()
+        self.db.scan_prefix(&prefix).keys().map(|k| seq_from(k?.get(prefix.len()..).unwrap_or_default())).collect()
     }
 
     fn offers_of(&self, oin: &Oin) -> Result<Vec<(ThreadId, wire::handover::Ownership)>, StoreError> {
@@ -1515,6 +1505,13 @@ impl Store for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine::EngineKind;
+
+    const ENGINES: [EngineKind; 2] = [EngineKind::Fjall, EngineKind::Sled];
+
+    fn on(engine: EngineKind, dir: &Path) -> KvStore {
+        KvStore::open_with(dir, &EngineSettings { engine, ..Default::default() }).unwrap()
+    }
 
     fn member(worker: &str) -> MemberId {
         MemberId::new("00000001800000000001", worker).unwrap()
@@ -1581,28 +1578,31 @@ mod tests {
     }
 
     #[test]
-    fn state_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let (anna, piet) = (member("anna"), member("piet"));
-        let thread = {
-            let store = KvStore::open(dir.path()).unwrap();
-            let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
-            store.add_member(thread, &anna, &piet, 2).unwrap();
-            store.append_message(thread, &anna, MessageId::new(), b"x", 3).unwrap();
-            store.advance_cursor(&piet, &DeviceId::default(), thread, 3).unwrap();
-            store.flush().unwrap();
-            thread
-        };
-        let store = KvStore::open(dir.path()).unwrap();
-        assert_eq!(store.last_seq(thread).unwrap(), 3);
-        assert!(store.is_member(thread, &piet).unwrap());
-        assert_eq!(store.threads_of(&piet).unwrap(), vec![thread]);
-        let mut members = store.members(thread).unwrap();
-        members.sort();
-        assert_eq!(members, vec![anna.clone(), piet.clone()]);
-        assert_eq!(store.cursor(&piet, &DeviceId::default(), thread).unwrap(), 3);
-        let next = store.append_message(thread, &anna, MessageId::new(), b"y", 4).unwrap();
-        assert_eq!(next.seq, 4);
+    fn state_survives_reopening_on_either_engine() {
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let (anna, piet) = (member("anna"), member("piet"));
+            let thread = {
+                let store = on(engine, dir.path());
+                let thread = store.create_thread(&anna, Uuid::new_v4(), 1).unwrap().thread;
+                store.add_member(thread, &anna, &piet, 2).unwrap();
+                store.append_message(thread, &anna, MessageId::new(), b"x", 3).unwrap();
+                store.advance_cursor(&piet, &DeviceId::default(), thread, 3).unwrap();
+                store.flush().unwrap();
+                thread
+            };
+            let store = on(engine, dir.path());
+            assert_eq!(store.last_seq(thread).unwrap(), 3);
+            assert!(store.is_member(thread, &piet).unwrap());
+            assert_eq!(store.threads_of(&piet).unwrap(), vec![thread]);
+            let mut members = store.members(thread).unwrap();
+            members.sort();
+            assert_eq!(members, vec![anna.clone(), piet.clone()]);
+            assert_eq!(store.cursor(&piet, &DeviceId::default(), thread).unwrap(), 3);
+            let next = store.append_message(thread, &anna, MessageId::new(), b"y", 4).unwrap();
+            assert_eq!(next.seq, 4);
+            assert_eq!(store.db.kind(), engine);
+        }
     }
 
     #[test]
@@ -1623,41 +1623,62 @@ mod tests {
 
     #[test]
     fn key_packages_are_handed_out_once_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = KvStore::open(dir.path()).unwrap();
-        let (anna, piet) = (member("anna"), member("piet"));
-        assert_eq!(store.add_key_packages(&anna, &[b"one".to_vec(), b"two".to_vec()]).unwrap(), 2);
-        assert_eq!(store.add_key_packages(&piet, &[b"piet".to_vec()]).unwrap(), 1);
-        let (thread, claimer) = (ThreadId::random(), MemberId::new("00000001800000000002", "sanne").unwrap());
-        assert_eq!(store.claim_key_package(thread, &claimer, &anna, 1).unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(store.claim_key_package(thread, &claimer, &anna, 2).unwrap().as_deref(), Some(&b"two"[..]));
-        assert_eq!(store.claim_key_package(thread, &claimer, &anna, 3).unwrap(), None);
-        // Handed out to that claimer for that thread, and redeemed once, by the commit that adds it.
-        let one = crate::groups::key_package_digest(b"one");
-        assert!(!store.holds_claims(ThreadId::random(), &claimer, &[one]).unwrap());
-        assert!(!store.holds_claims(thread, &anna, &[one]).unwrap());
-        assert!(store.holds_claims(thread, &claimer, &[one]).unwrap());
-        let thread = store.create_thread(&claimer, Uuid::new_v4(), 1).unwrap().thread;
-        store.claim_key_package(thread, &claimer, &piet, 4).unwrap();
-        let piets = crate::groups::key_package_digest(b"piet");
-        let commit = AcceptedCommit {
-            thread,
-            by: &claimer,
-            state: b"state",
-            epoch: 1,
-            commit: b"commit",
-            group_info: b"info",
-            redeemed: &[piets],
-            removed: &[],
-            welcome: None,
-            evict_sides: &[],
-            ownership: None,
-            at_ms: 5,
-        };
-        assert!(store.holds_claims(thread, &claimer, &[piets]).unwrap());
-        store.apply_commit(&commit).unwrap();
-        assert!(!store.holds_claims(thread, &claimer, &[piets]).unwrap());
-        assert_eq!(store.group_info(thread).unwrap().as_deref(), Some(&b"info"[..]));
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let store = on(engine, dir.path());
+            let (anna, piet) = (member("anna"), member("piet"));
+            assert_eq!(store.add_key_packages(&anna, &[b"one".to_vec(), b"two".to_vec()]).unwrap(), 2);
+            assert_eq!(store.add_key_packages(&piet, &[b"piet".to_vec()]).unwrap(), 1);
+            let (thread, claimer) = (ThreadId::random(), MemberId::new("00000001800000000002", "sanne").unwrap());
+            assert_eq!(store.claim_key_package(thread, &claimer, &anna, 1).unwrap().as_deref(), Some(&b"one"[..]));
+            assert_eq!(store.claim_key_package(thread, &claimer, &anna, 2).unwrap().as_deref(), Some(&b"two"[..]));
+            assert_eq!(store.claim_key_package(thread, &claimer, &anna, 3).unwrap(), None);
+            // Handed out to that claimer for that thread, and redeemed once, by the commit that adds it.
+            let one = crate::groups::key_package_digest(b"one");
+            assert!(!store.holds_claims(ThreadId::random(), &claimer, &[one]).unwrap());
+            assert!(!store.holds_claims(thread, &anna, &[one]).unwrap());
+            assert!(store.holds_claims(thread, &claimer, &[one]).unwrap());
+            let thread = store.create_thread(&claimer, Uuid::new_v4(), 1).unwrap().thread;
+            store.claim_key_package(thread, &claimer, &piet, 4).unwrap();
+            let piets = crate::groups::key_package_digest(b"piet");
+            let commit = AcceptedCommit {
+                thread,
+                by: &claimer,
+                state: b"state",
+                epoch: 1,
+                commit: b"commit",
+                group_info: b"info",
+                redeemed: &[piets],
+                removed: &[],
+                welcome: None,
+                evict_sides: &[],
+                ownership: None,
+                at_ms: 5,
+            };
+            assert!(store.holds_claims(thread, &claimer, &[piets]).unwrap());
+            store.apply_commit(&commit).unwrap();
+            assert!(!store.holds_claims(thread, &claimer, &[piets]).unwrap());
+            assert_eq!(store.group_info(thread).unwrap().as_deref(), Some(&b"info"[..]));
+        }
+    }
+
+    #[test]
+    fn key_packages_stored_after_a_reopen_come_after_those_stored_before() {
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let (anna, claimer, thread) = (member("anna"), member("sanne"), ThreadId::random());
+            {
+                let store = on(engine, dir.path());
+                store.add_key_packages(&anna, &[b"old".to_vec(), b"older".to_vec()]).unwrap();
+                store.claim_key_package(thread, &claimer, &anna, 1).unwrap();
+                store.flush().unwrap();
+            }
+            let store = on(engine, dir.path());
+            store.add_key_packages(&anna, &[b"new".to_vec()]).unwrap();
+            let claim = |at| store.claim_key_package(thread, &claimer, &anna, at).unwrap();
+            assert_eq!(claim(2).as_deref(), Some(&b"older"[..]), "{engine:?}");
+            assert_eq!(claim(3).as_deref(), Some(&b"new"[..]), "{engine:?}");
+        }
     }
 
     #[test]
