@@ -23,6 +23,7 @@
 use std::fs::File;
 use std::ops::{Deref, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -155,6 +156,11 @@ pub struct Fjall {
     items: fjall::PartitionHandle,
     /// Held by a read-modify-write, which fjall has no single call for.
     updating: Arc<Mutex<()>>,
+    /// Set by the first write fjall failed. fjall may have left part of that
+    /// write in its journal, and its recovery drops everything after such a
+    /// part, so nothing written after it may be acknowledged: every later
+    /// write and flush fails until the hub restarts.
+    broken: Arc<AtomicBool>,
     /// Released when the last handle is dropped, after the key space (fields drop in order).
     _lock: Arc<File>,
 }
@@ -259,6 +265,7 @@ impl Engine {
     }
 
     fn open_fjall(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("store {}: {e}", dir.display())))?;
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -289,7 +296,13 @@ impl Engine {
             .compression(fjall::CompressionType::None)
             .max_memtable_size(MEMTABLE_BYTES);
         let items = keyspace.open_partition(PARTITION, options).map_err(fjall_error)?;
-        Ok(Engine::Fjall(Fjall { keyspace, items, updating: Arc::default(), _lock: Arc::new(lock) }))
+        Ok(Engine::Fjall(Fjall {
+            keyspace,
+            items,
+            updating: Arc::default(),
+            broken: Arc::default(),
+            _lock: Arc::new(lock),
+        }))
     }
 
     /// Which engine this is.
@@ -320,7 +333,7 @@ impl Engine {
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
         match self {
             Engine::Sled(db) => db.insert(key.as_ref(), value.as_ref()).map(drop).map_err(sled_error),
-            Engine::Fjall(f) => f.items.insert(key.as_ref(), value.as_ref()).map_err(fjall_error),
+            Engine::Fjall(f) => f.writing(|| f.items.insert(key.as_ref(), value.as_ref())),
         }
     }
 
@@ -328,7 +341,7 @@ impl Engine {
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         match self {
             Engine::Sled(db) => db.remove(key).map(drop).map_err(sled_error),
-            Engine::Fjall(f) => f.items.remove(key.as_ref()).map_err(fjall_error),
+            Engine::Fjall(f) => f.writing(|| f.items.remove(key.as_ref())),
         }
     }
 
@@ -340,7 +353,7 @@ impl Engine {
             Engine::Fjall(f) => {
                 let _held = f.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let old = f.items.get(key.as_ref()).map_err(fjall_error)?;
-                f.items.insert(key.as_ref(), change(old.as_deref())).map_err(fjall_error)
+                f.writing(|| f.items.insert(key.as_ref(), change(old.as_deref())))
             }
         }
     }
@@ -366,7 +379,12 @@ impl Engine {
                         None => writes.remove(&f.items, key),
                     }
                 }
-                writes.commit().map_err(fjall_error)
+                // fjall 2.11 ignores an error writing a batch to its journal
+                // (and applies the batch all the same). Handing the journal's
+                // buffer to the OS at once makes a failure that lasts show
+                // here, where it stops the store, rather than after a later
+                // write that its recovery would then drop.
+                f.writing(|| writes.commit().and_then(|()| f.keyspace.persist(fjall::PersistMode::Buffer)))
             }
         }
     }
@@ -391,8 +409,24 @@ impl Engine {
     pub fn flush(&self) -> Result<(), StoreError> {
         match self {
             Engine::Sled(db) => db.flush().map(drop).map_err(sled_error),
-            Engine::Fjall(f) => f.keyspace.persist(fjall::PersistMode::SyncAll).map_err(fjall_error),
+            Engine::Fjall(f) => f.writing(|| f.keyspace.persist(fjall::PersistMode::SyncAll)),
         }
+    }
+}
+
+impl Fjall {
+    /// Runs a write, refusing it once an earlier one failed and marking the
+    /// store broken when it fails itself.
+    fn writing(&self, write: impl FnOnce() -> fjall::Result<()>) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Backend(
+                "an earlier write to the store failed: nothing is written or flushed until the hub restarts".into(),
+            ));
+        }
+        write().map_err(|e| {
+            self.broken.store(true, Ordering::Release);
+            fjall_error(e)
+        })
     }
 }
 
@@ -411,7 +445,9 @@ mod tests {
     fn each_engine(test: impl Fn(Engine)) {
         for engine in [EngineKind::Fjall, EngineKind::Sled] {
             let dir = tempfile::tempdir().unwrap();
-            test(Engine::open(dir.path(), &EngineSettings { engine, ..Default::default() }).unwrap());
+            // A directory not there yet is made, as sled makes it.
+            let dir = dir.path().join("new");
+            test(Engine::open(&dir, &EngineSettings { engine, ..Default::default() }).unwrap());
         }
     }
 
