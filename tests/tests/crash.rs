@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hub::store::engine::EngineKind;
 use ketenhub_sdk::{Client, ClientBuilder, Event, MessageId, ThreadId};
 use tests::HubProcess;
 
@@ -43,9 +44,24 @@ async fn send_all(client: Client, thread: ThreadId, sender: usize, ledger: Arc<M
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_message() -> anyhow::Result<()> {
+    kill_9_run(EngineKind::Fjall).await
+}
+
+/// Stores written before fjall stay on sled, so sled keeps the same promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_message_on_sled() -> anyhow::Result<()> {
+    kill_9_run(EngineKind::Sled).await
+}
+
+async fn kill_9_run(engine: EngineKind) -> anyhow::Result<()> {
     let binary = env!("CARGO_BIN_EXE_ketenhub-hub");
     let dir = tempfile::tempdir()?;
-    let mut hub = HubProcess::start(binary.as_ref(), dir.path(), "127.0.0.1:0", "")?;
+    let config = match engine {
+        EngineKind::Fjall => "",
+        EngineKind::Sled => "[store]\nengine = \"sled\"\n",
+    };
+    let mut hub = HubProcess::start(binary.as_ref(), dir.path(), "127.0.0.1:0", config)?;
+    assert_eq!(hub::store::engine::existing(&dir.path().join("data/store")), Some(engine));
     let listen = hub.addr().to_string();
 
     let receiver = hardy(hub.client("lt-woerden-caseworker")).connect().await?;
@@ -106,7 +122,7 @@ async fn kill_9_loses_no_acknowledged_message() -> anyhow::Result<()> {
         let acked_at_kill = ledger.lock().unwrap().acknowledged.len();
         eprintln!("kill -9 number {kill} after {acked_at_kill} acknowledged messages");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        hub = HubProcess::start(binary.as_ref(), dir.path(), &listen, "")?;
+        hub = HubProcess::start(binary.as_ref(), dir.path(), &listen, config)?;
     }
     for task in sending {
         task.await?;

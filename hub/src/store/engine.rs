@@ -17,8 +17,9 @@
 //! ordering of plain inserts (a de-duplication key before its entry) relies on that.
 //!
 //! fjall takes no lock of its own on its files, so the engine holds an
-//! exclusive lock on `DIR/lock` for as long as it is open: a second process
-//! (an audit command beside a running hub) is refused as it is by sled.
+//! exclusive lock on `DIR/lock` for as long as it is open, whichever engine it
+//! is: a second process (an audit command beside a running hub) is refused,
+//! and the choice of engine for a new store is made under the lock.
 
 use std::fs::File;
 use std::ops::{Deref, RangeBounds};
@@ -161,17 +162,22 @@ pub struct Fjall {
     /// part, so nothing written after it may be acknowledged: every later
     /// write and flush fails until the hub restarts.
     broken: Arc<AtomicBool>,
-    /// Released when the last handle is dropped, after the key space (fields drop in order).
-    _lock: Arc<File>,
+}
+
+/// The engine's own handle.
+#[derive(Clone)]
+enum Db {
+    Sled(sled::Db),
+    Fjall(Fjall),
 }
 
 /// An open engine. Cloning it is cheap and shares it.
 #[derive(Clone)]
-pub enum Engine {
-    /// A store on sled.
-    Sled(sled::Db),
-    /// A store on fjall.
-    Fjall(Fjall),
+pub struct Engine {
+    db: Db,
+    /// Released when the last handle is dropped, after the engine (fields drop
+    /// in order), whose drop waits for its background threads.
+    _lock: Arc<File>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -239,118 +245,85 @@ fn waiting_for_lock<T>(mut open: impl FnMut() -> Result<T, (bool, StoreError)>) 
 impl Engine {
     /// Opens the store's engine in `dir`: the one whose files are there, or
     /// for a new store the one `settings` names.
+    /// The choice is made under the lock, so that two processes creating a
+    /// store at once cannot make one of each.
     pub fn open(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
-        match existing(dir).unwrap_or(settings.engine) {
-            EngineKind::Sled => Self::open_sled(dir, settings.cache_bytes),
-            EngineKind::Fjall => Self::open_fjall(dir, settings.cache_bytes),
+        let lock = lock(dir)?;
+        let db = match existing(dir).unwrap_or(settings.engine) {
+            EngineKind::Sled => open_sled(dir, settings.cache_bytes)?,
+            EngineKind::Fjall => open_fjall(dir, settings.cache_bytes)?,
+        };
+        Ok(Engine { db, _lock: Arc::new(lock) })
+    }
+}
+
+/// Takes the exclusive lock on `DIR/lock`, waiting briefly for a holder that is letting go.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("store {}: {e}", dir.display())))?;
+    let path = dir.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("store lock {}: {e}", path.display())))?;
+    waiting_for_lock(|| match lock.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err((true, StoreError::Backend(format!("store {} is locked by another process", dir.display()))))
         }
-    }
+        Err(std::fs::TryLockError::Error(e)) => Err((false, fjall_error(e))),
+    })?;
+    Ok(lock)
+}
 
-    fn open_sled(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        waiting_for_lock(|| {
-            // No flushes of sled's own every 500 ms: the writer flushes every batch
-            // before it answers, and sled's timed flush, contending with it for the
-            // log, showed in the benchmark's delivery tail (docs/benchmarks.md).
-            // High-throughput mode: sled's default (low space) rewrites segments
-            // early to reclaim disk, work on the writer's path (docs/benchmarks.md).
-            let config = sled::Config::new().path(dir).cache_capacity(cache_bytes).mode(sled::Mode::HighThroughput);
-            match config.flush_every_ms(None).open() {
-                // sled reports a held lock only in its message, as an `Other` I/O error.
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    Err((true, sled_error(sled::Error::Io(e))))
-                }
-                result => result.map(Engine::Sled).map_err(|e| (false, sled_error(e))),
-            }
-        })
-    }
-
-    fn open_fjall(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("store {}: {e}", dir.display())))?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))
-            .map_err(|e| StoreError::Backend(format!("store lock {}: {e}", dir.join("lock").display())))?;
-        waiting_for_lock(|| match lock.try_lock() {
-            Ok(()) => Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err((true, StoreError::Backend(format!("store {} is locked by another process", dir.display()))))
-            }
-            Err(std::fs::TryLockError::Error(e)) => Err((false, fjall_error(e))),
-        })?;
-        // The hub makes writes durable itself, with one flush per batch of
-        // writes before it answers any of them; fjall's own flush after every
-        // write would be a system call per key. Ciphertext does not compress,
-        // so lz4 would only cost CPU.
-        let keyspace = fjall::Config::new(fjall_dir(dir))
-            .manual_journal_persist(true)
-            .cache_size(cache_bytes)
-            .max_write_buffer_size(WRITE_BUFFER_BYTES)
-            .flush_workers(1)
-            .compaction_workers(1)
-            .open()
-            .map_err(fjall_error)?;
-        let options = fjall::PartitionCreateOptions::default()
-            .manual_journal_persist(true)
-            .compression(fjall::CompressionType::None)
-            .max_memtable_size(MEMTABLE_BYTES);
-        let items = keyspace.open_partition(PARTITION, options).map_err(fjall_error)?;
-        Ok(Engine::Fjall(Fjall {
-            keyspace,
-            items,
-            updating: Arc::default(),
-            broken: Arc::default(),
-            _lock: Arc::new(lock),
-        }))
-    }
-
+impl Engine {
     /// Which engine this is.
     pub fn kind(&self) -> EngineKind {
-        match self {
-            Engine::Sled(_) => EngineKind::Sled,
-            Engine::Fjall(_) => EngineKind::Fjall,
+        match &self.db {
+            Db::Sled(_) => EngineKind::Sled,
+            Db::Fjall(_) => EngineKind::Fjall,
         }
     }
 
     /// The value of `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>, StoreError> {
-        match self {
-            Engine::Sled(db) => Ok(db.get(key).map_err(sled_error)?.map(Value::Sled)),
-            Engine::Fjall(f) => Ok(f.items.get(key).map_err(fjall_error)?.map(Value::Fjall)),
+        match &self.db {
+            Db::Sled(db) => Ok(db.get(key).map_err(sled_error)?.map(Value::Sled)),
+            Db::Fjall(f) => Ok(f.items.get(key).map_err(fjall_error)?.map(Value::Fjall)),
         }
     }
 
     /// Whether `key` has a value.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
-        match self {
-            Engine::Sled(db) => db.contains_key(key).map_err(sled_error),
-            Engine::Fjall(f) => f.items.contains_key(key).map_err(fjall_error),
+        match &self.db {
+            Db::Sled(db) => db.contains_key(key).map_err(sled_error),
+            Db::Fjall(f) => f.items.contains_key(key).map_err(fjall_error),
         }
     }
 
     /// Sets `key` to `value`.
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        match self {
-            Engine::Sled(db) => db.insert(key.as_ref(), value.as_ref()).map(drop).map_err(sled_error),
-            Engine::Fjall(f) => f.writing(|| f.items.insert(key.as_ref(), value.as_ref())),
+        match &self.db {
+            Db::Sled(db) => db.insert(key.as_ref(), value.as_ref()).map(drop).map_err(sled_error),
+            Db::Fjall(f) => f.writing(|| f.items.insert(key.as_ref(), value.as_ref())),
         }
     }
 
     /// Removes `key`.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        match self {
-            Engine::Sled(db) => db.remove(key).map(drop).map_err(sled_error),
-            Engine::Fjall(f) => f.writing(|| f.items.remove(key.as_ref())),
+        match &self.db {
+            Db::Sled(db) => db.remove(key).map(drop).map_err(sled_error),
+            Db::Fjall(f) => f.writing(|| f.items.remove(key.as_ref())),
         }
     }
 
     /// Sets `key` to what `change` makes of its value (`None` when it has
     /// none), atomically with respect to other updates.
     pub fn update(&self, key: impl AsRef<[u8]>, change: impl Fn(Option<&[u8]>) -> Vec<u8>) -> Result<(), StoreError> {
-        match self {
-            Engine::Sled(db) => db.fetch_and_update(key, |old| Some(change(old))).map(drop).map_err(sled_error),
-            Engine::Fjall(f) => {
+        match &self.db {
+            Db::Sled(db) => db.fetch_and_update(key, |old| Some(change(old))).map(drop).map_err(sled_error),
+            Db::Fjall(f) => {
                 let _held = f.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let old = f.items.get(key.as_ref()).map_err(fjall_error)?;
                 f.writing(|| f.items.insert(key.as_ref(), change(old.as_deref())))
@@ -360,8 +333,8 @@ impl Engine {
 
     /// Applies every write of `batch`, or none of them.
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        match self {
-            Engine::Sled(db) => {
+        match &self.db {
+            Db::Sled(db) => {
                 let mut writes = sled::Batch::default();
                 for (key, value) in batch.0 {
                     match value {
@@ -371,7 +344,7 @@ impl Engine {
                 }
                 db.apply_batch(writes).map_err(sled_error)
             }
-            Engine::Fjall(f) => {
+            Db::Fjall(f) => {
                 let mut writes = f.keyspace.batch();
                 for (key, value) in batch.0 {
                     match value {
@@ -391,27 +364,66 @@ impl Engine {
 
     /// The keys starting with `prefix`, in order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
-        match self {
-            Engine::Sled(db) => Iter(Box::new(db.scan_prefix(prefix).map(sled_item))),
-            Engine::Fjall(f) => Iter(Box::new(f.items.prefix(prefix.as_ref()).map(fjall_item))),
+        match &self.db {
+            Db::Sled(db) => Iter(Box::new(db.scan_prefix(prefix).map(sled_item))),
+            Db::Fjall(f) => Iter(Box::new(f.items.prefix(prefix.as_ref()).map(fjall_item))),
         }
     }
 
     /// The keys in `range`, in order.
     pub fn range(&self, range: impl RangeBounds<Vec<u8>> + 'static) -> Iter {
-        match self {
-            Engine::Sled(db) => Iter(Box::new(db.range(range).map(sled_item))),
-            Engine::Fjall(f) => Iter(Box::new(f.items.range(range).map(fjall_item))),
+        match &self.db {
+            Db::Sled(db) => Iter(Box::new(db.range(range).map(sled_item))),
+            Db::Fjall(f) => Iter(Box::new(f.items.range(range).map(fjall_item))),
         }
     }
 
     /// Makes every write made before this call durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        match self {
-            Engine::Sled(db) => db.flush().map(drop).map_err(sled_error),
-            Engine::Fjall(f) => f.writing(|| f.keyspace.persist(fjall::PersistMode::SyncAll)),
+        match &self.db {
+            Db::Sled(db) => db.flush().map(drop).map_err(sled_error),
+            Db::Fjall(f) => f.writing(|| f.keyspace.persist(fjall::PersistMode::SyncAll)),
         }
     }
+}
+
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
+    waiting_for_lock(|| {
+        // No flushes of sled's own every 500 ms: the writer flushes every batch
+        // before it answers, and sled's timed flush, contending with it for the
+        // log, showed in the benchmark's delivery tail (docs/benchmarks.md).
+        // High-throughput mode: sled's default (low space) rewrites segments
+        // early to reclaim disk, work on the writer's path (docs/benchmarks.md).
+        let config = sled::Config::new().path(dir).cache_capacity(cache_bytes).mode(sled::Mode::HighThroughput);
+        match config.flush_every_ms(None).open() {
+            // sled reports a held lock only in its message, as an `Other` I/O error.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                Err((true, sled_error(sled::Error::Io(e))))
+            }
+            result => result.map(Db::Sled).map_err(|e| (false, sled_error(e))),
+        }
+    })
+}
+
+fn open_fjall(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
+    // The hub makes writes durable itself, with one flush per batch of
+    // writes before it answers any of them; fjall's own flush after every
+    // write would be a system call per key. Ciphertext does not compress,
+    // so lz4 would only cost CPU.
+    let keyspace = fjall::Config::new(fjall_dir(dir))
+        .manual_journal_persist(true)
+        .cache_size(cache_bytes)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES)
+        .flush_workers(1)
+        .compaction_workers(1)
+        .open()
+        .map_err(fjall_error)?;
+    let options = fjall::PartitionCreateOptions::default()
+        .manual_journal_persist(true)
+        .compression(fjall::CompressionType::None)
+        .max_memtable_size(MEMTABLE_BYTES);
+    let items = keyspace.open_partition(PARTITION, options).map_err(fjall_error)?;
+    Ok(Db::Fjall(Fjall { keyspace, items, updating: Arc::default(), broken: Arc::default() }))
 }
 
 impl Fjall {

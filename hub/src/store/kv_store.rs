@@ -393,7 +393,13 @@ impl KvStore {
         let db = Engine::open(dir, settings)?;
         certs::private::narrow_tree(dir).map_err(private)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
-        let next_package = AtomicU64::new(last_package_id(&db)?.map_or(0, |id| id.saturating_add(1)));
+        let next_package = match last_package_id(&db)? {
+            None => 0,
+            Some(last) => {
+                last.checked_add(1).ok_or_else(|| StoreError::Corrupt("a KeyPackage id at the end of u64".into()))?
+            }
+        };
+        let next_package = AtomicU64::new(next_package);
         let store = Self {
             db,
             next_package,
