@@ -150,9 +150,9 @@ impl Batch {
     }
 }
 
-/// fjall's key space, with the lock that keeps other processes out of it.
+/// fjall's key space and its one partition.
 #[derive(Clone)]
-pub struct Fjall {
+struct Fjall {
     keyspace: fjall::Keyspace,
     items: fjall::PartitionHandle,
     /// Held by a read-modify-write, which fjall has no single call for.
@@ -242,24 +242,11 @@ fn waiting_for_lock<T>(mut open: impl FnMut() -> Result<T, (bool, StoreError)>) 
     }
 }
 
-impl Engine {
-    /// Opens the store's engine in `dir`: the one whose files are there, or
-    /// for a new store the one `settings` names.
-    /// The choice is made under the lock, so that two processes creating a
-    /// store at once cannot make one of each.
-    pub fn open(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
-        let lock = lock(dir)?;
-        let db = match existing(dir).unwrap_or(settings.engine) {
-            EngineKind::Sled => open_sled(dir, settings.cache_bytes)?,
-            EngineKind::Fjall => open_fjall(dir, settings.cache_bytes)?,
-        };
-        Ok(Engine { db, _lock: Arc::new(lock) })
-    }
-}
-
 /// Takes the exclusive lock on `DIR/lock`, waiting briefly for a holder that is letting go.
 fn lock(dir: &Path) -> Result<File, StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("store {}: {e}", dir.display())))?;
+    // Owner-only before anything is written into it (the engines make their files with the default mode).
+    certs::private::create_dir_all(dir)
+        .map_err(|e| StoreError::Backend(format!("store directory {}: {e}", dir.display())))?;
     let path = dir.join("lock");
     let lock = File::options()
         .create(true)
@@ -272,12 +259,28 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         Err(std::fs::TryLockError::WouldBlock) => {
             Err((true, StoreError::Backend(format!("store {} is locked by another process", dir.display()))))
         }
-        Err(std::fs::TryLockError::Error(e)) => Err((false, fjall_error(e))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err((false, StoreError::Backend(format!("store lock {}: {e}", path.display()))))
+        }
     })?;
     Ok(lock)
 }
 
 impl Engine {
+    /// Opens the store's engine in `dir`: the one whose files are there, or
+    /// for a new store the one `settings` names.
+    ///
+    /// The choice is made under the lock, so that two processes creating a
+    /// store at once cannot make one of each.
+    pub fn open(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
+        let lock = lock(dir)?;
+        let db = match existing(dir).unwrap_or(settings.engine) {
+            EngineKind::Sled => open_sled(dir, settings.cache_bytes)?,
+            EngineKind::Fjall => open_fjall(dir, settings.cache_bytes)?,
+        };
+        Ok(Engine { db, _lock: Arc::new(lock) })
+    }
+
     /// Which engine this is.
     pub fn kind(&self) -> EngineKind {
         match &self.db {
@@ -392,6 +395,9 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
         // No flushes of sled's own every 500 ms: the writer flushes every batch
         // before it answers, and sled's timed flush, contending with it for the
         // log, showed in the benchmark's delivery tail (docs/benchmarks.md).
+        // What only a timed flush made durable (a cursor after the last write)
+        // is delivered again after a crash, as the ack's contract allows; fjall
+        // below runs the same way.
         // High-throughput mode: sled's default (low space) rewrites segments
         // early to reclaim disk, work on the writer's path (docs/benchmarks.md).
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes).mode(sled::Mode::HighThroughput);

@@ -361,7 +361,7 @@ fn last_package_id(db: &Engine) -> Result<Option<u64>, StoreError> {
     let mut last = None;
     for key in db.scan_prefix([KEY_PACKAGE]).keys() {
         let key = key?;
-        let id = seq_from(key.get(key.len().saturating_sub(8)..).unwrap_or_default())?;
+        let id = seq_from(&key[key.len().saturating_sub(8)..])?;
         last = last.max(Some(id));
     }
     Ok(last)
@@ -389,7 +389,6 @@ impl KvStore {
     /// them with the default mode, an older hub left them so) are narrowed to 0600.
     pub fn open_with(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
         let private = |e: std::io::Error| StoreError::Backend(format!("store directory {}: {e}", dir.display()));
-        certs::private::create_dir_all(dir).map_err(private)?;
         let db = Engine::open(dir, settings)?;
         certs::private::narrow_tree(dir).map_err(private)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
