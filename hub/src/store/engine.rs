@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::presence::Presence;
 use super::StoreError;
 
 /// Which engine a store runs on.
@@ -53,11 +54,14 @@ pub struct EngineSettings {
     pub engine: EngineKind,
     /// Bytes of memory the engine may keep as its cache of stored data.
     pub cache_bytes: u64,
+    /// Bytes of memory for remembering which membership, read-only and
+    /// closed-case keys exist (the policy's per-message checks); 0 turns it off.
+    pub presence_cache_bytes: u64,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self { engine: EngineKind::default(), cache_bytes: 256 << 20 }
+        Self { engine: EngineKind::default(), cache_bytes: 256 << 20, presence_cache_bytes: 16 << 20 }
     }
 }
 
@@ -175,6 +179,8 @@ enum Db {
 #[derive(Clone)]
 pub struct Engine {
     db: Db,
+    /// Answers repeated presence checks of the kinds of key it is given.
+    presence: Arc<Presence>,
     /// Released when the last handle is dropped, after the engine (fields drop
     /// in order), whose drop waits for its background threads.
     _lock: Arc<File>,
@@ -289,7 +295,17 @@ impl Engine {
             EngineKind::Sled => open_sled(dir, settings.cache_bytes)?,
             EngineKind::Fjall => open_fjall(dir, settings.cache_bytes)?,
         };
-        Ok(Engine { db, _lock: Arc::new(lock) })
+        let presence =
+            Arc::new(Presence::new(&[], usize::try_from(settings.presence_cache_bytes).unwrap_or(usize::MAX)));
+        Ok(Engine { db, presence, _lock: Arc::new(lock) })
+    }
+
+    /// The engine, remembering whether the keys starting with one of
+    /// `prefixes` exist (see [`super::presence`]). Set before the engine is
+    /// shared: its clones keep the memory they were made with.
+    pub fn remembering_presence_of(mut self, prefixes: &'static [u8]) -> Self {
+        self.presence = Arc::new(Presence::new(prefixes, self.presence.budget()));
+        self
     }
 
     /// Which engine this is.
@@ -310,43 +326,61 @@ impl Engine {
 
     /// Whether `key` has a value.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
-        match &self.db {
+        let key = key.as_ref();
+        self.presence.contains(key, || match &self.db {
             Db::Sled(db) => db.contains_key(key).map_err(sled_error),
             Db::Fjall(f) => f.items.contains_key(key).map_err(fjall_error),
-        }
+        })
     }
 
     /// Sets `key` to `value`.
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        match &self.db {
-            Db::Sled(db) => db.insert(key.as_ref(), value.as_ref()).map(drop).map_err(sled_error),
-            Db::Fjall(f) => f.writing(|| f.items.insert(key.as_ref(), value.as_ref())),
-        }
+        let key = key.as_ref();
+        let written = match &self.db {
+            Db::Sled(db) => db.insert(key, value.as_ref()).map(drop).map_err(sled_error),
+            Db::Fjall(f) => f.writing(|| f.items.insert(key, value.as_ref())),
+        };
+        self.presence.forget(key);
+        written
     }
 
     /// Removes `key`.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        match &self.db {
+        let key = key.as_ref();
+        let written = match &self.db {
             Db::Sled(db) => db.remove(key).map(drop).map_err(sled_error),
-            Db::Fjall(f) => f.writing(|| f.items.remove(key.as_ref())),
-        }
+            Db::Fjall(f) => f.writing(|| f.items.remove(key)),
+        };
+        self.presence.forget(key);
+        written
     }
 
     /// Sets `key` to what `change` makes of its value (`None` when it has
     /// none), atomically with respect to other updates.
     pub fn update(&self, key: impl AsRef<[u8]>, change: impl Fn(Option<&[u8]>) -> Vec<u8>) -> Result<(), StoreError> {
-        match &self.db {
+        let key = key.as_ref();
+        let written = match &self.db {
             Db::Sled(db) => db.fetch_and_update(key, |old| Some(change(old))).map(drop).map_err(sled_error),
             Db::Fjall(f) => {
                 let _held = f.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let old = f.items.get(key.as_ref()).map_err(fjall_error)?;
-                f.writing(|| f.items.insert(key.as_ref(), change(old.as_deref())))
+                let old = f.items.get(key).map_err(fjall_error)?;
+                f.writing(|| f.items.insert(key, change(old.as_deref())))
             }
-        }
+        };
+        self.presence.forget(key);
+        written
     }
 
     /// Applies every write of `batch`, or none of them.
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let remembered: Vec<Vec<u8>> =
+            batch.0.iter().map(|(key, _)| key).filter(|key| self.presence.remembers(key)).cloned().collect();
+        let written = self.write_batch(batch);
+        self.presence.forget_all(&remembered);
+        written
+    }
+
+    fn write_batch(&self, batch: Batch) -> Result<(), StoreError> {
         match &self.db {
             Db::Sled(db) => {
                 let mut writes = sled::Batch::default();
@@ -507,6 +541,37 @@ mod tests {
             db.apply(batch).unwrap();
             assert!(!db.contains_key(b"gone").unwrap());
             assert_eq!(&*db.get(b"new").unwrap().unwrap(), b"y");
+        });
+    }
+
+    #[test]
+    fn remembered_presence_follows_every_kind_of_write() {
+        each_engine(|db| {
+            let db = db.remembering_presence_of(b"m");
+            let present = |expected: bool| {
+                // Twice: the second answer comes from the memory.
+                assert_eq!(db.contains_key(b"m1").unwrap(), expected);
+                assert_eq!(db.contains_key(b"m1").unwrap(), expected);
+            };
+            present(false);
+            db.insert(b"m1", b"").unwrap();
+            present(true);
+            db.remove(b"m1").unwrap();
+            present(false);
+            let mut batch = Batch::default();
+            batch.insert(b"other", b"");
+            batch.insert(b"m1", b"");
+            db.apply(batch).unwrap();
+            present(true);
+            let mut batch = Batch::default();
+            batch.remove(b"m1");
+            db.apply(batch).unwrap();
+            present(false);
+            db.update(b"m1", |_| Vec::new()).unwrap();
+            present(true);
+            // A clone shares the memory, so a write through one is seen by the other.
+            db.clone().remove(b"m1").unwrap();
+            present(false);
         });
     }
 

@@ -98,6 +98,9 @@ const CLOSED: u8 = b'Z';
 const SIDE: u8 = b's';
 /// The newest CRL of each issuer the hub has had in force.
 const REVOCATION_MARKS: u8 = b'r';
+/// The keys whose presence the policy checks on every message, which the
+/// engine remembers (see `presence`).
+const CHECKED_ON_EVERY_MESSAGE: &[u8] = &[MEMBER, READ_ONLY, CLOSED];
 /// The first byte of an audit entry that holds its tree nodes (the current layout).
 const AUDIT_LAYOUT: u8 = 0x02;
 /// The first byte of an audit entry whose tree nodes are `H` values; CBOR maps
@@ -389,7 +392,7 @@ impl KvStore {
     /// them with the default mode, an older hub left them so) are narrowed to 0600.
     pub fn open_with(dir: &Path, settings: &EngineSettings) -> Result<Self, StoreError> {
         let private = |e: std::io::Error| StoreError::Backend(format!("store directory {}: {e}", dir.display()));
-        let db = Engine::open(dir, settings)?;
+        let db = Engine::open(dir, settings)?.remembering_presence_of(CHECKED_ON_EVERY_MESSAGE);
         certs::private::narrow_tree(dir).map_err(private)?;
         let chunks = ChunkFiles::open(&dir.join("attachments"))?;
         let next_package = match last_package_id(&db)? {

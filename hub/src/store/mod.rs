@@ -16,6 +16,7 @@
 pub mod chunk_files;
 pub mod engine;
 pub mod kv_store;
+mod presence;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
