@@ -336,48 +336,42 @@ impl Engine {
     /// Sets `key` to `value`.
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
         let key = key.as_ref();
-        let written = match &self.db {
+        let _forgetting = self.presence.forgetting([key]);
+        match &self.db {
             Db::Sled(db) => db.insert(key, value.as_ref()).map(drop).map_err(sled_error),
             Db::Fjall(f) => f.writing(|| f.items.insert(key, value.as_ref())),
-        };
-        self.presence.forget(key);
-        written
+        }
     }
 
     /// Removes `key`.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         let key = key.as_ref();
-        let written = match &self.db {
+        let _forgetting = self.presence.forgetting([key]);
+        match &self.db {
             Db::Sled(db) => db.remove(key).map(drop).map_err(sled_error),
             Db::Fjall(f) => f.writing(|| f.items.remove(key)),
-        };
-        self.presence.forget(key);
-        written
+        }
     }
 
     /// Sets `key` to what `change` makes of its value (`None` when it has
     /// none), atomically with respect to other updates.
     pub fn update(&self, key: impl AsRef<[u8]>, change: impl Fn(Option<&[u8]>) -> Vec<u8>) -> Result<(), StoreError> {
         let key = key.as_ref();
-        let written = match &self.db {
+        let _forgetting = self.presence.forgetting([key]);
+        match &self.db {
             Db::Sled(db) => db.fetch_and_update(key, |old| Some(change(old))).map(drop).map_err(sled_error),
             Db::Fjall(f) => {
                 let _held = f.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let old = f.items.get(key).map_err(fjall_error)?;
                 f.writing(|| f.items.insert(key, change(old.as_deref())))
             }
-        };
-        self.presence.forget(key);
-        written
+        }
     }
 
     /// Applies every write of `batch`, or none of them.
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let remembered: Vec<Vec<u8>> =
-            batch.0.iter().map(|(key, _)| key).filter(|key| self.presence.remembers(key)).cloned().collect();
-        let written = self.write_batch(batch);
-        self.presence.forget_all(&remembered);
-        written
+        let _forgetting = self.presence.forgetting(batch.0.iter().map(|(key, _)| key.as_slice()));
+        self.write_batch(batch)
     }
 
     fn write_batch(&self, batch: Batch) -> Result<(), StoreError> {

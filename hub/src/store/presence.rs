@@ -9,8 +9,8 @@
 //! filter. This memory answers the repeats from RAM.
 //!
 //! It never answers from a state older than a write that has returned: the
-//! engine forgets a key after every write to it, whatever the write's outcome,
-//! and a read that raced with such a write does not record what it read (a
+//! engine forgets a key after every write to it, whatever the write's outcome
+//! (a guard does it, so a write that panics part-way is no exception), and a read that raced with such a write does not record what it read (a
 //! generation counter, bumped by every forgetting, tells it so). The memory is
 //! bounded in bytes (`store.presence_cache_bytes`) and starts again empty when
 //! it is full, which costs only reads.
@@ -21,8 +21,9 @@ use std::sync::{Mutex, MutexGuard};
 use super::StoreError;
 
 /// What one remembered key is counted as beside its own bytes: the map's
-/// slot, the boxed slice's header and the allocator's rounding.
-const ENTRY_OVERHEAD: usize = 64;
+/// slot (about 25 bytes, and up to twice that just after the table grew),
+/// the boxed slice's allocation header and rounding, with room to spare.
+const ENTRY_OVERHEAD: usize = 128;
 
 /// Remembered presence of the keys whose first byte is one of `prefixes`.
 #[derive(Debug)]
@@ -51,8 +52,7 @@ impl Presence {
         self.budget
     }
 
-    /// Whether keys like `key` are remembered.
-    pub(super) fn remembers(&self, key: &[u8]) -> bool {
+    fn remembers(&self, key: &[u8]) -> bool {
         key.first().is_some_and(|first| self.prefixes.contains(first))
     }
 
@@ -87,18 +87,27 @@ impl Presence {
         Ok(present)
     }
 
-    /// Forgets `key`, after a write to it has been made (or has failed).
-    pub(super) fn forget(&self, key: &[u8]) {
-        if self.remembers(key) {
-            self.known().forget(key);
-        }
+    /// A guard that forgets those of `keys` it remembers when dropped: held
+    /// across a write to them, it forgets them once the write is made, has
+    /// failed, or has panicked part-way (the writer thread survives a panic).
+    pub(super) fn forgetting<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Forgetting<'_> {
+        let keys = keys.into_iter().filter(|key| self.remembers(key)).map(<[u8]>::to_vec).collect();
+        Forgetting { presence: self, keys }
     }
+}
 
-    /// Forgets every key among `keys`, each one a key it remembers.
-    pub(super) fn forget_all(&self, keys: &[Vec<u8>]) {
-        if !keys.is_empty() {
-            let mut known = self.known();
-            keys.iter().for_each(|key| known.forget(key));
+/// Forgets its keys when dropped; see [`Presence::forgetting`].
+#[must_use = "the keys are forgotten when the guard is dropped, which must be after the write"]
+pub(super) struct Forgetting<'p> {
+    presence: &'p Presence,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Drop for Forgetting<'_> {
+    fn drop(&mut self) {
+        if !self.keys.is_empty() {
+            let mut known = self.presence.known();
+            self.keys.iter().for_each(|key| known.forget(key));
         }
     }
 }
@@ -113,8 +122,9 @@ impl Known {
             self.keys.clear();
             self.bytes = 0;
         }
-        self.keys.insert(key.into(), present);
-        self.bytes += cost;
+        if self.keys.insert(key.into(), present).is_none() {
+            self.bytes += cost;
+        }
     }
 
     fn forget(&mut self, key: &[u8]) {
@@ -142,7 +152,7 @@ mod tests {
         assert!(!presence.contains(b"Mkey", || read(false)).unwrap());
         assert!(!presence.contains(b"Mkey", || read(true)).unwrap());
         assert_eq!(reads.get(), 1);
-        presence.forget(b"Mkey");
+        drop(presence.forgetting([&b"Mkey"[..]]));
         assert!(presence.contains(b"Mkey", || read(true)).unwrap());
         assert_eq!(reads.get(), 2);
     }
@@ -169,7 +179,7 @@ mod tests {
         // comes before the read records it.
         assert!(!presence
             .contains(b"Mkey", || {
-                presence.forget(b"Mkey");
+                drop(presence.forgetting([&b"Mkey"[..]]));
                 Ok(false)
             })
             .unwrap());
@@ -189,6 +199,26 @@ mod tests {
         let none = Presence::new(b"M", 0);
         none.contains(b"Mkey", || Ok(true)).unwrap();
         assert!(none.known().keys.is_empty());
+    }
+
+    #[test]
+    fn a_write_that_panics_part_way_still_forgets() {
+        let presence = Presence::new(b"M", 1 << 20);
+        presence.contains(b"Mkey", || Ok(true)).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _forgetting = presence.forgetting([&b"Mkey"[..], b"Eother"]);
+            panic!("the engine failed after making the write visible");
+        }));
+        assert!(panicked.is_err());
+        assert!(!presence.contains(b"Mkey", || Ok(false)).unwrap());
+    }
+
+    #[test]
+    fn a_key_recorded_twice_is_counted_once() {
+        let presence = Presence::new(b"M", 1 << 20);
+        presence.known().record(b"Mkey", true, 1 << 20);
+        presence.known().record(b"Mkey", true, 1 << 20);
+        assert_eq!(presence.known().bytes, 4 + ENTRY_OVERHEAD);
     }
 
     #[test]
