@@ -361,7 +361,7 @@ impl Engine {
         match &self.db {
             Db::Sled(db) => db.fetch_and_update(key, |old| Some(change(old))).map(drop).map_err(sled_error),
             Db::Fjall(f) => {
-                let _held = f.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _held = super::lock(&f.updating);
                 let old = f.items.get(key).map_err(fjall_error)?;
                 f.writing(|| f.items.insert(key, change(old.as_deref())))
             }

@@ -63,8 +63,8 @@ use wire::{BlobId, DeviceId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadI
 use super::chunk_files::ChunkFiles;
 use super::engine::{self, Batch, Engine, EngineSettings};
 use super::{
-    leaf_of, AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, DeviceWrite, HandoverStep, Interval, Store,
-    StoreError,
+    leaf_of, lock, AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, DeviceWrite, HandoverStep, Interval,
+    Store, StoreError,
 };
 
 const THREAD: u8 = b'T';
@@ -173,7 +173,8 @@ struct ThreadLog {
     inbox: bool,
 }
 
-/// The store, on an ordered key-value [`Engine`].
+/// The store, on an ordered key-value [`Engine`]. Its locks (taken with
+/// `super::lock`) guard single assignments, which a panic cannot leave half made.
 pub struct KvStore {
     db: Engine,
     /// The id of the next KeyPackage stored: above every stored one, so that they stay oldest first.
@@ -188,12 +189,6 @@ impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvStore").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave the data half-updated
-    // (every update is a single assignment), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -10,7 +10,8 @@
 //!
 //! It never answers from a state older than a write that has returned: the
 //! engine forgets a key after every write to it, whatever the write's outcome
-//! (a guard does it, so a write that panics part-way is no exception), and a read that raced with such a write does not record what it read (a
+//! (a guard does it, so a write that panics part-way is no exception), and a
+//! read that raced with such a write does not record what it read (a
 //! generation counter, bumped by every forgetting, tells it so). The memory is
 //! bounded in bytes (`store.presence_cache_bytes`) and starts again empty when
 //! it is full, which costs only reads.
@@ -18,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::StoreError;
+use super::{lock, StoreError};
 
 /// What one remembered key is counted as beside its own bytes: the map's
 /// slot (about 25 bytes, and up to twice that just after the table grew),
@@ -58,8 +59,8 @@ impl Presence {
 
     fn known(&self) -> MutexGuard<'_, Known> {
         // Every update below leaves the map and its byte count consistent
-        // before anything can panic, so a poisoned lock is still usable.
-        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        // before anything can panic.
+        lock(&self.known)
     }
 
     /// Whether `key` exists: remembered, or found by `read` and remembered.
