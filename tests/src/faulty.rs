@@ -2,6 +2,7 @@
 //! hub does when its disk fails: audit appends that fail (as on a full disk),
 //! and flushes that fail. Everything else passes through to the store.
 
+use hub::audit::chain::Sealed;
 use hub::audit::verify::Link;
 use hub::store::{
     AcceptedCommit, Appended, AuditIndex, BlobRecord, Created, HandoverStep, Interval, KvStore, Store, StoreError,
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
 use wire::handover::Ownership;
-use wire::merkle::{Hash, Node};
+use wire::merkle::Hash;
 use wire::{BlobId, Entry, MemberId, MessageId, Oin, ThreadId};
 
 /// The real embedded store, with failures switched on and off by the test.
@@ -42,11 +43,11 @@ impl FaultyStore {
 }
 
 impl Store for FaultyStore {
-    fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError> {
+    fn append_audit(&self, sealed: &Sealed) -> Result<(), StoreError> {
         if self.audit_fails.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("injected: no space left on device".into()));
         }
-        self.inner.append_audit(entry, nodes)
+        self.inner.append_audit(sealed)
     }
     fn create_thread(&self, c: &MemberId, r: Uuid, at: u64) -> Result<Created, StoreError> {
         self.inner.create_thread(c, r, at)

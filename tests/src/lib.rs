@@ -101,8 +101,11 @@ impl HubProcess {
             .arg("--key")
             .arg(tls.key.as_ref().context("key")?)
             .arg("--crl")
-            .arg(&tls.crl[0])
-            .env("RUST_LOG", "info");
+            .arg(&tls.crl[0]);
+        // A level the caller chose stays.
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let (child, addr) = spawn_listening_with_stderr(command, stderr)?;
         Ok(Self { child, addr, dir: dir.to_owned() })
     }

@@ -13,8 +13,9 @@ use tests::HubProcess;
 
 const HUB: &str = env!("CARGO_BIN_EXE_ketenhub-hub");
 
-/// Each connection logs two lines ("connected", "disconnected") of some 250
-/// bytes, so 400 connections write far more than a pipe holds (64 KiB).
+/// At debug level each connection logs two lines ("connected",
+/// "disconnected") of some 250 bytes, so 400 connections write far more than a
+/// pipe holds (64 KiB).
 const CONNECTIONS: usize = 400;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,6 +25,8 @@ async fn the_hub_serves_on_while_nobody_reads_its_stderr() -> anyhow::Result<()>
     // A small log buffer, so that the lines the pipe cannot take are dropped
     // (and counted) within this test's few hundred connections.
     command.env("HUB_LOG_BUFFER_LINES", "64");
+    // The connection lines are debug lines (info would leave the pipe empty).
+    command.env("RUST_LOG", "debug");
     let mut hub = HubProcess::spawn_with_stderr(command, dir.path(), "127.0.0.1:0", "", Stdio::piped())?;
     // Held open and not read: the hub's writes to it block once it is full.
     let mut stderr = hub.take_stderr().expect("stderr is a pipe");

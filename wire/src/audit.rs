@@ -162,7 +162,12 @@ const HEAD_DOMAIN: &[u8] = b"ketenhub-audit-tree-head-v1";
 
 /// The SHA-256 of a record's CBOR: what an omitted line carries instead of the record.
 pub fn record_digest(record: &AuditRecord) -> [u8; 32] {
-    sha256(&[&crate::encode(record)])
+    encoded_record_digest(&crate::encode(record))
+}
+
+/// [`record_digest`] of a record already encoded as CBOR, for a writer that keeps the encoding it hashed.
+pub fn encoded_record_digest(cbor: &[u8]) -> [u8; 32] {
+    sha256(&[cbor])
 }
 
 /// An entry's hash from its place, its predecessor's hash and its record's digest:

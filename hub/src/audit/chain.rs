@@ -41,6 +41,18 @@ const TYPE_PREFIX: &str = "tree_prefix";
 pub use wire::audit::{entry_hash, link_hash, record_digest};
 pub use wire::calendar::format_ms as format_time;
 
+/// An entry as [`Chain::append`] made it, for the store to keep in one write.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The entry.
+    pub entry: AuditEntry,
+    /// Its record's CBOR, exactly the bytes its hash covers: stored as they were hashed, so that the
+    /// record is encoded once on the path of every message and verification need not re-encode it.
+    pub record_cbor: Vec<u8>,
+    /// The tree nodes its leaf completes (see `wire::merkle`).
+    pub nodes: Vec<Node>,
+}
+
 /// The writing end of the audit log: hands out sequence numbers and links, grows the Merkle tree, and
 /// decides when to sign a tree head.
 ///
@@ -76,17 +88,17 @@ impl Chain {
         }
     }
 
-    /// Places `record` at the end of the chain and the tree; returns the entry and the tree nodes it
-    /// completes, to be stored together.
-    pub fn append(&mut self, record: AuditRecord) -> (AuditEntry, Vec<Node>) {
+    /// Places `record` at the end of the chain and the tree; returns the entry with what is stored with it.
+    pub fn append(&mut self, record: AuditRecord) -> Sealed {
         let seq = self.next_seq;
         let prev_hash = self.head;
-        let hash = entry_hash(seq, &prev_hash, &record);
+        let record_cbor = wire::encode(&record);
+        let hash = link_hash(seq, &prev_hash, &wire::audit::encoded_record_digest(&record_cbor));
         let nodes = self.tree.append(merkle::leaf_hash(&hash));
         self.next_seq = seq.saturating_add(1);
         self.head = hash;
         self.since_checkpoint = self.since_checkpoint.saturating_add(1);
-        (AuditEntry { seq, prev_hash, hash, record }, nodes)
+        Sealed { entry: AuditEntry { seq, prev_hash, hash, record }, record_cbor, nodes }
     }
 
     /// True when something was logged since the last head and either `every_entries` entries were or
@@ -740,7 +752,7 @@ mod tests {
         let mut lines = Vec::new();
         for i in 1..=n {
             let now = START_MS + i * 1_000;
-            lines.push(ExportLine::Entry(chain.append(record(i)).0));
+            lines.push(ExportLine::Entry(chain.append(record(i)).entry));
             if chain.checkpoint_due(now, every, u64::MAX) {
                 lines.push(ExportLine::Head(chain.checkpoint(key, now).unwrap()));
             }
@@ -778,8 +790,8 @@ mod tests {
     fn appended_entries_link_to_each_other() {
         let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
         assert_eq!(chain.head(), None);
-        let (first, _) = chain.append(record(1));
-        let (second, _) = chain.append(record(2));
+        let first = chain.append(record(1)).entry;
+        let second = chain.append(record(2)).entry;
         assert_eq!((first.seq, first.prev_hash), (1, [0; 32]));
         assert_eq!(first.hash, entry_hash(1, &[0; 32], &first.record));
         assert_eq!((second.seq, second.prev_hash), (2, first.hash));
@@ -787,8 +799,18 @@ mod tests {
         assert_eq!(chain.head(), Some((2, second.hash)));
 
         let mut resumed = Chain::resume(chain.head(), chain.tree().clone(), START_MS);
-        let (third, _) = resumed.append(record(3));
+        let third = resumed.append(record(3)).entry;
         assert_eq!((third.seq, third.prev_hash), (3, second.hash));
+    }
+
+    #[test]
+    fn an_appended_entry_carries_the_encoding_its_hash_covers() {
+        let mut chain = Chain::resume(None, CompactRange::new(), START_MS);
+        let sealed = chain.append(record(1));
+        assert_eq!(sealed.record_cbor, wire::encode(&sealed.entry.record));
+        let digest = wire::audit::encoded_record_digest(&sealed.record_cbor);
+        assert_eq!(sealed.entry.hash, link_hash(1, &[0; 32], &digest));
+        assert_eq!(sealed.nodes.len(), 1, "a first leaf completes only itself");
     }
 
     #[test]
@@ -988,7 +1010,7 @@ mod tests {
         let mut chain = Chain::resume(None, CompactRange::new(), 0);
         let mut with_actor = record(4);
         with_actor.outcome = AuditOutcome::Denied;
-        let (entry, _) = chain.append(with_actor);
+        let entry = chain.append(with_actor).entry;
         let json: Value = serde_json::from_str(&to_json_line(&ExportLine::Entry(entry.clone()))).unwrap();
         assert_eq!(json["type"], "dataverwerking");
         assert_eq!(json["seq"], 1);
@@ -1007,7 +1029,7 @@ mod tests {
         assert_eq!(attributes["nen7513.outcome"], "denied");
         assert_eq!(json["ketenhub.prev_hash"], "0".repeat(64));
 
-        let (refused, _) = chain.append(record(3));
+        let refused = chain.append(record(3)).entry;
         assert!(refused.record.actor.is_none());
         let json: Value = serde_json::from_str(&to_json_line(&ExportLine::Entry(refused))).unwrap();
         assert!(json["attributes"]["nen7513.actor.oin"].is_null());

@@ -79,10 +79,10 @@ impl Recorder {
     /// Appends a record to the chain and the store. On failure the chain does not advance.
     pub fn record(&mut self, store: &dyn Store, record: AuditRecord) -> Result<AuditEntry, StoreError> {
         let mut next = self.chain.clone();
-        let (entry, nodes) = next.append(record);
-        store.append_audit(&entry, &nodes)?;
+        let sealed = next.append(record);
+        store.append_audit(&sealed)?;
         self.chain = next;
-        Ok(entry)
+        Ok(sealed.entry)
     }
 
     /// Signs and stores a checkpoint if one is due, or if `now` and any entry is unsigned.

@@ -56,6 +56,7 @@ use uuid::Uuid;
 use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
 use wire::merkle::{Hash, Node};
 
+use crate::audit::chain::Sealed;
 use crate::audit::verify::Link;
 use crate::devices::DeviceRecord;
 use wire::{BlobId, DeviceId, Entry, EntryBody, MemberId, MessageId, Oin, ThreadId};
@@ -251,10 +252,9 @@ fn audit_index_keys(entry: &AuditEntry) -> Vec<Vec<u8>> {
 /// verification hash them without decoding the record. The nodes ride in the
 /// entry because every append completes at least its leaf: a key of their own
 /// was one more insert on the path of every message.
-fn encode_audit(entry: &AuditEntry, levels: &[u8]) -> Result<Vec<u8>, StoreError> {
+fn encode_audit(entry: &AuditEntry, record: &[u8], levels: &[u8]) -> Result<Vec<u8>, StoreError> {
     let count =
         u8::try_from(levels.len() / 32).map_err(|_| StoreError::Corrupt("an audit tree over 255 levels".into()))?;
-    let record = encode(&entry.record);
     let mut value = Vec::with_capacity(AUDIT_HEADER + 1 + levels.len() + record.len());
     value.push(AUDIT_LAYOUT);
     value.extend_from_slice(&entry.seq.to_be_bytes());
@@ -262,7 +262,7 @@ fn encode_audit(entry: &AuditEntry, levels: &[u8]) -> Result<Vec<u8>, StoreError
     value.extend_from_slice(&entry.hash);
     value.push(count);
     value.extend_from_slice(levels);
-    value.extend_from_slice(&record);
+    value.extend_from_slice(record);
     Ok(value)
 }
 
@@ -1377,7 +1377,8 @@ impl Store for KvStore {
         Ok((pruned, if pruned == 0 { 0 } else { last_pruned + 1 }))
     }
 
-    fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError> {
+    fn append_audit(&self, sealed: &Sealed) -> Result<(), StoreError> {
+        let Sealed { entry, record_cbor, nodes } = sealed;
         // Plain inserts, the entry last: a sled batch costs several times its
         // inserts and takes sled's global lock, on the path of every message.
         // Both engines recover a prefix of the inserts, so a crash keeps the entry
@@ -1393,7 +1394,7 @@ impl Store for KvStore {
         for index in audit_index_keys(entry) {
             self.db.insert(index, &[][..])?;
         }
-        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, &levels)?)?;
+        self.db.insert(key(AUDIT, &[&entry.seq.to_be_bytes()]), encode_audit(entry, record_cbor, &levels)?)?;
         Ok(())
     }
 

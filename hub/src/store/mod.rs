@@ -23,8 +23,9 @@ use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
-use wire::merkle::{Hash, Node};
+use wire::merkle::Hash;
 
+use crate::audit::chain::Sealed;
 use crate::audit::verify::Link;
 
 use crate::devices::DeviceRecord;
@@ -433,9 +434,10 @@ pub trait Store: Send + Sync + 'static {
     /// apart first): they are hashes, and later proofs and heads need them.
     fn prune_audit(&self, before_ms: u64) -> Result<(u64, u64), StoreError>;
 
-    /// Appends an audit entry (its seq follows the last one), indexed by its
-    /// case, or when it has none, by the organisations of its actor, with the
-    /// Merkle tree nodes it completes. The nodes are written with the entry or
+    /// Appends an audit entry (its seq follows the last one), stored with the
+    /// record's CBOR it was hashed over, indexed by its case, or when it has
+    /// none, by the organisations of its actor, with the Merkle tree nodes it
+    /// completes. The nodes are written with the entry or
     /// before it, and the index keys before it: after a crash every stored
     /// entry has its nodes, so the tree always matches the entries, but an
     /// entry lost in the crash may leave its index keys (and, in a backend that
@@ -443,7 +445,7 @@ pub trait Store: Send + Sync + 'static {
     /// nodes the next entry of that seq brings). A stale index key is not
     /// removed, so readers of [`Store::audit_index`] check each entry against
     /// the case or organisation they looked up.
-    fn append_audit(&self, entry: &AuditEntry, nodes: &[Node]) -> Result<(), StoreError>;
+    fn append_audit(&self, sealed: &Sealed) -> Result<(), StoreError>;
 
     /// The hash of the perfect subtree `index` of `level` of the audit tree (see `wire::merkle`).
     fn audit_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError>;

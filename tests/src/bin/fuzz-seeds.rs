@@ -292,7 +292,7 @@ fn audit(seeds: &mut Seeds<'_>) -> anyhow::Result<()> {
             rule: "route-permits".into(),
             peer: Some("192.0.2.7:54321".into()),
         };
-        let (entry, _) = log.append(record);
+        let entry = log.append(record).entry;
         // The entry of another case is left out as a filtered export leaves it.
         if case_of.is_some() && case_of != Some(case) {
             let digest = chain::record_digest(&entry.record);
