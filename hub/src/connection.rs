@@ -137,6 +137,7 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
     }
     let policy = hub.policy.current();
     if let Err(denied) = policy.admits(&caller.identity) {
+        warn!(peer = %caller.peer, identity = %caller.identity, rule = %denied.rule, "refused connection: the policy no longer admits it");
         let error = WireError::new(ErrorCode::Forbidden, format!("denied by rule {}: {}", denied.rule, denied.reason));
         refuse(hub, ws, error, "the connection is not admitted").await;
         return None;
@@ -150,7 +151,8 @@ pub async fn open(hub: &Arc<Hub>, ws: WsStream, caller: &Caller) -> Option<Sessi
     let broken = CancellationToken::new();
     // Nothing else is queued yet, so the Hello is always the first frame.
     outbox.send(wire::encode(&hello(hub, caller)).into()).await.ok()?;
-    let writer = tokio::spawn(write_loop(sink, frames_rx, close_rx, mailbox.clone(), hub.clone(), broken.clone()));
+    let writer =
+        tokio::spawn(write_loop(sink, frames_rx, close_rx, mailbox.clone(), hub.clone(), broken.clone(), caller.peer));
     // A certificate whose role may not read (an admin's, say) gets no case entries,
     // even when its worker id is a member's.
     let reads = policy.role_allows(caller.identity.role, crate::policy::Action::Read).allowed;
@@ -183,7 +185,13 @@ pub async fn serve(hub: Arc<Hub>, session: Session, caller: &Caller, shutdown: C
     mailbox.close();
     match closing {
         Some(closing) => {
-            debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
+            // A client cut off for its frames is worth an operator's eye; the
+            // ordinary ends are in the debug log with the connections.
+            if closing.code == CloseCode::Policy {
+                warn!(peer = %caller.peer, identity = %caller.identity, reason = %closing.reason, "closing connection");
+            } else {
+                debug!(peer = %caller.peer, reason = %closing.reason, "closing connection");
+            }
             let _ = close.send(closing);
         }
         None => drop(close),
@@ -553,6 +561,7 @@ async fn write_loop(
     mailbox: Arc<delivery::Mailbox>,
     hub: Arc<Hub>,
     broken: CancellationToken,
+    peer: std::net::SocketAddr,
 ) -> Sink {
     let limits = &hub.limits;
     let mut ping = interval(limits.idle_timeout() / 3);
@@ -620,7 +629,7 @@ async fn write_loop(
                 break;
             }
             Err(_) => {
-                warn!("client did not read for {} ms; disconnecting", limits.write_timeout_ms);
+                warn!(%peer, "client did not read for {} ms; disconnecting", limits.write_timeout_ms);
                 break;
             }
         }

@@ -385,6 +385,7 @@ async fn admit(
     let (ws, caller) = match shaken {
         Ok((ws, caller, Ok(()), Ok(device))) => (ws, Caller { device, ..caller }),
         Ok((ws, _, Ok(()), Err(bad))) => {
+            warn!(%peer, "refused connection: the WebSocket request's device is malformed: {bad}");
             let refusal = WireError::new(ErrorCode::Invalid, format!("the WebSocket request's device: {bad}"));
             connection::refuse(hub, ws, refusal, "the device id is malformed").await;
             return None;

@@ -26,7 +26,7 @@ async fn the_hub_serves_on_while_nobody_reads_its_stderr() -> anyhow::Result<()>
     // (and counted) within this test's few hundred connections.
     command.env("HUB_LOG_BUFFER_LINES", "64");
     // The connection lines are debug lines (info would leave the pipe empty).
-    command.env("RUST_LOG", "debug");
+    command.env("RUST_LOG", "info,hub=debug");
     let mut hub = HubProcess::spawn_with_stderr(command, dir.path(), "127.0.0.1:0", "", Stdio::piped())?;
     // Held open and not read: the hub's writes to it block once it is full.
     let mut stderr = hub.take_stderr().expect("stderr is a pipe");
