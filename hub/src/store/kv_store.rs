@@ -1379,6 +1379,8 @@ impl Store for KvStore {
 
     fn append_audit(&self, sealed: &Sealed) -> Result<(), StoreError> {
         let Sealed { entry, record_cbor, nodes } = sealed;
+        // The index keys come from the record and the stored bytes are what was hashed: they must agree.
+        debug_assert_eq!(record_cbor, &encode(&entry.record), "a sealed entry whose bytes are not its record's");
         // Plain inserts, the entry last: a sled batch costs several times its
         // inserts and takes sled's global lock, on the path of every message.
         // Both engines recover a prefix of the inserts, so a crash keeps the entry
