@@ -346,12 +346,14 @@ impl WriteLog {
     pub async fn submit(&self, write: Write, audit: Option<AuditRecord>) -> Durable {
         let (reply, durable) = oneshot::channel();
         // If the writer is gone the reply sender is dropped and `durable` says so.
+        stages::record_receive();
         let _ = self.jobs.send(Job { write, audit, reply: Some(reply), queued: Instant::now() }).await;
         durable
     }
 
     /// Queues a write whose result nobody waits for.
     pub async fn submit_unanswered(&self, write: Write, audit: Option<AuditRecord>) {
+        stages::record_receive();
         let _ = self.jobs.send(Job { write, audit, reply: None, queued: Instant::now() }).await;
     }
 }
