@@ -15,7 +15,7 @@
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use certs::revocation::{CertRefusal, CertValidity};
 use tokio::sync::Notify;
@@ -25,6 +25,7 @@ use wire::{DeviceId, Entry, EntryBody, ErrorCode, HubFrame, Identity, MemberId, 
 use wire::audit::AuditRecord;
 
 use crate::durability::{Write, WriteLog};
+use crate::locks::lock;
 use crate::outbox::Outbox;
 use crate::store::{Interval, Store, StoreError};
 
@@ -34,10 +35,6 @@ const BATCH: usize = 64;
 const RECENT_PER_THREAD: usize = 64;
 /// Bytes of recent frames kept over all threads.
 const RECENT_BUDGET: usize = 32 << 20;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Why the hub ends an open connection it no longer admits.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,6 +32,7 @@ pub mod durability;
 pub mod groups;
 pub mod handovers;
 pub mod inbox;
+mod locks;
 pub mod outbox;
 pub mod policy;
 pub mod quotas;

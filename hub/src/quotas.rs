@@ -15,6 +15,7 @@ use wire::calendar::DAY_MS;
 use wire::{ErrorCode, MemberId, Request, WireError};
 
 use crate::config::Limits;
+use crate::locks::lock;
 use crate::ratelimit::TokenBucket;
 
 /// The refusal of a request over a quota: names the config key and its value.
@@ -29,10 +30,6 @@ pub struct Quotas {
     created: Mutex<(u64, HashMap<MemberId, u32>)>,
     /// KeyPackage uploads per identity.
     uploads: Mutex<HashMap<MemberId, TokenBucket>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Quotas {

@@ -51,7 +51,7 @@ impl ChunkFiles {
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+        super::lock(&self.unsynced)
     }
 
     /// Writes a chunk (replacing one at the same place); durable after the next [`Self::sync`].

@@ -20,7 +20,6 @@ mod presence;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 use wire::audit::{AuditEntry, AuditRecord, SignedTreeHead};
 use wire::merkle::Hash;
@@ -31,13 +30,8 @@ use crate::audit::verify::Link;
 use crate::devices::DeviceRecord;
 use wire::{BlobId, DeviceId, Entry, MemberId, MessageId, Oin, ThreadId};
 
-/// Locks `m`, poisoned or not. Every lock of the store is held only by code
-/// that leaves its data whole before anything can panic (each says how), so a
-/// poisoned one is still usable, and the writer thread, which survives a
-/// panic, goes on.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// Every lock of the store leaves its data whole before anything can panic (each holder says how).
+use crate::locks::lock;
 
 pub use kv_store::KvStore;
 
