@@ -344,7 +344,7 @@ impl<'a> Reader<'a> {
         // this loop, rather than inside a branch, lets replies in progress go
         // out and free their room.
         let (out, large) = (self.out.clone(), self.largest_reply());
-        let mut waiting: Option<(u64, wire::Request, std::time::Instant)> = None;
+        let mut waiting: Option<(u64, wire::Request, Instant)> = None;
         let mut idle_deadline = Instant::now() + limits.idle_timeout();
         let expiry = crate::revocation::expired(&self.caller.certificate);
         tokio::pin!(expiry);
@@ -378,8 +378,8 @@ impl<'a> Reader<'a> {
                     _ => break None,
                 },
                 message = stream.next(), if waiting.is_none() && inflight.len() < limits.max_inflight_per_connection => {
-                    idle_deadline = Instant::now() + limits.idle_timeout();
-                    let arrived = std::time::Instant::now();
+                    let arrived = Instant::now();
+                    idle_deadline = arrived + limits.idle_timeout();
                     match self.on_message(message).await {
                         Ok(Some((id, request))) if large_reply(&request) => waiting = Some((id, request, arrived)),
                         Ok(Some((id, request))) => {
@@ -408,8 +408,8 @@ impl<'a> Reader<'a> {
     /// Applies a request. Its future is boxed: inline, the largest of all the
     /// requests' futures would be part of every open connection's state
     /// (several KiB each, idle or not), where a box costs one allocation per request.
-    async fn apply(&self, request: wire::Request, arrived: std::time::Instant) -> crate::requests::Outcome {
-        let applying = Box::pin(crate::stages::arrived(arrived, self.hub.apply(self.caller, request)));
+    async fn apply(&self, request: wire::Request, arrived: Instant) -> crate::requests::Outcome {
+        let applying = Box::pin(crate::stages::arrived(arrived.into_std(), self.hub.apply(self.caller, request)));
         applying.await
     }
 
