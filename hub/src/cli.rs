@@ -163,8 +163,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let server = Server::bind(&config).await?;
     crate::stages::report_if_asked();
-    println!("listening on {}", server.local_addr());
+    // Before the announcement: whoever waits for it may signal at once.
     let shutdown = crate::shutdown::on_signals();
+    println!("listening on {}", server.local_addr());
     server.run(shutdown).await?;
     Ok(())
 }

@@ -7,35 +7,48 @@
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// A token cancelled on the first SIGTERM or ctrl-c.
+/// A token cancelled on the first SIGTERM or ctrl-c. The handlers are in place
+/// when it returns: a signal sent the moment the hub says it listens must stop
+/// it gracefully, not kill it.
 pub fn on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
+    let signalled = wait_for_signal();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         info!("shutdown requested");
         cancel.cancel();
     });
     token
 }
 
+/// Installs the handlers now, not when the future is first polled (a spawned
+/// task may run only after the caller has announced that it listens).
 #[cfg(unix)]
-async fn wait_for_signal() {
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            // No handler could be installed: no signal can reach the hub gracefully, so none is awaited.
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
